@@ -1,0 +1,104 @@
+# Runtime <-> binding-worker: one call per `env.binding(NAME).fetch(request)` of a script.
+#
+# The runtime calls VpcBinding.fetch with the binding context, the request head and a
+# ResponseReceiver it implements. The binding-worker answers at once with a ByteStream for the
+# request body (so the script's body streams while the origin is being reached — a call that
+# waited for the response head would deadlock against an origin that reads the whole body
+# first), then calls ResponseReceiver.deliver exactly once with the response head or an error
+# code, and streams the response body into the ByteStream that deliver returns.
+#
+# Failures are codes (ErrorCode), never text. Ordinals are never renumbered; new enum values and
+# fields are appended.
+@0xe9e82ccf568c8540;
+
+interface VpcBinding {
+  fetch @0 (context :BindingContext, head :RequestHead, response :ResponseReceiver)
+        -> (requestBody :ByteStream);
+  # Starts one request. `requestBody` must be ended (or aborted) by the caller, even when the
+  # request has no body.
+}
+
+interface ResponseReceiver {
+  deliver @0 (result :FetchResult) -> (body :ByteStream);
+  # Called once per fetch. For an error result the returned `body` is ignored (may be null).
+}
+
+interface ByteStream {
+  write @0 (bytes :Data) -> stream;
+  # One chunk. Flow-controlled by capnp streaming.
+  end @1 ();
+  # Clean end of the stream.
+  abort @2 (error :WireError);
+  # The stream broke; the receiver must surface `error` (e.g. http_response_incomplete).
+}
+
+struct BindingContext {
+  serviceId @0 :Text;   # VPC service UUID the binding points at (routing uses only this)
+  script @1 :Text;      # script name, for logs and authorization
+  account @2 :Text;     # account id that owns the script
+  requestId @3 :Text;   # the incoming request's id; appears in every hop's logs
+  binding @4 :Text;     # binding name as declared in vpc_services, for logs
+}
+
+struct Header {
+  name @0 :Text;
+  value @1 :Data;       # header values are bytes, not necessarily UTF-8
+}
+
+struct RequestHead {
+  method @0 :Text;
+  url @1 :Text;         # absolute URL as the script gave it; host -> Host (and SNI), scheme -> port
+  headers @2 :List(Header);
+}
+
+struct ResponseHead {
+  status @0 :UInt16;
+  headers @1 :List(Header);
+}
+
+struct FetchResult {
+  union {
+    unspecified @0 :Void; # never set on purpose: catches a forgotten choice
+    response @1 :ResponseHead;
+    error @2 :WireError;
+  }
+}
+
+struct WireError {
+  code @0 :ErrorCode;
+  rcode @1 :Text;       # for dnsError: the DNS rcode name (NXDOMAIN, SERVFAIL, ...); else empty
+  details @2 :Text;     # human-oriented, safe to show the script author; never parsed
+}
+
+enum ErrorCode {
+  # RFC 9209 Proxy-Status error types, plus rateLimited. Same order as wvpc_errors::ErrorCode.
+  dnsTimeout @0;
+  dnsError @1;
+  destinationNotFound @2;
+  destinationUnavailable @3;
+  destinationIpProhibited @4;
+  destinationIpUnroutable @5;
+  connectionRefused @6;
+  connectionTerminated @7;
+  connectionTimeout @8;
+  connectionReadTimeout @9;
+  connectionWriteTimeout @10;
+  connectionLimitReached @11;
+  tlsProtocolError @12;
+  tlsCertificateError @13;
+  tlsAlertReceived @14;
+  httpRequestError @15;
+  httpRequestDenied @16;
+  httpResponseIncomplete @17;
+  httpResponseHeaderSectionSize @18;
+  httpResponseHeaderSize @19;
+  httpResponseBodySize @20;
+  httpResponseTimeout @21;
+  httpUpgradeFailed @22;
+  httpProtocolError @23;
+  proxyInternalResponse @24;
+  proxyInternalError @25;
+  proxyConfigurationError @26;
+  proxyLoopDetected @27;
+  rateLimited @28;
+}

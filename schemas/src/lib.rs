@@ -1,0 +1,20 @@
+//! Wire contracts of workers-vpc, generated from the `.capnp` files in this folder.
+//!
+//! - [`binding_capnp`]: runtime ↔ binding-worker (`VpcBinding.fetch`, streamed bodies,
+//!   errors as [`binding_capnp::ErrorCode`]).
+//! - [`tunnel_stream_capnp`]: tunnel data-stream `ConnectRequest` / `ConnectResponse`,
+//!   byte-compatible with cloudflared.
+//! - [`tunnel_rpc_capnp`]: tunnel registration and connector RPC, with cloudflared's
+//!   interface ids and ordinals.
+//!
+//! The guest world (WIT) lives in `wit/` beside this crate; it is read by the runtime's and
+//! the SDK's bindings generators, not compiled here.
+
+#![expect(missing_docs, reason = "generated code")]
+
+capnp::generated_code!(pub mod binding_capnp);
+capnp::generated_code!(pub mod tunnel_stream_capnp);
+capnp::generated_code!(pub mod tunnel_rpc_capnp);
+
+mod wire_error;
+pub use wire_error::{read_wire_error, write_wire_error};
