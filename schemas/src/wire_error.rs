@@ -2,13 +2,13 @@
 
 use wvpc_errors::{ErrorCode, ProxyError};
 
-use crate::binding_capnp::{error_code, wire_error};
+use crate::binding_capnp::{ErrorCode as CapnpErrorCode, wire_error};
 
 /// Fills a capnp `WireError` from a [`ProxyError`].
 pub fn write_wire_error(mut w: wire_error::Builder<'_>, err: &ProxyError) {
     // Both enums share ordinals (checked by a test below).
-    let code = error_code::ErrorCode::try_from(err.code.ordinal())
-        .unwrap_or(error_code::ErrorCode::ProxyInternalError);
+    let code = CapnpErrorCode::try_from(err.code.ordinal())
+        .unwrap_or(CapnpErrorCode::ProxyInternalError);
     w.set_code(code);
     w.set_rcode(err.rcode.as_deref().unwrap_or(""));
     w.set_details(err.details.as_deref().unwrap_or(""));
@@ -54,7 +54,7 @@ mod tests {
     fn capnp_enum_names_match_wire_names() {
         // The capnp enum is camelCase of the snake_case wire name, in the same order.
         for code in ErrorCode::ALL {
-            let capnp_code = error_code::ErrorCode::try_from(code.ordinal()).unwrap();
+            let capnp_code = CapnpErrorCode::try_from(code.ordinal()).unwrap();
             let camel: String = code
                 .wire_name()
                 .split('_')
