@@ -1,0 +1,523 @@
+//! `wvpc service create|list|get|update|delete`: VPC services in the local directory, with
+//! wrangler's `vpc service` flags.
+//!
+//! Flag conflicts are declared to clap as wrangler declares them (`--hostname` vs
+//! `--ipv4`/`--ipv6`; `--resolver-ips` needs `--hostname`; `--tcp-port`/`--app-protocol` vs
+//! `--http-port`/`--https-port`), except that `--ipv4` and `--ipv6` may be combined (dual
+//! stack, as the API allows). Every other rule is the directory's validation, whose problems
+//! are printed all at once with the flag they are about.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context as _;
+use uuid::Uuid;
+use wvpc_directory::{
+    Directory, DirectoryError, Host, HostInput, NetworkInput, Problem, ResolverNetworkInput,
+    Service, ServiceInput, ServiceKind, ServiceType, TlsSettingsInput, ValidationError,
+};
+
+use crate::UsageError;
+use crate::table;
+
+/// `wvpc service …`
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCommand {
+    /// Create a VPC service
+    Create(CreateArgs),
+    /// List VPC services
+    List {
+        /// Only services of this type
+        #[arg(long = "type", value_enum, value_name = "TYPE")]
+        service_type: Option<TypeArg>,
+        /// Print a JSON array of service objects
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a VPC service
+    Get {
+        /// Service id
+        service_id: Uuid,
+        /// Print the service object as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a VPC service: give every flag again, as for create (full replace)
+    Update(UpdateArgs),
+    /// Delete a VPC service
+    Delete {
+        /// Service id
+        service_id: Uuid,
+    },
+}
+
+/// `wvpc service create`
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Service name
+    pub name: String,
+    /// Type, host, tunnel, ports and TLS of the service.
+    #[command(flatten)]
+    pub spec: ServiceFlags,
+    /// Print the service object as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `wvpc service update`
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// Service id
+    pub service_id: Uuid,
+    /// Service name
+    #[arg(long)]
+    pub name: String,
+    /// Type, host, tunnel, ports and TLS of the service.
+    #[command(flatten)]
+    pub spec: ServiceFlags,
+    /// Print the service object as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The flags that describe a service (create and update).
+#[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("host").required(true).multiple(true).args(["hostname", "ipv4", "ipv6"])
+))]
+pub struct ServiceFlags {
+    /// Service type
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub service_type: TypeArg,
+    /// Tunnel that reaches the service (`wvpc tunnel list`)
+    #[arg(long, value_name = "UUID")]
+    pub tunnel_id: String,
+    /// Hostname, resolved inside the private network (tcp: may end in :PORT)
+    #[arg(long, conflicts_with_all = ["ipv4", "ipv6"])]
+    pub hostname: Option<String>,
+    /// Resolvers for --hostname inside the private network, comma-separated
+    /// [default: the connector's system resolver]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "hostname",
+        // clap skips `requires` when the required arg conflicts with a present one, so the
+        // conflicts are spelled out too.
+        conflicts_with_all = ["ipv4", "ipv6"],
+        value_name = "IP[:PORT],..."
+    )]
+    pub resolver_ips: Option<Vec<String>>,
+    /// IPv4 address of the service
+    #[arg(long)]
+    pub ipv4: Option<String>,
+    /// IPv6 address of the service (with --ipv4: dual stack)
+    #[arg(long)]
+    pub ipv6: Option<String>,
+    /// Port for http:// requests [default: 80 when neither port is given; giving only
+    /// --https-port disables http]
+    #[arg(long, conflicts_with_all = ["tcp_port", "app_protocol"], allow_negative_numbers = true)]
+    pub http_port: Option<i64>,
+    /// Port for https:// requests [default: 443 when neither port is given; giving only
+    /// --http-port disables https]
+    #[arg(long, conflicts_with_all = ["tcp_port", "app_protocol"], allow_negative_numbers = true)]
+    pub https_port: Option<i64>,
+    /// Port of a tcp service
+    #[arg(long, allow_negative_numbers = true)]
+    pub tcp_port: Option<i64>,
+    /// Database protocol a tcp service speaks
+    #[arg(long, value_enum)]
+    pub app_protocol: Option<AppProtocolArg>,
+    /// Origin certificate verification [default: verify_full]
+    #[arg(long, value_enum)]
+    pub cert_verification_mode: Option<CertModeArg>,
+}
+
+/// `--type`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TypeArg {
+    /// HTTP service reached with fetch()
+    Http,
+    /// TCP service
+    Tcp,
+}
+
+/// `--app-protocol`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AppProtocolArg {
+    /// PostgreSQL
+    Postgresql,
+    /// MySQL
+    Mysql,
+}
+
+/// `--cert-verification-mode`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[clap(rename_all = "snake_case")]
+pub enum CertModeArg {
+    /// Verify the chain and the hostname
+    VerifyFull,
+    /// Verify the chain only
+    VerifyCa,
+    /// Do not verify
+    Disabled,
+}
+
+/// A service refused by validation, shown with the flag each problem is about.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid VPC service ({} problem{}):{}", .0.problems.len(), if .0.problems.len() == 1 { "" } else { "s" }, render_problems(&.0.problems))]
+pub struct InvalidService(pub ValidationError);
+
+/// Runs a service subcommand.
+pub fn run(command: ServiceCommand, state: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+    let dir = Directory::open(state)?;
+    match command {
+        ServiceCommand::Create(args) => {
+            let input = args.spec.into_input(args.name)?;
+            let service = dir.create_service(&input).map_err(explain)?;
+            if args.json {
+                return print_json(out, &service);
+            }
+            writeln!(out, "✅ Created VPC service: {}", service.service_id)?;
+            print_details(&dir, &service, out)
+        }
+        ServiceCommand::Update(args) => {
+            let input = args.spec.into_input(args.name)?;
+            let service = dir
+                .replace_service(args.service_id, &input)
+                .map_err(explain)?;
+            if args.json {
+                return print_json(out, &service);
+            }
+            writeln!(out, "✅ Updated VPC service: {}", service.service_id)?;
+            print_details(&dir, &service, out)
+        }
+        ServiceCommand::List { service_type, json } => {
+            let services = dir.list_services(service_type.map(TypeArg::service_type))?;
+            if json {
+                return print_json(out, &services);
+            }
+            print_table(&services, out)
+        }
+        ServiceCommand::Get { service_id, json } => {
+            let service = dir.service(service_id)?.with_context(|| {
+                format!("no VPC service {service_id}; `wvpc service list` shows them")
+            })?;
+            if json {
+                return print_json(out, &service);
+            }
+            writeln!(out, "VPC service: {}", service.service_id)?;
+            print_details(&dir, &service, out)
+        }
+        ServiceCommand::Delete { service_id } => {
+            dir.delete_service(service_id)?;
+            writeln!(out, "✅ Deleted VPC service: {service_id}")?;
+            Ok(())
+        }
+    }
+}
+
+impl ServiceFlags {
+    /// The API body these flags describe (not yet validated, apart from the clap conflicts).
+    fn into_input(self, name: String) -> Result<ServiceInput, UsageError> {
+        let mut hostname = self.hostname;
+        let mut tcp_port = self.tcp_port;
+        // wrangler accepts `--hostname db.internal:5432` for tcp services.
+        if self.service_type == TypeArg::Tcp
+            && let Some((host, port)) = hostname.as_deref().and_then(split_port)
+        {
+            match tcp_port {
+                Some(given) if given != i64::from(port) => {
+                    return Err(UsageError(format!(
+                        "conflicting TCP port: --hostname gives {port}, --tcp-port gives {given}; give the port once"
+                    )));
+                }
+                _ => {
+                    tcp_port = Some(i64::from(port));
+                    hostname = Some(host.to_owned());
+                }
+            }
+        }
+        let tunnel_id = Some(self.tunnel_id);
+        let host = match hostname {
+            Some(hostname) => HostInput {
+                hostname: Some(hostname),
+                resolver_network: Some(ResolverNetworkInput {
+                    tunnel_id,
+                    resolver_ips: self.resolver_ips,
+                }),
+                ..HostInput::default()
+            },
+            None => HostInput {
+                ipv4: self.ipv4,
+                ipv6: self.ipv6,
+                network: Some(NetworkInput {
+                    tunnel_id: tunnel_id.clone(),
+                }),
+                // Never dropped silently: validation explains they need a hostname.
+                resolver_network: self.resolver_ips.map(|ips| ResolverNetworkInput {
+                    tunnel_id,
+                    resolver_ips: Some(ips),
+                }),
+                ..HostInput::default()
+            },
+        };
+        Ok(ServiceInput {
+            name: Some(name),
+            service_type: Some(self.service_type.service_type().as_str().to_owned()),
+            http_port: self.http_port,
+            https_port: self.https_port,
+            tcp_port,
+            app_protocol: self.app_protocol.map(|p| p.as_str().to_owned()),
+            host: Some(host),
+            tls_settings: self.cert_verification_mode.map(|m| TlsSettingsInput {
+                cert_verification_mode: Some(m.as_str().to_owned()),
+            }),
+        })
+    }
+}
+
+/// `host:port` with a numeric, non-zero port and a host without colons (not IPv6).
+fn split_port(hostname: &str) -> Option<(&str, u16)> {
+    let (host, port) = hostname.rsplit_once(':')?;
+    if host.is_empty() || host.contains(':') || host.contains('[') {
+        return None;
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .map(|p| (host, p))
+}
+
+impl TypeArg {
+    fn service_type(self) -> ServiceType {
+        match self {
+            TypeArg::Http => ServiceType::Http,
+            TypeArg::Tcp => ServiceType::Tcp,
+        }
+    }
+}
+
+impl AppProtocolArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            AppProtocolArg::Postgresql => "postgresql",
+            AppProtocolArg::Mysql => "mysql",
+        }
+    }
+}
+
+impl CertModeArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            CertModeArg::VerifyFull => "verify_full",
+            CertModeArg::VerifyCa => "verify_ca",
+            CertModeArg::Disabled => "disabled",
+        }
+    }
+}
+
+/// Validation problems are shown with their flags; everything else as the directory says it.
+fn explain(err: DirectoryError) -> anyhow::Error {
+    match err {
+        DirectoryError::Invalid(v) => InvalidService(v).into(),
+        other => other.into(),
+    }
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| match flag_for(&p.path) {
+            Some(flag) => format!("\n  {flag} ({}): {}", p.path, p.message),
+            None => format!("\n  {}: {}", p.path, p.message),
+        })
+        .collect()
+}
+
+/// The flag that sets a field of the service object.
+fn flag_for(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "name" => "<NAME>/--name",
+        "type" => "--type",
+        "http_port" => "--http-port",
+        "https_port" => "--https-port",
+        "tcp_port" => "--tcp-port",
+        "app_protocol" => "--app-protocol",
+        "host" => "--hostname/--ipv4/--ipv6",
+        "host.hostname" => "--hostname",
+        "host.ipv4" => "--ipv4",
+        "host.ipv6" => "--ipv6",
+        "host.network" | "host.resolver_network" => "--hostname/--ipv4/--ipv6",
+        "host.network.tunnel_id" | "host.resolver_network.tunnel_id" => "--tunnel-id",
+        "tls_settings.cert_verification_mode" => "--cert-verification-mode",
+        p if p.starts_with("host.resolver_network.resolver_ips") => "--resolver-ips",
+        _ => return None,
+    })
+}
+
+fn print_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> anyhow::Result<()> {
+    writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
+    Ok(())
+}
+
+fn print_details(dir: &Directory, s: &Service, out: &mut dyn Write) -> anyhow::Result<()> {
+    let tunnel_name = dir
+        .tunnel(s.tunnel_id())?
+        .map(|t| format!(" ({})", t.name))
+        .unwrap_or_default();
+    writeln!(out, "   Name: {}", s.name)?;
+    writeln!(out, "   Type: {}", s.service_type())?;
+    match s.kind {
+        ServiceKind::Http {
+            http_port,
+            https_port,
+        } => {
+            writeln!(out, "   HTTP port: {}", port_or_disabled(http_port))?;
+            writeln!(out, "   HTTPS port: {}", port_or_disabled(https_port))?;
+        }
+        ServiceKind::Tcp {
+            tcp_port,
+            app_protocol,
+        } => {
+            writeln!(out, "   TCP port: {tcp_port}")?;
+            if let Some(protocol) = app_protocol {
+                writeln!(out, "   App protocol: {protocol}")?;
+            }
+        }
+    }
+    match &s.host {
+        Host::Hostname {
+            hostname,
+            resolver_network,
+        } => {
+            writeln!(out, "   Hostname: {hostname}")?;
+            match resolver_network.resolver_ips.as_deref() {
+                Some(ips) if !ips.is_empty() => {
+                    writeln!(out, "   Resolver IPs: {}", ips.join(", "))?
+                }
+                _ => writeln!(out, "   Resolver: the connector's system resolver")?,
+            }
+        }
+        Host::Ip { ipv4, ipv6, .. } => {
+            if let Some(ip) = ipv4 {
+                writeln!(out, "   IPv4: {ip}")?;
+            }
+            if let Some(ip) = ipv6 {
+                writeln!(out, "   IPv6: {ip}")?;
+            }
+        }
+    }
+    writeln!(out, "   Tunnel ID: {}{tunnel_name}", s.tunnel_id())?;
+    let default = if s.tls_settings.is_none() {
+        " (default)"
+    } else {
+        ""
+    };
+    writeln!(
+        out,
+        "   Certificate verification: {}{default}",
+        s.cert_verification_mode()
+    )?;
+    writeln!(out, "   Created: {}", s.created_at)?;
+    writeln!(out, "   Modified: {}", s.updated_at)?;
+    Ok(())
+}
+
+fn port_or_disabled(port: Option<u16>) -> String {
+    port.map_or_else(|| "disabled".to_owned(), |p| p.to_string())
+}
+
+fn print_table(services: &[Service], out: &mut dyn Write) -> anyhow::Result<()> {
+    if services.is_empty() {
+        writeln!(
+            out,
+            "No VPC services. Create one with `wvpc service create`."
+        )?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let ports = match s.kind {
+                ServiceKind::Http {
+                    http_port,
+                    https_port,
+                } => {
+                    let mut ports = Vec::new();
+                    if let Some(p) = http_port {
+                        ports.push(format!("HTTP:{p}"));
+                    }
+                    if let Some(p) = https_port {
+                        ports.push(format!("HTTPS:{p}"));
+                    }
+                    ports.join(", ")
+                }
+                ServiceKind::Tcp { tcp_port, .. } => format!("TCP:{tcp_port}"),
+            };
+            let host = match &s.host {
+                Host::Hostname { hostname, .. } => hostname.clone(),
+                Host::Ip { ipv4, ipv6, .. } => ipv4
+                    .map(|ip| ip.to_string())
+                    .into_iter()
+                    .chain(ipv6.map(|ip| ip.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            let tunnel = s.tunnel_id().to_string();
+            vec![
+                s.service_id.to_string(),
+                s.name.clone(),
+                s.service_type().to_string(),
+                ports,
+                host,
+                tunnel.get(..8).unwrap_or(&tunnel).to_owned(),
+                super::tunnel::short_time(&s.created_at),
+                super::tunnel::short_time(&s.updated_at),
+            ]
+        })
+        .collect();
+    let headers = [
+        "ID", "NAME", "TYPE", "PORTS", "HOST", "TUNNEL", "CREATED", "MODIFIED",
+    ];
+    write!(out, "{}", table::render(&headers, &rows))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_port_comes_out_of_the_hostname() {
+        assert_eq!(split_port("db.internal:5432"), Some(("db.internal", 5432)));
+        assert_eq!(split_port("db.internal"), None);
+        assert_eq!(split_port("db.internal:0"), None);
+        assert_eq!(split_port("db.internal:99999"), None);
+        assert_eq!(split_port("::1"), None);
+        assert_eq!(split_port("[::1]:5432"), None);
+    }
+
+    #[test]
+    fn every_validation_path_has_a_flag() {
+        for path in [
+            "name",
+            "type",
+            "http_port",
+            "https_port",
+            "tcp_port",
+            "app_protocol",
+            "host",
+            "host.hostname",
+            "host.ipv4",
+            "host.ipv6",
+            "host.network",
+            "host.resolver_network",
+            "host.network.tunnel_id",
+            "host.resolver_network.tunnel_id",
+            "host.resolver_network.resolver_ips[3]",
+            "tls_settings.cert_verification_mode",
+        ] {
+            assert!(flag_for(path).is_some(), "{path}");
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! `wvpc tunnel create|list|delete|token|run`: tunnels in the local directory, their
+//! cloudflared-format credentials, and the connector.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use wvpc_directory::{Credentials, Directory, Tunnel};
+
+use super::tunnel_run::{self, TunnelRunArgs};
+use crate::table;
+
+/// `wvpc tunnel …`
+#[derive(Debug, clap::Subcommand)]
+pub enum TunnelCommand {
+    /// Create a tunnel; prints its id and token and writes a cloudflared credentials file
+    Create {
+        /// Tunnel name (unique in the account)
+        name: String,
+        /// Print {"id","name","token"} as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tunnels
+    List {
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a tunnel (refused while VPC services use it)
+    Delete {
+        /// Tunnel id or name
+        #[arg(value_name = "ID|NAME")]
+        tunnel: String,
+    },
+    /// Print a tunnel's token again
+    Token {
+        /// Tunnel id or name
+        #[arg(value_name = "ID|NAME")]
+        tunnel: String,
+    },
+    /// Run a connector for a tunnel (inside the private network)
+    Run(TunnelRunArgs),
+}
+
+/// Runs a tunnel subcommand.
+pub async fn run(
+    command: TunnelCommand,
+    state: &Path,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    match command {
+        TunnelCommand::Create { name, json } => {
+            create(&Directory::open(state)?, state, &name, json, out)
+        }
+        TunnelCommand::List { json } => list(&Directory::open(state)?, json, out),
+        TunnelCommand::Delete { tunnel } => delete(&Directory::open(state)?, state, &tunnel, out),
+        TunnelCommand::Token { tunnel } => token(&Directory::open(state)?, &tunnel, out),
+        TunnelCommand::Run(args) => tunnel_run::run(args, state).await,
+    }
+}
+
+/// Where the cloudflared credentials file of a tunnel is written.
+pub fn credentials_path(state: &Path, tunnel_id: uuid::Uuid) -> PathBuf {
+    state.join("tunnels").join(format!("{tunnel_id}.json"))
+}
+
+fn create(
+    dir: &Directory,
+    state: &Path,
+    name: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let (tunnel, credentials) = dir.create_tunnel(name)?;
+    let path = credentials_path(state, tunnel.id);
+    write_credentials_file(&path, &credentials).with_context(|| {
+        format!(
+            "tunnel {:?} ({}) was created, but its credentials file {} could not be written; \
+             `wvpc tunnel token {}` prints the token",
+            tunnel.name,
+            tunnel.id,
+            path.display(),
+            tunnel.id
+        )
+    })?;
+    let token = credentials.to_token();
+    if json {
+        let body = serde_json::json!({ "id": tunnel.id, "name": tunnel.name, "token": token });
+        writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+        return Ok(());
+    }
+    writeln!(out, "✅ Created tunnel {:?}: {}", tunnel.name, tunnel.id)?;
+    writeln!(
+        out,
+        "Credentials file (cloudflared format): {}",
+        path.display()
+    )?;
+    writeln!(out, "Token (secret: whoever has it can serve this tunnel):")?;
+    writeln!(out, "{token}")?;
+    writeln!(out)?;
+    writeln!(out, "Run a connector inside the private network with:")?;
+    writeln!(
+        out,
+        "  wvpc tunnel run --edge <edge host:port> --token <token>"
+    )?;
+    Ok(())
+}
+
+fn list(dir: &Directory, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let tunnels = dir.list_tunnels()?;
+    if json {
+        let body: Vec<_> = tunnels
+            .iter()
+            .map(|t| serde_json::json!({ "id": t.id, "name": t.name, "created_at": t.created_at }))
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+        return Ok(());
+    }
+    if tunnels.is_empty() {
+        writeln!(
+            out,
+            "No tunnels. Create one with `wvpc tunnel create <name>`."
+        )?;
+        return Ok(());
+    }
+    let services = dir.list_services(None)?;
+    let rows: Vec<Vec<String>> = tunnels
+        .iter()
+        .map(|t| {
+            let used_by = services.iter().filter(|s| s.tunnel_id() == t.id).count();
+            vec![
+                t.id.to_string(),
+                t.name.clone(),
+                used_by.to_string(),
+                short_time(&t.created_at),
+            ]
+        })
+        .collect();
+    write!(
+        out,
+        "{}",
+        table::render(&["ID", "NAME", "SERVICES", "CREATED"], &rows)
+    )?;
+    Ok(())
+}
+
+fn delete(
+    dir: &Directory,
+    state: &Path,
+    id_or_name: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let tunnel = find(dir, id_or_name)?;
+    dir.delete_tunnel(tunnel.id)?;
+    let path = credentials_path(state, tunnel.id);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove credentials file")
+        }
+    }
+    writeln!(out, "✅ Deleted tunnel {:?}: {}", tunnel.name, tunnel.id)?;
+    Ok(())
+}
+
+fn token(dir: &Directory, id_or_name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let tunnel = find(dir, id_or_name)?;
+    let credentials = dir
+        .tunnel_credentials(tunnel.id)?
+        .with_context(|| format!("tunnel {} was deleted meanwhile", tunnel.id))?;
+    writeln!(out, "{}", credentials.to_token())?;
+    Ok(())
+}
+
+fn find(dir: &Directory, id_or_name: &str) -> anyhow::Result<Tunnel> {
+    dir.find_tunnel(id_or_name)?.with_context(|| {
+        format!("no tunnel with id or name {id_or_name:?}; `wvpc tunnel list` shows them")
+    })
+}
+
+/// Writes the credentials file readable by its owner only (it holds the secret).
+fn write_credentials_file(path: &Path, credentials: &Credentials) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(credentials.to_file_json().as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// `2026-01-02T03:04:05.123456Z` → `2026-01-02 03:04:05`.
+pub(crate) fn short_time(rfc3339: &str) -> String {
+    rfc3339.get(..19).unwrap_or(rfc3339).replacen('T', " ", 1)
+}

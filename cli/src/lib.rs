@@ -1,0 +1,66 @@
+//! The `wvpc` command line as a library: the clap command tree ([`Cli`]) and [`run`], which
+//! dispatches to one module per subcommand. `main.rs` only parses, sets up logging and turns
+//! the result into an exit code.
+//!
+//! Command output goes to the writer given to [`run`]; logs go to stderr through `tracing`.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+pub mod commands;
+mod table;
+
+/// `wvpc`: self-hosted Workers VPC services.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "wvpc",
+    version,
+    about = "Self-hosted Workers VPC services: scripts reach private services through tunnels"
+)]
+pub struct Cli {
+    /// State directory: the directory database and tunnel credentials (created if missing)
+    #[arg(
+        long,
+        global = true,
+        env = "WVPC_STATE",
+        default_value = ".wvpc",
+        value_name = "DIR"
+    )]
+    pub state: PathBuf,
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run a worker script locally with every component (runtime, binding worker, edge)
+    Dev(commands::dev::DevArgs),
+    /// Manage tunnels and run connectors
+    #[command(subcommand)]
+    Tunnel(commands::tunnel::TunnelCommand),
+    /// Manage VPC services
+    #[command(subcommand)]
+    Service(commands::service::ServiceCommand),
+}
+
+/// A command called the wrong way, found after parsing (exit code 2, like clap's own).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs the command; its output goes to `out`.
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cli.state)
+        .with_context(|| format!("cannot create state directory {}", cli.state.display()))?;
+    match cli.command {
+        Command::Dev(args) => commands::dev::run(args, &cli.state).await,
+        Command::Tunnel(command) => commands::tunnel::run(command, &cli.state, out).await,
+        Command::Service(command) => commands::service::run(command, &cli.state, out),
+    }
+}

@@ -1,0 +1,341 @@
+//! The SQLite file: connection settings that let several processes share it, schema
+//! migrations, the account id, and the change counter.
+//!
+//! Every process (`wvpc dev`, each CLI command) opens its own connection to `<state>/wvpc.db`.
+//! WAL lets readers proceed while one writer commits; `synchronous=FULL` makes every commit
+//! durable; the busy timeout makes a writer wait for the lock instead of failing. Writes run
+//! in `BEGIN IMMEDIATE` transactions, so a read-then-write (limit checks, uniqueness) takes the
+//! write lock up front and cannot be interleaved with another process.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::error::DirectoryError;
+
+/// File name of the database inside the state directory.
+pub const DB_FILE_NAME: &str = "wvpc.db";
+
+/// How long a writer waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Schema migrations; migration `i` brings `user_version` from `i` to `i + 1`.
+/// Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: meta (account id, revision), tunnels, services.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE tunnels (
+        tunnel_id  TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        secret     BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (account_id, name)
+    ) STRICT;
+
+    CREATE TABLE services (
+        service_id   TEXT PRIMARY KEY,
+        account_id   TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        type         TEXT NOT NULL CHECK (type IN ('http', 'tcp')),
+        http_port    INTEGER CHECK (http_port BETWEEN 1 AND 65535),
+        https_port   INTEGER CHECK (https_port BETWEEN 1 AND 65535),
+        tcp_port     INTEGER CHECK (tcp_port BETWEEN 1 AND 65535),
+        app_protocol TEXT,
+        hostname     TEXT,
+        resolver_ips TEXT, -- JSON array of strings, as given
+        ipv4         TEXT,
+        ipv6         TEXT,
+        tunnel_id    TEXT NOT NULL REFERENCES tunnels (tunnel_id),
+        cert_verification_mode TEXT,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        CHECK ((hostname IS NULL) <> (ipv4 IS NULL AND ipv6 IS NULL))
+    ) STRICT;
+
+    CREATE INDEX services_by_account ON services (account_id, created_at);
+    CREATE INDEX services_by_tunnel ON services (tunnel_id);
+    "#,
+];
+
+/// The local control plane of one state directory: one account, its tunnels and services.
+///
+/// Cheap to share (`Send + Sync`); every call runs one short SQL transaction.
+#[derive(Debug)]
+pub struct Directory {
+    conn: Mutex<Connection>,
+    account_id: String,
+    path: PathBuf,
+}
+
+impl Directory {
+    /// Opens (creating if needed) `<state_dir>/wvpc.db`, creating `state_dir` too.
+    pub fn open(state_dir: &Path) -> Result<Self, DirectoryError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| DirectoryError::StateDir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        Self::open_file(&state_dir.join(DB_FILE_NAME))
+    }
+
+    /// Opens (creating if needed) the database at `path`, migrating its schema.
+    pub fn open_file(path: &Path) -> Result<Self, DirectoryError> {
+        let open_err = |source| DirectoryError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // e.g. a filesystem without shared memory; still correct, only less concurrent.
+            tracing::warn!(path = %path.display(), mode, "directory database is not in WAL mode");
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        migrate(&mut conn)?;
+        let account_id = ensure_account_id(&mut conn)?;
+        tracing::debug!(path = %path.display(), account_id, "directory opened");
+        Ok(Self {
+            conn: Mutex::new(conn),
+            account_id,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The local account id (32 hex characters), generated once per state directory.
+    pub fn account_id(&self) -> &str {
+        &self.account_id
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A counter that grows with every committed change to tunnels or services, by any
+    /// process. Caches compare it to know when to reload.
+    pub fn revision(&self) -> Result<u64, DirectoryError> {
+        let conn = self.lock();
+        let value: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        match value {
+            None => Ok(0),
+            Some(v) => v.parse().map_err(|_| DirectoryError::Corrupt {
+                what: "revision counter".into(),
+                detail: format!("{v:?} is not a number"),
+            }),
+        }
+    }
+
+    /// Runs `f` on the connection (reads).
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        f(&self.lock())
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction, bumps the revision and commits; rolls back when
+    /// `f` fails.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('revision', '1')
+             ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no half-done transaction (rusqlite rolls back
+        // on drop), so the connection is still usable.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Raw connection access for tests in this crate.
+    #[cfg(test)]
+    pub(crate) fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        f(&mut self.lock())
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), DirectoryError> {
+    let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > supported {
+        return Err(DirectoryError::SchemaTooNew { found, supported });
+    }
+    for (version, migration) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        tx.execute_batch(migration)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(version + 1).unwrap_or(i64::MAX),
+        )?;
+        tracing::debug!(version = version + 1, "directory schema migrated");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn ensure_account_id(conn: &mut Connection) -> Result<String, DirectoryError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes);
+    let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // Two processes opening a new state directory at once agree on the first one written.
+    tx.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('account_id', ?1)",
+        [&fresh],
+    )?;
+    let id: String = tx.query_row(
+        "SELECT value FROM meta WHERE key = 'account_id'",
+        [],
+        |row| row.get(0),
+    )?;
+    tx.commit()?;
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DirectoryError::Corrupt {
+            what: "account id".into(),
+            detail: format!("{id:?} is not 32 hex characters"),
+        });
+    }
+    Ok(id)
+}
+
+/// Now, as stored and shown: RFC 3339 UTC with microseconds, fixed width so that text order is
+/// time order.
+pub(crate) fn now_rfc3339() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A fresh directory in a unique temp dir, removed on drop.
+    pub(crate) struct TempState {
+        pub(crate) dir: PathBuf,
+    }
+
+    impl TempState {
+        pub(crate) fn new() -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("wvpc-directory-test-{}", uuid::Uuid::new_v4()));
+            Self { dir }
+        }
+
+        pub(crate) fn open(&self) -> Directory {
+            Directory::open(&self.dir).expect("open directory")
+        }
+    }
+
+    impl Drop for TempState {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn a_directory_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Directory>();
+    }
+
+    #[test]
+    fn opening_creates_the_state_dir_and_keeps_the_account_id() {
+        let state = TempState::new();
+        let first = state.open();
+        assert_eq!(first.account_id().len(), 32);
+        assert!(first.account_id().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(state.dir.join(DB_FILE_NAME).exists());
+        let second = state.open();
+        assert_eq!(first.account_id(), second.account_id());
+        drop(first);
+        drop(second);
+        assert_eq!(state.open().account_id().len(), 32);
+        let other = TempState::new();
+        assert_ne!(other.open().account_id(), state.open().account_id());
+    }
+
+    #[test]
+    fn connection_settings_suit_several_processes() {
+        let state = TempState::new();
+        let dir = state.open();
+        dir.with_conn(|c| {
+            let mode: String = c
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = c
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            assert_eq!(sync, 2, "FULL");
+            let version: i64 = c
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
+        });
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let state = TempState::new();
+        state
+            .open()
+            .with_conn(|c| c.pragma_update(None, "user_version", 99).unwrap());
+        let err = Directory::open(&state.dir).unwrap_err();
+        assert!(
+            matches!(err, DirectoryError::SchemaTooNew { found: 99, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_fixed_width_rfc3339() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), "2026-01-01T00:00:00.000000Z".len(), "{t}");
+        assert!(
+            time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).is_ok()
+        );
+    }
+}

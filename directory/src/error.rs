@@ -1,0 +1,92 @@
+//! Why a directory operation failed.
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use crate::validation::ValidationError;
+
+/// A failed directory operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// The state directory could not be created.
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The database file could not be opened or set up.
+    #[error("cannot open directory database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer wvpc.
+    #[error(
+        "directory database schema version {found} is newer than this wvpc supports ({supported}); \
+         upgrade wvpc or use another --state directory"
+    )]
+    SchemaTooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// A query failed.
+    #[error("directory database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored row cannot be read back (edited by hand, or a bug).
+    #[error("directory database holds an unreadable {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The service input broke one or more rules.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// No such service in the account.
+    #[error("no VPC service {0} in this account")]
+    ServiceNotFound(Uuid),
+    /// The account already has the maximum number of services.
+    #[error("this account already has {limit} VPC services, the maximum; delete one first")]
+    ServiceLimit {
+        /// The limit.
+        limit: usize,
+    },
+    /// No such tunnel in the account.
+    #[error("no tunnel {0:?} in this account")]
+    TunnelNotFound(String),
+    /// A tunnel name is already used in the account.
+    #[error("a tunnel named {0:?} already exists in this account; pick another name")]
+    TunnelNameTaken(String),
+    /// A tunnel name breaks the naming rules.
+    #[error("invalid tunnel name {name:?}: {reason}")]
+    InvalidTunnelName {
+        /// The name given.
+        name: String,
+        /// What is wrong and what to do.
+        reason: &'static str,
+    },
+    /// The tunnel cannot be deleted while services route through it.
+    #[error(
+        "tunnel {name:?} ({id}) is used by {} VPC service(s): {}; delete them or point them at \
+         another tunnel first",
+        services.len(),
+        services.iter().map(|(id, name)| format!("{name:?} ({id})")).collect::<Vec<_>>().join(", ")
+    )]
+    TunnelInUse {
+        /// The tunnel's id.
+        id: Uuid,
+        /// The tunnel's name.
+        name: String,
+        /// `(service_id, name)` of every service that references it.
+        services: Vec<(Uuid, String)>,
+    },
+}

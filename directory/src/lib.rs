@@ -1,0 +1,40 @@
+//! The local control plane: one account's VPC services and tunnels, kept in an embedded SQLite
+//! file (`<state>/wvpc.db`) that every process using the same state directory shares
+//! (`wvpc dev`, CLI commands).
+//!
+//! - [`Directory`] opens the file and does the CRUD: [`Directory::create_service`],
+//!   [`Directory::list_services`], [`Directory::service`], [`Directory::replace_service`],
+//!   [`Directory::delete_service`]; tunnels with [`Directory::create_tunnel`] and friends, and
+//!   [`Directory::authorize_tunnel`] for connector registration.
+//! - [`Service`] is the service object in Cloudflare's JSON shape; [`ServiceInput`] is the raw
+//!   create/replace body, checked by [`validation`] which reports every problem with its field
+//!   path.
+//! - The data plane reads a service through [`Service::tunnel_id`], [`Service::target`]
+//!   (hostname + resolver socket addresses, or ipv4/ipv6), [`Service::http_port`],
+//!   [`Service::https_port`], [`Service::tcp_port`] and [`Service::cert_verification_mode`];
+//!   [`Directory::revision`] tells caches when anything changed.
+
+#![forbid(unsafe_code)]
+
+mod database;
+mod error;
+pub mod service;
+pub mod service_input;
+mod services;
+pub mod tunnel;
+pub mod validation;
+
+pub use database::{DB_FILE_NAME, Directory};
+pub use error::DirectoryError;
+pub use service::{
+    AppProtocol, CertVerificationMode, DEFAULT_DNS_PORT, DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT,
+    Host, Network, ResolverAddrError, ResolverNetwork, Service, ServiceKind, ServiceTarget,
+    ServiceType, TlsSettings, parse_resolver_addr,
+};
+pub use service_input::{
+    HostInput, NetworkInput, ResolverNetworkInput, ServiceInput, TlsSettingsInput,
+};
+pub use services::SERVICE_LIMIT;
+pub use tunnel::{Tunnel, TunnelAuthError};
+pub use validation::{Problem, ServiceSpec, ValidationError};
+pub use wvpc_tunnel::Credentials;
