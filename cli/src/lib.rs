@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 pub mod commands;
+pub mod stack;
 mod table;
 
 /// `wvpc`: self-hosted Workers VPC services.
@@ -59,7 +60,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.state)
         .with_context(|| format!("cannot create state directory {}", cli.state.display()))?;
     match cli.command {
-        Command::Dev(args) => commands::dev::run(args, &cli.state).await,
+        Command::Dev(args) => commands::dev::run(args, &cli.state, out).await,
         Command::Tunnel(command) => commands::tunnel::run(command, &cli.state, out).await,
         Command::Service(command) => commands::service::run(command, &cli.state, out),
     }

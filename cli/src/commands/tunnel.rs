@@ -56,7 +56,7 @@ pub async fn run(
         TunnelCommand::List { json } => list(&Directory::open(state)?, json, out),
         TunnelCommand::Delete { tunnel } => delete(&Directory::open(state)?, state, &tunnel, out),
         TunnelCommand::Token { tunnel } => token(&Directory::open(state)?, &tunnel, out),
-        TunnelCommand::Run(args) => tunnel_run::run(args, state).await,
+        TunnelCommand::Run(args) => tunnel_run::run(args, state, out).await,
     }
 }
 

@@ -1,0 +1,1 @@
+//! wvpc-bench

@@ -1,0 +1,271 @@
+//! The binding-worker: the middle of the request path.
+//!
+//! ```text
+//! runtime ──capnp VpcBinding.fetch──▶ binding-worker ──HTTP/2 CONNECT──▶ iris ──tunnel──▶ origin
+//! ```
+//!
+//! Runtimes call `VpcBinding.fetch` (`schemas/binding.capnp`). For each call the worker
+//! checks the URL (absolute `http`/`https`), hands back the request-body stream at once, then
+//! sends the request as HTTP/1.1 to the origin over a pooled connection for the same
+//! (service, scheme, host), or over a fresh CONNECT stream through iris (with TLS for `https`:
+//! SNI = the URL's host, certificate verified against [`BindingWorkerConfig::tls_roots`]). The response head
+//! goes to `ResponseReceiver.deliver`, the body streams into the `ByteStream` it returns.
+//! Failures are codes (`WireError`), never text: iris's `Proxy-Status` answers are decoded
+//! back into the code, origin failures are classified here.
+//!
+//! Routing uses only the binding's service id; the URL's host becomes `Host` (without the
+//! URL's port, which is ignored), the scheme picks the service's port at iris.
+//!
+//! Threads: capnp-rpc is `!Send`, so the capnp server runs on its own thread (a current-thread
+//! runtime and a `LocalSet`). HTTP work — the single multiplexed HTTP/2 connection to iris
+//! and the origin connections — runs on a multi-threaded tokio runtime (the caller's, or one
+//! the worker owns). Bodies stream through bounded channels; nothing buffers a whole body.
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig};
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! let iris = "127.0.0.1:7000".parse().unwrap();
+//! let worker = BindingWorker::start(listener, BindingWorkerConfig::new(iris))?;
+//! println!("runtimes connect to {}", worker.local_addr());
+//! worker.shutdown();
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod iris_client;
+mod origin;
+mod origin_tls;
+mod request;
+mod request_body;
+mod rpc;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::oneshot;
+use wvpc_schemas::binding_capnp::vpc_binding;
+
+use crate::iris_client::{IrisClient, IrisSettings};
+use crate::origin::{OriginPool, OriginSettings, Proxy};
+use crate::origin_tls::OriginTls;
+use crate::rpc::VpcBindingServer;
+
+/// Settings of a binding-worker. Build with [`BindingWorkerConfig::new`], then adjust fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BindingWorkerConfig {
+    /// The iris CONNECT listener.
+    pub iris: SocketAddr,
+    /// Runtime for the HTTP work. `None`: the worker starts and owns a multi-threaded runtime
+    /// with one worker thread per core.
+    pub proxy_runtime: Option<Handle>,
+    /// Bound on dialling iris and on iris's answer to a CONNECT (DNS and the tunnel dial
+    /// included). Default 30 s.
+    pub connect_timeout: Duration,
+    /// From the end of the request body to the origin's response head
+    /// (`http_response_timeout`). Default 100 s.
+    pub response_timeout: Duration,
+    /// How long an idle origin connection is kept for reuse. Default 90 s.
+    pub idle_timeout: Duration,
+    /// Idle origin connections kept per (service, scheme, host). Default 32.
+    pub max_idle_per_origin: usize,
+    /// Roots trusted for `https` origins, whose certificate must chain to one of them and
+    /// name the URL's host (`verify_full`). `None`: the system's trust store.
+    pub tls_roots: Option<Arc<rustls::RootCertStore>>,
+}
+
+impl BindingWorkerConfig {
+    /// Defaults, with iris at `iris`.
+    pub fn new(iris: SocketAddr) -> Self {
+        Self {
+            iris,
+            proxy_runtime: None,
+            connect_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(100),
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_origin: 32,
+            tls_roots: None,
+        }
+    }
+}
+
+/// Starts binding-workers.
+#[derive(Debug)]
+pub enum BindingWorker {}
+
+impl BindingWorker {
+    /// Serves `VpcBinding` to runtimes that connect to `listener` (capnp two-party RPC over
+    /// TCP; the bootstrap capability is the `VpcBinding`). Returns once the worker runs; it
+    /// stops when the handle is shut down or dropped.
+    ///
+    /// A `proxy_runtime` given in the config must keep being driven (a multi-threaded
+    /// runtime, or a current-thread one whose owner keeps awaiting).
+    pub fn start(
+        listener: std::net::TcpListener,
+        config: BindingWorkerConfig,
+    ) -> io::Result<BindingWorkerHandle> {
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let (proxy_runtime, owned_runtime) = match config.proxy_runtime.clone() {
+            Some(handle) => (handle, None),
+            None => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .thread_name("wvpc-binding-proxy")
+                    .enable_all()
+                    .build()?;
+                (runtime.handle().clone(), Some(runtime))
+            }
+        };
+        let rpc_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+
+        let iris = IrisClient::new(IrisSettings {
+            addr: config.iris,
+            connect_timeout: config.connect_timeout,
+        });
+        let tls = OriginTls::new(config.tls_roots.clone())?;
+        let proxy = Arc::new(Proxy::new(
+            iris,
+            tls,
+            OriginSettings {
+                response_timeout: config.response_timeout,
+                idle_timeout: config.idle_timeout,
+                max_idle_per_origin: config.max_idle_per_origin,
+            },
+        ));
+        spawn_sweeper(&proxy_runtime, Arc::downgrade(proxy.pool()));
+
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("wvpc-binding-rpc".into())
+            .spawn(move || {
+                run_rpc_thread(rpc_runtime, listener, proxy, proxy_runtime, stopped);
+            })?;
+        tracing::info!(%local_addr, iris = %config.iris, "binding-worker listening");
+        Ok(BindingWorkerHandle {
+            local_addr,
+            stop: Some(stop),
+            thread: Some(thread),
+            owned_runtime,
+        })
+    }
+}
+
+/// A running binding-worker.
+#[derive(Debug)]
+pub struct BindingWorkerHandle {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    owned_runtime: Option<Runtime>,
+}
+
+impl BindingWorkerHandle {
+    /// The address runtimes connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, drops every runtime connection and in-flight fetch, and waits for the
+    /// RPC thread to exit (quick: nothing there blocks). Safe to call from async code.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the binding-worker RPC thread panicked");
+        }
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(runtime) = self.owned_runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for BindingWorkerHandle {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// Closes idle origin connections that timed out, until the worker is gone.
+fn spawn_sweeper(runtime: &Handle, pool: Weak<OriginPool>) {
+    let Some(interval) = pool.upgrade().map(|p| p.sweep_interval()) else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match pool.upgrade() {
+                Some(pool) => pool.sweep(),
+                None => return,
+            }
+        }
+    });
+}
+
+/// Pause after `accept` failed for something other than the one connection.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+fn is_per_connection(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// The RPC thread: accepts runtime connections and serves capnp on a `LocalSet`.
+fn run_rpc_thread(
+    rpc_runtime: Runtime,
+    listener: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    proxy_runtime: Handle,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rpc_runtime, async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(error = %err, "binding-worker cannot listen");
+                return;
+            }
+        };
+        let binding: vpc_binding::Client =
+            capnp_rpc::new_client(VpcBindingServer::new(proxy, proxy_runtime));
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => rpc::serve_runtime(stream, peer, binding.clone()),
+                    Err(err) if is_per_connection(&err) => {
+                        tracing::debug!(error = %err, "a runtime connection failed while accepted");
+                    }
+                    Err(err) => {
+                        // Out of descriptors (or worse): pause rather than spin.
+                        tracing::warn!(error = %err, "accepting runtime connections failed; backing off");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
+            }
+        }
+        tracing::info!("binding-worker stopped");
+    });
+}

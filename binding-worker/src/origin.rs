@@ -1,0 +1,402 @@
+//! The HTTP client side: one fetch becomes one HTTP/1.1 exchange with the origin, over an
+//! idle pooled connection when there is one, else over a fresh CONNECT stream through iris.
+//!
+//! Connections are pooled per (service, scheme, host): the host is what `Host` (and, for
+//! https, SNI) carries, so two hosts never share a connection. A connection goes back to
+//! the pool only after its response body was read to the end and hyper reports it ready.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::response::Parts;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use uuid::Uuid;
+use wvpc_errors::{ErrorCode, ProxyError};
+
+use crate::iris_client::IrisClient;
+use crate::origin_tls::OriginTls;
+use crate::request::{FetchRequest, Scheme, strip_hop_by_hop};
+use crate::request_body::{BodyEvent, BodyFinished, RequestBody, RequestBodyError};
+
+/// Timeouts and pool limits of the origin side.
+#[derive(Debug, Clone)]
+pub(crate) struct OriginSettings {
+    /// From the end of the request body to the response head.
+    pub(crate) response_timeout: Duration,
+    /// How long an idle origin connection is kept.
+    pub(crate) idle_timeout: Duration,
+    /// Idle connections kept per (service, scheme, host).
+    pub(crate) max_idle_per_origin: usize,
+}
+
+/// Sends fetches to origins.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    iris: IrisClient,
+    tls: OriginTls,
+    pool: Arc<OriginPool>,
+    settings: OriginSettings,
+}
+
+/// A response head with its streaming body and the connection it came on.
+#[derive(Debug)]
+pub(crate) struct OriginResponse {
+    /// Status and end-to-end headers.
+    pub(crate) head: Parts,
+    pub(crate) body: Incoming,
+    pub(crate) lease: Lease,
+}
+
+/// What to do with the connection once the response body has been read.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    sender: http1::SendRequest<RequestBody>,
+    key: PoolKey,
+    pool: Arc<OriginPool>,
+    /// Whether the request body has been sent completely.
+    body_done: Arc<AtomicBool>,
+}
+
+impl Lease {
+    /// Returns the connection to the pool once hyper has finished with the exchange. Call
+    /// only after the response body was read to its end; dropping the lease instead closes
+    /// the connection.
+    ///
+    /// When the request body is complete too, this waits (briefly: hyper only has to see the
+    /// end of the response) so that the connection is back before the caller hears that the
+    /// response ended; otherwise a background task waits for the request body.
+    pub(crate) async fn release(self, runtime: &Handle) {
+        let Self {
+            mut sender,
+            key,
+            pool,
+            body_done,
+        } = self;
+        let idle_timeout = pool.idle_timeout;
+        let wait_ready = async move {
+            // A connection that does not get ready (the script never ends its body) is dropped.
+            if let Ok(Ok(())) = tokio::time::timeout(idle_timeout, sender.ready()).await {
+                pool.check_in(key, sender);
+            }
+        };
+        if body_done.load(Ordering::Acquire) {
+            wait_ready.await;
+        } else {
+            runtime.spawn(wait_ready);
+        }
+    }
+}
+
+impl Proxy {
+    pub(crate) fn new(iris: IrisClient, tls: OriginTls, settings: OriginSettings) -> Self {
+        let pool = Arc::new(OriginPool {
+            idle: Mutex::new(HashMap::new()),
+            idle_timeout: settings.idle_timeout,
+            max_idle_per_origin: settings.max_idle_per_origin,
+        });
+        Self {
+            iris,
+            tls,
+            pool,
+            settings,
+        }
+    }
+
+    /// The pool, for the sweeper.
+    pub(crate) fn pool(&self) -> &Arc<OriginPool> {
+        &self.pool
+    }
+
+    /// Sends `request` with the body fed by `events` and waits for the response head.
+    pub(crate) async fn exchange(
+        &self,
+        request: FetchRequest,
+        events: mpsc::Receiver<BodyEvent>,
+    ) -> Result<OriginResponse, ProxyError> {
+        let peek = !request.body_is_framed() && request.method_expects_no_body();
+        let (body, mut body_finished) = RequestBody::from_events(events, peek).await?;
+        let body_was_empty = http_body::Body::is_end_stream(&body);
+        let key = PoolKey::of(&request);
+        let mut outgoing = build_request(&request, body)?;
+
+        while let Some(mut sender) = self.pool.check_out(&key) {
+            match self.send(&mut sender, outgoing, &mut body_finished).await {
+                Attempt::Answered(response) => {
+                    return Ok(self.respond(response, sender, key, &body_finished));
+                }
+                // Never written: the idle connection went away; try another.
+                Attempt::Unsent(back) => outgoing = back,
+                // The idle connection was closed by the origin as we wrote: a body-less request
+                // can be repeated safely on a fresh connection (pingora's "reused only" retry).
+                Attempt::Failed(err)
+                    if body_was_empty && err.code == ErrorCode::ConnectionTerminated =>
+                {
+                    tracing::debug!(error = %err, "reused origin connection was closed; retrying");
+                    let (body, finished) = RequestBody::empty();
+                    body_finished = finished;
+                    outgoing = build_request(&request, body)?;
+                    break;
+                }
+                Attempt::Failed(err) => return Err(err),
+            }
+        }
+
+        let mut sender = self.open(&request).await?;
+        match self.send(&mut sender, outgoing, &mut body_finished).await {
+            Attempt::Answered(response) => Ok(self.respond(response, sender, key, &body_finished)),
+            Attempt::Unsent(_) => Err(ProxyError::new(ErrorCode::ConnectionTerminated)
+                .with_details("the origin connection closed before the request was sent")),
+            Attempt::Failed(err) => Err(err),
+        }
+    }
+
+    /// A fresh origin connection: CONNECT through iris, TLS for https (SNI = URL host), then
+    /// an HTTP/1.1 handshake on it.
+    async fn open(
+        &self,
+        request: &FetchRequest,
+    ) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
+        let stream = self.iris.connect(request).await?;
+        let request_id = request.caller.request_id.clone();
+        match request.scheme {
+            Scheme::Http => http1_handshake(stream, request_id).await,
+            Scheme::Https => {
+                let handshake = self.tls.handshake(&request.host, stream);
+                let tls = tokio::time::timeout(self.iris.connect_timeout(), handshake)
+                    .await
+                    .map_err(|_| {
+                        ProxyError::new(ErrorCode::ConnectionTimeout)
+                            .with_details("the origin did not complete the TLS handshake in time")
+                    })??;
+                http1_handshake(TokioIo::new(tls), request_id).await
+            }
+        }
+    }
+
+    /// Sends one request; the response timeout starts once the body has been sent.
+    async fn send(
+        &self,
+        sender: &mut http1::SendRequest<RequestBody>,
+        outgoing: Request<RequestBody>,
+        body_finished: &mut BodyFinished,
+    ) -> Attempt {
+        let timeout = self.settings.response_timeout;
+        let deadline = async {
+            body_finished.wait().await;
+            tokio::time::sleep(timeout).await;
+        };
+        tokio::select! {
+            answer = sender.try_send_request(outgoing) => match answer {
+                Ok(response) => Attempt::Answered(response),
+                Err(mut err) => match err.take_message() {
+                    Some(back) => Attempt::Unsent(back),
+                    None => Attempt::Failed(origin_error(err.error())),
+                },
+            },
+            () = deadline => Attempt::Failed(ProxyError::new(ErrorCode::HttpResponseTimeout).with_details(
+                format!("the origin sent no response head within {timeout:?} of the request"),
+            )),
+        }
+    }
+
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        sender: http1::SendRequest<RequestBody>,
+        key: PoolKey,
+        body_finished: &BodyFinished,
+    ) -> OriginResponse {
+        let (mut head, body) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        head.headers.remove(header::TRANSFER_ENCODING);
+        let lease = Lease {
+            sender,
+            key,
+            pool: Arc::clone(&self.pool),
+            body_done: body_finished.flag(),
+        };
+        OriginResponse { head, body, lease }
+    }
+}
+
+/// How one try to send a request on a connection went.
+enum Attempt {
+    Answered(Response<Incoming>),
+    Unsent(Request<RequestBody>),
+    Failed(ProxyError),
+}
+
+/// Starts HTTP/1.1 on an origin byte stream; the connection runs as its own task.
+async fn http1_handshake<T>(
+    io: T,
+    request_id: String,
+) -> Result<http1::SendRequest<RequestBody>, ProxyError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|e| origin_error(&e))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%request_id, error = %err, "origin connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// The origin request: origin-form target, end-to-end headers, `Host` = the URL's host.
+fn build_request(
+    request: &FetchRequest,
+    body: RequestBody,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let mut outgoing = Request::new(body);
+    *outgoing.method_mut() = request.method.clone();
+    *outgoing.uri_mut() = Uri::from(request.path_and_query.clone());
+    *outgoing.headers_mut() = request.headers.clone();
+    let host = HeaderValue::from_str(&request.host).map_err(|_| {
+        ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
+            "URL host {:?} cannot be a Host header",
+            request.host
+        ))
+    })?;
+    outgoing.headers_mut().insert(header::HOST, host);
+    Ok(outgoing)
+}
+
+/// Maps a hyper client error (origin side) to a code.
+pub(crate) fn origin_error(err: &hyper::Error) -> ProxyError {
+    if let Some(body_error) = find_source::<RequestBodyError>(err) {
+        return body_error.to_proxy_error();
+    }
+    let code = if err.is_parse_too_large() {
+        ErrorCode::HttpResponseHeaderSectionSize
+    } else if err.is_parse() || err.is_parse_status() {
+        ErrorCode::HttpProtocolError
+    } else if err.is_timeout() {
+        ErrorCode::HttpResponseTimeout
+    } else if err.is_user() {
+        ErrorCode::HttpRequestError
+    } else {
+        // Incomplete message, closed or reset connection: the origin (or the tunnel) went
+        // away before a complete response head.
+        ErrorCode::ConnectionTerminated
+    };
+    ProxyError::new(code).with_details(describe(err))
+}
+
+/// An error and its causes on one line.
+pub(crate) fn describe(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Which origin connections can serve a request: same service, scheme and host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    service_id: Uuid,
+    scheme: Scheme,
+    host: String,
+}
+
+impl PoolKey {
+    fn of(request: &FetchRequest) -> Self {
+        Self {
+            service_id: request.service_id,
+            scheme: request.scheme,
+            host: request.host.clone(),
+        }
+    }
+}
+
+/// Idle HTTP/1.1 origin connections.
+#[derive(Debug)]
+pub(crate) struct OriginPool {
+    idle: Mutex<HashMap<PoolKey, Vec<IdleConnection>>>,
+    idle_timeout: Duration,
+    max_idle_per_origin: usize,
+}
+
+#[derive(Debug)]
+struct IdleConnection {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+impl IdleConnection {
+    fn usable(&self, idle_timeout: Duration) -> bool {
+        !self.sender.is_closed() && self.sender.is_ready() && self.since.elapsed() < idle_timeout
+    }
+}
+
+impl OriginPool {
+    /// The most recently used live connection for `key` (likeliest to still be open).
+    fn check_out(&self, key: &PoolKey) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = idle.get_mut(key)?;
+        let mut found = None;
+        while let Some(candidate) = list.pop() {
+            if candidate.usable(self.idle_timeout) {
+                found = Some(candidate.sender);
+                break;
+            }
+        }
+        if list.is_empty() {
+            idle.remove(key);
+        }
+        found
+    }
+
+    fn check_in(&self, key: PoolKey, sender: http1::SendRequest<RequestBody>) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = idle.entry(key).or_default();
+        if list.len() < self.max_idle_per_origin {
+            list.push(IdleConnection {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle for too long or closed by the origin.
+    pub(crate) fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|_, list| {
+            list.retain(|c| c.usable(self.idle_timeout));
+            !list.is_empty()
+        });
+    }
+
+    /// How often [`Self::sweep`] should run.
+    pub(crate) fn sweep_interval(&self) -> Duration {
+        (self.idle_timeout / 2).max(Duration::from_secs(1))
+    }
+}

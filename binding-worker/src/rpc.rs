@@ -1,0 +1,314 @@
+//! The capnp side: the `VpcBinding` server the runtimes call, the request-body `ByteStream`
+//! it hands back, and the streaming of response bodies into the runtime's `ByteStream`.
+//!
+//! capnp-rpc is `!Send`, so all of this lives on the RPC thread (a current-thread runtime
+//! with a `LocalSet`). The HTTP work ([`Proxy`]) runs on the proxy runtime; the two meet
+//! through `Send` channels (request body), a join handle (response head) and hyper's body
+//! channel (response body), so no fetch ever blocks another.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{RpcSystem, twoparty};
+use http_body_util::BodyExt;
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::binding_capnp::{byte_stream, response_head, response_receiver, vpc_binding};
+use wvpc_schemas::{read_wire_error, write_wire_error};
+
+use crate::origin::{OriginResponse, Proxy, describe};
+use crate::request::{FetchRequest, read_fetch};
+use crate::request_body::{BODY_CHANNEL_CHUNKS, BodyEvent};
+
+/// Largest chunk written to the runtime in one `ByteStream.write`.
+const MAX_WRITE_CHUNK: usize = 64 << 10;
+
+/// capnp streaming flow-control window for the response bodies this side writes.
+const STREAM_WINDOW: usize = 1 << 20;
+
+/// Serves one runtime connection on the current `LocalSet`.
+pub(crate) fn serve_runtime(stream: TcpStream, peer: SocketAddr, binding: vpc_binding::Client) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+    }
+    let (reader, writer) = stream.into_split();
+    let mut network = twoparty::VatNetwork::new(
+        reader.compat(),
+        writer.compat_write(),
+        Side::Server,
+        capnp::message::ReaderOptions::default(),
+    );
+    network.set_window_size(STREAM_WINDOW);
+    let rpc = RpcSystem::new(Box::new(network), Some(binding.client));
+    tokio::task::spawn_local(async move {
+        match rpc.await {
+            Ok(()) => tracing::debug!(%peer, "runtime disconnected"),
+            Err(err) => tracing::info!(%peer, error = %err, "runtime connection failed"),
+        }
+    });
+}
+
+/// The `VpcBinding` capability: one per binding-worker, shared by every runtime connection.
+pub(crate) struct VpcBindingServer {
+    proxy: Arc<Proxy>,
+    /// Where HTTP work runs.
+    runtime: Handle,
+}
+
+impl VpcBindingServer {
+    pub(crate) fn new(proxy: Arc<Proxy>, runtime: Handle) -> Self {
+        Self { proxy, runtime }
+    }
+}
+
+impl vpc_binding::Server for VpcBindingServer {
+    fn fetch(
+        self: capnp::capability::Rc<Self>,
+        params: vpc_binding::FetchParams,
+        mut results: vpc_binding::FetchResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        // Everything is set up synchronously: the call returns the request-body stream at
+        // once, and the exchange continues as its own task.
+        let started = (|| -> Result<(), capnp::Error> {
+            let params = params.get()?;
+            let receiver = params.get_response()?;
+            let request = read_fetch(params.get_context()?, params.get_head()?);
+            let (events_tx, events) = mpsc::channel(BODY_CHANNEL_CHUNKS);
+            let sink = RequestBodySink {
+                events: RefCell::new(Some(events_tx)),
+            };
+            results.get().set_request_body(capnp_rpc::new_client(sink));
+            tokio::task::spawn_local(run_fetch(
+                Arc::clone(&self.proxy),
+                self.runtime.clone(),
+                request,
+                events,
+                receiver,
+            ));
+            Ok(())
+        })();
+        std::future::ready(started)
+    }
+}
+
+/// One fetch after the call returned: exchange with the origin, deliver, stream the body.
+async fn run_fetch(
+    proxy: Arc<Proxy>,
+    runtime: Handle,
+    request: Result<FetchRequest, ProxyError>,
+    events: mpsc::Receiver<BodyEvent>,
+    receiver: response_receiver::Client,
+) {
+    let (ids, exchanged) = match request {
+        Err(err) => (("-".to_owned(), "-".to_owned()), Err(err)),
+        Ok(request) => {
+            let ids = (
+                request.caller.request_id.clone(),
+                request.service_id.to_string(),
+            );
+            let exchange = runtime.spawn(async move { proxy.exchange(request, events).await });
+            let exchanged = exchange.await.unwrap_or_else(|join_error| {
+                Err(ProxyError::new(ErrorCode::ProxyInternalError)
+                    .with_details(format!("the exchange task failed: {join_error}")))
+            });
+            (ids, exchanged)
+        }
+    };
+    let (request_id, service_id) = ids;
+    match exchanged {
+        Err(err) => {
+            tracing::warn!(
+                %request_id, %service_id, code = %err.code,
+                rcode = err.rcode.as_deref().unwrap_or(""),
+                details = err.details.as_deref().unwrap_or(""),
+                "fetch failed"
+            );
+            deliver_error(&receiver, &err).await;
+        }
+        Ok(response) => {
+            stream_response(&receiver, response, &runtime, &request_id).await;
+        }
+    }
+}
+
+async fn deliver_error(receiver: &response_receiver::Client, err: &ProxyError) {
+    let mut call = receiver.deliver_request();
+    write_wire_error(call.get().init_result().init_error(), err);
+    if let Err(capnp_err) = call.send().promise.await {
+        tracing::debug!(error = %capnp_err, "runtime did not take the error result");
+    }
+}
+
+/// How streaming a response body ended.
+enum Pumped {
+    Complete,
+    /// The origin's body broke.
+    OriginFailed(ProxyError),
+    /// The runtime stopped reading (cancelled, disconnected).
+    ReceiverGone(capnp::Error),
+}
+
+/// Delivers the head, then streams the body with capnp flow control; a fully read
+/// connection goes back to the pool.
+async fn stream_response(
+    receiver: &response_receiver::Client,
+    response: OriginResponse,
+    runtime: &Handle,
+    request_id: &str,
+) {
+    let OriginResponse {
+        head,
+        mut body,
+        lease,
+    } = response;
+    let mut deliver = receiver.deliver_request();
+    write_response_head(deliver.get().init_result().init_response(), &head);
+    let delivered = deliver.send();
+    // Pipelined: body chunks start flowing before `deliver` returns.
+    let sink = delivered.pipeline.get_body();
+
+    let pumped = loop {
+        let frame = match body.frame().await {
+            None => break Pumped::Complete,
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) => {
+                break Pumped::OriginFailed(
+                    ProxyError::new(ErrorCode::HttpResponseIncomplete).with_details(describe(&err)),
+                );
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        }; // trailers are not forwarded
+        if let Err(err) = write_chunks(&sink, data).await {
+            break Pumped::ReceiverGone(err);
+        }
+    };
+    match pumped {
+        Pumped::Complete => {
+            // The exchange is over whatever the runtime does with end(): reuse the connection
+            // (before end() so that the runtime's next fetch finds it).
+            lease.release(runtime).await;
+            if let Err(err) = sink.end_request().send().promise.await {
+                tracing::debug!(%request_id, error = %err, "runtime refused the end of the body");
+            }
+        }
+        Pumped::OriginFailed(err) => {
+            tracing::warn!(%request_id, code = %err.code, details = err.details.as_deref().unwrap_or(""), "origin response body broke");
+            let mut abort = sink.abort_request();
+            write_wire_error(abort.get().init_error(), &err);
+            if let Err(capnp_err) = abort.send().promise.await {
+                tracing::debug!(%request_id, error = %capnp_err, "runtime did not take the abort");
+            }
+        }
+        Pumped::ReceiverGone(err) => {
+            tracing::debug!(%request_id, error = %err, "runtime stopped reading the response body");
+        }
+    }
+    if let Err(err) = delivered.promise.await {
+        tracing::debug!(%request_id, error = %err, "deliver failed");
+    }
+}
+
+async fn write_chunks(sink: &byte_stream::Client, data: Bytes) -> Result<(), capnp::Error> {
+    for chunk in data.chunks(MAX_WRITE_CHUNK) {
+        let mut write = sink.write_request();
+        write.get().set_bytes(chunk);
+        write.send().await?;
+    }
+    Ok(())
+}
+
+fn write_response_head(mut out: response_head::Builder<'_>, head: &http::response::Parts) {
+    out.set_status(head.status.as_u16());
+    let count = u32::try_from(head.headers.len()).unwrap_or(u32::MAX);
+    let mut list = out.init_headers(count);
+    for (i, (name, value)) in head.headers.iter().enumerate().take(count as usize) {
+        let mut entry = list.reborrow().get(i as u32);
+        entry.set_name(name.as_str());
+        entry.set_value(value.as_bytes());
+    }
+}
+
+/// The request-body `ByteStream` handed to the runtime: writes feed the origin request.
+struct RequestBodySink {
+    /// `None` after `end` or `abort`.
+    events: RefCell<Option<mpsc::Sender<BodyEvent>>>,
+}
+
+impl RequestBodySink {
+    fn sender(&self) -> Result<mpsc::Sender<BodyEvent>, capnp::Error> {
+        self.events.borrow().clone().ok_or_else(|| {
+            capnp::Error::failed("request body written after end() or abort()".into())
+        })
+    }
+}
+
+fn origin_gone() -> capnp::Error {
+    capnp::Error::disconnected("the origin request is over and reads no more body".into())
+}
+
+impl byte_stream::Server for RequestBodySink {
+    fn write(
+        self: capnp::capability::Rc<Self>,
+        params: byte_stream::WriteParams,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        // Copied out of the capnp message before awaiting: the message is not `Send`.
+        let prepared = (|| -> Result<_, capnp::Error> {
+            let bytes = Bytes::copy_from_slice(params.get()?.get_bytes()?);
+            Ok((self.sender()?, bytes))
+        })();
+        async move {
+            let (sender, bytes) = prepared?;
+            // Awaiting capacity is the backpressure: capnp streaming holds later writes back.
+            sender
+                .send(BodyEvent::Data(bytes))
+                .await
+                .map_err(|_| origin_gone())
+        }
+    }
+
+    fn end(
+        self: capnp::capability::Rc<Self>,
+        _params: byte_stream::EndParams,
+        _results: byte_stream::EndResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let sender = self.events.borrow_mut().take();
+        async move {
+            if let Some(sender) = sender {
+                // An origin that no longer reads is not the runtime's problem at end().
+                let _ = sender.send(BodyEvent::End).await;
+            }
+            Ok(())
+        }
+    }
+
+    fn abort(
+        self: capnp::capability::Rc<Self>,
+        params: byte_stream::AbortParams,
+        _results: byte_stream::AbortResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let sender = self.events.borrow_mut().take();
+        let err = params
+            .get()
+            .and_then(|p| p.get_error())
+            .map(read_wire_error)
+            .unwrap_or_else(|e| {
+                ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
+                    "request body aborted with an unreadable error: {e}"
+                ))
+            });
+        async move {
+            if let Some(sender) = sender {
+                let _ = sender.send(BodyEvent::Abort(err)).await;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,783 @@
+//! runtime (a capnp test client) → binding-worker → iris → mock tunnel pool (dials loopback)
+//! → a local hyper origin that records what it received.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{RpcSystem, twoparty};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{self, RootCertStore, pki_types::PrivateKeyDer};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use uuid::Uuid;
+use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
+use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_iris::{
+    BoxFuture, BoxIo, FlowContext, RouteTarget, Router, RouterConfig, ServiceRoute, ServiceStore,
+    TunnelPool, UdpFlow,
+};
+use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
+use wvpc_schemas::{read_wire_error, write_wire_error};
+
+// ---------------------------------------------------------------------------------------------
+// The origin: records Host, path and connections; `/echo` streams the request body back.
+
+#[derive(Default)]
+struct OriginLog {
+    connections: AtomicUsize,
+    requests: Mutex<Vec<(String, String, http::HeaderMap)>>,
+    /// SNI of each TLS connection.
+    server_names: Mutex<Vec<String>>,
+}
+
+async fn start_origin(tls: Option<TlsAcceptor>) -> (SocketAddr, Arc<OriginLog>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(OriginLog::default());
+    let accept_log = Arc::clone(&log);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            accept_log.connections.fetch_add(1, Ordering::SeqCst);
+            let log = Arc::clone(&accept_log);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let service_log = Arc::clone(&log);
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let log = Arc::clone(&service_log);
+                    async move { Ok::<_, Infallible>(origin_handle(&log, req).await) }
+                });
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let sni = tls.get_ref().1.server_name().unwrap_or("").to_owned();
+                        log.server_names.lock().unwrap().push(sni);
+                        let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+async fn origin_handle(
+    log: &OriginLog,
+    req: Request<Incoming>,
+) -> Response<BoxBody<Bytes, hyper::Error>> {
+    let host = req
+        .headers()
+        .get("host")
+        .map(|h| h.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    log.requests
+        .lock()
+        .unwrap()
+        .push((host, path.clone(), req.headers().clone()));
+    if path == "/echo" {
+        return Response::new(req.into_body().boxed());
+    }
+    if path == "/count" {
+        // Answers only after the whole body arrived.
+        let text = match req.into_body().collect().await {
+            Ok(body) => body.to_bytes().len().to_string(),
+            Err(_) => "broken".to_owned(),
+        };
+        return Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed());
+    }
+    Response::builder()
+        .header("x-origin", "yes")
+        .body(
+            Full::new(Bytes::from_static(b"hello from the origin"))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+/// A private CA and an origin certificate for `secure.internal`, as a private network has.
+fn test_pki() -> (RootCertStore, TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_params = CertificateParams::new(vec!["secure.internal".to_owned()]).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+
+    let mut roots = RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf_cert.der().clone()],
+            PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    (roots, TlsAcceptor::from(Arc::new(config)))
+}
+
+/// An origin that accepts, reads a little, and hangs up without answering.
+async fn start_hangup_origin() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------------------------
+// iris with an in-memory store and a mock tunnel pool.
+
+struct MemoryStore(HashMap<Uuid, ServiceRoute>);
+
+impl ServiceStore for MemoryStore {
+    fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError> {
+        Ok(self.0.get(&service_id).cloned())
+    }
+}
+
+/// A mock tunnel pool: "through the tunnel" is a direct loopback dial.
+struct MockTunnelPool;
+
+impl TunnelPool for MockTunnelPool {
+    fn open_tcp<'a>(
+        &'a self,
+        _tunnel: Uuid,
+        dest: SocketAddr,
+        _ctx: &'a FlowContext,
+    ) -> BoxFuture<'a, Result<BoxIo, ProxyError>> {
+        Box::pin(async move {
+            let stream = TcpStream::connect(dest).await.map_err(|e| {
+                let code = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    ErrorCode::ConnectionRefused
+                } else {
+                    ErrorCode::DestinationIpUnroutable
+                };
+                ProxyError::new(code).with_details(e.to_string())
+            })?;
+            stream.set_nodelay(true).unwrap();
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }
+
+    fn open_udp<'a>(
+        &'a self,
+        _tunnel: Uuid,
+        _dest: SocketAddr,
+        _ctx: &'a FlowContext,
+    ) -> BoxFuture<'a, Result<Box<dyn UdpFlow>, ProxyError>> {
+        Box::pin(async { Err(ProxyError::new(ErrorCode::DestinationUnavailable)) })
+    }
+}
+
+const API: Uuid = Uuid::from_u128(0xa1);
+const HTTPS_ONLY: Uuid = Uuid::from_u128(0xa2);
+const REFUSING: Uuid = Uuid::from_u128(0xa3);
+const HANGUP: Uuid = Uuid::from_u128(0xa4);
+const SECURE: Uuid = Uuid::from_u128(0xa5);
+
+fn service(id: Uuid, port: u16, http: bool) -> (Uuid, ServiceRoute) {
+    let route = ServiceRoute {
+        service_id: id,
+        tunnel_id: Uuid::from_u128(0x77),
+        target: RouteTarget::Ips {
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            ipv6: None,
+        },
+        http_port: http.then_some(port),
+        https_port: Some(port),
+        tcp_port: None,
+    };
+    (id, route)
+}
+
+struct Stack {
+    worker: BindingWorkerHandle,
+    origin: Arc<OriginLog>,
+    tls_origin: Arc<OriginLog>,
+}
+
+/// Which roots the worker trusts for https origins.
+enum Trust {
+    TestCa,
+    System,
+}
+
+async fn start_stack() -> Stack {
+    start_stack_trusting(Trust::TestCa).await
+}
+
+async fn start_stack_trusting(trust: Trust) -> Stack {
+    let (roots, acceptor) = test_pki();
+    let (origin_addr, origin) = start_origin(None).await;
+    let (tls_addr, tls_origin) = start_origin(Some(acceptor)).await;
+    let hangup = start_hangup_origin().await;
+    let closed_port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = MemoryStore(HashMap::from([
+        service(API, origin_addr.port(), true),
+        service(HTTPS_ONLY, origin_addr.port(), false),
+        service(REFUSING, closed_port, true),
+        service(HANGUP, hangup.port(), true),
+        service(SECURE, tls_addr.port(), false),
+    ]));
+    let router = Router::new(
+        Arc::new(store),
+        Arc::new(MockTunnelPool),
+        RouterConfig::default(),
+    );
+    let iris = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let iris_addr = iris.local_addr().unwrap();
+    tokio::spawn(async move { router.serve(iris).await });
+
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let mut config = BindingWorkerConfig::new(iris_addr);
+    if let Trust::TestCa = trust {
+        config.tls_roots = Some(Arc::new(roots));
+    }
+    let worker = BindingWorker::start(listener, config).unwrap();
+    Stack {
+        worker,
+        origin,
+        tls_origin,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small capnp client for VpcBinding, as the runtime would call it.
+
+struct Fetched {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+impl Fetched {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+type Head = Result<(u16, Vec<(String, Vec<u8>)>), ProxyError>;
+
+struct Receiver {
+    head: RefCell<Option<oneshot::Sender<Head>>>,
+    body: Rc<BodyCollector>,
+}
+
+impl response_receiver::Server for Receiver {
+    async fn deliver(
+        self: capnp::capability::Rc<Self>,
+        params: response_receiver::DeliverParams,
+        mut results: response_receiver::DeliverResults,
+    ) -> Result<(), capnp::Error> {
+        use wvpc_schemas::binding_capnp::fetch_result::Which;
+        let head = match params.get()?.get_result()?.which()? {
+            Which::Response(r) => {
+                let r = r?;
+                let headers = r
+                    .get_headers()?
+                    .iter()
+                    .map(|h| Ok((h.get_name()?.to_string()?, h.get_value()?.to_vec())))
+                    .collect::<Result<Vec<_>, capnp::Error>>()?;
+                Ok((r.get_status(), headers))
+            }
+            Which::Error(e) => Err(read_wire_error(e?)),
+            Which::Unspecified(()) => panic!("result left unspecified"),
+        };
+        results
+            .get()
+            .set_body(capnp_rpc::new_client_from_rc(Rc::clone(&self.body)));
+        if let Some(tx) = self.head.borrow_mut().take() {
+            let _ = tx.send(head);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct BodyCollector {
+    bytes: RefCell<Vec<u8>>,
+    done: RefCell<Option<oneshot::Sender<Result<(), ProxyError>>>>,
+}
+
+impl byte_stream::Server for BodyCollector {
+    async fn write(
+        self: capnp::capability::Rc<Self>,
+        params: byte_stream::WriteParams,
+    ) -> Result<(), capnp::Error> {
+        self.bytes
+            .borrow_mut()
+            .extend_from_slice(params.get()?.get_bytes()?);
+        Ok(())
+    }
+
+    async fn end(
+        self: capnp::capability::Rc<Self>,
+        _: byte_stream::EndParams,
+        _: byte_stream::EndResults,
+    ) -> Result<(), capnp::Error> {
+        if let Some(tx) = self.done.borrow_mut().take() {
+            let _ = tx.send(Ok(()));
+        }
+        Ok(())
+    }
+
+    async fn abort(
+        self: capnp::capability::Rc<Self>,
+        params: byte_stream::AbortParams,
+        _: byte_stream::AbortResults,
+    ) -> Result<(), capnp::Error> {
+        let err = read_wire_error(params.get()?.get_error()?);
+        if let Some(tx) = self.done.borrow_mut().take() {
+            let _ = tx.send(Err(err));
+        }
+        Ok(())
+    }
+}
+
+struct TestRuntime {
+    binding: vpc_binding::Client,
+}
+
+impl TestRuntime {
+    /// Connects like a runtime. Must run inside a `LocalSet`.
+    async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (r, w) = stream.into_split();
+        let network = twoparty::VatNetwork::new(
+            r.compat(),
+            w.compat_write(),
+            Side::Client,
+            Default::default(),
+        );
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let binding: vpc_binding::Client = rpc.bootstrap(Side::Server);
+        tokio::task::spawn_local(rpc);
+        Self { binding }
+    }
+
+    async fn fetch(
+        &self,
+        service: Uuid,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Fetched, ProxyError> {
+        let (head_tx, head_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let collector = Rc::new(BodyCollector {
+            bytes: RefCell::default(),
+            done: RefCell::new(Some(done_tx)),
+        });
+        let receiver = Receiver {
+            head: RefCell::new(Some(head_tx)),
+            body: Rc::clone(&collector),
+        };
+
+        let mut call = self.binding.fetch_request();
+        {
+            let mut p = call.get();
+            let mut ctx = p.reborrow().init_context();
+            ctx.set_service_id(service.to_string());
+            ctx.set_script("test-script");
+            ctx.set_account("acct-1");
+            ctx.set_request_id("req-e2e");
+            ctx.set_binding("API");
+            let mut head = p.reborrow().init_head();
+            head.set_method(method);
+            head.set_url(url);
+            let mut list = head.init_headers(headers.len() as u32);
+            for (i, (n, v)) in headers.iter().enumerate() {
+                let mut h = list.reborrow().get(i as u32);
+                h.set_name(*n);
+                h.set_value(v.as_bytes());
+            }
+            p.set_response(capnp_rpc::new_client(receiver));
+        }
+        let sent = call.send();
+        let sink = sent.pipeline.get_request_body();
+        // Stream the request body in chunks, with capnp flow control, while the response may
+        // already be coming back.
+        let write_body = async {
+            for chunk in body.chunks(32 << 10) {
+                let mut w = sink.write_request();
+                w.get().set_bytes(chunk);
+                if w.send().await.is_err() {
+                    return;
+                }
+            }
+            let _ = sink.end_request().send().promise.await;
+        };
+        let read_response = async {
+            let (status, headers) = head_rx.await.expect("deliver was called")?;
+            done_rx.await.expect("the body ended or aborted")?;
+            let body = collector.bytes.borrow().clone();
+            Ok(Fetched {
+                status,
+                headers,
+                body,
+            })
+        };
+        let ((), fetched) = futures::join!(write_body, read_response);
+        sent.promise.await.expect("fetch call returned");
+        fetched
+    }
+}
+
+async fn with_runtime<F, Fut>(stack: &Stack, test: F)
+where
+    F: FnOnce(TestRuntime) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let local = tokio::task::LocalSet::new();
+    let addr = stack.worker.local_addr();
+    local
+        .run_until(async move { test(TestRuntime::connect(addr).await).await })
+        .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_is_the_url_host_without_port_and_path_query_are_forwarded() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |rt| async move {
+        let res = rt
+            .fetch(
+                API,
+                "GET",
+                "http://API.Internal:9999/v1/items?q=1&r=two#ignored",
+                &[
+                    ("x-kept", "yes"),
+                    ("connection", "x-hop"),
+                    ("x-hop", "1"),
+                    ("host", "evil"),
+                ],
+                b"",
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200);
+        assert_eq!(res.body, b"hello from the origin");
+        assert_eq!(res.header("x-origin"), Some(&b"yes"[..]));
+    })
+    .await;
+    let requests = stack.origin.requests.lock().unwrap();
+    let (host, path, headers) = &requests[0];
+    assert_eq!(host, "api.internal");
+    assert_eq!(path, "/v1/items?q=1&r=two");
+    assert_eq!(headers["x-kept"], "yes");
+    assert!(
+        headers.get("x-hop").is_none(),
+        "headers named by Connection are hop-by-hop"
+    );
+    assert!(
+        headers.get("transfer-encoding").is_none(),
+        "an empty GET is not sent chunked"
+    );
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_mib_body_streams_both_ways_intact() {
+    let stack = start_stack().await;
+    let body: Vec<u8> = (0..(6 << 20) + 12_345)
+        .map(|i: u32| (i * 31 % 251) as u8)
+        .collect();
+    let expected = body.clone();
+    with_runtime(&stack, |rt| async move {
+        let res = rt
+            .fetch(
+                API,
+                "POST",
+                "http://api.internal/echo",
+                &[("content-type", "application/octet-stream")],
+                &body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200);
+        assert_eq!(res.body.len(), expected.len());
+        assert!(res.body == expected, "echoed body differs");
+
+        let res = rt
+            .fetch(
+                API,
+                "PUT",
+                "http://api.internal/count",
+                &[("content-length", &body.len().to_string())],
+                &body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            res.body,
+            expected.len().to_string().as_bytes(),
+            "the origin got the whole body"
+        );
+    })
+    .await;
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_reuse_one_origin_connection() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |rt| async move {
+        for i in 0..5 {
+            let res = rt
+                .fetch(API, "GET", &format!("http://api.internal/n/{i}"), &[], b"")
+                .await
+                .unwrap();
+            assert_eq!(res.status, 200);
+            let res = rt
+                .fetch(API, "POST", "http://api.internal/echo", &[], b"small body")
+                .await
+                .unwrap();
+            assert_eq!(res.body, b"small body");
+        }
+    })
+    .await;
+    assert_eq!(stack.origin.requests.lock().unwrap().len(), 10);
+    assert_eq!(stack.origin.connections.load(Ordering::SeqCst), 1);
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_hosts_do_not_share_a_connection() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |rt| async move {
+        rt.fetch(API, "GET", "http://a.internal/", &[], b"")
+            .await
+            .unwrap();
+        rt.fetch(API, "GET", "http://b.internal/", &[], b"")
+            .await
+            .unwrap();
+        rt.fetch(API, "GET", "http://a.internal/", &[], b"")
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(stack.origin.connections.load(Ordering::SeqCst), 2);
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_arrive_as_codes() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |rt| async move {
+        let code = |r: Result<Fetched, ProxyError>| r.err().map(|e| e.code);
+
+        let unknown = Uuid::from_u128(0xdead);
+        assert_eq!(
+            code(
+                rt.fetch(unknown, "GET", "http://api.internal/", &[], b"")
+                    .await
+            ),
+            Some(ErrorCode::DestinationNotFound)
+        );
+        let denied = rt
+            .fetch(HTTPS_ONLY, "GET", "http://api.internal/", &[], b"")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(denied.code, ErrorCode::HttpRequestDenied);
+        assert!(denied.details.unwrap().contains("http"));
+        assert_eq!(
+            code(
+                rt.fetch(REFUSING, "GET", "http://api.internal/", &[], b"")
+                    .await
+            ),
+            Some(ErrorCode::ConnectionRefused)
+        );
+        assert_eq!(
+            code(
+                rt.fetch(HANGUP, "GET", "http://api.internal/", &[], b"")
+                    .await
+            ),
+            Some(ErrorCode::ConnectionTerminated)
+        );
+        let relative = rt
+            .fetch(API, "GET", "/v1/items", &[], b"")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(relative.code, ErrorCode::HttpRequestError);
+        assert!(relative.details.unwrap().contains("absolute"));
+        // https to an origin that speaks plaintext HTTP on that port.
+        assert_eq!(
+            code(
+                rt.fetch(API, "GET", "https://api.internal/", &[], b"")
+                    .await
+            ),
+            Some(ErrorCode::TlsProtocolError)
+        );
+        // The worker keeps serving after failures.
+        assert_eq!(
+            rt.fetch(API, "GET", "http://api.internal/", &[], b"")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    })
+    .await;
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_request_body_never_reaches_the_origin_as_complete() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |rt| async move {
+        let (head_tx, head_rx) = oneshot::channel();
+        let collector = Rc::new(BodyCollector::default());
+        let receiver = Receiver {
+            head: RefCell::new(Some(head_tx)),
+            body: collector,
+        };
+        let mut call = rt.binding.fetch_request();
+        {
+            let mut p = call.get();
+            p.reborrow().init_context().set_service_id(API.to_string());
+            let mut head = p.reborrow().init_head();
+            head.set_method("POST");
+            head.set_url("http://api.internal/count");
+            let mut headers = head.init_headers(1);
+            headers.reborrow().get(0).set_name("content-length");
+            headers.reborrow().get(0).set_value(b"100");
+            p.set_response(capnp_rpc::new_client(receiver));
+        }
+        let sent = call.send();
+        let sink = sent.pipeline.get_request_body();
+        let mut w = sink.write_request();
+        w.get().set_bytes(b"only part");
+        w.send().await.unwrap();
+        let mut abort = sink.abort_request();
+        write_wire_error(
+            abort.get().init_error(),
+            &ProxyError::new(ErrorCode::ConnectionReadTimeout),
+        );
+        abort.send().promise.await.unwrap();
+        // The origin answers only after a complete body, so the script's abort code is what
+        // comes back.
+        let err = head_rx
+            .await
+            .unwrap()
+            .expect_err("an error, not a response");
+        assert_eq!(err.code, ErrorCode::ConnectionReadTimeout);
+    })
+    .await;
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_origins_get_sni_and_host_from_the_url_and_are_verified() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |rt| async move {
+        for _ in 0..3 {
+            let res = rt
+                .fetch(
+                    SECURE,
+                    "GET",
+                    "https://Secure.Internal:8443/tls?x=1",
+                    &[],
+                    b"",
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                (res.status, res.body.as_slice()),
+                (200, &b"hello from the origin"[..])
+            );
+        }
+        let res = rt
+            .fetch(
+                SECURE,
+                "POST",
+                "https://secure.internal/echo",
+                &[],
+                &[7u8; 300_000],
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.body.len(), 300_000);
+
+        let wrong_name = rt
+            .fetch(SECURE, "GET", "https://other.internal/", &[], b"")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(wrong_name.code, ErrorCode::TlsCertificateError);
+    })
+    .await;
+    let names = stack.tls_origin.server_names.lock().unwrap().clone();
+    // The refused handshake never completes at the origin, so only one TLS connection shows,
+    // reused by all four requests.
+    assert_eq!(names, ["secure.internal"]);
+    let requests = stack.tls_origin.requests.lock().unwrap();
+    assert_eq!(requests[0].0, "secure.internal");
+    assert_eq!(requests[0].1, "/tls?x=1");
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_certificate_from_an_untrusted_ca_is_refused() {
+    let stack = start_stack_trusting(Trust::System).await;
+    with_runtime(&stack, |rt| async move {
+        let err = rt
+            .fetch(SECURE, "GET", "https://secure.internal/", &[], b"")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code, ErrorCode::TlsCertificateError);
+    })
+    .await;
+    stack.worker.shutdown();
+}

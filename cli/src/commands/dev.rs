@@ -1,0 +1,90 @@
+//! `wvpc dev`: every component in one process over real sockets ([`crate::stack`]), with the
+//! embedded directory of the state dir. Prints a line starting with `ready` once it serves.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use wvpc_runtime::ScriptConfig;
+
+use crate::stack::{Stack, StackConfig, describe_bindings};
+
+/// Config file names looked for in the current directory, in order, when `--config` is absent.
+pub const DEFAULT_CONFIG_FILES: [&str; 3] = ["wrangler.jsonc", "wrangler.json", "wrangler.toml"];
+
+/// `wvpc dev` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Worker config (wrangler-style JSON, JSONC or TOML) [default: the first of wrangler.jsonc,
+    /// wrangler.json, wrangler.toml in the current directory]
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Port of the local HTTP server that runs the script (on 127.0.0.1)
+    #[arg(long, default_value_t = 8787)]
+    pub port: u16,
+    /// Address where the tunnel edge (iris) accepts connectors over QUIC
+    #[arg(long, default_value = "127.0.0.1:7844", value_name = "IP:PORT")]
+    pub edge_listen: SocketAddr,
+}
+
+impl DevArgs {
+    /// The config to load: `--config` as given, or the first of [`DEFAULT_CONFIG_FILES`] that
+    /// exists in `dir`.
+    pub fn config_path(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.config {
+            return Ok(path.clone());
+        }
+        DEFAULT_CONFIG_FILES
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|path| path.is_file())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no worker config in {}: create one of {} or pass --config <path>",
+                    dir.display(),
+                    DEFAULT_CONFIG_FILES.join(", ")
+                )
+            })
+    }
+}
+
+/// Runs `wvpc dev` until Ctrl-C or SIGTERM.
+pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let cwd = std::env::current_dir()?;
+    let config_path = args.config_path(&cwd)?;
+    let script = ScriptConfig::load(&config_path)
+        .map_err(|err| anyhow::anyhow!("{}: {err}", config_path.display()))?;
+    let stack = Stack::start(StackConfig {
+        state: state.to_owned(),
+        script: script.clone(),
+        listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
+        edge_listen: args.edge_listen,
+    })
+    .await?;
+    writeln!(out, "ready: serving script {:?} on http://{}", script.name, stack.script_addr)?;
+    for line in describe_bindings(&script, &stack.directory) {
+        writeln!(out, "  binding {line}")?;
+    }
+    writeln!(
+        out,
+        "  tunnel edge on {} (QUIC); connectors elsewhere trust it with --cacert {}",
+        stack.edge_addr,
+        stack.edge_ca_path.display()
+    )?;
+    writeln!(out, "  state {}", state.display())?;
+    out.flush()?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    stack.shutdown();
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,108 @@
+//! `wvpc tunnel run`: a connector inside the private network that dials the edge (iris) and
+//! serves the tunnel, like `cloudflared tunnel run`. Prints a line starting with `registered`
+//! once the first connection is registered.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use wvpc_connector::{Connector, ConnectorConfig};
+use wvpc_tunnel::Credentials;
+
+use super::dev::shutdown_signal;
+
+/// `wvpc tunnel run` arguments (names follow cloudflared's flags and environment variables).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TunnelRunArgs {
+    /// Tunnel token, as printed by `wvpc tunnel create` / `wvpc tunnel token`
+    #[arg(
+        long,
+        env = "TUNNEL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: String,
+    /// Edge address to dial (repeat for several edges)
+    #[arg(long, required = true, value_name = "HOST:PORT")]
+    pub edge: Vec<String>,
+    /// DNS resolvers for the virtual DNS service instead of the system resolver (repeatable,
+    /// at most 10)
+    #[arg(
+        long = "dns-resolver-addrs",
+        env = "TUNNEL_DNS_RESOLVER_ADDRS",
+        value_delimiter = ',',
+        value_name = "IP:PORT"
+    )]
+    pub dns_resolver_addrs: Vec<SocketAddr>,
+    /// PEM file with the CA certificate(s) that sign the edge's certificate
+    #[arg(long, value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
+    /// Number of connections to keep to the edge
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..))]
+    pub ha_connections: u8,
+}
+
+/// Most `--dns-resolver-addrs`, as cloudflared allows.
+const MAX_DNS_RESOLVERS: usize = 10;
+
+/// Runs the connector until Ctrl-C or SIGTERM, or until the edge refuses the credentials.
+pub async fn run(args: TunnelRunArgs, state: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let credentials = Credentials::from_token(&args.token)
+        .map_err(|err| anyhow::anyhow!("--token: {err} (use the token printed by `wvpc tunnel create` or `wvpc tunnel token`)"))?;
+    let mut edge = Vec::new();
+    for entry in &args.edge {
+        let addr = tokio::net::lookup_host(entry.as_str())
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| anyhow::anyhow!("--edge {entry:?}: not a reachable host:port (e.g. 127.0.0.1:7844)"))?;
+        edge.push(addr);
+    }
+    if args.dns_resolver_addrs.len() > MAX_DNS_RESOLVERS {
+        anyhow::bail!(
+            "--dns-resolver-addrs: {} resolvers given, at most {MAX_DNS_RESOLVERS} are allowed",
+            args.dns_resolver_addrs.len()
+        );
+    }
+    let ca_path = match &args.cacert {
+        Some(path) => path.clone(),
+        None => {
+            let local = state.join("edge").join(wvpc_tunnel::identity::CA_FILE);
+            if !local.is_file() {
+                anyhow::bail!(
+                    "--cacert: no CA to verify the edge with; pass the edge's ca.pem (a `wvpc dev` \
+                     or iris writes it to <state>/edge/ca.pem; {} does not exist)",
+                    local.display()
+                );
+            }
+            local
+        }
+    };
+    let ca_pem = std::fs::read(&ca_path)
+        .map_err(|err| anyhow::anyhow!("--cacert {}: {err}", ca_path.display()))?;
+
+    let tunnel_id = credentials.tunnel_id;
+    let mut config = ConnectorConfig::new(credentials, edge.clone(), ca_pem);
+    config.dns_resolvers = args.dns_resolver_addrs.clone();
+    config.ha_connections = usize::from(args.ha_connections);
+    let connector = Connector::new(config)?;
+    let mut readiness = connector.readiness();
+    let announce = async {
+        if readiness.wait_registered(1).await {
+            let _ = writeln!(
+                out,
+                "registered: tunnel {tunnel_id} via {} (connector {})",
+                edge.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                connector.client_id()
+            );
+            let _ = out.flush();
+        }
+        // Keep this branch pending: only serve() ends the select below.
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        result = connector.serve(shutdown_signal()) => result?,
+        () = announce => {}
+    }
+    Ok(())
+}

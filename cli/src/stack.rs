@@ -1,0 +1,246 @@
+//! The one-process stack behind `wvpc dev`: the directory, iris (CONNECT router and QUIC
+//! tunnel edge), the binding-worker and the runtime, each on its own real socket.
+//!
+//! Tests and the benchmark start exactly this, so they exercise what `wvpc dev` runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use uuid::Uuid;
+use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
+use wvpc_directory::{Directory, Service, ServiceTarget, TunnelAuthError};
+use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_iris::connect::{Router, RouterConfig};
+use wvpc_iris::edge::{AuthFailure, Edge, TunnelAuthority, TunnelRegistry};
+use wvpc_iris::{RouteTarget, ServiceRoute, ServiceStore};
+use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig};
+use wvpc_tunnel::EdgeIdentity;
+
+/// Where the stack listens and what it serves.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// State directory (directory database, edge identity).
+    pub state: PathBuf,
+    /// The script and its bindings.
+    pub script: ScriptConfig,
+    /// HTTP listener of the script.
+    pub listen: SocketAddr,
+    /// UDP listener of the tunnel edge.
+    pub edge_listen: SocketAddr,
+}
+
+/// A running stack. Dropping it stops every component.
+pub struct Stack {
+    /// The script's HTTP address.
+    pub script_addr: SocketAddr,
+    /// The tunnel edge's (QUIC) address.
+    pub edge_addr: SocketAddr,
+    /// iris's CONNECT address.
+    pub iris_addr: SocketAddr,
+    /// The binding-worker's capnp address.
+    pub binding_worker_addr: SocketAddr,
+    /// PEM file of the CA that signs the edge certificate (for connectors' `--cacert`).
+    pub edge_ca_path: PathBuf,
+    /// The edge's identity.
+    pub edge_identity: EdgeIdentity,
+    /// The directory the stack reads.
+    pub directory: Arc<Directory>,
+    registry: Arc<TunnelRegistry>,
+    edge: Arc<Edge>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    binding_worker: Option<BindingWorkerHandle>,
+}
+
+impl Stack {
+    /// Checks the script's bindings against the directory and starts every component.
+    pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
+        let directory = Arc::new(Directory::open(&config.state)?);
+        check_bindings(&config.script, &directory, &config.state)?;
+
+        let edge_dir = config.state.join("edge");
+        let edge_identity = EdgeIdentity::load_or_create(&edge_dir)
+            .with_context(|| format!("loading the edge TLS identity in {}", edge_dir.display()))?;
+        let authority: Arc<dyn TunnelAuthority> = Arc::new(DirectoryAuthority(directory.clone()));
+        let edge = Edge::bind(config.edge_listen, &edge_identity, authority, "wvpc-dev".into())
+            .with_context(|| format!("starting the tunnel edge on {} (UDP)", config.edge_listen))?;
+        let edge = Arc::new(edge);
+        let registry = edge.registry();
+        let edge_addr = edge.local_addr();
+        let mut tasks = Vec::new();
+        let serving = edge.clone();
+        tasks.push(tokio::spawn(async move { serving.serve().await }));
+
+        let store: Arc<dyn ServiceStore> = Arc::new(DirectoryRoutes(directory.clone()));
+        let router = Router::new(store, registry.clone(), RouterConfig::default());
+        let iris_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let iris_addr = iris_listener.local_addr()?;
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = router.serve(iris_listener).await {
+                tracing::error!(error = %err, "iris CONNECT listener failed");
+            }
+        }));
+
+        let bw_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let binding_worker = BindingWorker::start(
+            bw_listener,
+            BindingWorkerConfig::new(iris_addr),
+        )
+        .context("starting the binding-worker")?;
+        let binding_worker_addr = binding_worker.local_addr();
+
+        let script = config.script.clone();
+        let options = RuntimeOptions {
+            binding_worker: binding_worker_addr,
+            account: directory.account_id().to_owned(),
+        };
+        // Compiling the component is CPU work: keep it off the async workers.
+        let runtime = tokio::task::spawn_blocking(move || Runtime::new(&script, options))
+            .await?
+            .with_context(|| format!("loading script {:?}", config.script.name))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {} for the script", config.listen))?;
+        let script_addr = listener.local_addr()?;
+        let runtime = Arc::new(runtime);
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = runtime.serve(listener).await {
+                tracing::error!(error = %err, "script HTTP listener failed");
+            }
+        }));
+
+        Ok(Stack {
+            script_addr,
+            edge_addr,
+            iris_addr,
+            binding_worker_addr,
+            edge_ca_path: edge_dir.join(wvpc_tunnel::identity::CA_FILE),
+            edge_identity,
+            directory,
+            registry,
+            edge,
+            tasks,
+            binding_worker: Some(binding_worker),
+        })
+    }
+
+    /// Live tunnel connections, for readiness and `tunnel info`-style output.
+    pub fn registry(&self) -> &Arc<TunnelRegistry> {
+        &self.registry
+    }
+
+    /// Stops every component.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.edge.close();
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(worker) = self.binding_worker.take() {
+            worker.shutdown();
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every binding must name a service that exists in this directory; all problems at once.
+fn check_bindings(script: &ScriptConfig, directory: &Directory, state: &Path) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for (i, binding) in script.vpc_services.iter().enumerate() {
+        match directory.service(binding.service_id)? {
+            Some(_) => {}
+            None => problems.push(format!(
+                "vpc_services[{i}].service_id: binding {:?} names VPC service {}, which does not \
+                 exist in the directory at {} (list services with `wvpc service list`, create one \
+                 with `wvpc service create`)",
+                binding.binding,
+                binding.service_id,
+                state.display()
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("the script's bindings are invalid:\n  {}", problems.join("\n  "))
+    }
+}
+
+/// A one-line description of each binding, for the start-up summary.
+pub fn describe_bindings(script: &ScriptConfig, directory: &Directory) -> Vec<String> {
+    script
+        .vpc_services
+        .iter()
+        .map(|b| match directory.service(b.service_id) {
+            Ok(Some(s)) => format!("{} -> service {} ({}: {})", b.binding, s.service_id, s.name, target_text(&s)),
+            _ => format!("{} -> service {}", b.binding, b.service_id),
+        })
+        .collect()
+}
+
+fn target_text(s: &Service) -> String {
+    let host = match s.target() {
+        ServiceTarget::Hostname { name, .. } => name,
+        ServiceTarget::Ips { ipv4, ipv6 } => [ipv4.map(|ip| ip.to_string()), ipv6.map(|ip| format!("[{ip}]"))]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    format!("{host} via tunnel {}", s.tunnel_id())
+}
+
+// === impl DirectoryRoutes ===
+
+/// iris reads services straight from the directory (an indexed SQLite lookup per CONNECT),
+/// so changes made by `wvpc service …` in another process apply to the next request.
+struct DirectoryRoutes(Arc<Directory>);
+
+impl ServiceStore for DirectoryRoutes {
+    fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError> {
+        let service = self.0.service(service_id).map_err(|err| {
+            tracing::error!(%service_id, error = %err, "directory lookup failed");
+            ProxyError::new(ErrorCode::ProxyInternalError).with_details("directory lookup failed")
+        })?;
+        Ok(service.map(|s| ServiceRoute {
+            service_id: s.service_id,
+            tunnel_id: s.tunnel_id(),
+            target: match s.target() {
+                ServiceTarget::Hostname { name, resolvers } => RouteTarget::Hostname { name, resolvers },
+                ServiceTarget::Ips { ipv4, ipv6 } => RouteTarget::Ips { ipv4, ipv6 },
+            },
+            http_port: s.http_port(),
+            https_port: s.https_port(),
+            tcp_port: s.tcp_port(),
+        }))
+    }
+}
+
+// === impl DirectoryAuthority ===
+
+/// Connector registrations are checked against the tunnels of the directory.
+struct DirectoryAuthority(Arc<Directory>);
+
+impl TunnelAuthority for DirectoryAuthority {
+    fn authorize(&self, tunnel_id: Uuid, account_tag: &str, secret: &[u8]) -> Result<(), AuthFailure> {
+        self.0.authorize_tunnel(tunnel_id, account_tag, secret).map_err(|err| match err {
+            TunnelAuthError::UnknownTunnel(id) => AuthFailure::UnknownTunnel(id),
+            TunnelAuthError::WrongAccount(id) => AuthFailure::WrongAccount(id),
+            TunnelAuthError::WrongSecret(id) => AuthFailure::WrongSecret(id),
+            TunnelAuthError::Store(err) => {
+                // Refusing is the safe answer; the connector retries "unknown" later.
+                tracing::error!(%tunnel_id, error = %err, "directory unavailable while authorizing a tunnel");
+                AuthFailure::UnknownTunnel(tunnel_id)
+            }
+        })
+    }
+}

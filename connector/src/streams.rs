@@ -1,0 +1,287 @@
+//! Streams the edge opens on a connection. The signature decides: a data stream carries a
+//! `ConnectRequest` (we proxy `tcp`; http/websocket are refused, Workers VPC only uses tcp);
+//! an RPC stream carries Cap'n Proto RPC to our `CloudflaredServer`; anything else is reset.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use capnp::capability::Rc as CapRc;
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
+use futures::io::{BufReader, BufWriter};
+use tokio::sync::Notify;
+use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
+use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::tunnel_rpc_capnp::{cloudflared_server, configuration_manager, session_manager};
+use wvpc_tunnel::connect::metadata;
+use wvpc_tunnel::preamble::read_signature;
+use wvpc_tunnel::{BiStream, ConnectRequest, ConnectResponse, RpcThread, StreamKind, StreamType};
+
+use crate::origin::{FlowLimiter, OriginRoutes, dial_tcp};
+
+/// The edge must send its handshake promptly; a stream that stalls before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An RPC stream serves one call; cloudflared bounds it with its `--rpc-timeout` (5 s).
+const RPC_STREAM_LIFETIME: Duration = Duration::from_secs(5);
+/// Copy buffer per direction when piping a TCP flow.
+const PIPE_BUFFER: usize = 64 * 1024;
+
+/// What serving streams needs; shared by every connection of a connector.
+pub(crate) struct StreamContext {
+    pub(crate) routes: OriginRoutes,
+    pub(crate) limiter: FlowLimiter,
+    pub(crate) dial_timeout: Duration,
+    pub(crate) rpc: RpcThread,
+    /// Highest configuration version the edge pushed (acknowledged, not applied).
+    pub(crate) config_version: Arc<AtomicI32>,
+    /// TCP flows in progress, for draining on shutdown.
+    pub(crate) active: ActiveFlows,
+}
+
+/// Counts flows in progress.
+#[derive(Debug, Default)]
+pub(crate) struct ActiveFlows {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+/// One flow in progress; leaves the count on drop.
+struct ActiveFlow<'a>(&'a ActiveFlows);
+
+impl Drop for ActiveFlow<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_waiters();
+        }
+    }
+}
+
+impl ActiveFlows {
+    fn enter(&self) -> ActiveFlow<'_> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        ActiveFlow(self)
+    }
+
+    /// Resolves when no flow is in progress.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// Serves the edge's streams until the connection closes. Each stream gets its own task.
+pub(crate) async fn serve_streams(quic: quinn::Connection, ctx: Arc<StreamContext>) {
+    while let Ok((send, recv)) = quic.accept_bi().await {
+        tokio::spawn(handle_stream(BiStream::new(send, recv), ctx.clone()));
+    }
+}
+
+async fn handle_stream(mut stream: BiStream, ctx: Arc<StreamContext>) {
+    let kind = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_signature(&mut stream.recv)).await
+    {
+        Ok(Ok(kind)) => kind,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "edge stream refused");
+            stream.abort();
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("edge stream sent no signature in time; reset");
+            stream.abort();
+            return;
+        }
+    };
+    match kind {
+        StreamKind::Data => handle_data_stream(stream, &ctx).await,
+        StreamKind::Rpc => {
+            let applied = ctx.config_version.clone();
+            let BiStream { send, recv } = stream;
+            let spawned = ctx
+                .rpc
+                .spawn_local(move || serve_rpc_stream(send, recv, applied));
+            if spawned.is_err() {
+                tracing::debug!("RPC thread gone; RPC stream dropped");
+            }
+        }
+    }
+}
+
+async fn handle_data_stream(mut stream: BiStream, ctx: &StreamContext) {
+    let request = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        ConnectRequest::read_after_signature(&mut stream.recv),
+    )
+    .await
+    {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "malformed ConnectRequest; stream reset");
+            stream.abort();
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("ConnectRequest not received in time; stream reset");
+            stream.abort();
+            return;
+        }
+    };
+    let flow = request.metadata(metadata::FLOW_ID).unwrap_or("").to_owned();
+    match request.stream_type {
+        StreamType::Tcp => proxy_tcp(stream, &request, &flow, ctx).await,
+        StreamType::Http | StreamType::Websocket => {
+            let err = ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
+                "{:?} streams are not supported by this connector (Workers VPC uses tcp)",
+                request.stream_type
+            ));
+            tracing::debug!(%flow, dest = %request.dest, "refused a non-tcp stream");
+            respond_failure(&mut stream, &err).await;
+        }
+    }
+}
+
+async fn respond_failure(stream: &mut BiStream, err: &ProxyError) {
+    let _ = stream
+        .send
+        .write_all(&ConnectResponse::failure(err).encode())
+        .await;
+    let _ = stream.send.finish();
+}
+
+async fn proxy_tcp(
+    mut stream: BiStream,
+    request: &ConnectRequest,
+    flow: &str,
+    ctx: &StreamContext,
+) {
+    let dest = match request.dest.parse::<std::net::SocketAddr>() {
+        Ok(dest) => dest,
+        Err(_) => {
+            let err = ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
+                "tcp dest {:?} is not a literal ip:port",
+                request.dest
+            ));
+            return respond_failure(&mut stream, &err).await;
+        }
+    };
+    let slot = match ctx.limiter.acquire() {
+        Ok(slot) => slot,
+        Err(err) => {
+            tracing::warn!(%flow, %dest, "too many active flows; tcp flow refused");
+            return respond_failure(&mut stream, &err).await;
+        }
+    };
+    let target = ctx.routes.target(dest);
+    let mut origin = match dial_tcp(target, ctx.dial_timeout).await {
+        Ok(origin) => origin,
+        Err(err) => {
+            tracing::debug!(%flow, %dest, %target, code = %err.code, "origin dial failed");
+            return respond_failure(&mut stream, &err).await;
+        }
+    };
+    if stream
+        .send
+        .write_all(&ConnectResponse::ok().encode())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _active = ctx.active.enter();
+    tracing::debug!(%flow, %dest, %target, "tcp flow started");
+    match tokio::io::copy_bidirectional_with_sizes(
+        &mut stream,
+        &mut origin,
+        PIPE_BUFFER,
+        PIPE_BUFFER,
+    )
+    .await
+    {
+        Ok((up, down)) => tracing::debug!(%flow, %dest, up, down, "tcp flow finished"),
+        Err(e) => {
+            // After the response was sent, a failure can only be signalled by a reset.
+            tracing::debug!(%flow, %dest, error = %e, "tcp flow failed; stream reset");
+            stream.abort();
+        }
+    }
+    drop(slot);
+}
+
+/// Serves one RPC stream for the edge. Must run on the RPC thread.
+async fn serve_rpc_stream(
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    applied: Arc<AtomicI32>,
+) {
+    let network = twoparty::VatNetwork::new(
+        BufReader::new(recv.compat()),
+        BufWriter::new(send.compat_write()),
+        Side::Server,
+        capnp::message::ReaderOptions::new(),
+    );
+    let client: cloudflared_server::Client = capnp_rpc::new_client(CloudflaredService { applied });
+    let rpc = RpcSystem::new(Box::new(network), Some(client.client));
+    if let Ok(Err(e)) = tokio::time::timeout(RPC_STREAM_LIFETIME, rpc).await {
+        tracing::debug!(error = %e, "edge RPC stream failed");
+    }
+}
+
+/// The connector's RPC service for the edge.
+struct CloudflaredService {
+    applied: Arc<AtomicI32>,
+}
+
+impl session_manager::Server for CloudflaredService {
+    async fn register_udp_session(
+        self: CapRc<Self>,
+        _: session_manager::RegisterUdpSessionParams,
+        mut results: session_manager::RegisterUdpSessionResults,
+    ) -> Result<(), capnp::Error> {
+        results.get().init_result().set_err(
+            "datagram v2 is not supported by this connector: the edge must use datagram v3 \
+             (feature support_datagram_v3_2)",
+        );
+        Ok(())
+    }
+
+    async fn unregister_udp_session(
+        self: CapRc<Self>,
+        _: session_manager::UnregisterUdpSessionParams,
+        _: session_manager::UnregisterUdpSessionResults,
+    ) -> Result<(), capnp::Error> {
+        Ok(())
+    }
+}
+
+impl configuration_manager::Server for CloudflaredService {
+    async fn update_configuration(
+        self: CapRc<Self>,
+        params: configuration_manager::UpdateConfigurationParams,
+        mut results: configuration_manager::UpdateConfigurationResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let version = params.get_version();
+        // Nothing in a remote configuration applies to this connector: acknowledge the newest.
+        let applied = self
+            .applied
+            .fetch_max(version, Ordering::AcqRel)
+            .max(version);
+        tracing::info!(
+            version,
+            bytes = params.get_config()?.len(),
+            "edge pushed a configuration (acknowledged)"
+        );
+        let mut result = results.get().init_result();
+        result.set_latest_applied_version(applied);
+        result.set_err("");
+        Ok(())
+    }
+}
+
+impl cloudflared_server::Server for CloudflaredService {}

@@ -1,0 +1,657 @@
+//! The CONNECT server: the binding-worker's way into a service's private network.
+//!
+//! Each CONNECT names a VPC service (`wvpc-service-id`, else the authority's host) and a URL
+//! scheme (`wvpc-scheme`). iris answers it in phases, each of which can fail with one code:
+//!
+//! 1. read the request: no usable service id → `http_request_error`;
+//! 2. look the service up ([`ServiceStore`]) → `destination_not_found`;
+//! 3. pick the port for the scheme → `http_request_denied` when the service forbids it;
+//! 4. find addresses: fixed IPs as given (IPv4 first), a hostname through DNS *inside the
+//!    tunnel* ([`DnsResolver`]) → `dns_error` / `dns_timeout`;
+//! 5. open a TCP stream through the tunnel to each address in turn ([`TunnelPool::open_tcp`])
+//!    until one connects → the pool's code (`connection_refused`, `destination_unavailable`, …);
+//! 6. answer `200` and copy bytes both ways, half-closes included.
+//!
+//! A failure answers the code's HTTP status with `Proxy-Status: <node>; error=<code>…`
+//! ([`ProxyError::to_proxy_status`]), which the binding-worker turns back into the code; it is
+//! logged once with the request id, service id and code. iris never looks inside the piped
+//! bytes (TLS to the origin, if any, runs end to end from the binding-worker).
+//!
+//! One listener serves HTTP/1.1 and HTTP/2 (the binding-worker multiplexes every CONNECT over
+//! one HTTP/2 connection).
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use uuid::Uuid;
+use wvpc_errors::{ErrorCode, ProxyError};
+
+use crate::dns::{DnsConfig, DnsResolver};
+use crate::routes::{RouteTarget, ServiceRoute, ServiceStore};
+use crate::tunnel_pool::{BoxIo, FlowContext, TunnelPool};
+
+/// Header naming the VPC service (a UUID). Falls back to the CONNECT authority's host.
+pub const SERVICE_ID_HEADER: &str = "wvpc-service-id";
+/// Header naming the URL scheme (`http`, `https`, `tcp`) that picks the service's port.
+pub const SCHEME_HEADER: &str = "wvpc-scheme";
+/// Header with the URL's host as the script wrote it (for logs; routing never uses it).
+pub const ORIGINAL_HOST_HEADER: &str = "wvpc-original-host";
+/// Header with the script request's id, carried into every hop's logs.
+pub const REQUEST_ID_HEADER: &str = "wvpc-request-id";
+/// Header with the account that owns the calling script.
+pub const ACCOUNT_HEADER: &str = "wvpc-account";
+/// Header with the calling script's name.
+pub const SCRIPT_HEADER: &str = "wvpc-script";
+/// The RFC 9209 response header that carries a failure's code.
+pub const PROXY_STATUS_HEADER: &str = "proxy-status";
+
+/// Tuning of the [`Router`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RouterConfig {
+    /// This node's name in `Proxy-Status` values.
+    pub node_name: String,
+    /// DNS through tunnels.
+    pub dns: DnsConfig,
+    /// Concurrent CONNECT streams one HTTP/2 client may hold. The binding-worker keeps idle
+    /// origin connections open as streams, so this is far above HTTP/2's usual 100.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window per stream, in bytes.
+    pub stream_window: u32,
+    /// HTTP/2 flow-control window per connection, in bytes.
+    pub connection_window: u32,
+    /// Buffer size of each direction of a pipe, in bytes.
+    pub pipe_buffer: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            node_name: "iris".to_owned(),
+            dns: DnsConfig::default(),
+            max_concurrent_streams: 16_384,
+            stream_window: 1 << 20,
+            connection_window: 16 << 20,
+            pipe_buffer: 64 << 10,
+        }
+    }
+}
+
+/// The CONNECT router. Cheap to clone; clones share the DNS cache.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<RouterInner>,
+}
+
+struct RouterInner {
+    store: Arc<dyn ServiceStore>,
+    pool: Arc<dyn TunnelPool>,
+    dns: DnsResolver,
+    config: RouterConfig,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a CONNECT says about itself, read once for the phases and the log line.
+#[derive(Debug)]
+struct ConnectHead {
+    service_id: Result<Uuid, ProxyError>,
+    scheme: String,
+    ctx: FlowContext,
+    original_host: String,
+    account: String,
+    script: String,
+}
+
+impl Router {
+    /// A router that looks services up in `store` and reaches them through `pool`.
+    pub fn new(
+        store: Arc<dyn ServiceStore>,
+        pool: Arc<dyn TunnelPool>,
+        config: RouterConfig,
+    ) -> Self {
+        let dns = DnsResolver::new(Arc::clone(&pool), config.dns.clone());
+        Self {
+            inner: Arc::new(RouterInner {
+                store,
+                pool,
+                dns,
+                config,
+            }),
+        }
+    }
+
+    /// The DNS resolver (and cache) this router uses.
+    pub fn dns(&self) -> &DnsResolver {
+        &self.inner.dns
+    }
+
+    /// Accepts connections on `listener` and serves CONNECTs on them until the returned
+    /// future is dropped. Connections already accepted keep running as their own tasks.
+    /// Only fails if accepting fails in a way that retrying cannot fix.
+    pub async fn serve(&self, listener: TcpListener) -> io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => match accept_failure(&err) {
+                    AcceptFailure::ThisConnection => continue,
+                    AcceptFailure::OutOfResources => {
+                        tracing::warn!(error = %err, "accepting a CONNECT client failed; backing off");
+                        // Out of file descriptors: retrying at once would spin.
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                    AcceptFailure::Listener => return Err(err),
+                },
+            };
+            let router = self.clone();
+            tokio::spawn(async move { router.serve_connection(stream, peer).await });
+        }
+    }
+
+    /// Serves one accepted client connection (HTTP/1.1 or HTTP/2) to completion.
+    pub async fn serve_connection(&self, stream: TcpStream, peer: SocketAddr) {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+        }
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .max_concurrent_streams(self.inner.config.max_concurrent_streams)
+            .initial_stream_window_size(self.inner.config.stream_window)
+            .initial_connection_window_size(self.inner.config.connection_window);
+        let router = self.clone();
+        let service = service_fn(move |req| {
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(router.handle(req).await) }
+        });
+        if let Err(err) = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(%peer, error = %err, "CONNECT client connection ended with an error");
+        }
+    }
+
+    /// Answers one request: a CONNECT is routed; anything else is refused.
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Empty<Bytes>> {
+        let head = ConnectHead::read(&req);
+        if req.method() != Method::CONNECT {
+            let err = ProxyError::new(ErrorCode::HttpRequestError)
+                .with_details(format!("iris only accepts CONNECT, not {}", req.method()));
+            return self.refuse(&head, err);
+        }
+        let tunnel_io = match self.open_destination(&head).await {
+            Ok(io) => io,
+            Err(err) => return self.refuse(&head, err),
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let buffer = self.inner.config.pipe_buffer;
+        let request_id = head.ctx.request_id;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::debug!(%request_id, error = %err, "CONNECT client left before the pipe started");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(upgraded);
+            let mut tunnel_io = tunnel_io;
+            match tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut tunnel_io,
+                buffer,
+                buffer,
+            )
+            .await
+            {
+                Ok((up, down)) => tracing::debug!(%request_id, up, down, "CONNECT pipe closed"),
+                Err(err) => tracing::debug!(%request_id, error = %err, "CONNECT pipe broke"),
+            }
+        });
+        Response::new(Empty::new())
+    }
+
+    /// Phases 1–5: from the request to a connected stream through the tunnel.
+    async fn open_destination(&self, head: &ConnectHead) -> Result<BoxIo, ProxyError> {
+        let service_id = head.service_id.clone()?;
+        let route = self.inner.store.route(service_id)?.ok_or_else(|| {
+            ProxyError::new(ErrorCode::DestinationNotFound)
+                .with_details(format!("no VPC service has id {service_id}"))
+        })?;
+        let port = route.port_for_scheme(&head.scheme).ok_or_else(|| {
+            ProxyError::new(ErrorCode::HttpRequestDenied).with_details(format!(
+                "service {service_id} does not accept {scheme} (it has no {scheme}_port)",
+                scheme = head.scheme
+            ))
+        })?;
+        let addrs = self.addresses(&route, &head.ctx).await?;
+        self.dial(&route, &addrs, port, &head.ctx).await
+    }
+
+    /// Phase 4: the service's addresses, IPv4 first.
+    async fn addresses(
+        &self,
+        route: &ServiceRoute,
+        ctx: &FlowContext,
+    ) -> Result<Vec<IpAddr>, ProxyError> {
+        match &route.target {
+            RouteTarget::Ips { ipv4, ipv6 } => {
+                let addrs: Vec<IpAddr> = ipv4
+                    .map(IpAddr::V4)
+                    .into_iter()
+                    .chain(ipv6.map(IpAddr::V6))
+                    .collect();
+                if addrs.is_empty() {
+                    return Err(
+                        ProxyError::new(ErrorCode::DestinationNotFound).with_details(format!(
+                            "service {} has neither an IPv4 nor an IPv6 address",
+                            route.service_id
+                        )),
+                    );
+                }
+                Ok(addrs)
+            }
+            RouteTarget::Hostname { name, resolvers } => {
+                let addrs = self
+                    .inner
+                    .dns
+                    .resolve(route.tunnel_id, resolvers, name, ctx)
+                    .await?;
+                Ok(addrs.to_vec())
+            }
+        }
+    }
+
+    /// Phase 5: the first address that connects wins; only connection failures move on.
+    async fn dial(
+        &self,
+        route: &ServiceRoute,
+        addrs: &[IpAddr],
+        port: u16,
+        ctx: &FlowContext,
+    ) -> Result<BoxIo, ProxyError> {
+        let mut last_error = None;
+        for &ip in addrs {
+            let dest = SocketAddr::new(ip, port);
+            match self.inner.pool.open_tcp(route.tunnel_id, dest, ctx).await {
+                Ok(io) => return Ok(io),
+                Err(err) if is_per_address_failure(err.code) => {
+                    tracing::debug!(request_id = %ctx.request_id, %dest, error = %err, "origin address failed; trying the next");
+                    last_error = Some(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ProxyError::new(ErrorCode::DestinationNotFound)))
+    }
+
+    /// The error answer for a failed CONNECT, logged once.
+    fn refuse(&self, head: &ConnectHead, err: ProxyError) -> Response<Empty<Bytes>> {
+        let service_id = head
+            .service_id
+            .as_ref()
+            .map_or_else(|_| "-".to_owned(), Uuid::to_string);
+        tracing::warn!(
+            request_id = %head.ctx.request_id,
+            service_id = %service_id,
+            scheme = %head.scheme,
+            original_host = %head.original_host,
+            account = %head.account,
+            script = %head.script,
+            code = %err.code,
+            rcode = err.rcode.as_deref().unwrap_or(""),
+            details = err.details.as_deref().unwrap_or(""),
+            "CONNECT refused"
+        );
+        let status =
+            StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let proxy_status = err.to_proxy_status(&self.inner.config.node_name);
+        let mut response = Response::new(Empty::new());
+        *response.status_mut() = status;
+        // `to_proxy_status` only emits printable ASCII, so this cannot fail in practice.
+        if let Ok(value) = HeaderValue::from_str(&proxy_status) {
+            response.headers_mut().insert(PROXY_STATUS_HEADER, value);
+        }
+        response
+    }
+}
+
+impl ConnectHead {
+    fn read(req: &Request<Incoming>) -> Self {
+        let headers = req.headers();
+        let authority_port = req.uri().authority().and_then(|a| a.port_u16());
+        let service_id = match header_text(headers, SERVICE_ID_HEADER) {
+            Some(id) => parse_service_id(id, SERVICE_ID_HEADER),
+            None => match req.uri().authority() {
+                Some(authority) => parse_service_id(authority.host(), "the CONNECT authority"),
+                None => Err(
+                    ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
+                        "missing {SERVICE_ID_HEADER} header: name the VPC service to reach"
+                    )),
+                ),
+            },
+        };
+        let scheme = header_text(headers, SCHEME_HEADER).map_or_else(
+            // Without the header the authority's port says what the client meant.
+            || {
+                if authority_port == Some(443) {
+                    "https"
+                } else {
+                    "http"
+                }
+                .to_owned()
+            },
+            str::to_ascii_lowercase,
+        );
+        let text = |name: &str| header_text(headers, name).unwrap_or("-").to_owned();
+        Self {
+            service_id,
+            scheme,
+            ctx: FlowContext {
+                request_id: text(REQUEST_ID_HEADER),
+            },
+            original_host: text(ORIGINAL_HOST_HEADER),
+            account: text(ACCOUNT_HEADER),
+            script: text(SCRIPT_HEADER),
+        }
+    }
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+fn parse_service_id(value: &str, source: &str) -> Result<Uuid, ProxyError> {
+    Uuid::parse_str(value).map_err(|_| {
+        ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
+            "{source} {value:?} is not a VPC service id (a UUID)"
+        ))
+    })
+}
+
+/// Failures that concern one address, so that the next address may still work.
+fn is_per_address_failure(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::ConnectionRefused
+            | ErrorCode::ConnectionTimeout
+            | ErrorCode::ConnectionTerminated
+            | ErrorCode::DestinationIpUnroutable
+    )
+}
+
+/// Pause after an accept failed for lack of file descriptors or memory.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What a failed `accept` means for the accept loop.
+enum AcceptFailure {
+    /// Only the connection being accepted failed.
+    ThisConnection,
+    /// The process is out of descriptors or memory; retry after a pause.
+    OutOfResources,
+    /// The listener itself is broken.
+    Listener,
+}
+
+fn accept_failure(err: &io::Error) -> AcceptFailure {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    match err.kind() {
+        io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::Interrupted
+        | io::ErrorKind::WouldBlock => AcceptFailure::ThisConnection,
+        _ if err
+            .raw_os_error()
+            .is_some_and(|c| [ENFILE, EMFILE, ENOBUFS, ENOMEM].contains(&c)) =>
+        {
+            AcceptFailure::OutOfResources
+        }
+        _ => AcceptFailure::Listener,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::Ipv4Addr;
+    use std::sync::Mutex;
+
+    use http_body_util::BodyExt;
+    use hyper::client::conn::http2;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::tunnel_pool::{BoxFuture, UdpFlow};
+
+    struct MemoryStore(HashMap<Uuid, ServiceRoute>);
+
+    impl ServiceStore for MemoryStore {
+        fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError> {
+            Ok(self.0.get(&service_id).cloned())
+        }
+    }
+
+    /// A mock tunnel pool that dials loopback directly and records what it was asked.
+    #[derive(Default)]
+    struct MockTunnelPool {
+        dialed: Mutex<Vec<SocketAddr>>,
+    }
+
+    impl TunnelPool for MockTunnelPool {
+        fn open_tcp<'a>(
+            &'a self,
+            _tunnel: Uuid,
+            dest: SocketAddr,
+            _ctx: &'a FlowContext,
+        ) -> BoxFuture<'a, Result<BoxIo, ProxyError>> {
+            self.dialed.lock().unwrap().push(dest);
+            Box::pin(async move {
+                let stream = TcpStream::connect(dest).await.map_err(|e| {
+                    ProxyError::new(ErrorCode::ConnectionRefused).with_details(e.to_string())
+                })?;
+                stream.set_nodelay(true).expect("nodelay");
+                Ok(Box::new(stream) as BoxIo)
+            })
+        }
+
+        fn open_udp<'a>(
+            &'a self,
+            _tunnel: Uuid,
+            _dest: SocketAddr,
+            _ctx: &'a FlowContext,
+        ) -> BoxFuture<'a, Result<Box<dyn UdpFlow>, ProxyError>> {
+            Box::pin(async { Err(ProxyError::new(ErrorCode::DestinationUnavailable)) })
+        }
+    }
+
+    const ECHO: Uuid = Uuid::from_u128(1);
+    const HTTP_ONLY: Uuid = Uuid::from_u128(2);
+    const REFUSING: Uuid = Uuid::from_u128(3);
+
+    fn route(
+        id: Uuid,
+        target: RouteTarget,
+        http: Option<u16>,
+        https: Option<u16>,
+    ) -> (Uuid, ServiceRoute) {
+        let route = ServiceRoute {
+            service_id: id,
+            tunnel_id: Uuid::from_u128(99),
+            target,
+            http_port: http,
+            https_port: https,
+            tcp_port: None,
+        };
+        (id, route)
+    }
+
+    /// A router in front of an echo server, plus an HTTP/2 client connected to it.
+    async fn setup() -> (http2::SendRequest<Empty<Bytes>>, Arc<MockTunnelPool>) {
+        let echo = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let echo_port = echo.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = echo.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    tokio::io::copy(&mut r, &mut w).await.unwrap();
+                    w.shutdown().await.unwrap();
+                });
+            }
+        });
+        let closed_port = {
+            let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let loopback = RouteTarget::Ips {
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            ipv6: None,
+        };
+        let store = MemoryStore(HashMap::from([
+            route(ECHO, loopback.clone(), Some(echo_port), Some(echo_port)),
+            route(HTTP_ONLY, loopback.clone(), Some(echo_port), None),
+            route(REFUSING, loopback, Some(closed_port), None),
+        ]));
+        let pool = Arc::new(MockTunnelPool::default());
+        let router = Router::new(Arc::new(store), pool.clone(), RouterConfig::default());
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { router.serve(listener).await });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        (sender, pool)
+    }
+
+    fn connect(service: &str, scheme: &str) -> Request<Empty<Bytes>> {
+        let mut builder = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("{service}:80"));
+        if !scheme.is_empty() {
+            builder = builder.header(SCHEME_HEADER, scheme);
+        }
+        builder
+            .header(REQUEST_ID_HEADER, "req-test")
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    async fn refused_with(
+        sender: &mut http2::SendRequest<Empty<Bytes>>,
+        req: Request<Empty<Bytes>>,
+    ) -> (StatusCode, ProxyError) {
+        let res = sender.send_request(req).await.unwrap();
+        let status = res.status();
+        let header = res.headers()[PROXY_STATUS_HEADER]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(header.starts_with("iris; error="), "{header}");
+        assert!(
+            res.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
+        (status, ProxyError::from_proxy_status(&header).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_connect_to_a_known_service_pipes_bytes_both_ways() {
+        let (mut sender, pool) = setup().await;
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("{ECHO}:80"))
+            .header(SERVICE_ID_HEADER, ECHO.to_string())
+            .header(SCHEME_HEADER, "http")
+            .body(Empty::new())
+            .unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut io = TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+        io.write_all(b"ping through the tunnel").await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut echoed = Vec::new();
+        io.read_to_end(&mut echoed).await.unwrap();
+        assert_eq!(echoed, b"ping through the tunnel");
+        assert_eq!(pool.dialed.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn failures_answer_the_codes_status_with_proxy_status() {
+        let (mut sender, _pool) = setup().await;
+
+        let (status, err) = refused_with(&mut sender, connect("not-a-uuid", "http")).await;
+        assert_eq!(
+            (status, err.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::HttpRequestError)
+        );
+
+        let unknown = Uuid::from_u128(42);
+        let (status, err) = refused_with(&mut sender, connect(&unknown.to_string(), "http")).await;
+        assert_eq!(
+            (status, err.code),
+            (StatusCode::NOT_FOUND, ErrorCode::DestinationNotFound)
+        );
+
+        let (status, err) =
+            refused_with(&mut sender, connect(&HTTP_ONLY.to_string(), "https")).await;
+        assert_eq!(
+            (status, err.code),
+            (StatusCode::FORBIDDEN, ErrorCode::HttpRequestDenied)
+        );
+        assert!(err.details.unwrap().contains("https"));
+
+        let (status, err) = refused_with(&mut sender, connect(&REFUSING.to_string(), "http")).await;
+        assert_eq!(
+            (status, err.code),
+            (StatusCode::BAD_GATEWAY, ErrorCode::ConnectionRefused)
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_scheme_header_the_authority_port_decides() {
+        let (mut sender, _pool) = setup().await;
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("{HTTP_ONLY}:443"))
+            .body(Empty::new())
+            .unwrap();
+        let (_, err) = refused_with(&mut sender, req).await;
+        assert_eq!(err.code, ErrorCode::HttpRequestDenied);
+        let res = sender
+            .send_request(connect(&HTTP_ONLY.to_string(), ""))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+}

@@ -1,0 +1,20 @@
+//! iris, the edge router.
+//!
+//! A CONNECT from the binding-worker names a VPC service; iris looks the service up
+//! ([`routes`]), resolves its hostname with DNS sent *through the tunnel* ([`dns`]), opens a
+//! TCP stream through the tunnel to `ip:port` ([`tunnel_pool`]) and pipes bytes
+//! ([`connect`]). iris is also the tunnel edge ([`edge`]): the QUIC listener connectors dial,
+//! registration, and the registry of live connections that implements [`TunnelPool`].
+
+#![forbid(unsafe_code)]
+
+pub mod connect;
+pub mod dns;
+pub mod edge;
+pub mod routes;
+pub mod tunnel_pool;
+
+pub use connect::{Router, RouterConfig};
+pub use dns::{DnsConfig, DnsResolver};
+pub use routes::{RouteTarget, ServiceRoute, ServiceStore};
+pub use tunnel_pool::{BoxFuture, BoxIo, FlowContext, TunnelPool, UdpFlow};

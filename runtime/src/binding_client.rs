@@ -1,0 +1,512 @@
+//! The capnp client of the binding-worker (`schemas/binding.capnp`, `VpcBinding.fetch`).
+//!
+//! capnp-rpc objects are `!Send`, while wasmtime's host futures must be `Send`. So one
+//! dedicated thread runs a current-thread tokio runtime with a `LocalSet` that owns the capnp
+//! connection; [`BindingClient`] is the `Send` handle to it: a job goes in over an mpsc
+//! channel, the response head (or error) comes back over a oneshot, and the response body is
+//! an mpsc-fed [`http_body::Body`] that wasi-http hands to the script.
+//!
+//! Per fetch: the call is sent with a `ResponseReceiver` implemented here; the request body is
+//! streamed into the `requestBody` ByteStream obtained by promise pipelining (before the call
+//! returns), and always ended — or aborted if the script's body failed. The binding-worker
+//! later calls `deliver` once; the `ByteStream` returned from it feeds the response body.
+//!
+//! One connection is shared by all fetches of the runtime and re-established by the next
+//! fetch after it drops. A fetch that was in flight on a dropped connection fails with
+//! `proxy_internal_error` (its body may already be consumed, so it is not retried).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use capnp::capability::Rc as CapRc;
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use wasmtime_wasi_http::WasiBody;
+use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::binding_capnp::{byte_stream, fetch_result, response_receiver, vpc_binding};
+use wvpc_schemas::{read_wire_error, write_wire_error};
+
+use crate::error_map::wasi_http_error;
+
+/// How long connecting to the binding-worker may take before fetches fail.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest `ByteStream.write` we send; bigger body frames are split.
+const MAX_WRITE: usize = 64 * 1024;
+/// Response-body chunks buffered between the binding-worker and the script; when full,
+/// `ByteStream.write` waits, and capnp streaming flow control slows the binding-worker.
+const RESPONSE_BODY_BUFFER: usize = 16;
+
+/// Who is asking, carried in every fetch as the capnp `BindingContext`.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchContext {
+    pub service_id: String,
+    pub script: String,
+    pub account: String,
+    pub request_id: String,
+    pub binding: String,
+}
+
+type FetchReply = Result<http::Response<WasiBody>, ProxyError>;
+
+struct FetchJob {
+    context: FetchContext,
+    request: http::Request<WasiBody>,
+    reply: oneshot::Sender<FetchReply>,
+}
+
+/// `Send` handle to the binding-worker connection thread. Cloning is cheap; the thread ends
+/// when the last clone is dropped.
+#[derive(Clone)]
+pub(crate) struct BindingClient {
+    jobs: mpsc::UnboundedSender<FetchJob>,
+}
+
+impl BindingClient {
+    /// Starts the connection thread. It connects lazily, on the first fetch.
+    pub fn start(binding_worker: SocketAddr) -> std::io::Result<Self> {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("wvpc-binding-rpc".into())
+            .spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, serve_jobs(binding_worker, rx));
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Sends `request` through the binding described by `context` and waits for the response
+    /// head. `first_byte_timeout` bounds that wait (`http_response_timeout`).
+    pub async fn fetch(
+        &self,
+        context: FetchContext,
+        request: http::Request<WasiBody>,
+        first_byte_timeout: Option<Duration>,
+    ) -> FetchReply {
+        let (reply, response) = oneshot::channel();
+        self.jobs
+            .send(FetchJob {
+                context,
+                request,
+                reply,
+            })
+            .map_err(|_| {
+                ProxyError::new(ErrorCode::ProxyInternalError)
+                    .with_details("the binding-worker client thread has stopped")
+            })?;
+        let response = async {
+            response.await.unwrap_or_else(|_| {
+                Err(ProxyError::new(ErrorCode::ProxyInternalError)
+                    .with_details("the binding-worker ended the fetch without a response"))
+            })
+        };
+        match first_byte_timeout {
+            None => response.await,
+            Some(limit) => tokio::time::timeout(limit, response)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProxyError::new(ErrorCode::HttpResponseTimeout)
+                        .with_details(format!("no response head within {limit:?}")))
+                }),
+        }
+    }
+}
+
+// === connection thread ===
+
+/// The live capnp connection, if any.
+#[derive(Clone)]
+struct Connection {
+    binding: vpc_binding::Client,
+    /// Cleared when the RPC system ends (peer closed, I/O error) or a call finds it dead.
+    alive: Rc<Cell<bool>>,
+}
+
+/// The one connection to the binding-worker, (re)established on demand.
+struct ConnectionSlot {
+    addr: SocketAddr,
+    current: tokio::sync::Mutex<Option<Connection>>,
+}
+
+impl ConnectionSlot {
+    /// The live connection, connecting first if there is none. `reused` tells whether it
+    /// existed before this call (and so may have died unnoticed).
+    async fn get(&self) -> Result<(Connection, bool), ProxyError> {
+        // Held across the connect: concurrent fetches wait for one connection attempt.
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref().filter(|c| c.alive.get()) {
+            return Ok((c.clone(), true));
+        }
+        let c = connect(self.addr).await.inspect_err(|err| {
+            tracing::warn!(binding_worker = %self.addr, details = ?err.details, "binding-worker unreachable");
+        })?;
+        *current = Some(c.clone());
+        Ok((c, false))
+    }
+}
+
+async fn serve_jobs(addr: SocketAddr, mut jobs: mpsc::UnboundedReceiver<FetchJob>) {
+    let slot = Rc::new(ConnectionSlot {
+        addr,
+        current: tokio::sync::Mutex::new(None),
+    });
+    while let Some(job) = jobs.recv().await {
+        tokio::task::spawn_local(fetch(slot.clone(), job));
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<Connection, ProxyError> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ProxyError::new(ErrorCode::ProxyInternalError)
+            .with_details(format!("binding-worker at {addr} is unreachable: {e}"))
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|e| unreachable(&e))?
+        .map_err(|e| unreachable(&e))?;
+    stream.set_nodelay(true).map_err(|e| unreachable(&e))?;
+    let (read, write) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        read.compat(),
+        write.compat_write(),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let binding: vpc_binding::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    let alive = Rc::new(Cell::new(true));
+    let flag = alive.clone();
+    tokio::task::spawn_local(async move {
+        match rpc.await {
+            Ok(()) => tracing::info!(binding_worker = %addr, "binding-worker connection closed"),
+            Err(e) => {
+                tracing::warn!(binding_worker = %addr, error = %e, "binding-worker connection lost");
+            }
+        }
+        flag.set(false);
+    });
+    tracing::debug!(binding_worker = %addr, "connected to the binding-worker");
+    Ok(Connection { binding, alive })
+}
+
+/// The pending reply of one fetch: whoever fails or delivers first answers the script.
+type ReplySlot = Rc<RefCell<Option<oneshot::Sender<FetchReply>>>>;
+
+fn answer(slot: &ReplySlot, reply: FetchReply) {
+    if let Some(tx) = slot.borrow_mut().take() {
+        // The script may have stopped waiting; nothing to do then.
+        let _ = tx.send(reply);
+    }
+}
+
+async fn fetch(connections: Rc<ConnectionSlot>, job: FetchJob) {
+    let FetchJob {
+        context,
+        request,
+        reply,
+    } = job;
+    let reply: ReplySlot = Rc::new(RefCell::new(Some(reply)));
+    let (head, mut body) = request.into_parts();
+    loop {
+        let (connection, reused) = match connections.get().await {
+            Ok(c) => c,
+            Err(err) => return answer(&reply, Err(err)),
+        };
+        let pulled_data = Cell::new(false);
+        let Err(err) = attempt(
+            &connection,
+            &context,
+            &head,
+            &mut body,
+            &pulled_data,
+            &reply,
+        )
+        .await
+        else {
+            return;
+        };
+        if err.kind == capnp::ErrorKind::Disconnected {
+            connection.alive.set(false);
+            // A connection that died before this call was made: nothing reached the
+            // binding-worker, so sending again on a fresh one cannot duplicate the request.
+            if reused && !pulled_data.get() {
+                tracing::debug!(request_id = %context.request_id, "binding-worker connection was stale; reconnecting");
+                continue;
+            }
+        }
+        tracing::warn!(
+            request_id = %context.request_id,
+            binding = %context.binding,
+            error = %err,
+            "binding fetch call failed"
+        );
+        let err = ProxyError::new(ErrorCode::ProxyInternalError)
+            .with_details(format!("binding-worker call failed: {err}"));
+        return answer(&reply, Err(err));
+    }
+}
+
+/// One `VpcBinding.fetch` call on `connection`. `Ok` once the call was accepted and the
+/// request body sent (the outcome then arrives through the receiver); `Err` if the call
+/// failed, with `pulled_data` telling whether body bytes were already taken from `body`.
+async fn attempt(
+    connection: &Connection,
+    context: &FetchContext,
+    head: &http::request::Parts,
+    body: &mut WasiBody,
+    pulled_data: &Cell<bool>,
+    reply: &ReplySlot,
+) -> Result<(), capnp::Error> {
+    let mut call = connection.binding.fetch_request();
+    {
+        let mut params = call.get();
+        let mut ctx = params.reborrow().init_context();
+        ctx.set_service_id(context.service_id.as_str());
+        ctx.set_script(context.script.as_str());
+        ctx.set_account(context.account.as_str());
+        ctx.set_request_id(context.request_id.as_str());
+        ctx.set_binding(context.binding.as_str());
+
+        let mut request_head = params.reborrow().init_head();
+        request_head.set_method(head.method.as_str());
+        request_head.set_url(head.uri.to_string().as_str());
+        let count = u32::try_from(head.headers.len()).unwrap_or(u32::MAX);
+        let mut headers = request_head.init_headers(count);
+        for (i, (name, value)) in (0..count).zip(head.headers.iter()) {
+            let mut header = headers.reborrow().get(i);
+            header.set_name(name.as_str());
+            header.set_value(value.as_bytes());
+        }
+
+        params.set_response(capnp_rpc::new_client(Receiver {
+            slot: reply.clone(),
+        }));
+    }
+    let call = call.send();
+    let request_body = call.pipeline.get_request_body();
+    // Stream the body while the call is in flight (pipelined on `requestBody`); a failed call
+    // stops the copy at once.
+    let send_body = std::pin::pin!(send_request_body(request_body, body, pulled_data));
+    match futures::future::select(call.promise, send_body).await {
+        futures::future::Either::Left((Ok(_), send_body)) => {
+            send_body.await;
+            Ok(())
+        }
+        futures::future::Either::Left((Err(err), _)) => Err(err),
+        futures::future::Either::Right(((), promise)) => promise.await.map(drop),
+    }
+}
+
+/// Streams the script's request body into `stream`, then ends it — or aborts it when the
+/// script's body failed. A write the binding-worker refuses stops the copy: the outcome of the
+/// fetch arrives through `deliver` regardless.
+async fn send_request_body(
+    stream: byte_stream::Client,
+    body: &mut WasiBody,
+    pulled_data: &Cell<bool>,
+) {
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                }; // trailers: not carried
+                if data.is_empty() {
+                    continue;
+                }
+                pulled_data.set(true);
+                for chunk in data.chunks(MAX_WRITE) {
+                    let mut write = stream.write_request();
+                    write.get().set_bytes(chunk);
+                    if let Err(err) = write.send().await {
+                        tracing::debug!(error = %err, "binding-worker stopped reading the request body");
+                        return;
+                    }
+                }
+            }
+            Some(Err(err)) => {
+                pulled_data.set(true);
+                let err = ProxyError::new(ErrorCode::HttpRequestError)
+                    .with_details(format!("the script's request body failed: {err}"));
+                let mut abort = stream.abort_request();
+                write_wire_error(abort.get().init_error(), &err);
+                let _ = abort.send().promise.await;
+                return;
+            }
+        }
+    }
+    if let Err(err) = stream.end_request().send().promise.await {
+        tracing::debug!(error = %err, "binding-worker did not take the request body end");
+    }
+}
+
+/// `ResponseReceiver`: turns `deliver` into the script's response (or error).
+struct Receiver {
+    slot: ReplySlot,
+}
+
+impl response_receiver::Server for Receiver {
+    async fn deliver(
+        self: CapRc<Self>,
+        params: response_receiver::DeliverParams,
+        mut results: response_receiver::DeliverResults,
+    ) -> Result<(), capnp::Error> {
+        if self.slot.borrow().is_none() {
+            return Err(capnp::Error::failed(
+                "deliver was already called for this fetch".into(),
+            ));
+        }
+        let result = params.get()?.get_result()?;
+        let head = match result.which() {
+            Ok(fetch_result::Response(head)) => head?,
+            Ok(fetch_result::Error(err)) => {
+                answer(&self.slot, Err(read_wire_error(err?)));
+                return Ok(());
+            }
+            Ok(fetch_result::Unspecified(())) | Err(_) => {
+                let err = ProxyError::new(ErrorCode::ProxyInternalError).with_details(
+                    "binding-worker delivered a result that is neither response nor error",
+                );
+                answer(&self.slot, Err(err));
+                return Ok(());
+            }
+        };
+
+        let mut response = http::Response::builder().status(head.get_status());
+        for header in head.get_headers()? {
+            response = response.header(header.get_name()?.to_str()?, header.get_value()?);
+        }
+        let (tx, rx) = mpsc::channel(RESPONSE_BODY_BUFFER);
+        let body = ResponseBody {
+            events: rx,
+            finished: false,
+        }
+        .boxed_unsync();
+        match response.body(body) {
+            Ok(response) => {
+                results.get().set_body(capnp_rpc::new_client(BodySink {
+                    events: RefCell::new(Some(tx)),
+                }));
+                answer(&self.slot, Ok(response));
+                Ok(())
+            }
+            Err(err) => {
+                let err = ProxyError::new(ErrorCode::HttpProtocolError)
+                    .with_details(format!("invalid response head from the origin: {err}"));
+                answer(&self.slot, Err(err));
+                Err(capnp::Error::failed("invalid response head".into()))
+            }
+        }
+    }
+}
+
+/// What travels from the response `ByteStream` to the script's body.
+enum BodyEvent {
+    Data(Bytes),
+    End,
+    Abort(ProxyError),
+}
+
+/// `ByteStream` server for a response body.
+struct BodySink {
+    /// `None` after `end` / `abort`.
+    events: RefCell<Option<mpsc::Sender<BodyEvent>>>,
+}
+
+impl BodySink {
+    async fn push(&self, event: BodyEvent) -> Result<(), capnp::Error> {
+        // Clone out of the cell: no borrow is held across the await. The channel keeps the
+        // order of calls, as each call's send queues before the next call runs.
+        let Some(tx) = self.events.borrow().clone() else {
+            return Err(capnp::Error::failed(
+                "the response body already ended".into(),
+            ));
+        };
+        tx.send(event).await.map_err(|_| {
+            capnp::Error::failed("the script no longer reads this response body".into())
+        })
+    }
+}
+
+impl byte_stream::Server for BodySink {
+    async fn write(
+        self: CapRc<Self>,
+        params: byte_stream::WriteParams,
+    ) -> Result<(), capnp::Error> {
+        let bytes = Bytes::copy_from_slice(params.get()?.get_bytes()?);
+        self.push(BodyEvent::Data(bytes)).await
+    }
+
+    async fn end(
+        self: CapRc<Self>,
+        _: byte_stream::EndParams,
+        _: byte_stream::EndResults,
+    ) -> Result<(), capnp::Error> {
+        let result = self.push(BodyEvent::End).await;
+        self.events.borrow_mut().take();
+        result
+    }
+
+    async fn abort(
+        self: CapRc<Self>,
+        params: byte_stream::AbortParams,
+        _: byte_stream::AbortResults,
+    ) -> Result<(), capnp::Error> {
+        let err = read_wire_error(params.get()?.get_error()?);
+        let result = self.push(BodyEvent::Abort(err)).await;
+        self.events.borrow_mut().take();
+        result
+    }
+}
+
+/// The response body as wasi-http sees it. A stream that stops without `end` (the
+/// binding-worker dropped it, the connection broke) is `http_response_incomplete`.
+struct ResponseBody {
+    events: mpsc::Receiver<BodyEvent>,
+    finished: bool,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        let event = std::task::ready!(self.events.poll_recv(cx));
+        Poll::Ready(match event {
+            Some(BodyEvent::Data(bytes)) => Some(Ok(Frame::data(bytes))),
+            Some(BodyEvent::End) => {
+                self.finished = true;
+                None
+            }
+            Some(BodyEvent::Abort(err)) => {
+                self.finished = true;
+                Some(Err(wasi_http_error(&err)))
+            }
+            None => {
+                self.finished = true;
+                Some(Err(wasmtime_wasi_http::Error::HttpResponseIncomplete))
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished
+    }
+}

@@ -1,0 +1,740 @@
+//! The script config: a wrangler-style `wrangler.jsonc` / `wrangler.json` / `wrangler.toml`.
+//!
+//! Only what the runtime needs is read: `name`, `main` and `vpc_services`. Parsing goes raw →
+//! validated: the file is parsed into a generic value first (syntax errors carry line and
+//! column), then every field is checked and **all** problems are reported at once, each
+//! naming its field path, what is wrong and what to do. Unknown top-level keys (wrangler has
+//! many: `compatibility_date`, `routes`, …) are logged and ignored; unknown keys inside a
+//! `vpc_services` entry are errors, because a typo there silently drops a binding.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// A validated script config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptConfig {
+    /// Script name (`name`): letters, digits, `-` and `_`, at most 63 characters.
+    pub name: String,
+    /// The script's wasm component (`main`), resolved against the config file's directory.
+    pub main: PathBuf,
+    /// Declared VPC Service bindings (`vpc_services`), in file order; names are unique.
+    pub vpc_services: Vec<VpcServiceBinding>,
+}
+
+/// One `vpc_services` entry: the script reaches service `service_id` as `env[binding]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpcServiceBinding {
+    /// Name the script uses (a JavaScript identifier, e.g. `API`).
+    pub binding: String,
+    /// The VPC Service it points at.
+    pub service_id: Uuid,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file name does not end in `.jsonc`, `.json` or `.toml`.
+    #[error(
+        "config {}: unsupported file type (use a wrangler.jsonc, wrangler.json or wrangler.toml)",
+        path.display()
+    )]
+    UnsupportedFormat {
+        /// The config file.
+        path: PathBuf,
+    },
+    /// The file is not well-formed JSON(C) / TOML.
+    #[error(
+        "config {}: {format} syntax error on line {line} column {column}: {message}",
+        path.display()
+    )]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// `JSON` or `TOML`.
+        format: &'static str,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in characters) of the error.
+        column: usize,
+        /// What the parser expected.
+        message: String,
+    },
+    /// The file parsed, but its content is invalid.
+    #[error("config {} is invalid:{}", path.display(), ProblemList(.problems))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Every problem found, in file order.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+/// One invalid field: `field` is a path such as `vpc_services[1].service_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Path of the offending field.
+    pub field: String,
+    /// What is wrong, and what to do about it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+struct ProblemList<'a>(&'a [ConfigProblem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for problem in self.0 {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+const SERVICE_ID_HINT: &str = "use the service_id printed by `wvpc service create`";
+const KNOWN_ENTRY_KEYS: &str = "binding, service_id, remote";
+const MAX_NAME_LEN: usize = 63;
+
+#[derive(Clone, Copy)]
+enum Format {
+    Json,
+    Toml,
+}
+
+impl Format {
+    fn of(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()? {
+            "jsonc" | "json" => Some(Self::Json),
+            "toml" => Some(Self::Toml),
+            _ => None,
+        }
+    }
+
+    /// What the user calls a map in this format.
+    const fn map_word(self) -> &'static str {
+        match self {
+            Self::Json => "object",
+            Self::Toml => "table",
+        }
+    }
+}
+
+impl ScriptConfig {
+    /// Reads and validates the config at `path`. `main` is resolved against `path`'s directory
+    /// and must exist.
+    pub fn load(path: &Path) -> Result<ScriptConfig, ConfigError> {
+        let format =
+            Format::of(path).ok_or_else(|| ConfigError::UnsupportedFormat { path: path.into() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let raw = parse(path, format, &text)?;
+        let base = path.parent().unwrap_or_else(|| Path::new(""));
+        validate(&raw, format, base).map_err(|problems| ConfigError::Invalid {
+            path: path.into(),
+            problems,
+        })
+    }
+
+    /// The service a binding name points at, if the script declares it.
+    pub fn service_of(&self, binding: &str) -> Option<Uuid> {
+        self.vpc_services
+            .iter()
+            .find(|b| b.binding == binding)
+            .map(|b| b.service_id)
+    }
+}
+
+fn parse(path: &Path, format: Format, text: &str) -> Result<Value, ConfigError> {
+    match format {
+        // wrangler reads .json files as JSONC too (comments, trailing commas).
+        Format::Json => jsonc_parser::parse_to_serde_value::<Value>(text, &Default::default())
+            .map_err(|e| ConfigError::Syntax {
+                path: path.into(),
+                format: "JSON",
+                line: e.line_display(),
+                column: e.column_display(),
+                message: e.kind().to_string(),
+            }),
+        Format::Toml => {
+            let table = toml::from_str::<toml::Table>(text).map_err(|e| {
+                let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
+                ConfigError::Syntax {
+                    path: path.into(),
+                    format: "TOML",
+                    line,
+                    column,
+                    message: e.message().trim().to_owned(),
+                }
+            })?;
+            // Every TOML value has a JSON shape (datetimes become objects, which no field we
+            // read accepts), so one validator serves both formats.
+            serde_json::to_value(table).map_err(|e| ConfigError::Syntax {
+                path: path.into(),
+                format: "TOML",
+                line: 1,
+                column: 1,
+                message: e.to_string(),
+            })
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn validate(raw: &Value, format: Format, base: &Path) -> Result<ScriptConfig, Vec<ConfigProblem>> {
+    let mut problems = Problems::default();
+    let Some(root) = raw.as_object() else {
+        problems.push(
+            "(top level)",
+            format!(
+                "expected {}, found {}",
+                article(format.map_word()),
+                kind(raw, format)
+            ),
+        );
+        return Err(problems.0);
+    };
+
+    for key in root.keys() {
+        if !matches!(key.as_str(), "name" | "main" | "vpc_services") {
+            tracing::warn!(key = %key, "ignoring config key that workers-vpc does not use");
+        }
+    }
+
+    let name = validate_name(root, format, &mut problems);
+    let main = validate_main(root, format, base, &mut problems);
+    let vpc_services = validate_vpc_services(root, format, &mut problems);
+
+    match (name, main, problems.0.is_empty()) {
+        (Some(name), Some(main), true) => Ok(ScriptConfig {
+            name,
+            main,
+            vpc_services,
+        }),
+        _ => Err(problems.0),
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    /// The string at `field`, or a problem if it is absent or not a string.
+    fn string<'v>(
+        &mut self,
+        map: &'v Map<String, Value>,
+        key: &str,
+        field: &str,
+        format: Format,
+        missing_hint: &str,
+    ) -> Option<&'v str> {
+        match map.get(key) {
+            None => {
+                self.push(field, format!("missing ({missing_hint})"));
+                None
+            }
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                self.push(
+                    field,
+                    format!("expected a string, found {}", kind(other, format)),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn validate_name(
+    root: &Map<String, Value>,
+    format: Format,
+    problems: &mut Problems,
+) -> Option<String> {
+    let name = problems.string(
+        root,
+        "name",
+        "name",
+        format,
+        "the script's name, e.g. my-worker",
+    )?;
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        problems.push(
+            "name",
+            format!(
+                "{name:?} is not a valid script name (use letters, digits, - and _, at most \
+                 {MAX_NAME_LEN} characters)"
+            ),
+        );
+        return None;
+    }
+    Some(name.to_owned())
+}
+
+fn validate_main(
+    root: &Map<String, Value>,
+    format: Format,
+    base: &Path,
+    problems: &mut Problems,
+) -> Option<PathBuf> {
+    let main = problems.string(
+        root,
+        "main",
+        "main",
+        format,
+        "the path of the script's .wasm component, relative to this file",
+    )?;
+    let resolved = base.join(main);
+    if main.is_empty() || resolved.is_dir() {
+        problems.push(
+            "main",
+            format!("{main:?} is not a file (point it at the .wasm component)"),
+        );
+        return None;
+    }
+    if !resolved.exists() {
+        problems.push(
+            "main",
+            format!(
+                "file {main:?} does not exist (resolved to {:?}; build the script first)",
+                resolved.display().to_string()
+            ),
+        );
+        return None;
+    }
+    Some(resolved)
+}
+
+fn validate_vpc_services(
+    root: &Map<String, Value>,
+    format: Format,
+    problems: &mut Problems,
+) -> Vec<VpcServiceBinding> {
+    let entries = match root.get("vpc_services") {
+        None => return Vec::new(),
+        Some(Value::Array(entries)) => entries,
+        Some(other) => {
+            problems.push(
+                "vpc_services",
+                format!(
+                    "expected an array of {{binding, service_id}} {}s, found {}",
+                    format.map_word(),
+                    kind(other, format)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+
+    let mut bindings = Vec::with_capacity(entries.len());
+    let mut first_use: HashMap<String, usize> = HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("vpc_services[{i}]");
+        let Some(entry) = entry.as_object() else {
+            problems.push(
+                at,
+                format!(
+                    "expected {} with \"binding\" and \"service_id\", found {}",
+                    article(format.map_word()),
+                    kind(entry, format)
+                ),
+            );
+            continue;
+        };
+        for (key, value) in entry {
+            match key.as_str() {
+                "binding" | "service_id" => {}
+                // wrangler's flag for remote bindings in `wrangler dev`; here every binding is
+                // real, so it has no effect.
+                "remote" => {
+                    if !value.is_boolean() {
+                        problems.push(
+                            format!("{at}.remote"),
+                            format!("expected a boolean, found {}", kind(value, format)),
+                        );
+                    }
+                }
+                _ => problems.push(
+                    format!("{at}.{key}"),
+                    format!("unknown key (allowed keys: {KNOWN_ENTRY_KEYS})"),
+                ),
+            }
+        }
+
+        let binding_field = format!("{at}.binding");
+        let binding = problems
+            .string(
+                entry,
+                "binding",
+                &binding_field,
+                format,
+                "the name the script uses, e.g. API",
+            )
+            .and_then(|name| {
+                if !is_binding_name(name) {
+                    problems.push(
+                        &binding_field,
+                        format!(
+                            "{name:?} is not a valid binding name (use a JavaScript identifier: \
+                             letters, digits, _ or $, not starting with a digit, e.g. API)"
+                        ),
+                    );
+                    return None;
+                }
+                if let Some(first) = first_use.get(name) {
+                    problems.push(
+                        &binding_field,
+                        format!("{name:?} is already declared by vpc_services[{first}]"),
+                    );
+                    return None;
+                }
+                first_use.insert(name.to_owned(), i);
+                Some(name.to_owned())
+            });
+
+        let id_field = format!("{at}.service_id");
+        let service_id = problems
+            .string(entry, "service_id", &id_field, format, SERVICE_ID_HINT)
+            .and_then(|id| match Uuid::try_parse(id) {
+                Ok(uuid) => Some(uuid),
+                Err(_) => {
+                    problems.push(
+                        &id_field,
+                        format!("{id:?} is not a UUID ({SERVICE_ID_HINT})"),
+                    );
+                    None
+                }
+            });
+
+        if let (Some(binding), Some(service_id)) = (binding, service_id) {
+            bindings.push(VpcServiceBinding {
+                binding,
+                service_id,
+            });
+        }
+    }
+    bindings
+}
+
+/// A JavaScript-identifier-like name: `[A-Za-z_$][A-Za-z0-9_$]*`.
+fn is_binding_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
+fn kind(value: &Value, format: Format) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => match format {
+            Format::Json => "an object",
+            Format::Toml => "a table",
+        },
+    }
+}
+
+fn article(word: &str) -> String {
+    match word.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {word}"),
+        _ => format!("a {word}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICE: &str = "0199d9b2-6a5c-7a3e-9d3c-3f1d2b4c5a6e";
+
+    /// A temporary folder with a `script.wasm` and the given config file.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            std::fs::write(dir.path().join("script.wasm"), b"\0asm").expect("write wasm");
+            Self { dir }
+        }
+
+        fn load(&self, file: &str, text: &str) -> Result<ScriptConfig, ConfigError> {
+            let path = self.dir.path().join(file);
+            std::fs::write(&path, text).expect("write config");
+            ScriptConfig::load(&path)
+        }
+
+        fn problems(&self, file: &str, text: &str) -> Vec<String> {
+            match self.load(file, text) {
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    problems.iter().map(ToString::to_string).collect()
+                }
+                other => panic!("expected an invalid config, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn loads_jsonc_with_comments_and_resolves_main_next_to_the_file() {
+        let fx = Fixture::new();
+        let config = fx
+            .load(
+                "wrangler.jsonc",
+                &format!(
+                    r#"{{
+                      // wrangler allows comments and trailing commas
+                      "name": "my-worker",
+                      "main": "script.wasm",
+                      "compatibility_date": "2025-11-01",
+                      "vpc_services": [
+                        {{ "binding": "API", "service_id": "{SERVICE}", "remote": true }},
+                      ],
+                    }}"#
+                ),
+            )
+            .expect("valid config");
+        assert_eq!(
+            config,
+            ScriptConfig {
+                name: "my-worker".into(),
+                main: fx.dir.path().join("script.wasm"),
+                vpc_services: vec![VpcServiceBinding {
+                    binding: "API".into(),
+                    service_id: SERVICE.parse().unwrap()
+                }],
+            }
+        );
+        assert_eq!(config.service_of("API"), Some(SERVICE.parse().unwrap()));
+        assert_eq!(config.service_of("DB"), None);
+    }
+
+    #[test]
+    fn loads_toml_and_plain_json() {
+        let fx = Fixture::new();
+        let toml = fx
+            .load(
+                "wrangler.toml",
+                &format!(
+                    "name = \"w\"\nmain = \"script.wasm\"\n\n[[vpc_services]]\nbinding = \"DB\"\n\
+                     service_id = \"{SERVICE}\"\n"
+                ),
+            )
+            .expect("valid toml");
+        assert_eq!(toml.vpc_services[0].binding, "DB");
+        let json = fx
+            .load("wrangler.json", r#"{"name": "w", "main": "script.wasm"}"#)
+            .expect("valid json");
+        assert!(json.vpc_services.is_empty());
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_field_path() {
+        let fx = Fixture::new();
+        let problems = fx.problems(
+            "wrangler.jsonc",
+            &format!(
+                r#"{{
+                  "name": "my worker",
+                  "main": "x.wasm",
+                  "vpc_services": [
+                    {{ "binding": "API", "service_id": "{SERVICE}" }},
+                    {{ "binding": "DB", "service_id": "abc" }},
+                    {{ "binding": "API", "service_id": "{SERVICE}" }},
+                    {{ "binding": "my-api", "servce_id": "{SERVICE}" }},
+                    {{ "binding": 7, "service_id": 7, "remote": "yes" }},
+                    "API"
+                  ]
+                }}"#
+            ),
+        );
+        let resolved = fx.dir.path().join("x.wasm").display().to_string();
+        assert_eq!(
+            problems,
+            vec![
+                "name: \"my worker\" is not a valid script name (use letters, digits, - and _, \
+                 at most 63 characters)"
+                    .to_owned(),
+                format!(
+                    "main: file \"x.wasm\" does not exist (resolved to {resolved:?}; build the \
+                     script first)"
+                ),
+                "vpc_services[1].service_id: \"abc\" is not a UUID (use the service_id printed \
+                 by `wvpc service create`)"
+                    .to_owned(),
+                "vpc_services[2].binding: \"API\" is already declared by vpc_services[0]"
+                    .to_owned(),
+                "vpc_services[3].servce_id: unknown key (allowed keys: binding, service_id, \
+                 remote)"
+                    .to_owned(),
+                "vpc_services[3].binding: \"my-api\" is not a valid binding name (use a \
+                 JavaScript identifier: letters, digits, _ or $, not starting with a digit, e.g. \
+                 API)"
+                    .to_owned(),
+                "vpc_services[3].service_id: missing (use the service_id printed by `wvpc \
+                 service create`)"
+                    .to_owned(),
+                "vpc_services[4].remote: expected a boolean, found a string".to_owned(),
+                "vpc_services[4].binding: expected a string, found a number".to_owned(),
+                "vpc_services[4].service_id: expected a string, found a number".to_owned(),
+                "vpc_services[5]: expected an object with \"binding\" and \"service_id\", found \
+                 a string"
+                    .to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_and_mistyped_top_level_fields() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems("wrangler.json", r#"{"vpc_services": {}}"#),
+            vec![
+                "name: missing (the script's name, e.g. my-worker)",
+                "main: missing (the path of the script's .wasm component, relative to this file)",
+                "vpc_services: expected an array of {binding, service_id} objects, found an \
+                 object",
+            ]
+        );
+        assert_eq!(
+            fx.problems(
+                "wrangler.toml",
+                "name = 1\nmain = \".\"\nvpc_services = 3\n"
+            ),
+            vec![
+                "name: expected a string, found a number",
+                "main: \".\" is not a file (point it at the .wasm component)",
+                "vpc_services: expected an array of {binding, service_id} tables, found a number",
+            ]
+        );
+        assert_eq!(
+            fx.problems("wrangler.json", "[]"),
+            vec!["(top level): expected an object, found an array"]
+        );
+    }
+
+    #[test]
+    fn the_whole_error_lists_the_file_and_each_problem() {
+        let fx = Fixture::new();
+        let err = fx
+            .load(
+                "wrangler.json",
+                r#"{"name": "w", "main": "script.wasm", "vpc_services": [1]}"#,
+            )
+            .unwrap_err();
+        let path = fx.dir.path().join("wrangler.json");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "config {} is invalid:\n  - vpc_services[0]: expected an object with \"binding\" \
+                 and \"service_id\", found a number",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn syntax_errors_carry_line_and_column() {
+        let fx = Fixture::new();
+        let err = fx
+            .load(
+                "wrangler.jsonc",
+                "{\n  \"name\": \"w\"\n  \"main\" \"x\"\n}",
+            )
+            .unwrap_err();
+        let ConfigError::Syntax {
+            format,
+            line,
+            column,
+            ..
+        } = &err
+        else {
+            panic!("expected a syntax error, got {err:?}");
+        };
+        assert_eq!((*format, *line, *column), ("JSON", 3, 10));
+
+        let err = fx
+            .load("wrangler.toml", "name = \"w\"\nmain = \n")
+            .unwrap_err();
+        let ConfigError::Syntax {
+            format,
+            line,
+            column,
+            message,
+            ..
+        } = &err
+        else {
+            panic!("expected a syntax error, got {err:?}");
+        };
+        assert_eq!(
+            (*format, *line),
+            ("TOML", 2),
+            "{message} at column {column}"
+        );
+        assert!(
+            err.to_string().contains("TOML syntax error on line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unreadable_and_unsupported_files() {
+        let fx = Fixture::new();
+        let missing = fx.dir.path().join("nope.jsonc");
+        assert!(matches!(
+            ScriptConfig::load(&missing),
+            Err(ConfigError::Read { .. })
+        ));
+        let yaml = fx.dir.path().join("wrangler.yaml");
+        assert_eq!(
+            ScriptConfig::load(&yaml).unwrap_err().to_string(),
+            format!(
+                "config {}: unsupported file type (use a wrangler.jsonc, wrangler.json or \
+                 wrangler.toml)",
+                yaml.display()
+            )
+        );
+    }
+}

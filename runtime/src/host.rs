@@ -1,0 +1,162 @@
+//! The per-request host side of a script: the `Store` data ([`HostState`]), the linker with
+//! WASI + wasi:http + `wvpc:bindings/vpc`, and the `vpc.fetch` implementation.
+//!
+//! `vpc.fetch(binding, request, options)` checks the binding, records it as the pending route
+//! of the request's [`OutboundHooks`], and then runs wasmtime-wasi-http's own
+//! `outgoing-handler.handle` — so validation, header handling and body streaming are exactly
+//! wasi-http's. `handle` calls `send_request` synchronously, which takes the pending route;
+//! every other outgoing request finds none and is denied.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::outgoing_handler::Host as _;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
+use wasmtime_wasi_http::{RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::engine::{CPU_LIMIT_TICKS, MAX_MEMORY_BYTES};
+use crate::outbound::{OutboundHooks, ScriptBindings};
+
+/// Host bindings generated from `schemas/wit` (world `wvpc:bindings/script`). The WASI and
+/// wasi:http parts are wasmtime's own, so their resources are shared with the standard
+/// implementations.
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../schemas/wit",
+        world: "wvpc:bindings/script",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:random": wasmtime_wasi::p2::bindings::random,
+            "wasi:cli": wasmtime_wasi::p2::bindings::cli,
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        },
+        require_store_data_send: true,
+    });
+}
+
+pub(crate) use generated::ScriptPre;
+
+/// The `Store` data of one request.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: OutboundHooks,
+    /// Memory limit; the instance pool enforces the same, this also covers an engine that
+    /// fell back to on-demand allocation.
+    limits: StoreLimits,
+    /// Epoch ticks during which the guest was running (the CPU-limit counter).
+    cpu_ticks: u32,
+}
+
+impl HostState {
+    /// A fresh store for one request of the script described by `bindings`.
+    pub fn new_store(
+        engine: &Engine,
+        bindings: Arc<ScriptBindings>,
+        request_id: Arc<str>,
+    ) -> Store<Self> {
+        let mut wasi = WasiCtx::builder();
+        // Script logs go to the runtime's own stdout/stderr; no env, args, files or sockets.
+        wasi.inherit_stdout()
+            .inherit_stderr()
+            .allow_tcp(false)
+            .allow_udp(false);
+        let state = HostState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: OutboundHooks::new(bindings, request_id),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(MAX_MEMORY_BYTES)
+                .build(),
+            cpu_ticks: 0,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut store| {
+            let state = store.data_mut();
+            state.cpu_ticks += 1;
+            if state.cpu_ticks > CPU_LIMIT_TICKS {
+                return Err(wasmtime::format_err!(
+                    "the script exceeded its CPU time limit ({CPU_LIMIT_TICKS} ticks of {:?})",
+                    crate::engine::EPOCH_TICK
+                ));
+            }
+            // Yield so one busy script cannot hold a worker thread.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl generated::wvpc::bindings::vpc::Host for HostState {
+    fn fetch(
+        &mut self,
+        binding: String,
+        request: Resource<HostOutgoingRequest>,
+        options: Option<Resource<RequestOptions>>,
+    ) -> wasmtime::Result<Result<Resource<HostFutureIncomingResponse>, ErrorCode>> {
+        let Some(route) = self.hooks.route_for(&binding) else {
+            tracing::warn!(
+                request_id = %self.hooks.request_id(),
+                binding = %binding,
+                "script used a binding that its config does not declare"
+            );
+            // The request is consumed either way (it is an owned handle).
+            self.table.delete(request)?;
+            if let Some(options) = options {
+                self.table.delete(options)?;
+            }
+            return Ok(Err(ErrorCode::ConfigurationError));
+        };
+        self.hooks.set_pending(route);
+        let result = self.http().handle(request, options);
+        // `handle` may fail before reaching `send_request`; a route left behind would send the
+        // script's next plain outgoing request to this binding.
+        self.hooks.clear_pending();
+        match result {
+            Ok(future) => Ok(Ok(future)),
+            // An `error-code` goes to the script; anything else is a trap.
+            Err(err) => err.downcast().map(Err),
+        }
+    }
+}
+
+/// Builds the linker every script of the process uses.
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    // The full WASI p2 set: Rust's std on wasm32-wasip2 imports more than wasi:http/proxy
+    // (environment, exit, filesystem), all of which are empty or denied by the `WasiCtx`.
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    generated::wvpc::bindings::vpc::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    crate::error_map::add_http_error_code(&mut linker, |s: &mut HostState| &mut s.table)?;
+    Ok(linker)
+}

@@ -1,0 +1,43 @@
+//! wvpc-runtime: the wasmtime host of workers-vpc scripts.
+//!
+//! A script is a `wasm32-wasip2` component exporting `wasi:http/incoming-handler` (world
+//! `wvpc:bindings/script` in `schemas/wit`). The runtime
+//! - loads its wrangler-style config ([`ScriptConfig::load`]);
+//! - compiles the component once on a process-wide engine (pooling allocator, CPU limit by
+//!   epochs) and pre-instantiates it ([`Runtime::new`]);
+//! - serves HTTP/1.1 with a fresh instance per request ([`Runtime::serve`]);
+//! - sends `vpc.fetch(binding, request)` over Cap'n Proto to the binding-worker
+//!   (`schemas/binding.capnp`) on one reused connection, streaming both bodies, and denies
+//!   every other outgoing request;
+//! - reports failures to the script as wasi:http `error-code`s ([`wasi_error_code`]).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig};
+//!
+//! let config = ScriptConfig::load("wrangler.jsonc".as_ref())?;
+//! let options = RuntimeOptions { binding_worker: "127.0.0.1:7001".parse()?, account: "acct".into() };
+//! let runtime = Arc::new(Runtime::new(&config, options)?);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
+//! runtime.serve(listener).await?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod binding_client;
+mod config;
+mod dev_server;
+mod engine;
+mod error_map;
+mod host;
+mod outbound;
+mod script;
+
+pub use config::{ConfigError, ConfigProblem, ScriptConfig, VpcServiceBinding};
+pub use dev_server::{REQUEST_ID_HEADER, Runtime, RuntimeOptions};
+pub use error_map::wasi_error_code;
+pub use script::RuntimeError;
+/// The wasi:http 0.2 `error-code` variant as wasmtime represents it.
+pub use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode as WasiErrorCode;

@@ -1,0 +1,274 @@
+//! A fake binding-worker: a real capnp `VpcBinding` server on 127.0.0.1:0 that answers from
+//! the request path instead of reaching an origin.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/refused…` | `deliver(error connectionRefused)` |
+//! | `/nxdomain` | `deliver(error dnsError, rcode NXDOMAIN)` |
+//! | `/cut` | 200, one chunk `partial`, then `abort(httpResponseIncomplete)` |
+//! | `/drop` | closes the whole connection without answering |
+//! | anything else | 200 echoing what arrived (method, url, context, headers, body) |
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use capnp::capability::Rc as CapRc;
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use tokio::sync::oneshot;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
+use wvpc_schemas::write_wire_error;
+
+pub struct FakeBindingWorker {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl FakeBindingWorker {
+    /// Starts the server on its own thread (capnp-rpc is `!Send`); returns once it listens.
+    pub fn start() -> Self {
+        let (ready, addr) = std::sync::mpsc::channel();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("fake binding-worker runtime");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind fake");
+                ready
+                    .send(listener.local_addr().expect("fake addr"))
+                    .expect("report addr");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    stream.set_nodelay(true).expect("nodelay");
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let (read, write) = stream.into_split();
+                    let network = twoparty::VatNetwork::new(
+                        read.compat(),
+                        write.compat_write(),
+                        rpc_twoparty_capnp::Side::Server,
+                        Default::default(),
+                    );
+                    let disconnect = Rc::new(RefCell::new(None));
+                    let binding: vpc_binding::Client = capnp_rpc::new_client(FakeBinding {
+                        disconnect: disconnect.clone(),
+                    });
+                    let rpc = RpcSystem::new(Box::new(network), Some(binding.client));
+                    *disconnect.borrow_mut() = Some(Box::pin(rpc.get_disconnector()));
+                    tokio::task::spawn_local(rpc);
+                }
+            });
+        });
+        let addr = addr.recv().expect("fake binding-worker started");
+        Self { addr, connections }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Closes the connection it came from when awaited.
+type Disconnector = std::pin::Pin<Box<dyn Future<Output = Result<(), capnp::Error>>>>;
+
+struct FakeBinding {
+    disconnect: Rc<RefCell<Option<Disconnector>>>,
+}
+
+/// What the fake saw of one fetch.
+struct Seen {
+    method: String,
+    url: String,
+    path: String,
+    context: String,
+    headers: Vec<(String, String)>,
+}
+
+impl vpc_binding::Server for FakeBinding {
+    async fn fetch(
+        self: CapRc<Self>,
+        params: vpc_binding::FetchParams,
+        mut results: vpc_binding::FetchResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let ctx = params.get_context()?;
+        let head = params.get_head()?;
+        let url = head.get_url()?.to_string()?;
+        let path = url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.path_and_query().map(|p| p.to_string()))
+            .unwrap_or_default();
+        let mut headers = Vec::new();
+        for h in head.get_headers()? {
+            headers.push((
+                h.get_name()?.to_string()?,
+                String::from_utf8_lossy(h.get_value()?).into_owned(),
+            ));
+        }
+        let seen = Seen {
+            method: head.get_method()?.to_string()?,
+            url,
+            path,
+            context: format!(
+                "service={} binding={} script={} account={} request_id={}",
+                ctx.get_service_id()?.to_str()?,
+                ctx.get_binding()?.to_str()?,
+                ctx.get_script()?.to_str()?,
+                ctx.get_account()?.to_str()?,
+                ctx.get_request_id()?.to_str()?,
+            ),
+            headers,
+        };
+        let receiver = params.get_response()?;
+
+        // The request body ByteStream goes back at once; the answer comes after its end.
+        let (done, body) = oneshot::channel();
+        let collector = Collector {
+            bytes: RefCell::new(Vec::new()),
+            done: RefCell::new(Some(done)),
+        };
+        results
+            .get()
+            .set_request_body(capnp_rpc::new_client(collector));
+
+        let disconnect = self.disconnect.clone();
+        tokio::task::spawn_local(async move {
+            let body = body.await.unwrap_or_default();
+            if let Err(err) = answer(receiver, seen, body, disconnect).await {
+                tracing::warn!(error = %err, "fake binding-worker: answering failed");
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn answer(
+    receiver: response_receiver::Client,
+    seen: Seen,
+    body: Vec<u8>,
+    disconnect: Rc<RefCell<Option<Disconnector>>>,
+) -> Result<(), capnp::Error> {
+    let path = seen.path.as_str();
+    if path.starts_with("/refused") {
+        return deliver_error(&receiver, &ProxyError::new(ErrorCode::ConnectionRefused)).await;
+    }
+    if path == "/nxdomain" {
+        return deliver_error(&receiver, &ProxyError::dns("NXDOMAIN")).await;
+    }
+    if path == "/drop" {
+        let disconnector = disconnect.borrow_mut().take();
+        if let Some(disconnector) = disconnector {
+            drop(receiver);
+            disconnector.await?;
+        }
+        return Ok(());
+    }
+
+    let mut request = receiver.deliver_request();
+    {
+        let mut head = request.get().init_result().init_response();
+        head.set_status(200);
+        let mut headers = head.init_headers(2);
+        headers.reborrow().get(0).set_name("content-type");
+        headers.reborrow().get(0).set_value(b"text/plain");
+        headers.reborrow().get(1).set_name("x-fake-path");
+        headers.reborrow().get(1).set_value(path.as_bytes());
+    }
+    let response_body = request.send().promise.await?.get()?.get_body()?;
+
+    if path == "/cut" {
+        write(&response_body, b"partial").await?;
+        let mut abort = response_body.abort_request();
+        write_wire_error(
+            abort.get().init_error(),
+            &ProxyError::new(ErrorCode::HttpResponseIncomplete),
+        );
+        abort.send().promise.await?;
+        return Ok(());
+    }
+
+    let mut echo = format!(
+        "method={}\nurl={}\npath={}\n{}\n",
+        seen.method, seen.url, seen.path, seen.context
+    );
+    for (name, value) in &seen.headers {
+        echo.push_str(&format!("header {name}={value}\n"));
+    }
+    // Two writes: the body must arrive as a stream, not as one message.
+    write(&response_body, echo.as_bytes()).await?;
+    write(
+        &response_body,
+        format!("body={}", String::from_utf8_lossy(&body)).as_bytes(),
+    )
+    .await?;
+    response_body.end_request().send().promise.await?;
+    Ok(())
+}
+
+async fn deliver_error(
+    receiver: &response_receiver::Client,
+    err: &ProxyError,
+) -> Result<(), capnp::Error> {
+    let mut request = receiver.deliver_request();
+    write_wire_error(request.get().init_result().init_error(), err);
+    request.send().promise.await?;
+    Ok(())
+}
+
+async fn write(stream: &byte_stream::Client, bytes: &[u8]) -> Result<(), capnp::Error> {
+    let mut request = stream.write_request();
+    request.get().set_bytes(bytes);
+    request.send().await
+}
+
+/// Request body sink: collects until `end`.
+struct Collector {
+    bytes: RefCell<Vec<u8>>,
+    done: RefCell<Option<oneshot::Sender<Vec<u8>>>>,
+}
+
+impl byte_stream::Server for Collector {
+    async fn write(
+        self: CapRc<Self>,
+        params: byte_stream::WriteParams,
+    ) -> Result<(), capnp::Error> {
+        self.bytes
+            .borrow_mut()
+            .extend_from_slice(params.get()?.get_bytes()?);
+        Ok(())
+    }
+
+    async fn end(
+        self: CapRc<Self>,
+        _: byte_stream::EndParams,
+        _: byte_stream::EndResults,
+    ) -> Result<(), capnp::Error> {
+        if let Some(done) = self.done.borrow_mut().take() {
+            let _ = done.send(self.bytes.take());
+        }
+        Ok(())
+    }
+
+    async fn abort(
+        self: CapRc<Self>,
+        _: byte_stream::AbortParams,
+        _: byte_stream::AbortResults,
+    ) -> Result<(), capnp::Error> {
+        // Dropping `done` tells `fetch` the body failed; it then answers with what it has.
+        self.done.borrow_mut().take();
+        Ok(())
+    }
+}

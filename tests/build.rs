@@ -1,0 +1,45 @@
+//! Builds the example scripts the integration tests run (wasm32-wasip2 components) and
+//! exports their paths as `WVPC_GUEST_<NAME>` compile-time env vars.
+//!
+//! The guests get their own target dir (`target/guests`) so this nested cargo never waits on
+//! the lock of the build that runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const GUESTS: &[(&str, &str)] = &[("PROXY", "wvpc-example-proxy")];
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().unwrap().to_path_buf();
+    for dir in ["sdk", "examples", "schemas/wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("guests");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for (name, package) in GUESTS {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&root)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "-p", package])
+            .arg("--target-dir")
+            .arg(&target_dir);
+        // Settings of the outer (host) build must not leak into the guest build.
+        for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+            cmd.env_remove(var);
+        }
+        let status = cmd.status().expect("running cargo to build the wasm guests");
+        assert!(
+            status.success(),
+            "building guest {package} for wasm32-wasip2 failed (is the target installed? \
+             `rustup target add wasm32-wasip2`)"
+        );
+        let wasm = target_dir
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", package.replace('-', "_")));
+        assert!(wasm.exists(), "guest build did not produce {}", wasm.display());
+        println!("cargo:rustc-env=WVPC_GUEST_{name}={}", wasm.display());
+    }
+}

@@ -1,0 +1,69 @@
+//! Test harness for workers-vpc: real servers on loopback `:0` ports, built like Lego.
+//!
+//! - [`origin`]: a private HTTP origin that records what it received.
+//! - [`dns`]: a real DNS server (UDP) answering from a table, with fault switches.
+//! - [`mock_tunnel`]: `MockTunnel`, an in-process `TunnelPool` (dials loopback, answers DNS
+//!   from a table, injects faults) for tests that do not need QUIC.
+//! - [`stack`]: `MockStack`, iris's router, the binding-worker and the runtime with a script
+//!   over real sockets on a [`mock_tunnel::MockTunnel`]. The real QUIC path runs
+//!   `wvpc_cli::stack::Stack`, exactly what `wvpc dev` runs.
+//! - [`client`]: a one-request HTTP/1.1 client.
+//! - [`guests`]: paths of the example scripts, built for wasm32-wasip2 by this crate's build
+//!   script.
+
+pub mod client;
+pub mod dns;
+pub mod mock_tunnel;
+pub mod origin;
+pub mod stack;
+
+/// Paths of the guest components built by `build.rs`.
+pub mod guests {
+    /// `examples/proxy`: forwards each request to binding `API`.
+    pub const PROXY: &str = env!("WVPC_GUEST_PROXY");
+}
+
+/// Installs a tracing subscriber once (`RUST_LOG` controls it; quiet by default).
+pub fn trace_init() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A fresh, empty directory under the system temp dir (removed when the value drops).
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/wvpc-<label>-<random>`.
+    pub fn new(label: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("wvpc-{label}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        TempDir(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Bounds a test await: a hang fails the test with `what` instead of blocking CI.
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(30), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}

@@ -1,0 +1,149 @@
+//! A private origin for tests: a real HTTP/1.1 server that records what it received.
+//!
+//! Routes: `GET /big/<n>` streams `n` bytes of [`pattern`]; `POST /echo` streams the request
+//! body back; anything else answers `hello from origin: <path and query>`. Every request is
+//! recorded (method, path and query, `Host`, body length) and every accepted TCP connection
+//! counted, so tests can assert what reached the origin and whether connections were reused.
+//! [`Origin::stop`] closes the listener *and* every open connection, as a killed process would.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// Byte `i` of every generated body: deterministic and not periodic in powers of two.
+pub fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// Checks that `body` is `pattern(0..len)`.
+pub fn is_pattern(body: &[u8]) -> bool {
+    body.iter().enumerate().all(|(i, b)| *b == pattern(i))
+}
+
+/// One request as the origin saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Request method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// The `Host` header, if any.
+    pub host: Option<String>,
+    /// Bytes of request body received.
+    pub body_len: usize,
+}
+
+#[derive(Default)]
+struct Record {
+    seen: Mutex<Vec<Seen>>,
+    connections: AtomicUsize,
+}
+
+/// A running origin.
+pub struct Origin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    record: Arc<Record>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+type OriginBody = BoxBody<Bytes, Infallible>;
+
+impl Origin {
+    /// Starts an origin on `ip:0`.
+    pub async fn start(ip: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((ip, 0)).await?;
+        let addr = listener.local_addr()?;
+        let record = Arc::new(Record::default());
+        let rec = record.clone();
+        let server = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            // Aborting this task drops `conns`, which aborts every connection task.
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                rec.connections.fetch_add(1, Ordering::SeqCst);
+                let rec = rec.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| handle(rec.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, record, server: Some(server) })
+    }
+
+    /// Requests seen so far, in arrival order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.record.seen.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.record.connections.load(Ordering::SeqCst)
+    }
+
+    /// Stops listening and closes every connection (later connects are refused).
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+async fn handle(rec: Arc<Record>, req: Request<Incoming>) -> Result<Response<OriginBody>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string());
+    let host = req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    let index = {
+        let mut seen = rec.seen.lock().unwrap();
+        seen.push(Seen { method: method.clone(), path: path.clone(), host, body_len: 0 });
+        seen.len() - 1
+    };
+    if method == "POST" && req.uri().path() == "/echo" {
+        // Stream the body back as it arrives, counting it.
+        let counted = req.into_body().into_data_stream().map(move |chunk| {
+            let chunk = chunk.unwrap_or_default();
+            rec.seen.lock().unwrap()[index].body_len += chunk.len();
+            Ok::<_, Infallible>(Frame::data(chunk))
+        });
+        return Ok(Response::new(http_body_util::BodyExt::boxed(StreamBody::new(counted))));
+    }
+    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    rec.seen.lock().unwrap()[index].body_len = body_len;
+    if let Some(n) = path.strip_prefix("/big/").and_then(|n| n.parse::<usize>().ok()) {
+        const CHUNK: usize = 64 * 1024;
+        let chunks = futures::stream::iter((0..n).step_by(CHUNK).map(move |start| {
+            let end = (start + CHUNK).min(n);
+            Ok::<_, Infallible>(Frame::data(Bytes::from((start..end).map(pattern).collect::<Vec<u8>>())))
+        }));
+        let mut resp = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(chunks)));
+        resp.headers_mut().insert(hyper::header::CONTENT_LENGTH, n.into());
+        return Ok(resp);
+    }
+    let body = format!("hello from origin: {path}");
+    Ok(Response::new(http_body_util::BodyExt::boxed(Full::new(Bytes::from(body)))))
+}

@@ -1,0 +1,112 @@
+//! `MockStack`: iris's router, the binding-worker and the runtime over real loopback sockets,
+//! with services in memory and the tunnel replaced by [`MockTunnel`].
+//!
+//! This is the harness most tests use: it reaches every error code by flipping a switch. The
+//! real QUIC tunnel and connector are covered by the end-to-end tests, which run
+//! `wvpc_cli::stack::Stack` (exactly what `wvpc dev` runs) with a real connector.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use uuid::Uuid;
+use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
+use wvpc_errors::ProxyError;
+use wvpc_iris::{Router, RouterConfig, ServiceRoute, ServiceStore};
+use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig, VpcServiceBinding};
+
+use crate::dns::DnsTable;
+use crate::mock_tunnel::MockTunnel;
+
+/// Services kept in memory; tests add, change and delete them while the stack runs.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    routes: Arc<RwLock<HashMap<Uuid, ServiceRoute>>>,
+}
+
+impl MemoryStore {
+    /// Adds or replaces a service.
+    pub fn put(&self, route: ServiceRoute) {
+        self.routes.write().unwrap().insert(route.service_id, route);
+    }
+
+    /// Deletes a service.
+    pub fn delete(&self, service_id: Uuid) {
+        self.routes.write().unwrap().remove(&service_id);
+    }
+}
+
+impl ServiceStore for MemoryStore {
+    fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError> {
+        Ok(self.routes.read().unwrap().get(&service_id).cloned())
+    }
+}
+
+/// A running mock-tunnel stack serving one script.
+pub struct MockStack {
+    /// The script's HTTP address.
+    pub script_addr: SocketAddr,
+    /// The services iris sees.
+    pub store: MemoryStore,
+    /// The tunnel and its fault switches.
+    pub tunnel: MockTunnel,
+    /// DNS answers given through the mock tunnel.
+    pub dns: DnsTable,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    binding_worker: Option<BindingWorkerHandle>,
+}
+
+impl MockStack {
+    /// Starts the stack with `script` (a component path) bound as `binding → service_id`.
+    pub async fn start(script: &str, bindings: &[(&str, Uuid)]) -> MockStack {
+        let dns = DnsTable::new();
+        let tunnel = MockTunnel::new(dns.clone());
+        let store = MemoryStore::default();
+        let router = Router::new(Arc::new(store.clone()), Arc::new(tunnel.clone()), RouterConfig::default());
+        let iris = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let iris_addr = iris.local_addr().unwrap();
+        let mut tasks = vec![tokio::spawn(async move {
+            let _ = router.serve(iris).await;
+        })];
+        let worker = BindingWorker::start(
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            BindingWorkerConfig::new(iris_addr),
+        )
+        .unwrap();
+        let config = ScriptConfig {
+            name: "test-script".into(),
+            main: PathBuf::from(script),
+            vpc_services: bindings
+                .iter()
+                .map(|(binding, service_id)| VpcServiceBinding {
+                    binding: (*binding).to_owned(),
+                    service_id: *service_id,
+                })
+                .collect(),
+        };
+        let options = RuntimeOptions { binding_worker: worker.local_addr(), account: "test-account".into() };
+        let runtime = tokio::task::spawn_blocking(move || Runtime::new(&config, options))
+            .await
+            .unwrap()
+            .expect("loading the test script");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let script_addr = listener.local_addr().unwrap();
+        let runtime = Arc::new(runtime);
+        tasks.push(tokio::spawn(async move {
+            let _ = runtime.serve(listener).await;
+        }));
+        MockStack { script_addr, store, tunnel, dns, tasks, binding_worker: Some(worker) }
+    }
+}
+
+impl Drop for MockStack {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(worker) = self.binding_worker.take() {
+            worker.shutdown();
+        }
+    }
+}

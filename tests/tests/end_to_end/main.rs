@@ -1,0 +1,9 @@
+//! End-to-end tests: a request travels script → runtime → capnp → binding-worker → HTTP/2
+//! CONNECT → iris → DNS through the tunnel → tunnel → origin and back, on real sockets.
+//!
+//! - [`real_tunnel`]: the stack `wvpc dev` runs, with the real QUIC edge, our connector and a
+//!   real DNS server.
+//! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
+
+mod mock_tunnel;
+mod real_tunnel;
