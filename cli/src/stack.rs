@@ -83,11 +83,11 @@ impl Stack {
         }));
 
         let bw_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let binding_worker = BindingWorker::start(
-            bw_listener,
-            BindingWorkerConfig::new(iris_addr),
-        )
-        .context("starting the binding-worker")?;
+        let mut bw_config = BindingWorkerConfig::new(iris_addr);
+        // One process: the binding-worker's HTTP work shares this runtime's threads.
+        bw_config.proxy_runtime = Some(tokio::runtime::Handle::current());
+        let binding_worker =
+            BindingWorker::start(bw_listener, bw_config).context("starting the binding-worker")?;
         let binding_worker_addr = binding_worker.local_addr();
 
         let script = config.script.clone();

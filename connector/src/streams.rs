@@ -147,10 +147,7 @@ async fn handle_data_stream(mut stream: BiStream, ctx: &StreamContext) {
 }
 
 async fn respond_failure(stream: &mut BiStream, err: &ProxyError) {
-    let _ = stream
-        .send
-        .write_all(&ConnectResponse::failure(err).encode())
-        .await;
+    let _ = ConnectResponse::failure(err).write(&mut stream.send).await;
     let _ = stream.send.finish();
 }
 
@@ -185,12 +182,7 @@ async fn proxy_tcp(
             return respond_failure(&mut stream, &err).await;
         }
     };
-    if stream
-        .send
-        .write_all(&ConnectResponse::ok().encode())
-        .await
-        .is_err()
-    {
+    if ConnectResponse::ok().write(&mut stream.send).await.is_err() {
         return;
     }
     let _active = ctx.active.enter();

@@ -767,3 +767,65 @@ async fn connector_answers_configuration_and_refuses_v2_sessions_over_rpc_stream
         .await;
     connector.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reconnects and limits
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_reconnects_after_the_edge_drops_it() {
+    let (edge, connector) = edge_with_connector().await;
+    let registry = edge.registry();
+    let first = registry.connections(edge.tunnel())[0].connection_id;
+
+    assert_eq!(registry.disconnect_tunnel(edge.tunnel()), 1);
+    registry.wait_for_connection(edge.tunnel()).await;
+    let second = registry.connections(edge.tunnel())[0].connection_id;
+    assert_ne!(first, second, "a new registration replaces the dropped one");
+
+    let echo = tcp_echo().await;
+    let mut stream = registry
+        .open_tcp(edge.tunnel(), echo, &FlowContext::default())
+        .await
+        .unwrap();
+    stream.write_all(b"again").await.unwrap();
+    let mut back = [0u8; 5];
+    stream.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"again");
+    drop(stream);
+
+    // Revoked credentials: the reconnect is refused and the connector stops with the reason.
+    edge.authority.remove(edge.tunnel());
+    registry.disconnect_tunnel(edge.tunnel());
+    let err = connector.task.await.unwrap().unwrap_err();
+    assert!(matches!(err, ConnectorError::Unauthorized { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_limit_is_reported_as_rate_limited() {
+    let edge = TestEdge::start().await;
+    let mut config = edge.config(edge.credentials.clone());
+    config.max_active_flows = 1;
+    let connector = RunningConnector::start(config).registered(1).await;
+    let registry = edge.registry();
+    registry.wait_for_connection(edge.tunnel()).await;
+
+    let echo = tcp_echo().await;
+    let held = registry
+        .open_tcp(edge.tunnel(), echo, &FlowContext::default())
+        .await
+        .unwrap();
+    let tcp_err = registry
+        .open_tcp(edge.tunnel(), echo, &FlowContext::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(tcp_err.code, ErrorCode::RateLimited);
+    let udp_err = registry
+        .open_udp(edge.tunnel(), udp_echo().await, &FlowContext::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(udp_err.code, ErrorCode::RateLimited);
+    drop(held);
+    connector.stop().await.unwrap();
+}

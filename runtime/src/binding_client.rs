@@ -12,8 +12,10 @@
 //! later calls `deliver` once; the `ByteStream` returned from it feeds the response body.
 //!
 //! One connection is shared by all fetches of the runtime and re-established by the next
-//! fetch after it drops. A fetch that was in flight on a dropped connection fails with
-//! `proxy_internal_error` (its body may already be consumed, so it is not retried).
+//! fetch after it drops. A fetch that finds the reused connection already dead, before any
+//! body bytes were taken, is sent again on a fresh one; a fetch in flight when the connection
+//! drops fails with `proxy_internal_error` (the binding-worker may have acted on it, and its
+//! body may be consumed).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -148,7 +150,8 @@ impl ConnectionSlot {
             return Ok((c.clone(), true));
         }
         let c = connect(self.addr).await.inspect_err(|err| {
-            tracing::warn!(binding_worker = %self.addr, details = ?err.details, "binding-worker unreachable");
+            // The failed fetch is logged where it is answered (`outbound`); this is the detail.
+            tracing::debug!(binding_worker = %self.addr, details = ?err.details, "binding-worker unreachable");
         })?;
         *current = Some(c.clone());
         Ok((c, false))
@@ -244,12 +247,7 @@ async fn fetch(connections: Rc<ConnectionSlot>, job: FetchJob) {
                 continue;
             }
         }
-        tracing::warn!(
-            request_id = %context.request_id,
-            binding = %context.binding,
-            error = %err,
-            "binding fetch call failed"
-        );
+        tracing::debug!(request_id = %context.request_id, error = %err, "binding fetch call failed");
         let err = ProxyError::new(ErrorCode::ProxyInternalError)
             .with_details(format!("binding-worker call failed: {err}"));
         return answer(&reply, Err(err));

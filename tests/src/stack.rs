@@ -69,11 +69,10 @@ impl MockStack {
         let mut tasks = vec![tokio::spawn(async move {
             let _ = router.serve(iris).await;
         })];
-        let worker = BindingWorker::start(
-            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
-            BindingWorkerConfig::new(iris_addr),
-        )
-        .unwrap();
+        let mut worker_config = BindingWorkerConfig::new(iris_addr);
+        worker_config.proxy_runtime = Some(tokio::runtime::Handle::current());
+        let worker =
+            BindingWorker::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), worker_config).unwrap();
         let config = ScriptConfig {
             name: "test-script".into(),
             main: PathBuf::from(script),

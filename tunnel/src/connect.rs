@@ -9,7 +9,7 @@
 //! [`metadata::PROXY_STATUS_ERROR`] beside the human text; for the stock cloudflared, which only
 //! sends text, [`ConnectResponse::failure`] documents the fallback.
 
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::tunnel_stream_capnp::{ConnectionType, connect_request, connect_response};
 
@@ -188,6 +188,11 @@ impl ConnectRequest {
         with_preamble(&message)
     }
 
+    /// Writes preamble and message in one write.
+    pub async fn write<W: AsyncWrite + Unpin>(&self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(&self.encode()).await
+    }
+
     /// Reads a request after the signature has been consumed (version, then message).
     pub async fn read_after_signature<R: AsyncRead + Unpin>(
         r: &mut R,
@@ -286,6 +291,11 @@ impl ConnectResponse {
             }
         }
         with_preamble(&message)
+    }
+
+    /// Writes preamble and message in one write.
+    pub async fn write<W: AsyncWrite + Unpin>(&self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(&self.encode()).await
     }
 
     /// Reads a whole response: signature, version, message.

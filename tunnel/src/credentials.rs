@@ -40,7 +40,9 @@ pub enum CredentialsError {
     #[error("tunnel token does not contain valid JSON {{\"a\",\"s\",\"t\"}}: {0}")]
     TokenJson(String),
     /// The credentials file JSON is malformed or misses a field.
-    #[error("credentials file is not valid JSON {{\"AccountTag\",\"TunnelSecret\",\"TunnelID\"}}: {0}")]
+    #[error(
+        "credentials file is not valid JSON {{\"AccountTag\",\"TunnelSecret\",\"TunnelID\"}}: {0}"
+    )]
     FileJson(String),
     /// The secret is not base64.
     #[error("tunnel secret is not valid base64: {0}")]
@@ -78,7 +80,12 @@ impl Credentials {
     pub fn mint(account_tag: impl Into<String>, tunnel_id: Uuid) -> Self {
         let mut secret = vec![0u8; 32];
         rand::fill(&mut secret[..]);
-        Self { account_tag: account_tag.into(), tunnel_secret: secret, tunnel_id, endpoint: String::new() }
+        Self {
+            account_tag: account_tag.into(),
+            tunnel_secret: secret,
+            tunnel_id,
+            endpoint: String::new(),
+        }
     }
 
     /// The cloudflared token for these credentials.
@@ -117,7 +124,12 @@ impl Credentials {
     pub fn from_file_json(text: &str) -> Result<Self, CredentialsError> {
         let json: FileJson =
             serde_json::from_str(text).map_err(|e| CredentialsError::FileJson(e.to_string()))?;
-        Self::from_parts(json.account_tag, &json.tunnel_secret, &json.tunnel_id, json.endpoint)
+        Self::from_parts(
+            json.account_tag,
+            &json.tunnel_secret,
+            &json.tunnel_id,
+            json.endpoint,
+        )
     }
 
     fn from_parts(
@@ -129,14 +141,20 @@ impl Credentials {
         if account_tag.is_empty() {
             return Err(CredentialsError::Empty("account tag"));
         }
-        let tunnel_secret =
-            STANDARD.decode(secret).map_err(|e| CredentialsError::SecretBase64(e.to_string()))?;
+        let tunnel_secret = STANDARD
+            .decode(secret)
+            .map_err(|e| CredentialsError::SecretBase64(e.to_string()))?;
         if tunnel_secret.is_empty() {
             return Err(CredentialsError::Empty("tunnel secret"));
         }
-        let tunnel_id =
-            Uuid::parse_str(tunnel_id).map_err(|_| CredentialsError::TunnelId(tunnel_id.to_owned()))?;
-        Ok(Self { account_tag, tunnel_secret, tunnel_id, endpoint })
+        let tunnel_id = Uuid::parse_str(tunnel_id)
+            .map_err(|_| CredentialsError::TunnelId(tunnel_id.to_owned()))?;
+        Ok(Self {
+            account_tag,
+            tunnel_secret,
+            tunnel_id,
+            endpoint,
+        })
     }
 }
 
@@ -155,15 +173,25 @@ mod tests {
 
     #[test]
     fn bad_tokens_say_what_is_wrong() {
-        assert!(matches!(Credentials::from_token("%%%"), Err(CredentialsError::TokenBase64(_))));
+        assert!(matches!(
+            Credentials::from_token("%%%"),
+            Err(CredentialsError::TokenBase64(_))
+        ));
         let not_json = STANDARD.encode("hello");
-        assert!(matches!(Credentials::from_token(&not_json), Err(CredentialsError::TokenJson(_))));
+        assert!(matches!(
+            Credentials::from_token(&not_json),
+            Err(CredentialsError::TokenJson(_))
+        ));
         let bad_id = STANDARD.encode(r#"{"a":"x","s":"c2VjcmV0","t":"nope"}"#);
         assert_eq!(
             Credentials::from_token(&bad_id),
             Err(CredentialsError::TunnelId("nope".into()))
         );
-        let no_secret = STANDARD.encode(r#"{"a":"x","s":"","t":"00000000-0000-0000-0000-000000000000"}"#);
-        assert_eq!(Credentials::from_token(&no_secret), Err(CredentialsError::Empty("tunnel secret")));
+        let no_secret =
+            STANDARD.encode(r#"{"a":"x","s":"","t":"00000000-0000-0000-0000-000000000000"}"#);
+        assert_eq!(
+            Credentials::from_token(&no_secret),
+            Err(CredentialsError::Empty("tunnel secret"))
+        );
     }
 }

@@ -37,8 +37,10 @@ const STREAM_WINDOW: u32 = 6 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 30 * 1024 * 1024;
 /// Datagrams buffered per connection before quinn drops the oldest.
 const DATAGRAM_BUFFER: usize = 4 * 1024 * 1024;
-/// How many streams the edge may have open toward a connector at once.
-const CONNECTOR_MAX_INCOMING_STREAMS: u32 = 1 << 20;
+/// How many streams the edge may have open toward a connector at once (concurrent flows per
+/// connection; the window slides as streams finish). cloudflared allows 2^60, but quinn
+/// allocates stream state up front for the whole window: 1M costs ~0.4 s per connection.
+const CONNECTOR_MAX_INCOMING_STREAMS: u32 = 8192;
 /// How many streams a connector may open toward the edge (control stream + v2 RPC streams).
 const EDGE_MAX_INCOMING_BIDI: u32 = 16;
 
@@ -145,6 +147,9 @@ pub enum CloseCode {
     Replaced = 4,
     /// The edge is shutting down.
     EdgeShutdown = 5,
+    /// The edge dropped the tunnel's connections (e.g. the tunnel was deleted or its
+    /// credentials rotated); reconnecting re-checks the credentials.
+    Disconnected = 6,
 }
 
 impl CloseCode {
@@ -162,6 +167,7 @@ impl CloseCode {
             Self::RegistrationTimeout,
             Self::Replaced,
             Self::EdgeShutdown,
+            Self::Disconnected,
         ]
         .into_iter()
         .find(|c| c.varint() == code)

@@ -168,6 +168,8 @@ async fn handle_incoming(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     let deadline = Instant::now() + REGISTRATION_DEADLINE;
     let Some(conn) = register(&quic, &shared, deadline).await else {
+        // The connection is closed; a registration that raced with closing it is undone.
+        shared.registry.forget(&quic);
         return;
     };
 
@@ -179,7 +181,7 @@ async fn handle_incoming(incoming: quinn::Incoming, shared: Arc<Shared>) {
         let _ = send.reset(quinn::VarInt::from_u32(0));
         let _ = recv.stop(quinn::VarInt::from_u32(0));
     }
-    shared.registry.remove(tunnel, connection);
+    shared.registry.forget(&quic);
     reader.abort();
     let reason = quic
         .close_reason()

@@ -174,6 +174,12 @@ impl RegistrationService {
                     should_retry: true,
                 });
             }
+            Err(RecordError::Closed) => {
+                return Err(Refusal {
+                    cause: "connection closed during registration".to_owned(),
+                    should_retry: true,
+                });
+            }
         }
         *self.registered.borrow_mut() = Some((tunnel_id, conn.info.connection_id));
         tracing::info!(

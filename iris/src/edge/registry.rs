@@ -81,6 +81,8 @@ impl EdgeConnection {
 pub(crate) enum RecordError {
     /// The same connector already holds a live connection with this index.
     Duplicate,
+    /// The QUIC connection closed before it could be recorded.
+    Closed,
 }
 
 /// Live connections per tunnel. Cheap to share (`Arc`); all methods take `&self`.
@@ -177,6 +179,11 @@ impl TunnelRegistry {
         let mut replaced = None;
         {
             let mut tunnels = self.lock();
+            // Checked under the lock: a connection its task closes after this point is then
+            // removed by that task (`forget` takes the lock too).
+            if conn.quic.close_reason().is_some() {
+                return Err(RecordError::Closed);
+            }
             let conns = tunnels.entry(conn.info.tunnel_id).or_default();
             if let Some(pos) = conns.iter().position(|c| {
                 c.info.client_id == conn.info.client_id
@@ -214,26 +221,45 @@ impl TunnelRegistry {
         }
     }
 
-    /// Forgets a connection (it closed).
-    pub(crate) fn remove(&self, tunnel_id: Uuid, connection_id: Uuid) {
-        let removed = {
-            let mut tunnels = self.lock();
-            let Some(conns) = tunnels.get_mut(&tunnel_id) else {
-                return;
-            };
-            let removed = conns
-                .iter()
-                .position(|c| c.info.connection_id == connection_id)
-                .map(|pos| conns.remove(pos));
-            if conns.is_empty() {
-                tunnels.remove(&tunnel_id);
-            }
-            removed
-        };
-        if let Some(conn) = removed {
+    /// Forgets whatever was recorded for a QUIC connection (it closed).
+    pub(crate) fn forget(&self, quic: &quinn::Connection) {
+        let id = quic.stable_id();
+        let mut removed = Vec::new();
+        self.lock().retain(|_, conns| {
+            conns.retain(|c| {
+                let this = c.quic.stable_id() == id;
+                if this {
+                    removed.push(c.clone());
+                }
+                !this
+            });
+            !conns.is_empty()
+        });
+        for conn in &removed {
             conn.sessions.clear();
+        }
+        if !removed.is_empty() {
             self.changed.notify_waiters();
         }
+    }
+
+    /// Closes every connection of a tunnel (e.g. it was deleted or its credentials rotated).
+    /// Connectors reconnect and must register again, which re-checks their credentials.
+    /// Returns how many connections were closed.
+    pub fn disconnect_tunnel(&self, tunnel_id: Uuid) -> usize {
+        let conns = self.lock().remove(&tunnel_id).unwrap_or_default();
+        for conn in &conns {
+            conn.sessions.clear();
+            conn.quic.close(
+                CloseCode::Disconnected.varint(),
+                b"tunnel disconnected by the edge",
+            );
+        }
+        if !conns.is_empty() {
+            tracing::info!(tunnel = %tunnel_id, connections = conns.len(), "tunnel connections dropped by the edge");
+            self.changed.notify_waiters();
+        }
+        conns.len()
     }
 
     fn find(&self, tunnel_id: Uuid, connection_id: Uuid) -> Option<Arc<EdgeConnection>> {
@@ -298,7 +324,7 @@ impl TunnelRegistry {
             ProxyError::new(ErrorCode::ConnectionTerminated)
                 .with_details(format!("tunnel stream to {dest} {what}: {e}"))
         };
-        if let Err(e) = stream.send.write_all(&request.encode()).await {
+        if let Err(e) = request.write(&mut stream.send).await {
             return Err(terminated("failed while sending the request", &e));
         }
         let response = match tokio::time::timeout(

@@ -1,1 +1,0 @@
-//! wvpc-bench
