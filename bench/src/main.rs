@@ -16,8 +16,7 @@
 //! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32]
 //! ```
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -27,13 +26,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use wvpc_cli::stack::{Stack, StackConfig};
-use wvpc_connector::{Connector, ConnectorConfig};
-use wvpc_directory::{Directory, HostInput, ResolverNetworkInput, ServiceInput};
-use wvpc_runtime::{ScriptConfig, VpcServiceBinding};
-use wvpc_tests::dns::{DnsServer, DnsTable};
-use wvpc_tests::origin::Origin;
-use wvpc_tests::{TempDir, guests};
+use wvpc_tests::real::RealWorld;
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -100,60 +93,10 @@ fn fmt(d: Duration) -> String {
     if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.0} µs") }
 }
 
-/// Everything the binding row needs, kept alive for the run.
-struct World {
-    _stack: Stack,
-    _origin: Origin,
-    _dns: DnsServer,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _state: TempDir,
-}
-
-async fn start_world() -> anyhow::Result<(World, SocketAddr, SocketAddr)> {
-    let state = TempDir::new("bench");
-    let origin = Origin::start("127.0.0.2").await.context("starting the origin on 127.0.0.2")?;
-    let dns = DnsServer::start(DnsTable::new().with("api.internal", IpAddr::from([127, 0, 0, 2]))).await?;
-    let directory = Directory::open(state.path())?;
-    let (tunnel, credentials) = directory.create_tunnel("bench")?;
-    let mut input = ServiceInput::http(
-        "api",
-        HostInput {
-            hostname: Some("api.internal".into()),
-            resolver_network: Some(ResolverNetworkInput {
-                tunnel_id: Some(tunnel.id.to_string()),
-                resolver_ips: Some(vec![dns.addr.to_string()]),
-            }),
-            ..HostInput::default()
-        },
-    );
-    input.http_port = Some(i64::from(origin.addr.port()));
-    let service = directory.create_service(&input)?;
-    let stack = Stack::start(StackConfig {
-        state: state.path().to_owned(),
-        script: ScriptConfig {
-            name: "proxy".into(),
-            main: PathBuf::from(guests::PROXY),
-            vpc_services: vec![VpcServiceBinding { binding: "API".into(), service_id: service.service_id }],
-        },
-        listen: "127.0.0.1:0".parse()?,
-        edge_listen: "127.0.0.1:0".parse()?,
-    })
-    .await?;
-    let connector = Connector::new(ConnectorConfig::new(
-        credentials,
-        vec![stack.edge_addr],
-        stack.edge_identity.ca_pem().as_bytes().to_vec(),
-    ))?;
-    let mut ready = connector.readiness();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = connector.serve(async { let _ = stopped.await; }).await;
-    });
-    tokio::time::timeout(Duration::from_secs(30), ready.wait_registered(1))
-        .await
-        .context("the connector did not register")?;
-    let (direct, binding) = (origin.addr, stack.script_addr);
-    Ok((World { _stack: stack, _origin: origin, _dns: dns, _stop: stop, _state: state }, direct, binding))
+async fn start_world() -> anyhow::Result<(RealWorld, SocketAddr, SocketAddr)> {
+    let world = RealWorld::start().await.context("starting the real path")?;
+    let (direct, binding) = (world.origin.addr, world.stack.script_addr);
+    Ok((world, direct, binding))
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;

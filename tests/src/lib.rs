@@ -6,7 +6,7 @@
 //!   from a table, injects faults) for tests that do not need QUIC.
 //! - [`stack`]: `MockStack`, iris's router, the binding-worker and the runtime with a script
 //!   over real sockets on a [`mock_tunnel::MockTunnel`]. The real QUIC path runs
-//!   `wvpc_cli::stack::Stack`, exactly what `wvpc dev` runs.
+//!   `wvpc_cli::stack::Stack`, exactly what `wvpc dev` runs: [`real::RealWorld`].
 //! - [`client`]: a one-request HTTP/1.1 client.
 //! - [`guests`]: paths of the example scripts, built for wasm32-wasip2 by this crate's build
 //!   script.
@@ -15,6 +15,7 @@ pub mod client;
 pub mod dns;
 pub mod mock_tunnel;
 pub mod origin;
+pub mod real;
 pub mod stack;
 
 /// Paths of the guest components built by `build.rs`.

@@ -52,8 +52,8 @@ impl DevArgs {
 pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let cwd = std::env::current_dir()?;
     let config_path = args.config_path(&cwd)?;
-    let script = ScriptConfig::load(&config_path)
-        .map_err(|err| anyhow::anyhow!("{}: {err}", config_path.display()))?;
+    // The error names the file, the field and the problem.
+    let script = ScriptConfig::load(&config_path)?;
     let stack = Stack::start(StackConfig {
         state: state.to_owned(),
         script: script.clone(),
