@@ -23,14 +23,28 @@ fn main() {
     for (name, package) in GUESTS {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(&root)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "-p", package])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                package,
+            ])
             .arg("--target-dir")
             .arg(&target_dir);
         // Settings of the outer (host) build must not leak into the guest build.
-        for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+        for var in [
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_TARGET",
+        ] {
             cmd.env_remove(var);
         }
-        let status = cmd.status().expect("running cargo to build the wasm guests");
+        let status = cmd
+            .status()
+            .expect("running cargo to build the wasm guests");
         assert!(
             status.success(),
             "building guest {package} for wasm32-wasip2 failed (is the target installed? \
@@ -39,7 +53,11 @@ fn main() {
         let wasm = target_dir
             .join("wasm32-wasip2/release")
             .join(format!("{}.wasm", package.replace('-', "_")));
-        assert!(wasm.exists(), "guest build did not produce {}", wasm.display());
+        assert!(
+            wasm.exists(),
+            "guest build did not produce {}",
+            wasm.display()
+        );
         println!("cargo:rustc-env=WVPC_GUEST_{name}={}", wasm.display());
     }
 }

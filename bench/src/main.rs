@@ -52,13 +52,21 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // The system under test gets its own runtime; the load client runs on another thread so
     // the two do not queue behind each other's tasks.
-    let stack_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let stack_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let (world, direct, binding) = stack_rt.block_on(start_world())?;
     println!("direct  = http://{direct}/hello   (origin on 127.0.0.2)");
-    println!("binding = http://{binding}/hello   (script -> capnp -> binding-worker -> CONNECT -> iris -> QUIC -> connector -> origin)");
+    println!(
+        "binding = http://{binding}/hello   (script -> capnp -> binding-worker -> CONNECT -> iris -> QUIC -> connector -> origin)"
+    );
 
     let duration = Duration::from_secs(args.seconds);
-    let load_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let load_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let mut rows = Vec::new();
     for (name, addr) in [("direct", direct), ("binding", binding)] {
         let figures = load_rt.block_on(measure(addr, duration, args.concurrency))?;
@@ -90,7 +98,11 @@ fn main() -> anyhow::Result<()> {
 
 fn fmt(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
-    if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.0} µs") }
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
 }
 
 async fn start_world() -> anyhow::Result<(RealWorld, SocketAddr, SocketAddr)> {
@@ -112,7 +124,9 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
 /// One GET on a kept-alive connection; fails on anything but a 200 with a body.
 async fn get(sender: &mut Sender, addr: SocketAddr) -> anyhow::Result<()> {
     sender.ready().await?;
-    let req = Request::get("/hello").header("host", addr.to_string()).body(Empty::new())?;
+    let req = Request::get("/hello")
+        .header("host", addr.to_string())
+        .body(Empty::new())?;
     let resp = sender.send_request(req).await?;
     anyhow::ensure!(resp.status() == 200, "{addr} answered {}", resp.status());
     let body = resp.into_body().collect().await?.to_bytes();
@@ -120,7 +134,11 @@ async fn get(sender: &mut Sender, addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(addr: SocketAddr, duration: Duration, concurrency: usize) -> anyhow::Result<Figures> {
+async fn measure(
+    addr: SocketAddr,
+    duration: Duration,
+    concurrency: usize,
+) -> anyhow::Result<Figures> {
     // Latency: one request in flight.
     let mut sender = connect(addr).await?;
     let warm_until = Instant::now() + Duration::from_secs(1);
@@ -172,7 +190,10 @@ async fn measure(addr: SocketAddr, duration: Duration, concurrency: usize) -> an
 fn process_cpu() -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').context("malformed /proc/self/stat")?.1;
+    let rest = stat
+        .rsplit_once(')')
+        .context("malformed /proc/self/stat")?
+        .1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     Ok(Duration::from_millis(ticks * 10))

@@ -63,8 +63,13 @@ impl Stack {
         let edge_identity = EdgeIdentity::load_or_create(&edge_dir)
             .with_context(|| format!("loading the edge TLS identity in {}", edge_dir.display()))?;
         let authority: Arc<dyn TunnelAuthority> = Arc::new(DirectoryAuthority(directory.clone()));
-        let edge = Edge::bind(config.edge_listen, &edge_identity, authority, "wvpc-dev".into())
-            .with_context(|| format!("starting the tunnel edge on {} (UDP)", config.edge_listen))?;
+        let edge = Edge::bind(
+            config.edge_listen,
+            &edge_identity,
+            authority,
+            "wvpc-dev".into(),
+        )
+        .with_context(|| format!("starting the tunnel edge on {} (UDP)", config.edge_listen))?;
         let edge = Arc::new(edge);
         let registry = edge.registry();
         let edge_addr = edge.local_addr();
@@ -153,7 +158,11 @@ impl Drop for Stack {
 }
 
 /// Every binding must name a service that exists in this directory; all problems at once.
-fn check_bindings(script: &ScriptConfig, directory: &Directory, state: &Path) -> anyhow::Result<()> {
+fn check_bindings(
+    script: &ScriptConfig,
+    directory: &Directory,
+    state: &Path,
+) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     for (i, binding) in script.vpc_services.iter().enumerate() {
         match directory.service(binding.service_id)? {
@@ -171,7 +180,10 @@ fn check_bindings(script: &ScriptConfig, directory: &Directory, state: &Path) ->
     if problems.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("the script's bindings are invalid:\n  {}", problems.join("\n  "))
+        anyhow::bail!(
+            "the script's bindings are invalid:\n  {}",
+            problems.join("\n  ")
+        )
     }
 }
 
@@ -181,7 +193,13 @@ pub fn describe_bindings(script: &ScriptConfig, directory: &Directory) -> Vec<St
         .vpc_services
         .iter()
         .map(|b| match directory.service(b.service_id) {
-            Ok(Some(s)) => format!("{} -> service {} ({}: {})", b.binding, s.service_id, s.name, target_text(&s)),
+            Ok(Some(s)) => format!(
+                "{} -> service {} ({}: {})",
+                b.binding,
+                s.service_id,
+                s.name,
+                target_text(&s)
+            ),
             _ => format!("{} -> service {}", b.binding, b.service_id),
         })
         .collect()
@@ -190,11 +208,14 @@ pub fn describe_bindings(script: &ScriptConfig, directory: &Directory) -> Vec<St
 fn target_text(s: &Service) -> String {
     let host = match s.target() {
         ServiceTarget::Hostname { name, .. } => name,
-        ServiceTarget::Ips { ipv4, ipv6 } => [ipv4.map(|ip| ip.to_string()), ipv6.map(|ip| format!("[{ip}]"))]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" "),
+        ServiceTarget::Ips { ipv4, ipv6 } => [
+            ipv4.map(|ip| ip.to_string()),
+            ipv6.map(|ip| format!("[{ip}]")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" "),
     };
     format!("{host} via tunnel {}", s.tunnel_id())
 }
@@ -215,7 +236,9 @@ impl ServiceStore for DirectoryRoutes {
             service_id: s.service_id,
             tunnel_id: s.tunnel_id(),
             target: match s.target() {
-                ServiceTarget::Hostname { name, resolvers } => RouteTarget::Hostname { name, resolvers },
+                ServiceTarget::Hostname { name, resolvers } => {
+                    RouteTarget::Hostname { name, resolvers }
+                }
                 ServiceTarget::Ips { ipv4, ipv6 } => RouteTarget::Ips { ipv4, ipv6 },
             },
             http_port: s.http_port(),
@@ -231,7 +254,12 @@ impl ServiceStore for DirectoryRoutes {
 struct DirectoryAuthority(Arc<Directory>);
 
 impl TunnelAuthority for DirectoryAuthority {
-    fn authorize(&self, tunnel_id: Uuid, account_tag: &str, secret: &[u8]) -> Result<(), AuthFailure> {
+    fn authorize(
+        &self,
+        tunnel_id: Uuid,
+        account_tag: &str,
+        secret: &[u8],
+    ) -> Result<(), AuthFailure> {
         self.0.authorize_tunnel(tunnel_id, account_tag, secret).map_err(|err| match err {
             TunnelAuthError::UnknownTunnel(id) => AuthFailure::UnknownTunnel(id),
             TunnelAuthError::WrongAccount(id) => AuthFailure::WrongAccount(id),

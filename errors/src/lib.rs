@@ -247,7 +247,11 @@ pub struct ProxyError {
 impl ProxyError {
     /// An error with a code and nothing else.
     pub const fn new(code: ErrorCode) -> Self {
-        Self { code, rcode: None, details: None }
+        Self {
+            code,
+            rcode: None,
+            details: None,
+        }
     }
 
     /// Adds human-oriented detail.
@@ -259,7 +263,11 @@ impl ProxyError {
 
     /// A `dns_error` with its response code name.
     pub fn dns(rcode: impl Into<String>) -> Self {
-        Self { code: ErrorCode::DnsError, rcode: Some(rcode.into()), details: None }
+        Self {
+            code: ErrorCode::DnsError,
+            rcode: Some(rcode.into()),
+            details: None,
+        }
     }
 
     /// Category for metrics: NXDOMAIN is the client's fault, other DNS failures are upstream.
@@ -300,7 +308,11 @@ impl ProxyError {
                     _ => {}
                 }
             }
-            code.map(|code| ProxyError { code, rcode, details })
+            code.map(|code| ProxyError {
+                code,
+                rcode,
+                details,
+            })
         })
     }
 }
@@ -398,7 +410,11 @@ mod tests {
     #[test]
     fn every_code_round_trips_by_name_and_ordinal() {
         for (i, code) in ErrorCode::ALL.iter().copied().enumerate() {
-            assert_eq!(usize::from(code.ordinal()), i, "{code} is out of order in ALL");
+            assert_eq!(
+                usize::from(code.ordinal()),
+                i,
+                "{code} is out of order in ALL"
+            );
             assert_eq!(code.wire_name().parse::<ErrorCode>(), Ok(code));
             assert_eq!(ErrorCode::from_ordinal(code.ordinal()), Some(code));
         }
@@ -430,8 +446,14 @@ mod tests {
     #[test]
     fn nxdomain_is_the_clients_fault_other_dns_failures_are_upstream() {
         assert_eq!(ProxyError::dns("NXDOMAIN").category(), Category::Client);
-        assert_eq!(ProxyError::dns("SERVFAIL").category(), Category::BadUpstream);
-        assert_eq!(ProxyError::new(ErrorCode::RateLimited).category(), Category::Client);
+        assert_eq!(
+            ProxyError::dns("SERVFAIL").category(),
+            Category::BadUpstream
+        );
+        assert_eq!(
+            ProxyError::new(ErrorCode::RateLimited).category(),
+            Category::Client
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! The guest world (WIT) lives in `wit/` beside this crate; it is read by the runtime's and
 //! the SDK's bindings generators, not compiled here.
 
-
 capnp::generated_code!(pub mod binding_capnp);
 capnp::generated_code!(pub mod tunnel_stream_capnp);
 capnp::generated_code!(pub mod tunnel_rpc_capnp);

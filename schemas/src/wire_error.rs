@@ -7,8 +7,8 @@ use crate::binding_capnp::{ErrorCode as CapnpErrorCode, wire_error};
 /// Fills a capnp `WireError` from a [`ProxyError`].
 pub fn write_wire_error(mut w: wire_error::Builder<'_>, err: &ProxyError) {
     // Both enums share ordinals (checked by a test below).
-    let code = CapnpErrorCode::try_from(err.code.ordinal())
-        .unwrap_or(CapnpErrorCode::ProxyInternalError);
+    let code =
+        CapnpErrorCode::try_from(err.code.ordinal()).unwrap_or(CapnpErrorCode::ProxyInternalError);
     w.set_code(code);
     w.set_rcode(err.rcode.as_deref().unwrap_or(""));
     w.set_details(err.details.as_deref().unwrap_or(""));
@@ -31,7 +31,11 @@ pub fn read_wire_error(r: wire_error::Reader<'_>) -> ProxyError {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
     };
-    ProxyError { code, rcode: text(r.get_rcode()), details: text(r.get_details()) }
+    ProxyError {
+        code,
+        rcode: text(r.get_rcode()),
+        details: text(r.get_details()),
+    }
 }
 
 #[cfg(test)]
@@ -60,7 +64,9 @@ mod tests {
                 .split('_')
                 .map(|w| {
                     let mut c = w.chars();
-                    c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap()
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap()
                 })
                 .collect();
             assert_eq!(format!("{capnp_code:?}"), camel);

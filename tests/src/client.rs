@@ -34,7 +34,9 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
 /// Sends one request with `body` and collects the response. Panics on transport errors: a
 /// test that reaches this wanted an HTTP answer.
 pub async fn send(addr: SocketAddr, method: &str, path: &str, body: Bytes) -> Reply {
-    let stream = TcpStream::connect(addr).await.expect("connecting to the script's server");
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connecting to the script's server");
     stream.set_nodelay(true).unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -49,6 +51,15 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, body: Bytes) -> Re
     let resp = sender.send_request(req).await.expect("sending the request");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("reading the response body").to_bytes();
-    Reply { status, headers, body }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("reading the response body")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }

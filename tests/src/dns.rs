@@ -58,7 +58,13 @@ impl DnsTable {
     /// Adds an address for a name.
     pub fn insert(&self, name: &str, ip: IpAddr) {
         let key = name.trim_end_matches('.').to_ascii_lowercase();
-        self.inner.lock().unwrap().records.entry(key).or_default().push(ip);
+        self.inner
+            .lock()
+            .unwrap()
+            .records
+            .entry(key)
+            .or_default()
+            .push(ip);
     }
 
     /// Sets the TTL of every answer.
@@ -74,7 +80,13 @@ impl DnsTable {
     /// How many queries of `rtype` for `name` arrived.
     pub fn query_count(&self, name: &str, rtype: RecordType) -> usize {
         let key = (name.trim_end_matches('.').to_ascii_lowercase(), rtype);
-        self.inner.lock().unwrap().queries.get(&key).copied().unwrap_or(0)
+        self.inner
+            .lock()
+            .unwrap()
+            .queries
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Answers one wire-format query; `None` means stay silent.
@@ -85,7 +97,11 @@ impl DnsTable {
         }
         let mut inner = self.inner.lock().unwrap();
         for q in &msg.queries {
-            let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+            let name = q
+                .name()
+                .to_ascii()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
             *inner.queries.entry((name, q.query_type())).or_default() += 1;
         }
         let mut resp = Message::response(msg.metadata.id, msg.metadata.op_code);
@@ -97,7 +113,11 @@ impl DnsTable {
             DnsMode::ServFail => resp.metadata.response_code = ResponseCode::ServFail,
             DnsMode::Answer => {
                 for q in &msg.queries {
-                    let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                    let name = q
+                        .name()
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase();
                     let Some(ips) = inner.records.get(&name) else {
                         resp.metadata.response_code = ResponseCode::NXDomain;
                         continue;

@@ -45,7 +45,8 @@ pub struct TempDir(std::path::PathBuf);
 impl TempDir {
     /// Creates `<tmp>/wvpc-<label>-<random>`.
     pub fn new(label: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("wvpc-{label}-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("wvpc-{label}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("creating a temp dir");
         TempDir(dir)
     }

@@ -38,7 +38,10 @@ pub struct MockTunnel {
 impl MockTunnel {
     /// A mock tunnel answering DNS from `dns`.
     pub fn new(dns: DnsTable) -> Self {
-        Self { dns, ..Self::default() }
+        Self {
+            dns,
+            ..Self::default()
+        }
     }
 
     /// Sets (or clears) the injected fault.
@@ -99,8 +102,11 @@ impl TunnelPool for MockTunnel {
             self.udp_flows.fetch_add(1, Ordering::SeqCst);
             self.check_fault()?;
             let (tx, rx) = mpsc::unbounded_channel();
-            Ok(Box::new(MockDnsFlow { dns: self.dns.clone(), tx, rx: AsyncMutex::new(rx) })
-                as Box<dyn UdpFlow>)
+            Ok(Box::new(MockDnsFlow {
+                dns: self.dns.clone(),
+                tx,
+                rx: AsyncMutex::new(rx),
+            }) as Box<dyn UdpFlow>)
         })
     }
 }
@@ -125,7 +131,12 @@ impl UdpFlow for MockDnsFlow {
     fn recv(&self) -> BoxFuture<'_, Result<Bytes, ProxyError>> {
         Box::pin(async move {
             // The sender lives in `self`, so this only ends when the table stays silent.
-            self.rx.lock().await.recv().await.ok_or_else(|| ProxyError::new(ErrorCode::ConnectionTerminated))
+            self.rx
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or_else(|| ProxyError::new(ErrorCode::ConnectionTerminated))
         })
     }
 }

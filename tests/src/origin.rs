@@ -84,7 +84,11 @@ impl Origin {
                 });
             }
         });
-        Ok(Self { addr, record, server: Some(server) })
+        Ok(Self {
+            addr,
+            record,
+            server: Some(server),
+        })
     }
 
     /// Requests seen so far, in arrival order.
@@ -114,13 +118,28 @@ impl Drop for Origin {
     }
 }
 
-async fn handle(rec: Arc<Record>, req: Request<Incoming>) -> Result<Response<OriginBody>, Infallible> {
+async fn handle(
+    rec: Arc<Record>,
+    req: Request<Incoming>,
+) -> Result<Response<OriginBody>, Infallible> {
     let method = req.method().to_string();
-    let path = req.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string());
-    let host = req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.to_string());
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     let index = {
         let mut seen = rec.seen.lock().unwrap();
-        seen.push(Seen { method: method.clone(), path: path.clone(), host, body_len: 0 });
+        seen.push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            host,
+            body_len: 0,
+        });
         seen.len() - 1
     };
     if method == "POST" && req.uri().path() == "/echo" {
@@ -130,20 +149,35 @@ async fn handle(rec: Arc<Record>, req: Request<Incoming>) -> Result<Response<Ori
             rec.seen.lock().unwrap()[index].body_len += chunk.len();
             Ok::<_, Infallible>(Frame::data(chunk))
         });
-        return Ok(Response::new(http_body_util::BodyExt::boxed(StreamBody::new(counted))));
+        return Ok(Response::new(http_body_util::BodyExt::boxed(
+            StreamBody::new(counted),
+        )));
     }
-    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     rec.seen.lock().unwrap()[index].body_len = body_len;
-    if let Some(n) = path.strip_prefix("/big/").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = path
+        .strip_prefix("/big/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         const CHUNK: usize = 64 * 1024;
         let chunks = futures::stream::iter((0..n).step_by(CHUNK).map(move |start| {
             let end = (start + CHUNK).min(n);
-            Ok::<_, Infallible>(Frame::data(Bytes::from((start..end).map(pattern).collect::<Vec<u8>>())))
+            Ok::<_, Infallible>(Frame::data(Bytes::from(
+                (start..end).map(pattern).collect::<Vec<u8>>(),
+            )))
         }));
         let mut resp = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(chunks)));
-        resp.headers_mut().insert(hyper::header::CONTENT_LENGTH, n.into());
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_LENGTH, n.into());
         return Ok(resp);
     }
     let body = format!("hello from origin: {path}");
-    Ok(Response::new(http_body_util::BodyExt::boxed(Full::new(Bytes::from(body)))))
+    Ok(Response::new(http_body_util::BodyExt::boxed(Full::new(
+        Bytes::from(body),
+    ))))
 }

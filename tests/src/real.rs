@@ -90,9 +90,19 @@ impl RealWorld {
                 tracing::error!(error = %err, "connector stopped");
             }
         });
-        let registered = tokio::time::timeout(Duration::from_secs(30), readiness.wait_registered(1)).await;
-        anyhow::ensure!(matches!(registered, Ok(true)), "the connector did not register within 30 s");
-        Ok(RealWorld { stack, origin, dns, stop_connector: Some(stop), _state: state })
+        let registered =
+            tokio::time::timeout(Duration::from_secs(30), readiness.wait_registered(1)).await;
+        anyhow::ensure!(
+            matches!(registered, Ok(true)),
+            "the connector did not register within 30 s"
+        );
+        Ok(RealWorld {
+            stack,
+            origin,
+            dns,
+            stop_connector: Some(stop),
+            _state: state,
+        })
     }
 
     /// Stops the connector (it unregisters and closes its connections).

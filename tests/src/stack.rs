@@ -63,7 +63,11 @@ impl MockStack {
         let dns = DnsTable::new();
         let tunnel = MockTunnel::new(dns.clone());
         let store = MemoryStore::default();
-        let router = Router::new(Arc::new(store.clone()), Arc::new(tunnel.clone()), RouterConfig::default());
+        let router = Router::new(
+            Arc::new(store.clone()),
+            Arc::new(tunnel.clone()),
+            RouterConfig::default(),
+        );
         let iris = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let iris_addr = iris.local_addr().unwrap();
         let mut tasks = vec![tokio::spawn(async move {
@@ -71,8 +75,11 @@ impl MockStack {
         })];
         let mut worker_config = BindingWorkerConfig::new(iris_addr);
         worker_config.proxy_runtime = Some(tokio::runtime::Handle::current());
-        let worker =
-            BindingWorker::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), worker_config).unwrap();
+        let worker = BindingWorker::start(
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            worker_config,
+        )
+        .unwrap();
         let config = ScriptConfig {
             name: "test-script".into(),
             main: PathBuf::from(script),
@@ -84,7 +91,10 @@ impl MockStack {
                 })
                 .collect(),
         };
-        let options = RuntimeOptions { binding_worker: worker.local_addr(), account: "test-account".into() };
+        let options = RuntimeOptions {
+            binding_worker: worker.local_addr(),
+            account: "test-account".into(),
+        };
         let runtime = tokio::task::spawn_blocking(move || Runtime::new(&config, options))
             .await
             .unwrap()
@@ -95,7 +105,14 @@ impl MockStack {
         tasks.push(tokio::spawn(async move {
             let _ = runtime.serve(listener).await;
         }));
-        MockStack { script_addr, store, tunnel, dns, tasks, binding_worker: Some(worker) }
+        MockStack {
+            script_addr,
+            store,
+            tunnel,
+            dns,
+            tasks,
+            binding_worker: Some(worker),
+        }
     }
 }
 

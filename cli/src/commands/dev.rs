@@ -61,7 +61,11 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
         edge_listen: args.edge_listen,
     })
     .await?;
-    writeln!(out, "ready: serving script {:?} on http://{}", script.name, stack.script_addr)?;
+    writeln!(
+        out,
+        "ready: serving script {:?} on http://{}",
+        script.name, stack.script_addr
+    )?;
     for line in describe_bindings(&script, &stack.directory) {
         writeln!(out, "  binding {line}")?;
     }

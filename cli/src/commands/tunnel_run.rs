@@ -46,16 +46,25 @@ pub struct TunnelRunArgs {
 const MAX_DNS_RESOLVERS: usize = 10;
 
 /// Runs the connector until Ctrl-C or SIGTERM, or until the edge refuses the credentials.
-pub async fn run(args: TunnelRunArgs, state: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    let credentials = Credentials::from_token(&args.token)
-        .map_err(|err| anyhow::anyhow!("--token: {err} (use the token printed by `wvpc tunnel create` or `wvpc tunnel token`)"))?;
+pub async fn run(
+    args: TunnelRunArgs,
+    state: &Path,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let credentials = Credentials::from_token(&args.token).map_err(|err| {
+        anyhow::anyhow!(
+            "--token: {err} (use the token printed by `wvpc tunnel create` or `wvpc tunnel token`)"
+        )
+    })?;
     let mut edge = Vec::new();
     for entry in &args.edge {
         let addr = tokio::net::lookup_host(entry.as_str())
             .await
             .ok()
             .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| anyhow::anyhow!("--edge {entry:?}: not a reachable host:port (e.g. 127.0.0.1:7844)"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("--edge {entry:?}: not a reachable host:port (e.g. 127.0.0.1:7844)")
+            })?;
         edge.push(addr);
     }
     if args.dns_resolver_addrs.len() > MAX_DNS_RESOLVERS {
@@ -92,7 +101,10 @@ pub async fn run(args: TunnelRunArgs, state: &Path, out: &mut (dyn Write + Send)
             let _ = writeln!(
                 out,
                 "registered: tunnel {tunnel_id} via {} (connector {})",
-                edge.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                edge.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 connector.client_id()
             );
             let _ = out.flush();

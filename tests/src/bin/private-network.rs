@@ -32,11 +32,14 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--name" => args.name = value,
             "--origin-ip" => {
-                args.origin_ip = value.parse().map_err(|_| format!("--origin-ip: {value:?} is not an IP"))?
+                args.origin_ip = value
+                    .parse()
+                    .map_err(|_| format!("--origin-ip: {value:?} is not an IP"))?
             }
             "--dns-listen" => {
-                args.dns_listen =
-                    value.parse().map_err(|_| format!("--dns-listen: {value:?} is not ip:port"))?
+                args.dns_listen = value
+                    .parse()
+                    .map_err(|_| format!("--dns-listen: {value:?} is not ip:port"))?
             }
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -53,18 +56,28 @@ async fn main() {
         eprintln!("error: {e}");
         std::process::exit(2);
     });
-    let mut origin = Origin::start(&args.origin_ip.to_string()).await.unwrap_or_else(|e| {
-        eprintln!("error: cannot start the origin on {}: {e}", args.origin_ip);
-        std::process::exit(1);
-    });
+    let mut origin = Origin::start(&args.origin_ip.to_string())
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("error: cannot start the origin on {}: {e}", args.origin_ip);
+            std::process::exit(1);
+        });
     let table = DnsTable::new().with(&args.name, args.origin_ip);
-    let dns = DnsServer::start_on(args.dns_listen, table).await.unwrap_or_else(|e| {
-        eprintln!("error: cannot start the DNS server on {}: {e}", args.dns_listen);
-        std::process::exit(1);
-    });
+    let dns = DnsServer::start_on(args.dns_listen, table)
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!(
+                "error: cannot start the DNS server on {}: {e}",
+                args.dns_listen
+            );
+            std::process::exit(1);
+        });
     println!("origin {}", origin.addr);
     println!("dns {}", dns.addr);
-    eprintln!("private network: {} -> {} (DNS on {})", args.name, origin.addr, dns.addr);
+    eprintln!(
+        "private network: {} -> {} (DNS on {})",
+        args.name, origin.addr, dns.addr
+    );
     let mut reported = 0;
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(200));
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())

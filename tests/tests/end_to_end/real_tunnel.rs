@@ -10,7 +10,9 @@ use wvpc_tests::{client, trace_init, within};
 
 async fn world() -> RealWorld {
     trace_init();
-    within("starting the real path", RealWorld::start()).await.expect("starting the real path")
+    within("starting the real path", RealWorld::start())
+        .await
+        .expect("starting the real path")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +25,11 @@ async fn a_request_reaches_the_private_origin_through_the_quic_tunnel() {
     assert_eq!(reply.text(), "hello from origin: /hello?x=1");
     let seen = w.origin.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].host.as_deref(), Some(ORIGIN_NAME), "Host is the URL host, without a port");
+    assert_eq!(
+        seen[0].host.as_deref(),
+        Some(ORIGIN_NAME),
+        "Host is the URL host, without a port"
+    );
     assert_eq!(seen[0].path, "/hello?x=1");
     assert_eq!(seen[0].method, "GET");
 
@@ -44,7 +50,11 @@ async fn a_request_reaches_the_private_origin_through_the_quic_tunnel() {
 
     // And a large request body streams to the origin and back.
     let upload: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(pattern).collect();
-    let reply = within("POST /echo", client::send(addr, "POST", "/echo", Bytes::from(upload.clone()))).await;
+    let reply = within(
+        "POST /echo",
+        client::send(addr, "POST", "/echo", Bytes::from(upload.clone())),
+    )
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body.len(), upload.len());
     assert!(reply.body == upload, "the echoed body differs");
@@ -63,8 +73,16 @@ async fn without_a_connector_the_script_sees_destination_unavailable() {
     let tunnel_ids = w.stack.registry().tunnels();
     assert_eq!(tunnel_ids.len(), 1);
     w.stop_connector();
-    within("connector gone", w.stack.registry().wait_for_no_connection(tunnel_ids[0])).await;
-    let reply = within("GET without connector", client::get(w.stack.script_addr, "/hello")).await;
+    within(
+        "connector gone",
+        w.stack.registry().wait_for_no_connection(tunnel_ids[0]),
+    )
+    .await;
+    let reply = within(
+        "GET without connector",
+        client::get(w.stack.script_addr, "/hello"),
+    )
+    .await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.text(), "ProxyError: destination_unavailable");
     assert!(w.origin.seen().is_empty());
@@ -80,9 +98,15 @@ async fn a_wrong_token_is_refused_with_a_clear_error() {
         vec![w.stack.edge_addr],
         w.stack.edge_identity.ca_pem().as_bytes().to_vec(),
     );
-    let err = within("refused registration", Connector::run(config, std::future::pending()))
-        .await
-        .expect_err("the edge must refuse credentials of another account");
+    let err = within(
+        "refused registration",
+        Connector::run(config, std::future::pending()),
+    )
+    .await
+    .expect_err("the edge must refuse credentials of another account");
     let text = err.to_string();
-    assert!(text.contains("refused tunnel") && text.contains("check --token"), "{text}");
+    assert!(
+        text.contains("refused tunnel") && text.contains("check --token"),
+        "{text}"
+    );
 }
