@@ -2,7 +2,6 @@
 //! → a local hyper origin that records what it received.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
@@ -26,10 +25,8 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use uuid::Uuid;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
 use wvpc_errors::{ErrorCode, ProxyError};
-use wvpc_iris::{
-    BoxFuture, BoxIo, FlowContext, RouteTarget, Router, RouterConfig, ServiceRoute, ServiceStore,
-    TunnelPool, UdpFlow,
-};
+use wvpc_iris::mock::{MemoryStore, MockTunnel};
+use wvpc_iris::{RouteTarget, Router, RouterConfig, ServiceRoute};
 use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
 use wvpc_schemas::{read_wire_error, write_wire_error};
 
@@ -166,48 +163,6 @@ async fn start_hangup_origin() -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 // iris with an in-memory store and a mock tunnel pool.
 
-struct MemoryStore(HashMap<Uuid, ServiceRoute>);
-
-impl ServiceStore for MemoryStore {
-    fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError> {
-        Ok(self.0.get(&service_id).cloned())
-    }
-}
-
-/// A mock tunnel pool: "through the tunnel" is a direct loopback dial.
-struct MockTunnelPool;
-
-impl TunnelPool for MockTunnelPool {
-    fn open_tcp<'a>(
-        &'a self,
-        _tunnel: Uuid,
-        dest: SocketAddr,
-        _ctx: &'a FlowContext,
-    ) -> BoxFuture<'a, Result<BoxIo, ProxyError>> {
-        Box::pin(async move {
-            let stream = TcpStream::connect(dest).await.map_err(|e| {
-                let code = if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    ErrorCode::ConnectionRefused
-                } else {
-                    ErrorCode::DestinationIpUnroutable
-                };
-                ProxyError::new(code).with_details(e.to_string())
-            })?;
-            stream.set_nodelay(true).unwrap();
-            Ok(Box::new(stream) as BoxIo)
-        })
-    }
-
-    fn open_udp<'a>(
-        &'a self,
-        _tunnel: Uuid,
-        _dest: SocketAddr,
-        _ctx: &'a FlowContext,
-    ) -> BoxFuture<'a, Result<Box<dyn UdpFlow>, ProxyError>> {
-        Box::pin(async { Err(ProxyError::new(ErrorCode::DestinationUnavailable)) })
-    }
-}
-
 const API: Uuid = Uuid::from_u128(0xa1);
 const HTTPS_ONLY: Uuid = Uuid::from_u128(0xa2);
 const REFUSING: Uuid = Uuid::from_u128(0xa3);
@@ -255,16 +210,19 @@ async fn start_stack_trusting(trust: Trust) -> Stack {
         .local_addr()
         .unwrap()
         .port();
-    let store = MemoryStore(HashMap::from([
+    let store: MemoryStore = [
         service(API, origin_addr.port(), true),
         service(HTTPS_ONLY, origin_addr.port(), false),
         service(REFUSING, closed_port, true),
         service(HANGUP, hangup.port(), true),
         service(SECURE, tls_addr.port(), false),
-    ]));
+    ]
+    .into_iter()
+    .map(|(_, route)| route)
+    .collect();
     let router = Router::new(
         Arc::new(store),
-        Arc::new(MockTunnelPool),
+        Arc::new(MockTunnel::default()),
         RouterConfig::default(),
     );
     let iris = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();

@@ -437,57 +437,14 @@ fn accept_failure(err: &io::Error) -> AcceptFailure {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::net::Ipv4Addr;
-    use std::sync::Mutex;
 
     use http_body_util::BodyExt;
     use hyper::client::conn::http2;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::tunnel_pool::{BoxFuture, UdpFlow};
-
-    struct MemoryStore(HashMap<Uuid, ServiceRoute>);
-
-    impl ServiceStore for MemoryStore {
-        fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError> {
-            Ok(self.0.get(&service_id).cloned())
-        }
-    }
-
-    /// A mock tunnel pool that dials loopback directly and records what it was asked.
-    #[derive(Default)]
-    struct MockTunnelPool {
-        dialed: Mutex<Vec<SocketAddr>>,
-    }
-
-    impl TunnelPool for MockTunnelPool {
-        fn open_tcp<'a>(
-            &'a self,
-            _tunnel: Uuid,
-            dest: SocketAddr,
-            _ctx: &'a FlowContext,
-        ) -> BoxFuture<'a, Result<BoxIo, ProxyError>> {
-            self.dialed.lock().unwrap().push(dest);
-            Box::pin(async move {
-                let stream = TcpStream::connect(dest).await.map_err(|e| {
-                    ProxyError::new(ErrorCode::ConnectionRefused).with_details(e.to_string())
-                })?;
-                stream.set_nodelay(true).expect("nodelay");
-                Ok(Box::new(stream) as BoxIo)
-            })
-        }
-
-        fn open_udp<'a>(
-            &'a self,
-            _tunnel: Uuid,
-            _dest: SocketAddr,
-            _ctx: &'a FlowContext,
-        ) -> BoxFuture<'a, Result<Box<dyn UdpFlow>, ProxyError>> {
-            Box::pin(async { Err(ProxyError::new(ErrorCode::DestinationUnavailable)) })
-        }
-    }
+    use crate::mock::{MemoryStore, MockTunnel};
 
     const ECHO: Uuid = Uuid::from_u128(1);
     const HTTP_ONLY: Uuid = Uuid::from_u128(2);
@@ -511,7 +468,7 @@ mod tests {
     }
 
     /// A router in front of an echo server, plus an HTTP/2 client connected to it.
-    async fn setup() -> (http2::SendRequest<Empty<Bytes>>, Arc<MockTunnelPool>) {
+    async fn setup() -> (http2::SendRequest<Empty<Bytes>>, MockTunnel) {
         let echo = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let echo_port = echo.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -532,13 +489,20 @@ mod tests {
             ipv4: Some(Ipv4Addr::LOCALHOST),
             ipv6: None,
         };
-        let store = MemoryStore(HashMap::from([
+        let store: MemoryStore = [
             route(ECHO, loopback.clone(), Some(echo_port), Some(echo_port)),
             route(HTTP_ONLY, loopback.clone(), Some(echo_port), None),
             route(REFUSING, loopback, Some(closed_port), None),
-        ]));
-        let pool = Arc::new(MockTunnelPool::default());
-        let router = Router::new(Arc::new(store), pool.clone(), RouterConfig::default());
+        ]
+        .into_iter()
+        .map(|(_, route)| route)
+        .collect();
+        let pool = MockTunnel::default();
+        let router = Router::new(
+            Arc::new(store),
+            Arc::new(pool.clone()),
+            RouterConfig::default(),
+        );
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { router.serve(listener).await });
@@ -603,7 +567,7 @@ mod tests {
         let mut echoed = Vec::new();
         io.read_to_end(&mut echoed).await.unwrap();
         assert_eq!(echoed, b"ping through the tunnel");
-        assert_eq!(pool.dialed.lock().unwrap().len(), 1);
+        assert_eq!(pool.dialed().len(), 1);
     }
 
     #[tokio::test]

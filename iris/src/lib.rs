@@ -11,6 +11,8 @@
 pub mod connect;
 pub mod dns;
 pub mod edge;
+#[cfg(any(test, feature = "mock"))]
+pub mod mock;
 pub mod routes;
 pub mod tunnel_pool;
 

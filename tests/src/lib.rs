@@ -2,8 +2,8 @@
 //!
 //! - [`origin`]: a private HTTP origin that records what it received.
 //! - [`dns`]: a real DNS server (UDP) answering from a table, with fault switches.
-//! - [`mock_tunnel`]: `MockTunnel`, an in-process `TunnelPool` (dials loopback, answers DNS
-//!   from a table, injects faults) for tests that do not need QUIC.
+//! - [`mock_tunnel`]: iris's `MockTunnel` (dials loopback, injects faults) answering DNS
+//!   from a [`dns::DnsTable`], for tests that do not need QUIC.
 //! - [`stack`]: `MockStack`, iris's router, the binding-worker and the runtime with a script
 //!   over real sockets on a [`mock_tunnel::MockTunnel`]. The real QUIC path runs
 //!   `wvpc_cli::stack::Stack`, exactly what `wvpc dev` runs: [`real::RealWorld`].

@@ -5,43 +5,17 @@
 //! real QUIC tunnel and connector are covered by the end-to-end tests, which run
 //! `wvpc_cli::stack::Stack` (exactly what `wvpc dev` runs) with a real connector.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use uuid::Uuid;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
-use wvpc_errors::ProxyError;
-use wvpc_iris::{Router, RouterConfig, ServiceRoute, ServiceStore};
+use wvpc_iris::mock::{MemoryStore, MockTunnel};
+use wvpc_iris::{Router, RouterConfig};
 use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig, VpcServiceBinding};
 
 use crate::dns::DnsTable;
-use crate::mock_tunnel::MockTunnel;
-
-/// Services kept in memory; tests add, change and delete them while the stack runs.
-#[derive(Clone, Default)]
-pub struct MemoryStore {
-    routes: Arc<RwLock<HashMap<Uuid, ServiceRoute>>>,
-}
-
-impl MemoryStore {
-    /// Adds or replaces a service.
-    pub fn put(&self, route: ServiceRoute) {
-        self.routes.write().unwrap().insert(route.service_id, route);
-    }
-
-    /// Deletes a service.
-    pub fn delete(&self, service_id: Uuid) {
-        self.routes.write().unwrap().remove(&service_id);
-    }
-}
-
-impl ServiceStore for MemoryStore {
-    fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError> {
-        Ok(self.routes.read().unwrap().get(&service_id).cloned())
-    }
-}
 
 /// A running mock-tunnel stack serving one script.
 pub struct MockStack {
@@ -61,7 +35,7 @@ impl MockStack {
     /// Starts the stack with `script` (a component path) bound as `binding → service_id`.
     pub async fn start(script: &str, bindings: &[(&str, Uuid)]) -> MockStack {
         let dns = DnsTable::new();
-        let tunnel = MockTunnel::new(dns.clone());
+        let tunnel = crate::mock_tunnel::with_dns(&dns);
         let store = MemoryStore::default();
         let router = Router::new(
             Arc::new(store.clone()),

@@ -69,7 +69,7 @@ async fn requests_stream_through_the_mock_tunnel_and_reuse_connections() {
         "the origin connection must be reused"
     );
     assert_eq!(
-        stack.tunnel.tcp_flows(),
+        stack.tunnel.dialed().len(),
         1,
         "one tunnel stream carries every request"
     );
