@@ -178,12 +178,10 @@ impl ConnectRequest {
             let mut root = message.init_root::<connect_request::Builder<'_>>();
             root.set_dest(self.dest.as_str());
             root.set_type(self.stream_type.into());
-            let mut list = root.init_metadata(list_len(self.metadata.len()));
-            for (i, m) in self.metadata.iter().enumerate() {
-                let mut entry = list.reborrow().get(list_len(i));
-                entry.set_key(m.key.as_str());
-                entry.set_val(m.val.as_str());
-            }
+            encode_metadata(
+                root.init_metadata(list_len(self.metadata.len())),
+                &self.metadata,
+            );
         }
         with_preamble(&message)
     }
@@ -283,12 +281,10 @@ impl ConnectResponse {
         {
             let mut root = message.init_root::<connect_response::Builder<'_>>();
             root.set_error(self.error.as_str());
-            let mut list = root.init_metadata(list_len(self.metadata.len()));
-            for (i, m) in self.metadata.iter().enumerate() {
-                let mut entry = list.reborrow().get(list_len(i));
-                entry.set_key(m.key.as_str());
-                entry.set_val(m.val.as_str());
-            }
+            encode_metadata(
+                root.init_metadata(list_len(self.metadata.len())),
+                &self.metadata,
+            );
         }
         with_preamble(&message)
     }
@@ -356,6 +352,17 @@ fn decode_metadata(
             })
         })
         .collect()
+}
+
+fn encode_metadata(
+    mut list: capnp::struct_list::Builder<'_, wvpc_schemas::tunnel_stream_capnp::metadata::Owned>,
+    metadata: &[Metadata],
+) {
+    for (i, m) in metadata.iter().enumerate() {
+        let mut entry = list.reborrow().get(list_len(i));
+        entry.set_key(m.key.as_str());
+        entry.set_val(m.val.as_str());
+    }
 }
 
 fn list_len(n: usize) -> u32 {
