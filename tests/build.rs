@@ -1,9 +1,11 @@
 //! Builds the example scripts the integration tests run (wasm32-wasip2 components) and
 //! exports their paths as `WVPC_GUEST_<NAME>` compile-time env vars.
 //!
-//! The guests get their own target dir (`target/guests`) so this nested cargo never waits on
-//! the lock of the build that runs it.
+//! The guests get their own target dir (`target/guests/<checkout>`) so this nested cargo never
+//! waits on the lock of the build that runs it, and two checkouts that share one
+//! `CARGO_TARGET_DIR` never overwrite each other's guests.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -18,7 +20,8 @@ fn main() {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
-        .join("guests");
+        .join("guests")
+        .join(checkout_key(&root));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for (name, package) in GUESTS {
         let mut cmd = Command::new(&cargo);
@@ -60,4 +63,11 @@ fn main() {
         );
         println!("cargo:rustc-env=WVPC_GUEST_{name}={}", wasm.display());
     }
+}
+
+/// A short stable name for the checkout at `root` (its path, hashed).
+fn checkout_key(root: &std::path::Path) -> String {
+    let mut hasher = DefaultHasher::new();
+    root.hash(&mut hasher);
+    format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
 }
