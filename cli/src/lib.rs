@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 pub mod commands;
+pub mod live_routes;
+pub mod remote;
 pub mod stack;
 mod table;
 
@@ -32,6 +34,9 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub state: PathBuf,
+    /// Where a directory API is, for the commands that can use one.
+    #[command(flatten)]
+    pub api: remote::ApiArgs,
     /// What to do
     #[command(subcommand)]
     pub command: Command,
@@ -48,6 +53,16 @@ pub enum Command {
     /// Manage VPC services
     #[command(subcommand)]
     Service(commands::service::ServiceCommand),
+    /// Serve the directory REST API (Cloudflare v4 shape) on the state's database
+    Directory(commands::directory::DirectoryArgs),
+    /// Manage API tokens of the directory API
+    #[command(subcommand)]
+    Token(commands::token::TokenCommand),
+    /// Manage accounts of the directory
+    #[command(subcommand)]
+    Account(commands::token::AccountCommand),
+    /// Upload the built script and its bindings to the directory API
+    Deploy(commands::deploy::DeployArgs),
 }
 
 /// A command called the wrong way, found after parsing (exit code 2, like clap's own).
@@ -62,6 +77,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => commands::dev::run(args, &cli.state, out).await,
         Command::Tunnel(command) => commands::tunnel::run(command, &cli.state, out).await,
-        Command::Service(command) => commands::service::run(command, &cli.state, out),
+        Command::Service(command) => {
+            commands::service::run(command, &cli.state, &cli.api, out).await
+        }
+        Command::Directory(args) => commands::directory::run(args, &cli.state, out).await,
+        Command::Token(command) => commands::token::run(command, &cli.state, out),
+        Command::Account(command) => commands::token::run_account(command, &cli.state, out),
+        Command::Deploy(args) => commands::deploy::run(args, &cli.api, out).await,
     }
 }

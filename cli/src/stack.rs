@@ -11,10 +11,10 @@ use anyhow::Context as _;
 use uuid::Uuid;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
 use wvpc_directory::{Directory, Service, ServiceTarget, TunnelAuthError};
-use wvpc_errors::{ErrorCode, ProxyError};
+use crate::live_routes::LiveRoutes;
 use wvpc_iris::connect::{Router, RouterConfig};
 use wvpc_iris::edge::{AuthFailure, Edge, TunnelAuthority, TunnelRegistry};
-use wvpc_iris::{RouteTarget, ServiceRoute, ServiceStore};
+use wvpc_iris::ServiceStore;
 use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig};
 use wvpc_tunnel::EdgeIdentity;
 
@@ -47,6 +47,8 @@ pub struct Stack {
     pub edge_identity: EdgeIdentity,
     /// The directory the stack reads.
     pub directory: Arc<Directory>,
+    /// iris's routes (follow the directory live).
+    pub routes: Arc<LiveRoutes>,
     registry: Arc<TunnelRegistry>,
     edge: Arc<Edge>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -77,7 +79,10 @@ impl Stack {
         let serving = edge.clone();
         tasks.push(tokio::spawn(async move { serving.serve().await }));
 
-        let store: Arc<dyn ServiceStore> = Arc::new(DirectoryRoutes(directory.clone()));
+        // iris reads an in-memory snapshot that follows the directory within POLL_INTERVAL.
+        let (routes, watcher) = LiveRoutes::start(directory.clone())?;
+        tasks.push(watcher);
+        let store: Arc<dyn ServiceStore> = routes.clone();
         let router = Router::new(store, registry.clone(), RouterConfig::default());
         let iris_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let iris_addr = iris_listener.local_addr()?;
@@ -123,6 +128,7 @@ impl Stack {
             edge_ca_path: edge_dir.join(wvpc_tunnel::identity::CA_FILE),
             edge_identity,
             directory,
+            routes,
             registry,
             edge,
             tasks,
@@ -218,34 +224,6 @@ fn target_text(s: &Service) -> String {
         .join(" "),
     };
     format!("{host} via tunnel {}", s.tunnel_id())
-}
-
-// === impl DirectoryRoutes ===
-
-/// iris reads services straight from the directory (an indexed SQLite lookup per CONNECT),
-/// so changes made by `wvpc service …` in another process apply to the next request.
-struct DirectoryRoutes(Arc<Directory>);
-
-impl ServiceStore for DirectoryRoutes {
-    fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError> {
-        let service = self.0.service(service_id).map_err(|err| {
-            tracing::error!(%service_id, error = %err, "directory lookup failed");
-            ProxyError::new(ErrorCode::ProxyInternalError).with_details("directory lookup failed")
-        })?;
-        Ok(service.map(|s| ServiceRoute {
-            service_id: s.service_id,
-            tunnel_id: s.tunnel_id(),
-            target: match s.target() {
-                ServiceTarget::Hostname { name, resolvers } => {
-                    RouteTarget::Hostname { name, resolvers }
-                }
-                ServiceTarget::Ips { ipv4, ipv6 } => RouteTarget::Ips { ipv4, ipv6 },
-            },
-            http_port: s.http_port(),
-            https_port: s.https_port(),
-            tcp_port: s.tcp_port(),
-        }))
-    }
 }
 
 // === impl DirectoryAuthority ===

@@ -8,7 +8,7 @@
 //! write lock up front and cannot be interleaved with another process.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -63,16 +63,51 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX services_by_account ON services (account_id, created_at);
     CREATE INDEX services_by_tunnel ON services (tunnel_id);
     "#,
+    // 2: accounts (the local one is inserted on open) and API tokens, stored as SHA-256.
+    r#"
+    CREATE TABLE accounts (
+        account_id TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE api_tokens (
+        token_id      TEXT PRIMARY KEY,
+        account_id    TEXT NOT NULL REFERENCES accounts (account_id),
+        name          TEXT NOT NULL,
+        role          TEXT NOT NULL CHECK (role IN ('read', 'bind', 'admin')),
+        services      TEXT, -- JSON array of service ids the token may bind; NULL: all
+        secret_sha256 BLOB NOT NULL UNIQUE,
+        created_at    TEXT NOT NULL
+    ) STRICT;
+    "#,
+    // 3: deployed scripts: the wasm module and its verified bindings.
+    r#"
+    CREATE TABLE scripts (
+        account_id  TEXT NOT NULL REFERENCES accounts (account_id),
+        name        TEXT NOT NULL,
+        main_module TEXT NOT NULL,
+        module      BLOB NOT NULL,
+        bindings    TEXT NOT NULL, -- JSON array of {name, service_id}
+        etag        TEXT NOT NULL,
+        created_on  TEXT NOT NULL,
+        modified_on TEXT NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) STRICT;
+    "#,
 ];
 
-/// The local control plane of one state directory: one account, its tunnels and services.
+/// The local control plane of one state directory: its accounts, their tunnels, services,
+/// tokens and scripts. A `Directory` acts for one account (the local one when opened;
+/// [`Directory::for_account`] gives a view of another sharing the connection).
 ///
 /// Cheap to share (`Send + Sync`); every call runs one short SQL transaction.
 #[derive(Debug)]
 pub struct Directory {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
     account_id: String,
     path: PathBuf,
+    service_limit: usize,
 }
 
 impl Directory {
@@ -108,10 +143,52 @@ impl Directory {
         let account_id = ensure_account_id(&mut conn)?;
         tracing::debug!(path = %path.display(), account_id, "directory opened");
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
             account_id,
             path: path.to_owned(),
+            service_limit: crate::services::SERVICE_LIMIT,
         })
+    }
+
+    /// The same directory with another per-account service limit (default
+    /// [`crate::SERVICE_LIMIT`]); views made by [`Directory::for_account`] inherit it.
+    #[must_use]
+    pub fn with_service_limit(mut self, limit: usize) -> Self {
+        self.service_limit = limit;
+        self
+    }
+
+    /// Most services one account may have.
+    pub fn service_limit(&self) -> usize {
+        self.service_limit
+    }
+
+    /// A view acting for `account_id`, sharing this connection; `None` when no such account
+    /// exists.
+    pub fn for_account(&self, account_id: &str) -> Result<Option<Directory>, DirectoryError> {
+        if account_id == self.account_id {
+            return Ok(Some(self.view(account_id)));
+        }
+        let exists = self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT 1 FROM accounts WHERE account_id = ?1",
+                    [account_id],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
+        })?;
+        Ok(exists.then(|| self.view(account_id)))
+    }
+
+    fn view(&self, account_id: &str) -> Directory {
+        Directory {
+            conn: self.conn.clone(),
+            account_id: account_id.to_owned(),
+            path: self.path.clone(),
+            service_limit: self.service_limit,
+        }
     }
 
     /// The local account id (32 hex characters), generated once per state directory.
@@ -127,19 +204,7 @@ impl Directory {
     /// A counter that grows with every committed change to tunnels or services, by any
     /// process. Caches compare it to know when to reload.
     pub fn revision(&self) -> Result<u64, DirectoryError> {
-        let conn = self.lock();
-        let value: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |row| {
-                row.get(0)
-            })
-            .optional()?;
-        match value {
-            None => Ok(0),
-            Some(v) => v.parse().map_err(|_| DirectoryError::Corrupt {
-                what: "revision counter".into(),
-                detail: format!("{v:?} is not a number"),
-            }),
-        }
+        read_revision(&self.lock())
     }
 
     /// Runs `f` on the connection (reads).
@@ -148,6 +213,18 @@ impl Directory {
         f: impl FnOnce(&Connection) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
         f(&self.lock())
+    }
+
+    /// Runs `f` in one read transaction: every query in it sees the same committed state.
+    pub(crate) fn read_consistent<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
     }
 
     /// Runs `f` in an IMMEDIATE transaction, bumps the revision and commits; rolls back when
@@ -180,6 +257,22 @@ impl Directory {
     #[cfg(test)]
     pub(crate) fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
         f(&mut self.lock())
+    }
+}
+
+/// The change counter as seen by `conn`.
+pub(crate) fn read_revision(conn: &Connection) -> Result<u64, DirectoryError> {
+    let value: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    match value {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| DirectoryError::Corrupt {
+            what: "revision counter".into(),
+            detail: format!("{v:?} is not a number"),
+        }),
     }
 }
 
@@ -221,6 +314,10 @@ fn ensure_account_id(conn: &mut Connection) -> Result<String, DirectoryError> {
         "SELECT value FROM meta WHERE key = 'account_id'",
         [],
         |row| row.get(0),
+    )?;
+    tx.execute(
+        "INSERT OR IGNORE INTO accounts (account_id, name, created_at) VALUES (?1, 'local', ?2)",
+        [&id, &now_rfc3339()],
     )?;
     tx.commit()?;
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {

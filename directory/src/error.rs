@@ -89,4 +89,18 @@ pub enum DirectoryError {
         /// `(service_id, name)` of every service that references it.
         services: Vec<(Uuid, String)>,
     },
+    /// One or more bindings of a script upload were refused (each says why).
+    #[error(
+        "the script's bindings were refused:{}",
+        .0.iter().map(|r| format!("\n  {r}")).collect::<String>()
+    )]
+    BindingsRefused(Vec<crate::scripts::BindingRefusal>),
+    /// No such script in the account.
+    #[error("no script {0:?} in this account")]
+    ScriptNotFound(String),
+    /// A script name breaks the naming rules.
+    #[error(
+        "invalid script name {0:?}: use 1 to 63 letters, digits, '-' or '_'"
+    )]
+    InvalidScriptName(String),
 }

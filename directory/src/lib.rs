@@ -12,16 +12,25 @@
 //! - The data plane reads a service through [`Service::tunnel_id`], [`Service::target`]
 //!   (hostname + resolver socket addresses, or ipv4/ipv6), [`Service::http_port`],
 //!   [`Service::https_port`], [`Service::tcp_port`] and [`Service::cert_verification_mode`];
-//!   [`Directory::revision`] tells caches when anything changed.
+//!   [`Directory::revision`] tells caches when anything changed, and
+//!   [`Directory::route_snapshot`] reads every service in one consistent transaction.
+//! - Accounts and bearer API tokens with roles live in [`tokens`]; deployed scripts and the
+//!   deploy-time check of their bindings in [`scripts`].
+//! - [`api`] serves all of it over HTTP in the Cloudflare v4 shape, and [`api::client`] is
+//!   the client the CLI uses.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 mod database;
 mod error;
 pub mod service;
 pub mod service_input;
 mod services;
 pub mod tunnel;
+pub mod scripts;
+mod snapshot;
+pub mod tokens;
 pub mod validation;
 
 pub use database::{DB_FILE_NAME, Directory};
@@ -34,7 +43,10 @@ pub use service::{
 pub use service_input::{
     HostInput, NetworkInput, ResolverNetworkInput, ServiceInput, TlsSettingsInput,
 };
+pub use scripts::{BindingRefusal, BindingRequest, Script, ScriptBinding, ServiceRef};
 pub use services::SERVICE_LIMIT;
+pub use snapshot::RouteSnapshot;
+pub use tokens::{Account, ApiToken, Role};
 pub use tunnel::{Tunnel, TunnelAuthError};
 pub use validation::{Problem, ServiceSpec, ValidationError};
 pub use wvpc_tunnel::Credentials;

@@ -25,7 +25,7 @@ const SERVICE_COLUMNS: &str = "service_id, name, type, http_port, https_port, tc
 impl Directory {
     /// Validates `input` (every rule, including that the tunnel exists in the account) and
     /// stores it as a new service. Fails with [`DirectoryError::Invalid`] listing every problem,
-    /// or [`DirectoryError::ServiceLimit`] at 1000 services.
+    /// or [`DirectoryError::ServiceLimit`] at [`Directory::service_limit`] services.
     pub fn create_service(&self, input: &ServiceInput) -> Result<Service, DirectoryError> {
         let service = self.write(|tx| {
             let spec = validate_in(tx, self.account_id(), input)?;
@@ -34,9 +34,9 @@ impl Directory {
                 [self.account_id()],
                 |row| row.get(0),
             )?;
-            if usize::try_from(count).unwrap_or(usize::MAX) >= SERVICE_LIMIT {
+            if usize::try_from(count).unwrap_or(usize::MAX) >= self.service_limit() {
                 return Err(DirectoryError::ServiceLimit {
-                    limit: SERVICE_LIMIT,
+                    limit: self.service_limit(),
                 });
             }
             let now = now_rfc3339();
@@ -180,6 +180,15 @@ fn find_service(
     .optional()?
     .map(ServiceRow::into_service)
     .transpose()
+}
+
+/// Every service of every account, oldest first (the routing snapshot).
+pub(crate) fn all_services(conn: &Connection) -> Result<Vec<Service>, DirectoryError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {SERVICE_COLUMNS} FROM services ORDER BY created_at, service_id"
+    ))?;
+    let rows = stmt.query_map([], ServiceRow::from_row)?;
+    rows.map(|row| row?.into_service()).collect()
 }
 
 impl ServiceSpec {

@@ -26,6 +26,9 @@ pub struct ScriptConfig {
 }
 
 /// One `vpc_services` entry: the script reaches service `service_id` as `env[binding]`.
+///
+/// In the file an entry names its service by `service_id` or by `service` (its name); names
+/// are resolved to ids when the config is loaded ([`ScriptConfig::load_resolving`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VpcServiceBinding {
     /// Name the script uses (a JavaScript identifier, e.g. `API`).
@@ -110,7 +113,7 @@ impl fmt::Display for ProblemList<'_> {
 }
 
 const SERVICE_ID_HINT: &str = "use the service_id printed by `wvpc service create`";
-const KNOWN_ENTRY_KEYS: &str = "binding, service_id, remote";
+const KNOWN_ENTRY_KEYS: &str = "binding, service_id, service, remote";
 const MAX_NAME_LEN: usize = 63;
 
 #[derive(Clone, Copy)]
@@ -137,10 +140,27 @@ impl Format {
     }
 }
 
+/// Resolves a `service` name of a `vpc_services` entry to the service's id; `Err` says why it
+/// cannot (unknown, ambiguous, no directory).
+pub type ServiceResolver<'a> = &'a dyn Fn(&str) -> Result<Uuid, String>;
+
 impl ScriptConfig {
     /// Reads and validates the config at `path`. `main` is resolved against `path`'s directory
-    /// and must exist.
+    /// and must exist. Entries that bind by service name are refused: use
+    /// [`ScriptConfig::load_resolving`] with a directory.
     pub fn load(path: &Path) -> Result<ScriptConfig, ConfigError> {
+        Self::load_resolving(path, &|_| {
+            Err("binding by service name needs the directory to resolve it (run the script \
+                 with `wvpc dev` or deploy it with `wvpc deploy`), or give service_id"
+                .to_owned())
+        })
+    }
+
+    /// Like [`ScriptConfig::load`], resolving `service` names with `resolve`.
+    pub fn load_resolving(
+        path: &Path,
+        resolve: ServiceResolver<'_>,
+    ) -> Result<ScriptConfig, ConfigError> {
         let format =
             Format::of(path).ok_or_else(|| ConfigError::UnsupportedFormat { path: path.into() })?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -149,7 +169,7 @@ impl ScriptConfig {
         })?;
         let raw = parse(path, format, &text)?;
         let base = path.parent().unwrap_or_else(|| Path::new(""));
-        validate(&raw, format, base).map_err(|problems| ConfigError::Invalid {
+        validate(&raw, format, base, resolve).map_err(|problems| ConfigError::Invalid {
             path: path.into(),
             problems,
         })
@@ -207,7 +227,12 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-fn validate(raw: &Value, format: Format, base: &Path) -> Result<ScriptConfig, Vec<ConfigProblem>> {
+fn validate(
+    raw: &Value,
+    format: Format,
+    base: &Path,
+    resolve: ServiceResolver<'_>,
+) -> Result<ScriptConfig, Vec<ConfigProblem>> {
     let mut problems = Problems::default();
     let Some(root) = raw.as_object() else {
         problems.push(
@@ -229,7 +254,7 @@ fn validate(raw: &Value, format: Format, base: &Path) -> Result<ScriptConfig, Ve
 
     let name = validate_name(root, format, &mut problems);
     let main = validate_main(root, format, base, &mut problems);
-    let vpc_services = validate_vpc_services(root, format, &mut problems);
+    let vpc_services = validate_vpc_services(root, format, resolve, &mut problems);
 
     match (name, main, problems.0.is_empty()) {
         (Some(name), Some(main), true) => Ok(ScriptConfig {
@@ -345,6 +370,7 @@ fn validate_main(
 fn validate_vpc_services(
     root: &Map<String, Value>,
     format: Format,
+    resolve: ServiceResolver<'_>,
     problems: &mut Problems,
 ) -> Vec<VpcServiceBinding> {
     let entries = match root.get("vpc_services") {
@@ -380,7 +406,7 @@ fn validate_vpc_services(
         };
         for (key, value) in entry {
             match key.as_str() {
-                "binding" | "service_id" => {}
+                "binding" | "service_id" | "service" => {}
                 // wrangler's flag for remote bindings in `wrangler dev`; here every binding is
                 // real, so it has no effect.
                 "remote" => {
@@ -430,7 +456,27 @@ fn validate_vpc_services(
             });
 
         let id_field = format!("{at}.service_id");
-        let service_id = problems
+        let service_id = if entry.contains_key("service") {
+            let name_field = format!("{at}.service");
+            if entry.contains_key("service_id") {
+                problems.push(
+                    &name_field,
+                    "give either service_id or service (the service's name), not both",
+                );
+                None
+            } else {
+                problems
+                    .string(entry, "service", &name_field, format, SERVICE_ID_HINT)
+                    .and_then(|name| match resolve(name) {
+                        Ok(id) => Some(id),
+                        Err(why) => {
+                            problems.push(&name_field, why);
+                            None
+                        }
+                    })
+            }
+        } else {
+            problems
             .string(entry, "service_id", &id_field, format, SERVICE_ID_HINT)
             .and_then(|id| match Uuid::try_parse(id) {
                 Ok(uuid) => Some(uuid),
@@ -441,7 +487,8 @@ fn validate_vpc_services(
                     );
                     None
                 }
-            });
+            })
+        };
 
         if let (Some(binding), Some(service_id)) = (binding, service_id) {
             bindings.push(VpcServiceBinding {

@@ -5,6 +5,11 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use uuid::Uuid;
+use wvpc_directory::Directory;
 use wvpc_runtime::ScriptConfig;
 
 use crate::stack::{Stack, StackConfig, describe_bindings};
@@ -25,6 +30,9 @@ pub struct DevArgs {
     /// Address where the tunnel edge (iris) accepts connectors over QUIC
     #[arg(long, default_value = "127.0.0.1:7844", value_name = "IP:PORT")]
     pub edge_listen: SocketAddr,
+    /// Address of the directory REST API (`wvpc service … --api`, `wvpc deploy`, wrangler)
+    #[arg(long, default_value = "127.0.0.1:8788", value_name = "IP:PORT")]
+    pub api_listen: SocketAddr,
 }
 
 impl DevArgs {
@@ -52,8 +60,17 @@ impl DevArgs {
 pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let cwd = std::env::current_dir()?;
     let config_path = args.config_path(&cwd)?;
-    // The error names the file, the field and the problem.
-    let script = ScriptConfig::load(&config_path)?;
+    // The error names the file, the field and the problem; service names resolve in the
+    // state's directory.
+    let directory = Directory::open(state)?;
+    let script = ScriptConfig::load_resolving(&config_path, &|name| {
+        resolve_service_name(&directory, state, name)
+    })?;
+    let api_listener = tokio::net::TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("listening on {} for the directory API", args.api_listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let api = tokio::spawn(wvpc_directory::api::serve(Arc::new(directory), api_listener));
     let stack = Stack::start(StackConfig {
         state: state.to_owned(),
         script: script.clone(),
@@ -75,10 +92,16 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
         stack.edge_addr,
         stack.edge_ca_path.display()
     )?;
+    writeln!(
+        out,
+        "  directory API on http://{api_addr}{}",
+        wvpc_directory::api::PREFIX
+    )?;
     writeln!(out, "  state {}", state.display())?;
     out.flush()?;
     shutdown_signal().await;
     tracing::info!("shutting down");
+    api.abort();
     stack.shutdown();
     Ok(())
 }
@@ -90,5 +113,32 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// A `vpc_services` entry's `service` name → the id of the one service of that name.
+pub(crate) fn resolve_service_name(
+    directory: &Directory,
+    state: &Path,
+    name: &str,
+) -> Result<Uuid, String> {
+    let services = directory.list_services(None).map_err(|err| err.to_string())?;
+    let ids: Vec<Uuid> = services
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.service_id)
+        .collect();
+    match ids.as_slice() {
+        [id] => Ok(*id),
+        [] => Err(format!(
+            "no VPC service named {name:?} in the directory at {} (`wvpc service list` shows \
+             them)",
+            state.display()
+        )),
+        _ => Err(format!(
+            "{} VPC services are named {name:?} ({}); bind by service_id instead",
+            ids.len(),
+            ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
+        )),
     }
 }

@@ -1,6 +1,9 @@
 //! One module per `wvpc` subcommand: its clap arguments and what it does.
 
+pub mod deploy;
 pub mod dev;
+pub mod directory;
 pub mod service;
+pub mod token;
 pub mod tunnel;
 pub mod tunnel_run;

@@ -1,6 +1,9 @@
 //! `wvpc service create|list|get|update|delete`: VPC services in the local directory, with
 //! wrangler's `vpc service` flags.
 //!
+//! With `--api` (or `WVPC_API`) the same commands talk to a directory API instead of the
+//! local `--state`; validation problems come back from it and are shown the same way.
+//!
 //! Flag conflicts are declared to clap as wrangler declares them (`--hostname` vs
 //! `--ipv4`/`--ipv6`; `--resolver-ips` needs `--hostname`; `--tcp-port`/`--app-protocol` vs
 //! `--http-port`/`--https-port`), except that `--ipv4` and `--ipv6` may be combined (dual
@@ -18,7 +21,11 @@ use wvpc_directory::{
 };
 
 use crate::UsageError;
+use crate::remote::{ApiArgs, Remote};
 use crate::table;
+use http::Method;
+use wvpc_directory::api::client::ClientError;
+use wvpc_directory::api::envelope;
 
 /// `wvpc service …`
 #[derive(Debug, clap::Subcommand)]
@@ -167,53 +174,186 @@ pub enum CertModeArg {
 #[error("invalid VPC service ({} problem{}):{}", .0.problems.len(), if .0.problems.len() == 1 { "" } else { "s" }, render_problems(&.0.problems))]
 pub struct InvalidService(pub ValidationError);
 
-/// Runs a service subcommand.
-pub fn run(command: ServiceCommand, state: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
-    let dir = Directory::open(state)?;
+/// Runs a service subcommand: against the API when `api` is given, else on the local state.
+pub async fn run(
+    command: ServiceCommand,
+    state: &Path,
+    api: &ApiArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let backend = match &api.api {
+        Some(url) => Backend::Remote(Remote::connect(url, api.account.as_deref()).await?),
+        None => Backend::Local(Directory::open(state)?),
+    };
     match command {
         ServiceCommand::Create(args) => {
             let input = args.spec.into_input(args.name)?;
-            let service = dir.create_service(&input).map_err(explain)?;
+            let service = backend.create(&input).await?;
             if args.json {
                 return print_json(out, &service);
             }
             writeln!(out, "✅ Created VPC service: {}", service.service_id)?;
-            print_details(&dir, &service, out)
+            print_details(&backend, &service, out).await
         }
         ServiceCommand::Update(args) => {
             let input = args.spec.into_input(args.name)?;
-            let service = dir
-                .replace_service(args.service_id, &input)
-                .map_err(explain)?;
+            let service = backend.replace(args.service_id, &input).await?;
             if args.json {
                 return print_json(out, &service);
             }
             writeln!(out, "✅ Updated VPC service: {}", service.service_id)?;
-            print_details(&dir, &service, out)
+            print_details(&backend, &service, out).await
         }
         ServiceCommand::List { service_type, json } => {
-            let services = dir.list_services(service_type.map(TypeArg::service_type))?;
+            let services = backend.list(service_type.map(TypeArg::service_type)).await?;
             if json {
                 return print_json(out, &services);
             }
             print_table(&services, out)
         }
         ServiceCommand::Get { service_id, json } => {
-            let service = dir.service(service_id)?.with_context(|| {
+            let service = backend.get(service_id).await?.with_context(|| {
                 format!("no VPC service {service_id}; `wvpc service list` shows them")
             })?;
             if json {
                 return print_json(out, &service);
             }
             writeln!(out, "VPC service: {}", service.service_id)?;
-            print_details(&dir, &service, out)
+            print_details(&backend, &service, out).await
         }
         ServiceCommand::Delete { service_id } => {
-            dir.delete_service(service_id)?;
+            backend.delete(service_id).await?;
             writeln!(out, "✅ Deleted VPC service: {service_id}")?;
             Ok(())
         }
     }
+}
+
+/// Where services are kept: the local database, or a directory API.
+enum Backend {
+    Local(Directory),
+    Remote(Remote),
+}
+
+impl Backend {
+    async fn create(&self, input: &ServiceInput) -> anyhow::Result<Service> {
+        match self {
+            Backend::Local(dir) => Ok(dir.create_service(input).map_err(explain)?),
+            Backend::Remote(remote) => {
+                let body = serde_json::to_value(input)?;
+                decode(remote_call(remote, Method::POST, SERVICES, Some(&body)).await?)
+            }
+        }
+    }
+
+    async fn replace(&self, id: Uuid, input: &ServiceInput) -> anyhow::Result<Service> {
+        match self {
+            Backend::Local(dir) => Ok(dir.replace_service(id, input).map_err(explain)?),
+            Backend::Remote(remote) => {
+                let body = serde_json::to_value(input)?;
+                let path = format!("{SERVICES}/{id}");
+                decode(remote_call(remote, Method::PUT, &path, Some(&body)).await?)
+            }
+        }
+    }
+
+    async fn list(&self, filter: Option<ServiceType>) -> anyhow::Result<Vec<Service>> {
+        match self {
+            Backend::Local(dir) => Ok(dir.list_services(filter)?),
+            Backend::Remote(remote) => {
+                let path = match filter {
+                    Some(t) => format!("{SERVICES}?type={}", t.as_str()),
+                    None => SERVICES.to_owned(),
+                };
+                remote
+                    .list_all(&path)
+                    .await?
+                    .into_iter()
+                    .map(decode)
+                    .collect()
+            }
+        }
+    }
+
+    async fn get(&self, id: Uuid) -> anyhow::Result<Option<Service>> {
+        match self {
+            Backend::Local(dir) => Ok(dir.service(id)?),
+            Backend::Remote(remote) => {
+                match remote.call(Method::GET, &format!("{SERVICES}/{id}"), None).await {
+                    Ok(value) => Ok(Some(decode(value)?)),
+                    Err(err) if is_not_found(&err) => Ok(None),
+                    Err(err) => Err(err),
+                }
+            }
+        }
+    }
+
+    async fn delete(&self, id: Uuid) -> anyhow::Result<()> {
+        match self {
+            Backend::Local(dir) => Ok(dir.delete_service(id)?),
+            Backend::Remote(remote) => {
+                remote
+                    .call(Method::DELETE, &format!("{SERVICES}/{id}"), None)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The tunnel's name, for display; `None` when it cannot be found.
+    async fn tunnel_name(&self, id: Uuid) -> Option<String> {
+        match self {
+            Backend::Local(dir) => dir.tunnel(id).ok().flatten().map(|t| t.name),
+            Backend::Remote(remote) => remote
+                .call(Method::GET, &format!("cfd_tunnel/{id}"), None)
+                .await
+                .ok()
+                .and_then(|t| t["name"].as_str().map(str::to_owned)),
+        }
+    }
+}
+
+const SERVICES: &str = "connectivity/directory/services";
+
+/// A call whose validation errors are shown with their flags, like local ones.
+async fn remote_call(
+    remote: &Remote,
+    method: Method,
+    rest: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    match remote.client.call(method, &remote.path(rest), body).await {
+        Ok(value) => Ok(value),
+        Err(ClientError::Api(err))
+            if err.errors.iter().all(|e| e.code == envelope::code::VALIDATION) =>
+        {
+            let problems = err
+                .errors
+                .iter()
+                .map(|e| {
+                    let (path, message) = e.message.split_once(": ").unwrap_or(("", &e.message));
+                    Problem {
+                        path: path.to_owned(),
+                        message: message.to_owned(),
+                    }
+                })
+                .collect();
+            Err(InvalidService(ValidationError { problems }).into())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn is_not_found(err: &anyhow::Error) -> bool {
+    matches!(
+        err.downcast_ref::<ClientError>(),
+        Some(ClientError::Api(e)) if e.status == http::StatusCode::NOT_FOUND
+            && e.errors.iter().any(|e| e.code == envelope::code::SERVICE_NOT_FOUND)
+    )
+}
+
+fn decode(value: serde_json::Value) -> anyhow::Result<Service> {
+    serde_json::from_value(value).context("the directory API answered with an unreadable service")
 }
 
 impl ServiceFlags {
@@ -360,10 +500,15 @@ fn print_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> anyhow::Re
     Ok(())
 }
 
-fn print_details(dir: &Directory, s: &Service, out: &mut dyn Write) -> anyhow::Result<()> {
-    let tunnel_name = dir
-        .tunnel(s.tunnel_id())?
-        .map(|t| format!(" ({})", t.name))
+async fn print_details(
+    backend: &Backend,
+    s: &Service,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let tunnel_name = backend
+        .tunnel_name(s.tunnel_id())
+        .await
+        .map(|name| format!(" ({name})"))
         .unwrap_or_default();
     writeln!(out, "   Name: {}", s.name)?;
     writeln!(out, "   Type: {}", s.service_type())?;

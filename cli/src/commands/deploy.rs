@@ -1,0 +1,139 @@
+//! `wvpc deploy`: uploads the built script (the `main` wasm of the wrangler config) and its
+//! `vpc_services` bindings to the directory API, which verifies every binding against the
+//! deploying token and refuses with the binding, the service and what is missing.
+//!
+//! Bindings that name their service (`{binding, service: "name"}`) are sent by name, so the
+//! directory resolves them in the same transaction that checks and stores the script.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::Method;
+use serde_json::json;
+use uuid::Uuid;
+use wvpc_runtime::ScriptConfig;
+
+use super::dev::DEFAULT_CONFIG_FILES;
+use crate::remote::{ApiArgs, Remote};
+
+/// `wvpc deploy` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeployArgs {
+    /// Worker config (wrangler-style JSON, JSONC or TOML) [default: the first of wrangler.jsonc,
+    /// wrangler.json, wrangler.toml in the current directory]
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print the deployed script object as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `wvpc deploy`.
+pub async fn run(
+    args: DeployArgs,
+    api: &ApiArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let Some(url) = &api.api else {
+        anyhow::bail!(
+            "wvpc deploy uploads to a directory API: pass --api http://HOST:PORT or set WVPC_API \
+             (and the token in WVPC_API_TOKEN)"
+        );
+    };
+    let config_path = match args.config {
+        Some(path) => path,
+        None => {
+            let cwd = std::env::current_dir()?;
+            DEFAULT_CONFIG_FILES
+                .iter()
+                .map(|name| cwd.join(name))
+                .find(|path| path.is_file())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no worker config in {}: create one of {} or pass --config <path>",
+                        cwd.display(),
+                        DEFAULT_CONFIG_FILES.join(", ")
+                    )
+                })?
+        }
+    };
+    // Names stay names: a placeholder id per name, swapped back when the metadata is built.
+    let by_name: RefCell<HashMap<Uuid, String>> = RefCell::default();
+    let script = ScriptConfig::load_resolving(&config_path, &|name| {
+        let placeholder = Uuid::new_v4();
+        by_name.borrow_mut().insert(placeholder, name.to_owned());
+        Ok(placeholder)
+    })?;
+    let by_name = by_name.into_inner();
+    let module = std::fs::read(&script.main)
+        .with_context(|| format!("reading the script module {}", script.main.display()))?;
+    let main_module = script
+        .main
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("worker.wasm")
+        .to_owned();
+    let bindings: Vec<serde_json::Value> = script
+        .vpc_services
+        .iter()
+        .map(|b| match by_name.get(&b.service_id) {
+            Some(name) => json!({ "type": "vpc_service", "name": b.binding, "service": name }),
+            None => json!({ "type": "vpc_service", "name": b.binding, "service_id": b.service_id }),
+        })
+        .collect();
+    let metadata = json!({ "main_module": main_module, "bindings": bindings });
+
+    let boundary = format!("wvpc-{}", Uuid::new_v4().simple());
+    let mut body = Vec::with_capacity(module.len() + 1024);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\
+             Content-Type: application/json\r\n\r\n{metadata}\r\n--{boundary}\r\n\
+             Content-Disposition: form-data; name=\"{main_module}\"; filename=\"{main_module}\"\r\n\
+             Content-Type: application/wasm\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(&module);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+
+    let remote = Remote::connect(url, api.account.as_deref()).await?;
+    let response = remote
+        .client
+        .send(
+            Method::PUT,
+            &remote.path(&format!("workers/scripts/{}", script.name)),
+            Some((
+                &format!("multipart/form-data; boundary={boundary}"),
+                Bytes::from(body),
+            )),
+        )
+        .await?;
+    let (result, _) = wvpc_directory::api::client::unwrap_envelope(&response)
+        .with_context(|| format!("deploying script {:?}", script.name))?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&result)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "✅ Deployed script {:?} ({} bytes, etag {}) to account {}",
+        script.name,
+        module.len(),
+        result["etag"].as_str().unwrap_or(""),
+        remote.account
+    )?;
+    for binding in result["bindings"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "   binding {} -> VPC service {}",
+            binding["name"].as_str().unwrap_or(""),
+            binding["service_id"].as_str().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}

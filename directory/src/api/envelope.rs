@@ -1,0 +1,202 @@
+//! The Cloudflare v4 response envelope, the numeric error codes, and how directory errors map
+//! onto them.
+//!
+//! Every answer is `{success, errors: [{code, message}], messages, result, result_info}`.
+//! A request that breaks several rules gets one error entry per rule.
+
+use http::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::DirectoryError;
+use crate::scripts::BindingRefusal;
+
+/// The numeric error codes of the API (documented in `docs/api.md`).
+pub mod code {
+    /// Unexpected server-side failure.
+    pub const INTERNAL: u32 = 1000;
+    /// The body is not valid JSON of the expected shape.
+    pub const INVALID_JSON: u32 = 1001;
+    /// A service breaks a validation rule (one entry per problem, path first).
+    pub const VALIDATION: u32 = 1002;
+    /// No such VPC service in the account.
+    pub const SERVICE_NOT_FOUND: u32 = 1003;
+    /// The account has reached its service limit.
+    pub const SERVICE_LIMIT: u32 = 1004;
+    /// No such tunnel in the account.
+    pub const TUNNEL_NOT_FOUND: u32 = 1005;
+    /// The tunnel name is taken.
+    pub const TUNNEL_NAME_TAKEN: u32 = 1006;
+    /// The tunnel is used by services.
+    pub const TUNNEL_IN_USE: u32 = 1007;
+    /// The tunnel name breaks the naming rules.
+    pub const INVALID_TUNNEL_NAME: u32 = 1008;
+    /// No such script in the account.
+    pub const SCRIPT_NOT_FOUND: u32 = 1009;
+    /// The script upload is malformed (name, multipart form, metadata, module).
+    pub const INVALID_SCRIPT: u32 = 1010;
+    /// A binding names a service that does not exist.
+    pub const BINDING_UNKNOWN_SERVICE: u32 = 1011;
+    /// A binding names another account's service.
+    pub const BINDING_FOREIGN_SERVICE: u32 = 1012;
+    /// The token may not bind the service.
+    pub const BINDING_NOT_PERMITTED: u32 = 1013;
+    /// A binding names a service by a name no service has.
+    pub const BINDING_UNKNOWN_NAME: u32 = 1014;
+    /// A binding names a service by a name several services have.
+    pub const BINDING_AMBIGUOUS_NAME: u32 = 1015;
+    /// Two bindings share a name.
+    pub const BINDING_DUPLICATE: u32 = 1016;
+    /// The body is larger than the endpoint accepts.
+    pub const PAYLOAD_TOO_LARGE: u32 = 1017;
+    /// The body's content type is not the one the endpoint reads.
+    pub const UNSUPPORTED_MEDIA_TYPE: u32 = 1018;
+    /// A query parameter is invalid.
+    pub const INVALID_QUERY: u32 = 1019;
+    /// No such URI (Cloudflare's code).
+    pub const NO_ROUTE: u32 = 7000;
+    /// A malformed identifier or an unknown account in the path (Cloudflare's code).
+    pub const UNKNOWN_OBJECT: u32 = 7003;
+    /// No token, or a token the directory does not know (Cloudflare's code).
+    pub const AUTHENTICATION: u32 = 10000;
+    /// The token lacks the role the request needs.
+    pub const ROLE_MISSING: u32 = 10001;
+    /// The token belongs to another account.
+    pub const WRONG_ACCOUNT: u32 = 10002;
+    /// The method is not served on this URI.
+    pub const METHOD_NOT_ALLOWED: u32 = 10405;
+}
+
+/// One `{code, message}` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ErrorEntry {
+    /// Numeric code ([`code`]).
+    pub code: u32,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+/// A failed request: its HTTP status and every error entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Error entries (at least one).
+    pub errors: Vec<ErrorEntry>,
+}
+
+impl ApiError {
+    /// One error.
+    pub fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            errors: vec![ErrorEntry {
+                code,
+                message: message.into(),
+            }],
+        }
+    }
+
+    /// The envelope body.
+    pub fn body(&self) -> Value {
+        json!({
+            "success": false,
+            "errors": self.errors,
+            "messages": [],
+            "result": null,
+        })
+    }
+}
+
+/// `result_info` of a paged list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ResultInfo {
+    /// 1-based page number.
+    pub page: usize,
+    /// Page size.
+    pub per_page: usize,
+    /// Items on this page.
+    pub count: usize,
+    /// Items on all pages.
+    pub total_count: usize,
+    /// Number of pages.
+    pub total_pages: usize,
+}
+
+/// The envelope of a successful answer.
+pub fn success(result: Value, result_info: Option<ResultInfo>) -> Value {
+    let mut body = json!({
+        "success": true,
+        "errors": [],
+        "messages": [],
+        "result": result,
+    });
+    if let Some(info) = result_info {
+        body["result_info"] = json!(info);
+    }
+    body
+}
+
+impl From<DirectoryError> for ApiError {
+    fn from(err: DirectoryError) -> Self {
+        use DirectoryError as E;
+        let status_code = match &err {
+            E::Invalid(invalid) => {
+                return ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    errors: invalid
+                        .problems
+                        .iter()
+                        .map(|p| ErrorEntry {
+                            code: code::VALIDATION,
+                            message: format!("{}: {}", p.path, p.message),
+                        })
+                        .collect(),
+                };
+            }
+            E::BindingsRefused(refusals) => return refused_bindings(refusals),
+            E::ServiceNotFound(_) => (StatusCode::NOT_FOUND, code::SERVICE_NOT_FOUND),
+            E::ServiceLimit { .. } => (StatusCode::CONFLICT, code::SERVICE_LIMIT),
+            E::TunnelNotFound(_) => (StatusCode::NOT_FOUND, code::TUNNEL_NOT_FOUND),
+            E::TunnelNameTaken(_) => (StatusCode::CONFLICT, code::TUNNEL_NAME_TAKEN),
+            E::InvalidTunnelName { .. } => (StatusCode::BAD_REQUEST, code::INVALID_TUNNEL_NAME),
+            E::TunnelInUse { .. } => (StatusCode::CONFLICT, code::TUNNEL_IN_USE),
+            E::ScriptNotFound(_) => (StatusCode::NOT_FOUND, code::SCRIPT_NOT_FOUND),
+            E::InvalidScriptName(_) => (StatusCode::BAD_REQUEST, code::INVALID_SCRIPT),
+            _ => {
+                tracing::error!(error = %err, "directory failure while serving the API");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    code::INTERNAL,
+                    "internal directory error (see the server log)",
+                );
+            }
+        };
+        ApiError::new(status_code.0, status_code.1, err.to_string())
+    }
+}
+
+fn refused_bindings(refusals: &[BindingRefusal]) -> ApiError {
+    let status = if refusals.iter().any(BindingRefusal::is_permission) {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError {
+        status,
+        errors: refusals
+            .iter()
+            .map(|r| ErrorEntry {
+                code: match r {
+                    BindingRefusal::UnknownService { .. } => code::BINDING_UNKNOWN_SERVICE,
+                    BindingRefusal::ForeignService { .. } => code::BINDING_FOREIGN_SERVICE,
+                    BindingRefusal::NotPermitted { .. } => code::BINDING_NOT_PERMITTED,
+                    BindingRefusal::UnknownName { .. } => code::BINDING_UNKNOWN_NAME,
+                    BindingRefusal::AmbiguousName { .. } => code::BINDING_AMBIGUOUS_NAME,
+                    BindingRefusal::DuplicateBinding { .. } => code::BINDING_DUPLICATE,
+                },
+                message: r.to_string(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,495 @@
+//! The directory's REST API in Cloudflare's v4 shape, under `/client/v4`:
+//!
+//! - `accounts/{account}/connectivity/directory/services[/{id}]` ([`services`]),
+//! - `accounts/{account}/cfd_tunnel[/{id}[/token]]` ([`tunnels`]),
+//! - `accounts/{account}/workers/scripts[/{name}[/content]]` ([`scripts`]),
+//! - `user/tokens/verify`, `accounts`, `memberships`: what clients such as wrangler ask
+//!   before the real call.
+//!
+//! A request goes: read the body (bounded) → authenticate the bearer token → route → check the
+//! account and the role → the handler, which runs the SQLite work on a blocking thread → the
+//! envelope ([`envelope`]).
+
+pub mod client;
+pub mod envelope;
+mod scripts;
+mod services;
+mod tunnels;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::database::Directory;
+use crate::tokens::{ApiToken, Role};
+use envelope::{ApiError, ResultInfo, code};
+
+/// Path prefix of every endpoint.
+pub const PREFIX: &str = "/client/v4";
+
+/// Largest JSON body accepted.
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
+/// Largest script upload accepted.
+pub const MAX_SCRIPT_BODY: usize = 32 * 1024 * 1024;
+
+/// Serves the API on `listener` until the task is dropped.
+pub async fn serve(directory: Arc<Directory>, listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Per-connection failures and fd exhaustion alike: back off briefly.
+                tracing::debug!(error = %err, "API accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let directory = directory.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let directory = directory.clone();
+                async move { Ok::<_, Infallible>(handle(directory, request).await) }
+            });
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %err, "API connection ended with an error");
+            }
+        });
+    }
+}
+
+/// A request as the handlers see it: fully read, owned, no I/O left.
+#[derive(Debug)]
+pub(crate) struct ApiRequest {
+    pub(crate) method: Method,
+    /// Path segments after [`PREFIX`].
+    pub(crate) segments: Vec<String>,
+    /// Decoded query pairs.
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) body: Bytes,
+}
+
+impl ApiRequest {
+    pub(crate) fn query(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON of type `T`; refuses other content types (415) and bad JSON (400).
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if let Some(ct) = &self.content_type
+            && !ct.starts_with("application/json")
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code::UNSUPPORTED_MEDIA_TYPE,
+                format!("expected a JSON body (Content-Type: application/json), got {ct:?}"),
+            ));
+        }
+        serde_json::from_slice(&self.body).map_err(|err| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_JSON,
+                format!("invalid JSON body: {err}"),
+            )
+        })
+    }
+}
+
+/// A successful answer: status and envelope body, or raw bytes.
+pub(crate) enum Reply {
+    Json(StatusCode, Value),
+    Bytes(&'static str, Vec<u8>),
+}
+
+impl Reply {
+    pub(crate) fn ok(result: Value) -> Self {
+        Reply::Json(StatusCode::OK, envelope::success(result, None))
+    }
+
+    pub(crate) fn list(result: Value, info: ResultInfo) -> Self {
+        Reply::Json(StatusCode::OK, envelope::success(result, Some(info)))
+    }
+}
+
+/// The authenticated caller acting on one account.
+pub(crate) struct Caller {
+    /// The directory, acting for the path's account.
+    pub(crate) dir: Directory,
+    pub(crate) token: ApiToken,
+}
+
+impl Caller {
+    /// Refuses (403) unless the token has at least `role`.
+    pub(crate) fn require(&self, role: Role, action: &str) -> Result<(), ApiError> {
+        if self.token.role >= role {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            code::ROLE_MISSING,
+            format!(
+                "{action} needs the {role} role; the API token {:?} has the {} role (create a \
+                 token with `wvpc token create --role {role}`)",
+                self.token.name, self.token.role
+            ),
+        ))
+    }
+}
+
+async fn handle(directory: Arc<Directory>, request: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let method = parts.method.clone();
+    let reply = match read(parts, body).await {
+        Ok(request) => {
+            // SQLite with synchronous=FULL waits for the disk: keep it off the async workers.
+            match tokio::task::spawn_blocking(move || dispatch(&directory, request)).await {
+                Ok(reply) => reply,
+                Err(err) => {
+                    tracing::error!(error = %err, "API handler panicked");
+                    Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        code::INTERNAL,
+                        "internal error (see the server log)",
+                    ))
+                }
+            }
+        }
+        Err(err) => Err(err),
+    };
+    let response = match reply {
+        Ok(Reply::Json(status, body)) => json_response(status, &body),
+        Ok(Reply::Bytes(content_type, bytes)) => http::Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(bytes)))
+            .unwrap_or_default(),
+        Err(err) => json_response(err.status, &err.body()),
+    };
+    tracing::debug!(%method, path, status = response.status().as_u16(), "API request");
+    response
+}
+
+fn json_response(status: StatusCode, body: &Value) -> http::Response<Full<Bytes>> {
+    http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
+}
+
+/// Pre-routing work that needs the network: the body, bounded by the endpoint's limit. The
+/// bearer token travels inside [`ApiRequest`] as the first query-free header we keep.
+async fn read(parts: http::request::Parts, body: Incoming) -> Result<(ApiRequest, Option<String>), ApiError> {
+    let path = parts.uri.path();
+    let Some(rest) = path.strip_prefix(PREFIX) else {
+        return Err(no_route(path));
+    };
+    let segments: Vec<String> = rest
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_decode(s, false))
+        .collect();
+    let limit = if segments.iter().any(|s| s == "scripts") {
+        MAX_SCRIPT_BODY
+    } else {
+        MAX_JSON_BODY
+    };
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than this endpoint accepts ({limit} bytes)"),
+        )
+    };
+    if let Some(length) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && length > limit
+    {
+        return Err(too_large());
+    }
+    let body = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    code::INVALID_JSON,
+                    format!("could not read the request body: {err}"),
+                )
+            }
+        })?
+        .to_bytes();
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned());
+    let query = parts
+        .uri
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (percent_decode(k, true), percent_decode(v, true))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((
+        ApiRequest {
+            method: parts.method,
+            segments,
+            query,
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body,
+        },
+        bearer,
+    ))
+}
+
+fn dispatch(directory: &Directory, (request, bearer): (ApiRequest, Option<String>)) -> Result<Reply, ApiError> {
+    let token = authenticate(directory, bearer.as_deref())?;
+    let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
+    match segments.as_slice() {
+        ["user", "tokens", "verify"] => {
+            allow(&request, &[Method::GET])?;
+            Ok(Reply::ok(json!({
+                "id": token.id,
+                "status": "active",
+                "name": token.name,
+                "role": token.role,
+            })))
+        }
+        ["accounts"] => {
+            allow(&request, &[Method::GET])?;
+            let accounts = own_accounts(directory, &token)?;
+            let info = ResultInfo {
+                page: 1,
+                per_page: accounts.len().max(1),
+                count: accounts.len(),
+                total_count: accounts.len(),
+                total_pages: 1,
+            };
+            Ok(Reply::list(Value::Array(accounts), info))
+        }
+        ["memberships"] => {
+            allow(&request, &[Method::GET])?;
+            let memberships: Vec<Value> = own_accounts(directory, &token)?
+                .into_iter()
+                .map(|account| json!({ "id": account["id"], "account": account, "status": "accepted" }))
+                .collect();
+            let n = memberships.len();
+            Ok(Reply::list(
+                Value::Array(memberships),
+                ResultInfo {
+                    page: 1,
+                    per_page: n.max(1),
+                    count: n,
+                    total_count: n,
+                    total_pages: 1,
+                },
+            ))
+        }
+        ["accounts", account, rest @ ..] => {
+            let caller = Caller {
+                dir: account_view(directory, &token, account)?,
+                token,
+            };
+            match rest {
+                ["connectivity", "directory", "services", tail @ ..] => {
+                    services::route(&caller, &request, tail)
+                }
+                ["cfd_tunnel", tail @ ..] => tunnels::route(&caller, &request, tail),
+                ["workers", "scripts", tail @ ..] => scripts::route(&caller, &request, tail),
+                _ => Err(no_route_segments(&request.segments)),
+            }
+        }
+        _ => Err(no_route_segments(&request.segments)),
+    }
+}
+
+fn authenticate(directory: &Directory, bearer: Option<&str>) -> Result<ApiToken, ApiError> {
+    let Some(bearer) = bearer.filter(|b| !b.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            code::AUTHENTICATION,
+            "Authentication error: no API token; send `Authorization: Bearer <token>` (create \
+             one with `wvpc token create --role admin`)",
+        ));
+    };
+    directory.authenticate(bearer)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            code::AUTHENTICATION,
+            "Authentication error: the API token is not valid (unknown or revoked); create one \
+             with `wvpc token create`",
+        )
+    })
+}
+
+/// The directory acting for `account`, once the token is known to belong to it.
+fn account_view(directory: &Directory, token: &ApiToken, account: &str) -> Result<Directory, ApiError> {
+    let Some(view) = directory.for_account(account)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            code::UNKNOWN_OBJECT,
+            format!(
+                "no account {account:?} in this directory; the API token belongs to account {}",
+                token.account_id
+            ),
+        ));
+    };
+    if token.account_id != account {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            code::WRONG_ACCOUNT,
+            format!(
+                "the API token {:?} belongs to account {}, not to account {account}",
+                token.name, token.account_id
+            ),
+        ));
+    }
+    Ok(view)
+}
+
+fn own_accounts(directory: &Directory, token: &ApiToken) -> Result<Vec<Value>, ApiError> {
+    Ok(directory
+        .list_accounts()?
+        .into_iter()
+        .filter(|a| a.id == token.account_id)
+        .map(|a| json!({ "id": a.id, "name": a.name, "created_on": a.created_at }))
+        .collect())
+}
+
+/// Refuses methods other than `allowed` (405, naming them).
+pub(crate) fn allow(request: &ApiRequest, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(&request.method) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::METHOD_NOT_ALLOWED,
+        format!(
+            "method {} is not allowed on {PREFIX}/{}; allowed: {}",
+            request.method,
+            request.segments.join("/"),
+            allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
+fn no_route(path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        code::NO_ROUTE,
+        format!("No route for that URI: {path} (the API lives under {PREFIX}/)"),
+    )
+}
+
+pub(crate) fn no_route_segments(segments: &[String]) -> ApiError {
+    no_route(&format!("{PREFIX}/{}", segments.join("/")))
+}
+
+/// A path identifier that must be a UUID (404 with code 7003 otherwise, as Cloudflare does).
+pub(crate) fn parse_id(what: &str, text: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::try_parse(text).map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            code::UNKNOWN_OBJECT,
+            format!("{text:?} is not a valid {what} id (a UUID)"),
+        )
+    })
+}
+
+/// `page` and `per_page` (1-based, default 1 and 20, per_page at most 1000) of a list.
+pub(crate) fn paginate<T: serde::Serialize>(
+    request: &ApiRequest,
+    items: Vec<T>,
+) -> Result<Reply, ApiError> {
+    let number = |key: &str, default: usize, max: usize| -> Result<usize, ApiError> {
+        match request.query(key) {
+            None => Ok(default),
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    code::INVALID_QUERY,
+                    format!("{key}={text:?}: expected a whole number from 1 to {max}"),
+                )),
+            },
+        }
+    };
+    let page = number("page", 1, usize::MAX)?;
+    let per_page = number("per_page", 20, 1000)?;
+    let total_count = items.len();
+    let start = page.saturating_sub(1).saturating_mul(per_page);
+    let page_items: Vec<T> = items.into_iter().skip(start).take(per_page).collect();
+    let info = ResultInfo {
+        page,
+        per_page,
+        count: page_items.len(),
+        total_count,
+        total_pages: total_count.div_ceil(per_page),
+    };
+    Ok(Reply::list(json!(page_items), info))
+}
+
+/// `%XX` escapes (and, in queries, `+` for space) decoded; invalid escapes kept as they are.
+fn percent_decode(text: &str, plus_is_space: bool) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

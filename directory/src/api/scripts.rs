@@ -1,0 +1,329 @@
+//! `accounts/{account}/workers/scripts[/{name}[/content]]`: script upload in the shape of
+//! Cloudflare's Workers upload (a `multipart/form-data` body with a `metadata` JSON part and the
+//! module part it names), list, get (metadata), content (the module) and delete.
+//!
+//! The upload's `vpc_service` bindings are verified by the directory against the deploying
+//! token ([`crate::scripts`]); every refusal names the binding, the service and what is missing.
+
+use http::{Method, StatusCode};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::envelope::{ApiError, ErrorEntry, code};
+use super::{ApiRequest, Caller, Reply, allow, no_route_segments, paginate};
+use crate::error::DirectoryError;
+use crate::scripts::{BindingRequest, ServiceRef};
+use crate::tokens::Role;
+
+pub(super) fn route(caller: &Caller, request: &ApiRequest, tail: &[&str]) -> Result<Reply, ApiError> {
+    match tail {
+        [] => {
+            allow(request, &[Method::GET])?;
+            caller.require(Role::Read, "listing scripts")?;
+            paginate(request, caller.dir.list_scripts()?)
+        }
+        [name] => {
+            allow(request, &[Method::GET, Method::PUT, Method::DELETE])?;
+            match request.method {
+                Method::GET => {
+                    caller.require(Role::Read, "reading a script")?;
+                    let script = caller
+                        .dir
+                        .script(name)?
+                        .ok_or_else(|| DirectoryError::ScriptNotFound((*name).to_owned()))?;
+                    Ok(Reply::ok(json!(script)))
+                }
+                Method::PUT => {
+                    caller.require(Role::Bind, "deploying a script")?;
+                    let upload = Upload::parse(request)?;
+                    let script = caller.dir.deploy_script(
+                        &caller.token,
+                        name,
+                        &upload.main_module,
+                        &upload.module,
+                        &upload.bindings,
+                    )?;
+                    Ok(Reply::ok(json!(script)))
+                }
+                _ => {
+                    caller.require(Role::Bind, "deleting a script")?;
+                    caller.dir.delete_script(name)?;
+                    Ok(Reply::ok(Value::Null))
+                }
+            }
+        }
+        [name, "content"] => {
+            allow(request, &[Method::GET])?;
+            caller.require(Role::Read, "downloading a script")?;
+            let module = caller
+                .dir
+                .script_module(name)?
+                .ok_or_else(|| DirectoryError::ScriptNotFound((*name).to_owned()))?;
+            Ok(Reply::Bytes("application/wasm", module))
+        }
+        _ => Err(no_route_segments(&request.segments)),
+    }
+}
+
+/// A parsed upload.
+struct Upload {
+    main_module: String,
+    module: Vec<u8>,
+    bindings: Vec<BindingRequest>,
+}
+
+impl Upload {
+    fn parse(request: &ApiRequest) -> Result<Upload, ApiError> {
+        let content_type = request.content_type.as_deref().unwrap_or("");
+        let Some(boundary) = boundary(content_type) else {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "a script upload is multipart/form-data with a \"metadata\" part and the \
+                     module part; got Content-Type {content_type:?}"
+                ),
+            ));
+        };
+        let parts = multipart(&request.body, &boundary).map_err(invalid)?;
+        let metadata = parts
+            .iter()
+            .find(|p| p.name == "metadata")
+            .ok_or_else(|| invalid("the form has no \"metadata\" part".into()))?;
+        let metadata: Map<String, Value> = serde_json::from_slice(&metadata.body)
+            .map_err(|err| invalid(format!("metadata: invalid JSON: {err}")))?;
+        let mut problems = Vec::new();
+        let main_module = match metadata.get("main_module") {
+            Some(Value::String(m)) => Some(m.clone()),
+            None => {
+                // One module part: that is the main module.
+                let modules: Vec<_> = parts.iter().filter(|p| p.name != "metadata").collect();
+                match modules.as_slice() {
+                    [only] => Some(only.name.clone()),
+                    _ => {
+                        problems.push(
+                            "metadata.main_module: missing; name the part that holds the wasm \
+                             module"
+                                .to_owned(),
+                        );
+                        None
+                    }
+                }
+            }
+            Some(_) => {
+                problems.push("metadata.main_module: expected a string".to_owned());
+                None
+            }
+        };
+        let bindings = parse_bindings(metadata.get("bindings"), &mut problems);
+        let module = main_module.as_ref().and_then(|main| {
+            match parts.iter().find(|p| &p.name == main) {
+                None => {
+                    problems.push(format!(
+                        "metadata.main_module: the form has no part named {main:?}"
+                    ));
+                    None
+                }
+                Some(part) if !part.body.starts_with(b"\0asm") => {
+                    problems.push(format!(
+                        "part {main:?}: not a WebAssembly module (it must start with \\0asm; \
+                         build the script to a wasm component first)"
+                    ));
+                    None
+                }
+                Some(part) => Some(part.body.clone()),
+            }
+        });
+        match (main_module, module) {
+            (Some(main_module), Some(module)) if problems.is_empty() => Ok(Upload {
+                main_module,
+                module,
+                bindings,
+            }),
+            _ => Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                errors: problems
+                    .into_iter()
+                    .map(|message| ErrorEntry {
+                        code: code::INVALID_SCRIPT,
+                        message,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code::INVALID_SCRIPT, message)
+}
+
+/// `metadata.bindings`: `{type:"vpc_service", name, service_id}` or `{…, service: "name"}`.
+fn parse_bindings(value: Option<&Value>, problems: &mut Vec<String>) -> Vec<BindingRequest> {
+    let entries = match value {
+        None => return Vec::new(),
+        Some(Value::Array(entries)) => entries,
+        Some(_) => {
+            problems.push("metadata.bindings: expected an array".to_owned());
+            return Vec::new();
+        }
+    };
+    let mut bindings = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("metadata.bindings[{i}]");
+        let Some(entry) = entry.as_object() else {
+            problems.push(format!("{at}: expected an object"));
+            continue;
+        };
+        match entry.get("type").and_then(Value::as_str) {
+            Some("vpc_service") => {}
+            Some(other) => {
+                problems.push(format!(
+                    "{at}.type: binding type {other:?} is not supported; only \"vpc_service\""
+                ));
+                continue;
+            }
+            None => {
+                problems.push(format!("{at}.type: missing (use \"vpc_service\")"));
+                continue;
+            }
+        }
+        let name = entry.get("name").and_then(Value::as_str);
+        if name.is_none_or(str::is_empty) {
+            problems.push(format!("{at}.name: missing; the name the script uses, e.g. API"));
+        }
+        let service = match (entry.get("service_id"), entry.get("service")) {
+            (Some(_), Some(_)) => {
+                problems.push(format!(
+                    "{at}: give either service_id or service (a name), not both"
+                ));
+                None
+            }
+            (Some(Value::String(id)), None) => match Uuid::try_parse(id) {
+                Ok(id) => Some(ServiceRef::Id(id)),
+                Err(_) => {
+                    problems.push(format!("{at}.service_id: {id:?} is not a UUID"));
+                    None
+                }
+            },
+            (None, Some(Value::String(name))) if !name.is_empty() => {
+                Some(ServiceRef::Name(name.clone()))
+            }
+            (Some(_), None) => {
+                problems.push(format!("{at}.service_id: expected a string"));
+                None
+            }
+            (None, Some(_)) => {
+                problems.push(format!("{at}.service: expected a service name"));
+                None
+            }
+            (None, None) => {
+                problems.push(format!(
+                    "{at}: missing service_id (or service, the service's name)"
+                ));
+                None
+            }
+        };
+        if let (Some(name), Some(service)) = (name.filter(|n| !n.is_empty()), service) {
+            bindings.push(BindingRequest {
+                binding: name.to_owned(),
+                service,
+            });
+        }
+    }
+    bindings
+}
+
+/// One part of a `multipart/form-data` body.
+struct Part {
+    name: String,
+    body: Vec<u8>,
+}
+
+fn boundary(content_type: &str) -> Option<String> {
+    let (mime, params) = content_type.split_once(';')?;
+    if !mime.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    params.split(';').find_map(|param| {
+        let (key, value) = param.trim().split_once('=')?;
+        key.eq_ignore_ascii_case("boundary")
+            .then(|| value.trim_matches('"').to_owned())
+            .filter(|b| !b.is_empty())
+    })
+}
+
+/// Splits a `multipart/form-data` body (RFC 7578) into named parts.
+fn multipart(body: &[u8], boundary: &str) -> Result<Vec<Part>, String> {
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    let mut rest = match find(body, delimiter) {
+        Some(at) => &body[at + delimiter.len()..],
+        None => return Err("multipart body: no boundary found".into()),
+    };
+    let mut parts = Vec::new();
+    loop {
+        if rest.starts_with(b"--") {
+            return Ok(parts);
+        }
+        rest = rest
+            .strip_prefix(b"\r\n")
+            .ok_or("multipart body: expected CRLF after a boundary")?;
+        let head_end = find(rest, b"\r\n\r\n").ok_or("multipart body: a part has no header end")?;
+        let head = std::str::from_utf8(&rest[..head_end])
+            .map_err(|_| "multipart body: part headers are not UTF-8")?;
+        let name = head
+            .split("\r\n")
+            .find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                if !key.trim().eq_ignore_ascii_case("content-disposition") {
+                    return None;
+                }
+                value.split(';').find_map(|param| {
+                    let (k, v) = param.trim().split_once('=')?;
+                    (k == "name").then(|| v.trim_matches('"').to_owned())
+                })
+            })
+            .ok_or("multipart body: a part has no Content-Disposition name")?;
+        let content = &rest[head_end + 4..];
+        let mut closing = b"\r\n".to_vec();
+        closing.extend_from_slice(delimiter);
+        let end = find(content, &closing)
+            .ok_or_else(|| format!("multipart body: part {name:?} is not terminated"))?;
+        parts.push(Part {
+            name,
+            body: content[..end].to_vec(),
+        });
+        rest = &content[end + closing.len()..];
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipart_parts_are_split_by_name() {
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\
+            Content-Type: application/json\r\n\r\n{\"a\":1}\r\n--XyZ\r\n\
+            Content-Disposition: form-data; name=\"w.wasm\"; filename=\"w.wasm\"\r\n\r\n\0asm\r\n\x01\r\n--XyZ--\r\n";
+        let parts = multipart(body, "XyZ").unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].name, "metadata");
+        assert_eq!(parts[0].body, b"{\"a\":1}");
+        assert_eq!(parts[1].name, "w.wasm");
+        assert_eq!(parts[1].body, b"\0asm\r\n\x01");
+        assert_eq!(
+            boundary("multipart/form-data; boundary=\"XyZ\"").as_deref(),
+            Some("XyZ")
+        );
+        assert!(boundary("application/json").is_none());
+        assert!(multipart(b"--XyZ\r\nContent-Disposition: form-data; name=\"m\"\r\n\r\nabc", "XyZ").is_err());
+    }
+}

@@ -1,0 +1,818 @@
+//! The directory API over real HTTP: a server on 127.0.0.1:0 and the crate's HTTP client.
+//! Every endpoint, status, error code and validation rule a client can hit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+use wvpc_directory::api::client::ApiClient;
+use wvpc_directory::api::envelope::code;
+use wvpc_directory::{Directory, Role};
+
+/// A state directory removed on drop.
+struct TempState(PathBuf);
+
+impl Drop for TempState {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running API server on a fresh directory, with an admin token.
+struct Api {
+    dir: Arc<Directory>,
+    base: String,
+    account: String,
+    admin: String,
+    _state: TempState,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A response: status and envelope.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+impl Answer {
+    fn result(&self) -> &Value {
+        assert_eq!(self.body["success"], true, "{:#}", self.body);
+        &self.body["result"]
+    }
+
+    /// `(code, message)` of every error.
+    fn errors(&self) -> Vec<(u64, String)> {
+        assert_eq!(self.body["success"], false, "{:#}", self.body);
+        assert!(self.body["result"].is_null());
+        self.body["errors"]
+            .as_array()
+            .expect("errors array")
+            .iter()
+            .map(|e| {
+                (
+                    e["code"].as_u64().unwrap(),
+                    e["message"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// The only error's code and message.
+    fn error(&self) -> (u64, String) {
+        let errors = self.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors.into_iter().next().unwrap()
+    }
+}
+
+impl Api {
+    async fn start() -> Api {
+        Self::start_with(wvpc_directory::SERVICE_LIMIT).await
+    }
+
+    async fn start_with(limit: usize) -> Api {
+        let state = TempState(std::env::temp_dir().join(format!("wvpc-api-test-{}", Uuid::new_v4())));
+        let dir = Arc::new(Directory::open(&state.0).unwrap().with_service_limit(limit));
+        let (_, admin) = dir.create_token("admin", Role::Admin, None).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(wvpc_directory::api::serve(dir.clone(), listener));
+        Api {
+            account: dir.account_id().to_owned(),
+            dir,
+            base,
+            admin,
+            _state: state,
+            server,
+        }
+    }
+
+    fn token(&self, role: Role, services: Option<Vec<Uuid>>) -> String {
+        self.dir.create_token(&format!("{role}-token"), role, services).unwrap().1
+    }
+
+    async fn raw(&self, token: Option<&str>, method: Method, path: &str, body: Option<(&str, Bytes)>) -> Answer {
+        let client = ApiClient::new(&self.base, token.map(str::to_owned)).unwrap();
+        let response = client.send(method, path, body).await.unwrap();
+        assert_eq!(
+            response.content_type.as_deref(),
+            Some("application/json"),
+            "{path}"
+        );
+        Answer {
+            status: response.status.as_u16(),
+            body: response.json(),
+        }
+    }
+
+    async fn call(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> Answer {
+        let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+        self.raw(Some(token), method, path, body).await
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        self.call(&self.admin.clone(), method, path, body).await
+    }
+
+    fn services(&self) -> String {
+        format!("/accounts/{}/connectivity/directory/services", self.account)
+    }
+
+    fn tunnels(&self) -> String {
+        format!("/accounts/{}/cfd_tunnel", self.account)
+    }
+
+    fn scripts(&self) -> String {
+        format!("/accounts/{}/workers/scripts", self.account)
+    }
+
+    async fn tunnel(&self, name: &str) -> String {
+        let answer = self.admin(Method::POST, &self.tunnels(), Some(json!({ "name": name }))).await;
+        answer.result()["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn service(&self, name: &str, tunnel: &str) -> String {
+        let answer = self
+            .admin(Method::POST, &self.services(), Some(http_service(name, tunnel)))
+            .await;
+        assert_eq!(answer.status, 200, "{:#}", answer.body);
+        answer.result()["service_id"].as_str().unwrap().to_owned()
+    }
+}
+
+fn http_service(name: &str, tunnel: &str) -> Value {
+    json!({
+        "name": name,
+        "type": "http",
+        "http_port": 8080,
+        "host": { "hostname": "api.internal", "resolver_network": { "tunnel_id": tunnel } },
+    })
+}
+
+// === authentication and accounts ===
+
+#[tokio::test]
+async fn requests_without_or_with_a_bad_token_get_401() {
+    let api = Api::start().await;
+    let none = api.raw(None, Method::GET, &api.services(), None).await;
+    assert_eq!(none.status, 401);
+    let (c, message) = none.error();
+    assert_eq!(c, u64::from(code::AUTHENTICATION));
+    assert!(message.contains("no API token") && message.contains("Authorization: Bearer"), "{message}");
+
+    let bad = api.raw(Some("wvpc_not-a-token"), Method::GET, &api.services(), None).await;
+    assert_eq!(bad.status, 401);
+    assert!(bad.error().1.contains("not valid"), "{:?}", bad.error());
+
+    // A revoked token stops working.
+    let (token, secret) = api.dir.create_token("old", Role::Admin, None).unwrap();
+    assert_eq!(api.call(&secret, Method::GET, &api.services(), None).await.status, 200);
+    api.dir.delete_token(token.id).unwrap();
+    assert_eq!(api.call(&secret, Method::GET, &api.services(), None).await.status, 401);
+}
+
+#[tokio::test]
+async fn a_missing_role_is_named_with_403() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    let read = api.token(Role::Read, None);
+    let bind = api.token(Role::Bind, None);
+    // Read lists.
+    assert_eq!(api.call(&read, Method::GET, &api.services(), None).await.status, 200);
+    assert_eq!(api.call(&read, Method::GET, &api.tunnels(), None).await.status, 200);
+    // Only admins change services and tunnels.
+    for token in [&read, &bind] {
+        let denied = api
+            .call(token, Method::POST, &api.services(), Some(http_service("api", &tunnel)))
+            .await;
+        assert_eq!(denied.status, 403);
+        let (c, message) = denied.error();
+        assert_eq!(c, u64::from(code::ROLE_MISSING));
+        let role = if token == &read { "read" } else { "bind" };
+        assert_eq!(
+            message,
+            format!(
+                "creating a VPC service needs the admin role; the API token \"{role}-token\" has \
+                 the {role} role (create a token with `wvpc token create --role admin`)"
+            )
+        );
+        let denied = api.call(token, Method::POST, &api.tunnels(), Some(json!({"name": "x"}))).await;
+        assert_eq!((denied.status, denied.error().0), (403, u64::from(code::ROLE_MISSING)));
+    }
+    let denied = api.call(&read, Method::GET, &format!("{}/{tunnel}/token", api.tunnels()), None).await;
+    assert_eq!(denied.status, 403);
+}
+
+#[tokio::test]
+async fn accounts_are_isolated() {
+    let api = Api::start().await;
+    let other = api.dir.create_account("other").unwrap();
+    let other_dir = api.dir.for_account(&other.id).unwrap().unwrap();
+    let (_, other_admin) = other_dir.create_token("theirs", Role::Admin, None).unwrap();
+
+    // Our token on their account: 403 naming both accounts.
+    let path = format!("/accounts/{}/connectivity/directory/services", other.id);
+    let denied = api.admin(Method::GET, &path, None).await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(
+        denied.error(),
+        (
+            u64::from(code::WRONG_ACCOUNT),
+            format!(
+                "the API token \"admin\" belongs to account {}, not to account {}",
+                api.account, other.id
+            )
+        )
+    );
+    // Their token works there, and sees only their account.
+    assert_eq!(api.call(&other_admin, Method::GET, &path, None).await.status, 200);
+    let accounts = api.call(&other_admin, Method::GET, "/accounts", None).await;
+    assert_eq!(accounts.result(), &json!([{ "id": other.id, "name": "other", "created_on": other.created_at }]));
+
+    // An account that does not exist: 404.
+    let unknown = api
+        .admin(Method::GET, "/accounts/00000000000000000000000000000000/cfd_tunnel", None)
+        .await;
+    assert_eq!(unknown.status, 404);
+    let (c, message) = unknown.error();
+    assert_eq!(c, u64::from(code::UNKNOWN_OBJECT));
+    assert!(message.starts_with("no account \"00000000000000000000000000000000\""), "{message}");
+}
+
+#[tokio::test]
+async fn the_calls_clients_make_first_are_served() {
+    let api = Api::start().await;
+    let verify = api.admin(Method::GET, "/user/tokens/verify", None).await;
+    assert_eq!(verify.result()["status"], "active");
+    let memberships = api.admin(Method::GET, "/memberships", None).await;
+    assert_eq!(memberships.result()[0]["account"]["id"], api.account.as_str());
+    let accounts = api.admin(Method::GET, "/accounts", None).await;
+    assert_eq!(accounts.result()[0]["id"], api.account.as_str());
+    assert_eq!(accounts.body["result_info"]["total_count"], 1);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_404_and_405() {
+    let api = Api::start().await;
+    let nowhere = api.admin(Method::GET, "/zones", None).await;
+    assert_eq!((nowhere.status, nowhere.error().0), (404, u64::from(code::NO_ROUTE)));
+    let nowhere = api.admin(Method::GET, &format!("/accounts/{}/nothing", api.account), None).await;
+    assert_eq!(nowhere.status, 404);
+    let client = ApiClient::new(&format!("{}/elsewhere", api.base), Some(api.admin.clone())).unwrap();
+    assert_eq!(client.send(Method::GET, "/x", None).await.unwrap().status, 404);
+    let patch = api.admin(Method::PATCH, &api.services(), None).await;
+    assert_eq!(patch.status, 405);
+    assert_eq!(
+        patch.error(),
+        (
+            u64::from(code::METHOD_NOT_ALLOWED),
+            format!(
+                "method PATCH is not allowed on /client/v4/accounts/{}/connectivity/directory/services; \
+                 allowed: GET, POST",
+                api.account
+            )
+        )
+    );
+    let bad_id = api.admin(Method::GET, &format!("{}/not-a-uuid", api.services()), None).await;
+    assert_eq!((bad_id.status, bad_id.error().0), (404, u64::from(code::UNKNOWN_OBJECT)));
+}
+
+// === services ===
+
+#[tokio::test]
+async fn services_are_created_read_replaced_and_deleted() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    let created = api.admin(Method::POST, &api.services(), Some(http_service("api", &tunnel))).await;
+    assert_eq!(created.status, 200);
+    let service = created.result().clone();
+    let id = service["service_id"].as_str().unwrap().to_owned();
+    assert_eq!(service["name"], "api");
+    assert_eq!(service["type"], "http");
+    assert_eq!(service["http_port"], 8080);
+    assert_eq!(service["host"]["hostname"], "api.internal");
+    assert_eq!(service["host"]["resolver_network"]["tunnel_id"], tunnel.as_str());
+    assert!(service["created_at"].is_string() && service["updated_at"].is_string());
+
+    let path = format!("{}/{id}", api.services());
+    assert_eq!(api.admin(Method::GET, &path, None).await.result(), &service);
+
+    // PUT replaces everything: the type and the host variant may change.
+    let replaced = api
+        .admin(
+            Method::PUT,
+            &path,
+            Some(json!({
+                "name": "db",
+                "type": "tcp",
+                "tcp_port": 5432,
+                "app_protocol": "postgresql",
+                "host": { "ipv4": "10.0.0.5", "network": { "tunnel_id": tunnel } },
+            })),
+        )
+        .await;
+    let replaced = replaced.result().clone();
+    assert_eq!(replaced["service_id"], id.as_str());
+    assert_eq!(replaced["type"], "tcp");
+    assert_eq!(replaced["tcp_port"], 5432);
+    assert_eq!(replaced["host"]["ipv4"], "10.0.0.5");
+    assert!(replaced.get("http_port").is_none_or(Value::is_null), "{replaced:#}");
+    assert_eq!(replaced["created_at"], service["created_at"]);
+    // What GET returns can be PUT back unchanged (read-only keys are ignored).
+    let again = api.admin(Method::PUT, &path, Some(replaced.clone())).await;
+    assert_eq!(again.result()["name"], "db");
+
+    let deleted = api.admin(Method::DELETE, &path, None).await;
+    assert_eq!((deleted.status, deleted.result()), (200, &Value::Null));
+    let gone = api.admin(Method::GET, &path, None).await;
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.error(), (u64::from(code::SERVICE_NOT_FOUND), format!("no VPC service {id} in this account")));
+    assert_eq!(api.admin(Method::DELETE, &path, None).await.status, 404);
+    assert_eq!(api.admin(Method::PUT, &path, Some(http_service("x", &tunnel))).await.status, 404);
+}
+
+#[tokio::test]
+async fn lists_are_paged_and_filtered_by_type() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        ids.push(api.service(name, &tunnel).await);
+    }
+    let tcp = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(json!({
+                "name": "db", "type": "tcp", "tcp_port": 5432,
+                "host": { "hostname": "db.internal", "resolver_network": { "tunnel_id": tunnel } },
+            })),
+        )
+        .await;
+    let tcp_id = tcp.result()["service_id"].clone();
+
+    let all = api.admin(Method::GET, &api.services(), None).await;
+    assert_eq!(all.result().as_array().unwrap().len(), 4);
+    assert_eq!(
+        all.body["result_info"],
+        json!({ "page": 1, "per_page": 20, "count": 4, "total_count": 4, "total_pages": 1 })
+    );
+
+    let page = |n: usize| format!("{}?page={n}&per_page=2&type=http", api.services());
+    let first = api.admin(Method::GET, &page(1), None).await;
+    let names: Vec<&str> = first.result().as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(
+        first.body["result_info"],
+        json!({ "page": 1, "per_page": 2, "count": 2, "total_count": 3, "total_pages": 2 })
+    );
+    let second = api.admin(Method::GET, &page(2), None).await;
+    assert_eq!(second.result()[0]["service_id"], ids[2].as_str());
+    assert_eq!(second.body["result_info"]["count"], 1);
+    let past = api.admin(Method::GET, &page(3), None).await;
+    assert_eq!(past.result(), &json!([]));
+
+    let only_tcp = api.admin(Method::GET, &format!("{}?type=tcp", api.services()), None).await;
+    assert_eq!(only_tcp.result().as_array().unwrap().len(), 1);
+    assert_eq!(only_tcp.result()[0]["service_id"], tcp_id);
+
+    for (query, message) in [
+        ("type=udp", "type=\"udp\": expected \"http\" or \"tcp\""),
+        ("per_page=0", "per_page=\"0\": expected a whole number from 1 to 1000"),
+        ("per_page=1001", "per_page=\"1001\": expected a whole number from 1 to 1000"),
+        ("page=x", &format!("page=\"x\": expected a whole number from 1 to {}", usize::MAX)),
+    ] {
+        let bad = api.admin(Method::GET, &format!("{}?{query}", api.services()), None).await;
+        assert_eq!(bad.status, 400, "{query}");
+        assert_eq!(bad.error(), (u64::from(code::INVALID_QUERY), message.to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn every_validation_problem_is_reported_at_once_with_its_path() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    let answer = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(json!({
+                "name": " ",
+                "type": "http",
+                "http_port": 0,
+                "https_port": 70000,
+                "tcp_port": 5432,
+                "host": {
+                    "hostname": "https://api.internal/x",
+                    "resolver_network": {
+                        "tunnel_id": Uuid::new_v4(),
+                        "resolver_ips": ["10.0.0.300", "10.0.0.2:53"],
+                    },
+                },
+                "tls_settings": { "cert_verification_mode": "sometimes" },
+            })),
+        )
+        .await;
+    assert_eq!(answer.status, 400);
+    let errors = answer.errors();
+    assert!(errors.iter().all(|(c, _)| *c == u64::from(code::VALIDATION)), "{errors:?}");
+    let paths: Vec<&str> = errors.iter().map(|(_, m)| m.split(": ").next().unwrap()).collect();
+    for path in [
+        "name",
+        "http_port",
+        "https_port",
+        "tcp_port",
+        "host.hostname",
+        "host.resolver_network.tunnel_id",
+        "host.resolver_network.resolver_ips[0]",
+        "tls_settings.cert_verification_mode",
+    ] {
+        assert!(paths.contains(&path), "no problem reported for {path}: {errors:#?}");
+    }
+    assert!(!paths.contains(&"host.resolver_network.resolver_ips[1]"), "{errors:#?}");
+
+    // Host variants are exclusive; tcp needs tcp_port; app_protocol only for tcp.
+    let answer = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(json!({
+                "name": "x",
+                "type": "tcp",
+                "app_protocol": "oracle",
+                "host": {
+                    "hostname": "db.internal",
+                    "ipv4": "10.0.0.1",
+                    "resolver_network": { "tunnel_id": tunnel },
+                },
+            })),
+        )
+        .await;
+    let messages: Vec<String> = answer.errors().into_iter().map(|(_, m)| m).collect();
+    assert!(messages.iter().any(|m| m.starts_with("tcp_port: ")), "{messages:#?}");
+    assert!(messages.iter().any(|m| m.starts_with("app_protocol: ")), "{messages:#?}");
+    assert!(messages.iter().any(|m| m.starts_with("host")), "{messages:#?}");
+    // Nothing was stored.
+    assert_eq!(api.admin(Method::GET, &api.services(), None).await.result(), &json!([]));
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_refused_with_their_status() {
+    let api = Api::start().await;
+    let json_body = |text: &str| Some(("application/json", Bytes::from(text.to_owned())));
+    let broken = api.raw(Some(&api.admin), Method::POST, &api.services(), json_body("{\"name\":")).await;
+    assert_eq!((broken.status, broken.error().0), (400, u64::from(code::INVALID_JSON)));
+    assert!(broken.error().1.starts_with("invalid JSON body: "), "{:?}", broken.error());
+
+    let typo = api
+        .raw(Some(&api.admin), Method::POST, &api.services(), json_body(r#"{"name":"a","type":"http","host":{"hostname":"a","resolver_ip":[]}}"#))
+        .await;
+    assert_eq!(typo.status, 400);
+    assert!(typo.error().1.contains("resolver_ip"), "{:?}", typo.error());
+
+    let form = api
+        .raw(Some(&api.admin), Method::POST, &api.services(), Some(("text/plain", Bytes::from_static(b"name=a"))))
+        .await;
+    assert_eq!((form.status, form.error().0), (415, u64::from(code::UNSUPPORTED_MEDIA_TYPE)));
+
+    let huge = vec![b' '; wvpc_directory::api::MAX_JSON_BODY + 1];
+    let too_large = api
+        .raw(Some(&api.admin), Method::POST, &api.services(), Some(("application/json", Bytes::from(huge))))
+        .await;
+    assert_eq!((too_large.status, too_large.error().0), (413, u64::from(code::PAYLOAD_TOO_LARGE)));
+}
+
+#[tokio::test]
+async fn the_service_limit_is_enforced_with_a_clear_error() {
+    let api = Api::start_with(2).await;
+    let tunnel = api.tunnel("office").await;
+    api.service("a", &tunnel).await;
+    let b = api.service("b", &tunnel).await;
+    let third = api.admin(Method::POST, &api.services(), Some(http_service("c", &tunnel))).await;
+    assert_eq!(third.status, 409);
+    assert_eq!(
+        third.error(),
+        (
+            u64::from(code::SERVICE_LIMIT),
+            "this account already has 2 VPC services, the maximum; delete one first".to_owned()
+        )
+    );
+    api.admin(Method::DELETE, &format!("{}/{b}", api.services()), None).await.result();
+    api.service("c", &tunnel).await;
+}
+
+// === tunnels ===
+
+#[tokio::test]
+async fn tunnels_are_created_with_credentials_listed_and_deleted() {
+    let api = Api::start().await;
+    let created = api.admin(Method::POST, &api.tunnels(), Some(json!({ "name": "office", "config_src": "local" }))).await;
+    let tunnel = created.result().clone();
+    let id = tunnel["id"].as_str().unwrap().to_owned();
+    assert_eq!(tunnel["name"], "office");
+    assert_eq!(tunnel["account_tag"], api.account.as_str());
+    assert_eq!(tunnel["credentials_file"]["TunnelID"], id.as_str());
+    assert_eq!(tunnel["credentials_file"]["AccountTag"], api.account.as_str());
+    let token = tunnel["token"].as_str().unwrap();
+    let credentials = wvpc_directory::Credentials::from_token(token).unwrap();
+    assert_eq!(credentials.tunnel_id.to_string(), id);
+    // The token authorizes a connector.
+    api.dir.authorize_tunnel(credentials.tunnel_id, &api.account, &credentials.tunnel_secret).unwrap();
+
+    let listed = api.admin(Method::GET, &api.tunnels(), None).await;
+    assert_eq!(listed.result().as_array().unwrap().len(), 1);
+    assert!(listed.result()[0].get("token").is_none() && listed.result()[0].get("credentials_file").is_none());
+    let one = api.admin(Method::GET, &format!("{}/{id}", api.tunnels()), None).await;
+    assert_eq!(one.result()["name"], "office");
+    let again = api.admin(Method::GET, &format!("{}/{id}/token", api.tunnels()), None).await;
+    assert_eq!(again.result(), token);
+
+    let taken = api.admin(Method::POST, &api.tunnels(), Some(json!({ "name": "office" }))).await;
+    assert_eq!(taken.status, 409);
+    assert_eq!(
+        taken.error(),
+        (u64::from(code::TUNNEL_NAME_TAKEN), "a tunnel named \"office\" already exists in this account; pick another name".to_owned())
+    );
+    let blank = api.admin(Method::POST, &api.tunnels(), Some(json!({ "name": "" }))).await;
+    assert_eq!((blank.status, blank.error().0), (400, u64::from(code::INVALID_TUNNEL_NAME)));
+    let unknown_key = api.admin(Method::POST, &api.tunnels(), Some(json!({ "name": "x", "tunnel_secret": "abc" }))).await;
+    assert_eq!((unknown_key.status, unknown_key.error().0), (400, u64::from(code::INVALID_JSON)));
+
+    // Refused while services use it, naming them.
+    let service = api.service("api", &id).await;
+    let refused = api.admin(Method::DELETE, &format!("{}/{id}", api.tunnels()), None).await;
+    assert_eq!(refused.status, 409);
+    assert_eq!(
+        refused.error(),
+        (
+            u64::from(code::TUNNEL_IN_USE),
+            format!(
+                "tunnel \"office\" ({id}) is used by 1 VPC service(s): \"api\" ({service}); delete \
+                 them or point them at another tunnel first"
+            )
+        )
+    );
+    api.admin(Method::DELETE, &format!("{}/{service}", api.services()), None).await.result();
+    let deleted = api.admin(Method::DELETE, &format!("{}/{id}", api.tunnels()), None).await;
+    assert_eq!(deleted.result()["id"], id.as_str());
+    let gone = api.admin(Method::GET, &format!("{}/{id}", api.tunnels()), None).await;
+    assert_eq!((gone.status, gone.error().0), (404, u64::from(code::TUNNEL_NOT_FOUND)));
+}
+
+// === scripts ===
+
+const WASM: &[u8] = b"\0asm\x01\0\0\0";
+
+fn upload(metadata: &Value, module: &[u8]) -> (String, Bytes) {
+    let mut body = format!(
+        "--B0undary\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\
+         Content-Type: application/json\r\n\r\n{metadata}\r\n--B0undary\r\n\
+         Content-Disposition: form-data; name=\"worker.wasm\"; filename=\"worker.wasm\"\r\n\
+         Content-Type: application/wasm\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(module);
+    body.extend_from_slice(b"\r\n--B0undary--\r\n");
+    ("multipart/form-data; boundary=B0undary".to_owned(), Bytes::from(body))
+}
+
+impl Api {
+    async fn deploy(&self, token: &str, name: &str, bindings: Value) -> Answer {
+        let (content_type, body) = upload(&json!({ "main_module": "worker.wasm", "bindings": bindings }), WASM);
+        self.raw(Some(token), Method::PUT, &format!("{}/{name}", self.scripts()), Some((&content_type, body)))
+            .await
+    }
+}
+
+#[tokio::test]
+async fn scripts_are_uploaded_with_bindings_by_id_or_name_listed_and_deleted() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    let api_id = api.service("api", &tunnel).await;
+    let db_id = api.service("db", &tunnel).await;
+    let bind = api.token(Role::Bind, None);
+    let deployed = api
+        .deploy(
+            &bind,
+            "proxy",
+            json!([
+                { "type": "vpc_service", "name": "API", "service_id": api_id },
+                { "type": "vpc_service", "name": "DB", "service": "db" },
+            ]),
+        )
+        .await;
+    assert_eq!(deployed.status, 200, "{:#}", deployed.body);
+    let script = deployed.result().clone();
+    assert_eq!(script["id"], "proxy");
+    assert_eq!(script["size"], WASM.len());
+    assert_eq!(
+        script["bindings"],
+        json!([
+            { "type": "vpc_service", "name": "API", "service_id": api_id },
+            { "type": "vpc_service", "name": "DB", "service_id": db_id },
+        ])
+    );
+    let read = api.token(Role::Read, None);
+    let listed = api.call(&read, Method::GET, &api.scripts(), None).await;
+    assert_eq!(listed.result(), &json!([script]));
+    let got = api.call(&read, Method::GET, &format!("{}/proxy", api.scripts()), None).await;
+    assert_eq!(got.result(), &script);
+    let client = ApiClient::new(&api.base, Some(read.clone())).unwrap();
+    let content = client.send(Method::GET, &format!("{}/proxy/content", api.scripts()), None).await.unwrap();
+    assert_eq!((content.status.as_u16(), &content.body[..]), (200, WASM));
+
+    // A second upload replaces the first and keeps created_on.
+    let redeployed = api.deploy(&bind, "proxy", json!([])).await;
+    assert_eq!(redeployed.result()["bindings"], json!([]));
+    assert_eq!(redeployed.result()["created_on"], script["created_on"]);
+
+    let denied = api.call(&read, Method::DELETE, &format!("{}/proxy", api.scripts()), None).await;
+    assert_eq!(denied.status, 403);
+    api.call(&bind, Method::DELETE, &format!("{}/proxy", api.scripts()), None).await.result();
+    let gone = api.call(&read, Method::GET, &format!("{}/proxy", api.scripts()), None).await;
+    assert_eq!(gone.error(), (u64::from(code::SCRIPT_NOT_FOUND), "no script \"proxy\" in this account".to_owned()));
+}
+
+#[tokio::test]
+async fn deploy_refuses_each_bad_binding_with_the_binding_the_service_and_the_permission() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    let api_id = api.service("api", &tunnel).await;
+    let other_id = api.service("other", &tunnel).await;
+    let twin_a = api.service("twin", &tunnel).await;
+    let twin_b = api.service("twin", &tunnel).await;
+    // A service of another account.
+    let foreign_account = api.dir.create_account("foreign").unwrap();
+    let foreign = api.dir.for_account(&foreign_account.id).unwrap().unwrap();
+    let (foreign_tunnel, _) = foreign.create_tunnel("theirs").unwrap();
+    let foreign_service = foreign
+        .create_service(&wvpc_directory::ServiceInput::http(
+            "theirs",
+            wvpc_directory::HostInput::hostname("x.internal", foreign_tunnel.id),
+        ))
+        .unwrap();
+    let missing = Uuid::new_v4();
+    let account = &api.account;
+
+    let bind = api.token(Role::Bind, None);
+    let cases: Vec<(Value, u16, u32, String)> = vec![
+        (
+            json!({ "type": "vpc_service", "name": "API", "service_id": missing }),
+            400,
+            code::BINDING_UNKNOWN_SERVICE,
+            format!(
+                "binding \"API\": VPC service {missing} does not exist; create it first or fix the \
+                 service_id (`wvpc service list` shows the account's services)"
+            ),
+        ),
+        (
+            json!({ "type": "vpc_service", "name": "API", "service_id": foreign_service.service_id }),
+            403,
+            code::BINDING_FOREIGN_SERVICE,
+            format!(
+                "binding \"API\": VPC service {} belongs to another account, not to account \
+                 {account}; a script can bind only services of its own account",
+                foreign_service.service_id
+            ),
+        ),
+        (
+            json!({ "type": "vpc_service", "name": "API", "service": "nope" }),
+            400,
+            code::BINDING_UNKNOWN_NAME,
+            format!(
+                "binding \"API\": no VPC service named \"nope\" in account {account} (`wvpc \
+                 service list` shows the account's services)"
+            ),
+        ),
+        (
+            json!({ "type": "vpc_service", "name": "API", "service": "twin" }),
+            400,
+            code::BINDING_AMBIGUOUS_NAME,
+            format!(
+                "binding \"API\": 2 VPC services are named \"twin\" ({twin_a}, {twin_b}); bind by \
+                 service_id instead"
+            ),
+        ),
+    ];
+    for (binding, status, c, message) in cases {
+        let refused = api.deploy(&bind, "proxy", json!([binding])).await;
+        assert_eq!(refused.status, status, "{binding}");
+        assert_eq!(refused.error(), (u64::from(c), message));
+    }
+
+    // A bind token limited to one service may not bind another.
+    let scoped = api.token(Role::Bind, Some(vec![api_id.parse().unwrap()]));
+    let ok = api.deploy(&scoped, "proxy", json!([{ "type": "vpc_service", "name": "API", "service_id": api_id }])).await;
+    assert_eq!(ok.status, 200, "{:#}", ok.body);
+    let refused = api
+        .deploy(&scoped, "proxy", json!([{ "type": "vpc_service", "name": "OTHER", "service": "other" }]))
+        .await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(
+        refused.error(),
+        (
+            u64::from(code::BINDING_NOT_PERMITTED),
+            format!(
+                "binding \"OTHER\": the API token \"bind-token\" (role bind) may not bind VPC \
+                 service {other_id} (\"other\"): missing permission bind on this service (its bind \
+                 permission is limited to other services)"
+            )
+        )
+    );
+    // A read token may not deploy at all.
+    let read = api.token(Role::Read, None);
+    let refused = api.deploy(&read, "proxy", json!([])).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(
+        refused.error(),
+        (
+            u64::from(code::ROLE_MISSING),
+            "deploying a script needs the bind role; the API token \"read-token\" has the read \
+             role (create a token with `wvpc token create --role bind`)"
+                .to_owned()
+        )
+    );
+
+    // Every refusal of one upload at once; nothing stored.
+    let refused = api
+        .deploy(
+            &bind,
+            "proxy2",
+            json!([
+                { "type": "vpc_service", "name": "A", "service_id": missing },
+                { "type": "vpc_service", "name": "B", "service": "nope" },
+                { "type": "vpc_service", "name": "A", "service_id": api_id },
+            ]),
+        )
+        .await;
+    let codes: Vec<u64> = refused.errors().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        codes,
+        [code::BINDING_UNKNOWN_SERVICE, code::BINDING_UNKNOWN_NAME, code::BINDING_DUPLICATE].map(u64::from)
+    );
+    assert!(api.dir.script("proxy2").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn malformed_uploads_are_refused_with_every_problem() {
+    let api = Api::start().await;
+    let path = format!("{}/proxy", api.scripts());
+    let admin = Some(api.admin.as_str());
+    let json_upload = api
+        .raw(admin, Method::PUT, &path, Some(("application/json", Bytes::from_static(b"{}"))))
+        .await;
+    assert_eq!((json_upload.status, json_upload.error().0), (415, u64::from(code::UNSUPPORTED_MEDIA_TYPE)));
+
+    let (content_type, body) = upload(
+        &json!({
+            "main_module": "worker.wasm",
+            "bindings": [
+                { "type": "kv_namespace", "name": "KV" },
+                { "type": "vpc_service", "name": "API" },
+                { "type": "vpc_service", "name": "DB", "service_id": "abc", },
+                { "type": "vpc_service", "service": "x", "service_id": Uuid::new_v4() },
+            ],
+        }),
+        b"function() {}",
+    );
+    let refused = api.raw(admin, Method::PUT, &path, Some((&content_type, body))).await;
+    assert_eq!(refused.status, 400);
+    let messages: Vec<String> = refused.errors().into_iter().map(|(c, m)| {
+        assert_eq!(c, u64::from(code::INVALID_SCRIPT));
+        m
+    }).collect();
+    assert_eq!(
+        messages,
+        [
+            "metadata.bindings[0].type: binding type \"kv_namespace\" is not supported; only \"vpc_service\"",
+            "metadata.bindings[1]: missing service_id (or service, the service's name)",
+            "metadata.bindings[2].service_id: \"abc\" is not a UUID",
+            "metadata.bindings[3].name: missing; the name the script uses, e.g. API",
+            "metadata.bindings[3]: give either service_id or service (a name), not both",
+            "part \"worker.wasm\": not a WebAssembly module (it must start with \\0asm; build the script to a wasm component first)",
+        ]
+    );
+
+    let bad_name = api.deploy(&api.admin, "no/slash%20", json!([])).await;
+    assert_eq!(bad_name.status, 404, "a slash is another path");
+    let bad_name = api.deploy(&api.admin, "has%20space", json!([])).await;
+    assert_eq!(bad_name.status, 400);
+    assert_eq!(
+        bad_name.error(),
+        (u64::from(code::INVALID_SCRIPT), "invalid script name \"has space\": use 1 to 63 letters, digits, '-' or '_'".to_owned())
+    );
+    let no_metadata = api
+        .raw(admin, Method::PUT, &path, Some(("multipart/form-data; boundary=zz", Bytes::from_static(b"--zz--\r\n"))))
+        .await;
+    assert_eq!(no_metadata.error(), (u64::from(code::INVALID_SCRIPT), "the form has no \"metadata\" part".to_owned()));
+}
