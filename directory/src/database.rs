@@ -207,6 +207,31 @@ impl Directory {
         read_revision(&self.lock())
     }
 
+    /// SQLite's own consistency checks (`integrity_check`, `foreign_key_check`); `Err` lists
+    /// what they found.
+    pub fn check_integrity(&self) -> Result<(), DirectoryError> {
+        let conn = self.lock();
+        let integrity: Vec<String> = conn
+            .prepare("PRAGMA integrity_check")?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        let foreign: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_foreign_key_check",
+            [],
+            |row| row.get(0),
+        )?;
+        if integrity == ["ok"] && foreign == 0 {
+            return Ok(());
+        }
+        Err(DirectoryError::Corrupt {
+            what: "database".into(),
+            detail: format!(
+                "integrity_check: {}; {foreign} foreign key violation(s)",
+                integrity.join("; ")
+            ),
+        })
+    }
+
     /// Runs `f` on the connection (reads).
     pub(crate) fn read<T>(
         &self,
