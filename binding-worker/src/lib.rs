@@ -75,6 +75,10 @@ pub struct BindingWorkerConfig {
     pub idle_timeout: Duration,
     /// Idle origin connections kept per (service, scheme, host). Default 32.
     pub max_idle_per_origin: usize,
+    /// How long after its CONNECT an origin connection may still be reused. A connection
+    /// carries the route iris chose when it was opened, so this bounds how long a changed or
+    /// deleted service keeps being served by pooled connections. `None` (default): no bound.
+    pub route_lease: Option<Duration>,
     /// Roots trusted for `https` origins, whose certificate must chain to one of them and
     /// name the URL's host (`verify_full`). `None`: the system's trust store.
     pub tls_roots: Option<Arc<rustls::RootCertStore>>,
@@ -90,6 +94,7 @@ impl BindingWorkerConfig {
             response_timeout: Duration::from_secs(100),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_origin: 32,
+            route_lease: None,
             tls_roots: None,
         }
     }
@@ -138,6 +143,7 @@ impl BindingWorker {
                 response_timeout: config.response_timeout,
                 idle_timeout: config.idle_timeout,
                 max_idle_per_origin: config.max_idle_per_origin,
+                route_lease: config.route_lease,
             },
         ));
         spawn_sweeper(&proxy_runtime, Arc::downgrade(proxy.pool()));

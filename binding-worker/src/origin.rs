@@ -37,6 +37,8 @@ pub(crate) struct OriginSettings {
     pub(crate) idle_timeout: Duration,
     /// Idle connections kept per (service, scheme, host).
     pub(crate) max_idle_per_origin: usize,
+    /// Longest reuse window after a connection's CONNECT (route changes apply after it).
+    pub(crate) route_lease: Option<Duration>,
 }
 
 /// Sends fetches to origins.
@@ -63,6 +65,8 @@ pub(crate) struct Lease {
     sender: http1::SendRequest<RequestBody>,
     key: PoolKey,
     pool: Arc<OriginPool>,
+    /// When the connection's CONNECT was made.
+    opened: Instant,
     /// Whether the request body has been sent completely.
     body_done: Arc<AtomicBool>,
 }
@@ -80,13 +84,14 @@ impl Lease {
             mut sender,
             key,
             pool,
+            opened,
             body_done,
         } = self;
         let idle_timeout = pool.idle_timeout;
         let wait_ready = async move {
             // A connection that does not get ready (the script never ends its body) is dropped.
             if let Ok(Ok(())) = tokio::time::timeout(idle_timeout, sender.ready()).await {
-                pool.check_in(key, sender);
+                pool.check_in(key, sender, opened);
             }
         };
         if body_done.load(Ordering::Acquire) {
@@ -103,6 +108,7 @@ impl Proxy {
             idle: Mutex::new(HashMap::new()),
             idle_timeout: settings.idle_timeout,
             max_idle_per_origin: settings.max_idle_per_origin,
+            route_lease: settings.route_lease,
         });
         Self {
             iris,
@@ -129,10 +135,10 @@ impl Proxy {
         let key = PoolKey::of(&request);
         let mut outgoing = build_request(&request, body)?;
 
-        while let Some(mut sender) = self.pool.check_out(&key) {
+        while let Some((mut sender, opened)) = self.pool.check_out(&key) {
             match self.send(&mut sender, outgoing, &mut body_finished).await {
                 Attempt::Answered(response) => {
-                    return Ok(self.respond(response, sender, key, &body_finished));
+                    return Ok(self.respond(response, sender, opened, key, &body_finished));
                 }
                 // Never written: the idle connection went away; try another.
                 Attempt::Unsent(back) => outgoing = back,
@@ -151,9 +157,12 @@ impl Proxy {
             }
         }
 
+        let opened = Instant::now();
         let mut sender = self.open(&request).await?;
         match self.send(&mut sender, outgoing, &mut body_finished).await {
-            Attempt::Answered(response) => Ok(self.respond(response, sender, key, &body_finished)),
+            Attempt::Answered(response) => {
+                Ok(self.respond(response, sender, opened, key, &body_finished))
+            }
             Attempt::Unsent(_) => Err(ProxyError::new(ErrorCode::ConnectionTerminated)
                 .with_details("the origin connection closed before the request was sent")),
             Attempt::Failed(err) => Err(err),
@@ -213,6 +222,7 @@ impl Proxy {
         &self,
         response: Response<Incoming>,
         sender: http1::SendRequest<RequestBody>,
+        opened: Instant,
         key: PoolKey,
         body_finished: &BodyFinished,
     ) -> OriginResponse {
@@ -223,6 +233,7 @@ impl Proxy {
             sender,
             key,
             pool: Arc::clone(&self.pool),
+            opened,
             body_done: body_finished.flag(),
         };
         OriginResponse { head, body, lease }
@@ -343,29 +354,34 @@ pub(crate) struct OriginPool {
     idle: Mutex<HashMap<PoolKey, Vec<IdleConnection>>>,
     idle_timeout: Duration,
     max_idle_per_origin: usize,
+    route_lease: Option<Duration>,
 }
 
 #[derive(Debug)]
 struct IdleConnection {
     sender: http1::SendRequest<RequestBody>,
     since: Instant,
+    opened: Instant,
 }
 
 impl IdleConnection {
-    fn usable(&self, idle_timeout: Duration) -> bool {
-        !self.sender.is_closed() && self.sender.is_ready() && self.since.elapsed() < idle_timeout
+    fn usable(&self, idle_timeout: Duration, route_lease: Option<Duration>) -> bool {
+        !self.sender.is_closed()
+            && self.sender.is_ready()
+            && self.since.elapsed() < idle_timeout
+            && route_lease.is_none_or(|lease| self.opened.elapsed() < lease)
     }
 }
 
 impl OriginPool {
     /// The most recently used live connection for `key` (likeliest to still be open).
-    fn check_out(&self, key: &PoolKey) -> Option<http1::SendRequest<RequestBody>> {
+    fn check_out(&self, key: &PoolKey) -> Option<(http1::SendRequest<RequestBody>, Instant)> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(key)?;
         let mut found = None;
         while let Some(candidate) = list.pop() {
-            if candidate.usable(self.idle_timeout) {
-                found = Some(candidate.sender);
+            if candidate.usable(self.idle_timeout, self.route_lease) {
+                found = Some((candidate.sender, candidate.opened));
                 break;
             }
         }
@@ -375,13 +391,14 @@ impl OriginPool {
         found
     }
 
-    fn check_in(&self, key: PoolKey, sender: http1::SendRequest<RequestBody>) {
+    fn check_in(&self, key: PoolKey, sender: http1::SendRequest<RequestBody>, opened: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(key).or_default();
         if list.len() < self.max_idle_per_origin {
             list.push(IdleConnection {
                 sender,
                 since: Instant::now(),
+                opened,
             });
         }
     }
@@ -390,7 +407,7 @@ impl OriginPool {
     pub(crate) fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|_, list| {
-            list.retain(|c| c.usable(self.idle_timeout));
+            list.retain(|c| c.usable(self.idle_timeout, self.route_lease));
             !list.is_empty()
         });
     }

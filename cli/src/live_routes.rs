@@ -5,7 +5,8 @@
 //! moved, it reads every service in one read transaction ([`Directory::route_snapshot`]) and
 //! replaces the whole table behind one `Arc`. A CONNECT therefore never touches SQLite and
 //! never sees half of a change; a deleted service is gone for new CONNECTs while streams
-//! already routed keep going.
+//! already routed keep going. Pooled origin connections of the binding-worker are renewed
+//! after [`ROUTE_LEASE`], so steady traffic moves to a changed route too, between requests.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
@@ -18,6 +19,11 @@ use wvpc_iris::{RouteTarget, ServiceRoute, ServiceStore};
 
 /// How often the watcher looks at the change counter.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the binding-worker of the stack reuses an origin connection after its CONNECT:
+/// a pooled connection carries the route of its CONNECT, so a change reaches traffic on
+/// pooled connections within `POLL_INTERVAL + ROUTE_LEASE`.
+pub const ROUTE_LEASE: Duration = Duration::from_millis(500);
 
 /// One consistent routing table.
 #[derive(Debug, Default)]

@@ -96,6 +96,9 @@ impl Stack {
         let mut bw_config = BindingWorkerConfig::new(iris_addr);
         // One process: the binding-worker's HTTP work shares this runtime's threads.
         bw_config.proxy_runtime = Some(tokio::runtime::Handle::current());
+        // Pooled origin connections keep the route they were opened with: renew them often
+        // enough that service changes reach steady traffic within a second.
+        bw_config.route_lease = Some(crate::live_routes::ROUTE_LEASE);
         let binding_worker =
             BindingWorker::start(bw_listener, bw_config).context("starting the binding-worker")?;
         let binding_worker_addr = binding_worker.local_addr();
