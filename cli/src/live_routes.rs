@@ -125,7 +125,9 @@ pub fn service_route(s: &Service) -> ServiceRoute {
         service_id: s.service_id,
         tunnel_id: s.tunnel_id(),
         target: match s.target() {
-            ServiceTarget::Hostname { name, resolvers } => RouteTarget::Hostname { name, resolvers },
+            ServiceTarget::Hostname { name, resolvers } => {
+                RouteTarget::Hostname { name, resolvers }
+            }
             ServiceTarget::Ips { ipv4, ipv6 } => RouteTarget::Ips { ipv4, ipv6 },
         },
         http_port: s.http_port(),

@@ -29,7 +29,9 @@ pub struct Remote {
 impl Remote {
     /// Connects (token from `WVPC_API_TOKEN`) and settles the account.
     pub async fn connect(api: &str, account: Option<&str>) -> anyhow::Result<Remote> {
-        let token = std::env::var("WVPC_API_TOKEN").ok().filter(|t| !t.is_empty());
+        let token = std::env::var("WVPC_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
         if token.is_none() {
             anyhow::bail!(
                 "--api {api} needs an API token in WVPC_API_TOKEN (create one with \

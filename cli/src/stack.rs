@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::live_routes::LiveRoutes;
 use anyhow::Context as _;
 use uuid::Uuid;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
 use wvpc_directory::{Directory, Service, ServiceTarget, TunnelAuthError};
-use crate::live_routes::LiveRoutes;
+use wvpc_iris::ServiceStore;
 use wvpc_iris::connect::{Router, RouterConfig};
 use wvpc_iris::edge::{AuthFailure, Edge, TunnelAuthority, TunnelRegistry};
-use wvpc_iris::ServiceStore;
 use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig};
 use wvpc_tunnel::EdgeIdentity;
 

@@ -119,7 +119,10 @@ async fn acknowledged_writes_survive_kill_9_mid_batch() {
     let token = state.token(Role::Admin, None);
     let (account, tunnel) = {
         let dir = Directory::open(state.path()).unwrap();
-        (dir.account_id().to_owned(), dir.create_tunnel("office").unwrap().0.id)
+        (
+            dir.account_id().to_owned(),
+            dir.create_tunnel("office").unwrap().0.id,
+        )
     };
     let mut server = Server::start(&state);
     let path = format!("/accounts/{account}/connectivity/directory/services");
@@ -175,49 +178,123 @@ async fn acknowledged_writes_survive_kill_9_mid_batch() {
     }
     // At most the four in-flight writes may have committed without their answer.
     let total = info.unwrap().total_count;
-    assert!(total >= acked.len() && total <= acked.len() + 4, "{total} stored, {} acked", acked.len());
-    eprintln!("kill -9 after {} acknowledged writes: all {} present ({total} stored)", acked.len(), acked.len());
+    assert!(
+        total >= acked.len() && total <= acked.len() + 4,
+        "{total} stored, {} acked",
+        acked.len()
+    );
+    eprintln!(
+        "kill -9 after {} acknowledged writes: all {} present ({total} stored)",
+        acked.len(),
+        acked.len()
+    );
     drop(server);
-    Directory::open(state.path()).unwrap().check_integrity().unwrap();
+    Directory::open(state.path())
+        .unwrap()
+        .check_integrity()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_commands_talk_to_the_api_with_the_same_flags_and_output() {
     let state = State::new();
     let token = state.token(Role::Admin, None);
-    let tunnel = Directory::open(state.path()).unwrap().create_tunnel("office").unwrap().0.id.to_string();
+    let tunnel = Directory::open(state.path())
+        .unwrap()
+        .create_tunnel("office")
+        .unwrap()
+        .0
+        .id
+        .to_string();
     let server = Server::start(&state);
     // A separate, empty state: every answer must come from the API.
     let client_state = State::new();
     let api = server.addr();
-    let env = [("WVPC_API", api.as_str()), ("WVPC_API_TOKEN", token.as_str())];
+    let env = [
+        ("WVPC_API", api.as_str()),
+        ("WVPC_API_TOKEN", token.as_str()),
+    ];
     let run = |args: &[&str]| client_state.wvpc(args, &env);
 
-    let created = run(&["service", "create", "api", "--type", "http", "--tunnel-id", &tunnel, "--hostname", "api.internal", "--http-port", "8080"]);
+    let created = run(&[
+        "service",
+        "create",
+        "api",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &tunnel,
+        "--hostname",
+        "api.internal",
+        "--http-port",
+        "8080",
+    ]);
     assert!(created.status.success(), "{}", stderr(&created));
     let text = stdout(&created);
     assert!(text.starts_with("✅ Created VPC service: "), "{text}");
-    assert!(text.contains("   Tunnel ID: ") && text.contains("(office)"), "{text}");
-    let id = text.lines().next().unwrap().rsplit(' ').next().unwrap().to_owned();
+    assert!(
+        text.contains("   Tunnel ID: ") && text.contains("(office)"),
+        "{text}"
+    );
+    let id = text
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
 
     let listed = stdout(&run(&["service", "list"]));
     let mut lines = listed.lines();
     assert_eq!(
         lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
-        ["ID", "NAME", "TYPE", "PORTS", "HOST", "TUNNEL", "CREATED", "MODIFIED"]
+        [
+            "ID", "NAME", "TYPE", "PORTS", "HOST", "TUNNEL", "CREATED", "MODIFIED"
+        ]
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(&row[..5], [id.as_str(), "api", "http", "HTTP:8080", "api.internal"]);
+    assert_eq!(
+        &row[..5],
+        [id.as_str(), "api", "http", "HTTP:8080", "api.internal"]
+    );
 
-    let got: Value = serde_json::from_str(&stdout(&run(&["service", "get", &id, "--json"]))).unwrap();
+    let got: Value =
+        serde_json::from_str(&stdout(&run(&["service", "get", &id, "--json"]))).unwrap();
     assert_eq!(got["host"]["hostname"], "api.internal");
 
-    let updated = run(&["service", "update", &id, "--name", "db", "--type", "tcp", "--tunnel-id", &tunnel, "--ipv4", "10.0.0.5", "--tcp-port", "5432"]);
+    let updated = run(&[
+        "service",
+        "update",
+        &id,
+        "--name",
+        "db",
+        "--type",
+        "tcp",
+        "--tunnel-id",
+        &tunnel,
+        "--ipv4",
+        "10.0.0.5",
+        "--tcp-port",
+        "5432",
+    ]);
     assert!(updated.status.success(), "{}", stderr(&updated));
     assert!(stdout(&updated).contains("   TCP port: 5432"));
 
     // Validation problems come back from the API and are shown with their flags.
-    let invalid = run(&["service", "create", "bad", "--type", "http", "--tunnel-id", &tunnel, "--hostname", "https://x/", "--http-port", "0"]);
+    let invalid = run(&[
+        "service",
+        "create",
+        "bad",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &tunnel,
+        "--hostname",
+        "https://x/",
+        "--http-port",
+        "0",
+    ]);
     assert_eq!(invalid.status.code(), Some(1));
     let err = stderr(&invalid);
     assert!(err.contains("--hostname (host.hostname): "), "{err}");
@@ -226,18 +303,43 @@ async fn service_commands_talk_to_the_api_with_the_same_flags_and_output() {
     let deleted = run(&["service", "delete", &id]);
     assert_eq!(stdout(&deleted), format!("✅ Deleted VPC service: {id}\n"));
     let missing = run(&["service", "get", &id]);
-    assert!(stderr(&missing).contains(&format!("no VPC service {id}")), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains(&format!("no VPC service {id}")),
+        "{}",
+        stderr(&missing)
+    );
 
     // A read token lists but may not create; the error names the role.
     let read = state.token(Role::Read, None);
     let denied = client_state.wvpc(
-        &["service", "create", "x", "--type", "http", "--tunnel-id", &tunnel, "--ipv4", "10.0.0.1"],
-        &[("WVPC_API", api.as_str()), ("WVPC_API_TOKEN", read.as_str())],
+        &[
+            "service",
+            "create",
+            "x",
+            "--type",
+            "http",
+            "--tunnel-id",
+            &tunnel,
+            "--ipv4",
+            "10.0.0.1",
+        ],
+        &[
+            ("WVPC_API", api.as_str()),
+            ("WVPC_API_TOKEN", read.as_str()),
+        ],
     );
-    assert!(stderr(&denied).contains("[10001] creating a VPC service needs the admin role"), "{}", stderr(&denied));
+    assert!(
+        stderr(&denied).contains("[10001] creating a VPC service needs the admin role"),
+        "{}",
+        stderr(&denied)
+    );
     // Without a token: a clear error before any request.
     let no_token = client_state.wvpc(&["service", "list"], &[("WVPC_API", api.as_str())]);
-    assert!(stderr(&no_token).contains("needs an API token in WVPC_API_TOKEN"), "{}", stderr(&no_token));
+    assert!(
+        stderr(&no_token).contains("needs an API token in WVPC_API_TOKEN"),
+        "{}",
+        stderr(&no_token)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,8 +348,18 @@ async fn deploy_uploads_the_script_and_the_directory_names_what_it_refuses() {
     let (api_service, other_service) = {
         let dir = Directory::open(state.path()).unwrap();
         let tunnel = dir.create_tunnel("office").unwrap().0.id;
-        let api = dir.create_service(&ServiceInput::http("api", HostInput::hostname("api.internal", tunnel))).unwrap();
-        let other = dir.create_service(&ServiceInput::http("other", HostInput::hostname("o.internal", tunnel))).unwrap();
+        let api = dir
+            .create_service(&ServiceInput::http(
+                "api",
+                HostInput::hostname("api.internal", tunnel),
+            ))
+            .unwrap();
+        let other = dir
+            .create_service(&ServiceInput::http(
+                "other",
+                HostInput::hostname("o.internal", tunnel),
+            ))
+            .unwrap();
         (api.service_id, other.service_id)
     };
     let scoped = state.token(Role::Bind, Some(vec![api_service]));
@@ -260,24 +372,36 @@ async fn deploy_uploads_the_script_and_the_directory_names_what_it_refuses() {
     let deploy = |bindings: &str| {
         std::fs::write(
             &config,
-            format!(r#"{{ "name": "proxy", "main": "worker.wasm", "vpc_services": [{bindings}] }}"#),
+            format!(
+                r#"{{ "name": "proxy", "main": "worker.wasm", "vpc_services": [{bindings}] }}"#
+            ),
         )
         .unwrap();
         project.wvpc(
             &["deploy", "--config", config.to_str().unwrap()],
-            &[("WVPC_API", api.as_str()), ("WVPC_API_TOKEN", scoped.as_str())],
+            &[
+                ("WVPC_API", api.as_str()),
+                ("WVPC_API_TOKEN", scoped.as_str()),
+            ],
         )
     };
 
     let ok = deploy(r#"{ "binding": "API", "service": "api" }"#);
     assert!(ok.status.success(), "{}", stderr(&ok));
-    assert!(stdout(&ok).contains(&format!("   binding API -> VPC service {api_service}")), "{}", stdout(&ok));
+    assert!(
+        stdout(&ok).contains(&format!("   binding API -> VPC service {api_service}")),
+        "{}",
+        stdout(&ok)
+    );
 
     let refused = deploy(&format!(
         r#"{{ "binding": "API", "service": "api" }}, {{ "binding": "OTHER", "service_id": "{other_service}" }}, {{ "binding": "GONE", "service": "gone" }}"#
     ));
     assert_eq!(refused.status.code(), Some(1));
-    let account = Directory::open(state.path()).unwrap().account_id().to_owned();
+    let account = Directory::open(state.path())
+        .unwrap()
+        .account_id()
+        .to_owned();
     let err = stderr(&refused);
     assert!(
         err.contains(&format!(
@@ -294,7 +418,11 @@ async fn deploy_uploads_the_script_and_the_directory_names_what_it_refuses() {
         "{err}"
     );
     // Nothing of the refused upload was stored: the first deploy is still there.
-    let script = Directory::open(state.path()).unwrap().script("proxy").unwrap().unwrap();
+    let script = Directory::open(state.path())
+        .unwrap()
+        .script("proxy")
+        .unwrap()
+        .unwrap();
     assert_eq!(script.bindings.len(), 1);
 }
 
@@ -303,14 +431,19 @@ async fn deploy_uploads_the_script_and_the_directory_names_what_it_refuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrangler_vpc_service_commands_work_against_the_directory() {
     let Some(wrangler) = std::env::var_os("WRANGLER") else {
-        eprintln!("skipping: set WRANGLER to a wrangler binary (e.g. node_modules/.bin/wrangler) to run this test");
+        eprintln!(
+            "skipping: set WRANGLER to a wrangler binary (e.g. node_modules/.bin/wrangler) to run this test"
+        );
         return;
     };
     let state = State::new();
     let token = state.token(Role::Admin, None);
     let (account, tunnel) = {
         let dir = Directory::open(state.path()).unwrap();
-        (dir.account_id().to_owned(), dir.create_tunnel("office").unwrap().0.id.to_string())
+        (
+            dir.account_id().to_owned(),
+            dir.create_tunnel("office").unwrap().0.id.to_string(),
+        )
     };
     let server = Server::start(&state);
     let home = State::new();
@@ -333,10 +466,26 @@ async fn wrangler_vpc_service_commands_work_against_the_directory() {
             .env("NO_COLOR", "1")
             .output()
             .expect("run wrangler");
-        (output.status.success(), format!("{}{}", stdout(&output), stderr(&output)))
+        (
+            output.status.success(),
+            format!("{}{}", stdout(&output), stderr(&output)),
+        )
     };
 
-    let (ok, out) = wrangler(&["vpc", "service", "create", "api", "--type", "http", "--tunnel-id", &tunnel, "--hostname", "api.internal", "--http-port", "8080"]);
+    let (ok, out) = wrangler(&[
+        "vpc",
+        "service",
+        "create",
+        "api",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &tunnel,
+        "--hostname",
+        "api.internal",
+        "--http-port",
+        "8080",
+    ]);
     assert!(ok, "{out}");
     let id = out
         .lines()
@@ -344,26 +493,65 @@ async fn wrangler_vpc_service_commands_work_against_the_directory() {
         .unwrap_or_else(|| panic!("no service id in: {out}"))
         .trim()
         .to_owned();
-    let stored = Directory::open(state.path()).unwrap().service(id.parse().unwrap()).unwrap().unwrap();
+    let stored = Directory::open(state.path())
+        .unwrap()
+        .service(id.parse().unwrap())
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.name, "api");
     assert_eq!(stored.http_port(), Some(8080));
 
     let (ok, out) = wrangler(&["vpc", "service", "list"]);
-    assert!(ok && out.contains(&id) && out.contains("api.internal") && out.contains("HTTP:8080"), "{out}");
+    assert!(
+        ok && out.contains(&id) && out.contains("api.internal") && out.contains("HTTP:8080"),
+        "{out}"
+    );
 
     let (ok, out) = wrangler(&["vpc", "service", "get", &id]);
     assert!(ok && out.contains("Hostname: api.internal"), "{out}");
 
-    let (ok, out) = wrangler(&["vpc", "service", "update", &id, "--name", "api2", "--type", "http", "--tunnel-id", &tunnel, "--ipv4", "10.0.0.5", "--http-port", "8081"]);
+    let (ok, out) = wrangler(&[
+        "vpc",
+        "service",
+        "update",
+        &id,
+        "--name",
+        "api2",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &tunnel,
+        "--ipv4",
+        "10.0.0.5",
+        "--http-port",
+        "8081",
+    ]);
     assert!(ok && out.contains("IPv4: 10.0.0.5"), "{out}");
 
     // Our validation's message reaches the wrangler user.
-    let (ok, out) = wrangler(&["vpc", "service", "create", "bad", "--type", "http", "--tunnel-id", &Uuid::new_v4().to_string(), "--ipv4", "10.0.0.1"]);
+    let (ok, out) = wrangler(&[
+        "vpc",
+        "service",
+        "create",
+        "bad",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &Uuid::new_v4().to_string(),
+        "--ipv4",
+        "10.0.0.1",
+    ]);
     assert!(!ok && out.contains("host.network.tunnel_id"), "{out}");
 
     let (ok, out) = wrangler(&["vpc", "service", "delete", &id]);
     assert!(ok, "{out}");
-    assert!(Directory::open(state.path()).unwrap().list_services(None).unwrap().is_empty());
+    assert!(
+        Directory::open(state.path())
+            .unwrap()
+            .list_services(None)
+            .unwrap()
+            .is_empty()
+    );
     let (ok, out) = wrangler(&["vpc", "service", "list"]);
     assert!(ok && !out.contains(&id), "{out}");
 }

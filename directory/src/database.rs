@@ -215,11 +215,10 @@ impl Directory {
             .prepare("PRAGMA integrity_check")?
             .query_map([], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
-        let foreign: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_foreign_key_check",
-            [],
-            |row| row.get(0),
-        )?;
+        let foreign: i64 =
+            conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |row| {
+                row.get(0)
+            })?;
         if integrity == ["ok"] && foreign == 0 {
             return Ok(());
         }

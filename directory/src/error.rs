@@ -99,8 +99,6 @@ pub enum DirectoryError {
     #[error("no script {0:?} in this account")]
     ScriptNotFound(String),
     /// A script name breaks the naming rules.
-    #[error(
-        "invalid script name {0:?}: use 1 to 63 letters, digits, '-' or '_'"
-    )]
+    #[error("invalid script name {0:?}: use 1 to 63 letters, digits, '-' or '_'")]
     InvalidScriptName(String),
 }

@@ -24,17 +24,18 @@
 pub mod api;
 mod database;
 mod error;
+pub mod scripts;
 pub mod service;
 pub mod service_input;
 mod services;
-pub mod tunnel;
-pub mod scripts;
 mod snapshot;
 pub mod tokens;
+pub mod tunnel;
 pub mod validation;
 
 pub use database::{DB_FILE_NAME, Directory};
 pub use error::DirectoryError;
+pub use scripts::{BindingRefusal, BindingRequest, Script, ScriptBinding, ServiceRef};
 pub use service::{
     AppProtocol, CertVerificationMode, DEFAULT_DNS_PORT, DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT,
     Host, Network, ResolverAddrError, ResolverNetwork, Service, ServiceKind, ServiceTarget,
@@ -43,7 +44,6 @@ pub use service::{
 pub use service_input::{
     HostInput, NetworkInput, ResolverNetworkInput, ServiceInput, TlsSettingsInput,
 };
-pub use scripts::{BindingRefusal, BindingRequest, Script, ScriptBinding, ServiceRef};
 pub use services::SERVICE_LIMIT;
 pub use snapshot::RouteSnapshot;
 pub use tokens::{Account, ApiToken, Role};

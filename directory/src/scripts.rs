@@ -264,7 +264,11 @@ impl Directory {
             )?;
             Ok(script)
         })?;
-        tracing::debug!(script = name, bindings = script.bindings.len(), "script deployed");
+        tracing::debug!(
+            script = name,
+            bindings = script.bindings.len(),
+            "script deployed"
+        );
         Ok(script)
     }
 
@@ -283,7 +287,9 @@ impl Directory {
     pub fn script(&self, name: &str) -> Result<Option<Script>, DirectoryError> {
         self.read(|conn| {
             conn.query_row(
-                &format!("SELECT {SCRIPT_COLUMNS} FROM scripts WHERE account_id = ?1 AND name = ?2"),
+                &format!(
+                    "SELECT {SCRIPT_COLUMNS} FROM scripts WHERE account_id = ?1 AND name = ?2"
+                ),
                 [self.account_id(), name],
                 script_from_row,
             )

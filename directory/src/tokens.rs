@@ -268,7 +268,8 @@ impl RawToken {
             what: format!("API token {}", self.id),
             detail,
         };
-        let role = Role::parse(&self.role).ok_or_else(|| corrupt(format!("role {:?}", self.role)))?;
+        let role =
+            Role::parse(&self.role).ok_or_else(|| corrupt(format!("role {:?}", self.role)))?;
         let services = self
             .services
             .as_deref()
@@ -296,7 +297,10 @@ mod tests {
         let state = TempState::new();
         let dir = state.open();
         let (token, secret) = dir.create_token("ci", Role::Bind, None).unwrap();
-        assert!(secret.starts_with(TOKEN_PREFIX) && secret.len() > 40, "{secret}");
+        assert!(
+            secret.starts_with(TOKEN_PREFIX) && secret.len() > 40,
+            "{secret}"
+        );
         assert_eq!(dir.authenticate(&secret).unwrap(), Some(token.clone()));
         assert_eq!(dir.authenticate(&format!("{secret}x")).unwrap(), None);
         assert_eq!(dir.authenticate("").unwrap(), None);
@@ -342,7 +346,12 @@ mod tests {
         assert_eq!(token.account_id, other.id);
         assert!(dir.list_tokens().unwrap().is_empty());
         assert_eq!(view.list_tokens().unwrap(), vec![token]);
-        let ids: Vec<String> = dir.list_accounts().unwrap().into_iter().map(|a| a.id).collect();
+        let ids: Vec<String> = dir
+            .list_accounts()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
         assert_eq!(ids, vec![dir.account_id().to_owned(), other.id]);
     }
 }

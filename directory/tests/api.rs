@@ -81,7 +81,8 @@ impl Api {
     }
 
     async fn start_with(limit: usize) -> Api {
-        let state = TempState(std::env::temp_dir().join(format!("wvpc-api-test-{}", Uuid::new_v4())));
+        let state =
+            TempState(std::env::temp_dir().join(format!("wvpc-api-test-{}", Uuid::new_v4())));
         let dir = Arc::new(Directory::open(&state.0).unwrap().with_service_limit(limit));
         let (_, admin) = dir.create_token("admin", Role::Admin, None).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -98,10 +99,19 @@ impl Api {
     }
 
     fn token(&self, role: Role, services: Option<Vec<Uuid>>) -> String {
-        self.dir.create_token(&format!("{role}-token"), role, services).unwrap().1
+        self.dir
+            .create_token(&format!("{role}-token"), role, services)
+            .unwrap()
+            .1
     }
 
-    async fn raw(&self, token: Option<&str>, method: Method, path: &str, body: Option<(&str, Bytes)>) -> Answer {
+    async fn raw(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> Answer {
         let client = ApiClient::new(&self.base, token.map(str::to_owned)).unwrap();
         let response = client.send(method, path, body).await.unwrap();
         assert_eq!(
@@ -137,13 +147,19 @@ impl Api {
     }
 
     async fn tunnel(&self, name: &str) -> String {
-        let answer = self.admin(Method::POST, &self.tunnels(), Some(json!({ "name": name }))).await;
+        let answer = self
+            .admin(Method::POST, &self.tunnels(), Some(json!({ "name": name })))
+            .await;
         answer.result()["id"].as_str().unwrap().to_owned()
     }
 
     async fn service(&self, name: &str, tunnel: &str) -> String {
         let answer = self
-            .admin(Method::POST, &self.services(), Some(http_service(name, tunnel)))
+            .admin(
+                Method::POST,
+                &self.services(),
+                Some(http_service(name, tunnel)),
+            )
             .await;
         assert_eq!(answer.status, 200, "{:#}", answer.body);
         answer.result()["service_id"].as_str().unwrap().to_owned()
@@ -168,17 +184,32 @@ async fn requests_without_or_with_a_bad_token_get_401() {
     assert_eq!(none.status, 401);
     let (c, message) = none.error();
     assert_eq!(c, u64::from(code::AUTHENTICATION));
-    assert!(message.contains("no API token") && message.contains("Authorization: Bearer"), "{message}");
+    assert!(
+        message.contains("no API token") && message.contains("Authorization: Bearer"),
+        "{message}"
+    );
 
-    let bad = api.raw(Some("wvpc_not-a-token"), Method::GET, &api.services(), None).await;
+    let bad = api
+        .raw(Some("wvpc_not-a-token"), Method::GET, &api.services(), None)
+        .await;
     assert_eq!(bad.status, 401);
     assert!(bad.error().1.contains("not valid"), "{:?}", bad.error());
 
     // A revoked token stops working.
     let (token, secret) = api.dir.create_token("old", Role::Admin, None).unwrap();
-    assert_eq!(api.call(&secret, Method::GET, &api.services(), None).await.status, 200);
+    assert_eq!(
+        api.call(&secret, Method::GET, &api.services(), None)
+            .await
+            .status,
+        200
+    );
     api.dir.delete_token(token.id).unwrap();
-    assert_eq!(api.call(&secret, Method::GET, &api.services(), None).await.status, 401);
+    assert_eq!(
+        api.call(&secret, Method::GET, &api.services(), None)
+            .await
+            .status,
+        401
+    );
 }
 
 #[tokio::test]
@@ -188,12 +219,27 @@ async fn a_missing_role_is_named_with_403() {
     let read = api.token(Role::Read, None);
     let bind = api.token(Role::Bind, None);
     // Read lists.
-    assert_eq!(api.call(&read, Method::GET, &api.services(), None).await.status, 200);
-    assert_eq!(api.call(&read, Method::GET, &api.tunnels(), None).await.status, 200);
+    assert_eq!(
+        api.call(&read, Method::GET, &api.services(), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        api.call(&read, Method::GET, &api.tunnels(), None)
+            .await
+            .status,
+        200
+    );
     // Only admins change services and tunnels.
     for token in [&read, &bind] {
         let denied = api
-            .call(token, Method::POST, &api.services(), Some(http_service("api", &tunnel)))
+            .call(
+                token,
+                Method::POST,
+                &api.services(),
+                Some(http_service("api", &tunnel)),
+            )
             .await;
         assert_eq!(denied.status, 403);
         let (c, message) = denied.error();
@@ -206,10 +252,27 @@ async fn a_missing_role_is_named_with_403() {
                  the {role} role (create a token with `wvpc token create --role admin`)"
             )
         );
-        let denied = api.call(token, Method::POST, &api.tunnels(), Some(json!({"name": "x"}))).await;
-        assert_eq!((denied.status, denied.error().0), (403, u64::from(code::ROLE_MISSING)));
+        let denied = api
+            .call(
+                token,
+                Method::POST,
+                &api.tunnels(),
+                Some(json!({"name": "x"})),
+            )
+            .await;
+        assert_eq!(
+            (denied.status, denied.error().0),
+            (403, u64::from(code::ROLE_MISSING))
+        );
     }
-    let denied = api.call(&read, Method::GET, &format!("{}/{tunnel}/token", api.tunnels()), None).await;
+    let denied = api
+        .call(
+            &read,
+            Method::GET,
+            &format!("{}/{tunnel}/token", api.tunnels()),
+            None,
+        )
+        .await;
     assert_eq!(denied.status, 403);
 }
 
@@ -235,18 +298,33 @@ async fn accounts_are_isolated() {
         )
     );
     // Their token works there, and sees only their account.
-    assert_eq!(api.call(&other_admin, Method::GET, &path, None).await.status, 200);
+    assert_eq!(
+        api.call(&other_admin, Method::GET, &path, None)
+            .await
+            .status,
+        200
+    );
     let accounts = api.call(&other_admin, Method::GET, "/accounts", None).await;
-    assert_eq!(accounts.result(), &json!([{ "id": other.id, "name": "other", "created_on": other.created_at }]));
+    assert_eq!(
+        accounts.result(),
+        &json!([{ "id": other.id, "name": "other", "created_on": other.created_at }])
+    );
 
     // An account that does not exist: 404.
     let unknown = api
-        .admin(Method::GET, "/accounts/00000000000000000000000000000000/cfd_tunnel", None)
+        .admin(
+            Method::GET,
+            "/accounts/00000000000000000000000000000000/cfd_tunnel",
+            None,
+        )
         .await;
     assert_eq!(unknown.status, 404);
     let (c, message) = unknown.error();
     assert_eq!(c, u64::from(code::UNKNOWN_OBJECT));
-    assert!(message.starts_with("no account \"00000000000000000000000000000000\""), "{message}");
+    assert!(
+        message.starts_with("no account \"00000000000000000000000000000000\""),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -255,7 +333,10 @@ async fn the_calls_clients_make_first_are_served() {
     let verify = api.admin(Method::GET, "/user/tokens/verify", None).await;
     assert_eq!(verify.result()["status"], "active");
     let memberships = api.admin(Method::GET, "/memberships", None).await;
-    assert_eq!(memberships.result()[0]["account"]["id"], api.account.as_str());
+    assert_eq!(
+        memberships.result()[0]["account"]["id"],
+        api.account.as_str()
+    );
     let accounts = api.admin(Method::GET, "/accounts", None).await;
     assert_eq!(accounts.result()[0]["id"], api.account.as_str());
     assert_eq!(accounts.body["result_info"]["total_count"], 1);
@@ -265,11 +346,24 @@ async fn the_calls_clients_make_first_are_served() {
 async fn unknown_paths_and_methods_are_404_and_405() {
     let api = Api::start().await;
     let nowhere = api.admin(Method::GET, "/zones", None).await;
-    assert_eq!((nowhere.status, nowhere.error().0), (404, u64::from(code::NO_ROUTE)));
-    let nowhere = api.admin(Method::GET, &format!("/accounts/{}/nothing", api.account), None).await;
+    assert_eq!(
+        (nowhere.status, nowhere.error().0),
+        (404, u64::from(code::NO_ROUTE))
+    );
+    let nowhere = api
+        .admin(
+            Method::GET,
+            &format!("/accounts/{}/nothing", api.account),
+            None,
+        )
+        .await;
     assert_eq!(nowhere.status, 404);
-    let client = ApiClient::new(&format!("{}/elsewhere", api.base), Some(api.admin.clone())).unwrap();
-    assert_eq!(client.send(Method::GET, "/x", None).await.unwrap().status, 404);
+    let client =
+        ApiClient::new(&format!("{}/elsewhere", api.base), Some(api.admin.clone())).unwrap();
+    assert_eq!(
+        client.send(Method::GET, "/x", None).await.unwrap().status,
+        404
+    );
     let patch = api.admin(Method::PATCH, &api.services(), None).await;
     assert_eq!(patch.status, 405);
     assert_eq!(
@@ -283,8 +377,13 @@ async fn unknown_paths_and_methods_are_404_and_405() {
             )
         )
     );
-    let bad_id = api.admin(Method::GET, &format!("{}/not-a-uuid", api.services()), None).await;
-    assert_eq!((bad_id.status, bad_id.error().0), (404, u64::from(code::UNKNOWN_OBJECT)));
+    let bad_id = api
+        .admin(Method::GET, &format!("{}/not-a-uuid", api.services()), None)
+        .await;
+    assert_eq!(
+        (bad_id.status, bad_id.error().0),
+        (404, u64::from(code::UNKNOWN_OBJECT))
+    );
 }
 
 // === services ===
@@ -293,7 +392,13 @@ async fn unknown_paths_and_methods_are_404_and_405() {
 async fn services_are_created_read_replaced_and_deleted() {
     let api = Api::start().await;
     let tunnel = api.tunnel("office").await;
-    let created = api.admin(Method::POST, &api.services(), Some(http_service("api", &tunnel))).await;
+    let created = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(http_service("api", &tunnel)),
+        )
+        .await;
     assert_eq!(created.status, 200);
     let service = created.result().clone();
     let id = service["service_id"].as_str().unwrap().to_owned();
@@ -301,7 +406,10 @@ async fn services_are_created_read_replaced_and_deleted() {
     assert_eq!(service["type"], "http");
     assert_eq!(service["http_port"], 8080);
     assert_eq!(service["host"]["hostname"], "api.internal");
-    assert_eq!(service["host"]["resolver_network"]["tunnel_id"], tunnel.as_str());
+    assert_eq!(
+        service["host"]["resolver_network"]["tunnel_id"],
+        tunnel.as_str()
+    );
     assert!(service["created_at"].is_string() && service["updated_at"].is_string());
 
     let path = format!("{}/{id}", api.services());
@@ -326,7 +434,10 @@ async fn services_are_created_read_replaced_and_deleted() {
     assert_eq!(replaced["type"], "tcp");
     assert_eq!(replaced["tcp_port"], 5432);
     assert_eq!(replaced["host"]["ipv4"], "10.0.0.5");
-    assert!(replaced.get("http_port").is_none_or(Value::is_null), "{replaced:#}");
+    assert!(
+        replaced.get("http_port").is_none_or(Value::is_null),
+        "{replaced:#}"
+    );
     assert_eq!(replaced["created_at"], service["created_at"]);
     // What GET returns can be PUT back unchanged (read-only keys are ignored).
     let again = api.admin(Method::PUT, &path, Some(replaced.clone())).await;
@@ -336,9 +447,20 @@ async fn services_are_created_read_replaced_and_deleted() {
     assert_eq!((deleted.status, deleted.result()), (200, &Value::Null));
     let gone = api.admin(Method::GET, &path, None).await;
     assert_eq!(gone.status, 404);
-    assert_eq!(gone.error(), (u64::from(code::SERVICE_NOT_FOUND), format!("no VPC service {id} in this account")));
+    assert_eq!(
+        gone.error(),
+        (
+            u64::from(code::SERVICE_NOT_FOUND),
+            format!("no VPC service {id} in this account")
+        )
+    );
     assert_eq!(api.admin(Method::DELETE, &path, None).await.status, 404);
-    assert_eq!(api.admin(Method::PUT, &path, Some(http_service("x", &tunnel))).await.status, 404);
+    assert_eq!(
+        api.admin(Method::PUT, &path, Some(http_service("x", &tunnel)))
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test]
@@ -370,7 +492,13 @@ async fn lists_are_paged_and_filtered_by_type() {
 
     let page = |n: usize| format!("{}?page={n}&per_page=2&type=http", api.services());
     let first = api.admin(Method::GET, &page(1), None).await;
-    let names: Vec<&str> = first.result().as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = first
+        .result()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["a", "b"]);
     assert_eq!(
         first.body["result_info"],
@@ -382,19 +510,38 @@ async fn lists_are_paged_and_filtered_by_type() {
     let past = api.admin(Method::GET, &page(3), None).await;
     assert_eq!(past.result(), &json!([]));
 
-    let only_tcp = api.admin(Method::GET, &format!("{}?type=tcp", api.services()), None).await;
+    let only_tcp = api
+        .admin(Method::GET, &format!("{}?type=tcp", api.services()), None)
+        .await;
     assert_eq!(only_tcp.result().as_array().unwrap().len(), 1);
     assert_eq!(only_tcp.result()[0]["service_id"], tcp_id);
 
     for (query, message) in [
         ("type=udp", "type=\"udp\": expected \"http\" or \"tcp\""),
-        ("per_page=0", "per_page=\"0\": expected a whole number from 1 to 1000"),
-        ("per_page=1001", "per_page=\"1001\": expected a whole number from 1 to 1000"),
-        ("page=x", &format!("page=\"x\": expected a whole number from 1 to {}", usize::MAX)),
+        (
+            "per_page=0",
+            "per_page=\"0\": expected a whole number from 1 to 1000",
+        ),
+        (
+            "per_page=1001",
+            "per_page=\"1001\": expected a whole number from 1 to 1000",
+        ),
+        (
+            "page=x",
+            &format!(
+                "page=\"x\": expected a whole number from 1 to {}",
+                usize::MAX
+            ),
+        ),
     ] {
-        let bad = api.admin(Method::GET, &format!("{}?{query}", api.services()), None).await;
+        let bad = api
+            .admin(Method::GET, &format!("{}?{query}", api.services()), None)
+            .await;
         assert_eq!(bad.status, 400, "{query}");
-        assert_eq!(bad.error(), (u64::from(code::INVALID_QUERY), message.to_owned()));
+        assert_eq!(
+            bad.error(),
+            (u64::from(code::INVALID_QUERY), message.to_owned())
+        );
     }
 }
 
@@ -425,8 +572,16 @@ async fn every_validation_problem_is_reported_at_once_with_its_path() {
         .await;
     assert_eq!(answer.status, 400);
     let errors = answer.errors();
-    assert!(errors.iter().all(|(c, _)| *c == u64::from(code::VALIDATION)), "{errors:?}");
-    let paths: Vec<&str> = errors.iter().map(|(_, m)| m.split(": ").next().unwrap()).collect();
+    assert!(
+        errors
+            .iter()
+            .all(|(c, _)| *c == u64::from(code::VALIDATION)),
+        "{errors:?}"
+    );
+    let paths: Vec<&str> = errors
+        .iter()
+        .map(|(_, m)| m.split(": ").next().unwrap())
+        .collect();
     for path in [
         "name",
         "http_port",
@@ -437,9 +592,15 @@ async fn every_validation_problem_is_reported_at_once_with_its_path() {
         "host.resolver_network.resolver_ips[0]",
         "tls_settings.cert_verification_mode",
     ] {
-        assert!(paths.contains(&path), "no problem reported for {path}: {errors:#?}");
+        assert!(
+            paths.contains(&path),
+            "no problem reported for {path}: {errors:#?}"
+        );
     }
-    assert!(!paths.contains(&"host.resolver_network.resolver_ips[1]"), "{errors:#?}");
+    assert!(
+        !paths.contains(&"host.resolver_network.resolver_ips[1]"),
+        "{errors:#?}"
+    );
 
     // Host variants are exclusive; tcp needs tcp_port; app_protocol only for tcp.
     let answer = api
@@ -459,37 +620,84 @@ async fn every_validation_problem_is_reported_at_once_with_its_path() {
         )
         .await;
     let messages: Vec<String> = answer.errors().into_iter().map(|(_, m)| m).collect();
-    assert!(messages.iter().any(|m| m.starts_with("tcp_port: ")), "{messages:#?}");
-    assert!(messages.iter().any(|m| m.starts_with("app_protocol: ")), "{messages:#?}");
-    assert!(messages.iter().any(|m| m.starts_with("host")), "{messages:#?}");
+    assert!(
+        messages.iter().any(|m| m.starts_with("tcp_port: ")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.starts_with("app_protocol: ")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.starts_with("host")),
+        "{messages:#?}"
+    );
     // Nothing was stored.
-    assert_eq!(api.admin(Method::GET, &api.services(), None).await.result(), &json!([]));
+    assert_eq!(
+        api.admin(Method::GET, &api.services(), None).await.result(),
+        &json!([])
+    );
 }
 
 #[tokio::test]
 async fn malformed_bodies_are_refused_with_their_status() {
     let api = Api::start().await;
     let json_body = |text: &str| Some(("application/json", Bytes::from(text.to_owned())));
-    let broken = api.raw(Some(&api.admin), Method::POST, &api.services(), json_body("{\"name\":")).await;
-    assert_eq!((broken.status, broken.error().0), (400, u64::from(code::INVALID_JSON)));
-    assert!(broken.error().1.starts_with("invalid JSON body: "), "{:?}", broken.error());
+    let broken = api
+        .raw(
+            Some(&api.admin),
+            Method::POST,
+            &api.services(),
+            json_body("{\"name\":"),
+        )
+        .await;
+    assert_eq!(
+        (broken.status, broken.error().0),
+        (400, u64::from(code::INVALID_JSON))
+    );
+    assert!(
+        broken.error().1.starts_with("invalid JSON body: "),
+        "{:?}",
+        broken.error()
+    );
 
     let typo = api
-        .raw(Some(&api.admin), Method::POST, &api.services(), json_body(r#"{"name":"a","type":"http","host":{"hostname":"a","resolver_ip":[]}}"#))
+        .raw(
+            Some(&api.admin),
+            Method::POST,
+            &api.services(),
+            json_body(r#"{"name":"a","type":"http","host":{"hostname":"a","resolver_ip":[]}}"#),
+        )
         .await;
     assert_eq!(typo.status, 400);
     assert!(typo.error().1.contains("resolver_ip"), "{:?}", typo.error());
 
     let form = api
-        .raw(Some(&api.admin), Method::POST, &api.services(), Some(("text/plain", Bytes::from_static(b"name=a"))))
+        .raw(
+            Some(&api.admin),
+            Method::POST,
+            &api.services(),
+            Some(("text/plain", Bytes::from_static(b"name=a"))),
+        )
         .await;
-    assert_eq!((form.status, form.error().0), (415, u64::from(code::UNSUPPORTED_MEDIA_TYPE)));
+    assert_eq!(
+        (form.status, form.error().0),
+        (415, u64::from(code::UNSUPPORTED_MEDIA_TYPE))
+    );
 
     let huge = vec![b' '; wvpc_directory::api::MAX_JSON_BODY + 1];
     let too_large = api
-        .raw(Some(&api.admin), Method::POST, &api.services(), Some(("application/json", Bytes::from(huge))))
+        .raw(
+            Some(&api.admin),
+            Method::POST,
+            &api.services(),
+            Some(("application/json", Bytes::from(huge))),
+        )
         .await;
-    assert_eq!((too_large.status, too_large.error().0), (413, u64::from(code::PAYLOAD_TOO_LARGE)));
+    assert_eq!(
+        (too_large.status, too_large.error().0),
+        (413, u64::from(code::PAYLOAD_TOO_LARGE))
+    );
 }
 
 #[tokio::test]
@@ -498,7 +706,13 @@ async fn the_service_limit_is_enforced_with_a_clear_error() {
     let tunnel = api.tunnel("office").await;
     api.service("a", &tunnel).await;
     let b = api.service("b", &tunnel).await;
-    let third = api.admin(Method::POST, &api.services(), Some(http_service("c", &tunnel))).await;
+    let third = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(http_service("c", &tunnel)),
+        )
+        .await;
     assert_eq!(third.status, 409);
     assert_eq!(
         third.error(),
@@ -507,7 +721,9 @@ async fn the_service_limit_is_enforced_with_a_clear_error() {
             "this account already has 2 VPC services, the maximum; delete one first".to_owned()
         )
     );
-    api.admin(Method::DELETE, &format!("{}/{b}", api.services()), None).await.result();
+    api.admin(Method::DELETE, &format!("{}/{b}", api.services()), None)
+        .await
+        .result();
     api.service("c", &tunnel).await;
 }
 
@@ -516,41 +732,89 @@ async fn the_service_limit_is_enforced_with_a_clear_error() {
 #[tokio::test]
 async fn tunnels_are_created_with_credentials_listed_and_deleted() {
     let api = Api::start().await;
-    let created = api.admin(Method::POST, &api.tunnels(), Some(json!({ "name": "office", "config_src": "local" }))).await;
+    let created = api
+        .admin(
+            Method::POST,
+            &api.tunnels(),
+            Some(json!({ "name": "office", "config_src": "local" })),
+        )
+        .await;
     let tunnel = created.result().clone();
     let id = tunnel["id"].as_str().unwrap().to_owned();
     assert_eq!(tunnel["name"], "office");
     assert_eq!(tunnel["account_tag"], api.account.as_str());
     assert_eq!(tunnel["credentials_file"]["TunnelID"], id.as_str());
-    assert_eq!(tunnel["credentials_file"]["AccountTag"], api.account.as_str());
+    assert_eq!(
+        tunnel["credentials_file"]["AccountTag"],
+        api.account.as_str()
+    );
     let token = tunnel["token"].as_str().unwrap();
     let credentials = wvpc_directory::Credentials::from_token(token).unwrap();
     assert_eq!(credentials.tunnel_id.to_string(), id);
     // The token authorizes a connector.
-    api.dir.authorize_tunnel(credentials.tunnel_id, &api.account, &credentials.tunnel_secret).unwrap();
+    api.dir
+        .authorize_tunnel(
+            credentials.tunnel_id,
+            &api.account,
+            &credentials.tunnel_secret,
+        )
+        .unwrap();
 
     let listed = api.admin(Method::GET, &api.tunnels(), None).await;
     assert_eq!(listed.result().as_array().unwrap().len(), 1);
-    assert!(listed.result()[0].get("token").is_none() && listed.result()[0].get("credentials_file").is_none());
-    let one = api.admin(Method::GET, &format!("{}/{id}", api.tunnels()), None).await;
+    assert!(
+        listed.result()[0].get("token").is_none()
+            && listed.result()[0].get("credentials_file").is_none()
+    );
+    let one = api
+        .admin(Method::GET, &format!("{}/{id}", api.tunnels()), None)
+        .await;
     assert_eq!(one.result()["name"], "office");
-    let again = api.admin(Method::GET, &format!("{}/{id}/token", api.tunnels()), None).await;
+    let again = api
+        .admin(Method::GET, &format!("{}/{id}/token", api.tunnels()), None)
+        .await;
     assert_eq!(again.result(), token);
 
-    let taken = api.admin(Method::POST, &api.tunnels(), Some(json!({ "name": "office" }))).await;
+    let taken = api
+        .admin(
+            Method::POST,
+            &api.tunnels(),
+            Some(json!({ "name": "office" })),
+        )
+        .await;
     assert_eq!(taken.status, 409);
     assert_eq!(
         taken.error(),
-        (u64::from(code::TUNNEL_NAME_TAKEN), "a tunnel named \"office\" already exists in this account; pick another name".to_owned())
+        (
+            u64::from(code::TUNNEL_NAME_TAKEN),
+            "a tunnel named \"office\" already exists in this account; pick another name"
+                .to_owned()
+        )
     );
-    let blank = api.admin(Method::POST, &api.tunnels(), Some(json!({ "name": "" }))).await;
-    assert_eq!((blank.status, blank.error().0), (400, u64::from(code::INVALID_TUNNEL_NAME)));
-    let unknown_key = api.admin(Method::POST, &api.tunnels(), Some(json!({ "name": "x", "tunnel_secret": "abc" }))).await;
-    assert_eq!((unknown_key.status, unknown_key.error().0), (400, u64::from(code::INVALID_JSON)));
+    let blank = api
+        .admin(Method::POST, &api.tunnels(), Some(json!({ "name": "" })))
+        .await;
+    assert_eq!(
+        (blank.status, blank.error().0),
+        (400, u64::from(code::INVALID_TUNNEL_NAME))
+    );
+    let unknown_key = api
+        .admin(
+            Method::POST,
+            &api.tunnels(),
+            Some(json!({ "name": "x", "tunnel_secret": "abc" })),
+        )
+        .await;
+    assert_eq!(
+        (unknown_key.status, unknown_key.error().0),
+        (400, u64::from(code::INVALID_JSON))
+    );
 
     // Refused while services use it, naming them.
     let service = api.service("api", &id).await;
-    let refused = api.admin(Method::DELETE, &format!("{}/{id}", api.tunnels()), None).await;
+    let refused = api
+        .admin(Method::DELETE, &format!("{}/{id}", api.tunnels()), None)
+        .await;
     assert_eq!(refused.status, 409);
     assert_eq!(
         refused.error(),
@@ -562,11 +826,24 @@ async fn tunnels_are_created_with_credentials_listed_and_deleted() {
             )
         )
     );
-    api.admin(Method::DELETE, &format!("{}/{service}", api.services()), None).await.result();
-    let deleted = api.admin(Method::DELETE, &format!("{}/{id}", api.tunnels()), None).await;
+    api.admin(
+        Method::DELETE,
+        &format!("{}/{service}", api.services()),
+        None,
+    )
+    .await
+    .result();
+    let deleted = api
+        .admin(Method::DELETE, &format!("{}/{id}", api.tunnels()), None)
+        .await;
     assert_eq!(deleted.result()["id"], id.as_str());
-    let gone = api.admin(Method::GET, &format!("{}/{id}", api.tunnels()), None).await;
-    assert_eq!((gone.status, gone.error().0), (404, u64::from(code::TUNNEL_NOT_FOUND)));
+    let gone = api
+        .admin(Method::GET, &format!("{}/{id}", api.tunnels()), None)
+        .await;
+    assert_eq!(
+        (gone.status, gone.error().0),
+        (404, u64::from(code::TUNNEL_NOT_FOUND))
+    );
 }
 
 // === scripts ===
@@ -583,14 +860,25 @@ fn upload(metadata: &Value, module: &[u8]) -> (String, Bytes) {
     .into_bytes();
     body.extend_from_slice(module);
     body.extend_from_slice(b"\r\n--B0undary--\r\n");
-    ("multipart/form-data; boundary=B0undary".to_owned(), Bytes::from(body))
+    (
+        "multipart/form-data; boundary=B0undary".to_owned(),
+        Bytes::from(body),
+    )
 }
 
 impl Api {
     async fn deploy(&self, token: &str, name: &str, bindings: Value) -> Answer {
-        let (content_type, body) = upload(&json!({ "main_module": "worker.wasm", "bindings": bindings }), WASM);
-        self.raw(Some(token), Method::PUT, &format!("{}/{name}", self.scripts()), Some((&content_type, body)))
-            .await
+        let (content_type, body) = upload(
+            &json!({ "main_module": "worker.wasm", "bindings": bindings }),
+            WASM,
+        );
+        self.raw(
+            Some(token),
+            Method::PUT,
+            &format!("{}/{name}", self.scripts()),
+            Some((&content_type, body)),
+        )
+        .await
     }
 }
 
@@ -625,10 +913,24 @@ async fn scripts_are_uploaded_with_bindings_by_id_or_name_listed_and_deleted() {
     let read = api.token(Role::Read, None);
     let listed = api.call(&read, Method::GET, &api.scripts(), None).await;
     assert_eq!(listed.result(), &json!([script]));
-    let got = api.call(&read, Method::GET, &format!("{}/proxy", api.scripts()), None).await;
+    let got = api
+        .call(
+            &read,
+            Method::GET,
+            &format!("{}/proxy", api.scripts()),
+            None,
+        )
+        .await;
     assert_eq!(got.result(), &script);
     let client = ApiClient::new(&api.base, Some(read.clone())).unwrap();
-    let content = client.send(Method::GET, &format!("{}/proxy/content", api.scripts()), None).await.unwrap();
+    let content = client
+        .send(
+            Method::GET,
+            &format!("{}/proxy/content", api.scripts()),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!((content.status.as_u16(), &content.body[..]), (200, WASM));
 
     // A second upload replaces the first and keeps created_on.
@@ -636,11 +938,38 @@ async fn scripts_are_uploaded_with_bindings_by_id_or_name_listed_and_deleted() {
     assert_eq!(redeployed.result()["bindings"], json!([]));
     assert_eq!(redeployed.result()["created_on"], script["created_on"]);
 
-    let denied = api.call(&read, Method::DELETE, &format!("{}/proxy", api.scripts()), None).await;
+    let denied = api
+        .call(
+            &read,
+            Method::DELETE,
+            &format!("{}/proxy", api.scripts()),
+            None,
+        )
+        .await;
     assert_eq!(denied.status, 403);
-    api.call(&bind, Method::DELETE, &format!("{}/proxy", api.scripts()), None).await.result();
-    let gone = api.call(&read, Method::GET, &format!("{}/proxy", api.scripts()), None).await;
-    assert_eq!(gone.error(), (u64::from(code::SCRIPT_NOT_FOUND), "no script \"proxy\" in this account".to_owned()));
+    api.call(
+        &bind,
+        Method::DELETE,
+        &format!("{}/proxy", api.scripts()),
+        None,
+    )
+    .await
+    .result();
+    let gone = api
+        .call(
+            &read,
+            Method::GET,
+            &format!("{}/proxy", api.scripts()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        gone.error(),
+        (
+            u64::from(code::SCRIPT_NOT_FOUND),
+            "no script \"proxy\" in this account".to_owned()
+        )
+    );
 }
 
 #[tokio::test]
@@ -712,10 +1041,20 @@ async fn deploy_refuses_each_bad_binding_with_the_binding_the_service_and_the_pe
 
     // A bind token limited to one service may not bind another.
     let scoped = api.token(Role::Bind, Some(vec![api_id.parse().unwrap()]));
-    let ok = api.deploy(&scoped, "proxy", json!([{ "type": "vpc_service", "name": "API", "service_id": api_id }])).await;
+    let ok = api
+        .deploy(
+            &scoped,
+            "proxy",
+            json!([{ "type": "vpc_service", "name": "API", "service_id": api_id }]),
+        )
+        .await;
     assert_eq!(ok.status, 200, "{:#}", ok.body);
     let refused = api
-        .deploy(&scoped, "proxy", json!([{ "type": "vpc_service", "name": "OTHER", "service": "other" }]))
+        .deploy(
+            &scoped,
+            "proxy",
+            json!([{ "type": "vpc_service", "name": "OTHER", "service": "other" }]),
+        )
         .await;
     assert_eq!(refused.status, 403);
     assert_eq!(
@@ -758,7 +1097,12 @@ async fn deploy_refuses_each_bad_binding_with_the_binding_the_service_and_the_pe
     let codes: Vec<u64> = refused.errors().into_iter().map(|(c, _)| c).collect();
     assert_eq!(
         codes,
-        [code::BINDING_UNKNOWN_SERVICE, code::BINDING_UNKNOWN_NAME, code::BINDING_DUPLICATE].map(u64::from)
+        [
+            code::BINDING_UNKNOWN_SERVICE,
+            code::BINDING_UNKNOWN_NAME,
+            code::BINDING_DUPLICATE
+        ]
+        .map(u64::from)
     );
     assert!(api.dir.script("proxy2").unwrap().is_none());
 }
@@ -769,9 +1113,17 @@ async fn malformed_uploads_are_refused_with_every_problem() {
     let path = format!("{}/proxy", api.scripts());
     let admin = Some(api.admin.as_str());
     let json_upload = api
-        .raw(admin, Method::PUT, &path, Some(("application/json", Bytes::from_static(b"{}"))))
+        .raw(
+            admin,
+            Method::PUT,
+            &path,
+            Some(("application/json", Bytes::from_static(b"{}"))),
+        )
         .await;
-    assert_eq!((json_upload.status, json_upload.error().0), (415, u64::from(code::UNSUPPORTED_MEDIA_TYPE)));
+    assert_eq!(
+        (json_upload.status, json_upload.error().0),
+        (415, u64::from(code::UNSUPPORTED_MEDIA_TYPE))
+    );
 
     let (content_type, body) = upload(
         &json!({
@@ -785,12 +1137,18 @@ async fn malformed_uploads_are_refused_with_every_problem() {
         }),
         b"function() {}",
     );
-    let refused = api.raw(admin, Method::PUT, &path, Some((&content_type, body))).await;
+    let refused = api
+        .raw(admin, Method::PUT, &path, Some((&content_type, body)))
+        .await;
     assert_eq!(refused.status, 400);
-    let messages: Vec<String> = refused.errors().into_iter().map(|(c, m)| {
-        assert_eq!(c, u64::from(code::INVALID_SCRIPT));
-        m
-    }).collect();
+    let messages: Vec<String> = refused
+        .errors()
+        .into_iter()
+        .map(|(c, m)| {
+            assert_eq!(c, u64::from(code::INVALID_SCRIPT));
+            m
+        })
+        .collect();
     assert_eq!(
         messages,
         [
@@ -809,10 +1167,27 @@ async fn malformed_uploads_are_refused_with_every_problem() {
     assert_eq!(bad_name.status, 400);
     assert_eq!(
         bad_name.error(),
-        (u64::from(code::INVALID_SCRIPT), "invalid script name \"has space\": use 1 to 63 letters, digits, '-' or '_'".to_owned())
+        (
+            u64::from(code::INVALID_SCRIPT),
+            "invalid script name \"has space\": use 1 to 63 letters, digits, '-' or '_'".to_owned()
+        )
     );
     let no_metadata = api
-        .raw(admin, Method::PUT, &path, Some(("multipart/form-data; boundary=zz", Bytes::from_static(b"--zz--\r\n"))))
+        .raw(
+            admin,
+            Method::PUT,
+            &path,
+            Some((
+                "multipart/form-data; boundary=zz",
+                Bytes::from_static(b"--zz--\r\n"),
+            )),
+        )
         .await;
-    assert_eq!(no_metadata.error(), (u64::from(code::INVALID_SCRIPT), "the form has no \"metadata\" part".to_owned()));
+    assert_eq!(
+        no_metadata.error(),
+        (
+            u64::from(code::INVALID_SCRIPT),
+            "the form has no \"metadata\" part".to_owned()
+        )
+    );
 }

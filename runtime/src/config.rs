@@ -150,9 +150,11 @@ impl ScriptConfig {
     /// [`ScriptConfig::load_resolving`] with a directory.
     pub fn load(path: &Path) -> Result<ScriptConfig, ConfigError> {
         Self::load_resolving(path, &|_| {
-            Err("binding by service name needs the directory to resolve it (run the script \
+            Err(
+                "binding by service name needs the directory to resolve it (run the script \
                  with `wvpc dev` or deploy it with `wvpc deploy`), or give service_id"
-                .to_owned())
+                    .to_owned(),
+            )
         })
     }
 
@@ -477,17 +479,17 @@ fn validate_vpc_services(
             }
         } else {
             problems
-            .string(entry, "service_id", &id_field, format, SERVICE_ID_HINT)
-            .and_then(|id| match Uuid::try_parse(id) {
-                Ok(uuid) => Some(uuid),
-                Err(_) => {
-                    problems.push(
-                        &id_field,
-                        format!("{id:?} is not a UUID ({SERVICE_ID_HINT})"),
-                    );
-                    None
-                }
-            })
+                .string(entry, "service_id", &id_field, format, SERVICE_ID_HINT)
+                .and_then(|id| match Uuid::try_parse(id) {
+                    Ok(uuid) => Some(uuid),
+                    Err(_) => {
+                        problems.push(
+                            &id_field,
+                            format!("{id:?} is not a UUID ({SERVICE_ID_HINT})"),
+                        );
+                        None
+                    }
+                })
         };
 
         if let (Some(binding), Some(service_id)) = (binding, service_id) {
@@ -562,6 +564,54 @@ mod tests {
                 other => panic!("expected an invalid config, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn bindings_may_name_their_service_and_names_resolve_through_the_resolver() {
+        let fx = Fixture::new();
+        let path = fx.dir.path().join("wrangler.jsonc");
+        std::fs::write(
+            &path,
+            r#"{ "name": "w", "main": "script.wasm", "vpc_services": [
+                { "binding": "API", "service": "api" },
+                { "binding": "DB", "service": "twin" },
+                { "binding": "X", "service": "api", "service_id": "x" },
+                { "binding": "Y", "service": 7 },
+            ] }"#,
+        )
+        .unwrap();
+        let resolve = |name: &str| match name {
+            "api" => Ok(SERVICE.parse().unwrap()),
+            _ => Err(format!("2 VPC services are named {name:?}")),
+        };
+        let Err(ConfigError::Invalid { problems, .. }) =
+            ScriptConfig::load_resolving(&path, &resolve)
+        else {
+            panic!("expected problems");
+        };
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "vpc_services[1].service: 2 VPC services are named \"twin\"",
+                "vpc_services[2].service: give either service_id or service (the service's name), \
+                 not both",
+                "vpc_services[3].service: expected a string, found a number",
+            ]
+        );
+        std::fs::write(
+            &path,
+            r#"{ "name": "w", "main": "script.wasm", "vpc_services": [{ "binding": "API", "service": "api" }] }"#,
+        )
+        .unwrap();
+        let config = ScriptConfig::load_resolving(&path, &resolve).unwrap();
+        assert_eq!(config.service_of("API"), Some(SERVICE.parse().unwrap()));
+        // Without a directory, a name is a clear error.
+        let err = ScriptConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("vpc_services[0].service: binding by service name needs the directory"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -653,7 +703,7 @@ mod tests {
                     .to_owned(),
                 "vpc_services[2].binding: \"API\" is already declared by vpc_services[0]"
                     .to_owned(),
-                "vpc_services[3].servce_id: unknown key (allowed keys: binding, service_id, \
+                "vpc_services[3].servce_id: unknown key (allowed keys: binding, service_id, service, \
                  remote)"
                     .to_owned(),
                 "vpc_services[3].binding: \"my-api\" is not a valid binding name (use a \

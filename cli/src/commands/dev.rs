@@ -70,7 +70,10 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
         .await
         .with_context(|| format!("listening on {} for the directory API", args.api_listen))?;
     let api_addr = api_listener.local_addr()?;
-    let api = tokio::spawn(wvpc_directory::api::serve(Arc::new(directory), api_listener));
+    let api = tokio::spawn(wvpc_directory::api::serve(
+        Arc::new(directory),
+        api_listener,
+    ));
     let stack = Stack::start(StackConfig {
         state: state.to_owned(),
         script: script.clone(),
@@ -122,7 +125,9 @@ pub(crate) fn resolve_service_name(
     state: &Path,
     name: &str,
 ) -> Result<Uuid, String> {
-    let services = directory.list_services(None).map_err(|err| err.to_string())?;
+    let services = directory
+        .list_services(None)
+        .map_err(|err| err.to_string())?;
     let ids: Vec<Uuid> = services
         .iter()
         .filter(|s| s.name == name)
@@ -138,7 +143,10 @@ pub(crate) fn resolve_service_name(
         _ => Err(format!(
             "{} VPC services are named {name:?} ({}); bind by service_id instead",
             ids.len(),
-            ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
+            ids.iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }

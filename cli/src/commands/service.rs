@@ -205,7 +205,9 @@ pub async fn run(
             print_details(&backend, &service, out).await
         }
         ServiceCommand::List { service_type, json } => {
-            let services = backend.list(service_type.map(TypeArg::service_type)).await?;
+            let services = backend
+                .list(service_type.map(TypeArg::service_type))
+                .await?;
             if json {
                 return print_json(out, &services);
             }
@@ -279,7 +281,10 @@ impl Backend {
         match self {
             Backend::Local(dir) => Ok(dir.service(id)?),
             Backend::Remote(remote) => {
-                match remote.call(Method::GET, &format!("{SERVICES}/{id}"), None).await {
+                match remote
+                    .call(Method::GET, &format!("{SERVICES}/{id}"), None)
+                    .await
+                {
                     Ok(value) => Ok(Some(decode(value)?)),
                     Err(err) if is_not_found(&err) => Ok(None),
                     Err(err) => Err(err),
@@ -325,7 +330,10 @@ async fn remote_call(
     match remote.client.call(method, &remote.path(rest), body).await {
         Ok(value) => Ok(value),
         Err(ClientError::Api(err))
-            if err.errors.iter().all(|e| e.code == envelope::code::VALIDATION) =>
+            if err
+                .errors
+                .iter()
+                .all(|e| e.code == envelope::code::VALIDATION) =>
         {
             let problems = err
                 .errors

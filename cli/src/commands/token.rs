@@ -153,7 +153,11 @@ pub fn run(command: TokenCommand, state: &Path, out: &mut dyn Write) -> anyhow::
         }
         TokenCommand::Delete { id, account } => {
             let dir = account_view(dir, account.as_deref())?;
-            anyhow::ensure!(dir.delete_token(id)?, "no API token {id} in account {}", dir.account_id());
+            anyhow::ensure!(
+                dir.delete_token(id)?,
+                "no API token {id} in account {}",
+                dir.account_id()
+            );
             writeln!(out, "✅ Revoked API token {id}")?;
             Ok(())
         }
@@ -161,7 +165,11 @@ pub fn run(command: TokenCommand, state: &Path, out: &mut dyn Write) -> anyhow::
 }
 
 /// Runs an account subcommand.
-pub fn run_account(command: AccountCommand, state: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn run_account(
+    command: AccountCommand,
+    state: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let dir = Directory::open(state)?;
     match command {
         AccountCommand::Create { name } => {

@@ -19,7 +19,9 @@ pub enum ClientError {
     #[error("invalid API address {0:?}: expected http://HOST:PORT (e.g. http://127.0.0.1:8788)")]
     BadBase(String),
     /// The server could not be reached.
-    #[error("cannot reach the directory API at {addr}: {source} (is `wvpc directory` or `wvpc dev` running?)")]
+    #[error(
+        "cannot reach the directory API at {addr}: {source} (is `wvpc directory` or `wvpc dev` running?)"
+    )]
     Connect {
         /// host:port.
         addr: String,
@@ -135,7 +137,9 @@ impl ApiClient {
         if !reusable {
             *slot = Some(self.dial().await?);
         }
-        let sender = slot.as_mut().ok_or_else(|| ClientError::BadBase(String::new()))?;
+        let sender = slot
+            .as_mut()
+            .ok_or_else(|| ClientError::BadBase(String::new()))?;
         let response = sender.send_request(request).await?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await?.to_bytes();
@@ -180,7 +184,8 @@ impl ApiClient {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "API client connection ended");

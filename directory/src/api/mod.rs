@@ -151,7 +151,10 @@ impl Caller {
     }
 }
 
-async fn handle(directory: Arc<Directory>, request: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+async fn handle(
+    directory: Arc<Directory>,
+    request: http::Request<Incoming>,
+) -> http::Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let method = parts.method.clone();
@@ -195,7 +198,10 @@ fn json_response(status: StatusCode, body: &Value) -> http::Response<Full<Bytes>
 
 /// Pre-routing work that needs the network: the body, bounded by the endpoint's limit. The
 /// bearer token travels inside [`ApiRequest`] as the first query-free header we keep.
-async fn read(parts: http::request::Parts, body: Incoming) -> Result<(ApiRequest, Option<String>), ApiError> {
+async fn read(
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<(ApiRequest, Option<String>), ApiError> {
     let path = parts.uri.path();
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return Err(no_route(path));
@@ -279,7 +285,10 @@ async fn read(parts: http::request::Parts, body: Incoming) -> Result<(ApiRequest
     ))
 }
 
-fn dispatch(directory: &Directory, (request, bearer): (ApiRequest, Option<String>)) -> Result<Reply, ApiError> {
+fn dispatch(
+    directory: &Directory,
+    (request, bearer): (ApiRequest, Option<String>),
+) -> Result<Reply, ApiError> {
     let token = authenticate(directory, bearer.as_deref())?;
     let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
     match segments.as_slice() {
@@ -360,7 +369,11 @@ fn authenticate(directory: &Directory, bearer: Option<&str>) -> Result<ApiToken,
 }
 
 /// The directory acting for `account`, once the token is known to belong to it.
-fn account_view(directory: &Directory, token: &ApiToken, account: &str) -> Result<Directory, ApiError> {
+fn account_view(
+    directory: &Directory,
+    token: &ApiToken,
+    account: &str,
+) -> Result<Directory, ApiError> {
     let Some(view) = directory.for_account(account)? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

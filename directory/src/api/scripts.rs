@@ -15,7 +15,11 @@ use crate::error::DirectoryError;
 use crate::scripts::{BindingRequest, ServiceRef};
 use crate::tokens::Role;
 
-pub(super) fn route(caller: &Caller, request: &ApiRequest, tail: &[&str]) -> Result<Reply, ApiError> {
+pub(super) fn route(
+    caller: &Caller,
+    request: &ApiRequest,
+    tail: &[&str],
+) -> Result<Reply, ApiError> {
     match tail {
         [] => {
             allow(request, &[Method::GET])?;
@@ -116,24 +120,25 @@ impl Upload {
             }
         };
         let bindings = parse_bindings(metadata.get("bindings"), &mut problems);
-        let module = main_module.as_ref().and_then(|main| {
-            match parts.iter().find(|p| &p.name == main) {
-                None => {
-                    problems.push(format!(
-                        "metadata.main_module: the form has no part named {main:?}"
-                    ));
-                    None
-                }
-                Some(part) if !part.body.starts_with(b"\0asm") => {
-                    problems.push(format!(
-                        "part {main:?}: not a WebAssembly module (it must start with \\0asm; \
+        let module =
+            main_module
+                .as_ref()
+                .and_then(|main| match parts.iter().find(|p| &p.name == main) {
+                    None => {
+                        problems.push(format!(
+                            "metadata.main_module: the form has no part named {main:?}"
+                        ));
+                        None
+                    }
+                    Some(part) if !part.body.starts_with(b"\0asm") => {
+                        problems.push(format!(
+                            "part {main:?}: not a WebAssembly module (it must start with \\0asm; \
                          build the script to a wasm component first)"
-                    ));
-                    None
-                }
-                Some(part) => Some(part.body.clone()),
-            }
-        });
+                        ));
+                        None
+                    }
+                    Some(part) => Some(part.body.clone()),
+                });
         match (main_module, module) {
             (Some(main_module), Some(module)) if problems.is_empty() => Ok(Upload {
                 main_module,
@@ -190,7 +195,9 @@ fn parse_bindings(value: Option<&Value>, problems: &mut Vec<String>) -> Vec<Bind
         }
         let name = entry.get("name").and_then(Value::as_str);
         if name.is_none_or(str::is_empty) {
-            problems.push(format!("{at}.name: missing; the name the script uses, e.g. API"));
+            problems.push(format!(
+                "{at}.name: missing; the name the script uses, e.g. API"
+            ));
         }
         let service = match (entry.get("service_id"), entry.get("service")) {
             (Some(_), Some(_)) => {
@@ -324,6 +331,12 @@ mod tests {
             Some("XyZ")
         );
         assert!(boundary("application/json").is_none());
-        assert!(multipart(b"--XyZ\r\nContent-Disposition: form-data; name=\"m\"\r\n\r\nabc", "XyZ").is_err());
+        assert!(
+            multipart(
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"m\"\r\n\r\nabc",
+                "XyZ"
+            )
+            .is_err()
+        );
     }
 }

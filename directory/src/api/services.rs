@@ -10,7 +10,11 @@ use crate::service::ServiceType;
 use crate::service_input::ServiceInput;
 use crate::tokens::Role;
 
-pub(super) fn route(caller: &Caller, request: &ApiRequest, tail: &[&str]) -> Result<Reply, ApiError> {
+pub(super) fn route(
+    caller: &Caller,
+    request: &ApiRequest,
+    tail: &[&str],
+) -> Result<Reply, ApiError> {
     match tail {
         [] => {
             allow(request, &[Method::GET, Method::POST])?;

@@ -37,13 +37,18 @@ fn tunnel_json(tunnel: &Tunnel) -> Value {
     })
 }
 
-pub(super) fn route(caller: &Caller, request: &ApiRequest, tail: &[&str]) -> Result<Reply, ApiError> {
+pub(super) fn route(
+    caller: &Caller,
+    request: &ApiRequest,
+    tail: &[&str],
+) -> Result<Reply, ApiError> {
     match tail {
         [] => {
             allow(request, &[Method::GET, Method::POST])?;
             if request.method == Method::GET {
                 caller.require(Role::Read, "listing tunnels")?;
-                let tunnels: Vec<Value> = caller.dir.list_tunnels()?.iter().map(tunnel_json).collect();
+                let tunnels: Vec<Value> =
+                    caller.dir.list_tunnels()?.iter().map(tunnel_json).collect();
                 paginate(request, tunnels)
             } else {
                 caller.require(Role::Admin, "creating a tunnel")?;

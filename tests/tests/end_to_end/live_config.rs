@@ -86,7 +86,9 @@ fn hostname_service(name: &str, tunnel: &str, resolver: &str, port: u16) -> Serv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iris_follows_port_and_hostname_changes_under_load_without_errors() {
     trace_init();
-    let world = within("starting the real path", RealWorld::start()).await.unwrap();
+    let world = within("starting the real path", RealWorld::start())
+        .await
+        .unwrap();
     // Another connection to the same file, as another process would have.
     let writer = Directory::open_file(world.stack.directory.path()).unwrap();
     let service = writer.list_services(None).unwrap().remove(0);
@@ -129,10 +131,16 @@ async fn iris_follows_port_and_hostname_changes_under_load_without_errors() {
         "live config: {ok} requests without error; port change served after {port_pickup:?}, \
          hostname change after {hostname_pickup:?}"
     );
-    assert!(failures.is_empty(), "failed requests during the changes: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "failed requests during the changes: {failures:?}"
+    );
     assert!(ok > 0);
     assert!(
-        third.seen().iter().all(|s| s.host.as_deref() == Some("api.internal")),
+        third
+            .seen()
+            .iter()
+            .all(|s| s.host.as_deref() == Some("api.internal")),
         "the URL's host is kept as Host"
     );
 
@@ -149,6 +157,9 @@ async fn iris_follows_port_and_hostname_changes_under_load_without_errors() {
         }
     })
     .await;
-    eprintln!("live config: delete refused new requests after {:?}", deleted.elapsed());
+    eprintln!(
+        "live config: delete refused new requests after {:?}",
+        deleted.elapsed()
+    );
     assert!(refused.contains("destination_not_found"), "{refused}");
 }
