@@ -163,3 +163,68 @@ async fn iris_follows_port_and_hostname_changes_under_load_without_errors() {
     );
     assert!(refused.contains("destination_not_found"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_in_flight_finishes_after_its_service_is_deleted() {
+    use bytes::Buf as _;
+    use http_body_util::BodyExt as _;
+
+    trace_init();
+    let world = within("starting the real path", RealWorld::start())
+        .await
+        .unwrap();
+    let writer = Directory::open_file(world.stack.directory.path()).unwrap();
+    let service = writer.list_services(None).unwrap().remove(0);
+
+    // A body far larger than every buffer on the path: while the client does not read, the
+    // transfer is stalled mid-way by flow control.
+    const SIZE: usize = 64 * 1024 * 1024;
+    let stream = tokio::net::TcpStream::connect(world.stack.script_addr)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("/big/{SIZE}"))
+        .header(http::header::HOST, "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = within("the response head", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = Vec::with_capacity(SIZE);
+    let first = within("the first body bytes", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    received.extend_from_slice(first.into_data().unwrap().chunk());
+    assert!(received.len() < SIZE);
+
+    writer.delete_service(service.service_id).unwrap();
+    let refused = within("new requests to be refused", async {
+        loop {
+            let reply = client::get(world.stack.script_addr, "/new").await;
+            if reply.status != 200 {
+                return reply.text();
+            }
+        }
+    })
+    .await;
+    assert!(refused.contains("destination_not_found"), "{refused}");
+
+    // The stalled response still completes, intact.
+    within("the rest of the body", async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                received.extend_from_slice(data.chunk());
+            }
+        }
+    })
+    .await;
+    assert_eq!(received.len(), SIZE);
+    assert!(wvpc_tests::origin::is_pattern(&received));
+}
