@@ -76,7 +76,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state directory {}", cli.state.display()))?;
     match cli.command {
         Command::Dev(args) => commands::dev::run(args, &cli.state, out).await,
-        Command::Tunnel(command) => commands::tunnel::run(command, &cli.state, out).await,
+        Command::Tunnel(command) => commands::tunnel::run(command, &cli.state, &cli.api, out).await,
         Command::Service(command) => {
             commands::service::run(command, &cli.state, &cli.api, out).await
         }

@@ -300,6 +300,38 @@ async fn service_commands_talk_to_the_api_with_the_same_flags_and_output() {
     assert!(err.contains("--hostname (host.hostname): "), "{err}");
     assert!(err.contains("--http-port (http_port): "), "{err}");
 
+    // Tunnels too: create writes the credentials file, list counts the services, delete by name.
+    let created = run(&["tunnel", "create", "branch", "--json"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let created: Value = serde_json::from_str(&stdout(&created)).unwrap();
+    let branch = created["id"].as_str().unwrap().to_owned();
+    assert!(
+        client_state
+            .path()
+            .join("tunnels")
+            .join(format!("{branch}.json"))
+            .is_file()
+    );
+    let listed = stdout(&run(&["tunnel", "list"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&branch) && l.contains("branch")),
+        "{listed}"
+    );
+    let token = stdout(&run(&["tunnel", "token", "branch"]));
+    assert_eq!(token.trim(), created["token"].as_str().unwrap());
+    let refused = run(&["tunnel", "delete", "office"]);
+    assert!(
+        stderr(&refused).contains("[1007] tunnel \"office\""),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        stdout(&run(&["tunnel", "delete", "branch"])),
+        format!("✅ Deleted tunnel \"branch\": {branch}\n")
+    );
+
     let deleted = run(&["service", "delete", &id]);
     assert_eq!(stdout(&deleted), format!("✅ Deleted VPC service: {id}\n"));
     let missing = run(&["service", "get", &id]);

@@ -6,4 +6,5 @@ pub mod directory;
 pub mod service;
 pub mod token;
 pub mod tunnel;
+pub mod tunnel_remote;
 pub mod tunnel_run;

@@ -47,8 +47,15 @@ pub enum TunnelCommand {
 pub async fn run(
     command: TunnelCommand,
     state: &Path,
+    api: &crate::remote::ApiArgs,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
+    if let Some(url) = &api.api
+        && !matches!(command, TunnelCommand::Run(_))
+    {
+        let remote = crate::remote::Remote::connect(url, api.account.as_deref()).await?;
+        return super::tunnel_remote::run(command, &remote, state, out).await;
+    }
     match command {
         TunnelCommand::Create { name, json } => {
             create(&Directory::open(state)?, state, &name, json, out)
@@ -181,7 +188,7 @@ fn find(dir: &Directory, id_or_name: &str) -> anyhow::Result<Tunnel> {
 }
 
 /// Writes the credentials file readable by its owner only (it holds the secret).
-fn write_credentials_file(path: &Path, credentials: &Credentials) -> anyhow::Result<()> {
+pub(crate) fn write_credentials_file(path: &Path, credentials: &Credentials) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -1,0 +1,134 @@
+//! `wvpc tunnel create|list|delete|token` against a directory API (`--api`), with the same
+//! output as on the local state; `create` writes the credentials file locally as well.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context as _;
+use http::Method;
+use serde_json::{Value, json};
+use wvpc_directory::Credentials;
+
+use super::tunnel::{TunnelCommand, credentials_path, short_time};
+use crate::remote::Remote;
+use crate::table;
+
+/// Runs a tunnel subcommand over the API (`run` is not one of them: connectors dial the edge).
+pub async fn run(
+    command: TunnelCommand,
+    remote: &Remote,
+    state: &Path,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    match command {
+        TunnelCommand::Create { name, json } => {
+            let tunnel = remote
+                .call(Method::POST, "cfd_tunnel", Some(&json!({ "name": name })))
+                .await?;
+            let token = tunnel["token"].as_str().unwrap_or_default().to_owned();
+            let credentials = Credentials::from_token(&token)
+                .context("the directory API answered with an unreadable tunnel token")?;
+            let path = credentials_path(state, credentials.tunnel_id);
+            super::tunnel::write_credentials_file(&path, &credentials)
+                .with_context(|| format!("writing the credentials file {}", path.display()))?;
+            if json {
+                let body = json!({ "id": tunnel["id"], "name": tunnel["name"], "token": token });
+                writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+                return Ok(());
+            }
+            writeln!(out, "✅ Created tunnel {name:?}: {}", credentials.tunnel_id)?;
+            writeln!(
+                out,
+                "Credentials file (cloudflared format): {}",
+                path.display()
+            )?;
+            writeln!(out, "Token (secret: whoever has it can serve this tunnel):")?;
+            writeln!(out, "{token}")?;
+            Ok(())
+        }
+        TunnelCommand::List { json } => {
+            let tunnels = remote.list_all("cfd_tunnel").await?;
+            if json {
+                let body: Vec<Value> = tunnels
+                    .iter()
+                    .map(|t| json!({ "id": t["id"], "name": t["name"], "created_at": t["created_at"] }))
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+                return Ok(());
+            }
+            if tunnels.is_empty() {
+                writeln!(
+                    out,
+                    "No tunnels. Create one with `wvpc tunnel create <name>`."
+                )?;
+                return Ok(());
+            }
+            let services = remote.list_all("connectivity/directory/services").await?;
+            let rows: Vec<Vec<String>> = tunnels
+                .iter()
+                .map(|t| {
+                    let id = t["id"].as_str().unwrap_or_default();
+                    let used_by = services.iter().filter(|s| tunnel_of(s) == Some(id)).count();
+                    vec![
+                        id.to_owned(),
+                        t["name"].as_str().unwrap_or_default().to_owned(),
+                        used_by.to_string(),
+                        short_time(t["created_at"].as_str().unwrap_or_default()),
+                    ]
+                })
+                .collect();
+            write!(
+                out,
+                "{}",
+                table::render(&["ID", "NAME", "SERVICES", "CREATED"], &rows)
+            )?;
+            Ok(())
+        }
+        TunnelCommand::Delete { tunnel } => {
+            let (id, name) = find(remote, &tunnel).await?;
+            remote
+                .call(Method::DELETE, &format!("cfd_tunnel/{id}"), None)
+                .await?;
+            let _ = std::fs::remove_file(credentials_path(state, id.parse()?));
+            writeln!(out, "✅ Deleted tunnel {name:?}: {id}")?;
+            Ok(())
+        }
+        TunnelCommand::Token { tunnel } => {
+            let (id, _) = find(remote, &tunnel).await?;
+            let token = remote
+                .call(Method::GET, &format!("cfd_tunnel/{id}/token"), None)
+                .await?;
+            writeln!(out, "{}", token.as_str().unwrap_or_default())?;
+            Ok(())
+        }
+        TunnelCommand::Run(_) => anyhow::bail!(
+            "`wvpc tunnel run` dials the tunnel edge, not the directory API: pass --edge and \
+             --token (from `wvpc tunnel token`)"
+        ),
+    }
+}
+
+fn tunnel_of(service: &Value) -> Option<&str> {
+    let host = &service["host"];
+    host["resolver_network"]["tunnel_id"]
+        .as_str()
+        .or_else(|| host["network"]["tunnel_id"].as_str())
+}
+
+/// `(id, name)` of the tunnel with this id or name.
+async fn find(remote: &Remote, id_or_name: &str) -> anyhow::Result<(String, String)> {
+    remote
+        .list_all("cfd_tunnel")
+        .await?
+        .into_iter()
+        .find(|t| t["id"] == id_or_name || t["name"] == id_or_name)
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap_or_default().to_owned(),
+                t["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .with_context(|| {
+            format!("no tunnel with id or name {id_or_name:?}; `wvpc tunnel list` shows them")
+        })
+}
