@@ -198,7 +198,27 @@ async fn acknowledged_writes_survive_kill_9_mid_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_commands_talk_to_the_api_with_the_same_flags_and_output() {
     let state = State::new();
-    let token = state.token(Role::Admin, None);
+    // The first admin token comes from the CLI on the state, printed once.
+    let created = state.wvpc(
+        &["token", "create", "--role", "admin", "--name", "ops"],
+        &[],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let printed = stdout(&created);
+    let token = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("wvpc_"))
+        .unwrap_or_else(|| panic!("no token in {printed:?}"))
+        .to_owned();
+    assert!(
+        printed.contains("(role admin)") && printed.contains("shown only now"),
+        "{printed}"
+    );
+    let listed = stdout(&state.wvpc(&["token", "list"], &[]));
+    assert!(
+        listed.contains("ops") && !listed.contains(&token),
+        "{listed}"
+    );
     let tunnel = Directory::open(state.path())
         .unwrap()
         .create_tunnel("office")

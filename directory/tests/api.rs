@@ -672,6 +672,51 @@ async fn malformed_bodies_are_refused_with_their_status() {
     assert_eq!(typo.status, 400);
     assert!(typo.error().1.contains("resolver_ip"), "{:?}", typo.error());
 
+    // Values of the wrong type: every one, with its path.
+    let mistyped = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(json!({
+                "name": 7,
+                "type": "http",
+                "http_port": "80",
+                "https_port": 44.3,
+                "host": { "hostname": ["a"], "resolver_network": { "tunnel_id": true, "resolver_ips": ["10.0.0.1", 53] } },
+            })),
+        )
+        .await;
+    assert_eq!(mistyped.status, 400);
+    let messages: Vec<String> = mistyped
+        .errors()
+        .into_iter()
+        .map(|(c, m)| {
+            assert_eq!(c, u64::from(code::VALIDATION));
+            m
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "name: expected a string, found a number",
+            "http_port: expected a whole number, found a string",
+            "https_port: expected a whole number, found a fraction",
+            "host.hostname: expected a string, found an array",
+            "host.resolver_network.tunnel_id: expected a string, found a boolean",
+            "host.resolver_network.resolver_ips[1]: expected a string, found a number",
+        ]
+    );
+    let not_object = api
+        .admin(Method::POST, &api.services(), Some(json!([1])))
+        .await;
+    assert_eq!(
+        not_object.error(),
+        (
+            u64::from(code::VALIDATION),
+            "(body): expected an object, found an array".to_owned()
+        )
+    );
+
     let form = api
         .raw(
             Some(&api.admin),
