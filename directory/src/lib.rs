@@ -1,6 +1,7 @@
-//! The local control plane: one account's VPC services and tunnels, kept in an embedded SQLite
-//! file (`<state>/wvpc.db`) that every process using the same state directory shares
-//! (`wvpc dev`, CLI commands).
+//! The control plane: accounts with their VPC services, tunnels, API tokens and deployed
+//! scripts, kept in an embedded SQLite file (`<state>/wvpc.db`) that every process using the
+//! same state directory shares (`wvpc dev`, `wvpc directory`, CLI commands). A state directory
+//! starts with one local account; a [`Directory`] acts for one account at a time.
 //!
 //! - [`Directory`] opens the file and does the CRUD: [`Directory::create_service`],
 //!   [`Directory::list_services`], [`Directory::service`], [`Directory::replace_service`],

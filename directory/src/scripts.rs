@@ -207,7 +207,8 @@ impl fmt::Display for BindingRefusal {
 
 impl Directory {
     /// Verifies every binding for `token` (all refusals at once) and stores the script,
-    /// replacing an earlier upload of the same name.
+    /// replacing an earlier upload of the same name. The token must act for this directory's
+    /// account (the API checks that before it gets here).
     pub fn deploy_script(
         &self,
         token: &ApiToken,

@@ -196,8 +196,8 @@ fn json_response(status: StatusCode, body: &Value) -> http::Response<Full<Bytes>
         .unwrap_or_default()
 }
 
-/// Pre-routing work that needs the network: the body, bounded by the endpoint's limit. The
-/// bearer token travels inside [`ApiRequest`] as the first query-free header we keep.
+/// Everything that needs the network, before routing: the path split into segments, the
+/// query, the body (bounded by the endpoint's limit) and the bearer token.
 async fn read(
     parts: http::request::Parts,
     body: Incoming,
