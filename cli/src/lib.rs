@@ -48,6 +48,9 @@ pub enum Command {
     /// Manage VPC services
     #[command(subcommand)]
     Service(commands::service::ServiceCommand),
+    /// The tunnel edge's TLS identity (the CA connectors trust)
+    #[command(subcommand)]
+    Edge(commands::edge::EdgeCommand),
 }
 
 /// A command called the wrong way, found after parsing (exit code 2, like clap's own).
@@ -63,5 +66,6 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Dev(args) => commands::dev::run(args, &cli.state, out).await,
         Command::Tunnel(command) => commands::tunnel::run(command, &cli.state, out).await,
         Command::Service(command) => commands::service::run(command, &cli.state, out),
+        Command::Edge(command) => commands::edge::run(command, &cli.state, out),
     }
 }

@@ -29,7 +29,7 @@ pub const CONNECTOR_FEATURES: [&str; 4] = [
 /// How UDP travels on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatagramVersion {
-    /// Sessions set up by RPC, session id as a suffix (not implemented by workers-vpc).
+    /// Sessions set up by RPC, session id as a suffix.
     V2,
     /// Sessions set up in-band, request id as a prefix.
     V3,

@@ -1,6 +1,7 @@
 //! The tunnel protocol shared by iris (the edge) and the connector, compatible with
 //! cloudflared: credentials and tokens ([`credentials`]), stream preambles ([`preamble`]),
-//! `ConnectRequest`/`ConnectResponse` framing ([`connect`]), datagram v3 ([`datagram`]),
+//! `ConnectRequest`/`ConnectResponse` framing ([`connect`]), datagram v3 ([`datagram`]) and v2
+//! ([`datagram_v2`]),
 //! feature strings ([`features`]), the edge's TLS identity ([`identity`]), QUIC endpoint
 //! configuration ([`quic`]) and the thread that hosts `!Send` Cap'n Proto RPC
 //! ([`rpc_thread`]).
@@ -15,6 +16,7 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 pub mod connect;
 pub mod credentials;
 pub mod datagram;
+pub mod datagram_v2;
 pub mod features;
 pub mod identity;
 pub mod preamble;

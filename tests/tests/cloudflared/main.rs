@@ -1,0 +1,343 @@
+//! Interop with the stock `cloudflared` connector: the stack `wvpc dev` runs, a tunnel created
+//! with `wvpc tunnel create` (its cloudflared credentials file), the edge CA from
+//! `wvpc edge ca export`, and cloudflared started exactly as docs/cloudflared.md tells an
+//! operator. Requests from a script reach a private origin through it, DNS for the service's
+//! hostname included, over datagram v3 and v2.
+//!
+//! Runs when `CLOUDFLARED` names a cloudflared binary (`CLOUDFLARED=/path/to/cloudflared cargo
+//! test -p wvpc-tests --test cloudflared`); otherwise each test says that it skipped. Each test
+//! re-runs itself in a user + network namespace with only loopback, so cloudflared's own
+//! lookups on the internet cannot leave the host.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+use uuid::Uuid;
+use wvpc_cli::commands::edge::{CaCommand, EdgeCommand};
+use wvpc_cli::commands::tunnel::TunnelCommand;
+use wvpc_cli::stack::{Stack, StackConfig};
+use wvpc_cli::{Cli, Command};
+use wvpc_directory::{Directory, HostInput, NetworkInput, ResolverNetworkInput, ServiceInput};
+use wvpc_runtime::{ScriptConfig, VpcServiceBinding};
+use wvpc_tests::dns::{DnsServer, DnsTable};
+use wvpc_tests::origin::Origin;
+use wvpc_tests::stock_cloudflared::{
+    Cloudflared, CloudflaredProcess, Isolation, RunOptions, isolated,
+};
+use wvpc_tests::{TempDir, client, guests, trace_init, within};
+use wvpc_tunnel::DatagramVersion;
+
+/// The origin's address: a second loopback address, as a private host would be.
+const ORIGIN_IP: &str = "127.0.0.2";
+/// Resolved by the DNS server named in the service's `resolver_ips`.
+const NAME_WITH_RESOLVER: &str = "api.internal";
+/// Resolved by cloudflared's virtual resolver, i.e. its `--dns-resolver-addrs`.
+const NAME_VIRTUAL: &str = "virtual.internal";
+/// TEST-NET-2: in the test's network namespace nothing routes there.
+const UNROUTABLE_IP: &str = "198.51.100.7";
+
+/// The binary, or `None` after saying why the test does nothing.
+fn cloudflared(test: &str) -> Option<Cloudflared> {
+    let Some(found) = Cloudflared::from_env() else {
+        eprintln!(
+            "SKIPPED {test}: set CLOUDFLARED=/path/to/cloudflared to run the interop tests \
+             against the stock connector"
+        );
+        return None;
+    };
+    let cloudflared = found.expect("probing the cloudflared binary");
+    match isolated(test) {
+        Isolation::Inside => {
+            eprintln!("{test}: {} (isolated network namespace)", cloudflared.version);
+            Some(cloudflared)
+        }
+        Isolation::Passed => None,
+        Isolation::Unavailable(reason) => {
+            eprintln!(
+                "SKIPPED {test}: cloudflared must run without internet access, and no network \
+                 namespace can be made here: {reason}"
+            );
+            None
+        }
+    }
+}
+
+/// The real path with stock cloudflared as the tunnel's connector.
+struct World {
+    stack: Stack,
+    origin: Origin,
+    dns: DnsServer,
+    directory: Directory,
+    tunnel_id: Uuid,
+    service_id: Uuid,
+    cloudflared: CloudflaredProcess,
+    _state: TempDir,
+}
+
+/// Runs a `wvpc` command in `state` and returns what it printed.
+async fn wvpc(state: &TempDir, command: Command) -> String {
+    let mut out = Vec::new();
+    let cli = Cli {
+        state: state.path().to_owned(),
+        command,
+    };
+    wvpc_cli::run(cli, &mut out).await.expect("wvpc command");
+    String::from_utf8(out).unwrap()
+}
+
+fn hostname_service(hostname: &str, tunnel: Uuid, resolver: Option<String>, port: u16) -> ServiceInput {
+    let mut input = ServiceInput::http(
+        "api",
+        HostInput {
+            hostname: Some(hostname.into()),
+            resolver_network: Some(ResolverNetworkInput {
+                tunnel_id: Some(tunnel.to_string()),
+                resolver_ips: resolver.map(|r| vec![r]),
+            }),
+            ..HostInput::default()
+        },
+    );
+    input.http_port = Some(i64::from(port));
+    input
+}
+
+impl World {
+    async fn start(cloudflared: &Cloudflared, datagram_v3: bool, ha_connections: usize) -> World {
+        trace_init();
+        let state = TempDir::new("cloudflared");
+        let origin = Origin::start(ORIGIN_IP).await.expect("origin");
+        let origin_ip: IpAddr = ORIGIN_IP.parse().unwrap();
+        let dns = DnsServer::start(
+            DnsTable::new()
+                .with(NAME_WITH_RESOLVER, origin_ip)
+                .with(NAME_VIRTUAL, origin_ip),
+        )
+        .await
+        .expect("DNS server");
+
+        // What an operator does: create the tunnel (which writes cloudflared's credentials
+        // file) and export the edge CA.
+        let created = wvpc(
+            &state,
+            Command::Tunnel(TunnelCommand::Create {
+                name: "office".into(),
+                json: true,
+            }),
+        )
+        .await;
+        let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+        let tunnel_id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+        let credentials = PathBuf::from(created["credentials_file"].as_str().unwrap());
+        let ca = state.path().join("exported-ca.pem");
+        wvpc(
+            &state,
+            Command::Edge(EdgeCommand::Ca(CaCommand::Export {
+                out: Some(ca.clone()),
+            })),
+        )
+        .await;
+
+        let directory = Directory::open(state.path()).unwrap();
+        let service = directory
+            .create_service(&hostname_service(
+                NAME_WITH_RESOLVER,
+                tunnel_id,
+                Some(dns.addr.to_string()),
+                origin.addr.port(),
+            ))
+            .unwrap();
+        let stack = Stack::start(StackConfig {
+            state: state.path().to_owned(),
+            script: ScriptConfig {
+                name: "proxy".into(),
+                main: PathBuf::from(guests::PROXY),
+                vpc_services: vec![VpcServiceBinding {
+                    binding: "API".into(),
+                    service_id: service.service_id,
+                }],
+            },
+            listen: "127.0.0.1:0".parse().unwrap(),
+            edge_listen: "127.0.0.1:0".parse().unwrap(),
+        })
+        .await
+        .expect("starting the stack");
+
+        let options = RunOptions {
+            edges: vec![stack.edge_addr; ha_connections],
+            ca,
+            credentials,
+            tunnel_id,
+            dns_resolvers: vec![dns.addr],
+            datagram_v3,
+            ha_connections,
+        };
+        let mut process = cloudflared
+            .run(&options, &state.path().join("cloudflared.log"))
+            .expect("starting cloudflared");
+        let registered = tokio::time::timeout(
+            Duration::from_secs(30),
+            stack.registry().wait_for_connections(tunnel_id, ha_connections),
+        )
+        .await;
+        if registered.is_err() {
+            panic!(
+                "cloudflared did not register {ha_connections} connection(s) within 30 s \
+                 (exited: {:?})\ncommand: {}\nlog:\n{}",
+                process.exited(),
+                process.command,
+                process.log()
+            );
+        }
+        World {
+            stack,
+            origin,
+            dns,
+            directory,
+            tunnel_id,
+            service_id: service.service_id,
+            cloudflared: process,
+            _state: state,
+        }
+    }
+
+    fn replace_service(&self, input: &ServiceInput) {
+        self.directory
+            .replace_service(self.service_id, input)
+            .expect("replacing the service");
+    }
+
+    /// A GET through the script; on failure the message carries cloudflared's log.
+    async fn get(&self, path: &str) -> client::Reply {
+        within(path, client::get(self.stack.script_addr, path)).await
+    }
+
+    fn log(&self) -> String {
+        self.cloudflared.log()
+    }
+}
+
+/// What every datagram version must deliver: requests through the tunnel, DNS through the
+/// tunnel to `resolver_ips` and to the virtual resolver, and cloudflared's dial errors as
+/// codes.
+async fn requests_flow_through(w: &World) {
+    let reply = w.get("/hello?via=cloudflared").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), w.log());
+    assert_eq!(reply.text(), "hello from origin: /hello?via=cloudflared");
+    let seen = w.origin.seen();
+    assert_eq!(seen.last().unwrap().host.as_deref(), Some(NAME_WITH_RESOLVER));
+    // The name was resolved through the tunnel by the service's resolver, once per family.
+    assert_eq!(w.dns.table.query_count(NAME_WITH_RESOLVER, RecordType::A), 1);
+    assert_eq!(w.dns.table.query_count(NAME_WITH_RESOLVER, RecordType::AAAA), 1);
+
+    // A large body streams back intact.
+    const BIG: usize = 2 * 1024 * 1024 + 5;
+    let reply = w.get(&format!("/big/{BIG}")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), BIG);
+    assert!(wvpc_tests::origin::is_pattern(&reply.body));
+
+    // Without resolver_ips, iris asks cloudflared's virtual resolver, which forwards to
+    // --dns-resolver-addrs.
+    w.replace_service(&hostname_service(
+        NAME_VIRTUAL,
+        w.tunnel_id,
+        None,
+        w.origin.addr.port(),
+    ));
+    let reply = w.get("/virtual").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), w.log());
+    assert_eq!(reply.text(), "hello from origin: /virtual");
+    assert_eq!(w.dns.table.query_count(NAME_VIRTUAL, RecordType::A), 1);
+
+    // cloudflared's dial errors come back as codes: a closed port …
+    let closed = std::net::TcpListener::bind((ORIGIN_IP, 0)).unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    w.replace_service(&hostname_service(
+        NAME_VIRTUAL,
+        w.tunnel_id,
+        None,
+        closed_port,
+    ));
+    let reply = w.get("/refused").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.text(), "ProxyError: connection_refused", "{}", w.log());
+
+    // … and an address nothing routes to.
+    let mut unroutable = ServiceInput::http(
+        "api",
+        HostInput {
+            ipv4: Some(UNROUTABLE_IP.into()),
+            network: Some(NetworkInput {
+                tunnel_id: Some(w.tunnel_id.to_string()),
+            }),
+            ..HostInput::default()
+        },
+    );
+    unroutable.http_port = Some(80);
+    w.replace_service(&unroutable);
+    let reply = w.get("/unroutable").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(
+        reply.text(),
+        "ProxyError: destination_ip_unroutable",
+        "{}",
+        w.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_cloudflared_serves_a_tunnel_over_datagram_v3() {
+    let Some(cloudflared) = cloudflared("stock_cloudflared_serves_a_tunnel_over_datagram_v3")
+    else {
+        return;
+    };
+    let w = World::start(&cloudflared, true, 1).await;
+    let conns = w.stack.registry().connections(w.tunnel_id);
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].datagram_version, DatagramVersion::V3);
+    assert!(
+        conns[0].features.iter().any(|f| f == cloudflared.v3_feature),
+        "{:?}",
+        conns[0].features
+    );
+    requests_flow_through(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_cloudflared_serves_a_tunnel_over_datagram_v2() {
+    let Some(cloudflared) = cloudflared("stock_cloudflared_serves_a_tunnel_over_datagram_v2")
+    else {
+        return;
+    };
+    let w = World::start(&cloudflared, false, 1).await;
+    let conns = w.stack.registry().connections(w.tunnel_id);
+    assert_eq!(conns.len(), 1);
+    assert_eq!(
+        conns[0].datagram_version,
+        DatagramVersion::V2,
+        "{:?}",
+        conns[0].features
+    );
+    requests_flow_through(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_cloudflared_registers_one_connection_per_edge_address() {
+    let Some(cloudflared) = cloudflared("stock_cloudflared_registers_one_connection_per_edge_address")
+    else {
+        return;
+    };
+    let w = World::start(&cloudflared, true, 2).await;
+    let conns = w.stack.registry().connections(w.tunnel_id);
+    let mut indexes: Vec<u8> = conns.iter().map(|c| c.conn_index).collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, [0, 1], "{conns:?}");
+    assert_eq!(conns[0].client_id, conns[1].client_id, "one connector process");
+    for i in 0..4 {
+        let reply = w.get(&format!("/ha/{i}")).await;
+        assert_eq!(reply.status, 200, "{}\n{}", reply.text(), w.log());
+    }
+}
