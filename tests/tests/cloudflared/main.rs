@@ -38,13 +38,19 @@ const NAME_VIRTUAL: &str = "virtual.internal";
 /// TEST-NET-2: in the test's network namespace nothing routes there.
 const UNROUTABLE_IP: &str = "198.51.100.7";
 
+/// Writes to stderr past the test harness's capture, so a skip is always visible.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// The binary, or `None` after saying why the test does nothing.
 fn cloudflared(test: &str) -> Option<Cloudflared> {
     let Some(found) = Cloudflared::from_env() else {
-        eprintln!(
+        say(&format!(
             "SKIPPED {test}: set CLOUDFLARED=/path/to/cloudflared to run the interop tests \
              against the stock connector"
-        );
+        ));
         return None;
     };
     let cloudflared = found.expect("probing the cloudflared binary");
@@ -55,10 +61,10 @@ fn cloudflared(test: &str) -> Option<Cloudflared> {
         }
         Isolation::Passed => None,
         Isolation::Unavailable(reason) => {
-            eprintln!(
+            say(&format!(
                 "SKIPPED {test}: cloudflared must run without internet access, and no network \
                  namespace can be made here: {reason}"
-            );
+            ));
             None
         }
     }
@@ -69,9 +75,7 @@ struct World {
     stack: Stack,
     origin: Origin,
     dns: DnsServer,
-    directory: Directory,
     tunnel_id: Uuid,
-    service_id: Uuid,
     cloudflared: CloudflaredProcess,
     _state: TempDir,
 }
@@ -103,8 +107,26 @@ fn hostname_service(hostname: &str, tunnel: Uuid, resolver: Option<String>, port
     input
 }
 
+/// Where the tunnel's one service points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// `NAME_WITH_RESOLVER`, resolved by the DNS server in `resolver_ips`.
+    WithResolver,
+    /// `NAME_VIRTUAL` without `resolver_ips`: cloudflared's virtual resolver.
+    Virtual,
+    /// The origin's address on a port nothing listens on.
+    ClosedPort,
+    /// An IPv4 address nothing routes to.
+    Unroutable,
+}
+
 impl World {
-    async fn start(cloudflared: &Cloudflared, datagram_v3: bool, ha_connections: usize) -> World {
+    async fn start(
+        cloudflared: &Cloudflared,
+        datagram_v3: bool,
+        ha_connections: usize,
+        target: Target,
+    ) -> World {
         trace_init();
         let state = TempDir::new("cloudflared");
         let origin = Origin::start(ORIGIN_IP).await.expect("origin");
@@ -139,15 +161,37 @@ impl World {
         )
         .await;
 
-        let directory = Directory::open(state.path()).unwrap();
-        let service = directory
-            .create_service(&hostname_service(
+        let input = match target {
+            Target::WithResolver => hostname_service(
                 NAME_WITH_RESOLVER,
                 tunnel_id,
                 Some(dns.addr.to_string()),
                 origin.addr.port(),
-            ))
-            .unwrap();
+            ),
+            Target::Virtual => hostname_service(NAME_VIRTUAL, tunnel_id, None, origin.addr.port()),
+            Target::ClosedPort => {
+                let closed = std::net::TcpListener::bind((ORIGIN_IP, 0)).unwrap();
+                let port = closed.local_addr().unwrap().port();
+                drop(closed);
+                hostname_service(NAME_VIRTUAL, tunnel_id, None, port)
+            }
+            Target::Unroutable => {
+                let mut input = ServiceInput::http(
+                    "api",
+                    HostInput {
+                        ipv4: Some(UNROUTABLE_IP.into()),
+                        network: Some(NetworkInput {
+                            tunnel_id: Some(tunnel_id.to_string()),
+                        }),
+                        ..HostInput::default()
+                    },
+                );
+                input.http_port = Some(80);
+                input
+            }
+        };
+        let directory = Directory::open(state.path()).unwrap();
+        let service = directory.create_service(&input).unwrap();
         let stack = Stack::start(StackConfig {
             state: state.path().to_owned(),
             script: ScriptConfig {
@@ -194,18 +238,10 @@ impl World {
             stack,
             origin,
             dns,
-            directory,
             tunnel_id,
-            service_id: service.service_id,
             cloudflared: process,
             _state: state,
         }
-    }
-
-    fn replace_service(&self, input: &ServiceInput) {
-        self.directory
-            .replace_service(self.service_id, input)
-            .expect("replacing the service");
     }
 
     /// A GET through the script; on failure the message carries cloudflared's log.
@@ -218,10 +254,38 @@ impl World {
     }
 }
 
+impl Drop for World {
+    fn drop(&mut self) {
+        // Shown by the test harness when the test fails (or with --nocapture).
+        println!(
+            "--- cloudflared: {}\n{}",
+            self.cloudflared.command,
+            self.cloudflared.log()
+        );
+    }
+}
+
 /// What every datagram version must deliver: requests through the tunnel, DNS through the
 /// tunnel to `resolver_ips` and to the virtual resolver, and cloudflared's dial errors as
-/// codes.
-async fn requests_flow_through(w: &World) {
+/// codes. One world per service target (the binding-worker keeps origin connections per
+/// service, so changing a service's target under it would not dial again).
+async fn requests_flow_through(cloudflared: &Cloudflared, datagram_v3: bool) {
+    let w = World::start(cloudflared, datagram_v3, 1, Target::WithResolver).await;
+    let conns = w.stack.registry().connections(w.tunnel_id);
+    assert_eq!(conns.len(), 1, "{}", w.log());
+    let expected = if datagram_v3 {
+        DatagramVersion::V3
+    } else {
+        DatagramVersion::V2
+    };
+    assert_eq!(conns[0].datagram_version, expected, "{:?}", conns[0].features);
+    assert_eq!(
+        conns[0].features.iter().any(|f| f == cloudflared.v3_feature),
+        datagram_v3,
+        "{:?}",
+        conns[0].features
+    );
+
     let reply = w.get("/hello?via=cloudflared").await;
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), w.log());
     assert_eq!(reply.text(), "hello from origin: /hello?via=cloudflared");
@@ -230,54 +294,33 @@ async fn requests_flow_through(w: &World) {
     // The name was resolved through the tunnel by the service's resolver, once per family.
     assert_eq!(w.dns.table.query_count(NAME_WITH_RESOLVER, RecordType::A), 1);
     assert_eq!(w.dns.table.query_count(NAME_WITH_RESOLVER, RecordType::AAAA), 1);
-
-    // A large body streams back intact.
+    // A large body streams back intact, on the same origin connection.
     const BIG: usize = 2 * 1024 * 1024 + 5;
     let reply = w.get(&format!("/big/{BIG}")).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body.len(), BIG);
     assert!(wvpc_tests::origin::is_pattern(&reply.body));
+    drop(w);
 
     // Without resolver_ips, iris asks cloudflared's virtual resolver, which forwards to
     // --dns-resolver-addrs.
-    w.replace_service(&hostname_service(
-        NAME_VIRTUAL,
-        w.tunnel_id,
-        None,
-        w.origin.addr.port(),
-    ));
+    let w = World::start(cloudflared, datagram_v3, 1, Target::Virtual).await;
     let reply = w.get("/virtual").await;
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), w.log());
     assert_eq!(reply.text(), "hello from origin: /virtual");
     assert_eq!(w.dns.table.query_count(NAME_VIRTUAL, RecordType::A), 1);
+    assert_eq!(w.dns.table.query_count(NAME_VIRTUAL, RecordType::AAAA), 1);
+    drop(w);
 
     // cloudflared's dial errors come back as codes: a closed port …
-    let closed = std::net::TcpListener::bind((ORIGIN_IP, 0)).unwrap();
-    let closed_port = closed.local_addr().unwrap().port();
-    drop(closed);
-    w.replace_service(&hostname_service(
-        NAME_VIRTUAL,
-        w.tunnel_id,
-        None,
-        closed_port,
-    ));
+    let w = World::start(cloudflared, datagram_v3, 1, Target::ClosedPort).await;
     let reply = w.get("/refused").await;
     assert_eq!(reply.status, 502, "{}", reply.text());
     assert_eq!(reply.text(), "ProxyError: connection_refused", "{}", w.log());
+    drop(w);
 
     // … and an address nothing routes to.
-    let mut unroutable = ServiceInput::http(
-        "api",
-        HostInput {
-            ipv4: Some(UNROUTABLE_IP.into()),
-            network: Some(NetworkInput {
-                tunnel_id: Some(w.tunnel_id.to_string()),
-            }),
-            ..HostInput::default()
-        },
-    );
-    unroutable.http_port = Some(80);
-    w.replace_service(&unroutable);
+    let w = World::start(cloudflared, datagram_v3, 1, Target::Unroutable).await;
     let reply = w.get("/unroutable").await;
     assert_eq!(reply.status, 502, "{}", reply.text());
     assert_eq!(
@@ -294,16 +337,7 @@ async fn stock_cloudflared_serves_a_tunnel_over_datagram_v3() {
     else {
         return;
     };
-    let w = World::start(&cloudflared, true, 1).await;
-    let conns = w.stack.registry().connections(w.tunnel_id);
-    assert_eq!(conns.len(), 1);
-    assert_eq!(conns[0].datagram_version, DatagramVersion::V3);
-    assert!(
-        conns[0].features.iter().any(|f| f == cloudflared.v3_feature),
-        "{:?}",
-        conns[0].features
-    );
-    requests_flow_through(&w).await;
+    requests_flow_through(&cloudflared, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,16 +346,7 @@ async fn stock_cloudflared_serves_a_tunnel_over_datagram_v2() {
     else {
         return;
     };
-    let w = World::start(&cloudflared, false, 1).await;
-    let conns = w.stack.registry().connections(w.tunnel_id);
-    assert_eq!(conns.len(), 1);
-    assert_eq!(
-        conns[0].datagram_version,
-        DatagramVersion::V2,
-        "{:?}",
-        conns[0].features
-    );
-    requests_flow_through(&w).await;
+    requests_flow_through(&cloudflared, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,7 +355,7 @@ async fn stock_cloudflared_registers_one_connection_per_edge_address() {
     else {
         return;
     };
-    let w = World::start(&cloudflared, true, 2).await;
+    let w = World::start(&cloudflared, true, 2, Target::WithResolver).await;
     let conns = w.stack.registry().connections(w.tunnel_id);
     let mut indexes: Vec<u8> = conns.iter().map(|c| c.conn_index).collect();
     indexes.sort_unstable();
