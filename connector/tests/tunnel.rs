@@ -479,6 +479,51 @@ async fn udp_dns_to_the_virtual_resolver_reaches_the_configured_resolver() {
     connector.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_over_datagram_v2_is_set_up_by_rpc_and_unregistered_when_dropped() {
+    let edge = TestEdge::start().await;
+    let mut config = edge.config(edge.credentials.clone());
+    config.datagram_version = DatagramVersion::V2;
+    config.max_active_flows = 1;
+    let connector = RunningConnector::start(config).registered(1).await;
+    edge.registry().wait_for_connection(edge.tunnel()).await;
+    let conns = edge.registry().connections(edge.tunnel());
+    assert_eq!(conns[0].datagram_version, DatagramVersion::V2);
+
+    let registry = edge.registry();
+    let echo = udp_echo().await;
+    let ctx = FlowContext::default();
+    let open = || registry.open_udp(edge.tunnel(), echo, &ctx);
+    let flow = open().await.unwrap();
+    for i in 0..3u8 {
+        let payload = Bytes::from(vec![i; 200]);
+        flow.send(payload.clone()).await.unwrap();
+        assert_eq!(flow.recv().await.unwrap(), payload);
+    }
+    // The flow limit answers registerUdpSession with cloudflared's text: rate_limited.
+    let err = open().await.err().unwrap();
+    assert_eq!(err.code, ErrorCode::RateLimited, "{err:?}");
+    // Dropping the flow unregisters the session on the connector, which frees its slot.
+    drop(flow);
+    let reopened = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match open().await {
+                Ok(flow) => return flow,
+                Err(e) if e.code == ErrorCode::RateLimited => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("unexpected failure: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the dropped session was never unregistered on the connector");
+    reopened.send(Bytes::from_static(b"again")).await.unwrap();
+    assert_eq!(reopened.recv().await.unwrap(), Bytes::from_static(b"again"));
+    drop(reopened);
+    connector.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn udp_flow_ends_when_its_connection_closes() {
     let (edge, connector) = edge_with_connector().await;
@@ -675,7 +720,7 @@ async fn raw_register(
 }
 
 #[tokio::test]
-async fn duplicate_connections_get_edupconn_and_v2_only_connectors_get_no_udp() {
+async fn duplicate_connections_get_edupconn() {
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
@@ -695,19 +740,6 @@ async fn duplicate_connections_get_edupconn_and_v2_only_connectors_get_no_udp() 
             assert_eq!(conns.len(), 1);
             assert_eq!(conns[0].connection_id, connection_id);
             assert_eq!(conns[0].datagram_version, DatagramVersion::V2);
-
-            let err = edge
-                .registry()
-                .open_udp(
-                    edge.tunnel(),
-                    "127.0.0.1:53".parse().unwrap(),
-                    &FlowContext::default(),
-                )
-                .await
-                .err()
-                .unwrap();
-            assert_eq!(err.code, ErrorCode::DestinationUnavailable);
-            assert!(err.details.unwrap().contains("support_datagram_v3_2"));
 
             // Closing the connection removes it at once.
             first.quic.close(0u32.into(), b"");

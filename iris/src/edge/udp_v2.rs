@@ -15,7 +15,7 @@
 //!   `connection_terminated`;
 //! - the connection closed: every session goes with it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use bytes::Bytes;
 use capnp::capability::Rc as CapRc;
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
 use futures::io::{BufReader, BufWriter};
+use wvpc_tunnel::session_rpc::{SESSION_RPC_TIMEOUT, SessionCall, call};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
@@ -30,111 +31,15 @@ use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::tunnel_rpc_capnp::session_manager;
 use wvpc_tunnel::connect::code_for_connector_error;
 use wvpc_tunnel::datagram_v2::encode_udp;
-use wvpc_tunnel::preamble::RPC_STREAM_SIGNATURE;
 use wvpc_tunnel::{RequestId, RpcThread};
 
 use super::registry::EdgeConnection;
 use crate::tunnel_pool::{BoxFuture, UdpFlow};
 
-/// Bound on one session RPC (cloudflared's `--rpc-timeout` is 5 s).
-const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest RPC message accepted from a connector on a session stream (in 8-byte words).
 const MAX_RPC_MESSAGE_WORDS: usize = 1 << 14;
 /// Datagrams queued per flow before new ones are dropped (UDP semantics).
 const FLOW_QUEUE: usize = 256;
-
-/// One session RPC the edge makes.
-enum SessionCall {
-    Register {
-        id: RequestId,
-        dest: SocketAddr,
-        idle: Duration,
-    },
-    Unregister {
-        id: RequestId,
-        message: String,
-    },
-}
-
-/// What a session RPC returned: the connector's error text (empty on success).
-type CallOutcome = Result<String, String>;
-
-/// Runs one session RPC on a fresh stream of `quic`, on the RPC thread.
-async fn call(rpc: &RpcThread, quic: quinn::Connection, call: SessionCall) -> CallOutcome {
-    let (tx, rx) = oneshot::channel();
-    rpc.spawn_local(move || async move {
-        let outcome = match tokio::time::timeout(RPC_TIMEOUT, call_on_stream(quic, call)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(format!(
-                "the connector did not answer within {}s",
-                RPC_TIMEOUT.as_secs()
-            )),
-        };
-        let _ = tx.send(outcome);
-    })
-    .map_err(|e| e.to_string())?;
-    rx.await
-        .unwrap_or_else(|_| Err("the edge RPC thread stopped".to_owned()))
-}
-
-async fn call_on_stream(quic: quinn::Connection, call: SessionCall) -> CallOutcome {
-    let (mut send, recv) = quic.open_bi().await.map_err(|e| e.to_string())?;
-    send.write_all(&RPC_STREAM_SIGNATURE)
-        .await
-        .map_err(|e| e.to_string())?;
-    let network = twoparty::VatNetwork::new(
-        BufReader::new(recv.compat()),
-        BufWriter::new(send.compat_write()),
-        Side::Client,
-        capnp::message::ReaderOptions::new(),
-    );
-    let mut system = RpcSystem::new(Box::new(network), None);
-    let manager: session_manager::Client = system.bootstrap(Side::Server);
-    let disconnect = system.get_disconnector();
-    tokio::task::spawn_local(async move {
-        let _ = system.await;
-    });
-    let outcome = match call {
-        SessionCall::Register { id, dest, idle } => {
-            let mut request = manager.register_udp_session_request();
-            {
-                let mut params = request.get();
-                params.set_session_id(&id.0);
-                match dest.ip() {
-                    IpAddr::V4(ip) => params.set_dst_ip(&ip.octets()),
-                    IpAddr::V6(ip) => params.set_dst_ip(&ip.octets()),
-                }
-                params.set_dst_port(dest.port());
-                params.set_close_after_idle_hint(i64::try_from(idle.as_nanos()).unwrap_or(0));
-                params.set_trace_context("");
-            }
-            match request.send().promise.await {
-                Ok(response) => response
-                    .get()
-                    .and_then(|r| r.get_result())
-                    .and_then(|r| r.get_err())
-                    .and_then(|t| t.to_string().map_err(Into::into))
-                    .map_err(|e| format!("malformed registerUdpSession answer: {e}")),
-                Err(e) => Err(format!("registerUdpSession failed: {e}")),
-            }
-        }
-        SessionCall::Unregister { id, message } => {
-            let mut request = manager.unregister_udp_session_request();
-            {
-                let mut params = request.get();
-                params.set_session_id(&id.0);
-                params.set_message(message.as_str());
-            }
-            match request.send().promise.await {
-                Ok(_) => Ok(String::new()),
-                Err(e) => Err(format!("unregisterUdpSession failed: {e}")),
-            }
-        }
-    };
-    drop(manager);
-    let _ = disconnect.await;
-    outcome
-}
 
 /// Opens a session on `conn` by RPC and returns the flow once the connector accepted it.
 pub(crate) async fn open(
@@ -318,7 +223,7 @@ pub(crate) async fn serve_connector_stream(
     let tunnel = conn.info.tunnel_id;
     let service: session_manager::Client = capnp_rpc::new_client(EdgeSessionService { conn });
     let system = RpcSystem::new(Box::new(network), Some(service.client));
-    match tokio::time::timeout(RPC_TIMEOUT, system).await {
+    match tokio::time::timeout(SESSION_RPC_TIMEOUT, system).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::debug!(%tunnel, error = %e, "connector RPC stream failed")
