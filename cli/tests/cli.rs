@@ -93,15 +93,26 @@ fn tunnel_create_json_has_a_cloudflared_token_and_writes_credentials() {
     assert_eq!(creds.tunnel_secret.len(), 32);
 
     let file = state.path().join("tunnels").join(format!("{id}.json"));
-    assert_eq!(v["credentials_file"].as_str().unwrap(), file.to_str().unwrap());
+    assert_eq!(
+        v["credentials_file"].as_str().unwrap(),
+        file.to_str().unwrap()
+    );
     let text = std::fs::read_to_string(&file).unwrap();
     let from_file = Credentials::from_file_json(&text).unwrap();
     assert_eq!(from_file, creds);
     // Exactly cloudflared's `Credentials` JSON: these four keys, all strings.
     let raw: Value = serde_json::from_str(&text).unwrap();
-    let mut file_keys: Vec<&str> = raw.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut file_keys: Vec<&str> = raw
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     file_keys.sort_unstable();
-    assert_eq!(file_keys, ["AccountTag", "Endpoint", "TunnelID", "TunnelSecret"]);
+    assert_eq!(
+        file_keys,
+        ["AccountTag", "Endpoint", "TunnelID", "TunnelSecret"]
+    );
     assert_eq!(raw["TunnelID"], id);
     assert_eq!(raw["Endpoint"], "");
     #[cfg(unix)]
@@ -501,7 +512,10 @@ fn stubbed_and_missing_things_fail_cleanly() {
 fn edge_ca_export_prints_or_writes_the_ca_connectors_trust() {
     let state = State::new();
     let printed = state.ok(&["edge", "ca", "export"]);
-    assert!(printed.starts_with("-----BEGIN CERTIFICATE-----"), "{printed}");
+    assert!(
+        printed.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{printed}"
+    );
     // The same CA every time: it is the state directory's identity.
     assert_eq!(state.ok(&["edge", "ca", "export"]), printed);
     let out = state.path().join("exported-ca.pem");

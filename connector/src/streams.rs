@@ -282,7 +282,8 @@ impl session_manager::Server for CloudflaredService {
                 return Ok(());
             }
         };
-        let idle = Duration::from_nanos(u64::try_from(params.get_close_after_idle_hint()).unwrap_or(0));
+        let idle =
+            Duration::from_nanos(u64::try_from(params.get_close_after_idle_hint()).unwrap_or(0));
         let dest = SocketAddr::new(ip, params.get_dst_port());
         let err = self.udp.register_by_rpc(id, dest, idle, &self.quic);
         results.get().init_result().set_err(err.as_str());

@@ -226,7 +226,9 @@ impl UdpSessions {
                 tracing::debug!(session = %id, %message, "edge unregistered the UDP session");
                 session.closed.cancel();
             }
-            None => tracing::debug!(session = %id, %message, "edge unregistered an unknown UDP session"),
+            None => {
+                tracing::debug!(session = %id, %message, "edge unregistered an unknown UDP session")
+            }
         }
     }
 

@@ -335,6 +335,47 @@ async fn wrong_secret_is_refused_with_a_clear_error() {
     assert!(edge.registry().connections(edge.tunnel()).is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_registrations_leaves_the_good_tunnel_served() {
+    let (edge, connector) = edge_with_connector().await;
+    let echo = tcp_echo().await;
+    let registry = edge.registry();
+    const FLOOD: usize = 32;
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|i| {
+            let mut bad = if i % 2 == 0 {
+                Credentials::mint("acct-1", Uuid::new_v4())
+            } else {
+                edge.credentials.clone()
+            };
+            bad.tunnel_secret = format!("wrong {i}").into_bytes();
+            tokio::spawn(Connector::run(edge.config(bad), std::future::pending()))
+        })
+        .collect();
+    // While the flood is refused, the registered tunnel keeps proxying.
+    for round in 0..4u8 {
+        let mut stream = registry
+            .open_tcp(edge.tunnel(), echo, &FlowContext::default())
+            .await
+            .unwrap();
+        stream.write_all(&[round; 32]).await.unwrap();
+        let mut back = [0u8; 32];
+        stream.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, [round; 32]);
+    }
+    for attempt in flood {
+        let err = attempt.await.unwrap().unwrap_err();
+        assert!(matches!(err, ConnectorError::Unauthorized { .. }), "{err}");
+    }
+    assert!(logged("reason=unknown tunnel"));
+    assert!(logged(&format!(
+        "reason=wrong secret for tunnel {}",
+        edge.tunnel()
+    )));
+    assert_eq!(registry.connections(edge.tunnel()).len(), 1);
+    connector.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn unknown_tunnel_is_refused_with_a_clear_error() {
     let edge = TestEdge::start().await;
@@ -542,6 +583,58 @@ async fn udp_flow_ends_when_its_connection_closes() {
 
 // ---------------------------------------------------------------------------------------------
 // Malformed input
+
+#[tokio::test]
+async fn streams_a_registered_connector_opens_are_reset_unless_they_are_rpc() {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let edge = TestEdge::start().await;
+            let stock_v2 = ["serialized_headers", "support_datagram_v2"];
+            let conn = raw_register(&edge, Uuid::new_v4(), 0, &stock_v2).await;
+            conn.outcome.clone().unwrap();
+
+            // Garbage, and a data stream (which only the edge may open): each is reset.
+            for first_bytes in [&b"GET / HTTP/1.1\r\n\r\n"[..], &DATA_STREAM_PREAMBLE[..]] {
+                let (mut send, mut recv) = conn.quic.open_bi().await.unwrap();
+                send.write_all(first_bytes).await.unwrap();
+                let mut buf = [0u8; 1];
+                assert!(
+                    recv.read(&mut buf).await.is_err(),
+                    "the edge must reset the stream"
+                );
+            }
+            assert!(logged(
+                "connector opened a stream that is not tunnel RPC; reset"
+            ));
+            assert!(logged(
+                "connector opened a data stream, which only the edge may open"
+            ));
+
+            // An RPC stream reaches the edge's SessionManager: unregistering an unknown
+            // session is answered (and logged), not fatal.
+            let (mut send, recv) = conn.quic.open_bi().await.unwrap();
+            send.write_all(&RPC_STREAM_SIGNATURE).await.unwrap();
+            let network = twoparty::VatNetwork::new(
+                BufReader::new(recv.compat()),
+                BufWriter::new(send.compat_write()),
+                Side::Client,
+                Default::default(),
+            );
+            let mut rpc = RpcSystem::new(Box::new(network), None);
+            let manager: session_manager::Client = rpc.bootstrap(Side::Server);
+            tokio::task::spawn_local(rpc);
+            let mut call = manager.unregister_udp_session_request();
+            call.get().set_session_id(&[3; 16]);
+            call.get().set_message("idle");
+            call.send().promise.await.unwrap();
+
+            // The connection is still registered and usable.
+            assert_eq!(edge.registry().connections(edge.tunnel()).len(), 1);
+            assert!(conn.quic.close_reason().is_none());
+        })
+        .await;
+}
 
 #[tokio::test]
 async fn garbage_and_truncated_control_streams_close_only_that_connection() {

@@ -115,6 +115,9 @@ impl Cloudflared {
             "--credentials-file".into(),
             o.credentials.display().to_string(),
         ]);
+        if let Some(max) = o.max_active_flows {
+            args.extend(["--max-active-flows".into(), max.to_string()]);
+        }
         for resolver in &o.dns_resolvers {
             args.extend(["--dns-resolver-addrs".into(), resolver.to_string()]);
         }
@@ -150,6 +153,8 @@ pub struct RunOptions {
     pub datagram_v3: bool,
     /// `--ha-connections`.
     pub ha_connections: usize,
+    /// `--max-active-flows` (TCP flows plus UDP sessions), if given.
+    pub max_active_flows: Option<usize>,
 }
 
 /// A running cloudflared; killed when dropped.

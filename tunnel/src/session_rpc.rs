@@ -44,16 +44,21 @@ pub enum SessionCall {
 /// Makes one session RPC on a new stream of `quic`, on the RPC thread, bounded by
 /// [`SESSION_RPC_TIMEOUT`]. `Ok` carries the peer's error text (`registerUdpSession`'s `err`;
 /// empty on success), `Err` says why the call itself failed.
-pub async fn call(rpc: &RpcThread, quic: quinn::Connection, call: SessionCall) -> Result<String, String> {
+pub async fn call(
+    rpc: &RpcThread,
+    quic: quinn::Connection,
+    call: SessionCall,
+) -> Result<String, String> {
     let (tx, rx) = oneshot::channel();
     rpc.spawn_local(move || async move {
-        let outcome = match tokio::time::timeout(SESSION_RPC_TIMEOUT, call_on_stream(quic, call)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(format!(
-                "the peer did not answer within {}s",
-                SESSION_RPC_TIMEOUT.as_secs()
-            )),
-        };
+        let outcome =
+            match tokio::time::timeout(SESSION_RPC_TIMEOUT, call_on_stream(quic, call)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!(
+                    "the peer did not answer within {}s",
+                    SESSION_RPC_TIMEOUT.as_secs()
+                )),
+            };
         let _ = tx.send(outcome);
     })
     .map_err(|e| e.to_string())?;
@@ -119,4 +124,3 @@ async fn call_on_stream(quic: quinn::Connection, call: SessionCall) -> Result<St
     let _ = disconnect.await;
     outcome
 }
-

@@ -183,7 +183,12 @@ async fn handle_incoming(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let reader = tokio::spawn(udp::read_datagrams(conn.clone()));
     // Streams the connector opens after registering: datagram-v2 session RPCs.
     while let Ok((send, recv)) = quic.accept_bi().await {
-        tokio::spawn(connector_stream(conn.clone(), shared.rpc.clone(), send, recv));
+        tokio::spawn(connector_stream(
+            conn.clone(),
+            shared.rpc.clone(),
+            send,
+            recv,
+        ));
     }
     shared.registry.forget(&quic);
     reader.abort();

@@ -373,7 +373,10 @@ impl TunnelRegistry {
     ) -> Result<Box<dyn UdpFlow>, ProxyError> {
         let candidates = self.candidates(tunnel_id);
         // Each connection speaks the datagram version its connector advertised.
-        let conn = candidates.into_iter().next().ok_or_else(|| no_connection(tunnel_id))?;
+        let conn = candidates
+            .into_iter()
+            .next()
+            .ok_or_else(|| no_connection(tunnel_id))?;
         match (conn.info.datagram_version, conn.rpc.clone()) {
             (DatagramVersion::V3, _) => super::udp::open(conn, dest, self.udp_idle).await,
             (DatagramVersion::V2, Some(rpc)) => {

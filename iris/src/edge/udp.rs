@@ -15,9 +15,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_tunnel::datagram::{Datagram, RegistrationResponse, SessionRegistration, encode_payload};
 use wvpc_tunnel::datagram_v2::DatagramV2;
 use wvpc_tunnel::{DatagramVersion, RequestId};
-use wvpc_tunnel::datagram::{Datagram, RegistrationResponse, SessionRegistration, encode_payload};
 
 use super::registry::EdgeConnection;
 use crate::tunnel_pool::{BoxFuture, UdpFlow};

@@ -23,7 +23,6 @@ use bytes::Bytes;
 use capnp::capability::Rc as CapRc;
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
 use futures::io::{BufReader, BufWriter};
-use wvpc_tunnel::session_rpc::{SESSION_RPC_TIMEOUT, SessionCall, call};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
@@ -31,6 +30,7 @@ use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::tunnel_rpc_capnp::session_manager;
 use wvpc_tunnel::connect::code_for_connector_error;
 use wvpc_tunnel::datagram_v2::encode_udp;
+use wvpc_tunnel::session_rpc::{SESSION_RPC_TIMEOUT, SessionCall, call};
 use wvpc_tunnel::{RequestId, RpcThread};
 
 use super::registry::EdgeConnection;

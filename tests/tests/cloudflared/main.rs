@@ -27,6 +27,7 @@ use wvpc_tests::stock_cloudflared::{
     Cloudflared, CloudflaredProcess, Isolation, RunOptions, isolated,
 };
 use wvpc_tests::{TempDir, client, guests, trace_init, within};
+use wvpc_iris::{FlowContext, TunnelPool as _};
 use wvpc_tunnel::DatagramVersion;
 
 /// The origin's address: a second loopback address, as a private host would be.
@@ -56,7 +57,10 @@ fn cloudflared(test: &str) -> Option<Cloudflared> {
     let cloudflared = found.expect("probing the cloudflared binary");
     match isolated(test) {
         Isolation::Inside => {
-            eprintln!("{test}: {} (isolated network namespace)", cloudflared.version);
+            eprintln!(
+                "{test}: {} (isolated network namespace)",
+                cloudflared.version
+            );
             Some(cloudflared)
         }
         Isolation::Passed => None,
@@ -91,7 +95,12 @@ async fn wvpc(state: &TempDir, command: Command) -> String {
     String::from_utf8(out).unwrap()
 }
 
-fn hostname_service(hostname: &str, tunnel: Uuid, resolver: Option<String>, port: u16) -> ServiceInput {
+fn hostname_service(
+    hostname: &str,
+    tunnel: Uuid,
+    resolver: Option<String>,
+    port: u16,
+) -> ServiceInput {
     let mut input = ServiceInput::http(
         "api",
         HostInput {
@@ -118,6 +127,8 @@ enum Target {
     ClosedPort,
     /// An IPv4 address nothing routes to.
     Unroutable,
+    /// The origin's IPv4 address, with cloudflared allowing a single flow.
+    OneFlow,
 }
 
 impl World {
@@ -175,18 +186,22 @@ impl World {
                 drop(closed);
                 hostname_service(NAME_VIRTUAL, tunnel_id, None, port)
             }
-            Target::Unroutable => {
+            Target::Unroutable | Target::OneFlow => {
+                let (ip, port) = match target {
+                    Target::OneFlow => (ORIGIN_IP, origin.addr.port()),
+                    _ => (UNROUTABLE_IP, 80),
+                };
                 let mut input = ServiceInput::http(
                     "api",
                     HostInput {
-                        ipv4: Some(UNROUTABLE_IP.into()),
+                        ipv4: Some(ip.into()),
                         network: Some(NetworkInput {
                             tunnel_id: Some(tunnel_id.to_string()),
                         }),
                         ..HostInput::default()
                     },
                 );
-                input.http_port = Some(80);
+                input.http_port = Some(i64::from(port));
                 input
             }
         };
@@ -216,13 +231,16 @@ impl World {
             dns_resolvers: vec![dns.addr],
             datagram_v3,
             ha_connections,
+            max_active_flows: (target == Target::OneFlow).then_some(1),
         };
         let mut process = cloudflared
             .run(&options, &state.path().join("cloudflared.log"))
             .expect("starting cloudflared");
         let registered = tokio::time::timeout(
             Duration::from_secs(30),
-            stack.registry().wait_for_connections(tunnel_id, ha_connections),
+            stack
+                .registry()
+                .wait_for_connections(tunnel_id, ha_connections),
         )
         .await;
         if registered.is_err() {
@@ -278,9 +296,16 @@ async fn requests_flow_through(cloudflared: &Cloudflared, datagram_v3: bool) {
     } else {
         DatagramVersion::V2
     };
-    assert_eq!(conns[0].datagram_version, expected, "{:?}", conns[0].features);
     assert_eq!(
-        conns[0].features.iter().any(|f| f == cloudflared.v3_feature),
+        conns[0].datagram_version, expected,
+        "{:?}",
+        conns[0].features
+    );
+    assert_eq!(
+        conns[0]
+            .features
+            .iter()
+            .any(|f| f == cloudflared.v3_feature),
         datagram_v3,
         "{:?}",
         conns[0].features
@@ -290,10 +315,21 @@ async fn requests_flow_through(cloudflared: &Cloudflared, datagram_v3: bool) {
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), w.log());
     assert_eq!(reply.text(), "hello from origin: /hello?via=cloudflared");
     let seen = w.origin.seen();
-    assert_eq!(seen.last().unwrap().host.as_deref(), Some(NAME_WITH_RESOLVER));
+    assert_eq!(
+        seen.last().unwrap().host.as_deref(),
+        Some(NAME_WITH_RESOLVER)
+    );
     // The name was resolved through the tunnel by the service's resolver, once per family.
-    assert_eq!(w.dns.table.query_count(NAME_WITH_RESOLVER, RecordType::A), 1);
-    assert_eq!(w.dns.table.query_count(NAME_WITH_RESOLVER, RecordType::AAAA), 1);
+    assert_eq!(
+        w.dns.table.query_count(NAME_WITH_RESOLVER, RecordType::A),
+        1
+    );
+    assert_eq!(
+        w.dns
+            .table
+            .query_count(NAME_WITH_RESOLVER, RecordType::AAAA),
+        1
+    );
     // A large body streams back intact, on the same origin connection.
     const BIG: usize = 2 * 1024 * 1024 + 5;
     let reply = w.get(&format!("/big/{BIG}")).await;
@@ -316,7 +352,12 @@ async fn requests_flow_through(cloudflared: &Cloudflared, datagram_v3: bool) {
     let w = World::start(cloudflared, datagram_v3, 1, Target::ClosedPort).await;
     let reply = w.get("/refused").await;
     assert_eq!(reply.status, 502, "{}", reply.text());
-    assert_eq!(reply.text(), "ProxyError: connection_refused", "{}", w.log());
+    assert_eq!(
+        reply.text(),
+        "ProxyError: connection_refused",
+        "{}",
+        w.log()
+    );
     drop(w);
 
     // … and an address nothing routes to.
@@ -329,6 +370,21 @@ async fn requests_flow_through(cloudflared: &Cloudflared, datagram_v3: bool) {
         "{}",
         w.log()
     );
+    drop(w);
+
+    // … and its flow limit (`FlowConnectRateLimited`) as rate_limited: one flow held open
+    // through the tunnel takes the only slot.
+    let w = World::start(cloudflared, datagram_v3, 1, Target::OneFlow).await;
+    let held = w
+        .stack
+        .registry()
+        .open_tcp(w.tunnel_id, w.origin.addr, &FlowContext::default())
+        .await
+        .expect("the first flow fits the limit");
+    let reply = w.get("/limited").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.text(), "ProxyError: rate_limited", "{}", w.log());
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,7 +407,8 @@ async fn stock_cloudflared_serves_a_tunnel_over_datagram_v2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_cloudflared_registers_one_connection_per_edge_address() {
-    let Some(cloudflared) = cloudflared("stock_cloudflared_registers_one_connection_per_edge_address")
+    let Some(cloudflared) =
+        cloudflared("stock_cloudflared_registers_one_connection_per_edge_address")
     else {
         return;
     };
@@ -360,7 +417,10 @@ async fn stock_cloudflared_registers_one_connection_per_edge_address() {
     let mut indexes: Vec<u8> = conns.iter().map(|c| c.conn_index).collect();
     indexes.sort_unstable();
     assert_eq!(indexes, [0, 1], "{conns:?}");
-    assert_eq!(conns[0].client_id, conns[1].client_id, "one connector process");
+    assert_eq!(
+        conns[0].client_id, conns[1].client_id,
+        "one connector process"
+    );
     for i in 0..4 {
         let reply = w.get(&format!("/ha/{i}")).await;
         assert_eq!(reply.status, 200, "{}\n{}", reply.text(), w.log());

@@ -125,7 +125,10 @@ async fn a_connector_speaking_datagram_v2_resolves_and_serves_through_the_edge()
     let conns = w.stack.registry().connections(tunnel);
     assert_eq!(conns[0].datagram_version, DatagramVersion::V2);
     assert!(
-        !conns[0].features.iter().any(|f| f.starts_with("support_datagram_v3")),
+        !conns[0]
+            .features
+            .iter()
+            .any(|f| f.starts_with("support_datagram_v3")),
         "{:?}",
         conns[0].features
     );
