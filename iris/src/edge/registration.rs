@@ -194,6 +194,7 @@ impl RegistrationService {
             version = %conn.info.version,
             arch = %conn.info.arch,
             datagrams = ?datagram_version,
+            features = ?conn.info.features,
             %remote,
             "tunnel connection registered"
         );
