@@ -548,3 +548,27 @@ fn edge_ca_import_refuses_a_key_that_is_not_the_cas_and_keeps_the_identity() {
     assert!(run.stderr().contains("does not verify"), "{}", run.stderr());
     assert_eq!(state.ok(&["edge", "ca", "export"]), before);
 }
+
+#[test]
+fn tunnel_create_says_where_the_credentials_file_is_and_how_to_run_cloudflared() {
+    let state = State::new();
+    let out = state.ok(&["tunnel", "create", "lab"]);
+    let id = state.json(&["tunnel", "list", "--json"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = state.path().join("tunnels").join(format!("{id}.json"));
+    assert!(file.is_file());
+    assert!(
+        out.contains(&format!(
+            "Credentials file (cloudflared format): {}",
+            file.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("run --credentials-file {} {id}", file.display())),
+        "{out}"
+    );
+    assert!(out.contains("--cacert ca.pem"), "{out}");
+}

@@ -490,9 +490,33 @@ mod tests {
             .unwrap()
             .code
         };
+        // The exact texts cloudflared 2025.9.0 and 2026.8.2 sent for a closed port and for an
+        // address without a route.
         assert_eq!(
-            text("dial tcp 127.0.0.1:1: connect: connection refused", vec![]),
+            text(
+                "unable to dial tcp to origin 127.0.0.2:44841: dial tcp 127.0.0.2:44841: \
+                 connect: connection refused",
+                vec![]
+            ),
             ErrorCode::ConnectionRefused
+        );
+        assert_eq!(
+            text(
+                "unable to dial tcp to origin 198.51.100.7:80: dial tcp 198.51.100.7:80: \
+                 connect: network is unreachable",
+                vec![]
+            ),
+            ErrorCode::DestinationIpUnroutable
+        );
+        assert_eq!(
+            code_for_connector_error(
+                "failed to start udp session due to rate limiting: too many concurrent flows"
+            ),
+            Some(ErrorCode::RateLimited)
+        );
+        assert_eq!(
+            code_for_connector_error("datagram v3 does not support RegisterUdpSession RPC"),
+            None
         );
         assert_eq!(
             text("dial tcp 10.9.9.9:80: i/o timeout", vec![]),

@@ -20,6 +20,7 @@ use wvpc_cli::commands::tunnel::TunnelCommand;
 use wvpc_cli::stack::{Stack, StackConfig};
 use wvpc_cli::{Cli, Command};
 use wvpc_directory::{Directory, HostInput, NetworkInput, ResolverNetworkInput, ServiceInput};
+use wvpc_iris::{FlowContext, TunnelPool as _};
 use wvpc_runtime::{ScriptConfig, VpcServiceBinding};
 use wvpc_tests::dns::{DnsServer, DnsTable};
 use wvpc_tests::origin::Origin;
@@ -27,7 +28,6 @@ use wvpc_tests::stock_cloudflared::{
     Cloudflared, CloudflaredProcess, Isolation, RunOptions, isolated,
 };
 use wvpc_tests::{TempDir, client, guests, trace_init, within};
-use wvpc_iris::{FlowContext, TunnelPool as _};
 use wvpc_tunnel::DatagramVersion;
 
 /// The origin's address: a second loopback address, as a private host would be.
