@@ -74,17 +74,23 @@ struct TestEdge {
 
 impl TestEdge {
     async fn start() -> Self {
+        Self::start_with(Arc::new(TunnelRegistry::default())).await
+    }
+
+    /// An edge whose registry is built by the caller (e.g. a short UDP idle time).
+    async fn start_with(registry: Arc<TunnelRegistry>) -> Self {
         logs();
         let identity = EdgeIdentity::generate().unwrap();
         let authority = Arc::new(CredentialsAuthority::new());
         let credentials = Credentials::mint("acct-1", Uuid::new_v4());
         authority.insert(credentials.clone());
         let edge = Arc::new(
-            Edge::bind(
+            Edge::bind_with_registry(
                 "127.0.0.1:0".parse().unwrap(),
                 &identity,
                 authority.clone(),
                 "test-node".into(),
+                registry,
             )
             .unwrap(),
         );
@@ -561,6 +567,47 @@ async fn udp_over_datagram_v2_is_set_up_by_rpc_and_unregistered_when_dropped() {
     .expect("the dropped session was never unregistered on the connector");
     reopened.send(Bytes::from_static(b"again")).await.unwrap();
     assert_eq!(reopened.recv().await.unwrap(), Bytes::from_static(b"again"));
+    drop(reopened);
+    connector.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_datagram_v2_session_is_unregistered_by_the_edge() {
+    let idle = std::time::Duration::from_millis(300);
+    let edge = TestEdge::start_with(Arc::new(TunnelRegistry::new(idle))).await;
+    let mut config = edge.config(edge.credentials.clone());
+    config.datagram_version = DatagramVersion::V2;
+    config.max_active_flows = 1;
+    let connector = RunningConnector::start(config).registered(1).await;
+    edge.registry().wait_for_connection(edge.tunnel()).await;
+
+    let registry = edge.registry();
+    let echo = udp_echo().await;
+    let ctx = FlowContext::default();
+    let flow = registry.open_udp(edge.tunnel(), echo, &ctx).await.unwrap();
+    flow.send(Bytes::from_static(b"ping")).await.unwrap();
+    assert_eq!(flow.recv().await.unwrap(), Bytes::from_static(b"ping"));
+    // Nothing more is sent: after the idle time the edge ends the session, and the flow
+    // says so instead of waiting forever.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), flow.recv())
+        .await
+        .expect("the idle session was never ended");
+    assert_eq!(ended.unwrap_err().code, ErrorCode::ConnectionTerminated);
+    drop(flow);
+    // And the connector let go of it: its only flow slot is free again.
+    let reopened = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match registry.open_udp(edge.tunnel(), echo, &ctx).await {
+                Ok(flow) => return flow,
+                Err(e) if e.code == ErrorCode::RateLimited => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("unexpected failure: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the idle session still holds the connector's flow slot");
     drop(reopened);
     connector.stop().await.unwrap();
 }
