@@ -63,6 +63,9 @@ pub enum Command {
     Account(commands::token::AccountCommand),
     /// Upload the built script and its bindings to the directory API
     Deploy(commands::deploy::DeployArgs),
+    /// The tunnel edge's TLS identity (the CA connectors trust)
+    #[command(subcommand)]
+    Edge(commands::edge::EdgeCommand),
 }
 
 /// A command called the wrong way, found after parsing (exit code 2, like clap's own).
@@ -84,5 +87,6 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Token(command) => commands::token::run(command, &cli.state, out),
         Command::Account(command) => commands::token::run_account(command, &cli.state, out),
         Command::Deploy(args) => commands::deploy::run(args, &cli.api, out).await,
+        Command::Edge(command) => commands::edge::run(command, &cli.state, out),
     }
 }

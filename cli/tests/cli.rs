@@ -83,7 +83,7 @@ fn tunnel_create_json_has_a_cloudflared_token_and_writes_credentials() {
     let obj = v.as_object().unwrap();
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["id", "name", "token"]);
+    assert_eq!(keys, ["credentials_file", "id", "name", "token"]);
     assert_eq!(v["name"], "home");
     let id = v["id"].as_str().unwrap();
 
@@ -93,8 +93,28 @@ fn tunnel_create_json_has_a_cloudflared_token_and_writes_credentials() {
     assert_eq!(creds.tunnel_secret.len(), 32);
 
     let file = state.path().join("tunnels").join(format!("{id}.json"));
-    let from_file = Credentials::from_file_json(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(
+        v["credentials_file"].as_str().unwrap(),
+        file.to_str().unwrap()
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let from_file = Credentials::from_file_json(&text).unwrap();
     assert_eq!(from_file, creds);
+    // Exactly cloudflared's `Credentials` JSON: these four keys, all strings.
+    let raw: Value = serde_json::from_str(&text).unwrap();
+    let mut file_keys: Vec<&str> = raw
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    file_keys.sort_unstable();
+    assert_eq!(
+        file_keys,
+        ["AccountTag", "Endpoint", "TunnelID", "TunnelSecret"]
+    );
+    assert_eq!(raw["TunnelID"], id);
+    assert_eq!(raw["Endpoint"], "");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -486,4 +506,69 @@ fn stubbed_and_missing_things_fail_cleanly() {
     );
     let run = state.wvpc(&["service", "get", "not-a-uuid"]);
     assert_eq!(run.code(), 2);
+}
+
+#[test]
+fn edge_ca_export_prints_or_writes_the_ca_connectors_trust() {
+    let state = State::new();
+    let printed = state.ok(&["edge", "ca", "export"]);
+    assert!(
+        printed.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{printed}"
+    );
+    // The same CA every time: it is the state directory's identity.
+    assert_eq!(state.ok(&["edge", "ca", "export"]), printed);
+    let out = state.path().join("exported-ca.pem");
+    let said = state.ok(&["edge", "ca", "export", "--out", out.to_str().unwrap()]);
+    assert!(said.contains("--cacert"), "{said}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), printed);
+}
+
+#[test]
+fn edge_ca_import_refuses_a_key_that_is_not_the_cas_and_keeps_the_identity() {
+    let state = State::new();
+    let before = state.ok(&["edge", "ca", "export"]);
+    let cert = state.path().join("operator-ca.pem");
+    std::fs::write(&cert, &before).unwrap();
+    let key = state.path().join("operator-ca-key.pem");
+    // The generated CA's key is not kept, so the leaf key cannot sign for it.
+    let leaf_key = std::fs::read_to_string(state.path().join("edge").join("edge-key.pem")).unwrap();
+    std::fs::write(&key, leaf_key).unwrap();
+    let run = state.wvpc(&[
+        "edge",
+        "ca",
+        "import",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_ne!(run.code(), 0);
+    assert!(run.stderr().contains("left unchanged"), "{}", run.stderr());
+    assert!(run.stderr().contains("does not verify"), "{}", run.stderr());
+    assert_eq!(state.ok(&["edge", "ca", "export"]), before);
+}
+
+#[test]
+fn tunnel_create_says_where_the_credentials_file_is_and_how_to_run_cloudflared() {
+    let state = State::new();
+    let out = state.ok(&["tunnel", "create", "lab"]);
+    let id = state.json(&["tunnel", "list", "--json"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = state.path().join("tunnels").join(format!("{id}.json"));
+    assert!(file.is_file());
+    assert!(
+        out.contains(&format!(
+            "Credentials file (cloudflared format): {}",
+            file.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("run --credentials-file {} {id}", file.display())),
+        "{out}"
+    );
+    assert!(out.contains("--cacert ca.pem"), "{out}");
 }

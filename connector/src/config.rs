@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wvpc_tunnel::Credentials;
+use wvpc_tunnel::{Credentials, DatagramVersion};
 
 use crate::ConnectorError;
 
@@ -35,6 +35,9 @@ pub struct ConnectorConfig {
     pub grace_period: Duration,
     /// Version string reported to the edge.
     pub version: String,
+    /// How UDP sessions travel: v3 (in-band, the default) or v2 (set up by RPC), announced to
+    /// the edge in the feature list.
+    pub datagram_version: DatagramVersion,
 }
 
 impl ConnectorConfig {
@@ -50,6 +53,7 @@ impl ConnectorConfig {
             max_active_flows: 0,
             grace_period: DEFAULT_GRACE_PERIOD,
             version: format!("wvpc-connector/{}", env!("CARGO_PKG_VERSION")),
+            datagram_version: DatagramVersion::V3,
         }
     }
 

@@ -1,7 +1,9 @@
 //! Streams the edge opens on a connection. The signature decides: a data stream carries a
 //! `ConnectRequest` (we proxy `tcp`; http/websocket are refused, Workers VPC only uses tcp);
-//! an RPC stream carries Cap'n Proto RPC to our `CloudflaredServer`; anything else is reset.
+//! an RPC stream carries Cap'n Proto RPC to our `CloudflaredServer` (remote configuration, and
+//! datagram-v2 UDP sessions); anything else is reset.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,9 +17,12 @@ use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::tunnel_rpc_capnp::{cloudflared_server, configuration_manager, session_manager};
 use wvpc_tunnel::connect::metadata;
 use wvpc_tunnel::preamble::read_signature;
-use wvpc_tunnel::{BiStream, ConnectRequest, ConnectResponse, RpcThread, StreamKind, StreamType};
+use wvpc_tunnel::{
+    BiStream, ConnectRequest, ConnectResponse, RequestId, RpcThread, StreamKind, StreamType,
+};
 
 use crate::origin::{FlowLimiter, OriginRoutes, dial_tcp};
+use crate::udp::UdpSessions;
 
 /// The edge must send its handshake promptly; a stream that stalls before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +41,8 @@ pub(crate) struct StreamContext {
     pub(crate) config_version: Arc<AtomicI32>,
     /// TCP flows in progress, for draining on shutdown.
     pub(crate) active: ActiveFlows,
+    /// UDP sessions, which the edge registers by RPC over datagram v2.
+    pub(crate) udp: Arc<UdpSessions>,
 }
 
 /// Counts flows in progress.
@@ -79,11 +86,15 @@ impl ActiveFlows {
 /// Serves the edge's streams until the connection closes. Each stream gets its own task.
 pub(crate) async fn serve_streams(quic: quinn::Connection, ctx: Arc<StreamContext>) {
     while let Ok((send, recv)) = quic.accept_bi().await {
-        tokio::spawn(handle_stream(BiStream::new(send, recv), ctx.clone()));
+        tokio::spawn(handle_stream(
+            BiStream::new(send, recv),
+            ctx.clone(),
+            quic.clone(),
+        ));
     }
 }
 
-async fn handle_stream(mut stream: BiStream, ctx: Arc<StreamContext>) {
+async fn handle_stream(mut stream: BiStream, ctx: Arc<StreamContext>, quic: quinn::Connection) {
     let kind = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_signature(&mut stream.recv)).await
     {
         Ok(Ok(kind)) => kind,
@@ -101,11 +112,15 @@ async fn handle_stream(mut stream: BiStream, ctx: Arc<StreamContext>) {
     match kind {
         StreamKind::Data => handle_data_stream(stream, &ctx).await,
         StreamKind::Rpc => {
-            let applied = ctx.config_version.clone();
+            let service = CloudflaredService {
+                applied: ctx.config_version.clone(),
+                udp: ctx.udp.clone(),
+                quic,
+            };
             let BiStream { send, recv } = stream;
             let spawned = ctx
                 .rpc
-                .spawn_local(move || serve_rpc_stream(send, recv, applied));
+                .spawn_local(move || serve_rpc_stream(send, recv, service));
             if spawned.is_err() {
                 tracing::debug!("RPC thread gone; RPC stream dropped");
             }
@@ -209,7 +224,7 @@ async fn proxy_tcp(
 async fn serve_rpc_stream(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    applied: Arc<AtomicI32>,
+    service: CloudflaredService,
 ) {
     let network = twoparty::VatNetwork::new(
         BufReader::new(recv.compat()),
@@ -217,36 +232,73 @@ async fn serve_rpc_stream(
         Side::Server,
         capnp::message::ReaderOptions::new(),
     );
-    let client: cloudflared_server::Client = capnp_rpc::new_client(CloudflaredService { applied });
+    let client: cloudflared_server::Client = capnp_rpc::new_client(service);
     let rpc = RpcSystem::new(Box::new(network), Some(client.client));
     if let Ok(Err(e)) = tokio::time::timeout(RPC_STREAM_LIFETIME, rpc).await {
         tracing::debug!(error = %e, "edge RPC stream failed");
     }
 }
 
-/// The connector's RPC service for the edge.
+/// The connector's RPC service for the edge, on one connection.
 struct CloudflaredService {
     applied: Arc<AtomicI32>,
+    udp: Arc<UdpSessions>,
+    /// The connection the RPC stream belongs to: v2 sessions registered here send their
+    /// datagrams on it.
+    quic: quinn::Connection,
+}
+
+fn session_id(raw: &[u8]) -> Result<RequestId, capnp::Error> {
+    let id: [u8; 16] = raw.try_into().map_err(|_| {
+        capnp::Error::failed(format!("sessionId must be 16 bytes, got {}", raw.len()))
+    })?;
+    Ok(RequestId(id))
 }
 
 impl session_manager::Server for CloudflaredService {
     async fn register_udp_session(
         self: CapRc<Self>,
-        _: session_manager::RegisterUdpSessionParams,
+        params: session_manager::RegisterUdpSessionParams,
         mut results: session_manager::RegisterUdpSessionResults,
     ) -> Result<(), capnp::Error> {
-        results.get().init_result().set_err(
-            "datagram v2 is not supported by this connector: the edge must use datagram v3 \
-             (feature support_datagram_v3_2)",
-        );
+        if !self.udp.by_rpc() {
+            results.get().init_result().set_err(
+                "datagram v2 is not supported by this connector: the edge must use datagram v3 \
+                 (feature support_datagram_v3_2)",
+            );
+            return Ok(());
+        }
+        let params = params.get()?;
+        let id = session_id(params.get_session_id()?)?;
+        let raw_ip = params.get_dst_ip()?;
+        let ip = match raw_ip.len() {
+            4 => IpAddr::from(<[u8; 4]>::try_from(raw_ip).unwrap_or_default()),
+            16 => IpAddr::from(<[u8; 16]>::try_from(raw_ip).unwrap_or_default()),
+            n => {
+                results
+                    .get()
+                    .init_result()
+                    .set_err(format!("dstIp must be 4 or 16 bytes, got {n}").as_str());
+                return Ok(());
+            }
+        };
+        let idle =
+            Duration::from_nanos(u64::try_from(params.get_close_after_idle_hint()).unwrap_or(0));
+        let dest = SocketAddr::new(ip, params.get_dst_port());
+        let err = self.udp.register_by_rpc(id, dest, idle, &self.quic);
+        results.get().init_result().set_err(err.as_str());
         Ok(())
     }
 
     async fn unregister_udp_session(
         self: CapRc<Self>,
-        _: session_manager::UnregisterUdpSessionParams,
+        params: session_manager::UnregisterUdpSessionParams,
         _: session_manager::UnregisterUdpSessionResults,
     ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let id = session_id(params.get_session_id()?)?;
+        let message = params.get_message()?.to_string()?;
+        self.udp.unregister_by_rpc(id, &message);
         Ok(())
     }
 }

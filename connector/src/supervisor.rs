@@ -15,7 +15,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use wvpc_tunnel::features::CONNECTOR_FEATURES;
+use wvpc_tunnel::features::connector_features;
 use wvpc_tunnel::quic::CloseCode;
 use wvpc_tunnel::{QUIC_SERVER_NAME, RpcThread, connector_client_config};
 
@@ -25,7 +25,7 @@ use crate::config::{ConnectorConfig, host_resolver};
 use crate::control::{RegistrationOutcome, RegistrationRequest, run_control_stream};
 use crate::origin::{FlowLimiter, OriginRoutes};
 use crate::streams::{ActiveFlows, StreamContext, serve_streams};
-use crate::udp::UdpSessions;
+use crate::udp::{UdpMode, UdpSessions};
 
 /// QUIC handshake with the edge.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,16 +131,22 @@ impl Connector {
         };
         let routes = OriginRoutes::new(config.dns_resolvers.clone(), resolver);
         let limiter = FlowLimiter::new(config.max_active_flows);
+        let udp = Arc::new(UdpSessions::new(
+            routes.clone(),
+            limiter.clone(),
+            UdpMode::new(config.datagram_version, &rpc),
+        ));
         let shared = Shared {
             streams: Arc::new(StreamContext {
-                routes: routes.clone(),
-                limiter: limiter.clone(),
+                routes,
+                limiter,
                 dial_timeout: config.dial_timeout,
                 rpc: rpc.clone(),
                 config_version: Arc::new(AtomicI32::new(0)),
                 active: ActiveFlows::default(),
+                udp: udp.clone(),
             }),
-            udp: Arc::new(UdpSessions::new(routes, limiter)),
+            udp,
             rpc,
         };
 
@@ -256,7 +262,7 @@ impl Connector {
             credentials: self.config.credentials.clone(),
             conn_index: u8::try_from(index).unwrap_or(u8::MAX),
             client_id: self.client_id,
-            features: CONNECTOR_FEATURES.iter().map(|f| (*f).to_owned()).collect(),
+            features: connector_features(self.config.datagram_version),
             version: self.config.version.clone(),
             arch: arch(),
             origin_local_ip: match quic.local_ip() {

@@ -1,7 +1,10 @@
-//! UDP sessions over datagram v3, connector side. The edge registers a session (`0x00`); we
+//! UDP sessions, connector side. Over datagram v3 the edge registers a session in-band
+//! (`0x00`) and we answer `0x03`; over datagram v2 ([`UdpMode::V2`]) it calls
+//! `registerUdpSession` on an RPC stream (see `streams`) and we answer there. Either way we
 //! bind a UDP socket connected to the destination (the virtual DNS address goes to a
-//! resolver), answer `0x03`, then relay payloads both ways. A session ends after its idle
-//! time without traffic, or when its connection closes.
+//! resolver), then relay payloads both ways. A session ends after its idle time without
+//! traffic (over v2 we then call the edge's `unregisterUdpSession`, as cloudflared does), when
+//! the edge unregisters it (v2), or when its connection closes.
 //!
 //! Sessions are shared by all connections of the connector: a registration for a known id
 //! arriving on another connection moves the session there (as cloudflared does).
@@ -14,11 +17,13 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wvpc_tunnel::RequestId;
 use wvpc_tunnel::datagram::{
-    Datagram, MAX_PAYLOAD_LEN, RegistrationResponse, RegistrationStatus, SessionRegistration,
-    encode_payload,
+    Datagram, DatagramError, MAX_PAYLOAD_LEN, RegistrationResponse, RegistrationStatus,
+    SessionRegistration, encode_payload,
 };
+use wvpc_tunnel::datagram_v2::{DatagramV2, encode_udp};
+use wvpc_tunnel::session_rpc::{self, SessionCall};
+use wvpc_tunnel::{DatagramVersion, RequestId, RpcThread};
 
 use crate::origin::{FlowLimiter, FlowSlot, OriginRoutes};
 
@@ -26,6 +31,35 @@ use crate::origin::{FlowLimiter, FlowSlot, OriginRoutes};
 const DEFAULT_IDLE: Duration = Duration::from_secs(210);
 /// Receive buffer: room for a payload larger than the tunnel limit, to detect and drop it.
 const RECV_BUFFER: usize = 2048;
+
+/// How this connector's UDP sessions travel, fixed for its life (as in cloudflared).
+#[derive(Clone)]
+pub(crate) enum UdpMode {
+    /// Datagram v3.
+    V3,
+    /// Datagram v2; session RPCs to the edge run on this thread.
+    V2(RpcThread),
+}
+
+impl UdpMode {
+    pub(crate) fn new(version: DatagramVersion, rpc: &RpcThread) -> Self {
+        match version {
+            DatagramVersion::V3 => Self::V3,
+            DatagramVersion::V2 => Self::V2(rpc.clone()),
+        }
+    }
+
+    fn encode(&self, id: RequestId, payload: &[u8]) -> Result<bytes::Bytes, DatagramError> {
+        match self {
+            Self::V3 => encode_payload(id, payload),
+            Self::V2(_) => encode_udp(id, payload),
+        }
+    }
+}
+
+/// `registerUdpSession`'s error text when the flow limit is reached: cloudflared's words, which
+/// edges map to `rate_limited`.
+const V2_RATE_LIMITED: &str = "failed to start udp session due to rate limiting";
 
 struct Session {
     socket: Arc<UdpSocket>,
@@ -35,6 +69,9 @@ struct Session {
     closed: CancellationToken,
     _slot: FlowSlot,
 }
+
+/// Why a session could not be opened: the v3 status and a message.
+type Refusal = (RegistrationStatus, String);
 
 impl Session {
     fn touch(&self) {
@@ -57,15 +94,22 @@ pub(crate) struct UdpSessions {
     sessions: Mutex<HashMap<RequestId, Arc<Session>>>,
     routes: OriginRoutes,
     limiter: FlowLimiter,
+    mode: UdpMode,
 }
 
 impl UdpSessions {
-    pub(crate) fn new(routes: OriginRoutes, limiter: FlowLimiter) -> Self {
+    pub(crate) fn new(routes: OriginRoutes, limiter: FlowLimiter, mode: UdpMode) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
             routes,
             limiter,
+            mode,
         }
+    }
+
+    /// Whether sessions are set up by RPC (datagram v2).
+    pub(crate) fn by_rpc(&self) -> bool {
+        matches!(self.mode, UdpMode::V2(_))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<RequestId, Arc<Session>>> {
@@ -75,6 +119,21 @@ impl UdpSessions {
     /// Reads the connection's datagrams until it closes; then ends the sessions bound to it.
     pub(crate) async fn serve(self: Arc<Self>, quic: quinn::Connection) {
         while let Ok(raw) = quic.read_datagram().await {
+            if self.by_rpc() {
+                match DatagramV2::decode(raw) {
+                    Ok(DatagramV2::Udp {
+                        session_id,
+                        payload,
+                    }) => self.forward(session_id, &payload),
+                    Ok(DatagramV2::Other(kind)) => {
+                        tracing::trace!(kind, "v2 datagram ignored (not proxied)");
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "malformed datagram from the edge dropped");
+                    }
+                }
+                continue;
+            }
             match Datagram::decode(raw) {
                 Ok(Datagram::Registration(reg)) => self.register(reg, &quic),
                 Ok(Datagram::Payload {
@@ -129,40 +188,79 @@ impl UdpSessions {
 
     fn register(self: &Arc<Self>, reg: SessionRegistration, quic: &quinn::Connection) {
         let request_id = reg.request_id;
+        match self.open(request_id, reg.dest, reg.idle, quic) {
+            Ok(session) => {
+                Self::reply(quic, request_id, RegistrationStatus::Ok, String::new());
+                if let Some(session) = session
+                    && !reg.payload.is_empty()
+                {
+                    let _ = session.socket.try_send(&reg.payload);
+                }
+            }
+            Err((status, message)) => Self::reply(quic, request_id, status, message),
+        }
+    }
+
+    /// `registerUdpSession` (datagram v2): the error text for the edge, empty on success.
+    pub(crate) fn register_by_rpc(
+        self: &Arc<Self>,
+        id: RequestId,
+        dest: SocketAddr,
+        idle: Duration,
+        quic: &quinn::Connection,
+    ) -> String {
+        match self.open(id, dest, idle, quic) {
+            Ok(_) => String::new(),
+            Err((RegistrationStatus::TooManyActiveFlows, message)) => {
+                format!("{V2_RATE_LIMITED}: {message}")
+            }
+            Err((_, message)) => message,
+        }
+    }
+
+    /// `unregisterUdpSession` from the edge (datagram v2): ends the session without telling
+    /// the edge back.
+    pub(crate) fn unregister_by_rpc(&self, id: RequestId, message: &str) {
+        match self.lock().remove(&id) {
+            Some(session) => {
+                tracing::debug!(session = %id, %message, "edge unregistered the UDP session");
+                session.closed.cancel();
+            }
+            None => {
+                tracing::debug!(session = %id, %message, "edge unregistered an unknown UDP session")
+            }
+        }
+    }
+
+    /// Opens (or, for a known id, moves to `quic` and refreshes) a session. `Some` is a new
+    /// session.
+    fn open(
+        self: &Arc<Self>,
+        request_id: RequestId,
+        dest: SocketAddr,
+        idle: Duration,
+        quic: &quinn::Connection,
+    ) -> Result<Option<Arc<Session>>, Refusal> {
         let existing = self.lock().get(&request_id).cloned();
         if let Some(session) = existing {
-            // A retransmission, or a move to this connection: answer OK again.
+            // A retransmission, or a move to this connection.
             *session.quic.lock().unwrap_or_else(PoisonError::into_inner) = quic.clone();
             session.touch();
-            Self::reply(quic, request_id, RegistrationStatus::Ok, String::new());
-            return;
+            return Ok(None);
         }
         let slot = match self.limiter.acquire() {
             Ok(slot) => slot,
             Err(err) => {
-                tracing::warn!(dest = %reg.dest, "too many active flows; UDP session refused");
+                tracing::warn!(%dest, "too many active flows; UDP session refused");
                 let message = err.details.unwrap_or_default();
-                return Self::reply(
-                    quic,
-                    request_id,
-                    RegistrationStatus::TooManyActiveFlows,
-                    message,
-                );
+                return Err((RegistrationStatus::TooManyActiveFlows, message));
             }
         };
-        let target = self.routes.target(reg.dest);
-        let socket = match connected_socket(target) {
-            Ok(socket) => socket,
-            Err((status, message)) => {
-                tracing::debug!(dest = %reg.dest, %target, %message, "UDP session refused");
-                return Self::reply(quic, request_id, status, message);
-            }
-        };
-        let idle = if reg.idle.is_zero() {
-            DEFAULT_IDLE
-        } else {
-            reg.idle
-        };
+        let target = self.routes.target(dest);
+        let socket = connected_socket(target).inspect_err(|(_, message)| {
+            tracing::debug!(%dest, %target, %message, "UDP session refused");
+        })?;
+        let idle = if idle.is_zero() { DEFAULT_IDLE } else { idle };
         let session = Arc::new(Session {
             socket: Arc::new(socket),
             target,
@@ -172,12 +270,9 @@ impl UdpSessions {
             _slot: slot,
         });
         self.lock().insert(request_id, session.clone());
-        Self::reply(quic, request_id, RegistrationStatus::Ok, String::new());
-        if !reg.payload.is_empty() {
-            let _ = session.socket.try_send(&reg.payload);
-        }
-        tracing::debug!(session = %request_id, dest = %reg.dest, %target, idle_s = idle.as_secs(), "UDP session opened");
-        tokio::spawn(self.clone().relay(request_id, session, idle));
+        tracing::debug!(session = %request_id, %dest, %target, idle_s = idle.as_secs(), "UDP session opened");
+        tokio::spawn(self.clone().relay(request_id, session.clone(), idle));
+        Ok(Some(session))
     }
 
     /// Origin → edge, until the session idles out or its connection closes.
@@ -203,7 +298,7 @@ impl UdpSessions {
                     }
                     Ok(n) => {
                         session.touch();
-                        if let Ok(datagram) = encode_payload(request_id, &buf[..n])
+                        if let Ok(datagram) = self.mode.encode(request_id, &buf[..n])
                             && let Err(e) = session.quic().send_datagram(datagram)
                         {
                             tracing::trace!(session = %request_id, error = %e, "UDP reply to edge dropped");
@@ -217,15 +312,33 @@ impl UdpSessions {
                 },
             }
         }
-        let mut sessions = self.lock();
-        if sessions
-            .get(&request_id)
-            .is_some_and(|s| Arc::ptr_eq(s, &session))
-        {
-            sessions.remove(&request_id);
-        }
-        drop(sessions);
+        // Still listed: it idled out here (not unregistered by the edge, not moved).
+        let expired = {
+            let mut sessions = self.lock();
+            let expired = sessions
+                .get(&request_id)
+                .is_some_and(|s| Arc::ptr_eq(s, &session));
+            if expired {
+                sessions.remove(&request_id);
+            }
+            expired
+        };
         tracing::debug!(session = %request_id, "UDP session closed");
+        if let (UdpMode::V2(rpc), true) = (&self.mode, expired && !session.closed.is_cancelled()) {
+            let quic = session.quic();
+            let outcome = session_rpc::call(
+                rpc,
+                quic,
+                SessionCall::Unregister {
+                    id: request_id,
+                    message: "idle timeout on the connector".into(),
+                },
+            )
+            .await;
+            if let Err(e) = outcome {
+                tracing::debug!(session = %request_id, error = %e, "unregisterUdpSession on the edge failed");
+            }
+        }
     }
 }
 

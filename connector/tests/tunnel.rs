@@ -74,17 +74,23 @@ struct TestEdge {
 
 impl TestEdge {
     async fn start() -> Self {
+        Self::start_with(Arc::new(TunnelRegistry::default())).await
+    }
+
+    /// An edge whose registry is built by the caller (e.g. a short UDP idle time).
+    async fn start_with(registry: Arc<TunnelRegistry>) -> Self {
         logs();
         let identity = EdgeIdentity::generate().unwrap();
         let authority = Arc::new(CredentialsAuthority::new());
         let credentials = Credentials::mint("acct-1", Uuid::new_v4());
         authority.insert(credentials.clone());
         let edge = Arc::new(
-            Edge::bind(
+            Edge::bind_with_registry(
                 "127.0.0.1:0".parse().unwrap(),
                 &identity,
                 authority.clone(),
                 "test-node".into(),
+                registry,
             )
             .unwrap(),
         );
@@ -335,6 +341,47 @@ async fn wrong_secret_is_refused_with_a_clear_error() {
     assert!(edge.registry().connections(edge.tunnel()).is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_registrations_leaves_the_good_tunnel_served() {
+    let (edge, connector) = edge_with_connector().await;
+    let echo = tcp_echo().await;
+    let registry = edge.registry();
+    const FLOOD: usize = 32;
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|i| {
+            let mut bad = if i % 2 == 0 {
+                Credentials::mint("acct-1", Uuid::new_v4())
+            } else {
+                edge.credentials.clone()
+            };
+            bad.tunnel_secret = format!("wrong {i}").into_bytes();
+            tokio::spawn(Connector::run(edge.config(bad), std::future::pending()))
+        })
+        .collect();
+    // While the flood is refused, the registered tunnel keeps proxying.
+    for round in 0..4u8 {
+        let mut stream = registry
+            .open_tcp(edge.tunnel(), echo, &FlowContext::default())
+            .await
+            .unwrap();
+        stream.write_all(&[round; 32]).await.unwrap();
+        let mut back = [0u8; 32];
+        stream.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, [round; 32]);
+    }
+    for attempt in flood {
+        let err = attempt.await.unwrap().unwrap_err();
+        assert!(matches!(err, ConnectorError::Unauthorized { .. }), "{err}");
+    }
+    assert!(logged("reason=unknown tunnel"));
+    assert!(logged(&format!(
+        "reason=wrong secret for tunnel {}",
+        edge.tunnel()
+    )));
+    assert_eq!(registry.connections(edge.tunnel()).len(), 1);
+    connector.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn unknown_tunnel_is_refused_with_a_clear_error() {
     let edge = TestEdge::start().await;
@@ -479,6 +526,92 @@ async fn udp_dns_to_the_virtual_resolver_reaches_the_configured_resolver() {
     connector.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_over_datagram_v2_is_set_up_by_rpc_and_unregistered_when_dropped() {
+    let edge = TestEdge::start().await;
+    let mut config = edge.config(edge.credentials.clone());
+    config.datagram_version = DatagramVersion::V2;
+    config.max_active_flows = 1;
+    let connector = RunningConnector::start(config).registered(1).await;
+    edge.registry().wait_for_connection(edge.tunnel()).await;
+    let conns = edge.registry().connections(edge.tunnel());
+    assert_eq!(conns[0].datagram_version, DatagramVersion::V2);
+
+    let registry = edge.registry();
+    let echo = udp_echo().await;
+    let ctx = FlowContext::default();
+    let open = || registry.open_udp(edge.tunnel(), echo, &ctx);
+    let flow = open().await.unwrap();
+    for i in 0..3u8 {
+        let payload = Bytes::from(vec![i; 200]);
+        flow.send(payload.clone()).await.unwrap();
+        assert_eq!(flow.recv().await.unwrap(), payload);
+    }
+    // The flow limit answers registerUdpSession with cloudflared's text: rate_limited.
+    let err = open().await.err().unwrap();
+    assert_eq!(err.code, ErrorCode::RateLimited, "{err:?}");
+    // Dropping the flow unregisters the session on the connector, which frees its slot.
+    drop(flow);
+    let reopened = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match open().await {
+                Ok(flow) => return flow,
+                Err(e) if e.code == ErrorCode::RateLimited => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("unexpected failure: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the dropped session was never unregistered on the connector");
+    reopened.send(Bytes::from_static(b"again")).await.unwrap();
+    assert_eq!(reopened.recv().await.unwrap(), Bytes::from_static(b"again"));
+    drop(reopened);
+    connector.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_datagram_v2_session_is_unregistered_by_the_edge() {
+    let idle = std::time::Duration::from_millis(300);
+    let edge = TestEdge::start_with(Arc::new(TunnelRegistry::new(idle))).await;
+    let mut config = edge.config(edge.credentials.clone());
+    config.datagram_version = DatagramVersion::V2;
+    config.max_active_flows = 1;
+    let connector = RunningConnector::start(config).registered(1).await;
+    edge.registry().wait_for_connection(edge.tunnel()).await;
+
+    let registry = edge.registry();
+    let echo = udp_echo().await;
+    let ctx = FlowContext::default();
+    let flow = registry.open_udp(edge.tunnel(), echo, &ctx).await.unwrap();
+    flow.send(Bytes::from_static(b"ping")).await.unwrap();
+    assert_eq!(flow.recv().await.unwrap(), Bytes::from_static(b"ping"));
+    // Nothing more is sent: after the idle time the edge ends the session, and the flow
+    // says so instead of waiting forever.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), flow.recv())
+        .await
+        .expect("the idle session was never ended");
+    assert_eq!(ended.unwrap_err().code, ErrorCode::ConnectionTerminated);
+    drop(flow);
+    // And the connector let go of it: its only flow slot is free again.
+    let reopened = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match registry.open_udp(edge.tunnel(), echo, &ctx).await {
+                Ok(flow) => return flow,
+                Err(e) if e.code == ErrorCode::RateLimited => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("unexpected failure: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the idle session still holds the connector's flow slot");
+    drop(reopened);
+    connector.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn udp_flow_ends_when_its_connection_closes() {
     let (edge, connector) = edge_with_connector().await;
@@ -497,6 +630,58 @@ async fn udp_flow_ends_when_its_connection_closes() {
 
 // ---------------------------------------------------------------------------------------------
 // Malformed input
+
+#[tokio::test]
+async fn streams_a_registered_connector_opens_are_reset_unless_they_are_rpc() {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let edge = TestEdge::start().await;
+            let stock_v2 = ["serialized_headers", "support_datagram_v2"];
+            let conn = raw_register(&edge, Uuid::new_v4(), 0, &stock_v2).await;
+            conn.outcome.clone().unwrap();
+
+            // Garbage, and a data stream (which only the edge may open): each is reset.
+            for first_bytes in [&b"GET / HTTP/1.1\r\n\r\n"[..], &DATA_STREAM_PREAMBLE[..]] {
+                let (mut send, mut recv) = conn.quic.open_bi().await.unwrap();
+                send.write_all(first_bytes).await.unwrap();
+                let mut buf = [0u8; 1];
+                assert!(
+                    recv.read(&mut buf).await.is_err(),
+                    "the edge must reset the stream"
+                );
+            }
+            assert!(logged(
+                "connector opened a stream that is not tunnel RPC; reset"
+            ));
+            assert!(logged(
+                "connector opened a data stream, which only the edge may open"
+            ));
+
+            // An RPC stream reaches the edge's SessionManager: unregistering an unknown
+            // session is answered (and logged), not fatal.
+            let (mut send, recv) = conn.quic.open_bi().await.unwrap();
+            send.write_all(&RPC_STREAM_SIGNATURE).await.unwrap();
+            let network = twoparty::VatNetwork::new(
+                BufReader::new(recv.compat()),
+                BufWriter::new(send.compat_write()),
+                Side::Client,
+                Default::default(),
+            );
+            let mut rpc = RpcSystem::new(Box::new(network), None);
+            let manager: session_manager::Client = rpc.bootstrap(Side::Server);
+            tokio::task::spawn_local(rpc);
+            let mut call = manager.unregister_udp_session_request();
+            call.get().set_session_id(&[3; 16]);
+            call.get().set_message("idle");
+            call.send().promise.await.unwrap();
+
+            // The connection is still registered and usable.
+            assert_eq!(edge.registry().connections(edge.tunnel()).len(), 1);
+            assert!(conn.quic.close_reason().is_none());
+        })
+        .await;
+}
 
 #[tokio::test]
 async fn garbage_and_truncated_control_streams_close_only_that_connection() {
@@ -675,7 +860,7 @@ async fn raw_register(
 }
 
 #[tokio::test]
-async fn duplicate_connections_get_edupconn_and_v2_only_connectors_get_no_udp() {
+async fn duplicate_connections_get_edupconn() {
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
@@ -695,19 +880,6 @@ async fn duplicate_connections_get_edupconn_and_v2_only_connectors_get_no_udp() 
             assert_eq!(conns.len(), 1);
             assert_eq!(conns[0].connection_id, connection_id);
             assert_eq!(conns[0].datagram_version, DatagramVersion::V2);
-
-            let err = edge
-                .registry()
-                .open_udp(
-                    edge.tunnel(),
-                    "127.0.0.1:53".parse().unwrap(),
-                    &FlowContext::default(),
-                )
-                .await
-                .err()
-                .unwrap();
-            assert_eq!(err.code, ErrorCode::DestinationUnavailable);
-            assert!(err.details.unwrap().contains("support_datagram_v3_2"));
 
             // Closing the connection removes it at once.
             first.quic.close(0u32.into(), b"");

@@ -7,6 +7,8 @@
 //! - [`stack`]: `MockStack`, iris's router, the binding-worker and the runtime with a script
 //!   over real sockets on a [`mock_tunnel::MockTunnel`]. The real QUIC path runs
 //!   `wvpc_cli::stack::Stack`, exactly what `wvpc dev` runs: [`real::RealWorld`].
+//! - [`stock_cloudflared`]: the stock cloudflared connector (binary from `CLOUDFLARED`) as a
+//!   child process, in a network namespace with only loopback.
 //! - [`client`]: a one-request HTTP/1.1 client.
 //! - [`guests`]: paths of the example scripts, built for wasm32-wasip2 by this crate's build
 //!   script.
@@ -17,6 +19,7 @@ pub mod mock_tunnel;
 pub mod origin;
 pub mod real;
 pub mod stack;
+pub mod stock_cloudflared;
 
 /// Paths of the guest components built by `build.rs`.
 pub mod guests {

@@ -38,6 +38,14 @@ pub struct RealWorld {
 impl RealWorld {
     /// Starts everything and waits until the connector is registered.
     pub async fn start() -> anyhow::Result<RealWorld> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`RealWorld::start`] with the connector's configuration adjusted by `configure` (e.g.
+    /// its datagram version).
+    pub async fn start_with(
+        configure: impl FnOnce(&mut ConnectorConfig),
+    ) -> anyhow::Result<RealWorld> {
         let state = TempDir::new("world");
         let origin = Origin::start(ORIGIN_IP).await?;
         let origin_ip: IpAddr = ORIGIN_IP.parse()?;
@@ -75,11 +83,13 @@ impl RealWorld {
         })
         .await?;
 
-        let connector = Connector::new(ConnectorConfig::new(
+        let mut config = ConnectorConfig::new(
             credentials,
             vec![stack.edge_addr],
             stack.edge_identity.ca_pem().as_bytes().to_vec(),
-        ))?;
+        );
+        configure(&mut config);
+        let connector = Connector::new(config)?;
         let mut readiness = connector.readiness();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {

@@ -270,7 +270,7 @@ impl ConnectResponse {
                 (self.metadata(metadata::FLOW_CONNECT_RATE_LIMITED) == Some("true"))
                     .then_some(ErrorCode::RateLimited)
             })
-            .or_else(|| classify_go_dial_error(&self.error))
+            .or_else(|| code_for_connector_error(&self.error))
             .unwrap_or(ErrorCode::DestinationUnavailable);
         Some(ProxyError::new(code).with_details(self.error.clone()))
     }
@@ -319,9 +319,21 @@ impl ConnectResponse {
     }
 }
 
-/// The stable Go/errno suffixes of cloudflared's dial errors (see
-/// [`ConnectResponse::failure_code`]).
-fn classify_go_dial_error(text: &str) -> Option<ErrorCode> {
+/// The code for a stock cloudflared's error text (a `ConnectResponse.error`, or the `err` of a
+/// datagram-v2 `registerUdpSession`), when the text is one cloudflared produces in a fixed form:
+///
+/// - its dial errors end with the operating system's error string, which Go's `syscall`
+///   package fixes per errno, e.g. `dial tcp 127.0.0.1:9: connect: connection refused`
+///   (observed from cloudflared 2025.9.0 and 2026.8.2 for a closed loopback port):
+///   `connect: connection refused` → `connection_refused`; `i/o timeout` →
+///   `connection_timeout`; `connect: no route to host` / `connect: network is unreachable` →
+///   `destination_ip_unroutable`;
+/// - its flow limiter on UDP sessions: `failed to start udp session due to rate limiting: …`
+///   → `rate_limited` (TCP flows signal it with `FlowConnectRateLimited` instead).
+///
+/// Only these fixed fragments are matched; any other text is left to the caller
+/// (`destination_unavailable`, with the text as details).
+pub fn code_for_connector_error(text: &str) -> Option<ErrorCode> {
     const SUFFIXES: [(&str, ErrorCode); 4] = [
         ("connect: connection refused", ErrorCode::ConnectionRefused),
         ("i/o timeout", ErrorCode::ConnectionTimeout),
@@ -334,7 +346,11 @@ fn classify_go_dial_error(text: &str) -> Option<ErrorCode> {
             ErrorCode::DestinationIpUnroutable,
         ),
     ];
-    let text = text.trim_end();
+    const RATE_LIMITED_PREFIX: &str = "failed to start udp session due to rate limiting";
+    let text = text.trim();
+    if text.starts_with(RATE_LIMITED_PREFIX) {
+        return Some(ErrorCode::RateLimited);
+    }
     SUFFIXES
         .iter()
         .find(|(suffix, _)| text.ends_with(suffix))
@@ -474,9 +490,33 @@ mod tests {
             .unwrap()
             .code
         };
+        // The exact texts cloudflared 2025.9.0 and 2026.8.2 sent for a closed port and for an
+        // address without a route.
         assert_eq!(
-            text("dial tcp 127.0.0.1:1: connect: connection refused", vec![]),
+            text(
+                "unable to dial tcp to origin 127.0.0.2:44841: dial tcp 127.0.0.2:44841: \
+                 connect: connection refused",
+                vec![]
+            ),
             ErrorCode::ConnectionRefused
+        );
+        assert_eq!(
+            text(
+                "unable to dial tcp to origin 198.51.100.7:80: dial tcp 198.51.100.7:80: \
+                 connect: network is unreachable",
+                vec![]
+            ),
+            ErrorCode::DestinationIpUnroutable
+        );
+        assert_eq!(
+            code_for_connector_error(
+                "failed to start udp session due to rate limiting: too many concurrent flows"
+            ),
+            Some(ErrorCode::RateLimited)
+        );
+        assert_eq!(
+            code_for_connector_error("datagram v3 does not support RegisterUdpSession RPC"),
+            None
         );
         assert_eq!(
             text("dial tcp 10.9.9.9:80: i/o timeout", vec![]),

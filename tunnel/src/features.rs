@@ -26,10 +26,21 @@ pub const CONNECTOR_FEATURES: [&str; 4] = [
     SUPPORT_DATAGRAM_V3_2,
 ];
 
+/// The features our connector sends for a datagram version: v3 adds
+/// [`SUPPORT_DATAGRAM_V3_2`] to what every connector sends; v2 leaves it out, as a stock
+/// cloudflared does by default.
+pub fn connector_features(version: DatagramVersion) -> Vec<String> {
+    CONNECTOR_FEATURES
+        .iter()
+        .filter(|f| version == DatagramVersion::V3 || **f != SUPPORT_DATAGRAM_V3_2)
+        .map(|f| (*f).to_owned())
+        .collect()
+}
+
 /// How UDP travels on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatagramVersion {
-    /// Sessions set up by RPC, session id as a suffix (not implemented by workers-vpc).
+    /// Sessions set up by RPC, session id as a suffix.
     V2,
     /// Sessions set up in-band, request id as a prefix.
     V3,
@@ -60,6 +71,11 @@ mod tests {
             DatagramVersion::from_features(&[SUPPORT_DATAGRAM_V2, SUPPORT_DATAGRAM_V3_1]),
             DatagramVersion::V3
         );
+        for version in [DatagramVersion::V2, DatagramVersion::V3] {
+            let features = connector_features(version);
+            assert_eq!(DatagramVersion::from_features(&features), version);
+            assert!(features.iter().any(|f| f == SUPPORT_DATAGRAM_V2));
+        }
         let stock_default = [ALLOW_REMOTE_CONFIG, SERIALIZED_HEADERS, SUPPORT_DATAGRAM_V2];
         assert_eq!(
             DatagramVersion::from_features(&stock_default),

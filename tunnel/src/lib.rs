@@ -1,9 +1,10 @@
 //! The tunnel protocol shared by iris (the edge) and the connector, compatible with
 //! cloudflared: credentials and tokens ([`credentials`]), stream preambles ([`preamble`]),
-//! `ConnectRequest`/`ConnectResponse` framing ([`connect`]), datagram v3 ([`datagram`]),
+//! `ConnectRequest`/`ConnectResponse` framing ([`connect`]), datagram v3 ([`datagram`]) and v2
+//! ([`datagram_v2`]),
 //! feature strings ([`features`]), the edge's TLS identity ([`identity`]), QUIC endpoint
-//! configuration ([`quic`]) and the thread that hosts `!Send` Cap'n Proto RPC
-//! ([`rpc_thread`]).
+//! configuration ([`quic`]), the thread that hosts `!Send` Cap'n Proto RPC ([`rpc_thread`])
+//! and the datagram-v2 session RPCs made on it ([`session_rpc`]).
 //!
 //! Protocol logic here is sans-IO where it can be; the QUIC endpoints themselves live in
 //! `wvpc-iris` (edge) and `wvpc-connector`.
@@ -15,11 +16,13 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 pub mod connect;
 pub mod credentials;
 pub mod datagram;
+pub mod datagram_v2;
 pub mod features;
 pub mod identity;
 pub mod preamble;
 pub mod quic;
 pub mod rpc_thread;
+pub mod session_rpc;
 
 pub use connect::{ConnectRequest, ConnectResponse, Metadata, StreamError, StreamType};
 pub use credentials::{Credentials, CredentialsError};

@@ -42,7 +42,7 @@ const DATAGRAM_BUFFER: usize = 4 * 1024 * 1024;
 /// allocates stream state up front for the whole window: 1M costs ~0.4 s per connection.
 const CONNECTOR_MAX_INCOMING_STREAMS: u32 = 8192;
 /// How many streams a connector may open toward the edge (control stream + v2 RPC streams).
-const EDGE_MAX_INCOMING_BIDI: u32 = 16;
+const EDGE_MAX_INCOMING_BIDI: u32 = 256;
 
 /// Why a QUIC/TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,7 @@ pub enum TunnelCommand {
     Create {
         /// Tunnel name (unique in the account)
         name: String,
-        /// Print {"id","name","token"} as JSON
+        /// Print {"id","name","token","credentials_file"} as JSON
         #[arg(long)]
         json: bool,
     },
@@ -93,7 +93,12 @@ fn create(
     })?;
     let token = credentials.to_token();
     if json {
-        let body = serde_json::json!({ "id": tunnel.id, "name": tunnel.name, "token": token });
+        let body = serde_json::json!({
+            "id": tunnel.id,
+            "name": tunnel.name,
+            "token": token,
+            "credentials_file": path,
+        });
         writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
         return Ok(());
     }
@@ -110,6 +115,17 @@ fn create(
     writeln!(
         out,
         "  wvpc tunnel run --edge <edge host:port> --token <token>"
+    )?;
+    writeln!(
+        out,
+        "or with stock cloudflared (CA from `wvpc edge ca export --out ca.pem`):"
+    )?;
+    writeln!(
+        out,
+        "  cloudflared tunnel --no-autoupdate --protocol quic --edge <edge host:port> \\\n    \
+         --cacert ca.pem run --credentials-file {} {}",
+        path.display(),
+        tunnel.id
     )?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use wvpc_connector::{Connector, ConnectorConfig};
-use wvpc_tunnel::Credentials;
+use wvpc_tunnel::{Credentials, DatagramVersion};
 
 use super::dev::shutdown_signal;
 
@@ -40,6 +40,18 @@ pub struct TunnelRunArgs {
     /// Number of connections to keep to the edge
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..))]
     pub ha_connections: u8,
+    /// How UDP (DNS) sessions travel: `v3` (in-band; announces support_datagram_v3_2) or `v2`
+    /// (set up by RPC, what a stock cloudflared speaks without `--features`)
+    #[arg(long, default_value = "v3", value_name = "v2|v3", value_parser = parse_datagram_version)]
+    pub datagram_version: DatagramVersion,
+}
+
+fn parse_datagram_version(text: &str) -> Result<DatagramVersion, String> {
+    match text {
+        "v3" | "3" => Ok(DatagramVersion::V3),
+        "v2" | "2" => Ok(DatagramVersion::V2),
+        other => Err(format!("{other:?} is not a datagram version: use v2 or v3")),
+    }
 }
 
 /// Most `--dns-resolver-addrs`, as cloudflared allows.
@@ -94,6 +106,7 @@ pub async fn run(
     let mut config = ConnectorConfig::new(credentials, edge.clone(), ca_pem);
     config.dns_resolvers = args.dns_resolver_addrs.clone();
     config.ha_connections = usize::from(args.ha_connections);
+    config.datagram_version = args.datagram_version;
     let connector = Connector::new(config)?;
     let mut readiness = connector.readiness();
     let announce = async {

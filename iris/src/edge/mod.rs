@@ -4,7 +4,8 @@
 //! ([`registration`]): Cap'n Proto RPC, `registerConnection` checked against a
 //! [`TunnelAuthority`]. Registered connections go into the [`TunnelRegistry`], which implements
 //! [`crate::TunnelPool`]: TCP flows are streams the edge opens, UDP flows are datagram-v3
-//! sessions ([`udp`]). A connection that closes leaves the registry at once.
+//! sessions ([`udp`]) or, for connectors without a v3 feature, datagram-v2 sessions set up by
+//! RPC ([`udp_v2`]). A connection that closes leaves the registry at once.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,6 +25,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use wvpc_tunnel::StreamKind;
+use wvpc_tunnel::preamble::read_signature;
 use wvpc_tunnel::quic::CloseCode;
 use wvpc_tunnel::{EdgeIdentity, QuicConfigError, RpcThread, edge_server_config};
 
@@ -31,6 +34,7 @@ pub mod authority;
 mod registration;
 pub mod registry;
 mod udp;
+mod udp_v2;
 
 pub use authority::{AuthFailure, CredentialsAuthority, TunnelAuthority};
 pub use registry::{ConnectionInfo, TunnelRegistry};
@@ -43,6 +47,8 @@ const REGISTRATION_DEADLINE: Duration = Duration::from_secs(10);
 /// After refusing a registration, how long the edge lets the connector read the answer and
 /// hang up before closing the connection itself.
 const REFUSED_GRACE: Duration = Duration::from_secs(5);
+/// A stream the connector opens must start with its signature within this time.
+const STREAM_SIGNATURE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -175,11 +181,14 @@ async fn handle_incoming(incoming: quinn::Incoming, shared: Arc<Shared>) {
 
     let (tunnel, connection) = (conn.info.tunnel_id, conn.info.connection_id);
     let reader = tokio::spawn(udp::read_datagrams(conn.clone()));
-    // The connector opens no more streams in our protocol (datagram v2 would); refuse them.
-    while let Ok((mut send, mut recv)) = quic.accept_bi().await {
-        tracing::debug!(%tunnel, %connection, "connector opened an extra stream; refused (datagram v2 RPC is not supported)");
-        let _ = send.reset(quinn::VarInt::from_u32(0));
-        let _ = recv.stop(quinn::VarInt::from_u32(0));
+    // Streams the connector opens after registering: datagram-v2 session RPCs.
+    while let Ok((send, recv)) = quic.accept_bi().await {
+        tokio::spawn(connector_stream(
+            conn.clone(),
+            shared.rpc.clone(),
+            send,
+            recv,
+        ));
     }
     shared.registry.forget(&quic);
     reader.abort();
@@ -188,6 +197,43 @@ async fn handle_incoming(incoming: quinn::Incoming, shared: Arc<Shared>) {
         .map(|r| r.to_string())
         .unwrap_or_default();
     tracing::info!(%tunnel, %connection, %remote, %reason, "tunnel connection closed");
+}
+
+/// One stream the connector opened after registering: an RPC stream (datagram v2) is served by
+/// [`udp_v2::serve_connector_stream`]; anything else is reset, with the reason logged.
+async fn connector_stream(
+    conn: Arc<registry::EdgeConnection>,
+    rpc: RpcThread,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let (tunnel, connection) = (conn.info.tunnel_id, conn.info.connection_id);
+    let refuse = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream| {
+        let _ = send.reset(quinn::VarInt::from_u32(0));
+        let _ = recv.stop(quinn::VarInt::from_u32(0));
+    };
+    match tokio::time::timeout(STREAM_SIGNATURE_DEADLINE, read_signature(&mut recv)).await {
+        Ok(Ok(StreamKind::Rpc)) => {
+            if rpc
+                .spawn_local(move || udp_v2::serve_connector_stream(conn, send, recv))
+                .is_err()
+            {
+                tracing::debug!(%tunnel, %connection, "edge RPC thread gone; connector stream dropped");
+            }
+        }
+        Ok(Ok(StreamKind::Data)) => {
+            tracing::warn!(%tunnel, %connection, "connector opened a data stream, which only the edge may open; reset");
+            refuse(&mut send, &mut recv);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%tunnel, %connection, error = %e, "connector opened a stream that is not tunnel RPC; reset");
+            refuse(&mut send, &mut recv);
+        }
+        Err(_) => {
+            tracing::warn!(%tunnel, %connection, "connector stream sent no signature in time; reset");
+            refuse(&mut send, &mut recv);
+        }
+    }
 }
 
 /// Takes the control stream and waits for the registration. `None` when the connection was
@@ -220,6 +266,7 @@ async fn register(
         node_name: shared.node_name.clone(),
         quic: quic.clone(),
         events: events_tx,
+        rpc: shared.rpc.clone(),
     };
     if shared
         .rpc

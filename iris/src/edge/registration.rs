@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 use uuid::Uuid;
 use wvpc_schemas::tunnel_rpc_capnp::registration_server;
-use wvpc_tunnel::DatagramVersion;
+use wvpc_tunnel::{DatagramVersion, RpcThread};
 
 use super::authority::TunnelAuthority;
 use super::registry::{ConnectionInfo, EdgeConnection, RecordError, TunnelRegistry};
@@ -40,6 +40,8 @@ pub(crate) struct ControlContext {
     pub(crate) node_name: Arc<str>,
     pub(crate) quic: quinn::Connection,
     pub(crate) events: mpsc::UnboundedSender<ControlEvent>,
+    /// The RPC thread, handed to the connection for datagram-v2 session RPCs.
+    pub(crate) rpc: RpcThread,
 }
 
 /// Serves the control stream until it ends. Must run on the RPC thread (inside a `LocalSet`).
@@ -161,7 +163,9 @@ impl RegistrationService {
             remote_addr: remote,
             draining: false,
         };
-        let conn = Arc::new(EdgeConnection::new(info, self.ctx.quic.clone()));
+        let conn = Arc::new(
+            EdgeConnection::new(info, self.ctx.quic.clone()).with_rpc(self.ctx.rpc.clone()),
+        );
         match self.ctx.registry.record(conn.clone()) {
             Ok(()) => {}
             Err(RecordError::Duplicate) => {
@@ -190,6 +194,7 @@ impl RegistrationService {
             version = %conn.info.version,
             arch = %conn.info.arch,
             datagrams = ?datagram_version,
+            features = ?conn.info.features,
             %remote,
             "tunnel connection registered"
         );

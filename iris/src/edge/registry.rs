@@ -1,6 +1,7 @@
 //! The registry of live, registered tunnel connections, keyed by tunnel id. It is what
 //! iris's router uses to reach a private network: [`TunnelRegistry`] implements
-//! [`TunnelPool`] by opening streams (TCP) and datagram-v3 sessions (UDP) on a live connection.
+//! [`TunnelPool`] by opening streams (TCP) and UDP sessions (datagram v3 or v2, as the
+//! connector advertised) on a live connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_tunnel::quic::CloseCode;
-use wvpc_tunnel::{BiStream, ConnectRequest, ConnectResponse, DatagramVersion};
+use wvpc_tunnel::{BiStream, ConnectRequest, ConnectResponse, DatagramVersion, RpcThread};
 
 use super::udp::SessionTable;
 use crate::tunnel_pool::{BoxFuture, BoxIo, FlowContext, TunnelPool, UdpFlow};
@@ -52,6 +53,8 @@ pub(crate) struct EdgeConnection {
     pub(crate) quic: quinn::Connection,
     draining: AtomicBool,
     pub(crate) sessions: SessionTable,
+    /// The edge's RPC thread, for datagram-v2 session RPCs on this connection.
+    pub(crate) rpc: Option<RpcThread>,
 }
 
 impl EdgeConnection {
@@ -61,7 +64,14 @@ impl EdgeConnection {
             quic,
             draining: AtomicBool::new(false),
             sessions: SessionTable::default(),
+            rpc: None,
         }
+    }
+
+    /// Lets datagram-v2 sessions on this connection make their RPCs on `rpc`.
+    pub(crate) fn with_rpc(mut self, rpc: RpcThread) -> Self {
+        self.rpc = Some(rpc);
+        self
     }
 
     fn usable(&self) -> bool {
@@ -362,21 +372,19 @@ impl TunnelRegistry {
         dest: SocketAddr,
     ) -> Result<Box<dyn UdpFlow>, ProxyError> {
         let candidates = self.candidates(tunnel_id);
-        if candidates.is_empty() {
-            return Err(no_connection(tunnel_id));
-        }
-        let Some(conn) = candidates
+        // Each connection speaks the datagram version its connector advertised.
+        let conn = candidates
             .into_iter()
-            .find(|c| c.info.datagram_version == DatagramVersion::V3)
-        else {
-            return Err(
-                ProxyError::new(ErrorCode::DestinationUnavailable).with_details(format!(
-                    "the connectors of tunnel {tunnel_id} do not support UDP over datagram v3; run \
-                 `wvpc tunnel run`, or cloudflared with `--features support_datagram_v3_2`"
-                )),
-            );
-        };
-        super::udp::open(conn, dest, self.udp_idle).await
+            .next()
+            .ok_or_else(|| no_connection(tunnel_id))?;
+        match (conn.info.datagram_version, conn.rpc.clone()) {
+            (DatagramVersion::V3, _) => super::udp::open(conn, dest, self.udp_idle).await,
+            (DatagramVersion::V2, Some(rpc)) => {
+                super::udp_v2::open(conn, rpc, dest, self.udp_idle).await
+            }
+            (DatagramVersion::V2, None) => Err(ProxyError::new(ErrorCode::ProxyInternalError)
+                .with_details("datagram-v2 connection without an RPC thread")),
+        }
     }
 }
 

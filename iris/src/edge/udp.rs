@@ -1,4 +1,4 @@
-//! UDP flows over datagram v3: the edge picks a request id, sends a registration datagram,
+//! UDP flows over datagram v3 (v2 is [`super::udp_v2`]): the edge picks a request id, sends a registration datagram,
 //! waits for the connector's `0x03` answer, then exchanges payload datagrams. One reader task
 //! per connection dispatches incoming datagrams to flows by request id.
 //!
@@ -15,8 +15,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use wvpc_errors::{ErrorCode, ProxyError};
-use wvpc_tunnel::RequestId;
 use wvpc_tunnel::datagram::{Datagram, RegistrationResponse, SessionRegistration, encode_payload};
+use wvpc_tunnel::datagram_v2::DatagramV2;
+use wvpc_tunnel::{DatagramVersion, RequestId};
 
 use super::registry::EdgeConnection;
 use crate::tunnel_pool::{BoxFuture, UdpFlow};
@@ -49,6 +50,22 @@ impl SessionTable {
     /// Ends every session (the connection closed): their flows see `connection_terminated`.
     pub(crate) fn clear(&self) {
         self.lock().clear();
+    }
+
+    /// Adds a datagram-v2 session (registered by RPC, so no registration answer to await).
+    pub(crate) fn insert_v2(&self, id: RequestId, payloads: mpsc::Sender<Bytes>) {
+        self.lock().insert(
+            id,
+            SessionSlot {
+                payloads,
+                registered: None,
+            },
+        );
+    }
+
+    /// Ends one session: its flow sees `connection_terminated`. `false` if it was not there.
+    pub(crate) fn remove(&self, id: RequestId) -> bool {
+        self.lock().remove(&id).is_some()
     }
 
     fn dispatch(&self, datagram: Datagram, conn: &EdgeConnection) {
@@ -90,11 +107,31 @@ impl SessionTable {
     }
 }
 
-/// Reads the connection's datagrams until it closes, dispatching them to flows.
+/// Reads the connection's datagrams until it closes, dispatching them to flows. The format is
+/// the connection's datagram version: v3 (this module) or v2 ([`super::udp_v2`]).
 pub(crate) async fn read_datagrams(conn: Arc<EdgeConnection>) {
+    let v2 = conn.info.datagram_version == DatagramVersion::V2;
     while let Ok(raw) = conn.quic.read_datagram().await {
-        match Datagram::decode(raw) {
-            Ok(datagram) => conn.sessions.dispatch(datagram, &conn),
+        let decoded = if v2 {
+            DatagramV2::decode(raw).map(|d| match d {
+                DatagramV2::Udp {
+                    session_id,
+                    payload,
+                } => Some(Datagram::Payload {
+                    request_id: session_id,
+                    payload,
+                }),
+                DatagramV2::Other(kind) => {
+                    tracing::trace!(tunnel = %conn.info.tunnel_id, kind, "v2 datagram ignored (not proxied)");
+                    None
+                }
+            })
+        } else {
+            Datagram::decode(raw).map(Some)
+        };
+        match decoded {
+            Ok(Some(datagram)) => conn.sessions.dispatch(datagram, &conn),
+            Ok(None) => {}
             Err(e) => tracing::debug!(
                 tunnel = %conn.info.tunnel_id,
                 connection = %conn.info.connection_id,
@@ -118,7 +155,7 @@ impl Drop for SlotGuard {
     }
 }
 
-fn send_error(dest: SocketAddr, e: quinn::SendDatagramError) -> ProxyError {
+pub(crate) fn send_error(dest: SocketAddr, e: quinn::SendDatagramError) -> ProxyError {
     let code = match e {
         quinn::SendDatagramError::ConnectionLost(_) => ErrorCode::ConnectionTerminated,
         quinn::SendDatagramError::TooLarge => ErrorCode::ProxyInternalError,

@@ -7,6 +7,7 @@ use wvpc_connector::{Connector, ConnectorConfig};
 use wvpc_tests::origin::{is_pattern, pattern};
 use wvpc_tests::real::{ORIGIN_NAME, RealWorld};
 use wvpc_tests::{client, trace_init, within};
+use wvpc_tunnel::DatagramVersion;
 
 async fn world() -> RealWorld {
     trace_init();
@@ -109,4 +110,34 @@ async fn a_wrong_token_is_refused_with_a_clear_error() {
         text.contains("refused tunnel") && text.contains("check --token"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_speaking_datagram_v2_resolves_and_serves_through_the_edge() {
+    trace_init();
+    let w = within(
+        "starting the real path with a datagram-v2 connector",
+        RealWorld::start_with(|config| config.datagram_version = DatagramVersion::V2),
+    )
+    .await
+    .expect("starting the real path");
+    let tunnel = w.stack.registry().tunnels()[0];
+    let conns = w.stack.registry().connections(tunnel);
+    assert_eq!(conns[0].datagram_version, DatagramVersion::V2);
+    assert!(
+        !conns[0]
+            .features
+            .iter()
+            .any(|f| f.starts_with("support_datagram_v3")),
+        "{:?}",
+        conns[0].features
+    );
+
+    // DNS for the service's hostname went through registerUdpSession and v2 datagrams.
+    let reply = within("GET over v2", client::get(w.stack.script_addr, "/v2")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "hello from origin: /v2");
+    assert_eq!(w.dns.table.query_count(ORIGIN_NAME, RecordType::A), 1);
+    assert_eq!(w.dns.table.query_count(ORIGIN_NAME, RecordType::AAAA), 1);
+    assert_eq!(w.origin.seen().len(), 1);
 }
