@@ -7,6 +7,7 @@ use std::time::Duration;
 use wvpc_tunnel::Credentials;
 
 use crate::ConnectorError;
+use crate::egress::AllowRule;
 
 /// Default timeout for dialing an origin (TCP connect).
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +36,9 @@ pub struct ConnectorConfig {
     pub grace_period: Duration,
     /// Version string reported to the edge.
     pub version: String,
+    /// Egress allow-list; empty allows every destination, otherwise only what a rule covers
+    /// (the virtual DNS resolver stays reachable).
+    pub allow: Vec<AllowRule>,
 }
 
 impl ConnectorConfig {
@@ -50,6 +54,7 @@ impl ConnectorConfig {
             max_active_flows: 0,
             grace_period: DEFAULT_GRACE_PERIOD,
             version: format!("wvpc-connector/{}", env!("CARGO_PKG_VERSION")),
+            allow: Vec::new(),
         }
     }
 

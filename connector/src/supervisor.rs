@@ -23,6 +23,8 @@ use crate::ConnectorError;
 use crate::backoff::Backoff;
 use crate::config::{ConnectorConfig, host_resolver};
 use crate::control::{RegistrationOutcome, RegistrationRequest, run_control_stream};
+use crate::egress::EgressPolicy;
+use crate::metrics::ConnectorMetrics;
 use crate::origin::{FlowLimiter, OriginRoutes};
 use crate::streams::{ActiveFlows, StreamContext, serve_streams};
 use crate::udp::UdpSessions;
@@ -31,7 +33,9 @@ use crate::udp::UdpSessions;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `registerConnection` / `unregisterConnection` round trips (cloudflared: 5 s).
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// First reconnect step: a connection lost after it registered is redialled within
+/// 0.25–0.5 s (so an edge restart is recovered fast); each failed attempt doubles the step.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// How a connection attempt ended.
@@ -57,6 +61,7 @@ pub struct Connector {
     client_config: quinn::ClientConfig,
     client_id: Uuid,
     registered: watch::Sender<usize>,
+    metrics: Arc<ConnectorMetrics>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -95,6 +100,7 @@ impl Connector {
             client_config,
             client_id: Uuid::new_v4(),
             registered: watch::channel(0).0,
+            metrics: Arc::new(ConnectorMetrics::default()),
         })
     }
 
@@ -109,6 +115,11 @@ impl Connector {
     /// Readiness of this connector's connections.
     pub fn readiness(&self) -> Readiness {
         Readiness(self.registered.subscribe())
+    }
+
+    /// This connector's metrics (serve them with [`wvpc_tunnel::metrics::serve`]).
+    pub fn metrics(&self) -> Arc<ConnectorMetrics> {
+        self.metrics.clone()
     }
 
     /// This process's connector id (`ClientInfo.clientId`).
@@ -131,6 +142,10 @@ impl Connector {
         };
         let routes = OriginRoutes::new(config.dns_resolvers.clone(), resolver);
         let limiter = FlowLimiter::new(config.max_active_flows);
+        let egress = EgressPolicy::new(config.allow.clone());
+        if !config.allow.is_empty() {
+            tracing::info!(allow = ?config.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), "egress restricted to the allow-list");
+        }
         let shared = Shared {
             streams: Arc::new(StreamContext {
                 routes: routes.clone(),
@@ -139,8 +154,15 @@ impl Connector {
                 rpc: rpc.clone(),
                 config_version: Arc::new(AtomicI32::new(0)),
                 active: ActiveFlows::default(),
+                egress: egress.clone(),
+                metrics: self.metrics.clone(),
             }),
-            udp: Arc::new(UdpSessions::new(routes, limiter)),
+            udp: Arc::new(UdpSessions::new(
+                routes,
+                limiter,
+                egress,
+                self.metrics.clone(),
+            )),
             rpc,
         };
 
@@ -208,6 +230,7 @@ impl Connector {
                 Attempt::Shutdown => return Ok(()),
                 Attempt::Fatal(e) => return Err(e),
                 Attempt::Lost(reason) => {
+                    // It was registered, so the edge was healthy: start the backoff over.
                     tracing::warn!(conn_index = index, %edge, %reason, "tunnel connection lost; reconnecting");
                     backoff.reset();
                 }
@@ -236,6 +259,7 @@ impl Connector {
         token: &CancellationToken,
         previous_attempts: u8,
     ) -> Attempt {
+        let connecting_gauge = self.metrics.connecting.track();
         let connecting = match endpoint.connect(edge, QUIC_SERVER_NAME) {
             Ok(c) => c,
             Err(e) => return Attempt::Retry(format!("cannot dial {edge}: {e}")),
@@ -290,6 +314,12 @@ impl Connector {
             },
         };
         let tunnel_id = self.config.credentials.tunnel_id;
+        self.metrics.registrations.inc(match &outcome {
+            RegistrationOutcome::Registered { .. } => "ok",
+            RegistrationOutcome::Duplicate => "duplicate",
+            RegistrationOutcome::Refused { .. } => "refused",
+            RegistrationOutcome::Failed(_) => "failed",
+        });
         let (connection_id, location) = match outcome {
             RegistrationOutcome::Registered {
                 connection_id,
@@ -331,12 +361,16 @@ impl Connector {
             %edge,
             "registered tunnel connection"
         );
+        drop(connecting_gauge);
+        let registered_gauge = self.metrics.registered.track();
         self.registered.send_modify(|n| *n += 1);
         let streams = tokio::spawn(serve_streams(quic.clone(), shared.streams.clone()));
         let datagrams = tokio::spawn(shared.udp.clone().serve(quic.clone()));
         let end = tokio::select! {
             reason = quic.closed() => Attempt::Lost(reason.to_string()),
             () = token.cancelled() => {
+                drop(registered_gauge);
+                let _draining = self.metrics.draining.track();
                 self.registered.send_modify(|n| *n = n.saturating_sub(1));
                 let (done_tx, done_rx) = oneshot::channel();
                 if unregister_tx.send(done_tx).is_ok() {

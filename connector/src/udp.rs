@@ -14,12 +14,15 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wvpc_tunnel::RequestId;
 use wvpc_tunnel::datagram::{
-    Datagram, MAX_PAYLOAD_LEN, RegistrationResponse, RegistrationStatus, SessionRegistration,
-    encode_payload,
+    Datagram, MAX_PAYLOAD_LEN, RegistrationResponse, RegistrationStatus,
+    STATUS_DESTINATION_PROHIBITED, SessionRegistration, encode_payload,
 };
+use wvpc_tunnel::metrics::GaugeGuard;
+use wvpc_tunnel::{RequestId, VIRTUAL_DNS_RESOLVER};
 
+use crate::egress::EgressPolicy;
+use crate::metrics::ConnectorMetrics;
 use crate::origin::{FlowLimiter, FlowSlot, OriginRoutes};
 
 /// Idle time when the edge announces 0 (cloudflared's default).
@@ -34,6 +37,7 @@ struct Session {
     last_active: Mutex<Instant>,
     closed: CancellationToken,
     _slot: FlowSlot,
+    _open: GaugeGuard,
 }
 
 impl Session {
@@ -57,14 +61,23 @@ pub(crate) struct UdpSessions {
     sessions: Mutex<HashMap<RequestId, Arc<Session>>>,
     routes: OriginRoutes,
     limiter: FlowLimiter,
+    egress: EgressPolicy,
+    metrics: Arc<ConnectorMetrics>,
 }
 
 impl UdpSessions {
-    pub(crate) fn new(routes: OriginRoutes, limiter: FlowLimiter) -> Self {
+    pub(crate) fn new(
+        routes: OriginRoutes,
+        limiter: FlowLimiter,
+        egress: EgressPolicy,
+        metrics: Arc<ConnectorMetrics>,
+    ) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
             routes,
             limiter,
+            egress,
+            metrics,
         }
     }
 
@@ -106,6 +119,7 @@ impl UdpSessions {
             return;
         };
         session.touch();
+        self.metrics.bytes_to_origin.add(payload.len() as u64);
         if let Err(e) = session.socket.try_send(payload) {
             tracing::trace!(session = %request_id, error = %e, "UDP payload to origin dropped");
         }
@@ -137,10 +151,25 @@ impl UdpSessions {
             Self::reply(quic, request_id, RegistrationStatus::Ok, String::new());
             return;
         }
+        let is_dns = reg.dest == VIRTUAL_DNS_RESOLVER;
+        if let Err(err) = self.egress.check(reg.dest) {
+            tracing::warn!(dest = %reg.dest, "destination not in the egress allow-list; UDP session refused");
+            self.metrics.error(err.code);
+            return Self::reply(
+                quic,
+                request_id,
+                RegistrationStatus::Other(STATUS_DESTINATION_PROHIBITED),
+                err.details.unwrap_or_default(),
+            );
+        }
         let slot = match self.limiter.acquire() {
             Ok(slot) => slot,
             Err(err) => {
                 tracing::warn!(dest = %reg.dest, "too many active flows; UDP session refused");
+                self.metrics.error(err.code);
+                if is_dns {
+                    self.metrics.dns_queries.inc("refused");
+                }
                 let message = err.details.unwrap_or_default();
                 return Self::reply(
                     quic,
@@ -155,6 +184,7 @@ impl UdpSessions {
             Ok(socket) => socket,
             Err((status, message)) => {
                 tracing::debug!(dest = %reg.dest, %target, %message, "UDP session refused");
+                self.metrics.error(wvpc_errors::ErrorCode::DestinationUnavailable);
                 return Self::reply(quic, request_id, status, message);
             }
         };
@@ -170,7 +200,12 @@ impl UdpSessions {
             last_active: Mutex::new(Instant::now()),
             closed: CancellationToken::new(),
             _slot: slot,
+            _open: self.metrics.udp_sessions_open.track(),
         });
+        self.metrics.udp_sessions.inc();
+        if is_dns {
+            self.metrics.dns_queries.inc("forwarded");
+        }
         self.lock().insert(request_id, session.clone());
         Self::reply(quic, request_id, RegistrationStatus::Ok, String::new());
         if !reg.payload.is_empty() {
@@ -203,6 +238,7 @@ impl UdpSessions {
                     }
                     Ok(n) => {
                         session.touch();
+                        self.metrics.bytes_from_origin.add(n as u64);
                         if let Ok(datagram) = encode_payload(request_id, &buf[..n])
                             && let Err(e) = session.quic().send_datagram(datagram)
                         {

@@ -2,8 +2,8 @@
 //! cloudflared: credentials and tokens ([`credentials`]), stream preambles ([`preamble`]),
 //! `ConnectRequest`/`ConnectResponse` framing ([`connect`]), datagram v3 ([`datagram`]),
 //! feature strings ([`features`]), the edge's TLS identity ([`identity`]), QUIC endpoint
-//! configuration ([`quic`]) and the thread that hosts `!Send` Cap'n Proto RPC
-//! ([`rpc_thread`]).
+//! configuration ([`quic`]), Prometheus metrics for both ends ([`metrics`]) and the thread
+//! that hosts `!Send` Cap'n Proto RPC ([`rpc_thread`]).
 //!
 //! Protocol logic here is sans-IO where it can be; the QUIC endpoints themselves live in
 //! `wvpc-iris` (edge) and `wvpc-connector`.
@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod datagram;
 pub mod features;
 pub mod identity;
+pub mod metrics;
 pub mod preamble;
 pub mod quic;
 pub mod rpc_thread;
