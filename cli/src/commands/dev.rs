@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use wvpc_runtime::ScriptConfig;
 
-use crate::stack::{Stack, StackConfig, describe_bindings};
+use crate::stack::{IrisOptions, Stack, StackConfig, describe_bindings};
 
 /// Config file names looked for in the current directory, in order, when `--config` is absent.
 pub const DEFAULT_CONFIG_FILES: [&str; 3] = ["wrangler.jsonc", "wrangler.json", "wrangler.toml"];
@@ -25,6 +25,9 @@ pub struct DevArgs {
     /// Address where the tunnel edge (iris) accepts connectors over QUIC
     #[arg(long, default_value = "127.0.0.1:7844", value_name = "IP:PORT")]
     pub edge_listen: SocketAddr,
+    /// Serve iris's Prometheus metrics on http://IP:PORT/metrics
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl DevArgs {
@@ -54,12 +57,18 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
     let config_path = args.config_path(&cwd)?;
     // The error names the file, the field and the problem.
     let script = ScriptConfig::load(&config_path)?;
-    let stack = Stack::start(StackConfig {
-        state: state.to_owned(),
-        script: script.clone(),
-        listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
-        edge_listen: args.edge_listen,
-    })
+    let stack = Stack::start_with(
+        StackConfig {
+            state: state.to_owned(),
+            script: script.clone(),
+            listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
+            edge_listen: args.edge_listen,
+        },
+        IrisOptions {
+            metrics_listen: args.metrics,
+            ..IrisOptions::default()
+        },
+    )
     .await?;
     writeln!(
         out,
@@ -75,6 +84,9 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
         stack.edge_addr,
         stack.edge_ca_path.display()
     )?;
+    if let Some(addr) = stack.metrics_addr {
+        writeln!(out, "  metrics on http://{addr}/metrics")?;
+    }
     writeln!(out, "  state {}", state.display())?;
     out.flush()?;
     shutdown_signal().await;
