@@ -7,12 +7,14 @@
 //! - [`stack`]: `MockStack`, iris's router, the binding-worker and the runtime with a script
 //!   over real sockets on a [`mock_tunnel::MockTunnel`]. The real QUIC path runs
 //!   `wvpc_cli::stack::Stack`, exactly what `wvpc dev` runs: [`real::RealWorld`].
+//! - [`fault`]: a UDP relay in front of the edge that can go silent (a connector "killed").
 //! - [`client`]: a one-request HTTP/1.1 client.
 //! - [`guests`]: paths of the example scripts, built for wasm32-wasip2 by this crate's build
 //!   script.
 
 pub mod client;
 pub mod dns;
+pub mod fault;
 pub mod mock_tunnel;
 pub mod origin;
 pub mod real;

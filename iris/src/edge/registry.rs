@@ -283,6 +283,19 @@ impl TunnelRegistry {
         self.wait_until(tunnel_id, |conns| conns.is_empty()).await;
     }
 
+    /// Resolves once `done` holds for every connection of the tunnel, draining ones included.
+    pub async fn wait_for(&self, tunnel_id: Uuid, done: impl Fn(&[ConnectionInfo]) -> bool) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done(&self.connections(tunnel_id)) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     async fn wait_until(&self, tunnel_id: Uuid, done: impl Fn(&[ConnectionInfo]) -> bool) {
         loop {
             let notified = self.changed.notified();

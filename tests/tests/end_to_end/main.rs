@@ -3,7 +3,9 @@
 //!
 //! - [`real_tunnel`]: the stack `wvpc dev` runs, with the real QUIC edge, our connector and a
 //!   real DNS server.
+//! - [`ha`]: replicas, failover under load, graceful shutdown, iris restart, limits, metrics.
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
 
+mod ha;
 mod mock_tunnel;
 mod real_tunnel;
