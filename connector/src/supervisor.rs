@@ -33,6 +33,8 @@ use crate::udp::UdpSessions;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `registerConnection` / `unregisterConnection` round trips (cloudflared: 5 s).
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for close frames to leave.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 /// First reconnect step: a connection lost after it registered is redialled within
 /// 0.25–0.5 s (so an edge restart is recovered fast); each failed attempt doubles the step.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -227,7 +229,11 @@ impl Connector {
                 .connect_once(index, edge, &ep, shared, &token, attempts)
                 .await
             {
-                Attempt::Shutdown => return Ok(()),
+                Attempt::Shutdown => {
+                    // Let the close frame reach the edge before the process may exit.
+                    let _ = tokio::time::timeout(CLOSE_FLUSH, ep.wait_idle()).await;
+                    return Ok(());
+                }
                 Attempt::Fatal(e) => return Err(e),
                 Attempt::Lost(reason) => {
                     // It was registered, so the edge was healthy: start the backoff over.
