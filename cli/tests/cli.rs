@@ -609,8 +609,14 @@ fn iris_and_a_connector_run_as_processes_report_metrics_and_tunnel_info_and_drai
     connector.line("registered:");
 
     let info = state.ok(&["tunnel", "info", "office"]);
-    assert!(info.contains("1 live connection(s) from 1 connector(s)"), "{info}");
-    assert!(info.contains("iris-test") && info.contains("wvpc-connector/"), "{info}");
+    assert!(
+        info.contains("1 live connection(s) from 1 connector(s)"),
+        "{info}"
+    );
+    assert!(
+        info.contains("iris-test") && info.contains("wvpc-connector/"),
+        "{info}"
+    );
     let metrics = scrape(&iris_metrics);
     assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
     assert!(
@@ -648,7 +654,12 @@ fn bad_connector_flags_are_refused_naming_the_flag() {
     ];
     let run = state.wvpc(&[&base[..], &["--allow", "10.0.0.0/33"]].concat());
     assert_eq!(run.code(), 1);
-    assert!(run.stderr().contains("--allow \"10.0.0.0/33\": prefix \"33\""), "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .contains("--allow \"10.0.0.0/33\": prefix \"33\""),
+        "{}",
+        run.stderr()
+    );
     let run = state.wvpc(&[&base[..], &["--grace-period", "soon"]].concat());
     assert_eq!(run.code(), 2);
     assert!(run.stderr().contains("not a duration"), "{}", run.stderr());

@@ -31,14 +31,22 @@ impl AllowRule {
         match *self {
             Self::Addr(addr) => addr == dest,
             Self::Network { addr, prefix } => match (addr, dest.ip()) {
-                (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                    prefix_match(u128::from(u32::from(net)), u128::from(u32::from(ip)), prefix, 32)
-                }
+                (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(
+                    u128::from(u32::from(net)),
+                    u128::from(u32::from(ip)),
+                    prefix,
+                    32,
+                ),
                 (IpAddr::V6(net), IpAddr::V6(ip)) => {
                     prefix_match(u128::from(net), u128::from(ip), prefix, 128)
                 }
                 (IpAddr::V4(net), IpAddr::V6(ip)) => ip.to_ipv4_mapped().is_some_and(|ip| {
-                    prefix_match(u128::from(u32::from(net)), u128::from(u32::from(ip)), prefix, 32)
+                    prefix_match(
+                        u128::from(u32::from(net)),
+                        u128::from(u32::from(ip)),
+                        prefix,
+                        32,
+                    )
                 }),
                 (IpAddr::V6(_), IpAddr::V4(_)) => false,
             },
@@ -161,7 +169,10 @@ mod tests {
         let err = "10.0.0.0/33".parse::<AllowRule>().unwrap_err();
         assert!(err.to_string().contains("prefix \"33\""), "{err}");
         let err = "db.internal:5432".parse::<AllowRule>().unwrap_err();
-        assert!(err.to_string().contains("--allow \"db.internal:5432\""), "{err}");
+        assert!(
+            err.to_string().contains("--allow \"db.internal:5432\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -184,7 +184,8 @@ impl UdpSessions {
             Ok(socket) => socket,
             Err((status, message)) => {
                 tracing::debug!(dest = %reg.dest, %target, %message, "UDP session refused");
-                self.metrics.error(wvpc_errors::ErrorCode::DestinationUnavailable);
+                self.metrics
+                    .error(wvpc_errors::ErrorCode::DestinationUnavailable);
                 return Self::reply(quic, request_id, status, message);
             }
         };

@@ -925,13 +925,21 @@ async fn bad_input_and_a_registration_flood_are_refused_while_another_tunnel_kee
             let (mut send, _recv) = garbage.open_bi().await.unwrap();
             send.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
             send.finish().unwrap();
-            assert_eq!(close_code(garbage.closed().await), Some(CloseCode::ProtocolViolation));
+            assert_eq!(
+                close_code(garbage.closed().await),
+                Some(CloseCode::ProtocolViolation)
+            );
             // A truncated capnp message.
             let truncated = raw_connection(&edge).await;
             let (mut send, _recv) = truncated.open_bi().await.unwrap();
-            send.write_all(&[0, 0, 0, 0, 16, 0, 0, 0, 0, 0]).await.unwrap();
+            send.write_all(&[0, 0, 0, 0, 16, 0, 0, 0, 0, 0])
+                .await
+                .unwrap();
             send.finish().unwrap();
-            assert_eq!(close_code(truncated.closed().await), Some(CloseCode::ProtocolViolation));
+            assert_eq!(
+                close_code(truncated.closed().await),
+                Some(CloseCode::ProtocolViolation)
+            );
             // A wrong secret and an unknown tunnel.
             let mut wrong = edge.credentials.clone();
             wrong.tunnel_secret = b"guess".to_vec();
@@ -958,9 +966,16 @@ async fn bad_input_and_a_registration_flood_are_refused_while_another_tunnel_kee
                 }
             }
             assert!(unauthorized <= 4, "{unauthorized} guesses were checked");
-            assert!(rate_limited > 0 && refused > 0, "{rate_limited} rate limited, {refused} refused");
-            assert!(logged("too many attempts for this tunnel (registration flood limit)"));
-            assert!(logged("too many new connections from this address (registration flood limit)"));
+            assert!(
+                rate_limited > 0 && refused > 0,
+                "{rate_limited} rate limited, {refused} refused"
+            );
+            assert!(logged(
+                "too many attempts for this tunnel (registration flood limit)"
+            ));
+            assert!(logged(
+                "too many new connections from this address (registration flood limit)"
+            ));
             let counted = edge.registry().metrics();
             assert_eq!(counted.registrations.get("rate_limited"), rate_limited);
             assert_eq!(counted.connections_refused.get(), refused);

@@ -169,8 +169,15 @@ mod tests {
         dir.record_tunnel_connection(&b).unwrap();
         dir.record_tunnel_connection(&live(Uuid::new_v4(), "iris-a", 0))
             .unwrap();
-        assert_eq!(dir.tunnel_connections(tunnel).unwrap(), vec![a.clone(), b.clone()]);
-        assert_eq!(dir.revision().unwrap(), revision, "live state does not bump the revision");
+        assert_eq!(
+            dir.tunnel_connections(tunnel).unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        assert_eq!(
+            dir.revision().unwrap(),
+            revision,
+            "live state does not bump the revision"
+        );
 
         assert!(dir.remove_tunnel_connection(b.connection_id).unwrap());
         assert!(!dir.remove_tunnel_connection(b.connection_id).unwrap());

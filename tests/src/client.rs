@@ -99,7 +99,10 @@ pub async fn get_via_iris(iris: SocketAddr, service_id: uuid::Uuid, path: &str) 
         .header(hyper::header::HOST, "api.internal")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let resp = origin.send_request(req).await.expect("GET through the tunnel");
+    let resp = origin
+        .send_request(req)
+        .await
+        .expect("GET through the tunnel");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();

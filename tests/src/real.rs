@@ -152,19 +152,22 @@ impl RealWorld {
         let service = directory.create_service(&input)?;
         drop(directory);
 
-        let stack = Stack::start_with(StackConfig {
-            state: state.path().to_owned(),
-            script: ScriptConfig {
-                name: "proxy".into(),
-                main: PathBuf::from(guests::PROXY),
-                vpc_services: vec![VpcServiceBinding {
-                    binding: "API".into(),
-                    service_id: service.service_id,
-                }],
+        let stack = Stack::start_with(
+            StackConfig {
+                state: state.path().to_owned(),
+                script: ScriptConfig {
+                    name: "proxy".into(),
+                    main: PathBuf::from(guests::PROXY),
+                    vpc_services: vec![VpcServiceBinding {
+                        binding: "API".into(),
+                        service_id: service.service_id,
+                    }],
+                },
+                listen: "127.0.0.1:0".parse()?,
+                edge_listen: "127.0.0.1:0".parse()?,
             },
-            listen: "127.0.0.1:0".parse()?,
-            edge_listen: "127.0.0.1:0".parse()?,
-        }, options.iris.clone())
+            options.iris.clone(),
+        )
         .await?;
 
         let mut world = RealWorld {

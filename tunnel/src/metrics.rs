@@ -231,11 +231,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<dyn Render>) {
             let mut buf = [0u8; 512];
             // Read the request head (bounded), then answer.
             while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.read(&mut buf),
-                )
-                .await
+                match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+                    .await
                 {
                     Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
                     _ => return,
@@ -246,7 +243,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<dyn Render>) {
             let (status, body) = if path == b"/metrics" || path.starts_with(b"/metrics?") {
                 ("200 OK", metrics.render())
             } else {
-                ("404 Not Found", "not found: metrics are at /metrics\n".to_owned())
+                (
+                    "404 Not Found",
+                    "not found: metrics are at /metrics\n".to_owned(),
+                )
             };
             let response = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n\
@@ -273,8 +273,14 @@ mod tests {
         out.counter("x_total", "Xs.", 3);
         out.family("r_total", "Results.", "result", &family);
         let text = out.finish();
-        assert!(text.contains("# TYPE x_total counter\nx_total 3\n"), "{text}");
+        assert!(
+            text.contains("# TYPE x_total counter\nx_total 3\n"),
+            "{text}"
+        );
         assert!(text.contains("r_total{result=\"ok\"} 2\n"), "{text}");
-        assert!(text.contains("r_total{result=\"say \\\"hi\\\"\"} 1\n"), "{text}");
+        assert!(
+            text.contains("r_total{result=\"say \\\"hi\\\"\"} 1\n"),
+            "{text}"
+        );
     }
 }

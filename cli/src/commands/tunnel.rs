@@ -206,7 +206,15 @@ fn info(dir: &Directory, id_or_name: &str, json: bool, out: &mut dyn Write) -> a
         out,
         "{}",
         table::render(
-            &["CONNECTOR", "VERSION", "ARCH", "INDEX", "EDGE", "ORIGIN IP", "SINCE"],
+            &[
+                "CONNECTOR",
+                "VERSION",
+                "ARCH",
+                "INDEX",
+                "EDGE",
+                "ORIGIN IP",
+                "SINCE"
+            ],
             &rows
         )
     )?;

@@ -74,7 +74,9 @@ async fn allow_rules(entries: &[String]) -> anyhow::Result<Vec<AllowRule>> {
                 }
                 let addrs: Vec<SocketAddr> = tokio::net::lookup_host(entry.as_str())
                     .await
-                    .map_err(|e| anyhow::anyhow!("--allow {entry:?}: cannot resolve the host: {e}"))?
+                    .map_err(|e| {
+                        anyhow::anyhow!("--allow {entry:?}: cannot resolve the host: {e}")
+                    })?
                     .collect();
                 if addrs.is_empty() {
                     anyhow::bail!("--allow {entry:?}: the host has no address");

@@ -66,8 +66,8 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
             });
         }
         let (tokens, at) = map.entry(key).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second)
-            .min(self.burst);
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -125,7 +125,10 @@ mod tests {
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         assert!((0..3).all(|_| admission.admit_source(a)));
         assert!(!admission.admit_source(a));
-        assert!(admission.admit_source(b), "another source has its own bucket");
+        assert!(
+            admission.admit_source(b),
+            "another source has its own bucket"
+        );
         let t = Uuid::new_v4();
         assert!(admission.admit_tunnel(t) && admission.admit_tunnel(t));
         assert!(!admission.admit_tunnel(t));

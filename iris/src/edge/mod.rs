@@ -33,8 +33,8 @@ mod registration;
 pub mod registry;
 mod udp;
 
-pub use authority::{AuthFailure, CredentialsAuthority, TunnelAuthority};
 pub use admission::AdmissionLimits;
+pub use authority::{AuthFailure, CredentialsAuthority, TunnelAuthority};
 pub use registry::{ConnectionInfo, ConnectionObserver, TunnelRegistry};
 pub use udp::DEFAULT_UDP_IDLE;
 
@@ -158,7 +158,11 @@ impl Edge {
     pub async fn drain(&self, grace: Duration) -> bool {
         self.endpoint.set_server_config(None);
         let open = self.shared.registry.metrics().streams_open.get();
-        tracing::info!(open_streams = open, grace_s = grace.as_secs_f32(), "tunnel edge draining");
+        tracing::info!(
+            open_streams = open,
+            grace_s = grace.as_secs_f32(),
+            "tunnel edge draining"
+        );
         let finished = tokio::time::timeout(grace, self.shared.registry.wait_streams_closed())
             .await
             .is_ok();

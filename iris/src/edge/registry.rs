@@ -499,12 +499,12 @@ impl TunnelRegistry {
             let Some(conn) = self.candidates(tunnel_id).into_iter().next() else {
                 return Err(match died {
                     // The flow never reached the connector's dial: nothing else can serve it.
-                    Some(err) => ProxyError::new(ErrorCode::DestinationUnavailable).with_details(
-                        format!(
+                    Some(err) => {
+                        ProxyError::new(ErrorCode::DestinationUnavailable).with_details(format!(
                             "no live connection of tunnel {tunnel_id} is left ({})",
                             err.details.unwrap_or_default()
-                        ),
-                    ),
+                        ))
+                    }
                     None => no_connection(tunnel_id),
                 });
             };
@@ -559,7 +559,10 @@ impl TunnelRegistry {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 stream.abort();
-                return Err(classify(terminated("failed before the connector answered", &e)));
+                return Err(classify(terminated(
+                    "failed before the connector answered",
+                    &e,
+                )));
             }
             Err(_) => {
                 stream.abort();

@@ -61,10 +61,17 @@ async fn killing_one_of_two_replicas_under_load_loses_no_request_not_yet_at_the_
     survivor.ha_connections = 2;
     let survivor = replica(survivor).await;
     let registry = w.stack.registry().clone();
-    within("4 connections", registry.wait_for_connections(w.tunnel_id, 4)).await;
+    within(
+        "4 connections",
+        registry.wait_for_connections(w.tunnel_id, 4),
+    )
+    .await;
     let addr = w.stack.script_addr;
     // DNS for the service is cached from here on.
-    assert_eq!(within("warm-up", client::get(addr, "/warm")).await.status, 200);
+    assert_eq!(
+        within("warm-up", client::get(addr, "/warm")).await.status,
+        200
+    );
 
     const REQUESTS: usize = 60;
     let started = Instant::now();
@@ -134,14 +141,25 @@ async fn a_replica_shutting_down_finishes_its_request_while_new_ones_go_to_the_o
     config.ha_connections = 2;
     config.grace_period = Duration::from_secs(20);
     let leaving = replica(config.clone()).await;
-    assert_eq!(within("warm-up", client::get(addr, "/warm")).await.status, 200);
+    assert_eq!(
+        within("warm-up", client::get(addr, "/warm")).await.status,
+        200
+    );
 
     // A long request in flight on the leaving replica (the only one so far).
     let long = tokio::spawn(async move { client::get(addr, "/slow/1500?long").await });
-    within("the long request reaches the origin", w.origin.wait_seen("/slow/1500?long")).await;
+    within(
+        "the long request reaches the origin",
+        w.origin.wait_seen("/slow/1500?long"),
+    )
+    .await;
     let staying = replica(config).await;
     let registry = w.stack.registry().clone();
-    within("4 connections", registry.wait_for_connections(w.tunnel_id, 4)).await;
+    within(
+        "4 connections",
+        registry.wait_for_connections(w.tunnel_id, 4),
+    )
+    .await;
 
     let leaving_id = leaving.client_id;
     let leaving_metrics = leaving.metrics.clone();
@@ -158,7 +176,11 @@ async fn a_replica_shutting_down_finishes_its_request_while_new_ones_go_to_the_o
     .await;
     let streams_before = leaving_metrics.streams.get();
     for i in 0..6 {
-        let reply = within("a request while draining", client::get(addr, &format!("/new/{i}"))).await;
+        let reply = within(
+            "a request while draining",
+            client::get(addr, &format!("/new/{i}")),
+        )
+        .await;
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
     assert_eq!(
@@ -166,12 +188,18 @@ async fn a_replica_shutting_down_finishes_its_request_while_new_ones_go_to_the_o
         streams_before,
         "no new stream may go to an unregistered connection"
     );
-    assert!(staying.metrics.streams.get() >= 1, "new streams went to the other replica");
+    assert!(
+        staying.metrics.streams.get() >= 1,
+        "new streams went to the other replica"
+    );
 
     let reply = within("the long request", long).await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.text(), "hello from origin: /slow/1500?long");
-    within("the replica stops", shutdown).await.unwrap().unwrap();
+    within("the replica stops", shutdown)
+        .await
+        .unwrap()
+        .unwrap();
     within(
         "only the staying replica is left",
         registry.wait_for(w.tunnel_id, |c| {
@@ -201,7 +229,11 @@ async fn connectors_are_back_soon_after_iris_restarts_and_tunnel_info_lists_them
     let mut config = w.connector_config(edge_addr);
     config.ha_connections = 4;
     let connector = replica(config).await;
-    within("4 connections", iris.registry().wait_for_connections(w.tunnel_id, 4)).await;
+    within(
+        "4 connections",
+        iris.registry().wait_for_connections(w.tunnel_id, 4),
+    )
+    .await;
     let reply = within(
         "a request through the first iris",
         client::get_via_iris(iris.iris_addr, w.service_id, "/before"),
@@ -211,12 +243,19 @@ async fn connectors_are_back_soon_after_iris_restarts_and_tunnel_info_lists_them
 
     // `wvpc tunnel info` reads what iris recorded.
     let info = tunnel_info(&w).await;
-    assert!(info.contains("4 live connection(s) from 1 connector(s)"), "{info}");
+    assert!(
+        info.contains("4 live connection(s) from 1 connector(s)"),
+        "{info}"
+    );
     assert!(info.contains(&connector.client_id.to_string()), "{info}");
-    assert!(info.contains("iris-restart") && info.contains("wvpc-connector/"), "{info}");
+    assert!(
+        info.contains("iris-restart") && info.contains("wvpc-connector/"),
+        "{info}"
+    );
     for index in 0..4 {
         assert!(
-            info.lines().any(|l| l.split_whitespace().nth(3) == Some(&index.to_string())),
+            info.lines()
+                .any(|l| l.split_whitespace().nth(3) == Some(&index.to_string())),
             "index {index} missing:\n{info}"
         );
     }
@@ -260,10 +299,15 @@ async fn connectors_are_back_soon_after_iris_restarts_and_tunnel_info_lists_them
     .await;
     assert_eq!(reply.status, 200);
     let info = tunnel_info(&w).await;
-    assert!(info.contains("4 live connection(s) from 1 connector(s)"), "{info}");
+    assert!(
+        info.contains("4 live connection(s) from 1 connector(s)"),
+        "{info}"
+    );
 
     // Connections leave the directory when they close.
-    within("the connector stops", connector.shutdown()).await.unwrap();
+    within("the connector stops", connector.shutdown())
+        .await
+        .unwrap();
     within(
         "connections close",
         restarted.registry().wait_for_no_connection(w.tunnel_id),
@@ -283,7 +327,9 @@ async fn tunnel_info(w: &RealWorld) -> String {
         w.tunnel_id.to_string(),
     ]);
     let mut out = Vec::new();
-    wvpc_cli::run(cli, &mut out).await.expect("wvpc tunnel info");
+    wvpc_cli::run(cli, &mut out)
+        .await
+        .expect("wvpc tunnel info");
     String::from_utf8(out).unwrap()
 }
 
@@ -293,7 +339,8 @@ async fn the_flow_limit_answers_rate_limited_and_the_allow_list_destination_ip_p
     let ip: Ipv4Addr = ORIGIN_IP.parse().unwrap();
     let service = w.create_ip_service("direct", ip, w.origin.addr.port());
     let other = Origin::start("127.0.0.3").await.unwrap();
-    let forbidden = w.create_ip_service("forbidden", "127.0.0.3".parse().unwrap(), other.addr.port());
+    let forbidden =
+        w.create_ip_service("forbidden", "127.0.0.3".parse().unwrap(), other.addr.port());
     let iris = w.stack.iris_addr;
 
     // --max-active-flows 1: one flow in flight holds the only slot, the next is refused with
@@ -301,16 +348,23 @@ async fn the_flow_limit_answers_rate_limited_and_the_allow_list_destination_ip_p
     let mut limited = w.connector_config(w.stack.edge_addr);
     limited.max_active_flows = 1;
     let limited = replica(limited).await;
-    let long = tokio::spawn(async move { client::get_via_iris(iris, service, "/slow/1000?held").await });
+    let long =
+        tokio::spawn(async move { client::get_via_iris(iris, service, "/slow/1000?held").await });
     within("the held request", w.origin.wait_seen("/slow/1000?held")).await;
-    let refused = within("over the limit", client::get_via_iris(iris, service, "/over")).await;
+    let refused = within(
+        "over the limit",
+        client::get_via_iris(iris, service, "/over"),
+    )
+    .await;
     assert_eq!(refused.status, 429);
     let status = refused.headers["proxy-status"].to_str().unwrap();
     assert!(status.contains("error=rate_limited"), "{status}");
     assert_eq!(within("the held request", long).await.unwrap().status, 200);
     assert_eq!(limited.metrics.errors.get("rate_limited"), 1);
     assert!(!w.origin.seen().iter().any(|s| s.path == "/over"));
-    within("the limited connector stops", limited.shutdown()).await.unwrap();
+    within("the limited connector stops", limited.shutdown())
+        .await
+        .unwrap();
 
     // --allow 127.0.0.2:<origin port>: that origin is reachable, another address is not.
     let mut config = w.connector_config(w.stack.edge_addr);
@@ -322,23 +376,35 @@ async fn the_flow_limit_answers_rate_limited_and_the_allow_list_destination_ip_p
     let reply = within("prohibited", client::get_via_iris(iris, forbidden, "/no")).await;
     assert_eq!(reply.status, 403);
     let status = reply.headers["proxy-status"].to_str().unwrap();
-    assert!(status.contains("error=destination_ip_prohibited"), "{status}");
-    assert!(other.seen().is_empty(), "the forbidden origin must not be reached");
+    assert!(
+        status.contains("error=destination_ip_prohibited"),
+        "{status}"
+    );
+    assert!(
+        other.seen().is_empty(),
+        "the forbidden origin must not be reached"
+    );
 
     // ... and for UDP, except DNS to the virtual resolver.
     let pool = w.stack.registry().clone();
     let ctx = FlowContext::default();
-    let err = within("udp prohibited", pool.open_udp(w.tunnel_id, w.dns.addr, &ctx))
-        .await
-        .err()
-        .expect("a UDP session outside the allow-list must be refused");
+    let err = within(
+        "udp prohibited",
+        pool.open_udp(w.tunnel_id, w.dns.addr, &ctx),
+    )
+    .await
+    .err()
+    .expect("a UDP session outside the allow-list must be refused");
     assert_eq!(err.code, wvpc_errors::ErrorCode::DestinationIpProhibited);
     let dns = within(
         "udp to the virtual resolver",
         pool.open_udp(w.tunnel_id, wvpc_tunnel::VIRTUAL_DNS_RESOLVER, &ctx),
     )
     .await;
-    assert!(dns.is_ok(), "DNS through the virtual resolver stays allowed");
+    assert!(
+        dns.is_ok(),
+        "DNS through the virtual resolver stays allowed"
+    );
     let errors = connector.metrics.errors.get("destination_ip_prohibited");
     assert_eq!(errors, 2, "one TCP and one UDP refusal counted");
 }
@@ -356,36 +422,96 @@ async fn both_metrics_endpoints_count_the_traffic() {
     let connector = replica(w.connector_config(w.stack.edge_addr)).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let connector_metrics = listener.local_addr().unwrap();
-    tokio::spawn(wvpc_tunnel::metrics::serve(listener, connector.metrics.clone()));
+    tokio::spawn(wvpc_tunnel::metrics::serve(
+        listener,
+        connector.metrics.clone(),
+    ));
     let iris_metrics = w.stack.metrics_addr.expect("iris metrics listener");
 
     for i in 0..3 {
-        let reply = within("traffic", client::get(w.stack.script_addr, &format!("/m/{i}"))).await;
+        let reply = within(
+            "traffic",
+            client::get(w.stack.script_addr, &format!("/m/{i}")),
+        )
+        .await;
         assert_eq!(reply.status, 200);
     }
     let missing = w.create_ip_service("refusing", ORIGIN_IP.parse().unwrap(), 9);
-    let reply = within("a refused flow", client::get_via_iris(w.stack.iris_addr, missing, "/")).await;
+    let reply = within(
+        "a refused flow",
+        client::get_via_iris(w.stack.iris_addr, missing, "/"),
+    )
+    .await;
     assert_eq!(reply.status, 502);
 
     let iris = within("scraping iris", client::scrape(iris_metrics, "/metrics")).await;
-    assert_eq!(sample(&iris, "wvpc_iris_tunnel_connections{state=\"active\"}"), 1.0);
-    assert_eq!(sample(&iris, "wvpc_iris_registrations_total{result=\"ok\"}"), 1.0);
+    assert_eq!(
+        sample(&iris, "wvpc_iris_tunnel_connections{state=\"active\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&iris, "wvpc_iris_registrations_total{result=\"ok\"}"),
+        1.0
+    );
     assert!(sample(&iris, "wvpc_iris_streams_total") >= 1.0, "{iris}");
-    assert!(sample(&iris, "wvpc_iris_udp_sessions_total") >= 1.0, "{iris}");
+    assert!(
+        sample(&iris, "wvpc_iris_udp_sessions_total") >= 1.0,
+        "{iris}"
+    );
     // The binding-worker reuses its origin connection, so one CONNECT needed a lookup.
-    assert!(sample(&iris, "wvpc_iris_dns_lookups_total{result=\"ok\"}") >= 1.0, "{iris}");
-    assert!(sample(&iris, "wvpc_iris_bytes_to_tunnel_total") > 0.0, "{iris}");
-    assert!(sample(&iris, "wvpc_iris_bytes_from_tunnel_total") > 0.0, "{iris}");
-    assert_eq!(sample(&iris, "wvpc_iris_errors_total{code=\"connection_refused\"}"), 1.0);
+    assert!(
+        sample(&iris, "wvpc_iris_dns_lookups_total{result=\"ok\"}") >= 1.0,
+        "{iris}"
+    );
+    assert!(
+        sample(&iris, "wvpc_iris_bytes_to_tunnel_total") > 0.0,
+        "{iris}"
+    );
+    assert!(
+        sample(&iris, "wvpc_iris_bytes_from_tunnel_total") > 0.0,
+        "{iris}"
+    );
+    assert_eq!(
+        sample(&iris, "wvpc_iris_errors_total{code=\"connection_refused\"}"),
+        1.0
+    );
 
-    let conn = within("scraping the connector", client::scrape(connector_metrics, "/metrics")).await;
-    assert_eq!(sample(&conn, "wvpc_connector_connections{state=\"registered\"}"), 1.0);
-    assert_eq!(sample(&conn, "wvpc_connector_registrations_total{result=\"ok\"}"), 1.0);
-    assert!(sample(&conn, "wvpc_connector_streams_total") >= 2.0, "{conn}");
-    assert!(sample(&conn, "wvpc_connector_udp_sessions_total") >= 1.0, "{conn}");
-    assert!(sample(&conn, "wvpc_connector_bytes_to_origin_total") > 0.0, "{conn}");
-    assert!(sample(&conn, "wvpc_connector_bytes_from_origin_total") > 0.0, "{conn}");
-    assert_eq!(sample(&conn, "wvpc_connector_errors_total{code=\"connection_refused\"}"), 1.0);
+    let conn = within(
+        "scraping the connector",
+        client::scrape(connector_metrics, "/metrics"),
+    )
+    .await;
+    assert_eq!(
+        sample(&conn, "wvpc_connector_connections{state=\"registered\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&conn, "wvpc_connector_registrations_total{result=\"ok\"}"),
+        1.0
+    );
+    assert!(
+        sample(&conn, "wvpc_connector_streams_total") >= 2.0,
+        "{conn}"
+    );
+    assert!(
+        sample(&conn, "wvpc_connector_udp_sessions_total") >= 1.0,
+        "{conn}"
+    );
+    assert!(
+        sample(&conn, "wvpc_connector_bytes_to_origin_total") > 0.0,
+        "{conn}"
+    );
+    assert!(
+        sample(&conn, "wvpc_connector_bytes_from_origin_total") > 0.0,
+        "{conn}"
+    );
+    assert_eq!(
+        sample(
+            &conn,
+            "wvpc_connector_errors_total{code=\"connection_refused\"}"
+        ),
+        1.0
+    );
     let not_found = within("another path", client::get(iris_metrics, "/other")).await;
     assert_eq!(not_found.status, 404);
 }
