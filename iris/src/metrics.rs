@@ -17,7 +17,7 @@ pub struct IrisMetrics {
     /// Registered connections whose connector unregistered (set by the registry).
     pub(crate) connections_draining: AtomicI64,
     /// Registration answers by result (`ok`, `duplicate`, `unauthorized`, `invalid`,
-    /// `rate_limited`, `closed`).
+    /// `rate_limited`, `refused`).
     pub registrations: CounterFamily,
     /// New tunnel connections refused before their handshake (source over its rate).
     pub connections_refused: Counter,
