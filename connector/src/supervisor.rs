@@ -33,17 +33,20 @@ use crate::udp::UdpSessions;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `registerConnection` / `unregisterConnection` round trips (cloudflared: 5 s).
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// A registered connection up this long resets the reconnect backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 /// How long a shutdown waits for close frames to leave.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
-/// First reconnect step: a connection lost after it registered is redialled within
-/// 0.25–0.5 s (so an edge restart is recovered fast); each failed attempt doubles the step.
+/// First reconnect step: a healthy connection that is lost is redialled within 0.25–0.5 s
+/// (so an edge restart is recovered fast); each further attempt doubles the step.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// How a connection attempt ended.
 enum Attempt {
     Shutdown,
-    Lost(String),
+    /// A registered connection closed after being up for the given time.
+    Lost(String, Duration),
     Duplicate,
     Retry(String),
     Fatal(ConnectorError),
@@ -235,10 +238,14 @@ impl Connector {
                     return Ok(());
                 }
                 Attempt::Fatal(e) => return Err(e),
-                Attempt::Lost(reason) => {
-                    // It was registered, so the edge was healthy: start the backoff over.
-                    tracing::warn!(conn_index = index, %edge, %reason, "tunnel connection lost; reconnecting");
-                    backoff.reset();
+                Attempt::Lost(reason, up) => {
+                    // A connection that served for a while proves the edge healthy: start the
+                    // backoff over. One dropped right after registering keeps growing it, so
+                    // a flapping edge is not hammered.
+                    tracing::warn!(conn_index = index, %edge, %reason, up_s = up.as_secs_f32(), "tunnel connection lost; reconnecting");
+                    if up >= HEALTHY_AFTER {
+                        backoff.reset();
+                    }
                 }
                 Attempt::Duplicate => {
                     tracing::warn!(conn_index = index, %edge, "edge reports a duplicate connection; trying the next edge address");
@@ -368,12 +375,13 @@ impl Connector {
             "registered tunnel connection"
         );
         drop(connecting_gauge);
+        let registered_at = std::time::Instant::now();
         let registered_gauge = self.metrics.registered.track();
         self.registered.send_modify(|n| *n += 1);
         let streams = tokio::spawn(serve_streams(quic.clone(), shared.streams.clone()));
         let datagrams = tokio::spawn(shared.udp.clone().serve(quic.clone()));
         let end = tokio::select! {
-            reason = quic.closed() => Attempt::Lost(reason.to_string()),
+            reason = quic.closed() => Attempt::Lost(reason.to_string(), registered_at.elapsed()),
             () = token.cancelled() => {
                 drop(registered_gauge);
                 let _draining = self.metrics.draining.track();
