@@ -14,6 +14,7 @@ use anyhow::Context as _;
 pub mod commands;
 pub mod live_routes;
 pub mod remote;
+pub mod iris_node;
 pub mod stack;
 mod table;
 
@@ -47,6 +48,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a worker script locally with every component (runtime, binding worker, edge)
     Dev(commands::dev::DevArgs),
+    /// Run an iris node: the CONNECT router and the tunnel edge
+    Iris(commands::iris::IrisArgs),
     /// Manage tunnels and run connectors
     #[command(subcommand)]
     Tunnel(commands::tunnel::TunnelCommand),
@@ -79,6 +82,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state directory {}", cli.state.display()))?;
     match cli.command {
         Command::Dev(args) => commands::dev::run(args, &cli.state, out).await,
+        Command::Iris(args) => commands::iris::run(args, &cli.state, out).await,
         Command::Tunnel(command) => commands::tunnel::run(command, &cli.state, &cli.api, out).await,
         Command::Service(command) => {
             commands::service::run(command, &cli.state, &cli.api, out).await

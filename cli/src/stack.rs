@@ -7,16 +7,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::live_routes::LiveRoutes;
 use anyhow::Context as _;
 use uuid::Uuid;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
 use wvpc_directory::{Directory, Service, ServiceTarget, TunnelAuthError};
-use wvpc_iris::ServiceStore;
-use wvpc_iris::connect::{Router, RouterConfig};
-use wvpc_iris::edge::{AuthFailure, Edge, TunnelAuthority, TunnelRegistry};
+use wvpc_iris::edge::{AuthFailure, TunnelAuthority, TunnelRegistry};
 use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig};
 use wvpc_tunnel::EdgeIdentity;
+
+pub use crate::iris_node::{IrisNode, IrisOptions};
 
 /// Where the stack listens and what it serves.
 #[derive(Debug, Clone)]
@@ -45,12 +44,11 @@ pub struct Stack {
     pub edge_ca_path: PathBuf,
     /// The edge's identity.
     pub edge_identity: EdgeIdentity,
+    /// iris's metrics listener, if asked for.
+    pub metrics_addr: Option<SocketAddr>,
     /// The directory the stack reads.
     pub directory: Arc<Directory>,
-    /// iris's routes (follow the directory live).
-    pub routes: Arc<LiveRoutes>,
-    registry: Arc<TunnelRegistry>,
-    edge: Arc<Edge>,
+    iris: IrisNode,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     binding_worker: Option<BindingWorkerHandle>,
 }
@@ -58,39 +56,24 @@ pub struct Stack {
 impl Stack {
     /// Checks the script's bindings against the directory and starts every component.
     pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
+        Self::start_with(config, IrisOptions::default()).await
+    }
+
+    /// [`Stack::start`] with iris's node name and metrics listener.
+    pub async fn start_with(config: StackConfig, options: IrisOptions) -> anyhow::Result<Stack> {
         let directory = Arc::new(Directory::open(&config.state)?);
         check_bindings(&config.script, &directory, &config.state)?;
 
-        let edge_dir = config.state.join("edge");
-        let edge_identity = EdgeIdentity::load_or_create(&edge_dir)
-            .with_context(|| format!("loading the edge TLS identity in {}", edge_dir.display()))?;
-        let authority: Arc<dyn TunnelAuthority> = Arc::new(DirectoryAuthority(directory.clone()));
-        let edge = Edge::bind(
+        let iris = IrisNode::start(
+            directory.clone(),
+            &config.state,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
             config.edge_listen,
-            &edge_identity,
-            authority,
-            "wvpc-dev".into(),
+            &options,
         )
-        .with_context(|| format!("starting the tunnel edge on {} (UDP)", config.edge_listen))?;
-        let edge = Arc::new(edge);
-        let registry = edge.registry();
-        let edge_addr = edge.local_addr();
+        .await?;
+        let iris_addr = iris.iris_addr;
         let mut tasks = Vec::new();
-        let serving = edge.clone();
-        tasks.push(tokio::spawn(async move { serving.serve().await }));
-
-        // iris reads an in-memory snapshot that follows the directory within POLL_INTERVAL.
-        let (routes, watcher) = LiveRoutes::start(directory.clone())?;
-        tasks.push(watcher);
-        let store: Arc<dyn ServiceStore> = routes.clone();
-        let router = Router::new(store, registry.clone(), RouterConfig::default());
-        let iris_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let iris_addr = iris_listener.local_addr()?;
-        tasks.push(tokio::spawn(async move {
-            if let Err(err) = router.serve(iris_listener).await {
-                tracing::error!(error = %err, "iris CONNECT listener failed");
-            }
-        }));
 
         let bw_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let mut bw_config = BindingWorkerConfig::new(iris_addr);
@@ -125,15 +108,14 @@ impl Stack {
 
         Ok(Stack {
             script_addr,
-            edge_addr,
+            edge_addr: iris.edge_addr,
             iris_addr,
             binding_worker_addr,
-            edge_ca_path: edge_dir.join(wvpc_tunnel::identity::CA_FILE),
-            edge_identity,
+            edge_ca_path: iris.edge_ca_path.clone(),
+            edge_identity: iris.edge_identity.clone(),
+            metrics_addr: iris.metrics_addr,
             directory,
-            routes,
-            registry,
-            edge,
+            iris,
             tasks,
             binding_worker: Some(binding_worker),
         })
@@ -141,7 +123,7 @@ impl Stack {
 
     /// Live tunnel connections, for readiness and `tunnel info`-style output.
     pub fn registry(&self) -> &Arc<TunnelRegistry> {
-        &self.registry
+        self.iris.registry()
     }
 
     /// Stops every component.
@@ -150,7 +132,7 @@ impl Stack {
     }
 
     fn stop(&mut self) {
-        self.edge.close();
+        self.iris.stop();
         for task in self.tasks.drain(..) {
             task.abort();
         }
@@ -232,7 +214,7 @@ fn target_text(s: &Service) -> String {
 // === impl DirectoryAuthority ===
 
 /// Connector registrations are checked against the tunnels of the directory.
-struct DirectoryAuthority(Arc<Directory>);
+pub(crate) struct DirectoryAuthority(pub(crate) Arc<Directory>);
 
 impl TunnelAuthority for DirectoryAuthority {
     fn authorize(

@@ -572,3 +572,180 @@ fn tunnel_create_says_where_the_credentials_file_is_and_how_to_run_cloudflared()
     );
     assert!(out.contains("--cacert ca.pem"), "{out}");
 }
+
+/// A `wvpc` process kept running, with its stdout read line by line.
+struct Daemon {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Daemon {
+    fn spawn(state: &State, args: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+            .arg("--state")
+            .arg(state.path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env_remove("WVPC_STATE")
+            .env_remove("TUNNEL_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run wvpc");
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        Daemon { child, lines }
+    }
+
+    /// The next stdout line that starts with `prefix` (trimmed); panics at end of output.
+    fn line(&mut self, prefix: &str) -> String {
+        for line in self.lines.by_ref() {
+            let line = line.unwrap();
+            if line.trim_start().starts_with(prefix) {
+                return line.trim().to_owned();
+            }
+        }
+        panic!("wvpc ended without printing a line starting with {prefix:?}");
+    }
+
+    /// SIGTERM, then the exit status and the rest of stdout.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let rest: Vec<String> = self.lines.by_ref().map_while(Result::ok).collect();
+        (self.child.wait().unwrap(), rest.join("\n"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET /metrics` over a plain TCP socket.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn iris_and_a_connector_run_as_processes_report_metrics_and_tunnel_info_and_drain_on_sigterm() {
+    let state = State::new();
+    let token = state.json(&["tunnel", "create", "office", "--json"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut iris = Daemon::spawn(
+        &state,
+        &[
+            "iris",
+            "--listen",
+            "127.0.0.1:0",
+            "--edge-listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--node-name",
+            "iris-test",
+        ],
+    );
+    let ready = iris.line("ready:");
+    let edge = ready
+        .split("connectors on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no edge address in {ready:?}"))
+        .to_owned();
+    let iris_metrics = iris.line("metrics on http://");
+    let iris_metrics = iris_metrics
+        .trim_start_matches("metrics on http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+
+    let mut connector = Daemon::spawn(
+        &state,
+        &[
+            "tunnel",
+            "run",
+            "--token",
+            &token,
+            "--edge",
+            &edge,
+            "--ha-connections",
+            "1",
+            "--allow",
+            "10.0.0.0/8",
+            "--max-active-flows",
+            "5",
+            "--grace-period",
+            "2s",
+        ],
+    );
+    connector.line("registered:");
+
+    let info = state.ok(&["tunnel", "info", "office"]);
+    assert!(
+        info.contains("1 live connection(s) from 1 connector(s)"),
+        "{info}"
+    );
+    assert!(
+        info.contains("iris-test") && info.contains("wvpc-connector/"),
+        "{info}"
+    );
+    let metrics = scrape(&iris_metrics);
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(
+        metrics.contains("wvpc_iris_tunnel_connections{state=\"active\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("wvpc_iris_registrations_total{result=\"ok\"} 1"));
+
+    // SIGTERM: the connector unregisters and exits cleanly, then iris drains and exits.
+    let (status, _) = connector.terminate();
+    assert!(status.success(), "the connector exited with {status}");
+    let (status, rest) = iris.terminate();
+    assert!(status.success(), "iris exited with {status}");
+    assert!(rest.contains("stopped: every stream finished"), "{rest}");
+}
+
+#[test]
+fn bad_connector_flags_are_refused_naming_the_flag() {
+    let state = State::new();
+    let token = state.json(&["tunnel", "create", "office", "--json"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ca = state.path().join("ca.pem");
+    std::fs::write(&ca, "not a pem").unwrap();
+    let base = [
+        "tunnel",
+        "run",
+        "--token",
+        token.as_str(),
+        "--edge",
+        "127.0.0.1:7844",
+        "--cacert",
+        ca.to_str().unwrap(),
+    ];
+    let run = state.wvpc(&[&base[..], &["--allow", "10.0.0.0/33"]].concat());
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr()
+            .contains("--allow \"10.0.0.0/33\": prefix \"33\""),
+        "{}",
+        run.stderr()
+    );
+    let run = state.wvpc(&[&base[..], &["--grace-period", "soon"]].concat());
+    assert_eq!(run.code(), 2);
+    assert!(run.stderr().contains("not a duration"), "{}", run.stderr());
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use wvpc_tunnel::{Credentials, DatagramVersion};
 
 use crate::ConnectorError;
+use crate::egress::AllowRule;
 
 /// Default timeout for dialing an origin (TCP connect).
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +39,9 @@ pub struct ConnectorConfig {
     /// How UDP sessions travel: v3 (in-band, the default) or v2 (set up by RPC), announced to
     /// the edge in the feature list.
     pub datagram_version: DatagramVersion,
+    /// Egress allow-list; empty allows every destination, otherwise only what a rule covers
+    /// (the virtual DNS resolver stays reachable).
+    pub allow: Vec<AllowRule>,
 }
 
 impl ConnectorConfig {
@@ -54,6 +58,7 @@ impl ConnectorConfig {
             grace_period: DEFAULT_GRACE_PERIOD,
             version: format!("wvpc-connector/{}", env!("CARGO_PKG_VERSION")),
             datagram_version: DatagramVersion::V3,
+            allow: Vec::new(),
         }
     }
 

@@ -7,7 +7,8 @@
 //! Modules: [`config`] (configuration, `resolv.conf`), `supervisor` (HA connections,
 //! registration, reconnects), `control` (registration RPC), `streams` (edge-opened streams:
 //! TCP proxy and the `CloudflaredServer` RPC), `udp` (datagram-v3 sessions), `origin`
-//! (dialing, resolver redirection, flow limit), `backoff`.
+//! (dialing, resolver redirection, flow limit), [`egress`] (the `--allow` list),
+//! [`metrics`] (Prometheus counters), `backoff`.
 //!
 //! ```no_run
 //! # async fn run(token: &str, ca_pem: Vec<u8>) -> Result<(), wvpc_connector::ConnectorError> {
@@ -26,12 +27,16 @@ use uuid::Uuid;
 mod backoff;
 pub mod config;
 mod control;
+pub mod egress;
+pub mod metrics;
 mod origin;
 mod streams;
 mod supervisor;
 mod udp;
 
 pub use config::{ConnectorConfig, host_resolver, parse_resolv_conf};
+pub use egress::{AllowRule, AllowRuleError};
+pub use metrics::ConnectorMetrics;
 pub use supervisor::{Connector, Readiness};
 
 /// Why a connector stopped.

@@ -21,8 +21,12 @@ use wvpc_tunnel::{
     BiStream, ConnectRequest, ConnectResponse, RequestId, RpcThread, StreamKind, StreamType,
 };
 
+use crate::egress::EgressPolicy;
+use crate::metrics::ConnectorMetrics;
 use crate::origin::{FlowLimiter, OriginRoutes, dial_tcp};
 use crate::udp::UdpSessions;
+use wvpc_tunnel::VIRTUAL_DNS_RESOLVER;
+use wvpc_tunnel::metrics::CountingIo;
 
 /// The edge must send its handshake promptly; a stream that stalls before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +47,10 @@ pub(crate) struct StreamContext {
     pub(crate) active: ActiveFlows,
     /// UDP sessions, which the edge registers by RPC over datagram v2.
     pub(crate) udp: Arc<UdpSessions>,
+    /// The egress allow-list.
+    pub(crate) egress: EgressPolicy,
+    /// Where flows are counted.
+    pub(crate) metrics: Arc<ConnectorMetrics>,
 }
 
 /// Counts flows in progress.
@@ -156,12 +164,13 @@ async fn handle_data_stream(mut stream: BiStream, ctx: &StreamContext) {
                 request.stream_type
             ));
             tracing::debug!(%flow, dest = %request.dest, "refused a non-tcp stream");
-            respond_failure(&mut stream, &err).await;
+            respond_failure(&mut stream, &err, &ctx.metrics).await;
         }
     }
 }
 
-async fn respond_failure(stream: &mut BiStream, err: &ProxyError) {
+async fn respond_failure(stream: &mut BiStream, err: &ProxyError, metrics: &ConnectorMetrics) {
+    metrics.error(err.code);
     let _ = ConnectResponse::failure(err).write(&mut stream.send).await;
     let _ = stream.send.finish();
 }
@@ -179,28 +188,38 @@ async fn proxy_tcp(
                 "tcp dest {:?} is not a literal ip:port",
                 request.dest
             ));
-            return respond_failure(&mut stream, &err).await;
+            return respond_failure(&mut stream, &err, &ctx.metrics).await;
         }
     };
+    ctx.metrics.streams.inc();
+    if let Err(err) = ctx.egress.check(dest) {
+        tracing::warn!(%flow, %dest, "destination not in the egress allow-list; tcp flow refused");
+        return respond_failure(&mut stream, &err, &ctx.metrics).await;
+    }
     let slot = match ctx.limiter.acquire() {
         Ok(slot) => slot,
         Err(err) => {
             tracing::warn!(%flow, %dest, "too many active flows; tcp flow refused");
-            return respond_failure(&mut stream, &err).await;
+            return respond_failure(&mut stream, &err, &ctx.metrics).await;
         }
     };
     let target = ctx.routes.target(dest);
-    let mut origin = match dial_tcp(target, ctx.dial_timeout).await {
+    if dest == VIRTUAL_DNS_RESOLVER {
+        ctx.metrics.dns_queries.inc("forwarded");
+    }
+    let origin = match dial_tcp(target, ctx.dial_timeout).await {
         Ok(origin) => origin,
         Err(err) => {
             tracing::debug!(%flow, %dest, %target, code = %err.code, "origin dial failed");
-            return respond_failure(&mut stream, &err).await;
+            return respond_failure(&mut stream, &err, &ctx.metrics).await;
         }
     };
     if ConnectResponse::ok().write(&mut stream.send).await.is_err() {
         return;
     }
+    let mut origin = CountingIo::new(origin, ctx.metrics.origin_bytes());
     let _active = ctx.active.enter();
+    let _open = ctx.metrics.streams_open.track();
     tracing::debug!(%flow, %dest, %target, "tcp flow started");
     match tokio::io::copy_bidirectional_with_sizes(
         &mut stream,
@@ -214,6 +233,7 @@ async fn proxy_tcp(
         Err(e) => {
             // After the response was sent, a failure can only be signalled by a reset.
             tracing::debug!(%flow, %dest, error = %e, "tcp flow failed; stream reset");
+            ctx.metrics.error(ErrorCode::ConnectionTerminated);
             stream.abort();
         }
     }

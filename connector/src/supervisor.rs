@@ -23,6 +23,8 @@ use crate::ConnectorError;
 use crate::backoff::Backoff;
 use crate::config::{ConnectorConfig, host_resolver};
 use crate::control::{RegistrationOutcome, RegistrationRequest, run_control_stream};
+use crate::egress::EgressPolicy;
+use crate::metrics::ConnectorMetrics;
 use crate::origin::{FlowLimiter, OriginRoutes};
 use crate::streams::{ActiveFlows, StreamContext, serve_streams};
 use crate::udp::{UdpMode, UdpSessions};
@@ -31,13 +33,20 @@ use crate::udp::{UdpMode, UdpSessions};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `registerConnection` / `unregisterConnection` round trips (cloudflared: 5 s).
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// A registered connection up this long resets the reconnect backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(5);
+/// How long a shutdown waits for close frames to leave.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+/// First reconnect step: a healthy connection that is lost is redialled within 0.25–0.5 s
+/// (so an edge restart is recovered fast); each further attempt doubles the step.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// How a connection attempt ended.
 enum Attempt {
     Shutdown,
-    Lost(String),
+    /// A registered connection closed after being up for the given time.
+    Lost(String, Duration),
     Duplicate,
     Retry(String),
     Fatal(ConnectorError),
@@ -57,6 +66,7 @@ pub struct Connector {
     client_config: quinn::ClientConfig,
     client_id: Uuid,
     registered: watch::Sender<usize>,
+    metrics: Arc<ConnectorMetrics>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -95,6 +105,7 @@ impl Connector {
             client_config,
             client_id: Uuid::new_v4(),
             registered: watch::channel(0).0,
+            metrics: Arc::new(ConnectorMetrics::default()),
         })
     }
 
@@ -109,6 +120,11 @@ impl Connector {
     /// Readiness of this connector's connections.
     pub fn readiness(&self) -> Readiness {
         Readiness(self.registered.subscribe())
+    }
+
+    /// This connector's metrics (serve them with [`wvpc_tunnel::metrics::serve`]).
+    pub fn metrics(&self) -> Arc<ConnectorMetrics> {
+        self.metrics.clone()
     }
 
     /// This process's connector id (`ClientInfo.clientId`).
@@ -131,10 +147,16 @@ impl Connector {
         };
         let routes = OriginRoutes::new(config.dns_resolvers.clone(), resolver);
         let limiter = FlowLimiter::new(config.max_active_flows);
+        let egress = EgressPolicy::new(config.allow.clone());
+        if !config.allow.is_empty() {
+            tracing::info!(allow = ?config.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), "egress restricted to the allow-list");
+        }
         let udp = Arc::new(UdpSessions::new(
             routes.clone(),
             limiter.clone(),
             UdpMode::new(config.datagram_version, &rpc),
+            egress.clone(),
+            self.metrics.clone(),
         ));
         let shared = Shared {
             streams: Arc::new(StreamContext {
@@ -145,6 +167,8 @@ impl Connector {
                 config_version: Arc::new(AtomicI32::new(0)),
                 active: ActiveFlows::default(),
                 udp: udp.clone(),
+                egress,
+                metrics: self.metrics.clone(),
             }),
             udp,
             rpc,
@@ -211,11 +235,20 @@ impl Connector {
                 .connect_once(index, edge, &ep, shared, &token, attempts)
                 .await
             {
-                Attempt::Shutdown => return Ok(()),
+                Attempt::Shutdown => {
+                    // Let the close frame reach the edge before the process may exit.
+                    let _ = tokio::time::timeout(CLOSE_FLUSH, ep.wait_idle()).await;
+                    return Ok(());
+                }
                 Attempt::Fatal(e) => return Err(e),
-                Attempt::Lost(reason) => {
-                    tracing::warn!(conn_index = index, %edge, %reason, "tunnel connection lost; reconnecting");
-                    backoff.reset();
+                Attempt::Lost(reason, up) => {
+                    // A connection that served for a while proves the edge healthy: start the
+                    // backoff over. One dropped right after registering keeps growing it, so
+                    // a flapping edge is not hammered.
+                    tracing::warn!(conn_index = index, %edge, %reason, up_s = up.as_secs_f32(), "tunnel connection lost; reconnecting");
+                    if up >= HEALTHY_AFTER {
+                        backoff.reset();
+                    }
                 }
                 Attempt::Duplicate => {
                     tracing::warn!(conn_index = index, %edge, "edge reports a duplicate connection; trying the next edge address");
@@ -242,6 +275,7 @@ impl Connector {
         token: &CancellationToken,
         previous_attempts: u8,
     ) -> Attempt {
+        let connecting_gauge = self.metrics.connecting.track();
         let connecting = match endpoint.connect(edge, QUIC_SERVER_NAME) {
             Ok(c) => c,
             Err(e) => return Attempt::Retry(format!("cannot dial {edge}: {e}")),
@@ -296,6 +330,12 @@ impl Connector {
             },
         };
         let tunnel_id = self.config.credentials.tunnel_id;
+        self.metrics.registrations.inc(match &outcome {
+            RegistrationOutcome::Registered { .. } => "ok",
+            RegistrationOutcome::Duplicate => "duplicate",
+            RegistrationOutcome::Refused { .. } => "refused",
+            RegistrationOutcome::Failed(_) => "failed",
+        });
         let (connection_id, location) = match outcome {
             RegistrationOutcome::Registered {
                 connection_id,
@@ -337,12 +377,17 @@ impl Connector {
             %edge,
             "registered tunnel connection"
         );
+        drop(connecting_gauge);
+        let registered_at = std::time::Instant::now();
+        let registered_gauge = self.metrics.registered.track();
         self.registered.send_modify(|n| *n += 1);
         let streams = tokio::spawn(serve_streams(quic.clone(), shared.streams.clone()));
         let datagrams = tokio::spawn(shared.udp.clone().serve(quic.clone()));
         let end = tokio::select! {
-            reason = quic.closed() => Attempt::Lost(reason.to_string()),
+            reason = quic.closed() => Attempt::Lost(reason.to_string(), registered_at.elapsed()),
             () = token.cancelled() => {
+                drop(registered_gauge);
+                let _draining = self.metrics.draining.track();
                 self.registered.send_modify(|n| *n = n.saturating_sub(1));
                 let (done_tx, done_rx) = oneshot::channel();
                 if unregister_tx.send(done_tx).is_ok() {

@@ -19,12 +19,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wvpc_tunnel::datagram::{
     Datagram, DatagramError, MAX_PAYLOAD_LEN, RegistrationResponse, RegistrationStatus,
-    SessionRegistration, encode_payload,
+    STATUS_DESTINATION_PROHIBITED, SessionRegistration, encode_payload,
 };
 use wvpc_tunnel::datagram_v2::{DatagramV2, encode_udp};
 use wvpc_tunnel::session_rpc::{self, SessionCall};
-use wvpc_tunnel::{DatagramVersion, RequestId, RpcThread};
+use wvpc_tunnel::metrics::GaugeGuard;
+use wvpc_tunnel::{DatagramVersion, RequestId, RpcThread, VIRTUAL_DNS_RESOLVER};
 
+use crate::egress::EgressPolicy;
+use crate::metrics::ConnectorMetrics;
 use crate::origin::{FlowLimiter, FlowSlot, OriginRoutes};
 
 /// Idle time when the edge announces 0 (cloudflared's default).
@@ -68,6 +71,7 @@ struct Session {
     last_active: Mutex<Instant>,
     closed: CancellationToken,
     _slot: FlowSlot,
+    _open: GaugeGuard,
 }
 
 /// Why a session could not be opened: the v3 status and a message.
@@ -95,15 +99,25 @@ pub(crate) struct UdpSessions {
     routes: OriginRoutes,
     limiter: FlowLimiter,
     mode: UdpMode,
+    egress: EgressPolicy,
+    metrics: Arc<ConnectorMetrics>,
 }
 
 impl UdpSessions {
-    pub(crate) fn new(routes: OriginRoutes, limiter: FlowLimiter, mode: UdpMode) -> Self {
+    pub(crate) fn new(
+        routes: OriginRoutes,
+        limiter: FlowLimiter,
+        mode: UdpMode,
+        egress: EgressPolicy,
+        metrics: Arc<ConnectorMetrics>,
+    ) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
             routes,
             limiter,
             mode,
+            egress,
+            metrics,
         }
     }
 
@@ -165,6 +179,7 @@ impl UdpSessions {
             return;
         };
         session.touch();
+        self.metrics.bytes_to_origin.add(payload.len() as u64);
         if let Err(e) = session.socket.try_send(payload) {
             tracing::trace!(session = %request_id, error = %e, "UDP payload to origin dropped");
         }
@@ -248,10 +263,23 @@ impl UdpSessions {
             session.touch();
             return Ok(None);
         }
+        let is_dns = dest == VIRTUAL_DNS_RESOLVER;
+        if let Err(err) = self.egress.check(dest) {
+            tracing::warn!(%dest, "destination not in the egress allow-list; UDP session refused");
+            self.metrics.error(err.code);
+            return Err((
+                RegistrationStatus::Other(STATUS_DESTINATION_PROHIBITED),
+                err.details.unwrap_or_default(),
+            ));
+        }
         let slot = match self.limiter.acquire() {
             Ok(slot) => slot,
             Err(err) => {
                 tracing::warn!(%dest, "too many active flows; UDP session refused");
+                self.metrics.error(err.code);
+                if is_dns {
+                    self.metrics.dns_queries.inc("refused");
+                }
                 let message = err.details.unwrap_or_default();
                 return Err((RegistrationStatus::TooManyActiveFlows, message));
             }
@@ -259,6 +287,8 @@ impl UdpSessions {
         let target = self.routes.target(dest);
         let socket = connected_socket(target).inspect_err(|(_, message)| {
             tracing::debug!(%dest, %target, %message, "UDP session refused");
+            self.metrics
+                .error(wvpc_errors::ErrorCode::DestinationUnavailable);
         })?;
         let idle = if idle.is_zero() { DEFAULT_IDLE } else { idle };
         let session = Arc::new(Session {
@@ -268,7 +298,12 @@ impl UdpSessions {
             last_active: Mutex::new(Instant::now()),
             closed: CancellationToken::new(),
             _slot: slot,
+            _open: self.metrics.udp_sessions_open.track(),
         });
+        self.metrics.udp_sessions.inc();
+        if is_dns {
+            self.metrics.dns_queries.inc("forwarded");
+        }
         self.lock().insert(request_id, session.clone());
         tracing::debug!(session = %request_id, %dest, %target, idle_s = idle.as_secs(), "UDP session opened");
         tokio::spawn(self.clone().relay(request_id, session.clone(), idle));
@@ -298,6 +333,7 @@ impl UdpSessions {
                     }
                     Ok(n) => {
                         session.touch();
+                        self.metrics.bytes_from_origin.add(n as u64);
                         if let Ok(datagram) = self.mode.encode(request_id, &buf[..n])
                             && let Err(e) = session.quic().send_datagram(datagram)
                         {

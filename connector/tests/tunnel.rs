@@ -20,7 +20,7 @@ use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt 
 use uuid::Uuid;
 use wvpc_connector::{Connector, ConnectorConfig, ConnectorError, Readiness};
 use wvpc_errors::ErrorCode;
-use wvpc_iris::edge::{CredentialsAuthority, Edge, TunnelRegistry};
+use wvpc_iris::edge::{AdmissionLimits, CredentialsAuthority, Edge, TunnelRegistry};
 use wvpc_iris::{FlowContext, TunnelPool};
 use wvpc_schemas::tunnel_rpc_capnp::{
     cloudflared_server, configuration_manager, connection_response, registration_server,
@@ -1000,4 +1000,157 @@ async fn flow_limit_is_reported_as_rate_limited() {
     assert_eq!(udp_err.code, ErrorCode::RateLimited);
     drop(held);
     connector.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input while another tunnel is being served
+
+/// One registration attempt on a fresh connection: `Err` when the edge refused the connection
+/// before its handshake, else the edge's answer (connection id or refusal cause).
+async fn register_attempt(
+    edge: &TestEdge,
+    credentials: &Credentials,
+) -> Result<Result<Uuid, String>, String> {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(
+        connector_client_config(edge.identity.ca_pem().as_bytes()).unwrap(),
+    );
+    let quic = endpoint
+        .connect(edge.edge.local_addr(), QUIC_SERVER_NAME)
+        .unwrap()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (send, recv) = quic.open_bi().await.map_err(|e| e.to_string())?;
+    let network = twoparty::VatNetwork::new(
+        BufReader::new(recv.compat()),
+        BufWriter::new(send.compat_write()),
+        Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let server: registration_server::Client = rpc.bootstrap(Side::Server);
+    tokio::task::spawn_local(rpc);
+    let mut call = server.register_connection_request();
+    {
+        let mut p = call.get();
+        let mut auth = p.reborrow().init_auth();
+        auth.set_account_tag(credentials.account_tag.as_str());
+        auth.set_tunnel_secret(&credentials.tunnel_secret);
+        p.set_tunnel_id(credentials.tunnel_id.as_bytes());
+        let mut client = p.init_options().init_client();
+        client.set_client_id(Uuid::new_v4().as_bytes());
+        client.set_version("flood");
+        client.set_arch("linux_amd64");
+    }
+    let response = call.send().promise.await.map_err(|e| e.to_string())?;
+    let result = response.get().unwrap().get_result().unwrap().get_result();
+    Ok(match result.which().unwrap() {
+        connection_response::result::ConnectionDetails(d) => {
+            Ok(Uuid::from_slice(d.unwrap().get_uuid().unwrap()).unwrap())
+        }
+        connection_response::result::Error(e) => {
+            Err(e.unwrap().get_cause().unwrap().to_string().unwrap())
+        }
+    })
+}
+
+/// A TCP flow through the healthy tunnel reaches the echo server and comes back.
+async fn healthy_tunnel_serves(edge: &TestEdge, echo: SocketAddr) {
+    let mut stream = edge
+        .registry()
+        .open_tcp(edge.tunnel(), echo, &FlowContext::default())
+        .await
+        .expect("the healthy tunnel must still serve");
+    stream.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+}
+
+#[tokio::test]
+async fn bad_input_and_a_registration_flood_are_refused_while_another_tunnel_keeps_serving() {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let edge = TestEdge::start_with(Arc::new(
+                TunnelRegistry::default().with_admission_limits(AdmissionLimits {
+                    source_burst: 20.0,
+                    source_per_second: 0.1,
+                    tunnel_burst: 4.0,
+                    tunnel_per_second: 0.1,
+                }),
+            ))
+            .await;
+            let healthy = RunningConnector::start(edge.config(edge.credentials.clone()))
+                .registered(1)
+                .await;
+            let echo = tcp_echo().await;
+            healthy_tunnel_serves(&edge, echo).await;
+
+            // Garbage where the control stream's capnp should be.
+            let garbage = raw_connection(&edge).await;
+            let (mut send, _recv) = garbage.open_bi().await.unwrap();
+            send.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            send.finish().unwrap();
+            assert_eq!(
+                close_code(garbage.closed().await),
+                Some(CloseCode::ProtocolViolation)
+            );
+            // A truncated capnp message.
+            let truncated = raw_connection(&edge).await;
+            let (mut send, _recv) = truncated.open_bi().await.unwrap();
+            send.write_all(&[0, 0, 0, 0, 16, 0, 0, 0, 0, 0])
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            assert_eq!(
+                close_code(truncated.closed().await),
+                Some(CloseCode::ProtocolViolation)
+            );
+            // A wrong secret and an unknown tunnel.
+            let mut wrong = edge.credentials.clone();
+            wrong.tunnel_secret = b"guess".to_vec();
+            let answer = register_attempt(&edge, &wrong).await.unwrap();
+            assert!(answer.unwrap_err().starts_with("Unauthorized"));
+            let stranger = Credentials::mint("acct-1", Uuid::new_v4());
+            let answer = register_attempt(&edge, &stranger).await.unwrap();
+            assert!(answer.unwrap_err().contains("unknown tunnel"));
+            healthy_tunnel_serves(&edge, echo).await;
+
+            // A flood of registrations guessing another tunnel's secret: after a few attempts
+            // the tunnel's registrations are refused unchecked, then the source's connections.
+            let victim = Credentials::mint("acct-1", Uuid::new_v4());
+            edge.authority.insert(victim.clone());
+            let mut guess = victim.clone();
+            guess.tunnel_secret = b"guess".to_vec();
+            let (mut unauthorized, mut rate_limited, mut refused) = (0, 0, 0);
+            for _ in 0..30 {
+                match register_attempt(&edge, &guess).await {
+                    Ok(Err(cause)) if cause.starts_with("Unauthorized") => unauthorized += 1,
+                    Ok(Err(cause)) if cause.starts_with("rate limited") => rate_limited += 1,
+                    Ok(other) => panic!("unexpected answer to a guessed secret: {other:?}"),
+                    Err(_) => refused += 1,
+                }
+            }
+            assert!(unauthorized <= 4, "{unauthorized} guesses were checked");
+            assert!(
+                rate_limited > 0 && refused > 0,
+                "{rate_limited} rate limited, {refused} refused"
+            );
+            assert!(logged(
+                "too many attempts for this tunnel (registration flood limit)"
+            ));
+            assert!(logged(
+                "too many new connections from this address (registration flood limit)"
+            ));
+            let counted = edge.registry().metrics();
+            assert_eq!(counted.registrations.get("rate_limited"), rate_limited);
+            assert_eq!(counted.connections_refused.get(), refused);
+
+            // The healthy tunnel was never disturbed.
+            healthy_tunnel_serves(&edge, echo).await;
+            assert_eq!(edge.registry().connections(edge.tunnel()).len(), 1);
+            healthy.stop().await.unwrap();
+        })
+        .await;
 }

@@ -95,6 +95,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account_id, name)
     ) STRICT;
     "#,
+    // 4: live tunnel connections as recorded by the iris nodes holding them (`tunnel info`).
+    r#"
+    CREATE TABLE tunnel_connections (
+        connection_id TEXT PRIMARY KEY,
+        tunnel_id     TEXT NOT NULL,
+        client_id     TEXT NOT NULL,
+        version       TEXT NOT NULL,
+        arch          TEXT NOT NULL,
+        conn_index    INTEGER NOT NULL,
+        edge_node     TEXT NOT NULL,
+        remote_addr   TEXT NOT NULL,
+        since         TEXT NOT NULL
+    ) STRICT;
+
+    CREATE INDEX tunnel_connections_by_tunnel ON tunnel_connections (tunnel_id, since);
+    "#,
 ];
 
 /// The local control plane of one state directory: its accounts, their tunnels, services,
@@ -269,6 +285,19 @@ impl Directory {
         Ok(value)
     }
 
+    /// Runs `f` in an IMMEDIATE transaction without bumping the revision: for live state
+    /// (tunnel connections) that no cache depends on.
+    pub(crate) fn write_live<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves no half-done transaction (rusqlite rolls back
         // on drop), so the connection is still usable.
@@ -356,7 +385,12 @@ fn ensure_account_id(conn: &mut Connection) -> Result<String, DirectoryError> {
 /// Now, as stored and shown: RFC 3339 UTC with microseconds, fixed width so that text order is
 /// time order.
 pub(crate) fn now_rfc3339() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// `t` in the stored timestamp format.
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
         t.year(),

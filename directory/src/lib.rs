@@ -6,7 +6,8 @@
 //! - [`Directory`] opens the file and does the CRUD: [`Directory::create_service`],
 //!   [`Directory::list_services`], [`Directory::service`], [`Directory::replace_service`],
 //!   [`Directory::delete_service`]; tunnels with [`Directory::create_tunnel`] and friends, and
-//!   [`Directory::authorize_tunnel`] for connector registration.
+//!   [`Directory::authorize_tunnel`] for connector registration; live tunnel connections
+//!   ([`connections`]) as iris records them, for `wvpc tunnel info`.
 //! - [`Service`] is the service object in Cloudflare's JSON shape; [`ServiceInput`] is the raw
 //!   create/replace body, checked by [`validation`] which reports every problem with its field
 //!   path.
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod connections;
 mod database;
 mod error;
 pub mod scripts;
@@ -34,6 +36,7 @@ pub mod tokens;
 pub mod tunnel;
 pub mod validation;
 
+pub use connections::LiveConnection;
 pub use database::{DB_FILE_NAME, Directory};
 pub use error::DirectoryError;
 pub use scripts::{BindingRefusal, BindingRequest, Script, ScriptBinding, ServiceRef};

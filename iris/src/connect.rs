@@ -72,6 +72,8 @@ pub struct RouterConfig {
     pub connection_window: u32,
     /// Buffer size of each direction of a pipe, in bytes.
     pub pipe_buffer: usize,
+    /// Where refused CONNECTs and DNS lookups are counted (usually the edge registry's).
+    pub metrics: Option<Arc<crate::metrics::IrisMetrics>>,
 }
 
 impl Default for RouterConfig {
@@ -83,6 +85,7 @@ impl Default for RouterConfig {
             stream_window: 1 << 20,
             connection_window: 16 << 20,
             pipe_buffer: 64 << 10,
+            metrics: None,
         }
     }
 }
@@ -270,12 +273,18 @@ impl Router {
                 Ok(addrs)
             }
             RouteTarget::Hostname { name, resolvers } => {
-                let addrs = self
+                let resolved = self
                     .inner
                     .dns
                     .resolve(route.tunnel_id, resolvers, name, ctx)
-                    .await?;
-                Ok(addrs.to_vec())
+                    .await;
+                if let Some(metrics) = &self.inner.config.metrics {
+                    metrics.dns_lookups.inc(match &resolved {
+                        Ok(_) => "ok",
+                        Err(err) => err.code.wire_name(),
+                    });
+                }
+                Ok(resolved?.to_vec())
             }
         }
     }
@@ -321,6 +330,9 @@ impl Router {
             details = err.details.as_deref().unwrap_or(""),
             "CONNECT refused"
         );
+        if let Some(metrics) = &self.inner.config.metrics {
+            metrics.error(err.code);
+        }
         let status =
             StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
         let proxy_status = err.to_proxy_status(&self.inner.config.node_name);

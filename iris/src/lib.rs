@@ -5,12 +5,14 @@
 //! TCP stream through the tunnel to `ip:port` ([`tunnel_pool`]) and pipes bytes
 //! ([`connect`]). iris is also the tunnel edge ([`edge`]): the QUIC listener connectors dial,
 //! registration, and the registry of live connections that implements [`TunnelPool`].
+//! [`metrics`] holds the Prometheus counters both count into.
 
 #![forbid(unsafe_code)]
 
 pub mod connect;
 pub mod dns;
 pub mod edge;
+pub mod metrics;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
 pub mod routes;

@@ -63,3 +63,57 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, body: Bytes) -> Re
         body,
     }
 }
+
+/// `GET path` through iris directly, as the binding-worker does: `CONNECT` naming
+/// `service_id` (scheme http), then HTTP/1.1 over the tunnel. A refused CONNECT comes back
+/// as its status with the `Proxy-Status` header.
+pub async fn get_via_iris(iris: SocketAddr, service_id: uuid::Uuid, path: &str) -> Reply {
+    let stream = TcpStream::connect(iris).await.expect("connecting to iris");
+    stream.set_nodelay(true).unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake with iris");
+    tokio::spawn(conn.with_upgrades());
+    let connect = Request::builder()
+        .method("CONNECT")
+        .uri(format!("{service_id}:80"))
+        .header("wvpc-service-id", service_id.to_string())
+        .header("wvpc-scheme", "http")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(connect).await.expect("sending CONNECT");
+    if resp.status() != http::StatusCode::OK {
+        return Reply {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: Bytes::new(),
+        };
+    }
+    let upgraded = hyper::upgrade::on(resp).await.expect("CONNECT upgrade");
+    let (mut origin, conn) = hyper::client::conn::http1::handshake(upgraded)
+        .await
+        .expect("HTTP/1.1 handshake through the tunnel");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(path)
+        .header(hyper::header::HOST, "api.internal")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = origin
+        .send_request(req)
+        .await
+        .expect("GET through the tunnel");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `GET http://addr{path}` on a plain HTTP server (e.g. a `/metrics` endpoint): the body.
+pub async fn scrape(addr: SocketAddr, path: &str) -> String {
+    get(addr, path).await.text()
+}

@@ -9,12 +9,14 @@
 //!   `wvpc_cli::stack::Stack`, exactly what `wvpc dev` runs: [`real::RealWorld`].
 //! - [`stock_cloudflared`]: the stock cloudflared connector (binary from `CLOUDFLARED`) as a
 //!   child process, in a network namespace with only loopback.
+//! - [`fault`]: a UDP relay in front of the edge that can go silent (a connector "killed").
 //! - [`client`]: a one-request HTTP/1.1 client.
 //! - [`guests`]: paths of the example scripts, built for wasm32-wasip2 by this crate's build
 //!   script.
 
 pub mod client;
 pub mod dns;
+pub mod fault;
 pub mod mock_tunnel;
 pub mod origin;
 pub mod real;

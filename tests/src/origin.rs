@@ -1,7 +1,8 @@
 //! A private origin for tests: a real HTTP/1.1 server that records what it received.
 //!
 //! Routes: `GET /big/<n>` streams `n` bytes of [`pattern`]; `POST /echo` streams the request
-//! body back; anything else answers `hello from origin: <path and query>`. Every request is
+//! body back; `GET /slow/<ms>` answers after `ms` milliseconds (a request in flight); anything
+//! else answers `hello from origin: <path and query>`. Every request is
 //! recorded (method, path and query, `Host`, body length) and every accepted TCP connection
 //! counted, so tests can assert what reached the origin and whether connections were reused.
 //! [`Origin::stop`] closes the listener *and* every open connection, as a killed process would.
@@ -49,6 +50,7 @@ pub struct Seen {
 struct Record {
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
+    arrived: tokio::sync::Notify,
 }
 
 /// A running origin.
@@ -94,6 +96,19 @@ impl Origin {
     /// Requests seen so far, in arrival order.
     pub fn seen(&self) -> Vec<Seen> {
         self.record.seen.lock().unwrap().clone()
+    }
+
+    /// Resolves once a request for `path` (path and query) has arrived.
+    pub async fn wait_seen(&self, path: &str) {
+        loop {
+            let arrived = self.record.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if self.seen().iter().any(|s| s.path == path) {
+                return;
+            }
+            arrived.await;
+        }
     }
 
     /// TCP connections accepted so far.
@@ -142,6 +157,7 @@ async fn handle(
         });
         seen.len() - 1
     };
+    rec.arrived.notify_waiters();
     if method == "POST" && req.uri().path() == "/echo" {
         // Stream the body back as it arrives, counting it.
         let counted = req.into_body().into_data_stream().map(move |chunk| {
@@ -160,10 +176,7 @@ async fn handle(
         .map(|b| b.to_bytes().len())
         .unwrap_or(0);
     rec.seen.lock().unwrap()[index].body_len = body_len;
-    if let Some(n) = path
-        .strip_prefix("/big/")
-        .and_then(|n| n.parse::<usize>().ok())
-    {
+    if let Some(n) = req_path_number(&path, "/big/") {
         const CHUNK: usize = 64 * 1024;
         let chunks = futures::stream::iter((0..n).step_by(CHUNK).map(move |start| {
             let end = (start + CHUNK).min(n);
@@ -176,8 +189,17 @@ async fn handle(
             .insert(hyper::header::CONTENT_LENGTH, n.into());
         return Ok(resp);
     }
+    if let Some(ms) = req_path_number(&path, "/slow/") {
+        tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await;
+    }
     let body = format!("hello from origin: {path}");
     Ok(Response::new(http_body_util::BodyExt::boxed(Full::new(
         Bytes::from(body),
     ))))
+}
+
+/// The number after `prefix` in a path like `/slow/300?i=4`.
+fn req_path_number(path: &str, prefix: &str) -> Option<usize> {
+    let rest = path.strip_prefix(prefix)?;
+    rest.split(['?', '/']).next()?.parse().ok()
 }

@@ -7,11 +7,16 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use tokio::sync::oneshot;
-use wvpc_cli::stack::{Stack, StackConfig};
-use wvpc_connector::{Connector, ConnectorConfig};
+use uuid::Uuid;
+use wvpc_cli::stack::{IrisOptions, Stack, StackConfig};
+use wvpc_connector::{Connector, ConnectorConfig, ConnectorError, ConnectorMetrics, Readiness};
 use wvpc_directory::{Directory, HostInput, ResolverNetworkInput, ServiceInput};
 use wvpc_runtime::{ScriptConfig, VpcServiceBinding};
+use wvpc_tunnel::{Credentials, DatagramVersion};
 
 use crate::TempDir;
 use crate::dns::{DnsServer, DnsTable};
@@ -31,21 +36,103 @@ pub struct RealWorld {
     pub origin: Origin,
     /// The private DNS server.
     pub dns: DnsServer,
+    /// The tunnel the service uses.
+    pub tunnel_id: Uuid,
+    /// The hostname service the script's binding `API` names.
+    pub service_id: Uuid,
+    /// The tunnel's credentials (for more connectors).
+    pub credentials: Credentials,
     stop_connector: Option<oneshot::Sender<()>>,
     _state: TempDir,
+}
+
+/// What [`RealWorld::start_with`] starts besides the fixed parts.
+#[derive(Debug, Clone)]
+pub struct WorldOptions {
+    /// Start one connector (1 connection) and wait for it.
+    pub connector: bool,
+    /// iris's node name and metrics listener.
+    pub iris: IrisOptions,
+    /// How the started connector carries UDP (DNS) sessions.
+    pub datagram_version: DatagramVersion,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        Self {
+            connector: true,
+            iris: IrisOptions::default(),
+            datagram_version: DatagramVersion::V3,
+        }
+    }
+}
+
+/// A connector started by [`RealWorld::add_connector`].
+pub struct RunningConnector {
+    /// Its connector id.
+    pub client_id: Uuid,
+    /// Its registered connections.
+    pub readiness: Readiness,
+    /// Its metrics.
+    pub metrics: Arc<ConnectorMetrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ConnectorError>>,
+}
+
+impl RunningConnector {
+    /// Starts `config` and waits until all its connections are registered.
+    pub async fn start(config: ConnectorConfig) -> anyhow::Result<RunningConnector> {
+        let want = config.ha_connections;
+        let connector = Connector::new(config)?;
+        let mut readiness = connector.readiness();
+        let (client_id, metrics) = (connector.client_id(), connector.metrics());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            connector
+                .serve(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        let registered =
+            tokio::time::timeout(Duration::from_secs(30), readiness.wait_registered(want)).await;
+        anyhow::ensure!(
+            matches!(registered, Ok(true)),
+            "the connector did not register {want} connections within 30 s"
+        );
+        Ok(RunningConnector {
+            client_id,
+            readiness,
+            metrics,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Graceful stop (what SIGTERM does): unregister, let flows finish within the grace
+    /// period, close. Resolves when the connector has stopped.
+    pub async fn shutdown(mut self) -> Result<(), ConnectorError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for RunningConnector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl RealWorld {
     /// Starts everything and waits until the connector is registered.
     pub async fn start() -> anyhow::Result<RealWorld> {
-        Self::start_with(|_| {}).await
+        Self::start_with(WorldOptions::default()).await
     }
 
-    /// [`RealWorld::start`] with the connector's configuration adjusted by `configure` (e.g.
-    /// its datagram version).
-    pub async fn start_with(
-        configure: impl FnOnce(&mut ConnectorConfig),
-    ) -> anyhow::Result<RealWorld> {
+    /// Starts the fixed parts and what `options` asks for.
+    pub async fn start_with(options: WorldOptions) -> anyhow::Result<RealWorld> {
         let state = TempDir::new("world");
         let origin = Origin::start(ORIGIN_IP).await?;
         let origin_ip: IpAddr = ORIGIN_IP.parse()?;
@@ -68,27 +155,39 @@ impl RealWorld {
         let service = directory.create_service(&input)?;
         drop(directory);
 
-        let stack = Stack::start(StackConfig {
-            state: state.path().to_owned(),
-            script: ScriptConfig {
-                name: "proxy".into(),
-                main: PathBuf::from(guests::PROXY),
-                vpc_services: vec![VpcServiceBinding {
-                    binding: "API".into(),
-                    service_id: service.service_id,
-                }],
+        let stack = Stack::start_with(
+            StackConfig {
+                state: state.path().to_owned(),
+                script: ScriptConfig {
+                    name: "proxy".into(),
+                    main: PathBuf::from(guests::PROXY),
+                    vpc_services: vec![VpcServiceBinding {
+                        binding: "API".into(),
+                        service_id: service.service_id,
+                    }],
+                },
+                listen: "127.0.0.1:0".parse()?,
+                edge_listen: "127.0.0.1:0".parse()?,
             },
-            listen: "127.0.0.1:0".parse()?,
-            edge_listen: "127.0.0.1:0".parse()?,
-        })
+            options.iris.clone(),
+        )
         .await?;
 
-        let mut config = ConnectorConfig::new(
+        let mut world = RealWorld {
+            stack,
+            origin,
+            dns,
+            tunnel_id: tunnel.id,
+            service_id: service.service_id,
             credentials,
-            vec![stack.edge_addr],
-            stack.edge_identity.ca_pem().as_bytes().to_vec(),
-        );
-        configure(&mut config);
+            stop_connector: None,
+            _state: state,
+        };
+        if !options.connector {
+            return Ok(world);
+        }
+        let mut config = world.connector_config(world.stack.edge_addr);
+        config.datagram_version = options.datagram_version;
         let connector = Connector::new(config)?;
         let mut readiness = connector.readiness();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -106,13 +205,42 @@ impl RealWorld {
             matches!(registered, Ok(true)),
             "the connector did not register within 30 s"
         );
-        Ok(RealWorld {
-            stack,
-            origin,
-            dns,
-            stop_connector: Some(stop),
-            _state: state,
-        })
+        world.stop_connector = Some(stop);
+        Ok(world)
+    }
+
+    /// The state directory (directory database, edge identity).
+    pub fn state(&self) -> &std::path::Path {
+        self._state.path()
+    }
+
+    /// Creates an http service on this world's tunnel reaching `ip:port` directly (no DNS).
+    pub fn create_ip_service(&self, name: &str, ip: std::net::Ipv4Addr, port: u16) -> Uuid {
+        let mut input = ServiceInput::http(
+            name,
+            HostInput {
+                ipv4: Some(ip.to_string()),
+                network: Some(wvpc_directory::NetworkInput {
+                    tunnel_id: Some(self.tunnel_id.to_string()),
+                }),
+                ..HostInput::default()
+            },
+        );
+        input.http_port = Some(i64::from(port));
+        self.stack
+            .directory
+            .create_service(&input)
+            .expect("creating an ip service")
+            .service_id
+    }
+
+    /// A connector configuration for this world's tunnel dialling `edge` (1 connection).
+    pub fn connector_config(&self, edge: SocketAddr) -> ConnectorConfig {
+        ConnectorConfig::new(
+            self.credentials.clone(),
+            vec![edge],
+            self.stack.edge_identity.ca_pem().as_bytes().to_vec(),
+        )
     }
 
     /// Stops the connector (it unregisters and closes its connections).

@@ -240,6 +240,11 @@ impl RegistrationStatus {
     }
 }
 
+/// Our connector's status byte for a session its egress allow-list refuses (an extension:
+/// cloudflared defines no such status; an edge that does not know it reports
+/// `destination_unavailable`). Sent as [`RegistrationStatus::Other`].
+pub const STATUS_DESTINATION_PROHIBITED: u8 = 0x80;
+
 /// `0x03`: the connector's answer to a registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrationResponse {
@@ -297,13 +302,18 @@ impl RegistrationResponse {
     }
 
     /// `None` when the session is ready; otherwise the failure as a code: unreachable →
-    /// `destination_ip_unroutable`, too many flows → `rate_limited`, anything else (no socket,
-    /// other error) → `destination_unavailable`, with the connector's message as details.
+    /// `destination_ip_unroutable`, too many flows → `rate_limited`, refused by the egress
+    /// allow-list ([`STATUS_DESTINATION_PROHIBITED`]) → `destination_ip_prohibited`, anything
+    /// else (no socket, other error) → `destination_unavailable`, with the connector's message
+    /// as details.
     pub fn failure(&self) -> Option<ProxyError> {
         let code = match self.status {
             RegistrationStatus::Ok => return None,
             RegistrationStatus::DestinationUnreachable => ErrorCode::DestinationIpUnroutable,
             RegistrationStatus::TooManyActiveFlows => ErrorCode::RateLimited,
+            RegistrationStatus::Other(STATUS_DESTINATION_PROHIBITED) => {
+                ErrorCode::DestinationIpProhibited
+            }
             RegistrationStatus::UnableToBindSocket
             | RegistrationStatus::ErrorWithMessage
             | RegistrationStatus::Other(_) => ErrorCode::DestinationUnavailable,

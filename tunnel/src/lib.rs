@@ -3,8 +3,9 @@
 //! `ConnectRequest`/`ConnectResponse` framing ([`connect`]), datagram v3 ([`datagram`]) and v2
 //! ([`datagram_v2`]),
 //! feature strings ([`features`]), the edge's TLS identity ([`identity`]), QUIC endpoint
-//! configuration ([`quic`]), the thread that hosts `!Send` Cap'n Proto RPC ([`rpc_thread`])
-//! and the datagram-v2 session RPCs made on it ([`session_rpc`]).
+//! configuration ([`quic`]), Prometheus metrics for both ends ([`metrics`]), the thread that
+//! hosts `!Send` Cap'n Proto RPC ([`rpc_thread`]) and the datagram-v2 session RPCs made on it
+//! ([`session_rpc`]).
 //!
 //! Protocol logic here is sans-IO where it can be; the QUIC endpoints themselves live in
 //! `wvpc-iris` (edge) and `wvpc-connector`.
@@ -19,6 +20,7 @@ pub mod datagram;
 pub mod datagram_v2;
 pub mod features;
 pub mod identity;
+pub mod metrics;
 pub mod preamble;
 pub mod quic;
 pub mod rpc_thread;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use wvpc_directory::Directory;
 use wvpc_runtime::ScriptConfig;
 
-use crate::stack::{Stack, StackConfig, describe_bindings};
+use crate::stack::{IrisOptions, Stack, StackConfig, describe_bindings};
 
 /// Config file names looked for in the current directory, in order, when `--config` is absent.
 pub const DEFAULT_CONFIG_FILES: [&str; 3] = ["wrangler.jsonc", "wrangler.json", "wrangler.toml"];
@@ -33,6 +33,9 @@ pub struct DevArgs {
     /// Address of the directory REST API (`wvpc service … --api`, `wvpc deploy`, wrangler)
     #[arg(long, default_value = "127.0.0.1:8788", value_name = "IP:PORT")]
     pub api_listen: SocketAddr,
+    /// Serve iris's Prometheus metrics on http://IP:PORT/metrics
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl DevArgs {
@@ -74,12 +77,18 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
         Arc::new(directory),
         api_listener,
     ));
-    let stack = Stack::start(StackConfig {
-        state: state.to_owned(),
-        script: script.clone(),
-        listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
-        edge_listen: args.edge_listen,
-    })
+    let stack = Stack::start_with(
+        StackConfig {
+            state: state.to_owned(),
+            script: script.clone(),
+            listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
+            edge_listen: args.edge_listen,
+        },
+        IrisOptions {
+            metrics_listen: args.metrics,
+            ..IrisOptions::default()
+        },
+    )
     .await?;
     writeln!(
         out,
@@ -100,6 +109,9 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
         "  directory API on http://{api_addr}{}",
         wvpc_directory::api::PREFIX
     )?;
+    if let Some(addr) = stack.metrics_addr {
+        writeln!(out, "  metrics on http://{addr}/metrics")?;
+    }
     writeln!(out, "  state {}", state.display())?;
     out.flush()?;
     shutdown_signal().await;

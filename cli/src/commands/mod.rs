@@ -4,6 +4,7 @@ pub mod deploy;
 pub mod dev;
 pub mod directory;
 pub mod edge;
+pub mod iris;
 pub mod service;
 pub mod token;
 pub mod tunnel;

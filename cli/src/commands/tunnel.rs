@@ -1,5 +1,5 @@
-//! `wvpc tunnel create|list|delete|token|run`: tunnels in the local directory, their
-//! cloudflared-format credentials, and the connector.
+//! `wvpc tunnel create|list|info|delete|token|run`: tunnels in the local directory, their
+//! cloudflared-format credentials, their live connections, and the connector.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,15 @@ pub enum TunnelCommand {
     /// List tunnels
     List {
         /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a tunnel and its live connections (as recorded by the iris nodes holding them)
+    Info {
+        /// Tunnel id or name
+        #[arg(value_name = "ID|NAME")]
+        tunnel: String,
+        /// Print {"id","name","connections":[…]} as JSON
         #[arg(long)]
         json: bool,
     },
@@ -61,6 +70,7 @@ pub async fn run(
             create(&Directory::open(state)?, state, &name, json, out)
         }
         TunnelCommand::List { json } => list(&Directory::open(state)?, json, out),
+        TunnelCommand::Info { tunnel, json } => info(&Directory::open(state)?, &tunnel, json, out),
         TunnelCommand::Delete { tunnel } => delete(&Directory::open(state)?, state, &tunnel, out),
         TunnelCommand::Token { tunnel } => token(&Directory::open(state)?, &tunnel, out),
         TunnelCommand::Run(args) => tunnel_run::run(args, state, out).await,
@@ -164,6 +174,72 @@ fn list(dir: &Directory, json: bool, out: &mut dyn Write) -> anyhow::Result<()> 
         out,
         "{}",
         table::render(&["ID", "NAME", "SERVICES", "CREATED"], &rows)
+    )?;
+    Ok(())
+}
+
+fn info(dir: &Directory, id_or_name: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let tunnel = find(dir, id_or_name)?;
+    let connections = dir.tunnel_connections(tunnel.id)?;
+    if json {
+        let body = serde_json::json!({
+            "id": tunnel.id,
+            "name": tunnel.name,
+            "created_at": tunnel.created_at,
+            "connections": connections,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+        return Ok(());
+    }
+    writeln!(out, "Tunnel {:?}: {}", tunnel.name, tunnel.id)?;
+    writeln!(out, "Created {}", short_time(&tunnel.created_at))?;
+    if connections.is_empty() {
+        writeln!(
+            out,
+            "No live connections. Start a connector with `wvpc tunnel run --edge <host:port> --token <token>`."
+        )?;
+        return Ok(());
+    }
+    let replicas = {
+        let mut ids: Vec<_> = connections.iter().map(|c| c.client_id).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    writeln!(
+        out,
+        "{} live connection(s) from {replicas} connector(s):",
+        connections.len()
+    )?;
+    let rows: Vec<Vec<String>> = connections
+        .iter()
+        .map(|c| {
+            vec![
+                c.client_id.to_string(),
+                c.version.clone(),
+                c.arch.clone(),
+                c.conn_index.to_string(),
+                c.edge_node.clone(),
+                c.remote_addr.clone(),
+                short_time(&c.since),
+            ]
+        })
+        .collect();
+    write!(
+        out,
+        "{}",
+        table::render(
+            &[
+                "CONNECTOR",
+                "VERSION",
+                "ARCH",
+                "INDEX",
+                "EDGE",
+                "ORIGIN IP",
+                "SINCE"
+            ],
+            &rows
+        )
     )?;
     Ok(())
 }

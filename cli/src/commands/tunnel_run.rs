@@ -5,11 +5,13 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use wvpc_connector::{Connector, ConnectorConfig};
+use wvpc_connector::{AllowRule, Connector, ConnectorConfig};
 use wvpc_tunnel::{Credentials, DatagramVersion};
 
 use super::dev::shutdown_signal;
+use super::iris::parse_duration;
 
 /// `wvpc tunnel run` arguments (names follow cloudflared's flags and environment variables).
 #[derive(Debug, Clone, clap::Args)]
@@ -37,13 +39,28 @@ pub struct TunnelRunArgs {
     /// PEM file with the CA certificate(s) that sign the edge's certificate
     #[arg(long, value_name = "PEM")]
     pub cacert: Option<PathBuf>,
-    /// Number of connections to keep to the edge
+    /// Number of connections to keep to the edge, spread over the --edge addresses
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..))]
     pub ha_connections: u8,
     /// How UDP (DNS) sessions travel: `v3` (in-band; announces support_datagram_v3_2) or `v2`
     /// (set up by RPC, what a stock cloudflared speaks without `--features`)
     #[arg(long, default_value = "v3", value_name = "v2|v3", value_parser = parse_datagram_version)]
     pub datagram_version: DatagramVersion,
+    /// Most concurrent TCP streams plus UDP sessions; more are refused as rate_limited
+    /// (0: no limit)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_active_flows: usize,
+    /// Only reach these destinations (repeatable): a CIDR (10.0.0.0/8), an IP, or
+    /// ip:port / host:port. Anything else is refused as destination_ip_prohibited; DNS to the
+    /// virtual resolver stays allowed. Without --allow every destination is reachable
+    #[arg(long, value_name = "CIDR|HOST:PORT")]
+    pub allow: Vec<String>,
+    /// On SIGTERM, how long streams in flight may finish after unregistering (e.g. 30s)
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub grace_period: Duration,
+    /// Serve Prometheus metrics on http://IP:PORT/metrics
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn parse_datagram_version(text: &str) -> Result<DatagramVersion, String> {
@@ -52,6 +69,35 @@ fn parse_datagram_version(text: &str) -> Result<DatagramVersion, String> {
         "v2" | "2" => Ok(DatagramVersion::V2),
         other => Err(format!("{other:?} is not a datagram version: use v2 or v3")),
     }
+}
+
+/// Reads `--allow` entries; a `host:port` is resolved now into one rule per address.
+async fn allow_rules(entries: &[String]) -> anyhow::Result<Vec<AllowRule>> {
+    let mut rules = Vec::new();
+    for entry in entries {
+        match entry.parse::<AllowRule>() {
+            Ok(rule) => rules.push(rule),
+            Err(err) => {
+                let looks_like_host_port = entry
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !looks_like_host_port {
+                    anyhow::bail!("{err}");
+                }
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host(entry.as_str())
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("--allow {entry:?}: cannot resolve the host: {e}")
+                    })?
+                    .collect();
+                if addrs.is_empty() {
+                    anyhow::bail!("--allow {entry:?}: the host has no address");
+                }
+                rules.extend(addrs.into_iter().map(AllowRule::Addr));
+            }
+        }
+    }
+    Ok(rules)
 }
 
 /// Most `--dns-resolver-addrs`, as cloudflared allows.
@@ -107,7 +153,22 @@ pub async fn run(
     config.dns_resolvers = args.dns_resolver_addrs.clone();
     config.ha_connections = usize::from(args.ha_connections);
     config.datagram_version = args.datagram_version;
+    config.max_active_flows = args.max_active_flows;
+    config.allow = allow_rules(&args.allow).await?;
+    config.grace_period = args.grace_period;
     let connector = Connector::new(config)?;
+    let mut tasks = Vec::new();
+    if let Some(addr) = args.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen: {e}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, "connector metrics at http://{local}/metrics");
+        tasks.push(tokio::spawn(wvpc_tunnel::metrics::serve(
+            listener,
+            connector.metrics(),
+        )));
+    }
     let mut readiness = connector.readiness();
     let announce = async {
         if readiness.wait_registered(1).await {
@@ -125,9 +186,13 @@ pub async fn run(
         // Keep this branch pending: only serve() ends the select below.
         std::future::pending::<()>().await
     };
-    tokio::select! {
-        result = connector.serve(shutdown_signal()) => result?,
-        () = announce => {}
+    let result = tokio::select! {
+        result = connector.serve(shutdown_signal()) => result,
+        () = announce => Ok(()),
+    };
+    for task in tasks {
+        task.abort();
     }
+    result?;
     Ok(())
 }

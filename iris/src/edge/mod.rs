@@ -30,14 +30,16 @@ use wvpc_tunnel::preamble::read_signature;
 use wvpc_tunnel::quic::CloseCode;
 use wvpc_tunnel::{EdgeIdentity, QuicConfigError, RpcThread, edge_server_config};
 
+mod admission;
 pub mod authority;
 mod registration;
 pub mod registry;
 mod udp;
 mod udp_v2;
 
+pub use admission::AdmissionLimits;
 pub use authority::{AuthFailure, CredentialsAuthority, TunnelAuthority};
-pub use registry::{ConnectionInfo, TunnelRegistry};
+pub use registry::{ConnectionInfo, ConnectionObserver, TunnelRegistry};
 pub use udp::DEFAULT_UDP_IDLE;
 
 use registration::{ControlContext, ControlEvent};
@@ -156,6 +158,30 @@ impl Edge {
         }
     }
 
+    /// Drains the edge: refuses new tunnel connections, lets open streams finish for at most
+    /// `grace`, then closes every connection with [`CloseCode::EdgeShutdown`] (connectors
+    /// reconnect elsewhere or when the edge is back). Returns whether every stream finished.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.endpoint.set_server_config(None);
+        let open = self.shared.registry.metrics().streams_open.get();
+        tracing::info!(
+            open_streams = open,
+            grace_s = grace.as_secs_f32(),
+            "tunnel edge draining"
+        );
+        let finished = tokio::time::timeout(grace, self.shared.registry.wait_streams_closed())
+            .await
+            .is_ok();
+        if !finished {
+            tracing::warn!(
+                open_streams = self.shared.registry.metrics().streams_open.get(),
+                "grace period over; closing tunnel connections with streams still open"
+            );
+        }
+        self.close();
+        finished
+    }
+
     /// Closes every connection and stops [`Edge::serve`].
     pub fn close(&self) {
         self.endpoint
@@ -165,6 +191,11 @@ impl Edge {
 
 async fn handle_incoming(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
+    if !shared.registry.admit_source(remote.ip()) {
+        tracing::warn!(%remote, "tunnel connection refused: too many new connections from this address (registration flood limit)");
+        incoming.refuse();
+        return;
+    }
     let quic = match incoming.await {
         Ok(quic) => quic,
         Err(e) => {

@@ -112,6 +112,13 @@ impl RegistrationService {
             .map_err(capnp_invalid)?;
         let secret = auth.get_tunnel_secret().map_err(capnp_invalid)?;
 
+        if !self.ctx.registry.admit_registration(tunnel_id) {
+            tracing::warn!(tunnel = %tunnel_id, %remote, "tunnel registration refused: too many attempts for this tunnel (registration flood limit)");
+            return Err(Refusal {
+                cause: "rate limited: too many registrations for this tunnel; retry later".into(),
+                should_retry: true,
+            });
+        }
         if let Err(failure) = self
             .ctx
             .authority
@@ -209,6 +216,9 @@ impl registration_server::Server for RegistrationService {
         mut results: registration_server::RegisterConnectionResults,
     ) -> Result<(), capnp::Error> {
         let outcome = self.register(params.get()?);
+        self.ctx
+            .registry
+            .count_registration(outcome.as_ref().err().map(|r| r.cause.as_str()));
         let result = results.get().init_result().init_result();
         let event = match outcome {
             Ok(conn) => {

@@ -2,20 +2,41 @@
 //! iris's router uses to reach a private network: [`TunnelRegistry`] implements
 //! [`TunnelPool`] by opening streams (TCP) and UDP sessions (datagram v3 or v2, as the
 //! connector advertised) on a live connection.
+//!
+//! **Spreading.** A new stream goes to the usable connection with the fewest open streams
+//! (ties broken round-robin), across every connector (replica) of the tunnel. Draining
+//! connections (the connector unregistered) and closed ones are never picked.
+//!
+//! **Failover.** A connection whose QUIC connection is seen closed (close frame, idle
+//! timeout, failed stream open) leaves the registry at once. A TCP flow is retried on
+//! another live connection of the tunnel when its connection died *before the connector's
+//! `ConnectResponse` arrived*: until that answer iris has sent nothing but the
+//! `ConnectRequest` (the CONNECT is not answered yet, so no byte of the caller's request has
+//! left iris), hence the origin has at most seen a TCP connection attempt, never a request.
+//! A connector that answered, refused or reset the stream on a live connection is final.
+//! Once the flow is piping, a dying connection ends it (the caller sees
+//! `connection_terminated`); it is never replayed.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_tunnel::metrics::CountingIo;
 use wvpc_tunnel::quic::CloseCode;
 use wvpc_tunnel::{BiStream, ConnectRequest, ConnectResponse, DatagramVersion, RpcThread};
 
+use super::admission::{Admission, AdmissionLimits};
 use super::udp::SessionTable;
+use crate::metrics::IrisMetrics;
 use crate::tunnel_pool::{BoxFuture, BoxIo, FlowContext, TunnelPool, UdpFlow};
 
 /// How long the edge waits for a connector's `ConnectResponse` (the connector's own dial
@@ -55,6 +76,10 @@ pub(crate) struct EdgeConnection {
     pub(crate) sessions: SessionTable,
     /// The edge's RPC thread, for datagram-v2 session RPCs on this connection.
     pub(crate) rpc: Option<RpcThread>,
+    /// TCP streams open on this connection (the load that spreading balances).
+    open_streams: AtomicUsize,
+    /// When the connection registered.
+    since: SystemTime,
 }
 
 impl EdgeConnection {
@@ -65,6 +90,8 @@ impl EdgeConnection {
             draining: AtomicBool::new(false),
             sessions: SessionTable::default(),
             rpc: None,
+            open_streams: AtomicUsize::new(0),
+            since: SystemTime::now(),
         }
     }
 
@@ -95,12 +122,26 @@ pub(crate) enum RecordError {
     Closed,
 }
 
+/// Told when connections come and go (e.g. to publish them in a shared store for
+/// `wvpc tunnel info`). Called outside the registry's lock; must not block for long.
+pub trait ConnectionObserver: Send + Sync + 'static {
+    /// A connection registered at `since`.
+    fn connected(&self, info: &ConnectionInfo, since: SystemTime);
+    /// A connection left (closed, replaced or dropped by the edge).
+    fn disconnected(&self, info: &ConnectionInfo);
+}
+
 /// Live connections per tunnel. Cheap to share (`Arc`); all methods take `&self`.
 pub struct TunnelRegistry {
     tunnels: Mutex<HashMap<Uuid, Vec<Arc<EdgeConnection>>>>,
     changed: Notify,
     next: AtomicUsize,
     udp_idle: Duration,
+    metrics: Arc<IrisMetrics>,
+    admission: Admission,
+    observer: Mutex<Option<Arc<dyn ConnectionObserver>>>,
+    /// Signalled whenever a tunnel stream closes (for draining).
+    stream_closed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for TunnelRegistry {
@@ -127,7 +168,96 @@ impl TunnelRegistry {
             changed: Notify::new(),
             next: AtomicUsize::new(0),
             udp_idle,
+            metrics: Arc::new(IrisMetrics::default()),
+            admission: Admission::default(),
+            observer: Mutex::new(None),
+            stream_closed: Arc::new(Notify::new()),
         }
+    }
+
+    /// This registry with other registration flood limits.
+    pub fn with_admission_limits(mut self, limits: AdmissionLimits) -> Self {
+        self.admission = Admission::new(limits);
+        self
+    }
+
+    /// This registry counting into `metrics` (shared with the router).
+    pub fn with_metrics(mut self, metrics: Arc<IrisMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics the edge counts into.
+    pub fn metrics(&self) -> Arc<IrisMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Sets who is told about connections coming and going.
+    pub fn set_observer(&self, observer: Arc<dyn ConnectionObserver>) {
+        *self.observer.lock().unwrap_or_else(PoisonError::into_inner) = Some(observer);
+    }
+
+    fn observer(&self) -> Option<Arc<dyn ConnectionObserver>> {
+        self.observer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether a new connection from `ip` may start (source rate limit).
+    pub(crate) fn admit_source(&self, ip: std::net::IpAddr) -> bool {
+        let admitted = self.admission.admit_source(ip);
+        if !admitted {
+            self.metrics.connections_refused.inc();
+        }
+        admitted
+    }
+
+    /// Whether a registration for `tunnel` may be checked now (per-tunnel rate limit).
+    pub(crate) fn admit_registration(&self, tunnel: Uuid) -> bool {
+        self.admission.admit_tunnel(tunnel)
+    }
+
+    /// Counts a registration answer: `Ok`, or the refusal's cause.
+    pub(crate) fn count_registration(&self, refusal_cause: Option<&str>) {
+        let result = match refusal_cause {
+            None => "ok",
+            Some("EDUPCONN") => "duplicate",
+            Some(c) if c.starts_with("Unauthorized") => "unauthorized",
+            Some(c) if c.starts_with("rate limited") => "rate_limited",
+            Some(c) if c.starts_with("invalid") => "invalid",
+            Some(_) => "refused",
+        };
+        self.metrics.registrations.inc(result);
+    }
+
+    /// Resolves once no tunnel stream is open (for a graceful drain).
+    pub async fn wait_streams_closed(&self) {
+        loop {
+            let notified = self.stream_closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.metrics.streams_open.get() <= 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Refreshes the connection gauges; call after every change, with the lock released.
+    fn changed(&self) {
+        let (mut active, mut draining) = (0, 0);
+        for conns in self.lock().values() {
+            for c in conns {
+                if c.draining.load(Ordering::Acquire) {
+                    draining += 1;
+                } else {
+                    active += 1;
+                }
+            }
+        }
+        self.metrics.set_connections(active, draining);
+        self.changed.notify_waiters();
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Vec<Arc<EdgeConnection>>>> {
@@ -161,6 +291,19 @@ impl TunnelRegistry {
     /// Resolves once the tunnel has no connection left.
     pub async fn wait_for_no_connection(&self, tunnel_id: Uuid) {
         self.wait_until(tunnel_id, |conns| conns.is_empty()).await;
+    }
+
+    /// Resolves once `done` holds for every connection of the tunnel, draining ones included.
+    pub async fn wait_for(&self, tunnel_id: Uuid, done: impl Fn(&[ConnectionInfo]) -> bool) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done(&self.connections(tunnel_id)) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     async fn wait_until(&self, tunnel_id: Uuid, done: impl Fn(&[ConnectionInfo]) -> bool) {
@@ -205,9 +348,13 @@ impl TunnelRegistry {
                 }
                 replaced = Some(conns.remove(pos));
             }
-            conns.push(conn);
+            conns.push(conn.clone());
         }
+        let observer = self.observer();
         if let Some(old) = replaced {
+            if let Some(observer) = &observer {
+                observer.disconnected(&old.info);
+            }
             tracing::info!(
                 tunnel = %old.info.tunnel_id,
                 connection = %old.info.connection_id,
@@ -219,7 +366,10 @@ impl TunnelRegistry {
                 b"replaced by a newer connection",
             );
         }
-        self.changed.notify_waiters();
+        if let Some(observer) = &observer {
+            observer.connected(&conn.info, conn.since);
+        }
+        self.changed();
         Ok(())
     }
 
@@ -227,7 +377,7 @@ impl TunnelRegistry {
     pub(crate) fn drain(&self, tunnel_id: Uuid, connection_id: Uuid) {
         if let Some(conn) = self.find(tunnel_id, connection_id) {
             conn.draining.store(true, Ordering::Release);
-            self.changed.notify_waiters();
+            self.changed();
         }
     }
 
@@ -245,11 +395,15 @@ impl TunnelRegistry {
             });
             !conns.is_empty()
         });
+        let observer = self.observer();
         for conn in &removed {
             conn.sessions.clear();
+            if let Some(observer) = &observer {
+                observer.disconnected(&conn.info);
+            }
         }
         if !removed.is_empty() {
-            self.changed.notify_waiters();
+            self.changed();
         }
     }
 
@@ -258,8 +412,12 @@ impl TunnelRegistry {
     /// Returns how many connections were closed.
     pub fn disconnect_tunnel(&self, tunnel_id: Uuid) -> usize {
         let conns = self.lock().remove(&tunnel_id).unwrap_or_default();
+        let observer = self.observer();
         for conn in &conns {
             conn.sessions.clear();
+            if let Some(observer) = &observer {
+                observer.disconnected(&conn.info);
+            }
             conn.quic.close(
                 CloseCode::Disconnected.varint(),
                 b"tunnel disconnected by the edge",
@@ -267,7 +425,7 @@ impl TunnelRegistry {
         }
         if !conns.is_empty() {
             tracing::info!(tunnel = %tunnel_id, connections = conns.len(), "tunnel connections dropped by the edge");
-            self.changed.notify_waiters();
+            self.changed();
         }
         conns.len()
     }
@@ -280,7 +438,8 @@ impl TunnelRegistry {
             .cloned()
     }
 
-    /// Usable connections of a tunnel, rotated so that successive flows spread over them.
+    /// Usable connections of a tunnel, least-loaded first (ties rotate round-robin, so
+    /// successive flows spread over idle connections too).
     fn candidates(&self, tunnel_id: Uuid) -> Vec<Arc<EdgeConnection>> {
         let mut conns: Vec<_> = self
             .lock()
@@ -290,8 +449,21 @@ impl TunnelRegistry {
         if !conns.is_empty() {
             let start = self.next.fetch_add(1, Ordering::Relaxed) % conns.len();
             conns.rotate_left(start);
+            // Stable: equal loads keep the rotated order.
+            conns.sort_by_key(|c| c.open_streams.load(Ordering::Relaxed));
         }
         conns
+    }
+
+    /// Stops using a connection seen dead (before its own task notices).
+    fn retire(&self, conn: &EdgeConnection, why: &dyn std::fmt::Display) {
+        tracing::info!(
+            tunnel = %conn.info.tunnel_id,
+            connection = %conn.info.connection_id,
+            reason = %why,
+            "tunnel connection failed; no more flows go to it"
+        );
+        self.forget(&conn.quic);
     }
 
     /// Opens a raw bidirectional stream on a live connection of the tunnel. The caller writes
@@ -306,7 +478,10 @@ impl TunnelRegistry {
             match conn.quic.open_bi().await {
                 Ok((send, recv)) => return Ok(BiStream::new(send, recv)),
                 // That connection just died; the next one may be fine.
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    self.retire(&conn, &e);
+                    last = Some(e);
+                }
             }
         }
         Err(
@@ -323,19 +498,67 @@ impl TunnelRegistry {
         dest: SocketAddr,
         ctx: &FlowContext,
     ) -> Result<BoxIo, ProxyError> {
-        let mut stream = self.open_stream(tunnel_id).await?;
         let flow_id = if ctx.request_id.is_empty() {
             Uuid::new_v4().to_string()
         } else {
             ctx.request_id.clone()
         };
-        let request = ConnectRequest::tcp(dest, flow_id);
+        let mut died: Option<ProxyError> = None;
+        loop {
+            // A connection that died is out of the registry, so it is not picked again.
+            let Some(conn) = self.candidates(tunnel_id).into_iter().next() else {
+                return Err(match died {
+                    // The flow never reached the connector's dial: nothing else can serve it.
+                    Some(err) => {
+                        ProxyError::new(ErrorCode::DestinationUnavailable).with_details(format!(
+                            "no live connection of tunnel {tunnel_id} is left ({})",
+                            err.details.unwrap_or_default()
+                        ))
+                    }
+                    None => no_connection(tunnel_id),
+                });
+            };
+            match self.connect_on(&conn, dest, &flow_id).await {
+                Ok(stream) => return Ok(stream),
+                Err(Failure::Final(err)) => return Err(err),
+                Err(Failure::ConnectionDied(err)) => {
+                    self.retire(&conn, &err);
+                    self.metrics.stream_retries.inc();
+                    tracing::debug!(tunnel = %tunnel_id, %dest, flow = %flow_id, "flow retried on another connection");
+                    died = Some(err);
+                }
+            }
+        }
+    }
+
+    /// One attempt on one connection. [`Failure::ConnectionDied`] only before the connector
+    /// answered (see the module docs for why that is safe to retry).
+    async fn connect_on(
+        &self,
+        conn: &Arc<EdgeConnection>,
+        dest: SocketAddr,
+        flow_id: &str,
+    ) -> Result<BoxIo, Failure> {
         let terminated = |what: &str, e: &dyn std::fmt::Display| {
             ProxyError::new(ErrorCode::ConnectionTerminated)
                 .with_details(format!("tunnel stream to {dest} {what}: {e}"))
         };
+        let classify = |err: ProxyError| {
+            if conn.quic.close_reason().is_some() {
+                Failure::ConnectionDied(err)
+            } else {
+                Failure::Final(err)
+            }
+        };
+        let (send, recv) = match conn.quic.open_bi().await {
+            Ok(halves) => halves,
+            Err(e) => return Err(Failure::ConnectionDied(terminated("could not open", &e))),
+        };
+        let mut stream = BiStream::new(send, recv);
+        let guard = StreamGuard::enter(conn.clone(), self.metrics.clone(), &self.stream_closed);
+        let request = ConnectRequest::tcp(dest, flow_id.to_owned());
         if let Err(e) = request.write(&mut stream.send).await {
-            return Err(terminated("failed while sending the request", &e));
+            return Err(classify(terminated("failed while sending the request", &e)));
         }
         let response = match tokio::time::timeout(
             CONNECT_RESPONSE_TIMEOUT,
@@ -346,24 +569,31 @@ impl TunnelRegistry {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 stream.abort();
-                return Err(terminated("failed before the connector answered", &e));
+                return Err(classify(terminated(
+                    "failed before the connector answered",
+                    &e,
+                )));
             }
             Err(_) => {
                 stream.abort();
-                return Err(
+                return Err(Failure::Final(
                     ProxyError::new(ErrorCode::ConnectionTimeout).with_details(format!(
                         "the connector did not answer for {dest} within {}s",
                         CONNECT_RESPONSE_TIMEOUT.as_secs()
                     )),
-                );
+                ));
             }
         };
         if let Some(err) = response.failure_code() {
             stream.abort();
-            tracing::debug!(tunnel = %tunnel_id, %dest, code = %err.code, "connector refused the flow");
-            return Err(err);
+            tracing::debug!(tunnel = %conn.info.tunnel_id, %dest, code = %err.code, "connector refused the flow");
+            return Err(Failure::Final(err));
         }
-        Ok(Box::new(stream))
+        self.metrics.streams.inc();
+        Ok(Box::new(TunnelStream {
+            io: CountingIo::new(stream, self.metrics.tunnel_bytes()),
+            _guard: guard,
+        }))
     }
 
     async fn connect_udp(
@@ -377,14 +607,103 @@ impl TunnelRegistry {
             .into_iter()
             .next()
             .ok_or_else(|| no_connection(tunnel_id))?;
-        match (conn.info.datagram_version, conn.rpc.clone()) {
-            (DatagramVersion::V3, _) => super::udp::open(conn, dest, self.udp_idle).await,
+        let flow = match (conn.info.datagram_version, conn.rpc.clone()) {
+            (DatagramVersion::V3, _) => super::udp::open(conn, dest, self.udp_idle).await?,
             (DatagramVersion::V2, Some(rpc)) => {
-                super::udp_v2::open(conn, rpc, dest, self.udp_idle).await
+                super::udp_v2::open(conn, rpc, dest, self.udp_idle).await?
             }
-            (DatagramVersion::V2, None) => Err(ProxyError::new(ErrorCode::ProxyInternalError)
-                .with_details("datagram-v2 connection without an RPC thread")),
+            (DatagramVersion::V2, None) => {
+                return Err(ProxyError::new(ErrorCode::ProxyInternalError)
+                    .with_details("datagram-v2 connection without an RPC thread"));
+            }
+        };
+        self.metrics.udp_sessions.inc();
+        Ok(Box::new(CountedUdpFlow {
+            flow,
+            _open: self.metrics.udp_sessions_open.track(),
+        }))
+    }
+}
+
+/// How one attempt at a TCP flow failed.
+enum Failure {
+    /// The answer (or a failure on a live connection): the flow fails with it.
+    Final(ProxyError),
+    /// The connection died before the connector answered: try another connection.
+    ConnectionDied(ProxyError),
+}
+
+/// Counts a tunnel stream as open (per connection and overall) while alive.
+struct StreamGuard {
+    conn: Arc<EdgeConnection>,
+    metrics: Arc<IrisMetrics>,
+    closed: Arc<Notify>,
+}
+
+impl StreamGuard {
+    fn enter(conn: Arc<EdgeConnection>, metrics: Arc<IrisMetrics>, closed: &Arc<Notify>) -> Self {
+        conn.open_streams.fetch_add(1, Ordering::Relaxed);
+        metrics.streams_open.inc();
+        Self {
+            conn,
+            metrics,
+            closed: closed.clone(),
         }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.conn.open_streams.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.streams_open.dec();
+        self.closed.notify_waiters();
+    }
+}
+
+/// A connected TCP flow through a tunnel, counted while it lives.
+struct TunnelStream {
+    io: CountingIo<BiStream>,
+    _guard: StreamGuard,
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A UDP flow counted as an open session while alive.
+struct CountedUdpFlow {
+    flow: Box<dyn UdpFlow>,
+    _open: wvpc_tunnel::metrics::GaugeGuard,
+}
+
+impl UdpFlow for CountedUdpFlow {
+    fn send(&self, payload: bytes::Bytes) -> BoxFuture<'_, Result<(), ProxyError>> {
+        self.flow.send(payload)
+    }
+    fn recv(&self) -> BoxFuture<'_, Result<bytes::Bytes, ProxyError>> {
+        self.flow.recv()
     }
 }
 

@@ -3,9 +3,11 @@
 //!
 //! - [`real_tunnel`]: the stack `wvpc dev` runs, with the real QUIC edge, our connector and a
 //!   real DNS server.
+//! - [`ha`]: replicas, failover under load, graceful shutdown, iris restart, limits, metrics.
 //! - [`live_config`]: service changes reach iris while load runs.
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
 
+mod ha;
 mod live_config;
 mod mock_tunnel;
 mod real_tunnel;

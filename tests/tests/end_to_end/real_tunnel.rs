@@ -5,7 +5,7 @@ use bytes::Bytes;
 use hickory_proto::rr::RecordType;
 use wvpc_connector::{Connector, ConnectorConfig};
 use wvpc_tests::origin::{is_pattern, pattern};
-use wvpc_tests::real::{ORIGIN_NAME, RealWorld};
+use wvpc_tests::real::{ORIGIN_NAME, RealWorld, WorldOptions};
 use wvpc_tests::{client, trace_init, within};
 use wvpc_tunnel::DatagramVersion;
 
@@ -117,7 +117,10 @@ async fn a_connector_speaking_datagram_v2_resolves_and_serves_through_the_edge()
     trace_init();
     let w = within(
         "starting the real path with a datagram-v2 connector",
-        RealWorld::start_with(|config| config.datagram_version = DatagramVersion::V2),
+        RealWorld::start_with(WorldOptions {
+            datagram_version: DatagramVersion::V2,
+            ..WorldOptions::default()
+        }),
     )
     .await
     .expect("starting the real path");

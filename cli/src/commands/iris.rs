@@ -1,0 +1,119 @@
+//! `wvpc iris`: a standalone iris node — the CONNECT router and the tunnel edge — over the
+//! directory of `--state`. Prints a line starting with `ready` once it serves; on SIGTERM or
+//! Ctrl-C it drains (no new CONNECTs or tunnel connections, streams in flight finish within
+//! `--grace-period`, then tunnel connections close with the edge-shutdown code).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wvpc_directory::Directory;
+
+use super::dev::shutdown_signal;
+use crate::iris_node::{IrisNode, IrisOptions};
+
+/// `wvpc iris` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IrisArgs {
+    /// Address of the CONNECT listener (binding-workers connect here)
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "IP:PORT")]
+    pub listen: SocketAddr,
+    /// Address where the tunnel edge accepts connectors over QUIC (UDP)
+    #[arg(long, default_value = "127.0.0.1:7844", value_name = "IP:PORT")]
+    pub edge_listen: SocketAddr,
+    /// Serve Prometheus metrics on http://IP:PORT/metrics
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
+    /// This node's name: reported to connectors and recorded with their connections
+    #[arg(long, default_value = "iris", value_name = "NAME")]
+    pub node_name: String,
+    /// On shutdown, how long streams in flight may finish (e.g. 30s, 500ms, 2m)
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub grace_period: Duration,
+}
+
+/// Runs iris until SIGTERM or Ctrl-C, then drains.
+pub async fn run(args: IrisArgs, state: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let directory = Arc::new(Directory::open(state)?);
+    let node = IrisNode::start(
+        directory,
+        state,
+        args.listen,
+        args.edge_listen,
+        &IrisOptions {
+            node_name: args.node_name.clone(),
+            metrics_listen: args.metrics,
+        },
+    )
+    .await?;
+    writeln!(
+        out,
+        "ready: iris {:?} accepting CONNECT on {} and connectors on {} (QUIC)",
+        args.node_name, node.iris_addr, node.edge_addr
+    )?;
+    writeln!(
+        out,
+        "  connectors trust the edge with --cacert {}",
+        node.edge_ca_path.display()
+    )?;
+    if let Some(addr) = node.metrics_addr {
+        writeln!(out, "  metrics on http://{addr}/metrics")?;
+    }
+    writeln!(out, "  state {}", state.display())?;
+    out.flush()?;
+    shutdown_signal().await;
+    tracing::info!(grace_s = args.grace_period.as_secs_f32(), "iris draining");
+    let finished = node.drain(args.grace_period).await;
+    writeln!(
+        out,
+        "stopped: {}",
+        if finished {
+            "every stream finished"
+        } else {
+            "grace period over, remaining streams were closed"
+        }
+    )?;
+    Ok(())
+}
+
+/// `30s`, `500ms`, `2m`, `1h` or plain seconds (`10`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        other => Err(format!(
+            "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
+    }
+}
