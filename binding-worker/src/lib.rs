@@ -8,7 +8,8 @@
 //! checks the URL (absolute `http`/`https`), hands back the request-body stream at once, then
 //! sends the request as HTTP/1.1 to the origin over a pooled connection for the same
 //! (service, scheme, host), or over a fresh CONNECT stream through iris (with TLS for `https`:
-//! SNI = the URL's host, certificate verified against [`BindingWorkerConfig::tls_roots`]). The response head
+//! SNI = the URL's host, certificate verified as the service's `tls_settings` say, which iris
+//! sends in its CONNECT answer). The response head
 //! goes to `ResponseReceiver.deliver`, the body streams into the `ByteStream` it returns.
 //! Failures are codes (`WireError`), never text: iris's `Proxy-Status` answers are decoded
 //! back into the code, origin failures are classified here.
@@ -75,8 +76,11 @@ pub struct BindingWorkerConfig {
     pub idle_timeout: Duration,
     /// Idle origin connections kept per (service, scheme, host). Default 32.
     pub max_idle_per_origin: usize,
-    /// Roots trusted for `https` origins, whose certificate must chain to one of them and
-    /// name the URL's host (`verify_full`). `None`: the system's trust store.
+    /// Open origin connections (busy and idle) per service; one more fails with
+    /// `connection_limit_reached`. Default 256.
+    pub max_connections_per_service: usize,
+    /// Roots trusted for `https` origins (besides a service's own `ca_certificate`).
+    /// `None`: the system's trust store.
     pub tls_roots: Option<Arc<rustls::RootCertStore>>,
 }
 
@@ -90,6 +94,7 @@ impl BindingWorkerConfig {
             response_timeout: Duration::from_secs(100),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_origin: 32,
+            max_connections_per_service: 256,
             tls_roots: None,
         }
     }
@@ -138,6 +143,7 @@ impl BindingWorker {
                 response_timeout: config.response_timeout,
                 idle_timeout: config.idle_timeout,
                 max_idle_per_origin: config.max_idle_per_origin,
+                max_connections_per_service: config.max_connections_per_service,
             },
         ));
         spawn_sweeper(&proxy_runtime, Arc::downgrade(proxy.pool()));

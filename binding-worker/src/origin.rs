@@ -24,7 +24,7 @@ use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
 use crate::iris_client::IrisClient;
-use crate::origin_tls::OriginTls;
+use crate::origin_tls::{OriginTls, TlsPolicy};
 use crate::request::{FetchRequest, Scheme, strip_hop_by_hop};
 use crate::request_body::{BodyEvent, BodyFinished, RequestBody, RequestBodyError};
 
@@ -37,6 +37,8 @@ pub(crate) struct OriginSettings {
     pub(crate) idle_timeout: Duration,
     /// Idle connections kept per (service, scheme, host).
     pub(crate) max_idle_per_origin: usize,
+    /// Open origin connections (busy or idle) per service.
+    pub(crate) max_connections_per_service: usize,
 }
 
 /// Sends fetches to origins.
@@ -45,6 +47,7 @@ pub(crate) struct Proxy {
     iris: IrisClient,
     tls: OriginTls,
     pool: Arc<OriginPool>,
+    open: Arc<OpenConnections>,
     settings: OriginSettings,
 }
 
@@ -104,10 +107,15 @@ impl Proxy {
             idle_timeout: settings.idle_timeout,
             max_idle_per_origin: settings.max_idle_per_origin,
         });
+        let open = Arc::new(OpenConnections {
+            limit: settings.max_connections_per_service,
+            by_service: Mutex::new(HashMap::new()),
+        });
         Self {
             iris,
             tls,
             pool,
+            open,
             settings,
         }
     }
@@ -160,25 +168,27 @@ impl Proxy {
         }
     }
 
-    /// A fresh origin connection: CONNECT through iris, TLS for https (SNI = URL host), then
-    /// an HTTP/1.1 handshake on it.
+    /// A fresh origin connection: CONNECT through iris, TLS for https (SNI = URL host,
+    /// verified as the service's TLS settings in iris's answer say), then an HTTP/1.1
+    /// handshake on it. Counts against the service's connection cap while it is open.
     async fn open(
         &self,
         request: &FetchRequest,
     ) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
-        let stream = self.iris.connect(request).await?;
+        let permit = self.open.acquire(request.service_id)?;
+        let (stream, tls): (_, TlsPolicy) = self.iris.connect(request).await?;
         let request_id = request.caller.request_id.clone();
         match request.scheme {
-            Scheme::Http => http1_handshake(stream, request_id).await,
+            Scheme::Http => http1_handshake(stream, request_id, permit).await,
             Scheme::Https => {
-                let handshake = self.tls.handshake(&request.host, stream);
+                let handshake = self.tls.handshake(&request.host, &tls, stream);
                 let tls = tokio::time::timeout(self.iris.connect_timeout(), handshake)
                     .await
                     .map_err(|_| {
                         ProxyError::new(ErrorCode::ConnectionTimeout)
                             .with_details("the origin did not complete the TLS handshake in time")
                     })??;
-                http1_handshake(TokioIo::new(tls), request_id).await
+                http1_handshake(TokioIo::new(tls), request_id, permit).await
             }
         }
     }
@@ -236,10 +246,12 @@ enum Attempt {
     Failed(ProxyError),
 }
 
-/// Starts HTTP/1.1 on an origin byte stream; the connection runs as its own task.
+/// Starts HTTP/1.1 on an origin byte stream; the connection runs as its own task, which
+/// holds `permit` until the connection closes.
 async fn http1_handshake<T>(
     io: T,
     request_id: String,
+    permit: ConnectionPermit,
 ) -> Result<http1::SendRequest<RequestBody>, ProxyError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -252,8 +264,64 @@ where
         if let Err(err) = connection.await {
             tracing::debug!(%request_id, error = %err, "origin connection ended with an error");
         }
+        drop(permit);
     });
     Ok(sender)
+}
+
+/// Open origin connections per service, against the per-service cap.
+#[derive(Debug)]
+struct OpenConnections {
+    limit: usize,
+    by_service: Mutex<HashMap<Uuid, usize>>,
+}
+
+impl OpenConnections {
+    /// A slot for one more connection to `service_id`, or `connection_limit_reached`.
+    fn acquire(self: &Arc<Self>, service_id: Uuid) -> Result<ConnectionPermit, ProxyError> {
+        let mut open = self
+            .by_service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(service_id).or_default();
+        if *count >= self.limit {
+            return Err(
+                ProxyError::new(ErrorCode::ConnectionLimitReached).with_details(format!(
+                    "service {service_id} already has {} open origin connections \
+                     (max_connections_per_service)",
+                    self.limit
+                )),
+            );
+        }
+        *count += 1;
+        Ok(ConnectionPermit {
+            open: Arc::clone(self),
+            service_id,
+        })
+    }
+}
+
+/// One counted origin connection; released when dropped.
+#[derive(Debug)]
+struct ConnectionPermit {
+    open: Arc<OpenConnections>,
+    service_id: Uuid,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut open = self
+            .open
+            .by_service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.service_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.service_id);
+            }
+        }
+    }
 }
 
 /// The origin request: origin-form target, end-to-end headers, `Host` = the URL's host.

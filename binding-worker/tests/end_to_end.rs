@@ -26,7 +26,7 @@ use uuid::Uuid;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_iris::mock::{MemoryStore, MockTunnel};
-use wvpc_iris::{RouteTarget, Router, RouterConfig, ServiceRoute};
+use wvpc_iris::{RouteTarget, RouteTls, Router, RouterConfig, ServiceRoute};
 use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
 use wvpc_schemas::{read_wire_error, write_wire_error};
 
@@ -180,6 +180,7 @@ fn service(id: Uuid, port: u16, http: bool) -> (Uuid, ServiceRoute) {
         http_port: http.then_some(port),
         https_port: Some(port),
         tcp_port: None,
+        tls: RouteTls::default(),
     };
     (id, route)
 }
@@ -738,4 +739,206 @@ async fn an_origin_certificate_from_an_untrusted_ca_is_refused() {
     })
     .await;
     stack.worker.shutdown();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Origin TLS per service: each verification mode, with and without the service's private CA.
+
+/// A TLS acceptor serving `cert` (DER) with `key`.
+fn acceptor(cert: rustls::pki_types::CertificateDer<'static>, key: &rcgen::KeyPair) -> TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// A private CA (its PEM) and an origin certificate it signed for `name`.
+fn private_ca_origin(name: &str) -> (String, TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    (ca_pem, acceptor(leaf.der().clone(), &leaf_key))
+}
+
+/// A self-signed origin certificate for `name` (its PEM).
+fn self_signed_origin(name: &str) -> (String, TlsAcceptor) {
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let pem = certified.cert.pem();
+    (
+        pem,
+        acceptor(certified.cert.der().clone(), &certified.signing_key),
+    )
+}
+
+/// iris over `store` and a binding-worker trusting only the system roots (which know none of
+/// the test CAs), so that whatever passes verification passed through the service's settings.
+async fn start_worker_with(store: MemoryStore) -> BindingWorkerHandle {
+    let router = Router::new(
+        Arc::new(store),
+        Arc::new(MockTunnel::default()),
+        RouterConfig::default(),
+    );
+    let iris = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let iris_addr = iris.local_addr().unwrap();
+    tokio::spawn(async move { router.serve(iris).await });
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    BindingWorker::start(listener, BindingWorkerConfig::new(iris_addr)).unwrap()
+}
+
+async fn with_runtime_at<F, Fut>(addr: SocketAddr, test: F)
+where
+    F: FnOnce(TestRuntime) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move { test(TestRuntime::connect(addr).await).await })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_verification_mode_checks_what_it_promises() {
+    use wvpc_iris::CertVerificationMode::{Disabled, VerifyCa, VerifyFull};
+    let (ca_pem, ca_acceptor) = private_ca_origin("secure.internal");
+    let (self_pem, self_acceptor) = self_signed_origin("self.internal");
+    let (ca_origin, _) = start_origin(Some(ca_acceptor)).await;
+    let (self_origin, _) = start_origin(Some(self_acceptor)).await;
+    let (plain_origin, _) = start_origin(None).await;
+
+    // (origin, mode, private CA, URL host, expected code or success)
+    let rows = [
+        (
+            ca_origin,
+            VerifyFull,
+            None,
+            "secure.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (
+            ca_origin,
+            VerifyFull,
+            Some(&ca_pem),
+            "secure.internal",
+            None,
+        ),
+        (
+            ca_origin,
+            VerifyFull,
+            Some(&ca_pem),
+            "other.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (
+            ca_origin,
+            VerifyFull,
+            Some(&self_pem),
+            "secure.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (ca_origin, VerifyCa, Some(&ca_pem), "other.internal", None),
+        (
+            ca_origin,
+            VerifyCa,
+            None,
+            "secure.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (ca_origin, Disabled, None, "anything.internal", None),
+        (
+            self_origin,
+            VerifyFull,
+            Some(&self_pem),
+            "self.internal",
+            None,
+        ),
+        (
+            self_origin,
+            VerifyFull,
+            Some(&self_pem),
+            "other.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (
+            self_origin,
+            VerifyCa,
+            Some(&self_pem),
+            "other.internal",
+            None,
+        ),
+        (
+            self_origin,
+            VerifyCa,
+            None,
+            "self.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (self_origin, Disabled, None, "self.internal", None),
+        // Plain HTTP where TLS was expected: no verification mode makes that work.
+        (
+            plain_origin,
+            Disabled,
+            None,
+            "api.internal",
+            Some(ErrorCode::TlsProtocolError),
+        ),
+    ];
+    let store = MemoryStore::default();
+    let ids: Vec<Uuid> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (origin, mode, ca, _, _))| {
+            let (id, mut route) =
+                service(Uuid::from_u128(0x7150 + i as u128), origin.port(), false);
+            route.tls = RouteTls {
+                cert_verification_mode: *mode,
+                ca_certificate: ca.map(|pem| pem.to_string()),
+            };
+            store.put(route);
+            id
+        })
+        .collect();
+    let worker = start_worker_with(store).await;
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        for (i, (_, mode, ca, host, expected)) in rows.iter().enumerate() {
+            let url = format!("https://{host}/tls");
+            let got = rt.fetch(ids[i], "GET", &url, &[], b"").await;
+            let what = format!(
+                "row {i}: {mode} with{} CA, {url}",
+                if ca.is_some() { "" } else { "out" }
+            );
+            match expected {
+                None => {
+                    let res = got.unwrap_or_else(|e| panic!("{what}: expected success, got {e}"));
+                    assert_eq!(
+                        (res.status, res.body.as_slice()),
+                        (200, &b"hello from the origin"[..]),
+                        "{what}"
+                    );
+                }
+                Some(code) => {
+                    let err = got
+                        .err()
+                        .unwrap_or_else(|| panic!("{what}: expected {code}, got a response"));
+                    assert_eq!(err.code, *code, "{what}: {err}");
+                }
+            }
+        }
+    })
+    .await;
+    worker.shutdown();
 }

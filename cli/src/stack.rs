@@ -14,7 +14,7 @@ use wvpc_directory::{Directory, Service, ServiceTarget, TunnelAuthError};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_iris::connect::{Router, RouterConfig};
 use wvpc_iris::edge::{AuthFailure, Edge, TunnelAuthority, TunnelRegistry};
-use wvpc_iris::{RouteTarget, ServiceRoute, ServiceStore};
+use wvpc_iris::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
 use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig};
 use wvpc_tunnel::EdgeIdentity;
 
@@ -244,6 +244,10 @@ impl ServiceStore for DirectoryRoutes {
             http_port: s.http_port(),
             https_port: s.https_port(),
             tcp_port: s.tcp_port(),
+            tls: RouteTls {
+                cert_verification_mode: s.cert_verification_mode(),
+                ca_certificate: s.ca_certificate().map(str::to_owned),
+            },
         }))
     }
 }

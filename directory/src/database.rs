@@ -63,6 +63,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX services_by_account ON services (account_id, created_at);
     CREATE INDEX services_by_tunnel ON services (tunnel_id);
     "#,
+    // 2: a private CA per service (tls_settings.ca_certificate, PEM).
+    "ALTER TABLE services ADD COLUMN ca_certificate TEXT;",
 ];
 
 /// The local control plane of one state directory: one account, its tunnels and services.

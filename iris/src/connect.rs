@@ -10,7 +10,9 @@
 //!    tunnel* ([`DnsResolver`]) → `dns_error` / `dns_timeout`;
 //! 5. open a TCP stream through the tunnel to each address in turn ([`TunnelPool::open_tcp`])
 //!    until one connects → the pool's code (`connection_refused`, `destination_unavailable`, …);
-//! 6. answer `200` and copy bytes both ways, half-closes included.
+//! 6. answer `200` — for `https` with the service's TLS settings (`wvpc-tls-verification`,
+//!    `wvpc-tls-ca`), which the binding-worker applies to its end-to-end handshake — and copy
+//!    bytes both ways, half-closes included.
 //!
 //! A failure answers the code's HTTP status with `Proxy-Status: <node>; error=<code>…`
 //! ([`ProxyError::to_proxy_status`]), which the binding-worker turns back into the code; it is
@@ -37,7 +39,7 @@ use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
 use crate::dns::{DnsConfig, DnsResolver};
-use crate::routes::{RouteTarget, ServiceRoute, ServiceStore};
+use crate::routes::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
 use crate::tunnel_pool::{BoxIo, FlowContext, TunnelPool};
 
 /// Header naming the VPC service (a UUID). Falls back to the CONNECT authority's host.
@@ -54,6 +56,10 @@ pub const ACCOUNT_HEADER: &str = "wvpc-account";
 pub const SCRIPT_HEADER: &str = "wvpc-script";
 /// The RFC 9209 response header that carries a failure's code.
 pub const PROXY_STATUS_HEADER: &str = "proxy-status";
+/// Answer header of an `https` CONNECT: the service's `cert_verification_mode`.
+pub const TLS_VERIFICATION_HEADER: &str = "wvpc-tls-verification";
+/// Answer header of an `https` CONNECT: the service's private CA, base64 of its PEM.
+pub const TLS_CA_HEADER: &str = "wvpc-tls-ca";
 
 /// Tuning of the [`Router`].
 #[derive(Debug, Clone)]
@@ -197,8 +203,8 @@ impl Router {
                 .with_details(format!("iris only accepts CONNECT, not {}", req.method()));
             return self.refuse(&head, err);
         }
-        let tunnel_io = match self.open_destination(&head).await {
-            Ok(io) => io,
+        let (tunnel_io, tls) = match self.open_destination(&head).await {
+            Ok(opened) => opened,
             Err(err) => return self.refuse(&head, err),
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -226,11 +232,16 @@ impl Router {
                 Err(err) => tracing::debug!(%request_id, error = %err, "CONNECT pipe broke"),
             }
         });
-        Response::new(Empty::new())
+        let mut response = Response::new(Empty::new());
+        if head.scheme == "https" {
+            tls_answer_headers(&tls, response.headers_mut());
+        }
+        response
     }
 
-    /// Phases 1–5: from the request to a connected stream through the tunnel.
-    async fn open_destination(&self, head: &ConnectHead) -> Result<BoxIo, ProxyError> {
+    /// Phases 1–5: from the request to a connected stream through the tunnel, plus the
+    /// service's TLS settings for the answer.
+    async fn open_destination(&self, head: &ConnectHead) -> Result<(BoxIo, RouteTls), ProxyError> {
         let service_id = head.service_id.clone()?;
         let route = self.inner.store.route(service_id)?.ok_or_else(|| {
             ProxyError::new(ErrorCode::DestinationNotFound)
@@ -243,7 +254,8 @@ impl Router {
             ))
         })?;
         let addrs = self.addresses(&route, &head.ctx).await?;
-        self.dial(&route, &addrs, port, &head.ctx).await
+        let io = self.dial(&route, &addrs, port, &head.ctx).await?;
+        Ok((io, route.tls))
     }
 
     /// Phase 4: the service's addresses, IPv4 first.
@@ -375,6 +387,22 @@ impl ConnectHead {
     }
 }
 
+/// The TLS settings of an `https` service, for the binding-worker that runs the handshake.
+fn tls_answer_headers(tls: &RouteTls, headers: &mut HeaderMap) {
+    use base64::Engine as _;
+    headers.insert(
+        TLS_VERIFICATION_HEADER,
+        HeaderValue::from_static(tls.cert_verification_mode.as_str()),
+    );
+    if let Some(pem) = &tls.ca_certificate {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pem);
+        // Base64 is always a valid header value.
+        if let Ok(value) = HeaderValue::from_str(&encoded) {
+            headers.insert(TLS_CA_HEADER, value);
+        }
+    }
+}
+
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
@@ -463,6 +491,7 @@ mod tests {
             http_port: http,
             https_port: https,
             tcp_port: None,
+            tls: RouteTls::default(),
         };
         (id, route)
     }
