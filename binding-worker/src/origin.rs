@@ -63,7 +63,7 @@ pub(crate) struct OriginResponse {
 /// What to do with the connection once the response body has been read.
 #[derive(Debug)]
 pub(crate) struct Lease {
-    sender: http1::SendRequest<RequestBody>,
+    sender: OriginConnection,
     key: PoolKey,
     pool: Arc<OriginPool>,
     /// Whether the request body has been sent completely.
@@ -88,7 +88,7 @@ impl Lease {
         let idle_timeout = pool.idle_timeout;
         let wait_ready = async move {
             // A connection that does not get ready (the script never ends its body) is dropped.
-            if let Ok(Ok(())) = tokio::time::timeout(idle_timeout, sender.ready()).await {
+            if let Ok(Ok(())) = tokio::time::timeout(idle_timeout, sender.http.ready()).await {
                 pool.check_in(key, sender);
             }
         };
@@ -171,11 +171,15 @@ impl Proxy {
     /// A fresh origin connection: CONNECT through iris, TLS for https (SNI = URL host,
     /// verified as the service's TLS settings in iris's answer say), then an HTTP/1.1
     /// handshake on it. Counts against the service's connection cap while it is open.
-    async fn open(
-        &self,
-        request: &FetchRequest,
-    ) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
-        let permit = self.open.acquire(request.service_id)?;
+    async fn open(&self, request: &FetchRequest) -> Result<OriginConnection, ProxyError> {
+        let permit = match self.open.acquire(request.service_id) {
+            Ok(permit) => permit,
+            // An idle connection (perhaps for another host) gives way to a new one.
+            Err(err) if self.pool.evict_one(request.service_id) => {
+                self.open.acquire(request.service_id).map_err(|_| err)?
+            }
+            Err(err) => return Err(err),
+        };
         let (stream, tls): (_, TlsPolicy) = self.iris.connect(request).await?;
         let request_id = request.caller.request_id.clone();
         match request.scheme {
@@ -196,7 +200,7 @@ impl Proxy {
     /// Sends one request; the response timeout starts once the body has been sent.
     async fn send(
         &self,
-        sender: &mut http1::SendRequest<RequestBody>,
+        sender: &mut OriginConnection,
         outgoing: Request<RequestBody>,
         body_finished: &mut BodyFinished,
     ) -> Attempt {
@@ -206,7 +210,7 @@ impl Proxy {
             tokio::time::sleep(timeout).await;
         };
         tokio::select! {
-            answer = sender.try_send_request(outgoing) => match answer {
+            answer = sender.http.try_send_request(outgoing) => match answer {
                 Ok(response) => Attempt::Answered(response),
                 Err(mut err) => match err.take_message() {
                     Some(back) => Attempt::Unsent(back),
@@ -222,7 +226,7 @@ impl Proxy {
     fn respond(
         &self,
         response: Response<Incoming>,
-        sender: http1::SendRequest<RequestBody>,
+        sender: OriginConnection,
         key: PoolKey,
         body_finished: &BodyFinished,
     ) -> OriginResponse {
@@ -246,17 +250,16 @@ enum Attempt {
     Failed(ProxyError),
 }
 
-/// Starts HTTP/1.1 on an origin byte stream; the connection runs as its own task, which
-/// holds `permit` until the connection closes.
+/// Starts HTTP/1.1 on an origin byte stream; the connection runs as its own task.
 async fn http1_handshake<T>(
     io: T,
     request_id: String,
     permit: ConnectionPermit,
-) -> Result<http1::SendRequest<RequestBody>, ProxyError>
+) -> Result<OriginConnection, ProxyError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, connection) = http1::Builder::new()
+    let (http, connection) = http1::Builder::new()
         .handshake(io)
         .await
         .map_err(|e| origin_error(&e))?;
@@ -264,9 +267,19 @@ where
         if let Err(err) = connection.await {
             tracing::debug!(%request_id, error = %err, "origin connection ended with an error");
         }
-        drop(permit);
     });
-    Ok(sender)
+    Ok(OriginConnection {
+        http,
+        _permit: permit,
+    })
+}
+
+/// One origin connection, counted against its service's cap until dropped (dropping the
+/// sender also ends the connection).
+#[derive(Debug)]
+pub(crate) struct OriginConnection {
+    http: http1::SendRequest<RequestBody>,
+    _permit: ConnectionPermit,
 }
 
 /// Open origin connections per service, against the per-service cap.
@@ -415,19 +428,21 @@ pub(crate) struct OriginPool {
 
 #[derive(Debug)]
 struct IdleConnection {
-    sender: http1::SendRequest<RequestBody>,
+    sender: OriginConnection,
     since: Instant,
 }
 
 impl IdleConnection {
     fn usable(&self, idle_timeout: Duration) -> bool {
-        !self.sender.is_closed() && self.sender.is_ready() && self.since.elapsed() < idle_timeout
+        !self.sender.http.is_closed()
+            && self.sender.http.is_ready()
+            && self.since.elapsed() < idle_timeout
     }
 }
 
 impl OriginPool {
     /// The most recently used live connection for `key` (likeliest to still be open).
-    fn check_out(&self, key: &PoolKey) -> Option<http1::SendRequest<RequestBody>> {
+    fn check_out(&self, key: &PoolKey) -> Option<OriginConnection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(key)?;
         let mut found = None;
@@ -443,7 +458,7 @@ impl OriginPool {
         found
     }
 
-    fn check_in(&self, key: PoolKey, sender: http1::SendRequest<RequestBody>) {
+    fn check_in(&self, key: PoolKey, sender: OriginConnection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(key).or_default();
         if list.len() < self.max_idle_per_origin {
@@ -452,6 +467,23 @@ impl OriginPool {
                 since: Instant::now(),
             });
         }
+    }
+
+    /// Closes one idle connection of `service_id` (any scheme and host); whether there was one.
+    fn evict_one(&self, service_id: Uuid) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(key) = idle.keys().find(|k| k.service_id == service_id).cloned() else {
+            return false;
+        };
+        let evicted = idle.get_mut(&key).and_then(|list| {
+            // The oldest: the least likely to be wanted again soon.
+            (!list.is_empty()).then(|| list.remove(0))
+        });
+        if idle.get(&key).is_some_and(Vec::is_empty) {
+            idle.remove(&key);
+        }
+        drop(idle);
+        evicted.is_some()
     }
 
     /// Closes connections idle for too long or closed by the origin.

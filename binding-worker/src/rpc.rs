@@ -200,6 +200,9 @@ async fn stream_response(
             }
         }
         Pumped::OriginFailed(err) => {
+            // The broken connection is closed (and stops counting against the service's cap)
+            // before the runtime hears why.
+            drop(lease);
             tracing::warn!(%request_id, code = %err.code, details = err.details.as_deref().unwrap_or(""), "origin response body broke");
             let mut abort = sink.abort_request();
             write_wire_error(abort.get().init_error(), &err);

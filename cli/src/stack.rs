@@ -56,6 +56,14 @@ pub struct Stack {
 impl Stack {
     /// Checks the script's bindings against the directory and starts every component.
     pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
+        Self::start_tuned(config, |_| {}).await
+    }
+
+    /// [`Stack::start`], with the binding-worker's limits and timeouts adjusted by `tune`.
+    pub async fn start_tuned(
+        config: StackConfig,
+        tune: impl FnOnce(&mut BindingWorkerConfig),
+    ) -> anyhow::Result<Stack> {
         let directory = Arc::new(Directory::open(&config.state)?);
         check_bindings(&config.script, &directory, &config.state)?;
 
@@ -91,6 +99,7 @@ impl Stack {
         let mut bw_config = BindingWorkerConfig::new(iris_addr);
         // One process: the binding-worker's HTTP work shares this runtime's threads.
         bw_config.proxy_runtime = Some(tokio::runtime::Handle::current());
+        tune(&mut bw_config);
         let binding_worker =
             BindingWorker::start(bw_listener, bw_config).context("starting the binding-worker")?;
         let binding_worker_addr = binding_worker.local_addr();

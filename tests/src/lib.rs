@@ -22,6 +22,9 @@ pub mod stack;
 pub mod guests {
     /// `examples/proxy`: forwards each request to binding `API`.
     pub const PROXY: &str = env!("WVPC_GUEST_PROXY");
+    /// `sdk/examples/binding_checks.rs`: `/<scheme>/<host>/<rest>` fetched through `API`,
+    /// the outcome reported as the script saw it.
+    pub const BINDING_CHECKS: &str = env!("WVPC_GUEST_BINDING_CHECKS");
 }
 
 /// Installs a tracing subscriber once (`RUST_LOG` controls it; quiet by default).

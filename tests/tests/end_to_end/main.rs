@@ -4,6 +4,8 @@
 //! - [`real_tunnel`]: the stack `wvpc dev` runs, with the real QUIC edge, our connector and a
 //!   real DNS server.
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
+//! - [`error_codes`]: the table of error codes, each from its real cause on the real path.
 
+mod error_codes;
 mod mock_tunnel;
 mod real_tunnel;
