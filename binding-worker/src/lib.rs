@@ -72,6 +72,12 @@ pub struct BindingWorkerConfig {
     /// From the end of the request body to the origin's response head
     /// (`http_response_timeout`). Default 100 s.
     pub response_timeout: Duration,
+    /// Longest gap between two pieces of an origin's response body; longer fails the body
+    /// with `connection_read_timeout`. Default 100 s.
+    pub read_timeout: Duration,
+    /// Longest wait for the runtime to take the next piece of a response body (the script
+    /// stopped reading); longer fails the body with `connection_write_timeout`. Default 100 s.
+    pub write_timeout: Duration,
     /// How long an idle origin connection is kept for reuse. Default 90 s.
     pub idle_timeout: Duration,
     /// Idle origin connections kept per (service, scheme, host). Default 32.
@@ -92,6 +98,8 @@ impl BindingWorkerConfig {
             proxy_runtime: None,
             connect_timeout: Duration::from_secs(30),
             response_timeout: Duration::from_secs(100),
+            read_timeout: Duration::from_secs(100),
+            write_timeout: Duration::from_secs(100),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_origin: 32,
             max_connections_per_service: 256,
@@ -141,6 +149,8 @@ impl BindingWorker {
             tls,
             OriginSettings {
                 response_timeout: config.response_timeout,
+                read_timeout: config.read_timeout,
+                write_timeout: config.write_timeout,
                 idle_timeout: config.idle_timeout,
                 max_idle_per_origin: config.max_idle_per_origin,
                 max_connections_per_service: config.max_connections_per_service,

@@ -33,6 +33,10 @@ use crate::request_body::{BodyEvent, BodyFinished, RequestBody, RequestBodyError
 pub(crate) struct OriginSettings {
     /// From the end of the request body to the response head.
     pub(crate) response_timeout: Duration,
+    /// Longest gap between pieces of a response body.
+    pub(crate) read_timeout: Duration,
+    /// Longest wait for the runtime to take a piece of a response body.
+    pub(crate) write_timeout: Duration,
     /// How long an idle origin connection is kept.
     pub(crate) idle_timeout: Duration,
     /// Idle connections kept per (service, scheme, host).
@@ -118,6 +122,11 @@ impl Proxy {
             open,
             settings,
         }
+    }
+
+    /// Timeouts and limits.
+    pub(crate) fn settings(&self) -> &OriginSettings {
+        &self.settings
     }
 
     /// The pool, for the sweeper.

@@ -105,6 +105,10 @@ async fn run_fetch(
     events: mpsc::Receiver<BodyEvent>,
     receiver: response_receiver::Client,
 ) {
+    let body_timeouts = BodyTimeouts {
+        read: proxy.settings().read_timeout,
+        write: proxy.settings().write_timeout,
+    };
     let (ids, exchanged) = match request {
         Err(err) => (("-".to_owned(), "-".to_owned()), Err(err)),
         Ok(request) => {
@@ -132,7 +136,7 @@ async fn run_fetch(
             deliver_error(&receiver, &err).await;
         }
         Ok(response) => {
-            stream_response(&receiver, response, &runtime, &request_id).await;
+            stream_response(&receiver, response, &runtime, &request_id, body_timeouts).await;
         }
     }
 }
@@ -145,10 +149,20 @@ async fn deliver_error(receiver: &response_receiver::Client, err: &ProxyError) {
     }
 }
 
+/// Idle bounds on streaming a response body.
+#[derive(Debug, Clone, Copy)]
+struct BodyTimeouts {
+    /// Between two pieces from the origin.
+    read: std::time::Duration,
+    /// For the runtime to take one piece.
+    write: std::time::Duration,
+}
+
 /// How streaming a response body ended.
 enum Pumped {
     Complete,
-    /// The origin's body broke.
+    /// The origin's body broke or stalled, or the runtime stopped taking it: the body is
+    /// aborted with this code.
     OriginFailed(ProxyError),
     /// The runtime stopped reading (cancelled, disconnected).
     ReceiverGone(capnp::Error),
@@ -161,6 +175,7 @@ async fn stream_response(
     response: OriginResponse,
     runtime: &Handle,
     request_id: &str,
+    timeouts: BodyTimeouts,
 ) {
     let OriginResponse {
         head,
@@ -174,10 +189,18 @@ async fn stream_response(
     let sink = delivered.pipeline.get_body();
 
     let pumped = loop {
-        let frame = match body.frame().await {
-            None => break Pumped::Complete,
-            Some(Ok(frame)) => frame,
-            Some(Err(err)) => {
+        let frame = match tokio::time::timeout(timeouts.read, body.frame()).await {
+            Err(_) => {
+                break Pumped::OriginFailed(
+                    ProxyError::new(ErrorCode::ConnectionReadTimeout).with_details(format!(
+                        "the origin sent no body data for {:?}",
+                        timeouts.read
+                    )),
+                );
+            }
+            Ok(None) => break Pumped::Complete,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(err))) => {
                 break Pumped::OriginFailed(
                     ProxyError::new(ErrorCode::HttpResponseIncomplete).with_details(describe(&err)),
                 );
@@ -186,8 +209,17 @@ async fn stream_response(
         let Ok(data) = frame.into_data() else {
             continue;
         }; // trailers are not forwarded
-        if let Err(err) = write_chunks(&sink, data).await {
-            break Pumped::ReceiverGone(err);
+        match tokio::time::timeout(timeouts.write, write_chunks(&sink, data)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => break Pumped::ReceiverGone(err),
+            Err(_) => {
+                break Pumped::OriginFailed(
+                    ProxyError::new(ErrorCode::ConnectionWriteTimeout).with_details(format!(
+                        "the script took no response body data for {:?}",
+                        timeouts.write
+                    )),
+                );
+            }
         }
     };
     match pumped {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{RpcSystem, twoparty};
+use futures::StreamExt as _;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -99,6 +100,14 @@ async fn origin_handle(
         .push((host, path.clone(), req.headers().clone()));
     if path == "/echo" {
         return Response::new(req.into_body().boxed());
+    }
+    if path == "/stall-body" {
+        // Some body, then nothing more, ever.
+        let first = futures::stream::once(async {
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b"partial")))
+        });
+        let body = http_body_util::StreamBody::new(first.chain(futures::stream::pending()));
+        return Response::new(BodyExt::boxed(body));
     }
     if path == "/count" {
         // Answers only after the whole body arrived.
@@ -787,7 +796,10 @@ fn self_signed_origin(name: &str) -> (String, TlsAcceptor) {
 
 /// iris over `store` and a binding-worker trusting only the system roots (which know none of
 /// the test CAs), so that whatever passes verification passed through the service's settings.
-async fn start_worker_with(store: MemoryStore) -> BindingWorkerHandle {
+async fn start_worker_with(
+    store: MemoryStore,
+    tune: impl FnOnce(&mut BindingWorkerConfig),
+) -> BindingWorkerHandle {
     let router = Router::new(
         Arc::new(store),
         Arc::new(MockTunnel::default()),
@@ -797,7 +809,9 @@ async fn start_worker_with(store: MemoryStore) -> BindingWorkerHandle {
     let iris_addr = iris.local_addr().unwrap();
     tokio::spawn(async move { router.serve(iris).await });
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    BindingWorker::start(listener, BindingWorkerConfig::new(iris_addr)).unwrap()
+    let mut config = BindingWorkerConfig::new(iris_addr);
+    tune(&mut config);
+    BindingWorker::start(listener, config).unwrap()
 }
 
 async fn with_runtime_at<F, Fut>(addr: SocketAddr, test: F)
@@ -912,7 +926,7 @@ async fn each_verification_mode_checks_what_it_promises() {
             id
         })
         .collect();
-    let worker = start_worker_with(store).await;
+    let worker = start_worker_with(store, |_| {}).await;
     with_runtime_at(worker.local_addr(), |rt| async move {
         for (i, (_, mode, ca, host, expected)) in rows.iter().enumerate() {
             let url = format!("https://{host}/tls");
@@ -940,5 +954,79 @@ async fn each_verification_mode_checks_what_it_promises() {
         }
     })
     .await;
+    worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_stalls_mid_body_is_connection_read_timeout() {
+    let (origin, _) = start_origin(None).await;
+    let (id, route) = service(API, origin.port(), true);
+    let store = MemoryStore::default();
+    store.put(route);
+    let worker = start_worker_with(store, |config| {
+        config.read_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        let err = rt
+            .fetch(id, "GET", "http://api.internal/stall-body", &[], b"")
+            .await
+            .err()
+            .expect("the body must fail, not hang or complete");
+        assert_eq!(err.code, ErrorCode::ConnectionReadTimeout, "{err}");
+        // The stalled connection was not pooled: the next request gets a fresh one and works.
+        let res = rt
+            .fetch(id, "GET", "http://api.internal/", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200);
+    })
+    .await;
+    worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_an_idle_connection_gives_way_a_busy_one_does_not() {
+    let (origin, log) = start_origin(None).await;
+    let (id, route) = service(API, origin.port(), true);
+    let store = MemoryStore::default();
+    store.put(route);
+    let worker = start_worker_with(store, |config| config.max_connections_per_service = 1).await;
+    let seen = Arc::clone(&log);
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        // a.internal's connection stays pooled; b.internal cannot share it (another Host),
+        // so it replaces it.
+        for host in ["a.internal", "b.internal", "a.internal"] {
+            let res = rt
+                .fetch(id, "GET", &format!("http://{host}/"), &[], b"")
+                .await
+                .unwrap_or_else(|e| panic!("{host}: {e}"));
+            assert_eq!(res.status, 200);
+        }
+        // A response that is still streaming holds its connection: a second one is refused.
+        let rt = Rc::new(rt);
+        let stalled = tokio::task::spawn_local({
+            let rt = Rc::clone(&rt);
+            async move {
+                rt.fetch(id, "GET", "http://a.internal/stall-body", &[], b"")
+                    .await
+            }
+        });
+        // Until the origin has the stalled request (a condition poll, bounded by the test).
+        while seen.requests.lock().unwrap().len() < 4 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let err = rt
+            .fetch(id, "GET", "http://b.internal/", &[], b"")
+            .await
+            .err()
+            .expect("over the cap");
+        assert_eq!(err.code, ErrorCode::ConnectionLimitReached, "{err}");
+        stalled.abort();
+    })
+    .await;
+    // a, then b in a's place, then a in b's place; the stalled request reused that last one.
+    assert_eq!(log.connections.load(Ordering::SeqCst), 3);
     worker.shutdown();
 }

@@ -78,6 +78,10 @@ pub struct RouterConfig {
     pub connection_window: u32,
     /// Buffer size of each direction of a pipe, in bytes.
     pub pipe_buffer: usize,
+    /// Bound on opening one TCP stream through the tunnel, the connector's dial of the origin
+    /// and its answer included (→ `connection_timeout`, then the next address). Above the
+    /// connector's own dial timeout (10 s by default), so that its precise code wins.
+    pub stream_open_timeout: std::time::Duration,
 }
 
 impl Default for RouterConfig {
@@ -89,6 +93,7 @@ impl Default for RouterConfig {
             stream_window: 1 << 20,
             connection_window: 16 << 20,
             pipe_buffer: 64 << 10,
+            stream_open_timeout: std::time::Duration::from_secs(20),
         }
     }
 }
@@ -303,7 +308,20 @@ impl Router {
         let mut last_error = None;
         for &ip in addrs {
             let dest = SocketAddr::new(ip, port);
-            match self.inner.pool.open_tcp(route.tunnel_id, dest, ctx).await {
+            let timeout = self.inner.config.stream_open_timeout;
+            let opened = tokio::time::timeout(
+                timeout,
+                self.inner.pool.open_tcp(route.tunnel_id, dest, ctx),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(
+                    ProxyError::new(ErrorCode::ConnectionTimeout).with_details(format!(
+                        "the tunnel stream to {dest} did not open within {timeout:?}"
+                    )),
+                )
+            });
+            match opened {
                 Ok(io) => return Ok(io),
                 Err(err) if is_per_address_failure(err.code) => {
                     tracing::debug!(request_id = %ctx.request_id, %dest, error = %err, "origin address failed; trying the next");
@@ -629,6 +647,45 @@ mod tests {
             (status, err.code),
             (StatusCode::BAD_GATEWAY, ErrorCode::ConnectionRefused)
         );
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_stream_that_does_not_open_in_time_is_connection_timeout() {
+        // A listener with a full backlog: the mock tunnel's dial to it never completes.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let stuck = socket.local_addr().unwrap().as_socket().unwrap();
+        let _filler = std::net::TcpStream::connect(stuck).unwrap();
+        let target = RouteTarget::Ips {
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            ipv6: None,
+        };
+        let store: MemoryStore = [route(ECHO, target, Some(stuck.port()), None).1]
+            .into_iter()
+            .collect();
+        let config = RouterConfig {
+            stream_open_timeout: std::time::Duration::from_millis(200),
+            ..RouterConfig::default()
+        };
+        let router = Router::new(Arc::new(store), Arc::new(MockTunnel::default()), config);
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { router.serve(listener).await });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let (status, err) = refused_with(&mut sender, connect(&ECHO.to_string(), "http")).await;
+        assert_eq!(
+            (status, err.code),
+            (StatusCode::GATEWAY_TIMEOUT, ErrorCode::ConnectionTimeout)
+        );
+        assert!(err.details.unwrap().contains("did not open"));
     }
 
     #[tokio::test]
