@@ -11,15 +11,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::StreamExt as _;
 use http::header::{self, HeaderValue};
 use http::response::Parts;
 use http::{Request, Response, Uri};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::io::ReaderStream;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
@@ -60,8 +66,38 @@ pub(crate) struct Proxy {
 pub(crate) struct OriginResponse {
     /// Status and end-to-end headers.
     pub(crate) head: Parts,
-    pub(crate) body: Incoming,
+    pub(crate) body: OriginBody,
     pub(crate) lease: Lease,
+}
+
+/// A response body as it streams from the origin.
+#[derive(Debug)]
+pub(crate) enum OriginBody {
+    /// An HTTP/1.1 message body.
+    Http(Incoming),
+    /// After `101 Switching Protocols`: whatever the origin sends on the upgraded connection.
+    Upgraded(ReaderStream<ReadHalf<TokioIo<Upgraded>>>),
+}
+
+/// Why a response body stopped early.
+pub(crate) type BodyError = Box<dyn StdError + Send + Sync>;
+
+impl OriginBody {
+    /// The next piece of body data; `None` at the end. Trailers are skipped.
+    pub(crate) async fn next_data(&mut self) -> Option<Result<Bytes, BodyError>> {
+        match self {
+            Self::Http(body) => loop {
+                match body.frame().await? {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => return Some(Ok(data)),
+                        Err(_trailers) => continue,
+                    },
+                    Err(err) => return Some(Err(err.into())),
+                }
+            },
+            Self::Upgraded(stream) => stream.next().await.map(|r| r.map_err(Into::into)),
+        }
+    }
 }
 
 /// What to do with the connection once the response body has been read.
@@ -72,6 +108,8 @@ pub(crate) struct Lease {
     pool: Arc<OriginPool>,
     /// Whether the request body has been sent completely.
     body_done: Arc<AtomicBool>,
+    /// `false` for connections that cannot carry another request (an upgrade was asked).
+    reusable: bool,
 }
 
 impl Lease {
@@ -88,7 +126,11 @@ impl Lease {
             key,
             pool,
             body_done,
+            reusable,
         } = self;
+        if !reusable {
+            return;
+        }
         let idle_timeout = pool.idle_timeout;
         let wait_ready = async move {
             // A connection that does not get ready (the script never ends its body) is dropped.
@@ -140,6 +182,9 @@ impl Proxy {
         request: FetchRequest,
         events: mpsc::Receiver<BodyEvent>,
     ) -> Result<OriginResponse, ProxyError> {
+        if request.upgrade.is_some() {
+            return self.exchange_upgrade(request, events).await;
+        }
         let peek = !request.body_is_framed() && request.method_expects_no_body();
         let (body, mut body_finished) = RequestBody::from_events(events, peek).await?;
         let body_was_empty = http_body::Body::is_end_stream(&body);
@@ -175,6 +220,62 @@ impl Proxy {
                 .with_details("the origin connection closed before the request was sent")),
             Attempt::Failed(err) => Err(err),
         }
+    }
+
+    /// An upgrade (e.g. WebSocket): the request goes out on a fresh connection with an empty
+    /// body. On `101` the connection becomes a byte pipe: the script's request-body stream
+    /// feeds it, and what the origin sends is the response body. Any other answer is an
+    /// ordinary response (the origin declined), and the connection is not reused.
+    async fn exchange_upgrade(
+        &self,
+        request: FetchRequest,
+        events: mpsc::Receiver<BodyEvent>,
+    ) -> Result<OriginResponse, ProxyError> {
+        let (body, mut finished) = RequestBody::empty();
+        let outgoing = build_request(&request, body)?;
+        let key = PoolKey::of(&request);
+        let mut connection = self.open(&request).await?;
+        let mut response = match self.send(&mut connection, outgoing, &mut finished).await {
+            Attempt::Answered(response) => response,
+            Attempt::Unsent(_) => {
+                return Err(ProxyError::new(ErrorCode::ConnectionTerminated)
+                    .with_details("the origin connection closed before the upgrade was sent"));
+            }
+            Attempt::Failed(err) => return Err(err),
+        };
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            let mut declined = self.respond(response, connection, key, &finished);
+            declined.lease.reusable = false;
+            return Ok(declined);
+        }
+        let on_upgrade = hyper::upgrade::on(&mut response);
+        let (mut head, _) = response.into_parts();
+        let protocol = head.headers.get(header::UPGRADE).cloned();
+        let upgraded = on_upgrade.await.map_err(|err| {
+            ProxyError::new(ErrorCode::HttpUpgradeFailed).with_details(format!(
+                "the origin answered 101 but the upgrade failed: {err}"
+            ))
+        })?;
+        strip_hop_by_hop(&mut head.headers);
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(protocol) = protocol {
+            head.headers.insert(header::UPGRADE, protocol);
+        }
+        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+        tokio::spawn(pump_into_upgraded(events, write));
+        let lease = Lease {
+            sender: connection,
+            key,
+            pool: Arc::clone(&self.pool),
+            body_done: finished.flag(),
+            reusable: false,
+        };
+        Ok(OriginResponse {
+            head,
+            body: OriginBody::Upgraded(ReaderStream::new(read)),
+            lease,
+        })
     }
 
     /// A fresh origin connection: CONNECT through iris, TLS for https (SNI = URL host,
@@ -240,6 +341,7 @@ impl Proxy {
         body_finished: &BodyFinished,
     ) -> OriginResponse {
         let (mut head, body) = response.into_parts();
+        let body = OriginBody::Http(body);
         strip_hop_by_hop(&mut head.headers);
         head.headers.remove(header::TRANSFER_ENCODING);
         let lease = Lease {
@@ -247,6 +349,7 @@ impl Proxy {
             key,
             pool: Arc::clone(&self.pool),
             body_done: body_finished.flag(),
+            reusable: true,
         };
         OriginResponse { head, body, lease }
     }
@@ -273,7 +376,7 @@ where
         .await
         .map_err(|e| origin_error(&e))?;
     tokio::spawn(async move {
-        if let Err(err) = connection.await {
+        if let Err(err) = connection.with_upgrades().await {
             tracing::debug!(%request_id, error = %err, "origin connection ended with an error");
         }
     });
@@ -289,6 +392,28 @@ where
 pub(crate) struct OriginConnection {
     http: http1::SendRequest<RequestBody>,
     _permit: ConnectionPermit,
+}
+
+/// Copies the script's request-body stream into an upgraded connection; `end()` half-closes
+/// it, `abort()` closes it.
+async fn pump_into_upgraded(
+    mut events: mpsc::Receiver<BodyEvent>,
+    mut write: WriteHalf<TokioIo<Upgraded>>,
+) {
+    while let Some(event) = events.recv().await {
+        match event {
+            BodyEvent::Data(bytes) => {
+                if write.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            BodyEvent::End => {
+                let _ = write.shutdown().await;
+                return;
+            }
+            BodyEvent::Abort(_) => return,
+        }
+    }
 }
 
 /// Open origin connections per service, against the per-service cap.
@@ -362,6 +487,14 @@ fn build_request(
         ))
     })?;
     outgoing.headers_mut().insert(header::HOST, host);
+    if let Some(protocol) = &request.upgrade {
+        outgoing
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        outgoing
+            .headers_mut()
+            .insert(header::UPGRADE, protocol.clone());
+    }
     Ok(outgoing)
 }
 

@@ -62,6 +62,9 @@ pub(crate) struct FetchRequest {
     pub(crate) path_and_query: PathAndQuery,
     /// End-to-end headers only; `Host` is set from [`Self::host`] when sending.
     pub(crate) headers: HeaderMap,
+    /// The protocol asked for with `Upgrade` (plus `Connection: upgrade`), e.g. `websocket`:
+    /// the one hop-by-hop header a proxy passes on, since the upgrade is end to end.
+    pub(crate) upgrade: Option<HeaderValue>,
     pub(crate) caller: Caller,
 }
 
@@ -144,6 +147,7 @@ pub(crate) fn read_fetch(
         })?;
         headers.append(name, value);
     }
+    let upgrade = requested_upgrade(&headers);
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -159,8 +163,23 @@ pub(crate) fn read_fetch(
         method,
         path_and_query,
         headers,
+        upgrade,
         caller,
     })
+}
+
+/// The `Upgrade` value when `Connection` names `upgrade` (RFC 9110 §7.8); else `None`.
+pub(crate) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_names_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_names_upgrade {
+        return None;
+    }
+    headers.get(header::UPGRADE).cloned()
 }
 
 /// Splits an absolute URL into scheme, host (without port) and path+query. The fragment is
@@ -271,6 +290,18 @@ mod tests {
         }
         let err = read_url("/v1/items").unwrap_err();
         assert!(err.details.unwrap().contains("absolute"));
+    }
+
+    #[test]
+    fn an_upgrade_counts_only_when_connection_names_it() {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert_eq!(requested_upgrade(&h), None);
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(requested_upgrade(&h).unwrap(), "websocket");
     }
 
     #[test]

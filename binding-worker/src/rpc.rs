@@ -13,7 +13,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{RpcSystem, twoparty};
-use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -189,7 +188,7 @@ async fn stream_response(
     let sink = delivered.pipeline.get_body();
 
     let pumped = loop {
-        let frame = match tokio::time::timeout(timeouts.read, body.frame()).await {
+        let data = match tokio::time::timeout(timeouts.read, body.next_data()).await {
             Err(_) => {
                 break Pumped::OriginFailed(
                     ProxyError::new(ErrorCode::ConnectionReadTimeout).with_details(format!(
@@ -199,15 +198,13 @@ async fn stream_response(
                 );
             }
             Ok(None) => break Pumped::Complete,
-            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Ok(data))) => data,
             Ok(Some(Err(err))) => {
                 break Pumped::OriginFailed(
-                    ProxyError::new(ErrorCode::HttpResponseIncomplete).with_details(describe(&err)),
+                    ProxyError::new(ErrorCode::HttpResponseIncomplete)
+                        .with_details(describe(err.as_ref())),
                 );
             }
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
         }; // trailers are not forwarded
         match tokio::time::timeout(timeouts.write, write_chunks(&sink, data)).await {
             Ok(Ok(())) => {}

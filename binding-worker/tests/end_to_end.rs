@@ -63,7 +63,10 @@ async fn start_origin(tls: Option<TlsAcceptor>) -> (SocketAddr, Arc<OriginLog>) 
                 let http = hyper::server::conn::http1::Builder::new();
                 match tls {
                     None => {
-                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        let _ = http
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
+                            .await;
                     }
                     Some(acceptor) => {
                         let Ok(tls) = acceptor.accept(stream).await else {
@@ -82,7 +85,7 @@ async fn start_origin(tls: Option<TlsAcceptor>) -> (SocketAddr, Arc<OriginLog>) 
 
 async fn origin_handle(
     log: &OriginLog,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<BoxBody<Bytes, hyper::Error>> {
     let host = req
         .headers()
@@ -100,6 +103,41 @@ async fn origin_handle(
         .push((host, path.clone(), req.headers().clone()));
     if path == "/echo" {
         return Response::new(req.into_body().boxed());
+    }
+    if path == "/ws"
+        && req
+            .headers()
+            .get("upgrade")
+            .is_some_and(|v| v == "websocket")
+    {
+        // Switches protocols, then echoes every byte and says "bye" at the client's EOF.
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 4096];
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if io.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = io.write_all(b"bye").await;
+            let _ = io.shutdown().await;
+        });
+        return Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+            .unwrap();
     }
     if path == "/stall-body" {
         // Some body, then nothing more, ever.
@@ -1029,4 +1067,52 @@ async fn at_the_connection_cap_an_idle_connection_gives_way_a_busy_one_does_not(
     // a, then b in a's place, then a in b's place; the stalled request reused that last one.
     assert_eq!(log.connections.load(Ordering::SeqCst), 3);
     worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_passes_through_and_bytes_flow_both_ways() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |rt| async move {
+        let res = rt
+            .fetch(
+                API,
+                "GET",
+                "http://api.internal/ws",
+                &[
+                    ("connection", "Upgrade"),
+                    ("upgrade", "websocket"),
+                    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                    ("sec-websocket-version", "13"),
+                ],
+                b"frames from the script",
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status, 101);
+        assert_eq!(res.header("upgrade"), Some(&b"websocket"[..]));
+        assert_eq!(res.header("connection"), Some(&b"upgrade"[..]));
+        assert_eq!(
+            res.header("sec-websocket-accept"),
+            Some(&b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..])
+        );
+        // The request body went up the upgraded connection, the origin's bytes came back as
+        // the response body, and the script's end() reached the origin as EOF.
+        assert_eq!(res.body, b"frames from the scriptbye");
+        // An upgraded connection is never pooled: the next request opens a fresh one.
+        let next = rt
+            .fetch(API, "GET", "http://api.internal/after", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(next.status, 200);
+    })
+    .await;
+    let requests = stack.origin.requests.lock().unwrap();
+    let (_, path, headers) = &requests[0];
+    assert_eq!(path, "/ws");
+    assert_eq!(headers["upgrade"], "websocket");
+    assert_eq!(headers["connection"], "upgrade");
+    assert_eq!(headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(stack.origin.connections.load(Ordering::SeqCst), 2);
+    drop(requests);
+    stack.worker.shutdown();
 }
