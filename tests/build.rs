@@ -13,6 +13,7 @@ use std::process::Command;
 const GUESTS: &[(&str, &str, Option<&str>)] = &[
     ("PROXY", "wvpc-example-proxy", None),
     ("BINDING_CHECKS", "wvpc-sdk", Some("binding-checks")),
+    ("WEBSOCKET", "wvpc-sdk", Some("websocket")),
 ];
 
 fn main() {

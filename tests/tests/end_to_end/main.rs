@@ -5,7 +5,9 @@
 //!   real DNS server.
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
 //! - [`error_codes`]: the table of error codes, each from its real cause on the real path.
+//! - [`websocket`]: a WebSocket upgrade through the real path.
 
 mod error_codes;
 mod mock_tunnel;
 mod real_tunnel;
+mod websocket;
