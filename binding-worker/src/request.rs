@@ -233,6 +233,15 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
+    // Every `Proxy-*` header speaks to one proxy hop (credentials, `Proxy-Connection`, …).
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
     for name in [
         header::CONNECTION,
         HeaderName::from_static("keep-alive"),
@@ -312,6 +321,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         h.insert("proxy-authorization", HeaderValue::from_static("secret"));
+        h.insert("proxy-x-custom", HeaderValue::from_static("hop"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-end-to-end", HeaderValue::from_static("kept"));
         strip_hop_by_hop(&mut h);

@@ -438,6 +438,9 @@ fn print_details(dir: &Directory, s: &Service, out: &mut dyn Write) -> anyhow::R
         "   Certificate verification: {}{default}",
         s.cert_verification_mode()
     )?;
+    if s.ca_certificate().is_some() {
+        writeln!(out, "   Private CA: trusted besides the system roots")?;
+    }
     writeln!(out, "   Created: {}", s.created_at)?;
     writeln!(out, "   Modified: {}", s.updated_at)?;
     Ok(())
