@@ -516,7 +516,10 @@ fn a_private_ca_is_read_from_its_file_and_checked() {
     std::fs::write(&ca_file, &ca).unwrap();
     let created: Value = serde_json::from_str(&create(&ca_file).stdout()).unwrap();
     // Without --cert-verification-mode the CA comes with the default, verify_full.
-    assert_eq!(created["tls_settings"]["cert_verification_mode"], "verify_full");
+    assert_eq!(
+        created["tls_settings"]["cert_verification_mode"],
+        "verify_full"
+    );
     assert_eq!(created["tls_settings"]["ca_certificate"], ca.as_str());
 
     let not_a_cert = state.path().join("key.pem");
@@ -530,6 +533,17 @@ fn a_private_ca_is_read_from_its_file_and_checked() {
     );
     let run = create(&state.path().join("missing.pem"));
     assert_eq!(run.code(), 2, "{}", run.stderr());
-    assert!(run.stderr().contains("--ca-certificate: cannot read"), "{}", run.stderr());
-    assert_eq!(state.json(&["service", "list", "--json"]).as_array().unwrap().len(), 1);
+    assert!(
+        run.stderr().contains("--ca-certificate: cannot read"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(
+        state
+            .json(&["service", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
