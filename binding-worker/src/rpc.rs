@@ -229,14 +229,24 @@ async fn stream_response(
             }
         }
         Pumped::OriginFailed(err) => {
-            // The broken connection is closed (and stops counting against the service's cap)
-            // before the runtime hears why.
+            // The origin connection (the body and its sender) is closed, and stops counting
+            // against the service's cap, before the runtime hears why.
+            drop(body);
             drop(lease);
             tracing::warn!(%request_id, code = %err.code, details = err.details.as_deref().unwrap_or(""), "origin response body broke");
             let mut abort = sink.abort_request();
             write_wire_error(abort.get().init_error(), &err);
-            if let Err(capnp_err) = abort.send().promise.await {
-                tracing::debug!(%request_id, error = %capnp_err, "runtime did not take the abort");
+            // A runtime that stopped reading takes the abort only after its pending writes, if
+            // ever: wait for it no longer than for a write.
+            match tokio::time::timeout(timeouts.write, abort.send().promise).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(capnp_err)) => {
+                    tracing::debug!(%request_id, error = %capnp_err, "runtime did not take the abort");
+                }
+                Err(_) => {
+                    tracing::debug!(%request_id, "runtime did not take the abort in time");
+                    return;
+                }
             }
         }
         Pumped::ReceiverGone(err) => {

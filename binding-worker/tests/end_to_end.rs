@@ -40,6 +40,17 @@ struct OriginLog {
     requests: Mutex<Vec<(String, String, http::HeaderMap)>>,
     /// SNI of each TLS connection.
     server_names: Mutex<Vec<String>>,
+    /// Set when the body of `/endless` is dropped (its connection was closed).
+    endless_dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets its flag when dropped.
+struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 async fn start_origin(tls: Option<TlsAcceptor>) -> (SocketAddr, Arc<OriginLog>) {
@@ -138,6 +149,15 @@ async fn origin_handle(
             .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
             .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
             .unwrap();
+    }
+    if path == "/endless" {
+        // 64 KiB pieces for as long as someone reads them.
+        let flag = DropFlag(Arc::clone(&log.endless_dropped));
+        let pieces = futures::stream::repeat_with(move || {
+            let _alive = &flag;
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from(vec![b'x'; 64 << 10])))
+        });
+        return Response::new(BodyExt::boxed(http_body_util::StreamBody::new(pieces)));
     }
     if path == "/stall-body" {
         // Some body, then nothing more, ever.
@@ -349,6 +369,8 @@ impl response_receiver::Server for Receiver {
 struct BodyCollector {
     bytes: RefCell<Vec<u8>>,
     done: RefCell<Option<oneshot::Sender<Result<(), ProxyError>>>>,
+    /// A runtime whose script stopped reading: writes never complete.
+    stalled: std::cell::Cell<bool>,
 }
 
 impl byte_stream::Server for BodyCollector {
@@ -356,6 +378,9 @@ impl byte_stream::Server for BodyCollector {
         self: capnp::capability::Rc<Self>,
         params: byte_stream::WriteParams,
     ) -> Result<(), capnp::Error> {
+        if self.stalled.get() {
+            std::future::pending::<()>().await;
+        }
         self.bytes
             .borrow_mut()
             .extend_from_slice(params.get()?.get_bytes()?);
@@ -419,8 +444,8 @@ impl TestRuntime {
         let (head_tx, head_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let collector = Rc::new(BodyCollector {
-            bytes: RefCell::default(),
             done: RefCell::new(Some(done_tx)),
+            ..BodyCollector::default()
         });
         let receiver = Receiver {
             head: RefCell::new(Some(head_tx)),
@@ -1115,4 +1140,52 @@ async fn an_upgrade_passes_through_and_bytes_flow_both_ways() {
     assert_eq!(stack.origin.connections.load(Ordering::SeqCst), 2);
     drop(requests);
     stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_that_stops_reading_frees_the_origin_after_the_write_timeout() {
+    let (origin, log) = start_origin(None).await;
+    let (id, route) = service(API, origin.port(), true);
+    let store = MemoryStore::default();
+    store.put(route);
+    let worker = start_worker_with(store, |config| {
+        config.write_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let dropped = Arc::clone(&log.endless_dropped);
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        let (head_tx, head_rx) = oneshot::channel();
+        let collector = Rc::new(BodyCollector::default());
+        collector.stalled.set(true);
+        let receiver = Receiver {
+            head: RefCell::new(Some(head_tx)),
+            body: collector,
+        };
+        let mut call = rt.binding.fetch_request();
+        {
+            let mut p = call.get();
+            p.reborrow().init_context().set_service_id(id.to_string());
+            let mut head = p.reborrow().init_head();
+            head.set_method("GET");
+            head.set_url("http://api.internal/endless");
+            p.set_response(capnp_rpc::new_client(receiver));
+        }
+        let sent = call.send();
+        let sink = sent.pipeline.get_request_body();
+        sink.end_request().send().promise.await.unwrap();
+        let (status, _) = head_rx.await.unwrap().expect("a response head");
+        assert_eq!(status, 200);
+        // The binding-worker gives up on the stalled runtime and closes the origin
+        // connection, which drops the endless body (a condition poll, bounded by the test).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !dropped.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the origin connection is still open"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    worker.shutdown();
 }
