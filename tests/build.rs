@@ -9,7 +9,12 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::process::Command;
 
-const GUESTS: &[(&str, &str)] = &[("PROXY", "wvpc-example-proxy")];
+/// (env name, package, example of that package or `None` for the package's own cdylib).
+const GUESTS: &[(&str, &str, Option<&str>)] = &[
+    ("PROXY", "wvpc-example-proxy", None),
+    ("BINDING_CHECKS", "wvpc-sdk", Some("binding-checks")),
+    ("WEBSOCKET", "wvpc-sdk", Some("websocket")),
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -23,7 +28,7 @@ fn main() {
         .join("guests")
         .join(checkout_key(&root));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    for (name, package) in GUESTS {
+    for &(name, package, example) in GUESTS {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(&root)
             .args([
@@ -36,6 +41,9 @@ fn main() {
             ])
             .arg("--target-dir")
             .arg(&target_dir);
+        if let Some(example) = example {
+            cmd.args(["--example", example]);
+        }
         // Settings of the outer (host) build must not leak into the guest build.
         for var in [
             "RUSTFLAGS",
@@ -53,9 +61,13 @@ fn main() {
             "building guest {package} for wasm32-wasip2 failed (is the target installed? \
              `rustup target add wasm32-wasip2`)"
         );
-        let wasm = target_dir
-            .join("wasm32-wasip2/release")
-            .join(format!("{}.wasm", package.replace('-', "_")));
+        let release = target_dir.join("wasm32-wasip2/release");
+        let wasm = match example {
+            None => release.join(format!("{}.wasm", package.replace('-', "_"))),
+            Some(example) => release
+                .join("examples")
+                .join(format!("{}.wasm", example.replace('-', "_"))),
+        };
         assert!(
             wasm.exists(),
             "guest build did not produce {}",

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use wvpc_errors::{ErrorCode, ProxyError};
 
+use crate::origin_tls::{TlsPolicy, Verification};
 use crate::request::FetchRequest;
 
 /// Header names shared with iris (`wvpc_iris::connect`); repeated here because the two
@@ -29,6 +30,8 @@ const REQUEST_ID_HEADER: &str = "wvpc-request-id";
 const ACCOUNT_HEADER: &str = "wvpc-account";
 const SCRIPT_HEADER: &str = "wvpc-script";
 const PROXY_STATUS_HEADER: &str = "proxy-status";
+const TLS_VERIFICATION_HEADER: &str = "wvpc-tls-verification";
+const TLS_CA_HEADER: &str = "wvpc-tls-ca";
 
 /// HTTP/2 flow-control windows: large enough that a multi-MiB body is not paced by window
 /// updates on a fast link.
@@ -72,8 +75,12 @@ impl IrisClient {
         self.settings.connect_timeout
     }
 
-    /// Opens a byte stream to `request`'s service: a CONNECT answered with `200`.
-    pub(crate) async fn connect(&self, request: &FetchRequest) -> Result<Upgraded, ProxyError> {
+    /// Opens a byte stream to `request`'s service: a CONNECT answered with `200`, whose
+    /// headers carry the service's TLS settings for `https`.
+    pub(crate) async fn connect(
+        &self,
+        request: &FetchRequest,
+    ) -> Result<(Upgraded, TlsPolicy), ProxyError> {
         // One retry: a connection that died since its last use fails the first request.
         for attempt in 0..2 {
             let (generation, mut sender, reused) = self.sender().await?;
@@ -108,11 +115,13 @@ impl IrisClient {
             if response.status() != StatusCode::OK {
                 return Err(refusal(response.status(), response.headers()));
             }
-            return hyper::upgrade::on(response).await.map_err(|err| {
+            let tls = tls_policy(response.headers())?;
+            let stream = hyper::upgrade::on(response).await.map_err(|err| {
                 ProxyError::new(ErrorCode::ProxyInternalError).with_details(format!(
                     "iris accepted the CONNECT but the stream failed: {err}"
                 ))
-            });
+            })?;
+            return Ok((stream, tls));
         }
         Err(ProxyError::new(ErrorCode::ProxyInternalError)
             .with_details("iris connection failed twice in a row"))
@@ -202,6 +211,38 @@ fn connect_request(request: &FetchRequest) -> Result<Request<Empty<Bytes>>, Prox
     builder.body(Empty::new()).map_err(|e| {
         ProxyError::new(ErrorCode::ProxyInternalError)
             .with_details(format!("cannot build the CONNECT: {e}"))
+    })
+}
+
+/// The service's TLS settings from a `200` answer; without them, `verify_full` and no CA.
+fn tls_policy(headers: &http::HeaderMap) -> Result<TlsPolicy, ProxyError> {
+    use base64::Engine as _;
+    let bad = |why: String| {
+        ProxyError::new(ErrorCode::ProxyInternalError)
+            .with_details(format!("iris answered the CONNECT with {why}"))
+    };
+    let verification = match headers.get(TLS_VERIFICATION_HEADER) {
+        None => Verification::default(),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(Verification::parse)
+            .ok_or_else(|| bad(format!("an unknown {TLS_VERIFICATION_HEADER} {value:?}")))?,
+    };
+    let ca_certificate = match headers.get(TLS_CA_HEADER) {
+        None => None,
+        Some(value) => {
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(value.as_bytes())
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| bad(format!("a {TLS_CA_HEADER} that is not base64 of PEM text")))?;
+            Some(pem)
+        }
+    };
+    Ok(TlsPolicy {
+        verification,
+        ca_certificate,
     })
 }
 

@@ -8,7 +8,8 @@
 //! checks the URL (absolute `http`/`https`), hands back the request-body stream at once, then
 //! sends the request as HTTP/1.1 to the origin over a pooled connection for the same
 //! (service, scheme, host), or over a fresh CONNECT stream through iris (with TLS for `https`:
-//! SNI = the URL's host, certificate verified against [`BindingWorkerConfig::tls_roots`]). The response head
+//! SNI = the URL's host, certificate verified as the service's `tls_settings` say, which iris
+//! sends in its CONNECT answer). The response head
 //! goes to `ResponseReceiver.deliver`, the body streams into the `ByteStream` it returns.
 //! Failures are codes (`WireError`), never text: iris's `Proxy-Status` answers are decoded
 //! back into the code, origin failures are classified here.
@@ -71,6 +72,12 @@ pub struct BindingWorkerConfig {
     /// From the end of the request body to the origin's response head
     /// (`http_response_timeout`). Default 100 s.
     pub response_timeout: Duration,
+    /// Longest gap between two pieces of an origin's response body; longer fails the body
+    /// with `connection_read_timeout`. Default 100 s.
+    pub read_timeout: Duration,
+    /// Longest wait for the runtime to take the next piece of a response body (the script
+    /// stopped reading); longer fails the body with `connection_write_timeout`. Default 100 s.
+    pub write_timeout: Duration,
     /// How long an idle origin connection is kept for reuse. Default 90 s.
     pub idle_timeout: Duration,
     /// Idle origin connections kept per (service, scheme, host). Default 32.
@@ -79,8 +86,11 @@ pub struct BindingWorkerConfig {
     /// carries the route iris chose when it was opened, so this bounds how long a changed or
     /// deleted service keeps being served by pooled connections. `None` (default): no bound.
     pub route_lease: Option<Duration>,
-    /// Roots trusted for `https` origins, whose certificate must chain to one of them and
-    /// name the URL's host (`verify_full`). `None`: the system's trust store.
+    /// Open origin connections (busy and idle) per service; one more fails with
+    /// `connection_limit_reached`. Default 256.
+    pub max_connections_per_service: usize,
+    /// Roots trusted for `https` origins (besides a service's own `ca_certificate`).
+    /// `None`: the system's trust store.
     pub tls_roots: Option<Arc<rustls::RootCertStore>>,
 }
 
@@ -92,9 +102,12 @@ impl BindingWorkerConfig {
             proxy_runtime: None,
             connect_timeout: Duration::from_secs(30),
             response_timeout: Duration::from_secs(100),
+            read_timeout: Duration::from_secs(100),
+            write_timeout: Duration::from_secs(100),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_origin: 32,
             route_lease: None,
+            max_connections_per_service: 256,
             tls_roots: None,
         }
     }
@@ -141,9 +154,12 @@ impl BindingWorker {
             tls,
             OriginSettings {
                 response_timeout: config.response_timeout,
+                read_timeout: config.read_timeout,
+                write_timeout: config.write_timeout,
                 idle_timeout: config.idle_timeout,
                 max_idle_per_origin: config.max_idle_per_origin,
                 route_lease: config.route_lease,
+                max_connections_per_service: config.max_connections_per_service,
             },
         ));
         spawn_sweeper(&proxy_runtime, Arc::downgrade(proxy.pool()));

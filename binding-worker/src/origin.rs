@@ -11,20 +11,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::StreamExt as _;
 use http::header::{self, HeaderValue};
 use http::response::Parts;
 use http::{Request, Response, Uri};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::io::ReaderStream;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
 use crate::iris_client::IrisClient;
-use crate::origin_tls::OriginTls;
+use crate::origin_tls::{OriginTls, TlsPolicy};
 use crate::request::{FetchRequest, Scheme, strip_hop_by_hop};
 use crate::request_body::{BodyEvent, BodyFinished, RequestBody, RequestBodyError};
 
@@ -33,10 +39,16 @@ use crate::request_body::{BodyEvent, BodyFinished, RequestBody, RequestBodyError
 pub(crate) struct OriginSettings {
     /// From the end of the request body to the response head.
     pub(crate) response_timeout: Duration,
+    /// Longest gap between pieces of a response body.
+    pub(crate) read_timeout: Duration,
+    /// Longest wait for the runtime to take a piece of a response body.
+    pub(crate) write_timeout: Duration,
     /// How long an idle origin connection is kept.
     pub(crate) idle_timeout: Duration,
     /// Idle connections kept per (service, scheme, host).
     pub(crate) max_idle_per_origin: usize,
+    /// Open origin connections (busy or idle) per service.
+    pub(crate) max_connections_per_service: usize,
     /// Longest reuse window after a connection's CONNECT (route changes apply after it).
     pub(crate) route_lease: Option<Duration>,
 }
@@ -47,6 +59,7 @@ pub(crate) struct Proxy {
     iris: IrisClient,
     tls: OriginTls,
     pool: Arc<OriginPool>,
+    open: Arc<OpenConnections>,
     settings: OriginSettings,
 }
 
@@ -55,20 +68,50 @@ pub(crate) struct Proxy {
 pub(crate) struct OriginResponse {
     /// Status and end-to-end headers.
     pub(crate) head: Parts,
-    pub(crate) body: Incoming,
+    pub(crate) body: OriginBody,
     pub(crate) lease: Lease,
+}
+
+/// A response body as it streams from the origin.
+#[derive(Debug)]
+pub(crate) enum OriginBody {
+    /// An HTTP/1.1 message body.
+    Http(Incoming),
+    /// After `101 Switching Protocols`: whatever the origin sends on the upgraded connection.
+    Upgraded(ReaderStream<ReadHalf<TokioIo<Upgraded>>>),
+}
+
+/// Why a response body stopped early.
+pub(crate) type BodyError = Box<dyn StdError + Send + Sync>;
+
+impl OriginBody {
+    /// The next piece of body data; `None` at the end. Trailers are skipped.
+    pub(crate) async fn next_data(&mut self) -> Option<Result<Bytes, BodyError>> {
+        match self {
+            Self::Http(body) => loop {
+                match body.frame().await? {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => return Some(Ok(data)),
+                        Err(_trailers) => continue,
+                    },
+                    Err(err) => return Some(Err(err.into())),
+                }
+            },
+            Self::Upgraded(stream) => stream.next().await.map(|r| r.map_err(Into::into)),
+        }
+    }
 }
 
 /// What to do with the connection once the response body has been read.
 #[derive(Debug)]
 pub(crate) struct Lease {
-    sender: http1::SendRequest<RequestBody>,
+    sender: OriginConnection,
     key: PoolKey,
     pool: Arc<OriginPool>,
-    /// When the connection's CONNECT was made.
-    opened: Instant,
     /// Whether the request body has been sent completely.
     body_done: Arc<AtomicBool>,
+    /// `false` for connections that cannot carry another request (an upgrade was asked).
+    reusable: bool,
 }
 
 impl Lease {
@@ -84,14 +127,17 @@ impl Lease {
             mut sender,
             key,
             pool,
-            opened,
             body_done,
+            reusable,
         } = self;
+        if !reusable {
+            return;
+        }
         let idle_timeout = pool.idle_timeout;
         let wait_ready = async move {
             // A connection that does not get ready (the script never ends its body) is dropped.
-            if let Ok(Ok(())) = tokio::time::timeout(idle_timeout, sender.ready()).await {
-                pool.check_in(key, sender, opened);
+            if let Ok(Ok(())) = tokio::time::timeout(idle_timeout, sender.http.ready()).await {
+                pool.check_in(key, sender);
             }
         };
         if body_done.load(Ordering::Acquire) {
@@ -107,15 +153,25 @@ impl Proxy {
         let pool = Arc::new(OriginPool {
             idle: Mutex::new(HashMap::new()),
             idle_timeout: settings.idle_timeout,
-            max_idle_per_origin: settings.max_idle_per_origin,
             route_lease: settings.route_lease,
+            max_idle_per_origin: settings.max_idle_per_origin,
+        });
+        let open = Arc::new(OpenConnections {
+            limit: settings.max_connections_per_service,
+            by_service: Mutex::new(HashMap::new()),
         });
         Self {
             iris,
             tls,
             pool,
+            open,
             settings,
         }
+    }
+
+    /// Timeouts and limits.
+    pub(crate) fn settings(&self) -> &OriginSettings {
+        &self.settings
     }
 
     /// The pool, for the sweeper.
@@ -129,16 +185,19 @@ impl Proxy {
         request: FetchRequest,
         events: mpsc::Receiver<BodyEvent>,
     ) -> Result<OriginResponse, ProxyError> {
+        if request.upgrade.is_some() {
+            return self.exchange_upgrade(request, events).await;
+        }
         let peek = !request.body_is_framed() && request.method_expects_no_body();
         let (body, mut body_finished) = RequestBody::from_events(events, peek).await?;
         let body_was_empty = http_body::Body::is_end_stream(&body);
         let key = PoolKey::of(&request);
         let mut outgoing = build_request(&request, body)?;
 
-        while let Some((mut sender, opened)) = self.pool.check_out(&key) {
+        while let Some(mut sender) = self.pool.check_out(&key) {
             match self.send(&mut sender, outgoing, &mut body_finished).await {
                 Attempt::Answered(response) => {
-                    return Ok(self.respond(response, sender, opened, key, &body_finished));
+                    return Ok(self.respond(response, sender, key, &body_finished));
                 }
                 // Never written: the idle connection went away; try another.
                 Attempt::Unsent(back) => outgoing = back,
@@ -157,37 +216,96 @@ impl Proxy {
             }
         }
 
-        let opened = Instant::now();
         let mut sender = self.open(&request).await?;
         match self.send(&mut sender, outgoing, &mut body_finished).await {
-            Attempt::Answered(response) => {
-                Ok(self.respond(response, sender, opened, key, &body_finished))
-            }
+            Attempt::Answered(response) => Ok(self.respond(response, sender, key, &body_finished)),
             Attempt::Unsent(_) => Err(ProxyError::new(ErrorCode::ConnectionTerminated)
                 .with_details("the origin connection closed before the request was sent")),
             Attempt::Failed(err) => Err(err),
         }
     }
 
-    /// A fresh origin connection: CONNECT through iris, TLS for https (SNI = URL host), then
-    /// an HTTP/1.1 handshake on it.
-    async fn open(
+    /// An upgrade (e.g. WebSocket): the request goes out on a fresh connection with an empty
+    /// body. On `101` the connection becomes a byte pipe: the script's request-body stream
+    /// feeds it, and what the origin sends is the response body. Any other answer is an
+    /// ordinary response (the origin declined), and the connection is not reused.
+    async fn exchange_upgrade(
         &self,
-        request: &FetchRequest,
-    ) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
-        let stream = self.iris.connect(request).await?;
+        request: FetchRequest,
+        events: mpsc::Receiver<BodyEvent>,
+    ) -> Result<OriginResponse, ProxyError> {
+        let (body, mut finished) = RequestBody::empty();
+        let outgoing = build_request(&request, body)?;
+        let key = PoolKey::of(&request);
+        let mut connection = self.open(&request).await?;
+        let mut response = match self.send(&mut connection, outgoing, &mut finished).await {
+            Attempt::Answered(response) => response,
+            Attempt::Unsent(_) => {
+                return Err(ProxyError::new(ErrorCode::ConnectionTerminated)
+                    .with_details("the origin connection closed before the upgrade was sent"));
+            }
+            Attempt::Failed(err) => return Err(err),
+        };
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            let mut declined = self.respond(response, connection, key, &finished);
+            declined.lease.reusable = false;
+            return Ok(declined);
+        }
+        let on_upgrade = hyper::upgrade::on(&mut response);
+        let (mut head, _) = response.into_parts();
+        let protocol = head.headers.get(header::UPGRADE).cloned();
+        let upgraded = on_upgrade.await.map_err(|err| {
+            ProxyError::new(ErrorCode::HttpUpgradeFailed).with_details(format!(
+                "the origin answered 101 but the upgrade failed: {err}"
+            ))
+        })?;
+        strip_hop_by_hop(&mut head.headers);
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(protocol) = protocol {
+            head.headers.insert(header::UPGRADE, protocol);
+        }
+        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+        tokio::spawn(pump_into_upgraded(events, write));
+        let lease = Lease {
+            sender: connection,
+            key,
+            pool: Arc::clone(&self.pool),
+            body_done: finished.flag(),
+            reusable: false,
+        };
+        Ok(OriginResponse {
+            head,
+            body: OriginBody::Upgraded(ReaderStream::new(read)),
+            lease,
+        })
+    }
+
+    /// A fresh origin connection: CONNECT through iris, TLS for https (SNI = URL host,
+    /// verified as the service's TLS settings in iris's answer say), then an HTTP/1.1
+    /// handshake on it. Counts against the service's connection cap while it is open.
+    async fn open(&self, request: &FetchRequest) -> Result<OriginConnection, ProxyError> {
+        let permit = match self.open.acquire(request.service_id) {
+            Ok(permit) => permit,
+            // An idle connection (perhaps for another host) gives way to a new one.
+            Err(err) if self.pool.evict_one(request.service_id) => {
+                self.open.acquire(request.service_id).map_err(|_| err)?
+            }
+            Err(err) => return Err(err),
+        };
+        let (stream, tls): (_, TlsPolicy) = self.iris.connect(request).await?;
         let request_id = request.caller.request_id.clone();
         match request.scheme {
-            Scheme::Http => http1_handshake(stream, request_id).await,
+            Scheme::Http => http1_handshake(stream, request_id, permit).await,
             Scheme::Https => {
-                let handshake = self.tls.handshake(&request.host, stream);
+                let handshake = self.tls.handshake(&request.host, &tls, stream);
                 let tls = tokio::time::timeout(self.iris.connect_timeout(), handshake)
                     .await
                     .map_err(|_| {
                         ProxyError::new(ErrorCode::ConnectionTimeout)
                             .with_details("the origin did not complete the TLS handshake in time")
                     })??;
-                http1_handshake(TokioIo::new(tls), request_id).await
+                http1_handshake(TokioIo::new(tls), request_id, permit).await
             }
         }
     }
@@ -195,7 +313,7 @@ impl Proxy {
     /// Sends one request; the response timeout starts once the body has been sent.
     async fn send(
         &self,
-        sender: &mut http1::SendRequest<RequestBody>,
+        sender: &mut OriginConnection,
         outgoing: Request<RequestBody>,
         body_finished: &mut BodyFinished,
     ) -> Attempt {
@@ -205,7 +323,7 @@ impl Proxy {
             tokio::time::sleep(timeout).await;
         };
         tokio::select! {
-            answer = sender.try_send_request(outgoing) => match answer {
+            answer = sender.http.try_send_request(outgoing) => match answer {
                 Ok(response) => Attempt::Answered(response),
                 Err(mut err) => match err.take_message() {
                     Some(back) => Attempt::Unsent(back),
@@ -221,20 +339,20 @@ impl Proxy {
     fn respond(
         &self,
         response: Response<Incoming>,
-        sender: http1::SendRequest<RequestBody>,
-        opened: Instant,
+        sender: OriginConnection,
         key: PoolKey,
         body_finished: &BodyFinished,
     ) -> OriginResponse {
         let (mut head, body) = response.into_parts();
+        let body = OriginBody::Http(body);
         strip_hop_by_hop(&mut head.headers);
         head.headers.remove(header::TRANSFER_ENCODING);
         let lease = Lease {
             sender,
             key,
             pool: Arc::clone(&self.pool),
-            opened,
             body_done: body_finished.flag(),
+            reusable: true,
         };
         OriginResponse { head, body, lease }
     }
@@ -251,20 +369,112 @@ enum Attempt {
 async fn http1_handshake<T>(
     io: T,
     request_id: String,
-) -> Result<http1::SendRequest<RequestBody>, ProxyError>
+    permit: ConnectionPermit,
+) -> Result<OriginConnection, ProxyError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, connection) = http1::Builder::new()
+    let (http, connection) = http1::Builder::new()
         .handshake(io)
         .await
         .map_err(|e| origin_error(&e))?;
     tokio::spawn(async move {
-        if let Err(err) = connection.await {
+        if let Err(err) = connection.with_upgrades().await {
             tracing::debug!(%request_id, error = %err, "origin connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok(OriginConnection {
+        http,
+        opened: Instant::now(),
+        _permit: permit,
+    })
+}
+
+/// One origin connection, counted against its service's cap until dropped (dropping the
+/// sender also ends the connection).
+#[derive(Debug)]
+pub(crate) struct OriginConnection {
+    http: http1::SendRequest<RequestBody>,
+    /// When the connection's CONNECT was made (it carries the route iris chose then).
+    opened: Instant,
+    _permit: ConnectionPermit,
+}
+
+/// Copies the script's request-body stream into an upgraded connection; `end()` half-closes
+/// it, `abort()` closes it.
+async fn pump_into_upgraded(
+    mut events: mpsc::Receiver<BodyEvent>,
+    mut write: WriteHalf<TokioIo<Upgraded>>,
+) {
+    while let Some(event) = events.recv().await {
+        match event {
+            BodyEvent::Data(bytes) => {
+                if write.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            BodyEvent::End => {
+                let _ = write.shutdown().await;
+                return;
+            }
+            BodyEvent::Abort(_) => return,
+        }
+    }
+}
+
+/// Open origin connections per service, against the per-service cap.
+#[derive(Debug)]
+struct OpenConnections {
+    limit: usize,
+    by_service: Mutex<HashMap<Uuid, usize>>,
+}
+
+impl OpenConnections {
+    /// A slot for one more connection to `service_id`, or `connection_limit_reached`.
+    fn acquire(self: &Arc<Self>, service_id: Uuid) -> Result<ConnectionPermit, ProxyError> {
+        let mut open = self
+            .by_service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(service_id).or_default();
+        if *count >= self.limit {
+            return Err(
+                ProxyError::new(ErrorCode::ConnectionLimitReached).with_details(format!(
+                    "service {service_id} already has {} open origin connections \
+                     (max_connections_per_service)",
+                    self.limit
+                )),
+            );
+        }
+        *count += 1;
+        Ok(ConnectionPermit {
+            open: Arc::clone(self),
+            service_id,
+        })
+    }
+}
+
+/// One counted origin connection; released when dropped.
+#[derive(Debug)]
+struct ConnectionPermit {
+    open: Arc<OpenConnections>,
+    service_id: Uuid,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut open = self
+            .open
+            .by_service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.service_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.service_id);
+            }
+        }
+    }
 }
 
 /// The origin request: origin-form target, end-to-end headers, `Host` = the URL's host.
@@ -283,6 +493,14 @@ fn build_request(
         ))
     })?;
     outgoing.headers_mut().insert(header::HOST, host);
+    if let Some(protocol) = &request.upgrade {
+        outgoing
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        outgoing
+            .headers_mut()
+            .insert(header::UPGRADE, protocol.clone());
+    }
     Ok(outgoing)
 }
 
@@ -353,35 +571,34 @@ impl PoolKey {
 pub(crate) struct OriginPool {
     idle: Mutex<HashMap<PoolKey, Vec<IdleConnection>>>,
     idle_timeout: Duration,
-    max_idle_per_origin: usize,
     route_lease: Option<Duration>,
+    max_idle_per_origin: usize,
 }
 
 #[derive(Debug)]
 struct IdleConnection {
-    sender: http1::SendRequest<RequestBody>,
+    sender: OriginConnection,
     since: Instant,
-    opened: Instant,
 }
 
 impl IdleConnection {
     fn usable(&self, idle_timeout: Duration, route_lease: Option<Duration>) -> bool {
-        !self.sender.is_closed()
-            && self.sender.is_ready()
+        !self.sender.http.is_closed()
+            && self.sender.http.is_ready()
             && self.since.elapsed() < idle_timeout
-            && route_lease.is_none_or(|lease| self.opened.elapsed() < lease)
+            && route_lease.is_none_or(|lease| self.sender.opened.elapsed() < lease)
     }
 }
 
 impl OriginPool {
     /// The most recently used live connection for `key` (likeliest to still be open).
-    fn check_out(&self, key: &PoolKey) -> Option<(http1::SendRequest<RequestBody>, Instant)> {
+    fn check_out(&self, key: &PoolKey) -> Option<OriginConnection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(key)?;
         let mut found = None;
         while let Some(candidate) = list.pop() {
             if candidate.usable(self.idle_timeout, self.route_lease) {
-                found = Some((candidate.sender, candidate.opened));
+                found = Some(candidate.sender);
                 break;
             }
         }
@@ -391,16 +608,32 @@ impl OriginPool {
         found
     }
 
-    fn check_in(&self, key: PoolKey, sender: http1::SendRequest<RequestBody>, opened: Instant) {
+    fn check_in(&self, key: PoolKey, sender: OriginConnection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(key).or_default();
         if list.len() < self.max_idle_per_origin {
             list.push(IdleConnection {
                 sender,
                 since: Instant::now(),
-                opened,
             });
         }
+    }
+
+    /// Closes one idle connection of `service_id` (any scheme and host); whether there was one.
+    fn evict_one(&self, service_id: Uuid) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(key) = idle.keys().find(|k| k.service_id == service_id).cloned() else {
+            return false;
+        };
+        let evicted = idle.get_mut(&key).and_then(|list| {
+            // The oldest: the least likely to be wanted again soon.
+            (!list.is_empty()).then(|| list.remove(0))
+        });
+        if idle.get(&key).is_some_and(Vec::is_empty) {
+            idle.remove(&key);
+        }
+        drop(idle);
+        evicted.is_some()
     }
 
     /// Closes connections idle for too long or closed by the origin.

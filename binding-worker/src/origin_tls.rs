@@ -1,54 +1,106 @@
 //! TLS to `https` origins, run end to end from the binding-worker over the CONNECT stream
-//! (iris and the tunnel only see ciphertext): SNI is the URL's host, and the certificate must
-//! chain to a trusted root and name that host (`verify_full`).
+//! (iris and the tunnel only see ciphertext). SNI is the URL's host. How the certificate is
+//! checked is the service's `tls_settings`, which iris hands over in its CONNECT answer
+//! ([`TlsPolicy`]):
+//!
+//! - `verify_full` (default): the chain must reach a trusted root and name the URL's host;
+//! - `verify_ca`: the chain must reach a trusted root; the name is not checked;
+//! - `disabled`: nothing about the certificate is checked (the handshake signature still is,
+//!   so the peer holds the key of the certificate it sent).
+//!
+//! Trusted roots are the system's (or [`crate::BindingWorkerConfig::tls_roots`]) plus the
+//! service's private CA (`ca_certificate`, PEM). One rustls config is built per distinct
+//! policy and reused.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use rustls::RootCertStore;
-use rustls::pki_types::ServerName;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use wvpc_errors::{ErrorCode, ProxyError};
 
+/// How an origin's certificate is verified (the service's `cert_verification_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) enum Verification {
+    /// Chain and host name.
+    #[default]
+    Full,
+    /// Chain only.
+    Ca,
+    /// Nothing.
+    Disabled,
+}
+
+impl Verification {
+    /// Reads the API spelling (`verify_full`, `verify_ca`, `disabled`).
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "verify_full" => Some(Self::Full),
+            "verify_ca" => Some(Self::Ca),
+            "disabled" => Some(Self::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// A service's TLS settings, as iris answered them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct TlsPolicy {
+    pub(crate) verification: Verification,
+    /// PEM of a private CA trusted besides the base roots.
+    pub(crate) ca_certificate: Option<String>,
+}
+
+/// Distinct policies kept; past this the cache starts over (services rarely have their own CA).
+const MAX_CACHED_CONFIGS: usize = 256;
+
 /// A TLS client for origins.
-#[derive(Clone)]
 pub(crate) struct OriginTls {
-    connector: TlsConnector,
+    base_roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    connectors: Mutex<HashMap<TlsPolicy, TlsConnector>>,
 }
 
 impl std::fmt::Debug for OriginTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OriginTls").finish_non_exhaustive()
+        f.debug_struct("OriginTls")
+            .field("base_roots", &self.base_roots.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl OriginTls {
-    /// Trusts `roots`, or the system's trust store when `None`.
+    /// Trusts `roots`, or the system's trust store when `None`, plus each service's own CA.
     pub(crate) fn new(roots: Option<Arc<RootCertStore>>) -> io::Result<Self> {
-        let roots = match roots {
+        let base_roots = match roots {
             Some(roots) => roots,
             None => Arc::new(system_roots()),
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(io::Error::other)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        // We speak HTTP/1.1 to origins.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
-        })
+        let tls = Self {
+            base_roots,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            connectors: Mutex::new(HashMap::new()),
+        };
+        // Fail at start, not on the first https fetch, if the provider cannot be used.
+        tls.connector(&TlsPolicy::default())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(tls)
     }
 
     /// Runs the handshake over `stream` for the URL host `host` (brackets allowed for IPv6).
     pub(crate) async fn handshake(
         &self,
         host: &str,
+        policy: &TlsPolicy,
         stream: Upgraded,
     ) -> Result<TlsStream<TokioIo<Upgraded>>, ProxyError> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
@@ -56,13 +108,192 @@ impl OriginTls {
             ProxyError::new(ErrorCode::HttpRequestError)
                 .with_details(format!("URL host {host:?} cannot be a TLS server name"))
         })?;
-        self.connector
+        let connector = self.connector(policy)?;
+        connector
             .connect(server_name, TokioIo::new(stream))
             .await
             .map_err(|e| tls_error(&e))
     }
+
+    /// The connector for `policy`, built once.
+    fn connector(&self, policy: &TlsPolicy) -> Result<TlsConnector, ProxyError> {
+        let mut cache = self
+            .connectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(connector) = cache.get(policy) {
+            return Ok(connector.clone());
+        }
+        let connector = self.build(policy)?;
+        if cache.len() >= MAX_CACHED_CONFIGS {
+            cache.clear();
+        }
+        cache.insert(policy.clone(), connector.clone());
+        Ok(connector)
+    }
+
+    fn build(&self, policy: &TlsPolicy) -> Result<TlsConnector, ProxyError> {
+        let internal = |e: rustls::Error| {
+            ProxyError::new(ErrorCode::ProxyInternalError)
+                .with_details(format!("cannot set up TLS for origins: {e}"))
+        };
+        let roots = match &policy.ca_certificate {
+            None => Arc::clone(&self.base_roots),
+            Some(pem) => Arc::new(with_private_ca(&self.base_roots, pem)?),
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_safe_default_protocol_versions()
+            .map_err(internal)?;
+        let mut config = match policy.verification {
+            Verification::Full => builder.with_root_certificates(roots),
+            Verification::Ca => {
+                let chain =
+                    WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&self.provider))
+                        .build()
+                        .map_err(|e| {
+                            ProxyError::new(ErrorCode::ProxyInternalError)
+                                .with_details(format!("cannot set up verify_ca: {e}"))
+                        })?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(chain)))
+            }
+            Verification::Disabled => {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NoVerification(Arc::clone(
+                        &self.provider,
+                    ))))
+            }
+        }
+        .with_no_client_auth();
+        // We speak HTTP/1.1 to origins.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsConnector::from(Arc::new(config)))
+    }
 }
 
+/// `base` plus the certificates of `pem`. The directory validated the PEM when the service
+/// was saved, so a failure here means the stored value was changed behind its back.
+fn with_private_ca(base: &RootCertStore, pem: &str) -> Result<RootCertStore, ProxyError> {
+    let bad = |why: String| {
+        ProxyError::new(ErrorCode::ProxyConfigurationError)
+            .with_details(format!("the service's tls_settings.ca_certificate {why}"))
+    };
+    let mut roots = base.clone();
+    let mut added = 0;
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| bad(format!("is not valid PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("holds an unusable certificate: {e}")))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(bad("holds no certificate".into()));
+    }
+    Ok(roots)
+}
+
+/// `verify_ca`: the full WebPKI check, except that a certificate for another name passes.
+/// webpki checks the chain before the name, so a name error means the chain was fine.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `disabled`: any certificate passes; handshake signatures are still checked.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The system trust store (`SSL_CERT_FILE`/`SSL_CERT_DIR`, else the distribution's bundle,
+/// e.g. Debian's `ca-certificates` in `/etc/ssl/certs`).
 fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
@@ -72,7 +303,8 @@ fn system_roots() -> RootCertStore {
     let (added, ignored) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
         tracing::warn!(
-            "no trusted roots found in the system store: https origins will fail verification"
+            "no trusted roots found in the system store (install ca-certificates or set \
+             SSL_CERT_FILE): https origins verify only against a service's ca_certificate"
         );
     }
     tracing::debug!(

@@ -62,6 +62,9 @@ pub(crate) struct FetchRequest {
     pub(crate) path_and_query: PathAndQuery,
     /// End-to-end headers only; `Host` is set from [`Self::host`] when sending.
     pub(crate) headers: HeaderMap,
+    /// The protocol asked for with `Upgrade` (plus `Connection: upgrade`), e.g. `websocket`:
+    /// the one hop-by-hop header a proxy passes on, since the upgrade is end to end.
+    pub(crate) upgrade: Option<HeaderValue>,
     pub(crate) caller: Caller,
 }
 
@@ -144,6 +147,7 @@ pub(crate) fn read_fetch(
         })?;
         headers.append(name, value);
     }
+    let upgrade = requested_upgrade(&headers);
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -159,8 +163,23 @@ pub(crate) fn read_fetch(
         method,
         path_and_query,
         headers,
+        upgrade,
         caller,
     })
+}
+
+/// The `Upgrade` value when `Connection` names `upgrade` (RFC 9110 §7.8); else `None`.
+pub(crate) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_names_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_names_upgrade {
+        return None;
+    }
+    headers.get(header::UPGRADE).cloned()
 }
 
 /// Splits an absolute URL into scheme, host (without port) and path+query. The fragment is
@@ -212,6 +231,15 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for name in named {
+        headers.remove(name);
+    }
+    // Every `Proxy-*` header speaks to one proxy hop (credentials, `Proxy-Connection`, …).
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
         headers.remove(name);
     }
     for name in [
@@ -274,6 +302,18 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_counts_only_when_connection_names_it() {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert_eq!(requested_upgrade(&h), None);
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(requested_upgrade(&h).unwrap(), "websocket");
+    }
+
+    #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("x-hop, keep-alive"));
@@ -281,6 +321,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         h.insert("proxy-authorization", HeaderValue::from_static("secret"));
+        h.insert("proxy-x-custom", HeaderValue::from_static("hop"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-end-to-end", HeaderValue::from_static("kept"));
         strip_hop_by_hop(&mut h);

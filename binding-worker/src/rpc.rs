@@ -13,7 +13,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{RpcSystem, twoparty};
-use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -105,6 +104,10 @@ async fn run_fetch(
     events: mpsc::Receiver<BodyEvent>,
     receiver: response_receiver::Client,
 ) {
+    let body_timeouts = BodyTimeouts {
+        read: proxy.settings().read_timeout,
+        write: proxy.settings().write_timeout,
+    };
     let (ids, exchanged) = match request {
         Err(err) => (("-".to_owned(), "-".to_owned()), Err(err)),
         Ok(request) => {
@@ -132,7 +135,7 @@ async fn run_fetch(
             deliver_error(&receiver, &err).await;
         }
         Ok(response) => {
-            stream_response(&receiver, response, &runtime, &request_id).await;
+            stream_response(&receiver, response, &runtime, &request_id, body_timeouts).await;
         }
     }
 }
@@ -145,10 +148,20 @@ async fn deliver_error(receiver: &response_receiver::Client, err: &ProxyError) {
     }
 }
 
+/// Idle bounds on streaming a response body.
+#[derive(Debug, Clone, Copy)]
+struct BodyTimeouts {
+    /// Between two pieces from the origin.
+    read: std::time::Duration,
+    /// For the runtime to take one piece.
+    write: std::time::Duration,
+}
+
 /// How streaming a response body ended.
 enum Pumped {
     Complete,
-    /// The origin's body broke.
+    /// The origin's body broke or stalled, or the runtime stopped taking it: the body is
+    /// aborted with this code.
     OriginFailed(ProxyError),
     /// The runtime stopped reading (cancelled, disconnected).
     ReceiverGone(capnp::Error),
@@ -161,6 +174,7 @@ async fn stream_response(
     response: OriginResponse,
     runtime: &Handle,
     request_id: &str,
+    timeouts: BodyTimeouts,
 ) {
     let OriginResponse {
         head,
@@ -174,20 +188,35 @@ async fn stream_response(
     let sink = delivered.pipeline.get_body();
 
     let pumped = loop {
-        let frame = match body.frame().await {
-            None => break Pumped::Complete,
-            Some(Ok(frame)) => frame,
-            Some(Err(err)) => {
+        let data = match tokio::time::timeout(timeouts.read, body.next_data()).await {
+            Err(_) => {
                 break Pumped::OriginFailed(
-                    ProxyError::new(ErrorCode::HttpResponseIncomplete).with_details(describe(&err)),
+                    ProxyError::new(ErrorCode::ConnectionReadTimeout).with_details(format!(
+                        "the origin sent no body data for {:?}",
+                        timeouts.read
+                    )),
                 );
             }
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
+            Ok(None) => break Pumped::Complete,
+            Ok(Some(Ok(data))) => data,
+            Ok(Some(Err(err))) => {
+                break Pumped::OriginFailed(
+                    ProxyError::new(ErrorCode::HttpResponseIncomplete)
+                        .with_details(describe(err.as_ref())),
+                );
+            }
         }; // trailers are not forwarded
-        if let Err(err) = write_chunks(&sink, data).await {
-            break Pumped::ReceiverGone(err);
+        match tokio::time::timeout(timeouts.write, write_chunks(&sink, data)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => break Pumped::ReceiverGone(err),
+            Err(_) => {
+                break Pumped::OriginFailed(
+                    ProxyError::new(ErrorCode::ConnectionWriteTimeout).with_details(format!(
+                        "the script took no response body data for {:?}",
+                        timeouts.write
+                    )),
+                );
+            }
         }
     };
     match pumped {
@@ -200,11 +229,24 @@ async fn stream_response(
             }
         }
         Pumped::OriginFailed(err) => {
+            // The origin connection (the body and its sender) is closed, and stops counting
+            // against the service's cap, before the runtime hears why.
+            drop(body);
+            drop(lease);
             tracing::warn!(%request_id, code = %err.code, details = err.details.as_deref().unwrap_or(""), "origin response body broke");
             let mut abort = sink.abort_request();
             write_wire_error(abort.get().init_error(), &err);
-            if let Err(capnp_err) = abort.send().promise.await {
-                tracing::debug!(%request_id, error = %capnp_err, "runtime did not take the abort");
+            // A runtime that stopped reading takes the abort only after its pending writes, if
+            // ever: wait for it no longer than for a write.
+            match tokio::time::timeout(timeouts.write, abort.send().promise).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(capnp_err)) => {
+                    tracing::debug!(%request_id, error = %capnp_err, "runtime did not take the abort");
+                }
+                Err(_) => {
+                    tracing::debug!(%request_id, "runtime did not take the abort in time");
+                    return;
+                }
             }
         }
         Pumped::ReceiverGone(err) => {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{RpcSystem, twoparty};
+use futures::StreamExt as _;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -26,7 +27,7 @@ use uuid::Uuid;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_iris::mock::{MemoryStore, MockTunnel};
-use wvpc_iris::{RouteTarget, Router, RouterConfig, ServiceRoute};
+use wvpc_iris::{RouteTarget, RouteTls, Router, RouterConfig, ServiceRoute};
 use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
 use wvpc_schemas::{read_wire_error, write_wire_error};
 
@@ -39,6 +40,17 @@ struct OriginLog {
     requests: Mutex<Vec<(String, String, http::HeaderMap)>>,
     /// SNI of each TLS connection.
     server_names: Mutex<Vec<String>>,
+    /// Set when the body of `/endless` is dropped (its connection was closed).
+    endless_dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets its flag when dropped.
+struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 async fn start_origin(tls: Option<TlsAcceptor>) -> (SocketAddr, Arc<OriginLog>) {
@@ -62,7 +74,10 @@ async fn start_origin(tls: Option<TlsAcceptor>) -> (SocketAddr, Arc<OriginLog>) 
                 let http = hyper::server::conn::http1::Builder::new();
                 match tls {
                     None => {
-                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        let _ = http
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
+                            .await;
                     }
                     Some(acceptor) => {
                         let Ok(tls) = acceptor.accept(stream).await else {
@@ -81,7 +96,7 @@ async fn start_origin(tls: Option<TlsAcceptor>) -> (SocketAddr, Arc<OriginLog>) 
 
 async fn origin_handle(
     log: &OriginLog,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<BoxBody<Bytes, hyper::Error>> {
     let host = req
         .headers()
@@ -99,6 +114,58 @@ async fn origin_handle(
         .push((host, path.clone(), req.headers().clone()));
     if path == "/echo" {
         return Response::new(req.into_body().boxed());
+    }
+    if path == "/ws"
+        && req
+            .headers()
+            .get("upgrade")
+            .is_some_and(|v| v == "websocket")
+    {
+        // Switches protocols, then echoes every byte and says "bye" at the client's EOF.
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 4096];
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if io.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = io.write_all(b"bye").await;
+            let _ = io.shutdown().await;
+        });
+        return Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+            .unwrap();
+    }
+    if path == "/endless" {
+        // 64 KiB pieces for as long as someone reads them.
+        let flag = DropFlag(Arc::clone(&log.endless_dropped));
+        let pieces = futures::stream::repeat_with(move || {
+            let _alive = &flag;
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from(vec![b'x'; 64 << 10])))
+        });
+        return Response::new(BodyExt::boxed(http_body_util::StreamBody::new(pieces)));
+    }
+    if path == "/stall-body" {
+        // Some body, then nothing more, ever.
+        let first = futures::stream::once(async {
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b"partial")))
+        });
+        let body = http_body_util::StreamBody::new(first.chain(futures::stream::pending()));
+        return Response::new(BodyExt::boxed(body));
     }
     if path == "/count" {
         // Answers only after the whole body arrived.
@@ -180,6 +247,7 @@ fn service(id: Uuid, port: u16, http: bool) -> (Uuid, ServiceRoute) {
         http_port: http.then_some(port),
         https_port: Some(port),
         tcp_port: None,
+        tls: RouteTls::default(),
     };
     (id, route)
 }
@@ -301,6 +369,8 @@ impl response_receiver::Server for Receiver {
 struct BodyCollector {
     bytes: RefCell<Vec<u8>>,
     done: RefCell<Option<oneshot::Sender<Result<(), ProxyError>>>>,
+    /// A runtime whose script stopped reading: writes never complete.
+    stalled: std::cell::Cell<bool>,
 }
 
 impl byte_stream::Server for BodyCollector {
@@ -308,6 +378,9 @@ impl byte_stream::Server for BodyCollector {
         self: capnp::capability::Rc<Self>,
         params: byte_stream::WriteParams,
     ) -> Result<(), capnp::Error> {
+        if self.stalled.get() {
+            std::future::pending::<()>().await;
+        }
         self.bytes
             .borrow_mut()
             .extend_from_slice(params.get()?.get_bytes()?);
@@ -371,8 +444,8 @@ impl TestRuntime {
         let (head_tx, head_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let collector = Rc::new(BodyCollector {
-            bytes: RefCell::default(),
             done: RefCell::new(Some(done_tx)),
+            ..BodyCollector::default()
         });
         let receiver = Receiver {
             head: RefCell::new(Some(head_tx)),
@@ -738,4 +811,381 @@ async fn an_origin_certificate_from_an_untrusted_ca_is_refused() {
     })
     .await;
     stack.worker.shutdown();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Origin TLS per service: each verification mode, with and without the service's private CA.
+
+/// A TLS acceptor serving `cert` (DER) with `key`.
+fn acceptor(cert: rustls::pki_types::CertificateDer<'static>, key: &rcgen::KeyPair) -> TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// A private CA (its PEM) and an origin certificate it signed for `name`.
+fn private_ca_origin(name: &str) -> (String, TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    (ca_pem, acceptor(leaf.der().clone(), &leaf_key))
+}
+
+/// A self-signed origin certificate for `name` (its PEM).
+fn self_signed_origin(name: &str) -> (String, TlsAcceptor) {
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let pem = certified.cert.pem();
+    (
+        pem,
+        acceptor(certified.cert.der().clone(), &certified.signing_key),
+    )
+}
+
+/// iris over `store` and a binding-worker trusting only the system roots (which know none of
+/// the test CAs), so that whatever passes verification passed through the service's settings.
+async fn start_worker_with(
+    store: MemoryStore,
+    tune: impl FnOnce(&mut BindingWorkerConfig),
+) -> BindingWorkerHandle {
+    let router = Router::new(
+        Arc::new(store),
+        Arc::new(MockTunnel::default()),
+        RouterConfig::default(),
+    );
+    let iris = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let iris_addr = iris.local_addr().unwrap();
+    tokio::spawn(async move { router.serve(iris).await });
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let mut config = BindingWorkerConfig::new(iris_addr);
+    tune(&mut config);
+    BindingWorker::start(listener, config).unwrap()
+}
+
+async fn with_runtime_at<F, Fut>(addr: SocketAddr, test: F)
+where
+    F: FnOnce(TestRuntime) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move { test(TestRuntime::connect(addr).await).await })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_verification_mode_checks_what_it_promises() {
+    use wvpc_iris::CertVerificationMode::{Disabled, VerifyCa, VerifyFull};
+    let (ca_pem, ca_acceptor) = private_ca_origin("secure.internal");
+    let (self_pem, self_acceptor) = self_signed_origin("self.internal");
+    let (ca_origin, _) = start_origin(Some(ca_acceptor)).await;
+    let (self_origin, _) = start_origin(Some(self_acceptor)).await;
+    let (plain_origin, _) = start_origin(None).await;
+
+    // (origin, mode, private CA, URL host, expected code or success)
+    let rows = [
+        (
+            ca_origin,
+            VerifyFull,
+            None,
+            "secure.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (
+            ca_origin,
+            VerifyFull,
+            Some(&ca_pem),
+            "secure.internal",
+            None,
+        ),
+        (
+            ca_origin,
+            VerifyFull,
+            Some(&ca_pem),
+            "other.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (
+            ca_origin,
+            VerifyFull,
+            Some(&self_pem),
+            "secure.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (ca_origin, VerifyCa, Some(&ca_pem), "other.internal", None),
+        (
+            ca_origin,
+            VerifyCa,
+            None,
+            "secure.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (ca_origin, Disabled, None, "anything.internal", None),
+        (
+            self_origin,
+            VerifyFull,
+            Some(&self_pem),
+            "self.internal",
+            None,
+        ),
+        (
+            self_origin,
+            VerifyFull,
+            Some(&self_pem),
+            "other.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (
+            self_origin,
+            VerifyCa,
+            Some(&self_pem),
+            "other.internal",
+            None,
+        ),
+        (
+            self_origin,
+            VerifyCa,
+            None,
+            "self.internal",
+            Some(ErrorCode::TlsCertificateError),
+        ),
+        (self_origin, Disabled, None, "self.internal", None),
+        // Plain HTTP where TLS was expected: no verification mode makes that work.
+        (
+            plain_origin,
+            Disabled,
+            None,
+            "api.internal",
+            Some(ErrorCode::TlsProtocolError),
+        ),
+    ];
+    let store = MemoryStore::default();
+    let ids: Vec<Uuid> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (origin, mode, ca, _, _))| {
+            let (id, mut route) =
+                service(Uuid::from_u128(0x7150 + i as u128), origin.port(), false);
+            route.tls = RouteTls {
+                cert_verification_mode: *mode,
+                ca_certificate: ca.map(|pem| pem.to_string()),
+            };
+            store.put(route);
+            id
+        })
+        .collect();
+    let worker = start_worker_with(store, |_| {}).await;
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        for (i, (_, mode, ca, host, expected)) in rows.iter().enumerate() {
+            let url = format!("https://{host}/tls");
+            let got = rt.fetch(ids[i], "GET", &url, &[], b"").await;
+            let what = format!(
+                "row {i}: {mode} with{} CA, {url}",
+                if ca.is_some() { "" } else { "out" }
+            );
+            match expected {
+                None => {
+                    let res = got.unwrap_or_else(|e| panic!("{what}: expected success, got {e}"));
+                    assert_eq!(
+                        (res.status, res.body.as_slice()),
+                        (200, &b"hello from the origin"[..]),
+                        "{what}"
+                    );
+                }
+                Some(code) => {
+                    let err = got
+                        .err()
+                        .unwrap_or_else(|| panic!("{what}: expected {code}, got a response"));
+                    assert_eq!(err.code, *code, "{what}: {err}");
+                }
+            }
+        }
+    })
+    .await;
+    worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_stalls_mid_body_is_connection_read_timeout() {
+    let (origin, _) = start_origin(None).await;
+    let (id, route) = service(API, origin.port(), true);
+    let store = MemoryStore::default();
+    store.put(route);
+    let worker = start_worker_with(store, |config| {
+        config.read_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        let err = rt
+            .fetch(id, "GET", "http://api.internal/stall-body", &[], b"")
+            .await
+            .err()
+            .expect("the body must fail, not hang or complete");
+        assert_eq!(err.code, ErrorCode::ConnectionReadTimeout, "{err}");
+        // The stalled connection was not pooled: the next request gets a fresh one and works.
+        let res = rt
+            .fetch(id, "GET", "http://api.internal/", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200);
+    })
+    .await;
+    worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_an_idle_connection_gives_way_a_busy_one_does_not() {
+    let (origin, log) = start_origin(None).await;
+    let (id, route) = service(API, origin.port(), true);
+    let store = MemoryStore::default();
+    store.put(route);
+    let worker = start_worker_with(store, |config| config.max_connections_per_service = 1).await;
+    let seen = Arc::clone(&log);
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        // a.internal's connection stays pooled; b.internal cannot share it (another Host),
+        // so it replaces it.
+        for host in ["a.internal", "b.internal", "a.internal"] {
+            let res = rt
+                .fetch(id, "GET", &format!("http://{host}/"), &[], b"")
+                .await
+                .unwrap_or_else(|e| panic!("{host}: {e}"));
+            assert_eq!(res.status, 200);
+        }
+        // A response that is still streaming holds its connection: a second one is refused.
+        let rt = Rc::new(rt);
+        let stalled = tokio::task::spawn_local({
+            let rt = Rc::clone(&rt);
+            async move {
+                rt.fetch(id, "GET", "http://a.internal/stall-body", &[], b"")
+                    .await
+            }
+        });
+        // Until the origin has the stalled request (a condition poll, bounded by the test).
+        while seen.requests.lock().unwrap().len() < 4 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let err = rt
+            .fetch(id, "GET", "http://b.internal/", &[], b"")
+            .await
+            .err()
+            .expect("over the cap");
+        assert_eq!(err.code, ErrorCode::ConnectionLimitReached, "{err}");
+        stalled.abort();
+    })
+    .await;
+    // a, then b in a's place, then a in b's place; the stalled request reused that last one.
+    assert_eq!(log.connections.load(Ordering::SeqCst), 3);
+    worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_passes_through_and_bytes_flow_both_ways() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |rt| async move {
+        let res = rt
+            .fetch(
+                API,
+                "GET",
+                "http://api.internal/ws",
+                &[
+                    ("connection", "Upgrade"),
+                    ("upgrade", "websocket"),
+                    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                    ("sec-websocket-version", "13"),
+                ],
+                b"frames from the script",
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status, 101);
+        assert_eq!(res.header("upgrade"), Some(&b"websocket"[..]));
+        assert_eq!(res.header("connection"), Some(&b"upgrade"[..]));
+        assert_eq!(
+            res.header("sec-websocket-accept"),
+            Some(&b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..])
+        );
+        // The request body went up the upgraded connection, the origin's bytes came back as
+        // the response body, and the script's end() reached the origin as EOF.
+        assert_eq!(res.body, b"frames from the scriptbye");
+        // An upgraded connection is never pooled: the next request opens a fresh one.
+        let next = rt
+            .fetch(API, "GET", "http://api.internal/after", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(next.status, 200);
+    })
+    .await;
+    let requests = stack.origin.requests.lock().unwrap();
+    let (_, path, headers) = &requests[0];
+    assert_eq!(path, "/ws");
+    assert_eq!(headers["upgrade"], "websocket");
+    assert_eq!(headers["connection"], "upgrade");
+    assert_eq!(headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(stack.origin.connections.load(Ordering::SeqCst), 2);
+    drop(requests);
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_that_stops_reading_frees_the_origin_after_the_write_timeout() {
+    let (origin, log) = start_origin(None).await;
+    let (id, route) = service(API, origin.port(), true);
+    let store = MemoryStore::default();
+    store.put(route);
+    let worker = start_worker_with(store, |config| {
+        config.write_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let dropped = Arc::clone(&log.endless_dropped);
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        let (head_tx, head_rx) = oneshot::channel();
+        let collector = Rc::new(BodyCollector::default());
+        collector.stalled.set(true);
+        let receiver = Receiver {
+            head: RefCell::new(Some(head_tx)),
+            body: collector,
+        };
+        let mut call = rt.binding.fetch_request();
+        {
+            let mut p = call.get();
+            p.reborrow().init_context().set_service_id(id.to_string());
+            let mut head = p.reborrow().init_head();
+            head.set_method("GET");
+            head.set_url("http://api.internal/endless");
+            p.set_response(capnp_rpc::new_client(receiver));
+        }
+        let sent = call.send();
+        let sink = sent.pipeline.get_request_body();
+        sink.end_request().send().promise.await.unwrap();
+        let (status, _) = head_rx.await.unwrap().expect("a response head");
+        assert_eq!(status, 200);
+        // The binding-worker gives up on the stalled runtime and closes the origin
+        // connection, which drops the endless body (a condition poll, bounded by the test).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !dropped.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the origin connection is still open"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    worker.shutdown();
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use uuid::Uuid;
 use wvpc_directory::{Directory, DirectoryError, RouteSnapshot, Service, ServiceTarget};
 use wvpc_errors::ProxyError;
-use wvpc_iris::{RouteTarget, ServiceRoute, ServiceStore};
+use wvpc_iris::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
 
 /// How often the watcher looks at the change counter.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -133,5 +133,9 @@ pub fn service_route(s: &Service) -> ServiceRoute {
         http_port: s.http_port(),
         https_port: s.https_port(),
         tcp_port: s.tcp_port(),
+        tls: RouteTls {
+            cert_verification_mode: s.cert_verification_mode(),
+            ca_certificate: s.ca_certificate().map(str::to_owned),
+        },
     }
 }

@@ -56,11 +56,20 @@ pub struct Stack {
 impl Stack {
     /// Checks the script's bindings against the directory and starts every component.
     pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
-        Self::start_with(config, IrisOptions::default()).await
+        Self::start_tuned(config, IrisOptions::default(), |_| {}).await
     }
 
     /// [`Stack::start`] with iris's node name and metrics listener.
     pub async fn start_with(config: StackConfig, options: IrisOptions) -> anyhow::Result<Stack> {
+        Self::start_tuned(config, options, |_| {}).await
+    }
+
+    /// [`Stack::start_with`], with the binding-worker's limits and timeouts adjusted by `tune`.
+    pub async fn start_tuned(
+        config: StackConfig,
+        options: IrisOptions,
+        tune: impl FnOnce(&mut BindingWorkerConfig),
+    ) -> anyhow::Result<Stack> {
         let directory = Arc::new(Directory::open(&config.state)?);
         check_bindings(&config.script, &directory, &config.state)?;
 
@@ -82,6 +91,7 @@ impl Stack {
         // Pooled origin connections keep the route they were opened with: renew them often
         // enough that service changes reach steady traffic within a second.
         bw_config.route_lease = Some(crate::live_routes::ROUTE_LEASE);
+        tune(&mut bw_config);
         let binding_worker =
             BindingWorker::start(bw_listener, bw_config).context("starting the binding-worker")?;
         let binding_worker_addr = binding_worker.local_addr();

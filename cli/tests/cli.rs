@@ -749,3 +749,63 @@ fn bad_connector_flags_are_refused_naming_the_flag() {
     assert_eq!(run.code(), 2);
     assert!(run.stderr().contains("not a duration"), "{}", run.stderr());
 }
+
+#[test]
+fn a_private_ca_is_read_from_its_file_and_checked() {
+    let state = State::new();
+    let tunnel = state.tunnel("home");
+    let create = |ca: &Path| {
+        state.wvpc(&[
+            "service",
+            "create",
+            "secure",
+            "--type",
+            "http",
+            "--tunnel-id",
+            &tunnel,
+            "--hostname",
+            "secure.internal",
+            "--ca-certificate",
+            ca.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.internal".to_owned()])
+        .unwrap()
+        .cert
+        .pem();
+    let ca_file = state.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let created: Value = serde_json::from_str(&create(&ca_file).stdout()).unwrap();
+    // Without --cert-verification-mode the CA comes with the default, verify_full.
+    assert_eq!(
+        created["tls_settings"]["cert_verification_mode"],
+        "verify_full"
+    );
+    assert_eq!(created["tls_settings"]["ca_certificate"], ca.as_str());
+
+    let not_a_cert = state.path().join("key.pem");
+    std::fs::write(&not_a_cert, "hello").unwrap();
+    let run = create(&not_a_cert);
+    assert_eq!(run.code(), 1);
+    let err = run.stderr();
+    assert!(
+        err.contains("--ca-certificate (tls_settings.ca_certificate)") && err.contains("no PEM"),
+        "{err}"
+    );
+    let run = create(&state.path().join("missing.pem"));
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("--ca-certificate: cannot read"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(
+        state
+            .json(&["service", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -111,6 +111,8 @@ const MIGRATIONS: &[&str] = &[
 
     CREATE INDEX tunnel_connections_by_tunnel ON tunnel_connections (tunnel_id, since);
     "#,
+    // 5: a private CA per service (tls_settings.ca_certificate, PEM).
+    "ALTER TABLE services ADD COLUMN ca_certificate TEXT;",
 ];
 
 /// The local control plane of one state directory: its accounts, their tunnels, services,

@@ -124,10 +124,14 @@ pub struct Network {
 }
 
 /// `tls_settings`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsSettings {
     /// How the origin certificate is checked.
     pub cert_verification_mode: CertVerificationMode,
+    /// A private CA (one or more PEM certificates) trusted for this service in addition to the
+    /// system roots. An extension: Cloudflare has no custom CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
 }
 
 /// How the origin's TLS certificate is verified.
@@ -213,8 +217,14 @@ impl Service {
     /// The effective verification mode (`verify_full` when `tls_settings` is absent).
     pub fn cert_verification_mode(&self) -> CertVerificationMode {
         self.tls_settings
+            .as_ref()
             .map(|t| t.cert_verification_mode)
             .unwrap_or_default()
+    }
+
+    /// The private CA (PEM) trusted for this service's https origin, if any.
+    pub fn ca_certificate(&self) -> Option<&str> {
+        self.tls_settings.as_ref()?.ca_certificate.as_deref()
     }
 
     /// Where to send traffic: hostname plus resolver socket addresses, or the fixed IPs.

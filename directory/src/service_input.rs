@@ -93,6 +93,9 @@ pub struct TlsSettingsInput {
     /// `cert_verification_mode` (required when `tls_settings` is given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_verification_mode: Option<String>,
+    /// `ca_certificate`: PEM certificate(s) of a private CA to trust as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
 }
 
 /// What is accepted on the wire: the input fields plus the ignored read-only ones.
@@ -245,8 +248,9 @@ impl From<&Service> for ServiceInput {
             tcp_port,
             app_protocol,
             host: Some(host),
-            tls_settings: service.tls_settings.map(|t| TlsSettingsInput {
+            tls_settings: service.tls_settings.as_ref().map(|t| TlsSettingsInput {
                 cert_verification_mode: Some(t.cert_verification_mode.as_str().to_owned()),
+                ca_certificate: t.ca_certificate.clone(),
             }),
         }
     }

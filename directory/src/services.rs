@@ -20,7 +20,7 @@ pub const SERVICE_LIMIT: usize = 1000;
 
 const SERVICE_COLUMNS: &str = "service_id, name, type, http_port, https_port, tcp_port, \
      app_protocol, hostname, resolver_ips, ipv4, ipv6, tunnel_id, cert_verification_mode, \
-     created_at, updated_at";
+     created_at, updated_at, ca_certificate";
 
 impl Directory {
     /// Validates `input` (every rule, including that the tunnel exists in the account) and
@@ -45,7 +45,7 @@ impl Directory {
             tx.execute(
                 &format!(
                     "INSERT INTO services (account_id, {SERVICE_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
                 ),
                 rusqlite::params![
                     self.account_id(),
@@ -63,7 +63,8 @@ impl Directory {
                     row.tunnel_id,
                     row.cert_verification_mode,
                     row.created_at,
-                    row.updated_at
+                    row.updated_at,
+                    row.ca_certificate
                 ],
             )?;
             Ok(service)
@@ -112,7 +113,8 @@ impl Directory {
             tx.execute(
                 "UPDATE services SET name = ?2, type = ?3, http_port = ?4, https_port = ?5,
                    tcp_port = ?6, app_protocol = ?7, hostname = ?8, resolver_ips = ?9, ipv4 = ?10,
-                   ipv6 = ?11, tunnel_id = ?12, cert_verification_mode = ?13, updated_at = ?14
+                   ipv6 = ?11, tunnel_id = ?12, cert_verification_mode = ?13, updated_at = ?14,
+                   ca_certificate = ?16
                  WHERE service_id = ?1 AND account_id = ?15",
                 rusqlite::params![
                     row.service_id,
@@ -129,7 +131,8 @@ impl Directory {
                     row.tunnel_id,
                     row.cert_verification_mode,
                     row.updated_at,
-                    self.account_id()
+                    self.account_id(),
+                    row.ca_certificate
                 ],
             )?;
             Ok(service)
@@ -222,6 +225,7 @@ struct ServiceRow {
     cert_verification_mode: Option<String>,
     created_at: String,
     updated_at: String,
+    ca_certificate: Option<String>,
 }
 
 impl ServiceRow {
@@ -242,6 +246,7 @@ impl ServiceRow {
             cert_verification_mode: row.get(12)?,
             created_at: row.get(13)?,
             updated_at: row.get(14)?,
+            ca_certificate: row.get(15)?,
         })
     }
 
@@ -299,9 +304,11 @@ impl ServiceRow {
             tunnel_id: s.tunnel_id().to_string(),
             cert_verification_mode: s
                 .tls_settings
+                .as_ref()
                 .map(|t| t.cert_verification_mode.as_str().to_owned()),
             created_at: s.created_at.clone(),
             updated_at: s.updated_at.clone(),
+            ca_certificate: s.ca_certificate().map(str::to_owned),
         })
     }
 
@@ -357,12 +364,14 @@ impl ServiceRow {
                 network: Network { tunnel_id },
             },
         };
+        let ca_certificate = self.ca_certificate;
         let tls_settings = self
             .cert_verification_mode
             .map(|m| {
                 CertVerificationMode::parse(&m)
                     .map(|mode| TlsSettings {
                         cert_verification_mode: mode,
+                        ca_certificate,
                     })
                     .ok_or_else(|| corrupt(format!("cert_verification_mode {m:?}")))
             })
@@ -405,10 +414,20 @@ mod tests {
                 ..HostInput::default()
             },
         );
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.internal".to_owned()])
+            .unwrap()
+            .cert
+            .pem();
         input.tls_settings = Some(TlsSettingsInput {
-            cert_verification_mode: Some("disabled".into()),
+            cert_verification_mode: Some("verify_ca".into()),
+            ca_certificate: Some(ca.clone()),
         });
         let api = dir.create_service(&input).unwrap();
+        assert_eq!(
+            api.ca_certificate(),
+            Some(ca.as_str()),
+            "the private CA is kept"
+        );
         assert_eq!(api.name, "api");
         assert_eq!((api.http_port(), api.https_port()), (Some(80), Some(443)));
         assert_eq!(api.created_at, api.updated_at);
@@ -521,7 +540,7 @@ mod tests {
                         "INSERT INTO services (account_id, {SERVICE_COLUMNS})
                          SELECT account_id, ?1, name, type, http_port, https_port, tcp_port, app_protocol,
                            hostname, resolver_ips, ipv4, ipv6, tunnel_id, cert_verification_mode,
-                           created_at, updated_at
+                           created_at, updated_at, ca_certificate
                          FROM services WHERE service_id = ?2"
                     ),
                     [Uuid::new_v4().to_string(), first.service_id.to_string()],

@@ -17,7 +17,8 @@
 //! - `tunnel_id` is a UUID of an existing tunnel of the account (the existence check is done
 //!   by the directory, which knows the tunnels).
 //! - `tls_settings`, when given, has a `cert_verification_mode` of `verify_full`, `verify_ca`
-//!   or `disabled`.
+//!   or `disabled`, and optionally a `ca_certificate`: PEM text of one or more X.509
+//!   certificates (a private CA trusted besides the system roots), pointless with `disabled`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -179,25 +180,40 @@ pub(crate) fn validate(
 
     let tls_settings = match &input.tls_settings {
         None => None,
-        Some(t) => match t.cert_verification_mode.as_deref() {
-            None => p.none(
-                "tls_settings.cert_verification_mode",
-                "required when tls_settings is given; use \"verify_full\", \"verify_ca\" or \
-                 \"disabled\", or omit tls_settings for verify_full",
-            ),
-            Some(m) => match CertVerificationMode::parse(m) {
-                Some(mode) => Some(TlsSettings {
-                    cert_verification_mode: mode,
-                }),
+        Some(t) => {
+            let mode = match t.cert_verification_mode.as_deref() {
                 None => p.none(
                     "tls_settings.cert_verification_mode",
-                    format!(
-                        "{m:?} is not a verification mode; use \"verify_full\", \"verify_ca\" or \
-                         \"disabled\""
-                    ),
+                    "required when tls_settings is given; use \"verify_full\", \"verify_ca\" or \
+                     \"disabled\", or omit tls_settings for verify_full",
                 ),
-            },
-        },
+                Some(m) => CertVerificationMode::parse(m).or_else(|| {
+                    p.none(
+                        "tls_settings.cert_verification_mode",
+                        format!(
+                            "{m:?} is not a verification mode; use \"verify_full\", \"verify_ca\" \
+                             or \"disabled\""
+                        ),
+                    )
+                }),
+            };
+            let ca_certificate = match t.ca_certificate.as_deref() {
+                None => None,
+                Some(_) if mode == Some(CertVerificationMode::Disabled) => p.none(
+                    "tls_settings.ca_certificate",
+                    "has no effect when cert_verification_mode is \"disabled\"; remove it, or \
+                     use \"verify_ca\" or \"verify_full\"",
+                ),
+                Some(pem) => match check_ca_certificate(pem) {
+                    Ok(()) => Some(pem.to_owned()),
+                    Err(why) => p.none("tls_settings.ca_certificate", why),
+                },
+            };
+            mode.map(|cert_verification_mode| TlsSettings {
+                cert_verification_mode,
+                ca_certificate,
+            })
+        }
     };
 
     match (p.0.is_empty(), name, kind, host) {
@@ -209,6 +225,47 @@ pub(crate) fn validate(
         }),
         _ => Err(ValidationError { problems: p.0 }),
     }
+}
+
+/// Checks that `pem` holds one or more X.509 certificates usable as trust anchors, and
+/// nothing else.
+fn check_ca_certificate(pem: &str) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::{PemObject, SectionKind};
+    let mut found = 0;
+    for (index, section) in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()).enumerate() {
+        match section {
+            Err(e) => {
+                return Err(format!(
+                    "is not valid PEM ({e}); paste the CA certificate as \
+                 \"-----BEGIN CERTIFICATE-----\" ... \"-----END CERTIFICATE-----\""
+                ));
+            }
+            Ok((SectionKind::Certificate, der)) => {
+                let mut store = rustls::RootCertStore::empty();
+                store.add(CertificateDer::from(der)).map_err(|e| {
+                    format!(
+                        "PEM block {} is not a usable X.509 CA certificate: {e}",
+                        index + 1
+                    )
+                })?;
+                found += 1;
+            }
+            Ok((kind, _)) => {
+                return Err(format!(
+                    "PEM block {} is a {kind:?}, not a certificate; give only the CA's \
+                     certificate (never a private key)",
+                    index + 1
+                ));
+            }
+        }
+    }
+    if found == 0 {
+        return Err("holds no PEM certificate; paste the CA certificate as \
+             \"-----BEGIN CERTIFICATE-----\" ... \"-----END CERTIFICATE-----\""
+            .to_owned());
+    }
+    Ok(())
 }
 
 /// Ports of an http service: 80/443 when neither is given; otherwise only the given scheme(s).
@@ -927,21 +984,59 @@ mod tests {
         let mut input = http_named("api.internal");
         input.tls_settings = Some(TlsSettingsInput {
             cert_verification_mode: None,
+            ca_certificate: None,
         });
         assert_eq!(paths(&input), ["tls_settings.cert_verification_mode"]);
         input.tls_settings = Some(TlsSettingsInput {
             cert_verification_mode: Some("strict".into()),
+            ca_certificate: None,
         });
         assert!(message(&input, "tls_settings.cert_verification_mode").contains("\"strict\""));
         input.tls_settings = Some(TlsSettingsInput {
             cert_verification_mode: Some("verify_ca".into()),
+            ca_certificate: None,
         });
         assert_eq!(
             input.validate().unwrap().tls_settings,
             Some(TlsSettings {
-                cert_verification_mode: CertVerificationMode::VerifyCa
+                cert_verification_mode: CertVerificationMode::VerifyCa,
+                ca_certificate: None,
             })
         );
+    }
+
+    fn with_ca(mode: &str, pem: &str) -> ServiceInput {
+        let mut input = http_named("api.internal");
+        input.tls_settings = Some(TlsSettingsInput {
+            cert_verification_mode: Some(mode.into()),
+            ca_certificate: Some(pem.into()),
+        });
+        input
+    }
+
+    #[test]
+    fn a_custom_ca_must_be_pem_certificates() {
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.internal".to_owned()])
+            .unwrap()
+            .cert
+            .pem();
+        let spec = with_ca("verify_full", &ca).validate().unwrap();
+        assert_eq!(
+            spec.tls_settings.unwrap().ca_certificate.as_deref(),
+            Some(ca.as_str())
+        );
+
+        let field = "tls_settings.ca_certificate";
+        assert!(
+            message(&with_ca("verify_ca", "not a certificate"), field)
+                .contains("no PEM certificate")
+        );
+        let key =
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+        assert!(message(&with_ca("verify_ca", key), field).contains("not a certificate"));
+        let junk = "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n";
+        assert!(message(&with_ca("verify_ca", junk), field).contains("not a usable X.509"));
+        assert!(message(&with_ca("disabled", &ca), field).contains("no effect"));
     }
 
     #[test]

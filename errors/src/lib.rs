@@ -172,20 +172,18 @@ impl ErrorCode {
         Self::ALL.get(usize::from(ordinal)).copied()
     }
 
-    /// Default category. `dns_error` is [`Category::Client`] only for NXDOMAIN, which
-    /// [`ProxyError::category`] knows from the rcode.
+    /// Default category, as the product's error table files each code (spec §4.2–4.4).
+    /// `dns_error` is [`Category::Client`] only for NXDOMAIN, which [`ProxyError::category`]
+    /// knows from the rcode. The two codes the product table lacks are ours:
+    /// `proxy_configuration_error` (the script's bindings) is Client, `proxy_internal_response`
+    /// Internal.
     pub const fn category(self) -> Category {
         match self {
             Self::ConnectionReadTimeout
             | Self::ConnectionWriteTimeout
             | Self::RateLimited
-            | Self::HttpRequestError
-            | Self::HttpRequestDenied
-            | Self::DestinationNotFound
             | Self::ProxyConfigurationError => Category::Client,
-            Self::ProxyInternalError | Self::ProxyInternalResponse | Self::ProxyLoopDetected => {
-                Category::Internal
-            }
+            Self::ProxyInternalError | Self::ProxyInternalResponse => Category::Internal,
             _ => Category::BadUpstream,
         }
     }
@@ -454,6 +452,40 @@ mod tests {
             ProxyError::new(ErrorCode::RateLimited).category(),
             Category::Client
         );
+    }
+
+    #[test]
+    fn categories_follow_the_product_error_table() {
+        use Category::{BadUpstream, Client, Internal};
+        let client = [
+            ErrorCode::ConnectionReadTimeout,
+            ErrorCode::ConnectionWriteTimeout,
+            ErrorCode::RateLimited,
+            ErrorCode::ProxyConfigurationError,
+        ];
+        let internal = [
+            ErrorCode::ProxyInternalError,
+            ErrorCode::ProxyInternalResponse,
+        ];
+        for code in ErrorCode::ALL {
+            let expected = if client.contains(&code) {
+                Client
+            } else if internal.contains(&code) {
+                Internal
+            } else {
+                BadUpstream
+            };
+            assert_eq!(code.category(), expected, "{code}");
+        }
+        // Listed by the product as Bad Upstream, although a proxy might see them otherwise.
+        for code in [
+            ErrorCode::DestinationNotFound,
+            ErrorCode::HttpRequestDenied,
+            ErrorCode::HttpRequestError,
+            ErrorCode::ProxyLoopDetected,
+        ] {
+            assert_eq!(code.category(), BadUpstream, "{code}");
+        }
     }
 
     #[test]

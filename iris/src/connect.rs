@@ -10,7 +10,9 @@
 //!    tunnel* ([`DnsResolver`]) → `dns_error` / `dns_timeout`;
 //! 5. open a TCP stream through the tunnel to each address in turn ([`TunnelPool::open_tcp`])
 //!    until one connects → the pool's code (`connection_refused`, `destination_unavailable`, …);
-//! 6. answer `200` and copy bytes both ways, half-closes included.
+//! 6. answer `200` — for `https` with the service's TLS settings (`wvpc-tls-verification`,
+//!    `wvpc-tls-ca`), which the binding-worker applies to its end-to-end handshake — and copy
+//!    bytes both ways, half-closes included.
 //!
 //! A failure answers the code's HTTP status with `Proxy-Status: <node>; error=<code>…`
 //! ([`ProxyError::to_proxy_status`]), which the binding-worker turns back into the code; it is
@@ -37,7 +39,7 @@ use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
 use crate::dns::{DnsConfig, DnsResolver};
-use crate::routes::{RouteTarget, ServiceRoute, ServiceStore};
+use crate::routes::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
 use crate::tunnel_pool::{BoxIo, FlowContext, TunnelPool};
 
 /// Header naming the VPC service (a UUID). Falls back to the CONNECT authority's host.
@@ -54,6 +56,10 @@ pub const ACCOUNT_HEADER: &str = "wvpc-account";
 pub const SCRIPT_HEADER: &str = "wvpc-script";
 /// The RFC 9209 response header that carries a failure's code.
 pub const PROXY_STATUS_HEADER: &str = "proxy-status";
+/// Answer header of an `https` CONNECT: the service's `cert_verification_mode`.
+pub const TLS_VERIFICATION_HEADER: &str = "wvpc-tls-verification";
+/// Answer header of an `https` CONNECT: the service's private CA, base64 of its PEM.
+pub const TLS_CA_HEADER: &str = "wvpc-tls-ca";
 
 /// Tuning of the [`Router`].
 #[derive(Debug, Clone)]
@@ -74,6 +80,10 @@ pub struct RouterConfig {
     pub pipe_buffer: usize,
     /// Where refused CONNECTs and DNS lookups are counted (usually the edge registry's).
     pub metrics: Option<Arc<crate::metrics::IrisMetrics>>,
+    /// Bound on opening one TCP stream through the tunnel, the connector's dial of the origin
+    /// and its answer included (→ `connection_timeout`, then the next address). Above the
+    /// connector's own dial timeout (10 s by default), so that its precise code wins.
+    pub stream_open_timeout: std::time::Duration,
 }
 
 impl Default for RouterConfig {
@@ -86,6 +96,7 @@ impl Default for RouterConfig {
             connection_window: 16 << 20,
             pipe_buffer: 64 << 10,
             metrics: None,
+            stream_open_timeout: std::time::Duration::from_secs(20),
         }
     }
 }
@@ -200,8 +211,8 @@ impl Router {
                 .with_details(format!("iris only accepts CONNECT, not {}", req.method()));
             return self.refuse(&head, err);
         }
-        let tunnel_io = match self.open_destination(&head).await {
-            Ok(io) => io,
+        let (tunnel_io, tls) = match self.open_destination(&head).await {
+            Ok(opened) => opened,
             Err(err) => return self.refuse(&head, err),
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -229,11 +240,16 @@ impl Router {
                 Err(err) => tracing::debug!(%request_id, error = %err, "CONNECT pipe broke"),
             }
         });
-        Response::new(Empty::new())
+        let mut response = Response::new(Empty::new());
+        if head.scheme == "https" {
+            tls_answer_headers(&tls, response.headers_mut());
+        }
+        response
     }
 
-    /// Phases 1–5: from the request to a connected stream through the tunnel.
-    async fn open_destination(&self, head: &ConnectHead) -> Result<BoxIo, ProxyError> {
+    /// Phases 1–5: from the request to a connected stream through the tunnel, plus the
+    /// service's TLS settings for the answer.
+    async fn open_destination(&self, head: &ConnectHead) -> Result<(BoxIo, RouteTls), ProxyError> {
         let service_id = head.service_id.clone()?;
         let route = self.inner.store.route(service_id)?.ok_or_else(|| {
             ProxyError::new(ErrorCode::DestinationNotFound)
@@ -246,7 +262,8 @@ impl Router {
             ))
         })?;
         let addrs = self.addresses(&route, &head.ctx).await?;
-        self.dial(&route, &addrs, port, &head.ctx).await
+        let io = self.dial(&route, &addrs, port, &head.ctx).await?;
+        Ok((io, route.tls))
     }
 
     /// Phase 4: the service's addresses, IPv4 first.
@@ -300,7 +317,20 @@ impl Router {
         let mut last_error = None;
         for &ip in addrs {
             let dest = SocketAddr::new(ip, port);
-            match self.inner.pool.open_tcp(route.tunnel_id, dest, ctx).await {
+            let timeout = self.inner.config.stream_open_timeout;
+            let opened = tokio::time::timeout(
+                timeout,
+                self.inner.pool.open_tcp(route.tunnel_id, dest, ctx),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(
+                    ProxyError::new(ErrorCode::ConnectionTimeout).with_details(format!(
+                        "the tunnel stream to {dest} did not open within {timeout:?}"
+                    )),
+                )
+            });
+            match opened {
                 Ok(io) => return Ok(io),
                 Err(err) if is_per_address_failure(err.code) => {
                     tracing::debug!(request_id = %ctx.request_id, %dest, error = %err, "origin address failed; trying the next");
@@ -383,6 +413,22 @@ impl ConnectHead {
             original_host: text(ORIGINAL_HOST_HEADER),
             account: text(ACCOUNT_HEADER),
             script: text(SCRIPT_HEADER),
+        }
+    }
+}
+
+/// The TLS settings of an `https` service, for the binding-worker that runs the handshake.
+fn tls_answer_headers(tls: &RouteTls, headers: &mut HeaderMap) {
+    use base64::Engine as _;
+    headers.insert(
+        TLS_VERIFICATION_HEADER,
+        HeaderValue::from_static(tls.cert_verification_mode.as_str()),
+    );
+    if let Some(pem) = &tls.ca_certificate {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pem);
+        // Base64 is always a valid header value.
+        if let Ok(value) = HeaderValue::from_str(&encoded) {
+            headers.insert(TLS_CA_HEADER, value);
         }
     }
 }
@@ -475,6 +521,7 @@ mod tests {
             http_port: http,
             https_port: https,
             tcp_port: None,
+            tls: RouteTls::default(),
         };
         (id, route)
     }
@@ -612,6 +659,45 @@ mod tests {
             (status, err.code),
             (StatusCode::BAD_GATEWAY, ErrorCode::ConnectionRefused)
         );
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_stream_that_does_not_open_in_time_is_connection_timeout() {
+        // A listener with a full backlog: the mock tunnel's dial to it never completes.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let stuck = socket.local_addr().unwrap().as_socket().unwrap();
+        let _filler = std::net::TcpStream::connect(stuck).unwrap();
+        let target = RouteTarget::Ips {
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            ipv6: None,
+        };
+        let store: MemoryStore = [route(ECHO, target, Some(stuck.port()), None).1]
+            .into_iter()
+            .collect();
+        let config = RouterConfig {
+            stream_open_timeout: std::time::Duration::from_millis(200),
+            ..RouterConfig::default()
+        };
+        let router = Router::new(Arc::new(store), Arc::new(MockTunnel::default()), config);
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { router.serve(listener).await });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let (status, err) = refused_with(&mut sender, connect(&ECHO.to_string(), "http")).await;
+        assert_eq!(
+            (status, err.code),
+            (StatusCode::GATEWAY_TIMEOUT, ErrorCode::ConnectionTimeout)
+        );
+        assert!(err.details.unwrap().contains("did not open"));
     }
 
     #[tokio::test]

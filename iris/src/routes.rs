@@ -6,6 +6,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use uuid::Uuid;
+pub use wvpc_directory::CertVerificationMode;
 use wvpc_errors::ProxyError;
 
 /// Where a service lives.
@@ -43,6 +44,18 @@ pub struct ServiceRoute {
     pub https_port: Option<u16>,
     /// Port for `tcp` services.
     pub tcp_port: Option<u16>,
+    /// How the origin's certificate is checked for `https` (by the binding-worker, which runs
+    /// TLS end to end; iris hands these settings over in its CONNECT answer).
+    pub tls: RouteTls,
+}
+
+/// A service's `tls_settings`, as the binding-worker needs them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteTls {
+    /// `verify_full` (chain and host name), `verify_ca` (chain only) or `disabled`.
+    pub cert_verification_mode: CertVerificationMode,
+    /// PEM of a private CA trusted besides the system roots.
+    pub ca_certificate: Option<String>,
 }
 
 impl ServiceRoute {

@@ -124,6 +124,24 @@ impl WasiHttpHooks for OutboundHooks {
     fn set_host_header(&mut self) -> bool {
         false
     }
+
+    /// A script may ask for an upgrade (WebSocket), which the binding-worker passes through
+    /// end to end: `Upgrade` and `Connection` are allowed; the other hop-by-hop headers stay
+    /// forbidden.
+    fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        Arc::new(is_forbidden)
+    }
+
+    fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
+        is_forbidden(name)
+    }
+}
+
+/// wasi-http's default forbidden headers, less the two an upgrade needs.
+fn is_forbidden(name: &http::HeaderName) -> bool {
+    *name != http::header::UPGRADE
+        && *name != http::header::CONNECTION
+        && wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
 }
 
 /// The one log line per failed binding fetch.

@@ -27,6 +27,11 @@ pub mod stock_cloudflared;
 pub mod guests {
     /// `examples/proxy`: forwards each request to binding `API`.
     pub const PROXY: &str = env!("WVPC_GUEST_PROXY");
+    /// `sdk/examples/binding_checks.rs`: `/<scheme>/<host>/<rest>` fetched through `API`,
+    /// the outcome reported as the script saw it.
+    pub const BINDING_CHECKS: &str = env!("WVPC_GUEST_BINDING_CHECKS");
+    /// `sdk/examples/websocket.rs`: `/echo/<text>` as a WebSocket exchange through `API`.
+    pub const WEBSOCKET: &str = env!("WVPC_GUEST_WEBSOCKET");
 }
 
 /// Installs a tracing subscriber once (`RUST_LOG` controls it; quiet by default).

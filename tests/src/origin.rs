@@ -28,6 +28,32 @@ pub fn pattern(i: usize) -> u8 {
     (i % 251) as u8
 }
 
+/// Longest run [`pattern_at`] returns in one piece.
+pub const TAPE_RUN: usize = 64 * 1024;
+
+/// `pattern(0..TAPE_RUN + 251)`, built once: every run of [`pattern`] of up to [`TAPE_RUN`]
+/// bytes is a slice of it.
+pub fn pattern_tape() -> Bytes {
+    use std::sync::OnceLock;
+    static TAPE: OnceLock<Bytes> = OnceLock::new();
+    TAPE.get_or_init(|| (0..TAPE_RUN + 251).map(pattern).collect::<Vec<u8>>().into())
+        .clone()
+}
+
+/// `pattern(start..start + len)` for `len <= TAPE_RUN`, without copying.
+pub fn pattern_at(tape: &Bytes, start: usize, len: usize) -> Bytes {
+    let offset = start % 251;
+    tape.slice(offset..offset + len)
+}
+
+/// Whether `chunk` is `pattern(start..start + chunk.len())`, compared a run at a time.
+pub fn is_pattern_at(tape: &Bytes, start: usize, chunk: &[u8]) -> bool {
+    chunk
+        .chunks(TAPE_RUN)
+        .enumerate()
+        .all(|(i, run)| run == &pattern_at(tape, start + i * TAPE_RUN, run.len())[..])
+}
+
 /// Checks that `body` is `pattern(0..len)`.
 pub fn is_pattern(body: &[u8]) -> bool {
     body.iter().enumerate().all(|(i, b)| *b == pattern(i))
@@ -178,11 +204,11 @@ async fn handle(
     rec.seen.lock().unwrap()[index].body_len = body_len;
     if let Some(n) = req_path_number(&path, "/big/") {
         const CHUNK: usize = 64 * 1024;
+        // Slices of one shared tape: a body of any size costs the origin no memory.
+        let tape = pattern_tape();
         let chunks = futures::stream::iter((0..n).step_by(CHUNK).map(move |start| {
             let end = (start + CHUNK).min(n);
-            Ok::<_, Infallible>(Frame::data(Bytes::from(
-                (start..end).map(pattern).collect::<Vec<u8>>(),
-            )))
+            Ok::<_, Infallible>(Frame::data(pattern_at(&tape, start, end - start)))
         }));
         let mut resp = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(chunks)));
         resp.headers_mut()

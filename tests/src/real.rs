@@ -55,6 +55,14 @@ pub struct WorldOptions {
     pub iris: IrisOptions,
     /// How the started connector carries UDP (DNS) sessions.
     pub datagram_version: DatagramVersion,
+    /// The script (a component path) bound as `API` to the service.
+    pub script: &'static str,
+    /// The started connector's origin dial timeout (`None`: the connector's default).
+    pub dial_timeout: Option<Duration>,
+    /// The started connector's flow limit (0: none).
+    pub max_active_flows: usize,
+    /// The binding-worker's per-service connection cap.
+    pub max_connections_per_service: usize,
 }
 
 impl Default for WorldOptions {
@@ -63,6 +71,10 @@ impl Default for WorldOptions {
             connector: true,
             iris: IrisOptions::default(),
             datagram_version: DatagramVersion::V3,
+            script: guests::PROXY,
+            dial_timeout: None,
+            max_active_flows: 0,
+            max_connections_per_service: 256,
         }
     }
 }
@@ -155,12 +167,13 @@ impl RealWorld {
         let service = directory.create_service(&input)?;
         drop(directory);
 
-        let stack = Stack::start_with(
+        let max_connections = options.max_connections_per_service;
+        let stack = Stack::start_tuned(
             StackConfig {
                 state: state.path().to_owned(),
                 script: ScriptConfig {
                     name: "proxy".into(),
-                    main: PathBuf::from(guests::PROXY),
+                    main: PathBuf::from(options.script),
                     vpc_services: vec![VpcServiceBinding {
                         binding: "API".into(),
                         service_id: service.service_id,
@@ -170,6 +183,7 @@ impl RealWorld {
                 edge_listen: "127.0.0.1:0".parse()?,
             },
             options.iris.clone(),
+            |bw| bw.max_connections_per_service = max_connections,
         )
         .await?;
 
@@ -188,6 +202,10 @@ impl RealWorld {
         }
         let mut config = world.connector_config(world.stack.edge_addr);
         config.datagram_version = options.datagram_version;
+        if let Some(timeout) = options.dial_timeout {
+            config.dial_timeout = timeout;
+        }
+        config.max_active_flows = options.max_active_flows;
         let connector = Connector::new(config)?;
         let mut readiness = connector.readiness();
         let (stop, stopped) = oneshot::channel::<()>();

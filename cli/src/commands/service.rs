@@ -137,6 +137,10 @@ pub struct ServiceFlags {
     /// Origin certificate verification [default: verify_full]
     #[arg(long, value_enum)]
     pub cert_verification_mode: Option<CertModeArg>,
+    /// PEM file with a private CA's certificate(s), trusted for the https origin besides the
+    /// system roots
+    #[arg(long, value_name = "PEM_FILE")]
+    pub ca_certificate: Option<std::path::PathBuf>,
 }
 
 /// `--type`
@@ -385,6 +389,15 @@ impl ServiceFlags {
                 }
             }
         }
+        let ca_certificate = match &self.ca_certificate {
+            None => None,
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                UsageError(format!(
+                    "--ca-certificate: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?),
+        };
         let tunnel_id = Some(self.tunnel_id);
         let host = match hostname {
             Some(hostname) => HostInput {
@@ -417,9 +430,15 @@ impl ServiceFlags {
             tcp_port,
             app_protocol: self.app_protocol.map(|p| p.as_str().to_owned()),
             host: Some(host),
-            tls_settings: self.cert_verification_mode.map(|m| TlsSettingsInput {
-                cert_verification_mode: Some(m.as_str().to_owned()),
-            }),
+            tls_settings: match (self.cert_verification_mode, ca_certificate) {
+                (None, None) => None,
+                (mode, ca_certificate) => Some(TlsSettingsInput {
+                    cert_verification_mode: Some(
+                        mode.map_or("verify_full", CertModeArg::as_str).to_owned(),
+                    ),
+                    ca_certificate,
+                }),
+            },
         })
     }
 }
@@ -498,6 +517,7 @@ fn flag_for(path: &str) -> Option<&'static str> {
         "host.network" | "host.resolver_network" => "--hostname/--ipv4/--ipv6",
         "host.network.tunnel_id" | "host.resolver_network.tunnel_id" => "--tunnel-id",
         "tls_settings.cert_verification_mode" => "--cert-verification-mode",
+        "tls_settings.ca_certificate" => "--ca-certificate",
         p if p.starts_with("host.resolver_network.resolver_ips") => "--resolver-ips",
         _ => return None,
     })
@@ -571,6 +591,9 @@ async fn print_details(
         "   Certificate verification: {}{default}",
         s.cert_verification_mode()
     )?;
+    if s.ca_certificate().is_some() {
+        writeln!(out, "   Private CA: trusted besides the system roots")?;
+    }
     writeln!(out, "   Created: {}", s.created_at)?;
     writeln!(out, "   Modified: {}", s.updated_at)?;
     Ok(())

@@ -6,8 +6,12 @@
 //! - [`ha`]: replicas, failover under load, graceful shutdown, iris restart, limits, metrics.
 //! - [`live_config`]: service changes reach iris while load runs.
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
+//! - [`error_codes`]: the table of error codes, each from its real cause on the real path.
+//! - [`websocket`]: a WebSocket upgrade through the real path.
 
+mod error_codes;
 mod ha;
 mod live_config;
 mod mock_tunnel;
 mod real_tunnel;
+mod websocket;

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use hickory_proto::rr::RecordType;
 use uuid::Uuid;
-use wvpc_iris::{RouteTarget, ServiceRoute};
+use wvpc_iris::{RouteTarget, RouteTls, ServiceRoute};
 use wvpc_tests::dns::DnsMode;
 use wvpc_tests::mock_tunnel::MockFault;
 use wvpc_tests::origin::{Origin, is_pattern};
@@ -22,6 +22,7 @@ fn hostname_route(service_id: Uuid, origin: SocketAddr) -> ServiceRoute {
         http_port: Some(origin.port()),
         https_port: None,
         tcp_port: None,
+        tls: RouteTls::default(),
     }
 }
 
