@@ -43,7 +43,7 @@ mod message;
 
 pub use body::{Body, IncomingBody};
 pub use error::ProxyError;
-pub use fetch::{Env, Fetcher};
+pub use fetch::{Env, FetchOptions, Fetcher, PendingResponse, Redirect};
 pub use handler::Handler;
 pub use headers::Headers;
 pub use message::{Request, Response};
