@@ -212,7 +212,9 @@ impl Runtime {
                         limit = limit_key(*limit, &limits),
                         "script stopped: it exceeded a limit"
                     ),
-                    None => tracing::error!(request_id = %id, script = %script, error = ?err, "script failed"),
+                    None => {
+                        tracing::error!(request_id = %id, script = %script, error = ?err, "script failed")
+                    }
                 }
             }
             outcome.map_err(|(exceeded, _)| exceeded)

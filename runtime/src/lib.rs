@@ -41,7 +41,7 @@ pub use config::{ConfigError, ConfigProblem, ScriptConfig, VpcServiceBinding};
 pub use dev_server::{REQUEST_ID_HEADER, Runtime, RuntimeOptions};
 pub use error_map::wasi_error_code;
 pub use limits::Limits;
-pub use script_output::{PrefixedOutput, ScriptLine, ScriptOutput, ScriptStream};
 pub use script::RuntimeError;
+pub use script_output::{PrefixedOutput, ScriptLine, ScriptOutput, ScriptStream};
 /// The wasi:http 0.2 `error-code` variant as wasmtime represents it.
 pub use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode as WasiErrorCode;

@@ -282,7 +282,11 @@ impl Sender {
             };
             redirects += 1;
             if redirects > MAX_REDIRECTS {
-                tracing::warn!(request_id, limit = MAX_REDIRECTS, "fetch followed too many redirects");
+                tracing::warn!(
+                    request_id,
+                    limit = MAX_REDIRECTS,
+                    "fetch followed too many redirects"
+                );
                 return Err(named(limit_names::REDIRECTS));
             }
             if let Err(exceeded) = self.budget.take_subrequest() {
@@ -375,7 +379,10 @@ pub(crate) fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
     } else {
         let path = base.path();
         let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-        format!("{scheme}://{authority}{}", remove_dot_segments(&format!("{dir}{location}")))
+        format!(
+            "{scheme}://{authority}{}",
+            remove_dot_segments(&format!("{dir}{location}"))
+        )
     };
     let uri: Uri = text.parse().ok()?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {

@@ -224,9 +224,18 @@ mod tests {
         let mut stream = output.p2_stream();
         stream.write(Bytes::from_static(b"one\r\ntw")).unwrap();
         // A second handle (a new get-stdout) continues the same line.
-        output.p2_stream().write(Bytes::from_static(b"o\nthree")).unwrap();
-        assert_eq!(*sink.0.lock().unwrap(), ["[proxy 5f3a1b2c] one", "[proxy 5f3a1b2c] two"]);
+        output
+            .p2_stream()
+            .write(Bytes::from_static(b"o\nthree"))
+            .unwrap();
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            ["[proxy 5f3a1b2c] one", "[proxy 5f3a1b2c] two"]
+        );
         drop((stream, output));
-        assert_eq!(sink.0.lock().unwrap().last().unwrap(), "[proxy 5f3a1b2c] three");
+        assert_eq!(
+            sink.0.lock().unwrap().last().unwrap(),
+            "[proxy 5f3a1b2c] three"
+        );
     }
 }

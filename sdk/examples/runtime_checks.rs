@@ -160,7 +160,7 @@ fn many_at_once(n: usize, env: &Env) -> Response {
     }
     let mut ok = 0;
     for (i, p) in pending.into_iter().enumerate() {
-        let body = p.wait().and_then(|r| Ok(r.into_body().into_bytes()?));
+        let body = p.wait().and_then(|r| r.into_body().into_bytes());
         match body {
             Ok(body) if String::from_utf8_lossy(&body).contains(&format!("path=/item/{i}\n")) => {
                 ok += 1

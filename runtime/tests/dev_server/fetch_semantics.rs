@@ -42,7 +42,10 @@ async fn urls_must_be_absolute_http_or_https() {
     assert_eq!(https.status, 200, "{:?}", https.body);
     let text = https.text();
     assert_eq!(line(text, "url="), Some("https://api.internal:8443/x?y=1"));
-    assert!(text.contains(&format!("service={SERVICE} binding=API")), "{text}");
+    assert!(
+        text.contains(&format!("service={SERVICE} binding=API")),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,8 +75,14 @@ async fn follow_resends_through_the_same_binding() {
         .await;
     let text = answer.text();
     assert_eq!(line(text, "status="), Some("200"), "{text}");
-    assert_eq!(line(text, "url="), Some("http://other.internal:9000/final?q=1"));
-    assert!(text.contains(&format!("service={SERVICE} binding=API")), "{text}");
+    assert_eq!(
+        line(text, "url="),
+        Some("http://other.internal:9000/final?q=1")
+    );
+    assert!(
+        text.contains(&format!("service={SERVICE} binding=API")),
+        "{text}"
+    );
 
     // A relative Location resolves against the request URL.
     let answer = client
@@ -87,14 +96,18 @@ async fn redirects_change_method_and_body_as_browsers_do() {
     let fake = FakeBindingWorker::start();
     let served = serve(&guests::guests().checks, fake.addr).await;
     let mut client = Client::connect(served.addr).await;
-    let post = |status: u16| {
-        format!("/fetch/POST/follow/http://api.internal/redirect/{status}?to=/after")
-    };
+    let post =
+        |status: u16| format!("/fetch/POST/follow/http://api.internal/redirect/{status}?to=/after");
 
     // 303, and 301/302 after a POST: GET without the body or its headers.
     for status in [303, 302, 301] {
         let answer = client
-            .send("POST", &post(status), &[("content-type", "text/plain")], "payload")
+            .send(
+                "POST",
+                &post(status),
+                &[("content-type", "text/plain")],
+                "payload",
+            )
             .await;
         let text = answer.text();
         assert_eq!(line(text, "method="), Some("GET"), "{status}: {text}");

@@ -164,7 +164,11 @@ async fn urls_and_headers_over_their_limits_are_refused() {
     let big = "y".repeat(400);
     let answer = client.send("GET", "/print", &[("x-big", &big)], "").await;
     assert_eq!(answer.status, 431);
-    assert!(answer.text().contains("limits.header_bytes = 300"), "{}", answer.text());
+    assert!(
+        answer.text().contains("limits.header_bytes = 300"),
+        "{}",
+        answer.text()
+    );
 
     // Outgoing through the binding: the fetch fails, nothing reaches the binding-worker.
     for path in ["/long-url/250", "/big-header/350"] {
@@ -230,7 +234,10 @@ async fn script_output_is_captured_per_request_with_its_id() {
             vec![
                 (ScriptStream::Stdout, format!("{prefix} hello from stdout")),
                 (ScriptStream::Stderr, format!("{prefix} oops on stderr")),
-                (ScriptStream::Stdout, format!("{prefix} no newline at the end")),
+                (
+                    ScriptStream::Stdout,
+                    format!("{prefix} no newline at the end")
+                ),
             ]
         );
     }

@@ -55,8 +55,7 @@ async fn serve_with(
         binding_worker,
         account: "acct-1".into(),
     };
-    let runtime =
-        Arc::new(Runtime::with_output(&config, options, output).expect("runtime"));
+    let runtime = Arc::new(Runtime::with_output(&config, options, output).expect("runtime"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
