@@ -73,7 +73,7 @@ async fn a_script_waiting_too_long_hits_the_wall_clock_limit() {
     let served = serve_with(
         &guests::guests().checks,
         fake.addr,
-        r#"{ "wall_time_ms": 1500 }"#,
+        r#"{ "wall_time_ms": 3000 }"#,
         Arc::new(PrefixedOutput),
     )
     .await;
@@ -82,7 +82,7 @@ async fn a_script_waiting_too_long_hits_the_wall_clock_limit() {
     assert_eq!(slept.status, 504, "{:?}", slept.body);
     assert!(
         slept.text().starts_with(
-            "the script exceeded its wall-clock time limit (limits.wall_time_ms = 1500;"
+            "the script exceeded its wall-clock time limit (limits.wall_time_ms = 3000;"
         ),
         "{}",
         slept.text()
