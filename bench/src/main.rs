@@ -12,6 +12,11 @@
 //! concurrency N, and CPU per request (this process's user+system time over the throughput
 //! run: load client, origin and, for the binding row, every component).
 //!
+//! Then two figures of the runtime itself: the binding-fetch overhead (binding − direct, in
+//! latency and CPU per request), and the cost of one instantiation of the script (a fresh
+//! store and pooled instance from the pre-instantiated component, as every request pays),
+//! p50/p99 over back-to-back instantiations, also as a share of the binding row's p50.
+//!
 //! ```text
 //! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32]
 //! ```
@@ -75,6 +80,11 @@ fn main() -> anyhow::Result<()> {
         let figures = rt.block_on(measure(addr, duration, args.concurrency))?;
         rows.push((name, figures));
     }
+    let instantiation = if args.only.is_none() {
+        Some(rt.block_on(measure_instantiation(duration))?)
+    } else {
+        None
+    };
     drop(world);
 
     // Ratios need both rows; with --only the single row is its own base.
@@ -97,7 +107,54 @@ fn main() -> anyhow::Result<()> {
             f.rps / base.rps,
         );
     }
+    if let (Some((p50, p99, count)), [(_, direct), (_, binding)]) = (instantiation, &rows[..]) {
+        println!();
+        println!(
+            "binding-fetch overhead: +{} p50 at c=1, +{:.0} CPU µs/req (binding − direct)",
+            fmt(binding.p50.saturating_sub(direct.p50)),
+            binding.cpu_us_per_req - direct.cpu_us_per_req,
+        );
+        println!(
+            "instantiation: p50 {:.1} µs, p99 {:.1} µs over {count} instantiations \
+             ({:.1}% of the binding p50)",
+            p50.as_secs_f64() * 1e6,
+            p99.as_secs_f64() * 1e6,
+            100.0 * p50.as_secs_f64() / binding.p50.as_secs_f64(),
+        );
+    }
     Ok(())
+}
+
+/// p50, p99 and count of back-to-back instantiations of the proxy script (a fresh store and
+/// instance each, dropped at once: what every request pays before the handler runs).
+async fn measure_instantiation(duration: Duration) -> anyhow::Result<(Duration, Duration, usize)> {
+    let config = wvpc_runtime::ScriptConfig {
+        name: "bench".into(),
+        main: wvpc_tests::guests::PROXY.into(),
+        vpc_services: Vec::new(),
+        limits: Default::default(),
+    };
+    let options = wvpc_runtime::RuntimeOptions {
+        // Never dialled: instantiation makes no fetch.
+        binding_worker: "127.0.0.1:9".parse()?,
+        account: "bench".into(),
+    };
+    let runtime =
+        tokio::task::spawn_blocking(move || wvpc_runtime::Runtime::new(&config, options)).await??;
+    let warm_until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < warm_until {
+        runtime.instantiate_once().await?;
+    }
+    let mut samples = Vec::new();
+    let until = Instant::now() + duration.min(Duration::from_secs(2));
+    while Instant::now() < until {
+        let t = Instant::now();
+        runtime.instantiate_once().await?;
+        samples.push(t.elapsed());
+    }
+    samples.sort_unstable();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    Ok((pct(0.50), pct(0.99), samples.len()))
 }
 
 fn fmt(d: Duration) -> String {

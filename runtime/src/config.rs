@@ -1,6 +1,6 @@
 //! The script config: a wrangler-style `wrangler.jsonc` / `wrangler.json` / `wrangler.toml`.
 //!
-//! Only what the runtime needs is read: `name`, `main` and `vpc_services`. Parsing goes raw →
+//! Only what the runtime needs is read: `name`, `main`, `vpc_services` and `limits`. Parsing goes raw →
 //! validated: the file is parsed into a generic value first (syntax errors carry line and
 //! column), then every field is checked and **all** problems are reported at once, each
 //! naming its field path, what is wrong and what to do. Unknown top-level keys (wrangler has
@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::limits::{LIMIT_KEYS, Limits};
+
 /// A validated script config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptConfig {
@@ -23,6 +25,8 @@ pub struct ScriptConfig {
     pub main: PathBuf,
     /// Declared VPC Service bindings (`vpc_services`), in file order; names are unique.
     pub vpc_services: Vec<VpcServiceBinding>,
+    /// Per-request limits (`limits`); absent keys keep their defaults.
+    pub limits: Limits,
 }
 
 /// One `vpc_services` entry: the script reaches service `service_id` as `env[binding]`.
@@ -249,7 +253,7 @@ fn validate(
     };
 
     for key in root.keys() {
-        if !matches!(key.as_str(), "name" | "main" | "vpc_services") {
+        if !matches!(key.as_str(), "name" | "main" | "vpc_services" | "limits") {
             tracing::warn!(key = %key, "ignoring config key that workers-vpc does not use");
         }
     }
@@ -257,12 +261,14 @@ fn validate(
     let name = validate_name(root, format, &mut problems);
     let main = validate_main(root, format, base, &mut problems);
     let vpc_services = validate_vpc_services(root, format, resolve, &mut problems);
+    let limits = validate_limits(root, format, &mut problems);
 
     match (name, main, problems.0.is_empty()) {
         (Some(name), Some(main), true) => Ok(ScriptConfig {
             name,
             main,
             vpc_services,
+            limits,
         }),
         _ => Err(problems.0),
     }
@@ -502,6 +508,54 @@ fn validate_vpc_services(
     bindings
 }
 
+/// The `limits` section: each key an integer in its range; unknown keys are errors (a typo
+/// would silently keep a default).
+fn validate_limits(root: &Map<String, Value>, format: Format, problems: &mut Problems) -> Limits {
+    let mut limits = Limits::default();
+    let entries = match root.get("limits") {
+        None => return limits,
+        Some(Value::Object(entries)) => entries,
+        Some(other) => {
+            problems.push(
+                "limits",
+                format!(
+                    "expected {} such as {{ \"cpu_ms\": 50 }}, found {}",
+                    article(format.map_word()),
+                    kind(other, format)
+                ),
+            );
+            return limits;
+        }
+    };
+    for (key, value) in entries {
+        let field = format!("limits.{key}");
+        let Some(limit) = LIMIT_KEYS.iter().find(|l| l.key == key) else {
+            let known: Vec<_> = LIMIT_KEYS.iter().map(|l| l.key).collect();
+            problems.push(
+                field,
+                format!("unknown limit (allowed keys: {})", known.join(", ")),
+            );
+            continue;
+        };
+        match value.as_u64() {
+            Some(v) if (limit.min..=limit.max).contains(&v) => (limit.set)(&mut limits, v),
+            _ => problems.push(
+                field,
+                format!(
+                    "expected an integer from {} to {}, found {}",
+                    limit.min,
+                    limit.max,
+                    match value {
+                        Value::Number(n) => n.to_string(),
+                        other => kind(other, format).to_owned(),
+                    }
+                ),
+            ),
+        }
+    }
+    limits
+}
+
 /// A JavaScript-identifier-like name: `[A-Za-z_$][A-Za-z0-9_$]*`.
 fn is_binding_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -642,6 +696,7 @@ mod tests {
                     binding: "API".into(),
                     service_id: SERVICE.parse().unwrap()
                 }],
+                limits: Limits::default(),
             }
         );
         assert_eq!(config.service_of("API"), Some(SERVICE.parse().unwrap()));
@@ -813,6 +868,42 @@ mod tests {
         assert!(
             err.to_string().contains("TOML syntax error on line 2"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_are_read_and_checked() {
+        let fx = Fixture::new();
+        let config = fx
+            .load(
+                "wrangler.toml",
+                "name = \"w\"\nmain = \"script.wasm\"\n[limits]\ncpu_ms = 50\nsubrequests = 1000\n",
+            )
+            .expect("valid limits");
+        assert_eq!(config.limits.cpu, std::time::Duration::from_millis(50));
+        assert_eq!(config.limits.subrequests, 1000);
+        assert_eq!(config.limits.connections, Limits::default().connections);
+
+        assert_eq!(
+            fx.problems(
+                "wrangler.json",
+                r#"{"name": "w", "main": "script.wasm",
+                    "limits": {"cpu_ms": 0, "memory_mb": 512, "subrequests": "many", "cpu": 1}}"#
+            ),
+            vec![
+                "limits.cpu: unknown limit (allowed keys: cpu_ms, memory_mb, wall_time_ms, \
+                 subrequests, connections, queued_connections, url_bytes, header_bytes)",
+                "limits.cpu_ms: expected an integer from 1 to 300000, found 0",
+                "limits.memory_mb: expected an integer from 1 to 128, found 512",
+                "limits.subrequests: expected an integer from 1 to 1000, found a string",
+            ]
+        );
+        assert_eq!(
+            fx.problems(
+                "wrangler.json",
+                r#"{"name": "w", "main": "script.wasm", "limits": 5}"#
+            ),
+            vec!["limits: expected an object such as { \"cpu_ms\": 50 }, found a number"]
         );
     }
 

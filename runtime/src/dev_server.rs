@@ -2,7 +2,9 @@
 //!
 //! Each request gets a request id (returned as `wvpc-request-id` and carried to every hop),
 //! a fresh `Store` and instance from the pre-instantiated script, and runs on its own tokio
-//! task. A trap fails only that request (500); the server and other requests carry on.
+//! task. A trap fails only that request (500), so does a limit (503 for CPU and memory, 504
+//! for wall time, 414 / 431 for an incoming URL / header section over its limit); the server
+//! and other requests carry on.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,8 +23,10 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::binding_client::BindingClient;
 use crate::config::ScriptConfig;
 use crate::host::{HostState, ScriptPre};
+use crate::limits::{LimitExceeded, Limits, header_section_bytes};
 use crate::outbound::ScriptBindings;
 use crate::script::RuntimeError;
+use crate::script_output::{PrefixedOutput, ScriptOutput};
 
 /// Response header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "wvpc-request-id";
@@ -45,8 +49,18 @@ pub struct Runtime {
 impl Runtime {
     /// Compiles `config.main`, pre-instantiates it and starts the binding-worker client
     /// thread (it connects on the first fetch). Blocking: compiling takes up to a few hundred
-    /// milliseconds per MB of wasm.
+    /// milliseconds per MB of wasm (unless the compiled component is in the on-disk cache).
+    /// The script's stdout / stderr lines are printed prefixed ([`PrefixedOutput`]).
     pub fn new(config: &ScriptConfig, options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        Self::with_output(config, options, Arc::new(PrefixedOutput))
+    }
+
+    /// [`Runtime::new`], with the script's stdout / stderr lines sent to `output`.
+    pub fn with_output(
+        config: &ScriptConfig,
+        options: RuntimeOptions,
+        output: Arc<dyn ScriptOutput>,
+    ) -> Result<Runtime, RuntimeError> {
         let engine = crate::engine::shared_engine().map_err(RuntimeError::Engine)?;
         let pre = crate::script::load(&engine, &config.main)?;
         let client =
@@ -60,18 +74,36 @@ impl Runtime {
             script = %config.name,
             main = %config.main.display(),
             bindings = ?config.vpc_services.iter().map(|b| &b.binding).collect::<Vec<_>>(),
+            limits = ?config.limits,
             "script loaded"
         );
         let bindings = ScriptBindings {
-            script: config.name.clone(),
+            script: config.name.as_str().into(),
             account: options.account,
             services,
             client,
+            limits: config.limits,
+            output,
         };
         Ok(Runtime {
             pre,
             bindings: Arc::new(bindings),
         })
+    }
+
+    /// Creates one instance of the script in a fresh store and drops it, without running a
+    /// request: the fixed cost every request pays (the benchmark measures it).
+    pub async fn instantiate_once(&self) -> Result<(), RuntimeError> {
+        let mut store = HostState::new_store(
+            self.pre.engine(),
+            self.bindings.clone(),
+            "instantiation-probe".into(),
+        );
+        self.pre
+            .instantiate_async(&mut store)
+            .await
+            .map(drop)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))
     }
 
     /// Serves HTTP/1.1 (keep-alive) on `listener` until the future is dropped. Connections
@@ -137,6 +169,8 @@ impl Runtime {
         {
             return Err(Failure::BadRequest("the request has no Host header"));
         }
+        let limits = self.bindings.limits;
+        check_incoming(&request, &limits)?;
         let mut store =
             HostState::new_store(self.pre.engine(), self.bindings.clone(), request_id.clone());
         let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -155,20 +189,35 @@ impl Runtime {
         let id = request_id.clone();
         let script = self.bindings.script.clone();
         // Own task: the script may keep streaming its response body after `handle` returned
-        // the head. It logs its own trap, once, with the request id.
+        // the head. It logs its own failure, once, with the request id.
         let task = tokio::spawn(async move {
-            let result = async {
+            let run = async {
                 let instance = pre.instantiate_async(&mut store).await?;
                 instance
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
                     .await
+            };
+            // Dropping the run at the deadline drops the instance with it.
+            let outcome = match tokio::time::timeout(limits.wall_time, run).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err((store.data().limit_exceeded(), Some(err))),
+                Err(_) => Err((Some(LimitExceeded::WallTime), None)),
+            };
+            if let Err((exceeded, err)) = &outcome {
+                match exceeded {
+                    Some(limit) => tracing::warn!(
+                        request_id = %id,
+                        script = %script,
+                        limit = limit_key(*limit, &limits),
+                        "script stopped: it exceeded a limit"
+                    ),
+                    None => {
+                        tracing::error!(request_id = %id, script = %script, error = ?err, "script failed")
+                    }
+                }
             }
-            .await;
-            if let Err(err) = &result {
-                tracing::error!(request_id = %id, script = %script, error = ?err, "script failed");
-            }
-            result
+            outcome.map_err(|(exceeded, _)| exceeded)
         });
 
         match receiver.await {
@@ -176,16 +225,56 @@ impl Runtime {
             Ok(Err(code)) => Err(Failure::ScriptError(code)),
             Err(_) => match task.await {
                 Ok(Ok(())) => Err(Failure::NoResponse),
-                Ok(Err(_)) => Err(Failure::Trap),
+                Ok(Err(Some(limit))) => Err(Failure::Limit(limit, limits)),
+                Ok(Err(None)) => Err(Failure::Trap),
                 Err(join) => Err(Failure::Host(format!("script task failed: {join}"))),
             },
         }
     }
 }
 
+/// URL and header-section limits of a request to the script.
+fn check_incoming(request: &http::Request<Incoming>, limits: &Limits) -> Result<(), Failure> {
+    let url = request.uri().to_string().len();
+    if url > limits.url_bytes {
+        return Err(Failure::TooLarge(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the URL is {url} bytes, more than this script accepts (limits.url_bytes = {})",
+                limits.url_bytes
+            ),
+        ));
+    }
+    let headers = header_section_bytes(request.headers());
+    if headers > limits.header_bytes {
+        return Err(Failure::TooLarge(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the headers are {headers} bytes, more than this script accepts \
+                 (limits.header_bytes = {})",
+                limits.header_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The config key and value of a limit, for messages: `cpu_ms = 50`.
+fn limit_key(limit: LimitExceeded, limits: &Limits) -> String {
+    match limit {
+        LimitExceeded::Cpu => format!("cpu_ms = {}", limits.cpu.as_millis()),
+        LimitExceeded::Memory => format!("memory_mb = {}", limits.memory_bytes >> 20),
+        LimitExceeded::WallTime => format!("wall_time_ms = {}", limits.wall_time.as_millis()),
+    }
+}
+
 /// Why a request got no response from the script.
 enum Failure {
     BadRequest(&'static str),
+    /// The incoming URL or headers are over their limit.
+    TooLarge(StatusCode, String),
+    /// The script ran into a limit; already logged.
+    Limit(LimitExceeded, Limits),
     /// The script trapped (panic, CPU or memory limit, host bug); already logged.
     Trap,
     /// `handle` returned without setting the response.
@@ -199,6 +288,25 @@ impl Failure {
     fn into_response(self, request_id: &str) -> http::Response<HyperOutgoingBody> {
         let (status, body) = match self {
             Failure::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")),
+            Failure::TooLarge(status, why) => {
+                tracing::info!(request_id, status = status.as_u16(), "{why}");
+                (status, format!("{why}\n"))
+            }
+            Failure::Limit(limit, limits) => {
+                let (status, what) = match limit {
+                    LimitExceeded::Cpu => (StatusCode::SERVICE_UNAVAILABLE, "CPU time"),
+                    LimitExceeded::Memory => (StatusCode::SERVICE_UNAVAILABLE, "memory"),
+                    LimitExceeded::WallTime => (StatusCode::GATEWAY_TIMEOUT, "wall-clock time"),
+                };
+                (
+                    status,
+                    format!(
+                        "the script exceeded its {what} limit (limits.{}; request id \
+                         {request_id})\n",
+                        limit_key(limit, &limits)
+                    ),
+                )
+            }
             Failure::Trap => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("the script failed (request id {request_id}; see the runtime log)\n"),

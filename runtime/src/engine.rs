@@ -1,23 +1,35 @@
-//! The process-wide wasmtime [`Engine`]: pooling allocator, epoch interruption for CPU limits.
+//! The process-wide wasmtime [`Engine`]: pooling allocator, epoch interruption for CPU limits,
+//! and the on-disk cache of compiled components.
 //!
 //! One engine serves every script of the process, so compiled code, the instance pool and the
 //! epoch ticker are shared. The pool bounds how many script instances (= requests in flight)
 //! can exist at once; instantiation beyond it fails that request only.
+//!
+//! Compiled components are cached on disk (wasmtime's cache, keyed by the wasm bytes, the
+//! wasmtime version and the engine's settings), so restarting `wvpc dev` with an unchanged
+//! script skips compilation. The directory is `$WVPC_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/wvpc/compiled`, else `~/.cache/wvpc/compiled`; `WVPC_CACHE_DIR=off`
+//! turns the cache off.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 /// Requests (script instances) that may run at the same time.
 pub(crate) const MAX_CONCURRENT_INSTANCES: u32 = 1000;
-/// Linear-memory limit of one script instance.
+/// Largest linear memory of one script instance (the pool's slot size); a script's
+/// `limits.memory_mb` may only lower it.
 pub(crate) const MAX_MEMORY_BYTES: usize = 128 << 20;
-/// Interval of the epoch ticker; the CPU limit is counted in these ticks.
+/// Interval of the epoch ticker: how often a running script's CPU time is checked.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// CPU time a script may spend on one request (ticks it was seen executing), like the
-/// Workers default of 30 s.
-pub(crate) const CPU_LIMIT_TICKS: u32 = 3000;
+/// Bytes of a freed instance's memory that are zeroed in place instead of decommitted: a
+/// small script's whole heap, so the next instance in the slot takes no page faults and the
+/// release costs no `madvise`.
+const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 
 /// The shared engine, created (with its ticker thread) on first use.
 pub(crate) fn shared_engine() -> Result<Engine, String> {
@@ -35,7 +47,10 @@ fn create() -> Result<Engine, String> {
         .total_memories(MAX_CONCURRENT_INSTANCES)
         .total_tables(MAX_CONCURRENT_INSTANCES * 2)
         .total_stacks(MAX_CONCURRENT_INSTANCES)
-        .max_memory_size(MAX_MEMORY_BYTES);
+        .max_memory_size(MAX_MEMORY_BYTES)
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(64 << 10)
+        .async_stack_keep_resident(64 << 10);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = match Engine::new(&config) {
         Ok(engine) => engine,
@@ -56,12 +71,38 @@ fn create() -> Result<Engine, String> {
 fn base_config() -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    if let Some(dir) = cache_dir() {
+        let mut cache = CacheConfig::new();
+        cache.with_directory(&dir);
+        match Cache::new(cache) {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(err) => tracing::warn!(
+                dir = %dir.display(),
+                error = %err,
+                "compiled-component cache unavailable; compiling every start"
+            ),
+        }
+    }
     config
 }
 
+/// Where compiled components are cached (see the module docs).
+fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("WVPC_CACHE_DIR") {
+        Some(dir) if dir == "off" => None,
+        Some(dir) if !dir.is_empty() => Some(dir.into()),
+        _ => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|base| base.join("wvpc").join("compiled")),
+    }
+}
+
 /// Advances the engine's epoch every [`EPOCH_TICK`] for the life of the process. A store
-/// whose deadline passes while its guest runs yields to tokio and counts the tick against
-/// [`CPU_LIMIT_TICKS`].
+/// whose deadline passes while its guest runs checks its CPU time and yields to tokio.
 fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
     let engine = engine.weak();
     std::thread::Builder::new()

@@ -1,7 +1,7 @@
 //! The per-request host side of a script: the `Store` data ([`HostState`]), the linker with
 //! WASI + wasi:http + `wvpc:bindings/vpc`, and the `vpc.fetch` implementation.
 //!
-//! `vpc.fetch(binding, request, options)` checks the binding, records it as the pending route
+//! `vpc.fetch(binding, request, options, init)` checks the binding, records it as the pending route
 //! of the request's [`OutboundHooks`], and then runs wasmtime-wasi-http's own
 //! `outgoing-handler.handle` — so validation, header handling and body streaming are exactly
 //! wasi-http's. `handle` calls `send_request` synchronously, which takes the pending route;
@@ -10,15 +10,16 @@
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::outgoing_handler::Host as _;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
 use wasmtime_wasi_http::{RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::engine::{CPU_LIMIT_TICKS, MAX_MEMORY_BYTES};
-use crate::outbound::{OutboundHooks, ScriptBindings};
+use crate::limits::{CpuMeter, LimitExceeded, MemoryLimiter};
+use crate::outbound::{OutboundHooks, Redirect, ScriptBindings};
+use crate::script_output::{RequestOutput, ScriptStream};
 
 /// Host bindings generated from `schemas/wit` (world `wvpc:bindings/script`). The WASI and
 /// wasi:http parts are wasmtime's own, so their resources are shared with the standard
@@ -41,6 +42,7 @@ mod generated {
 }
 
 pub(crate) use generated::ScriptPre;
+use generated::wvpc::bindings::vpc::{FetchInit, RedirectMode};
 
 /// The `Store` data of one request.
 pub(crate) struct HostState {
@@ -48,11 +50,13 @@ pub(crate) struct HostState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OutboundHooks,
-    /// Memory limit; the instance pool enforces the same, this also covers an engine that
-    /// fell back to on-demand allocation.
-    limits: StoreLimits,
-    /// Epoch ticks during which the guest was running (the CPU-limit counter).
-    cpu_ticks: u32,
+    /// Memory limit; the instance pool enforces its slot size, this the script's own limit
+    /// (and covers an engine that fell back to on-demand allocation).
+    memory: MemoryLimiter,
+    /// Time the guest's own code ran (the CPU-limit counter).
+    cpu: CpuMeter,
+    /// Set by the epoch callback when the CPU limit stops the guest.
+    cpu_exceeded: bool,
 }
 
 impl HostState {
@@ -62,38 +66,69 @@ impl HostState {
         bindings: Arc<ScriptBindings>,
         request_id: Arc<str>,
     ) -> Store<Self> {
+        let output = |stream| {
+            RequestOutput::new(
+                bindings.output.clone(),
+                bindings.script.clone(),
+                request_id.clone(),
+                stream,
+            )
+        };
         let mut wasi = WasiCtx::builder();
-        // Script logs go to the runtime's own stdout/stderr; no env, args, files or sockets.
-        wasi.inherit_stdout()
-            .inherit_stderr()
+        // Script output is captured per request; no env, args, files or sockets.
+        wasi.stdout(output(ScriptStream::Stdout))
+            .stderr(output(ScriptStream::Stderr))
             .allow_tcp(false)
             .allow_udp(false);
+        let limits = bindings.limits;
         let state = HostState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: OutboundHooks::new(bindings, request_id),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(MAX_MEMORY_BYTES)
-                .build(),
-            cpu_ticks: 0,
+            memory: MemoryLimiter {
+                max: limits.memory_bytes,
+                refused: false,
+            },
+            cpu: CpuMeter::default(),
+            cpu_exceeded: false,
         };
         let mut store = Store::new(engine, state);
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.memory);
+        // The CPU clock runs only while guest code does.
+        store.call_hook(|mut store, hook| {
+            let cpu = &mut store.data_mut().cpu;
+            match hook {
+                CallHook::CallingWasm | CallHook::ReturningFromHost => cpu.resume(),
+                CallHook::ReturningFromWasm | CallHook::CallingHost => cpu.pause(),
+            }
+            Ok(())
+        });
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut store| {
+        store.epoch_deadline_callback(move |mut store| {
             let state = store.data_mut();
-            state.cpu_ticks += 1;
-            if state.cpu_ticks > CPU_LIMIT_TICKS {
+            if state.cpu.used() > limits.cpu {
+                state.cpu_exceeded = true;
                 return Err(wasmtime::format_err!(
-                    "the script exceeded its CPU time limit ({CPU_LIMIT_TICKS} ticks of {:?})",
-                    crate::engine::EPOCH_TICK
+                    "the script exceeded its CPU time limit (limits.cpu_ms = {})",
+                    limits.cpu.as_millis()
                 ));
             }
             // Yield so one busy script cannot hold a worker thread.
             Ok(UpdateDeadline::Yield(1))
         });
         store
+    }
+
+    /// The limit that stopped this request's guest, if one did.
+    pub fn limit_exceeded(&self) -> Option<LimitExceeded> {
+        if self.cpu_exceeded {
+            Some(LimitExceeded::Cpu)
+        } else if self.memory.refused {
+            Some(LimitExceeded::Memory)
+        } else {
+            None
+        }
     }
 }
 
@@ -122,8 +157,13 @@ impl generated::wvpc::bindings::vpc::Host for HostState {
         binding: String,
         request: Resource<HostOutgoingRequest>,
         options: Option<Resource<RequestOptions>>,
+        init: FetchInit,
     ) -> wasmtime::Result<Result<Resource<HostFutureIncomingResponse>, ErrorCode>> {
-        let Some(route) = self.hooks.route_for(&binding) else {
+        let redirect = match init.redirect {
+            RedirectMode::Follow => Redirect::Follow,
+            RedirectMode::Manual => Redirect::Manual,
+        };
+        let Some(route) = self.hooks.route_for(&binding, redirect) else {
             tracing::warn!(
                 request_id = %self.hooks.request_id(),
                 binding = %binding,

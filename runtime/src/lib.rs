@@ -6,9 +6,14 @@
 //! - compiles the component once on a process-wide engine (pooling allocator, CPU limit by
 //!   epochs) and pre-instantiates it ([`Runtime::new`]);
 //! - serves HTTP/1.1 with a fresh instance per request ([`Runtime::serve`]);
-//! - sends `vpc.fetch(binding, request)` over Cap'n Proto to the binding-worker
-//!   (`schemas/binding.capnp`) on one reused connection, streaming both bodies, and denies
-//!   every other outgoing request;
+//! - sends `vpc.fetch(binding, request, options, init)` over Cap'n Proto to the
+//!   binding-worker (`schemas/binding.capnp`) on one reused connection, streaming both
+//!   bodies, following redirects through the same binding, and denies every other outgoing
+//!   request;
+//! - enforces the script's per-request [`Limits`] (CPU time, memory, wall time, subrequests,
+//!   connections, URL and header sizes; `docs/limits.md`), each failing only its request;
+//! - captures the script's stdout / stderr per request and hands each line, with the request
+//!   id, to a [`ScriptOutput`] ([`PrefixedOutput`] prints `[script 5f3a1b2c] line`);
 //! - reports failures to the script as wasi:http `error-code`s ([`wasi_error_code`]).
 //!
 //! ```no_run
@@ -32,12 +37,16 @@ mod dev_server;
 mod engine;
 mod error_map;
 mod host;
+mod limits;
 mod outbound;
 mod script;
+mod script_output;
 
 pub use config::{ConfigError, ConfigProblem, ScriptConfig, VpcServiceBinding};
 pub use dev_server::{REQUEST_ID_HEADER, Runtime, RuntimeOptions};
 pub use error_map::wasi_error_code;
+pub use limits::Limits;
 pub use script::RuntimeError;
+pub use script_output::{PrefixedOutput, ScriptLine, ScriptOutput, ScriptStream};
 /// The wasi:http 0.2 `error-code` variant as wasmtime represents it.
 pub use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode as WasiErrorCode;

@@ -1,47 +1,90 @@
 //! Egress policy of a script: requests made through `vpc.fetch` go to the binding-worker,
 //! everything else is denied (`HTTP-request-denied`). There is no other way out: the runtime
 //! builds wasmtime-wasi-http without its default client.
+//!
+//! A binding fetch is checked against the request's [`Limits`] (URL and header sizes,
+//! subrequests, connection slots) and, in `follow` mode, redirects are followed here —
+//! through the same binding, so a `Location` never picks the destination.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{Method, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 use wvpc_errors::{ErrorCode, ProxyError};
 
 use crate::binding_client::{BindingClient, FetchContext};
 use crate::error_map::wasi_http_error;
+use crate::limits::{BudgetExceeded, FetchBudget, Limits, header_section_bytes};
+use crate::script_output::ScriptOutput;
 
-/// What every request of one script shares: who it is and what it may reach.
+/// Redirects followed per fetch before it fails (as in the Fetch standard and Workers).
+pub(crate) const MAX_REDIRECTS: u32 = 20;
+/// Largest request body kept so that a 307/308 redirect can send it again.
+pub(crate) const MAX_REPLAY_BODY: usize = 1 << 20;
+
+/// Script-visible names of failures that have no wasi:http variant (carried as
+/// `internal-error(some(<name>))`, which the SDK reads back).
+pub(crate) mod limit_names {
+    pub const SUBREQUESTS: &str = "subrequest_limit_reached";
+    pub const REDIRECTS: &str = "redirect_limit_reached";
+    pub const BODY_NOT_REPLAYABLE: &str = "redirect_body_not_replayable";
+}
+
+/// What every request of one script shares: who it is, what it may reach, its limits.
 pub(crate) struct ScriptBindings {
     /// Script name (`name` in its config).
-    pub script: String,
+    pub script: Arc<str>,
     /// Account that owns the script.
     pub account: String,
     /// Binding name → VPC Service id (hyphenated UUID), from `vpc_services`.
     pub services: HashMap<String, String>,
     /// The binding-worker connection.
     pub client: BindingClient,
+    /// Per-request limits (`limits`).
+    pub limits: Limits,
+    /// Where the script's stdout / stderr lines go.
+    pub output: Arc<dyn ScriptOutput>,
+}
+
+/// How a fetch treats 3xx responses (`fetch-init.redirect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Redirect {
+    Follow,
+    Manual,
 }
 
 /// Where the next `send_request` goes: one binding of the script.
 pub(crate) struct Route {
     binding: String,
     service_id: String,
+    redirect: Redirect,
 }
 
 /// The `WasiHttpHooks` of one request.
 pub(crate) struct OutboundHooks {
     bindings: Arc<ScriptBindings>,
     request_id: Arc<str>,
+    budget: Arc<FetchBudget>,
     /// Set by `vpc.fetch` right before it delegates to wasi-http's `handle`.
     pending: Option<Route>,
 }
 
 impl OutboundHooks {
     pub fn new(bindings: Arc<ScriptBindings>, request_id: Arc<str>) -> Self {
+        let budget = Arc::new(FetchBudget::new(bindings.limits));
         Self {
             bindings,
             request_id,
+            budget,
             pending: None,
         }
     }
@@ -51,11 +94,12 @@ impl OutboundHooks {
     }
 
     /// The route for `binding`, if the script declares it.
-    pub fn route_for(&self, binding: &str) -> Option<Route> {
+    pub fn route_for(&self, binding: &str, redirect: Redirect) -> Option<Route> {
         let service_id = self.bindings.services.get(binding)?;
         Some(Route {
             binding: binding.to_owned(),
             service_id: service_id.clone(),
+            redirect,
         })
     }
 
@@ -74,6 +118,14 @@ type SendFuture = Box<
         + Send,
 >;
 
+fn named(name: &str) -> wasmtime_wasi_http::Error {
+    wasmtime_wasi_http::Error::InternalError(Some(name.to_owned()))
+}
+
+fn fail(err: wasmtime_wasi_http::Error) -> SendFuture {
+    Box::new(async { Err(err) })
+}
+
 impl WasiHttpHooks for OutboundHooks {
     fn send_request(
         &mut self,
@@ -88,35 +140,55 @@ impl WasiHttpHooks for OutboundHooks {
                 uri = %request.uri(),
                 "denied a script's outgoing request that did not go through a binding"
             );
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            return fail(wasmtime_wasi_http::Error::HttpRequestDenied);
         };
-        let bindings = self.bindings.clone();
+        // The URL's host only becomes the Host header / SNI at the binding-worker, but it
+        // must be there: fetch() takes absolute http(s) URLs only.
+        if request.uri().host().is_none_or(str::is_empty)
+            || !matches!(request.uri().scheme_str(), Some("http" | "https"))
+        {
+            tracing::info!(request_id = %request_id, uri = %request.uri(), "refused a fetch without an absolute http(s) URL");
+            return fail(wasmtime_wasi_http::Error::HttpRequestUriInvalid);
+        }
+        if let Err(err) = check_sizes(&request, self.budget.limits(), &request_id) {
+            return fail(err);
+        }
+        if let Err(exceeded) = self.budget.take_subrequest() {
+            log_budget(&request_id, exceeded);
+            return fail(named(limit_names::SUBREQUESTS));
+        }
+        let connection = match self.budget.reserve_connection() {
+            Ok(connection) => connection,
+            Err(exceeded) => {
+                log_budget(&request_id, exceeded);
+                return fail(wasmtime_wasi_http::Error::ConnectionLimitReached);
+            }
+        };
+        let context = FetchContext {
+            service_id: route.service_id,
+            script: self.bindings.script.to_string(),
+            account: self.bindings.account.clone(),
+            request_id: request_id.to_string(),
+            binding: route.binding,
+        };
+        let sender = Sender {
+            client: self.bindings.client.clone(),
+            budget: self.budget.clone(),
+            context,
+            first_byte_timeout: options.and_then(|o| o.first_byte_timeout),
+        };
+        let redirect = route.redirect;
         Box::new(async move {
-            // The URL's host only becomes the Host header / SNI at the binding-worker, but it
-            // must be there: fetch() takes absolute URLs only.
-            if request.uri().host().is_none_or(str::is_empty) {
-                return Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid);
-            }
-            let context = FetchContext {
-                service_id: route.service_id,
-                script: bindings.script.clone(),
-                account: bindings.account.clone(),
-                request_id: request_id.to_string(),
-                binding: route.binding,
-            };
-            let binding = context.binding.clone();
-            let first_byte_timeout = options.and_then(|o| o.first_byte_timeout);
-            match bindings
-                .client
-                .fetch(context, request, first_byte_timeout)
-                .await
-            {
-                Ok(response) => Ok((response, Box::new(async { Ok(()) }) as ErrorFuture)),
-                Err(err) => {
-                    log_fetch_error(&request_id, &binding, &err);
-                    Err(wasi_http_error(&err))
+            let permit = connection.acquire().await;
+            let response = sender.send(request, redirect).await?;
+            let response = response.map(|body| {
+                HeldBody {
+                    inner: body,
+                    _permit: permit,
                 }
-            }
+                .boxed_unsync()
+            });
+            Ok((response, Box::new(async { Ok(()) }) as ErrorFuture))
         })
     }
 
@@ -144,6 +216,352 @@ fn is_forbidden(name: &http::HeaderName) -> bool {
         && wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
 }
 
+/// URL and header-section limits of an outgoing request.
+fn check_sizes(
+    request: &http::Request<WasiBody>,
+    limits: &Limits,
+    request_id: &str,
+) -> Result<(), wasmtime_wasi_http::Error> {
+    let url = request.uri().to_string().len();
+    if url > limits.url_bytes {
+        tracing::info!(
+            request_id,
+            url_bytes = url,
+            limit = limits.url_bytes,
+            "fetch refused: URL longer than limits.url_bytes"
+        );
+        return Err(wasmtime_wasi_http::Error::HttpRequestUriTooLong);
+    }
+    let headers = header_section_bytes(request.headers());
+    if headers > limits.header_bytes {
+        tracing::info!(
+            request_id,
+            header_bytes = headers,
+            limit = limits.header_bytes,
+            "fetch refused: headers larger than limits.header_bytes"
+        );
+        return Err(wasmtime_wasi_http::Error::HttpRequestHeaderSectionSize(
+            u32::try_from(headers).ok(),
+        ));
+    }
+    Ok(())
+}
+
+fn log_budget(request_id: &str, exceeded: BudgetExceeded) {
+    match exceeded {
+        BudgetExceeded::Subrequests(limit) => tracing::warn!(
+            request_id,
+            limit,
+            "fetch refused: the request used all its subrequests (limits.subrequests)"
+        ),
+        BudgetExceeded::QueuedConnections(limit) => tracing::warn!(
+            request_id,
+            limit,
+            "fetch refused: too many fetches waiting for a connection \
+             (limits.connections / limits.queued_connections)"
+        ),
+    }
+}
+
+/// Sends one script fetch, hop after hop when it follows redirects.
+struct Sender {
+    client: BindingClient,
+    budget: Arc<FetchBudget>,
+    context: FetchContext,
+    first_byte_timeout: Option<Duration>,
+}
+
+impl Sender {
+    async fn send(
+        &self,
+        request: http::Request<WasiBody>,
+        redirect: Redirect,
+    ) -> Result<http::Response<WasiBody>, wasmtime_wasi_http::Error> {
+        let (mut head, body) = request.into_parts();
+        if redirect == Redirect::Manual {
+            return self.hop(http::Request::from_parts(head, body)).await;
+        }
+        let (recorded, replay) = Recording::wrap(body);
+        let mut next_body = Some(recorded);
+        let mut redirects = 0;
+        loop {
+            let body = next_body.take().unwrap_or_else(empty_body);
+            let response = self
+                .hop(http::Request::from_parts(head.clone(), body))
+                .await?;
+            let status = response.status();
+            let Some(location) = redirect_location(&response) else {
+                return Ok(response);
+            };
+            let request_id = &self.context.request_id;
+            let Some(next) = resolve_location(&head.uri, &location) else {
+                tracing::info!(request_id, %location, "redirect Location is not a valid URL");
+                return Err(wasmtime_wasi_http::Error::HttpProtocolError);
+            };
+            redirects += 1;
+            if redirects > MAX_REDIRECTS {
+                tracing::warn!(
+                    request_id,
+                    limit = MAX_REDIRECTS,
+                    "fetch followed too many redirects"
+                );
+                return Err(named(limit_names::REDIRECTS));
+            }
+            if let Err(exceeded) = self.budget.take_subrequest() {
+                log_budget(request_id, exceeded);
+                return Err(named(limit_names::SUBREQUESTS));
+            }
+            // The redirect's own body is not read: dropping it frees its connection.
+            drop(response);
+            let to_get = status == StatusCode::SEE_OTHER && head.method != Method::HEAD
+                || matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
+                    && head.method == Method::POST;
+            if to_get {
+                head.method = Method::GET;
+                for name in BODY_HEADERS {
+                    head.headers.remove(name);
+                }
+            } else {
+                match replay.replayed().await {
+                    Some(replayed) => next_body = Some(replayed),
+                    None => {
+                        tracing::info!(
+                            request_id,
+                            status = status.as_u16(),
+                            "cannot follow the redirect: the request body cannot be sent again"
+                        );
+                        return Err(named(limit_names::BODY_NOT_REPLAYABLE));
+                    }
+                }
+            }
+            if next.scheme() != head.uri.scheme() || next.authority() != head.uri.authority() {
+                // Credentials meant for one host are not sent to another (Fetch standard).
+                head.headers.remove(header::AUTHORIZATION);
+            }
+            tracing::debug!(request_id, status = status.as_u16(), location = %next, "following a redirect through the same binding");
+            head.uri = next;
+        }
+    }
+
+    async fn hop(
+        &self,
+        request: http::Request<WasiBody>,
+    ) -> Result<http::Response<WasiBody>, wasmtime_wasi_http::Error> {
+        self.client
+            .fetch(self.context.clone(), request, self.first_byte_timeout)
+            .await
+            .map_err(|err| {
+                log_fetch_error(&self.context.request_id, &self.context.binding, &err);
+                wasi_http_error(&err)
+            })
+    }
+}
+
+/// Headers describing a body, dropped when a redirect turns the request into a GET.
+const BODY_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LANGUAGE,
+];
+
+fn empty_body() -> WasiBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// The `Location` of a redirect response (301, 302, 303, 307, 308), if it has one.
+fn redirect_location(response: &http::Response<WasiBody>) -> Option<String> {
+    if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
+    Some(location.to_owned())
+}
+
+/// `location` resolved against `base` (RFC 3986 §5.2 for the forms servers send: absolute,
+/// scheme-relative, absolute path, relative path, query only). The fragment is dropped.
+pub(crate) fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
+    let location = location.split('#').next().unwrap_or_default().trim();
+    let scheme = base.scheme_str()?;
+    let authority = base.authority()?.as_str();
+    let text = if location.contains("://") {
+        location.to_owned()
+    } else if let Some(rest) = location.strip_prefix("//") {
+        format!("{scheme}://{rest}")
+    } else if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else if location.starts_with('?') {
+        format!("{scheme}://{authority}{}{location}", base.path())
+    } else {
+        let path = base.path();
+        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+        format!(
+            "{scheme}://{authority}{}",
+            remove_dot_segments(&format!("{dir}{location}"))
+        )
+    };
+    let uri: Uri = text.parse().ok()?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return None;
+    }
+    // An empty path is `/`.
+    if uri.path().is_empty() {
+        return format!("{text}/").parse().ok();
+    }
+    Some(uri)
+}
+
+/// Resolves `.` and `..` segments of a path (which may carry a query).
+fn remove_dot_segments(path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                if out.len() > 1 {
+                    out.pop();
+                }
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut joined = out.join("/");
+    if !joined.starts_with('/') {
+        joined.insert(0, '/');
+    }
+    match query {
+        Some(q) => format!("{joined}?{q}"),
+        None => joined,
+    }
+}
+
+/// A request body as it streams to the binding, with a copy of its first
+/// [`MAX_REPLAY_BODY`] bytes kept for a 307/308 redirect.
+struct Recording {
+    inner: WasiBody,
+    state: watch::Sender<RecordState>,
+}
+
+#[derive(Default)]
+struct RecordState {
+    frames: Vec<Bytes>,
+    bytes: usize,
+    /// The body ended normally.
+    complete: bool,
+    /// Too big, or failed: it cannot be replayed.
+    lost: bool,
+}
+
+/// The replay side of a [`Recording`].
+struct Replay(watch::Receiver<RecordState>);
+
+impl Recording {
+    fn wrap(inner: WasiBody) -> (WasiBody, Replay) {
+        let (state, receiver) = watch::channel(RecordState::default());
+        (Recording { inner, state }.boxed_unsync(), Replay(receiver))
+    }
+}
+
+impl Body for Recording {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        self.state.send_modify(|state| match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref().filter(|_| !state.lost) {
+                    state.bytes += data.len();
+                    if state.bytes > MAX_REPLAY_BODY {
+                        state.lost = true;
+                        state.frames = Vec::new();
+                    } else {
+                        state.frames.push(data.clone());
+                    }
+                }
+            }
+            Some(Err(_)) => state.lost = true,
+            None => state.complete = true,
+        });
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Replay {
+    /// The whole body again, once the first send took all of it; `None` if it was too big,
+    /// failed, or was left unread (the origin answered before reading it).
+    async fn replayed(&self) -> Option<WasiBody> {
+        let mut receiver = self.0.clone();
+        // Settled when complete or lost, or when the first send dropped the body.
+        let _ = receiver.wait_for(|s| s.complete || s.lost).await;
+        let state = receiver.borrow();
+        if !state.complete || state.lost {
+            return None;
+        }
+        let mut body = BytesMut::with_capacity(state.bytes);
+        for frame in &state.frames {
+            body.extend_from_slice(frame);
+        }
+        Some(
+            http_body_util::Full::new(body.freeze())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+    }
+}
+
+/// A response body that holds its fetch's connection slot until it is consumed or dropped.
+struct HeldBody {
+    inner: WasiBody,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Body for HeldBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The one log line per failed binding fetch.
 fn log_fetch_error(request_id: &str, binding: &str, err: &ProxyError) {
     if err.code == ErrorCode::ProxyInternalError {
@@ -157,5 +575,33 @@ fn log_fetch_error(request_id: &str, binding: &str, err: &ProxyError) {
             details = ?err.details,
             "binding fetch failed"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve_against_the_request_url() {
+        let base: Uri = "http://api.internal:8080/a/b/c?x=1".parse().unwrap();
+        let cases = [
+            ("/login?next=%2F", "http://api.internal:8080/login?next=%2F"),
+            ("d", "http://api.internal:8080/a/b/d"),
+            ("../d#frag", "http://api.internal:8080/a/d"),
+            ("./", "http://api.internal:8080/a/b/"),
+            ("?y=2", "http://api.internal:8080/a/b/c?y=2"),
+            ("//other.internal/p", "http://other.internal/p"),
+            ("https://secure.internal", "https://secure.internal/"),
+        ];
+        for (location, expected) in cases {
+            assert_eq!(
+                resolve_location(&base, location).map(|u| u.to_string()),
+                Some(expected.to_owned()),
+                "{location}"
+            );
+        }
+        assert_eq!(resolve_location(&base, "ftp://x/"), None);
+        assert_eq!(resolve_location(&base, "http://"), None);
     }
 }

@@ -96,7 +96,11 @@ impl Body {
                             other => break other,
                         },
                         Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break Err(ProxyError::request_error()),
+                        Err(err) => {
+                            break Err(ProxyError::request_error(format!(
+                                "reading the request body failed: {err}"
+                            )));
+                        }
                     }
                 }
             }

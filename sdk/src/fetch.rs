@@ -1,6 +1,6 @@
 //! [`Env`] and [`Fetcher`]: the script's bindings, and `fetch` through one of them.
 
-use wasip2::http::types::{OutgoingRequest, Scheme};
+use wasip2::http::types::{FutureIncomingResponse, OutgoingRequest, Scheme};
 
 use crate::__bindings::wvpc::bindings::vpc;
 use crate::body::{IncomingBody, Sent};
@@ -41,64 +41,153 @@ impl Fetcher {
     }
 
     /// Sends `request` to the binding's VPC Service and returns its response head; the
-    /// response body streams as it is read.
+    /// response body streams as it is read. Redirects are followed ([`Redirect::Follow`],
+    /// the Workers default); see [`Fetcher::fetch_with`].
     ///
-    /// The URL must be absolute. Its host is not used for routing: it becomes the `Host`
-    /// header (and TLS SNI for `https`); the scheme picks the service's HTTP or HTTPS port.
-    /// Method, path, query, headers and body are forwarded.
+    /// The URL must be absolute (`http://` or `https://`): a relative URL is refused with
+    /// `http_request_error` before anything is sent. Its host is not used for routing: it
+    /// becomes the `Host` header (and TLS SNI for `https`); the scheme picks the service's
+    /// HTTP or HTTPS port; a port in the URL is ignored. Method, path, query, headers and
+    /// body are forwarded.
     ///
     /// The request body is sent completely before the response is awaited, so an origin that
     /// answers before reading a large body is served only after the body went out.
     ///
     /// Errors are failures to reach the origin (`dns_error`, `connection_refused`,
-    /// `destination_unavailable`, …); an origin's 4xx/5xx is an `Ok` response.
+    /// `destination_unavailable`, …) or a limit of the request (`subrequest_limit_reached`,
+    /// …); an origin's 4xx/5xx is an `Ok` response.
     pub fn fetch(&self, request: Request) -> Result<Response, ProxyError> {
+        self.fetch_with(request, FetchOptions::default())
+    }
+
+    /// [`Fetcher::fetch`] with options, like `fetch(request, init)` in a Worker.
+    pub fn fetch_with(
+        &self,
+        request: Request,
+        options: FetchOptions,
+    ) -> Result<Response, ProxyError> {
+        self.start(request, options)?.wait()
+    }
+
+    /// Sends `request` (its body included) and returns without waiting for the response,
+    /// so several fetches can be in flight at once. At most `limits.connections` (default 6)
+    /// run at the same time per request; the others wait their turn in the host.
+    pub fn start(
+        &self,
+        request: Request,
+        options: FetchOptions,
+    ) -> Result<PendingResponse, ProxyError> {
         let (method, url, headers, body) = request.into_parts();
-        let url = UrlParts::split(&url);
-        let scheme = match url.scheme {
+        let parts = UrlParts::split(&url);
+        let scheme = match parts.scheme {
             Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
             Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
-            // fetch() needs an absolute http(s) URL.
-            _ => return Err(ProxyError::request_error()),
+            Some(s) => {
+                return Err(ProxyError::request_error(format!(
+                    "fetch() supports http and https URLs, not {s}: {url:?}"
+                )));
+            }
+            None => {
+                return Err(ProxyError::request_error(format!(
+                    "fetch() needs an absolute URL such as http://api.internal/path, got {url:?}"
+                )));
+            }
         };
-        if url.authority.is_empty() {
-            return Err(ProxyError::request_error());
+        if parts.authority.is_empty() {
+            return Err(ProxyError::request_error(format!(
+                "the URL {url:?} has no host (it becomes the Host header)"
+            )));
         }
 
-        let fields = headers.to_wasi().map_err(|_| ProxyError::request_error())?;
+        let fields = headers.to_wasi().map_err(|invalid| {
+            ProxyError::request_error(format!("invalid header {:?}", invalid.0))
+        })?;
         let outgoing = OutgoingRequest::new(fields);
-        let path = if url.path_with_query.is_empty() {
+        let path = if parts.path_with_query.is_empty() {
             "/"
         } else {
-            url.path_with_query
+            parts.path_with_query
         };
         outgoing
             .set_method(&wasi_method(&method))
-            .map_err(|()| ProxyError::request_error())?;
+            .map_err(|()| ProxyError::request_error(format!("invalid method {method:?}")))?;
         outgoing
             .set_scheme(Some(&scheme))
-            .map_err(|()| ProxyError::request_error())?;
+            .map_err(|()| ProxyError::request_error(format!("invalid scheme in {url:?}")))?;
         outgoing
-            .set_authority(Some(url.authority))
-            .map_err(|()| ProxyError::request_error())?;
+            .set_authority(Some(parts.authority))
+            .map_err(|()| ProxyError::request_error(format!("invalid host in {url:?}")))?;
         outgoing
             .set_path_with_query(Some(path))
-            .map_err(|()| ProxyError::request_error())?;
+            .map_err(|()| ProxyError::request_error(format!("invalid path in {url:?}")))?;
         let Ok(out_body) = outgoing.body() else {
             return Err(ProxyError::internal());
         };
 
+        let init = vpc::FetchInit {
+            redirect: match options.redirect {
+                Redirect::Follow => vpc::RedirectMode::Follow,
+                Redirect::Manual => vpc::RedirectMode::Manual,
+            },
+        };
         // The host starts the request now; the body is written afterwards, while the binding
         // already streams it to the origin.
-        let pending = vpc::fetch(&self.name, outgoing, None).map_err(ProxyError::from)?;
+        let pending = vpc::fetch(&self.name, outgoing, None, init).map_err(ProxyError::from)?;
         match body.send(out_body) {
             // Body finished, or the binding stopped taking it (its outcome tells why).
             Ok(Sent::Complete | Sent::Closed) => {}
             Err(err) => return Err(err),
         }
+        Ok(PendingResponse { pending })
+    }
+}
 
-        pending.subscribe().block();
-        let response = match pending.get() {
+/// What a 3xx response with a `Location` does to a fetch (`RequestInit.redirect`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Redirect {
+    /// Send the request again through the same binding to the `Location`'s path and query
+    /// (its host only becomes the `Host` header), at most 20 times. 303 — and 301/302 after
+    /// a POST — become a GET without body; 307/308 send the body again, which works for
+    /// bodies of at most 1 MiB (else `redirect_body_not_replayable`).
+    #[default]
+    Follow,
+    /// Return the 3xx response itself.
+    Manual,
+}
+
+/// Options of one fetch (a Worker's `RequestInit`, beyond the request itself).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FetchOptions {
+    /// What a redirect does; [`Redirect::Follow`] by default.
+    pub redirect: Redirect,
+}
+
+impl FetchOptions {
+    /// Options with `redirect` set.
+    pub fn redirect(mut self, redirect: Redirect) -> Self {
+        self.redirect = redirect;
+        self
+    }
+}
+
+/// A fetch in flight ([`Fetcher::start`]).
+#[derive(Debug)]
+pub struct PendingResponse {
+    pending: FutureIncomingResponse,
+}
+
+impl PendingResponse {
+    /// Whether the response head (or the failure) has arrived, so [`wait`](Self::wait)
+    /// will not block.
+    pub fn is_ready(&self) -> bool {
+        self.pending.subscribe().ready()
+    }
+
+    /// Blocks until the response head arrives; the body streams as it is read.
+    pub fn wait(self) -> Result<Response, ProxyError> {
+        self.pending.subscribe().block();
+        let response = match self.pending.get() {
             Some(Ok(Ok(response))) => response,
             Some(Ok(Err(code))) => return Err(ProxyError::from(code)),
             Some(Err(())) | None => return Err(ProxyError::internal()),

@@ -22,7 +22,9 @@
 //! ```
 //!
 //! Everything is synchronous: calls block on wasi pollables, which is fine in a component (one
-//! instance serves one request). Bodies stream in both directions ([`Body`]). Errors of a
+//! instance serves one request). [`Fetcher::start`] sends a request without waiting for its
+//! response, for several fetches in flight at once; [`Fetcher::fetch_with`] takes
+//! [`FetchOptions`] such as [`Redirect::Manual`] (redirects are followed by default). Bodies stream in both directions ([`Body`]). Errors of a
 //! binding are [`ProxyError`]s whose [`code`](ProxyError::code) is the RFC 9209 Proxy-Status
 //! type the product documents (`connection_refused`, `dns_error`, …).
 //!
@@ -43,7 +45,7 @@ mod message;
 
 pub use body::{Body, IncomingBody};
 pub use error::ProxyError;
-pub use fetch::{Env, Fetcher};
+pub use fetch::{Env, FetchOptions, Fetcher, PendingResponse, Redirect};
 pub use handler::Handler;
 pub use headers::Headers;
 pub use message::{Request, Response};

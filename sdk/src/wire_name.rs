@@ -9,8 +9,9 @@
 //
 // - Variants with an RFC 9209 counterpart map to it.
 // - `internal-error(some(name))` carries the codes that have no variant (`rate_limited`,
-//   `http_request_error`, `proxy_internal_response`); any other `internal-error` is
-//   `proxy_internal_error`.
+//   `http_request_error`, `proxy_internal_response`) and the runtime's own fetch limits
+//   (`subrequest_limit_reached`, `redirect_limit_reached`, `redirect_body_not_replayable`);
+//   any other `internal-error` is `proxy_internal_error`.
 // - Request-side variants that only a local check can produce (method/URI/header/body size
 //   invalid, length required) are `http_request_error`.
 
@@ -65,6 +66,19 @@ macro_rules! wasi_error_wire_name {
             }
             $ErrorCode::InternalError(Some(name)) if name.as_str() == "proxy_internal_response" => {
                 "proxy_internal_response"
+            }
+            $ErrorCode::InternalError(Some(name))
+                if name.as_str() == "subrequest_limit_reached" =>
+            {
+                "subrequest_limit_reached"
+            }
+            $ErrorCode::InternalError(Some(name)) if name.as_str() == "redirect_limit_reached" => {
+                "redirect_limit_reached"
+            }
+            $ErrorCode::InternalError(Some(name))
+                if name.as_str() == "redirect_body_not_replayable" =>
+            {
+                "redirect_body_not_replayable"
             }
             $ErrorCode::InternalError(_) => "proxy_internal_error",
         }

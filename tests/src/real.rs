@@ -178,6 +178,7 @@ impl RealWorld {
                         binding: "API".into(),
                         service_id: service.service_id,
                     }],
+                    limits: Default::default(),
                 },
                 listen: "127.0.0.1:0".parse()?,
                 edge_listen: "127.0.0.1:0".parse()?,

@@ -64,6 +64,7 @@ impl MockStack {
                     service_id: *service_id,
                 })
                 .collect(),
+            limits: Default::default(),
         };
         let options = RuntimeOptions {
             binding_worker: worker.local_addr(),

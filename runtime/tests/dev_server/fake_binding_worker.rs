@@ -7,6 +7,8 @@
 //! | `/nxdomain` | `deliver(error dnsError, rcode NXDOMAIN)` |
 //! | `/cut` | 200, one chunk `partial`, then `abort(httpResponseIncomplete)` |
 //! | `/drop` | closes the whole connection without answering |
+//! | `/redirect/<status>?to=<location>` | `<status>` with that `Location` |
+//! | `/redirect-loop` | 302 to itself |
 //! | anything else | 200 echoing what arrived (method, url, context, headers, body) |
 
 use std::cell::RefCell;
@@ -174,6 +176,28 @@ async fn answer(
             drop(receiver);
             disconnector.await?;
         }
+        return Ok(());
+    }
+
+    let redirect = match path.strip_prefix("/redirect/") {
+        Some(rest) => rest
+            .split_once("?to=")
+            .and_then(|(status, to)| Some((status.parse::<u16>().ok()?, to.to_owned()))),
+        None if path == "/redirect-loop" => Some((302, path.to_owned())),
+        None => None,
+    };
+    if let Some((status, location)) = redirect {
+        let mut request = receiver.deliver_request();
+        {
+            let mut head = request.get().init_result().init_response();
+            head.set_status(status);
+            let mut headers = head.init_headers(1);
+            headers.reborrow().get(0).set_name("location");
+            headers.reborrow().get(0).set_value(location.as_bytes());
+        }
+        let response_body = request.send().promise.await?.get()?.get_body()?;
+        write(&response_body, b"redirecting").await?;
+        response_body.end_request().send().promise.await?;
         return Ok(());
     }
 

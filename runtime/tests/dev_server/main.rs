@@ -2,7 +2,9 @@
 //! HTTP/1.1 client, and a fake binding-worker speaking real capnp-rpc.
 
 mod fake_binding_worker;
+mod fetch_semantics;
 mod guests;
+mod limits;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,7 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use wvpc_runtime::{REQUEST_ID_HEADER, Runtime, RuntimeError, RuntimeOptions, ScriptConfig};
+use wvpc_runtime::{
+    PrefixedOutput, REQUEST_ID_HEADER, Runtime, RuntimeError, RuntimeOptions, ScriptConfig,
+    ScriptOutput,
+};
 
 use fake_binding_worker::FakeBindingWorker;
 
@@ -27,10 +32,20 @@ struct Served {
 }
 
 async fn serve(main: &Path, binding_worker: SocketAddr) -> Served {
+    serve_with(main, binding_worker, "{}", Arc::new(PrefixedOutput)).await
+}
+
+/// [`serve`] with a `limits` section (JSON) and a sink for the script's output.
+async fn serve_with(
+    main: &Path,
+    binding_worker: SocketAddr,
+    limits: &str,
+    output: Arc<dyn ScriptOutput>,
+) -> Served {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("wrangler.jsonc");
     let config = format!(
-        r#"{{ "name": "proxy-test", "main": {main:?},
+        r#"{{ "name": "proxy-test", "main": {main:?}, "limits": {limits},
               "vpc_services": [{{ "binding": "API", "service_id": "{SERVICE}" }}] }}"#,
         main = main.display().to_string()
     );
@@ -40,7 +55,7 @@ async fn serve(main: &Path, binding_worker: SocketAddr) -> Served {
         binding_worker,
         account: "acct-1".into(),
     };
-    let runtime = Arc::new(Runtime::new(&config, options).expect("runtime"));
+    let runtime = Arc::new(Runtime::with_output(&config, options, output).expect("runtime"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -405,6 +420,7 @@ fn main_must_be_a_component() {
         name: "s".into(),
         main: main.into(),
         vpc_services: vec![],
+        limits: Default::default(),
     };
 
     let err = Runtime::new(&config(&core), options())

@@ -1,0 +1,241 @@
+//! A script's stdout and stderr, captured per request: each request's WASI context gets its
+//! own pair of line-splitting pipes, and every complete line goes to the runtime's
+//! [`ScriptOutput`] with the script name and the request id.
+//!
+//! The default, [`PrefixedOutput`], prints `[<script> <first 8 of the request id>] <line>`
+//! on the process's stdout / stderr — what `wvpc dev` shows.
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// Which of the script's streams a line was written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptStream {
+    /// `wasi:cli/stdout`.
+    Stdout,
+    /// `wasi:cli/stderr`.
+    Stderr,
+}
+
+/// One line a script printed (without its line ending).
+#[derive(Debug, Clone, Copy)]
+pub struct ScriptLine<'a> {
+    /// The script's name.
+    pub script: &'a str,
+    /// The request during which it was printed.
+    pub request_id: &'a str,
+    /// Stdout or stderr.
+    pub stream: ScriptStream,
+    /// The text; invalid UTF-8 is replaced.
+    pub text: &'a str,
+}
+
+/// Where the runtime sends scripts' output lines.
+pub trait ScriptOutput: Send + Sync + 'static {
+    /// Called once per complete line, and once for a final line without a newline when the
+    /// request ends.
+    fn line(&self, line: ScriptLine<'_>);
+}
+
+/// Prints each line on the process's own stdout / stderr, prefixed with the script name and
+/// the start of the request id: `[proxy 5f3a1b2c] hello`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PrefixedOutput;
+
+impl PrefixedOutput {
+    /// The printed form of `line`.
+    pub fn format(line: &ScriptLine<'_>) -> String {
+        let id = line.request_id.get(..8).unwrap_or(line.request_id);
+        format!("[{} {id}] {}", line.script, line.text)
+    }
+}
+
+impl ScriptOutput for PrefixedOutput {
+    fn line(&self, line: ScriptLine<'_>) {
+        let text = Self::format(&line);
+        // A closed stdout must not fail the script.
+        let _ = match line.stream {
+            ScriptStream::Stdout => writeln!(std::io::stdout().lock(), "{text}"),
+            ScriptStream::Stderr => writeln!(std::io::stderr().lock(), "{text}"),
+        };
+    }
+}
+
+/// Longest line kept before it is emitted in pieces (a script printing without newlines
+/// must not grow host memory).
+const MAX_LINE: usize = 16 << 10;
+
+/// The pending partial line of one stream of one request. Shared by every stream handle the
+/// guest opens (each `get-stdout` makes a new one); the last line is emitted when the
+/// request's store drops it.
+struct LineBuffer {
+    sink: Arc<dyn ScriptOutput>,
+    script: Arc<str>,
+    request_id: Arc<str>,
+    stream: ScriptStream,
+    pending: Mutex<Vec<u8>>,
+}
+
+impl LineBuffer {
+    fn emit(&self, bytes: &[u8]) {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        self.sink.line(ScriptLine {
+            script: &self.script,
+            request_id: &self.request_id,
+            stream: self.stream,
+            text: &String::from_utf8_lossy(bytes),
+        });
+    }
+
+    fn write(&self, mut bytes: &[u8]) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            pending.extend_from_slice(&bytes[..end]);
+            self.emit(&pending);
+            pending.clear();
+            bytes = &bytes[end + 1..];
+        }
+        pending.extend_from_slice(bytes);
+        while pending.len() >= MAX_LINE {
+            let rest = pending.split_off(MAX_LINE);
+            self.emit(&pending);
+            *pending = rest;
+        }
+    }
+}
+
+impl Drop for LineBuffer {
+    fn drop(&mut self) {
+        let pending = std::mem::take(self.pending.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if !pending.is_empty() {
+            self.emit(&pending);
+        }
+    }
+}
+
+/// The `StdoutStream` given to one request's WASI context.
+#[derive(Clone)]
+pub(crate) struct RequestOutput(Arc<LineBuffer>);
+
+impl RequestOutput {
+    pub fn new(
+        sink: Arc<dyn ScriptOutput>,
+        script: Arc<str>,
+        request_id: Arc<str>,
+        stream: ScriptStream,
+    ) -> Self {
+        Self(Arc::new(LineBuffer {
+            sink,
+            script,
+            request_id,
+            stream,
+            pending: Mutex::new(Vec::new()),
+        }))
+    }
+}
+
+impl IsTerminal for RequestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for RequestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for RequestOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.0.write(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for RequestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for RequestOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.write(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<String>>);
+
+    impl ScriptOutput for Collect {
+        fn line(&self, line: ScriptLine<'_>) {
+            self.0.lock().unwrap().push(PrefixedOutput::format(&line));
+        }
+    }
+
+    #[test]
+    fn splits_lines_across_writes_and_flushes_the_last_one() {
+        let sink = Arc::new(Collect::default());
+        let output = RequestOutput::new(
+            sink.clone(),
+            "proxy".into(),
+            "5f3a1b2c9d".into(),
+            ScriptStream::Stdout,
+        );
+        let mut stream = output.p2_stream();
+        stream.write(Bytes::from_static(b"one\r\ntw")).unwrap();
+        // A second handle (a new get-stdout) continues the same line.
+        output
+            .p2_stream()
+            .write(Bytes::from_static(b"o\nthree"))
+            .unwrap();
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            ["[proxy 5f3a1b2c] one", "[proxy 5f3a1b2c] two"]
+        );
+        drop((stream, output));
+        assert_eq!(
+            sink.0.lock().unwrap().last().unwrap(),
+            "[proxy 5f3a1b2c] three"
+        );
+    }
+}
