@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 pub mod commands;
+pub mod iris_node;
 pub mod live_routes;
 pub mod remote;
-pub mod iris_node;
 pub mod stack;
 mod table;
 

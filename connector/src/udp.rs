@@ -22,8 +22,8 @@ use wvpc_tunnel::datagram::{
     STATUS_DESTINATION_PROHIBITED, SessionRegistration, encode_payload,
 };
 use wvpc_tunnel::datagram_v2::{DatagramV2, encode_udp};
-use wvpc_tunnel::session_rpc::{self, SessionCall};
 use wvpc_tunnel::metrics::GaugeGuard;
+use wvpc_tunnel::session_rpc::{self, SessionCall};
 use wvpc_tunnel::{DatagramVersion, RequestId, RpcThread, VIRTUAL_DNS_RESOLVER};
 
 use crate::egress::EgressPolicy;

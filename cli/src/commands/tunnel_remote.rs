@@ -105,6 +105,11 @@ pub async fn run(
             "`wvpc tunnel run` dials the tunnel edge, not the directory API: pass --edge and \
              --token (from `wvpc tunnel token`)"
         ),
+        TunnelCommand::Info { .. } => anyhow::bail!(
+            "`wvpc tunnel info` reads the live connections that iris nodes record in their state \
+             directory, which the directory API does not serve: run it without --api, with the \
+             --state that `wvpc iris` uses"
+        ),
     }
 }
 

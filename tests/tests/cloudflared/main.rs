@@ -89,6 +89,10 @@ async fn wvpc(state: &TempDir, command: Command) -> String {
     let mut out = Vec::new();
     let cli = Cli {
         state: state.path().to_owned(),
+        api: wvpc_cli::remote::ApiArgs {
+            api: None,
+            account: None,
+        },
         command,
     };
     wvpc_cli::run(cli, &mut out).await.expect("wvpc command");
@@ -216,6 +220,7 @@ impl World {
                     binding: "API".into(),
                     service_id: service.service_id,
                 }],
+                limits: Default::default(),
             },
             listen: "127.0.0.1:0".parse().unwrap(),
             edge_listen: "127.0.0.1:0".parse().unwrap(),

@@ -417,6 +417,7 @@ async fn both_metrics_endpoints_count_the_traffic() {
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
             ..IrisOptions::default()
         },
+        ..WorldOptions::default()
     })
     .await;
     let connector = replica(w.connector_config(w.stack.edge_addr)).await;
