@@ -163,6 +163,7 @@ impl BindingWorker {
             },
         ));
         spawn_sweeper(&proxy_runtime, Arc::downgrade(proxy.pool()));
+        let pool = Arc::downgrade(proxy.pool());
 
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -173,6 +174,7 @@ impl BindingWorker {
         tracing::info!(%local_addr, iris = %config.iris, "binding-worker listening");
         Ok(BindingWorkerHandle {
             local_addr,
+            pool,
             stop: Some(stop),
             thread: Some(thread),
             owned_runtime,
@@ -184,6 +186,7 @@ impl BindingWorker {
 #[derive(Debug)]
 pub struct BindingWorkerHandle {
     local_addr: SocketAddr,
+    pool: Weak<OriginPool>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     owned_runtime: Option<Runtime>,
@@ -193,6 +196,12 @@ impl BindingWorkerHandle {
     /// The address runtimes connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle that closes the idle pooled origin connections of a service, for whoever
+    /// learns first that its route changed (in one process: iris's route table).
+    pub fn route_changes(&self) -> RouteChanges {
+        RouteChanges(self.pool.clone())
     }
 
     /// Stops accepting, drops every runtime connection and in-flight fetch, and waits for the
@@ -212,6 +221,20 @@ impl BindingWorkerHandle {
         }
         if let Some(runtime) = self.owned_runtime.take() {
             runtime.shutdown_background();
+        }
+    }
+}
+
+/// Closes idle pooled origin connections of services whose route changed, so the next
+/// request of such a service makes a new CONNECT (iris answers it with the new route).
+#[derive(Debug, Clone)]
+pub struct RouteChanges(Weak<OriginPool>);
+
+impl RouteChanges {
+    /// The route of `service_id` changed (or it was deleted).
+    pub fn changed(&self, service_id: uuid::Uuid) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.forget_service(service_id);
         }
     }
 }

@@ -636,6 +636,12 @@ impl OriginPool {
         evicted.is_some()
     }
 
+    /// Closes every idle connection of `service_id` (its route changed).
+    pub(crate) fn forget_service(&self, service_id: Uuid) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|key, _| key.service_id != service_id);
+    }
+
     /// Closes connections idle for too long or closed by the origin.
     pub(crate) fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);

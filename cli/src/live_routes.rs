@@ -32,10 +32,22 @@ struct Table {
     routes: HashMap<Uuid, ServiceRoute>,
 }
 
+/// Told the ids of services whose route changed or went away, right after a swap.
+pub type ChangeListener = Box<dyn Fn(&[Uuid]) + Send + Sync>;
+
 /// The routes iris reads, kept current by a watcher task.
-#[derive(Debug)]
 pub struct LiveRoutes {
     current: RwLock<Arc<Table>>,
+    revision: tokio::sync::watch::Sender<u64>,
+    listeners: RwLock<Vec<ChangeListener>>,
+}
+
+impl std::fmt::Debug for LiveRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveRoutes")
+            .field("revision", &self.revision())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LiveRoutes {
@@ -44,8 +56,11 @@ impl LiveRoutes {
     pub fn start(
         directory: Arc<Directory>,
     ) -> Result<(Arc<LiveRoutes>, tokio::task::JoinHandle<()>), DirectoryError> {
+        let first = table(directory.route_snapshot()?);
         let live = Arc::new(LiveRoutes {
-            current: RwLock::new(Arc::new(table(directory.route_snapshot()?))),
+            revision: tokio::sync::watch::Sender::new(first.revision),
+            current: RwLock::new(Arc::new(first)),
+            listeners: RwLock::new(Vec::new()),
         });
         let watcher = tokio::spawn(watch(Arc::downgrade(&live), directory));
         Ok((live, watcher))
@@ -63,11 +78,48 @@ impl LiveRoutes {
             .clone()
     }
 
-    fn swap(&self, table: Table) {
-        *self
-            .current
+    /// Waits until the routes reflect directory revision `revision` (or a later one).
+    pub async fn caught_up(&self, revision: u64) {
+        let mut seen = self.revision.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = seen.wait_for(|current| *current >= revision).await;
+    }
+
+    /// Calls `listener` after every swap with the services whose route changed.
+    pub fn on_change(&self, listener: ChangeListener) {
+        self.listeners
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(table);
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(listener);
+    }
+
+    fn swap(&self, table: Table) {
+        let revision = table.revision;
+        let new = Arc::new(table);
+        let old = std::mem::replace(
+            &mut *self
+                .current
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            new.clone(),
+        );
+        let changed: Vec<Uuid> = old
+            .routes
+            .iter()
+            .filter(|(id, route)| new.routes.get(id) != Some(route))
+            .map(|(id, _)| *id)
+            .collect();
+        if !changed.is_empty() {
+            for listener in self
+                .listeners
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .iter()
+            {
+                listener(&changed);
+            }
+        }
+        self.revision.send_replace(revision);
     }
 }
 

@@ -95,6 +95,14 @@ impl Stack {
         let binding_worker =
             BindingWorker::start(bw_listener, bw_config).context("starting the binding-worker")?;
         let binding_worker_addr = binding_worker.local_addr();
+        // One process: a changed route closes the service's idle pooled origin connections
+        // at once, so the next request already takes the new route.
+        let route_changes = binding_worker.route_changes();
+        iris.routes.on_change(Box::new(move |services| {
+            for service in services {
+                route_changes.changed(*service);
+            }
+        }));
 
         let script = config.script.clone();
         let options = RuntimeOptions {
@@ -129,6 +137,15 @@ impl Stack {
             tasks,
             binding_worker: Some(binding_worker),
         })
+    }
+
+    /// Resolves once iris routes by everything committed to the directory so far (changes
+    /// reach it within a poll interval; tests that change a service wait for this).
+    pub async fn routes_current(&self) -> anyhow::Result<()> {
+        let directory = self.directory.clone();
+        let revision = tokio::task::spawn_blocking(move || directory.revision()).await??;
+        self.iris.routes.caught_up(revision).await;
+        Ok(())
     }
 
     /// Live tunnel connections, for readiness and `tunnel info`-style output.

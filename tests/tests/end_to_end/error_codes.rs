@@ -223,6 +223,12 @@ async fn run_row(world: &mut RealWorld, row: &Row) {
 
     let started = Instant::now();
     let (path, _keep) = cause(world, row.cause).await;
+    within(
+        "iris routes the row's service",
+        world.stack.routes_current(),
+    )
+    .await
+    .expect("reading the directory");
     let reply = within(&what, client::get(world.stack.script_addr, &path)).await;
     let wasi = reply
         .headers
@@ -362,6 +368,12 @@ async fn cause(world: &mut RealWorld, cause: Cause) -> (String, Keep) {
                 None,
                 None,
             );
+            within(
+                "iris routes the row's service",
+                world.stack.routes_current(),
+            )
+            .await
+            .expect("reading the directory");
             // A first script request takes the service's only connection and stalls there.
             let mut first = TcpStream::connect(world.stack.script_addr).await.unwrap();
             let request = format!(
@@ -381,7 +393,14 @@ async fn cause(world: &mut RealWorld, cause: Cause) -> (String, Keep) {
                 None,
                 None,
             );
-            // Another client of the tunnel holds the connector's only flow.
+            // Another client of the tunnel holds the connector's only flow (on the new route:
+            // the old one resolved a hostname, and its DNS would take the flow).
+            within(
+                "iris routes the row's service",
+                world.stack.routes_current(),
+            )
+            .await
+            .expect("reading the directory");
             let holder = hold_tunnel_flow(world).await;
             (http("api.internal"), vec![Box::new(holder)])
         }

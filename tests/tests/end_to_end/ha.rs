@@ -341,6 +341,9 @@ async fn the_flow_limit_answers_rate_limited_and_the_allow_list_destination_ip_p
     let other = Origin::start("127.0.0.3").await.unwrap();
     let forbidden =
         w.create_ip_service("forbidden", "127.0.0.3".parse().unwrap(), other.addr.port());
+    within("iris routes the new services", w.stack.routes_current())
+        .await
+        .unwrap();
     let iris = w.stack.iris_addr;
 
     // --max-active-flows 1: one flow in flight holds the only slot, the next is refused with
@@ -438,6 +441,9 @@ async fn both_metrics_endpoints_count_the_traffic() {
         assert_eq!(reply.status, 200);
     }
     let missing = w.create_ip_service("refusing", ORIGIN_IP.parse().unwrap(), 9);
+    within("iris routes the new service", w.stack.routes_current())
+        .await
+        .unwrap();
     let reply = within(
         "a refused flow",
         client::get_via_iris(w.stack.iris_addr, missing, "/"),

@@ -135,6 +135,12 @@ async fn a_websocket_upgrade_passes_through_and_frames_flow_both_ways() {
         .directory
         .replace_service(world.service_id, &service)
         .unwrap();
+    within(
+        "iris routes the changed service",
+        world.stack.routes_current(),
+    )
+    .await
+    .unwrap();
 
     let reply = within(
         "the WebSocket exchange",
