@@ -6,7 +6,9 @@
 //! replaces the whole table behind one `Arc`. A CONNECT therefore never touches SQLite and
 //! never sees half of a change; a deleted service is gone for new CONNECTs while streams
 //! already routed keep going. Pooled origin connections of the binding-worker are renewed
-//! after [`ROUTE_LEASE`], so steady traffic moves to a changed route too, between requests.
+//! after [`ROUTE_LEASE`], so steady traffic moves to a changed route too, between requests;
+//! in one process ([`LiveRoutes::on_change`], wired by the dev stack) a swap also closes the
+//! idle pooled connections of every changed service at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
