@@ -101,18 +101,36 @@ fn create(
             tunnel.id
         )
     })?;
-    let token = credentials.to_token();
+    print_created(
+        &tunnel.name,
+        tunnel.id,
+        &credentials.to_token(),
+        &path,
+        json,
+        out,
+    )
+}
+
+/// What `tunnel create` prints, locally and over the API alike.
+pub(crate) fn print_created(
+    name: &str,
+    id: uuid::Uuid,
+    token: &str,
+    path: &Path,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     if json {
         let body = serde_json::json!({
-            "id": tunnel.id,
-            "name": tunnel.name,
+            "id": id,
+            "name": name,
             "token": token,
             "credentials_file": path,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
         return Ok(());
     }
-    writeln!(out, "✅ Created tunnel {:?}: {}", tunnel.name, tunnel.id)?;
+    writeln!(out, "✅ Created tunnel {name:?}: {id}")?;
     writeln!(
         out,
         "Credentials file (cloudflared format): {}",
@@ -133,15 +151,46 @@ fn create(
     writeln!(
         out,
         "  cloudflared tunnel --no-autoupdate --protocol quic --edge <edge host:port> \\\n    \
-         --cacert ca.pem run --credentials-file {} {}",
-        path.display(),
-        tunnel.id
+         --cacert ca.pem run --credentials-file {} {id}",
+        path.display()
     )?;
     Ok(())
 }
 
 fn list(dir: &Directory, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let tunnels = dir.list_tunnels()?;
+    // The services column is only in the table.
+    let services = if json || tunnels.is_empty() {
+        Vec::new()
+    } else {
+        dir.list_services(None)?
+    };
+    let listed: Vec<ListedTunnel> = tunnels
+        .iter()
+        .map(|t| ListedTunnel {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            created_at: t.created_at.clone(),
+            services: services.iter().filter(|s| s.tunnel_id() == t.id).count(),
+        })
+        .collect();
+    print_list(&listed, json, out)
+}
+
+/// One row of `tunnel list`: a tunnel and how many services use it.
+pub(crate) struct ListedTunnel {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) created_at: String,
+    pub(crate) services: usize,
+}
+
+/// What `tunnel list` prints, locally and over the API alike.
+pub(crate) fn print_list(
+    tunnels: &[ListedTunnel],
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     if json {
         let body: Vec<_> = tunnels
             .iter()
@@ -157,15 +206,13 @@ fn list(dir: &Directory, json: bool, out: &mut dyn Write) -> anyhow::Result<()> 
         )?;
         return Ok(());
     }
-    let services = dir.list_services(None)?;
     let rows: Vec<Vec<String>> = tunnels
         .iter()
         .map(|t| {
-            let used_by = services.iter().filter(|s| s.tunnel_id() == t.id).count();
             vec![
-                t.id.to_string(),
+                t.id.clone(),
                 t.name.clone(),
-                used_by.to_string(),
+                t.services.to_string(),
                 short_time(&t.created_at),
             ]
         })

@@ -9,9 +9,8 @@ use http::Method;
 use serde_json::{Value, json};
 use wvpc_directory::Credentials;
 
-use super::tunnel::{TunnelCommand, credentials_path, short_time};
+use super::tunnel::{ListedTunnel, TunnelCommand, credentials_path};
 use crate::remote::Remote;
-use crate::table;
 
 /// Runs a tunnel subcommand over the API (`run` is not one of them: connectors dial the edge).
 pub async fn run(
@@ -31,58 +30,40 @@ pub async fn run(
             let path = credentials_path(state, credentials.tunnel_id);
             super::tunnel::write_credentials_file(&path, &credentials)
                 .with_context(|| format!("writing the credentials file {}", path.display()))?;
-            if json {
-                let body = json!({ "id": tunnel["id"], "name": tunnel["name"], "token": token });
-                writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
-                return Ok(());
-            }
-            writeln!(out, "✅ Created tunnel {name:?}: {}", credentials.tunnel_id)?;
-            writeln!(
+            super::tunnel::print_created(
+                tunnel["name"].as_str().unwrap_or(&name),
+                credentials.tunnel_id,
+                &token,
+                &path,
+                json,
                 out,
-                "Credentials file (cloudflared format): {}",
-                path.display()
-            )?;
-            writeln!(out, "Token (secret: whoever has it can serve this tunnel):")?;
-            writeln!(out, "{token}")?;
-            Ok(())
+            )
         }
         TunnelCommand::List { json } => {
             let tunnels = remote.list_all("cfd_tunnel").await?;
-            if json {
-                let body: Vec<Value> = tunnels
-                    .iter()
-                    .map(|t| json!({ "id": t["id"], "name": t["name"], "created_at": t["created_at"] }))
-                    .collect();
-                writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
-                return Ok(());
-            }
-            if tunnels.is_empty() {
-                writeln!(
-                    out,
-                    "No tunnels. Create one with `wvpc tunnel create <name>`."
-                )?;
-                return Ok(());
-            }
-            let services = remote.list_all("connectivity/directory/services").await?;
-            let rows: Vec<Vec<String>> = tunnels
+            // The services column is only in the table.
+            let services = if json || tunnels.is_empty() {
+                Vec::new()
+            } else {
+                remote.list_all("connectivity/directory/services").await?
+            };
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            let listed: Vec<ListedTunnel> = tunnels
                 .iter()
                 .map(|t| {
-                    let id = t["id"].as_str().unwrap_or_default();
-                    let used_by = services.iter().filter(|s| tunnel_of(s) == Some(id)).count();
-                    vec![
-                        id.to_owned(),
-                        t["name"].as_str().unwrap_or_default().to_owned(),
-                        used_by.to_string(),
-                        short_time(t["created_at"].as_str().unwrap_or_default()),
-                    ]
+                    let id = text(&t["id"]);
+                    ListedTunnel {
+                        services: services
+                            .iter()
+                            .filter(|s| tunnel_of(s) == Some(id.as_str()))
+                            .count(),
+                        id,
+                        name: text(&t["name"]),
+                        created_at: text(&t["created_at"]),
+                    }
                 })
                 .collect();
-            write!(
-                out,
-                "{}",
-                table::render(&["ID", "NAME", "SERVICES", "CREATED"], &rows)
-            )?;
-            Ok(())
+            super::tunnel::print_list(&listed, json, out)
         }
         TunnelCommand::Delete { tunnel } => {
             let (id, name) = find(remote, &tunnel).await?;
