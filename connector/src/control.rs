@@ -2,13 +2,12 @@
 //! `RegistrationServer`, then `unregisterConnection` on shutdown. Runs on the connector's RPC
 //! thread (capnp-rpc is `!Send`); results come back over channels.
 
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use futures::io::{BufReader, BufWriter};
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side};
 use tokio::sync::oneshot;
-use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 use uuid::Uuid;
 use wvpc_schemas::tunnel_rpc_capnp::{connection_response, registration_server};
 use wvpc_tunnel::Credentials;
+use wvpc_tunnel::rpc_thread::stream_vat;
 
 /// `cause` of a duplicate-connection refusal.
 const DUPLICATE_CONNECTION: &str = "EDUPCONN";
@@ -56,13 +55,8 @@ pub(crate) async fn run_control_stream(
     outcome: oneshot::Sender<RegistrationOutcome>,
     unregister: oneshot::Receiver<UnregisterRequest>,
 ) {
-    let network = twoparty::VatNetwork::new(
-        BufReader::new(recv.compat()),
-        BufWriter::new(send.compat_write()),
-        Side::Client,
-        capnp::message::ReaderOptions::new(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let network = stream_vat(send, recv, Side::Client, None);
+    let mut rpc = RpcSystem::new(network, None);
     let server: registration_server::Client = rpc.bootstrap(Side::Server);
     tokio::task::spawn_local(async move {
         if let Err(e) = rpc.await {

@@ -9,17 +9,15 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use capnp::capability::Rc as CapRc;
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use futures::io::{BufReader, BufWriter};
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side};
 use tokio::sync::Notify;
-use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::tunnel_rpc_capnp::{cloudflared_server, configuration_manager, session_manager};
 use wvpc_tunnel::connect::metadata;
 use wvpc_tunnel::preamble::read_signature;
-use wvpc_tunnel::{
-    BiStream, ConnectRequest, ConnectResponse, RequestId, RpcThread, StreamKind, StreamType,
-};
+use wvpc_tunnel::rpc_thread::stream_vat;
+use wvpc_tunnel::session_rpc::session_id;
+use wvpc_tunnel::{BiStream, ConnectRequest, ConnectResponse, RpcThread, StreamKind, StreamType};
 
 use crate::egress::EgressPolicy;
 use crate::metrics::ConnectorMetrics;
@@ -246,14 +244,9 @@ async fn serve_rpc_stream(
     recv: quinn::RecvStream,
     service: CloudflaredService,
 ) {
-    let network = twoparty::VatNetwork::new(
-        BufReader::new(recv.compat()),
-        BufWriter::new(send.compat_write()),
-        Side::Server,
-        capnp::message::ReaderOptions::new(),
-    );
+    let network = stream_vat(send, recv, Side::Server, None);
     let client: cloudflared_server::Client = capnp_rpc::new_client(service);
-    let rpc = RpcSystem::new(Box::new(network), Some(client.client));
+    let rpc = RpcSystem::new(network, Some(client.client));
     if let Ok(Err(e)) = tokio::time::timeout(RPC_STREAM_LIFETIME, rpc).await {
         tracing::debug!(error = %e, "edge RPC stream failed");
     }
@@ -266,13 +259,6 @@ struct CloudflaredService {
     /// The connection the RPC stream belongs to: v2 sessions registered here send their
     /// datagrams on it.
     quic: quinn::Connection,
-}
-
-fn session_id(raw: &[u8]) -> Result<RequestId, capnp::Error> {
-    let id: [u8; 16] = raw.try_into().map_err(|_| {
-        capnp::Error::failed(format!("sessionId must be 16 bytes, got {}", raw.len()))
-    })?;
-    Ok(RequestId(id))
 }
 
 impl session_manager::Server for CloudflaredService {

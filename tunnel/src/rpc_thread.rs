@@ -3,12 +3,16 @@
 //! capnp-rpc is `!Send` (it is built on `Rc`), while quinn streams are `Send`. Each end of the
 //! tunnel therefore runs all of its RPC on one thread with a current-thread runtime and a
 //! `LocalSet`: callers send a `Send` closure, and the closure builds the `!Send` future on
-//! that thread. One thread serves every connection of an edge or connector.
+//! that thread. One thread serves every connection of an edge or connector. [`stream_vat`]
+//! is the two-party network every RPC of the tunnel runs on: one QUIC stream.
 
 use std::future::Future;
 use std::pin::Pin;
 
+use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty};
+use futures::io::{BufReader, BufWriter};
 use tokio::sync::mpsc;
+use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 
 type LocalJob = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
@@ -65,6 +69,26 @@ impl RpcThread {
             }))
             .map_err(|_| RpcThreadGone)
     }
+}
+
+/// A two-party RPC network over one QUIC stream, as `side`. `max_words` bounds what one
+/// incoming message may make the reader traverse (`None`: capnp's default).
+pub fn stream_vat(
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    side: Side,
+    max_words: Option<usize>,
+) -> Box<dyn capnp_rpc::VatNetwork<Side>> {
+    let mut options = capnp::message::ReaderOptions::new();
+    if let Some(words) = max_words {
+        options.traversal_limit_in_words(Some(words));
+    }
+    Box::new(twoparty::VatNetwork::new(
+        BufReader::new(recv.compat()),
+        BufWriter::new(send.compat_write()),
+        side,
+        options,
+    ))
 }
 
 #[cfg(test)]

@@ -7,15 +7,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use futures::io::{BufReader, BufWriter};
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side};
 use tokio::sync::oneshot;
-use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 use wvpc_schemas::tunnel_rpc_capnp::session_manager;
 
 use crate::datagram::RequestId;
 use crate::preamble::RPC_STREAM_SIGNATURE;
 use crate::rpc_thread::RpcThread;
+use crate::rpc_thread::stream_vat;
 
 /// Bound on one session RPC (cloudflared's `--rpc-timeout` is 5 s).
 pub const SESSION_RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,18 +65,21 @@ pub async fn call(
         .unwrap_or_else(|_| Err("the RPC thread stopped".to_owned()))
 }
 
+/// A `sessionId` parameter of either session RPC: exactly 16 bytes.
+pub fn session_id(raw: &[u8]) -> Result<RequestId, capnp::Error> {
+    let id: [u8; 16] = raw.try_into().map_err(|_| {
+        capnp::Error::failed(format!("sessionId must be 16 bytes, got {}", raw.len()))
+    })?;
+    Ok(RequestId(id))
+}
+
 async fn call_on_stream(quic: quinn::Connection, call: SessionCall) -> Result<String, String> {
     let (mut send, recv) = quic.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(&RPC_STREAM_SIGNATURE)
         .await
         .map_err(|e| e.to_string())?;
-    let network = twoparty::VatNetwork::new(
-        BufReader::new(recv.compat()),
-        BufWriter::new(send.compat_write()),
-        Side::Client,
-        capnp::message::ReaderOptions::new(),
-    );
-    let mut system = RpcSystem::new(Box::new(network), None);
+    let network = stream_vat(send, recv, Side::Client, None);
+    let mut system = RpcSystem::new(network, None);
     let manager: session_manager::Client = system.bootstrap(Side::Server);
     let disconnect = system.get_disconnector();
     tokio::task::spawn_local(async move {

@@ -6,12 +6,11 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use capnp::capability::Rc as CapRc;
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use futures::io::{BufReader, BufWriter};
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side};
 use tokio::sync::mpsc;
-use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 use uuid::Uuid;
 use wvpc_schemas::tunnel_rpc_capnp::registration_server;
+use wvpc_tunnel::rpc_thread::stream_vat;
 use wvpc_tunnel::{DatagramVersion, RpcThread};
 
 use super::authority::TunnelAuthority;
@@ -51,20 +50,13 @@ pub(crate) async fn serve_control_stream(
     recv: quinn::RecvStream,
 ) {
     let events = ctx.events.clone();
-    let mut options = capnp::message::ReaderOptions::new();
-    options.traversal_limit_in_words(Some(MAX_RPC_MESSAGE_WORDS));
-    let network = twoparty::VatNetwork::new(
-        BufReader::new(recv.compat()),
-        BufWriter::new(send.compat_write()),
-        Side::Server,
-        options,
-    );
+    let network = stream_vat(send, recv, Side::Server, Some(MAX_RPC_MESSAGE_WORDS));
     let service = RegistrationService {
         ctx,
         registered: RefCell::new(None),
     };
     let client: registration_server::Client = capnp_rpc::new_client(service);
-    let rpc = RpcSystem::new(Box::new(network), Some(client.client));
+    let rpc = RpcSystem::new(network, Some(client.client));
     let ended = rpc.await.err().map(|e| e.to_string());
     let _ = events.send(ControlEvent::Ended(ended));
 }

@@ -21,16 +21,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use capnp::capability::Rc as CapRc;
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use futures::io::{BufReader, BufWriter};
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::tunnel_rpc_capnp::session_manager;
 use wvpc_tunnel::connect::code_for_connector_error;
 use wvpc_tunnel::datagram_v2::encode_udp;
-use wvpc_tunnel::session_rpc::{SESSION_RPC_TIMEOUT, SessionCall, call};
+use wvpc_tunnel::rpc_thread::stream_vat;
+use wvpc_tunnel::session_rpc::{SESSION_RPC_TIMEOUT, SessionCall, call, session_id};
 use wvpc_tunnel::{RequestId, RpcThread};
 
 use super::registry::EdgeConnection;
@@ -212,17 +211,10 @@ pub(crate) async fn serve_connector_stream(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
-    let mut options = capnp::message::ReaderOptions::new();
-    options.traversal_limit_in_words(Some(MAX_RPC_MESSAGE_WORDS));
-    let network = twoparty::VatNetwork::new(
-        BufReader::new(recv.compat()),
-        BufWriter::new(send.compat_write()),
-        Side::Server,
-        options,
-    );
+    let network = stream_vat(send, recv, Side::Server, Some(MAX_RPC_MESSAGE_WORDS));
     let tunnel = conn.info.tunnel_id;
     let service: session_manager::Client = capnp_rpc::new_client(EdgeSessionService { conn });
-    let system = RpcSystem::new(Box::new(network), Some(service.client));
+    let system = RpcSystem::new(network, Some(service.client));
     match tokio::time::timeout(SESSION_RPC_TIMEOUT, system).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -257,15 +249,12 @@ impl session_manager::Server for EdgeSessionService {
         _: session_manager::UnregisterUdpSessionResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
-        let raw = params.get_session_id()?;
-        let id: [u8; 16] = raw.try_into().map_err(|_| {
-            capnp::Error::failed(format!("sessionId must be 16 bytes, got {}", raw.len()))
-        })?;
+        let id = session_id(params.get_session_id()?)?;
         let message = params.get_message()?.to_string()?;
-        let known = self.conn.sessions.remove(RequestId(id));
+        let known = self.conn.sessions.remove(id);
         tracing::debug!(
             tunnel = %self.conn.info.tunnel_id,
-            session = %RequestId(id),
+            session = %id,
             known,
             %message,
             "connector unregistered a UDP session"
