@@ -12,10 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 pub mod commands;
-pub mod iris_node;
-pub mod live_routes;
 pub mod remote;
-pub mod stack;
 mod table;
 
 /// `wvpc`: self-hosted Workers VPC services.

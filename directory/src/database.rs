@@ -113,6 +113,15 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 5: a private CA per service (tls_settings.ca_certificate, PEM).
     "ALTER TABLE services ADD COLUMN ca_certificate TEXT;",
+    // 6: live runtimes and their control listeners (`wvpc tail`).
+    r#"
+    CREATE TABLE runtime_nodes (
+        node_id      TEXT PRIMARY KEY,
+        control_addr TEXT NOT NULL,
+        started_at   TEXT NOT NULL,
+        seen_at_ms   INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The local control plane of one state directory: its accounts, their tunnels, services,

@@ -27,11 +27,13 @@ pub mod api;
 pub mod connections;
 mod database;
 mod error;
+pub mod runtimes;
 pub mod scripts;
 pub mod service;
 pub mod service_input;
 mod services;
 mod snapshot;
+pub mod tail;
 pub mod tokens;
 pub mod tunnel;
 pub mod validation;
@@ -39,6 +41,7 @@ pub mod validation;
 pub use connections::LiveConnection;
 pub use database::{DB_FILE_NAME, Directory};
 pub use error::DirectoryError;
+pub use runtimes::{RUNTIME_TTL, RuntimeNode};
 pub use scripts::{BindingRefusal, BindingRequest, Script, ScriptBinding, ServiceRef};
 pub use service::{
     AppProtocol, CertVerificationMode, DEFAULT_DNS_PORT, DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT,
@@ -49,7 +52,7 @@ pub use service_input::{
     HostInput, NetworkInput, ResolverNetworkInput, ServiceInput, TlsSettingsInput,
 };
 pub use services::SERVICE_LIMIT;
-pub use snapshot::RouteSnapshot;
+pub use snapshot::{RouteSnapshot, TunnelKey};
 pub use tokens::{Account, ApiToken, Role};
 pub use tunnel::{Tunnel, TunnelAuthError};
 pub use validation::{Problem, ServiceSpec, ValidationError};

@@ -1,4 +1,7 @@
-//! A consistent picture of every service, for routers that keep routes in memory.
+//! A consistent picture of every service and every tunnel's credentials, for routers that
+//! keep routes and connector credentials in memory.
+
+use uuid::Uuid;
 
 use crate::database::Directory;
 use crate::error::DirectoryError;
@@ -12,6 +15,29 @@ pub struct RouteSnapshot {
     pub revision: u64,
     /// Every service, oldest first.
     pub services: Vec<Service>,
+    /// Every tunnel's credentials.
+    pub tunnels: Vec<TunnelKey>,
+}
+
+/// What a connector must present to register a connection of a tunnel.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TunnelKey {
+    /// The tunnel.
+    pub tunnel_id: Uuid,
+    /// Its account (`AccountTag` of the credentials).
+    pub account_tag: String,
+    /// Its secret.
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for TunnelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("TunnelKey")
+            .field("tunnel_id", &self.tunnel_id)
+            .field("account_tag", &self.account_tag)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Directory {
@@ -21,7 +47,29 @@ impl Directory {
         self.read_consistent(|tx| {
             let revision = crate::database::read_revision(tx)?;
             let services = all_services(tx)?;
-            Ok(RouteSnapshot { revision, services })
+            let mut stmt = tx.prepare("SELECT tunnel_id, account_id, secret FROM tunnels")?;
+            let tunnels = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                    ))
+                })?
+                .map(|row| {
+                    let (id, account_tag, secret) = row?;
+                    Ok(TunnelKey {
+                        tunnel_id: crate::tunnel::parse_uuid("tunnel id", &id)?,
+                        account_tag,
+                        secret,
+                    })
+                })
+                .collect::<Result<Vec<_>, DirectoryError>>()?;
+            Ok(RouteSnapshot {
+                revision,
+                services,
+                tunnels,
+            })
         })
     }
 }

@@ -6,7 +6,7 @@
 //!   from a [`dns::DnsTable`], for tests that do not need QUIC.
 //! - [`stack`]: `MockStack`, iris's router, the binding-worker and the runtime with a script
 //!   over real sockets on a [`mock_tunnel::MockTunnel`]. The real QUIC path runs
-//!   `wvpc_cli::stack::Stack`, exactly what `wvpc dev` runs: [`real::RealWorld`].
+//!   `wvpc_platform::stack::Stack`, exactly what `wvpc dev` runs: [`real::RealWorld`].
 //! - [`stock_cloudflared`]: the stock cloudflared connector (binary from `CLOUDFLARED`) as a
 //!   child process, in a network namespace with only loopback.
 //! - [`fault`]: a UDP relay in front of the edge that can go silent (a connector "killed").

@@ -1,6 +1,6 @@
 //! `RealWorld`: the real path, assembled — an origin on 127.0.0.2, a DNS server answering
 //! `api.internal` for it, a tunnel and a hostname service in a fresh directory,
-//! `wvpc_cli::stack::Stack` (exactly what `wvpc dev` runs) serving `examples/proxy`, and our
+//! `wvpc_platform::stack::Stack` (exactly what `wvpc dev` runs) serving `examples/proxy`, and our
 //! connector registered over QUIC.
 
 use std::net::IpAddr;
@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
-use wvpc_cli::stack::{IrisOptions, Stack, StackConfig};
 use wvpc_connector::{Connector, ConnectorConfig, ConnectorError, ConnectorMetrics, Readiness};
 use wvpc_directory::{Directory, HostInput, ResolverNetworkInput, ServiceInput};
+use wvpc_platform::stack::{IrisOptions, Stack, StackConfig};
 use wvpc_runtime::{ScriptConfig, VpcServiceBinding};
 use wvpc_tunnel::{Credentials, DatagramVersion};
 

@@ -3,7 +3,7 @@
 //!
 //! This is the harness most tests use: it reaches every error code by flipping a switch. The
 //! real QUIC tunnel and connector are covered by the end-to-end tests, which run
-//! `wvpc_cli::stack::Stack` (exactly what `wvpc dev` runs) with a real connector.
+//! `wvpc_platform::stack::Stack` (exactly what `wvpc dev` runs) with a real connector.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

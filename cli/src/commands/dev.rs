@@ -12,7 +12,7 @@ use uuid::Uuid;
 use wvpc_directory::Directory;
 use wvpc_runtime::ScriptConfig;
 
-use crate::stack::{IrisOptions, Stack, StackConfig, describe_bindings};
+use wvpc_platform::stack::{IrisOptions, Stack, StackConfig, describe_bindings};
 
 /// Config file names looked for in the current directory, in order, when `--config` is absent.
 pub const DEFAULT_CONFIG_FILES: [&str; 3] = ["wrangler.jsonc", "wrangler.json", "wrangler.toml"];

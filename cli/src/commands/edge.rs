@@ -44,7 +44,7 @@ pub enum CaCommand {
 
 /// Where the edge identity of a state directory lives.
 pub fn identity_dir(state: &Path) -> PathBuf {
-    state.join("edge")
+    wvpc_platform::state::edge_identity_dir(state)
 }
 
 /// Runs an edge subcommand.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use wvpc_directory::Directory;
 
 use super::dev::shutdown_signal;
-use crate::iris_node::{IrisNode, IrisOptions};
+use wvpc_platform::iris_node::{IrisNode, IrisOptions};
 
 /// `wvpc iris` arguments.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,7 +1,13 @@
 //! Who may register a tunnel connection: the [`TunnelAuthority`] seam, and
 //! [`CredentialsAuthority`], an in-memory implementation over minted tunnel credentials.
+//!
+//! The check is a future: it runs on the edge's single RPC thread, so an implementation
+//! answers from memory and does any slow lookup (a directory read) elsewhere, never blocking
+//! the registrations of other connectors.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::RwLock;
 
 use uuid::Uuid;
@@ -19,17 +25,45 @@ pub enum AuthFailure {
     /// The secret does not match the tunnel's.
     #[error("wrong secret for tunnel {0}")]
     WrongSecret(Uuid),
+    /// The credentials could not be checked now (the directory is unreachable); the
+    /// connector is told to retry, never that the tunnel is unknown.
+    #[error("cannot check the credentials now ({0}); retry later")]
+    Unavailable(String),
 }
+
+impl AuthFailure {
+    /// Whether the connector should try again later (the failure is not about its
+    /// credentials).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AuthFailure::Unavailable(_))
+    }
+}
+
+/// The outcome of a credentials check, once known.
+pub type AuthCheck = Pin<Box<dyn Future<Output = Result<(), AuthFailure>> + Send + 'static>>;
 
 /// Checks the credentials a connector presents in `registerConnection`.
 pub trait TunnelAuthority: Send + Sync + 'static {
-    /// `Ok` when `(account_tag, secret)` are the credentials of `tunnel_id`.
-    fn authorize(
-        &self,
-        tunnel_id: Uuid,
-        account_tag: &str,
-        secret: &[u8],
-    ) -> Result<(), AuthFailure>;
+    /// `Ok` when `(account_tag, secret)` are the credentials of `tunnel_id`. Called on the
+    /// edge's RPC thread: answer from memory, and move anything slow off it.
+    fn authorize(&self, tunnel_id: Uuid, account_tag: &str, secret: &[u8]) -> AuthCheck;
+}
+
+/// Checks `(account_tag, secret)` against a tunnel's known credentials.
+pub fn check_credentials(
+    tunnel_id: Uuid,
+    known_account: &str,
+    known_secret: &[u8],
+    account_tag: &str,
+    secret: &[u8],
+) -> Result<(), AuthFailure> {
+    if known_account != account_tag {
+        return Err(AuthFailure::WrongAccount(tunnel_id));
+    }
+    if !constant_time_eq(known_secret, secret) {
+        return Err(AuthFailure::WrongSecret(tunnel_id));
+    }
+    Ok(())
 }
 
 /// Tunnel credentials held in memory (the dev setup and tests; a deployment backs the trait
@@ -62,13 +96,8 @@ impl CredentialsAuthority {
     }
 }
 
-impl TunnelAuthority for CredentialsAuthority {
-    fn authorize(
-        &self,
-        tunnel_id: Uuid,
-        account_tag: &str,
-        secret: &[u8],
-    ) -> Result<(), AuthFailure> {
+impl CredentialsAuthority {
+    fn check(&self, tunnel_id: Uuid, account_tag: &str, secret: &[u8]) -> Result<(), AuthFailure> {
         let tunnels = self
             .tunnels
             .read()
@@ -76,13 +105,23 @@ impl TunnelAuthority for CredentialsAuthority {
         let known = tunnels
             .get(&tunnel_id)
             .ok_or(AuthFailure::UnknownTunnel(tunnel_id))?;
-        if known.account_tag != account_tag {
-            return Err(AuthFailure::WrongAccount(tunnel_id));
-        }
-        if !constant_time_eq(&known.tunnel_secret, secret) {
-            return Err(AuthFailure::WrongSecret(tunnel_id));
-        }
-        Ok(())
+        check_credentials(
+            tunnel_id,
+            &known.account_tag,
+            &known.tunnel_secret,
+            account_tag,
+            secret,
+        )
+    }
+}
+
+impl TunnelAuthority for CredentialsAuthority {
+    fn authorize(&self, tunnel_id: Uuid, account_tag: &str, secret: &[u8]) -> AuthCheck {
+        Box::pin(std::future::ready(self.check(
+            tunnel_id,
+            account_tag,
+            secret,
+        )))
     }
 }
 
@@ -104,26 +143,23 @@ mod tests {
         let creds = Credentials::mint("acct", Uuid::new_v4());
         authority.insert(creds.clone());
         let id = creds.tunnel_id;
+        assert_eq!(authority.check(id, "acct", &creds.tunnel_secret), Ok(()));
         assert_eq!(
-            authority.authorize(id, "acct", &creds.tunnel_secret),
-            Ok(())
-        );
-        assert_eq!(
-            authority.authorize(id, "other", &creds.tunnel_secret),
+            authority.check(id, "other", &creds.tunnel_secret),
             Err(AuthFailure::WrongAccount(id))
         );
         assert_eq!(
-            authority.authorize(id, "acct", b"nope"),
+            authority.check(id, "acct", b"nope"),
             Err(AuthFailure::WrongSecret(id))
         );
         let stranger = Uuid::new_v4();
         assert_eq!(
-            authority.authorize(stranger, "acct", b"x"),
+            authority.check(stranger, "acct", b"x"),
             Err(AuthFailure::UnknownTunnel(stranger))
         );
         authority.remove(id);
         assert_eq!(
-            authority.authorize(id, "acct", &creds.tunnel_secret),
+            authority.check(id, "acct", &creds.tunnel_secret),
             Err(AuthFailure::UnknownTunnel(id))
         );
     }

@@ -38,7 +38,9 @@ mod udp;
 mod udp_v2;
 
 pub use admission::AdmissionLimits;
-pub use authority::{AuthFailure, CredentialsAuthority, TunnelAuthority};
+pub use authority::{
+    AuthCheck, AuthFailure, CredentialsAuthority, TunnelAuthority, check_credentials,
+};
 pub use registry::{ConnectionInfo, ConnectionObserver, TunnelRegistry};
 pub use udp::DEFAULT_UDP_IDLE;
 

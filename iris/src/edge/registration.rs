@@ -83,7 +83,7 @@ impl Refusal {
 }
 
 impl RegistrationService {
-    fn register(
+    async fn register(
         &self,
         params: registration_server::register_connection_params::Reader<'_>,
     ) -> Result<Arc<EdgeConnection>, Refusal> {
@@ -111,19 +111,32 @@ impl RegistrationService {
                 should_retry: true,
             });
         }
-        if let Err(failure) = self
+        // Answered from memory; a lookup the authority cannot answer so runs elsewhere, and
+        // other registrations on this thread go on meanwhile.
+        let check = self
             .ctx
             .authority
-            .authorize(tunnel_id, &account_tag, secret)
-        {
+            .authorize(tunnel_id, &account_tag, secret);
+        if let Err(failure) = check.await {
             tracing::warn!(
                 tunnel = %tunnel_id,
                 account = %account_tag,
                 %remote,
                 reason = %failure,
+                retry = failure.is_retryable(),
                 "tunnel registration refused"
             );
-            return Err(Refusal::permanent(format!("Unauthorized: {failure}")));
+            return Err(if failure.is_retryable() {
+                Refusal {
+                    cause: failure.to_string(),
+                    should_retry: true,
+                }
+            } else {
+                Refusal::permanent(format!("Unauthorized: {failure}"))
+            });
+        }
+        if self.registered.borrow().is_some() {
+            return Err(Refusal::permanent("this connection is already registered"));
         }
 
         let conn_index = params.get_conn_index();
@@ -207,7 +220,7 @@ impl registration_server::Server for RegistrationService {
         params: registration_server::RegisterConnectionParams,
         mut results: registration_server::RegisterConnectionResults,
     ) -> Result<(), capnp::Error> {
-        let outcome = self.register(params.get()?);
+        let outcome = self.register(params.get()?).await;
         self.ctx
             .registry
             .count_registration(outcome.as_ref().err().map(|r| r.cause.as_str()));

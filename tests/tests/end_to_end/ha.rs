@@ -7,9 +7,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use wvpc_cli::stack::{IrisNode, IrisOptions};
 use wvpc_connector::AllowRule;
 use wvpc_iris::{FlowContext, TunnelPool};
+use wvpc_platform::stack::{IrisNode, IrisOptions};
 use wvpc_tests::client;
 use wvpc_tests::fault::UdpRelay;
 use wvpc_tests::origin::Origin;

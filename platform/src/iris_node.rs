@@ -2,21 +2,25 @@
 //! dir, with its metrics listener and its live connections published in the directory
 //! (`tunnel_connections`, read by `wvpc tunnel info`). `wvpc iris` runs one alone; the
 //! one-process stack of `wvpc dev` ([`crate::stack`]) runs one beside the runtime.
+//!
+//! The edge never waits for the directory: routes and credentials are in memory
+//! ([`LiveRoutes`], [`crate::authority`]), and connection records go through a queue that
+//! one writer task drains in order on a blocking thread.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
+use tokio::sync::mpsc;
 use wvpc_directory::{Directory, LiveConnection};
 use wvpc_iris::ServiceStore;
 use wvpc_iris::connect::{Router, RouterConfig};
 use wvpc_iris::edge::{ConnectionInfo, ConnectionObserver, Edge, TunnelAuthority, TunnelRegistry};
 use wvpc_tunnel::EdgeIdentity;
 
+use crate::PlatformError;
 use crate::live_routes::LiveRoutes;
-use crate::stack::DirectoryAuthority;
 
 /// How an iris node presents itself and what it exposes besides its two listeners.
 #[derive(Debug, Clone)]
@@ -66,30 +70,42 @@ impl IrisNode {
         listen: SocketAddr,
         edge_listen: SocketAddr,
         options: &IrisOptions,
-    ) -> anyhow::Result<IrisNode> {
-        let edge_dir = crate::commands::edge::identity_dir(state);
-        let edge_identity = EdgeIdentity::load_or_create(&edge_dir)
-            .with_context(|| format!("loading the edge TLS identity in {}", edge_dir.display()))?;
+    ) -> Result<IrisNode, PlatformError> {
+        let edge_dir = crate::state::edge_identity_dir(state);
+        let edge_identity = EdgeIdentity::load_or_create(&edge_dir).map_err(|source| {
+            PlatformError::EdgeIdentity {
+                dir: edge_dir.clone(),
+                source,
+            }
+        })?;
         let stale = directory.clear_tunnel_connections(&options.node_name)?;
         if stale > 0 {
             tracing::info!(node = %options.node_name, connections = stale, "cleared connections left by this node's previous run");
         }
-        let authority: Arc<dyn TunnelAuthority> = Arc::new(DirectoryAuthority(directory.clone()));
+        let mut tasks = Vec::new();
+        // iris reads an in-memory snapshot that follows the directory within POLL_INTERVAL.
+        let (routes, authority, watcher) = LiveRoutes::start(directory.clone())?;
+        tasks.push(watcher);
+        let authority: Arc<dyn TunnelAuthority> = authority;
         let edge = Edge::bind(
             edge_listen,
             &edge_identity,
             authority,
             options.node_name.clone(),
         )
-        .with_context(|| format!("starting the tunnel edge on {edge_listen} (UDP)"))?;
+        .map_err(|source| PlatformError::Edge {
+            addr: edge_listen,
+            source,
+        })?;
         let edge = Arc::new(edge);
         let registry = edge.registry();
+        let (records, queue) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(record_connections(directory.clone(), queue)));
         registry.set_observer(Arc::new(DirectoryConnections {
-            directory: directory.clone(),
+            records,
             node: options.node_name.clone(),
         }));
         let edge_addr = edge.local_addr();
-        let mut tasks = Vec::new();
         let serving = edge.clone();
         tasks.push(tokio::spawn(async move { serving.serve().await }));
 
@@ -98,8 +114,12 @@ impl IrisNode {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("--metrics {addr}: cannot listen"))?;
-                let local = listener.local_addr()?;
+                    .map_err(|source| PlatformError::Listen {
+                        what: "--metrics",
+                        addr,
+                        source,
+                    })?;
+                let local = local_addr(&listener)?;
                 tasks.push(tokio::spawn(wvpc_tunnel::metrics::serve(
                     listener,
                     metrics.clone(),
@@ -110,17 +130,18 @@ impl IrisNode {
             None => None,
         };
 
-        // iris reads an in-memory snapshot that follows the directory within POLL_INTERVAL.
-        let (routes, watcher) = LiveRoutes::start(directory)?;
-        tasks.push(watcher);
         let store: Arc<dyn ServiceStore> = routes.clone();
         let mut router_config = RouterConfig::default();
         router_config.metrics = Some(metrics);
         let router = Router::new(store, registry.clone(), router_config);
         let iris_listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("listening on {listen} for CONNECT"))?;
-        let iris_addr = iris_listener.local_addr()?;
+            .map_err(|source| PlatformError::Listen {
+                what: "CONNECT (--listen)",
+                addr: listen,
+                source,
+            })?;
+        let iris_addr = local_addr(&iris_listener)?;
         let router_task = tokio::spawn(async move {
             if let Err(err) = router.serve(iris_listener).await {
                 tracing::error!(error = %err, "iris CONNECT listener failed");
@@ -175,11 +196,26 @@ impl Drop for IrisNode {
     }
 }
 
+/// The address a listener got (the port of a `:0` bind).
+pub(crate) fn local_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, PlatformError> {
+    listener.local_addr().map_err(|source| PlatformError::Io {
+        what: "reading a listener's address",
+        source,
+    })
+}
+
 // === impl DirectoryConnections ===
 
-/// Publishes this node's live connections in the directory (`tunnel_connections`).
+/// A change to this node's live connections, queued for the directory.
+enum Record {
+    Connected(Box<LiveConnection>),
+    Disconnected(uuid::Uuid),
+}
+
+/// Publishes this node's live connections in the directory (`tunnel_connections`): the
+/// registry's callbacks only queue, [`record_connections`] writes.
 struct DirectoryConnections {
-    directory: Arc<Directory>,
+    records: mpsc::UnboundedSender<Record>,
     node: String,
 }
 
@@ -196,14 +232,40 @@ impl ConnectionObserver for DirectoryConnections {
             remote_addr: info.remote_addr.to_string(),
             since: LiveConnection::since_time(since),
         };
-        if let Err(err) = self.directory.record_tunnel_connection(&row) {
-            tracing::warn!(connection = %info.connection_id, error = %err, "cannot record the tunnel connection in the directory");
-        }
+        let _ = self.records.send(Record::Connected(Box::new(row)));
     }
 
     fn disconnected(&self, info: &ConnectionInfo) {
-        if let Err(err) = self.directory.remove_tunnel_connection(info.connection_id) {
-            tracing::warn!(connection = %info.connection_id, error = %err, "cannot remove the tunnel connection from the directory");
+        let _ = self.records.send(Record::Disconnected(info.connection_id));
+    }
+}
+
+/// Writes queued connection records in order, each batch on one blocking thread, until the
+/// node stops. A record that cannot be written is logged and dropped: the table is for
+/// `wvpc tunnel info`, and the next start of the node clears what it left.
+async fn record_connections(directory: Arc<Directory>, mut queue: mpsc::UnboundedReceiver<Record>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 256).await > 0 {
+        let directory = directory.clone();
+        let records = std::mem::take(&mut batch);
+        let written = tokio::task::spawn_blocking(move || {
+            for record in records {
+                let (connection, result) = match record {
+                    Record::Connected(row) => {
+                        (row.connection_id, directory.record_tunnel_connection(&row))
+                    }
+                    Record::Disconnected(id) => {
+                        (id, directory.remove_tunnel_connection(id).map(drop))
+                    }
+                };
+                if let Err(err) = result {
+                    tracing::warn!(%connection, error = %err, "cannot update the tunnel connection in the directory");
+                }
+            }
+        })
+        .await;
+        if let Err(err) = written {
+            tracing::warn!(error = %err, "tunnel connection writer failed");
         }
     }
 }

@@ -1,4 +1,5 @@
-//! iris's routes as an in-memory snapshot of the directory, swapped atomically when it changes.
+//! iris's routes as an in-memory snapshot of the directory, swapped atomically when it changes,
+//! and the tunnel credentials of the [`DirectoryAuthority`] refreshed with them.
 //!
 //! A watcher polls the directory's change counter ([`Directory::revision`], bumped by every
 //! committed write of any process sharing the database) every [`POLL_INTERVAL`]; when it
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use uuid::Uuid;
 use wvpc_directory::{Directory, DirectoryError, RouteSnapshot, Service, ServiceTarget};
+
+use crate::authority::DirectoryAuthority;
 use wvpc_errors::ProxyError;
 use wvpc_iris::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
 
@@ -33,6 +36,14 @@ struct Table {
     revision: u64,
     routes: HashMap<Uuid, ServiceRoute>,
 }
+
+/// What [`LiveRoutes::start`] starts: the routes, the authority it keeps current, and the
+/// watcher task.
+pub type Started = (
+    Arc<LiveRoutes>,
+    Arc<DirectoryAuthority>,
+    tokio::task::JoinHandle<()>,
+);
 
 /// Told the ids of services whose route changed or went away, right after a swap.
 pub type ChangeListener = Box<dyn Fn(&[Uuid]) + Send + Sync>;
@@ -53,19 +64,23 @@ impl std::fmt::Debug for LiveRoutes {
 }
 
 impl LiveRoutes {
-    /// Loads the current services and starts the watcher on the current tokio runtime. The
-    /// watcher ends when the returned `LiveRoutes` is dropped or its handle aborted.
-    pub fn start(
-        directory: Arc<Directory>,
-    ) -> Result<(Arc<LiveRoutes>, tokio::task::JoinHandle<()>), DirectoryError> {
-        let first = table(directory.route_snapshot()?);
+    /// Loads the current services and tunnel credentials and starts the watcher on the
+    /// current tokio runtime; `authority` is refreshed with every reload. The watcher ends
+    /// when the returned `LiveRoutes` is dropped or its handle aborted.
+    pub fn start(directory: Arc<Directory>) -> Result<Started, DirectoryError> {
+        let mut snapshot = directory.route_snapshot()?;
+        let authority = Arc::new(DirectoryAuthority::new(
+            directory.clone(),
+            std::mem::take(&mut snapshot.tunnels),
+        ));
+        let first = table(snapshot);
         let live = Arc::new(LiveRoutes {
             revision: tokio::sync::watch::Sender::new(first.revision),
             current: RwLock::new(Arc::new(first)),
             listeners: RwLock::new(Vec::new()),
         });
-        let watcher = tokio::spawn(watch(Arc::downgrade(&live), directory));
-        Ok((live, watcher))
+        let watcher = tokio::spawn(watch(Arc::downgrade(&live), authority.clone(), directory));
+        Ok((live, authority, watcher))
     }
 
     /// The directory revision the routes reflect.
@@ -131,7 +146,11 @@ impl ServiceStore for LiveRoutes {
     }
 }
 
-async fn watch(live: Weak<LiveRoutes>, directory: Arc<Directory>) {
+async fn watch(
+    live: Weak<LiveRoutes>,
+    authority: Arc<DirectoryAuthority>,
+    directory: Arc<Directory>,
+) {
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -148,9 +167,10 @@ async fn watch(live: Weak<LiveRoutes>, directory: Arc<Directory>) {
         })
         .await;
         match reloaded {
-            Ok(Ok(Some(snapshot))) => {
+            Ok(Ok(Some(mut snapshot))) => {
                 let revision = snapshot.revision;
                 let count = snapshot.services.len();
+                authority.refresh(std::mem::take(&mut snapshot.tunnels));
                 routes.swap(table(snapshot));
                 tracing::debug!(revision, services = count, "routes reloaded");
             }

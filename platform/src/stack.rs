@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use uuid::Uuid;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
-use wvpc_directory::{Directory, Service, ServiceTarget, TunnelAuthError};
-use wvpc_iris::edge::{AuthFailure, TunnelAuthority, TunnelRegistry};
+use wvpc_directory::{Directory, Service, ServiceTarget};
+use wvpc_iris::edge::TunnelRegistry;
 use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig};
 use wvpc_tunnel::EdgeIdentity;
 
+use crate::PlatformError;
+use crate::iris_node::local_addr;
 pub use crate::iris_node::{IrisNode, IrisOptions};
 
 /// Where the stack listens and what it serves.
@@ -55,12 +55,15 @@ pub struct Stack {
 
 impl Stack {
     /// Checks the script's bindings against the directory and starts every component.
-    pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
+    pub async fn start(config: StackConfig) -> Result<Stack, PlatformError> {
         Self::start_tuned(config, IrisOptions::default(), |_| {}).await
     }
 
     /// [`Stack::start`] with iris's node name and metrics listener.
-    pub async fn start_with(config: StackConfig, options: IrisOptions) -> anyhow::Result<Stack> {
+    pub async fn start_with(
+        config: StackConfig,
+        options: IrisOptions,
+    ) -> Result<Stack, PlatformError> {
         Self::start_tuned(config, options, |_| {}).await
     }
 
@@ -69,7 +72,7 @@ impl Stack {
         config: StackConfig,
         options: IrisOptions,
         tune: impl FnOnce(&mut BindingWorkerConfig),
-    ) -> anyhow::Result<Stack> {
+    ) -> Result<Stack, PlatformError> {
         let directory = Arc::new(Directory::open(&config.state)?);
         check_bindings(&config.script, &directory, &config.state)?;
 
@@ -84,7 +87,9 @@ impl Stack {
         let iris_addr = iris.iris_addr;
         let mut tasks = Vec::new();
 
-        let bw_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let io = |what| move |source| PlatformError::Io { what, source };
+        let bw_listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(io("binding the binding-worker's listener"))?;
         let mut bw_config = BindingWorkerConfig::new(iris_addr);
         // One process: the binding-worker's HTTP work shares this runtime's threads.
         bw_config.proxy_runtime = Some(tokio::runtime::Handle::current());
@@ -92,8 +97,8 @@ impl Stack {
         // enough that service changes reach steady traffic within a second.
         bw_config.route_lease = Some(crate::live_routes::ROUTE_LEASE);
         tune(&mut bw_config);
-        let binding_worker =
-            BindingWorker::start(bw_listener, bw_config).context("starting the binding-worker")?;
+        let binding_worker = BindingWorker::start(bw_listener, bw_config)
+            .map_err(io("starting the binding-worker"))?;
         let binding_worker_addr = binding_worker.local_addr();
         // One process: a changed route closes the service's idle pooled origin connections
         // at once, so the next request already takes the new route.
@@ -111,12 +116,23 @@ impl Stack {
         };
         // Compiling the component is CPU work: keep it off the async workers.
         let runtime = tokio::task::spawn_blocking(move || Runtime::new(&script, options))
-            .await?
-            .with_context(|| format!("loading script {:?}", config.script.name))?;
+            .await
+            .map_err(|join| PlatformError::Io {
+                what: "loading the script",
+                source: std::io::Error::other(join),
+            })?
+            .map_err(|source| PlatformError::Script {
+                script: config.script.name.clone(),
+                source,
+            })?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("listening on {} for the script", config.listen))?;
-        let script_addr = listener.local_addr()?;
+            .map_err(|source| PlatformError::Listen {
+                what: "the script's HTTP listener",
+                addr: config.listen,
+                source,
+            })?;
+        let script_addr = local_addr(&listener)?;
         let runtime = Arc::new(runtime);
         tasks.push(tokio::spawn(async move {
             if let Err(err) = runtime.serve(listener).await {
@@ -141,9 +157,14 @@ impl Stack {
 
     /// Resolves once iris routes by everything committed to the directory so far (changes
     /// reach it within a poll interval; tests that change a service wait for this).
-    pub async fn routes_current(&self) -> anyhow::Result<()> {
+    pub async fn routes_current(&self) -> Result<(), PlatformError> {
         let directory = self.directory.clone();
-        let revision = tokio::task::spawn_blocking(move || directory.revision()).await??;
+        let revision = tokio::task::spawn_blocking(move || directory.revision())
+            .await
+            .map_err(|join| PlatformError::Io {
+                what: "reading the directory revision",
+                source: std::io::Error::other(join),
+            })??;
         self.iris.routes.caught_up(revision).await;
         Ok(())
     }
@@ -180,7 +201,7 @@ fn check_bindings(
     script: &ScriptConfig,
     directory: &Directory,
     state: &Path,
-) -> anyhow::Result<()> {
+) -> Result<(), PlatformError> {
     let mut problems = Vec::new();
     for (i, binding) in script.vpc_services.iter().enumerate() {
         match directory.service(binding.service_id)? {
@@ -198,10 +219,7 @@ fn check_bindings(
     if problems.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!(
-            "the script's bindings are invalid:\n  {}",
-            problems.join("\n  ")
-        )
+        Err(PlatformError::Bindings(problems))
     }
 }
 
@@ -236,29 +254,4 @@ fn target_text(s: &Service) -> String {
         .join(" "),
     };
     format!("{host} via tunnel {}", s.tunnel_id())
-}
-
-// === impl DirectoryAuthority ===
-
-/// Connector registrations are checked against the tunnels of the directory.
-pub(crate) struct DirectoryAuthority(pub(crate) Arc<Directory>);
-
-impl TunnelAuthority for DirectoryAuthority {
-    fn authorize(
-        &self,
-        tunnel_id: Uuid,
-        account_tag: &str,
-        secret: &[u8],
-    ) -> Result<(), AuthFailure> {
-        self.0.authorize_tunnel(tunnel_id, account_tag, secret).map_err(|err| match err {
-            TunnelAuthError::UnknownTunnel(id) => AuthFailure::UnknownTunnel(id),
-            TunnelAuthError::WrongAccount(id) => AuthFailure::WrongAccount(id),
-            TunnelAuthError::WrongSecret(id) => AuthFailure::WrongSecret(id),
-            TunnelAuthError::Store(err) => {
-                // Refusing is the safe answer; the connector retries "unknown" later.
-                tracing::error!(%tunnel_id, error = %err, "directory unavailable while authorizing a tunnel");
-                AuthFailure::UnknownTunnel(tunnel_id)
-            }
-        })
-    }
 }

@@ -1,0 +1,23 @@
+//! How workers-vpc is assembled from its parts: the wiring that the `wvpc` binary, the tests
+//! and the benchmark share, so that each runs exactly what an operator runs.
+//!
+//! - [`iris_node`]: one iris node (CONNECT router + QUIC tunnel edge) over a directory, with
+//!   its routes ([`live_routes`]) and tunnel credentials ([`authority`]) held in memory and
+//!   its live connections recorded through a queue, so directory I/O never runs on the edge.
+//! - [`stack`]: the one-process stack of `wvpc dev`: directory, iris, binding-worker and
+//!   runtime, each on its own real socket.
+//! - [`state`]: where the parts keep their files in a state directory.
+//! - [`up`]: the platform on one machine as separate processes (`wvpc up`).
+
+#![forbid(unsafe_code)]
+
+pub mod authority;
+pub mod iris_node;
+pub mod live_routes;
+pub mod stack;
+pub mod state;
+pub mod up;
+
+mod error;
+
+pub use error::PlatformError;
