@@ -7,3 +7,8 @@ use std::path::{Path, PathBuf};
 pub fn edge_identity_dir(state: &Path) -> PathBuf {
     state.join("edge")
 }
+
+/// The platform secret runtimes and binding-workers authenticate each other with.
+pub fn secret_file(state: &Path) -> PathBuf {
+    state.join("platform").join("secret")
+}

@@ -34,6 +34,22 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
 /// Sends one request with `body` and collects the response. Panics on transport errors: a
 /// test that reaches this wanted an HTTP answer.
 pub async fn send(addr: SocketAddr, method: &str, path: &str, body: Bytes) -> Reply {
+    send_to_host(addr, &addr.to_string(), method, path, body).await
+}
+
+/// `GET http://{host}{path}`, sent to `addr`: how a runtime that routes by `Host` is asked.
+pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    send_to_host(addr, host, "GET", path, Bytes::new()).await
+}
+
+/// [`send`] with `host` as the `Host` header.
+pub async fn send_to_host(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: Bytes,
+) -> Reply {
     let stream = TcpStream::connect(addr)
         .await
         .expect("connecting to the script's server");
@@ -45,7 +61,7 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, body: Bytes) -> Re
     let req = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::HOST, host)
         .body(Full::new(body))
         .unwrap();
     let resp = sender.send_request(req).await.expect("sending the request");

@@ -1,0 +1,117 @@
+//! `wvpc tail <script>`: follows a deployed script's output live, from every runtime of the
+//! platform, like `wrangler tail`. Runtimes announce their control listeners in the
+//! directory; this command connects to each (with the token derived from the platform
+//! secret of `--state`) and prints every line the script writes, as it happens.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use wvpc_directory::Directory;
+use wvpc_directory::tail::{TailTarget, follow, tail_token};
+
+use super::dev::shutdown_signal;
+use crate::remote::{ApiArgs, Remote};
+
+/// `wvpc tail` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TailArgs {
+    /// The script's name
+    pub script: String,
+    /// `pretty` (time, request id, text) or `json` (one event object per line)
+    #[arg(long, value_enum, default_value = "pretty")]
+    pub format: TailFormat,
+    /// File holding the platform secret [default: <state>/platform/secret]
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<std::path::PathBuf>,
+}
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TailFormat {
+    /// `2026-12-03T10:00:00.123Z [proxy 5f3a1b2c] GET /hello -> 200`
+    Pretty,
+    /// The events as JSON lines
+    Json,
+}
+
+/// Follows the script until Ctrl-C.
+pub async fn run(
+    args: TailArgs,
+    state: &Path,
+    api: &ApiArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let directory = Arc::new(Directory::open(state)?);
+    // The account: --account, else the API token's (with --api), else the state's own.
+    let account_id = match (&api.account, &api.api) {
+        (Some(account), _) => account.clone(),
+        (None, Some(url)) => Remote::connect(url, None).await?.account,
+        (None, None) => directory.account_id().to_owned(),
+    };
+    let secret_file = args
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| wvpc_platform::state::secret_file(state));
+    let secret = wvpc_platform::state::read_secret(&secret_file).with_context(|| {
+        format!(
+            "reading the platform secret {} (the runtimes' --secret-file)",
+            secret_file.display()
+        )
+    })?;
+    let lister = directory.clone();
+    let mut lines = follow(
+        Arc::new(move || {
+            Ok(lister
+                .live_runtimes()?
+                .into_iter()
+                .map(|node| node.control_addr)
+                .collect())
+        }),
+        tail_token(&secret),
+        TailTarget {
+            account_id: account_id.clone(),
+            script: args.script.clone(),
+        },
+    );
+    let runtimes = directory.live_runtimes()?.len();
+    // Status goes to stderr: stdout carries only the script's lines.
+    eprintln!(
+        "following {:?} of account {account_id} on {runtimes} runtime(s); Ctrl-C to stop",
+        args.script
+    );
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            () = &mut shutdown => break,
+        };
+        let Some(line) = line else { break };
+        match args.format {
+            TailFormat::Json => out.write_all(&line)?,
+            TailFormat::Pretty => write!(out, "{}", pretty(&line))?,
+        }
+        writeln!(out)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// One event as a human reads it.
+fn pretty(line: &[u8]) -> String {
+    let Ok(event) = serde_json::from_slice::<serde_json::Value>(line) else {
+        return String::from_utf8_lossy(line).into_owned();
+    };
+    let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
+    let request = text("request_id");
+    let request = request.get(..8).unwrap_or(&request);
+    let stream = if event["stream"] == "stderr" { " (stderr)" } else { "" };
+    format!(
+        "{} [{} {request}]{stream} {}",
+        text("timestamp"),
+        text("script"),
+        text("text")
+    )
+}

@@ -1,0 +1,579 @@
+//! The platform as separate processes, as an operator runs it: `wvpc directory`, `wvpc iris`,
+//! `wvpc binding-worker` and `wvpc runtime` on one shared `--state`, scripts deployed with
+//! `wvpc deploy` and served by Host, connectors registered over QUIC, and real origins and a
+//! real DNS server behind the tunnels.
+//!
+//! Each scenario kills and restarts what it needs (SIGKILL: nothing gets to clean up).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+use wvpc_connector::ConnectorConfig;
+use wvpc_directory::{Credentials, Directory, HostInput, ResolverNetworkInput, Role, ServiceInput};
+use wvpc_tests::client::{Reply, get_host};
+use wvpc_tests::dns::{DnsServer, DnsTable};
+use wvpc_tests::origin::Origin;
+use wvpc_tests::real::RunningConnector;
+use wvpc_tests::{TempDir, guests, within};
+
+/// Every `IP:PORT` in a line, in order (how the addresses of `:0` listeners are read from
+/// the ready lines).
+fn addrs_in(line: &str) -> Vec<SocketAddr> {
+    line.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .filter_map(|word| word.trim_matches(|c| c == '.' || c == ':').parse().ok())
+        .collect()
+}
+
+/// One `wvpc` process of the platform.
+struct Proc {
+    name: &'static str,
+    args: Vec<String>,
+    child: Child,
+    /// The addresses of its ready line.
+    addrs: Vec<SocketAddr>,
+    /// Its stdout after the ready line (script output of a runtime).
+    stdout: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    async fn start(state: &Path, name: &'static str, args: Vec<String>) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+            .arg("--state")
+            .arg(state)
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting wvpc {name}: {e}"));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = within(&format!("wvpc {name} ready"), async {
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) if line.starts_with("ready") => break line,
+                    Ok(Some(_)) => {}
+                    _ => panic!("wvpc {name} exited before it was ready"),
+                }
+            }
+        })
+        .await;
+        let stdout: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let collected = stdout.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        Proc {
+            name,
+            args,
+            child,
+            addrs: addrs_in(&ready),
+            stdout,
+        }
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.addrs[i]
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    async fn kill(&mut self) {
+        self.child.kill().await.expect("killing a component");
+    }
+
+    /// Starts it again with the same arguments, on the addresses it had (so that whoever
+    /// points at it finds it again).
+    async fn restart(&mut self, state: &Path) {
+        let mut args = self.args.clone();
+        let had = self.addrs.clone();
+        // Ask for the ports it had instead of :0.
+        let mut next = had.iter();
+        for arg in &mut args {
+            if arg.ends_with(":0") {
+                if let Some(addr) = next.next() {
+                    *arg = addr.to_string();
+                }
+            }
+        }
+        *self = Proc::start(state, self.name, args).await;
+        assert_eq!(self.addrs[..had.len().min(self.addrs.len())], had[..had.len().min(self.addrs.len())]);
+    }
+}
+
+/// A private network: one origin per address and a DNS server naming them.
+struct PrivateNetwork {
+    dns: DnsServer,
+    origins: Vec<(String, Origin)>,
+}
+
+impl PrivateNetwork {
+    /// Origins named `name` on `ip`, for each pair.
+    async fn start(hosts: &[(&str, &str)]) -> PrivateNetwork {
+        let table = DnsTable::new();
+        let mut origins = Vec::new();
+        for (name, ip) in hosts {
+            let origin = Origin::start(ip).await.expect("starting an origin");
+            table.insert(name, ip.parse::<IpAddr>().unwrap());
+            origins.push(((*name).to_owned(), origin));
+        }
+        let dns = DnsServer::start(table).await.expect("starting the DNS server");
+        PrivateNetwork { dns, origins }
+    }
+
+    fn origin(&self, name: &str) -> &Origin {
+        &self.origins.iter().find(|(n, _)| n == name).unwrap().1
+    }
+}
+
+/// The four processes on one state directory, each on `127.0.0.1:0`.
+struct Platform {
+    state: TempDir,
+    directory: Proc,
+    iris: Proc,
+    binding_worker: Proc,
+    runtime: Proc,
+    /// An admin API token of the local account.
+    token: String,
+}
+
+impl Platform {
+    async fn start() -> Platform {
+        wvpc_tests::trace_init();
+        let state = TempDir::new("platform");
+        let token = Directory::open(state.path())
+            .unwrap()
+            .create_token("deployer", Role::Admin, None)
+            .unwrap()
+            .1;
+        let any = || "127.0.0.1:0".to_owned();
+        let directory =
+            Proc::start(state.path(), "directory", vec!["directory".into(), "--listen".into(), any()])
+                .await;
+        let iris = Proc::start(
+            state.path(),
+            "iris",
+            vec![
+                "iris".into(),
+                "--listen".into(),
+                any(),
+                "--edge-listen".into(),
+                any(),
+                "--node-name".into(),
+                "iris-test".into(),
+                "--grace-period".into(),
+                "1s".into(),
+            ],
+        )
+        .await;
+        let binding_worker = Proc::start(
+            state.path(),
+            "binding-worker",
+            vec![
+                "binding-worker".into(),
+                "--listen".into(),
+                any(),
+                "--iris".into(),
+                iris.addr(0).to_string(),
+            ],
+        )
+        .await;
+        let runtime = Proc::start(
+            state.path(),
+            "runtime",
+            vec![
+                "runtime".into(),
+                "--listen".into(),
+                any(),
+                "--binding-worker".into(),
+                binding_worker.addr(0).to_string(),
+            ],
+        )
+        .await;
+        Platform {
+            state,
+            directory,
+            iris,
+            binding_worker,
+            runtime,
+            token,
+        }
+    }
+
+    fn state(&self) -> &Path {
+        self.state.path()
+    }
+
+    fn directory(&self) -> Directory {
+        Directory::open(self.state()).unwrap()
+    }
+
+    fn edge(&self) -> SocketAddr {
+        self.iris.addr(1)
+    }
+
+    /// Runs `wvpc <args>` against the directory API with `token`; stdout, or a panic with
+    /// stderr.
+    async fn wvpc(&self, token: &str, args: &[&str]) -> Result<String, String> {
+        let output = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+            .arg("--state")
+            .arg(self.state())
+            .args(args)
+            .env("WVPC_API", format!("http://{}", self.directory.addr(0)))
+            .env("WVPC_API_TOKEN", token)
+            .env_remove("WVPC_ACCOUNT_ID")
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .expect("running wvpc");
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    /// Writes a wrangler config binding `API` to `service` and deploys it with `token`.
+    async fn deploy(
+        &self,
+        token: &str,
+        name: &str,
+        main: &str,
+        service: Uuid,
+        extra: &str,
+    ) -> Result<String, String> {
+        let config = self.state().join(format!("{name}-{}.jsonc", Uuid::new_v4().simple()));
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{ "name": "{name}", "main": "{main}",
+                     "vpc_services": [{{ "binding": "API", "service_id": "{service}" }}] {extra} }}"#
+            ),
+        )
+        .unwrap();
+        self.wvpc(token, &["deploy", "--config", config.to_str().unwrap()])
+            .await
+    }
+
+    /// `GET http://{host}{path}` at the runtime.
+    async fn get(&self, host: &str, path: &str) -> Reply {
+        get_host(self.runtime.addr(0), host, path).await
+    }
+
+    /// Polls (bounded) until `GET host path` answers `status` with a body containing `text`.
+    async fn until(&self, host: &str, path: &str, status: u16, text: &str) -> Reply {
+        within(&format!("{host}{path} answering {status} {text:?}"), async {
+            loop {
+                let reply = self.get(host, path).await;
+                if reply.status == status && reply.text().contains(text) {
+                    return reply;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+    }
+}
+
+/// A tunnel of `directory`'s account with a hostname service for `name`, resolved by `dns`.
+fn tunnel_and_service(
+    directory: &Directory,
+    tunnel: &str,
+    service: &str,
+    name: &str,
+    net: &PrivateNetwork,
+) -> (Credentials, Uuid) {
+    let (tunnel, credentials) = directory.create_tunnel(tunnel).unwrap();
+    let mut input = ServiceInput::http(
+        service,
+        HostInput {
+            hostname: Some(name.into()),
+            resolver_network: Some(ResolverNetworkInput {
+                tunnel_id: Some(tunnel.id.to_string()),
+                resolver_ips: Some(vec![net.dns.addr.to_string()]),
+            }),
+            ..HostInput::default()
+        },
+    );
+    input.http_port = Some(i64::from(net.origin(name).addr.port()));
+    let service = directory.create_service(&input).unwrap();
+    (credentials, service.service_id)
+}
+
+/// Our connector for `credentials`, registered with the platform's edge.
+async fn connector(platform: &Platform, credentials: &Credentials) -> RunningConnector {
+    let credentials = credentials.clone();
+    let ca = std::fs::read(platform.state().join("edge").join("ca.pem")).unwrap();
+    RunningConnector::start(ConnectorConfig::new(credentials, vec![platform.edge()], ca))
+        .await
+        .expect("the connector registers")
+}
+
+/// Requests `host path` from `tasks` loops until `stop`; counts answers that were not 200.
+fn load(
+    platform: &Platform,
+    host: &str,
+    path: &str,
+    tasks: usize,
+    stop: &Arc<AtomicBool>,
+) -> (Arc<AtomicUsize>, Arc<AtomicUsize>, Vec<tokio::task::JoinHandle<()>>) {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let handles = (0..tasks)
+        .map(|_| {
+            let (runtime, host, path) = (platform.runtime.addr(0), host.to_owned(), path.to_owned());
+            let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let reply = get_host(runtime, &host, &path).await;
+                    if reply.status == 200 {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        eprintln!("failed under load: {} {}", reply.status, reply.text());
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    (ok, failed, handles)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployed_scripts_are_routed_by_host_isolated_redeployed_under_load_and_deleted() {
+    let net = PrivateNetwork::start(&[
+        ("a.internal", "127.0.0.2"),
+        ("b.internal", "127.0.0.3"),
+        ("c.internal", "127.0.0.4"),
+    ])
+    .await;
+    let platform = Platform::start().await;
+    let local = platform.directory();
+    let (office, service_a) = tunnel_and_service(&local, "office", "a", "a.internal", &net);
+    let (_, service_c) = {
+        let mut input = ServiceInput::http(
+            "c",
+            HostInput {
+                hostname: Some("c.internal".into()),
+                resolver_network: Some(ResolverNetworkInput {
+                    tunnel_id: Some(office.tunnel_id.to_string()),
+                    resolver_ips: Some(vec![net.dns.addr.to_string()]),
+                }),
+                ..HostInput::default()
+            },
+        );
+        input.http_port = Some(i64::from(net.origin("c.internal").addr.port()));
+        ((), local.create_service(&input).unwrap().service_id)
+    };
+    // A second tenant with its own tunnel, service and token.
+    let other = local.create_account("other").unwrap();
+    let other_dir = local.for_account(&other.id).unwrap().unwrap();
+    let (other_tunnel, service_b) =
+        tunnel_and_service(&other_dir, "branch", "b", "b.internal", &net);
+    let other_token = other_dir
+        .create_token("other-deployer", Role::Admin, None)
+        .unwrap()
+        .1;
+    let _office = connector(&platform, &office).await;
+    let _branch = connector(&platform, &other_tunnel).await;
+
+    let deployed = platform
+        .deploy(
+            &platform.token,
+            "proxy",
+            guests::PROXY,
+            service_a,
+            r#", "routes": ["api.example.test/*"]"#,
+        )
+        .await
+        .expect("deploying the local account's proxy");
+    assert!(
+        deployed.contains("proxy.local.workers.localhost"),
+        "deploy says where the script is served: {deployed}"
+    );
+    platform
+        .deploy(&other_token, "proxy", guests::PROXY, service_b, "")
+        .await
+        .expect("deploying the other account's proxy");
+
+    // The default host of each account's script reaches that account's service only.
+    let reply = platform.until("proxy.local.workers.localhost", "/a", 200, "").await;
+    assert!(reply.text().contains("/a"), "{}", reply.text());
+    net.origin("a.internal").wait_seen("/a").await;
+    platform.until("proxy.other.workers.localhost", "/b", 200, "").await;
+    net.origin("b.internal").wait_seen("/b").await;
+    assert!(net.origin("a.internal").seen().iter().all(|s| s.path != "/b"));
+    assert!(net.origin("b.internal").seen().iter().all(|s| s.path != "/a"));
+    // A route, whatever the path below it.
+    platform.until("api.example.test", "/deep/route?q=1", 200, "").await;
+    net.origin("a.internal").wait_seen("/deep/route?q=1").await;
+    // `proxy.<domain>` is ambiguous (two accounts have a `proxy`), so it is not served.
+    let reply = platform.get("proxy.workers.localhost", "/").await;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    let reply = platform.get("nothing.local.workers.localhost", "/").await;
+    assert_eq!(reply.status, 404);
+    assert!(reply.text().contains("nothing.local.workers.localhost"), "{}", reply.text());
+    // A script of one account cannot bind another account's service.
+    let refused = platform
+        .deploy(&other_token, "thief", guests::PROXY, service_a, "")
+        .await
+        .expect_err("binding another account's service is refused");
+    assert!(refused.contains("another account"), "{refused}");
+    assert_eq!(platform.get("thief.other.workers.localhost", "/").await.status, 404);
+
+    // The script's output reaches the runtime's stdout and `wvpc tail`, from any runtime.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+        .arg("--state")
+        .arg(platform.state())
+        .args(["tail", "proxy", "--format", "json"])
+        .env_remove("WVPC_API")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut tailed = BufReader::new(tail.stdout.take().unwrap()).lines();
+    within("wvpc tail shows the script's output", async {
+        loop {
+            platform.get("proxy.local.workers.localhost", "/tailed").await;
+            let line = tokio::select! {
+                line = tailed.next_line() => line.unwrap().expect("tail ended"),
+                () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            };
+            if line.contains("GET /tailed -> 200") {
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+                assert_eq!(event["script"], "proxy");
+                break;
+            }
+        }
+    })
+    .await;
+    drop(tail);
+    assert!(
+        platform
+            .runtime
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("[proxy ") && l.contains("GET /a -> 200")),
+        "the runtime prints the script's output"
+    );
+
+    // A redeploy under load: no request fails, and the new version takes over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, tasks) = load(&platform, "proxy.local.workers.localhost", "/load", 4, &stop);
+    within("load running", async {
+        while ok.load(Ordering::SeqCst) < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service_c, "")
+        .await
+        .expect("redeploying with another binding");
+    within("the new version serves", net.origin("c.internal").wait_seen("/load")).await;
+    let before = ok.load(Ordering::SeqCst);
+    within("load continuing on the new version", async {
+        while ok.load(Ordering::SeqCst) < before + 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during the redeploy");
+    // A route is the script's, not the version's: the redeploy without `routes` dropped it.
+    platform.until("api.example.test", "/", 404, "api.example.test").await;
+
+    // Delete: the host answers 404 naming it.
+    let deleted = platform.wvpc(&platform.token, &["delete", "proxy"]).await.unwrap();
+    assert!(deleted.contains("proxy"), "{deleted}");
+    platform
+        .until("proxy.local.workers.localhost", "/", 404, "proxy.local.workers.localhost")
+        .await;
+    // The other account's script of the same name is untouched.
+    assert_eq!(platform.get("proxy.other.workers.localhost", "/b2").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_binding_workers_and_iris_nodes_are_destination_unavailable_until_they_return() {
+    let net = PrivateNetwork::start(&[("a.internal", "127.0.0.2")]).await;
+    let mut platform = Platform::start().await;
+    let (office, service) =
+        tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
+    let _connector = connector(&platform, &office).await;
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service, "")
+        .await
+        .unwrap();
+    let host = "proxy.local.workers.localhost";
+    platform.until(host, "/up", 200, "").await;
+
+    platform.binding_worker.kill().await;
+    let reply = platform.get(host, "/bw-down").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(reply.text().contains("destination_unavailable"), "{}", reply.text());
+    let state = platform.state().to_owned();
+    platform.binding_worker.restart(&state).await;
+    platform.until(host, "/bw-back", 200, "").await;
+
+    platform.iris.kill().await;
+    let reply = platform.until(host, "/iris-down", 502, "destination_unavailable").await;
+    assert_eq!(reply.status, 502);
+    platform.iris.restart(&state).await;
+    // The connector finds the restarted node by itself, and the binding-worker redials it.
+    platform.until(host, "/iris-back", 200, "").await;
+    net.origin("a.internal").wait_seen("/iris-back").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_restarted_during_a_directory_outage_comes_back_by_itself() {
+    let net = PrivateNetwork::start(&[("a.internal", "127.0.0.2")]).await;
+    let mut platform = Platform::start().await;
+    let (office, service_a) =
+        tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
+    let connector_before = connector(&platform, &office).await;
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service_a, "")
+        .await
+        .unwrap();
+    let host = "proxy.local.workers.localhost";
+    platform.until(host, "/before", 200, "").await;
+
+    // The outage: the directory API is gone and the database is write-locked by someone
+    // else (a stuck writer); iris can neither record connections nor be asked anything.
+    platform.directory.kill().await;
+    let lock = rusqlite::Connection::open(platform.state().join(wvpc_directory::DB_FILE_NAME))
+        .unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE; DELETE FROM runtime_nodes WHERE 0;")
+        .unwrap();
+
+    connector_before.shutdown().await.unwrap();
+    let _connector_after = connector(&platform, &office).await;
+    platform.until(host, "/during", 200, "").await;
+    net.origin("a.internal").wait_seen("/during").await;
+
+    // The directory returns; the next deploy is picked up.
+    lock.execute_batch("ROLLBACK;").unwrap();
+    drop(lock);
+    let state = platform.state().to_owned();
+    platform.directory.restart(&state).await;
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service_a, r#", "routes": ["after.example.test/*"]"#)
+        .await
+        .expect("deploying after the outage");
+    platform.until("after.example.test", "/after", 200, "").await;
+}
