@@ -511,10 +511,9 @@ fn validate_vpc_services(
 /// The `limits` section: each key an integer in its range; unknown keys are errors (a typo
 /// would silently keep a default).
 fn validate_limits(root: &Map<String, Value>, format: Format, problems: &mut Problems) -> Limits {
-    let mut limits = Limits::default();
-    let entries = match root.get("limits") {
-        None => return limits,
-        Some(Value::Object(entries)) => entries,
+    match root.get("limits") {
+        None => Limits::default(),
+        Some(Value::Object(entries)) => limit_entries(entries, format, problems),
         Some(other) => {
             problems.push(
                 "limits",
@@ -524,9 +523,15 @@ fn validate_limits(root: &Map<String, Value>, format: Format, problems: &mut Pro
                     kind(other, format)
                 ),
             );
-            return limits;
+            Limits::default()
         }
-    };
+    }
+}
+
+/// The keys of a `limits` section, on top of the defaults; every bad key is a problem named
+/// `limits.<key>`. The one validator of limits: config files and deployments both use it.
+fn limit_entries(entries: &Map<String, Value>, format: Format, problems: &mut Problems) -> Limits {
+    let mut limits = Limits::default();
     for (key, value) in entries {
         let field = format!("limits.{key}");
         let Some(limit) = LIMIT_KEYS.iter().find(|l| l.key == key) else {
@@ -554,6 +559,31 @@ fn validate_limits(root: &Map<String, Value>, format: Format, problems: &mut Pro
         }
     }
     limits
+}
+
+/// Why a `limits` section is invalid ([`Limits::from_section`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid limits:{}", ProblemList(.problems))]
+pub struct LimitsError {
+    /// Every bad key, each naming its field (`limits.cpu_ms`) and what is wrong.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl Limits {
+    /// Validates a `limits` section (the value of wrangler's `limits` key, as JSON) exactly as
+    /// [`ScriptConfig::load`] does: absent keys keep their defaults; an unknown key, a
+    /// non-integer or a value out of range is a problem naming its field.
+    pub fn from_section(section: &Map<String, Value>) -> Result<Limits, LimitsError> {
+        let mut problems = Problems::default();
+        let limits = limit_entries(section, Format::Json, &mut problems);
+        if problems.0.is_empty() {
+            Ok(limits)
+        } else {
+            Err(LimitsError {
+                problems: problems.0,
+            })
+        }
+    }
 }
 
 /// A JavaScript-identifier-like name: `[A-Za-z_$][A-Za-z0-9_$]*`.
