@@ -938,6 +938,30 @@ mod tests {
     }
 
     #[test]
+    fn a_limits_section_alone_is_checked_like_the_file() {
+        let section = |json: serde_json::Value| json.as_object().cloned().unwrap();
+        let limits = Limits::from_section(&section(serde_json::json!({ "cpu_ms": 50 })))
+            .expect("valid limits");
+        assert_eq!(limits.cpu, std::time::Duration::from_millis(50));
+        assert_eq!(limits.subrequests, Limits::default().subrequests);
+        assert_eq!(
+            Limits::from_section(&Map::new()).expect("empty"),
+            Limits::default()
+        );
+        let err = Limits::from_section(&section(serde_json::json!({
+            "memory_mb": 512, "subrequests": {}, "cpu": 1
+        })))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid limits:\n  - limits.cpu: unknown limit (allowed keys: cpu_ms, memory_mb, \
+             wall_time_ms, subrequests, connections, queued_connections, url_bytes, \
+             header_bytes)\n  - limits.memory_mb: expected an integer from 1 to 128, found \
+             512\n  - limits.subrequests: expected an integer from 1 to 1000, found an object"
+        );
+    }
+
+    #[test]
     fn unreadable_and_unsupported_files() {
         let fx = Fixture::new();
         let missing = fx.dir.path().join("nope.jsonc");

@@ -24,7 +24,9 @@ pub struct RuntimeOptions {
 }
 
 /// The one binding-worker client of a host: every script's fetches go through it.
-pub(crate) fn start_binding_client(options: &RuntimeOptions) -> Result<BindingClient, RuntimeError> {
+pub(crate) fn start_binding_client(
+    options: &RuntimeOptions,
+) -> Result<BindingClient, RuntimeError> {
     BindingClient::start(options.binding_worker).map_err(RuntimeError::BindingClient)
 }
 

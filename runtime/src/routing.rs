@@ -589,7 +589,13 @@ mod tests {
     fn the_same_claim_twice_goes_to_the_first_script_in_key_order() {
         let build = |reversed: bool| {
             let mut scripts = vec![
-                script("b", "beta", "one", true, &["example.com/*", "x.example.com/"]),
+                script(
+                    "b",
+                    "beta",
+                    "one",
+                    true,
+                    &["example.com/*", "x.example.com/"],
+                ),
                 script("a", "acme", "one", true, &["example.com/*"]),
                 script("a", "acme", "two", true, &["x.example.com"]),
             ];
@@ -705,7 +711,10 @@ mod tests {
                     key: key(&format!("acct{}", i % 97), &format!("s{i}")),
                     subdomain: "sub",
                     workers_dev: false,
-                    routes: routes.iter().map(|r| RoutePattern::parse(r).unwrap()).collect(),
+                    routes: routes
+                        .iter()
+                        .map(|r| RoutePattern::parse(r).unwrap())
+                        .collect(),
                 }
             })
             .collect();
@@ -751,6 +760,9 @@ mod tests {
             matched += usize::from(expected.is_some());
         }
         // The probes exercise both outcomes.
-        assert!(matched > probes.len() / 4 && matched < probes.len(), "{matched}");
+        assert!(
+            matched > probes.len() / 4 && matched < probes.len(),
+            "{matched}"
+        );
     }
 }

@@ -137,7 +137,10 @@ pub(crate) fn load(engine: &Engine, path: &Path) -> Result<ScriptPre<HostState>,
 
 /// Compiles a component (or takes it from wasmtime's on-disk cache) and pre-instantiates it
 /// against the runtime's linker. CPU-bound: call it off the async threads.
-pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<ScriptPre<HostState>, ComponentError> {
+pub(crate) fn compile(
+    engine: &Engine,
+    bytes: &[u8],
+) -> Result<ScriptPre<HostState>, ComponentError> {
     if bytes.starts_with(WASM_MAGIC) && bytes.get(4..8) == Some(CORE_MODULE_VERSION) {
         return Err(ComponentError::NotAComponent);
     }
@@ -146,8 +149,8 @@ pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<ScriptPre<HostSta
             "it does not start with the WebAssembly magic bytes".into(),
         ));
     }
-    let component = Component::new(engine, bytes)
-        .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+    let component =
+        Component::new(engine, bytes).map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
     let incompatible = |e: wasmtime::Error| ComponentError::Incompatible(format!("{e:#}"));
     let linker =
         crate::host::linker(engine).map_err(|e| ComponentError::Engine(format!("{e:#}")))?;

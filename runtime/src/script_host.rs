@@ -30,7 +30,9 @@ use crate::dev_server::{RuntimeOptions, start_binding_client};
 use crate::host::{HostState, ScriptPre};
 use crate::limits::Limits;
 use crate::outbound::ScriptBindings;
-use crate::routing::{RouteConflict, RouteError, RoutePattern, RouteTable, ScriptKey, ScriptRoutes};
+use crate::routing::{
+    RouteConflict, RouteError, RoutePattern, RouteTable, ScriptKey, ScriptRoutes,
+};
 use crate::script::{ComponentError, LoadedScript, RuntimeError};
 use crate::script_output::ScriptOutput;
 
@@ -574,9 +576,7 @@ impl ScriptHost {
         let pre = tokio::task::spawn_blocking(move || crate::script::compile(&engine, &bytes))
             .await
             .map_err(|e| ComponentError::Engine(format!("compiling failed: {e}")))??;
-        state
-            .compiled
-            .insert(deployment.etag.clone(), pre.clone());
+        state.compiled.insert(deployment.etag.clone(), pre.clone());
         Ok(pre)
     }
 }
