@@ -393,80 +393,45 @@ impl ScriptHost {
         let mut report = ApplyReport::default();
         let mut next: HashMap<ScriptKey, Served> = HashMap::with_capacity(deployments.len());
         let mut refused = HashMap::new();
+        let mut seen = HashSet::with_capacity(deployments.len());
 
         for deployment in deployments {
             let key = deployment.key();
-            if next.contains_key(&key) || refused.contains_key(&key) {
-                tracing::warn!(script = %key, version = %deployment.version, "the script is deployed twice in one set; ignoring the second");
+            if !seen.insert(key.clone()) {
+                tracing::warn!(
+                    script = %key,
+                    version = %deployment.version,
+                    "the script appears twice in one set of deployments; ignoring the second"
+                );
                 continue;
             }
             let old = current.scripts.get(&key);
-            let still_serving = old.map(|o| o.identity.version.clone());
-            let error = match state.refused.remove(&key) {
-                Some(refusal)
-                    if refusal.identity == VersionIdentity::of(&deployment)
-                        && refusal.routes == deployment.routes =>
-                {
-                    // Refused before, for a reason that has not changed: already logged.
-                    let error = refusal.error.clone();
-                    refused.insert(key.clone(), refusal);
-                    error
+            match self.load(&mut state, &mut refused, &deployment, old).await {
+                Ok(served) => {
+                    if old.is_none_or(|o| !Arc::ptr_eq(&o.loaded, &served.loaded)) {
+                        tracing::info!(
+                            script = %key,
+                            version = %deployment.version,
+                            etag = %deployment.etag,
+                            bindings = ?deployment.bindings.keys().collect::<Vec<_>>(),
+                            "script version loaded"
+                        );
+                        report.deployed.push((key.clone(), deployment.version));
+                    }
+                    next.insert(key, served);
                 }
-                _ => match self.prepare(&mut state, &deployment, old).await {
-                    Ok(served) => {
-                        if old.is_none_or(|o| !Arc::ptr_eq(&o.loaded, &served.loaded)) {
-                            tracing::info!(
-                                script = %key,
-                                version = %deployment.version,
-                                etag = %deployment.etag,
-                                bindings = ?deployment.bindings.keys().collect::<Vec<_>>(),
-                                "script version loaded"
-                            );
-                            report
-                                .deployed
-                                .push((key.clone(), deployment.version.clone()));
-                        }
-                        next.insert(key, served);
-                        continue;
+                Err(error) => {
+                    if let Some(old) = old {
+                        next.insert(key.clone(), old.clone());
                     }
-                    Err(error) => {
-                        match &still_serving {
-                            Some(serving) => tracing::error!(
-                                script = %key,
-                                version = %deployment.version,
-                                error = %error,
-                                "deployment not loaded; version {serving} keeps serving"
-                            ),
-                            None => tracing::error!(
-                                script = %key,
-                                version = %deployment.version,
-                                error = %error,
-                                "deployment not loaded; the script is not served"
-                            ),
-                        }
-                        if !matches!(error, DeploymentError::Module(_)) {
-                            refused.insert(
-                                key.clone(),
-                                Refusal {
-                                    identity: VersionIdentity::of(&deployment),
-                                    routes: deployment.routes.clone(),
-                                    error: error.clone(),
-                                },
-                            );
-                        }
-                        error
-                    }
-                },
-            };
-            if let Some(old) = old {
-                next.insert(key.clone(), old.clone());
+                    report.failed.push(FailedDeployment {
+                        key,
+                        version: deployment.version,
+                        error,
+                        still_serving: old.map(|o| o.identity.version.clone()),
+                    });
+                }
             }
-            report.failed.push(FailedDeployment {
-                key,
-                version: deployment.version,
-                error,
-                still_serving,
-            });
         }
 
         for key in current.scripts.keys() {
@@ -511,6 +476,57 @@ impl ScriptHost {
         });
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
         report
+    }
+
+    /// Loads one deployment, or says why not: logged the first time, and remembered in
+    /// `refused` unless retrying may help. `old` is the script's current version.
+    async fn load(
+        &self,
+        state: &mut DeployState,
+        refused: &mut HashMap<ScriptKey, Refusal>,
+        deployment: &Deployment,
+        old: Option<&Served>,
+    ) -> Result<Served, DeploymentError> {
+        let key = deployment.key();
+        let identity = VersionIdentity::of(deployment);
+        if let Some(refusal) = state.refused.remove(&key)
+            && refusal.identity == identity
+            && refusal.routes == deployment.routes
+        {
+            let error = refusal.error.clone();
+            refused.insert(key, refusal);
+            return Err(error);
+        }
+        let error = match self.prepare(state, deployment, old).await {
+            Ok(served) => return Ok(served),
+            Err(error) => error,
+        };
+        match old {
+            Some(old) => tracing::error!(
+                script = %key,
+                version = %deployment.version,
+                error = %error,
+                "deployment not loaded; version {} keeps serving",
+                old.identity.version
+            ),
+            None => tracing::error!(
+                script = %key,
+                version = %deployment.version,
+                error = %error,
+                "deployment not loaded; the script is not served"
+            ),
+        }
+        if !matches!(error, DeploymentError::Module(_)) {
+            refused.insert(
+                key,
+                Refusal {
+                    identity,
+                    routes: deployment.routes.clone(),
+                    error: error.clone(),
+                },
+            );
+        }
+        Err(error)
     }
 
     /// Validates and loads one deployment; `old` is the script's current version.

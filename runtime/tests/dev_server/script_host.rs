@@ -456,6 +456,38 @@ async fn a_version_that_cannot_load_leaves_the_previous_one_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn each_script_runs_under_its_own_limits() {
+    let fake = FakeBindingWorker::start();
+    let host = start(fake.addr).await;
+    let g = guests::guests();
+    let mut strict = bound(deployment(ALPHA, "strict", "v1", &g.checks), SERVICE_A);
+    strict.limits = serde_json::json!({ "url_bytes": 64 })
+        .as_object()
+        .cloned()
+        .unwrap();
+    let report = host
+        .host
+        .apply(vec![
+            strict,
+            bound(deployment(ALPHA, "relaxed", "v1", &g.checks), SERVICE_B),
+        ])
+        .await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let path = format!("/buffered/{}", "a".repeat(100));
+    let mut client = Client::connect(host.addr).await;
+    let refused = client.get_at("strict.alpha.workers.localhost", &path).await;
+    assert_eq!(refused.status, 414);
+    assert_eq!(
+        refused.text(),
+        "the URL is 110 bytes, more than this script accepts (limits.url_bytes = 64)\n"
+    );
+    let fine = client
+        .get_at("relaxed.alpha.workers.localhost", &path)
+        .await;
+    assert_eq!(fine.status, 200, "{:?}", fine.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_trapping_script_fails_only_its_own_request() {
     let fake = FakeBindingWorker::start();
     let host = start(fake.addr).await;
