@@ -511,10 +511,9 @@ fn validate_vpc_services(
 /// The `limits` section: each key an integer in its range; unknown keys are errors (a typo
 /// would silently keep a default).
 fn validate_limits(root: &Map<String, Value>, format: Format, problems: &mut Problems) -> Limits {
-    let mut limits = Limits::default();
-    let entries = match root.get("limits") {
-        None => return limits,
-        Some(Value::Object(entries)) => entries,
+    match root.get("limits") {
+        None => Limits::default(),
+        Some(Value::Object(entries)) => limit_entries(entries, format, problems),
         Some(other) => {
             problems.push(
                 "limits",
@@ -524,9 +523,15 @@ fn validate_limits(root: &Map<String, Value>, format: Format, problems: &mut Pro
                     kind(other, format)
                 ),
             );
-            return limits;
+            Limits::default()
         }
-    };
+    }
+}
+
+/// The keys of a `limits` section, on top of the defaults; every bad key is a problem named
+/// `limits.<key>`. The one validator of limits: config files and deployments both use it.
+fn limit_entries(entries: &Map<String, Value>, format: Format, problems: &mut Problems) -> Limits {
+    let mut limits = Limits::default();
     for (key, value) in entries {
         let field = format!("limits.{key}");
         let Some(limit) = LIMIT_KEYS.iter().find(|l| l.key == key) else {
@@ -554,6 +559,31 @@ fn validate_limits(root: &Map<String, Value>, format: Format, problems: &mut Pro
         }
     }
     limits
+}
+
+/// Why a `limits` section is invalid ([`Limits::from_section`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid limits:{}", ProblemList(.problems))]
+pub struct LimitsError {
+    /// Every bad key, each naming its field (`limits.cpu_ms`) and what is wrong.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl Limits {
+    /// Validates a `limits` section (the value of wrangler's `limits` key, as JSON) exactly as
+    /// [`ScriptConfig::load`] does: absent keys keep their defaults; an unknown key, a
+    /// non-integer or a value out of range is a problem naming its field.
+    pub fn from_section(section: &Map<String, Value>) -> Result<Limits, LimitsError> {
+        let mut problems = Problems::default();
+        let limits = limit_entries(section, Format::Json, &mut problems);
+        if problems.0.is_empty() {
+            Ok(limits)
+        } else {
+            Err(LimitsError {
+                problems: problems.0,
+            })
+        }
+    }
 }
 
 /// A JavaScript-identifier-like name: `[A-Za-z_$][A-Za-z0-9_$]*`.
@@ -904,6 +934,30 @@ mod tests {
                 r#"{"name": "w", "main": "script.wasm", "limits": 5}"#
             ),
             vec!["limits: expected an object such as { \"cpu_ms\": 50 }, found a number"]
+        );
+    }
+
+    #[test]
+    fn a_limits_section_alone_is_checked_like_the_file() {
+        let section = |json: serde_json::Value| json.as_object().cloned().unwrap();
+        let limits = Limits::from_section(&section(serde_json::json!({ "cpu_ms": 50 })))
+            .expect("valid limits");
+        assert_eq!(limits.cpu, std::time::Duration::from_millis(50));
+        assert_eq!(limits.subrequests, Limits::default().subrequests);
+        assert_eq!(
+            Limits::from_section(&Map::new()).expect("empty"),
+            Limits::default()
+        );
+        let err = Limits::from_section(&section(serde_json::json!({
+            "memory_mb": 512, "subrequests": {}, "cpu": 1
+        })))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid limits:\n  - limits.cpu: unknown limit (allowed keys: cpu_ms, memory_mb, \
+             wall_time_ms, subrequests, connections, queued_connections, url_bytes, \
+             header_bytes)\n  - limits.memory_mb: expected an integer from 1 to 128, found \
+             512\n  - limits.subrequests: expected an integer from 1 to 1000, found an object"
         );
     }
 

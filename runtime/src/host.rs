@@ -19,7 +19,7 @@ use wasmtime_wasi_http::{RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpV
 
 use crate::limits::{CpuMeter, LimitExceeded, MemoryLimiter};
 use crate::outbound::{OutboundHooks, Redirect, ScriptBindings};
-use crate::script_output::{RequestOutput, ScriptStream};
+use crate::script_output::{OutputSource, RequestOutput, ScriptStream};
 
 /// Host bindings generated from `schemas/wit` (world `wvpc:bindings/script`). The WASI and
 /// wasi:http parts are wasmtime's own, so their resources are shared with the standard
@@ -69,8 +69,12 @@ impl HostState {
         let output = |stream| {
             RequestOutput::new(
                 bindings.output.clone(),
-                bindings.script.clone(),
-                request_id.clone(),
+                OutputSource {
+                    account_id: bindings.account.clone(),
+                    script: bindings.script.clone(),
+                    version: bindings.version.clone(),
+                    request_id: request_id.clone(),
+                },
                 stream,
             )
         };

@@ -3,17 +3,25 @@
 //! A script is a `wasm32-wasip2` component exporting `wasi:http/incoming-handler` (world
 //! `wvpc:bindings/script` in `schemas/wit`). The runtime
 //! - loads its wrangler-style config ([`ScriptConfig::load`]);
-//! - compiles the component once on a process-wide engine (pooling allocator, CPU limit by
-//!   epochs) and pre-instantiates it ([`Runtime::new`]);
-//! - serves HTTP/1.1 with a fresh instance per request ([`Runtime::serve`]);
+//! - compiles components on a process-wide engine (pooling allocator, CPU limit by epochs),
+//!   once per content hash, and pre-instantiates them;
+//! - hosts many scripts of many accounts ([`ScriptHost`], `wvpc runtime`): each deployed
+//!   version ([`Deployment`]) is swapped in atomically by [`ScriptHost::apply`], requests are
+//!   routed by host and path ([`RouteTable`]: default hosts
+//!   `<script>.<subdomain>.workers.localhost`, wrangler routes), and a request in flight
+//!   finishes on the version it started on;
+//! - or one script whatever the `Host` ([`Runtime`], `wvpc dev`), through the same code;
+//! - serves HTTP/1.1 with a fresh instance per request ([`ScriptHost::serve`]);
 //! - sends `vpc.fetch(binding, request, options, init)` over Cap'n Proto to the
-//!   binding-worker (`schemas/binding.capnp`) on one reused connection, streaming both
-//!   bodies, following redirects through the same binding, and denies every other outgoing
+//!   binding-worker (`schemas/binding.capnp`) on one reused connection shared by every
+//!   script, streaming both bodies, following redirects through the same binding, and denies
+//!   every other outgoing request; a script reaches only its own bindings;
+//! - enforces each script's per-request [`Limits`] (CPU time, memory, wall time,
+//!   subrequests, connections, URL and header sizes; `docs/limits.md`), each failing only its
 //!   request;
-//! - enforces the script's per-request [`Limits`] (CPU time, memory, wall time, subrequests,
-//!   connections, URL and header sizes; `docs/limits.md`), each failing only its request;
-//! - captures the script's stdout / stderr per request and hands each line, with the request
-//!   id, to a [`ScriptOutput`] ([`PrefixedOutput`] prints `[script 5f3a1b2c] line`);
+//! - captures the script's stdout / stderr per request and hands each line, with the account,
+//!   script, version and request id, to a [`ScriptOutput`] ([`PrefixedOutput`] prints
+//!   `[script 5f3a1b2c] line`; [`TailHub`] also publishes it to `wvpc tail` subscribers);
 //! - reports failures to the script as wasi:http `error-code`s ([`wasi_error_code`]).
 //!
 //! ```no_run
@@ -39,14 +47,27 @@ mod error_map;
 mod host;
 mod limits;
 mod outbound;
+mod routing;
 mod script;
+mod script_host;
 mod script_output;
+mod serving;
+mod tail;
 
-pub use config::{ConfigError, ConfigProblem, ScriptConfig, VpcServiceBinding};
-pub use dev_server::{REQUEST_ID_HEADER, Runtime, RuntimeOptions};
+pub use config::{ConfigError, ConfigProblem, LimitsError, ScriptConfig, VpcServiceBinding};
+pub use dev_server::{Runtime, RuntimeOptions};
 pub use error_map::wasi_error_code;
 pub use limits::Limits;
-pub use script::RuntimeError;
-pub use script_output::{PrefixedOutput, ScriptLine, ScriptOutput, ScriptStream};
+pub use routing::{RouteConflict, RouteError, RoutePattern, RouteTable, ScriptKey, ScriptRoutes};
+pub use script::{ComponentError, RuntimeError, check_component};
+pub use script_host::{
+    ApplyReport, DEFAULT_WORKERS_DOMAIN, Deployment, DeploymentError, FailedDeployment,
+    ModuleFetchError, ModuleSource, ScriptHost, ServedScript,
+};
+pub use script_output::{
+    PrefixedOutput, RequestOutcome, RequestSummary, ScriptLine, ScriptOutput, ScriptStream,
+};
+pub use serving::REQUEST_ID_HEADER;
+pub use tail::{TAIL_BUFFER, TailEvent, TailEventKind, TailHub};
 /// The wasi:http 0.2 `error-code` variant as wasmtime represents it.
 pub use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode as WasiErrorCode;

@@ -44,7 +44,9 @@ pub(crate) struct ScriptBindings {
     /// Script name (`name` in its config).
     pub script: Arc<str>,
     /// Account that owns the script.
-    pub account: String,
+    pub account: Arc<str>,
+    /// The version being run (the deployment's version id; `local` for `wvpc dev`).
+    pub version: Arc<str>,
     /// Binding name → VPC Service id (hyphenated UUID), from `vpc_services`.
     pub services: HashMap<String, String>,
     /// The binding-worker connection.
@@ -167,7 +169,7 @@ impl WasiHttpHooks for OutboundHooks {
         let context = FetchContext {
             service_id: route.service_id,
             script: self.bindings.script.to_string(),
-            account: self.bindings.account.clone(),
+            account: self.bindings.account.to_string(),
             request_id: request_id.to_string(),
             binding: route.binding,
         };

@@ -1,17 +1,30 @@
-//! Loading a script: read `main`, compile it once, pre-instantiate it against the linker.
+//! Loading a script: compile its component once (from `main` or a deployment's bytes),
+//! pre-instantiate it against the linker, and pair it with what its requests share
+//! ([`LoadedScript`]).
 //!
-//! Everything that can be checked before the first request is checked here, with errors that
-//! name `main`: not a file, a core module instead of a component, an invalid component, or a
-//! component that imports something the runtime does not provide.
+//! Everything that can be checked before the first request is checked here: a core module
+//! instead of a component, an invalid component, or a component that imports something the
+//! runtime does not provide ([`ComponentError`]; [`RuntimeError`] names `main` for a config).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use crate::host::{HostState, ScriptPre};
+use crate::outbound::ScriptBindings;
 
-/// Why a [`Runtime`](crate::Runtime) could not be created.
+/// One loaded version of a script: its pre-instantiated component and what every request of
+/// it shares. A request holds the `Arc` it started with, so a redeploy never changes the
+/// version under a running request.
+pub(crate) struct LoadedScript {
+    pub pre: ScriptPre<HostState>,
+    pub bindings: Arc<ScriptBindings>,
+}
+
+/// Why a [`Runtime`](crate::Runtime) or [`ScriptHost`](crate::ScriptHost) could not be
+/// created.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
@@ -62,6 +75,51 @@ pub enum RuntimeError {
     /// The binding-worker client thread could not be started.
     #[error("cannot start the binding-worker client: {0}")]
     BindingClient(#[source] std::io::Error),
+    /// The workers domain is not a domain name.
+    #[error(
+        "workers domain {0:?} is not a domain name (use letters, digits, - and dots, e.g. \
+         workers.localhost)"
+    )]
+    WorkersDomain(String),
+}
+
+/// Why a module cannot run as a script (the module, not where it came from, is at fault).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ComponentError {
+    /// A core WebAssembly module; scripts must be components.
+    #[error(
+        "the module is a core WebAssembly module, not a component (build the script with \
+         `cargo build --target wasm32-wasip2`)"
+    )]
+    NotAComponent,
+    /// Not WebAssembly, or a malformed component.
+    #[error("the module is not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// The component does not fit the `wvpc:bindings/script` world.
+    #[error(
+        "the module cannot run as a workers-vpc script (it must export \
+         wasi:http/incoming-handler@0.2.x and import only WASI 0.2 and wvpc:bindings/vpc): {0}"
+    )]
+    Incompatible(String),
+    /// The wasmtime engine could not be created.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+impl ComponentError {
+    /// The same problem as a [`RuntimeError`] naming `main`'s path.
+    fn at(self, path: &Path) -> RuntimeError {
+        let path = path.into();
+        match self {
+            ComponentError::NotAComponent => RuntimeError::NotAComponent { path },
+            ComponentError::Invalid(reason) => RuntimeError::InvalidComponent { path, reason },
+            ComponentError::Incompatible(reason) => {
+                RuntimeError::IncompatibleComponent { path, reason }
+            }
+            ComponentError::Engine(reason) => RuntimeError::Engine(reason),
+        }
+    }
 }
 
 const WASM_MAGIC: &[u8] = b"\0asm";
@@ -74,24 +132,38 @@ pub(crate) fn load(engine: &Engine, path: &Path) -> Result<ScriptPre<HostState>,
         path: path.into(),
         source,
     })?;
+    compile(engine, &bytes).map_err(|e| e.at(path))
+}
+
+/// Compiles a component (or takes it from wasmtime's on-disk cache) and pre-instantiates it
+/// against the runtime's linker. CPU-bound: call it off the async threads.
+pub(crate) fn compile(
+    engine: &Engine,
+    bytes: &[u8],
+) -> Result<ScriptPre<HostState>, ComponentError> {
     if bytes.starts_with(WASM_MAGIC) && bytes.get(4..8) == Some(CORE_MODULE_VERSION) {
-        return Err(RuntimeError::NotAComponent { path: path.into() });
+        return Err(ComponentError::NotAComponent);
     }
     if !bytes.starts_with(WASM_MAGIC) {
-        return Err(RuntimeError::InvalidComponent {
-            path: path.into(),
-            reason: "the file does not start with the WebAssembly magic bytes".into(),
-        });
+        return Err(ComponentError::Invalid(
+            "it does not start with the WebAssembly magic bytes".into(),
+        ));
     }
-    let component = Component::new(engine, &bytes).map_err(|e| RuntimeError::InvalidComponent {
-        path: path.into(),
-        reason: format!("{e:#}"),
-    })?;
-    let incompatible = |e: wasmtime::Error| RuntimeError::IncompatibleComponent {
-        path: path.into(),
-        reason: format!("{e:#}"),
-    };
-    let linker = crate::host::linker(engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+    let component =
+        Component::new(engine, bytes).map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+    let incompatible = |e: wasmtime::Error| ComponentError::Incompatible(format!("{e:#}"));
+    let linker =
+        crate::host::linker(engine).map_err(|e| ComponentError::Engine(format!("{e:#}")))?;
     let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
     ScriptPre::new(pre).map_err(incompatible)
+}
+
+/// Checks that `bytes` is a component that can run as a script: compiles it on the runtime's
+/// engine and links it, exactly as a runtime will. A deploy can refuse a bad module with this
+/// reason before storing it; the compiled code lands in the on-disk cache, so a runtime on
+/// the same machine does not compile it again. CPU-bound (up to a few hundred milliseconds
+/// per MB of wasm): call it off the async threads.
+pub fn check_component(bytes: &[u8]) -> Result<(), ComponentError> {
+    let engine = crate::engine::shared_engine().map_err(ComponentError::Engine)?;
+    compile(&engine, bytes).map(drop)
 }

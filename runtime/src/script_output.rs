@@ -1,19 +1,23 @@
 //! A script's stdout and stderr, captured per request: each request's WASI context gets its
 //! own pair of line-splitting pipes, and every complete line goes to the runtime's
-//! [`ScriptOutput`] with the script name and the request id.
+//! [`ScriptOutput`] with the account, script, version and request id. The output also hears
+//! of every request's outcome ([`ScriptOutput::request`]).
 //!
 //! The default, [`PrefixedOutput`], prints `[<script> <first 8 of the request id>] <line>`
-//! on the process's stdout / stderr — what `wvpc dev` shows.
+//! on the process's stdout / stderr — what `wvpc dev` shows. [`TailHub`](crate::TailHub)
+//! prints the same and also publishes every line to live `wvpc tail` subscribers.
 
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// Which of the script's streams a line was written to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ScriptStream {
     /// `wasi:cli/stdout`.
     Stdout,
@@ -23,9 +27,14 @@ pub enum ScriptStream {
 
 /// One line a script printed (without its line ending).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct ScriptLine<'a> {
+    /// The account that owns the script.
+    pub account_id: &'a str,
     /// The script's name.
     pub script: &'a str,
+    /// The version that printed it (`local` under `wvpc dev`).
+    pub version: &'a str,
     /// The request during which it was printed.
     pub request_id: &'a str,
     /// Stdout or stderr.
@@ -34,11 +43,61 @@ pub struct ScriptLine<'a> {
     pub text: &'a str,
 }
 
-/// Where the runtime sends scripts' output lines.
+/// How a request to a script ended, as of its response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestOutcome {
+    /// The script answered (any status it chose).
+    Ok,
+    /// The script trapped, answered with an error, or returned without a response (500).
+    Exception,
+    /// It ran into `limits.cpu_ms` (503).
+    ExceededCpu,
+    /// It ran into `limits.memory_mb` (503).
+    ExceededMemory,
+    /// It ran into `limits.wall_time_ms` before its response head (504).
+    ExceededWallTime,
+    /// The request was refused before the script ran (400, 414, 431).
+    Refused,
+    /// The runtime failed (500).
+    InternalError,
+}
+
+/// One request to a script, reported once its response head is known.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RequestSummary<'a> {
+    /// The account that owns the script.
+    pub account_id: &'a str,
+    /// The script's name.
+    pub script: &'a str,
+    /// The version that ran it.
+    pub version: &'a str,
+    /// The request id (`wvpc-request-id`).
+    pub request_id: &'a str,
+    /// The request method.
+    pub method: &'a str,
+    /// The host it was sent to (lowercase, without port).
+    pub host: &'a str,
+    /// Its path and query.
+    pub path_and_query: &'a str,
+    /// The response status.
+    pub status: u16,
+    /// How it ended.
+    pub outcome: RequestOutcome,
+}
+
+/// Where the runtime sends scripts' output lines and request outcomes.
 pub trait ScriptOutput: Send + Sync + 'static {
     /// Called once per complete line, and once for a final line without a newline when the
     /// request ends.
     fn line(&self, line: ScriptLine<'_>);
+
+    /// Called once per request that reached a script, when its response head is ready.
+    /// Ignored by default.
+    fn request(&self, request: &RequestSummary<'_>) {
+        let _ = request;
+    }
 }
 
 /// Prints each line on the process's own stdout / stderr, prefixed with the script name and
@@ -69,13 +128,20 @@ impl ScriptOutput for PrefixedOutput {
 /// must not grow host memory).
 const MAX_LINE: usize = 16 << 10;
 
+/// Whose output a request's streams carry.
+pub(crate) struct OutputSource {
+    pub account_id: Arc<str>,
+    pub script: Arc<str>,
+    pub version: Arc<str>,
+    pub request_id: Arc<str>,
+}
+
 /// The pending partial line of one stream of one request. Shared by every stream handle the
 /// guest opens (each `get-stdout` makes a new one); the last line is emitted when the
 /// request's store drops it.
 struct LineBuffer {
     sink: Arc<dyn ScriptOutput>,
-    script: Arc<str>,
-    request_id: Arc<str>,
+    source: OutputSource,
     stream: ScriptStream,
     pending: Mutex<Vec<u8>>,
 }
@@ -84,8 +150,10 @@ impl LineBuffer {
     fn emit(&self, bytes: &[u8]) {
         let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
         self.sink.line(ScriptLine {
-            script: &self.script,
-            request_id: &self.request_id,
+            account_id: &self.source.account_id,
+            script: &self.source.script,
+            version: &self.source.version,
+            request_id: &self.source.request_id,
             stream: self.stream,
             text: &String::from_utf8_lossy(bytes),
         });
@@ -122,16 +190,10 @@ impl Drop for LineBuffer {
 pub(crate) struct RequestOutput(Arc<LineBuffer>);
 
 impl RequestOutput {
-    pub fn new(
-        sink: Arc<dyn ScriptOutput>,
-        script: Arc<str>,
-        request_id: Arc<str>,
-        stream: ScriptStream,
-    ) -> Self {
+    pub fn new(sink: Arc<dyn ScriptOutput>, source: OutputSource, stream: ScriptStream) -> Self {
         Self(Arc::new(LineBuffer {
             sink,
-            script,
-            request_id,
+            source,
             stream,
             pending: Mutex::new(Vec::new()),
         }))
@@ -215,12 +277,13 @@ mod tests {
     #[test]
     fn splits_lines_across_writes_and_flushes_the_last_one() {
         let sink = Arc::new(Collect::default());
-        let output = RequestOutput::new(
-            sink.clone(),
-            "proxy".into(),
-            "5f3a1b2c9d".into(),
-            ScriptStream::Stdout,
-        );
+        let source = OutputSource {
+            account_id: "acct".into(),
+            script: "proxy".into(),
+            version: "v1".into(),
+            request_id: "5f3a1b2c9d".into(),
+        };
+        let output = RequestOutput::new(sink.clone(), source, ScriptStream::Stdout);
         let mut stream = output.p2_stream();
         stream.write(Bytes::from_static(b"one\r\ntw")).unwrap();
         // A second handle (a new get-stdout) continues the same line.

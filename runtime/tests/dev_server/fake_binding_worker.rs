@@ -9,6 +9,7 @@
 //! | `/drop` | closes the whole connection without answering |
 //! | `/redirect/<status>?to=<location>` | `<status>` with that `Location` |
 //! | `/redirect-loop` | 302 to itself |
+//! | `/hold…` | waits for [`FakeBindingWorker::release`], then echoes |
 //! | anything else | 200 echoing what arrived (method, url, context, headers, body) |
 
 use std::cell::RefCell;
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use capnp::capability::Rc as CapRc;
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
@@ -28,6 +29,13 @@ use wvpc_schemas::write_wire_error;
 pub struct FakeBindingWorker {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    hold: Arc<Hold>,
+}
+
+/// `/hold` fetches: one permit of `arrived` per fetch held, one of `release` per fetch let go.
+struct Hold {
+    arrived: Semaphore,
+    release: Semaphore,
 }
 
 impl FakeBindingWorker {
@@ -36,6 +44,11 @@ impl FakeBindingWorker {
         let (ready, addr) = std::sync::mpsc::channel();
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
+        let hold = Arc::new(Hold {
+            arrived: Semaphore::new(0),
+            release: Semaphore::new(0),
+        });
+        let held = hold.clone();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -65,6 +78,7 @@ impl FakeBindingWorker {
                     let disconnect = Rc::new(RefCell::new(None));
                     let binding: vpc_binding::Client = capnp_rpc::new_client(FakeBinding {
                         disconnect: disconnect.clone(),
+                        hold: held.clone(),
                     });
                     let rpc = RpcSystem::new(Box::new(network), Some(binding.client));
                     *disconnect.borrow_mut() = Some(Box::pin(rpc.get_disconnector()));
@@ -73,7 +87,26 @@ impl FakeBindingWorker {
             });
         });
         let addr = addr.recv().expect("fake binding-worker started");
-        Self { addr, connections }
+        Self {
+            addr,
+            connections,
+            hold,
+        }
+    }
+
+    /// Waits until a `/hold` fetch has arrived (and is being held).
+    pub async fn held(&self) {
+        self.hold
+            .arrived
+            .acquire()
+            .await
+            .expect("never closed")
+            .forget();
+    }
+
+    /// Lets one held `/hold` fetch answer.
+    pub fn release(&self) {
+        self.hold.release.add_permits(1);
     }
 
     /// TCP connections accepted so far.
@@ -87,6 +120,7 @@ type Disconnector = std::pin::Pin<Box<dyn Future<Output = Result<(), capnp::Erro
 
 struct FakeBinding {
     disconnect: Rc<RefCell<Option<Disconnector>>>,
+    hold: Arc<Hold>,
 }
 
 /// What the fake saw of one fetch.
@@ -147,8 +181,13 @@ impl vpc_binding::Server for FakeBinding {
             .set_request_body(capnp_rpc::new_client(collector));
 
         let disconnect = self.disconnect.clone();
+        let hold = self.hold.clone();
         tokio::task::spawn_local(async move {
             let body = body.await.unwrap_or_default();
+            if seen.path.starts_with("/hold") {
+                hold.arrived.add_permits(1);
+                hold.release.acquire().await.expect("never closed").forget();
+            }
             if let Err(err) = answer(receiver, seen, body, disconnect).await {
                 tracing::warn!(error = %err, "fake binding-worker: answering failed");
             }

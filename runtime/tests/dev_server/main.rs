@@ -1,10 +1,11 @@
-//! The runtime end to end: real guest components, `Runtime::serve` on 127.0.0.1:0, a real
-//! HTTP/1.1 client, and a fake binding-worker speaking real capnp-rpc.
+//! The runtime end to end: real guest components, `Runtime::serve` and `ScriptHost::serve` on
+//! 127.0.0.1:0, a real HTTP/1.1 client, and a fake binding-worker speaking real capnp-rpc.
 
 mod fake_binding_worker;
 mod fetch_semantics;
 mod guests;
 mod limits;
+mod script_host;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -97,10 +98,13 @@ impl Client {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Answer {
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost");
+        let mut request = http::Request::builder().method(method).uri(path);
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+        {
+            request = request.header("host", "localhost");
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -133,6 +137,11 @@ impl Client {
 
     async fn get(&mut self, path: &str) -> Answer {
         self.send("GET", path, &[], "").await
+    }
+
+    /// A GET with `Host: <host>`.
+    async fn get_at(&mut self, host: &str, path: &str) -> Answer {
+        self.send("GET", path, &[("host", host)], "").await
     }
 
     /// A GET whose response is expected to break: `Ok(status)` when the head arrived and the

@@ -1,0 +1,364 @@
+//! The HTTP/1.1 front of a [`ScriptHost`]: each request gets a request id (returned as
+//! `wvpc-request-id` and carried to every hop), is routed to a script version by its host and
+//! path, and runs in a fresh `Store` and instance of that version on its own tokio task.
+//!
+//! A request no script serves gets 404 naming its host. A trap fails only that request
+//! (500), so does a limit (503 for CPU and memory, 504 for wall time, 414 / 431 for an
+//! incoming URL / header section over its limit); the server and other requests carry on.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::host::HostState;
+use crate::limits::{LimitExceeded, Limits, header_section_bytes};
+use crate::script::LoadedScript;
+use crate::script_host::ScriptHost;
+use crate::script_output::{RequestOutcome, RequestSummary};
+
+/// Response header carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "wvpc-request-id";
+
+/// The accept loop of [`ScriptHost::serve`].
+pub(crate) async fn serve(host: Arc<ScriptHost>, listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) if is_per_connection_error(&err) => {
+                tracing::debug!(error = %err, "accept failed for one connection");
+                continue;
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: wait for connections to close
+                // instead of spinning.
+                tracing::warn!(error = %err, "accept failed; pausing");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+        }
+        let host = host.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let host = host.clone();
+                async move { Ok::<_, Infallible>(handle(&host, request).await) }
+            });
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Routes one request and runs it through a fresh instance of its script.
+async fn handle(
+    host: &ScriptHost,
+    request: http::Request<Incoming>,
+) -> http::Response<HyperOutgoingBody> {
+    let request_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+    let mut response = match request_host(&request) {
+        Err(failure) => failure.into_response(&request_id),
+        Ok(name) => match host.resolve(&name, request.uri().path()) {
+            None => {
+                tracing::debug!(request_id = %request_id, host = %name, "no script serves the host");
+                Failure::NoScript(format!(
+                    "no script is served at host {name:?} (a script answers at \
+                     <script>.<account subdomain>.{} when its workers_dev is on, and at the \
+                     hosts and paths of its routes)",
+                    host.workers_domain()
+                ))
+                .into_response(&request_id)
+            }
+            Some(script) => {
+                let method = request.method().clone();
+                let uri = request.uri().clone();
+                let (response, outcome) = match run_script(&script, request, &request_id).await {
+                    Ok(response) => (response, RequestOutcome::Ok),
+                    Err(failure) => {
+                        let outcome = failure.outcome();
+                        (failure.into_response(&request_id), outcome)
+                    }
+                };
+                let bindings = &script.bindings;
+                bindings.output.request(&RequestSummary {
+                    account_id: &bindings.account,
+                    script: &bindings.script,
+                    version: &bindings.version,
+                    request_id: &request_id,
+                    method: method.as_str(),
+                    host: &name,
+                    path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
+                    status: response.status().as_u16(),
+                    outcome,
+                });
+                response
+            }
+        },
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// The host a request is for: the authority of an absolute-form target, else the `Host`
+/// header; without port, lowercase.
+fn request_host(request: &http::Request<Incoming>) -> Result<String, Failure> {
+    if let Some(authority) = request.uri().authority() {
+        return Ok(authority.host().to_ascii_lowercase());
+    }
+    let value = request
+        .headers()
+        .get(http::header::HOST)
+        .ok_or(Failure::BadRequest("the request has no Host header"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Failure::BadRequest("the Host header is not a valid host"))?;
+    Ok(without_port(value.trim()).to_ascii_lowercase())
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`.
+fn without_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// Runs one request through a fresh instance of `script`.
+async fn run_script(
+    script: &LoadedScript,
+    request: http::Request<Incoming>,
+    request_id: &Arc<str>,
+) -> Result<http::Response<HyperOutgoingBody>, Failure> {
+    let bindings = &script.bindings;
+    let limits = bindings.limits;
+    check_incoming(&request, &limits)?;
+    let mut store = HostState::new_store(script.pre.engine(), bindings.clone(), request_id.clone());
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (incoming, outparam) = {
+        let mut http = store.data_mut().http();
+        let incoming = http
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|e| Failure::Host(format!("{e:#}")))?;
+        let outparam = http
+            .new_response_outparam(sender)
+            .map_err(|e| Failure::Host(format!("{e:#}")))?;
+        (incoming, outparam)
+    };
+
+    let pre = script.pre.clone();
+    let id = request_id.clone();
+    let bindings = bindings.clone();
+    // Own task: the script may keep streaming its response body after `handle` returned
+    // the head. It logs its own failure, once, with the request id.
+    let task = tokio::spawn(async move {
+        let run = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, outparam)
+                .await
+        };
+        // Dropping the run at the deadline drops the instance with it.
+        let outcome = match tokio::time::timeout(limits.wall_time, run).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err((store.data().limit_exceeded(), Some(err))),
+            Err(_) => Err((Some(LimitExceeded::WallTime), None)),
+        };
+        if let Err((exceeded, err)) = &outcome {
+            match exceeded {
+                Some(limit) => tracing::warn!(
+                    request_id = %id,
+                    account = %bindings.account,
+                    script = %bindings.script,
+                    version = %bindings.version,
+                    limit = limit_key(*limit, &limits),
+                    "script stopped: it exceeded a limit"
+                ),
+                None => tracing::error!(
+                    request_id = %id,
+                    account = %bindings.account,
+                    script = %bindings.script,
+                    version = %bindings.version,
+                    error = ?err,
+                    "script failed"
+                ),
+            }
+        }
+        outcome.map_err(|(exceeded, _)| exceeded)
+    });
+
+    match receiver.await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(code)) => Err(Failure::ScriptError(code)),
+        Err(_) => match task.await {
+            Ok(Ok(())) => Err(Failure::NoResponse),
+            Ok(Err(Some(limit))) => Err(Failure::Limit(limit, limits)),
+            Ok(Err(None)) => Err(Failure::Trap),
+            Err(join) => Err(Failure::Host(format!("script task failed: {join}"))),
+        },
+    }
+}
+
+/// URL and header-section limits of a request to the script.
+fn check_incoming(request: &http::Request<Incoming>, limits: &Limits) -> Result<(), Failure> {
+    let url = request.uri().to_string().len();
+    if url > limits.url_bytes {
+        return Err(Failure::TooLarge(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the URL is {url} bytes, more than this script accepts (limits.url_bytes = {})",
+                limits.url_bytes
+            ),
+        ));
+    }
+    let headers = header_section_bytes(request.headers());
+    if headers > limits.header_bytes {
+        return Err(Failure::TooLarge(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the headers are {headers} bytes, more than this script accepts \
+                 (limits.header_bytes = {})",
+                limits.header_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The config key and value of a limit, for messages: `cpu_ms = 50`.
+fn limit_key(limit: LimitExceeded, limits: &Limits) -> String {
+    match limit {
+        LimitExceeded::Cpu => format!("cpu_ms = {}", limits.cpu.as_millis()),
+        LimitExceeded::Memory => format!("memory_mb = {}", limits.memory_bytes >> 20),
+        LimitExceeded::WallTime => format!("wall_time_ms = {}", limits.wall_time.as_millis()),
+    }
+}
+
+/// Why a request got no response from the script.
+enum Failure {
+    BadRequest(&'static str),
+    /// No script serves the request's host and path; the message names the host.
+    NoScript(String),
+    /// The incoming URL or headers are over their limit.
+    TooLarge(StatusCode, String),
+    /// The script ran into a limit; already logged.
+    Limit(LimitExceeded, Limits),
+    /// The script trapped (panic, CPU or memory limit, host bug); already logged.
+    Trap,
+    /// `handle` returned without setting the response.
+    NoResponse,
+    /// The script set an error instead of a response.
+    ScriptError(ErrorCode),
+    Host(String),
+}
+
+impl Failure {
+    /// How the request ended, for [`RequestSummary`].
+    fn outcome(&self) -> RequestOutcome {
+        match self {
+            Failure::BadRequest(_) | Failure::NoScript(_) | Failure::TooLarge(..) => {
+                RequestOutcome::Refused
+            }
+            Failure::Limit(LimitExceeded::Cpu, _) => RequestOutcome::ExceededCpu,
+            Failure::Limit(LimitExceeded::Memory, _) => RequestOutcome::ExceededMemory,
+            Failure::Limit(LimitExceeded::WallTime, _) => RequestOutcome::ExceededWallTime,
+            Failure::Trap | Failure::NoResponse | Failure::ScriptError(_) => {
+                RequestOutcome::Exception
+            }
+            Failure::Host(_) => RequestOutcome::InternalError,
+        }
+    }
+
+    fn into_response(self, request_id: &str) -> http::Response<HyperOutgoingBody> {
+        let (status, body) = match self {
+            Failure::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")),
+            Failure::NoScript(why) => (StatusCode::NOT_FOUND, format!("{why}\n")),
+            Failure::TooLarge(status, why) => {
+                tracing::info!(request_id, status = status.as_u16(), "{why}");
+                (status, format!("{why}\n"))
+            }
+            Failure::Limit(limit, limits) => {
+                let (status, what) = match limit {
+                    LimitExceeded::Cpu => (StatusCode::SERVICE_UNAVAILABLE, "CPU time"),
+                    LimitExceeded::Memory => (StatusCode::SERVICE_UNAVAILABLE, "memory"),
+                    LimitExceeded::WallTime => (StatusCode::GATEWAY_TIMEOUT, "wall-clock time"),
+                };
+                (
+                    status,
+                    format!(
+                        "the script exceeded its {what} limit (limits.{}; request id \
+                         {request_id})\n",
+                        limit_key(limit, &limits)
+                    ),
+                )
+            }
+            Failure::Trap => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the script failed (request id {request_id}; see the runtime log)\n"),
+            ),
+            Failure::NoResponse => {
+                tracing::error!(request_id, "script returned without sending a response");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the script did not send a response (request id {request_id})\n"),
+                )
+            }
+            Failure::ScriptError(code) => {
+                tracing::warn!(request_id, code = ?code, "script answered with an error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the script answered with an error (request id {request_id})\n"),
+                )
+            }
+            Failure::Host(why) => {
+                tracing::error!(request_id, error = %why, "request failed in the runtime");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("internal error (request id {request_id})\n"),
+                )
+            }
+        };
+        let body = Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let mut response = http::Response::new(body);
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+/// Accept errors that concern one connection only (it was reset before we took it).
+fn is_per_connection_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::Interrupted
+    )
+}
