@@ -45,6 +45,11 @@ pub struct Cli {
 pub enum Command {
     /// Run a worker script locally with every component (runtime, binding worker, edge)
     Dev(commands::dev::DevArgs),
+    /// Run the whole platform on this machine as separate processes (directory, iris,
+    /// binding-worker, runtime)
+    Up(commands::up::UpArgs),
+    /// Run a runtime: serves every deployed script, routed by Host
+    Runtime(commands::runtime::RuntimeArgs),
     /// Run an iris node: the CONNECT router and the tunnel edge
     Iris(commands::iris::IrisArgs),
     /// Manage tunnels and run connectors
@@ -63,6 +68,8 @@ pub enum Command {
     Account(commands::token::AccountCommand),
     /// Upload the built script and its bindings to the directory API
     Deploy(commands::deploy::DeployArgs),
+    /// Follow a deployed script's output live, from every runtime
+    Tail(commands::tail::TailArgs),
     /// The tunnel edge's TLS identity (the CA connectors trust)
     #[command(subcommand)]
     Edge(commands::edge::EdgeCommand),
@@ -79,6 +86,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state directory {}", cli.state.display()))?;
     match cli.command {
         Command::Dev(args) => commands::dev::run(args, &cli.state, out).await,
+        Command::Up(args) => commands::up::run(args, &cli.state, out).await,
+        Command::Runtime(args) => commands::runtime::run(args, &cli.state, out).await,
         Command::Iris(args) => commands::iris::run(args, &cli.state, out).await,
         Command::Tunnel(command) => commands::tunnel::run(command, &cli.state, &cli.api, out).await,
         Command::Service(command) => {
@@ -88,6 +97,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Token(command) => commands::token::run(command, &cli.state, out),
         Command::Account(command) => commands::token::run_account(command, &cli.state, out),
         Command::Deploy(args) => commands::deploy::run(args, &cli.api, out).await,
+        Command::Tail(args) => commands::tail::run(args, &cli.state, &cli.api, out).await,
         Command::Edge(command) => commands::edge::run(command, &cli.state, out),
     }
 }

@@ -4,6 +4,8 @@
 //! - [`iris_node`]: one iris node (CONNECT router + QUIC tunnel edge) over a directory, with
 //!   its routes ([`live_routes`]) and tunnel credentials ([`authority`]) held in memory and
 //!   its live connections recorded through a queue, so directory I/O never runs on the edge.
+//! - [`runtime_node`]: one runtime process serving every deployed script, following the
+//!   directory, with its control listener for `wvpc tail`.
 //! - [`stack`]: the one-process stack of `wvpc dev`: directory, iris, binding-worker and
 //!   runtime, each on its own real socket.
 //! - [`state`]: where the parts keep their files in a state directory.
@@ -14,6 +16,7 @@
 pub mod authority;
 pub mod iris_node;
 pub mod live_routes;
+pub mod runtime_node;
 pub mod stack;
 pub mod state;
 pub mod up;
