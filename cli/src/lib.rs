@@ -70,6 +70,13 @@ pub enum Command {
     Deploy(commands::deploy::DeployArgs),
     /// Follow a deployed script's output live, from every runtime
     Tail(commands::tail::TailArgs),
+    /// Delete a deployed script with its versions and routes (over the directory API)
+    Delete(commands::delete::DeleteArgs),
+    /// A deployed script's versions (over the directory API)
+    #[command(subcommand)]
+    Deployments(commands::deployments::DeploymentsCommand),
+    /// Serve an earlier version of a deployed script (over the directory API)
+    Rollback(commands::rollback::RollbackArgs),
     /// The tunnel edge's TLS identity (the CA connectors trust)
     #[command(subcommand)]
     Edge(commands::edge::EdgeCommand),
@@ -95,9 +102,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         }
         Command::Directory(args) => commands::directory::run(args, &cli.state, out).await,
         Command::Token(command) => commands::token::run(command, &cli.state, out),
-        Command::Account(command) => commands::token::run_account(command, &cli.state, out),
+        Command::Account(command) => {
+            commands::token::run_account(command, &cli.state, &cli.api, out).await
+        }
         Command::Deploy(args) => commands::deploy::run(args, &cli.api, out).await,
         Command::Tail(args) => commands::tail::run(args, &cli.state, &cli.api, out).await,
+        Command::Delete(args) => commands::delete::run(args, &cli.api, out).await,
+        Command::Deployments(command) => commands::deployments::run(command, &cli.api, out).await,
+        Command::Rollback(args) => commands::rollback::run(args, &cli.api, out).await,
         Command::Edge(command) => commands::edge::run(command, &cli.state, out),
     }
 }

@@ -1,5 +1,6 @@
 //! `wvpc directory` as a real child process, driven over HTTP: durability across `kill -9`,
-//! the CLI's `--api` mode, `wvpc deploy` and its refusals, and the real wrangler against it.
+//! the CLI's `--api` mode, `wvpc deploy` and its refusals, `wvpc deployments list`,
+//! `wvpc rollback` and `wvpc delete`, and the real wrangler against it.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -103,6 +104,20 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A component a runtime can serve (an incoming-handler export); `n` makes its bytes distinct.
+fn component(n: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+            (import "wvpc:bindings/vpc@0.1.0" (instance))
+            (core module $m (func (export "handle")))
+            (core instance $i (instantiate $m))
+            (func $handle (canon lift (core func $i "handle")))
+            (instance $handler (export "handle" (func $handle)))
+            (export "wasi:http/incoming-handler@0.2.{n}" (instance $handler)))"#
+    ))
+    .unwrap()
 }
 
 fn stdout(output: &Output) -> String {
@@ -418,7 +433,7 @@ async fn deploy_uploads_the_script_and_the_directory_names_what_it_refuses() {
     let server = Server::start(&state);
     let project = State::new();
     std::fs::create_dir_all(project.path()).unwrap();
-    std::fs::write(project.path().join("worker.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(project.path().join("worker.wasm"), component(0)).unwrap();
     let config = project.path().join("wrangler.jsonc");
     let api = server.addr();
     let deploy = |bindings: &str| {
@@ -606,4 +621,280 @@ async fn wrangler_vpc_service_commands_work_against_the_directory() {
     );
     let (ok, out) = wrangler(&["vpc", "service", "list"]);
     assert!(ok && !out.contains(&id), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_prints_where_the_script_is_served_and_versions_roll_back_and_delete() {
+    let state = State::new();
+    let token = state.token(Role::Bind, None);
+    let admin = state.token(Role::Admin, None);
+    let account = Directory::open(state.path())
+        .unwrap()
+        .account_id()
+        .to_owned();
+    let server = Server::start(&state);
+    let api = server.addr();
+    let project = State::new();
+    std::fs::create_dir_all(project.path()).unwrap();
+    let env = [
+        ("WVPC_API", api.as_str()),
+        ("WVPC_API_TOKEN", token.as_str()),
+    ];
+    let run = |args: &[&str]| project.wvpc(args, &env);
+    let ok = |args: &[&str]| {
+        let output = run(args);
+        assert!(
+            output.status.success(),
+            "wvpc {args:?}: {}",
+            stderr(&output)
+        );
+        stdout(&output)
+    };
+    let jsonc = project.path().join("wrangler.jsonc");
+    let toml = project.path().join("wrangler.toml");
+
+    // Version 1: routes (one a custom domain) and limits from a JSONC config.
+    std::fs::write(project.path().join("worker.wasm"), component(0)).unwrap();
+    std::fs::write(
+        &jsonc,
+        r#"{
+          // wrangler's keys, as wrangler writes them
+          "name": "proxy",
+          "main": "worker.wasm",
+          "routes": ["api.example.com/*", { "pattern": "shop.example.com", "custom_domain": true }],
+          "limits": { "cpu_ms": 50 },
+        }"#,
+    )
+    .unwrap();
+    let out = ok(&["deploy", "--config", jsonc.to_str().unwrap()]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("✅ Deployed script \"proxy\" version 1 (")
+            && lines[0].contains(&format!(") to account {account}: ")),
+        "{out}"
+    );
+    assert_eq!(
+        &lines[1..],
+        [
+            "   served at http://proxy.local.workers.localhost (workers.localhost is the \
+             runtimes' --workers-domain)",
+            "   served on route api.example.com/*",
+            "   served on route shop.example.com/*",
+        ],
+        "{out}"
+    );
+    let snapshot = Directory::open(state.path())
+        .unwrap()
+        .deployment_snapshot()
+        .unwrap();
+    assert_eq!(snapshot.scripts[0].limits["cpu_ms"], 50);
+
+    // Version 2: TOML with wrangler's single `route` and workers_dev off.
+    std::fs::write(project.path().join("worker.wasm"), component(1)).unwrap();
+    std::fs::write(
+        &toml,
+        "name = \"proxy\"\nmain = \"worker.wasm\"\nroute = \"api.example.com/*\"\n\
+         workers_dev = false\n",
+    )
+    .unwrap();
+    let out = ok(&["deploy", "--config", toml.to_str().unwrap()]);
+    assert!(
+        out.starts_with("✅ Deployed script \"proxy\" version 2 ("),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(
+            "   not served on its default host (workers_dev is false)\n   served on route \
+             api.example.com/*\n"
+        ),
+        "{out}"
+    );
+    // A domain of the operator's own shows in the URL.
+    std::fs::write(project.path().join("worker.wasm"), component(2)).unwrap();
+    let out = ok(&[
+        "deploy",
+        "--config",
+        jsonc.to_str().unwrap(),
+        "--workers-domain",
+        "w.example.net",
+    ]);
+    assert!(
+        out.contains(
+            "   served at http://proxy.local.w.example.net (w.example.net is the runtimes' \
+             --workers-domain)"
+        ),
+        "{out}"
+    );
+
+    // The versions, newest first.
+    let out = ok(&["deployments", "list", "proxy"]);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["VERSION", "ID", "ETAG", "CREATED", "AUTHOR", "ACTIVE"],
+        "{out}"
+    );
+    assert_eq!(
+        rows[1..]
+            .iter()
+            .map(|r| (r[0], r[5], r.get(6).copied()))
+            .collect::<Vec<_>>(),
+        [
+            ("3", "bind-token", Some("yes")),
+            ("2", "bind-token", None),
+            ("1", "bind-token", None)
+        ],
+        "{out}"
+    );
+    assert_eq!(rows[1][2].len(), 12, "an etag prefix: {out}");
+    let listed: Value =
+        serde_json::from_str(&ok(&["deployments", "list", "proxy", "--json"])).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    let version_1 = listed[2]["id"].as_str().unwrap().to_owned();
+
+    // Rollback: the one before the active one, by number, by id.
+    let out = ok(&["rollback", "proxy"]);
+    assert!(
+        out.starts_with("✅ Script \"proxy\" now serves version 2 ("),
+        "{out}"
+    );
+    assert!(out.ends_with("; it served version 3 before\n"), "{out}");
+    let out = ok(&["rollback", "proxy", "1"]);
+    assert!(
+        out.starts_with(&format!(
+            "✅ Script \"proxy\" now serves version 1 ({version_1}, etag "
+        )),
+        "{out}"
+    );
+    let served = Directory::open(state.path())
+        .unwrap()
+        .deployment_snapshot()
+        .unwrap();
+    assert_eq!(served.scripts[0].version_number, 1);
+    // Routes and workers_dev belong to the script: the last upload's stay.
+    assert_eq!(
+        served.scripts[0].routes,
+        ["api.example.com/*", "shop.example.com/*"]
+    );
+    assert!(served.scripts[0].workers_dev);
+    let out = ok(&["rollback", "proxy", &version_1]);
+    assert!(out.contains("already serves version 1"), "{out}");
+    let oldest = run(&["rollback", "proxy"]);
+    assert_eq!(oldest.status.code(), Some(1));
+    assert!(
+        stderr(&oldest).contains(
+            "script \"proxy\" serves version 1, its oldest kept version: there is none before \
+             it to roll back to"
+        ),
+        "{}",
+        stderr(&oldest)
+    );
+
+    let missing = run(&["rollback", "proxy", "9"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains(
+            "script \"proxy\" has no version 9 (it keeps versions 1–3); `wvpc deployments list \
+             proxy` shows them"
+        ),
+        "{}",
+        stderr(&missing)
+    );
+    let usage = run(&["rollback", "proxy", "latest"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(
+        stderr(&usage).contains("expected a version number (e.g. 3) or a version id"),
+        "{}",
+        stderr(&usage)
+    );
+
+    // Another script may not take a route of this one.
+    let other = project.path().join("other.jsonc");
+    std::fs::write(
+        &other,
+        r#"{ "name": "other", "main": "worker.wasm", "routes": ["API.example.com/*"] }"#,
+    )
+    .unwrap();
+    let taken = run(&["deploy", "--config", other.to_str().unwrap()]);
+    assert_eq!(taken.status.code(), Some(1));
+    assert!(
+        stderr(&taken).contains(
+            "[1021] metadata.routes[0].pattern: \"api.example.com/*\" is already routed to script \
+             \"proxy\" of this account"
+        ),
+        "{}",
+        stderr(&taken)
+    );
+
+    // A core module is refused with how to build a component; the served version stays.
+    std::fs::write(project.path().join("worker.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let refused = run(&["deploy", "--config", jsonc.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains(
+            "[1020] the module is a core WebAssembly module, not a component; build the script \
+             as a component with `cargo build --target wasm32-wasip2`"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+
+    // The subdomain over the API: read with any token, set with an admin one.
+    assert_eq!(ok(&["account", "subdomain"]), "local\n");
+    let set = project.wvpc(
+        &["account", "subdomain", "--set", "team-a"],
+        &[
+            ("WVPC_API", api.as_str()),
+            ("WVPC_API_TOKEN", admin.as_str()),
+        ],
+    );
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert_eq!(
+        stdout(&set),
+        format!(
+            "✅ Account {account} now serves its scripts at <script>.team-a.workers.localhost \
+             (the suffix is the runtimes' --workers-domain)\n"
+        )
+    );
+    let denied = run(&["account", "subdomain", "--set", "team-b"]);
+    assert!(
+        stderr(&denied).contains("[10001] changing the account's subdomain needs the admin role"),
+        "{}",
+        stderr(&denied)
+    );
+
+    // Delete says what went; then the script is gone.
+    let out = ok(&["delete", "proxy"]);
+    assert_eq!(
+        out,
+        format!(
+            "✅ Deleted script \"proxy\" from account {account}: 3 versions, routes \
+             api.example.com/*, shop.example.com/*\n"
+        )
+    );
+    let gone = run(&["deployments", "list", "proxy"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        stderr(&gone).contains("[1009] no script \"proxy\" in this account"),
+        "{}",
+        stderr(&gone)
+    );
+    let gone = run(&["delete", "proxy"]);
+    assert!(
+        stderr(&gone).contains("[1009] no script \"proxy\" in this account"),
+        "{}",
+        stderr(&gone)
+    );
+    let no_api = project.wvpc(&["delete", "proxy"], &[]);
+    assert!(
+        stderr(&no_api).contains(
+            "wvpc delete talks to a directory API: pass --api http://HOST:PORT or set WVPC_API"
+        ),
+        "{}",
+        stderr(&no_api)
+    );
 }

@@ -809,3 +809,66 @@ fn a_private_ca_is_read_from_its_file_and_checked() {
         1
     );
 }
+
+#[test]
+fn accounts_have_subdomains_that_can_be_set() {
+    let state = State::new();
+    let id = state.ok(&["account", "create", "Team B"]).trim().to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    let json = state.json(&[
+        "account",
+        "create",
+        "--name",
+        "ops",
+        "--subdomain",
+        "ops-1",
+        "--json",
+    ]);
+    assert_eq!(
+        (json["name"].as_str(), json["subdomain"].as_str()),
+        (Some("ops"), Some("ops-1"))
+    );
+    let list = state.ok(&["account", "list"]);
+    let rows: Vec<Vec<&str>> = list
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["ID", "NAME", "SUBDOMAIN", "CREATED"], "{list}");
+    assert_eq!(rows[1][1..3], ["local", "local"], "{list}");
+    assert_eq!(rows[2][..4], [id.as_str(), "Team", "B", "team-b"], "{list}");
+
+    let taken = state.wvpc(&["account", "create", "x", "--subdomain", "team-b"]);
+    assert_eq!(taken.code(), 1);
+    assert!(
+        taken
+            .stderr()
+            .contains("the subdomain \"team-b\" is taken by another account; pick another"),
+        "{}",
+        taken.stderr()
+    );
+
+    assert_eq!(state.ok(&["account", "subdomain"]), "local\n");
+    assert_eq!(
+        state.ok(&["account", "subdomain", "--for-account", &id]),
+        "team-b\n"
+    );
+    let local_id = rows[1][0];
+    assert_eq!(
+        state.ok(&["account", "subdomain", "--set", "home"]),
+        format!(
+            "✅ Account {local_id} now serves its scripts at <script>.home.workers.localhost (the \
+             suffix is the runtimes' --workers-domain)\n"
+        )
+    );
+    let bad = state.wvpc(&["account", "subdomain", "--set", "Home.Lab"]);
+    assert_eq!(bad.code(), 1);
+    assert!(
+        bad.stderr().contains(
+            "invalid subdomain \"Home.Lab\": contains 'H'; use only lowercase letters, digits and \
+             '-' (e.g. \"home-lab\")"
+        ),
+        "{}",
+        bad.stderr()
+    );
+    assert_eq!(state.ok(&["account", "subdomain"]), "home\n");
+}

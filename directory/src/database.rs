@@ -113,7 +113,63 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 5: a private CA per service (tls_settings.ca_certificate, PEM).
     "ALTER TABLE services ADD COLUMN ca_certificate TEXT;",
-    // 6: live runtimes and their control listeners (`wvpc tail`).
+    // 6: account subdomains; script versions over content-addressed modules; script routes.
+    // The data of the old `scripts` table moves in `migrate_data` (see there).
+    r#"
+    ALTER TABLE accounts ADD COLUMN subdomain TEXT;
+
+    ALTER TABLE scripts RENAME TO scripts_before_versions;
+
+    CREATE TABLE modules (
+        etag   TEXT PRIMARY KEY, -- SHA-256 of module, hex
+        module BLOB NOT NULL
+    ) STRICT;
+
+    CREATE TABLE scripts (
+        account_id     TEXT NOT NULL REFERENCES accounts (account_id),
+        name           TEXT NOT NULL,
+        active_version TEXT NOT NULL, -- a script_versions.version_id of this script
+        workers_dev    INTEGER NOT NULL CHECK (workers_dev IN (0, 1)),
+        created_on     TEXT NOT NULL,
+        modified_on    TEXT NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) STRICT;
+
+    CREATE TABLE script_versions (
+        version_id  TEXT PRIMARY KEY,
+        account_id  TEXT NOT NULL,
+        script      TEXT NOT NULL,
+        number      INTEGER NOT NULL CHECK (number > 0),
+        etag        TEXT NOT NULL REFERENCES modules (etag),
+        main_module TEXT NOT NULL,
+        bindings    TEXT NOT NULL, -- JSON array of {type, name, service_id}
+        limits      TEXT NOT NULL, -- JSON object of non-negative integers
+        author      TEXT,          -- name of the deploying API token; NULL before versions
+        created_on  TEXT NOT NULL,
+        UNIQUE (account_id, script, number),
+        FOREIGN KEY (account_id, script) REFERENCES scripts (account_id, name) ON DELETE CASCADE
+    ) STRICT;
+
+    CREATE INDEX script_versions_by_etag ON script_versions (etag);
+
+    CREATE TABLE script_routes (
+        pattern       TEXT PRIMARY KEY, -- normalized; one script per pattern, across accounts
+        account_id    TEXT NOT NULL,
+        script        TEXT NOT NULL,
+        position      INTEGER NOT NULL,
+        zone_name     TEXT,
+        custom_domain INTEGER NOT NULL CHECK (custom_domain IN (0, 1)),
+        FOREIGN KEY (account_id, script) REFERENCES scripts (account_id, name) ON DELETE CASCADE
+    ) STRICT;
+
+    CREATE INDEX script_routes_by_script ON script_routes (account_id, script, position);
+    "#,
+    // 7: what migration 6's data step left behind: the old table, and subdomains made unique.
+    r#"
+    DROP TABLE scripts_before_versions;
+    CREATE UNIQUE INDEX accounts_by_subdomain ON accounts (subdomain);
+    "#,
+    // 8: live runtimes and their control listeners (`wvpc tail`).
     r#"
     CREATE TABLE runtime_nodes (
         node_id      TEXT PRIMARY KEY,
@@ -341,6 +397,11 @@ pub(crate) fn read_revision(conn: &Connection) -> Result<u64, DirectoryError> {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), DirectoryError> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Applies the migrations up to schema version `target`, in one transaction.
+fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), DirectoryError> {
     let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -350,9 +411,11 @@ fn migrate(conn: &mut Connection) -> Result<(), DirectoryError> {
     for (version, migration) in MIGRATIONS
         .iter()
         .enumerate()
+        .take(target)
         .skip(usize::try_from(found).unwrap_or(0))
     {
         tx.execute_batch(migration)?;
+        migrate_data(&tx, version + 1)?;
         tx.pragma_update(
             None,
             "user_version",
@@ -361,6 +424,16 @@ fn migrate(conn: &mut Connection) -> Result<(), DirectoryError> {
         tracing::debug!(version = version + 1, "directory schema migrated");
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Data moves that SQL alone cannot express, run right after the schema migration that
+/// brought the file to `version`, in the same transaction.
+fn migrate_data(tx: &Transaction<'_>, version: usize) -> Result<(), DirectoryError> {
+    if version == 6 {
+        crate::subdomain::backfill(tx)?;
+        crate::scripts::migrate_to_versions(tx)?;
+    }
     Ok(())
 }
 
@@ -379,10 +452,22 @@ fn ensure_account_id(conn: &mut Connection) -> Result<String, DirectoryError> {
         [],
         |row| row.get(0),
     )?;
-    tx.execute(
-        "INSERT OR IGNORE INTO accounts (account_id, name, created_at) VALUES (?1, 'local', ?2)",
-        [&id, &now_rfc3339()],
-    )?;
+    let exists = tx
+        .query_row(
+            "SELECT 1 FROM accounts WHERE account_id = ?1",
+            [&id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !exists {
+        let subdomain = crate::subdomain::derive_unique(&tx, "local", &id)?;
+        tx.execute(
+            "INSERT INTO accounts (account_id, name, created_at, subdomain)
+             VALUES (?1, 'local', ?2, ?3)",
+            [&id, &now_rfc3339(), &subdomain],
+        )?;
+    }
     tx.commit()?;
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(DirectoryError::Corrupt {
@@ -494,6 +579,112 @@ pub(crate) mod tests {
             matches!(err, DirectoryError::SchemaTooNew { found: 99, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_database_from_before_versions_and_subdomains_is_migrated() {
+        let state = TempState::new();
+        std::fs::create_dir_all(&state.dir).unwrap();
+        let local = "a".repeat(32);
+        let module = b"\0asm\x0d\0\x01\0 an old upload".to_vec();
+        let etag: String = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(&module)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        {
+            // The file as schema version 5 left it.
+            let mut conn = Connection::open(state.dir.join(DB_FILE_NAME)).unwrap();
+            migrate_to(&mut conn, 5).unwrap();
+            conn.execute_batch(&format!(
+                "INSERT INTO meta (key, value) VALUES ('account_id', '{local}'),
+                                                      ('revision', '7');
+                 INSERT INTO accounts (account_id, name, created_at) VALUES
+                   ('dddddddddddddddddddddddddddddddd', 'Local', '2020-01-01T00:00:00.000000Z'),
+                   ('{local}', 'local', '2021-01-01T00:00:00.000000Z'),
+                   ('bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', 'Team B', '2022-01-01T00:00:00.000000Z'),
+                   ('cccccccccccccccccccccccccccccccc', 'team_b', '2023-01-01T00:00:00.000000Z');"
+            ))
+            .unwrap();
+            for (account, name) in [(local.as_str(), "proxy"), (local.as_str(), "copy")] {
+                conn.execute(
+                    "INSERT INTO scripts (account_id, name, main_module, module, bindings, etag,
+                                          created_on, modified_on)
+                     VALUES (?1, ?2, 'worker.wasm', ?3, '[]', ?4,
+                             '2024-01-01T00:00:00.000000Z', '2024-02-01T00:00:00.000000Z')",
+                    rusqlite::params![account, name, module, etag],
+                )
+                .unwrap();
+            }
+        }
+        let dir = Directory::open(&state.dir).unwrap();
+        assert_eq!(dir.account_id(), local);
+        let subdomains: Vec<(String, String)> = dir
+            .list_accounts()
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.name, a.subdomain))
+            .collect();
+        assert_eq!(
+            subdomains,
+            [
+                ("Local".into(), "local-dddddd".into()),
+                ("local".into(), "local".into()),
+                ("Team B".into(), "team-b".into()),
+                ("team_b".into(), "team-b-cccccc".into()),
+            ]
+        );
+        let script = dir.script("proxy").unwrap().unwrap();
+        assert_eq!(
+            (
+                script.version_number,
+                script.etag.as_str(),
+                script.size,
+                script.created_on.as_str(),
+                script.modified_on.as_str(),
+                script.workers_dev
+            ),
+            (
+                1,
+                etag.as_str(),
+                module.len(),
+                "2024-01-01T00:00:00.000000Z",
+                "2024-02-01T00:00:00.000000Z",
+                true
+            )
+        );
+        let versions = dir.script_versions("proxy").unwrap();
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].author, None);
+        assert_eq!(versions[0].created_on, "2024-02-01T00:00:00.000000Z");
+        assert_eq!(dir.script_module("copy").unwrap(), Some(module.clone()));
+        assert_eq!(dir.module_by_etag(&etag).unwrap(), Some(module));
+        dir.with_conn(|c| {
+            let modules: i64 = c
+                .query_row("SELECT COUNT(*) FROM modules", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(modules, 1, "one row per content");
+            let old: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'scripts_before_versions'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(old, 0);
+            // Subdomains are unique from now on, in the schema too.
+            let err = c
+                .execute(
+                    "UPDATE accounts SET subdomain = 'local' WHERE name = 'Team B'",
+                    [],
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains("UNIQUE"), "{err}");
+        });
+        assert_eq!(dir.revision().unwrap(), 7);
+        dir.check_integrity().unwrap();
     }
 
     #[test]

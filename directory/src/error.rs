@@ -101,4 +101,41 @@ pub enum DirectoryError {
     /// A script name breaks the naming rules.
     #[error("invalid script name {0:?}: use 1 to 63 letters, digits, '-' or '_'")]
     InvalidScriptName(String),
+    /// A subdomain is not a valid DNS label.
+    #[error("invalid subdomain {subdomain:?}: {problem}")]
+    InvalidSubdomain {
+        /// The subdomain given.
+        subdomain: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Another account holds the subdomain.
+    #[error("the subdomain {0:?} is taken by another account; pick another")]
+    SubdomainTaken(String),
+    /// The module is not a component a runtime can serve; the previous version stays active.
+    #[error("{0}")]
+    InvalidComponent(crate::component::ComponentRefusal),
+    /// Route patterns of an upload are held by other scripts.
+    #[error(
+        "the script's routes are taken:{}",
+        .0.iter().map(|c| format!("\n  {c}")).collect::<String>()
+    )]
+    RoutesTaken(Vec<crate::routes::RouteConflict>),
+    /// The upload breaks rules its parser checks (routes, limits); one message per problem,
+    /// field path first.
+    #[error(
+        "invalid script upload:{}",
+        .0.iter().map(|p| format!("\n  {p}")).collect::<String>()
+    )]
+    InvalidUpload(Vec<String>),
+    /// No such version of the script.
+    #[error(
+        "script {script:?} has no version {version}; `wvpc deployments list {script}` shows them"
+    )]
+    VersionNotFound {
+        /// The script.
+        script: String,
+        /// The version asked for.
+        version: Uuid,
+    },
 }

@@ -16,33 +16,46 @@
 //!   [`Service::https_port`], [`Service::tcp_port`] and [`Service::cert_verification_mode`];
 //!   [`Directory::revision`] tells caches when anything changed, and
 //!   [`Directory::route_snapshot`] reads every service in one consistent transaction.
-//! - Accounts and bearer API tokens with roles live in [`tokens`]; deployed scripts and the
-//!   deploy-time check of their bindings in [`scripts`].
+//! - Accounts and bearer API tokens with roles live in [`tokens`], account subdomains in
+//!   [`subdomain`]; deployed scripts, their versions and the deploy-time check of their
+//!   bindings in [`scripts`], of their module in [`component`], of their routes in [`routes`].
+//! - Runtimes read every deployed script with [`Directory::deployment_snapshot`] and module
+//!   bytes with [`Directory::module_by_etag`] ([`deployments`]).
 //! - [`api`] serves all of it over HTTP in the Cloudflare v4 shape, and [`api::client`] is
 //!   the client the CLI uses.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod component;
 pub mod connections;
 mod database;
+pub mod deployments;
 mod error;
 pub mod runtimes;
+pub mod routes;
 pub mod scripts;
 pub mod service;
 pub mod service_input;
 mod services;
 mod snapshot;
 pub mod tail;
+pub mod subdomain;
 pub mod tokens;
 pub mod tunnel;
 pub mod validation;
 
+pub use component::ComponentRefusal;
 pub use connections::LiveConnection;
 pub use database::{DB_FILE_NAME, Directory};
+pub use deployments::{DeployedScript, DeploymentSnapshot};
 pub use error::DirectoryError;
 pub use runtimes::{RUNTIME_TTL, RuntimeNode};
-pub use scripts::{BindingRefusal, BindingRequest, Script, ScriptBinding, ServiceRef};
+pub use routes::{RouteConflict, ScriptRoute};
+pub use scripts::{
+    BindingRefusal, BindingRequest, DeletedScript, MAX_VERSIONS_PER_SCRIPT, Script, ScriptBinding,
+    ScriptUpload, ScriptVersion, ServiceRef,
+};
 pub use service::{
     AppProtocol, CertVerificationMode, DEFAULT_DNS_PORT, DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT,
     Host, Network, ResolverAddrError, ResolverNetwork, Service, ServiceKind, ServiceTarget,

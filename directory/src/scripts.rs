@@ -1,19 +1,24 @@
-//! Deployed scripts: the wasm module, its `vpc_service` bindings, and the check made at deploy
-//! time that every binding names a service of the account that the deploying token may bind.
+//! Deployed scripts and their versions: every successful upload stores a new version (the
+//! module, its verified `vpc_service` bindings and its limits) and makes it the active one;
+//! [`Directory::activate_version`] rolls back. Module bytes are stored once per content hash
+//! (the etag) and shared by the versions that use them; a module no version references any
+//! more is deleted. Routes and `workers_dev` belong to the script, not to a version.
 //!
 //! Bindings may name their service by id or by name; names are resolved to ids here, inside
-//! the same write transaction that stores the script, so what is stored is always a set of
+//! the same write transaction that stores the version, so what is stored is always a set of
 //! existing, permitted service ids.
 
 use std::fmt;
 
-use rusqlite::{OptionalExtension, Row, Transaction};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use crate::database::{Directory, now_rfc3339};
 use crate::error::DirectoryError;
+use crate::routes::{RouteConflict, ScriptRoute};
 use crate::tokens::{ApiToken, Role};
 
 /// Longest script name accepted.
@@ -49,22 +54,32 @@ pub struct ScriptBinding {
     pub service_id: Uuid,
 }
 
-/// A deployed script (without its module bytes).
+/// A deployed script as its active version (without the module bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Script {
     /// The script's name.
     pub id: String,
-    /// SHA-256 of the module, hex.
+    /// SHA-256 of the active version's module, hex.
     pub etag: String,
     /// Module size in bytes.
     pub size: usize,
     /// Name of the module part (`main_module` of the metadata).
     pub main_module: String,
-    /// Verified bindings.
+    /// Verified bindings of the active version.
     pub bindings: Vec<ScriptBinding>,
+    /// The active version.
+    pub version_id: Uuid,
+    /// Its number (1, 2, 3… per script).
+    pub version_number: u64,
+    /// `limits` of the active version.
+    pub limits: Map<String, Value>,
+    /// The script's routes, in upload order.
+    pub routes: Vec<ScriptRoute>,
+    /// Whether the script is served on `<script>.<subdomain>.<workers domain>`.
+    pub workers_dev: bool,
     /// First upload, RFC 3339 UTC.
     pub created_on: String,
-    /// Last upload, RFC 3339 UTC.
+    /// Last upload or rollback, RFC 3339 UTC.
     pub modified_on: String,
 }
 
@@ -205,106 +220,211 @@ impl fmt::Display for BindingRefusal {
     }
 }
 
+/// Most versions kept per script; older ones (never the active one) are dropped on upload.
+pub const MAX_VERSIONS_PER_SCRIPT: usize = 50;
+
+/// An upload: the module and what its metadata says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptUpload {
+    /// Name of the module part (`main_module`).
+    pub main_module: String,
+    /// The wasm component.
+    pub module: Vec<u8>,
+    /// Requested bindings.
+    pub bindings: Vec<BindingRequest>,
+    /// Routes, normalized ([`crate::routes`]); they replace the script's routes.
+    pub routes: Vec<ScriptRoute>,
+    /// Whether the script is served on its default host `<script>.<subdomain>.<domain>`.
+    pub workers_dev: bool,
+    /// `limits`: names to non-negative integers, interpreted by the runtimes.
+    pub limits: Map<String, Value>,
+}
+
+impl ScriptUpload {
+    /// `module` named `main_module`, without bindings, routes or limits, on its default host.
+    pub fn new(main_module: impl Into<String>, module: Vec<u8>) -> Self {
+        Self {
+            main_module: main_module.into(),
+            module,
+            bindings: Vec::new(),
+            routes: Vec::new(),
+            workers_dev: true,
+            limits: Map::new(),
+        }
+    }
+}
+
+/// One version of a script: what one successful upload stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptVersion {
+    /// The version's id.
+    pub id: Uuid,
+    /// 1, 2, 3… per script, in upload order.
+    pub number: u64,
+    /// SHA-256 of the module, hex.
+    pub etag: String,
+    /// Module size in bytes.
+    pub size: usize,
+    /// Name of the module part.
+    pub main_module: String,
+    /// Verified bindings.
+    pub bindings: Vec<ScriptBinding>,
+    /// `limits` as uploaded.
+    pub limits: Map<String, Value>,
+    /// Name of the API token that uploaded it; `None` for uploads from before versions.
+    pub author: Option<String>,
+    /// Upload time, RFC 3339 UTC.
+    pub created_on: String,
+    /// Whether this is the version being served.
+    pub active: bool,
+}
+
+/// What [`Directory::delete_script`] removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedScript {
+    /// The script's name.
+    pub id: String,
+    /// How many versions it had.
+    pub versions: u64,
+    /// Its route patterns.
+    pub routes: Vec<String>,
+}
+
 impl Directory {
-    /// Verifies every binding for `token` (all refusals at once) and stores the script,
-    /// replacing an earlier upload of the same name. The token must act for this directory's
-    /// account (the API checks that before it gets here).
+    /// Checks the module ([`crate::component::check`]), verifies every binding for `token`
+    /// (all refusals at once) and that no other script holds one of the routes, then stores a
+    /// new version and makes it the active one; the upload's routes and `workers_dev` replace
+    /// the script's. Nothing changes when anything is refused. The token must act for this
+    /// directory's account (the API checks that before it gets here).
     pub fn deploy_script(
         &self,
         token: &ApiToken,
         name: &str,
-        main_module: &str,
-        module: &[u8],
-        bindings: &[BindingRequest],
+        upload: &ScriptUpload,
     ) -> Result<Script, DirectoryError> {
         check_script_name(name)?;
-        let etag: String = Sha256::digest(module)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let problems = upload_problems(upload);
+        if !problems.is_empty() {
+            return Err(DirectoryError::InvalidUpload(problems));
+        }
+        crate::component::check(&upload.module).map_err(DirectoryError::InvalidComponent)?;
+        let etag = sha256_hex(&upload.module);
+        let limits = to_json("script limits", &upload.limits)?;
+        let account = self.account_id();
         let script = self.write(|tx| {
-            let verified = verify_bindings(tx, self.account_id(), token, bindings)?;
+            let bindings = verify_bindings(tx, account, token, &upload.bindings)?;
+            check_routes_free(tx, account, name, &upload.routes)?;
+            let bindings = to_json("script bindings", &bindings)?;
             let now = now_rfc3339();
-            let created_on: Option<String> = tx
+            let version_id = Uuid::new_v4().to_string();
+            let exists = tx
                 .query_row(
-                    "SELECT created_on FROM scripts WHERE account_id = ?1 AND name = ?2",
-                    [self.account_id(), name],
-                    |row| row.get(0),
+                    "SELECT 1 FROM scripts WHERE account_id = ?1 AND name = ?2",
+                    [account, name],
+                    |_| Ok(()),
                 )
-                .optional()?;
-            let script = Script {
-                id: name.to_owned(),
-                etag,
-                size: module.len(),
-                main_module: main_module.to_owned(),
-                bindings: verified,
-                created_on: created_on.unwrap_or_else(|| now.clone()),
-                modified_on: now,
-            };
-            let bindings_json =
-                serde_json::to_string(&script.bindings).map_err(|err| DirectoryError::Corrupt {
-                    what: "script bindings".into(),
-                    detail: err.to_string(),
-                })?;
+                .optional()?
+                .is_some();
+            if exists {
+                tx.execute(
+                    "UPDATE scripts SET active_version = ?3, workers_dev = ?4, modified_on = ?5
+                     WHERE account_id = ?1 AND name = ?2",
+                    rusqlite::params![account, name, version_id, upload.workers_dev, now],
+                )?;
+            } else {
+                tx.execute(
+                    "INSERT INTO scripts (account_id, name, active_version, workers_dev,
+                                          created_on, modified_on)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                    rusqlite::params![account, name, version_id, upload.workers_dev, now],
+                )?;
+            }
             tx.execute(
-                "INSERT INTO scripts (account_id, name, main_module, module, bindings, etag,
-                                      created_on, modified_on)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (account_id, name) DO UPDATE SET main_module = ?3, module = ?4,
-                   bindings = ?5, etag = ?6, modified_on = ?8",
+                "INSERT OR IGNORE INTO modules (etag, module) VALUES (?1, ?2)",
+                rusqlite::params![etag, upload.module],
+            )?;
+            tx.execute(
+                "INSERT INTO script_versions (version_id, account_id, script, number, etag,
+                   main_module, bindings, limits, author, created_on)
+                 SELECT ?1, ?2, ?3, COALESCE(MAX(number), 0) + 1, ?4, ?5, ?6, ?7, ?8, ?9
+                 FROM script_versions WHERE account_id = ?2 AND script = ?3",
                 rusqlite::params![
-                    self.account_id(),
+                    version_id,
+                    account,
                     name,
-                    script.main_module,
-                    module,
-                    bindings_json,
-                    script.etag,
-                    script.created_on,
-                    script.modified_on
+                    etag,
+                    upload.main_module,
+                    bindings,
+                    limits,
+                    token.name,
+                    now
                 ],
             )?;
-            Ok(script)
+            tx.execute(
+                "DELETE FROM script_routes WHERE account_id = ?1 AND script = ?2",
+                [account, name],
+            )?;
+            for (position, route) in upload.routes.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO script_routes (pattern, account_id, script, position, zone_name,
+                                                custom_domain)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    rusqlite::params![
+                        route.pattern,
+                        account,
+                        name,
+                        i64::try_from(position).unwrap_or(i64::MAX),
+                        route.zone_name,
+                        route.custom_domain
+                    ],
+                )?;
+            }
+            prune_versions(tx, account, name)?;
+            collect_modules(tx)?;
+            read_script(tx, account, name)?.ok_or_else(|| DirectoryError::Corrupt {
+                what: format!("script {name:?}"),
+                detail: "not readable right after it was stored".into(),
+            })
         })?;
         tracing::debug!(
             script = name,
+            version = script.version_number,
             bindings = script.bindings.len(),
+            routes = script.routes.len(),
             "script deployed"
         );
         Ok(script)
     }
 
-    /// The account's scripts, by name.
+    /// The account's scripts, by name, each as its active version.
     pub fn list_scripts(&self) -> Result<Vec<Script>, DirectoryError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare(&format!(
-                "SELECT {SCRIPT_COLUMNS} FROM scripts WHERE account_id = ?1 ORDER BY name"
-            ))?;
-            let rows = stmt.query_map([self.account_id()], script_from_row)?;
-            rows.map(|row| row?).collect()
+        self.read_consistent(|tx| {
+            let names: Vec<String> = tx
+                .prepare("SELECT name FROM scripts WHERE account_id = ?1 ORDER BY name")?
+                .query_map([self.account_id()], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut scripts = Vec::with_capacity(names.len());
+            for name in names {
+                scripts.extend(read_script(tx, self.account_id(), &name)?);
+            }
+            Ok(scripts)
         })
     }
 
-    /// One script, if the account has it.
+    /// One script (its active version), if the account has it.
     pub fn script(&self, name: &str) -> Result<Option<Script>, DirectoryError> {
-        self.read(|conn| {
-            conn.query_row(
-                &format!(
-                    "SELECT {SCRIPT_COLUMNS} FROM scripts WHERE account_id = ?1 AND name = ?2"
-                ),
-                [self.account_id(), name],
-                script_from_row,
-            )
-            .optional()?
-            .transpose()
-        })
+        self.read_consistent(|tx| read_script(tx, self.account_id(), name))
     }
 
-    /// A script's module bytes.
+    /// The module bytes of a script's active version.
     pub fn script_module(&self, name: &str) -> Result<Option<Vec<u8>>, DirectoryError> {
         self.read(|conn| {
             Ok(conn
                 .query_row(
-                    "SELECT module FROM scripts WHERE account_id = ?1 AND name = ?2",
+                    "SELECT m.module FROM scripts s
+                     JOIN script_versions v ON v.version_id = s.active_version
+                     JOIN modules m ON m.etag = v.etag
+                     WHERE s.account_id = ?1 AND s.name = ?2",
                     [self.account_id(), name],
                     |row| row.get(0),
                 )
@@ -312,46 +432,405 @@ impl Directory {
         })
     }
 
-    /// Deletes a script.
-    pub fn delete_script(&self, name: &str) -> Result<(), DirectoryError> {
+    /// A script's versions, newest first, the active one marked.
+    pub fn script_versions(&self, name: &str) -> Result<Vec<ScriptVersion>, DirectoryError> {
+        self.read_consistent(|tx| {
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM scripts WHERE account_id = ?1 AND name = ?2",
+                    [self.account_id(), name],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !exists {
+                return Err(DirectoryError::ScriptNotFound(name.to_owned()));
+            }
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {VERSION_COLUMNS} WHERE v.account_id = ?1 AND v.script = ?2
+                 ORDER BY v.number DESC"
+            ))?;
+            let rows = stmt.query_map([self.account_id(), name], version_from_row)?;
+            rows.map(|row| row?).collect()
+        })
+    }
+
+    /// Makes `version` the active version of script `name` (a rollback, or forward again).
+    /// Routes and `workers_dev` belong to the script and stay as they are.
+    pub fn activate_version(
+        &self,
+        name: &str,
+        version: Uuid,
+    ) -> Result<ScriptVersion, DirectoryError> {
+        let account = self.account_id();
+        let activated = self.write(|tx| {
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM scripts WHERE account_id = ?1 AND name = ?2",
+                    [account, name],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !exists {
+                return Err(DirectoryError::ScriptNotFound(name.to_owned()));
+            }
+            let updated = tx.execute(
+                "UPDATE scripts SET active_version = ?3, modified_on = ?4
+                 WHERE account_id = ?1 AND name = ?2 AND EXISTS (
+                   SELECT 1 FROM script_versions
+                   WHERE version_id = ?3 AND account_id = ?1 AND script = ?2)",
+                rusqlite::params![account, name, version.to_string(), now_rfc3339()],
+            )?;
+            if updated == 0 {
+                return Err(DirectoryError::VersionNotFound {
+                    script: name.to_owned(),
+                    version,
+                });
+            }
+            tx.query_row(
+                &format!("SELECT {VERSION_COLUMNS} WHERE v.version_id = ?1"),
+                [version.to_string()],
+                version_from_row,
+            )?
+        })?;
+        tracing::debug!(
+            script = name,
+            version = activated.number,
+            "script version activated"
+        );
+        Ok(activated)
+    }
+
+    /// Deletes a script with its versions and routes; modules no other version uses go too.
+    pub fn delete_script(&self, name: &str) -> Result<DeletedScript, DirectoryError> {
+        let account = self.account_id();
         self.write(|tx| {
+            let routes: Vec<String> = tx
+                .prepare(
+                    "SELECT pattern FROM script_routes WHERE account_id = ?1 AND script = ?2
+                     ORDER BY position",
+                )?
+                .query_map([account, name], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            tx.execute(
+                "DELETE FROM script_routes WHERE account_id = ?1 AND script = ?2",
+                [account, name],
+            )?;
+            let versions = tx.execute(
+                "DELETE FROM script_versions WHERE account_id = ?1 AND script = ?2",
+                [account, name],
+            )?;
             let deleted = tx.execute(
                 "DELETE FROM scripts WHERE account_id = ?1 AND name = ?2",
-                [self.account_id(), name],
+                [account, name],
             )?;
             if deleted == 0 {
                 return Err(DirectoryError::ScriptNotFound(name.to_owned()));
             }
-            Ok(())
+            collect_modules(tx)?;
+            Ok(DeletedScript {
+                id: name.to_owned(),
+                versions: u64::try_from(versions).unwrap_or(u64::MAX),
+                routes,
+            })
         })
     }
 }
 
-const SCRIPT_COLUMNS: &str =
-    "name, etag, length(module), main_module, bindings, created_on, modified_on";
+/// Columns of a [`ScriptVersion`], with the `FROM` clause (alias `v`); add a `WHERE`.
+const VERSION_COLUMNS: &str = "v.version_id, v.number, v.etag, length(m.module), v.main_module,
+    v.bindings, v.limits, v.author, v.created_on, v.version_id = s.active_version
+    FROM script_versions v
+    JOIN scripts s ON s.account_id = v.account_id AND s.name = v.script
+    JOIN modules m ON m.etag = v.etag";
 
-fn script_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Script, DirectoryError>> {
-    let name: String = row.get(0)?;
-    let bindings: String = row.get(4)?;
-    let size: i64 = row.get(2)?;
-    let bindings = match serde_json::from_str(&bindings) {
-        Ok(b) => b,
-        Err(err) => {
-            return Ok(Err(DirectoryError::Corrupt {
-                what: format!("bindings of script {name:?}"),
-                detail: err.to_string(),
-            }));
-        }
+fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ScriptVersion, DirectoryError>> {
+    let id: String = row.get(0)?;
+    let number: i64 = row.get(1)?;
+    let size: i64 = row.get(3)?;
+    let bindings: String = row.get(5)?;
+    let limits: String = row.get(6)?;
+    let version = || -> Result<ScriptVersion, DirectoryError> {
+        Ok(ScriptVersion {
+            id: crate::tunnel::parse_uuid("script version id", &id)?,
+            number: u64::try_from(number).unwrap_or(0),
+            etag: row.get(2)?,
+            size: usize::try_from(size).unwrap_or(0),
+            main_module: row.get(4)?,
+            bindings: from_json(&format!("bindings of script version {id}"), &bindings)?,
+            limits: from_json(&format!("limits of script version {id}"), &limits)?,
+            author: row.get(7)?,
+            created_on: row.get(8)?,
+            active: row.get(9)?,
+        })
     };
-    Ok(Ok(Script {
-        id: name,
-        etag: row.get(1)?,
-        size: usize::try_from(size).unwrap_or(0),
-        main_module: row.get(3)?,
+    Ok(version())
+}
+
+/// The script `name` of `account` as its active version, with its routes.
+fn read_script(
+    conn: &Connection,
+    account: &str,
+    name: &str,
+) -> Result<Option<Script>, DirectoryError> {
+    let row = conn
+        .query_row(
+            "SELECT v.version_id, v.number, v.etag, length(m.module), v.main_module, v.bindings,
+                    v.limits, s.workers_dev, s.created_on, s.modified_on
+             FROM scripts s
+             JOIN script_versions v ON v.version_id = s.active_version
+             JOIN modules m ON m.etag = v.etag
+             WHERE s.account_id = ?1 AND s.name = ?2",
+            [account, name],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, bool>(7)?,
+                    row.get::<_, String>(8)?,
+                    row.get::<_, String>(9)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((
+        version_id,
+        number,
+        etag,
+        size,
+        main_module,
         bindings,
-        created_on: row.get(5)?,
-        modified_on: row.get(6)?,
+        limits,
+        workers_dev,
+        created_on,
+        modified_on,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let routes = conn
+        .prepare_cached(
+            "SELECT pattern, zone_name, custom_domain FROM script_routes
+             WHERE account_id = ?1 AND script = ?2 ORDER BY position",
+        )?
+        .query_map([account, name], |row| {
+            Ok(ScriptRoute {
+                pattern: row.get(0)?,
+                zone_name: row.get(1)?,
+                custom_domain: row.get(2)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Script {
+        id: name.to_owned(),
+        etag,
+        size: usize::try_from(size).unwrap_or(0),
+        main_module,
+        bindings: from_json(&format!("bindings of script {name:?}"), &bindings)?,
+        version_id: crate::tunnel::parse_uuid("script version id", &version_id)?,
+        version_number: u64::try_from(number).unwrap_or(0),
+        limits: from_json(&format!("limits of script {name:?}"), &limits)?,
+        routes,
+        workers_dev,
+        created_on,
+        modified_on,
     }))
+}
+
+/// Refuses routes that another script (of any account) holds.
+fn check_routes_free(
+    tx: &Transaction<'_>,
+    account: &str,
+    name: &str,
+    routes: &[ScriptRoute],
+) -> Result<(), DirectoryError> {
+    let mut conflicts = Vec::new();
+    let mut stmt =
+        tx.prepare_cached("SELECT account_id, script FROM script_routes WHERE pattern = ?1")?;
+    for (index, route) in routes.iter().enumerate() {
+        let holder: Option<(String, String)> = stmt
+            .query_row([&route.pattern], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        match holder {
+            Some((holder_account, holder_script))
+                if holder_account != account || holder_script != name =>
+            {
+                conflicts.push(RouteConflict {
+                    index,
+                    pattern: route.pattern.clone(),
+                    holder: (holder_account == account).then_some(holder_script),
+                });
+            }
+            _ => {}
+        }
+    }
+    if conflicts.is_empty() {
+        Ok(())
+    } else {
+        Err(DirectoryError::RoutesTaken(conflicts))
+    }
+}
+
+/// Drops the oldest versions beyond [`MAX_VERSIONS_PER_SCRIPT`], never the active one.
+fn prune_versions(tx: &Transaction<'_>, account: &str, name: &str) -> Result<(), DirectoryError> {
+    tx.execute(
+        "DELETE FROM script_versions WHERE version_id IN (
+           SELECT v.version_id FROM script_versions v
+           JOIN scripts s ON s.account_id = v.account_id AND s.name = v.script
+           WHERE v.account_id = ?1 AND v.script = ?2 AND v.version_id <> s.active_version
+           ORDER BY v.number DESC LIMIT -1 OFFSET ?3)",
+        rusqlite::params![
+            account,
+            name,
+            i64::try_from(MAX_VERSIONS_PER_SCRIPT - 1).unwrap_or(0)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Deletes modules that no version references any more.
+fn collect_modules(tx: &Transaction<'_>) -> Result<(), DirectoryError> {
+    tx.execute(
+        "DELETE FROM modules
+         WHERE NOT EXISTS (SELECT 1 FROM script_versions v WHERE v.etag = modules.etag)",
+        [],
+    )?;
+    Ok(())
+}
+
+/// What a directly built [`ScriptUpload`] breaks that the API's parser would have refused.
+fn upload_problems(upload: &ScriptUpload) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, route) in upload.routes.iter().enumerate() {
+        match crate::routes::normalize_pattern(&route.pattern, false) {
+            Ok(normalized) if normalized == route.pattern => {}
+            Ok(normalized) => problems.push(format!(
+                "metadata.routes[{i}].pattern: {:?} is not normalized (expected {normalized:?})",
+                route.pattern
+            )),
+            Err(problem) => problems.push(format!("metadata.routes[{i}].pattern: {problem}")),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, route) in upload.routes.iter().enumerate() {
+        if !seen.insert(route.pattern.as_str()) {
+            problems.push(format!(
+                "metadata.routes[{i}]: {:?} is given twice",
+                route.pattern
+            ));
+        }
+    }
+    problems.extend(limits_problems(&upload.limits));
+    problems
+}
+
+/// `metadata.limits`: every value a non-negative integer.
+pub(crate) fn limits_problems(limits: &Map<String, Value>) -> Vec<String> {
+    limits
+        .iter()
+        .filter(|(_, value)| value.as_u64().is_none())
+        .map(|(key, value)| {
+            format!("metadata.limits.{key}: expected a non-negative integer, found {value}")
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn to_json<T: Serialize>(what: &str, value: &T) -> Result<String, DirectoryError> {
+    serde_json::to_string(value).map_err(|err| DirectoryError::Corrupt {
+        what: what.to_owned(),
+        detail: err.to_string(),
+    })
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    text: &str,
+) -> Result<T, DirectoryError> {
+    serde_json::from_str(text).map_err(|err| DirectoryError::Corrupt {
+        what: what.to_owned(),
+        detail: err.to_string(),
+    })
+}
+
+/// Schema 6: each script of the old table (module inline) becomes a script with one version,
+/// number 1, its module stored once by content hash; then the old table is dropped by
+/// migration 7.
+pub(crate) fn migrate_to_versions(tx: &Transaction<'_>) -> Result<(), DirectoryError> {
+    /// A row of the table before versions.
+    struct OldScript {
+        account: String,
+        name: String,
+        main_module: String,
+        module: Vec<u8>,
+        bindings: String,
+        created_on: String,
+        modified_on: String,
+    }
+    let old: Vec<OldScript> = tx
+        .prepare(
+            "SELECT account_id, name, main_module, module, bindings, created_on, modified_on
+             FROM scripts_before_versions",
+        )?
+        .query_map([], |row| {
+            Ok(OldScript {
+                account: row.get(0)?,
+                name: row.get(1)?,
+                main_module: row.get(2)?,
+                module: row.get(3)?,
+                bindings: row.get(4)?,
+                created_on: row.get(5)?,
+                modified_on: row.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    for script in old {
+        let etag = sha256_hex(&script.module);
+        let version_id = Uuid::new_v4().to_string();
+        tx.execute(
+            "INSERT OR IGNORE INTO modules (etag, module) VALUES (?1, ?2)",
+            rusqlite::params![etag, script.module],
+        )?;
+        tx.execute(
+            "INSERT INTO scripts (account_id, name, active_version, workers_dev, created_on,
+                                  modified_on)
+             VALUES (?1, ?2, ?3, 1, ?4, ?5)",
+            [
+                &script.account,
+                &script.name,
+                &version_id,
+                &script.created_on,
+                &script.modified_on,
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO script_versions (version_id, account_id, script, number, etag,
+               main_module, bindings, limits, author, created_on)
+             VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, '{}', NULL, ?7)",
+            [
+                &version_id,
+                &script.account,
+                &script.name,
+                &etag,
+                &script.main_module,
+                &script.bindings,
+                &script.modified_on,
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// Resolves and checks every binding; all refusals at once.
@@ -463,5 +942,299 @@ fn check_script_name(name: &str) -> Result<(), DirectoryError> {
         Ok(())
     } else {
         Err(DirectoryError::InvalidScriptName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::component::fixtures;
+    use crate::database::tests::TempState;
+
+    fn upload(module: Vec<u8>) -> ScriptUpload {
+        ScriptUpload::new("worker.wasm", module)
+    }
+
+    /// Distinct valid components (the export's patch version differs).
+    fn module(n: u32) -> Vec<u8> {
+        fixtures::component(&format!("wasi:http/incoming-handler@0.2.{n}"), &[])
+    }
+
+    fn route(pattern: &str) -> ScriptRoute {
+        ScriptRoute {
+            pattern: pattern.into(),
+            zone_name: None,
+            custom_domain: false,
+        }
+    }
+
+    fn modules(dir: &Directory) -> i64 {
+        dir.with_conn(|c| {
+            c.query_row("SELECT COUNT(*) FROM modules", [], |r| r.get(0))
+                .unwrap()
+        })
+    }
+
+    #[test]
+    fn every_upload_is_a_version_and_the_newest_is_served() {
+        let state = TempState::new();
+        let dir = state.open();
+        let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
+        let first = dir
+            .deploy_script(&token, "proxy", &upload(module(0)))
+            .unwrap();
+        assert_eq!(first.version_number, 1);
+        assert_eq!(first.etag, sha256_hex(&module(0)));
+        let mut second = upload(module(1));
+        second.limits.insert("cpu_ms".into(), 50.into());
+        let second = dir.deploy_script(&token, "proxy", &second).unwrap();
+        assert_eq!(second.version_number, 2);
+        assert_eq!(second.created_on, first.created_on);
+        assert_eq!(second.limits["cpu_ms"], 50);
+        assert_eq!(dir.script_module("proxy").unwrap(), Some(module(1)));
+
+        let versions = dir.script_versions("proxy").unwrap();
+        assert_eq!(
+            versions
+                .iter()
+                .map(|v| (v.number, v.active, v.author.as_deref()))
+                .collect::<Vec<_>>(),
+            [(2, true, Some("ci")), (1, false, Some("ci"))]
+        );
+        assert_eq!(versions[1].id, first.version_id);
+        assert_eq!(versions[1].etag, first.etag);
+
+        // Rollback: the old module is served again; numbering goes on from the newest.
+        let before = dir.revision().unwrap();
+        let active = dir.activate_version("proxy", first.version_id).unwrap();
+        assert!(active.active && active.number == 1);
+        assert!(dir.revision().unwrap() > before);
+        assert_eq!(dir.script_module("proxy").unwrap(), Some(module(0)));
+        assert_eq!(dir.script("proxy").unwrap().unwrap().version_number, 1);
+        let third = dir
+            .deploy_script(&token, "proxy", &upload(module(2)))
+            .unwrap();
+        assert_eq!(third.version_number, 3);
+
+        let missing = Uuid::new_v4();
+        let err = dir.activate_version("proxy", missing).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "script \"proxy\" has no version {missing}; `wvpc deployments list proxy` shows \
+                 them"
+            )
+        );
+        assert!(matches!(
+            dir.activate_version("nope", first.version_id),
+            Err(DirectoryError::ScriptNotFound(_))
+        ));
+        // Another script's version is not this script's.
+        let other = dir
+            .deploy_script(&token, "other", &upload(module(0)))
+            .unwrap();
+        assert!(matches!(
+            dir.activate_version("proxy", other.version_id),
+            Err(DirectoryError::VersionNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn modules_are_stored_once_per_content_and_collected_when_unused() {
+        let state = TempState::new();
+        let dir = state.open();
+        let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
+        dir.deploy_script(&token, "a", &upload(module(0))).unwrap();
+        dir.deploy_script(&token, "a", &upload(module(0))).unwrap();
+        dir.deploy_script(&token, "b", &upload(module(0))).unwrap();
+        assert_eq!(modules(&dir), 1);
+        dir.deploy_script(&token, "b", &upload(module(1))).unwrap();
+        assert_eq!(modules(&dir), 2);
+        let deleted = dir.delete_script("b").unwrap();
+        assert_eq!(deleted.versions, 2);
+        // module(0) is still used by "a".
+        assert_eq!(modules(&dir), 1);
+        assert!(
+            dir.module_by_etag(&sha256_hex(&module(0)))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            dir.module_by_etag(&sha256_hex(&module(1)))
+                .unwrap()
+                .is_none()
+        );
+        dir.delete_script("a").unwrap();
+        assert_eq!(modules(&dir), 0);
+        assert!(matches!(
+            dir.delete_script("a"),
+            Err(DirectoryError::ScriptNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn at_most_fifty_versions_are_kept() {
+        let state = TempState::new();
+        let dir = state.open();
+        let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
+        let first = dir.deploy_script(&token, "s", &upload(module(0))).unwrap();
+        for n in 1..55 {
+            dir.deploy_script(&token, "s", &upload(module(n))).unwrap();
+            if n == 30 {
+                // Serve version 1 for a while; uploads then make the newest active again.
+                dir.activate_version("s", first.version_id).unwrap();
+            }
+        }
+        let versions = dir.script_versions("s").unwrap();
+        assert_eq!(versions.len(), MAX_VERSIONS_PER_SCRIPT);
+        assert_eq!(versions[0].number, 55);
+        assert_eq!(versions[49].number, 6);
+        assert_eq!(modules(&dir), 50);
+    }
+
+    #[test]
+    fn the_active_version_outlives_pruning() {
+        let state = TempState::new();
+        let dir = state.open();
+        let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..50 {
+            ids.push(
+                dir.deploy_script(&token, "s", &upload(module(n)))
+                    .unwrap()
+                    .version_id,
+            );
+        }
+        // Roll back to version 1; a pruning pass at the limit drops nothing.
+        dir.activate_version("s", ids[0]).unwrap();
+        dir.write(|tx| prune_versions(tx, dir.account_id(), "s"))
+            .unwrap();
+        assert_eq!(dir.script_versions("s").unwrap().len(), 50);
+        // One more version than allowed while version 1 is active: version 2 goes, 1 stays.
+        dir.write(|tx| {
+            tx.execute(
+                "INSERT INTO script_versions (version_id, account_id, script, number, etag,
+                   main_module, bindings, limits, author, created_on)
+                 SELECT ?1, account_id, script, 51, etag, main_module, bindings, limits, author,
+                        created_on
+                 FROM script_versions WHERE version_id = ?2",
+                [Uuid::new_v4().to_string(), ids[49].to_string()],
+            )?;
+            prune_versions(tx, dir.account_id(), "s")
+        })
+        .unwrap();
+        let versions = dir.script_versions("s").unwrap();
+        assert_eq!(versions.len(), 50);
+        assert!(versions.iter().any(|v| v.id == ids[0] && v.active));
+        assert!(!versions.iter().any(|v| v.id == ids[1]));
+    }
+
+    #[test]
+    fn routes_belong_to_one_script_and_are_replaced_by_the_next_upload() {
+        let state = TempState::new();
+        let dir = state.open();
+        let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
+        let mut with_routes = upload(module(0));
+        with_routes.routes = vec![route("a.example.com/*"), route("b.example.com/")];
+        let script = dir.deploy_script(&token, "one", &with_routes).unwrap();
+        assert_eq!(script.routes, with_routes.routes);
+
+        // Same account, other script.
+        let mut clash = upload(module(0));
+        clash.routes = vec![route("c.example.com/*"), route("b.example.com/")];
+        let err = dir.deploy_script(&token, "two", &clash).unwrap_err();
+        let DirectoryError::RoutesTaken(conflicts) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(
+            conflicts,
+            &[RouteConflict {
+                index: 1,
+                pattern: "b.example.com/".into(),
+                holder: Some("one".into())
+            }]
+        );
+        assert!(dir.script("two").unwrap().is_none(), "nothing stored");
+
+        // Another account sees no name.
+        let other = dir.create_account("other").unwrap();
+        let other = dir.for_account(&other.id).unwrap().unwrap();
+        let (their_token, _) = other.create_token("t", Role::Bind, None).unwrap();
+        let err = other
+            .deploy_script(&their_token, "one", &with_routes)
+            .unwrap_err();
+        let DirectoryError::RoutesTaken(conflicts) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(conflicts.len(), 2);
+        assert!(conflicts.iter().all(|c| c.holder.is_none()));
+
+        // The holder may keep its routes; an upload replaces them; a rollback keeps them.
+        let first_version = script.version_id;
+        let mut fewer = upload(module(1));
+        fewer.routes = vec![route("b.example.com/")];
+        fewer.workers_dev = false;
+        let script = dir.deploy_script(&token, "one", &fewer).unwrap();
+        assert_eq!(script.routes, fewer.routes);
+        assert!(!script.workers_dev);
+        dir.activate_version("one", first_version).unwrap();
+        let script = dir.script("one").unwrap().unwrap();
+        assert_eq!(script.routes, fewer.routes);
+        assert!(!script.workers_dev);
+        // a.example.com is free now.
+        let mut taken_over = upload(module(0));
+        taken_over.routes = vec![route("a.example.com/*")];
+        dir.deploy_script(&token, "two", &taken_over).unwrap();
+
+        // Deleting frees the patterns.
+        let deleted = dir.delete_script("one").unwrap();
+        assert_eq!(deleted.routes, ["b.example.com/"]);
+        other
+            .deploy_script(&their_token, "one", &{
+                let mut u = upload(module(0));
+                u.routes = vec![route("b.example.com/")];
+                u
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_bad_module_or_upload_changes_nothing() {
+        let state = TempState::new();
+        let dir = state.open();
+        let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
+        let good = dir.deploy_script(&token, "s", &upload(module(0))).unwrap();
+        let revision = dir.revision().unwrap();
+        let err = dir
+            .deploy_script(&token, "s", &upload(b"\0asm\x01\0\0\0".to_vec()))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DirectoryError::InvalidComponent(crate::ComponentRefusal::CoreModule)
+            ),
+            "{err}"
+        );
+        let mut bad = upload(module(1));
+        bad.routes = vec![route("HTTPS://x.com/*"), route("X.com/")];
+        bad.limits.insert("cpu_ms".into(), (-1).into());
+        let err = dir.deploy_script(&token, "s", &bad).unwrap_err();
+        let DirectoryError::InvalidUpload(problems) = err else {
+            panic!("{err}")
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("metadata.routes[0].pattern: \"HTTPS://x.com/*\" has a scheme")
+        );
+        assert_eq!(
+            problems[1],
+            "metadata.routes[1].pattern: \"X.com/\" is not normalized (expected \"x.com/\")"
+        );
+        assert_eq!(
+            problems[2],
+            "metadata.limits.cpu_ms: expected a non-negative integer, found -1"
+        );
+        assert_eq!(dir.revision().unwrap(), revision);
+        assert_eq!(dir.script("s").unwrap().unwrap(), good);
     }
 }

@@ -95,41 +95,84 @@ pub struct Account {
     pub id: String,
     /// A label for people.
     pub name: String,
+    /// The DNS label of the account's scripts: `<script>.<subdomain>.<workers domain>`.
+    pub subdomain: String,
     /// Creation time, RFC 3339 UTC.
     pub created_at: String,
 }
 
 impl Directory {
-    /// Creates another account; the result acts for it.
+    /// Creates another account, with a subdomain derived from `name` (see [`crate::subdomain`]).
     pub fn create_account(&self, name: &str) -> Result<Account, DirectoryError> {
+        self.create_account_with_subdomain(name, None)
+    }
+
+    /// Creates another account with `subdomain`, or one derived from `name` when `None`;
+    /// refuses an invalid or taken subdomain.
+    pub fn create_account_with_subdomain(
+        &self,
+        name: &str,
+        subdomain: Option<&str>,
+    ) -> Result<Account, DirectoryError> {
+        if let Some(problem) = subdomain.and_then(crate::subdomain::subdomain_problem) {
+            return Err(DirectoryError::InvalidSubdomain {
+                subdomain: subdomain.unwrap_or_default().to_owned(),
+                problem,
+            });
+        }
         let mut bytes = [0u8; 16];
         rand::fill(&mut bytes);
-        let account = Account {
-            id: bytes.iter().map(|b| format!("{b:02x}")).collect(),
-            name: name.to_owned(),
-            created_at: now_rfc3339(),
-        };
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         self.write(|tx| {
+            let subdomain = match subdomain {
+                Some(subdomain) => {
+                    let holder: Option<String> = tx
+                        .query_row(
+                            "SELECT account_id FROM accounts WHERE subdomain = ?1",
+                            [subdomain],
+                            |row| row.get(0),
+                        )
+                        .optional()?;
+                    if holder.is_some() {
+                        return Err(DirectoryError::SubdomainTaken(subdomain.to_owned()));
+                    }
+                    subdomain.to_owned()
+                }
+                None => crate::subdomain::derive_unique(tx, name, &id)?,
+            };
+            let account = Account {
+                id,
+                name: name.to_owned(),
+                subdomain,
+                created_at: now_rfc3339(),
+            };
             tx.execute(
-                "INSERT INTO accounts (account_id, name, created_at) VALUES (?1, ?2, ?3)",
-                [&account.id, &account.name, &account.created_at],
+                "INSERT INTO accounts (account_id, name, created_at, subdomain)
+                 VALUES (?1, ?2, ?3, ?4)",
+                [
+                    &account.id,
+                    &account.name,
+                    &account.created_at,
+                    &account.subdomain,
+                ],
             )?;
-            Ok(())
-        })?;
-        Ok(account)
+            Ok(account)
+        })
     }
 
     /// Every account, oldest first.
     pub fn list_accounts(&self) -> Result<Vec<Account>, DirectoryError> {
         self.read(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT account_id, name, created_at FROM accounts ORDER BY created_at, account_id",
+                "SELECT account_id, name, created_at, subdomain FROM accounts
+                 ORDER BY created_at, account_id",
             )?;
             let rows = stmt.query_map([], |row| {
                 Ok(Account {
                     id: row.get(0)?,
                     name: row.get(1)?,
                     created_at: row.get(2)?,
+                    subdomain: row.get(3)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)

@@ -893,7 +893,31 @@ async fn tunnels_are_created_with_credentials_listed_and_deleted() {
 
 // === scripts ===
 
-const WASM: &[u8] = b"\0asm\x01\0\0\0";
+/// A component exporting `export` and importing each of `imports` (empty instances).
+fn component(export: &str, imports: &[&str]) -> Vec<u8> {
+    let imports: String = imports
+        .iter()
+        .map(|name| format!("(import \"{name}\" (instance))\n"))
+        .collect();
+    wat::parse_str(format!(
+        r#"(component
+            {imports}
+            (core module $m (func (export "handle")))
+            (core instance $i (instantiate $m))
+            (func $handle (canon lift (core func $i "handle")))
+            (instance $handler (export "handle" (func $handle)))
+            (export "{export}" (instance $handler)))"#
+    ))
+    .unwrap()
+}
+
+/// A servable component; `n` makes its bytes (and etag) distinct.
+fn handler(n: u32) -> Vec<u8> {
+    component(
+        &format!("wasi:http/incoming-handler@0.2.{n}"),
+        &["wasi:http/types@0.2.0", "wvpc:bindings/vpc@0.1.0"],
+    )
+}
 
 fn upload(metadata: &Value, module: &[u8]) -> (String, Bytes) {
     let mut body = format!(
@@ -913,10 +937,17 @@ fn upload(metadata: &Value, module: &[u8]) -> (String, Bytes) {
 
 impl Api {
     async fn deploy(&self, token: &str, name: &str, bindings: Value) -> Answer {
-        let (content_type, body) = upload(
-            &json!({ "main_module": "worker.wasm", "bindings": bindings }),
-            WASM,
-        );
+        self.upload(
+            token,
+            name,
+            json!({ "main_module": "worker.wasm", "bindings": bindings }),
+            &handler(0),
+        )
+        .await
+    }
+
+    async fn upload(&self, token: &str, name: &str, metadata: Value, module: &[u8]) -> Answer {
+        let (content_type, body) = upload(&metadata, module);
         self.raw(
             Some(token),
             Method::PUT,
@@ -924,6 +955,21 @@ impl Api {
             Some((&content_type, body)),
         )
         .await
+    }
+
+    /// The module the content endpoint serves.
+    async fn content(&self, name: &str) -> Vec<u8> {
+        let client = ApiClient::new(&self.base, Some(self.admin.clone())).unwrap();
+        let content = client
+            .send(
+                Method::GET,
+                &format!("{}/{name}/content", self.scripts()),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(content.status.as_u16(), 200);
+        content.body.to_vec()
     }
 }
 
@@ -947,7 +993,10 @@ async fn scripts_are_uploaded_with_bindings_by_id_or_name_listed_and_deleted() {
     assert_eq!(deployed.status, 200, "{:#}", deployed.body);
     let script = deployed.result().clone();
     assert_eq!(script["id"], "proxy");
-    assert_eq!(script["size"], WASM.len());
+    assert_eq!(script["size"], handler(0).len());
+    assert_eq!(script["version_number"], 1);
+    assert_eq!(script["workers_dev"], true);
+    assert_eq!(script["routes"], json!([]));
     assert_eq!(
         script["bindings"],
         json!([
@@ -976,7 +1025,10 @@ async fn scripts_are_uploaded_with_bindings_by_id_or_name_listed_and_deleted() {
         )
         .await
         .unwrap();
-    assert_eq!((content.status.as_u16(), &content.body[..]), (200, WASM));
+    assert_eq!(
+        (content.status.as_u16(), &content.body[..]),
+        (200, &handler(0)[..])
+    );
 
     // A second upload replaces the first and keeps created_on.
     let redeployed = api.deploy(&bind, "proxy", json!([])).await;
@@ -1235,4 +1287,486 @@ async fn malformed_uploads_are_refused_with_every_problem() {
             "the form has no \"metadata\" part".to_owned()
         )
     );
+}
+
+// === versions, rollback, delete ===
+
+impl Api {
+    fn script_path(&self, name: &str, rest: &str) -> String {
+        format!("{}/{name}{rest}", self.scripts())
+    }
+
+    async fn rollback(&self, token: &str, name: &str, body: Value) -> Answer {
+        self.call(
+            token,
+            Method::POST,
+            &self.script_path(name, "/deployments"),
+            Some(body),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn every_upload_is_a_version_and_a_rollback_serves_an_earlier_one() {
+    let api = Api::start().await;
+    let bind = api.token(Role::Bind, None);
+    let meta = json!({ "main_module": "worker.wasm" });
+    let mut versions = Vec::new();
+    for n in 0..3 {
+        let answer = api.upload(&bind, "proxy", meta.clone(), &handler(n)).await;
+        assert_eq!(answer.status, 200, "{:#}", answer.body);
+        versions.push(answer.result().clone());
+    }
+    assert_eq!(versions[2]["version_number"], 3);
+    assert_eq!(api.content("proxy").await, handler(2));
+
+    let read = api.token(Role::Read, None);
+    let listed = api
+        .call(
+            &read,
+            Method::GET,
+            &api.script_path("proxy", "/deployments"),
+            None,
+        )
+        .await;
+    let listed = listed.result().as_array().unwrap().clone();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|v| (
+                v["number"].as_u64().unwrap(),
+                v["active"].as_bool().unwrap(),
+                v["author"].as_str().unwrap().to_owned()
+            ))
+            .collect::<Vec<_>>(),
+        [
+            (3, true, "bind-token".to_owned()),
+            (2, false, "bind-token".to_owned()),
+            (1, false, "bind-token".to_owned())
+        ]
+    );
+    assert_eq!(listed[2]["id"], versions[0]["version_id"]);
+    assert_eq!(listed[2]["etag"], versions[0]["etag"]);
+
+    // Cloudflare's body: one version at 100%.
+    let version_1 = versions[0]["version_id"].as_str().unwrap();
+    let denied = api
+        .rollback(
+            &read,
+            "proxy",
+            json!({ "strategy": "percentage", "versions": [{ "version_id": version_1, "percentage": 100 }] }),
+        )
+        .await;
+    assert_eq!(denied.status, 403);
+    let rolled = api
+        .rollback(
+            &bind,
+            "proxy",
+            json!({ "strategy": "percentage", "versions": [{ "version_id": version_1, "percentage": 100 }] }),
+        )
+        .await;
+    assert_eq!(rolled.status, 200, "{:#}", rolled.body);
+    assert_eq!(rolled.result()["version"]["number"], 1);
+    assert_eq!(rolled.result()["version"]["active"], true);
+    assert_eq!(api.content("proxy").await, handler(0));
+    let got = api
+        .admin(Method::GET, &api.script_path("proxy", ""), None)
+        .await;
+    assert_eq!(got.result()["version_id"], version_1);
+    assert_eq!(got.result()["etag"], versions[0]["etag"]);
+
+    // Gradual deployments are refused, saying so.
+    let version_2 = versions[1]["version_id"].as_str().unwrap();
+    let split = api
+        .rollback(
+            &bind,
+            "proxy",
+            json!({ "strategy": "percentage", "versions": [
+                { "version_id": version_1, "percentage": 50 },
+                { "version_id": version_2, "percentage": 50 } ] }),
+        )
+        .await;
+    assert_eq!(split.status, 400);
+    assert_eq!(
+        split.error(),
+        (
+            u64::from(code::UNSUPPORTED_DEPLOYMENT),
+            "versions: 2 versions given; gradual deployments are not supported: give exactly one \
+             version with percentage 100"
+                .to_owned()
+        )
+    );
+    let partial = api
+        .rollback(
+            &bind,
+            "proxy",
+            json!({ "versions": [{ "version_id": version_2, "percentage": 10 }] }),
+        )
+        .await;
+    assert_eq!(
+        partial.error(),
+        (
+            u64::from(code::UNSUPPORTED_DEPLOYMENT),
+            "versions[0].percentage: 10 is not supported; gradual deployments are not supported: \
+             the one version gets percentage 100"
+                .to_owned()
+        )
+    );
+    let unknown = Uuid::new_v4();
+    let missing = api
+        .rollback(
+            &bind,
+            "proxy",
+            json!({ "versions": [{ "version_id": unknown, "percentage": 100 }] }),
+        )
+        .await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.error(),
+        (
+            u64::from(code::VERSION_NOT_FOUND),
+            format!(
+                "script \"proxy\" has no version {unknown}; `wvpc deployments list proxy` shows \
+                 them"
+            )
+        )
+    );
+    assert_eq!(api.content("proxy").await, handler(0), "still version 1");
+
+    // Delete: the summary, then nothing is left of it.
+    let deleted = api
+        .call(&bind, Method::DELETE, &api.script_path("proxy", ""), None)
+        .await;
+    assert_eq!(
+        deleted.result(),
+        &json!({ "id": "proxy", "versions": 3, "routes": [] })
+    );
+    for rest in ["", "/content", "/deployments"] {
+        let gone = api
+            .admin(Method::GET, &api.script_path("proxy", rest), None)
+            .await;
+        assert_eq!(
+            (gone.status, gone.error().0),
+            (404, u64::from(code::SCRIPT_NOT_FOUND)),
+            "{rest}"
+        );
+    }
+    assert!(api.dir.deployment_snapshot().unwrap().scripts.is_empty());
+    assert_eq!(
+        api.dir
+            .module_by_etag(versions[0]["etag"].as_str().unwrap())
+            .unwrap(),
+        None,
+        "unused modules are collected"
+    );
+}
+
+#[tokio::test]
+async fn a_module_that_is_no_servable_component_is_refused_and_the_old_version_stays() {
+    let api = Api::start().await;
+    let bind = api.token(Role::Bind, None);
+    let meta = json!({ "main_module": "worker.wasm" });
+    let good = api.upload(&bind, "proxy", meta.clone(), &handler(0)).await;
+    assert_eq!(good.status, 200);
+    let cases: Vec<(Vec<u8>, String)> = vec![
+        (
+            b"\0asm\x01\0\0\0".to_vec(),
+            "the module is a core WebAssembly module, not a component; build the script as a \
+             component with `cargo build --target wasm32-wasip2`"
+                .into(),
+        ),
+        (
+            component("wasi:cli/run@0.2.0", &[]),
+            "the component does not export wasi:http/incoming-handler@0.2.x, the request handler \
+             a runtime calls (it exports: wasi:cli/run@0.2.0); build it for the wasi:http/proxy \
+             world, e.g. with the wvpc SDK"
+                .into(),
+        ),
+        (
+            component(
+                "wasi:http/incoming-handler@0.2.0",
+                &["wasi:io/streams@0.2.0", "acme:net/raw@1.0.0"],
+            ),
+            "the component imports \"acme:net/raw@1.0.0\", which no runtime provides; a script \
+             may import only wasi:* interfaces and wvpc:bindings/* (its VPC service bindings)"
+                .into(),
+        ),
+    ];
+    for (module, message) in cases {
+        let refused = api.upload(&bind, "proxy", meta.clone(), &module).await;
+        assert_eq!(refused.status, 400, "{message}");
+        assert_eq!(
+            refused.error(),
+            (u64::from(code::INVALID_COMPONENT), message)
+        );
+    }
+    let mut truncated = handler(1);
+    truncated.truncate(truncated.len() - 5);
+    let refused = api.upload(&bind, "proxy", meta.clone(), &truncated).await;
+    let (c, message) = refused.error();
+    assert_eq!(c, u64::from(code::INVALID_COMPONENT));
+    assert!(
+        message.starts_with("the module is not a valid WebAssembly component: "),
+        "{message}"
+    );
+
+    assert_eq!(api.content("proxy").await, handler(0));
+    let versions = api.dir.script_versions("proxy").unwrap();
+    assert_eq!(versions.len(), 1, "no version for a refused upload");
+}
+
+// === routes, workers_dev, limits ===
+
+#[tokio::test]
+async fn routes_and_limits_are_checked_with_their_field_paths() {
+    let api = Api::start().await;
+    let bind = api.token(Role::Bind, None);
+    let refused = api
+        .upload(
+            &bind,
+            "proxy",
+            json!({
+                "main_module": "worker.wasm",
+                "routes": [
+                    "api.example.com/*",
+                    { "pattern": "https://api.example.com/v2/*", "zone_name": "example.com" },
+                    "example.com:8443/*",
+                    { "pattern": "shop.example.com/*", "custom_domain": true },
+                ],
+                "workers_dev": "yes",
+                "limits": { "cpu_ms": 50, "subrequests": -1, "memory_mb": "128" },
+            }),
+            &handler(0),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    let messages: Vec<String> = refused
+        .errors()
+        .into_iter()
+        .map(|(c, m)| {
+            assert_eq!(c, u64::from(code::INVALID_SCRIPT));
+            m
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "metadata.routes[1].pattern: \"https://api.example.com/v2/*\" has a scheme (https://); \
+             a route pattern is host/path without a scheme, e.g. \"api.example.com/*\"",
+            "metadata.routes[2]: \"example.com:8443/*\" has a port; route patterns match the host \
+             on any port, so leave the port out",
+            "metadata.routes[3].pattern: \"shop.example.com/*\" is not a hostname; a custom domain \
+             is a bare hostname (e.g. \"shop.example.com\") and serves every path of it",
+            "metadata.workers_dev: expected true or false, found \"yes\"",
+            "metadata.limits.memory_mb: expected a non-negative integer, found \"128\"",
+            "metadata.limits.subrequests: expected a non-negative integer, found -1",
+        ]
+    );
+    assert!(api.dir.script("proxy").unwrap().is_none());
+
+    let ok = api
+        .upload(
+            &bind,
+            "proxy",
+            json!({
+                "main_module": "worker.wasm",
+                "routes": [
+                    "API.example.com/*",
+                    { "pattern": "*.example.com/v2/*", "zone_name": "example.com" },
+                    { "pattern": "shop.example.com", "custom_domain": true },
+                    "example.com",
+                ],
+                "workers_dev": false,
+                "limits": { "cpu_ms": 50 },
+            }),
+            &handler(0),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{:#}", ok.body);
+    assert_eq!(
+        ok.result()["routes"],
+        json!([
+            { "pattern": "api.example.com/*", "custom_domain": false },
+            { "pattern": "*.example.com/v2/*", "zone_name": "example.com", "custom_domain": false },
+            { "pattern": "shop.example.com/*", "custom_domain": true },
+            { "pattern": "example.com/", "custom_domain": false },
+        ])
+    );
+    assert_eq!(ok.result()["workers_dev"], false);
+    assert_eq!(ok.result()["limits"], json!({ "cpu_ms": 50 }));
+    let snapshot = api.dir.deployment_snapshot().unwrap();
+    assert_eq!(
+        snapshot.scripts[0].routes,
+        [
+            "api.example.com/*",
+            "*.example.com/v2/*",
+            "shop.example.com/*",
+            "example.com/"
+        ]
+    );
+    assert!(!snapshot.scripts[0].workers_dev);
+    assert_eq!(snapshot.scripts[0].limits["cpu_ms"], 50);
+}
+
+#[tokio::test]
+async fn a_route_held_by_another_script_is_refused_with_409() {
+    let api = Api::start().await;
+    let bind = api.token(Role::Bind, None);
+    let with_routes = |routes: Value| json!({ "main_module": "worker.wasm", "routes": routes });
+    let first = api
+        .upload(
+            &bind,
+            "one",
+            with_routes(json!(["api.example.com/*", "www.example.com/"])),
+            &handler(0),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{:#}", first.body);
+
+    // Same account: the holder is named.
+    let clash = api
+        .upload(
+            &bind,
+            "two",
+            with_routes(json!(["new.example.com/*", "API.example.com/*"])),
+            &handler(0),
+        )
+        .await;
+    assert_eq!(clash.status, 409);
+    assert_eq!(
+        clash.error(),
+        (
+            u64::from(code::ROUTE_TAKEN),
+            "metadata.routes[1].pattern: \"api.example.com/*\" is already routed to script \
+             \"one\" of this account; remove it from that script's routes (or delete it) first"
+                .to_owned()
+        )
+    );
+    assert!(api.dir.script("two").unwrap().is_none());
+
+    // Another account: only that it is another account's.
+    let other = api.dir.create_account("other").unwrap();
+    let other_dir = api.dir.for_account(&other.id).unwrap().unwrap();
+    let (_, their_token) = other_dir.create_token("theirs", Role::Bind, None).unwrap();
+    let (content_type, body) = upload(&with_routes(json!(["www.example.com/"])), &handler(0));
+    let foreign = api
+        .raw(
+            Some(&their_token),
+            Method::PUT,
+            &format!("/accounts/{}/workers/scripts/one", other.id),
+            Some((&content_type, body)),
+        )
+        .await;
+    assert_eq!(foreign.status, 409);
+    assert_eq!(
+        foreign.error(),
+        (
+            u64::from(code::ROUTE_TAKEN),
+            "metadata.routes[0].pattern: \"www.example.com/\" is already routed to a script of \
+             another account; pick another pattern"
+                .to_owned()
+        )
+    );
+
+    // The holder redeploys with its routes; a rollback keeps them; a delete frees them.
+    let again = api
+        .upload(
+            &bind,
+            "one",
+            with_routes(json!(["api.example.com/*"])),
+            &handler(1),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{:#}", again.body);
+    let rolled = api
+        .rollback(
+            &bind,
+            "one",
+            json!({ "versions": [{ "version_id": first.result()["version_id"], "percentage": 100 }] }),
+        )
+        .await;
+    assert_eq!(rolled.status, 200, "{:#}", rolled.body);
+    let script = api
+        .admin(Method::GET, &api.script_path("one", ""), None)
+        .await;
+    assert_eq!(script.result()["version_number"], 1);
+    assert_eq!(
+        script.result()["routes"],
+        json!([{ "pattern": "api.example.com/*", "custom_domain": false }])
+    );
+    let deleted = api
+        .call(&bind, Method::DELETE, &api.script_path("one", ""), None)
+        .await;
+    assert_eq!(deleted.result()["routes"], json!(["api.example.com/*"]));
+    let now_free = api
+        .upload(
+            &bind,
+            "two",
+            with_routes(json!(["api.example.com/*"])),
+            &handler(0),
+        )
+        .await;
+    assert_eq!(now_free.status, 200, "{:#}", now_free.body);
+}
+
+// === subdomain ===
+
+#[tokio::test]
+async fn the_account_subdomain_is_read_and_set_in_cloudflares_shape() {
+    let api = Api::start().await;
+    let path = format!("/accounts/{}/workers/subdomain", api.account);
+    let read = api.token(Role::Read, None);
+    let got = api.call(&read, Method::GET, &path, None).await;
+    assert_eq!(got.result(), &json!({ "subdomain": "local" }));
+
+    let bind = api.token(Role::Bind, None);
+    let denied = api
+        .call(&bind, Method::PUT, &path, Some(json!({ "subdomain": "x" })))
+        .await;
+    assert_eq!(
+        (denied.status, denied.error().0),
+        (403, u64::from(code::ROLE_MISSING))
+    );
+
+    let set = api
+        .admin(Method::PUT, &path, Some(json!({ "subdomain": "team-a" })))
+        .await;
+    assert_eq!(set.result(), &json!({ "subdomain": "team-a" }));
+    assert_eq!(api.dir.subdomain().unwrap(), "team-a");
+
+    let invalid = api
+        .admin(Method::PUT, &path, Some(json!({ "subdomain": "Team_A" })))
+        .await;
+    assert_eq!(invalid.status, 400);
+    assert_eq!(
+        invalid.error(),
+        (
+            u64::from(code::INVALID_SUBDOMAIN),
+            "invalid subdomain \"Team_A\": contains 'T'; use only lowercase letters, digits and \
+             '-' (e.g. \"team-a\")"
+                .to_owned()
+        )
+    );
+    let missing = api.admin(Method::PUT, &path, Some(json!({}))).await;
+    assert_eq!(
+        (missing.status, missing.error().0),
+        (400, u64::from(code::INVALID_JSON))
+    );
+
+    api.dir
+        .create_account_with_subdomain("b", Some("blue"))
+        .unwrap();
+    let taken = api
+        .admin(Method::PUT, &path, Some(json!({ "subdomain": "blue" })))
+        .await;
+    assert_eq!(taken.status, 409);
+    assert_eq!(
+        taken.error(),
+        (
+            u64::from(code::SUBDOMAIN_TAKEN),
+            "the subdomain \"blue\" is taken by another account; pick another".to_owned()
+        )
+    );
+    assert_eq!(api.dir.subdomain().unwrap(), "team-a");
 }

@@ -1,24 +1,31 @@
-//! `wvpc deploy`: uploads the built script (the `main` wasm of the wrangler config) and its
-//! `vpc_services` bindings to the directory API, which verifies every binding against the
-//! deploying token and refuses with the binding, the service and what is missing.
+//! `wvpc deploy`: uploads the built script (the `main` wasm of the wrangler config) with its
+//! `vpc_services` bindings, `routes` (or `route`), `workers_dev` and `limits` to the directory
+//! API, which checks the component, verifies every binding against the deploying token, checks
+//! the routes, stores a new version and makes it the one served. Refusals name the binding, the
+//! service and what is missing, or the route and the script holding it.
 //!
 //! Bindings that name their service (`{binding, service: "name"}`) are sent by name, so the
-//! directory resolves them in the same transaction that checks and stores the script.
+//! directory resolves them in the same transaction that checks and stores the script. The
+//! runtime's config loader validates `name`, `main`, `vpc_services` and `limits`; `routes`,
+//! `route` and `workers_dev` are read from the same file here and checked by the directory.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::Method;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use uuid::Uuid;
 use wvpc_runtime::ScriptConfig;
 
 use super::dev::DEFAULT_CONFIG_FILES;
 use crate::remote::{ApiArgs, Remote};
+
+/// The host suffix runtimes serve scripts under unless given `--workers-domain`.
+pub const DEFAULT_WORKERS_DOMAIN: &str = "workers.localhost";
 
 /// `wvpc deploy` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,6 +37,14 @@ pub struct DeployArgs {
     /// Print the deployed script object as JSON
     #[arg(long)]
     pub json: bool,
+    /// The runtimes' --workers-domain, to print the script's default URL with
+    #[arg(
+        long,
+        env = "WVPC_WORKERS_DOMAIN",
+        default_value = DEFAULT_WORKERS_DOMAIN,
+        value_name = "DOMAIN"
+    )]
+    pub workers_domain: String,
 }
 
 /// Runs `wvpc deploy`.
@@ -85,7 +100,11 @@ pub async fn run(
             None => json!({ "type": "vpc_service", "name": b.binding, "service_id": b.service_id }),
         })
         .collect();
-    let metadata = json!({ "main_module": main_module, "bindings": bindings });
+    let mut metadata = json!({ "main_module": main_module, "bindings": bindings });
+    metadata
+        .as_object_mut()
+        .context("metadata is an object")?
+        .extend(deployment_settings(&config_path)?);
 
     let boundary = format!("wvpc-{}", Uuid::new_v4().simple());
     let mut body = Vec::with_capacity(module.len() + 1024);
@@ -119,13 +138,19 @@ pub async fn run(
         writeln!(out, "{}", serde_json::to_string_pretty(&result)?)?;
         return Ok(());
     }
+    let subdomain = remote
+        .call(Method::GET, "workers/subdomain", None)
+        .await
+        .context("reading the account's subdomain")?;
     writeln!(
         out,
-        "✅ Deployed script {:?} ({} bytes, etag {}) to account {}",
+        "✅ Deployed script {:?} version {} ({}) to account {}: {} bytes, etag {}",
         script.name,
+        result["version_number"],
+        result["version_id"].as_str().unwrap_or(""),
+        remote.account,
         module.len(),
         result["etag"].as_str().unwrap_or(""),
-        remote.account
     )?;
     for binding in result["bindings"].as_array().into_iter().flatten() {
         writeln!(
@@ -135,5 +160,66 @@ pub async fn run(
             binding["service_id"].as_str().unwrap_or("")
         )?;
     }
+    if result["workers_dev"] == false {
+        writeln!(
+            out,
+            "   not served on its default host (workers_dev is false)"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "   served at http://{}.{}.{} ({} is the runtimes' --workers-domain)",
+            script.name,
+            subdomain["subdomain"].as_str().unwrap_or(""),
+            args.workers_domain,
+            args.workers_domain
+        )?;
+    }
+    for route in result["routes"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "   served on route {}",
+            route["pattern"].as_str().unwrap_or("")
+        )?;
+    }
     Ok(())
+}
+
+/// `routes` (or wrangler's single `route`), `workers_dev` and `limits` of the config file, as
+/// written: the directory checks them and names what is wrong.
+fn deployment_settings(path: &Path) -> anyhow::Result<Map<String, Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    // The runtime's loader has parsed the same text already: a syntax error cannot get here.
+    let raw: Value = match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => serde_json::to_value(
+            toml::from_str::<toml::Table>(&text)
+                .with_context(|| format!("config {}", path.display()))?,
+        )?,
+        _ => jsonc_parser::parse_to_serde_value::<Value>(&text, &Default::default())
+            .map_err(|err| anyhow::anyhow!("config {}: {err}", path.display()))?,
+    };
+    let mut settings = Map::new();
+    let Value::Object(mut root) = raw else {
+        return Ok(settings);
+    };
+    match (root.remove("routes"), root.remove("route")) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "config {}: give either route or routes, not both",
+            path.display()
+        ),
+        (Some(routes), None) => {
+            settings.insert("routes".into(), routes);
+        }
+        (None, Some(route)) => {
+            settings.insert("routes".into(), Value::Array(vec![route]));
+        }
+        (None, None) => {}
+    }
+    for key in ["workers_dev", "limits"] {
+        if let Some(value) = root.remove(key) {
+            settings.insert(key.into(), value);
+        }
+    }
+    Ok(settings)
 }

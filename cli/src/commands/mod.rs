@@ -1,11 +1,14 @@
 //! One module per `wvpc` subcommand: its clap arguments and what it does.
 
+pub mod delete;
 pub mod deploy;
+pub mod deployments;
 pub mod dev;
 pub mod directory;
 pub mod edge;
 pub mod iris;
 pub mod runtime;
+pub mod rollback;
 pub mod service;
 pub mod tail;
 pub mod token;

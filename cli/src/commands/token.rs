@@ -1,13 +1,17 @@
-//! `wvpc token create|list|delete` and `wvpc account create|list`: API tokens and accounts,
-//! managed on the local `--state` (this is how the first Admin token is made).
+//! `wvpc token create|list|delete` and `wvpc account create|list|subdomain`: API tokens and
+//! accounts, managed on the local `--state` (this is how the first Admin token is made).
+//! `wvpc account subdomain` also works over `--api`, on the API token's account.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context as _;
+use http::Method;
 use uuid::Uuid;
 use wvpc_directory::{Directory, Role};
 
+use crate::UsageError;
+use crate::remote::{ApiArgs, Remote};
 use crate::table;
 
 /// `wvpc token …`
@@ -52,12 +56,32 @@ pub enum TokenCommand {
 pub enum AccountCommand {
     /// Create another account (prints its id)
     Create {
-        /// A label for the account
-        #[arg(long, default_value = "account")]
-        name: String,
+        /// A label for the account [default: account]
+        #[arg(value_name = "NAME", conflicts_with = "name_flag")]
+        name: Option<String>,
+        /// The same as NAME
+        #[arg(long = "name", value_name = "NAME")]
+        name_flag: Option<String>,
+        /// Its subdomain: scripts are served at <script>.<subdomain>.<workers domain>
+        /// [default: derived from the name]
+        #[arg(long, value_name = "LABEL")]
+        subdomain: Option<String>,
+        /// Print {"id","name","subdomain","created_at"} as JSON
+        #[arg(long)]
+        json: bool,
     },
-    /// List accounts
+    /// List accounts with their subdomains
     List,
+    /// Print an account's subdomain, or change it with --set (with --api: the API token's
+    /// account, and --set needs an admin token)
+    Subdomain {
+        /// The new subdomain: 1 to 63 lowercase letters, digits and '-'
+        #[arg(long, value_name = "LABEL")]
+        set: Option<String>,
+        /// Account [default: the state's own account]
+        #[arg(long = "for-account", value_name = "ID")]
+        account: Option<String>,
+    },
 }
 
 /// `--role`
@@ -165,25 +189,101 @@ pub fn run(command: TokenCommand, state: &Path, out: &mut dyn Write) -> anyhow::
 }
 
 /// Runs an account subcommand.
-pub fn run_account(
+pub async fn run_account(
     command: AccountCommand,
     state: &Path,
-    out: &mut dyn Write,
+    api: &ApiArgs,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
+    if let (AccountCommand::Subdomain { set, account }, Some(url)) = (&command, &api.api) {
+        anyhow::ensure!(
+            account.is_none(),
+            UsageError(
+                "with --api, `wvpc account subdomain` acts on the API token's account (or \
+                 --account); --for-account is for the local --state"
+                    .into()
+            )
+        );
+        let remote = Remote::connect(url, api.account.as_deref()).await?;
+        let result = match set {
+            Some(label) => remote
+                .call(
+                    Method::PUT,
+                    "workers/subdomain",
+                    Some(&serde_json::json!({ "subdomain": label })),
+                )
+                .await
+                .context("setting the account's subdomain")?,
+            None => remote
+                .call(Method::GET, "workers/subdomain", None)
+                .await
+                .context("reading the account's subdomain")?,
+        };
+        let subdomain = result["subdomain"].as_str().unwrap_or_default();
+        return print_subdomain(out, &remote.account, subdomain, set.is_some());
+    }
     let dir = Directory::open(state)?;
     match command {
-        AccountCommand::Create { name } => {
-            let account = dir.create_account(&name)?;
-            writeln!(out, "{}", account.id)?;
+        AccountCommand::Create {
+            name,
+            name_flag,
+            subdomain,
+            json,
+        } => {
+            let name = name.or(name_flag).unwrap_or_else(|| "account".to_owned());
+            let account = dir.create_account_with_subdomain(&name, subdomain.as_deref())?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&account)?)?;
+            } else {
+                writeln!(out, "{}", account.id)?;
+            }
         }
         AccountCommand::List => {
             let rows: Vec<Vec<String>> = dir
                 .list_accounts()?
                 .into_iter()
-                .map(|a| vec![a.id, a.name, super::tunnel::short_time(&a.created_at)])
+                .map(|a| {
+                    vec![
+                        a.id,
+                        a.name,
+                        a.subdomain,
+                        super::tunnel::short_time(&a.created_at),
+                    ]
+                })
                 .collect();
-            write!(out, "{}", table::render(&["ID", "NAME", "CREATED"], &rows))?;
+            write!(
+                out,
+                "{}",
+                table::render(&["ID", "NAME", "SUBDOMAIN", "CREATED"], &rows)
+            )?;
         }
+        AccountCommand::Subdomain { set, account } => {
+            let dir = account_view(dir, account.as_deref())?;
+            if let Some(label) = &set {
+                dir.set_subdomain(label)?;
+            }
+            print_subdomain(out, dir.account_id(), &dir.subdomain()?, set.is_some())?;
+        }
+    }
+    Ok(())
+}
+
+/// The subdomain alone (for scripts), or after a change, where scripts are now served.
+fn print_subdomain(
+    out: &mut (dyn Write + Send),
+    account: &str,
+    subdomain: &str,
+    changed: bool,
+) -> anyhow::Result<()> {
+    if changed {
+        writeln!(
+            out,
+            "✅ Account {account} now serves its scripts at <script>.{subdomain}.{} (the suffix is \
+             the runtimes' --workers-domain)",
+            super::deploy::DEFAULT_WORKERS_DOMAIN
+        )?;
+    } else {
+        writeln!(out, "{subdomain}")?;
     }
     Ok(())
 }

@@ -53,6 +53,18 @@ pub mod code {
     pub const UNSUPPORTED_MEDIA_TYPE: u32 = 1018;
     /// A query parameter is invalid.
     pub const INVALID_QUERY: u32 = 1019;
+    /// The uploaded module is not a component a runtime can serve (the reason says why).
+    pub const INVALID_COMPONENT: u32 = 1020;
+    /// A route pattern of the upload is held by another script.
+    pub const ROUTE_TAKEN: u32 = 1021;
+    /// The subdomain is not a valid DNS label.
+    pub const INVALID_SUBDOMAIN: u32 = 1022;
+    /// Another account holds the subdomain.
+    pub const SUBDOMAIN_TAKEN: u32 = 1023;
+    /// No such version of the script.
+    pub const VERSION_NOT_FOUND: u32 = 1024;
+    /// A deployment this directory does not support (gradual: several versions, or < 100%).
+    pub const UNSUPPORTED_DEPLOYMENT: u32 = 1025;
     /// No such URI (Cloudflare's code).
     pub const NO_ROUTE: u32 = 7000;
     /// A malformed identifier or an unknown account in the path (Cloudflare's code).
@@ -163,6 +175,34 @@ impl From<DirectoryError> for ApiError {
             E::TunnelInUse { .. } => (StatusCode::CONFLICT, code::TUNNEL_IN_USE),
             E::ScriptNotFound(_) => (StatusCode::NOT_FOUND, code::SCRIPT_NOT_FOUND),
             E::InvalidScriptName(_) => (StatusCode::BAD_REQUEST, code::INVALID_SCRIPT),
+            E::InvalidUpload(problems) => {
+                return ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    errors: problems
+                        .iter()
+                        .map(|message| ErrorEntry {
+                            code: code::INVALID_SCRIPT,
+                            message: message.clone(),
+                        })
+                        .collect(),
+                };
+            }
+            E::InvalidComponent(_) => (StatusCode::BAD_REQUEST, code::INVALID_COMPONENT),
+            E::RoutesTaken(conflicts) => {
+                return ApiError {
+                    status: StatusCode::CONFLICT,
+                    errors: conflicts
+                        .iter()
+                        .map(|c| ErrorEntry {
+                            code: code::ROUTE_TAKEN,
+                            message: c.to_string(),
+                        })
+                        .collect(),
+                };
+            }
+            E::InvalidSubdomain { .. } => (StatusCode::BAD_REQUEST, code::INVALID_SUBDOMAIN),
+            E::SubdomainTaken(_) => (StatusCode::CONFLICT, code::SUBDOMAIN_TAKEN),
+            E::VersionNotFound { .. } => (StatusCode::NOT_FOUND, code::VERSION_NOT_FOUND),
             _ => {
                 tracing::error!(error = %err, "directory failure while serving the API");
                 return ApiError::new(

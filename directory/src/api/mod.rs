@@ -2,7 +2,8 @@
 //!
 //! - `accounts/{account}/connectivity/directory/services[/{id}]` ([`services`]),
 //! - `accounts/{account}/cfd_tunnel[/{id}[/token]]` ([`tunnels`]),
-//! - `accounts/{account}/workers/scripts[/{name}[/content]]` ([`scripts`]),
+//! - `accounts/{account}/workers/scripts[/{name}[/content|/deployments]]` ([`scripts`]),
+//! - `accounts/{account}/workers/subdomain` ([`subdomain`]),
 //! - `user/tokens/verify`, `accounts`, `memberships`: what clients such as wrangler ask
 //!   before the real call.
 //!
@@ -14,6 +15,7 @@ pub mod client;
 pub mod envelope;
 mod scripts;
 mod services;
+mod subdomain;
 mod tunnels;
 
 use std::convert::Infallible;
@@ -342,6 +344,7 @@ fn dispatch(
                 }
                 ["cfd_tunnel", tail @ ..] => tunnels::route(&caller, &request, tail),
                 ["workers", "scripts", tail @ ..] => scripts::route(&caller, &request, tail),
+                ["workers", "subdomain"] => subdomain::route(&caller, &request),
                 _ => Err(no_route_segments(&request.segments)),
             }
         }

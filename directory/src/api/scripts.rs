@@ -1,18 +1,20 @@
-//! `accounts/{account}/workers/scripts[/{name}[/content]]`: script upload in the shape of
-//! Cloudflare's Workers upload (a `multipart/form-data` body with a `metadata` JSON part and the
-//! module part it names), list, get (metadata), content (the module) and delete.
+//! `accounts/{account}/workers/scripts[/{name}[/content|/deployments]]`: script upload in the
+//! shape of Cloudflare's Workers upload (a `multipart/form-data` body with a `metadata` JSON
+//! part and the module part it names), list, get (the active version), content (its module),
+//! deployments (the versions; POST makes one active) and delete.
 //!
 //! The upload's `vpc_service` bindings are verified by the directory against the deploying
 //! token ([`crate::scripts`]); every refusal names the binding, the service and what is missing.
+//! Its `routes`, `workers_dev` and `limits` are checked here, each problem with its field path.
 
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::envelope::{ApiError, ErrorEntry, code};
+use super::envelope::{ApiError, ErrorEntry, ResultInfo, code};
 use super::{ApiRequest, Caller, Reply, allow, no_route_segments, paginate};
 use crate::error::DirectoryError;
-use crate::scripts::{BindingRequest, ServiceRef};
+use crate::scripts::{BindingRequest, ScriptUpload, ServiceRef, limits_problems};
 use crate::tokens::Role;
 
 pub(super) fn route(
@@ -39,22 +41,42 @@ pub(super) fn route(
                 }
                 Method::PUT => {
                     caller.require(Role::Bind, "deploying a script")?;
-                    let upload = Upload::parse(request)?;
-                    let script = caller.dir.deploy_script(
-                        &caller.token,
-                        name,
-                        &upload.main_module,
-                        &upload.module,
-                        &upload.bindings,
-                    )?;
+                    let upload = parse_upload(request)?;
+                    let script = caller.dir.deploy_script(&caller.token, name, &upload)?;
                     Ok(Reply::ok(json!(script)))
                 }
                 _ => {
                     caller.require(Role::Bind, "deleting a script")?;
-                    caller.dir.delete_script(name)?;
-                    Ok(Reply::ok(Value::Null))
+                    let deleted = caller.dir.delete_script(name)?;
+                    Ok(Reply::ok(json!(deleted)))
                 }
             }
+        }
+        [name, "deployments"] => {
+            allow(request, &[Method::GET, Method::POST])?;
+            if request.method == Method::GET {
+                caller.require(Role::Read, "listing a script's deployments")?;
+                let versions = caller.dir.script_versions(name)?;
+                let n = versions.len();
+                return Ok(Reply::list(
+                    json!(versions),
+                    ResultInfo {
+                        page: 1,
+                        per_page: n.max(1),
+                        count: n,
+                        total_count: n,
+                        total_pages: 1,
+                    },
+                ));
+            }
+            caller.require(Role::Bind, "deploying a script version")?;
+            let version = deployment_version(request)?;
+            let activated = caller.dir.activate_version(name, version)?;
+            Ok(Reply::ok(json!({
+                "strategy": "percentage",
+                "versions": [{ "version_id": activated.id, "percentage": 100 }],
+                "version": activated,
+            })))
         }
         [name, "content"] => {
             allow(request, &[Method::GET])?;
@@ -69,93 +91,175 @@ pub(super) fn route(
     }
 }
 
-/// A parsed upload.
-struct Upload {
-    main_module: String,
-    module: Vec<u8>,
-    bindings: Vec<BindingRequest>,
+/// The body of `POST …/deployments`, in Cloudflare's shape:
+/// `{"strategy": "percentage", "versions": [{"version_id": "<id>", "percentage": 100}]}`.
+/// Only one version at 100% is supported; the answer says so for anything else.
+fn deployment_version(request: &ApiRequest) -> Result<Uuid, ApiError> {
+    let body: Value = request.json()?;
+    let unsupported = |message: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code::UNSUPPORTED_DEPLOYMENT,
+            message,
+        )
+    };
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, code::INVALID_JSON, message);
+    match body.get("strategy") {
+        None => {}
+        Some(Value::String(s)) if s == "percentage" => {}
+        Some(other) => {
+            return Err(unsupported(format!(
+                "strategy: {other} is not supported; use \"percentage\" with one version at 100"
+            )));
+        }
+    }
+    let Some(versions) = body.get("versions").and_then(Value::as_array) else {
+        return Err(bad(
+            "versions: missing; send {\"strategy\": \"percentage\", \"versions\": \
+             [{\"version_id\": \"<id>\", \"percentage\": 100}]}"
+                .into(),
+        ));
+    };
+    let [version] = versions.as_slice() else {
+        return Err(unsupported(format!(
+            "versions: {} versions given; gradual deployments are not supported: give exactly \
+             one version with percentage 100",
+            versions.len()
+        )));
+    };
+    let percentage = version.get("percentage").and_then(Value::as_f64);
+    if percentage.is_some_and(|p| (p - 100.0).abs() > f64::EPSILON) {
+        return Err(unsupported(format!(
+            "versions[0].percentage: {} is not supported; gradual deployments are not \
+             supported: the one version gets percentage 100",
+            version["percentage"]
+        )));
+    }
+    if percentage.is_none() && version.get("percentage").is_some() {
+        return Err(bad("versions[0].percentage: expected a number (100)".into()));
+    }
+    match version.get("version_id") {
+        Some(Value::String(id)) => Uuid::try_parse(id).map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                code::VERSION_NOT_FOUND,
+                format!("versions[0].version_id: {id:?} is not a version id (a UUID)"),
+            )
+        }),
+        _ => Err(bad(
+            "versions[0].version_id: missing; the id of the version to serve (GET \
+             …/deployments lists them)"
+                .into(),
+        )),
+    }
 }
 
-impl Upload {
-    fn parse(request: &ApiRequest) -> Result<Upload, ApiError> {
-        let content_type = request.content_type.as_deref().unwrap_or("");
-        let Some(boundary) = boundary(content_type) else {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "a script upload is multipart/form-data with a \"metadata\" part and the \
-                     module part; got Content-Type {content_type:?}"
-                ),
-            ));
-        };
-        let parts = multipart(&request.body, &boundary).map_err(invalid)?;
-        let metadata = parts
-            .iter()
-            .find(|p| p.name == "metadata")
-            .ok_or_else(|| invalid("the form has no \"metadata\" part".into()))?;
-        let metadata: Map<String, Value> = serde_json::from_slice(&metadata.body)
-            .map_err(|err| invalid(format!("metadata: invalid JSON: {err}")))?;
-        let mut problems = Vec::new();
-        let main_module = match metadata.get("main_module") {
-            Some(Value::String(m)) => Some(m.clone()),
-            None => {
-                // One module part: that is the main module.
-                let modules: Vec<_> = parts.iter().filter(|p| p.name != "metadata").collect();
-                match modules.as_slice() {
-                    [only] => Some(only.name.clone()),
-                    _ => {
-                        problems.push(
-                            "metadata.main_module: missing; name the part that holds the wasm \
-                             module"
-                                .to_owned(),
-                        );
-                        None
-                    }
+/// Parses an upload; every problem of the form and the metadata at once.
+fn parse_upload(request: &ApiRequest) -> Result<ScriptUpload, ApiError> {
+    let content_type = request.content_type.as_deref().unwrap_or("");
+    let Some(boundary) = boundary(content_type) else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "a script upload is multipart/form-data with a \"metadata\" part and the \
+                 module part; got Content-Type {content_type:?}"
+            ),
+        ));
+    };
+    let parts = multipart(&request.body, &boundary).map_err(invalid)?;
+    let metadata = parts
+        .iter()
+        .find(|p| p.name == "metadata")
+        .ok_or_else(|| invalid("the form has no \"metadata\" part".into()))?;
+    let metadata: Map<String, Value> = serde_json::from_slice(&metadata.body)
+        .map_err(|err| invalid(format!("metadata: invalid JSON: {err}")))?;
+    let mut problems = Vec::new();
+    let main_module = match metadata.get("main_module") {
+        Some(Value::String(m)) => Some(m.clone()),
+        None => {
+            // One module part: that is the main module.
+            let modules: Vec<_> = parts.iter().filter(|p| p.name != "metadata").collect();
+            match modules.as_slice() {
+                [only] => Some(only.name.clone()),
+                _ => {
+                    problems.push(
+                        "metadata.main_module: missing; name the part that holds the wasm \
+                         module"
+                            .to_owned(),
+                    );
+                    None
                 }
             }
-            Some(_) => {
-                problems.push("metadata.main_module: expected a string".to_owned());
-                None
-            }
-        };
-        let bindings = parse_bindings(metadata.get("bindings"), &mut problems);
-        let module =
-            main_module
-                .as_ref()
-                .and_then(|main| match parts.iter().find(|p| &p.name == main) {
-                    None => {
-                        problems.push(format!(
-                            "metadata.main_module: the form has no part named {main:?}"
-                        ));
-                        None
-                    }
-                    Some(part) if !part.body.starts_with(b"\0asm") => {
-                        problems.push(format!(
-                            "part {main:?}: not a WebAssembly module (it must start with \\0asm; \
-                         build the script to a wasm component first)"
-                        ));
-                        None
-                    }
-                    Some(part) => Some(part.body.clone()),
-                });
-        match (main_module, module) {
-            (Some(main_module), Some(module)) if problems.is_empty() => Ok(Upload {
-                main_module,
-                module,
-                bindings,
-            }),
-            _ => Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                errors: problems
-                    .into_iter()
-                    .map(|message| ErrorEntry {
-                        code: code::INVALID_SCRIPT,
-                        message,
-                    })
-                    .collect(),
-            }),
         }
+        Some(_) => {
+            problems.push("metadata.main_module: expected a string".to_owned());
+            None
+        }
+    };
+    let bindings = parse_bindings(metadata.get("bindings"), &mut problems);
+    let routes = crate::routes::parse_routes(metadata.get("routes"), &mut problems);
+    let workers_dev = match metadata.get("workers_dev") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            problems.push(format!(
+                "metadata.workers_dev: expected true or false, found {other}"
+            ));
+            true
+        }
+    };
+    let limits = match metadata.get("limits") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(limits)) => {
+            problems.extend(limits_problems(limits));
+            limits.clone()
+        }
+        Some(other) => {
+            problems.push(format!(
+                "metadata.limits: expected an object such as {{\"cpu_ms\": 50}}, found {other}"
+            ));
+            Map::new()
+        }
+    };
+    let module =
+        main_module
+            .as_ref()
+            .and_then(|main| match parts.iter().find(|p| &p.name == main) {
+                None => {
+                    problems.push(format!(
+                        "metadata.main_module: the form has no part named {main:?}"
+                    ));
+                    None
+                }
+                Some(part) if !part.body.starts_with(b"\0asm") => {
+                    problems.push(format!(
+                        "part {main:?}: not a WebAssembly module (it must start with \\0asm; \
+                     build the script to a wasm component first)"
+                    ));
+                    None
+                }
+                Some(part) => Some(part.body.clone()),
+            });
+    match (main_module, module) {
+        (Some(main_module), Some(module)) if problems.is_empty() => Ok(ScriptUpload {
+            main_module,
+            module,
+            bindings,
+            routes,
+            workers_dev,
+            limits,
+        }),
+        _ => Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            errors: problems
+                .into_iter()
+                .map(|message| ErrorEntry {
+                    code: code::INVALID_SCRIPT,
+                    message,
+                })
+                .collect(),
+        }),
     }
 }
 
