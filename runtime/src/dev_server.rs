@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wvpc_schemas::PlatformSecret;
 
 use crate::binding_client::BindingClient;
 use crate::config::ScriptConfig;
@@ -34,8 +35,12 @@ pub const REQUEST_ID_HEADER: &str = "wvpc-request-id";
 /// How the runtime reaches the rest of workers-vpc.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
-    /// The binding-worker's capnp address (`VpcBinding` bootstrap capability).
-    pub binding_worker: SocketAddr,
+    /// The binding-workers' capnp addresses (`VpcBinding` bootstrap capability), at least
+    /// one: fetches are spread over them, and fail over to the others when one is down.
+    pub binding_workers: Vec<SocketAddr>,
+    /// The platform secret the binding-workers must prove they hold (and this runtime
+    /// proves to them). `None`: no handshake, for binding-workers started without one.
+    pub binding_secret: Option<PlatformSecret>,
     /// Account id that owns the script; sent with every binding fetch.
     pub account: String,
 }
@@ -63,8 +68,8 @@ impl Runtime {
     ) -> Result<Runtime, RuntimeError> {
         let engine = crate::engine::shared_engine().map_err(RuntimeError::Engine)?;
         let pre = crate::script::load(&engine, &config.main)?;
-        let client =
-            BindingClient::start(options.binding_worker).map_err(RuntimeError::BindingClient)?;
+        let client = BindingClient::start(options.binding_workers, options.binding_secret)
+            .map_err(RuntimeError::BindingClient)?;
         let services = config
             .vpc_services
             .iter()

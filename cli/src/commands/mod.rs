@@ -1,5 +1,6 @@
 //! One module per `wvpc` subcommand: its clap arguments and what it does.
 
+pub mod binding_worker;
 pub mod deploy;
 pub mod dev;
 pub mod directory;
