@@ -136,7 +136,8 @@ async fn measure_instantiation(duration: Duration) -> anyhow::Result<(Duration, 
     };
     let options = wvpc_runtime::RuntimeOptions {
         // Never dialled: instantiation makes no fetch.
-        binding_worker: "127.0.0.1:9".parse()?,
+        binding_workers: vec!["127.0.0.1:9".parse()?],
+        binding_secret: None,
         account: "bench".into(),
     };
     let runtime =

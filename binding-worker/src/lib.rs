@@ -17,17 +17,28 @@
 //! Routing uses only the binding's service id; the URL's host becomes `Host` (without the
 //! URL's port, which is ignored), the scheme picks the service's port at iris.
 //!
+//! Several iris nodes: CONNECTs spread over the ones that are up, and one that never got an
+//! answer head because of its node is retried on another (see `iris_client`).
+//!
+//! With a [`PlatformSecret`] configured, every accepted runtime connection must pass the
+//! mutual handshake of [`wvpc_schemas::binding_auth`] before capnp starts; one that fails is
+//! logged and closed.
+//!
 //! Threads: capnp-rpc is `!Send`, so the capnp server runs on its own thread (a current-thread
-//! runtime and a `LocalSet`). HTTP work — the single multiplexed HTTP/2 connection to iris
-//! and the origin connections — runs on a multi-threaded tokio runtime (the caller's, or one
-//! the worker owns). Bodies stream through bounded channels; nothing buffers a whole body.
+//! runtime and a `LocalSet`). HTTP work — the multiplexed HTTP/2 connections to iris and the
+//! origin connections — runs on a multi-threaded tokio runtime (the caller's, or one the
+//! worker owns). Bodies stream through bounded channels; nothing buffers a whole body.
+//!
+//! Stopping: [`BindingWorkerHandle::shutdown`] drops everything at once;
+//! [`BindingWorkerHandle::drain`] first stops accepting connections and fetches, and lets the
+//! fetches in flight (their response bodies included) finish within a grace period.
 //!
 //! ```no_run
 //! # fn main() -> std::io::Result<()> {
 //! use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig};
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-//! let iris = "127.0.0.1:7000".parse().unwrap();
-//! let worker = BindingWorker::start(listener, BindingWorkerConfig::new(iris))?;
+//! let iris = vec!["127.0.0.1:7000".parse().unwrap(), "127.0.0.1:7010".parse().unwrap()];
+//! let worker = BindingWorker::start(listener, BindingWorkerConfig::with_iris_nodes(iris))?;
 //! println!("runtimes connect to {}", worker.local_addr());
 //! worker.shutdown();
 //! # Ok(()) }
@@ -42,32 +53,46 @@ mod request;
 mod request_body;
 mod rpc;
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+use wvpc_schemas::binding_auth::handshake_as_binding_worker;
 use wvpc_schemas::binding_capnp::vpc_binding;
+
+pub use wvpc_schemas::PlatformSecret;
+pub use wvpc_schemas::binding_auth::HANDSHAKE_TIMEOUT;
 
 use crate::iris_client::{IrisClient, IrisSettings};
 use crate::origin::{OriginPool, OriginSettings, Proxy};
 use crate::origin_tls::OriginTls;
 use crate::rpc::VpcBindingServer;
 
-/// Settings of a binding-worker. Build with [`BindingWorkerConfig::new`], then adjust fields.
+/// Settings of a binding-worker. Build with [`BindingWorkerConfig::new`] or
+/// [`BindingWorkerConfig::with_iris_nodes`], then adjust fields.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct BindingWorkerConfig {
-    /// The iris CONNECT listener.
-    pub iris: SocketAddr,
+    /// The CONNECT listeners of the iris nodes (at least one).
+    pub iris: Vec<SocketAddr>,
+    /// The secret runtimes must prove they hold before any call (and that this worker proves
+    /// it holds). `None`: no handshake, for tests and one-process use; the `wvpc
+    /// binding-worker` command always sets one.
+    pub secret: Option<PlatformSecret>,
+    /// Bound on a runtime's handshake. Default [`HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
     /// Runtime for the HTTP work. `None`: the worker starts and owns a multi-threaded runtime
     /// with one worker thread per core.
     pub proxy_runtime: Option<Handle>,
-    /// Bound on dialling iris and on iris's answer to a CONNECT (DNS and the tunnel dial
-    /// included). Default 30 s.
+    /// Bound on dialling an iris node and on iris's answer to a CONNECT (DNS and the tunnel
+    /// dial included). Default 30 s. A CONNECT that timed out is not retried on another node.
     pub connect_timeout: Duration,
     /// From the end of the request body to the origin's response head
     /// (`http_response_timeout`). Default 100 s.
@@ -95,10 +120,17 @@ pub struct BindingWorkerConfig {
 }
 
 impl BindingWorkerConfig {
-    /// Defaults, with iris at `iris`.
+    /// Defaults, with one iris node at `iris`.
     pub fn new(iris: SocketAddr) -> Self {
+        Self::with_iris_nodes(vec![iris])
+    }
+
+    /// Defaults, with these iris nodes (at least one, or [`BindingWorker::start`] refuses).
+    pub fn with_iris_nodes(iris: Vec<SocketAddr>) -> Self {
         Self {
             iris,
+            secret: None,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             proxy_runtime: None,
             connect_timeout: Duration::from_secs(30),
             response_timeout: Duration::from_secs(100),
@@ -128,6 +160,12 @@ impl BindingWorker {
         listener: std::net::TcpListener,
         config: BindingWorkerConfig,
     ) -> io::Result<BindingWorkerHandle> {
+        if config.iris.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no iris node given: a binding-worker needs at least one iris address",
+            ));
+        }
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (proxy_runtime, owned_runtime) = match config.proxy_runtime.clone() {
@@ -145,7 +183,7 @@ impl BindingWorker {
             .build()?;
 
         let iris = IrisClient::new(IrisSettings {
-            addr: config.iris,
+            nodes: config.iris.clone(),
             connect_timeout: config.connect_timeout,
         });
         let tls = OriginTls::new(config.tls_roots.clone())?;
@@ -166,16 +204,32 @@ impl BindingWorker {
         let pool = Arc::downgrade(proxy.pool());
 
         let (stop, stopped) = oneshot::channel();
+        let (drain, drain_requested) = oneshot::channel();
+        let fetches = TaskTracker::new();
+        let serving = Serving {
+            proxy,
+            proxy_runtime,
+            fetches: fetches.clone(),
+            secret: config.secret.clone(),
+            handshake_timeout: config.handshake_timeout,
+        };
         let thread = std::thread::Builder::new()
             .name("wvpc-binding-rpc".into())
             .spawn(move || {
-                run_rpc_thread(rpc_runtime, listener, proxy, proxy_runtime, stopped);
+                run_rpc_thread(rpc_runtime, listener, serving, stopped, drain_requested);
             })?;
-        tracing::info!(%local_addr, iris = %config.iris, "binding-worker listening");
+        tracing::info!(
+            %local_addr,
+            iris = ?config.iris,
+            authenticated = config.secret.is_some(),
+            "binding-worker listening"
+        );
         Ok(BindingWorkerHandle {
             local_addr,
             pool,
             stop: Some(stop),
+            drain: Some(drain),
+            fetches,
             thread: Some(thread),
             owned_runtime,
         })
@@ -188,6 +242,10 @@ pub struct BindingWorkerHandle {
     local_addr: SocketAddr,
     pool: Weak<OriginPool>,
     stop: Option<oneshot::Sender<()>>,
+    /// Asks the RPC thread to stop accepting; it answers once it has.
+    drain: Option<oneshot::Sender<oneshot::Sender<()>>>,
+    /// Every fetch from its call to the end of its response body.
+    fetches: TaskTracker,
     thread: Option<JoinHandle<()>>,
     owned_runtime: Option<Runtime>,
 }
@@ -213,6 +271,45 @@ impl BindingWorkerHandle {
         {
             tracing::error!("the binding-worker RPC thread panicked");
         }
+    }
+
+    /// Stops gracefully: the listener closes (new connections are refused) and new fetches
+    /// on open connections are refused as disconnected (a runtime sends them to another
+    /// binding-worker); fetches in flight, response bodies included, may finish within
+    /// `grace`. Then everything stops as with [`Self::shutdown`]. Resolves to whether every
+    /// fetch finished in time.
+    pub fn drain(mut self, grace: Duration) -> impl Future<Output = bool> + Send + 'static {
+        let drain = self.drain.take();
+        let fetches = self.fetches.clone();
+        async move {
+            if let Some(drain) = drain {
+                let (accepting_stopped, stopped) = oneshot::channel();
+                if drain.send(accepting_stopped).is_ok() {
+                    let _ = stopped.await;
+                }
+            }
+            fetches.close();
+            let in_flight = fetches.len();
+            tracing::info!(
+                in_flight,
+                grace_ms = grace.as_millis() as u64,
+                "binding-worker draining"
+            );
+            let finished = tokio::time::timeout(grace, fetches.wait()).await.is_ok();
+            if !finished {
+                tracing::warn!(
+                    left = fetches.len(),
+                    "grace period over: closing the fetches still in flight"
+                );
+            }
+            self.shutdown();
+            finished
+        }
+    }
+
+    /// Fetches in flight (from the call to the end of the response body).
+    pub fn fetches_in_flight(&self) -> usize {
+        self.fetches.len()
     }
 
     fn stop_now(&mut self) {
@@ -276,13 +373,23 @@ fn is_per_connection(err: &io::Error) -> bool {
     )
 }
 
-/// The RPC thread: accepts runtime connections and serves capnp on a `LocalSet`.
+/// What the RPC thread serves with.
+struct Serving {
+    proxy: Arc<Proxy>,
+    proxy_runtime: Handle,
+    fetches: TaskTracker,
+    secret: Option<PlatformSecret>,
+    handshake_timeout: Duration,
+}
+
+/// The RPC thread: accepts runtime connections and serves capnp on a `LocalSet`, until
+/// stopped; once asked to drain, it closes the listener and refuses new fetches.
 fn run_rpc_thread(
     rpc_runtime: Runtime,
     listener: std::net::TcpListener,
-    proxy: Arc<Proxy>,
-    proxy_runtime: Handle,
+    serving: Serving,
     mut stopped: oneshot::Receiver<()>,
+    mut drain_requested: oneshot::Receiver<oneshot::Sender<()>>,
 ) {
     let local = tokio::task::LocalSet::new();
     local.block_on(&rpc_runtime, async move {
@@ -293,13 +400,38 @@ fn run_rpc_thread(
                 return;
             }
         };
-        let binding: vpc_binding::Client =
-            capnp_rpc::new_client(VpcBindingServer::new(proxy, proxy_runtime));
-        loop {
+        let draining = Rc::new(Cell::new(false));
+        let Serving {
+            proxy,
+            proxy_runtime,
+            fetches,
+            secret,
+            handshake_timeout,
+        } = serving;
+        let binding: vpc_binding::Client = capnp_rpc::new_client(VpcBindingServer::new(
+            proxy,
+            proxy_runtime,
+            fetches,
+            Rc::clone(&draining),
+        ));
+        let drained = loop {
             tokio::select! {
-                _ = &mut stopped => break,
+                _ = &mut stopped => {
+                    tracing::info!("binding-worker stopped");
+                    return;
+                }
+                // A dropped sender (the handle went away mid-drain) drains as well.
+                requested = &mut drain_requested => break requested.ok(),
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => rpc::serve_runtime(stream, peer, binding.clone()),
+                    Ok((stream, peer)) => {
+                        tokio::task::spawn_local(admit(
+                            stream,
+                            peer,
+                            binding.clone(),
+                            secret.clone(),
+                            handshake_timeout,
+                        ));
+                    }
                     Err(err) if is_per_connection(&err) => {
                         tracing::debug!(error = %err, "a runtime connection failed while accepted");
                     }
@@ -310,7 +442,34 @@ fn run_rpc_thread(
                     }
                 },
             }
+        };
+        drop(listener);
+        draining.set(true);
+        if let Some(accepting_stopped) = drained {
+            let _ = accepting_stopped.send(());
         }
+        // Open connections keep serving the fetches in flight until the handle stops us.
+        let _ = stopped.await;
         tracing::info!("binding-worker stopped");
     });
+}
+
+/// Serves one accepted connection, after the platform handshake when a secret is set.
+async fn admit(
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    binding: vpc_binding::Client,
+    secret: Option<PlatformSecret>,
+    handshake_timeout: Duration,
+) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+    }
+    if let Some(secret) = &secret
+        && let Err(err) = handshake_as_binding_worker(&mut stream, secret, handshake_timeout).await
+    {
+        tracing::warn!(%peer, error = %err, "refused a connection: it failed the platform handshake");
+        return;
+    }
+    rpc::serve_runtime(stream, peer, binding);
 }

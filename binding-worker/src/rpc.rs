@@ -6,8 +6,9 @@
 //! through `Send` channels (request body), a join handle (response head) and hyper's body
 //! channel (response body), so no fetch ever blocks another.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tokio_util::task::TaskTracker;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_capnp::{byte_stream, response_head, response_receiver, vpc_binding};
 use wvpc_schemas::{read_wire_error, write_wire_error};
@@ -33,9 +35,6 @@ const STREAM_WINDOW: usize = 1 << 20;
 
 /// Serves one runtime connection on the current `LocalSet`.
 pub(crate) fn serve_runtime(stream: TcpStream, peer: SocketAddr, binding: vpc_binding::Client) {
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
-    }
     let (reader, writer) = stream.into_split();
     let mut network = twoparty::VatNetwork::new(
         reader.compat(),
@@ -58,11 +57,25 @@ pub(crate) struct VpcBindingServer {
     proxy: Arc<Proxy>,
     /// Where HTTP work runs.
     runtime: Handle,
+    /// Every fetch, from its call to the end of its response body (for draining).
+    fetches: TaskTracker,
+    /// Set once the worker drains: new fetches are refused.
+    draining: Rc<Cell<bool>>,
 }
 
 impl VpcBindingServer {
-    pub(crate) fn new(proxy: Arc<Proxy>, runtime: Handle) -> Self {
-        Self { proxy, runtime }
+    pub(crate) fn new(
+        proxy: Arc<Proxy>,
+        runtime: Handle,
+        fetches: TaskTracker,
+        draining: Rc<Cell<bool>>,
+    ) -> Self {
+        Self {
+            proxy,
+            runtime,
+            fetches,
+            draining,
+        }
     }
 }
 
@@ -75,6 +88,13 @@ impl vpc_binding::Server for VpcBindingServer {
         // Everything is set up synchronously: the call returns the request-body stream at
         // once, and the exchange continues as its own task.
         let started = (|| -> Result<(), capnp::Error> {
+            if self.draining.get() {
+                // Disconnected: the runtime treats the call as never made and sends it to
+                // another binding-worker (when no request-body byte was taken yet).
+                return Err(capnp::Error::disconnected(
+                    "this binding-worker is draining and takes no new fetches".into(),
+                ));
+            }
             let params = params.get()?;
             let receiver = params.get_response()?;
             let request = read_fetch(params.get_context()?, params.get_head()?);
@@ -83,13 +103,13 @@ impl vpc_binding::Server for VpcBindingServer {
                 events: RefCell::new(Some(events_tx)),
             };
             results.get().set_request_body(capnp_rpc::new_client(sink));
-            tokio::task::spawn_local(run_fetch(
+            tokio::task::spawn_local(self.fetches.track_future(run_fetch(
                 Arc::clone(&self.proxy),
                 self.runtime.clone(),
                 request,
                 events,
                 receiver,
-            ));
+            )));
             Ok(())
         })();
         std::future::ready(started)

@@ -52,6 +52,8 @@ pub enum Command {
     Runtime(commands::runtime::RuntimeArgs),
     /// Run an iris node: the CONNECT router and the tunnel edge
     Iris(commands::iris::IrisArgs),
+    /// Run a binding-worker: serves runtimes' binding fetches through iris
+    BindingWorker(commands::binding_worker::BindingWorkerArgs),
     /// Manage tunnels and run connectors
     #[command(subcommand)]
     Tunnel(commands::tunnel::TunnelCommand),
@@ -96,6 +98,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Up(args) => commands::up::run(args, &cli.state, out).await,
         Command::Runtime(args) => commands::runtime::run(args, &cli.state, out).await,
         Command::Iris(args) => commands::iris::run(args, &cli.state, out).await,
+        Command::BindingWorker(args) => commands::binding_worker::run(args, &cli.state, out).await,
         Command::Tunnel(command) => commands::tunnel::run(command, &cli.state, &cli.api, out).await,
         Command::Service(command) => {
             commands::service::run(command, &cli.state, &cli.api, out).await

@@ -6,7 +6,7 @@
 //! Each scenario kills and restarts what it needs (SIGKILL: nothing gets to clean up).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -106,7 +106,10 @@ impl Proc {
             }
         }
         *self = Proc::start(state, self.name, args).await;
-        assert_eq!(self.addrs[..had.len().min(self.addrs.len())], had[..had.len().min(self.addrs.len())]);
+        assert_eq!(
+            self.addrs[..had.len().min(self.addrs.len())],
+            had[..had.len().min(self.addrs.len())]
+        );
     }
 }
 
@@ -126,7 +129,9 @@ impl PrivateNetwork {
             table.insert(name, ip.parse::<IpAddr>().unwrap());
             origins.push(((*name).to_owned(), origin));
         }
-        let dns = DnsServer::start(table).await.expect("starting the DNS server");
+        let dns = DnsServer::start(table)
+            .await
+            .expect("starting the DNS server");
         PrivateNetwork { dns, origins }
     }
 
@@ -156,9 +161,12 @@ impl Platform {
             .unwrap()
             .1;
         let any = || "127.0.0.1:0".to_owned();
-        let directory =
-            Proc::start(state.path(), "directory", vec!["directory".into(), "--listen".into(), any()])
-                .await;
+        let directory = Proc::start(
+            state.path(),
+            "directory",
+            vec!["directory".into(), "--listen".into(), any()],
+        )
+        .await;
         let iris = Proc::start(
             state.path(),
             "iris",
@@ -251,7 +259,9 @@ impl Platform {
         service: Uuid,
         extra: &str,
     ) -> Result<String, String> {
-        let config = self.state().join(format!("{name}-{}.jsonc", Uuid::new_v4().simple()));
+        let config = self
+            .state()
+            .join(format!("{name}-{}.jsonc", Uuid::new_v4().simple()));
         std::fs::write(
             &config,
             format!(
@@ -271,15 +281,18 @@ impl Platform {
 
     /// Polls (bounded) until `GET host path` answers `status` with a body containing `text`.
     async fn until(&self, host: &str, path: &str, status: u16, text: &str) -> Reply {
-        within(&format!("{host}{path} answering {status} {text:?}"), async {
-            loop {
-                let reply = self.get(host, path).await;
-                if reply.status == status && reply.text().contains(text) {
-                    return reply;
+        within(
+            &format!("{host}{path} answering {status} {text:?}"),
+            async {
+                loop {
+                    let reply = self.get(host, path).await;
+                    if reply.status == status && reply.text().contains(text) {
+                        return reply;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
+            },
+        )
         .await
     }
 }
@@ -325,12 +338,17 @@ fn load(
     path: &str,
     tasks: usize,
     stop: &Arc<AtomicBool>,
-) -> (Arc<AtomicUsize>, Arc<AtomicUsize>, Vec<tokio::task::JoinHandle<()>>) {
+) -> (
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let handles = (0..tasks)
         .map(|_| {
-            let (runtime, host, path) = (platform.runtime.addr(0), host.to_owned(), path.to_owned());
+            let (runtime, host, path) =
+                (platform.runtime.addr(0), host.to_owned(), path.to_owned());
             let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
@@ -406,29 +424,55 @@ async fn deployed_scripts_are_routed_by_host_isolated_redeployed_under_load_and_
         .expect("deploying the other account's proxy");
 
     // The default host of each account's script reaches that account's service only.
-    let reply = platform.until("proxy.local.workers.localhost", "/a", 200, "").await;
+    let reply = platform
+        .until("proxy.local.workers.localhost", "/a", 200, "")
+        .await;
     assert!(reply.text().contains("/a"), "{}", reply.text());
     net.origin("a.internal").wait_seen("/a").await;
-    platform.until("proxy.other.workers.localhost", "/b", 200, "").await;
+    platform
+        .until("proxy.other.workers.localhost", "/b", 200, "")
+        .await;
     net.origin("b.internal").wait_seen("/b").await;
-    assert!(net.origin("a.internal").seen().iter().all(|s| s.path != "/b"));
-    assert!(net.origin("b.internal").seen().iter().all(|s| s.path != "/a"));
+    assert!(
+        net.origin("a.internal")
+            .seen()
+            .iter()
+            .all(|s| s.path != "/b")
+    );
+    assert!(
+        net.origin("b.internal")
+            .seen()
+            .iter()
+            .all(|s| s.path != "/a")
+    );
     // A route, whatever the path below it.
-    platform.until("api.example.test", "/deep/route?q=1", 200, "").await;
+    platform
+        .until("api.example.test", "/deep/route?q=1", 200, "")
+        .await;
     net.origin("a.internal").wait_seen("/deep/route?q=1").await;
     // `proxy.<domain>` is ambiguous (two accounts have a `proxy`), so it is not served.
     let reply = platform.get("proxy.workers.localhost", "/").await;
     assert_eq!(reply.status, 404, "{}", reply.text());
     let reply = platform.get("nothing.local.workers.localhost", "/").await;
     assert_eq!(reply.status, 404);
-    assert!(reply.text().contains("nothing.local.workers.localhost"), "{}", reply.text());
+    assert!(
+        reply.text().contains("nothing.local.workers.localhost"),
+        "{}",
+        reply.text()
+    );
     // A script of one account cannot bind another account's service.
     let refused = platform
         .deploy(&other_token, "thief", guests::PROXY, service_a, "")
         .await
         .expect_err("binding another account's service is refused");
     assert!(refused.contains("another account"), "{refused}");
-    assert_eq!(platform.get("thief.other.workers.localhost", "/").await.status, 404);
+    assert_eq!(
+        platform
+            .get("thief.other.workers.localhost", "/")
+            .await
+            .status,
+        404
+    );
 
     // The script's output reaches the runtime's stdout and `wvpc tail`, from any runtime.
     let mut tail = Command::new(env!("CARGO_BIN_EXE_wvpc"))
@@ -444,7 +488,9 @@ async fn deployed_scripts_are_routed_by_host_isolated_redeployed_under_load_and_
     let mut tailed = BufReader::new(tail.stdout.take().unwrap()).lines();
     within("wvpc tail shows the script's output", async {
         loop {
-            platform.get("proxy.local.workers.localhost", "/tailed").await;
+            platform
+                .get("proxy.local.workers.localhost", "/tailed")
+                .await;
             let line = tokio::select! {
                 line = tailed.next_line() => line.unwrap().expect("tail ended"),
                 () = tokio::time::sleep(Duration::from_millis(200)) => continue,
@@ -471,7 +517,13 @@ async fn deployed_scripts_are_routed_by_host_isolated_redeployed_under_load_and_
 
     // A redeploy under load: no request fails, and the new version takes over.
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed, tasks) = load(&platform, "proxy.local.workers.localhost", "/load", 4, &stop);
+    let (ok, failed, tasks) = load(
+        &platform,
+        "proxy.local.workers.localhost",
+        "/load",
+        4,
+        &stop,
+    );
     within("load running", async {
         while ok.load(Ordering::SeqCst) < 20 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -482,7 +534,11 @@ async fn deployed_scripts_are_routed_by_host_isolated_redeployed_under_load_and_
         .deploy(&platform.token, "proxy", guests::PROXY, service_c, "")
         .await
         .expect("redeploying with another binding");
-    within("the new version serves", net.origin("c.internal").wait_seen("/load")).await;
+    within(
+        "the new version serves",
+        net.origin("c.internal").wait_seen("/load"),
+    )
+    .await;
     let before = ok.load(Ordering::SeqCst);
     within("load continuing on the new version", async {
         while ok.load(Ordering::SeqCst) < before + 20 {
@@ -494,18 +550,38 @@ async fn deployed_scripts_are_routed_by_host_isolated_redeployed_under_load_and_
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during the redeploy");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during the redeploy"
+    );
     // A route is the script's, not the version's: the redeploy without `routes` dropped it.
-    platform.until("api.example.test", "/", 404, "api.example.test").await;
+    platform
+        .until("api.example.test", "/", 404, "api.example.test")
+        .await;
 
     // Delete: the host answers 404 naming it.
-    let deleted = platform.wvpc(&platform.token, &["delete", "proxy"]).await.unwrap();
+    let deleted = platform
+        .wvpc(&platform.token, &["delete", "proxy"])
+        .await
+        .unwrap();
     assert!(deleted.contains("proxy"), "{deleted}");
     platform
-        .until("proxy.local.workers.localhost", "/", 404, "proxy.local.workers.localhost")
+        .until(
+            "proxy.local.workers.localhost",
+            "/",
+            404,
+            "proxy.local.workers.localhost",
+        )
         .await;
     // The other account's script of the same name is untouched.
-    assert_eq!(platform.get("proxy.other.workers.localhost", "/b2").await.status, 200);
+    assert_eq!(
+        platform
+            .get("proxy.other.workers.localhost", "/b2")
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,13 +601,19 @@ async fn killed_binding_workers_and_iris_nodes_are_destination_unavailable_until
     platform.binding_worker.kill().await;
     let reply = platform.get(host, "/bw-down").await;
     assert_eq!(reply.status, 502, "{}", reply.text());
-    assert!(reply.text().contains("destination_unavailable"), "{}", reply.text());
+    assert!(
+        reply.text().contains("destination_unavailable"),
+        "{}",
+        reply.text()
+    );
     let state = platform.state().to_owned();
     platform.binding_worker.restart(&state).await;
     platform.until(host, "/bw-back", 200, "").await;
 
     platform.iris.kill().await;
-    let reply = platform.until(host, "/iris-down", 502, "destination_unavailable").await;
+    let reply = platform
+        .until(host, "/iris-down", 502, "destination_unavailable")
+        .await;
     assert_eq!(reply.status, 502);
     platform.iris.restart(&state).await;
     // The connector finds the restarted node by itself, and the binding-worker redials it.
@@ -556,8 +638,8 @@ async fn a_connector_restarted_during_a_directory_outage_comes_back_by_itself() 
     // The outage: the directory API is gone and the database is write-locked by someone
     // else (a stuck writer); iris can neither record connections nor be asked anything.
     platform.directory.kill().await;
-    let lock = rusqlite::Connection::open(platform.state().join(wvpc_directory::DB_FILE_NAME))
-        .unwrap();
+    let lock =
+        rusqlite::Connection::open(platform.state().join(wvpc_directory::DB_FILE_NAME)).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE; DELETE FROM runtime_nodes WHERE 0;")
         .unwrap();
 
@@ -572,8 +654,16 @@ async fn a_connector_restarted_during_a_directory_outage_comes_back_by_itself() 
     let state = platform.state().to_owned();
     platform.directory.restart(&state).await;
     platform
-        .deploy(&platform.token, "proxy", guests::PROXY, service_a, r#", "routes": ["after.example.test/*"]"#)
+        .deploy(
+            &platform.token,
+            "proxy",
+            guests::PROXY,
+            service_a,
+            r#", "routes": ["after.example.test/*"]"#,
+        )
         .await
         .expect("deploying after the outage");
-    platform.until("after.example.test", "/after", 200, "").await;
+    platform
+        .until("after.example.test", "/after", 200, "")
+        .await;
 }

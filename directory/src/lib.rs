@@ -32,15 +32,15 @@ pub mod connections;
 mod database;
 pub mod deployments;
 mod error;
-pub mod runtimes;
 pub mod routes;
+pub mod runtimes;
 pub mod scripts;
 pub mod service;
 pub mod service_input;
 mod services;
 mod snapshot;
-pub mod tail;
 pub mod subdomain;
+pub mod tail;
 pub mod tokens;
 pub mod tunnel;
 pub mod validation;
@@ -50,8 +50,8 @@ pub use connections::LiveConnection;
 pub use database::{DB_FILE_NAME, Directory};
 pub use deployments::{DeployedScript, DeploymentSnapshot};
 pub use error::DirectoryError;
-pub use runtimes::{RUNTIME_TTL, RuntimeNode};
 pub use routes::{RouteConflict, ScriptRoute};
+pub use runtimes::{RUNTIME_TTL, RuntimeNode};
 pub use scripts::{
     BindingRefusal, BindingRequest, DeletedScript, MAX_VERSIONS_PER_SCRIPT, Script, ScriptBinding,
     ScriptUpload, ScriptVersion, ServiceRef,

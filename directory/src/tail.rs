@@ -4,7 +4,7 @@
 //! ([`crate::runtimes`]), connects to each, keeps looking for new ones, and merges their
 //! lines into one channel.
 //!
-//! The control listener answers only requests that carry [`tail_token`] of the platform
+//! The control listener answers only requests that carry a token derived from the platform
 //! secret, so nothing else on the network reads scripts' output.
 
 use std::collections::HashSet;
@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use crate::error::DirectoryError;
@@ -27,15 +26,6 @@ pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest event line passed on; longer lines are dropped (a runtime bounds its lines far
 /// below this).
 const MAX_LINE: usize = 256 << 10;
-
-/// The bearer token of the tail endpoint, derived from the platform secret (so the secret
-/// itself never travels).
-pub fn tail_token(secret: &[u8]) -> String {
-    let mut hash = Sha256::new();
-    hash.update(b"wvpc tail token\0");
-    hash.update(secret);
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Whose output to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,22 +167,6 @@ async fn follow_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_token_depends_on_the_secret_and_is_not_the_secret() {
-        let a = tail_token(b"secret-a");
-        assert_eq!(a, tail_token(b"secret-a"));
-        assert_ne!(a, tail_token(b"secret-b"));
-        assert_eq!(a.len(), 64);
-        assert!(
-            !a.contains(
-                &"secret-a"
-                    .bytes()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )
-        );
-    }
 
     #[test]
     fn targets_are_encoded_in_the_query() {

@@ -8,7 +8,7 @@
 //!   read leaves the host serving what it has; the next successful read catches up.
 //! - The control listener serves `GET /tail?account=…&script=…` (JSON lines, one event each)
 //!   and `GET /status` (the revision and the versions served), both only to callers with the
-//!   token derived from the platform secret ([`wvpc_directory::tail::tail_token`]).
+//!   token derived from the platform secret ([`TAIL_TOKEN_PURPOSE`]).
 //! - The runtime announces its control address in the directory while it runs
 //!   ([`Directory::announce_runtime`]) and withdraws it when it stops.
 
@@ -27,10 +27,10 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::sync::broadcast;
 use uuid::Uuid;
-use wvpc_directory::tail::{TAIL_PATH, tail_token};
+use wvpc_directory::tail::TAIL_PATH;
 use wvpc_directory::{DeployedScript, Directory};
 use wvpc_runtime::{
-    Deployment, ModuleSource, RuntimeOptions, ScriptHost, ScriptOutput, TailHub,
+    Deployment, ModuleSource, PlatformSecret, RuntimeOptions, ScriptHost, ScriptOutput, TailHub,
 };
 
 use crate::PlatformError;
@@ -38,6 +38,9 @@ use crate::iris_node::local_addr;
 
 /// How often the watcher looks at the directory's change counter.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// What the control listener's bearer token is derived for
+/// ([`PlatformSecret::derive_token`]).
+pub const TAIL_TOKEN_PURPOSE: &str = "runtime control";
 /// How often the runtime refreshes its announcement (well within
 /// [`wvpc_directory::RUNTIME_TTL`]).
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
@@ -52,7 +55,7 @@ pub struct RuntimeNodeOptions {
     /// Binding-workers, capnp (one or more).
     pub binding_workers: Vec<SocketAddr>,
     /// The platform secret (binding-worker handshake, control token).
-    pub secret: Vec<u8>,
+    pub secret: PlatformSecret,
     /// Scripts are served at `<script>.<subdomain>.<workers_domain>`.
     pub workers_domain: String,
 }
@@ -80,15 +83,17 @@ impl RuntimeNode {
         let hub = Arc::new(TailHub::default());
         let output: Arc<dyn ScriptOutput> = hub.clone();
         let runtime_options = RuntimeOptions {
-            binding_worker: options.binding_workers[0],
+            binding_workers: options.binding_workers.clone(),
+            binding_secret: Some(options.secret.clone()),
             account: String::new(),
         };
         let host = Arc::new(
-            ScriptHost::new(&runtime_options, &options.workers_domain, output)
-                .map_err(|source| PlatformError::Script {
+            ScriptHost::new(&runtime_options, &options.workers_domain, output).map_err(
+                |source| PlatformError::Script {
                     script: "(runtime)".into(),
                     source,
-                })?,
+                },
+            )?,
         );
         let revision = Arc::new(AtomicU64::new(0));
         // The first load, before listening: a restarted runtime serves at once.
@@ -135,7 +140,7 @@ impl RuntimeNode {
             control_addr,
         )));
         let control_state = Arc::new(Control {
-            token: tail_token(&options.secret),
+            token: options.secret.derive_token(TAIL_TOKEN_PURPOSE),
             hub,
             host: host.clone(),
             revision: revision.clone(),
@@ -279,8 +284,7 @@ async fn announce(directory: Arc<Directory>, node_id: Uuid, control_addr: Socket
     loop {
         ticker.tick().await;
         let dir = directory.clone();
-        match tokio::task::spawn_blocking(move || dir.announce_runtime(node_id, control_addr))
-            .await
+        match tokio::task::spawn_blocking(move || dir.announce_runtime(node_id, control_addr)).await
         {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::debug!(error = %err, "cannot announce this runtime"),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
 use wvpc_directory::{Directory, Service, ServiceTarget};
 use wvpc_iris::edge::TunnelRegistry;
-use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig};
+use wvpc_runtime::{PlatformSecret, Runtime, RuntimeOptions, ScriptConfig};
 use wvpc_tunnel::EdgeIdentity;
 
 use crate::PlatformError;
@@ -96,6 +96,10 @@ impl Stack {
         // Pooled origin connections keep the route they were opened with: renew them often
         // enough that service changes reach steady traffic within a second.
         bw_config.route_lease = Some(crate::live_routes::ROUTE_LEASE);
+        // One process: a secret of its own, so that nothing else on this machine can make
+        // binding calls through the dev binding-worker's port.
+        let secret = PlatformSecret::generate().map_err(io("creating the platform secret"))?;
+        bw_config.secret = Some(secret.clone());
         tune(&mut bw_config);
         let binding_worker = BindingWorker::start(bw_listener, bw_config)
             .map_err(io("starting the binding-worker"))?;
@@ -111,7 +115,8 @@ impl Stack {
 
         let script = config.script.clone();
         let options = RuntimeOptions {
-            binding_worker: binding_worker_addr,
+            binding_workers: vec![binding_worker_addr],
+            binding_secret: Some(secret),
             account: directory.account_id().to_owned(),
         };
         // Compiling the component is CPU work: keep it off the async workers.

@@ -11,18 +11,26 @@
 //! returns), and always ended — or aborted if the script's body failed. The binding-worker
 //! later calls `deliver` once; the `ByteStream` returned from it feeds the response body.
 //!
-//! One connection is shared by all fetches of the runtime and re-established by the next
-//! fetch after it drops. A fetch that finds the reused connection already dead, before any
-//! body bytes were taken, is sent again on a fresh one; a fetch in flight when the connection
-//! drops fails with `proxy_internal_error` (the binding-worker may have acted on it, and its
-//! body may be consumed).
+//! One or more binding-workers: each gets one connection, shared by all fetches of the
+//! runtime and re-established by the next fetch after it drops; with a [`PlatformSecret`],
+//! each connection first passes the mutual handshake of [`wvpc_schemas::binding_auth`].
+//! Fetches go round-robin over the binding-workers that are up. One whose dial or handshake
+//! fails is marked down for a backoff (250 ms, doubling up to 5 s) and skipped until then;
+//! the first fetch after it is the next try, so the runtime recovers by itself.
+//!
+//! A fetch that could not be sent goes to the next binding-worker: its dial or handshake
+//! failed, or it found the reused connection already dead (or the binding-worker draining)
+//! before any body bytes were taken. When none could take it, it fails with
+//! `destination_unavailable`. A fetch in flight when its connection drops fails with
+//! `proxy_internal_error` (the binding-worker may have acted on it, and its body may be
+//! consumed).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use capnp::capability::Rc as CapRc;
@@ -33,13 +41,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use wasmtime_wasi_http::WasiBody;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_runtime};
 use wvpc_schemas::binding_capnp::{byte_stream, fetch_result, response_receiver, vpc_binding};
-use wvpc_schemas::{read_wire_error, write_wire_error};
+use wvpc_schemas::{PlatformSecret, read_wire_error, write_wire_error};
 
 use crate::error_map::wasi_http_error;
 
-/// How long connecting to the binding-worker may take before fetches fail.
+/// How long connecting to a binding-worker may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a binding-worker stays marked down after its first failed dial; doubled per
+/// further failure, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Largest `ByteStream.write` we send; bigger body frames are split.
 const MAX_WRITE: usize = 64 * 1024;
 /// Response-body chunks buffered between the binding-worker and the script; when full,
@@ -72,8 +85,18 @@ pub(crate) struct BindingClient {
 }
 
 impl BindingClient {
-    /// Starts the connection thread. It connects lazily, on the first fetch.
-    pub fn start(binding_worker: SocketAddr) -> std::io::Result<Self> {
+    /// Starts the connection thread for these binding-workers (at least one), which prove
+    /// they hold `secret` when there is one. It connects lazily, on the first fetch.
+    pub fn start(
+        binding_workers: Vec<SocketAddr>,
+        secret: Option<PlatformSecret>,
+    ) -> std::io::Result<Self> {
+        if binding_workers.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no binding-worker address given: the runtime needs at least one",
+            ));
+        }
         let (jobs, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -81,8 +104,14 @@ impl BindingClient {
         std::thread::Builder::new()
             .name("wvpc-binding-rpc".into())
             .spawn(move || {
+                // Built here: connections are `!Send`.
+                let workers = Workers {
+                    slots: binding_workers.into_iter().map(WorkerSlot::new).collect(),
+                    next: Cell::new(0),
+                    secret,
+                };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, serve_jobs(binding_worker, rx));
+                local.block_on(&runtime, serve_jobs(workers, rx));
             })?;
         Ok(Self { jobs })
     }
@@ -134,50 +163,136 @@ struct Connection {
     alive: Rc<Cell<bool>>,
 }
 
-/// The one connection to the binding-worker, (re)established on demand.
-struct ConnectionSlot {
-    addr: SocketAddr,
-    current: tokio::sync::Mutex<Option<Connection>>,
+/// The binding-workers, each with its connection.
+struct Workers {
+    slots: Vec<WorkerSlot>,
+    /// Round-robin position.
+    next: Cell<usize>,
+    secret: Option<PlatformSecret>,
 }
 
-impl ConnectionSlot {
+impl Workers {
+    /// The next binding-worker in round-robin order that is up and not in `skip`.
+    fn pick(&self, skip: &[bool]) -> Option<usize> {
+        let count = self.slots.len();
+        let start = self.next.get() % count;
+        self.next.set(start + 1);
+        (0..count)
+            .map(|k| (start + k) % count)
+            .find(|&i| !skip[i] && self.slots[i].down().is_none())
+    }
+}
+
+/// One binding-worker: its connection, (re)established on demand, and whether it is up.
+struct WorkerSlot {
+    addr: SocketAddr,
+    current: tokio::sync::Mutex<Option<Connection>>,
+    health: RefCell<Health>,
+}
+
+/// Whether a binding-worker is skipped, and for how long.
+struct Health {
+    /// Set while it is down: skipped until then.
+    down_until: Option<Instant>,
+    /// The next backoff.
+    backoff: Duration,
+    /// Why its last dial failed.
+    last_error: String,
+}
+
+impl WorkerSlot {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            current: tokio::sync::Mutex::new(None),
+            health: RefCell::new(Health {
+                down_until: None,
+                backoff: FIRST_BACKOFF,
+                last_error: String::new(),
+            }),
+        }
+    }
+
     /// The live connection, connecting first if there is none. `reused` tells whether it
-    /// existed before this call (and so may have died unnoticed).
-    async fn get(&self) -> Result<(Connection, bool), ProxyError> {
+    /// existed before this call (and so may have died unnoticed). `Err` (why) when the
+    /// binding-worker is down or the dial failed (which marks it down).
+    async fn get(&self, secret: Option<&PlatformSecret>) -> Result<(Connection, bool), String> {
         // Held across the connect: concurrent fetches wait for one connection attempt.
         let mut current = self.current.lock().await;
         if let Some(c) = current.as_ref().filter(|c| c.alive.get()) {
             return Ok((c.clone(), true));
         }
-        let c = connect(self.addr).await.inspect_err(|err| {
-            // The failed fetch is logged where it is answered (`outbound`); this is the detail.
-            tracing::debug!(binding_worker = %self.addr, details = ?err.details, "binding-worker unreachable");
-        })?;
-        *current = Some(c.clone());
-        Ok((c, false))
+        // Another fetch may have failed to connect while this one waited for the lock.
+        if let Some(why) = self.down() {
+            return Err(why);
+        }
+        match connect(self.addr, secret).await {
+            Ok(c) => {
+                self.mark_up();
+                *current = Some(c.clone());
+                Ok((c, false))
+            }
+            Err(why) => {
+                self.mark_down(&why);
+                Err(why)
+            }
+        }
+    }
+
+    /// `Some(why)` while the binding-worker is marked down.
+    fn down(&self) -> Option<String> {
+        let health = self.health.borrow();
+        let left = health.down_until?.checked_duration_since(Instant::now())?;
+        Some(format!(
+            "down ({}), next try in {} ms",
+            health.last_error,
+            left.as_millis()
+        ))
+    }
+
+    fn mark_down(&self, why: &str) {
+        let mut health = self.health.borrow_mut();
+        let backoff = health.backoff;
+        // The failed fetch is logged where it is answered (`outbound`); this is the detail.
+        if health.down_until.is_none() {
+            tracing::warn!(binding_worker = %self.addr, error = why, retry_ms = backoff.as_millis() as u64, "binding-worker unreachable; using the others");
+        } else {
+            tracing::debug!(binding_worker = %self.addr, error = why, retry_ms = backoff.as_millis() as u64, "binding-worker still unreachable");
+        }
+        health.down_until = Some(Instant::now() + backoff);
+        health.backoff = (backoff * 2).min(MAX_BACKOFF);
+        why.clone_into(&mut health.last_error);
+    }
+
+    fn mark_up(&self) {
+        let mut health = self.health.borrow_mut();
+        if health.down_until.take().is_some() {
+            tracing::info!(binding_worker = %self.addr, "binding-worker reachable again");
+        }
+        health.backoff = FIRST_BACKOFF;
     }
 }
 
-async fn serve_jobs(addr: SocketAddr, mut jobs: mpsc::UnboundedReceiver<FetchJob>) {
-    let slot = Rc::new(ConnectionSlot {
-        addr,
-        current: tokio::sync::Mutex::new(None),
-    });
+async fn serve_jobs(workers: Workers, mut jobs: mpsc::UnboundedReceiver<FetchJob>) {
+    let workers = Rc::new(workers);
     while let Some(job) = jobs.recv().await {
-        tokio::task::spawn_local(fetch(slot.clone(), job));
+        tokio::task::spawn_local(fetch(workers.clone(), job));
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<Connection, ProxyError> {
-    let unreachable = |e: &dyn std::fmt::Display| {
-        ProxyError::new(ErrorCode::ProxyInternalError)
-            .with_details(format!("binding-worker at {addr} is unreachable: {e}"))
-    };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+/// A new connection to the binding-worker at `addr`, authenticated when there is a secret;
+/// `Err` says why not.
+async fn connect(addr: SocketAddr, secret: Option<&PlatformSecret>) -> Result<Connection, String> {
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
-        .map_err(|e| unreachable(&e))?
-        .map_err(|e| unreachable(&e))?;
-    stream.set_nodelay(true).map_err(|e| unreachable(&e))?;
+        .map_err(|_| format!("dial timed out after {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    if let Some(secret) = secret {
+        handshake_as_runtime(&mut stream, secret, HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|e| format!("platform handshake failed: {e}"))?;
+    }
     let (read, write) = stream.into_split();
     let network = twoparty::VatNetwork::new(
         read.compat(),
@@ -212,7 +327,7 @@ fn answer(slot: &ReplySlot, reply: FetchReply) {
     }
 }
 
-async fn fetch(connections: Rc<ConnectionSlot>, job: FetchJob) {
+async fn fetch(workers: Rc<Workers>, job: FetchJob) {
     let FetchJob {
         context,
         request,
@@ -220,10 +335,21 @@ async fn fetch(connections: Rc<ConnectionSlot>, job: FetchJob) {
     } = job;
     let reply: ReplySlot = Rc::new(RefCell::new(Some(reply)));
     let (head, mut body) = request.into_parts();
-    loop {
-        let (connection, reused) = match connections.get().await {
+    let count = workers.slots.len();
+    // Binding-workers this fetch is done with; a stale connection does not count (the next
+    // try may re-dial the same binding-worker), but only so many times.
+    let mut skip = vec![false; count];
+    let mut stale_retries = 0;
+    let mut failures = Vec::new();
+    while let Some(i) = workers.pick(&skip) {
+        let slot = &workers.slots[i];
+        let (connection, reused) = match slot.get(workers.secret.as_ref()).await {
             Ok(c) => c,
-            Err(err) => return answer(&reply, Err(err)),
+            Err(why) => {
+                skip[i] = true;
+                failures.push(format!("{}: {why}", slot.addr));
+                continue;
+            }
         };
         let pulled_data = Cell::new(false);
         let Err(err) = attempt(
@@ -240,18 +366,32 @@ async fn fetch(connections: Rc<ConnectionSlot>, job: FetchJob) {
         };
         if err.kind == capnp::ErrorKind::Disconnected {
             connection.alive.set(false);
-            // A connection that died before this call was made: nothing reached the
-            // binding-worker, so sending again on a fresh one cannot duplicate the request.
-            if reused && !pulled_data.get() {
-                tracing::debug!(request_id = %context.request_id, "binding-worker connection was stale; reconnecting");
+            // A connection that died (or a binding-worker that started draining) before this
+            // call was taken: nothing reached an origin, so sending it again cannot duplicate
+            // the request.
+            if reused && !pulled_data.get() && stale_retries < 2 * count {
+                stale_retries += 1;
+                tracing::debug!(request_id = %context.request_id, binding_worker = %slot.addr, error = %err, "binding-worker connection was stale; sending the fetch again");
                 continue;
             }
         }
-        tracing::debug!(request_id = %context.request_id, error = %err, "binding fetch call failed");
+        tracing::debug!(request_id = %context.request_id, binding_worker = %slot.addr, error = %err, "binding fetch call failed");
         let err = ProxyError::new(ErrorCode::ProxyInternalError)
             .with_details(format!("binding-worker call failed: {err}"));
         return answer(&reply, Err(err));
     }
+    for (i, slot) in workers.slots.iter().enumerate() {
+        if !skip[i]
+            && let Some(why) = slot.down()
+        {
+            failures.push(format!("{}: {why}", slot.addr));
+        }
+    }
+    let err = ProxyError::new(ErrorCode::DestinationUnavailable).with_details(format!(
+        "no binding-worker is reachable ({})",
+        failures.join("; ")
+    ));
+    answer(&reply, Err(err));
 }
 
 /// One `VpcBinding.fetch` call on `connection`. `Ok` once the call was accepted and the

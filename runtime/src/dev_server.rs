@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use wvpc_schemas::PlatformSecret;
 
 use crate::binding_client::BindingClient;
 use crate::config::ScriptConfig;
@@ -17,8 +18,12 @@ use crate::script_output::{PrefixedOutput, ScriptOutput};
 /// How the runtime reaches the rest of workers-vpc.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
-    /// The binding-worker's capnp address (`VpcBinding` bootstrap capability).
-    pub binding_worker: SocketAddr,
+    /// The binding-workers' capnp addresses (`VpcBinding` bootstrap capability), at least
+    /// one: fetches are spread over them, and fail over to the others when one is down.
+    pub binding_workers: Vec<SocketAddr>,
+    /// The platform secret the binding-workers must prove they hold (and this runtime
+    /// proves to them). `None`: no handshake, for binding-workers started without one.
+    pub binding_secret: Option<PlatformSecret>,
     /// Account id that owns the script; sent with every binding fetch.
     pub account: String,
 }
@@ -27,7 +32,11 @@ pub struct RuntimeOptions {
 pub(crate) fn start_binding_client(
     options: &RuntimeOptions,
 ) -> Result<BindingClient, RuntimeError> {
-    BindingClient::start(options.binding_worker).map_err(RuntimeError::BindingClient)
+    BindingClient::start(
+        options.binding_workers.clone(),
+        options.binding_secret.clone(),
+    )
+    .map_err(RuntimeError::BindingClient)
 }
 
 /// A loaded script ready to serve requests.

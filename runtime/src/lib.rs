@@ -13,9 +13,10 @@
 //! - or one script whatever the `Host` ([`Runtime`], `wvpc dev`), through the same code;
 //! - serves HTTP/1.1 with a fresh instance per request ([`ScriptHost::serve`]);
 //! - sends `vpc.fetch(binding, request, options, init)` over Cap'n Proto to the
-//!   binding-worker (`schemas/binding.capnp`) on one reused connection shared by every
-//!   script, streaming both bodies, following redirects through the same binding, and denies
-//!   every other outgoing request; a script reaches only its own bindings;
+//!   binding-workers (`schemas/binding.capnp`), on one reused connection each (authenticated
+//!   with the [`PlatformSecret`] when there is one) shared by every script, spread over them
+//!   with failover, streaming both bodies, following redirects through the same binding, and
+//!   denies every other outgoing request; a script reaches only its own bindings;
 //! - enforces each script's per-request [`Limits`] (CPU time, memory, wall time,
 //!   subrequests, connections, URL and header sizes; `docs/limits.md`), each failing only its
 //!   request;
@@ -27,10 +28,14 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use wvpc_runtime::{Runtime, RuntimeOptions, ScriptConfig};
+//! use wvpc_runtime::{PlatformSecret, Runtime, RuntimeOptions, ScriptConfig};
 //!
 //! let config = ScriptConfig::load("wrangler.jsonc".as_ref())?;
-//! let options = RuntimeOptions { binding_worker: "127.0.0.1:7001".parse()?, account: "acct".into() };
+//! let options = RuntimeOptions {
+//!     binding_workers: vec!["127.0.0.1:7001".parse()?, "127.0.0.1:7002".parse()?],
+//!     binding_secret: Some(PlatformSecret::load_or_create(".wvpc".as_ref())?),
+//!     account: "acct".into(),
+//! };
 //! let runtime = Arc::new(Runtime::new(&config, options)?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
 //! runtime.serve(listener).await?;
@@ -71,3 +76,5 @@ pub use serving::REQUEST_ID_HEADER;
 pub use tail::{TAIL_BUFFER, TailEvent, TailEventKind, TailHub};
 /// The wasi:http 0.2 `error-code` variant as wasmtime represents it.
 pub use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode as WasiErrorCode;
+/// The secret shared by runtimes and binding-workers (`<state>/platform/secret`).
+pub use wvpc_schemas::PlatformSecret;

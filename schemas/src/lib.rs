@@ -6,6 +6,8 @@
 //!   byte-compatible with cloudflared.
 //! - [`tunnel_rpc_capnp`]: tunnel registration and connector RPC, with cloudflared's
 //!   interface ids and ordinals.
+//! - [`binding_auth`]: the handshake that runs before `binding_capnp` on each runtime ↔
+//!   binding-worker connection, and the [`PlatformSecret`] both sides prove they hold.
 //!
 //! The guest world (WIT) lives in `wit/` beside this crate; it is read by the runtime's and
 //! the SDK's bindings generators, not compiled here.
@@ -16,3 +18,6 @@ capnp::generated_code!(pub mod tunnel_rpc_capnp);
 
 mod wire_error;
 pub use wire_error::{read_wire_error, write_wire_error};
+
+pub mod binding_auth;
+pub use binding_auth::PlatformSecret;

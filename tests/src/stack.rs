@@ -67,7 +67,8 @@ impl MockStack {
             limits: Default::default(),
         };
         let options = RuntimeOptions {
-            binding_worker: worker.local_addr(),
+            binding_workers: vec![worker.local_addr()],
+            binding_secret: None,
             account: "test-account".into(),
         };
         let runtime = tokio::task::spawn_blocking(move || Runtime::new(&config, options))

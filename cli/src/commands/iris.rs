@@ -78,25 +78,15 @@ pub async fn run(args: IrisArgs, state: &Path, out: &mut (dyn Write + Send)) -> 
     Ok(())
 }
 
-/// `30s`, `500ms`, `2m`, `1h` or plain seconds (`10`).
+/// A duration as humantime writes it (`30s`, `500ms`, `2m`, `1h 30m`), or plain seconds
+/// (`10`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        other => Err(format!(
-            "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
-        )),
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
     }
+    humantime::parse_duration(text)
+        .map_err(|err| format!("{text:?} is not a duration ({err}); e.g. 30s, 500ms, 2m"))
 }
 
 #[cfg(test)]
@@ -114,6 +104,11 @@ mod tests {
                 .unwrap_err()
                 .contains("not a duration")
         );
-        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(
+            parse_duration("3 fortnights")
+                .unwrap_err()
+                .contains("unknown time unit")
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! One module per `wvpc` subcommand: its clap arguments and what it does.
 
+pub mod binding_worker;
 pub mod delete;
 pub mod deploy;
 pub mod deployments;
@@ -7,8 +8,8 @@ pub mod dev;
 pub mod directory;
 pub mod edge;
 pub mod iris;
-pub mod runtime;
 pub mod rollback;
+pub mod runtime;
 pub mod service;
 pub mod tail;
 pub mod token;

@@ -20,7 +20,11 @@ pub struct RuntimeArgs {
     pub listen: SocketAddr,
     /// A binding-worker to send binding fetches to (repeat for several: calls are spread
     /// over them and fail over)
-    #[arg(long = "binding-worker", default_value = "127.0.0.1:7001", value_name = "IP:PORT")]
+    #[arg(
+        long = "binding-worker",
+        default_value = "127.0.0.1:7001",
+        value_name = "IP:PORT"
+    )]
     pub binding_workers: Vec<SocketAddr>,
     /// Scripts are served at <script>.<account-subdomain>.<DOMAIN> (and their routes)
     #[arg(long, default_value = "workers.localhost", value_name = "DOMAIN")]
@@ -41,7 +45,7 @@ pub async fn run(
     state: &Path,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let secret = wvpc_platform::state::platform_secret(state, args.secret_file.as_deref())?;
+    let (secret, _) = super::binding_worker::load_secret(args.secret_file.as_deref(), state)?;
     let directory = Arc::new(Directory::open(state)?);
     let node = RuntimeNode::start(
         directory,

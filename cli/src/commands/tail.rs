@@ -7,9 +7,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use wvpc_directory::Directory;
-use wvpc_directory::tail::{TailTarget, follow, tail_token};
+use wvpc_directory::tail::{TailTarget, follow};
+use wvpc_platform::runtime_node::TAIL_TOKEN_PURPOSE;
 
 use super::dev::shutdown_signal;
 use crate::remote::{ApiArgs, Remote};
@@ -50,16 +50,7 @@ pub async fn run(
         (None, Some(url)) => Remote::connect(url, None).await?.account,
         (None, None) => directory.account_id().to_owned(),
     };
-    let secret_file = args
-        .secret_file
-        .clone()
-        .unwrap_or_else(|| wvpc_platform::state::secret_file(state));
-    let secret = wvpc_platform::state::read_secret(&secret_file).with_context(|| {
-        format!(
-            "reading the platform secret {} (the runtimes' --secret-file)",
-            secret_file.display()
-        )
-    })?;
+    let (secret, _) = super::binding_worker::load_secret(args.secret_file.as_deref(), state)?;
     let lister = directory.clone();
     let mut lines = follow(
         Arc::new(move || {
@@ -69,7 +60,7 @@ pub async fn run(
                 .map(|node| node.control_addr)
                 .collect())
         }),
-        tail_token(&secret),
+        secret.derive_token(TAIL_TOKEN_PURPOSE),
         TailTarget {
             account_id: account_id.clone(),
             script: args.script.clone(),
@@ -107,7 +98,11 @@ fn pretty(line: &[u8]) -> String {
     let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
     let request = text("request_id");
     let request = request.get(..8).unwrap_or(&request);
-    let stream = if event["stream"] == "stderr" { " (stderr)" } else { "" };
+    let stream = if event["stream"] == "stderr" {
+        " (stderr)"
+    } else {
+        ""
+    };
     format!(
         "{} [{} {request}]{stream} {}",
         text("timestamp"),

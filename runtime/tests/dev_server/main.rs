@@ -53,7 +53,8 @@ async fn serve_with(
     std::fs::write(&config_path, config).expect("write config");
     let config = ScriptConfig::load(&config_path).expect("valid config");
     let options = RuntimeOptions {
-        binding_worker,
+        binding_workers: vec![binding_worker],
+        binding_secret: None,
         account: "acct-1".into(),
     };
     let runtime = Arc::new(Runtime::with_output(&config, options, output).expect("runtime"));
@@ -422,7 +423,8 @@ fn main_must_be_a_component() {
     let text = dir.path().join("text.wasm");
     std::fs::write(&text, b"hello").expect("write");
     let options = || RuntimeOptions {
-        binding_worker: "127.0.0.1:9".parse().unwrap(),
+        binding_workers: vec!["127.0.0.1:9".parse().unwrap()],
+        binding_secret: None,
         account: "a".into(),
     };
     let config = |main: &Path| ScriptConfig {

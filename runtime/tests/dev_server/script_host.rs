@@ -35,7 +35,8 @@ struct Host {
 async fn start(binding_worker: SocketAddr) -> Host {
     let tail = Arc::new(TailHub::new(Arc::new(PrefixedOutput)));
     let options = RuntimeOptions {
-        binding_worker,
+        binding_workers: vec![binding_worker],
+        binding_secret: None,
         account: String::new(),
     };
     let host = Arc::new(
