@@ -284,8 +284,8 @@ impl Directory {
         &self.path
     }
 
-    /// A counter that grows with every committed change to tunnels or services, by any
-    /// process. Caches compare it to know when to reload.
+    /// A counter that grows with every committed change (tunnels, services, tokens, accounts,
+    /// scripts), by any process. Caches compare it to know when to reload.
     pub fn revision(&self) -> Result<u64, DirectoryError> {
         read_revision(&self.lock())
     }
