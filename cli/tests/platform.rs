@@ -48,7 +48,8 @@ impl Proc {
             .arg("--state")
             .arg(state)
             .args(&args)
-            .env("RUST_LOG", "warn")
+            // Failures the scenarios cause on purpose log warnings by the hundred.
+            .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -99,10 +100,10 @@ impl Proc {
         // Ask for the ports it had instead of :0.
         let mut next = had.iter();
         for arg in &mut args {
-            if arg.ends_with(":0") {
-                if let Some(addr) = next.next() {
-                    *arg = addr.to_string();
-                }
+            if arg.ends_with(":0")
+                && let Some(addr) = next.next()
+            {
+                *arg = addr.to_string();
             }
         }
         *self = Proc::start(state, self.name, args).await;

@@ -253,7 +253,12 @@ fn validate(
     };
 
     for key in root.keys() {
-        if !matches!(key.as_str(), "name" | "main" | "vpc_services" | "limits") {
+        // `routes`, `route` and `workers_dev` are read by `wvpc deploy` (the runtime serves a
+        // deployed script by them; `wvpc dev` serves its one script whatever the host).
+        if !matches!(
+            key.as_str(),
+            "name" | "main" | "vpc_services" | "limits" | "routes" | "route" | "workers_dev"
+        ) {
             tracing::warn!(key = %key, "ignoring config key that workers-vpc does not use");
         }
     }

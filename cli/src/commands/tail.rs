@@ -90,23 +90,40 @@ pub async fn run(
     Ok(())
 }
 
-/// One event as a human reads it.
+/// One event as a human reads it: `12:00:01.123 [proxy 5f3a1b2c] text`, or for a request
+/// `12:00:01.130 [proxy 5f3a1b2c] GET http://… 200 ok`.
 fn pretty(line: &[u8]) -> String {
     let Ok(event) = serde_json::from_slice::<serde_json::Value>(line) else {
         return String::from_utf8_lossy(line).into_owned();
     };
     let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
+    let when = event["timestamp_ms"]
+        .as_i64()
+        .and_then(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        })
+        .map(|t| {
+            format!(
+                "{:02}:{:02}:{:02}.{:03}",
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        })
+        .unwrap_or_default();
     let request = text("request_id");
     let request = request.get(..8).unwrap_or(&request);
-    let stream = if event["stream"] == "stderr" {
-        " (stderr)"
-    } else {
-        ""
+    let what = match event["type"].as_str() {
+        Some("request") => format!(
+            "{} {} {} {}",
+            text("method"),
+            text("url"),
+            event["status"],
+            text("outcome")
+        ),
+        _ if event["stream"] == "stderr" => format!("(stderr) {}", text("text")),
+        _ => text("text"),
     };
-    format!(
-        "{} [{} {request}]{stream} {}",
-        text("timestamp"),
-        text("script"),
-        text("text")
-    )
+    format!("{when} [{} {request}] {what}", text("script"))
 }
