@@ -410,7 +410,7 @@ async fn an_unreachable_binding_worker_fails_the_fetch_not_the_server() {
         let answer = client.get("/x").await;
         assert_eq!(
             (answer.status, answer.text()),
-            (502, "ProxyError: proxy_internal_error")
+            (502, "ProxyError: destination_unavailable")
         );
     }
 }
