@@ -324,8 +324,7 @@ async fn a_connect_left_unanswered_by_its_node_goes_to_the_next_one() {
 async fn a_worker_without_iris_nodes_is_refused_at_start() {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let err = BindingWorker::start(listener, BindingWorkerConfig::with_iris_nodes(vec![]))
-        .err()
-        .expect("no iris node");
+        .expect_err("no iris node");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("at least one iris"), "{err}");
 }
