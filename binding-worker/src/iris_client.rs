@@ -247,6 +247,12 @@ impl Unanswered {
                 });
             }
         }
+        if find_source::<std::io::Error>(err).is_some() {
+            return Some(Self {
+                why: "the connection broke before iris answered",
+                connection_gone: true,
+            });
+        }
         if sender.is_closed() || err.is_closed() || err.is_canceled() || err.is_incomplete_message()
         {
             return Some(Self {

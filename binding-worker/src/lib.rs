@@ -443,8 +443,8 @@ fn run_rpc_thread(
                 },
             }
         };
-        drop(listener);
         draining.set(true);
+        drop(listener);
         if let Some(accepting_stopped) = drained {
             let _ = accepting_stopped.send(());
         }

@@ -388,9 +388,8 @@ impl PlatformSecret {
         Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{}: a platform secret is 64 hex digits (32 bytes), this file has {} bytes that \
-                 are not that; copy the file from a machine of the platform, or delete it to \
-                 make a new secret (every process must then get the new one)",
+                "{}: a platform secret is 64 hex digits (32 bytes), and these {} bytes are \
+                 not; copy <state>/platform/secret of the platform's state directory over it",
                 path.display(),
                 content.len()
             ),

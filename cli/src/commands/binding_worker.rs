@@ -89,12 +89,14 @@ pub(crate) fn load_secret(
 ) -> anyhow::Result<(PlatformSecret, PathBuf)> {
     match secret_file {
         Some(path) => {
-            let secret = PlatformSecret::from_file(path).with_context(|| {
-                format!(
-                    "--secret-file {}: copy the platform secret there from the state \
-                     directory of the machine that created it (<state>/platform/secret)",
-                    path.display()
-                )
+            let secret = PlatformSecret::from_file(path).map_err(|err| {
+                let hint = if err.kind() == std::io::ErrorKind::NotFound {
+                    " (copy <state>/platform/secret there from the machine whose state \
+                     created it)"
+                } else {
+                    ""
+                };
+                anyhow::Error::new(err).context(format!("--secret-file {}{hint}", path.display()))
             })?;
             Ok((secret, path.to_owned()))
         }

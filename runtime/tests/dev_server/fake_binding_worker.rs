@@ -1,15 +1,16 @@
-//! A fake binding-worker: a real capnp `VpcBinding` server on 127.0.0.1:0 that answers from
-//! the request path instead of reaching an origin.
+//! A fake binding-worker: a real capnp `VpcBinding` server on 127.0.0.1:0 (or a given port,
+//! to come back after [`FakeBindingWorker::stop`]) that answers from the request path instead
+//! of reaching an origin; with a secret, behind the real platform handshake.
 //!
 //! | path | answer |
 //! |---|---|
 //! | `/refused…` | `deliver(error connectionRefused)` |
 //! | `/nxdomain` | `deliver(error dnsError, rcode NXDOMAIN)` |
 //! | `/cut` | 200, one chunk `partial`, then `abort(httpResponseIncomplete)` |
+//! | `/hold…` | waits for [`FakeBindingWorker::release`], then echoes |
 //! | `/drop` | closes the whole connection without answering |
 //! | `/redirect/<status>?to=<location>` | `<status>` with that `Location` |
 //! | `/redirect-loop` | 302 to itself |
-//! | `/hold…` | waits for [`FakeBindingWorker::release`], then echoes |
 //! | anything else | 200 echoing what arrived (method, url, context, headers, body) |
 
 use std::cell::RefCell;
@@ -23,12 +24,15 @@ use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_binding_worker};
 use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
-use wvpc_schemas::write_wire_error;
+use wvpc_schemas::{PlatformSecret, write_wire_error};
 
 pub struct FakeBindingWorker {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     hold: Arc<Hold>,
 }
 
@@ -41,7 +45,14 @@ struct Hold {
 impl FakeBindingWorker {
     /// Starts the server on its own thread (capnp-rpc is `!Send`); returns once it listens.
     pub fn start() -> Self {
-        let (ready, addr) = std::sync::mpsc::channel();
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), None)
+    }
+
+    /// On `addr` (a binding-worker coming back on its old port); with `secret`, every
+    /// connection must pass the platform handshake first.
+    pub fn start_on(addr: SocketAddr, secret: Option<PlatformSecret>) -> Self {
+        let (ready, bound) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
         let hold = Arc::new(Hold {
@@ -49,47 +60,45 @@ impl FakeBindingWorker {
             release: Semaphore::new(0),
         });
         let held = hold.clone();
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("fake binding-worker runtime");
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .expect("bind fake");
                 ready
                     .send(listener.local_addr().expect("fake addr"))
                     .expect("report addr");
+                let mut stopped = stopped;
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
+                    let stream = tokio::select! {
+                        _ = &mut stopped => return,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(_) => continue,
+                        },
                     };
                     stream.set_nodelay(true).expect("nodelay");
                     accepted.fetch_add(1, Ordering::SeqCst);
-                    let (read, write) = stream.into_split();
-                    let network = twoparty::VatNetwork::new(
-                        read.compat(),
-                        write.compat_write(),
-                        rpc_twoparty_capnp::Side::Server,
-                        Default::default(),
-                    );
-                    let disconnect = Rc::new(RefCell::new(None));
-                    let binding: vpc_binding::Client = capnp_rpc::new_client(FakeBinding {
-                        disconnect: disconnect.clone(),
-                        hold: held.clone(),
-                    });
-                    let rpc = RpcSystem::new(Box::new(network), Some(binding.client));
-                    *disconnect.borrow_mut() = Some(Box::pin(rpc.get_disconnector()));
-                    tokio::task::spawn_local(rpc);
+                    tokio::task::spawn_local(serve_connection(
+                        stream,
+                        secret.clone(),
+                        held.clone(),
+                    ));
                 }
             });
+            // Dropping the LocalSet here closes every connection.
         });
-        let addr = addr.recv().expect("fake binding-worker started");
+        let addr = bound.recv().expect("fake binding-worker started");
         Self {
             addr,
             connections,
+            stop: Some(stop),
+            thread: Some(thread),
             hold,
         }
     }
@@ -113,6 +122,56 @@ impl FakeBindingWorker {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// Closes the listener and every connection, as a killed process would; returns the
+    /// address it listened on.
+    pub fn stop(mut self) -> SocketAddr {
+        self.stop_now();
+        self.addr
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("fake binding-worker thread");
+        }
+    }
+}
+
+impl Drop for FakeBindingWorker {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+async fn serve_connection(
+    mut stream: tokio::net::TcpStream,
+    secret: Option<PlatformSecret>,
+    hold: Arc<Hold>,
+) {
+    if let Some(secret) = &secret
+        && let Err(err) = handshake_as_binding_worker(&mut stream, secret, HANDSHAKE_TIMEOUT).await
+    {
+        tracing::info!(error = %err, "fake binding-worker: handshake refused");
+        return;
+    }
+    let (read, write) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        read.compat(),
+        write.compat_write(),
+        rpc_twoparty_capnp::Side::Server,
+        Default::default(),
+    );
+    let disconnect = Rc::new(RefCell::new(None));
+    let binding: vpc_binding::Client = capnp_rpc::new_client(FakeBinding {
+        disconnect: disconnect.clone(),
+        hold,
+    });
+    let rpc = RpcSystem::new(Box::new(network), Some(binding.client));
+    *disconnect.borrow_mut() = Some(Box::pin(rpc.get_disconnector()));
+    let _ = rpc.await;
 }
 
 /// Closes the connection it came from when awaited.

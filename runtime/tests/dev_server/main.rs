@@ -1,6 +1,7 @@
 //! The runtime end to end: real guest components, `Runtime::serve` and `ScriptHost::serve` on
 //! 127.0.0.1:0, a real HTTP/1.1 client, and a fake binding-worker speaking real capnp-rpc.
 
+mod failover;
 mod fake_binding_worker;
 mod fetch_semantics;
 mod guests;
@@ -43,6 +44,34 @@ async fn serve_with(
     limits: &str,
     output: Arc<dyn ScriptOutput>,
 ) -> Served {
+    let options = RuntimeOptions {
+        binding_workers: vec![binding_worker],
+        binding_secret: None,
+        account: "acct-1".into(),
+    };
+    serve_configured(main, limits, output, options).await
+}
+
+/// [`serve`] with these binding-workers and secret.
+async fn serve_through(
+    main: &Path,
+    binding_workers: Vec<SocketAddr>,
+    binding_secret: Option<wvpc_runtime::PlatformSecret>,
+) -> Served {
+    let options = RuntimeOptions {
+        binding_workers,
+        binding_secret,
+        account: "acct-1".into(),
+    };
+    serve_configured(main, "{}", Arc::new(PrefixedOutput), options).await
+}
+
+async fn serve_configured(
+    main: &Path,
+    limits: &str,
+    output: Arc<dyn ScriptOutput>,
+    options: RuntimeOptions,
+) -> Served {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("wrangler.jsonc");
     let config = format!(
@@ -52,11 +81,6 @@ async fn serve_with(
     );
     std::fs::write(&config_path, config).expect("write config");
     let config = ScriptConfig::load(&config_path).expect("valid config");
-    let options = RuntimeOptions {
-        binding_workers: vec![binding_worker],
-        binding_secret: None,
-        account: "acct-1".into(),
-    };
     let runtime = Arc::new(Runtime::with_output(&config, options, output).expect("runtime"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -1,5 +1,10 @@
 //! runtime (a capnp test client) → binding-worker → iris → mock tunnel pool (dials loopback)
 //! → a local hyper origin that records what it received.
+//!
+//! [`failover`]: several iris nodes; [`admission`]: the platform handshake and draining.
+
+mod admission;
+mod failover;
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -28,6 +33,8 @@ use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandl
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_iris::mock::{MemoryStore, MockTunnel};
 use wvpc_iris::{RouteTarget, RouteTls, Router, RouterConfig, ServiceRoute};
+use wvpc_schemas::PlatformSecret;
+use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, HandshakeError, handshake_as_runtime};
 use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
 use wvpc_schemas::{read_wire_error, write_wire_error};
 
@@ -42,6 +49,8 @@ struct OriginLog {
     server_names: Mutex<Vec<String>>,
     /// Set when the body of `/endless` is dropped (its connection was closed).
     endless_dropped: Arc<std::sync::atomic::AtomicBool>,
+    /// `/gated` sends the rest of its body once this is notified.
+    gate: Arc<tokio::sync::Notify>,
 }
 
 /// Sets its flag when dropped.
@@ -158,6 +167,20 @@ async fn origin_handle(
             Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from(vec![b'x'; 64 << 10])))
         });
         return Response::new(BodyExt::boxed(http_body_util::StreamBody::new(pieces)));
+    }
+    if path == "/gated" {
+        // `first-`, then `rest` once the test opens the gate.
+        let gate = Arc::clone(&log.gate);
+        let first = futures::stream::once(async {
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b"first-")))
+        });
+        let rest = futures::stream::once(async move {
+            gate.notified().await;
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b"rest")))
+        });
+        return Response::new(BodyExt::boxed(http_body_util::StreamBody::new(
+            first.chain(rest),
+        )));
     }
     if path == "/stall-body" {
         // Some body, then nothing more, ever.
@@ -418,8 +441,19 @@ struct TestRuntime {
 impl TestRuntime {
     /// Connects like a runtime. Must run inside a `LocalSet`.
     async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::connect_with(addr, None).await.unwrap()
+    }
+
+    /// Connects like a runtime holding `secret` (none: no handshake).
+    async fn connect_with(
+        addr: SocketAddr,
+        secret: Option<&PlatformSecret>,
+    ) -> Result<Self, HandshakeError> {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
+        if let Some(secret) = secret {
+            handshake_as_runtime(&mut stream, secret, HANDSHAKE_TIMEOUT).await?;
+        }
         let (r, w) = stream.into_split();
         let network = twoparty::VatNetwork::new(
             r.compat(),
@@ -430,7 +464,7 @@ impl TestRuntime {
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let binding: vpc_binding::Client = rpc.bootstrap(Side::Server);
         tokio::task::spawn_local(rpc);
-        Self { binding }
+        Ok(Self { binding })
     }
 
     async fn fetch(
