@@ -1,37 +1,54 @@
 //! `wvpc-bench`: what the whole path costs, as ratios against a direct request measured in
 //! the same run (the machines are noisy; absolute numbers drift, ratios hold).
 //!
-//! It starts, in this process, an origin on 127.0.0.2, a DNS server, the stack `wvpc dev`
-//! runs (runtime with `examples/proxy`, binding-worker, iris, tunnel edge) and our connector
-//! over QUIC, then loads two targets with the same keep-alive HTTP/1.1 client:
+//! It loads three targets with the same keep-alive HTTP/1.1 client ([`load`]):
 //!
-//! - **direct**: the origin itself;
-//! - **binding**: the script, whose every request is an `env.API.fetch()` through the tunnel.
+//! - **direct**: an origin on 127.0.0.2, in this process;
+//! - **binding**: `wvpc dev`'s stack in this process (runtime with `examples/proxy`,
+//!   binding-worker, iris, tunnel edge), our connector over QUIC, a DNS server and the origin:
+//!   every request is an `env.API.fetch()` through the tunnel;
+//! - **platform**: the same chain as separate processes ([`platform`]): `wvpc iris`,
+//!   `wvpc binding-worker`, `wvpc runtime` and `wvpc tunnel run` as children on one state, the
+//!   script deployed in the directory and requested by `Host`
+//!   (`proxy.local.workers.localhost`); origin and DNS server in this process.
 //!
 //! For each: latency at concurrency 1 (exact p50/p99/p99.9 over every request), throughput at
-//! concurrency N, and CPU per request (this process's user+system time over the throughput
-//! run: load client, origin and, for the binding row, every component).
+//! concurrency N, and CPU per request over the throughput run ([`usage`]). "All" is every
+//! process of the row: this one (load client, origin, DNS and, for the binding row, every
+//! component) plus, for the platform row, each child. "Chain" leaves out the load client,
+//! origin and DNS in both rows: the platform row's children, each measured; the binding row's
+//! all minus this process's share in the platform row (the same work at the same request
+//! rate; the direct row's share, at fifty times the rate, is cheaper per request). The
+//! platform row's CPU is also printed per process, and every process's resident memory after
+//! load.
 //!
-//! Then two figures of the runtime itself: the binding-fetch overhead (binding − direct, in
-//! latency and CPU per request), and the cost of one instantiation of the script (a fresh
-//! store and pooled instance from the pre-instantiated component, as every request pays),
-//! p50/p99 over back-to-back instantiations, also as a share of the binding row's p50.
+//! Then figures of the runtime itself: the binding-fetch overhead (binding − direct), the cost
+//! of one instantiation of the script (a fresh store and pooled instance from the
+//! pre-instantiated component, as every request pays), the cost of finding a request's script
+//! among 10 000 ([`routing`]), and how long a redeploy takes to be served by every runtime of
+//! the platform, under load ([`redeploy`]: a second `wvpc runtime` joins for it).
 //!
 //! ```text
-//! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32]
+//! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32] [--only platform]
 //! ```
 
+mod load;
+mod platform;
+mod redeploy;
+mod routing;
+mod usage;
+
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt as _, Empty};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use wvpc_tests::real::RealWorld;
+
+use crate::load::{Figures, Target, measure};
+use crate::platform::Platform;
+use crate::usage::{Pid, mib};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -42,22 +59,33 @@ struct Args {
     /// Connections of the throughput runs
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Measure one target only (e.g. under a profiler); no ratios are printed
-    #[arg(long, value_parser = ["direct", "binding"])]
+    /// Measure one target only (e.g. under a profiler); no ratios or other figures are printed
+    #[arg(long, value_parser = ["direct", "binding", "platform"])]
     only: Option<String>,
+    /// The `wvpc` binary of the platform row [default: the one next to this executable,
+    /// brought up to date with `cargo build -p wvpc-cli`]
+    #[arg(long, value_name = "PATH")]
+    wvpc: Option<PathBuf>,
+    /// Redeploys of each kind (same module, new module) timed on the platform
+    #[arg(long, default_value_t = 20)]
+    redeploys: usize,
 }
 
-/// One target's figures.
-struct Figures {
-    p50: Duration,
-    p99: Duration,
-    p999: Duration,
-    rps: f64,
-    cpu_us_per_req: f64,
+/// One measured target.
+struct Row {
+    name: &'static str,
+    /// What its processes are, for the table.
+    processes: &'static str,
+    figures: Figures,
 }
+
+/// Connections per runtime loading the script during the redeploys.
+const REDEPLOY_LOAD_CONNECTIONS: usize = 4;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let wants = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
+    let full = args.only.is_none();
     // One runtime for the system and the load client: on two cores, a second runtime made
     // every request pay cross-runtime thread wake-ups (direct p50 ~5x higher) that belong to
     // the harness, not to the path under test.
@@ -65,54 +93,116 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (world, direct, binding) = rt.block_on(start_world())?;
-    println!("direct  = http://{direct}/hello   (origin on 127.0.0.2)");
-    println!(
-        "binding = http://{binding}/hello   (script -> capnp -> binding-worker -> CONNECT -> iris -> QUIC -> connector -> origin)"
-    );
-
     let duration = Duration::from_secs(args.seconds);
     let mut rows = Vec::new();
-    for (name, addr) in [("direct", direct), ("binding", binding)] {
-        if args.only.as_deref().is_some_and(|only| only != name) {
-            continue;
+
+    // In this process: binding, then direct (so that the RSS after the binding row does not
+    // hold the origin's record of the direct row's many requests); printed direct first.
+    let mut dev_rss = None;
+    let mut instantiation = None;
+    if wants("direct") || wants("binding") {
+        let rss_before = usage::rss(Pid::Own)?;
+        let (world, direct, binding) = rt.block_on(start_world())?;
+        println!("direct   = http://{direct}/hello   (origin on 127.0.0.2)");
+        println!(
+            "binding  = http://{binding}/hello   (one process: script -> capnp -> binding-worker \
+             -> CONNECT -> iris -> QUIC -> connector -> origin)"
+        );
+        for (name, processes, addr) in [
+            ("binding", "1: this, with wvpc dev's stack", binding),
+            ("direct", "1: this", direct),
+        ] {
+            if !wants(name) {
+                continue;
+            }
+            let figures = rt.block_on(measure(
+                &Target::at(addr),
+                duration,
+                args.concurrency,
+                &[Pid::Own],
+            ))?;
+            if name == "binding" {
+                dev_rss = Some((usage::rss(Pid::Own)?, rss_before));
+            }
+            rows.insert(
+                0,
+                Row {
+                    name,
+                    processes,
+                    figures,
+                },
+            );
         }
-        let figures = rt.block_on(measure(addr, duration, args.concurrency))?;
-        rows.push((name, figures));
+        if full {
+            instantiation = Some(rt.block_on(measure_instantiation(duration))?);
+        }
+        drop(world);
     }
-    let instantiation = if args.only.is_none() {
-        Some(rt.block_on(measure_instantiation(duration))?)
+
+    // Separate processes: platform, and the redeploys on its processes.
+    let mut platform_usage = None;
+    let mut redeploys = None;
+    if wants("platform") {
+        let wvpc = platform::wvpc_binary(args.wvpc.as_deref())?;
+        let mut platform = rt.block_on(Platform::start(wvpc))?;
+        let target = platform.target()?;
+        println!(
+            "platform = http://{}/hello with Host {}   (processes: runtime -> capnp -> \
+             binding-worker -> CONNECT -> iris -> QUIC -> connector -> origin)",
+            target.addr, target.host
+        );
+        let mut pids = vec![Pid::Own];
+        pids.extend(platform.components.iter().map(|c| c.pid()));
+        let figures = rt.block_on(measure(&target, duration, args.concurrency, &pids))?;
+        let rss = pids
+            .iter()
+            .map(|&pid| usage::rss(pid))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let names: Vec<&'static str> = platform.components.iter().map(|c| c.name).collect();
+        platform_usage = Some((names, figures.cpu_us_per_req.clone(), rss));
+        rows.push(Row {
+            name: "platform",
+            processes: "5: this + iris, binding-worker, runtime, connector",
+            figures,
+        });
+        if full {
+            redeploys = Some(rt.block_on(async {
+                platform.add_runtime().await?;
+                redeploy::measure(&platform, args.redeploys, REDEPLOY_LOAD_CONNECTIONS).await
+            })?);
+        }
+        drop(platform);
+    }
+    drop(rt);
+
+    // Pure CPU, with nothing else running.
+    let routing = if full {
+        Some(routing::measure()?)
     } else {
         None
     };
-    drop(world);
 
-    // Ratios need both rows; with --only the single row is its own base.
-    let base = &rows[0].1;
-    println!();
-    println!(
-        "| target  | p50 c=1 | p99 c=1 | p99.9 c=1 | req/s c={} | CPU µs/req | p50 × direct | req/s ÷ direct |",
-        args.concurrency
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (name, f) in &rows {
+    print_rows(&rows, args.concurrency);
+    if let Some((rss, before)) = dev_rss {
         println!(
-            "| {name} | {} | {} | {} | {:.0} | {:.0} | {:.1}× | {:.2} |",
-            fmt(f.p50),
-            fmt(f.p99),
-            fmt(f.p999),
-            f.rps,
-            f.cpu_us_per_req,
-            f.p50.as_secs_f64() / base.p50.as_secs_f64(),
-            f.rps / base.rps,
+            "binding row, RSS after load: {:.0} MiB, {:.0} MiB more than before the stack started \
+             (this process: wvpc dev's stack, connector, origin, DNS, load client)",
+            mib(rss),
+            mib(rss.saturating_sub(before)),
         );
     }
-    if let (Some((p50, p99, count)), [(_, direct), (_, binding)]) = (instantiation, &rows[..]) {
+    if let Some((names, cpu, rss)) = &platform_usage {
+        print_platform_usage(names, cpu, rss, rows.len() > 1);
+    }
+    let by_name = |name: &str| rows.iter().find(|r| r.name == name).map(|r| &r.figures);
+    if let (Some((p50, p99, count)), Some(direct), Some(binding)) =
+        (instantiation, by_name("direct"), by_name("binding"))
+    {
         println!();
         println!(
             "binding-fetch overhead: +{} p50 at c=1, +{:.0} CPU µs/req (binding − direct)",
             fmt(binding.p50.saturating_sub(direct.p50)),
-            binding.cpu_us_per_req - direct.cpu_us_per_req,
+            binding.total_cpu_us_per_req() - direct.total_cpu_us_per_req(),
         );
         println!(
             "instantiation: p50 {:.1} µs, p99 {:.1} µs over {count} instantiations \
@@ -122,7 +212,156 @@ fn main() -> anyhow::Result<()> {
             100.0 * p50.as_secs_f64() / binding.p50.as_secs_f64(),
         );
     }
+    if let Some(routing) = &routing {
+        print_routing(routing);
+    }
+    if let Some(redeploys) = &redeploys {
+        print_redeploys(redeploys);
+    }
     Ok(())
+}
+
+fn print_rows(rows: &[Row], concurrency: usize) {
+    // Ratios need the direct row; with --only the single row is its own base.
+    let Some(first) = rows.first() else {
+        return;
+    };
+    let row = |name: &str| rows.iter().find(|r| r.name == name).map(|r| &r.figures);
+    let base = row("direct").unwrap_or(&first.figures);
+    // This process's CPU that is not the chain (load client, origin, DNS): as the platform row
+    // measured it, at the same request rate (its chain runs in other processes); else the
+    // direct row's, which is cheaper per request at its much higher rate.
+    let outside_chain = match (row("platform"), row("direct")) {
+        (Some(platform), _) => Some((platform.cpu_us_per_req[0], "the platform row's")),
+        (None, Some(direct)) => Some((direct.total_cpu_us_per_req(), "the direct row's")),
+        (None, None) => None,
+    };
+    println!();
+    println!(
+        "| target | processes | p50 c=1 | p99 c=1 | p99.9 c=1 | req/s c={concurrency} | CPU µs/req, all | CPU µs/req, chain | p50 × direct | req/s ÷ direct |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for Row {
+        name,
+        processes,
+        figures: f,
+    } in rows
+    {
+        let chain = match (*name, outside_chain) {
+            ("platform", _) => format!("{:.0}", f.cpu_us_per_req[1..].iter().sum::<f64>()),
+            ("binding", Some((outside, _))) => {
+                format!("{:.0}", f.total_cpu_us_per_req() - outside)
+            }
+            _ => "–".to_owned(),
+        };
+        println!(
+            "| {name} | {processes} | {} | {} | {} | {:.0} | {:.0} | {chain} | {:.1}× | {:.2} |",
+            fmt(f.p50),
+            fmt(f.p99),
+            fmt(f.p999),
+            f.rps,
+            f.total_cpu_us_per_req(),
+            f.p50.as_secs_f64() / base.p50.as_secs_f64(),
+            f.rps / base.rps,
+        );
+    }
+    if let (Some((outside, whose)), true) = (outside_chain, row("binding").is_some()) {
+        println!(
+            "(chain: the platform row's own processes, measured each; the binding row's all − \
+             this process's share without the chain (load client, origin, DNS), {whose} \
+             {outside:.0} µs/req)"
+        );
+    }
+}
+
+/// The platform row per process: CPU µs/req during the throughput run, RSS after it.
+fn print_platform_usage(names: &[&'static str], cpu: &[f64], rss: &[u64], after_rows: bool) {
+    let children: f64 = cpu[1..].iter().sum();
+    let per_child: Vec<String> = names
+        .iter()
+        .zip(&cpu[1..])
+        .map(|(name, us)| format!("{name} {us:.0}"))
+        .collect();
+    println!(
+        "platform row, CPU µs/req by process: {} = {children:.0} for the chain's processes; \
+         this process (load client, origin, DNS) {:.0}",
+        per_child.join(", "),
+        cpu[0],
+    );
+    let per_child: Vec<String> = names
+        .iter()
+        .zip(&rss[1..])
+        .map(|(name, bytes)| format!("{name} {:.0}", mib(*bytes)))
+        .collect();
+    println!(
+        "platform row, RSS after load (MiB): {} = {:.0} for the chain's processes; this process \
+         {:.0}{}",
+        per_child.join(", "),
+        mib(rss[1..].iter().sum()),
+        mib(rss[0]),
+        if after_rows {
+            " (with what the in-process rows left)"
+        } else {
+            ""
+        },
+    );
+}
+
+fn print_routing(routing: &routing::Routing) {
+    println!();
+    println!(
+        "routing: a RouteTable of {} scripts ({} route patterns, and each script's default and \
+         short host), built in {}; per lookup, p50/p99 over batches of different hosts, \
+         against the {} µs budget:",
+        routing.scripts,
+        routing.routes,
+        fmt(routing.build),
+        routing::BUDGET.as_micros(),
+    );
+    println!();
+    println!("| lookup | finds a script | ns p50 | ns p99 | share of the budget (p99) |");
+    println!("|---|---|---|---|---|");
+    for l in &routing.lookups {
+        println!(
+            "| {} | {} | {} | {} | {:.2}% |",
+            l.kind,
+            if l.matching { "yes" } else { "no" },
+            l.p50.as_nanos(),
+            l.p99.as_nanos(),
+            100.0 * l.p99.as_secs_f64() / routing::BUDGET.as_secs_f64(),
+        );
+    }
+}
+
+fn print_redeploys(r: &redeploy::Redeploys) {
+    println!();
+    println!(
+        "redeploy → served by all {} runtimes (commit → every runtime's /status lists the new \
+         version), under load on every runtime:",
+        r.runtimes
+    );
+    for (kind, samples) in [
+        ("same module", &r.same_module),
+        ("new module, compiled by each runtime", &r.new_module),
+    ] {
+        let mut sorted = samples.clone();
+        sorted.sort_unstable();
+        if sorted.is_empty() {
+            continue;
+        }
+        let pct = |p: f64| sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)];
+        println!(
+            "  {kind}: p50 {}, p99 {}, max {} over {} redeploys",
+            fmt(pct(0.50)),
+            fmt(pct(0.99)),
+            fmt(sorted[sorted.len() - 1]),
+            sorted.len(),
+        );
+    }
+    println!(
+        "  requests during the redeploys: {} answered 200, {} failed",
+        r.ok, r.failed
+    );
 }
 
 /// p50, p99 and count of back-to-back instantiations of the proxy script (a fresh store and
@@ -171,92 +410,4 @@ async fn start_world() -> anyhow::Result<(RealWorld, SocketAddr, SocketAddr)> {
     let world = RealWorld::start().await.context("starting the real path")?;
     let (direct, binding) = (world.origin.addr, world.stack.script_addr);
     Ok((world, direct, binding))
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-/// One GET on a kept-alive connection; fails on anything but a 200 with a body.
-async fn get(sender: &mut Sender, addr: SocketAddr) -> anyhow::Result<()> {
-    sender.ready().await?;
-    let req = Request::get("/hello")
-        .header("host", addr.to_string())
-        .body(Empty::new())?;
-    let resp = sender.send_request(req).await?;
-    anyhow::ensure!(resp.status() == 200, "{addr} answered {}", resp.status());
-    let body = resp.into_body().collect().await?.to_bytes();
-    anyhow::ensure!(!body.is_empty(), "{addr} answered an empty body");
-    Ok(())
-}
-
-async fn measure(
-    addr: SocketAddr,
-    duration: Duration,
-    concurrency: usize,
-) -> anyhow::Result<Figures> {
-    // Latency: one request in flight.
-    let mut sender = connect(addr).await?;
-    let warm_until = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < warm_until {
-        get(&mut sender, addr).await?;
-    }
-    let mut samples = Vec::new();
-    let until = Instant::now() + duration;
-    while Instant::now() < until {
-        let t = Instant::now();
-        get(&mut sender, addr).await?;
-        samples.push(t.elapsed());
-    }
-    samples.sort_unstable();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-
-    // Throughput: `concurrency` connections, each with one request in flight.
-    let cpu_before = process_cpu()?;
-    let started = Instant::now();
-    let until = started + duration;
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let mut sender = connect(addr).await?;
-        workers.push(tokio::spawn(async move {
-            let mut done = 0u64;
-            while Instant::now() < until {
-                get(&mut sender, addr).await?;
-                done += 1;
-            }
-            anyhow::Ok(done)
-        }));
-    }
-    let mut requests = 0u64;
-    for worker in workers {
-        requests += worker.await??;
-    }
-    let elapsed = started.elapsed();
-    let cpu = process_cpu()? - cpu_before;
-    Ok(Figures {
-        p50: pct(0.50),
-        p99: pct(0.99),
-        p999: pct(0.999),
-        rps: requests as f64 / elapsed.as_secs_f64(),
-        cpu_us_per_req: cpu.as_secs_f64() * 1e6 / requests as f64,
-    })
-}
-
-/// This process's user + system CPU time (from /proc/self/stat, in clock ticks of 10 ms).
-fn process_cpu() -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat
-        .rsplit_once(')')
-        .context("malformed /proc/self/stat")?
-        .1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(Duration::from_millis(ticks * 10))
 }

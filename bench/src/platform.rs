@@ -1,0 +1,386 @@
+//! The platform row's chain as separate processes, as an operator runs it: `wvpc iris`,
+//! `wvpc binding-worker`, `wvpc runtime` and a connector (`wvpc tunnel run`, over QUIC) as
+//! children of this process, all on one temporary `--state`, in front of the same kind of
+//! origin and DNS server as the in-process row (in this process). The script is deployed
+//! through the directory library (no `wvpc directory` process is needed: every process reads
+//! the SQLite directory of the state).
+//!
+//! The children are the `wvpc` binary next to this executable, rebuilt first with
+//! `cargo build -p wvpc-cli` in the same profile and target dir (a no-op when it is current),
+//! so the bench never measures a stale binary; `--wvpc PATH` uses a given binary instead.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use uuid::Uuid;
+use wvpc_directory::{
+    ApiToken, BindingRequest, Directory, HostInput, ResolverNetworkInput, Role, Script,
+    ScriptUpload, ServiceInput, ServiceRef,
+};
+use wvpc_tests::TempDir;
+use wvpc_tests::dns::{DnsServer, DnsTable};
+use wvpc_tests::origin::Origin;
+use wvpc_tests::real::{ORIGIN_IP, ORIGIN_NAME};
+
+use crate::load::Target;
+use crate::usage::Pid;
+
+/// The deployed script's name.
+pub const SCRIPT: &str = "proxy";
+/// Its default host: `<script>.<subdomain of the state's own account>.<workers domain>`.
+pub const SCRIPT_HOST: &str = "proxy.local.workers.localhost";
+/// How long a child may take to say it is ready (a runtime compiles the script first).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a starting child's stdout file is read for its ready line.
+const READY_POLL: Duration = Duration::from_millis(10);
+
+/// The `wvpc` binary the children run: `explicit`, else the one next to this executable,
+/// brought up to date by cargo when this executable sits in a cargo target dir.
+pub fn wvpc_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        anyhow::ensure!(path.is_file(), "--wvpc {}: no such file", path.display());
+        return Ok(path.to_owned());
+    }
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let dir = exe.parent().context("this executable has no directory")?;
+    let wvpc = dir.join("wvpc");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let profile = dir.file_name().and_then(|n| n.to_str());
+    if let (Some(profile @ ("release" | "debug")), Some(target_dir), true) =
+        (profile, dir.parent(), manifest.is_file())
+    {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        // What `cargo run` set for this executable is not the build's: a build script that
+        // reads such a variable (ring's reads CARGO_MANIFEST_DIR) would be rebuilt, and the
+        // next `cargo run` would rebuild it back.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || [
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "OUT_DIR",
+                ]
+                .contains(&name.as_ref())
+            {
+                build.env_remove(name.as_ref());
+            }
+        }
+        build
+            .args(["build", "--quiet", "-p", "wvpc-cli", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile == "release" {
+            build.arg("--release");
+        }
+        eprintln!(
+            "bringing {} up to date (cargo build -p wvpc-cli)…",
+            wvpc.display()
+        );
+        match build.status() {
+            Ok(status) if status.success() => {}
+            Ok(status) => eprintln!("cargo build -p wvpc-cli failed ({status})"),
+            Err(err) => eprintln!("cannot run cargo ({err})"),
+        }
+    }
+    anyhow::ensure!(
+        wvpc.is_file(),
+        "no wvpc binary at {}: build it with `cargo build --release -p wvpc-cli` (same target \
+         dir as the bench), or pass --wvpc PATH",
+        wvpc.display()
+    );
+    Ok(wvpc)
+}
+
+/// Every `IP:PORT` in a line, in order (how the addresses of `:0` listeners are read from
+/// the ready lines).
+fn addrs_in(line: &str) -> Vec<SocketAddr> {
+    line.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .filter_map(|word| word.trim_matches(|c| c == '.' || c == ':').parse().ok())
+        .collect()
+}
+
+/// One child process of the chain. Killed (and reaped) when dropped.
+pub struct Component {
+    /// `iris`, `binding-worker`, `runtime`, `connector`.
+    pub name: &'static str,
+    /// The addresses of its ready line, in order.
+    pub addrs: Vec<SocketAddr>,
+    child: Child,
+}
+
+impl Component {
+    /// Starts `wvpc --state <state> <args>` and waits for its stdout line starting with
+    /// `ready_prefix`. Its stdout goes to a file of the state (a runtime writes a line per
+    /// request there, as into a log, and nothing in this process has to read it); its stderr
+    /// is this process's.
+    async fn start(
+        wvpc: &Path,
+        state: &Path,
+        name: &'static str,
+        ready_prefix: &'static str,
+        args: &[String],
+    ) -> anyhow::Result<Component> {
+        let out_path = state.join(format!("{name}-{}.out", Uuid::new_v4().simple()));
+        let out = std::fs::File::create(&out_path)
+            .with_context(|| format!("creating {}", out_path.display()))?;
+        let child = Command::new(wvpc)
+            .arg("--state")
+            .arg(state)
+            .args(args)
+            .env("RUST_LOG", "error")
+            // Compiled components stay with the state (the redeploys compile new modules).
+            .env("WVPC_CACHE_DIR", state.join("compiled"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting wvpc {name} ({})", wvpc.display()))?;
+        let mut component = Component {
+            name,
+            addrs: Vec::new(),
+            child,
+        };
+        let started = Instant::now();
+        loop {
+            let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+            if let Some(line) = out.lines().find(|line| line.starts_with(ready_prefix)) {
+                component.addrs = addrs_in(line);
+                return Ok(component);
+            }
+            if let Some(status) = component.child.try_wait()? {
+                anyhow::bail!(
+                    "wvpc {name} exited before it was ready ({status}); its log is above"
+                );
+            }
+            anyhow::ensure!(
+                started.elapsed() < READY_TIMEOUT,
+                "wvpc {name} was not ready within {READY_TIMEOUT:?}"
+            );
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// The `i`-th address of its ready line.
+    pub fn addr(&self, i: usize) -> anyhow::Result<SocketAddr> {
+        self.addrs.get(i).copied().with_context(|| {
+            format!(
+                "wvpc {}'s ready line has no address #{i} ({:?})",
+                self.name, self.addrs
+            )
+        })
+    }
+
+    /// Its pid, for /proc.
+    pub fn pid(&self) -> Pid {
+        Pid::Child(self.child.id())
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The chain as separate processes, with its origin, DNS server and state.
+pub struct Platform {
+    /// iris (CONNECT router and tunnel edge), the binding-worker, the runtime and the
+    /// connector, in that order.
+    pub components: Vec<Component>,
+    /// Runtimes started later ([`Platform::add_runtime`]).
+    pub more_runtimes: Vec<Component>,
+    /// The directory of the state.
+    pub directory: Arc<Directory>,
+    /// The token scripts are deployed with.
+    pub token: ApiToken,
+    /// The script's binding `API`.
+    pub service_id: Uuid,
+    /// The proxy component.
+    pub module: Vec<u8>,
+    wvpc: PathBuf,
+    // Kept alive: the origin behind the tunnel and the DNS server that names it.
+    _origin: Origin,
+    _dns: DnsServer,
+    // Last: removed after the children are gone.
+    state: TempDir,
+}
+
+impl Platform {
+    /// Sets up the state (tunnel, service, the deployed proxy) and starts iris, a
+    /// binding-worker, a runtime and a connector, each awaited until ready.
+    pub async fn start(wvpc: PathBuf) -> anyhow::Result<Platform> {
+        let state = TempDir::new("bench-platform");
+        let origin = Origin::start(ORIGIN_IP).await?;
+        let origin_ip: IpAddr = ORIGIN_IP.parse()?;
+        let dns = DnsServer::start(DnsTable::new().with(ORIGIN_NAME, origin_ip)).await?;
+
+        let directory = Arc::new(Directory::open(state.path())?);
+        let (tunnel, credentials) = directory.create_tunnel("office")?;
+        let mut input = ServiceInput::http(
+            "api",
+            HostInput {
+                hostname: Some(ORIGIN_NAME.into()),
+                resolver_network: Some(ResolverNetworkInput {
+                    tunnel_id: Some(tunnel.id.to_string()),
+                    resolver_ips: Some(vec![dns.addr.to_string()]),
+                }),
+                ..HostInput::default()
+            },
+        );
+        input.http_port = Some(i64::from(origin.addr.port()));
+        let service_id = directory.create_service(&input)?.service_id;
+        let (token, _) = directory.create_token("bench", Role::Admin, None)?;
+        let module = std::fs::read(wvpc_tests::guests::PROXY)
+            .with_context(|| format!("reading {}", wvpc_tests::guests::PROXY))?;
+
+        let mut platform = Platform {
+            components: Vec::new(),
+            more_runtimes: Vec::new(),
+            directory,
+            token,
+            service_id,
+            module,
+            wvpc,
+            _origin: origin,
+            _dns: dns,
+            state,
+        };
+        let module = platform.module.clone();
+        platform.deploy(module).await?;
+
+        let any = || "127.0.0.1:0".to_owned();
+        let iris = platform
+            .component(
+                "iris",
+                "ready",
+                &[
+                    "iris".into(),
+                    "--listen".into(),
+                    any(),
+                    "--edge-listen".into(),
+                    any(),
+                    "--node-name".into(),
+                    "bench".into(),
+                ],
+            )
+            .await?;
+        let (iris_addr, edge) = (iris.addr(0)?, iris.addr(1)?);
+        platform.components.push(iris);
+        let binding_worker = platform
+            .component(
+                "binding-worker",
+                "ready",
+                &[
+                    "binding-worker".into(),
+                    "--listen".into(),
+                    any(),
+                    "--iris".into(),
+                    iris_addr.to_string(),
+                ],
+            )
+            .await?;
+        platform.components.push(binding_worker);
+        let runtime = platform.runtime_component().await?;
+        platform.components.push(runtime);
+        // One connection, as the in-process row's connector.
+        let connector = platform
+            .component(
+                "connector",
+                "registered",
+                &[
+                    "tunnel".into(),
+                    "run".into(),
+                    "--token".into(),
+                    credentials.to_token(),
+                    "--edge".into(),
+                    edge.to_string(),
+                    "--ha-connections".into(),
+                    "1".into(),
+                ],
+            )
+            .await?;
+        platform.components.push(connector);
+        Ok(platform)
+    }
+
+    async fn component(
+        &self,
+        name: &'static str,
+        ready_prefix: &'static str,
+        args: &[String],
+    ) -> anyhow::Result<Component> {
+        Component::start(&self.wvpc, self.state.path(), name, ready_prefix, args).await
+    }
+
+    async fn runtime_component(&self) -> anyhow::Result<Component> {
+        let binding_worker = self.components[1].addr(0)?;
+        self.component(
+            "runtime",
+            "ready",
+            &[
+                "runtime".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--binding-worker".into(),
+                binding_worker.to_string(),
+            ],
+        )
+        .await
+    }
+
+    /// Starts one more runtime on the same state and binding-worker.
+    pub async fn add_runtime(&mut self) -> anyhow::Result<()> {
+        let runtime = self.runtime_component().await?;
+        self.more_runtimes.push(runtime);
+        Ok(())
+    }
+
+    /// Every runtime: (HTTP listener, control listener).
+    pub fn runtimes(&self) -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
+        std::iter::once(&self.components[2])
+            .chain(&self.more_runtimes)
+            .map(|runtime| Ok((runtime.addr(0)?, runtime.addr(1)?)))
+            .collect()
+    }
+
+    /// The script at the first runtime.
+    pub fn target(&self) -> anyhow::Result<Target> {
+        Ok(Target {
+            addr: self.components[2].addr(0)?,
+            host: SCRIPT_HOST.to_owned(),
+        })
+    }
+
+    /// Deploys `module` as the script, bound to the service; returns once committed.
+    pub async fn deploy(&self, module: Vec<u8>) -> anyhow::Result<Script> {
+        let (directory, token, service_id) =
+            (self.directory.clone(), self.token.clone(), self.service_id);
+        tokio::task::spawn_blocking(move || {
+            let upload = ScriptUpload {
+                bindings: vec![BindingRequest {
+                    binding: "API".into(),
+                    service: ServiceRef::Id(service_id),
+                }],
+                ..ScriptUpload::new("proxy.wasm", module)
+            };
+            directory.deploy_script(&token, SCRIPT, &upload)
+        })
+        .await?
+        .context("deploying the script")
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> &Path {
+        self.state.path()
+    }
+}

@@ -1,0 +1,70 @@
+//! What a process has used so far, read from `/proc` (Linux): CPU time (user + system, every
+//! thread) and resident memory.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+/// The unit of `utime` and `stime` in `/proc/<pid>/stat`: USER_HZ, 100 on every Linux ABI.
+const TICKS_PER_SECOND: u64 = 100;
+
+/// A process whose usage is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pid {
+    /// This process.
+    Own,
+    /// A child, by pid.
+    Child(u32),
+}
+
+impl Pid {
+    fn dir(self) -> String {
+        match self {
+            Pid::Own => "/proc/self".to_owned(),
+            Pid::Child(pid) => format!("/proc/{pid}"),
+        }
+    }
+}
+
+/// User + system CPU time of every thread of `pid` so far.
+pub fn cpu(pid: Pid) -> anyhow::Result<Duration> {
+    let path = format!("{}/stat", pid.dir());
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the parenthesised command name (which may hold spaces); utime and stime
+    // are fields 14 and 15 of the whole line.
+    let rest = stat
+        .rsplit_once(')')
+        .with_context(|| format!("malformed {path}"))?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .with_context(|| format!("{path} has no field {}", i + 3))?
+            .parse::<u64>()
+            .with_context(|| format!("field {} of {path}", i + 3))
+    };
+    let ticks = field(11)? + field(12)?;
+    Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+}
+
+/// Resident memory of `pid` (`VmRSS`), in bytes.
+pub fn rss(pid: Pid) -> anyhow::Result<u64> {
+    let path = format!("{}/status", pid.dir());
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .with_context(|| format!("{path} has no VmRSS line"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .with_context(|| format!("the VmRSS line of {path}"))?;
+    Ok(kib * 1024)
+}
+
+/// `bytes` in MiB, for printing.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
