@@ -668,3 +668,81 @@ async fn a_connector_restarted_during_a_directory_outage_comes_back_by_itself() 
         .until("after.example.test", "/after", 200, "")
         .await;
 }
+
+/// A free loopback port (TCP, or UDP for the edge), released for the process that takes it.
+fn free_port(udp: bool) -> SocketAddr {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wvpc_up_starts_the_four_processes_and_stops_them_on_sigterm() {
+    let state = TempDir::new("up");
+    let runtime = free_port(false);
+    let api = free_port(false);
+    let mut up = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+        .arg("--state")
+        .arg(state.path())
+        .args(["up", "--listen", &runtime.to_string()])
+        .args(["--api-listen", &api.to_string()])
+        .args(["--edge-listen", &free_port(true).to_string()])
+        .args(["--iris-listen", &free_port(false).to_string()])
+        .args(["--binding-worker-listen", &free_port(false).to_string()])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut summary = Vec::new();
+    within("wvpc up ready", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.starts_with("  state");
+            summary.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    let summary = summary.join("\n");
+    assert!(summary.contains("ready: platform"), "{summary}");
+    for component in ["directory:", "iris:", "binding-worker:", "runtime:"] {
+        assert!(
+            summary.contains(component),
+            "{component} missing: {summary}"
+        );
+    }
+    // The runtime answers by host, and the directory API answers too.
+    let reply = get_host(runtime, "nothing.local.workers.localhost", "/").await;
+    assert_eq!(reply.status, 404);
+    assert!(reply.text().contains("nothing.local.workers.localhost"));
+    let reply = get_host(api, "127.0.0.1", "/client/v4/accounts").await;
+    assert_eq!(reply.status, 401, "no token: refused, {}", reply.text());
+
+    let pid = rustix::process::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = within("wvpc up stops", up.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = within("wvpc up output", async {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+        rest
+    })
+    .await;
+    assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
+    // Every component is gone: its ports are free again.
+    std::net::TcpListener::bind(runtime).expect("the runtime's port is free");
+    std::net::TcpListener::bind(api).expect("the directory's port is free");
+}

@@ -17,6 +17,11 @@ use tokio::process::{Child, ChildStdout, Command};
 
 use crate::PlatformError;
 
+/// Set on every child: its stdin is a pipe from `wvpc up`, and the end of it (this process
+/// exited, even by SIGKILL) stops the child as SIGTERM would, so no component outlives the
+/// platform it belongs to.
+pub const EXIT_WITH_STDIN_ENV: &str = "WVPC_EXIT_WITH_STDIN";
+
 /// How long a component may take to print its `ready` line (the runtime compiles every
 /// deployed script first).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -42,12 +47,16 @@ pub struct PlatformAddrs {
 struct Component {
     name: &'static str,
     child: Child,
+    /// Held open while this process lives (see [`EXIT_WITH_STDIN_ENV`]).
+    _stdin: Option<tokio::process::ChildStdin>,
 }
 
 /// The running platform. Dropping it kills every child at once; [`Platform::stop`] stops
 /// them gracefully.
 pub struct Platform {
     components: Vec<Component>,
+    /// Components' stdout after their ready lines, until [`Platform::forward_output`].
+    outputs: Vec<(&'static str, tokio::io::Lines<BufReader<ChildStdout>>)>,
     forwarders: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -111,8 +120,10 @@ impl Platform {
     ) -> Result<Platform, UpError> {
         let mut platform = Platform {
             components: Vec::new(),
+            outputs: Vec::new(),
             forwarders: Vec::new(),
         };
+
         let plan: [(&'static str, Vec<String>); 4] = [
             (
                 "directory",
@@ -160,14 +171,20 @@ impl Platform {
                 .arg("--state")
                 .arg(state)
                 .args(&args)
-                .stdin(Stdio::null())
+                .env(EXIT_WITH_STDIN_ENV, "1")
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|source| UpError::Spawn { name, source })?;
             let stdout = child.stdout.take();
-            platform.components.push(Component { name, child });
+            let stdin = child.stdin.take();
+            platform.components.push(Component {
+                name,
+                child,
+                _stdin: stdin,
+            });
             let Some(stdout) = stdout else {
                 return Err(UpError::Spawn {
                     name,
@@ -191,9 +208,18 @@ impl Platform {
                     return Err(UpError::Exited { name, status });
                 }
             }
-            platform.forwarders.push(tokio::spawn(forward(name, lines)));
+            platform.outputs.push((name, lines));
         }
         Ok(platform)
+    }
+
+    /// From now on, prints what the components write on stdout (the rest of their start-up
+    /// summaries, scripts' output). Until then it waits in their pipes, so that it does not
+    /// interleave with the caller's own summary.
+    pub fn forward_output(&mut self) {
+        for (name, lines) in self.outputs.drain(..) {
+            self.forwarders.push(tokio::spawn(forward(name, lines)));
+        }
     }
 
     /// Resolves when a component exits on its own; names it and how it ended.

@@ -121,14 +121,45 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C or SIGTERM, and, for a component started by `wvpc up`, when `wvpc up`
+/// is gone ([`wvpc_platform::up::EXIT_WITH_STDIN_ENV`]).
 pub(crate) async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let term = async {
+        match term {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch SIGTERM; stop with Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        () = term => {}
+        () = parent_gone() => tracing::info!("wvpc up is gone; stopping"),
     }
+}
+
+/// Resolves when stdin ends, if `wvpc up` asked for it; never otherwise.
+async fn parent_gone() {
+    if std::env::var_os(wvpc_platform::up::EXIT_WITH_STDIN_ENV).is_none() {
+        return std::future::pending().await;
+    }
+    let (gone, wait) = tokio::sync::oneshot::channel::<()>();
+    // A plain thread: a blocking read of stdin must not hold up the runtime's shutdown.
+    let watcher = std::thread::Builder::new()
+        .name("wvpc-parent-watch".into())
+        .spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = gone.send(());
+        });
+    if watcher.is_err() {
+        return std::future::pending().await;
+    }
+    let _ = wait.await;
 }
 
 /// A `vpc_services` entry's `service` name → the id of the one service of that name.

@@ -61,6 +61,7 @@ pub async fn run(args: UpArgs, state: &Path, out: &mut (dyn Write + Send)) -> an
     }
     writeln!(out, "  state {}", state.display())?;
     out.flush()?;
+    platform.forward_output();
     let failed = tokio::select! {
         () = shutdown_signal() => None,
         (name, status) = platform.exited() => Some((name, status)),
