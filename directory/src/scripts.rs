@@ -317,14 +317,7 @@ impl Directory {
             let bindings = to_json("script bindings", &bindings)?;
             let now = now_rfc3339();
             let version_id = Uuid::new_v4().to_string();
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM scripts WHERE account_id = ?1 AND name = ?2",
-                    [account, name],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+            let exists = script_exists(tx, account, name)?;
             if exists {
                 tx.execute(
                     "UPDATE scripts SET active_version = ?3, workers_dev = ?4, modified_on = ?5
@@ -435,14 +428,7 @@ impl Directory {
     /// A script's versions, newest first, the active one marked.
     pub fn script_versions(&self, name: &str) -> Result<Vec<ScriptVersion>, DirectoryError> {
         self.read_consistent(|tx| {
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM scripts WHERE account_id = ?1 AND name = ?2",
-                    [self.account_id(), name],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+            let exists = script_exists(tx, self.account_id(), name)?;
             if !exists {
                 return Err(DirectoryError::ScriptNotFound(name.to_owned()));
             }
@@ -464,14 +450,7 @@ impl Directory {
     ) -> Result<ScriptVersion, DirectoryError> {
         let account = self.account_id();
         let activated = self.write(|tx| {
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM scripts WHERE account_id = ?1 AND name = ?2",
-                    [account, name],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+            let exists = script_exists(tx, account, name)?;
             if !exists {
                 return Err(DirectoryError::ScriptNotFound(name.to_owned()));
             }
@@ -930,6 +909,18 @@ fn verify_bindings(
     } else {
         Err(DirectoryError::BindingsRefused(refusals))
     }
+}
+
+/// Whether `account` has a script called `name` (inside the caller's transaction).
+fn script_exists(tx: &Transaction<'_>, account: &str, name: &str) -> Result<bool, DirectoryError> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM scripts WHERE account_id = ?1 AND name = ?2",
+            [account, name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 fn check_script_name(name: &str) -> Result<(), DirectoryError> {
