@@ -463,6 +463,47 @@ async fn services_are_created_read_replaced_and_deleted() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_under_another_connections_write_lock_are_503_unavailable_and_reads_go_on() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    api.service("before", &tunnel).await;
+    // A backup, a slow migration or a stuck writer: another connection holds the write lock.
+    let lock = rusqlite::Connection::open(api.dir.path()).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE; DELETE FROM runtime_nodes WHERE 0;")
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let refused = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(http_service("during", &tunnel)),
+        )
+        .await;
+    eprintln!(
+        "a write under the lock was refused after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused.status, 503, "{:#}", refused.body);
+    let (code, message) = refused.error();
+    assert_eq!(code, u64::from(code::UNAVAILABLE));
+    assert!(message.starts_with("directory busy: "), "{message}");
+    assert!(message.contains("write lock"), "{message}");
+    // Reads are served meanwhile.
+    let listed = api.admin(Method::GET, &api.services(), None).await;
+    assert_eq!(listed.result().as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.admin(Method::GET, &api.tunnels(), None).await.status,
+        200
+    );
+
+    lock.execute_batch("ROLLBACK;").unwrap();
+    api.service("after", &tunnel).await;
+    let listed = api.admin(Method::GET, &api.services(), None).await;
+    assert_eq!(listed.result().as_array().unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn lists_are_paged_and_filtered_by_type() {
     let api = Api::start().await;
