@@ -384,7 +384,7 @@ impl Connector {
         let streams = tokio::spawn(serve_streams(quic.clone(), shared.streams.clone()));
         let datagrams = tokio::spawn(shared.udp.clone().serve(quic.clone()));
         let end = tokio::select! {
-            reason = quic.closed() => Attempt::Lost(reason.to_string(), registered_at.elapsed()),
+            reason = quic.closed() => Attempt::Lost(describe_close(&reason), registered_at.elapsed()),
             () = token.cancelled() => {
                 drop(registered_gauge);
                 let _draining = self.metrics.draining.track();
@@ -406,6 +406,20 @@ impl Connector {
         datagrams.abort();
         end
     }
+}
+
+/// Why a registered connection closed, as logged: the edge's reason first when the edge
+/// dropped the tunnel (e.g. it was deleted).
+fn describe_close(err: &quinn::ConnectionError) -> String {
+    if let quinn::ConnectionError::ApplicationClosed(close) = err
+        && CloseCode::from_varint(close.error_code) == Some(CloseCode::Disconnected)
+    {
+        return format!(
+            "the edge disconnected this tunnel: {} (reconnecting checks the credentials again)",
+            String::from_utf8_lossy(&close.reason)
+        );
+    }
+    err.to_string()
 }
 
 /// The local address for a connection to `edge`: loopback for a loopback edge, otherwise the

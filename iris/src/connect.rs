@@ -20,7 +20,8 @@
 //! bytes (TLS to the origin, if any, runs end to end from the binding-worker).
 //!
 //! One listener serves HTTP/1.1 and HTTP/2 (the binding-worker multiplexes every CONNECT over
-//! one HTTP/2 connection).
+//! one HTTP/2 connection). Each pipe is counted for its service, so that a deleted service's
+//! pipes close ([`Router::close_service`], [`crate::pipes`]).
 
 use std::convert::Infallible;
 use std::io;
@@ -39,6 +40,7 @@ use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
 use crate::dns::{DnsConfig, DnsResolver};
+use crate::pipes::{PipeEnd, PipeTicket, ServicePipes};
 use crate::routes::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
 use crate::tunnel_pool::{BoxIo, FlowContext, TunnelPool};
 
@@ -112,6 +114,7 @@ struct RouterInner {
     pool: Arc<dyn TunnelPool>,
     dns: DnsResolver,
     config: RouterConfig,
+    pipes: Arc<ServicePipes>,
 }
 
 impl std::fmt::Debug for Router {
@@ -147,8 +150,17 @@ impl Router {
                 pool,
                 dns,
                 config,
+                pipes: Arc::default(),
             }),
         }
+    }
+
+    /// The service was deleted: its open pipes on this node close as soon as each is quiet
+    /// (no request waiting for its answer, nothing in flight; see [`crate::pipes`]), which
+    /// ends the pooled origin connections the binding-workers keep for it. Returns how many
+    /// pipes were open.
+    pub fn close_service(&self, service_id: Uuid) -> usize {
+        self.inner.pipes.close_service(service_id)
     }
 
     /// The DNS resolver (and cache) this router uses.
@@ -215,8 +227,13 @@ impl Router {
             Ok(opened) => opened,
             Err(err) => return self.refuse(&head, err),
         };
+        let ticket = match self.pipe_ticket(&head) {
+            Ok(ticket) => ticket,
+            Err(err) => return self.refuse(&head, err),
+        };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let buffer = self.inner.config.pipe_buffer;
+        let metrics = self.inner.config.metrics.clone();
         let request_id = head.ctx.request_id;
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
@@ -226,18 +243,17 @@ impl Router {
                     return;
                 }
             };
-            let mut client = TokioIo::new(upgraded);
-            let mut tunnel_io = tunnel_io;
-            match tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut tunnel_io,
-                buffer,
-                buffer,
-            )
-            .await
-            {
-                Ok((up, down)) => tracing::debug!(%request_id, up, down, "CONNECT pipe closed"),
-                Err(err) => tracing::debug!(%request_id, error = %err, "CONNECT pipe broke"),
+            let client = TokioIo::new(upgraded);
+            match crate::pipes::pipe(ticket, client, tunnel_io, buffer, metrics).await {
+                PipeEnd::Finished(up, down) => {
+                    tracing::debug!(%request_id, up, down, "CONNECT pipe closed");
+                }
+                PipeEnd::Broke(err) => {
+                    tracing::debug!(%request_id, error = %err, "CONNECT pipe broke");
+                }
+                PipeEnd::ServiceDeleted => {
+                    tracing::debug!(%request_id, "CONNECT pipe closed: its service was deleted");
+                }
             }
         });
         let mut response = Response::new(Empty::new());
@@ -264,6 +280,22 @@ impl Router {
         let addrs = self.addresses(&route, &head.ctx).await?;
         let io = self.dial(&route, &addrs, port, &head.ctx).await?;
         Ok((io, route.tls))
+    }
+
+    /// Counts the pipe for its service. The route is looked up once more after that, so a
+    /// service deleted while this CONNECT was being opened (after [`Router::close_service`]
+    /// ran) is refused now instead of leaving a pipe nothing would close.
+    fn pipe_ticket(&self, head: &ConnectHead) -> Result<PipeTicket, ProxyError> {
+        let service_id = head.service_id.clone()?;
+        let ticket = self.inner.pipes.register(service_id);
+        if self.inner.store.route(service_id)?.is_none() {
+            return Err(
+                ProxyError::new(ErrorCode::DestinationNotFound).with_details(format!(
+                    "VPC service {service_id} was deleted while its CONNECT was being opened"
+                )),
+            );
+        }
+        Ok(ticket)
     }
 
     /// Phase 4: the service's addresses, IPv4 first.

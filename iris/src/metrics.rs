@@ -39,6 +39,12 @@ pub struct IrisMetrics {
     pub bytes_from_tunnel: Arc<Counter>,
     /// Refused CONNECTs by `ErrorCode` wire name.
     pub errors: CounterFamily,
+    /// CONNECT pipes closed because their service was deleted.
+    pub deleted_service_pipes: Counter,
+    /// Connection records (for `wvpc tunnel info`) dropped because the queue to the directory
+    /// was full or the directory could not be written; the node publishes its live
+    /// connections again once it can.
+    pub connection_records_dropped: Counter,
 }
 
 impl IrisMetrics {
@@ -135,6 +141,16 @@ impl Render for IrisMetrics {
             "Refused CONNECTs by error code.",
             "code",
             &self.errors,
+        );
+        out.counter(
+            "wvpc_iris_deleted_service_pipes_total",
+            "CONNECT pipes closed because their service was deleted.",
+            self.deleted_service_pipes.get(),
+        );
+        out.counter(
+            "wvpc_iris_connection_records_dropped_total",
+            "Tunnel connection records dropped (queue full or directory busy); republished later.",
+            self.connection_records_dropped.get(),
         );
         out.finish()
     }

@@ -17,7 +17,7 @@
 //! Once the flow is piping, a dying connection ends it (the caller sees
 //! `connection_terminated`); it is never replayed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -120,6 +120,9 @@ pub(crate) enum RecordError {
     Duplicate,
     /// The QUIC connection closed before it could be recorded.
     Closed,
+    /// The tunnel was deleted ([`TunnelRegistry::remove_tunnel`]) while this registration
+    /// was being checked.
+    TunnelRemoved,
 }
 
 /// Told when connections come and go (e.g. to publish them in a shared store for
@@ -142,6 +145,9 @@ pub struct TunnelRegistry {
     observer: Mutex<Option<Arc<dyn ConnectionObserver>>>,
     /// Signalled whenever a tunnel stream closes (for draining).
     stream_closed: Arc<Notify>,
+    /// Tunnels deleted while this node ran: a registration checked against credentials read
+    /// just before the deletion is still refused. Taken inside the `tunnels` lock.
+    removed: Mutex<HashSet<Uuid>>,
 }
 
 impl std::fmt::Debug for TunnelRegistry {
@@ -172,6 +178,7 @@ impl TunnelRegistry {
             admission: Admission::default(),
             observer: Mutex::new(None),
             stream_closed: Arc::new(Notify::new()),
+            removed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -226,6 +233,7 @@ impl TunnelRegistry {
             Some(c) if c.starts_with("Unauthorized") => "unauthorized",
             Some(c) if c.starts_with("rate limited") => "rate_limited",
             Some(c) if c.starts_with("invalid") => "invalid",
+            Some(c) if c.starts_with(super::authority::UNAVAILABLE_CAUSE) => "unavailable",
             Some(_) => "refused",
         };
         self.metrics.registrations.inc(result);
@@ -337,6 +345,9 @@ impl TunnelRegistry {
             if conn.quic.close_reason().is_some() {
                 return Err(RecordError::Closed);
             }
+            if self.removed_tunnel(conn.info.tunnel_id) {
+                return Err(RecordError::TunnelRemoved);
+            }
             let conns = tunnels.entry(conn.info.tunnel_id).or_default();
             if let Some(pos) = conns.iter().position(|c| {
                 c.info.client_id == conn.info.client_id
@@ -407,24 +418,49 @@ impl TunnelRegistry {
         }
     }
 
-    /// Closes every connection of a tunnel (e.g. it was deleted or its credentials rotated).
-    /// Connectors reconnect and must register again, which re-checks their credentials.
-    /// Returns how many connections were closed.
+    /// Closes every connection of a tunnel (e.g. its credentials rotated). Connectors
+    /// reconnect and must register again, which re-checks their credentials. Returns how many
+    /// connections were closed.
     pub fn disconnect_tunnel(&self, tunnel_id: Uuid) -> usize {
         let conns = self.lock().remove(&tunnel_id).unwrap_or_default();
+        self.close_all(tunnel_id, conns, "tunnel disconnected by the edge")
+    }
+
+    /// The tunnel was deleted: closes its connections with [`CloseCode::Disconnected`] and
+    /// `reason` (which connectors log), and refuses its registrations from now on, even one
+    /// whose credentials were checked just before. Returns how many connections were closed.
+    pub fn remove_tunnel(&self, tunnel_id: Uuid, reason: &str) -> usize {
+        let conns = {
+            let mut tunnels = self.lock();
+            self.removed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(tunnel_id);
+            tunnels.remove(&tunnel_id).unwrap_or_default()
+        };
+        self.close_all(tunnel_id, conns, reason)
+    }
+
+    /// Whether [`TunnelRegistry::remove_tunnel`] was called for the tunnel.
+    pub fn removed_tunnel(&self, tunnel_id: Uuid) -> bool {
+        self.removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&tunnel_id)
+    }
+
+    fn close_all(&self, tunnel_id: Uuid, conns: Vec<Arc<EdgeConnection>>, reason: &str) -> usize {
         let observer = self.observer();
         for conn in &conns {
             conn.sessions.clear();
             if let Some(observer) = &observer {
                 observer.disconnected(&conn.info);
             }
-            conn.quic.close(
-                CloseCode::Disconnected.varint(),
-                b"tunnel disconnected by the edge",
-            );
+            conn.quic
+                .close(CloseCode::Disconnected.varint(), reason.as_bytes());
         }
         if !conns.is_empty() {
-            tracing::info!(tunnel = %tunnel_id, connections = conns.len(), "tunnel connections dropped by the edge");
+            tracing::info!(tunnel = %tunnel_id, connections = conns.len(), %reason, "tunnel connections closed by the edge");
             self.changed();
         }
         conns.len()
