@@ -241,12 +241,8 @@ async fn connectors_are_back_soon_after_iris_restarts_and_tunnel_info_lists_them
     .await;
     assert_eq!(reply.status, 200);
 
-    // `wvpc tunnel info` reads what iris recorded.
-    let info = tunnel_info(&w).await;
-    assert!(
-        info.contains("4 live connection(s) from 1 connector(s)"),
-        "{info}"
-    );
+    // `wvpc tunnel info` reads what iris recorded (by its writer, soon after).
+    let info = tunnel_info_showing(&w, "4 live connection(s) from 1 connector(s)").await;
     assert!(info.contains(&connector.client_id.to_string()), "{info}");
     assert!(
         info.contains("iris-restart") && info.contains("wvpc-connector/"),
@@ -298,11 +294,7 @@ async fn connectors_are_back_soon_after_iris_restarts_and_tunnel_info_lists_them
     )
     .await;
     assert_eq!(reply.status, 200);
-    let info = tunnel_info(&w).await;
-    assert!(
-        info.contains("4 live connection(s) from 1 connector(s)"),
-        "{info}"
-    );
+    tunnel_info_showing(&w, "4 live connection(s) from 1 connector(s)").await;
 
     // Connections leave the directory when they close.
     within("the connector stops", connector.shutdown())
@@ -313,8 +305,21 @@ async fn connectors_are_back_soon_after_iris_restarts_and_tunnel_info_lists_them
         restarted.registry().wait_for_no_connection(w.tunnel_id),
     )
     .await;
-    let info = tunnel_info(&w).await;
-    assert!(info.contains("No live connections"), "{info}");
+    tunnel_info_showing(&w, "No live connections").await;
+}
+
+/// `wvpc tunnel info` once it shows `text` (iris records connections asynchronously).
+async fn tunnel_info_showing(w: &RealWorld, text: &str) -> String {
+    within(&format!("tunnel info showing {text:?}"), async {
+        loop {
+            let info = tunnel_info(w).await;
+            if info.contains(text) {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
 }
 
 async fn tunnel_info(w: &RealWorld) -> String {
