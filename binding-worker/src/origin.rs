@@ -194,6 +194,9 @@ impl Proxy {
         let key = PoolKey::of(&request);
         let mut outgoing = build_request(&request, body)?;
 
+        // A body-less request is sent at most twice: a second time only when its first
+        // connection broke before any answer.
+        let mut replayed = false;
         while let Some(mut sender) = self.pool.check_out(&key) {
             match self.send(&mut sender, outgoing, &mut body_finished).await {
                 Attempt::Answered(response) => {
@@ -210,18 +213,45 @@ impl Proxy {
                     let (body, finished) = RequestBody::empty();
                     body_finished = finished;
                     outgoing = build_request(&request, body)?;
+                    replayed = true;
                     break;
                 }
                 Attempt::Failed(err) => return Err(err),
             }
         }
 
-        let mut sender = self.open(&request).await?;
-        match self.send(&mut sender, outgoing, &mut body_finished).await {
-            Attempt::Answered(response) => Ok(self.respond(response, sender, key, &body_finished)),
-            Attempt::Unsent(_) => Err(ProxyError::new(ErrorCode::ConnectionTerminated)
-                .with_details("the origin connection closed before the request was sent")),
-            Attempt::Failed(err) => Err(err),
+        loop {
+            let mut sender = self.open(&request).await?;
+            match self.send(&mut sender, outgoing, &mut body_finished).await {
+                Attempt::Answered(response) => {
+                    return Ok(self.respond(response, sender, key, &body_finished));
+                }
+                Attempt::Unsent(_) => {
+                    return Err(ProxyError::new(ErrorCode::ConnectionTerminated)
+                        .with_details("the origin connection closed before the request was sent"));
+                }
+                // The connection broke before any answer: typically the connector carrying it
+                // died and iris closed the pipe. An idempotent request without a body may be
+                // sent again (RFC 9110 §9.2.2): a new CONNECT, which iris routes over a live
+                // connection of the tunnel.
+                Attempt::Failed(err)
+                    if !replayed
+                        && body_was_empty
+                        && request.method.is_idempotent()
+                        && err.code == ErrorCode::ConnectionTerminated =>
+                {
+                    tracing::debug!(
+                        request_id = %request.caller.request_id,
+                        error = %err,
+                        "origin connection broke before the response head; sending the request again"
+                    );
+                    let (body, finished) = RequestBody::empty();
+                    body_finished = finished;
+                    outgoing = build_request(&request, body)?;
+                    replayed = true;
+                }
+                Attempt::Failed(err) => return Err(err),
+            }
         }
     }
 

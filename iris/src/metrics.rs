@@ -21,6 +21,8 @@ pub struct IrisMetrics {
     pub registrations: CounterFamily,
     /// New tunnel connections refused before their handshake (source over its rate).
     pub connections_refused: Counter,
+    /// Connections closed because the connector went silent while flows waited on it.
+    pub connections_unresponsive: Counter,
     /// TCP streams through tunnels open now.
     pub streams_open: Arc<Gauge>,
     /// TCP streams the connector accepted.
@@ -94,6 +96,11 @@ impl Render for IrisMetrics {
             "wvpc_iris_connections_refused_total",
             "Tunnel connections refused before the handshake (source rate limit).",
             self.connections_refused.get(),
+        );
+        out.counter(
+            "wvpc_iris_connections_unresponsive_total",
+            "Tunnel connections closed because the connector went silent while flows waited.",
+            self.connections_unresponsive.get(),
         );
         out.gauge(
             "wvpc_iris_streams_open",

@@ -8,14 +8,20 @@
 //! connections (the connector unregistered) and closed ones are never picked.
 //!
 //! **Failover.** A connection whose QUIC connection is seen closed (close frame, idle
-//! timeout, failed stream open) leaves the registry at once. A TCP flow is retried on
+//! timeout, failed stream open, or a peer found silent by [`super::liveness`] in about a
+//! second) leaves the registry at once. A TCP flow is retried on
 //! another live connection of the tunnel when its connection died *before the connector's
 //! `ConnectResponse` arrived*: until that answer iris has sent nothing but the
 //! `ConnectRequest` (the CONNECT is not answered yet, so no byte of the caller's request has
 //! left iris), hence the origin has at most seen a TCP connection attempt, never a request.
 //! A connector that answered, refused or reset the stream on a live connection is final.
 //! Once the flow is piping, a dying connection ends it (the caller sees
-//! `connection_terminated`); it is never replayed.
+//! `connection_terminated`); it is never replayed here: only the caller knows whether its
+//! request may be sent again (the binding-worker repeats idempotent ones without a body).
+//!
+//! **Draining.** Each connection tracks its piping flows ([`FlowSet`]): a graceful drain
+//! closes the idle ones (pooled keep-alive connections between requests) at once and waits
+//! only for flows that carry a request.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -30,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_tunnel::flows::{Facing, FlowSet, TrackedIo};
 use wvpc_tunnel::metrics::CountingIo;
 use wvpc_tunnel::quic::CloseCode;
 use wvpc_tunnel::{BiStream, ConnectRequest, ConnectResponse, DatagramVersion, RpcThread};
@@ -78,6 +85,12 @@ pub(crate) struct EdgeConnection {
     pub(crate) rpc: Option<RpcThread>,
     /// TCP streams open on this connection (the load that spreading balances).
     open_streams: AtomicUsize,
+    /// Streams waiting for the connector's `ConnectResponse`.
+    opening: AtomicUsize,
+    /// Piping TCP flows, with who spoke last on each.
+    pub(crate) flows: Arc<FlowSet>,
+    /// Wakes the liveness watcher when a stream starts opening on an idle connection.
+    pub(crate) flow_started: Notify,
     /// When the connection registered.
     since: SystemTime,
 }
@@ -91,6 +104,9 @@ impl EdgeConnection {
             sessions: SessionTable::default(),
             rpc: None,
             open_streams: AtomicUsize::new(0),
+            opening: AtomicUsize::new(0),
+            flows: Arc::default(),
+            flow_started: Notify::new(),
             since: SystemTime::now(),
         }
     }
@@ -103,6 +119,14 @@ impl EdgeConnection {
 
     fn usable(&self) -> bool {
         !self.draining.load(Ordering::Acquire) && self.quic.close_reason().is_none()
+    }
+
+    /// Whether something waits on the connector: a stream opening, a UDP session, or a flow
+    /// awaiting or receiving an answer.
+    pub(crate) fn waiting_on_peer(&self) -> bool {
+        self.opening.load(Ordering::Acquire) > 0
+            || !self.sessions.is_empty()
+            || self.flows.any_busy()
     }
 
     fn snapshot(&self) -> ConnectionInfo {
@@ -249,6 +273,29 @@ impl TunnelRegistry {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Graceful drain of the flows: closes idle ones (pooled connections between requests)
+    /// at once and each busy one as soon as it turns idle; resolves once no tunnel stream is
+    /// open.
+    pub async fn drain_streams(&self) {
+        const TICK: Duration = Duration::from_millis(100);
+        loop {
+            let notified = self.stream_closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let conns: Vec<Arc<EdgeConnection>> = self.lock().values().flatten().cloned().collect();
+            for conn in conns {
+                conn.flows.close_idle();
+            }
+            if self.metrics.streams_open.get() <= 0 {
+                return;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
         }
     }
 
@@ -592,6 +639,7 @@ impl TunnelRegistry {
         };
         let mut stream = BiStream::new(send, recv);
         let guard = StreamGuard::enter(conn.clone(), self.metrics.clone(), &self.stream_closed);
+        let opening = Opening::enter(conn);
         let request = ConnectRequest::tcp(dest, flow_id.to_owned());
         if let Err(e) = request.write(&mut stream.send).await {
             return Err(classify(terminated("failed while sending the request", &e)));
@@ -626,8 +674,14 @@ impl TunnelRegistry {
             return Err(Failure::Final(err));
         }
         self.metrics.streams.inc();
+        let flow = conn.flows.enter();
+        drop(opening);
         Ok(Box::new(TunnelStream {
-            io: CountingIo::new(stream, self.metrics.tunnel_bytes()),
+            io: TrackedIo::new(
+                CountingIo::new(stream, self.metrics.tunnel_bytes()),
+                flow,
+                Facing::Origin,
+            ),
             _guard: guard,
         }))
     }
@@ -696,9 +750,28 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A connected TCP flow through a tunnel, counted while it lives.
+/// A stream waiting for the connector's answer, which the liveness watcher must know about.
+struct Opening<'a>(&'a EdgeConnection);
+
+impl<'a> Opening<'a> {
+    fn enter(conn: &'a EdgeConnection) -> Self {
+        if conn.opening.fetch_add(1, Ordering::AcqRel) == 0 {
+            conn.flow_started.notify_one();
+        }
+        Self(conn)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.opening.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connected TCP flow through a tunnel, counted while it lives; its reads are the origin's
+/// bytes, its writes the caller's.
 struct TunnelStream {
-    io: CountingIo<BiStream>,
+    io: TrackedIo<CountingIo<BiStream>>,
     _guard: StreamGuard,
 }
 
