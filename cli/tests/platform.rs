@@ -1095,3 +1095,165 @@ async fn wvpc_up_starts_the_four_processes_and_stops_them_on_sigterm() {
     std::net::TcpListener::bind(runtime).expect("the runtime's port is free");
     std::net::TcpListener::bind(api).expect("the directory's port is free");
 }
+
+/// `wvpc tunnel run` as its own process for `credentials`, dialing the platform's edge;
+/// resolves once its first connection is registered.
+async fn connector_process(
+    platform: &Platform,
+    credentials: &Credentials,
+    extra: &[&str],
+) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+        .arg("--state")
+        .arg(platform.state())
+        .args(["tunnel", "run", "--token", &credentials.to_token()])
+        .args(["--edge", &platform.edge().to_string()])
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting wvpc tunnel run");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    within("wvpc tunnel run registered", async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) if line.starts_with("registered") => break,
+                Ok(Some(_)) => {}
+                _ => panic!("wvpc tunnel run exited before it registered"),
+            }
+        }
+    })
+    .await;
+    // Keep reading, so that its stdout stays open until it exits.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_process_killed_under_load_loses_no_request_and_a_full_outage_fails_fast() {
+    let net = PrivateNetwork::start(&[("a.internal", "127.0.0.2")]).await;
+    let platform = Platform::start().await;
+    let (office, service) =
+        tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
+    let ha = ["--ha-connections", "2"];
+    let mut doomed = connector_process(&platform, &office, &ha).await;
+    let mut survivor = connector_process(&platform, &office, &ha).await;
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service, "")
+        .await
+        .unwrap();
+    let host = "proxy.local.workers.localhost";
+    platform.until(host, "/up", 200, "").await;
+
+    // Requests that each take 200 ms at the origin, 8 at a time, on both replicas.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, handles) = load(&platform, host, "/slow/200", 8, &stop);
+    within("load on both replicas", async {
+        while ok.load(Ordering::SeqCst) < 40 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    doomed.kill().await.expect("kill -9 of a connector");
+    let killed = std::time::Instant::now();
+    let at_kill = ok.load(Ordering::SeqCst);
+    within("load after the kill", async {
+        while ok.load(Ordering::SeqCst) < at_kill + 80 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for handle in handles {
+        within("the load stops", handle).await.unwrap();
+    }
+    eprintln!(
+        "connector process killed under load: {} ok, {} failed, {:.2?} of load after the kill",
+        ok.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+        killed.elapsed()
+    );
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests in flight on the killed connector are sent again on the live one"
+    );
+
+    // The last connector dies too: requests fail with the no-connector code, not a hang.
+    survivor
+        .kill()
+        .await
+        .expect("kill -9 of the last connector");
+    let outage = std::time::Instant::now();
+    let reply = within("a request during the outage", platform.get(host, "/outage")).await;
+    eprintln!(
+        "every connector killed: the first request was answered after {:.2?}",
+        outage.elapsed()
+    );
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(
+        reply.text().contains("destination_unavailable"),
+        "{}",
+        reply.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_returns_at_once_from_an_idle_connector_and_waits_for_a_request_in_flight() {
+    let net = PrivateNetwork::start(&[("a.internal", "127.0.0.2")]).await;
+    let platform = Platform::start().await;
+    let (office, service) =
+        tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
+    // An hour of grace: returning while a test bound of seconds runs means nothing was
+    // waited for.
+    let grace = ["--grace-period", "1h"];
+    let mut idle = connector_process(&platform, &office, &grace).await;
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service, "")
+        .await
+        .unwrap();
+    let host = "proxy.local.workers.localhost";
+    platform.until(host, "/up", 200, "").await;
+    // A few requests at once, so the binding-worker keeps several origin connections pooled.
+    let runtime = platform.runtime.addr(0);
+    let pooled: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(async move { get_host(runtime, host, &format!("/pooled/{i}")).await })
+        })
+        .collect();
+    for request in pooled {
+        let reply = within("a request", request).await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+
+    signal(&idle, rustix::process::Signal::TERM);
+    let status = within("the idle connector exits", idle.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    // A connector with a request in flight: SIGTERM waits for it.
+    let mut busy = connector_process(&platform, &office, &grace).await;
+    let long = tokio::spawn(async move { get_host(runtime, host, "/slow/3000?in-flight").await });
+    within(
+        "the request reaches the origin",
+        net.origin("a.internal").wait_seen("/slow/3000?in-flight"),
+    )
+    .await;
+    signal(&busy, rustix::process::Signal::TERM);
+    let reply = within("the request in flight", long).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "hello from origin: /slow/3000?in-flight");
+    let status = within("the busy connector exits", busy.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
