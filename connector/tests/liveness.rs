@@ -470,3 +470,49 @@ async fn a_shutdown_waits_for_a_request_in_flight_then_returns() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_drain_closes_idle_flows_at_once_and_waits_for_a_request_in_flight() {
+    let edge = TestEdge::start().await;
+    let _connector = RunningConnector::start(edge.config(edge.edge.local_addr())).await;
+    let origin = LineOrigin::start().await;
+    let mut idle = edge.open(origin.addr).await.unwrap();
+    assert_eq!(
+        within("exchange", exchange(&mut idle, "x")).await.unwrap(),
+        "x"
+    );
+    let mut in_flight = edge.open(origin.addr).await.unwrap();
+    in_flight.write_all(b"hold\n").await.unwrap();
+    within("the request reached the origin", origin.holding()).await;
+
+    let drain = tokio::spawn({
+        let edge = edge.edge.clone();
+        async move { edge.drain(Duration::from_secs(3600)).await }
+    });
+    let mut rest = Vec::new();
+    let _ = within("the idle flow is closed", idle.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    drop(idle);
+    assert!(
+        !drain.is_finished(),
+        "the drain waits for the request in flight"
+    );
+
+    origin.release();
+    let mut answer = [0u8; 5];
+    within("the answer", in_flight.read_exact(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(&answer, b"done\n");
+    // Answered, it turns idle, and the drain closes it too (as iris's pipe reads on).
+    let _ = within(
+        "the answered flow is closed",
+        in_flight.read_to_end(&mut rest),
+    )
+    .await;
+    drop(in_flight);
+    assert!(
+        within("the drain ends", drain).await.unwrap(),
+        "every stream finished within the grace period"
+    );
+}
