@@ -4,6 +4,11 @@
 //! Connections are pooled per (service, scheme, host): the host is what `Host` (and, for
 //! https, SNI) carries, so two hosts never share a connection. A connection goes back to
 //! the pool only after its response body was read to the end and hyper reports it ready.
+//!
+//! A request whose connection broke before any byte of the answer (the origin closed a reused
+//! connection, or the connector carrying it died) is sent once more on a new connection when
+//! that is safe: it has no body and, unless the connection was a reused one, its method is
+//! idempotent.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
