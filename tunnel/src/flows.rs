@@ -89,16 +89,28 @@ impl FlowActivity {
     /// How long until the flow turns idle if no byte moves: zero when it is idle now, `None`
     /// while the caller awaits an answer.
     pub fn idle_in(&self) -> Option<Duration> {
+        self.idle_in_at(Instant::now())
+    }
+
+    /// [`FlowActivity::idle_in`] as of `now` (one clock read for many flows).
+    pub fn idle_in_at(&self, now: Instant) -> Option<Duration> {
         if self.awaiting_answer() {
             return None;
         }
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        Some(QUIET.saturating_sub(self.start.elapsed().saturating_sub(last)))
+        let quiet_for = now
+            .saturating_duration_since(self.start)
+            .saturating_sub(last);
+        Some(QUIET.saturating_sub(quiet_for))
     }
 
     /// Whether the flow is idle now.
     pub fn is_idle(&self) -> bool {
-        self.idle_in() == Some(Duration::ZERO)
+        self.is_idle_at(Instant::now())
+    }
+
+    fn is_idle_at(&self, now: Instant) -> bool {
+        self.idle_in_at(now) == Some(Duration::ZERO)
     }
 }
 
@@ -157,18 +169,22 @@ impl FlowSet {
 
     /// Whether some flow is busy (an answer awaited, or bytes moved within [`QUIET`]).
     pub fn any_busy(&self) -> bool {
-        self.lock().values().any(|f| !f.activity.is_idle())
+        let now = Instant::now();
+        self.lock().values().any(|f| !f.activity.is_idle_at(now))
     }
 
     /// Closes the flows that are idle now; returns how many busy flows are left.
     pub fn close_idle(&self) -> usize {
-        let flows = self.lock();
-        for flow in flows.values() {
-            if flow.activity.is_idle() {
+        let now = Instant::now();
+        let mut busy = 0;
+        for flow in self.lock().values() {
+            if flow.activity.is_idle_at(now) {
                 flow.close();
+            } else {
+                busy += 1;
             }
         }
-        flows.values().filter(|f| !f.activity.is_idle()).count()
+        busy
     }
 
     /// Whether [`FlowSet::drain`] has begun.

@@ -54,36 +54,45 @@ impl PeerHeard {
 /// Watches one registered connection until it closes or its peer is found dead.
 pub(crate) async fn watch(conn: Arc<EdgeConnection>, registry: Arc<TunnelRegistry>) {
     let mut heard = PeerHeard::new(&conn.quic);
+    // Silence is confirmed on a second sample, a tick later: after a stall of this process,
+    // datagrams that arrived meanwhile may not have been read by the endpoint yet.
+    let mut suspect = false;
     loop {
-        let tick = if conn.waiting_on_peer() {
+        let tick = if suspect || conn.waiting_on_peer() {
             BUSY_TICK
         } else {
             IDLE_TICK
         };
         tokio::select! {
             _ = conn.quic.closed() => return,
-            () = conn.flow_started.notified() => {}
+            () = conn.flow_started.notified(), if !suspect => {}
             () = tokio::time::sleep(tick) => {}
         }
         let silence = heard.silence(&conn.quic);
         let limit = silence_limit(conn.quic.rtt());
-        if silence >= limit && conn.waiting_on_peer() {
-            tracing::warn!(
-                tunnel = %conn.info.tunnel_id,
-                connection = %conn.info.connection_id,
-                remote = %conn.info.remote_addr,
-                silent_ms = silence.as_millis() as u64,
-                limit_ms = limit.as_millis() as u64,
-                "connector unresponsive while flows waited on it; closing its connection"
-            );
-            registry.metrics().connections_unresponsive.inc();
-            // Out of the registry first, so that retries of the failing flows go elsewhere.
-            registry.forget(&conn.quic);
-            conn.quic.close(
-                CloseCode::Unresponsive.varint(),
-                b"no packet from the connector while flows waited",
-            );
-            return;
+        if silence < limit || !conn.waiting_on_peer() {
+            suspect = false;
+            continue;
         }
+        if !suspect {
+            suspect = true;
+            continue;
+        }
+        tracing::warn!(
+            tunnel = %conn.info.tunnel_id,
+            connection = %conn.info.connection_id,
+            remote = %conn.info.remote_addr,
+            silent_ms = silence.as_millis() as u64,
+            limit_ms = limit.as_millis() as u64,
+            "connector unresponsive while flows waited on it; closing its connection"
+        );
+        registry.metrics().connections_unresponsive.inc();
+        // Out of the registry first, so that retries of the failing flows go elsewhere.
+        registry.forget(&conn.quic);
+        conn.quic.close(
+            CloseCode::Unresponsive.varint(),
+            b"no packet from the connector while flows waited",
+        );
+        return;
     }
 }
