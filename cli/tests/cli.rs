@@ -693,7 +693,18 @@ fn iris_and_a_connector_run_as_processes_report_metrics_and_tunnel_info_and_drai
     );
     connector.line("registered:");
 
-    let info = state.ok(&["tunnel", "info", "office"]);
+    // Connection records reach the directory through iris's writer queue, a moment after the
+    // connector hears it is registered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let info = loop {
+        let info = state.ok(&["tunnel", "info", "office"]);
+        if info.contains("1 live connection(s) from 1 connector(s)")
+            || std::time::Instant::now() > deadline
+        {
+            break info;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(
         info.contains("1 live connection(s) from 1 connector(s)"),
         "{info}"
