@@ -157,9 +157,7 @@ async fn a_slowloris_head_that_never_ends_is_closed() {
                 () = tokio::time::sleep(Duration::from_millis(50)) => {
                     line += 1;
                     let more = format!("x-more-{line}: 1\r\n");
-                    if let Err(err) = stream.write_all(more.as_bytes()).await {
-                        return Err(err);
-                    }
+                    stream.write_all(more.as_bytes()).await?;
                 }
             }
         }
