@@ -64,6 +64,7 @@ use std::time::Duration;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
+use wvpc_listener::{Acceptor, Admitted, RefuseWith};
 use wvpc_schemas::binding_auth::handshake_as_binding_worker;
 use wvpc_schemas::binding_capnp::vpc_binding;
 
@@ -117,6 +118,9 @@ pub struct BindingWorkerConfig {
     /// Roots trusted for `https` origins (besides a service's own `ca_certificate`).
     /// `None`: the system's trust store.
     pub tls_roots: Option<Arc<rustls::RootCertStore>>,
+    /// Runtime connections open at once; one more is closed at once. Default: from the
+    /// open-file limit ([`wvpc_listener::default_max_connections`]).
+    pub max_runtime_connections: usize,
 }
 
 impl BindingWorkerConfig {
@@ -141,6 +145,7 @@ impl BindingWorkerConfig {
             route_lease: None,
             max_connections_per_service: 256,
             tls_roots: None,
+            max_runtime_connections: wvpc_listener::default_max_connections(),
         }
     }
 }
@@ -212,6 +217,7 @@ impl BindingWorker {
             fetches: fetches.clone(),
             secret: config.secret.clone(),
             handshake_timeout: config.handshake_timeout,
+            max_connections: config.max_runtime_connections,
         };
         let thread = std::thread::Builder::new()
             .name("wvpc-binding-rpc".into())
@@ -360,19 +366,6 @@ fn spawn_sweeper(runtime: &Handle, pool: Weak<OriginPool>) {
     });
 }
 
-/// Pause after `accept` failed for something other than the one connection.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-fn is_per_connection(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
-}
-
 /// What the RPC thread serves with.
 struct Serving {
     proxy: Arc<Proxy>,
@@ -380,6 +373,7 @@ struct Serving {
     fetches: TaskTracker,
     secret: Option<PlatformSecret>,
     handshake_timeout: Duration,
+    max_connections: usize,
 }
 
 /// The RPC thread: accepts runtime connections and serves capnp on a `LocalSet`, until
@@ -407,7 +401,14 @@ fn run_rpc_thread(
             fetches,
             secret,
             handshake_timeout,
+            max_connections,
         } = serving;
+        let acceptor = Acceptor::new(
+            listener,
+            "binding-worker capnp",
+            max_connections,
+            RefuseWith::Close,
+        );
         let binding: vpc_binding::Client = capnp_rpc::new_client(VpcBindingServer::new(
             proxy,
             proxy_runtime,
@@ -422,29 +423,19 @@ fn run_rpc_thread(
                 }
                 // A dropped sender (the handle went away mid-drain) drains as well.
                 requested = &mut drain_requested => break requested.ok(),
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::task::spawn_local(admit(
-                            stream,
-                            peer,
-                            binding.clone(),
-                            secret.clone(),
-                            handshake_timeout,
-                        ));
-                    }
-                    Err(err) if is_per_connection(&err) => {
-                        tracing::debug!(error = %err, "a runtime connection failed while accepted");
-                    }
-                    Err(err) => {
-                        // Out of descriptors (or worse): pause rather than spin.
-                        tracing::warn!(error = %err, "accepting runtime connections failed; backing off");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
-                },
+                // Over the cap: closed; out of descriptors: waited out (see `Acceptor`).
+                admitted = acceptor.accept() => {
+                    tokio::task::spawn_local(admit(
+                        admitted,
+                        binding.clone(),
+                        secret.clone(),
+                        handshake_timeout,
+                    ));
+                }
             }
         };
         draining.set(true);
-        drop(listener);
+        drop(acceptor);
         if let Some(accepting_stopped) = drained {
             let _ = accepting_stopped.send(());
         }
@@ -456,12 +447,16 @@ fn run_rpc_thread(
 
 /// Serves one accepted connection, after the platform handshake when a secret is set.
 async fn admit(
-    mut stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+    admitted: Admitted,
     binding: vpc_binding::Client,
     secret: Option<PlatformSecret>,
     handshake_timeout: Duration,
 ) {
+    let Admitted {
+        mut stream,
+        peer,
+        permit,
+    } = admitted;
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
     }
@@ -471,5 +466,5 @@ async fn admit(
         tracing::warn!(%peer, error = %err, "refused a connection: it failed the platform handshake");
         return;
     }
-    rpc::serve_runtime(stream, peer, binding);
+    rpc::serve_runtime(stream, peer, binding, permit);
 }

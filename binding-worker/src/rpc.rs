@@ -34,7 +34,13 @@ const MAX_WRITE_CHUNK: usize = 64 << 10;
 const STREAM_WINDOW: usize = 1 << 20;
 
 /// Serves one runtime connection on the current `LocalSet`.
-pub(crate) fn serve_runtime(stream: TcpStream, peer: SocketAddr, binding: vpc_binding::Client) {
+/// `permit` (the connection's place under the listener's cap) is held until it ends.
+pub(crate) fn serve_runtime(
+    stream: TcpStream,
+    peer: SocketAddr,
+    binding: vpc_binding::Client,
+    permit: wvpc_listener::ConnectionPermit,
+) {
     let (reader, writer) = stream.into_split();
     let mut network = twoparty::VatNetwork::new(
         reader.compat(),
@@ -45,6 +51,7 @@ pub(crate) fn serve_runtime(stream: TcpStream, peer: SocketAddr, binding: vpc_bi
     network.set_window_size(STREAM_WINDOW);
     let rpc = RpcSystem::new(Box::new(network), Some(binding.client));
     tokio::task::spawn_local(async move {
+        let _permit = permit;
         match rpc.await {
             Ok(()) => tracing::debug!(%peer, "runtime disconnected"),
             Err(err) => tracing::info!(%peer, error = %err, "runtime connection failed"),

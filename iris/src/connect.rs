@@ -23,7 +23,6 @@
 //! one HTTP/2 connection). Each pipe is counted for its service, so that a deleted service's
 //! pipes close ([`Router::close_service`], [`crate::pipes`]).
 
-use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -32,12 +31,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_listener::{ConnectionUse, Http2Settings, HttpServer, ServerLimits};
 
 use crate::dns::{DnsConfig, DnsResolver};
 use crate::pipes::{PipeEnd, PipeTicket, ServicePipes};
@@ -86,6 +84,8 @@ pub struct RouterConfig {
     /// and its answer included (→ `connection_timeout`, then the next address). Above the
     /// connector's own dial timeout (10 s by default), so that its precise code wins.
     pub stream_open_timeout: std::time::Duration,
+    /// Timeouts and connection cap of the CONNECT listener.
+    pub server: ServerLimits,
 }
 
 impl Default for RouterConfig {
@@ -99,6 +99,7 @@ impl Default for RouterConfig {
             pipe_buffer: 64 << 10,
             metrics: None,
             stream_open_timeout: std::time::Duration::from_secs(20),
+            server: ServerLimits::default(),
         }
     }
 }
@@ -169,50 +170,25 @@ impl Router {
     }
 
     /// Accepts connections on `listener` and serves CONNECTs on them until the returned
-    /// future is dropped. Connections already accepted keep running as their own tasks.
-    /// Only fails if accepting fails in a way that retrying cannot fix.
+    /// future is dropped, within the config's [`RouterConfig::server`] limits (a connection
+    /// with no CONNECT open is closed after the idle timeout, with a GOAWAY on HTTP/2).
+    /// Connections already accepted keep running as their own tasks. Accept failures are
+    /// waited out: it never returns an error.
     pub async fn serve(&self, listener: TcpListener) -> io::Result<()> {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => match accept_failure(&err) {
-                    AcceptFailure::ThisConnection => continue,
-                    AcceptFailure::OutOfResources => {
-                        tracing::warn!(error = %err, "accepting a CONNECT client failed; backing off");
-                        // Out of file descriptors: retrying at once would spin.
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                    AcceptFailure::Listener => return Err(err),
-                },
-            };
-            let router = self.clone();
-            tokio::spawn(async move { router.serve_connection(stream, peer).await });
-        }
-    }
-
-    /// Serves one accepted client connection (HTTP/1.1 or HTTP/2) to completion.
-    pub async fn serve_connection(&self, stream: TcpStream, peer: SocketAddr) {
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
-        }
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http2()
-            .max_concurrent_streams(self.inner.config.max_concurrent_streams)
-            .initial_stream_window_size(self.inner.config.stream_window)
-            .initial_connection_window_size(self.inner.config.connection_window);
+        let config = &self.inner.config;
+        let server =
+            HttpServer::new("iris CONNECT", config.server.clone()).with_http2(Http2Settings {
+                max_concurrent_streams: Some(config.max_concurrent_streams),
+                stream_window: Some(config.stream_window),
+                connection_window: Some(config.connection_window),
+            });
         let router = self.clone();
-        let service = service_fn(move |req| {
+        wvpc_listener::serve(listener, server, move |req| {
             let router = router.clone();
-            async move { Ok::<_, Infallible>(router.handle(req).await) }
-        });
-        if let Err(err) = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .await
-        {
-            tracing::debug!(%peer, error = %err, "CONNECT client connection ended with an error");
-        }
+            async move { router.handle(req).await }
+        })
+        .await;
+        Ok(())
     }
 
     /// Answers one request: a CONNECT is routed; anything else is refused.
@@ -235,7 +211,13 @@ impl Router {
         let buffer = self.inner.config.pipe_buffer;
         let metrics = self.inner.config.metrics.clone();
         let request_id = head.ctx.request_id;
+        // The client connection is not idle while the pipe runs.
+        let in_use = req
+            .extensions()
+            .get::<ConnectionUse>()
+            .map(ConnectionUse::hold);
         tokio::spawn(async move {
+            let _in_use = in_use;
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(err) => {
@@ -492,46 +474,15 @@ fn is_per_address_failure(code: ErrorCode) -> bool {
     )
 }
 
-/// Pause after an accept failed for lack of file descriptors or memory.
-const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// What a failed `accept` means for the accept loop.
-enum AcceptFailure {
-    /// Only the connection being accepted failed.
-    ThisConnection,
-    /// The process is out of descriptors or memory; retry after a pause.
-    OutOfResources,
-    /// The listener itself is broken.
-    Listener,
-}
-
-fn accept_failure(err: &io::Error) -> AcceptFailure {
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    const ENOBUFS: i32 = 105;
-    const ENOMEM: i32 = 12;
-    match err.kind() {
-        io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::Interrupted
-        | io::ErrorKind::WouldBlock => AcceptFailure::ThisConnection,
-        _ if err
-            .raw_os_error()
-            .is_some_and(|c| [ENFILE, EMFILE, ENOBUFS, ENOMEM].contains(&c)) =>
-        {
-            AcceptFailure::OutOfResources
-        }
-        _ => AcceptFailure::Listener,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
 
     use http_body_util::BodyExt;
     use hyper::client::conn::http2;
+    use hyper_util::rt::TokioExecutor;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     use super::*;
     use crate::mock::{MemoryStore, MockTunnel};

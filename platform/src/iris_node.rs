@@ -30,6 +30,7 @@ use wvpc_iris::ServiceStore;
 use wvpc_iris::connect::{Router, RouterConfig};
 use wvpc_iris::edge::{ConnectionInfo, ConnectionObserver, Edge, TunnelAuthority, TunnelRegistry};
 use wvpc_iris::metrics::IrisMetrics;
+use wvpc_listener::ServerLimits;
 use wvpc_tunnel::EdgeIdentity;
 
 use crate::PlatformError;
@@ -49,6 +50,9 @@ pub struct IrisOptions {
     pub node_name: String,
     /// Where to serve Prometheus metrics (`None`: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Timeouts and connection cap of the CONNECT and metrics listeners (each has its own
+    /// cap).
+    pub server: ServerLimits,
 }
 
 impl Default for IrisOptions {
@@ -56,6 +60,7 @@ impl Default for IrisOptions {
         Self {
             node_name: "wvpc-dev".into(),
             metrics_listen: None,
+            server: ServerLimits::default(),
         }
     }
 }
@@ -139,9 +144,10 @@ impl IrisNode {
                         source,
                     })?;
                 let local = local_addr(&listener)?;
-                tasks.push(tokio::spawn(wvpc_tunnel::metrics::serve(
+                tasks.push(tokio::spawn(wvpc_tunnel::metrics::serve_with(
                     listener,
                     metrics.clone(),
+                    options.server.clone(),
                 )));
                 tracing::info!(addr = %local, "iris metrics at http://{local}/metrics");
                 Some(local)
@@ -152,6 +158,7 @@ impl IrisNode {
         let store: Arc<dyn ServiceStore> = routes.clone();
         let mut router_config = RouterConfig::default();
         router_config.metrics = Some(metrics);
+        router_config.server = options.server.clone();
         let router = Router::new(store, registry.clone(), router_config);
         routes.on_removed(Box::new({
             let (router, registry) = (router.clone(), registry.clone());

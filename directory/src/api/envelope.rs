@@ -68,6 +68,9 @@ pub mod code {
     /// The directory is unavailable for now (its database is write-locked by another
     /// connection): nothing was changed; retry later. HTTP 503.
     pub const UNAVAILABLE: u32 = 1026;
+    /// The server refused the request by one of its own limits (open connections, header
+    /// fields, header size) before reading it.
+    pub const SERVER_LIMIT: u32 = 1100;
     /// No such URI (Cloudflare's code).
     pub const NO_ROUTE: u32 = 7000;
     /// A malformed identifier or an unknown account in the path (Cloudflare's code).

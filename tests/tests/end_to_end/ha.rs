@@ -251,7 +251,7 @@ async fn connectors_are_back_soon_after_iris_restarts_and_tunnel_info_lists_them
     let w = world(no_connector()).await;
     let options = IrisOptions {
         node_name: "iris-restart".into(),
-        metrics_listen: None,
+        ..IrisOptions::default()
     };
     let iris = IrisNode::start(
         w.stack.directory.clone(),
