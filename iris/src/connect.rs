@@ -699,4 +699,84 @@ mod tests {
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
+
+    #[tokio::test]
+    async fn an_idle_client_connection_is_closed_but_not_while_a_pipe_runs() {
+        let patience = std::time::Duration::from_secs(30);
+        let echo = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let echo_port = echo.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = echo.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        let loopback = RouteTarget::Ips {
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            ipv6: None,
+        };
+        let store: MemoryStore = [route(ECHO, loopback, Some(echo_port), None).1]
+            .into_iter()
+            .collect();
+        let config = RouterConfig {
+            server: ServerLimits {
+                idle_timeout: std::time::Duration::from_millis(300),
+                ..ServerLimits::default()
+            },
+            ..RouterConfig::default()
+        };
+        let router = Router::new(Arc::new(store), Arc::new(MockTunnel::default()), config);
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { router.serve(listener).await });
+        let client = || async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+            (sender, tokio::spawn(conn))
+        };
+
+        // A: a connection whose only stream is a running pipe.
+        let (mut piping, piping_conn) = client().await;
+        let res = piping
+            .send_request(connect(&ECHO.to_string(), "http"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut pipe = TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+        // B, opened after A: nothing open on it, so iris closes it after the idle timeout.
+        let (_idle, idle_conn) = client().await;
+        tokio::time::timeout(patience, idle_conn)
+            .await
+            .expect("iris closes an idle connection")
+            .unwrap()
+            .unwrap();
+        // A has been open longer than B, but its pipe keeps it in use: the pipe works, and
+        // A takes new CONNECTs (it got no GOAWAY).
+        pipe.write_all(b"still piping").await.unwrap();
+        let mut echoed = [0u8; 12];
+        pipe.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"still piping");
+        let res = piping
+            .send_request(connect(&ECHO.to_string(), "http"))
+            .await
+            .expect("a connection in use is not closed as idle");
+        assert_eq!(res.status(), StatusCode::OK);
+        drop(res);
+        // Once the pipe is over, A is idle and closed as well.
+        pipe.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        pipe.read_to_end(&mut rest).await.unwrap();
+        drop(pipe);
+        tokio::time::timeout(patience, piping_conn)
+            .await
+            .expect("iris closes the connection once its pipe ended")
+            .unwrap()
+            .unwrap();
+    }
 }
