@@ -13,8 +13,9 @@
 //! request, so on keep-alive connections it cuts idle time and head time with one bound.
 //!
 //! When hyper cannot parse an HTTP/1 request head it writes a bare 400 / 414 / 431 and
-//! closes. The connection's I/O recognises that answer (a response written while no request
-//! is in flight can only be hyper's) and writes an explained one instead ([`Refusal`]).
+//! closes. The connection's I/O recognises that answer (a response head written while no
+//! request is in flight and no answer of the handler is waiting can only be hyper's) and
+//! writes an explained one instead ([`Refusal`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -169,8 +170,10 @@ where
             state: in_service.clone(),
         });
         let response = handler(request);
+        let answering = in_service.clone();
         async move {
             let response = response.await;
+            answering.answered();
             Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
         }
     });
@@ -252,6 +255,8 @@ struct Activity {
     bytes_since_idle: usize,
     /// Requests seen so far.
     requests: u64,
+    /// Responses the handler returned whose head is not written yet.
+    unwritten_answers: usize,
     /// The client sent the HTTP/2 preface.
     http2: bool,
 }
@@ -265,6 +270,7 @@ impl Default for ConnectionState {
                 first_byte: None,
                 bytes_since_idle: 0,
                 requests: 0,
+                unwritten_answers: 0,
                 http2: false,
             }),
             changed: Notify::new(),
@@ -312,6 +318,10 @@ impl ConnectionState {
         if activity.in_flight == 1 {
             self.changed.notify_one();
         }
+    }
+
+    fn answered(&self) {
+        self.activity().unwritten_answers += 1;
     }
 
     fn released(&self) {
@@ -431,11 +441,23 @@ struct WatchedIo {
 
 impl WatchedIo {
     /// The refusal hyper is answering with `written`, when it is one of its automatic
-    /// answers to an unparsable head (written while no request is in flight).
+    /// answers to an unparsable head: a response head written while the handler has no
+    /// answer waiting to be written and no request in flight. (hyper may drop a finished
+    /// body before it writes the head, so the answers are counted apart.)
     fn automatic_answer(&self, written: &[u8]) -> Option<Refusal> {
         let status = written.strip_prefix(b"HTTP/1.1 ")?.get(..4)?;
-        let activity = self.state.activity();
-        if activity.in_flight > 0 || activity.http2 {
+        let mut activity = self.state.activity();
+        if activity.http2 {
+            return None;
+        }
+        if activity.unwritten_answers > 0 {
+            // The head of the handler's answer (a 100 Continue comes before it).
+            if !status.starts_with(b"1") {
+                activity.unwritten_answers -= 1;
+            }
+            return None;
+        }
+        if activity.in_flight > 0 {
             return None;
         }
         let limits = &self.server.limits;

@@ -341,3 +341,28 @@ async fn a_malformed_head_gets_an_explained_400() {
     );
     assert!(answer.header(REQUEST_ID_HEADER).is_some());
 }
+
+#[tokio::test]
+async fn the_handlers_own_error_answers_are_left_alone() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(wvpc_listener::serve(
+        listener,
+        HttpServer::new("test", limits()),
+        |request: http::Request<_>| async move {
+            let status: u16 = request.uri().path()[1..].parse().unwrap();
+            let mut response =
+                http::Response::new(Full::new(Bytes::from(format!("handler said {status}"))));
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            response
+        },
+    ));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    for status in [431, 414, 400, 200, 431] {
+        let request = format!("GET /{status} HTTP/1.1\r\nhost: test\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert_eq!(answer.status(), status);
+        assert_eq!(answer.body, format!("handler said {status}"));
+    }
+}
