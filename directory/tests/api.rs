@@ -1811,3 +1811,39 @@ async fn the_account_subdomain_is_read_and_set_in_cloudflares_shape() {
     );
     assert_eq!(api.dir.subdomain().unwrap(), "team-a");
 }
+
+#[tokio::test]
+async fn a_request_the_listener_refuses_gets_the_envelope_with_a_request_id() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let api = Api::start().await;
+    let addr = api.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let fields: String = (0..1_001).map(|i| format!("x-field-{i}: 1\r\n")).collect();
+    let request = format!(
+        "GET /client/v4/user/tokens/verify HTTP/1.1\r\nhost: api\r\nauthorization: Bearer {}\r\n\
+         {fields}\r\n",
+        api.admin
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("wvpc-request-id: "))
+        .expect("a request id header");
+    let body: Value = serde_json::from_str(body).unwrap();
+    let (code, message) = Answer { status: 431, body }.error();
+    assert_eq!(code, u64::from(code::SERVER_LIMIT));
+    assert!(
+        message.starts_with("the request has more than 1000 header fields"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(&format!("(request id {id})")),
+        "{message}"
+    );
+}

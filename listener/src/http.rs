@@ -338,7 +338,9 @@ impl ConnectionState {
     fn read(&self, bytes: &[u8]) {
         let mut activity = self.activity();
         if activity.requests == 0 && activity.bytes_since_idle == 0 {
-            activity.http2 = bytes.starts_with(H2_PREFACE_START);
+            // A first read shorter than the preface is judged by what it has.
+            let n = bytes.len().min(H2_PREFACE_START.len());
+            activity.http2 = bytes[..n] == H2_PREFACE_START[..n];
         }
         if activity.in_flight > 0 {
             return;

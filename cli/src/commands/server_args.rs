@@ -71,6 +71,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn serving_commands_take_the_listener_flags() {
+        use clap::Parser as _;
+        let cli = crate::Cli::try_parse_from([
+            "wvpc",
+            "dev",
+            "--idle-timeout",
+            "5s",
+            "--header-read-timeout",
+            "2s",
+            "--max-connections",
+            "10",
+        ])
+        .unwrap();
+        let crate::Command::Dev(args) = cli.command else {
+            panic!("not dev: {:?}", cli.command);
+        };
+        let limits = args.server.limits();
+        assert_eq!(
+            (
+                limits.idle_timeout,
+                limits.header_read_timeout,
+                limits.max_connections
+            ),
+            (Duration::from_secs(5), Duration::from_secs(2), 10)
+        );
+        for command in ["runtime", "iris", "directory"] {
+            let cli = crate::Cli::try_parse_from(["wvpc", command, "--max-connections", "0"]);
+            assert!(cli.is_err(), "{command} accepted --max-connections 0");
+        }
+        // Without the flag, the cap follows the open-file limit.
+        let cli = crate::Cli::try_parse_from(["wvpc", "directory"]).unwrap();
+        let crate::Command::Directory(args) = cli.command else {
+            panic!("not directory");
+        };
+        assert_eq!(
+            args.server.limits().max_connections,
+            wvpc_listener::default_max_connections()
+        );
+    }
+
+    #[test]
     fn a_zero_timeout_is_refused() {
         assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_timeout("0s").unwrap_err().contains("above zero"));
