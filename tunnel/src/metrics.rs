@@ -220,7 +220,7 @@ pub trait Render: Send + Sync + 'static {
 }
 
 /// Serves `GET /metrics` (text format 0.0.4) on `listener` until the task is dropped; other
-/// paths get 404. Default [`ServerLimits`].
+/// paths get 404; each connection is closed after its answer. Default [`ServerLimits`].
 pub async fn serve(listener: TcpListener, metrics: Arc<dyn Render>) {
     serve_with(listener, metrics, ServerLimits::default()).await;
 }
@@ -245,6 +245,11 @@ pub async fn serve_with(listener: TcpListener, metrics: Arc<dyn Render>, limits:
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            // One scrape per connection: nothing is left open between scrapes.
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
             );
             response
         }
