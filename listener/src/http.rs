@@ -447,7 +447,12 @@ impl WatchedIo {
     /// answer waiting to be written and no request in flight. (hyper may drop a finished
     /// body before it writes the head, so the answers are counted apart.)
     fn automatic_answer(&self, written: &[u8]) -> Option<Refusal> {
-        let status = written.strip_prefix(b"HTTP/1.1 ")?.get(..4)?;
+        // hyper answers an HTTP/1.0 request in HTTP/1.0; its own refusals are HTTP/1.1.
+        let status = written
+            .strip_prefix(b"HTTP/1.1 ")
+            .or_else(|| written.strip_prefix(b"HTTP/1.0 "))?
+            .get(..4)?;
+        let automatic = written.starts_with(b"HTTP/1.1 ");
         let mut activity = self.state.activity();
         if activity.http2 {
             return None;
@@ -459,7 +464,7 @@ impl WatchedIo {
             }
             return None;
         }
-        if activity.in_flight > 0 {
+        if activity.in_flight > 0 || !automatic {
             return None;
         }
         let limits = &self.server.limits;

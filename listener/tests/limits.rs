@@ -358,11 +358,30 @@ async fn the_handlers_own_error_answers_are_left_alone() {
         },
     ));
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    for status in [431, 414, 400, 200, 431] {
-        let request = format!("GET /{status} HTTP/1.1\r\nhost: test\r\n\r\n");
+    for (status, version) in [
+        (431, "1.1"),
+        (414, "1.1"),
+        (400, "1.0"),
+        (200, "1.1"),
+        (431, "1.1"),
+    ] {
+        let request =
+            format!("GET /{status} HTTP/{version}\r\nhost: test\r\nconnection: keep-alive\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let answer = read_answer(&mut stream).await;
         assert_eq!(answer.status(), status);
         assert_eq!(answer.body, format!("handler said {status}"));
     }
+    // hyper's own refusal on the same connection is still explained.
+    stream
+        .write_all(format!("GET / HTTP/1.1\r\nhost: test\r\n{}\r\n", headers(1_001)).as_bytes())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert_eq!(answer.status(), 431);
+    assert!(
+        answer.body.contains("more than 1000 header fields"),
+        "{}",
+        answer.body
+    );
 }
