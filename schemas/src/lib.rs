@@ -2,6 +2,8 @@
 //!
 //! - [`binding_capnp`]: runtime ↔ binding-worker (`VpcBinding.fetch`, streamed bodies,
 //!   errors as [`binding_capnp::ErrorCode`]).
+//! - [`byte_stream_flow`]: the bounded window both sides keep on the bodies of
+//!   `binding_capnp` ([`StreamWriter`] to send one, [`inbox`] to receive one).
 //! - [`tunnel_stream_capnp`]: tunnel data-stream `ConnectRequest` / `ConnectResponse`,
 //!   byte-compatible with cloudflared.
 //! - [`tunnel_rpc_capnp`]: tunnel registration and connector RPC, with cloudflared's
@@ -21,3 +23,6 @@ pub use wire_error::{read_wire_error, write_wire_error};
 
 pub mod binding_auth;
 pub use binding_auth::PlatformSecret;
+
+pub mod byte_stream_flow;
+pub use byte_stream_flow::{StreamWriter, inbox};

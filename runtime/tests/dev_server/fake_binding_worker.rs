@@ -26,7 +26,7 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_binding_worker};
 use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
-use wvpc_schemas::{PlatformSecret, write_wire_error};
+use wvpc_schemas::{PlatformSecret, StreamWriter, write_wire_error};
 
 pub struct FakeBindingWorker {
     pub addr: SocketAddr,
@@ -350,10 +350,12 @@ async fn deliver_error(
     Ok(())
 }
 
+/// Writes `bytes` within the flow-control window, as the binding-worker does, and waits
+/// until the script has taken them.
 async fn write(stream: &byte_stream::Client, bytes: &[u8]) -> Result<(), capnp::Error> {
-    let mut request = stream.write_request();
-    request.get().set_bytes(bytes);
-    request.send().await
+    let mut writer = StreamWriter::new(stream.clone());
+    writer.write(bytes).await?;
+    writer.flush().await
 }
 
 /// Request body sink: collects until `end`.
@@ -366,6 +368,7 @@ impl byte_stream::Server for Collector {
     async fn write(
         self: CapRc<Self>,
         params: byte_stream::WriteParams,
+        _: byte_stream::WriteResults,
     ) -> Result<(), capnp::Error> {
         self.bytes
             .borrow_mut()
