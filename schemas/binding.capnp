@@ -55,12 +55,12 @@ struct Header {
 struct RequestHead {
   method @0 :Text;
   url @1 :Text;         # absolute URL as the script gave it; host -> Host (and SNI), scheme -> port
-  headers @2 :List(Header);
+  headers @2 :List(Header);  # at most 4096 (MAX_HEAD_HEADERS), else httpRequestError
 }
 
 struct ResponseHead {
   status @0 :UInt16;
-  headers @1 :List(Header);
+  headers @1 :List(Header);  # at most 4096, else httpResponseHeaderSectionSize
 }
 
 struct FetchResult {

@@ -47,7 +47,7 @@ use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_runtime};
 use wvpc_schemas::binding_capnp::{byte_stream, fetch_result, response_receiver, vpc_binding};
 use wvpc_schemas::byte_stream_flow::{InboxError, InboxReceiver, InboxSender, Taken};
-use wvpc_schemas::{PlatformSecret, StreamWriter, inbox, read_wire_error};
+use wvpc_schemas::{MAX_HEAD_HEADERS, PlatformSecret, StreamWriter, inbox, read_wire_error};
 
 use crate::error_map::wasi_http_error;
 
@@ -515,8 +515,18 @@ impl response_receiver::Server for Receiver {
             }
         };
 
+        let headers = head.get_headers()?;
+        if headers.len() > MAX_HEAD_HEADERS {
+            let err =
+                ProxyError::new(ErrorCode::HttpResponseHeaderSectionSize).with_details(format!(
+                    "the response has {} headers; at most {MAX_HEAD_HEADERS} are taken",
+                    headers.len()
+                ));
+            answer(&self.slot, Err(err));
+            return Err(capnp::Error::failed("too many response headers".into()));
+        }
         let mut response = http::Response::builder().status(head.get_status());
-        for header in head.get_headers()? {
+        for header in headers {
             response = response.header(header.get_name()?.to_str()?, header.get_value()?);
         }
         let (tx, rx) = inbox();

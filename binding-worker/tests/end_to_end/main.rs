@@ -738,6 +738,38 @@ async fn failures_arrive_as_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_with_more_headers_than_a_header_map_holds_is_a_request_error_not_a_panic() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |rt| async move {
+        // `HeaderMap::with_capacity` panics above about 24 576 entries.
+        let many = vec![("x-many", "1"); 30_000];
+        let err = rt
+            .fetch(API, "GET", "http://api.internal/", &many, b"")
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.code, ErrorCode::HttpRequestError);
+        let details = err.details.unwrap();
+        assert!(
+            details.contains("30000 headers") && details.contains("4096"),
+            "{details}"
+        );
+        // The same connection keeps serving.
+        assert_eq!(
+            rt.fetch(API, "GET", "http://api.internal/", &[], b"")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    })
+    .await;
+    // Only the second request reached the origin.
+    assert_eq!(stack.origin.requests.lock().unwrap().len(), 1);
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_request_body_never_reaches_the_origin_as_complete() {
     let stack = start_stack().await;
     with_runtime(&stack, |rt| async move {

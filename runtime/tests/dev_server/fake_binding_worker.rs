@@ -11,6 +11,7 @@
 //! | `/drop` | closes the whole connection without answering |
 //! | `/redirect/<status>?to=<location>` | `<status>` with that `Location` |
 //! | `/redirect-loop` | 302 to itself |
+//! | `/many-headers` | 200 with 30 000 headers (more than a `HeaderMap` holds) |
 //! | anything else | 200 echoing what arrived (method, url, context, headers, body) |
 
 use std::cell::RefCell;
@@ -296,6 +297,23 @@ async fn answer(
         let response_body = request.send().promise.await?.get()?.get_body()?;
         write(&response_body, b"redirecting").await?;
         response_body.end_request().send().promise.await?;
+        return Ok(());
+    }
+
+    if path == "/many-headers" {
+        // More headers than an `http::HeaderMap` can hold (it panics above about 24 576).
+        let mut request = receiver.deliver_request();
+        {
+            let mut head = request.get().init_result().init_response();
+            head.set_status(200);
+            let mut headers = head.init_headers(30_000);
+            for i in 0..30_000 {
+                headers.reborrow().get(i).set_name("x-many");
+                headers.reborrow().get(i).set_value(b"1");
+            }
+        }
+        // The runtime refuses the head, so the call fails; the script has its answer.
+        let _ = request.send().promise.await;
         return Ok(());
     }
 
