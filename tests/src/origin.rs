@@ -102,6 +102,8 @@ impl Origin {
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
                 rec.connections.fetch_add(1, Ordering::SeqCst);
+                // Closed connections leave the set (a long run keeps it small).
+                while conns.try_join_next().is_some() {}
                 let rec = rec.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req| handle(rec.clone(), req));
