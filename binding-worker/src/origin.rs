@@ -28,7 +28,6 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::io::ReaderStream;
 use uuid::Uuid;
@@ -37,7 +36,7 @@ use wvpc_errors::{ErrorCode, ProxyError};
 use crate::iris_client::IrisClient;
 use crate::origin_tls::{OriginTls, TlsPolicy};
 use crate::request::{FetchRequest, Scheme, strip_hop_by_hop};
-use crate::request_body::{BodyEvent, BodyFinished, RequestBody, RequestBodyError};
+use crate::request_body::{BodyEvent, BodyEvents, BodyFinished, RequestBody, RequestBodyError};
 
 /// Timeouts and pool limits of the origin side.
 #[derive(Debug, Clone)]
@@ -188,7 +187,7 @@ impl Proxy {
     pub(crate) async fn exchange(
         &self,
         request: FetchRequest,
-        events: mpsc::Receiver<BodyEvent>,
+        events: BodyEvents,
     ) -> Result<OriginResponse, ProxyError> {
         if request.upgrade.is_some() {
             return self.exchange_upgrade(request, events).await;
@@ -267,7 +266,7 @@ impl Proxy {
     async fn exchange_upgrade(
         &self,
         request: FetchRequest,
-        events: mpsc::Receiver<BodyEvent>,
+        events: BodyEvents,
     ) -> Result<OriginResponse, ProxyError> {
         let (body, mut finished) = RequestBody::empty();
         let outgoing = build_request(&request, body)?;
@@ -437,10 +436,7 @@ pub(crate) struct OriginConnection {
 
 /// Copies the script's request-body stream into an upgraded connection; `end()` half-closes
 /// it, `abort()` closes it.
-async fn pump_into_upgraded(
-    mut events: mpsc::Receiver<BodyEvent>,
-    mut write: WriteHalf<TokioIo<Upgraded>>,
-) {
+async fn pump_into_upgraded(mut events: BodyEvents, mut write: WriteHalf<TokioIo<Upgraded>>) {
     while let Some(event) = events.recv().await {
         match event {
             BodyEvent::Data(bytes) => {

@@ -9,6 +9,7 @@ use http::uri::{PathAndQuery, Scheme as UriScheme};
 use http::{Method, Uri};
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::MAX_HEAD_HEADERS;
 use wvpc_schemas::binding_capnp::{binding_context, request_head};
 
 /// The URL scheme, which picks the service's port and whether TLS runs to the origin.
@@ -134,6 +135,14 @@ pub(crate) fn read_fetch(
     let list = head
         .get_headers()
         .map_err(|e| request_error(format!("head.headers: {e}")))?;
+    // The count comes from the peer: checked before it sizes anything.
+    if list.len() > MAX_HEAD_HEADERS {
+        return Err(request_error(format!(
+            "the request has {} headers; at most {MAX_HEAD_HEADERS} can be sent through a \
+             binding",
+            list.len()
+        )));
+    }
     let mut headers = HeaderMap::with_capacity(list.len() as usize);
     for h in list.iter() {
         let name = text("header name", h.get_name())?;

@@ -107,6 +107,8 @@ impl Origin {
                 rec.connections.fetch_add(1, Ordering::SeqCst);
                 rec.open.fetch_add(1, Ordering::SeqCst);
                 rec.opened_or_closed.notify_waiters();
+                // Closed connections leave the set (a long run keeps it small).
+                while conns.try_join_next().is_some() {}
                 let rec = rec.clone();
                 conns.spawn(async move {
                     let closed = OnClose(rec.clone());
