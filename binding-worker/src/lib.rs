@@ -76,6 +76,11 @@ use crate::origin::{OriginPool, OriginSettings, Proxy};
 use crate::origin_tls::OriginTls;
 use crate::rpc::VpcBindingServer;
 
+/// How long a pooled origin connection is reused after its CONNECT, by default: renewing a
+/// connection every few seconds costs one stream and one origin handshake, and lets route
+/// changes and connector drains reach steady traffic between two requests.
+pub const DEFAULT_ROUTE_LEASE: Duration = Duration::from_secs(5);
+
 /// Settings of a binding-worker. Build with [`BindingWorkerConfig::new`] or
 /// [`BindingWorkerConfig::with_iris_nodes`], then adjust fields.
 #[derive(Debug, Clone)]
@@ -109,8 +114,10 @@ pub struct BindingWorkerConfig {
     /// Idle origin connections kept per (service, scheme, host). Default 32.
     pub max_idle_per_origin: usize,
     /// How long after its CONNECT an origin connection may still be reused. A connection
-    /// carries the route iris chose when it was opened, so this bounds how long a changed or
-    /// deleted service keeps being served by pooled connections. `None` (default): no bound.
+    /// carries the route iris chose when it was opened (service, tunnel connection), so this
+    /// bounds how long a changed service keeps being served by pooled connections, and how
+    /// long steady traffic keeps a draining connector busy. Default
+    /// [`DEFAULT_ROUTE_LEASE`]; `None`: no bound.
     pub route_lease: Option<Duration>,
     /// Open origin connections (busy and idle) per service; one more fails with
     /// `connection_limit_reached`. Default 256.
@@ -142,7 +149,7 @@ impl BindingWorkerConfig {
             write_timeout: Duration::from_secs(100),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_origin: 32,
-            route_lease: None,
+            route_lease: Some(DEFAULT_ROUTE_LEASE),
             max_connections_per_service: 256,
             tls_roots: None,
             max_runtime_connections: wvpc_listener::default_max_connections(),
