@@ -11,6 +11,7 @@ use wvpc_schemas::PlatformSecret;
 use crate::binding_client::BindingClient;
 use crate::config::ScriptConfig;
 use crate::host::HostState;
+use crate::pool::{PoolRelease, PoolStats};
 use crate::script::{LoadedScript, RuntimeError};
 use crate::script_host::ScriptHost;
 use crate::script_output::{PrefixedOutput, ScriptOutput};
@@ -42,7 +43,6 @@ pub(crate) fn start_binding_client(
 /// A loaded script ready to serve requests.
 pub struct Runtime {
     host: Arc<ScriptHost>,
-    script: Arc<LoadedScript>,
 }
 
 impl Runtime {
@@ -60,27 +60,51 @@ impl Runtime {
         options: RuntimeOptions,
         output: Arc<dyn ScriptOutput>,
     ) -> Result<Runtime, RuntimeError> {
-        let (host, script) = ScriptHost::single(config, &options, output)?;
+        let host = ScriptHost::single(config, &options, output)?;
         Ok(Runtime {
             host: Arc::new(host),
-            script,
         })
     }
 
     /// Creates one instance of the script in a fresh store and drops it, without running a
     /// request: the fixed cost every request pays (the benchmark measures it).
     pub async fn instantiate_once(&self) -> Result<(), RuntimeError> {
+        // The current version: the script moves to a fresh engine after bursts.
+        let script = self.script();
         let mut store = HostState::new_store(
-            self.script.pre.engine(),
-            self.script.bindings.clone(),
+            script.pre.engine(),
+            script.bindings.clone(),
             "instantiation-probe".into(),
         );
-        self.script
+        script
             .pre
             .instantiate_async(&mut store)
             .await
             .map(drop)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+    }
+
+    fn script(&self) -> Arc<LoadedScript> {
+        self.host
+            .resolve("", "/")
+            .expect("the host of `wvpc dev` serves its script whatever the host")
+    }
+
+    /// When the memory the instance pool keeps after a burst is given back
+    /// ([`ScriptHost::set_pool_release`]).
+    pub fn set_pool_release(&self, release: PoolRelease) {
+        self.host.set_pool_release(release);
+    }
+
+    /// Figures of the instance pool ([`ScriptHost::pool_stats`]).
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        self.host.pool_stats()
+    }
+
+    /// Changes each time the instance pool has been given back
+    /// ([`ScriptHost::pool_releases`]).
+    pub fn pool_releases(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.host.pool_releases()
     }
 
     /// Serves HTTP/1.1 (keep-alive) on `listener` until the future is dropped, every request

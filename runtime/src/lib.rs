@@ -4,7 +4,8 @@
 //! `wvpc:bindings/script` in `schemas/wit`). The runtime
 //! - loads its wrangler-style config ([`ScriptConfig::load`]);
 //! - compiles components on a process-wide engine (pooling allocator, CPU limit by epochs),
-//!   once per content hash, and pre-instantiates them;
+//!   once per content hash, and pre-instantiates them; after a burst, gives the memory the
+//!   instance pool keeps back once traffic is quiet ([`PoolRelease`], [`PoolStats`]);
 //! - hosts many scripts of many accounts ([`ScriptHost`], `wvpc runtime`): each deployed
 //!   version ([`Deployment`]) is swapped in atomically by [`ScriptHost::apply`], requests are
 //!   routed by host and path ([`RouteTable`]: default hosts
@@ -52,6 +53,7 @@ mod error_map;
 mod host;
 mod limits;
 mod outbound;
+mod pool;
 mod routing;
 mod script;
 mod script_host;
@@ -63,6 +65,7 @@ pub use config::{ConfigError, ConfigProblem, LimitsError, ScriptConfig, VpcServi
 pub use dev_server::{Runtime, RuntimeOptions};
 pub use error_map::wasi_error_code;
 pub use limits::Limits;
+pub use pool::{PoolRelease, PoolStats};
 pub use routing::{RouteConflict, RouteError, RoutePattern, RouteTable, ScriptKey, ScriptRoutes};
 pub use script::{ComponentError, RuntimeError, check_component};
 pub use script_host::{

@@ -20,6 +20,8 @@ use crate::outbound::ScriptBindings;
 /// version under a running request.
 pub(crate) struct LoadedScript {
     pub pre: ScriptPre<HostState>,
+    /// Which compiled component `pre` is (the module's content hash; `local` for `wvpc dev`).
+    pub etag: Arc<str>,
     pub bindings: Arc<ScriptBindings>,
 }
 
@@ -126,13 +128,17 @@ const WASM_MAGIC: &[u8] = b"\0asm";
 /// Version field of a core module (a component has layer 1 there instead).
 const CORE_MODULE_VERSION: &[u8] = &[1, 0, 0, 0];
 
-/// Compiles the component at `path` and pre-instantiates it.
-pub(crate) fn load(engine: &Engine, path: &Path) -> Result<ScriptPre<HostState>, RuntimeError> {
+/// Compiles the component at `path` and pre-instantiates it; also returns the bytes read.
+pub(crate) fn load(
+    engine: &Engine,
+    path: &Path,
+) -> Result<(Vec<u8>, ScriptPre<HostState>), RuntimeError> {
     let bytes = std::fs::read(path).map_err(|source| RuntimeError::ReadMain {
         path: path.into(),
         source,
     })?;
-    compile(engine, &bytes).map_err(|e| e.at(path))
+    let pre = compile(engine, &bytes).map_err(|e| e.at(path))?;
+    Ok((bytes, pre))
 }
 
 /// Compiles a component (or takes it from wasmtime's on-disk cache) and pre-instantiates it

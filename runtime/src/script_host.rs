@@ -12,10 +12,14 @@
 //!
 //! `wvpc dev` uses the same host with one script served whatever the `Host`
 //! ([`Runtime`](crate::Runtime)).
+//!
+//! After a burst, the instance pool keeps memory in the slots the burst used
+//! ([`crate::engine`]); once traffic has been quiet for a while, the host moves every script
+//! to a fresh engine and the old pool is freed ([`crate::pool`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -31,6 +35,7 @@ use crate::dev_server::{RuntimeOptions, start_binding_client};
 use crate::host::{HostState, ScriptPre};
 use crate::limits::Limits;
 use crate::outbound::ScriptBindings;
+use crate::pool::{PoolRelease, PoolStats, PoolWatch};
 use crate::routing::{
     RouteConflict, RouteError, RoutePattern, RouteTable, ScriptKey, ScriptRoutes,
 };
@@ -205,7 +210,7 @@ struct Served {
 struct Table {
     /// `wvpc dev`: this one script serves every request.
     any_host: Option<Arc<LoadedScript>>,
-    routes: RouteTable,
+    routes: Arc<RouteTable>,
     scripts: HashMap<ScriptKey, Served>,
 }
 
@@ -217,24 +222,33 @@ struct Refusal {
     error: DeploymentError,
 }
 
-/// State only `apply` touches.
+/// A compiled component, and where its module comes from (to compile it again on a fresh
+/// engine).
+struct Compiled {
+    pre: ScriptPre<HostState>,
+    module: ModuleSource,
+}
+
+/// State only `apply` (and the move to a fresh engine) touches.
 #[derive(Default)]
 struct DeployState {
     /// Compiled components of the current set, by etag.
-    compiled: HashMap<String, ScriptPre<HostState>>,
+    compiled: HashMap<String, Compiled>,
     refused: HashMap<ScriptKey, Refusal>,
 }
 
 /// The scripts a runtime serves, and the HTTP server in front of them
 /// ([`ScriptHost::serve`]).
 pub struct ScriptHost {
-    engine: Engine,
+    /// Where new versions are compiled; replaced with the instance pool (see [`crate::pool`]).
+    engine: Mutex<Engine>,
     /// The one binding-worker client every script's fetches go through.
     client: BindingClient,
     output: Arc<dyn ScriptOutput>,
     workers_domain: String,
     table: RwLock<Arc<Table>>,
     deploy: tokio::sync::Mutex<DeployState>,
+    pool: PoolWatch,
 }
 
 impl ScriptHost {
@@ -258,33 +272,33 @@ impl ScriptHost {
         }
         let table = Table {
             any_host: None,
-            routes: RouteTable::build(&domain, []),
+            routes: Arc::new(RouteTable::build(&domain, [])),
             scripts: HashMap::new(),
         };
-        Self::with_table(options, domain, output, |_, _| Ok(table))
+        Self::with_table(options, domain, output, |_, _| Ok((table, HashMap::new())))
     }
 
     /// The host of `wvpc dev`: `config`'s script, served whatever the `Host`. Blocking: it
-    /// compiles the component. Also returns the script.
+    /// compiles the component.
     pub(crate) fn single(
         config: &ScriptConfig,
         options: &RuntimeOptions,
         output: Arc<dyn ScriptOutput>,
-    ) -> Result<(ScriptHost, Arc<LoadedScript>), RuntimeError> {
-        let mut script = None;
+    ) -> Result<ScriptHost, RuntimeError> {
         let host = Self::with_table(
             options,
             DEFAULT_WORKERS_DOMAIN.to_owned(),
             output,
             |engine, bindings| {
-                let pre = crate::script::load(engine, &config.main)?;
+                let (bytes, pre) = crate::script::load(engine, &config.main)?;
                 let services = config
                     .vpc_services
                     .iter()
                     .map(|b| (b.binding.clone(), b.service_id))
                     .collect();
                 let loaded = Arc::new(LoadedScript {
-                    pre,
+                    pre: pre.clone(),
+                    etag: LOCAL_VERSION.into(),
                     bindings: Arc::new(bindings.script(
                         &options.account,
                         &config.name,
@@ -293,12 +307,16 @@ impl ScriptHost {
                         config.limits,
                     )),
                 });
-                script = Some(loaded.clone());
-                Ok(Table {
+                let table = Table {
                     any_host: Some(loaded),
-                    routes: RouteTable::build(DEFAULT_WORKERS_DOMAIN, []),
+                    routes: Arc::new(RouteTable::build(DEFAULT_WORKERS_DOMAIN, [])),
                     scripts: HashMap::new(),
-                })
+                };
+                // The bytes read now, not the file: a fresh engine must not pick up an edit.
+                let module = ModuleSource::Bytes(bytes.into());
+                let compiled =
+                    HashMap::from([(LOCAL_VERSION.to_owned(), Compiled { pre, module })]);
+                Ok((table, compiled))
             },
         )?;
         tracing::info!(
@@ -308,14 +326,17 @@ impl ScriptHost {
             limits = ?config.limits,
             "script loaded"
         );
-        Ok((host, script.expect("the table has the script")))
+        Ok(host)
     }
 
     fn with_table(
         options: &RuntimeOptions,
         workers_domain: String,
         output: Arc<dyn ScriptOutput>,
-        table: impl FnOnce(&Engine, &Bindings<'_>) -> Result<Table, RuntimeError>,
+        table: impl FnOnce(
+            &Engine,
+            &Bindings<'_>,
+        ) -> Result<(Table, HashMap<String, Compiled>), RuntimeError>,
     ) -> Result<ScriptHost, RuntimeError> {
         let engine = crate::engine::shared_engine().map_err(RuntimeError::Engine)?;
         let client = start_binding_client(options)?;
@@ -323,21 +344,26 @@ impl ScriptHost {
             client: &client,
             output: &output,
         };
-        let table = table(&engine, &bindings)?;
+        let (table, compiled) = table(&engine, &bindings)?;
         Ok(ScriptHost {
-            engine,
+            engine: Mutex::new(engine),
             client,
             output,
             workers_domain,
             table: RwLock::new(Arc::new(table)),
-            deploy: tokio::sync::Mutex::new(DeployState::default()),
+            deploy: tokio::sync::Mutex::new(DeployState {
+                compiled,
+                refused: HashMap::new(),
+            }),
+            pool: PoolWatch::default(),
         })
     }
 
     /// Serves HTTP/1.1 (keep-alive, `TCP_NODELAY`) on `listener` until the future is
     /// dropped, routing each request by its host and path, with the default
     /// [`ServerLimits`]. Connections already accepted keep running on their own tasks.
-    /// Accept errors are logged and do not end the loop: it never returns an error.
+    /// Accept errors are logged and do not end the loop: it never returns an error. While it
+    /// serves, the instance pool is given back after bursts ([`Self::set_pool_release`]).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         self.serve_with(listener, ServerLimits::default()).await
     }
@@ -348,7 +374,90 @@ impl ScriptHost {
         listener: TcpListener,
         limits: ServerLimits,
     ) -> std::io::Result<()> {
+        let _watching = crate::pool::watch(&self);
         crate::serving::serve(self, listener, limits).await;
+        Ok(())
+    }
+
+    /// When the memory the instance pool keeps after a burst is given back
+    /// ([`PoolRelease::default`] unless set).
+    pub fn set_pool_release(&self, release: PoolRelease) {
+        self.pool.set_release(release);
+    }
+
+    /// Figures of the instance pool; `None` when the engine runs without one.
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        self.pool.stats(&self.engine())
+    }
+
+    /// Changes each time the instance pool has been given back (the count of releases).
+    pub fn pool_releases(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.pool.releases()
+    }
+
+    pub(crate) fn pool_watch(&self) -> &PoolWatch {
+        &self.pool
+    }
+
+    /// The engine new versions are compiled on.
+    pub(crate) fn engine(&self) -> Engine {
+        self.engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Moves every script to a fresh engine, whose instance pool is empty, and makes it the
+    /// engine of later deployments. Requests in flight finish on the old one, whose pool is
+    /// freed after the last of them. `Err` (why) leaves everything as it was.
+    pub(crate) async fn move_to_fresh_engine(&self) -> Result<(), String> {
+        let mut state = self.deploy.lock().await;
+        let engine = crate::engine::fresh_engine()?;
+        let mut compiled = HashMap::with_capacity(state.compiled.len());
+        for (etag, old) in &state.compiled {
+            let bytes = old
+                .module
+                .bytes()
+                .await
+                .map_err(|e| format!("cannot get the module of {etag} again: {e}"))?;
+            let fresh = engine.clone();
+            // From wasmtime's on-disk cache when it has the component: no compilation.
+            let pre = tokio::task::spawn_blocking(move || crate::script::compile(&fresh, &bytes))
+                .await
+                .map_err(|e| format!("compiling {etag} failed: {e}"))?
+                .map_err(|e| format!("compiling {etag} failed: {e}"))?;
+            let module = old.module.clone();
+            compiled.insert(etag.clone(), Compiled { pre, module });
+        }
+        let moved = |script: &Arc<LoadedScript>| -> Arc<LoadedScript> {
+            match compiled.get(script.etag.as_ref()) {
+                Some(c) => Arc::new(LoadedScript {
+                    pre: c.pre.clone(),
+                    etag: script.etag.clone(),
+                    bindings: script.bindings.clone(),
+                }),
+                // Not compiled by this host (cannot happen): it stays where it is.
+                None => script.clone(),
+            }
+        };
+        let current = self.current();
+        let table = Table {
+            any_host: current.any_host.as_ref().map(moved),
+            routes: current.routes.clone(),
+            scripts: current
+                .scripts
+                .iter()
+                .map(|(key, served)| {
+                    let mut served = served.clone();
+                    served.loaded = moved(&served.loaded);
+                    (key.clone(), served)
+                })
+                .collect(),
+        };
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        state.compiled = compiled;
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = engine.clone();
+        crate::engine::make_current(&engine);
         Ok(())
     }
 
@@ -454,7 +563,7 @@ impl ScriptHost {
         }
         report.removed.sort();
 
-        let routes = RouteTable::build(
+        let routes = Arc::new(RouteTable::build(
             &self.workers_domain,
             next.iter().map(|(key, served)| ScriptRoutes {
                 key,
@@ -462,7 +571,7 @@ impl ScriptHost {
                 workers_dev: served.workers_dev,
                 routes: &served.routes,
             }),
-        );
+        ));
         for conflict in routes.conflicts() {
             if !current.routes.conflicts().contains(conflict) {
                 tracing::warn!(
@@ -568,12 +677,14 @@ impl ScriptHost {
         }
         let limits = Limits::from_section(&deployment.limits)?;
         let pre = self.component(state, deployment).await?;
+        let etag = deployment.etag.as_str().into();
         let bindings = Bindings {
             client: &self.client,
             output: &self.output,
         };
         let loaded = LoadedScript {
             pre,
+            etag,
             bindings: Arc::new(bindings.script(
                 &deployment.account_id,
                 &deployment.script,
@@ -592,19 +703,23 @@ impl ScriptHost {
         state: &mut DeployState,
         deployment: &Deployment,
     ) -> Result<ScriptPre<HostState>, DeploymentError> {
-        if let Some(pre) = state.compiled.get(&deployment.etag) {
-            return Ok(pre.clone());
+        if let Some(compiled) = state.compiled.get(&deployment.etag) {
+            return Ok(compiled.pre.clone());
         }
         let bytes = deployment
             .module
             .bytes()
             .await
             .map_err(|e| DeploymentError::Module(e.into()))?;
-        let engine = self.engine.clone();
+        let engine = self.engine();
         let pre = tokio::task::spawn_blocking(move || crate::script::compile(&engine, &bytes))
             .await
             .map_err(|e| ComponentError::Engine(format!("compiling failed: {e}")))??;
-        state.compiled.insert(deployment.etag.clone(), pre.clone());
+        let compiled = Compiled {
+            pre: pre.clone(),
+            module: deployment.module.clone(),
+        };
+        state.compiled.insert(deployment.etag.clone(), compiled);
         Ok(pre)
     }
 }
