@@ -86,6 +86,10 @@ impl FetchRequest {
     }
 }
 
+/// Most headers a fetch may carry (an `http::HeaderMap` holds at most 24 576 and panics
+/// beyond; real requests have tens).
+pub(crate) const MAX_REQUEST_HEADERS: u32 = 1000;
+
 fn request_error(details: impl Into<String>) -> ProxyError {
     ProxyError::new(ErrorCode::HttpRequestError).with_details(details)
 }
@@ -134,6 +138,12 @@ pub(crate) fn read_fetch(
     let list = head
         .get_headers()
         .map_err(|e| request_error(format!("head.headers: {e}")))?;
+    if list.len() > MAX_REQUEST_HEADERS {
+        return Err(request_error(format!(
+            "the request has {} headers; at most {MAX_REQUEST_HEADERS} can be sent",
+            list.len()
+        )));
+    }
     let mut headers = HeaderMap::with_capacity(list.len() as usize);
     for h in list.iter() {
         let name = text("header name", h.get_name())?;
