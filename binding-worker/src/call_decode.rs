@@ -87,7 +87,10 @@ mod tests {
     #[test]
     fn a_call_reads_into_the_request_that_is_sent() {
         let fetch = decode_fetch_call(&call(3)).unwrap();
-        assert_eq!((fetch.scheme, fetch.host.as_str()), ("http", "api.internal"));
+        assert_eq!(
+            (fetch.scheme, fetch.host.as_str()),
+            ("http", "api.internal")
+        );
         assert_eq!(fetch.path_and_query, "/x");
         assert_eq!(fetch.headers.get_all("x-filler").iter().count(), 3);
     }

@@ -46,7 +46,9 @@ fn main() -> ExitCode {
         for (target, name, bytes) in wvpc_fuzz::seeds::seeds() {
             let dir = options.corpus.join(target);
             let path = dir.join(format!("seed-{name}"));
-            if let Err(err) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, bytes)) {
+            if let Err(err) =
+                std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, bytes))
+            {
                 eprintln!("cannot write {}: {err}", path.display());
                 return ExitCode::FAILURE;
             }

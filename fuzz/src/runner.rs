@@ -246,10 +246,44 @@ impl Watchdog {
 
 /// Bytes the text formats give meaning to.
 const TOKENS: &[&[u8]] = &[
-    b"\"", b"\\", b"{", b"}", b"[", b"]", b",", b":", b"=", b";", b"\r\n", b"\n", b"--", b"//",
-    b"/*", b"*/", b"://", b"#", b"\0asm", b"null", b"true", b"false", b"-1", b"0", b"1e999",
-    b"65536", b"18446744073709551616", b"\"\\u0000\"", b"\xff", b"\xc3\xa9", b"%", b"*", b".",
-    b"..", b"[[", b"]]", b"'''", b"\"\"\"",
+    b"\"",
+    b"\\",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b":",
+    b"=",
+    b";",
+    b"\r\n",
+    b"\n",
+    b"--",
+    b"//",
+    b"/*",
+    b"*/",
+    b"://",
+    b"#",
+    b"\0asm",
+    b"null",
+    b"true",
+    b"false",
+    b"-1",
+    b"0",
+    b"1e999",
+    b"65536",
+    b"18446744073709551616",
+    b"\"\\u0000\"",
+    b"\xff",
+    b"\xc3\xa9",
+    b"%",
+    b"*",
+    b".",
+    b"..",
+    b"[[",
+    b"]]",
+    b"'''",
+    b"\"\"\"",
 ];
 
 const INTERESTING: &[u64] = &[
@@ -286,7 +320,13 @@ fn next_input(rng: &mut SmallRng, pool: &[&[u8]], max_len: usize, out: &mut Vec<
 
 fn mutate(rng: &mut SmallRng, pool: &[&[u8]], data: &mut Vec<u8>) {
     let len = data.len();
-    let at = |rng: &mut SmallRng| if len == 0 { 0 } else { rng.random_range(0..len) };
+    let at = |rng: &mut SmallRng| {
+        if len == 0 {
+            0
+        } else {
+            rng.random_range(0..len)
+        }
+    };
     match rng.random_range(0..10) {
         0 if len > 0 => {
             let i = at(rng);

@@ -56,7 +56,11 @@ fn dns_response(record_type: RecordType, build: impl FnOnce(&mut Message)) -> Ve
 fn dns_seeds() -> Vec<(String, Vec<u8>)> {
     let v4 = |m: &mut Message| {
         for last in [5, 6, 7] {
-            m.add_answer(Record::from_rdata(name(), 60, RData::A(A(Ipv4Addr::new(10, 0, 0, last)))));
+            m.add_answer(Record::from_rdata(
+                name(),
+                60,
+                RData::A(A(Ipv4Addr::new(10, 0, 0, last))),
+            ));
         }
     };
     let v6 = |m: &mut Message| {
@@ -68,8 +72,16 @@ fn dns_seeds() -> Vec<(String, Vec<u8>)> {
     };
     let alias = |m: &mut Message| {
         let target = Name::from_str("real.internal.").expect("a valid name");
-        m.add_answer(Record::from_rdata(name(), 5, RData::CNAME(CNAME(target.clone()))));
-        m.add_answer(Record::from_rdata(target, 600, RData::A(A(Ipv4Addr::new(10, 0, 0, 9)))));
+        m.add_answer(Record::from_rdata(
+            name(),
+            5,
+            RData::CNAME(CNAME(target.clone())),
+        ));
+        m.add_answer(Record::from_rdata(
+            target,
+            600,
+            RData::A(A(Ipv4Addr::new(10, 0, 0, 9))),
+        ));
     };
     let nxdomain = |m: &mut Message| {
         m.metadata.response_code = ResponseCode::NXDomain;
@@ -91,7 +103,10 @@ fn dns_seeds() -> Vec<(String, Vec<u8>)> {
     let truncated = |m: &mut Message| m.metadata.truncation = true;
     let servfail = |m: &mut Message| m.metadata.response_code = ResponseCode::ServFail;
     let framed = |message: Vec<u8>| {
-        let mut out = u16::try_from(message.len()).expect("short").to_be_bytes().to_vec();
+        let mut out = u16::try_from(message.len())
+            .expect("short")
+            .to_be_bytes()
+            .to_vec();
         out.extend_from_slice(&message);
         out
     };
@@ -105,7 +120,10 @@ fn dns_seeds() -> Vec<(String, Vec<u8>)> {
         ("servfail".into(), dns_response(RecordType::A, servfail)),
         ("query".into(), dns_query(RecordType::A)),
         ("tcp-a".into(), framed(dns_response(RecordType::A, v4))),
-        ("tcp-aaaa".into(), framed(dns_response(RecordType::AAAA, v6))),
+        (
+            "tcp-aaaa".into(),
+            framed(dns_response(RecordType::AAAA, v6)),
+        ),
     ]
 }
 
@@ -174,12 +192,28 @@ pub fn seeds() -> Vec<Seed> {
         .expect("a small registration encodes")
         .to_vec()
     };
-    add("datagram_v3", "registration-v4", reg("10.0.0.53:53".parse().expect("addr"), b""));
-    add("datagram_v3", "registration-v6-bundled", reg(VIRTUAL_DNS_RESOLVER, &query));
-    add("datagram_v3", "payload", encode_payload(id, &query).expect("small").to_vec());
+    add(
+        "datagram_v3",
+        "registration-v4",
+        reg("10.0.0.53:53".parse().expect("addr"), b""),
+    );
+    add(
+        "datagram_v3",
+        "registration-v6-bundled",
+        reg(VIRTUAL_DNS_RESOLVER, &query),
+    );
+    add(
+        "datagram_v3",
+        "payload",
+        encode_payload(id, &query).expect("small").to_vec(),
+    );
     for (name, status, message) in [
         ("response-ok", RegistrationStatus::Ok, ""),
-        ("response-too-many", RegistrationStatus::TooManyActiveFlows, "too many flows"),
+        (
+            "response-too-many",
+            RegistrationStatus::TooManyActiveFlows,
+            "too many flows",
+        ),
         (
             "response-prohibited",
             RegistrationStatus::Other(STATUS_DESTINATION_PROHIBITED),
@@ -194,13 +228,23 @@ pub fn seeds() -> Vec<Seed> {
         add("datagram_v3", name, resp.encode().to_vec());
     }
     // An ICMP echo request in an IPv4 packet.
-    let mut icmp = vec![0x02, 0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    let mut icmp = vec![
+        0x02, 0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ];
     icmp.extend_from_slice(&[8, 0, 0xf7, 0xfe, 0, 1, 0, 0]);
     add("datagram_v3", "icmp", icmp);
 
     // datagram v2
-    add("datagram_v2", "udp", datagram_v2::encode_udp(id, &query).expect("small").to_vec());
-    add("datagram_v2", "udp-empty", datagram_v2::encode_udp(id, b"").expect("small").to_vec());
+    add(
+        "datagram_v2",
+        "udp",
+        datagram_v2::encode_udp(id, &query).expect("small").to_vec(),
+    );
+    add(
+        "datagram_v2",
+        "udp-empty",
+        datagram_v2::encode_udp(id, b"").expect("small").to_vec(),
+    );
     add("datagram_v2", "ip", vec![0x45, 0, 0, 20, 1]);
     add("datagram_v2", "tracing", vec![0xaa, 0xbb, 3]);
 
@@ -231,7 +275,11 @@ pub fn seeds() -> Vec<Seed> {
     add("connect_request", "http", http.encode()[6..].to_vec());
     add("connect_response", "ok", ConnectResponse::ok().encode());
     let refused = ProxyError::new(ErrorCode::ConnectionRefused).with_details("dial 10.0.0.1:80");
-    add("connect_response", "refused", ConnectResponse::failure(&refused).encode());
+    add(
+        "connect_response",
+        "refused",
+        ConnectResponse::failure(&refused).encode(),
+    );
     add(
         "connect_response",
         "rate-limited",
@@ -246,7 +294,11 @@ pub fn seeds() -> Vec<Seed> {
     add("connect_response", "cloudflared-text", cloudflared.encode());
 
     // VpcBinding.fetch calls and WireErrors
-    add("binding_fetch", "get", fetch_call("GET", "http://api.internal/hello", &[("accept", b"*/*")]));
+    add(
+        "binding_fetch",
+        "get",
+        fetch_call("GET", "http://api.internal/hello", &[("accept", b"*/*")]),
+    );
     add(
         "binding_fetch",
         "post",
@@ -276,7 +328,11 @@ pub fn seeds() -> Vec<Seed> {
             ],
         ),
     );
-    add("binding_fetch", "relative-url", fetch_call("GET", "/relative", &[]));
+    add(
+        "binding_fetch",
+        "relative-url",
+        fetch_call("GET", "/relative", &[]),
+    );
     add(
         "binding_fetch",
         "wire-error",
@@ -290,8 +346,16 @@ pub fn seeds() -> Vec<Seed> {
 
     // Proxy-Status
     for (name, value) in [
-        ("dns", ProxyError::dns("NXDOMAIN").with_details("name \"api.internal\" \\ gone").to_proxy_status("iris")),
-        ("refused", ProxyError::new(ErrorCode::ConnectionRefused).to_proxy_status("iris")),
+        (
+            "dns",
+            ProxyError::dns("NXDOMAIN")
+                .with_details("name \"api.internal\" \\ gone")
+                .to_proxy_status("iris"),
+        ),
+        (
+            "refused",
+            ProxyError::new(ErrorCode::ConnectionRefused).to_proxy_status("iris"),
+        ),
         (
             "chained",
             r#"origin-cache, iris; error=connection_refused; details="a, b; c""#.to_owned(),
@@ -323,7 +387,11 @@ pub fn seeds() -> Vec<Seed> {
         "invalid.jsonc",
         b"{ \"name\": \"bad name!\", \"main\": \"missing.wasm\", \"vpc_services\": [{\"binding\": \"1x\", \"servce_id\": 3}], \"limits\": {\"cpu_ms\": -1} }".to_vec(),
     );
-    add("wrangler_config", "syntax.toml", b"name = \"proxy\nmain = 3\n[limits\n".to_vec());
+    add(
+        "wrangler_config",
+        "syntax.toml",
+        b"name = \"proxy\nmain = 3\n[limits\n".to_vec(),
+    );
 
     // service objects
     let tunnel = Uuid::from_u128(7);
@@ -379,13 +447,25 @@ pub fn seeds() -> Vec<Seed> {
     // tunnel credentials
     let credentials = Credentials::mint("0123456789abcdef0123456789abcdef", tunnel);
     add("credentials", "token", credentials.to_token().into_bytes());
-    add("credentials", "file", credentials.to_file_json().into_bytes());
+    add(
+        "credentials",
+        "file",
+        credentials.to_file_json().into_bytes(),
+    );
     let mut with_endpoint = credentials.clone();
     with_endpoint.endpoint = "us".into();
-    add("credentials", "token-endpoint", with_endpoint.to_token().into_bytes());
+    add(
+        "credentials",
+        "token-endpoint",
+        with_endpoint.to_token().into_bytes(),
+    );
 
     // API bearer tokens
-    add("api_token", "shape", b"wvpc_q1Wc8dyvdXp5T0hbZ2UyD0c8y3YrOe1pQ0bE2kQ3zVY".to_vec());
+    add(
+        "api_token",
+        "shape",
+        b"wvpc_q1Wc8dyvdXp5T0hbZ2UyD0c8y3YrOe1pQ0bE2kQ3zVY".to_vec(),
+    );
     add("api_token", "empty", Vec::new());
     add("api_token", "bearer-prefix", b"Bearer wvpc_x".to_vec());
 

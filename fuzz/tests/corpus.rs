@@ -46,6 +46,10 @@ fn every_target_has_a_cargo_fuzz_binary_and_nothing_else_does() {
             .join("fuzz_targets")
             .join(format!("{name}.rs"));
         let source = std::fs::read_to_string(&entry).expect("reading the fuzz target");
-        assert!(source.contains(&format!("::{name}(data)")), "{}", entry.display());
+        assert!(
+            source.contains(&format!("::{name}(data)")),
+            "{}",
+            entry.display()
+        );
     }
 }

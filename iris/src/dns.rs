@@ -422,11 +422,11 @@ async fn retry_over_tcp(
     {
         let answer = exchange_over_tcp(&mut stream, &question.wire, server).await?;
         let outcome = match read_answer(&answer, question.id, &question.query, server)? {
-            Some(FamilyOutcome::Truncated) => FamilyOutcome::Failed(
-                ProxyError::new(ErrorCode::DnsError).with_details(format!(
+            Some(FamilyOutcome::Truncated) => {
+                FamilyOutcome::Failed(ProxyError::new(ErrorCode::DnsError).with_details(format!(
                     "resolver {server} sent a truncated answer over TCP"
-                )),
-            ),
+                )))
+            }
             Some(outcome) => outcome,
             None => FamilyOutcome::Failed(ProxyError::new(ErrorCode::DnsError).with_details(
                 format!("resolver {server} answered another question over TCP"),
@@ -465,7 +465,10 @@ async fn exchange_over_tcp(
         .write_all(&framed)
         .await
         .map_err(|e| failed("sending the query", e))?;
-    stream.flush().await.map_err(|e| failed("sending the query", e))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| failed("sending the query", e))?;
     read_tcp_message(stream)
         .await
         .map_err(|e| failed("reading the answer", e))

@@ -31,6 +31,9 @@ pub fn read_service_body(
 
 /// A script upload (`multipart/form-data` with a `metadata` part and the module part), with
 /// every problem of the form and its metadata reported at once.
-pub fn read_script_upload(content_type: Option<&str>, body: &[u8]) -> Result<ScriptUpload, ApiError> {
+pub fn read_script_upload(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<ScriptUpload, ApiError> {
     super::scripts::parse_upload(&request(Method::PUT, content_type, body))
 }

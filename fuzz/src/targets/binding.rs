@@ -149,7 +149,13 @@ fn arbitrary_call(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             };
             h.set_name(name.as_str());
             let value: &[u8] = if u.arbitrary()? {
-                u.choose(&[&b"upgrade"[..], b"websocket", b"chunked", b"10", b"x-custom, te"])?
+                u.choose(&[
+                    &b"upgrade"[..],
+                    b"websocket",
+                    b"chunked",
+                    b"10",
+                    b"x-custom, te",
+                ])?
             } else {
                 u.arbitrary()?
             };

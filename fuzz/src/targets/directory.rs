@@ -60,7 +60,10 @@ pub fn service_json(data: &[u8]) {
 /// bindings and routes that are already normal.
 pub fn script_upload(data: &[u8]) {
     let (content_type, body) = match data.iter().position(|b| *b == b'\n') {
-        Some(at) => (String::from_utf8_lossy(&data[..at]).into_owned(), &data[at + 1..]),
+        Some(at) => (
+            String::from_utf8_lossy(&data[..at]).into_owned(),
+            &data[at + 1..],
+        ),
         None => ("multipart/form-data; boundary=XyZ".to_owned(), data),
     };
     match read_script_upload(Some(&content_type), body) {
@@ -123,7 +126,9 @@ pub fn api_token(data: &[u8]) {
         secret[..secret.len() - 1].to_owned(),
     ];
     for candidate in near {
-        let found = directory.authenticate(&candidate).expect("authentication answers");
+        let found = directory
+            .authenticate(&candidate)
+            .expect("authentication answers");
         assert_eq!(found.is_some(), candidate == *secret, "{candidate:?}");
     }
 }

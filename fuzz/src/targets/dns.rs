@@ -61,7 +61,7 @@ pub fn dns_answer(data: &[u8]) {
         Err(err) => {
             assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
             let complete = data.len() >= 2
-                && data.len() >= 2 + usize::from(u16::from_be_bytes([data[0], data[1]])) ;
+                && data.len() >= 2 + usize::from(u16::from_be_bytes([data[0], data[1]]));
             assert!(!complete);
         }
     }

@@ -17,7 +17,10 @@ use std::task::{Context, Poll, Waker};
 /// poll must finish it.
 pub(crate) fn ready<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
         Poll::Ready(out) => out,
         Poll::Pending => panic!("a reader of an in-memory stream waited"),
     }

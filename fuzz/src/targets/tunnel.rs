@@ -206,13 +206,21 @@ fn assert_request_round_trips(request: &ConnectRequest) {
     let again = ready(ConnectRequest::read_after_signature(&mut r))
         .unwrap_or_else(|err| panic!("an encoded ConnectRequest does not read back: {err}"));
     assert_eq!(&again, request);
-    assert!(r.is_empty(), "the reader takes the whole message and nothing more");
+    assert!(
+        r.is_empty(),
+        "the reader takes the whole message and nothing more"
+    );
 }
 
 fn metadata(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<Metadata>> {
     let n = u.int_in_range(0..=16)?;
     (0..n)
-        .map(|_| Ok(Metadata::new(u.arbitrary::<String>()?, u.arbitrary::<String>()?)))
+        .map(|_| {
+            Ok(Metadata::new(
+                u.arbitrary::<String>()?,
+                u.arbitrary::<String>()?,
+            ))
+        })
         .collect()
 }
 
@@ -231,7 +239,10 @@ pub fn connect_response(data: &[u8]) {
     match ready(ConnectResponse::read(&mut r)) {
         Ok(response) => {
             assert!(data.len() - r.len() <= 8 + MAX_CONNECT_MESSAGE_BYTES);
-            assert_eq!(response.failure_code().is_some(), !response.error.is_empty());
+            assert_eq!(
+                response.failure_code().is_some(),
+                !response.error.is_empty()
+            );
             assert_response_round_trips(&response);
         }
         Err(err) => check_stream_error(&err),
