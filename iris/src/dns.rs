@@ -415,7 +415,15 @@ async fn retry_over_tcp(
     pending: &mut [Pending; 2],
     ctx: &FlowContext,
 ) -> Result<Option<Answer>, ProxyError> {
-    let mut stream = inner.pool.open_tcp(tunnel, server, ctx).await?;
+    let mut stream = inner
+        .pool
+        .open_tcp(tunnel, server, ctx)
+        .await
+        .map_err(|err| {
+            ProxyError::new(ErrorCode::DnsError).with_details(format!(
+                "resolver {server} sent a truncated answer, and asking it over TCP failed: {err}"
+            ))
+        })?;
     for question in pending
         .iter_mut()
         .filter(|p| matches!(p.outcome, Some(FamilyOutcome::Truncated)))
@@ -745,6 +753,8 @@ mod tests {
         Silent,
         /// Answers with bytes that are not DNS.
         Garbage,
+        /// Answers with the TC bit and no records (the mock has no TCP).
+        Truncated,
     }
 
     /// A mock tunnel pool whose UDP flows reach an in-memory DNS table instead of a tunnel.
@@ -793,6 +803,7 @@ mod tests {
                 None => resp.metadata.response_code = ResponseCode::NXDomain,
                 Some(Zone::Silent) => return None,
                 Some(Zone::Garbage) => return Some(Bytes::from_static(b"\x00\x01not dns")),
+                Some(Zone::Truncated) => resp.metadata.truncation = true,
                 Some(Zone::Rcode(rcode)) => resp.metadata.response_code = rcode,
                 Some(Zone::NxDomainWithSoa { minimum }) => {
                     resp.metadata.response_code = ResponseCode::NXDomain;
@@ -1171,6 +1182,26 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::DnsTimeout);
         assert_eq!(pool.questions().len(), 4, "A and AAAA, each sent twice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_truncated_answer_without_tcp_is_a_dns_error_that_says_so() {
+        let pool = MockTunnelPool::new(&[("big.internal.", Zone::Truncated)]);
+        let err = resolver(&pool)
+            .resolve(TUNNEL, &[], "big.internal", &ctx())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::DnsError);
+        let details = err.details.unwrap();
+        assert!(
+            details.contains("truncated answer, and asking it over TCP failed"),
+            "{details}"
+        );
+        assert_eq!(
+            pool.questions().len(),
+            2,
+            "no UDP retry of a truncated answer"
+        );
     }
 
     #[tokio::test(start_paused = true)]
