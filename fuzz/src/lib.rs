@@ -62,6 +62,11 @@ pub const TARGETS: &[Target] = &[
         run: targets::tunnel::connect_response,
     },
     Target {
+        name: "binding_handshake",
+        about: "the platform handshake a binding-worker runs before capnp",
+        run: targets::binding::binding_handshake,
+    },
+    Target {
         name: "binding_fetch",
         about: "VpcBinding.fetch parameters and WireError as the binding-worker reads them",
         run: targets::binding::binding_fetch,

@@ -293,6 +293,24 @@ pub fn seeds() -> Vec<Seed> {
     };
     add("connect_response", "cloudflared-text", cloudflared.encode());
 
+    // The platform handshake as a runtime opens it: hello (magic, version, nonce), proof.
+    let mut hello = b"wvpc-bnd\x01".to_vec();
+    hello.extend_from_slice(&[0x42; 32]);
+    let mut with_proof = hello.clone();
+    with_proof.extend_from_slice(&[0x17; 32]);
+    add("binding_handshake", "hello-and-proof", with_proof);
+    add("binding_handshake", "hello", hello);
+    add(
+        "binding_handshake",
+        "http",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    );
+    add(
+        "binding_handshake",
+        "capnp",
+        vec![0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0],
+    );
+
     // VpcBinding.fetch calls and WireErrors
     add(
         "binding_fetch",

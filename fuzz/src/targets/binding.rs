@@ -1,10 +1,12 @@
-//! The Cap'n Proto messages the binding-worker reads from a runtime: `VpcBinding.fetch`
-//! parameters (context and request head) and the `WireError` of an aborted request body.
+//! What the binding-worker reads from a runtime: the platform handshake, then Cap'n Proto
+//! messages: `VpcBinding.fetch` parameters (context and request head) and the `WireError` of
+//! an aborted request body.
 
 use arbitrary::Unstructured;
 use http::{Method, header};
 use wvpc_binding_worker::{DecodedFetch, decode_fetch_call};
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::binding_auth::{HandshakeError, handshake_as_binding_worker};
 use wvpc_schemas::binding_capnp::{vpc_binding, wire_error};
 use wvpc_schemas::read_wire_error;
 
@@ -163,4 +165,31 @@ fn arbitrary_call(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         }
     }
     Ok(capnp::serialize::write_message_to_words(&message))
+}
+
+/// The platform handshake a binding-worker runs before capnp: bytes from a runtime that does
+/// not hold the secret never pass it, whatever they are, and the refusal is typed.
+pub fn binding_handshake(data: &[u8]) {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a tokio runtime");
+    }
+    let secret = wvpc_schemas::PlatformSecret::from_bytes([7; 32]);
+    let mut stream = tokio::io::join(data, tokio::io::sink());
+    let outcome = RUNTIME.with(|runtime| {
+        runtime.block_on(handshake_as_binding_worker(
+            &mut stream,
+            &secret,
+            std::time::Duration::from_secs(5),
+        ))
+    });
+    match outcome {
+        Ok(()) => panic!("bytes without the secret passed the platform handshake"),
+        Err(err) => assert!(
+            !matches!(err, HandshakeError::Timeout(_)),
+            "an in-memory peer cannot time out: {err}"
+        ),
+    }
 }
