@@ -102,7 +102,7 @@ mod tests {
         let err = decode_fetch_call(&call(30_000)).unwrap_err();
         assert_eq!(err.code, ErrorCode::HttpRequestError);
         assert!(err.details.unwrap().contains("30000 headers"));
-        assert!(decode_fetch_call(&call(crate::request::MAX_REQUEST_HEADERS)).is_ok());
+        assert!(decode_fetch_call(&call(wvpc_schemas::MAX_HEAD_HEADERS)).is_ok());
     }
 
     #[test]

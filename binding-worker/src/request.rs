@@ -9,6 +9,7 @@ use http::uri::{PathAndQuery, Scheme as UriScheme};
 use http::{Method, Uri};
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::MAX_HEAD_HEADERS;
 use wvpc_schemas::binding_capnp::{binding_context, request_head};
 
 /// The URL scheme, which picks the service's port and whether TLS runs to the origin.
@@ -86,10 +87,6 @@ impl FetchRequest {
     }
 }
 
-/// Most headers a fetch may carry (an `http::HeaderMap` holds at most 24 576 and panics
-/// beyond; real requests have tens).
-pub(crate) const MAX_REQUEST_HEADERS: u32 = 1000;
-
 fn request_error(details: impl Into<String>) -> ProxyError {
     ProxyError::new(ErrorCode::HttpRequestError).with_details(details)
 }
@@ -138,9 +135,11 @@ pub(crate) fn read_fetch(
     let list = head
         .get_headers()
         .map_err(|e| request_error(format!("head.headers: {e}")))?;
-    if list.len() > MAX_REQUEST_HEADERS {
+    // The count comes from the peer: checked before it sizes anything.
+    if list.len() > MAX_HEAD_HEADERS {
         return Err(request_error(format!(
-            "the request has {} headers; at most {MAX_REQUEST_HEADERS} can be sent",
+            "the request has {} headers; at most {MAX_HEAD_HEADERS} can be sent through a \
+             binding",
             list.len()
         )));
     }

@@ -102,6 +102,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    wvpc_fuzz::targets::remove_scratch();
     println!("fuzz: {passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS

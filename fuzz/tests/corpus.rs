@@ -23,6 +23,7 @@ fn every_target_passes_its_corpus_and_a_few_hundred_mutations() {
             ));
         }
     }
+    wvpc_fuzz::targets::remove_scratch();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

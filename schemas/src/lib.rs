@@ -21,3 +21,9 @@ pub use wire_error::{read_wire_error, write_wire_error};
 
 pub mod binding_auth;
 pub use binding_auth::PlatformSecret;
+
+/// Most headers a `RequestHead` or `ResponseHead` of [`binding_capnp`] may carry. A head with
+/// more is refused with a code (`http_request_error` / `http_response_header_section_size`)
+/// before anything is sized by its count: far above real use, and well below what
+/// `http::HeaderMap` holds (it panics past about 24 576 entries).
+pub const MAX_HEAD_HEADERS: u32 = 4096;

@@ -14,7 +14,7 @@ const API_SERVICE: Uuid = Uuid::from_u128(0x0199d9b2_6a5c_7a3e_9d3c_3f1d2b4c5a6e
 fn folder() -> &'static Path {
     static FOLDER: OnceLock<PathBuf> = OnceLock::new();
     FOLDER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("wvpc-fuzz-config-{}", std::process::id()));
+        let dir = super::scratch("config");
         std::fs::create_dir_all(&dir).expect("creating the config folder");
         std::fs::write(dir.join("script.wasm"), b"\0asm").expect("writing script.wasm");
         dir

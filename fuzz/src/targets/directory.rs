@@ -93,8 +93,7 @@ pub fn script_upload(data: &[u8]) {
 fn tokens() -> &'static (Directory, Vec<String>) {
     static TOKENS: OnceLock<(Directory, Vec<String>)> = OnceLock::new();
     TOKENS.get_or_init(|| {
-        let state: PathBuf =
-            std::env::temp_dir().join(format!("wvpc-fuzz-tokens-{}", std::process::id()));
+        let state: PathBuf = super::scratch("tokens");
         let directory = Directory::open(&state).expect("opening a directory");
         let secrets = [Role::Read, Role::Bind, Role::Admin]
             .into_iter()

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod errors;
 pub mod tunnel;
 
+use std::path::PathBuf;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
@@ -23,5 +24,18 @@ pub(crate) fn ready<F: Future>(future: F) -> F::Output {
     {
         Poll::Ready(out) => out,
         Poll::Pending => panic!("a reader of an in-memory stream waited"),
+    }
+}
+
+/// A scratch folder of this process under the system's temporary directory (config files,
+/// a directory database), removed by [`remove_scratch`].
+pub(crate) fn scratch(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("wvpc-fuzz-{what}-{}", std::process::id()))
+}
+
+/// Removes the scratch folders this process made (the stable runner calls it at the end).
+pub fn remove_scratch() {
+    for what in ["config", "tokens"] {
+        let _ = std::fs::remove_dir_all(scratch(what));
     }
 }
