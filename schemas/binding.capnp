@@ -5,7 +5,8 @@
 # request body (so the script's body streams while the origin is being reached — a call that
 # waited for the response head would deadlock against an origin that reads the whole body
 # first), then calls ResponseReceiver.deliver exactly once with the response head or an error
-# code, and streams the response body into the ByteStream that deliver returns.
+# code, and streams the response body into the ByteStream that deliver returns. Both bodies are
+# flow-controlled with a bounded window (see ByteStream).
 #
 # Failures are codes (ErrorCode), never text. Ordinals are never renumbered; new enum values and
 # fields are appended.
@@ -24,12 +25,18 @@ interface ResponseReceiver {
 }
 
 interface ByteStream {
-  write @0 (bytes :Data) -> stream;
-  # One chunk. Flow-controlled by capnp streaming.
+  # One body. Calls are taken in the order they were made; flow control is ours
+  # (wvpc_schemas::byte_stream_flow), not capnp's `-> stream`, whose per-capability state lives
+  # as long as the connection.
+  write @0 (bytes :Data);
+  # One chunk (at most 64 KiB). Returns once the receiver's reader has taken the chunk. The
+  # writer keeps at most 256 KiB unanswered and then waits for the oldest answers; a receiver
+  # refuses a writer with more than 512 KiB unread.
   end @1 ();
-  # Clean end of the stream.
+  # Clean end of the stream, after the chunks written before it. Returns once queued.
   abort @2 (error :WireError);
-  # The stream broke; the receiver must surface `error` (e.g. http_response_incomplete).
+  # The stream broke; the receiver must surface `error` (e.g. http_response_incomplete) after
+  # the chunks it already took.
 }
 
 struct BindingContext {
@@ -48,12 +55,12 @@ struct Header {
 struct RequestHead {
   method @0 :Text;
   url @1 :Text;         # absolute URL as the script gave it; host -> Host (and SNI), scheme -> port
-  headers @2 :List(Header);
+  headers @2 :List(Header);  # at most 4096 (MAX_HEAD_HEADERS), else httpRequestError
 }
 
 struct ResponseHead {
   status @0 :UInt16;
-  headers @1 :List(Header);
+  headers @1 :List(Header);  # at most 4096, else httpResponseHeaderSectionSize
 }
 
 struct FetchResult {

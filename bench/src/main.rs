@@ -28,14 +28,20 @@
 //! among 10 000 ([`routing`]), and how long a redeploy takes to be served by every runtime of
 //! the platform, under load ([`redeploy`]: a second `wvpc runtime` joins for it).
 //!
+//! `--soak SECONDS` runs the soak instead ([`soak`]): the platform's processes under mixed
+//! traffic with connector restarts, sampled every 30 s; it exits with status 1 when their
+//! memory or descriptors grew beyond the limits.
+//!
 //! ```text
 //! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32] [--only platform]
+//! cargo run --release -p wvpc-bench -- --soak 600
 //! ```
 
 mod load;
 mod platform;
 mod redeploy;
 mod routing;
+mod soak;
 mod usage;
 
 use std::net::SocketAddr;
@@ -69,6 +75,16 @@ struct Args {
     /// Redeploys of each kind (same module, new module) timed on the platform
     #[arg(long, default_value_t = 20)]
     redeploys: usize,
+    /// Instead of the rows: a soak of this many seconds of mixed traffic on the platform's
+    /// processes, printing memory, descriptors, threads and p99 every interval
+    #[arg(long, value_name = "SECONDS")]
+    soak: Option<u64>,
+    /// Seconds between two samples of the soak
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    soak_interval: u64,
+    /// Seconds of the soak before its baseline sample
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    soak_warmup: u64,
 }
 
 /// One measured target.
@@ -93,6 +109,24 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if let Some(seconds) = args.soak {
+        let wvpc = platform::wvpc_binary(args.wvpc.as_deref())?;
+        let flat = rt.block_on(async {
+            let mut platform = Platform::start(wvpc).await?;
+            soak::run(
+                &mut platform,
+                seconds,
+                Duration::from_secs(args.soak_interval.max(1)),
+                Duration::from_secs(args.soak_warmup),
+            )
+            .await
+        })?;
+        drop(rt);
+        if !flat {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let duration = Duration::from_secs(args.seconds);
     let mut rows = Vec::new();
 

@@ -183,6 +183,22 @@ impl Component {
     pub fn pid(&self) -> Pid {
         Pid::Child(self.child.id())
     }
+
+    /// Stops it as an operator does (SIGTERM: a graceful stop) and waits until it exited.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id())?)
+            .context("a child with pid 0")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .with_context(|| format!("sending SIGTERM to wvpc {}", self.name))?;
+        Ok(tokio::task::spawn_blocking(move || self.child.wait()).await??)
+    }
+
+    /// Kills it as a crash would (SIGKILL) and reaps it.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
 }
 
 impl Drop for Component {
@@ -207,10 +223,15 @@ pub struct Platform {
     pub service_id: Uuid,
     /// The proxy component.
     pub module: Vec<u8>,
+    /// The tunnel every service goes through.
+    tunnel_id: Uuid,
+    /// The tunnel's token and the edge address, to start more connectors.
+    connector_token: String,
+    edge: Option<SocketAddr>,
     wvpc: PathBuf,
     // Kept alive: the origin behind the tunnel and the DNS server that names it.
     _origin: Origin,
-    _dns: DnsServer,
+    dns: DnsServer,
     // Last: removed after the children are gone.
     state: TempDir,
 }
@@ -226,19 +247,8 @@ impl Platform {
 
         let directory = Arc::new(Directory::open(state.path())?);
         let (tunnel, credentials) = directory.create_tunnel("office")?;
-        let mut input = ServiceInput::http(
-            "api",
-            HostInput {
-                hostname: Some(ORIGIN_NAME.into()),
-                resolver_network: Some(ResolverNetworkInput {
-                    tunnel_id: Some(tunnel.id.to_string()),
-                    resolver_ips: Some(vec![dns.addr.to_string()]),
-                }),
-                ..HostInput::default()
-            },
-        );
-        input.http_port = Some(i64::from(origin.addr.port()));
-        let service_id = directory.create_service(&input)?.service_id;
+        let service_id =
+            create_service(&directory, "api", tunnel.id, dns.addr, origin.addr.port())?;
         let (token, _) = directory.create_token("bench", Role::Admin, None)?;
         let module = std::fs::read(wvpc_tests::guests::PROXY)
             .with_context(|| format!("reading {}", wvpc_tests::guests::PROXY))?;
@@ -250,9 +260,12 @@ impl Platform {
             token,
             service_id,
             module,
+            tunnel_id: tunnel.id,
+            connector_token: credentials.to_token(),
+            edge: None,
             wvpc,
             _origin: origin,
-            _dns: dns,
+            dns,
             state,
         };
         let module = platform.module.clone();
@@ -292,23 +305,8 @@ impl Platform {
         platform.components.push(binding_worker);
         let runtime = platform.runtime_component().await?;
         platform.components.push(runtime);
-        // One connection, as the in-process row's connector.
-        let connector = platform
-            .component(
-                "connector",
-                "registered",
-                &[
-                    "tunnel".into(),
-                    "run".into(),
-                    "--token".into(),
-                    credentials.to_token(),
-                    "--edge".into(),
-                    edge.to_string(),
-                    "--ha-connections".into(),
-                    "1".into(),
-                ],
-            )
-            .await?;
+        platform.edge = Some(edge);
+        let connector = platform.start_connector().await?;
         platform.components.push(connector);
         Ok(platform)
     }
@@ -320,6 +318,22 @@ impl Platform {
         args: &[String],
     ) -> anyhow::Result<Component> {
         Component::start(&self.wvpc, self.state.path(), name, ready_prefix, args).await
+    }
+
+    /// Starts a connector of the tunnel (`wvpc tunnel run`) with one connection, as the
+    /// in-process row's connector, and waits until it is registered.
+    pub async fn start_connector(&self) -> anyhow::Result<Component> {
+        self.connector_launcher()?.start().await
+    }
+
+    /// What starts connectors of the tunnel, owned (for a task that restarts them).
+    pub fn connector_launcher(&self) -> anyhow::Result<ConnectorLauncher> {
+        Ok(ConnectorLauncher {
+            wvpc: self.wvpc.clone(),
+            state: self.state.path().to_owned(),
+            token: self.connector_token.clone(),
+            edge: self.edge.context("the edge has not started")?,
+        })
     }
 
     async fn runtime_component(&self) -> anyhow::Result<Component> {
@@ -363,8 +377,18 @@ impl Platform {
 
     /// Deploys `module` as the script, bound to the service; returns once committed.
     pub async fn deploy(&self, module: Vec<u8>) -> anyhow::Result<Script> {
-        let (directory, token, service_id) =
-            (self.directory.clone(), self.token.clone(), self.service_id);
+        self.deploy_as(SCRIPT, self.service_id, module).await
+    }
+
+    /// Deploys `module` as the script `name` (served at `<name>.local.workers.localhost`),
+    /// its binding `API` bound to `service_id`; returns once committed.
+    pub async fn deploy_as(
+        &self,
+        name: &'static str,
+        service_id: Uuid,
+        module: Vec<u8>,
+    ) -> anyhow::Result<Script> {
+        let (directory, token) = (self.directory.clone(), self.token.clone());
         tokio::task::spawn_blocking(move || {
             let upload = ScriptUpload {
                 bindings: vec![BindingRequest {
@@ -373,14 +397,75 @@ impl Platform {
                 }],
                 ..ScriptUpload::new("proxy.wasm", module)
             };
-            directory.deploy_script(&token, SCRIPT, &upload)
+            directory.deploy_script(&token, name, &upload)
         })
         .await?
         .context("deploying the script")
+    }
+
+    /// Creates one more service through the tunnel: the origin's name on `port`.
+    pub fn create_service(&self, name: &str, port: u16) -> anyhow::Result<Uuid> {
+        create_service(&self.directory, name, self.tunnel_id, self.dns.addr, port)
     }
 
     /// The state directory.
     pub fn state(&self) -> &Path {
         self.state.path()
     }
+}
+
+/// Starts connectors of the platform's tunnel.
+#[derive(Debug, Clone)]
+pub struct ConnectorLauncher {
+    wvpc: PathBuf,
+    state: PathBuf,
+    token: String,
+    edge: SocketAddr,
+}
+
+impl ConnectorLauncher {
+    /// Starts `wvpc tunnel run` with one connection and waits until it is registered.
+    pub async fn start(&self) -> anyhow::Result<Component> {
+        Component::start(
+            &self.wvpc,
+            &self.state,
+            "connector",
+            "registered",
+            &[
+                "tunnel".into(),
+                "run".into(),
+                "--token".into(),
+                self.token.clone(),
+                "--edge".into(),
+                self.edge.to_string(),
+                "--ha-connections".into(),
+                "1".into(),
+            ],
+        )
+        .await
+    }
+}
+
+/// An HTTP service named `name`: the origin's name (resolved through the tunnel by `dns`) on
+/// `port`.
+fn create_service(
+    directory: &Directory,
+    name: &str,
+    tunnel_id: Uuid,
+    dns: SocketAddr,
+    port: u16,
+) -> anyhow::Result<Uuid> {
+    let mut input = ServiceInput::http(
+        name,
+        HostInput {
+            hostname: Some(ORIGIN_NAME.into()),
+            resolver_network: Some(ResolverNetworkInput {
+                tunnel_id: Some(tunnel_id.to_string()),
+                resolver_ips: Some(vec![dns.to_string()]),
+            }),
+            ..HostInput::default()
+        },
+    );
+    input.http_port = Some(i64::from(port));
+    Ok(directory.create_service(&input)?.service_id)
 }

@@ -68,3 +68,23 @@ pub fn rss(pid: Pid) -> anyhow::Result<u64> {
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
+
+/// Open file descriptors of `pid` (entries of `/proc/<pid>/fd`).
+pub fn fds(pid: Pid) -> anyhow::Result<u64> {
+    let path = format!("{}/fd", pid.dir());
+    let entries = std::fs::read_dir(&path).with_context(|| format!("reading {path}"))?;
+    Ok(entries.count() as u64)
+}
+
+/// Threads of `pid` (the `Threads` line of `/proc/<pid>/status`).
+pub fn threads(pid: Pid) -> anyhow::Result<u64> {
+    let path = format!("{}/status", pid.dir());
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .with_context(|| format!("{path} has no Threads line"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("the Threads line of {path}"))
+}

@@ -65,6 +65,7 @@ use std::time::Duration;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
+use wvpc_listener::{Acceptor, Admitted, RefuseWith};
 use wvpc_schemas::binding_auth::handshake_as_binding_worker;
 use wvpc_schemas::binding_capnp::vpc_binding;
 
@@ -76,6 +77,11 @@ use crate::iris_client::{IrisClient, IrisSettings};
 use crate::origin::{OriginPool, OriginSettings, Proxy};
 use crate::origin_tls::OriginTls;
 use crate::rpc::VpcBindingServer;
+
+/// How long a pooled origin connection is reused after its CONNECT, by default: renewing a
+/// connection every few seconds costs one stream and one origin handshake, and lets route
+/// changes and connector drains reach steady traffic between two requests.
+pub const DEFAULT_ROUTE_LEASE: Duration = Duration::from_secs(5);
 
 /// Settings of a binding-worker. Build with [`BindingWorkerConfig::new`] or
 /// [`BindingWorkerConfig::with_iris_nodes`], then adjust fields.
@@ -110,8 +116,10 @@ pub struct BindingWorkerConfig {
     /// Idle origin connections kept per (service, scheme, host). Default 32.
     pub max_idle_per_origin: usize,
     /// How long after its CONNECT an origin connection may still be reused. A connection
-    /// carries the route iris chose when it was opened, so this bounds how long a changed or
-    /// deleted service keeps being served by pooled connections. `None` (default): no bound.
+    /// carries the route iris chose when it was opened (service, tunnel connection), so this
+    /// bounds how long a changed service keeps being served by pooled connections, and how
+    /// long steady traffic keeps a draining connector busy. Default
+    /// [`DEFAULT_ROUTE_LEASE`]; `None`: no bound.
     pub route_lease: Option<Duration>,
     /// Open origin connections (busy and idle) per service; one more fails with
     /// `connection_limit_reached`. Default 256.
@@ -119,6 +127,9 @@ pub struct BindingWorkerConfig {
     /// Roots trusted for `https` origins (besides a service's own `ca_certificate`).
     /// `None`: the system's trust store.
     pub tls_roots: Option<Arc<rustls::RootCertStore>>,
+    /// Runtime connections open at once; one more is closed at once. Default: from the
+    /// open-file limit ([`wvpc_listener::default_max_connections`]).
+    pub max_runtime_connections: usize,
 }
 
 impl BindingWorkerConfig {
@@ -140,9 +151,10 @@ impl BindingWorkerConfig {
             write_timeout: Duration::from_secs(100),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_origin: 32,
-            route_lease: None,
+            route_lease: Some(DEFAULT_ROUTE_LEASE),
             max_connections_per_service: 256,
             tls_roots: None,
+            max_runtime_connections: wvpc_listener::default_max_connections(),
         }
     }
 }
@@ -214,6 +226,7 @@ impl BindingWorker {
             fetches: fetches.clone(),
             secret: config.secret.clone(),
             handshake_timeout: config.handshake_timeout,
+            max_connections: config.max_runtime_connections,
         };
         let thread = std::thread::Builder::new()
             .name("wvpc-binding-rpc".into())
@@ -362,19 +375,6 @@ fn spawn_sweeper(runtime: &Handle, pool: Weak<OriginPool>) {
     });
 }
 
-/// Pause after `accept` failed for something other than the one connection.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-fn is_per_connection(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
-}
-
 /// What the RPC thread serves with.
 struct Serving {
     proxy: Arc<Proxy>,
@@ -382,6 +382,7 @@ struct Serving {
     fetches: TaskTracker,
     secret: Option<PlatformSecret>,
     handshake_timeout: Duration,
+    max_connections: usize,
 }
 
 /// The RPC thread: accepts runtime connections and serves capnp on a `LocalSet`, until
@@ -409,7 +410,14 @@ fn run_rpc_thread(
             fetches,
             secret,
             handshake_timeout,
+            max_connections,
         } = serving;
+        let acceptor = Acceptor::new(
+            listener,
+            "binding-worker capnp",
+            max_connections,
+            RefuseWith::Close,
+        );
         let binding: vpc_binding::Client = capnp_rpc::new_client(VpcBindingServer::new(
             proxy,
             proxy_runtime,
@@ -424,29 +432,19 @@ fn run_rpc_thread(
                 }
                 // A dropped sender (the handle went away mid-drain) drains as well.
                 requested = &mut drain_requested => break requested.ok(),
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::task::spawn_local(admit(
-                            stream,
-                            peer,
-                            binding.clone(),
-                            secret.clone(),
-                            handshake_timeout,
-                        ));
-                    }
-                    Err(err) if is_per_connection(&err) => {
-                        tracing::debug!(error = %err, "a runtime connection failed while accepted");
-                    }
-                    Err(err) => {
-                        // Out of descriptors (or worse): pause rather than spin.
-                        tracing::warn!(error = %err, "accepting runtime connections failed; backing off");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
-                },
+                // Over the cap: closed; out of descriptors: waited out (see `Acceptor`).
+                admitted = acceptor.accept() => {
+                    tokio::task::spawn_local(admit(
+                        admitted,
+                        binding.clone(),
+                        secret.clone(),
+                        handshake_timeout,
+                    ));
+                }
             }
         };
         draining.set(true);
-        drop(listener);
+        drop(acceptor);
         if let Some(accepting_stopped) = drained {
             let _ = accepting_stopped.send(());
         }
@@ -458,12 +456,16 @@ fn run_rpc_thread(
 
 /// Serves one accepted connection, after the platform handshake when a secret is set.
 async fn admit(
-    mut stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+    admitted: Admitted,
     binding: vpc_binding::Client,
     secret: Option<PlatformSecret>,
     handshake_timeout: Duration,
 ) {
+    let Admitted {
+        mut stream,
+        peer,
+        permit,
+    } = admitted;
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
     }
@@ -473,5 +475,5 @@ async fn admit(
         tracing::warn!(%peer, error = %err, "refused a connection: it failed the platform handshake");
         return;
     }
-    rpc::serve_runtime(stream, peer, binding);
+    rpc::serve_runtime(stream, peer, binding, permit);
 }

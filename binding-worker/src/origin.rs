@@ -4,6 +4,11 @@
 //! Connections are pooled per (service, scheme, host): the host is what `Host` (and, for
 //! https, SNI) carries, so two hosts never share a connection. A connection goes back to
 //! the pool only after its response body was read to the end and hyper reports it ready.
+//!
+//! A request whose connection broke before any byte of the answer (the origin closed a reused
+//! connection, or the connector carrying it died) is sent once more on a new connection when
+//! that is safe: it has no body and, unless the connection was a reused one, its method is
+//! idempotent.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -23,7 +28,6 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::io::ReaderStream;
 use uuid::Uuid;
@@ -32,7 +36,7 @@ use wvpc_errors::{ErrorCode, ProxyError};
 use crate::iris_client::IrisClient;
 use crate::origin_tls::{OriginTls, TlsPolicy};
 use crate::request::{FetchRequest, Scheme, strip_hop_by_hop};
-use crate::request_body::{BodyEvent, BodyFinished, RequestBody, RequestBodyError};
+use crate::request_body::{BodyEvent, BodyEvents, BodyFinished, RequestBody, RequestBodyError};
 
 /// Timeouts and pool limits of the origin side.
 #[derive(Debug, Clone)]
@@ -183,7 +187,7 @@ impl Proxy {
     pub(crate) async fn exchange(
         &self,
         request: FetchRequest,
-        events: mpsc::Receiver<BodyEvent>,
+        events: BodyEvents,
     ) -> Result<OriginResponse, ProxyError> {
         if request.upgrade.is_some() {
             return self.exchange_upgrade(request, events).await;
@@ -194,6 +198,9 @@ impl Proxy {
         let key = PoolKey::of(&request);
         let mut outgoing = build_request(&request, body)?;
 
+        // A body-less request is sent at most twice: a second time only when its first
+        // connection broke before any answer.
+        let mut replayed = false;
         while let Some(mut sender) = self.pool.check_out(&key) {
             match self.send(&mut sender, outgoing, &mut body_finished).await {
                 Attempt::Answered(response) => {
@@ -210,18 +217,45 @@ impl Proxy {
                     let (body, finished) = RequestBody::empty();
                     body_finished = finished;
                     outgoing = build_request(&request, body)?;
+                    replayed = true;
                     break;
                 }
                 Attempt::Failed(err) => return Err(err),
             }
         }
 
-        let mut sender = self.open(&request).await?;
-        match self.send(&mut sender, outgoing, &mut body_finished).await {
-            Attempt::Answered(response) => Ok(self.respond(response, sender, key, &body_finished)),
-            Attempt::Unsent(_) => Err(ProxyError::new(ErrorCode::ConnectionTerminated)
-                .with_details("the origin connection closed before the request was sent")),
-            Attempt::Failed(err) => Err(err),
+        loop {
+            let mut sender = self.open(&request).await?;
+            match self.send(&mut sender, outgoing, &mut body_finished).await {
+                Attempt::Answered(response) => {
+                    return Ok(self.respond(response, sender, key, &body_finished));
+                }
+                Attempt::Unsent(_) => {
+                    return Err(ProxyError::new(ErrorCode::ConnectionTerminated)
+                        .with_details("the origin connection closed before the request was sent"));
+                }
+                // The connection broke before any answer: typically the connector carrying it
+                // died and iris closed the pipe. An idempotent request without a body may be
+                // sent again (RFC 9110 §9.2.2): a new CONNECT, which iris routes over a live
+                // connection of the tunnel.
+                Attempt::Failed(err)
+                    if !replayed
+                        && body_was_empty
+                        && request.method.is_idempotent()
+                        && err.code == ErrorCode::ConnectionTerminated =>
+                {
+                    tracing::debug!(
+                        request_id = %request.caller.request_id,
+                        error = %err,
+                        "origin connection broke before the response head; sending the request again"
+                    );
+                    let (body, finished) = RequestBody::empty();
+                    body_finished = finished;
+                    outgoing = build_request(&request, body)?;
+                    replayed = true;
+                }
+                Attempt::Failed(err) => return Err(err),
+            }
         }
     }
 
@@ -232,7 +266,7 @@ impl Proxy {
     async fn exchange_upgrade(
         &self,
         request: FetchRequest,
-        events: mpsc::Receiver<BodyEvent>,
+        events: BodyEvents,
     ) -> Result<OriginResponse, ProxyError> {
         let (body, mut finished) = RequestBody::empty();
         let outgoing = build_request(&request, body)?;
@@ -402,10 +436,7 @@ pub(crate) struct OriginConnection {
 
 /// Copies the script's request-body stream into an upgraded connection; `end()` half-closes
 /// it, `abort()` closes it.
-async fn pump_into_upgraded(
-    mut events: mpsc::Receiver<BodyEvent>,
-    mut write: WriteHalf<TokioIo<Upgraded>>,
-) {
+async fn pump_into_upgraded(mut events: BodyEvents, mut write: WriteHalf<TokioIo<Upgraded>>) {
     while let Some(event) = events.recv().await {
         match event {
             BodyEvent::Data(bytes) => {

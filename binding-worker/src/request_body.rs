@@ -1,6 +1,7 @@
 //! The request body as it travels from the runtime's `ByteStream` writes (capnp thread) to
-//! the origin request (proxy runtime): a bounded channel of events, so a slow origin slows
-//! the script's writes down instead of buffering the body.
+//! the origin request (proxy runtime): an inbox of events ([`wvpc_schemas::byte_stream_flow`])
+//! whose writes are answered as the origin request takes them, so a slow origin slows the
+//! script's writes down instead of buffering the body.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,11 +10,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::byte_stream_flow::InboxReceiver;
 
-/// Chunks buffered between the runtime's writes and the origin connection.
-pub(crate) const BODY_CHANNEL_CHUNKS: usize = 16;
+/// The events of one request body, in the order the runtime sent them.
+pub(crate) type BodyEvents = InboxReceiver<BodyEvent>;
 
 /// What the runtime did to the request body stream.
 #[derive(Debug)]
@@ -97,7 +99,7 @@ enum State {
     Empty,
     Streaming {
         first: Option<Bytes>,
-        events: mpsc::Receiver<BodyEvent>,
+        events: BodyEvents,
     },
     Done,
 }
@@ -123,7 +125,7 @@ impl RequestBody {
     /// The body fed by `events`. When `peek` is set, waits for the first event so that a body
     /// that is immediately ended is sent as empty rather than chunked.
     pub(crate) async fn from_events(
-        mut events: mpsc::Receiver<BodyEvent>,
+        mut events: BodyEvents,
         peek: bool,
     ) -> Result<(Self, BodyFinished), ProxyError> {
         let mut first = None;
@@ -206,19 +208,18 @@ impl Body for RequestBody {
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt;
+    use wvpc_schemas::inbox;
 
     use super::*;
 
     #[tokio::test]
     async fn an_ended_body_yields_its_chunks_then_finishes() {
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(BodyEvent::Data(Bytes::from_static(b"ab")))
-            .await
+        let (tx, rx) = inbox();
+        tx.push(BodyEvent::Data(Bytes::from_static(b"ab")), 2)
             .unwrap();
-        tx.send(BodyEvent::Data(Bytes::from_static(b"cd")))
-            .await
+        tx.push(BodyEvent::Data(Bytes::from_static(b"cd")), 2)
             .unwrap();
-        tx.send(BodyEvent::End).await.unwrap();
+        tx.push(BodyEvent::End, 0).unwrap();
         let (body, mut finished) = RequestBody::from_events(rx, true).await.unwrap();
         assert!(!body.is_end_stream());
         assert!(!finished.is_finished());
@@ -229,8 +230,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_peeked_body_that_ends_at_once_is_empty() {
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(BodyEvent::End).await.unwrap();
+        let (tx, rx) = inbox();
+        tx.push(BodyEvent::End, 0).unwrap();
         let (body, _) = RequestBody::from_events(rx, true).await.unwrap();
         assert!(body.is_end_stream());
         assert_eq!(body.size_hint().exact(), Some(0));
@@ -238,20 +239,19 @@ mod tests {
 
     #[tokio::test]
     async fn an_aborted_or_abandoned_body_is_an_error_not_a_short_body() {
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(BodyEvent::Data(Bytes::from_static(b"ab")))
-            .await
+        let (tx, rx) = inbox();
+        tx.push(BodyEvent::Data(Bytes::from_static(b"ab")), 2)
             .unwrap();
-        tx.send(BodyEvent::Abort(ProxyError::new(
-            ErrorCode::ConnectionReadTimeout,
-        )))
-        .await
+        tx.push(
+            BodyEvent::Abort(ProxyError::new(ErrorCode::ConnectionReadTimeout)),
+            0,
+        )
         .unwrap();
         let (body, _) = RequestBody::from_events(rx, false).await.unwrap();
         let err = body.collect().await.unwrap_err();
         assert_eq!(err.to_proxy_error().code, ErrorCode::ConnectionReadTimeout);
 
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = inbox();
         drop(tx);
         let (body, _) = RequestBody::from_events(rx, false).await.unwrap();
         assert!(matches!(

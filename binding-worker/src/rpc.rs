@@ -5,6 +5,10 @@
 //! with a `LocalSet`). The HTTP work ([`Proxy`]) runs on the proxy runtime; the two meet
 //! through `Send` channels (request body), a join handle (response head) and hyper's body
 //! channel (response body), so no fetch ever blocks another.
+//!
+//! Both bodies are flow-controlled by [`wvpc_schemas::byte_stream_flow`]: the request body's
+//! writes are answered when the origin request takes each chunk, and the response body is
+//! written with a bounded window of unanswered bytes.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -16,35 +20,35 @@ use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{RpcSystem, twoparty};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tokio_util::task::TaskTracker;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_capnp::{byte_stream, response_head, response_receiver, vpc_binding};
-use wvpc_schemas::{read_wire_error, write_wire_error};
+use wvpc_schemas::byte_stream_flow::{InboxError, InboxSender, Taken};
+use wvpc_schemas::{StreamWriter, inbox, read_wire_error, write_wire_error};
 
 use crate::origin::{OriginResponse, Proxy, describe};
 use crate::request::{FetchRequest, read_fetch};
-use crate::request_body::{BODY_CHANNEL_CHUNKS, BodyEvent};
-
-/// Largest chunk written to the runtime in one `ByteStream.write`.
-const MAX_WRITE_CHUNK: usize = 64 << 10;
-
-/// capnp streaming flow-control window for the response bodies this side writes.
-const STREAM_WINDOW: usize = 1 << 20;
+use crate::request_body::{BodyEvent, BodyEvents};
 
 /// Serves one runtime connection on the current `LocalSet`.
-pub(crate) fn serve_runtime(stream: TcpStream, peer: SocketAddr, binding: vpc_binding::Client) {
+/// `permit` (the connection's place under the listener's cap) is held until it ends.
+pub(crate) fn serve_runtime(
+    stream: TcpStream,
+    peer: SocketAddr,
+    binding: vpc_binding::Client,
+    permit: wvpc_listener::ConnectionPermit,
+) {
     let (reader, writer) = stream.into_split();
-    let mut network = twoparty::VatNetwork::new(
+    let network = twoparty::VatNetwork::new(
         reader.compat(),
         writer.compat_write(),
         Side::Server,
         capnp::message::ReaderOptions::default(),
     );
-    network.set_window_size(STREAM_WINDOW);
     let rpc = RpcSystem::new(Box::new(network), Some(binding.client));
     tokio::task::spawn_local(async move {
+        let _permit = permit;
         match rpc.await {
             Ok(()) => tracing::debug!(%peer, "runtime disconnected"),
             Err(err) => tracing::info!(%peer, error = %err, "runtime connection failed"),
@@ -98,7 +102,7 @@ impl vpc_binding::Server for VpcBindingServer {
             let params = params.get()?;
             let receiver = params.get_response()?;
             let request = read_fetch(params.get_context()?, params.get_head()?);
-            let (events_tx, events) = mpsc::channel(BODY_CHANNEL_CHUNKS);
+            let (events_tx, events) = inbox();
             let sink = RequestBodySink {
                 events: RefCell::new(Some(events_tx)),
             };
@@ -121,7 +125,7 @@ async fn run_fetch(
     proxy: Arc<Proxy>,
     runtime: Handle,
     request: Result<FetchRequest, ProxyError>,
-    events: mpsc::Receiver<BodyEvent>,
+    events: BodyEvents,
     receiver: response_receiver::Client,
 ) {
     let body_timeouts = BodyTimeouts {
@@ -187,7 +191,7 @@ enum Pumped {
     ReceiverGone(capnp::Error),
 }
 
-/// Delivers the head, then streams the body with capnp flow control; a fully read
+/// Delivers the head, then streams the body within the flow-control window; a fully read
 /// connection goes back to the pool.
 async fn stream_response(
     receiver: &response_receiver::Client,
@@ -205,7 +209,7 @@ async fn stream_response(
     write_response_head(deliver.get().init_result().init_response(), &head);
     let delivered = deliver.send();
     // Pipelined: body chunks start flowing before `deliver` returns.
-    let sink = delivered.pipeline.get_body();
+    let mut sink = StreamWriter::new(delivered.pipeline.get_body());
 
     let pumped = loop {
         let data = match tokio::time::timeout(timeouts.read, body.next_data()).await {
@@ -226,7 +230,7 @@ async fn stream_response(
                 );
             }
         }; // trailers are not forwarded
-        match tokio::time::timeout(timeouts.write, write_chunks(&sink, data)).await {
+        match tokio::time::timeout(timeouts.write, sink.write(&data)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => break Pumped::ReceiverGone(err),
             Err(_) => {
@@ -244,8 +248,15 @@ async fn stream_response(
             // The exchange is over whatever the runtime does with end(): reuse the connection
             // (before end() so that the runtime's next fetch finds it).
             lease.release(runtime).await;
-            if let Err(err) = sink.end_request().send().promise.await {
-                tracing::debug!(%request_id, error = %err, "runtime refused the end of the body");
+            // Until the script has taken the last window, bounded like a write.
+            match tokio::time::timeout(timeouts.write, sink.end()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(%request_id, error = %err, "runtime refused the end of the body");
+                }
+                Err(_) => {
+                    tracing::debug!(%request_id, "the script did not take the end of the body in time");
+                }
             }
         }
         Pumped::OriginFailed(err) => {
@@ -254,11 +265,9 @@ async fn stream_response(
             drop(body);
             drop(lease);
             tracing::warn!(%request_id, code = %err.code, details = err.details.as_deref().unwrap_or(""), "origin response body broke");
-            let mut abort = sink.abort_request();
-            write_wire_error(abort.get().init_error(), &err);
             // A runtime that stopped reading takes the abort only after its pending writes, if
             // ever: wait for it no longer than for a write.
-            match tokio::time::timeout(timeouts.write, abort.send().promise).await {
+            match tokio::time::timeout(timeouts.write, sink.abort(&err)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(capnp_err)) => {
                     tracing::debug!(%request_id, error = %capnp_err, "runtime did not take the abort");
@@ -278,15 +287,6 @@ async fn stream_response(
     }
 }
 
-async fn write_chunks(sink: &byte_stream::Client, data: Bytes) -> Result<(), capnp::Error> {
-    for chunk in data.chunks(MAX_WRITE_CHUNK) {
-        let mut write = sink.write_request();
-        write.get().set_bytes(chunk);
-        write.send().await?;
-    }
-    Ok(())
-}
-
 fn write_response_head(mut out: response_head::Builder<'_>, head: &http::response::Parts) {
     out.set_status(head.status.as_u16());
     let count = u32::try_from(head.headers.len()).unwrap_or(u32::MAX);
@@ -298,42 +298,49 @@ fn write_response_head(mut out: response_head::Builder<'_>, head: &http::respons
     }
 }
 
-/// The request-body `ByteStream` handed to the runtime: writes feed the origin request.
+/// The request-body `ByteStream` handed to the runtime: writes feed the origin request, and
+/// each is answered once the origin request has taken its chunk.
 struct RequestBodySink {
     /// `None` after `end` or `abort`.
-    events: RefCell<Option<mpsc::Sender<BodyEvent>>>,
+    events: RefCell<Option<InboxSender<BodyEvent>>>,
 }
 
 impl RequestBodySink {
-    fn sender(&self) -> Result<mpsc::Sender<BodyEvent>, capnp::Error> {
-        self.events.borrow().clone().ok_or_else(|| {
-            capnp::Error::failed("request body written after end() or abort()".into())
-        })
+    /// Queues `event` in call order; `Err` when the body is over or refused it.
+    fn push(&self, event: BodyEvent, bytes: usize) -> Result<Taken, capnp::Error> {
+        let events = self.events.borrow();
+        let Some(events) = events.as_ref() else {
+            return Err(capnp::Error::failed(
+                "request body written after end() or abort()".into(),
+            ));
+        };
+        events.push(event, bytes).map_err(refused)
     }
 }
 
-fn origin_gone() -> capnp::Error {
-    capnp::Error::disconnected("the origin request is over and reads no more body".into())
+fn refused(err: InboxError) -> capnp::Error {
+    match err {
+        InboxError::Closed => {
+            capnp::Error::disconnected("the origin request is over and reads no more body".into())
+        }
+        InboxError::Overflow => capnp::Error::failed(format!("request body: {err}")),
+    }
 }
 
 impl byte_stream::Server for RequestBodySink {
     fn write(
         self: capnp::capability::Rc<Self>,
         params: byte_stream::WriteParams,
+        _results: byte_stream::WriteResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        // Copied out of the capnp message before awaiting: the message is not `Send`.
-        let prepared = (|| -> Result<_, capnp::Error> {
-            let bytes = Bytes::copy_from_slice(params.get()?.get_bytes()?);
-            Ok((self.sender()?, bytes))
+        // Queued now, as the call is dispatched, so that chunks keep the order of the calls;
+        // the answer waits until the origin request takes the chunk (the writer's window).
+        let queued = (|| -> Result<_, capnp::Error> {
+            let bytes = params.get()?.get_bytes()?;
+            let len = bytes.len();
+            self.push(BodyEvent::Data(Bytes::copy_from_slice(bytes)), len)
         })();
-        async move {
-            let (sender, bytes) = prepared?;
-            // Awaiting capacity is the backpressure: capnp streaming holds later writes back.
-            sender
-                .send(BodyEvent::Data(bytes))
-                .await
-                .map_err(|_| origin_gone())
-        }
+        async move { queued?.await.map_err(refused) }
     }
 
     fn end(
@@ -341,14 +348,11 @@ impl byte_stream::Server for RequestBodySink {
         _params: byte_stream::EndParams,
         _results: byte_stream::EndResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        let sender = self.events.borrow_mut().take();
-        async move {
-            if let Some(sender) = sender {
-                // An origin that no longer reads is not the runtime's problem at end().
-                let _ = sender.send(BodyEvent::End).await;
-            }
-            Ok(())
+        if let Some(events) = self.events.borrow_mut().take() {
+            // An origin that no longer reads is not the runtime's problem at end().
+            let _ = events.push(BodyEvent::End, 0);
         }
+        std::future::ready(Ok(()))
     }
 
     fn abort(
@@ -366,11 +370,9 @@ impl byte_stream::Server for RequestBodySink {
                     "request body aborted with an unreadable error: {e}"
                 ))
             });
-        async move {
-            if let Some(sender) = sender {
-                let _ = sender.send(BodyEvent::Abort(err)).await;
-            }
-            Ok(())
+        if let Some(events) = sender {
+            let _ = events.push(BodyEvent::Abort(err), 0);
         }
+        std::future::ready(Ok(()))
     }
 }

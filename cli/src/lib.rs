@@ -84,6 +84,22 @@ pub enum Command {
     Edge(commands::edge::EdgeCommand),
 }
 
+impl Command {
+    /// Whether the command serves until stopped (and so holds many connections).
+    fn serves(&self) -> bool {
+        matches!(
+            self,
+            Command::Dev(_)
+                | Command::Up(_)
+                | Command::Runtime(_)
+                | Command::Iris(_)
+                | Command::BindingWorker(_)
+                | Command::Directory(_)
+                | Command::Tunnel(commands::tunnel::TunnelCommand::Run(_))
+        )
+    }
+}
+
 /// A command called the wrong way, found after parsing (exit code 2, like clap's own).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -93,6 +109,10 @@ pub struct UsageError(pub String);
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.state)
         .with_context(|| format!("cannot create state directory {}", cli.state.display()))?;
+    if cli.command.serves() {
+        // Before any listener exists: their connection caps are sized from this limit.
+        commands::server_args::raise_fd_limit();
+    }
     match cli.command {
         Command::Dev(args) => commands::dev::run(args, &cli.state, out).await,
         Command::Up(args) => commands::up::run(args, &cli.state, out).await,

@@ -693,7 +693,18 @@ fn iris_and_a_connector_run_as_processes_report_metrics_and_tunnel_info_and_drai
     );
     connector.line("registered:");
 
-    let info = state.ok(&["tunnel", "info", "office"]);
+    // Connection records reach the directory through iris's writer queue, a moment after the
+    // connector hears it is registered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let info = loop {
+        let info = state.ok(&["tunnel", "info", "office"]);
+        if info.contains("1 live connection(s) from 1 connector(s)")
+            || std::time::Instant::now() > deadline
+        {
+            break info;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(
         info.contains("1 live connection(s) from 1 connector(s)"),
         "{info}"
@@ -871,4 +882,90 @@ fn accounts_have_subdomains_that_can_be_set() {
         bad.stderr()
     );
     assert_eq!(state.ok(&["account", "subdomain"]), "home\n");
+}
+
+#[test]
+fn the_api_keeps_serving_with_1100_idle_connections_under_a_1024_fd_limit() {
+    use std::io::{Read as _, Write as _};
+    let state = State::new();
+    // `ulimit -n` sets the hard limit too: wvpc cannot raise it and sizes its cap from 1 024.
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_wvpc"))
+        .arg("--state")
+        .arg(state.path())
+        .args([
+            "directory",
+            "--listen",
+            "127.0.0.1:0",
+            "--header-read-timeout",
+            "1s",
+        ])
+        .env("RUST_LOG", "warn")
+        .env_remove("WVPC_STATE")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run wvpc");
+    let stdout = child.stdout.take().unwrap();
+    let mut daemon = Daemon {
+        child,
+        lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)),
+    };
+    let ready = daemon.line("ready:");
+    let addr = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {ready:?}"))
+        .to_owned();
+
+    let idle: Vec<std::net::TcpStream> = (0..1_100)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // New clients get an explained 503 (or, while many are being refused, a closed
+    // connection) until the server has closed idle connections, then they are served.
+    let patience = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut refused = 0;
+    let served = loop {
+        assert!(
+            std::time::Instant::now() < patience,
+            "the API never served again ({refused} refusals)"
+        );
+        let Ok(mut stream) = std::net::TcpStream::connect(&addr) else {
+            continue;
+        };
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let request =
+            "GET /client/v4/user/tokens/verify HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n";
+        if stream.write_all(request.as_bytes()).is_err() {
+            continue;
+        }
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        if answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.contains("connections open, its limit"), "{answer}");
+            refused += 1;
+        } else if !answer.is_empty() {
+            break answer;
+        }
+    };
+    // No token: the API's own answer, so it served the request.
+    assert!(served.starts_with("HTTP/1.1 401"), "{served}");
+    // The idle connections it accepted were closed by the server (the others were refused).
+    for mut stream in idle.into_iter().take(20) {
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = stream.read_to_end(&mut rest);
+        assert!(
+            closed.is_ok()
+                || closed.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "an idle connection was not closed"
+        );
+    }
+    let (status, _) = daemon.terminate();
+    assert!(status.success(), "wvpc directory exited with {status}");
 }

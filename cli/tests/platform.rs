@@ -251,6 +251,42 @@ impl Platform {
         }
     }
 
+    /// Runs `wvpc <args>` on the state directory itself (no API); stdout, or stderr.
+    async fn wvpc_local(&self, args: &[&str]) -> Result<String, String> {
+        let output = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+            .arg("--state")
+            .arg(self.state())
+            .args(args)
+            .env_remove("WVPC_API")
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .expect("running wvpc");
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    /// The connector ids `wvpc tunnel info` lists for `tunnel`.
+    async fn connectors_listed(&self, tunnel: &str) -> Vec<String> {
+        let info = self
+            .wvpc_local(&["tunnel", "info", tunnel, "--json"])
+            .await
+            .expect("wvpc tunnel info");
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        let mut ids: Vec<String> = info["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["client_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Writes a wrangler config binding `API` to `service` and deploys it with `token`.
     async fn deploy(
         &self,
@@ -669,6 +705,319 @@ async fn a_connector_restarted_during_a_directory_outage_comes_back_by_itself() 
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_held_directory_write_lock_traffic_and_registrations_go_on_and_writes_fail_fast() {
+    let net = PrivateNetwork::start(&[("a.internal", "127.0.0.2")]).await;
+    let platform = Platform::start().await;
+    let (office, service) =
+        tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
+    let tunnel = office.tunnel_id.to_string();
+    let ca = std::fs::read(platform.state().join("edge").join("ca.pem")).unwrap();
+    let config = || {
+        let mut config = ConnectorConfig::new(office.clone(), vec![platform.edge()], ca.clone());
+        config.grace_period = Duration::from_secs(1);
+        config
+    };
+    let leaving = RunningConnector::start(config()).await.unwrap();
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service, "")
+        .await
+        .unwrap();
+    let host = "proxy.local.workers.localhost";
+    platform.until(host, "/before", 200, "").await;
+    within("tunnel info lists the first connector", async {
+        while platform.connectors_listed(&tunnel).await != [leaving.client_id.to_string()] {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, tasks) = load(&platform, host, "/load", 4, &stop);
+    let served = |more: usize| {
+        let ok = ok.clone();
+        async move {
+            let until = ok.load(Ordering::SeqCst) + more;
+            while ok.load(Ordering::SeqCst) < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    within("load running", served(20)).await;
+
+    // A backup, a slow migration or a stuck writer holds the write lock from here on.
+    let lock =
+        rusqlite::Connection::open(platform.state().join(wvpc_directory::DB_FILE_NAME)).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE; DELETE FROM runtime_nodes WHERE 0;")
+        .unwrap();
+
+    // A connector registers (its credentials are in iris's memory) and another leaves; the
+    // edge records neither now, and traffic keeps flowing through it all.
+    let staying = within("a connector registering under the lock", async {
+        RunningConnector::start(config()).await
+    })
+    .await
+    .expect("the connector registers while the directory is locked");
+    within("the other connector leaving", leaving.shutdown())
+        .await
+        .unwrap();
+    within("load continuing on the new connector", served(40)).await;
+
+    // Writes fail within seconds, saying why; from the CLI on the state and through the API.
+    let started = std::time::Instant::now();
+    let refused = platform
+        .wvpc_local(&[
+            "service",
+            "create",
+            "blocked",
+            "--type",
+            "http",
+            "--tunnel-id",
+            &tunnel,
+            "--ipv4",
+            "10.0.0.9",
+        ])
+        .await
+        .expect_err("a write under the lock fails");
+    let local_after = started.elapsed();
+    assert!(refused.contains("directory busy: "), "{refused}");
+    assert!(!refused.contains("database is locked"), "{refused}");
+    let started = std::time::Instant::now();
+    let refused = platform
+        .wvpc(
+            &platform.token,
+            &[
+                "service",
+                "create",
+                "blocked",
+                "--type",
+                "http",
+                "--tunnel-id",
+                &tunnel,
+                "--ipv4",
+                "10.0.0.9",
+            ],
+        )
+        .await
+        .expect_err("a write through the API under the lock fails");
+    let api_after = started.elapsed();
+    assert!(refused.contains("HTTP 503"), "{refused}");
+    assert!(refused.contains("[1026] directory busy: "), "{refused}");
+    eprintln!(
+        "under the lock: `wvpc service create` failed after {local_after:?} (state), \
+         {api_after:?} (API)"
+    );
+    // Reads are served meanwhile.
+    let listed = platform
+        .wvpc(&platform.token, &["service", "list"])
+        .await
+        .expect("reading through the API under the lock");
+    assert!(listed.contains(&service.to_string()), "{listed}");
+    platform
+        .wvpc_local(&["tunnel", "list"])
+        .await
+        .expect("reading the state under the lock");
+    within("load continuing", served(20)).await;
+
+    // Released: everything catches up by itself.
+    lock.execute_batch("ROLLBACK;").unwrap();
+    drop(lock);
+    within(
+        "tunnel info showing the connector that stayed, only",
+        async {
+            while platform.connectors_listed(&tunnel).await != [staying.client_id.to_string()] {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    platform
+        .wvpc(
+            &platform.token,
+            &[
+                "service",
+                "create",
+                "after",
+                "--type",
+                "http",
+                "--tunnel-id",
+                &tunnel,
+                "--ipv4",
+                "10.0.0.9",
+            ],
+        )
+        .await
+        .expect("writing after the lock is released");
+    stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed");
+    eprintln!(
+        "under the lock: {} requests served, none failed",
+        ok.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_service_closes_its_pooled_connections_and_deleting_its_tunnel_stops_the_connector()
+ {
+    let net = PrivateNetwork::start(&[("a.internal", "127.0.0.2")]).await;
+    let platform = Platform::start().await;
+    let (office, service) =
+        tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
+    let origin = net.origin("a.internal");
+    // `wvpc tunnel run`, as an operator runs it.
+    let mut connector = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+        .arg("--state")
+        .arg(platform.state())
+        .args(["tunnel", "run", "--ha-connections", "1", "--edge"])
+        .arg(platform.edge().to_string())
+        .env("TUNNEL_TOKEN", office.to_token())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(connector.stdout.take().unwrap()).lines();
+    within("the connector registers", async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            if line.starts_with("registered") {
+                return;
+            }
+        }
+        panic!("the connector exited before registering");
+    })
+    .await;
+    let logged: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let collecting = {
+        let logged = logged.clone();
+        let mut stderr = BufReader::new(connector.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                logged.lock().unwrap().push(line);
+            }
+        })
+    };
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service, "")
+        .await
+        .unwrap();
+    let host = "proxy.local.workers.localhost";
+    platform.until(host, "/pooled", 200, "").await;
+    let reply = platform.get(host, "/again").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // One keep-alive origin connection, pooled by the binding-worker between requests.
+    assert_eq!(origin.connections(), 1);
+    assert_eq!(origin.open_connections(), 1);
+
+    // Deleting the service closes the pooled connection (the origin sees it go) and the next
+    // request is refused without reaching the origin.
+    platform
+        .wvpc(
+            &platform.token,
+            &["service", "delete", &service.to_string()],
+        )
+        .await
+        .unwrap();
+    within(
+        "the pooled connection to the deleted service closing",
+        origin.wait_open_connections(0),
+    )
+    .await;
+    let reply = platform.get(host, "/after-delete").await;
+    assert_ne!(reply.status, 200, "{}", reply.text());
+    assert!(
+        reply.text().contains("destination_not_found"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(origin.connections(), 1, "no new origin connection");
+    assert!(origin.seen().iter().all(|s| s.path != "/after-delete"));
+
+    // Deleting the tunnel disconnects its connector, which logs why and stops instead of
+    // reconnecting for ever.
+    platform
+        .wvpc(&platform.token, &["tunnel", "delete", "office"])
+        .await
+        .unwrap();
+    let status = within("the connector stopping", connector.wait())
+        .await
+        .unwrap();
+    assert!(!status.success(), "{status}");
+    collecting.await.unwrap();
+    let logged = logged.lock().unwrap().join("\n");
+    let tunnel = office.tunnel_id;
+    assert!(
+        logged.contains(&format!(
+            "the edge disconnected this tunnel: tunnel {tunnel} was deleted"
+        )),
+        "{logged}"
+    );
+    assert!(logged.contains("unknown tunnel"), "{logged}");
+    // iris's record of the connection goes too.
+    within("the connection record going", async {
+        while !platform
+            .directory()
+            .tunnel_connections(tunnel)
+            .unwrap()
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_refused_because_the_directory_cannot_be_read_retries_until_it_registers() {
+    let platform = Platform::start().await;
+    let account = platform.directory().account_id().to_owned();
+    // A tunnel the running iris has not loaded (written without bumping the directory's
+    // revision), and a fault: the tunnels cannot be read (their table is renamed away).
+    let credentials = Credentials::mint(&account, Uuid::new_v4());
+    let db =
+        rusqlite::Connection::open(platform.state().join(wvpc_directory::DB_FILE_NAME)).unwrap();
+    db.execute(
+        "INSERT INTO tunnels (tunnel_id, account_id, name, secret, created_at)
+         VALUES (?1, ?2, 'late', ?3, '2026-01-01T00:00:00.000000Z')",
+        rusqlite::params![
+            credentials.tunnel_id.to_string(),
+            account,
+            credentials.tunnel_secret
+        ],
+    )
+    .unwrap();
+    db.execute_batch("ALTER TABLE tunnels RENAME TO tunnels_unreadable;")
+        .unwrap();
+
+    let ca = std::fs::read(platform.state().join("edge").join("ca.pem")).unwrap();
+    let connector = wvpc_connector::Connector::new(ConnectorConfig::new(
+        credentials,
+        vec![platform.edge()],
+        ca,
+    ))
+    .unwrap();
+    let (mut readiness, metrics) = (connector.readiness(), connector.metrics());
+    let serving = tokio::spawn(async move { connector.serve(std::future::pending()).await });
+    // Told to retry, it retries (a permanent refusal would end `serve`).
+    within("the connector being refused twice", async {
+        while metrics.registrations.get("refused") < 2 {
+            assert!(!serving.is_finished(), "the connector gave up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(!serving.is_finished(), "the connector gave up");
+    assert_eq!(readiness.registered_connections(), 0);
+
+    // The directory can be read again: the next attempt registers.
+    db.execute_batch("ALTER TABLE tunnels_unreadable RENAME TO tunnels;")
+        .unwrap();
+    assert!(within("the connector registering", readiness.wait_registered(1)).await);
+    serving.abort();
+}
+
 /// A free loopback port (TCP, or UDP for the edge), released for the process that takes it.
 fn free_port(udp: bool) -> SocketAddr {
     if udp {
@@ -745,4 +1094,166 @@ async fn wvpc_up_starts_the_four_processes_and_stops_them_on_sigterm() {
     // Every component is gone: its ports are free again.
     std::net::TcpListener::bind(runtime).expect("the runtime's port is free");
     std::net::TcpListener::bind(api).expect("the directory's port is free");
+}
+
+/// `wvpc tunnel run` as its own process for `credentials`, dialing the platform's edge;
+/// resolves once its first connection is registered.
+async fn connector_process(
+    platform: &Platform,
+    credentials: &Credentials,
+    extra: &[&str],
+) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+        .arg("--state")
+        .arg(platform.state())
+        .args(["tunnel", "run", "--token", &credentials.to_token()])
+        .args(["--edge", &platform.edge().to_string()])
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting wvpc tunnel run");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    within("wvpc tunnel run registered", async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) if line.starts_with("registered") => break,
+                Ok(Some(_)) => {}
+                _ => panic!("wvpc tunnel run exited before it registered"),
+            }
+        }
+    })
+    .await;
+    // Keep reading, so that its stdout stays open until it exits.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_process_killed_under_load_loses_no_request_and_a_full_outage_fails_fast() {
+    let net = PrivateNetwork::start(&[("a.internal", "127.0.0.2")]).await;
+    let platform = Platform::start().await;
+    let (office, service) =
+        tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
+    let ha = ["--ha-connections", "2"];
+    let mut doomed = connector_process(&platform, &office, &ha).await;
+    let mut survivor = connector_process(&platform, &office, &ha).await;
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service, "")
+        .await
+        .unwrap();
+    let host = "proxy.local.workers.localhost";
+    platform.until(host, "/up", 200, "").await;
+
+    // Requests that each take 200 ms at the origin, 8 at a time, on both replicas.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, handles) = load(&platform, host, "/slow/200", 8, &stop);
+    within("load on both replicas", async {
+        while ok.load(Ordering::SeqCst) < 40 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    doomed.kill().await.expect("kill -9 of a connector");
+    let killed = std::time::Instant::now();
+    let at_kill = ok.load(Ordering::SeqCst);
+    within("load after the kill", async {
+        while ok.load(Ordering::SeqCst) < at_kill + 80 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for handle in handles {
+        within("the load stops", handle).await.unwrap();
+    }
+    eprintln!(
+        "connector process killed under load: {} ok, {} failed, {:.2?} of load after the kill",
+        ok.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+        killed.elapsed()
+    );
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests in flight on the killed connector are sent again on the live one"
+    );
+
+    // The last connector dies too: requests fail with the no-connector code, not a hang.
+    survivor
+        .kill()
+        .await
+        .expect("kill -9 of the last connector");
+    let outage = std::time::Instant::now();
+    let reply = within("a request during the outage", platform.get(host, "/outage")).await;
+    eprintln!(
+        "every connector killed: the first request was answered after {:.2?}",
+        outage.elapsed()
+    );
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(
+        reply.text().contains("destination_unavailable"),
+        "{}",
+        reply.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_returns_at_once_from_an_idle_connector_and_waits_for_a_request_in_flight() {
+    let net = PrivateNetwork::start(&[("a.internal", "127.0.0.2")]).await;
+    let platform = Platform::start().await;
+    let (office, service) =
+        tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
+    // An hour of grace: returning while a test bound of seconds runs means nothing was
+    // waited for.
+    let grace = ["--grace-period", "1h"];
+    let mut idle = connector_process(&platform, &office, &grace).await;
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service, "")
+        .await
+        .unwrap();
+    let host = "proxy.local.workers.localhost";
+    platform.until(host, "/up", 200, "").await;
+    // A few requests at once, so the binding-worker keeps several origin connections pooled.
+    let runtime = platform.runtime.addr(0);
+    let pooled: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(async move { get_host(runtime, host, &format!("/pooled/{i}")).await })
+        })
+        .collect();
+    for request in pooled {
+        let reply = within("a request", request).await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+
+    signal(&idle, rustix::process::Signal::TERM);
+    let status = within("the idle connector exits", idle.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    // A connector with a request in flight: SIGTERM waits for it.
+    let mut busy = connector_process(&platform, &office, &grace).await;
+    let long = tokio::spawn(async move { get_host(runtime, host, "/slow/3000?in-flight").await });
+    within(
+        "the request reaches the origin",
+        net.origin("a.internal").wait_seen("/slow/3000?in-flight"),
+    )
+    .await;
+    signal(&busy, rustix::process::Signal::TERM);
+    let reply = within("the request in flight", long).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "hello from origin: /slow/3000?in-flight");
+    let status = within("the busy connector exits", busy.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
 }

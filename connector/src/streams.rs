@@ -2,18 +2,22 @@
 //! `ConnectRequest` (we proxy `tcp`; http/websocket are refused, Workers VPC only uses tcp);
 //! an RPC stream carries Cap'n Proto RPC to our `CloudflaredServer` (remote configuration, and
 //! datagram-v2 UDP sessions); anything else is reset.
+//!
+//! TCP flows are tracked in a [`FlowSet`]: on shutdown the idle ones (pooled keep-alive
+//! connections between requests) close at once, and only flows carrying a request are
+//! waited for.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use capnp::capability::Rc as CapRc;
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side};
-use tokio::sync::Notify;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::tunnel_rpc_capnp::{cloudflared_server, configuration_manager, session_manager};
 use wvpc_tunnel::connect::metadata;
+use wvpc_tunnel::flows::{Facing, FlowSet, TrackedIo};
 use wvpc_tunnel::preamble::read_signature;
 use wvpc_tunnel::rpc_thread::stream_vat;
 use wvpc_tunnel::session_rpc::session_id;
@@ -42,51 +46,13 @@ pub(crate) struct StreamContext {
     /// Highest configuration version the edge pushed (acknowledged, not applied).
     pub(crate) config_version: Arc<AtomicI32>,
     /// TCP flows in progress, for draining on shutdown.
-    pub(crate) active: ActiveFlows,
+    pub(crate) active: Arc<FlowSet>,
     /// UDP sessions, which the edge registers by RPC over datagram v2.
     pub(crate) udp: Arc<UdpSessions>,
     /// The egress allow-list.
     pub(crate) egress: EgressPolicy,
     /// Where flows are counted.
     pub(crate) metrics: Arc<ConnectorMetrics>,
-}
-
-/// Counts flows in progress.
-#[derive(Debug, Default)]
-pub(crate) struct ActiveFlows {
-    count: AtomicUsize,
-    changed: Notify,
-}
-
-/// One flow in progress; leaves the count on drop.
-struct ActiveFlow<'a>(&'a ActiveFlows);
-
-impl Drop for ActiveFlow<'_> {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_waiters();
-        }
-    }
-}
-
-impl ActiveFlows {
-    fn enter(&self) -> ActiveFlow<'_> {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        ActiveFlow(self)
-    }
-
-    /// Resolves when no flow is in progress.
-    pub(crate) async fn idle(&self) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            changed.await;
-        }
-    }
 }
 
 /// Serves the edge's streams until the connection closes. Each stream gets its own task.
@@ -205,6 +171,9 @@ async fn proxy_tcp(
     if dest == VIRTUAL_DNS_RESOLVER {
         ctx.metrics.dns_queries.inc("forwarded");
     }
+    // From here the flow counts for a shutdown: the edge's request waits for the dial.
+    let tracked = ctx.active.enter();
+    tracked.activity().caller_spoke();
     let origin = match dial_tcp(target, ctx.dial_timeout).await {
         Ok(origin) => origin,
         Err(err) => {
@@ -215,19 +184,24 @@ async fn proxy_tcp(
     if ConnectResponse::ok().write(&mut stream.send).await.is_err() {
         return;
     }
+    tracked.activity().origin_spoke();
     let mut origin = CountingIo::new(origin, ctx.metrics.origin_bytes());
-    let _active = ctx.active.enter();
     let _open = ctx.metrics.streams_open.track();
     tracing::debug!(%flow, %dest, %target, "tcp flow started");
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
-        &mut origin,
-        PIPE_BUFFER,
-        PIPE_BUFFER,
-    )
-    .await
-    {
+    let mut edge = TrackedIo::new(&mut stream, tracked, Facing::Caller);
+    let piped =
+        tokio::io::copy_bidirectional_with_sizes(&mut edge, &mut origin, PIPE_BUFFER, PIPE_BUFFER)
+            .await;
+    let closed_idle = edge.flow().was_closed();
+    drop(edge);
+    match piped {
         Ok((up, down)) => tracing::debug!(%flow, %dest, up, down, "tcp flow finished"),
+        Err(_) if closed_idle => {
+            // A pooled connection between requests: end it cleanly both ways.
+            tracing::debug!(%flow, %dest, "idle tcp flow closed for shutdown");
+            let _ = stream.send.finish();
+            let _ = stream.recv.stop(quinn::VarInt::from_u32(0));
+        }
         Err(e) => {
             // After the response was sent, a failure can only be signalled by a reset.
             tracing::debug!(%flow, %dest, error = %e, "tcp flow failed; stream reset");

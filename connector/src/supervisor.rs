@@ -1,8 +1,9 @@
 //! The connector's supervisor: keeps `ha_connections` QUIC connections to the edge, each
 //! registered on its control stream, and reconnects lost ones with jittered exponential
 //! backoff. A permanent refusal (wrong credentials) stops everything with a clear error; a
-//! shutdown unregisters each connection, lets in-flight flows finish within the grace
-//! period, then closes.
+//! shutdown unregisters each connection, closes idle flows (pooled origin connections between
+//! requests) at once, lets flows carrying a request finish within the grace period, then
+//! closes.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -26,7 +27,7 @@ use crate::control::{RegistrationOutcome, RegistrationRequest, run_control_strea
 use crate::egress::EgressPolicy;
 use crate::metrics::ConnectorMetrics;
 use crate::origin::{FlowLimiter, OriginRoutes};
-use crate::streams::{ActiveFlows, StreamContext, serve_streams};
+use crate::streams::{StreamContext, serve_streams};
 use crate::udp::{UdpMode, UdpSessions};
 
 /// QUIC handshake with the edge.
@@ -165,7 +166,7 @@ impl Connector {
                 dial_timeout: config.dial_timeout,
                 rpc: rpc.clone(),
                 config_version: Arc::new(AtomicI32::new(0)),
-                active: ActiveFlows::default(),
+                active: Arc::default(),
                 udp: udp.clone(),
                 egress,
                 metrics: self.metrics.clone(),
@@ -384,7 +385,7 @@ impl Connector {
         let streams = tokio::spawn(serve_streams(quic.clone(), shared.streams.clone()));
         let datagrams = tokio::spawn(shared.udp.clone().serve(quic.clone()));
         let end = tokio::select! {
-            reason = quic.closed() => Attempt::Lost(reason.to_string(), registered_at.elapsed()),
+            reason = quic.closed() => Attempt::Lost(describe_close(&reason), registered_at.elapsed()),
             () = token.cancelled() => {
                 drop(registered_gauge);
                 let _draining = self.metrics.draining.track();
@@ -393,8 +394,10 @@ impl Connector {
                 if unregister_tx.send(done_tx).is_ok() {
                     let _ = tokio::time::timeout(RPC_TIMEOUT, done_rx).await;
                 }
-                tracing::info!(conn_index = index, connection = %connection_id, "unregistered; draining in-flight flows");
-                let _ = tokio::time::timeout(self.config.grace_period, shared.streams.active.idle()).await;
+                tracing::info!(conn_index = index, connection = %connection_id, busy_flows = shared.streams.active.close_idle(), "unregistered; idle flows closed, waiting for flows in flight");
+                if !shared.streams.active.drain(self.config.grace_period).await {
+                    tracing::warn!(conn_index = index, flows = shared.streams.active.len(), "grace period over; closing flows still in flight");
+                }
                 quic.close(CloseCode::Normal.varint(), b"");
                 streams.abort();
                 datagrams.abort();
@@ -406,6 +409,20 @@ impl Connector {
         datagrams.abort();
         end
     }
+}
+
+/// Why a registered connection closed, as logged: the edge's reason first when the edge
+/// dropped the tunnel (e.g. it was deleted).
+fn describe_close(err: &quinn::ConnectionError) -> String {
+    if let quinn::ConnectionError::ApplicationClosed(close) = err
+        && CloseCode::from_varint(close.error_code) == Some(CloseCode::Disconnected)
+    {
+        return format!(
+            "the edge disconnected this tunnel: {} (reconnecting checks the credentials again)",
+            String::from_utf8_lossy(&close.reason)
+        );
+    }
+    err.to_string()
 }
 
 /// The local address for a connection to `edge`: loopback for a loopback edge, otherwise the

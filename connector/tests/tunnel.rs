@@ -973,6 +973,27 @@ async fn connector_reconnects_after_the_edge_drops_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_tunnel_is_closed_and_its_connector_stops_instead_of_reconnecting() {
+    let (edge, connector) = edge_with_connector().await;
+    let registry = edge.registry();
+    // The authority still knows the credentials (a node that has not refreshed them yet):
+    // the edge's own record of the deletion refuses the reconnect anyway.
+    assert_eq!(
+        registry.remove_tunnel(edge.tunnel(), "tunnel office was deleted"),
+        1
+    );
+    let err = tokio::time::timeout(std::time::Duration::from_secs(30), connector.task)
+        .await
+        .expect("the connector stops")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("unknown tunnel"), "{err}");
+    assert!(registry.connections(edge.tunnel()).is_empty());
+    assert_eq!(registry.metrics().registrations.get("unauthorized"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_limit_is_reported_as_rate_limited() {
     let edge = TestEdge::start().await;
     let mut config = edge.config(edge.credentials.clone());

@@ -61,27 +61,30 @@ impl LiveConnection {
     }
 }
 
+const INSERT_CONNECTION: &str = "INSERT OR REPLACE INTO tunnel_connections
+     (connection_id, tunnel_id, client_id, version, arch, conn_index, edge_node, remote_addr,
+      since)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+fn connection_params(c: &LiveConnection) -> impl rusqlite::Params + '_ {
+    rusqlite::params_from_iter([
+        rusqlite::types::Value::from(c.connection_id.to_string()),
+        c.tunnel_id.to_string().into(),
+        c.client_id.to_string().into(),
+        c.version.clone().into(),
+        c.arch.clone().into(),
+        i64::from(c.conn_index).into(),
+        c.edge_node.clone().into(),
+        c.remote_addr.clone().into(),
+        c.since.clone().into(),
+    ])
+}
+
 impl Directory {
     /// Records a live connection (replacing a row with the same connection id).
     pub fn record_tunnel_connection(&self, c: &LiveConnection) -> Result<(), DirectoryError> {
         self.write_live(|tx| {
-            tx.execute(
-                "INSERT OR REPLACE INTO tunnel_connections
-                 (connection_id, tunnel_id, client_id, version, arch, conn_index, edge_node,
-                  remote_addr, since)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                rusqlite::params![
-                    c.connection_id.to_string(),
-                    c.tunnel_id.to_string(),
-                    c.client_id.to_string(),
-                    c.version,
-                    c.arch,
-                    i64::from(c.conn_index),
-                    c.edge_node,
-                    c.remote_addr,
-                    c.since,
-                ],
-            )?;
+            tx.execute(INSERT_CONNECTION, connection_params(c))?;
             Ok(())
         })
     }
@@ -93,6 +96,33 @@ impl Directory {
                 "DELETE FROM tunnel_connections WHERE connection_id = ?1",
                 [connection_id.to_string()],
             )? > 0)
+        })
+    }
+
+    /// Makes `live` the whole set of connections recorded for `edge_node`, in one
+    /// transaction: rows of the node not in `live` are removed (they closed while their
+    /// records could not be written, or the node restarted). Returns how many were removed.
+    pub fn replace_tunnel_connections(
+        &self,
+        edge_node: &str,
+        live: &[LiveConnection],
+    ) -> Result<usize, DirectoryError> {
+        let kept: std::collections::HashSet<String> =
+            live.iter().map(|c| c.connection_id.to_string()).collect();
+        self.write_live(|tx| {
+            let recorded: Vec<String> = tx
+                .prepare("SELECT connection_id FROM tunnel_connections WHERE edge_node = ?1")?
+                .query_map([edge_node], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            tx.execute(
+                "DELETE FROM tunnel_connections WHERE edge_node = ?1",
+                [edge_node],
+            )?;
+            let mut insert = tx.prepare(INSERT_CONNECTION)?;
+            for c in live {
+                insert.execute(connection_params(c))?;
+            }
+            Ok(recorded.iter().filter(|id| !kept.contains(*id)).count())
         })
     }
 
@@ -184,5 +214,39 @@ mod tests {
         assert_eq!(dir.tunnel_connections(tunnel).unwrap(), vec![a]);
         assert_eq!(dir.clear_tunnel_connections("iris-a").unwrap(), 2);
         assert!(dir.tunnel_connections(tunnel).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_node_can_replace_all_its_connections_at_once() {
+        let state = TempState::new();
+        let dir = state.open();
+        let tunnel = Uuid::new_v4();
+        let (gone, kept, other_node) = (
+            live(tunnel, "iris-a", 0),
+            live(tunnel, "iris-a", 1),
+            live(tunnel, "iris-b", 0),
+        );
+        for c in [&gone, &kept, &other_node] {
+            dir.record_tunnel_connection(c).unwrap();
+        }
+        let new = live(tunnel, "iris-a", 2);
+        let removed = dir
+            .replace_tunnel_connections("iris-a", &[kept.clone(), new.clone()])
+            .unwrap();
+        assert_eq!(removed, 1);
+        let mut ids: Vec<Uuid> = dir
+            .tunnel_connections(tunnel)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.connection_id)
+            .collect();
+        ids.sort();
+        let mut want = vec![
+            kept.connection_id,
+            new.connection_id,
+            other_node.connection_id,
+        ];
+        want.sort();
+        assert_eq!(ids, want, "the other node's rows are untouched");
     }
 }

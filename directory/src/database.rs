@@ -1,11 +1,17 @@
 //! The SQLite file: connection settings that let several processes share it, schema
 //! migrations, the account id, and the change counter.
 //!
-//! Every process (`wvpc dev`, each CLI command) opens its own connection to `<state>/wvpc.db`.
-//! WAL lets readers proceed while one writer commits; `synchronous=FULL` makes every commit
-//! durable; the busy timeout makes a writer wait for the lock instead of failing. Writes run
-//! in `BEGIN IMMEDIATE` transactions, so a read-then-write (limit checks, uniqueness) takes the
-//! write lock up front and cannot be interleaved with another process.
+//! Every process (`wvpc dev`, each CLI command) opens its own connections to
+//! `<state>/wvpc.db`. WAL lets readers proceed while one writer commits; `synchronous=FULL`
+//! makes every commit durable. Writes run in `BEGIN IMMEDIATE` transactions, so a
+//! read-then-write (limit checks, uniqueness) takes the write lock up front and cannot be
+//! interleaved with another process.
+//!
+//! A writer waits at most [`WRITE_LOCK_WAIT`] for another connection's write lock (a backup,
+//! a slow migration, a stuck writer), then fails with [`DirectoryError::Busy`]. A
+//! [`Directory`] keeps reads and writes on two connections, so a writer waiting for the lock
+//! never holds up reads in the same process, and opening a directory that is up to date takes
+//! no write lock: reads keep being served while another connection holds the lock.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,8 +24,9 @@ use crate::error::DirectoryError;
 /// File name of the database inside the state directory.
 pub const DB_FILE_NAME: &str = "wvpc.db";
 
-/// How long a writer waits for another process's write lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a writer waits for another connection's write lock before failing with
+/// [`DirectoryError::Busy`] (callers answer "directory busy" well within 5 s).
+pub const WRITE_LOCK_WAIT: Duration = Duration::from_secs(4);
 
 /// Schema migrations; migration `i` brings `user_version` from `i` to `i + 1`.
 /// Append only: never edit a migration that has shipped.
@@ -187,7 +194,10 @@ const MIGRATIONS: &[&str] = &[
 /// Cheap to share (`Send + Sync`); every call runs one short SQL transaction.
 #[derive(Debug)]
 pub struct Directory {
-    conn: Arc<Mutex<Connection>>,
+    /// Reads (`query_only`): never waits behind a writer of this process.
+    reader: Arc<Mutex<Connection>>,
+    /// Write transactions.
+    writer: Arc<Mutex<Connection>>,
     account_id: String,
     path: PathBuf,
     service_limit: usize,
@@ -209,24 +219,25 @@ impl Directory {
             path: path.to_owned(),
             source,
         };
-        let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        let mode: String = conn
+        let mut writer = connect(path).map_err(open_err)?;
+        let mode: String = writer
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             // e.g. a filesystem without shared memory; still correct, only less concurrent.
             tracing::warn!(path = %path.display(), mode, "directory database is not in WAL mode");
         }
-        conn.pragma_update(None, "synchronous", "FULL")
+        migrate(&mut writer)?;
+        let account_id = ensure_account_id(&mut writer)?;
+        let reader = connect(path).map_err(open_err)?;
+        // A read path that writes by mistake fails loudly instead of taking the write lock.
+        reader
+            .pragma_update(None, "query_only", "ON")
             .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
-        migrate(&mut conn)?;
-        let account_id = ensure_account_id(&mut conn)?;
         tracing::debug!(path = %path.display(), account_id, "directory opened");
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
+            writer: Arc::new(Mutex::new(writer)),
             account_id,
             path: path.to_owned(),
             service_limit: crate::services::SERVICE_LIMIT,
@@ -267,7 +278,8 @@ impl Directory {
 
     fn view(&self, account_id: &str) -> Directory {
         Directory {
-            conn: self.conn.clone(),
+            reader: self.reader.clone(),
+            writer: self.writer.clone(),
             account_id: account_id.to_owned(),
             path: self.path.clone(),
             service_limit: self.service_limit,
@@ -287,13 +299,13 @@ impl Directory {
     /// A counter that grows with every committed change (tunnels, services, tokens, accounts,
     /// scripts), by any process. Caches compare it to know when to reload.
     pub fn revision(&self) -> Result<u64, DirectoryError> {
-        read_revision(&self.lock())
+        read_revision(&self.reading())
     }
 
     /// SQLite's own consistency checks (`integrity_check`, `foreign_key_check`); `Err` lists
     /// what they found.
     pub fn check_integrity(&self) -> Result<(), DirectoryError> {
-        let conn = self.lock();
+        let conn = self.reading();
         let integrity: Vec<String> = conn
             .prepare("PRAGMA integrity_check")?
             .query_map([], |row| row.get(0))?
@@ -319,7 +331,7 @@ impl Directory {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        f(&self.lock())
+        f(&self.reading())
     }
 
     /// Runs `f` in one read transaction: every query in it sees the same committed state.
@@ -327,7 +339,7 @@ impl Directory {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        let mut conn = self.lock();
+        let mut conn = self.reading();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
         let value = f(&tx)?;
         tx.commit()?;
@@ -340,7 +352,7 @@ impl Directory {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        let mut conn = self.lock();
+        let mut conn = self.writing();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.execute(
@@ -358,26 +370,41 @@ impl Directory {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        let mut conn = self.lock();
+        let mut conn = self.writing();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
         Ok(value)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves no half-done transaction (rusqlite rolls back
-        // on drop), so the connection is still usable.
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn reading(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.reader)
     }
 
-    /// Raw connection access for tests in this crate.
+    fn writing(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.writer)
+    }
+
+    /// Raw access to the writing connection, for tests in this crate.
     #[cfg(test)]
     pub(crate) fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        f(&mut self.lock())
+        f(&mut self.writing())
     }
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock leaves no half-done transaction (rusqlite rolls back on
+    // drop), so the connection is still usable.
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A connection with the settings every one of ours has (the journal mode is the file's).
+fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(WRITE_LOCK_WAIT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
 }
 
 /// The change counter as seen by `conn`.
@@ -400,9 +427,20 @@ fn migrate(conn: &mut Connection) -> Result<(), DirectoryError> {
     migrate_to(conn, MIGRATIONS.len())
 }
 
-/// Applies the migrations up to schema version `target`, in one transaction.
+/// Applies the migrations up to schema version `target`, in one transaction. A file already
+/// at `target` is only read (no write lock).
 fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), DirectoryError> {
     let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if current > supported {
+        return Err(DirectoryError::SchemaTooNew {
+            found: current,
+            supported,
+        });
+    }
+    if usize::try_from(current).is_ok_and(|v| v >= target) {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if found > supported {
@@ -438,6 +476,9 @@ fn migrate_data(tx: &Transaction<'_>, version: usize) -> Result<(), DirectoryErr
 }
 
 fn ensure_account_id(conn: &mut Connection) -> Result<String, DirectoryError> {
+    if let Some(id) = existing_account_id(conn)? {
+        return Ok(id);
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut bytes = [0u8; 16];
     rand::fill(&mut bytes);
@@ -469,6 +510,23 @@ fn ensure_account_id(conn: &mut Connection) -> Result<String, DirectoryError> {
         )?;
     }
     tx.commit()?;
+    check_account_id(id)
+}
+
+/// The account id and its account row, when both are there already (read only).
+fn existing_account_id(conn: &Connection) -> Result<Option<String>, DirectoryError> {
+    let id: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'account_id'
+               AND EXISTS (SELECT 1 FROM accounts WHERE account_id = meta.value)",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    id.map(check_account_id).transpose()
+}
+
+fn check_account_id(id: String) -> Result<String, DirectoryError> {
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(DirectoryError::Corrupt {
             what: "account id".into(),
@@ -566,6 +624,36 @@ pub(crate) mod tests {
                 .unwrap();
             assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
         });
+    }
+
+    #[test]
+    fn under_another_connections_write_lock_reads_go_on_and_writes_fail_as_busy() {
+        let state = TempState::new();
+        let dir = state.open();
+        let (tunnel, _) = dir.create_tunnel("office").unwrap();
+        let lock = Connection::open(dir.path()).unwrap();
+        lock.execute_batch("BEGIN EXCLUSIVE; DELETE FROM runtime_nodes WHERE 0;")
+            .unwrap();
+
+        // Opening an up-to-date directory takes no write lock.
+        let other = state.open();
+        assert_eq!(other.account_id(), dir.account_id());
+        assert_eq!(other.list_tunnels().unwrap().len(), 1);
+        assert!(other.revision().unwrap() > 0);
+        other.route_snapshot().unwrap();
+        let err = other.create_tunnel("blocked").unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(err.to_string().starts_with("directory busy: "), "{err}");
+        // A writer waiting for the lock does not hold up reads of its own process.
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| dir.delete_tunnel(tunnel.id));
+            assert_eq!(dir.list_tunnels().unwrap().len(), 1);
+            assert!(waiting.join().unwrap().unwrap_err().is_unavailable());
+        });
+
+        lock.execute_batch("ROLLBACK;").unwrap();
+        other.create_tunnel("after").unwrap();
+        assert_eq!(dir.list_tunnels().unwrap().len(), 2);
     }
 
     #[test]

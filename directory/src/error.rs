@@ -39,7 +39,14 @@ pub enum DirectoryError {
     },
     /// A query failed.
     #[error("directory database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+    /// Another connection held the database's write lock for longer than a writer waits
+    /// ([`crate::WRITE_LOCK_WAIT`]): nothing was changed, and trying again later may work.
+    #[error("directory busy: {reason}")]
+    Busy {
+        /// What was busy and what to do.
+        reason: String,
+    },
     /// A stored row cannot be read back (edited by hand, or a bug).
     #[error("directory database holds an unreadable {what}: {detail}")]
     Corrupt {
@@ -138,4 +145,28 @@ pub enum DirectoryError {
         /// The version asked for.
         version: Uuid,
     },
+}
+
+impl From<rusqlite::Error> for DirectoryError {
+    fn from(err: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as Code;
+        match err.sqlite_error_code() {
+            Some(Code::DatabaseBusy | Code::DatabaseLocked) => DirectoryError::Busy {
+                reason: format!(
+                    "another connection holds the database's write lock (waited {}s: a backup, \
+                     a migration or a stuck writer?); nothing was changed, retry shortly",
+                    crate::WRITE_LOCK_WAIT.as_secs()
+                ),
+            },
+            _ => DirectoryError::Sqlite(err),
+        }
+    }
+}
+
+impl DirectoryError {
+    /// Whether the failure is the directory being unavailable for now (busy), so the same
+    /// request may succeed later; every other error would fail again.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DirectoryError::Busy { .. })
+    }
 }

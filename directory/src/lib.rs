@@ -47,7 +47,7 @@ pub mod validation;
 
 pub use component::ComponentRefusal;
 pub use connections::LiveConnection;
-pub use database::{DB_FILE_NAME, Directory};
+pub use database::{DB_FILE_NAME, Directory, WRITE_LOCK_WAIT};
 pub use deployments::{DeployedScript, DeploymentSnapshot};
 pub use error::DirectoryError;
 pub use routes::{RouteConflict, ScriptRoute};

@@ -463,6 +463,47 @@ async fn services_are_created_read_replaced_and_deleted() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_under_another_connections_write_lock_are_503_unavailable_and_reads_go_on() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    api.service("before", &tunnel).await;
+    // A backup, a slow migration or a stuck writer: another connection holds the write lock.
+    let lock = rusqlite::Connection::open(api.dir.path()).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE; DELETE FROM runtime_nodes WHERE 0;")
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let refused = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(http_service("during", &tunnel)),
+        )
+        .await;
+    eprintln!(
+        "a write under the lock was refused after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused.status, 503, "{:#}", refused.body);
+    let (code, message) = refused.error();
+    assert_eq!(code, u64::from(code::UNAVAILABLE));
+    assert!(message.starts_with("directory busy: "), "{message}");
+    assert!(message.contains("write lock"), "{message}");
+    // Reads are served meanwhile.
+    let listed = api.admin(Method::GET, &api.services(), None).await;
+    assert_eq!(listed.result().as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.admin(Method::GET, &api.tunnels(), None).await.status,
+        200
+    );
+
+    lock.execute_batch("ROLLBACK;").unwrap();
+    api.service("after", &tunnel).await;
+    let listed = api.admin(Method::GET, &api.services(), None).await;
+    assert_eq!(listed.result().as_array().unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn lists_are_paged_and_filtered_by_type() {
     let api = Api::start().await;
@@ -1769,4 +1810,40 @@ async fn the_account_subdomain_is_read_and_set_in_cloudflares_shape() {
         )
     );
     assert_eq!(api.dir.subdomain().unwrap(), "team-a");
+}
+
+#[tokio::test]
+async fn a_request_the_listener_refuses_gets_the_envelope_with_a_request_id() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let api = Api::start().await;
+    let addr = api.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let fields: String = (0..1_001).map(|i| format!("x-field-{i}: 1\r\n")).collect();
+    let request = format!(
+        "GET /client/v4/user/tokens/verify HTTP/1.1\r\nhost: api\r\nauthorization: Bearer {}\r\n\
+         {fields}\r\n",
+        api.admin
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("wvpc-request-id: "))
+        .expect("a request id header");
+    let body: Value = serde_json::from_str(body).unwrap();
+    let (code, message) = Answer { status: 431, body }.error();
+    assert_eq!(code, u64::from(code::SERVER_LIMIT));
+    assert!(
+        message.starts_with("the request has more than 1000 header fields"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(&format!("(request id {id})")),
+        "{message}"
+    );
 }

@@ -20,9 +20,9 @@
 //! bytes (TLS to the origin, if any, runs end to end from the binding-worker).
 //!
 //! One listener serves HTTP/1.1 and HTTP/2 (the binding-worker multiplexes every CONNECT over
-//! one HTTP/2 connection).
+//! one HTTP/2 connection). Each pipe is counted for its service, so that a deleted service's
+//! pipes close ([`Router::close_service`], [`crate::pipes`]).
 
-use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,14 +31,14 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_listener::{ConnectionUse, Http2Settings, HttpServer, ServerLimits};
 
 use crate::dns::{DnsConfig, DnsResolver};
+use crate::pipes::{PipeEnd, PipeTicket, ServicePipes};
 use crate::routes::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
 use crate::tunnel_pool::{BoxIo, FlowContext, TunnelPool};
 
@@ -84,6 +84,8 @@ pub struct RouterConfig {
     /// and its answer included (→ `connection_timeout`, then the next address). Above the
     /// connector's own dial timeout (10 s by default), so that its precise code wins.
     pub stream_open_timeout: std::time::Duration,
+    /// Timeouts and connection cap of the CONNECT listener.
+    pub server: ServerLimits,
 }
 
 impl Default for RouterConfig {
@@ -97,6 +99,7 @@ impl Default for RouterConfig {
             pipe_buffer: 64 << 10,
             metrics: None,
             stream_open_timeout: std::time::Duration::from_secs(20),
+            server: ServerLimits::default(),
         }
     }
 }
@@ -112,6 +115,7 @@ struct RouterInner {
     pool: Arc<dyn TunnelPool>,
     dns: DnsResolver,
     config: RouterConfig,
+    pipes: Arc<ServicePipes>,
 }
 
 impl std::fmt::Debug for Router {
@@ -147,8 +151,17 @@ impl Router {
                 pool,
                 dns,
                 config,
+                pipes: Arc::default(),
             }),
         }
+    }
+
+    /// The service was deleted: its open pipes on this node close as soon as each is quiet
+    /// (no request waiting for its answer, nothing in flight; see [`crate::pipes`]), which
+    /// ends the pooled origin connections the binding-workers keep for it. Returns how many
+    /// pipes were open.
+    pub fn close_service(&self, service_id: Uuid) -> usize {
+        self.inner.pipes.close_service(service_id)
     }
 
     /// The DNS resolver (and cache) this router uses.
@@ -157,50 +170,25 @@ impl Router {
     }
 
     /// Accepts connections on `listener` and serves CONNECTs on them until the returned
-    /// future is dropped. Connections already accepted keep running as their own tasks.
-    /// Only fails if accepting fails in a way that retrying cannot fix.
+    /// future is dropped, within the config's [`RouterConfig::server`] limits (a connection
+    /// with no CONNECT open is closed after the idle timeout, with a GOAWAY on HTTP/2).
+    /// Connections already accepted keep running as their own tasks. Accept failures are
+    /// waited out: it never returns an error.
     pub async fn serve(&self, listener: TcpListener) -> io::Result<()> {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => match accept_failure(&err) {
-                    AcceptFailure::ThisConnection => continue,
-                    AcceptFailure::OutOfResources => {
-                        tracing::warn!(error = %err, "accepting a CONNECT client failed; backing off");
-                        // Out of file descriptors: retrying at once would spin.
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                    AcceptFailure::Listener => return Err(err),
-                },
-            };
-            let router = self.clone();
-            tokio::spawn(async move { router.serve_connection(stream, peer).await });
-        }
-    }
-
-    /// Serves one accepted client connection (HTTP/1.1 or HTTP/2) to completion.
-    pub async fn serve_connection(&self, stream: TcpStream, peer: SocketAddr) {
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
-        }
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http2()
-            .max_concurrent_streams(self.inner.config.max_concurrent_streams)
-            .initial_stream_window_size(self.inner.config.stream_window)
-            .initial_connection_window_size(self.inner.config.connection_window);
+        let config = &self.inner.config;
+        let server =
+            HttpServer::new("iris CONNECT", config.server.clone()).with_http2(Http2Settings {
+                max_concurrent_streams: Some(config.max_concurrent_streams),
+                stream_window: Some(config.stream_window),
+                connection_window: Some(config.connection_window),
+            });
         let router = self.clone();
-        let service = service_fn(move |req| {
+        wvpc_listener::serve(listener, server, move |req| {
             let router = router.clone();
-            async move { Ok::<_, Infallible>(router.handle(req).await) }
-        });
-        if let Err(err) = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .await
-        {
-            tracing::debug!(%peer, error = %err, "CONNECT client connection ended with an error");
-        }
+            async move { router.handle(req).await }
+        })
+        .await;
+        Ok(())
     }
 
     /// Answers one request: a CONNECT is routed; anything else is refused.
@@ -215,10 +203,21 @@ impl Router {
             Ok(opened) => opened,
             Err(err) => return self.refuse(&head, err),
         };
+        let ticket = match self.pipe_ticket(&head) {
+            Ok(ticket) => ticket,
+            Err(err) => return self.refuse(&head, err),
+        };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let buffer = self.inner.config.pipe_buffer;
+        let metrics = self.inner.config.metrics.clone();
         let request_id = head.ctx.request_id;
+        // The client connection is not idle while the pipe runs.
+        let in_use = req
+            .extensions()
+            .get::<ConnectionUse>()
+            .map(ConnectionUse::hold);
         tokio::spawn(async move {
+            let _in_use = in_use;
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(err) => {
@@ -226,18 +225,17 @@ impl Router {
                     return;
                 }
             };
-            let mut client = TokioIo::new(upgraded);
-            let mut tunnel_io = tunnel_io;
-            match tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut tunnel_io,
-                buffer,
-                buffer,
-            )
-            .await
-            {
-                Ok((up, down)) => tracing::debug!(%request_id, up, down, "CONNECT pipe closed"),
-                Err(err) => tracing::debug!(%request_id, error = %err, "CONNECT pipe broke"),
+            let client = TokioIo::new(upgraded);
+            match crate::pipes::pipe(ticket, client, tunnel_io, buffer, metrics).await {
+                PipeEnd::Finished(up, down) => {
+                    tracing::debug!(%request_id, up, down, "CONNECT pipe closed");
+                }
+                PipeEnd::Broke(err) => {
+                    tracing::debug!(%request_id, error = %err, "CONNECT pipe broke");
+                }
+                PipeEnd::ServiceDeleted => {
+                    tracing::debug!(%request_id, "CONNECT pipe closed: its service was deleted");
+                }
             }
         });
         let mut response = Response::new(Empty::new());
@@ -264,6 +262,22 @@ impl Router {
         let addrs = self.addresses(&route, &head.ctx).await?;
         let io = self.dial(&route, &addrs, port, &head.ctx).await?;
         Ok((io, route.tls))
+    }
+
+    /// Counts the pipe for its service. The route is looked up once more after that, so a
+    /// service deleted while this CONNECT was being opened (after [`Router::close_service`]
+    /// ran) is refused now instead of leaving a pipe nothing would close.
+    fn pipe_ticket(&self, head: &ConnectHead) -> Result<PipeTicket, ProxyError> {
+        let service_id = head.service_id.clone()?;
+        let ticket = self.inner.pipes.register(service_id);
+        if self.inner.store.route(service_id)?.is_none() {
+            return Err(
+                ProxyError::new(ErrorCode::DestinationNotFound).with_details(format!(
+                    "VPC service {service_id} was deleted while its CONNECT was being opened"
+                )),
+            );
+        }
+        Ok(ticket)
     }
 
     /// Phase 4: the service's addresses, IPv4 first.
@@ -460,46 +474,15 @@ fn is_per_address_failure(code: ErrorCode) -> bool {
     )
 }
 
-/// Pause after an accept failed for lack of file descriptors or memory.
-const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// What a failed `accept` means for the accept loop.
-enum AcceptFailure {
-    /// Only the connection being accepted failed.
-    ThisConnection,
-    /// The process is out of descriptors or memory; retry after a pause.
-    OutOfResources,
-    /// The listener itself is broken.
-    Listener,
-}
-
-fn accept_failure(err: &io::Error) -> AcceptFailure {
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    const ENOBUFS: i32 = 105;
-    const ENOMEM: i32 = 12;
-    match err.kind() {
-        io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::Interrupted
-        | io::ErrorKind::WouldBlock => AcceptFailure::ThisConnection,
-        _ if err
-            .raw_os_error()
-            .is_some_and(|c| [ENFILE, EMFILE, ENOBUFS, ENOMEM].contains(&c)) =>
-        {
-            AcceptFailure::OutOfResources
-        }
-        _ => AcceptFailure::Listener,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
 
     use http_body_util::BodyExt;
     use hyper::client::conn::http2;
+    use hyper_util::rt::TokioExecutor;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     use super::*;
     use crate::mock::{MemoryStore, MockTunnel};
@@ -715,5 +698,85 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_connection_is_closed_but_not_while_a_pipe_runs() {
+        let patience = std::time::Duration::from_secs(30);
+        let echo = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let echo_port = echo.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = echo.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        let loopback = RouteTarget::Ips {
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            ipv6: None,
+        };
+        let store: MemoryStore = [route(ECHO, loopback, Some(echo_port), None).1]
+            .into_iter()
+            .collect();
+        let config = RouterConfig {
+            server: ServerLimits {
+                idle_timeout: std::time::Duration::from_millis(300),
+                ..ServerLimits::default()
+            },
+            ..RouterConfig::default()
+        };
+        let router = Router::new(Arc::new(store), Arc::new(MockTunnel::default()), config);
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { router.serve(listener).await });
+        let client = || async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+            (sender, tokio::spawn(conn))
+        };
+
+        // A: a connection whose only stream is a running pipe.
+        let (mut piping, piping_conn) = client().await;
+        let res = piping
+            .send_request(connect(&ECHO.to_string(), "http"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut pipe = TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+        // B, opened after A: nothing open on it, so iris closes it after the idle timeout.
+        let (_idle, idle_conn) = client().await;
+        tokio::time::timeout(patience, idle_conn)
+            .await
+            .expect("iris closes an idle connection")
+            .unwrap()
+            .unwrap();
+        // A has been open longer than B, but its pipe keeps it in use: the pipe works, and
+        // A takes new CONNECTs (it got no GOAWAY).
+        pipe.write_all(b"still piping").await.unwrap();
+        let mut echoed = [0u8; 12];
+        pipe.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"still piping");
+        let res = piping
+            .send_request(connect(&ECHO.to_string(), "http"))
+            .await
+            .expect("a connection in use is not closed as idle");
+        assert_eq!(res.status(), StatusCode::OK);
+        drop(res);
+        // Once the pipe is over, A is idle and closed as well.
+        pipe.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        pipe.read_to_end(&mut rest).await.unwrap();
+        drop(pipe);
+        tokio::time::timeout(patience, piping_conn)
+            .await
+            .expect("iris closes the connection once its pipe ended")
+            .unwrap()
+            .unwrap();
     }
 }

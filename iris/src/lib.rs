@@ -15,6 +15,7 @@ pub mod edge;
 pub mod metrics;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
+pub mod pipes;
 pub mod routes;
 pub mod tunnel_pool;
 

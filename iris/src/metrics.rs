@@ -21,6 +21,8 @@ pub struct IrisMetrics {
     pub registrations: CounterFamily,
     /// New tunnel connections refused before their handshake (source over its rate).
     pub connections_refused: Counter,
+    /// Connections closed because the connector went silent while flows waited on it.
+    pub connections_unresponsive: Counter,
     /// TCP streams through tunnels open now.
     pub streams_open: Arc<Gauge>,
     /// TCP streams the connector accepted.
@@ -39,6 +41,12 @@ pub struct IrisMetrics {
     pub bytes_from_tunnel: Arc<Counter>,
     /// Refused CONNECTs by `ErrorCode` wire name.
     pub errors: CounterFamily,
+    /// CONNECT pipes closed because their service was deleted.
+    pub deleted_service_pipes: Counter,
+    /// Connection records (for `wvpc tunnel info`) dropped because the queue to the directory
+    /// was full or the directory could not be written; the node publishes its live
+    /// connections again once it can.
+    pub connection_records_dropped: Counter,
 }
 
 impl IrisMetrics {
@@ -89,6 +97,11 @@ impl Render for IrisMetrics {
             "Tunnel connections refused before the handshake (source rate limit).",
             self.connections_refused.get(),
         );
+        out.counter(
+            "wvpc_iris_connections_unresponsive_total",
+            "Tunnel connections closed because the connector went silent while flows waited.",
+            self.connections_unresponsive.get(),
+        );
         out.gauge(
             "wvpc_iris_streams_open",
             "TCP streams through tunnels open now.",
@@ -135,6 +148,16 @@ impl Render for IrisMetrics {
             "Refused CONNECTs by error code.",
             "code",
             &self.errors,
+        );
+        out.counter(
+            "wvpc_iris_deleted_service_pipes_total",
+            "CONNECT pipes closed because their service was deleted.",
+            self.deleted_service_pipes.get(),
+        );
+        out.counter(
+            "wvpc_iris_connection_records_dropped_total",
+            "Tunnel connection records dropped (queue full or directory busy); republished later.",
+            self.connection_records_dropped.get(),
         );
         out.finish()
     }

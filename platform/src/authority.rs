@@ -49,12 +49,21 @@ impl DirectoryAuthority {
         }
     }
 
-    /// Replaces the known credentials with those of a newer directory revision.
-    pub fn refresh(&self, keys: Vec<TunnelKey>) {
-        *self
-            .keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(index(keys));
+    /// Replaces the known credentials with those of a newer directory revision; returns the
+    /// tunnels that were known before and are gone now (deleted).
+    pub fn refresh(&self, keys: Vec<TunnelKey>) -> Vec<Uuid> {
+        let new = Arc::new(index(keys));
+        let old = std::mem::replace(
+            &mut *self
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            new.clone(),
+        );
+        old.keys()
+            .filter(|id| !new.contains_key(id))
+            .copied()
+            .collect()
     }
 
     fn current(&self) -> Arc<Keys> {
@@ -156,7 +165,11 @@ mod tests {
             Err(AuthFailure::UnknownTunnel(stranger))
         );
         // In memory: answered even when the directory can no longer be read.
-        authority.refresh(directory.route_snapshot().unwrap().tunnels);
+        assert!(
+            authority
+                .refresh(directory.route_snapshot().unwrap().tunnels)
+                .is_empty()
+        );
         break_directory(&directory);
         assert_eq!(
             authority
@@ -164,6 +177,21 @@ mod tests {
                 .await,
             Ok(())
         );
+    }
+
+    #[tokio::test]
+    async fn a_refresh_names_the_tunnels_that_were_deleted() {
+        let (_state, directory) = directory();
+        let (kept, _) = directory.create_tunnel("kept").unwrap();
+        let (deleted, _) = directory.create_tunnel("deleted").unwrap();
+        let authority = DirectoryAuthority::new(
+            directory.clone(),
+            directory.route_snapshot().unwrap().tunnels,
+        );
+        directory.delete_tunnel(deleted.id).unwrap();
+        let gone = authority.refresh(directory.route_snapshot().unwrap().tunnels);
+        assert_eq!(gone, vec![deleted.id]);
+        assert!(authority.current().contains_key(&kept.id));
     }
 
     #[tokio::test]

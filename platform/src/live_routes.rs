@@ -10,6 +10,10 @@
 //! after [`ROUTE_LEASE`], so steady traffic moves to a changed route too, between requests;
 //! in one process ([`LiveRoutes::on_change`], wired by the dev stack) a swap also closes the
 //! idle pooled connections of every changed service at once.
+//!
+//! Deletions are announced too ([`LiveRoutes::on_removed`]): iris closes a deleted service's
+//! CONNECT pipes (so the pooled connections of every binding-worker end) and a deleted
+//! tunnel's connections.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
@@ -48,11 +52,24 @@ pub type Started = (
 /// Told the ids of services whose route changed or went away, right after a swap.
 pub type ChangeListener = Box<dyn Fn(&[Uuid]) + Send + Sync>;
 
+/// What a reload found deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Services that are gone.
+    pub services: Vec<Uuid>,
+    /// Tunnels that are gone (their credentials are forgotten already).
+    pub tunnels: Vec<Uuid>,
+}
+
+/// Told what was deleted, right after the swap that removed it.
+pub type RemovalListener = Box<dyn Fn(&Removed) + Send + Sync>;
+
 /// The routes iris reads, kept current by a watcher task.
 pub struct LiveRoutes {
     current: RwLock<Arc<Table>>,
     revision: tokio::sync::watch::Sender<u64>,
     listeners: RwLock<Vec<ChangeListener>>,
+    removal_listeners: RwLock<Vec<RemovalListener>>,
 }
 
 impl std::fmt::Debug for LiveRoutes {
@@ -78,6 +95,7 @@ impl LiveRoutes {
             revision: tokio::sync::watch::Sender::new(first.revision),
             current: RwLock::new(Arc::new(first)),
             listeners: RwLock::new(Vec::new()),
+            removal_listeners: RwLock::new(Vec::new()),
         });
         let watcher = tokio::spawn(watch(Arc::downgrade(&live), authority.clone(), directory));
         Ok((live, authority, watcher))
@@ -110,7 +128,15 @@ impl LiveRoutes {
             .push(listener);
     }
 
-    fn swap(&self, table: Table) {
+    /// Calls `listener` after every swap that deleted services or tunnels.
+    pub fn on_removed(&self, listener: RemovalListener) {
+        self.removal_listeners
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(listener);
+    }
+
+    fn swap(&self, table: Table, removed_tunnels: Vec<Uuid>) {
         let revision = table.revision;
         let new = Arc::new(table);
         let old = std::mem::replace(
@@ -134,6 +160,24 @@ impl LiveRoutes {
                 .iter()
             {
                 listener(&changed);
+            }
+        }
+        let removed = Removed {
+            services: changed
+                .into_iter()
+                .filter(|id| !new.routes.contains_key(id))
+                .collect(),
+            tunnels: removed_tunnels,
+        };
+        if !removed.services.is_empty() || !removed.tunnels.is_empty() {
+            tracing::info!(services = ?removed.services, tunnels = ?removed.tunnels, "deleted in the directory");
+            for listener in self
+                .removal_listeners
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .iter()
+            {
+                listener(&removed);
             }
         }
         self.revision.send_replace(revision);
@@ -170,8 +214,8 @@ async fn watch(
             Ok(Ok(Some(mut snapshot))) => {
                 let revision = snapshot.revision;
                 let count = snapshot.services.len();
-                authority.refresh(std::mem::take(&mut snapshot.tunnels));
-                routes.swap(table(snapshot));
+                let removed_tunnels = authority.refresh(std::mem::take(&mut snapshot.tunnels));
+                routes.swap(table(snapshot), removed_tunnels);
                 tracing::debug!(revision, services = count, "routes reloaded");
             }
             Ok(Ok(None)) => {}

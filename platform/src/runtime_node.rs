@@ -24,11 +24,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 use wvpc_directory::tail::TAIL_PATH;
 use wvpc_directory::{DeployedScript, Directory};
+use wvpc_listener::{HttpServer, ServerLimits};
 use wvpc_runtime::{
     Deployment, ModuleSource, PlatformSecret, RuntimeOptions, ScriptHost, ScriptOutput, TailHub,
 };
@@ -58,6 +58,8 @@ pub struct RuntimeNodeOptions {
     pub secret: PlatformSecret,
     /// Scripts are served at `<script>.<subdomain>.<workers_domain>`.
     pub workers_domain: String,
+    /// Timeouts and connection cap of the HTTP and control listeners (each has its own cap).
+    pub server: ServerLimits,
 }
 
 /// A running runtime. Dropping it stops serving and withdraws it from the directory.
@@ -124,8 +126,9 @@ impl RuntimeNode {
 
         let mut tasks = Vec::new();
         let serving = host.clone();
+        let server = options.server.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = serving.serve(listener).await {
+            if let Err(err) = serving.serve_with(listener, server).await {
                 tracing::error!(error = %err, "runtime HTTP listener failed");
             }
         }));
@@ -145,7 +148,11 @@ impl RuntimeNode {
             host: host.clone(),
             revision: revision.clone(),
         });
-        tasks.push(tokio::spawn(serve_control(control, control_state)));
+        tasks.push(tokio::spawn(serve_control(
+            control,
+            control_state,
+            options.server.clone(),
+        )));
         Ok(RuntimeNode {
             addr,
             control_addr,
@@ -304,25 +311,17 @@ struct Control {
 
 type ControlBody = BoxBody<Bytes, Infallible>;
 
-async fn serve_control(listener: tokio::net::TcpListener, control: Arc<Control>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            // Out of descriptors and the like: wait for connections to close.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+async fn serve_control(
+    listener: tokio::net::TcpListener,
+    control: Arc<Control>,
+    limits: ServerLimits,
+) {
+    let server = HttpServer::new("runtime control", limits);
+    wvpc_listener::serve(listener, server, move |request| {
         let control = control.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let control = control.clone();
-                async move { Ok::<_, Infallible>(control.handle(&request)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { control.handle(&request) }
+    })
+    .await;
 }
 
 impl Control {

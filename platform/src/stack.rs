@@ -10,6 +10,7 @@ use std::sync::Arc;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
 use wvpc_directory::{Directory, Service, ServiceTarget};
 use wvpc_iris::edge::TunnelRegistry;
+use wvpc_listener::ServerLimits;
 use wvpc_runtime::{PlatformSecret, Runtime, RuntimeOptions, ScriptConfig};
 use wvpc_tunnel::EdgeIdentity;
 
@@ -28,6 +29,8 @@ pub struct StackConfig {
     pub listen: SocketAddr,
     /// UDP listener of the tunnel edge.
     pub edge_listen: SocketAddr,
+    /// Timeouts and connection cap of the script's HTTP listener.
+    pub server: ServerLimits,
 }
 
 /// A running stack. Dropping it stops every component.
@@ -139,8 +142,9 @@ impl Stack {
             })?;
         let script_addr = local_addr(&listener)?;
         let runtime = Arc::new(runtime);
+        let server = config.server.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = runtime.serve(listener).await {
+            if let Err(err) = runtime.serve_with(listener, server).await {
                 tracing::error!(error = %err, "script HTTP listener failed");
             }
         }));

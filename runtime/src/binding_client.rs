@@ -10,6 +10,9 @@
 //! streamed into the `requestBody` ByteStream obtained by promise pipelining (before the call
 //! returns), and always ended — or aborted if the script's body failed. The binding-worker
 //! later calls `deliver` once; the `ByteStream` returned from it feeds the response body.
+//! Both bodies are flow-controlled by [`wvpc_schemas::byte_stream_flow`]: the request body is
+//! written with a bounded window of unanswered bytes, and each response-body write is
+//! answered once the script's body has taken its chunk.
 //!
 //! One or more binding-workers: each gets one connection, shared by all fetches of the
 //! runtime and re-established by the next fetch after it drops; with a [`PlatformSecret`],
@@ -43,7 +46,8 @@ use wasmtime_wasi_http::WasiBody;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_runtime};
 use wvpc_schemas::binding_capnp::{byte_stream, fetch_result, response_receiver, vpc_binding};
-use wvpc_schemas::{PlatformSecret, read_wire_error, write_wire_error};
+use wvpc_schemas::byte_stream_flow::{InboxError, InboxReceiver, InboxSender, Taken};
+use wvpc_schemas::{MAX_HEAD_HEADERS, PlatformSecret, StreamWriter, inbox, read_wire_error};
 
 use crate::error_map::wasi_http_error;
 
@@ -53,11 +57,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// further failure, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Largest `ByteStream.write` we send; bigger body frames are split.
-const MAX_WRITE: usize = 64 * 1024;
-/// Response-body chunks buffered between the binding-worker and the script; when full,
-/// `ByteStream.write` waits, and capnp streaming flow control slows the binding-worker.
-const RESPONSE_BODY_BUFFER: usize = 16;
 
 /// Who is asking, carried in every fetch as the capnp `BindingContext`.
 #[derive(Debug, Clone)]
@@ -453,6 +452,7 @@ async fn send_request_body(
     body: &mut WasiBody,
     pulled_data: &Cell<bool>,
 ) {
+    let mut stream = StreamWriter::new(stream);
     loop {
         match body.frame().await {
             None => break,
@@ -464,27 +464,21 @@ async fn send_request_body(
                     continue;
                 }
                 pulled_data.set(true);
-                for chunk in data.chunks(MAX_WRITE) {
-                    let mut write = stream.write_request();
-                    write.get().set_bytes(chunk);
-                    if let Err(err) = write.send().await {
-                        tracing::debug!(error = %err, "binding-worker stopped reading the request body");
-                        return;
-                    }
+                if let Err(err) = stream.write(&data).await {
+                    tracing::debug!(error = %err, "binding-worker stopped reading the request body");
+                    return;
                 }
             }
             Some(Err(err)) => {
                 pulled_data.set(true);
                 let err = ProxyError::new(ErrorCode::HttpRequestError)
                     .with_details(format!("the script's request body failed: {err}"));
-                let mut abort = stream.abort_request();
-                write_wire_error(abort.get().init_error(), &err);
-                let _ = abort.send().promise.await;
+                let _ = stream.abort(&err).await;
                 return;
             }
         }
     }
-    if let Err(err) = stream.end_request().send().promise.await {
+    if let Err(err) = stream.end().await {
         tracing::debug!(error = %err, "binding-worker did not take the request body end");
     }
 }
@@ -521,11 +515,21 @@ impl response_receiver::Server for Receiver {
             }
         };
 
+        let headers = head.get_headers()?;
+        if headers.len() > MAX_HEAD_HEADERS {
+            let err =
+                ProxyError::new(ErrorCode::HttpResponseHeaderSectionSize).with_details(format!(
+                    "the response has {} headers; at most {MAX_HEAD_HEADERS} are taken",
+                    headers.len()
+                ));
+            answer(&self.slot, Err(err));
+            return Err(capnp::Error::failed("too many response headers".into()));
+        }
         let mut response = http::Response::builder().status(head.get_status());
-        for header in head.get_headers()? {
+        for header in headers {
             response = response.header(header.get_name()?.to_str()?, header.get_value()?);
         }
-        let (tx, rx) = mpsc::channel(RESPONSE_BODY_BUFFER);
+        let (tx, rx) = inbox();
         let body = ResponseBody {
             events: rx,
             finished: false,
@@ -556,62 +560,82 @@ enum BodyEvent {
     Abort(ProxyError),
 }
 
-/// `ByteStream` server for a response body.
+/// `ByteStream` server for a response body: each write is answered once the script's body
+/// has taken its chunk.
 struct BodySink {
     /// `None` after `end` / `abort`.
-    events: RefCell<Option<mpsc::Sender<BodyEvent>>>,
+    events: RefCell<Option<InboxSender<BodyEvent>>>,
 }
 
 impl BodySink {
-    async fn push(&self, event: BodyEvent) -> Result<(), capnp::Error> {
-        // Clone out of the cell: no borrow is held across the await. The channel keeps the
-        // order of calls, as each call's send queues before the next call runs.
-        let Some(tx) = self.events.borrow().clone() else {
+    /// Queues `event` now, in call order (the methods below call this before any await).
+    fn push(&self, event: BodyEvent, bytes: usize) -> Result<Taken, capnp::Error> {
+        let events = self.events.borrow();
+        let Some(events) = events.as_ref() else {
             return Err(capnp::Error::failed(
                 "the response body already ended".into(),
             ));
         };
-        tx.send(event).await.map_err(|_| {
+        events.push(event, bytes).map_err(refused)
+    }
+
+    /// Queues the last event; later writes are refused.
+    fn finish(&self, event: BodyEvent) -> Result<(), capnp::Error> {
+        let result = self.push(event, 0).map(drop);
+        self.events.borrow_mut().take();
+        result
+    }
+}
+
+fn refused(err: InboxError) -> capnp::Error {
+    match err {
+        InboxError::Closed => {
             capnp::Error::failed("the script no longer reads this response body".into())
-        })
+        }
+        InboxError::Overflow => capnp::Error::failed(format!("response body: {err}")),
     }
 }
 
 impl byte_stream::Server for BodySink {
-    async fn write(
+    fn write(
         self: CapRc<Self>,
         params: byte_stream::WriteParams,
-    ) -> Result<(), capnp::Error> {
-        let bytes = Bytes::copy_from_slice(params.get()?.get_bytes()?);
-        self.push(BodyEvent::Data(bytes)).await
+        _: byte_stream::WriteResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let queued = (|| -> Result<_, capnp::Error> {
+            let bytes = params.get()?.get_bytes()?;
+            let len = bytes.len();
+            self.push(BodyEvent::Data(Bytes::copy_from_slice(bytes)), len)
+        })();
+        async move { queued?.await.map_err(refused) }
     }
 
-    async fn end(
+    fn end(
         self: CapRc<Self>,
         _: byte_stream::EndParams,
         _: byte_stream::EndResults,
-    ) -> Result<(), capnp::Error> {
-        let result = self.push(BodyEvent::End).await;
-        self.events.borrow_mut().take();
-        result
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        std::future::ready(self.finish(BodyEvent::End))
     }
 
-    async fn abort(
+    fn abort(
         self: CapRc<Self>,
         params: byte_stream::AbortParams,
         _: byte_stream::AbortResults,
-    ) -> Result<(), capnp::Error> {
-        let err = read_wire_error(params.get()?.get_error()?);
-        let result = self.push(BodyEvent::Abort(err)).await;
-        self.events.borrow_mut().take();
-        result
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let finished = params
+            .get()
+            .and_then(|p| p.get_error())
+            .map(read_wire_error)
+            .and_then(|err| self.finish(BodyEvent::Abort(err)));
+        std::future::ready(finished)
     }
 }
 
 /// The response body as wasi-http sees it. A stream that stops without `end` (the
 /// binding-worker dropped it, the connection broke) is `http_response_incomplete`.
 struct ResponseBody {
-    events: mpsc::Receiver<BodyEvent>,
+    events: InboxReceiver<BodyEvent>,
     finished: bool,
 }
 

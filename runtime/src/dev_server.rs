@@ -88,4 +88,13 @@ impl Runtime {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         self.host.clone().serve(listener).await
     }
+
+    /// [`Runtime::serve`] with these timeouts and connection cap.
+    pub async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        limits: wvpc_listener::ServerLimits,
+    ) -> std::io::Result<()> {
+        self.host.clone().serve_with(listener, limits).await
+    }
 }

@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 use wasmtime::Engine;
+use wvpc_listener::ServerLimits;
 
 use crate::binding_client::BindingClient;
 use crate::config::{LimitsError, ScriptConfig};
@@ -334,10 +335,21 @@ impl ScriptHost {
     }
 
     /// Serves HTTP/1.1 (keep-alive, `TCP_NODELAY`) on `listener` until the future is
-    /// dropped, routing each request by its host and path. Connections already accepted keep
-    /// running on their own tasks. Accept errors are logged and do not end the loop.
+    /// dropped, routing each request by its host and path, with the default
+    /// [`ServerLimits`]. Connections already accepted keep running on their own tasks.
+    /// Accept errors are logged and do not end the loop: it never returns an error.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
-        crate::serving::serve(self, listener).await
+        self.serve_with(listener, ServerLimits::default()).await
+    }
+
+    /// [`ScriptHost::serve`] with these timeouts and connection cap.
+    pub async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        limits: ServerLimits,
+    ) -> std::io::Result<()> {
+        crate::serving::serve(self, listener, limits).await;
+        Ok(())
     }
 
     /// The workers domain (`workers.localhost`).

@@ -5,19 +5,21 @@
 //! A request no script serves gets 404 naming its host. A trap fails only that request
 //! (500), so does a limit (503 for CPU and memory, 504 for wall time, 414 / 431 for an
 //! incoming URL / header section over its limit); the server and other requests carry on.
+//! What the listener refuses before a request reaches [`handle`] (the connection cap, a head
+//! with too many fields or bytes) gets the same plain-text answer with a request id
+//! ([`wvpc_listener::Refusal`]).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wvpc_listener::{HttpServer, ServerLimits};
 
 use crate::host::HostState;
 use crate::limits::{LimitExceeded, Limits, header_section_bytes};
@@ -26,43 +28,17 @@ use crate::script_host::ScriptHost;
 use crate::script_output::{RequestOutcome, RequestSummary};
 
 /// Response header carrying the request id.
-pub const REQUEST_ID_HEADER: &str = "wvpc-request-id";
+pub const REQUEST_ID_HEADER: &str = wvpc_listener::REQUEST_ID_HEADER;
 
-/// The accept loop of [`ScriptHost::serve`].
-pub(crate) async fn serve(host: Arc<ScriptHost>, listener: TcpListener) -> std::io::Result<()> {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) if is_per_connection_error(&err) => {
-                tracing::debug!(error = %err, "accept failed for one connection");
-                continue;
-            }
-            Err(err) => {
-                // Out of file descriptors and the like: wait for connections to close
-                // instead of spinning.
-                tracing::warn!(error = %err, "accept failed; pausing");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
-        }
+/// The HTTP server of [`ScriptHost::serve_with`]: connection cap, timeouts and the explained
+/// refusals of [`wvpc_listener`], every request through [`handle`].
+pub(crate) async fn serve(host: Arc<ScriptHost>, listener: TcpListener, limits: ServerLimits) {
+    let server = HttpServer::new("script HTTP", limits);
+    wvpc_listener::serve(listener, server, move |request| {
         let host = host.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let host = host.clone();
-                async move { Ok::<_, Infallible>(handle(&host, request).await) }
-            });
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-        });
-    }
+        async move { handle(&host, request).await }
+    })
+    .await;
 }
 
 /// Routes one request and runs it through a fresh instance of its script.
@@ -351,14 +327,4 @@ impl Failure {
         );
         response
     }
-}
-
-/// Accept errors that concern one connection only (it was reset before we took it).
-fn is_per_connection_error(err: &std::io::Error) -> bool {
-    matches!(
-        err.kind(),
-        std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::Interrupted
-    )
 }

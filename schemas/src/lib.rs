@@ -2,6 +2,8 @@
 //!
 //! - [`binding_capnp`]: runtime ↔ binding-worker (`VpcBinding.fetch`, streamed bodies,
 //!   errors as [`binding_capnp::ErrorCode`]).
+//! - [`byte_stream_flow`]: the bounded window both sides keep on the bodies of
+//!   `binding_capnp` ([`StreamWriter`] to send one, [`inbox`] to receive one).
 //! - [`tunnel_stream_capnp`]: tunnel data-stream `ConnectRequest` / `ConnectResponse`,
 //!   byte-compatible with cloudflared.
 //! - [`tunnel_rpc_capnp`]: tunnel registration and connector RPC, with cloudflared's
@@ -27,3 +29,6 @@ pub use binding_auth::PlatformSecret;
 /// before anything is sized by its count: far above real use, and well below what
 /// `http::HeaderMap` holds (it panics past about 24 576 entries).
 pub const MAX_HEAD_HEADERS: u32 = 4096;
+
+pub mod byte_stream_flow;
+pub use byte_stream_flow::{StreamWriter, inbox};

@@ -4,7 +4,8 @@
 //! body back; `GET /slow/<ms>` answers after `ms` milliseconds (a request in flight); anything
 //! else answers `hello from origin: <path and query>`. Every request is
 //! recorded (method, path and query, `Host`, body length) and every accepted TCP connection
-//! counted, so tests can assert what reached the origin and whether connections were reused.
+//! counted (and the open ones), so tests can assert what reached the origin, whether
+//! connections were reused and whether they were closed.
 //! [`Origin::stop`] closes the listener *and* every open connection, as a killed process would.
 
 use std::convert::Infallible;
@@ -76,7 +77,9 @@ pub struct Seen {
 struct Record {
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
+    open: AtomicUsize,
     arrived: tokio::sync::Notify,
+    opened_or_closed: tokio::sync::Notify,
 }
 
 /// A running origin.
@@ -102,13 +105,19 @@ impl Origin {
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
                 rec.connections.fetch_add(1, Ordering::SeqCst);
+                rec.open.fetch_add(1, Ordering::SeqCst);
+                rec.opened_or_closed.notify_waiters();
+                // Closed connections leave the set (a long run keeps it small).
+                while conns.try_join_next().is_some() {}
                 let rec = rec.clone();
                 conns.spawn(async move {
+                    let closed = OnClose(rec.clone());
                     let svc = service_fn(move |req| handle(rec.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
                         .await;
+                    drop(closed);
                 });
             }
         });
@@ -142,6 +151,24 @@ impl Origin {
         self.record.connections.load(Ordering::SeqCst)
     }
 
+    /// TCP connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.record.open.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once exactly `count` TCP connections are open.
+    pub async fn wait_open_connections(&self, count: usize) {
+        loop {
+            let changed = self.record.opened_or_closed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.open_connections() == count {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Stops listening and closes every connection (later connects are refused).
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
@@ -156,6 +183,16 @@ impl Drop for Origin {
         if let Some(server) = &self.server {
             server.abort();
         }
+    }
+}
+
+/// Counts a connection as closed when its task ends (or is aborted).
+struct OnClose(Arc<Record>);
+
+impl Drop for OnClose {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.opened_or_closed.notify_waiters();
     }
 }
 

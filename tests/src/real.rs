@@ -182,6 +182,7 @@ impl RealWorld {
                 },
                 listen: "127.0.0.1:0".parse()?,
                 edge_listen: "127.0.0.1:0".parse()?,
+                server: Default::default(),
             },
             options.iris.clone(),
             |bw| bw.max_connections_per_service = max_connections,

@@ -3,7 +3,8 @@
 //! `ConnectRequest`/`ConnectResponse` framing ([`connect`]), datagram v3 ([`datagram`]) and v2
 //! ([`datagram_v2`]),
 //! feature strings ([`features`]), the edge's TLS identity ([`identity`]), QUIC endpoint
-//! configuration ([`quic`]), Prometheus metrics for both ends ([`metrics`]), the thread that
+//! configuration ([`quic`]), the proxied flows and whether each carries a request
+//! ([`flows`]), Prometheus metrics for both ends ([`metrics`]), the thread that
 //! hosts `!Send` Cap'n Proto RPC ([`rpc_thread`]) and the datagram-v2 session RPCs made on it
 //! ([`session_rpc`]).
 //!
@@ -19,6 +20,7 @@ pub mod credentials;
 pub mod datagram;
 pub mod datagram_v2;
 pub mod features;
+pub mod flows;
 pub mod identity;
 pub mod metrics;
 pub mod preamble;

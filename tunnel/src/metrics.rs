@@ -1,5 +1,6 @@
 //! Prometheus text metrics for both tunnel ends: counters and gauges on atomics, labelled
-//! families, a byte-counting stream wrapper, and the `/metrics` HTTP listener.
+//! families, a byte-counting stream wrapper, and the `/metrics` HTTP listener (with the
+//! limits of every listener, [`wvpc_listener`]).
 //!
 //! The exposition is hand-written (text format 0.0.4): every metric is registered once at
 //! start-up in a fixed order, so scraping takes no lock but the label maps of families.
@@ -12,8 +13,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use wvpc_listener::{HttpServer, ServerLimits};
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -218,45 +220,41 @@ pub trait Render: Send + Sync + 'static {
 }
 
 /// Serves `GET /metrics` (text format 0.0.4) on `listener` until the task is dropped; other
-/// paths get 404. One request per connection: scrapers do not need more.
+/// paths get 404; each connection is closed after its answer. Default [`ServerLimits`].
 pub async fn serve(listener: TcpListener, metrics: Arc<dyn Render>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    serve_with(listener, metrics, ServerLimits::default()).await;
+}
+
+/// [`serve`] with these timeouts and connection cap.
+pub async fn serve_with(listener: TcpListener, metrics: Arc<dyn Render>, limits: ServerLimits) {
+    let server = HttpServer::new("metrics", limits);
+    wvpc_listener::serve(listener, server, move |request: http::Request<_>| {
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::with_capacity(512);
-            let mut buf = [0u8; 512];
-            // Read the request head (bounded), then answer.
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
-            }
-            let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-            let path = line.split(|b| *b == b' ').nth(1).unwrap_or_default();
-            let (status, body) = if path == b"/metrics" || path.starts_with(b"/metrics?") {
-                ("200 OK", metrics.render())
+        async move {
+            let (status, body) = if request.uri().path() == "/metrics" {
+                (http::StatusCode::OK, metrics.render())
             } else {
                 (
-                    "404 Not Found",
+                    http::StatusCode::NOT_FOUND,
                     "not found: metrics are at /metrics\n".to_owned(),
                 )
             };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n\
-                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
+            let mut response =
+                http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+            // One scrape per connection: nothing is left open between scrapes.
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

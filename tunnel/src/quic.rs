@@ -1,6 +1,8 @@
 //! QUIC endpoint configuration for both ends, matched to cloudflared's transport: ALPN
-//! `argotunnel`, TLS 1.3 with the ring provider, DATAGRAM frames on, 1 s keep-alive on the
-//! connector and idle timeouts that survive cloudflared's 5 s `MaxIdleTimeout`.
+//! `argotunnel`, TLS 1.3 with the ring provider, DATAGRAM frames on, cloudflared's 5 s idle
+//! timeout on both ends, a 1 s keep-alive on the connector (cloudflared's
+//! `MaxIdlePingPeriod`) and a faster one on the edge, so that a peer that went silent is
+//! noticed in about a second ([`EDGE_KEEP_ALIVE`], [`silence_limit`]).
 
 use std::io;
 use std::pin::Pin;
@@ -20,15 +22,26 @@ use crate::identity::EdgeIdentity;
 /// ALPN of the tunnel over QUIC.
 pub const ALPN: &[u8] = b"argotunnel";
 
-/// Connector keep-alive (cloudflared: 1 s).
+/// Connector keep-alive (cloudflared's `MaxIdlePingPeriod`: 1 s).
 pub const CONNECTOR_KEEP_ALIVE: Duration = Duration::from_secs(1);
-/// Connector idle timeout (cloudflared: 5 s).
+/// Connector idle timeout (cloudflared's `MaxIdleTimeout`: 5 s).
 pub const CONNECTOR_MAX_IDLE: Duration = Duration::from_secs(5);
-/// Edge idle timeout. The effective timeout is the smaller of both ends, so a cloudflared
-/// connector still gets its 5 s; ours too.
-pub const EDGE_MAX_IDLE: Duration = Duration::from_secs(10);
-/// Edge keep-alive, so a silent connector is noticed from our side as well.
-pub const EDGE_KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// Edge idle timeout: cloudflared's 5 s. The effective timeout is the smaller of both ends.
+pub const EDGE_MAX_IDLE: Duration = Duration::from_secs(5);
+/// Edge keep-alive. quinn sends a PING after this long without receiving anything, and a live
+/// peer acknowledges it at once: while the peer is alive the edge hears from it at least every
+/// `EDGE_KEEP_ALIVE` + RTT, which lets [`silence_limit`] be about a second. Costs a PING and an
+/// ACK every 250 ms on an idle connection.
+pub const EDGE_KEEP_ALIVE: Duration = Duration::from_millis(250);
+/// Least silence after which the edge declares a peer dead while flows wait on it.
+pub const SILENCE_FLOOR: Duration = Duration::from_secs(1);
+
+/// How long a peer may stay silent (nothing received, not even an ACK of the edge's PINGs)
+/// before the edge declares it dead while flows wait on it: [`SILENCE_FLOOR`], or three
+/// keep-alive round trips on a slow path. A live peer answers every keep-alive within one.
+pub fn silence_limit(rtt: Duration) -> Duration {
+    SILENCE_FLOOR.max((EDGE_KEEP_ALIVE + rtt) * 3)
+}
 
 /// Initial packet size cloudflared uses for IPv4 (WARP's 1280 MTU minus headers).
 const INITIAL_MTU: u16 = 1232;
@@ -150,6 +163,9 @@ pub enum CloseCode {
     /// The edge dropped the tunnel's connections (e.g. the tunnel was deleted or its
     /// credentials rotated); reconnecting re-checks the credentials.
     Disconnected = 6,
+    /// The peer sent nothing, not even acknowledgements, for [`silence_limit`] while flows
+    /// waited on it: the edge gave up on it (a peer that is in fact alive reconnects).
+    Unresponsive = 7,
 }
 
 impl CloseCode {
@@ -168,6 +184,7 @@ impl CloseCode {
             Self::Replaced,
             Self::EdgeShutdown,
             Self::Disconnected,
+            Self::Unresponsive,
         ]
         .into_iter()
         .find(|c| c.varint() == code)
@@ -237,5 +254,26 @@ mod tests {
         connector_client_config(identity.ca_pem().as_bytes()).unwrap();
         let err = connector_client_config(b"hello").unwrap_err();
         assert!(err.to_string().contains("no certificate"), "{err}");
+    }
+
+    #[test]
+    fn silence_limit_is_a_second_on_a_fast_path_and_grows_with_rtt() {
+        assert_eq!(silence_limit(Duration::from_micros(100)), SILENCE_FLOOR);
+        let slow = silence_limit(Duration::from_millis(300));
+        assert_eq!(slow, Duration::from_millis(1650));
+        // Several keep-alive answers fit in the limit, so one lost packet is not a death.
+        assert!(silence_limit(Duration::ZERO) >= EDGE_KEEP_ALIVE * 3);
+    }
+
+    #[test]
+    fn close_codes_round_trip() {
+        for code in [
+            CloseCode::Normal,
+            CloseCode::Disconnected,
+            CloseCode::Unresponsive,
+        ] {
+            assert_eq!(CloseCode::from_varint(code.varint()), Some(code));
+        }
+        assert_eq!(CloseCode::from_varint(VarInt::from_u32(99)), None);
     }
 }

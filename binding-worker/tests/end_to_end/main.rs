@@ -36,7 +36,7 @@ use wvpc_iris::{RouteTarget, RouteTls, Router, RouterConfig, ServiceRoute};
 use wvpc_schemas::PlatformSecret;
 use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, HandshakeError, handshake_as_runtime};
 use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
-use wvpc_schemas::{read_wire_error, write_wire_error};
+use wvpc_schemas::{StreamWriter, read_wire_error};
 
 // ---------------------------------------------------------------------------------------------
 // The origin: records Host, path and connections; `/echo` streams the request body back.
@@ -400,6 +400,7 @@ impl byte_stream::Server for BodyCollector {
     async fn write(
         self: capnp::capability::Rc<Self>,
         params: byte_stream::WriteParams,
+        _: byte_stream::WriteResults,
     ) -> Result<(), capnp::Error> {
         if self.stalled.get() {
             std::future::pending::<()>().await;
@@ -508,17 +509,16 @@ impl TestRuntime {
         }
         let sent = call.send();
         let sink = sent.pipeline.get_request_body();
-        // Stream the request body in chunks, with capnp flow control, while the response may
-        // already be coming back.
+        // Stream the request body in chunks, within the flow-control window, while the
+        // response may already be coming back.
         let write_body = async {
+            let mut sink = StreamWriter::new(sink);
             for chunk in body.chunks(32 << 10) {
-                let mut w = sink.write_request();
-                w.get().set_bytes(chunk);
-                if w.send().await.is_err() {
+                if sink.write(chunk).await.is_err() {
                     return;
                 }
             }
-            let _ = sink.end_request().send().promise.await;
+            let _ = sink.end().await;
         };
         let read_response = async {
             let (status, headers) = head_rx.await.expect("deliver was called")?;
@@ -738,6 +738,38 @@ async fn failures_arrive_as_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_with_more_headers_than_a_header_map_holds_is_a_request_error_not_a_panic() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |rt| async move {
+        // `HeaderMap::with_capacity` panics above about 24 576 entries.
+        let many = vec![("x-many", "1"); 30_000];
+        let err = rt
+            .fetch(API, "GET", "http://api.internal/", &many, b"")
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.code, ErrorCode::HttpRequestError);
+        let details = err.details.unwrap();
+        assert!(
+            details.contains("30000 headers") && details.contains("4096"),
+            "{details}"
+        );
+        // The same connection keeps serving.
+        assert_eq!(
+            rt.fetch(API, "GET", "http://api.internal/", &[], b"")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    })
+    .await;
+    // Only the second request reached the origin.
+    assert_eq!(stack.origin.requests.lock().unwrap().len(), 1);
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_request_body_never_reaches_the_origin_as_complete() {
     let stack = start_stack().await;
     with_runtime(&stack, |rt| async move {
@@ -760,16 +792,11 @@ async fn an_aborted_request_body_never_reaches_the_origin_as_complete() {
             p.set_response(capnp_rpc::new_client(receiver));
         }
         let sent = call.send();
-        let sink = sent.pipeline.get_request_body();
-        let mut w = sink.write_request();
-        w.get().set_bytes(b"only part");
-        w.send().await.unwrap();
-        let mut abort = sink.abort_request();
-        write_wire_error(
-            abort.get().init_error(),
-            &ProxyError::new(ErrorCode::ConnectionReadTimeout),
-        );
-        abort.send().promise.await.unwrap();
+        let mut sink = StreamWriter::new(sent.pipeline.get_request_body());
+        sink.write(b"only part").await.unwrap();
+        sink.abort(&ProxyError::new(ErrorCode::ConnectionReadTimeout))
+            .await
+            .unwrap();
         // The origin answers only after a complete body, so the script's abort code is what
         // comes back.
         let err = head_rx

@@ -37,6 +37,10 @@ pub struct BindingWorkerArgs {
     /// From the end of a request body to the origin's response head
     #[arg(long, default_value = "100s", value_parser = parse_duration, value_name = "DURATION")]
     pub response_timeout: Duration,
+    /// How long an origin connection is reused after its CONNECT: bounds how long a changed
+    /// service or a draining connector keeps pooled traffic
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub route_lease: Duration,
 }
 
 /// Runs a binding-worker until SIGTERM or Ctrl-C, then drains.
@@ -53,6 +57,7 @@ pub async fn run(
     config.proxy_runtime = Some(tokio::runtime::Handle::current());
     config.connect_timeout = args.connect_timeout;
     config.response_timeout = args.response_timeout;
+    config.route_lease = Some(args.route_lease);
     let worker = BindingWorker::start(listener, config).context("starting the binding-worker")?;
     let iris: Vec<String> = args.iris.iter().map(ToString::to_string).collect();
     writeln!(

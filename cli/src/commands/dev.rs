@@ -36,6 +36,9 @@ pub struct DevArgs {
     /// Serve iris's Prometheus metrics on http://IP:PORT/metrics
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Timeouts and connection cap of the listeners.
+    #[command(flatten)]
+    pub server: super::server_args::ServerArgs,
 }
 
 impl DevArgs {
@@ -69,13 +72,15 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
     let script = ScriptConfig::load_resolving(&config_path, &|name| {
         resolve_service_name(&directory, state, name)
     })?;
+    let limits = args.server.limits();
     let api_listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("listening on {} for the directory API", args.api_listen))?;
     let api_addr = api_listener.local_addr()?;
-    let api = tokio::spawn(wvpc_directory::api::serve(
+    let api = tokio::spawn(wvpc_directory::api::serve_with(
         Arc::new(directory),
         api_listener,
+        limits.clone(),
     ));
     let stack = Stack::start_with(
         StackConfig {
@@ -83,9 +88,11 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
             script: script.clone(),
             listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
             edge_listen: args.edge_listen,
+            server: limits.clone(),
         },
         IrisOptions {
             metrics_listen: args.metrics,
+            server: limits,
             ..IrisOptions::default()
         },
     )

@@ -18,6 +18,9 @@ pub struct DirectoryArgs {
     /// Most VPC services one account may have
     #[arg(long, default_value_t = SERVICE_LIMIT, value_name = "N")]
     pub service_limit: usize,
+    /// Timeouts and connection cap of the listeners.
+    #[command(flatten)]
+    pub server: super::server_args::ServerArgs,
 }
 
 /// Runs the API server.
@@ -40,7 +43,7 @@ pub async fn run(
     )?;
     out.flush()?;
     tokio::select! {
-        result = wvpc_directory::api::serve(directory, listener) => result?,
+        result = wvpc_directory::api::serve_with(directory, listener, args.server.limits()) => result?,
         () = super::dev::shutdown_signal() => tracing::info!("shutting down"),
     }
     Ok(())

@@ -32,6 +32,9 @@ pub struct IrisArgs {
     /// On shutdown, how long streams in flight may finish (e.g. 30s, 500ms, 2m)
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub grace_period: Duration,
+    /// Timeouts and connection cap of the listeners.
+    #[command(flatten)]
+    pub server: super::server_args::ServerArgs,
 }
 
 /// Runs iris until SIGTERM or Ctrl-C, then drains.
@@ -45,6 +48,7 @@ pub async fn run(args: IrisArgs, state: &Path, out: &mut (dyn Write + Send)) -> 
         &IrisOptions {
             node_name: args.node_name.clone(),
             metrics_listen: args.metrics,
+            server: args.server.limits(),
         },
     )
     .await?;

@@ -10,6 +10,7 @@ pub mod edge;
 pub mod iris;
 pub mod rollback;
 pub mod runtime;
+pub mod server_args;
 pub mod service;
 pub mod tail;
 pub mod token;

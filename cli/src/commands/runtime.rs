@@ -37,6 +37,9 @@ pub struct RuntimeArgs {
     /// <state>/platform/secret, created if missing]
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
+    /// Timeouts and connection cap of the listeners.
+    #[command(flatten)]
+    pub server: super::server_args::ServerArgs,
 }
 
 /// Serves until Ctrl-C or SIGTERM.
@@ -55,6 +58,7 @@ pub async fn run(
             binding_workers: args.binding_workers.clone(),
             secret,
             workers_domain: args.workers_domain.clone(),
+            server: args.server.limits(),
         },
     )
     .await?;

@@ -19,16 +19,15 @@ mod services;
 mod subdomain;
 mod tunnels;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use wvpc_listener::{HttpServer, Page, Refusal, ServerLimits};
 
 use crate::database::Directory;
 use crate::tokens::{ApiToken, Role};
@@ -44,33 +43,38 @@ pub const MAX_JSON_BODY: usize = 1024 * 1024;
 /// Largest script upload accepted.
 pub const MAX_SCRIPT_BODY: usize = 32 * 1024 * 1024;
 
-/// Serves the API on `listener` until the task is dropped.
+/// Serves the API on `listener` until the task is dropped, with the default
+/// [`ServerLimits`]; it never returns an error.
 pub async fn serve(directory: Arc<Directory>, listener: TcpListener) -> std::io::Result<()> {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Per-connection failures and fd exhaustion alike: back off briefly.
-                tracing::debug!(error = %err, "API accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let directory = directory.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let directory = directory.clone();
-                async move { Ok::<_, Infallible>(handle(directory, request).await) }
-            });
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %err, "API connection ended with an error");
-            }
-        });
+    serve_with(directory, listener, ServerLimits::default()).await
+}
+
+/// [`serve`] with these timeouts and connection cap. What the listener refuses on its own
+/// (the connection cap, an oversized head) is answered in the API's envelope
+/// ([`refusal_page`]).
+pub async fn serve_with(
+    directory: Arc<Directory>,
+    listener: TcpListener,
+    limits: ServerLimits,
+) -> std::io::Result<()> {
+    let server = HttpServer::new("directory API", limits).with_page(refusal_page);
+    wvpc_listener::serve(listener, server, move |request| {
+        handle(directory.clone(), request)
+    })
+    .await;
+    Ok(())
+}
+
+/// A listener's own refusal as an envelope ([`code::SERVER_LIMIT`]), request id included.
+fn refusal_page(refusal: &Refusal, request_id: &str) -> Page {
+    let error = ApiError::new(
+        refusal.status(),
+        code::SERVER_LIMIT,
+        format!("{} (request id {request_id})", refusal.explanation()),
+    );
+    Page {
+        content_type: "application/json",
+        body: error.body().to_string(),
     }
 }
 

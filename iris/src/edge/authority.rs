@@ -13,6 +13,9 @@ use std::sync::RwLock;
 use uuid::Uuid;
 use wvpc_tunnel::Credentials;
 
+/// How the `cause` of a retryable refusal for [`AuthFailure::Unavailable`] starts.
+pub(crate) const UNAVAILABLE_CAUSE: &str = "cannot check the credentials now";
+
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthFailure {
@@ -27,7 +30,7 @@ pub enum AuthFailure {
     WrongSecret(Uuid),
     /// The credentials could not be checked now (the directory is unreachable); the
     /// connector is told to retry, never that the tunnel is unknown.
-    #[error("cannot check the credentials now ({0}); retry later")]
+    #[error("{UNAVAILABLE_CAUSE} ({0}); retry later")]
     Unavailable(String),
 }
 

@@ -5,7 +5,8 @@
 //! [`TunnelAuthority`]. Registered connections go into the [`TunnelRegistry`], which implements
 //! [`crate::TunnelPool`]: TCP flows are streams the edge opens, UDP flows are datagram-v3
 //! sessions ([`udp`]) or, for connectors without a v3 feature, datagram-v2 sessions set up by
-//! RPC ([`udp_v2`]). A connection that closes leaves the registry at once.
+//! RPC ([`udp_v2`]). A connection that closes leaves the registry at once; one whose connector
+//! went silent while flows waited on it is closed within about a second ([`liveness`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,6 +33,7 @@ use wvpc_tunnel::{EdgeIdentity, QuicConfigError, RpcThread, edge_server_config};
 
 mod admission;
 pub mod authority;
+mod liveness;
 mod registration;
 pub mod registry;
 mod udp;
@@ -160,9 +162,10 @@ impl Edge {
         }
     }
 
-    /// Drains the edge: refuses new tunnel connections, lets open streams finish for at most
-    /// `grace`, then closes every connection with [`CloseCode::EdgeShutdown`] (connectors
-    /// reconnect elsewhere or when the edge is back). Returns whether every stream finished.
+    /// Drains the edge: refuses new tunnel connections, closes idle flows (pooled connections
+    /// between requests) at once, lets flows that carry a request finish for at most `grace`,
+    /// then closes every connection with [`CloseCode::EdgeShutdown`] (connectors reconnect
+    /// elsewhere or when the edge is back). Returns whether every stream finished.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.endpoint.set_server_config(None);
         let open = self.shared.registry.metrics().streams_open.get();
@@ -171,7 +174,7 @@ impl Edge {
             grace_s = grace.as_secs_f32(),
             "tunnel edge draining"
         );
-        let finished = tokio::time::timeout(grace, self.shared.registry.wait_streams_closed())
+        let finished = tokio::time::timeout(grace, self.shared.registry.drain_streams())
             .await
             .is_ok();
         if !finished {
@@ -214,6 +217,7 @@ async fn handle_incoming(incoming: quinn::Incoming, shared: Arc<Shared>) {
 
     let (tunnel, connection) = (conn.info.tunnel_id, conn.info.connection_id);
     let reader = tokio::spawn(udp::read_datagrams(conn.clone()));
+    let watcher = tokio::spawn(liveness::watch(conn.clone(), shared.registry.clone()));
     // Streams the connector opens after registering: datagram-v2 session RPCs.
     while let Ok((send, recv)) = quic.accept_bi().await {
         tokio::spawn(connector_stream(
@@ -225,6 +229,7 @@ async fn handle_incoming(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
     shared.registry.forget(&quic);
     reader.abort();
+    watcher.abort();
     let reason = quic
         .close_reason()
         .map(|r| r.to_string())

@@ -80,6 +80,16 @@ impl Refusal {
             should_retry: false,
         }
     }
+
+    /// The tunnel was deleted while this node ran: the same permanent answer as for a tunnel
+    /// the directory does not know.
+    fn deleted(tunnel_id: Uuid, remote: std::net::SocketAddr) -> Self {
+        tracing::warn!(tunnel = %tunnel_id, %remote, "tunnel registration refused: the tunnel was deleted");
+        Self::permanent(format!(
+            "Unauthorized: {}",
+            super::AuthFailure::UnknownTunnel(tunnel_id)
+        ))
+    }
 }
 
 impl RegistrationService {
@@ -110,6 +120,9 @@ impl RegistrationService {
                 cause: "rate limited: too many registrations for this tunnel; retry later".into(),
                 should_retry: true,
             });
+        }
+        if self.ctx.registry.removed_tunnel(tunnel_id) {
+            return Err(Refusal::deleted(tunnel_id, remote));
         }
         // Answered from memory; a lookup the authority cannot answer so runs elsewhere, and
         // other registrations on this thread go on meanwhile.
@@ -196,6 +209,7 @@ impl RegistrationService {
                     should_retry: true,
                 });
             }
+            Err(RecordError::TunnelRemoved) => return Err(Refusal::deleted(tunnel_id, remote)),
         }
         *self.registered.borrow_mut() = Some((tunnel_id, conn.info.connection_id));
         tracing::info!(

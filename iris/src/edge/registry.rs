@@ -8,16 +8,22 @@
 //! connections (the connector unregistered) and closed ones are never picked.
 //!
 //! **Failover.** A connection whose QUIC connection is seen closed (close frame, idle
-//! timeout, failed stream open) leaves the registry at once. A TCP flow is retried on
+//! timeout, failed stream open, or a peer found silent by [`super::liveness`] in about a
+//! second) leaves the registry at once. A TCP flow is retried on
 //! another live connection of the tunnel when its connection died *before the connector's
 //! `ConnectResponse` arrived*: until that answer iris has sent nothing but the
 //! `ConnectRequest` (the CONNECT is not answered yet, so no byte of the caller's request has
 //! left iris), hence the origin has at most seen a TCP connection attempt, never a request.
 //! A connector that answered, refused or reset the stream on a live connection is final.
 //! Once the flow is piping, a dying connection ends it (the caller sees
-//! `connection_terminated`); it is never replayed.
+//! `connection_terminated`); it is never replayed here: only the caller knows whether its
+//! request may be sent again (the binding-worker repeats idempotent ones without a body).
+//!
+//! **Draining.** Each connection tracks its piping flows ([`FlowSet`]): a graceful drain
+//! closes the idle ones (pooled keep-alive connections between requests) at once and waits
+//! only for flows that carry a request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_tunnel::flows::{Facing, FlowSet, TrackedIo};
 use wvpc_tunnel::metrics::CountingIo;
 use wvpc_tunnel::quic::CloseCode;
 use wvpc_tunnel::{BiStream, ConnectRequest, ConnectResponse, DatagramVersion, RpcThread};
@@ -78,6 +85,12 @@ pub(crate) struct EdgeConnection {
     pub(crate) rpc: Option<RpcThread>,
     /// TCP streams open on this connection (the load that spreading balances).
     open_streams: AtomicUsize,
+    /// Streams waiting for the connector's `ConnectResponse`.
+    opening: AtomicUsize,
+    /// Piping TCP flows, with who spoke last on each.
+    pub(crate) flows: Arc<FlowSet>,
+    /// Wakes the liveness watcher when a stream starts opening on an idle connection.
+    pub(crate) flow_started: Notify,
     /// When the connection registered.
     since: SystemTime,
 }
@@ -91,6 +104,9 @@ impl EdgeConnection {
             sessions: SessionTable::default(),
             rpc: None,
             open_streams: AtomicUsize::new(0),
+            opening: AtomicUsize::new(0),
+            flows: Arc::default(),
+            flow_started: Notify::new(),
             since: SystemTime::now(),
         }
     }
@@ -103,6 +119,14 @@ impl EdgeConnection {
 
     fn usable(&self) -> bool {
         !self.draining.load(Ordering::Acquire) && self.quic.close_reason().is_none()
+    }
+
+    /// Whether something waits on the connector: a stream opening, a UDP session, or a flow
+    /// awaiting or receiving an answer.
+    pub(crate) fn waiting_on_peer(&self) -> bool {
+        self.opening.load(Ordering::Acquire) > 0
+            || !self.sessions.is_empty()
+            || self.flows.any_busy()
     }
 
     fn snapshot(&self) -> ConnectionInfo {
@@ -120,6 +144,9 @@ pub(crate) enum RecordError {
     Duplicate,
     /// The QUIC connection closed before it could be recorded.
     Closed,
+    /// The tunnel was deleted ([`TunnelRegistry::remove_tunnel`]) while this registration
+    /// was being checked.
+    TunnelRemoved,
 }
 
 /// Told when connections come and go (e.g. to publish them in a shared store for
@@ -142,6 +169,9 @@ pub struct TunnelRegistry {
     observer: Mutex<Option<Arc<dyn ConnectionObserver>>>,
     /// Signalled whenever a tunnel stream closes (for draining).
     stream_closed: Arc<Notify>,
+    /// Tunnels deleted while this node ran: a registration checked against credentials read
+    /// just before the deletion is still refused. Taken inside the `tunnels` lock.
+    removed: Mutex<HashSet<Uuid>>,
 }
 
 impl std::fmt::Debug for TunnelRegistry {
@@ -172,6 +202,7 @@ impl TunnelRegistry {
             admission: Admission::default(),
             observer: Mutex::new(None),
             stream_closed: Arc::new(Notify::new()),
+            removed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -226,6 +257,7 @@ impl TunnelRegistry {
             Some(c) if c.starts_with("Unauthorized") => "unauthorized",
             Some(c) if c.starts_with("rate limited") => "rate_limited",
             Some(c) if c.starts_with("invalid") => "invalid",
+            Some(c) if c.starts_with(super::authority::UNAVAILABLE_CAUSE) => "unavailable",
             Some(_) => "refused",
         };
         self.metrics.registrations.inc(result);
@@ -241,6 +273,29 @@ impl TunnelRegistry {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Graceful drain of the flows: closes idle ones (pooled connections between requests)
+    /// at once and each busy one as soon as it turns idle; resolves once no tunnel stream is
+    /// open.
+    pub async fn drain_streams(&self) {
+        const TICK: Duration = Duration::from_millis(100);
+        loop {
+            let notified = self.stream_closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let conns: Vec<Arc<EdgeConnection>> = self.lock().values().flatten().cloned().collect();
+            for conn in conns {
+                conn.flows.close_idle();
+            }
+            if self.metrics.streams_open.get() <= 0 {
+                return;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
         }
     }
 
@@ -337,6 +392,9 @@ impl TunnelRegistry {
             if conn.quic.close_reason().is_some() {
                 return Err(RecordError::Closed);
             }
+            if self.removed_tunnel(conn.info.tunnel_id) {
+                return Err(RecordError::TunnelRemoved);
+            }
             let conns = tunnels.entry(conn.info.tunnel_id).or_default();
             if let Some(pos) = conns.iter().position(|c| {
                 c.info.client_id == conn.info.client_id
@@ -407,24 +465,49 @@ impl TunnelRegistry {
         }
     }
 
-    /// Closes every connection of a tunnel (e.g. it was deleted or its credentials rotated).
-    /// Connectors reconnect and must register again, which re-checks their credentials.
-    /// Returns how many connections were closed.
+    /// Closes every connection of a tunnel (e.g. its credentials rotated). Connectors
+    /// reconnect and must register again, which re-checks their credentials. Returns how many
+    /// connections were closed.
     pub fn disconnect_tunnel(&self, tunnel_id: Uuid) -> usize {
         let conns = self.lock().remove(&tunnel_id).unwrap_or_default();
+        self.close_all(tunnel_id, conns, "tunnel disconnected by the edge")
+    }
+
+    /// The tunnel was deleted: closes its connections with [`CloseCode::Disconnected`] and
+    /// `reason` (which connectors log), and refuses its registrations from now on, even one
+    /// whose credentials were checked just before. Returns how many connections were closed.
+    pub fn remove_tunnel(&self, tunnel_id: Uuid, reason: &str) -> usize {
+        let conns = {
+            let mut tunnels = self.lock();
+            self.removed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(tunnel_id);
+            tunnels.remove(&tunnel_id).unwrap_or_default()
+        };
+        self.close_all(tunnel_id, conns, reason)
+    }
+
+    /// Whether [`TunnelRegistry::remove_tunnel`] was called for the tunnel.
+    pub fn removed_tunnel(&self, tunnel_id: Uuid) -> bool {
+        self.removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&tunnel_id)
+    }
+
+    fn close_all(&self, tunnel_id: Uuid, conns: Vec<Arc<EdgeConnection>>, reason: &str) -> usize {
         let observer = self.observer();
         for conn in &conns {
             conn.sessions.clear();
             if let Some(observer) = &observer {
                 observer.disconnected(&conn.info);
             }
-            conn.quic.close(
-                CloseCode::Disconnected.varint(),
-                b"tunnel disconnected by the edge",
-            );
+            conn.quic
+                .close(CloseCode::Disconnected.varint(), reason.as_bytes());
         }
         if !conns.is_empty() {
-            tracing::info!(tunnel = %tunnel_id, connections = conns.len(), "tunnel connections dropped by the edge");
+            tracing::info!(tunnel = %tunnel_id, connections = conns.len(), %reason, "tunnel connections closed by the edge");
             self.changed();
         }
         conns.len()
@@ -556,6 +639,7 @@ impl TunnelRegistry {
         };
         let mut stream = BiStream::new(send, recv);
         let guard = StreamGuard::enter(conn.clone(), self.metrics.clone(), &self.stream_closed);
+        let opening = Opening::enter(conn);
         let request = ConnectRequest::tcp(dest, flow_id.to_owned());
         if let Err(e) = request.write(&mut stream.send).await {
             return Err(classify(terminated("failed while sending the request", &e)));
@@ -590,8 +674,14 @@ impl TunnelRegistry {
             return Err(Failure::Final(err));
         }
         self.metrics.streams.inc();
+        let flow = conn.flows.enter();
+        drop(opening);
         Ok(Box::new(TunnelStream {
-            io: CountingIo::new(stream, self.metrics.tunnel_bytes()),
+            io: TrackedIo::new(
+                CountingIo::new(stream, self.metrics.tunnel_bytes()),
+                flow,
+                Facing::Origin,
+            ),
             _guard: guard,
         }))
     }
@@ -660,9 +750,28 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A connected TCP flow through a tunnel, counted while it lives.
+/// A stream waiting for the connector's answer, which the liveness watcher must know about.
+struct Opening<'a>(&'a EdgeConnection);
+
+impl<'a> Opening<'a> {
+    fn enter(conn: &'a EdgeConnection) -> Self {
+        if conn.opening.fetch_add(1, Ordering::AcqRel) == 0 {
+            conn.flow_started.notify_one();
+        }
+        Self(conn)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.opening.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connected TCP flow through a tunnel, counted while it lives; its reads are the origin's
+/// bytes, its writes the caller's.
 struct TunnelStream {
-    io: CountingIo<BiStream>,
+    io: TrackedIo<CountingIo<BiStream>>,
     _guard: StreamGuard,
 }
 

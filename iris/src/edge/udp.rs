@@ -47,6 +47,11 @@ impl SessionTable {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether no session is open.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Ends every session (the connection closed): their flows see `connection_terminated`.
     pub(crate) fn clear(&self) {
         self.lock().clear();

@@ -11,6 +11,7 @@
 //! | `/drop` | closes the whole connection without answering |
 //! | `/redirect/<status>?to=<location>` | `<status>` with that `Location` |
 //! | `/redirect-loop` | 302 to itself |
+//! | `/many-headers` | 200 with 30 000 headers (more than a `HeaderMap` holds) |
 //! | anything else | 200 echoing what arrived (method, url, context, headers, body) |
 
 use std::cell::RefCell;
@@ -26,7 +27,7 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_binding_worker};
 use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
-use wvpc_schemas::{PlatformSecret, write_wire_error};
+use wvpc_schemas::{PlatformSecret, StreamWriter, write_wire_error};
 
 pub struct FakeBindingWorker {
     pub addr: SocketAddr,
@@ -299,6 +300,23 @@ async fn answer(
         return Ok(());
     }
 
+    if path == "/many-headers" {
+        // More headers than an `http::HeaderMap` can hold (it panics above about 24 576).
+        let mut request = receiver.deliver_request();
+        {
+            let mut head = request.get().init_result().init_response();
+            head.set_status(200);
+            let mut headers = head.init_headers(30_000);
+            for i in 0..30_000 {
+                headers.reborrow().get(i).set_name("x-many");
+                headers.reborrow().get(i).set_value(b"1");
+            }
+        }
+        // The runtime refuses the head, so the call fails; the script has its answer.
+        let _ = request.send().promise.await;
+        return Ok(());
+    }
+
     let mut request = receiver.deliver_request();
     {
         let mut head = request.get().init_result().init_response();
@@ -350,10 +368,12 @@ async fn deliver_error(
     Ok(())
 }
 
+/// Writes `bytes` within the flow-control window, as the binding-worker does, and waits
+/// until the script has taken them.
 async fn write(stream: &byte_stream::Client, bytes: &[u8]) -> Result<(), capnp::Error> {
-    let mut request = stream.write_request();
-    request.get().set_bytes(bytes);
-    request.send().await
+    let mut writer = StreamWriter::new(stream.clone());
+    writer.write(bytes).await?;
+    writer.flush().await
 }
 
 /// Request body sink: collects until `end`.
@@ -366,6 +386,7 @@ impl byte_stream::Server for Collector {
     async fn write(
         self: CapRc<Self>,
         params: byte_stream::WriteParams,
+        _: byte_stream::WriteResults,
     ) -> Result<(), capnp::Error> {
         self.bytes
             .borrow_mut()

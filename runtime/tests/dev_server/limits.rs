@@ -242,3 +242,37 @@ async fn script_output_is_captured_per_request_with_its_id() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_header_fields_than_the_listener_reads_get_an_explained_431() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_with(
+        &guests::guests().checks,
+        fake.addr,
+        "{}",
+        Arc::new(PrefixedOutput),
+    )
+    .await;
+    let names: Vec<String> = (0..1_001).map(|i| format!("x-field-{i}")).collect();
+    let fields: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "1")).collect();
+
+    // 150 fields (over hyper's default of 100) reach the script.
+    let mut client = Client::connect(served.addr).await;
+    let answer = client.send("GET", "/print", &fields[..150], "").await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+
+    // One more than the listener reads: refused before the script, with the limit, what to do
+    // and the request id.
+    let mut client = Client::connect(served.addr).await;
+    let answer = client.send("GET", "/print", &fields, "").await;
+    assert_eq!(answer.status, 431, "{:?}", answer.body);
+    assert_eq!(
+        answer.text(),
+        format!(
+            "the request has more than 1000 header fields, the most this server reads; send \
+             fewer (combine repeated fields into one comma-separated field, or move data into \
+             the body) (request id {})\n",
+            answer.request_id()
+        )
+    );
+}

@@ -316,6 +316,14 @@ async fn binding_errors_become_502_with_the_proxy_error_code() {
         (nxdomain.status, nxdomain.text()),
         (502, "ProxyError: dns_error")
     );
+    // A head whose header count a peer chose is checked before anything is sized by it.
+    let many = client.get("/many-headers").await;
+    assert_eq!(
+        (many.status, many.text()),
+        (502, "ProxyError: http_response_header_section_size")
+    );
+    let after = client.get("/after").await;
+    assert_eq!(after.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
