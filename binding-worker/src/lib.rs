@@ -46,6 +46,7 @@
 
 #![forbid(unsafe_code)]
 
+mod call_decode;
 mod iris_client;
 mod origin;
 mod origin_tls;
@@ -68,6 +69,7 @@ use wvpc_listener::{Acceptor, Admitted, RefuseWith};
 use wvpc_schemas::binding_auth::handshake_as_binding_worker;
 use wvpc_schemas::binding_capnp::vpc_binding;
 
+pub use call_decode::{DecodedFetch, decode_fetch_call};
 pub use wvpc_schemas::PlatformSecret;
 pub use wvpc_schemas::binding_auth::HANDSHAKE_TIMEOUT;
 

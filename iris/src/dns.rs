@@ -5,6 +5,9 @@
 //! Policy (the product leaves it open; this is ours):
 //! - one UDP flow per resolver carries both queries (one question per message, as real
 //!   servers require); answers are matched by id *and* question, anything else is ignored;
+//! - an answer with the TC bit (too big for UDP) is asked again over TCP through the tunnel
+//!   (one stream to the same resolver, length-prefixed messages, RFC 7766), so that every
+//!   record comes back;
 //! - each resolver gets [`DnsConfig::attempts`] tries of [`DnsConfig::attempt_timeout`];
 //!   resolvers are tried in order, and only upstream failures (timeout, SERVFAIL, REFUSED, a
 //!   dead flow) move on to the next one — NXDOMAIN is an answer;
@@ -29,11 +32,12 @@ use futures::FutureExt;
 use futures::future::Shared;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
-use crate::tunnel_pool::{BoxFuture, FlowContext, TunnelPool, UdpFlow};
+use crate::tunnel_pool::{BoxFuture, BoxIo, FlowContext, TunnelPool, UdpFlow};
 
 /// The connector's virtual DNS service: the connector forwards what it receives there to its
 /// host's system resolver (cloudflared's reserved address).
@@ -334,12 +338,18 @@ struct Pending {
     outcome: Option<FamilyOutcome>,
 }
 
-/// What one resolver said about one record type.
+/// What one resolver said about one record type (A or AAAA).
 #[derive(Debug)]
-enum FamilyOutcome {
+pub enum FamilyOutcome {
+    /// Addresses of the asked type (at least one), with the smallest TTL of the records used.
     Addresses(Vec<IpAddr>, Duration),
+    /// The name exists without records of the asked type; the SOA's negative TTL if any.
     NoData(Option<Duration>),
+    /// The name does not exist; the SOA's negative TTL if any.
     NxDomain(Option<Duration>),
+    /// The answer did not fit in UDP (TC bit): ask again over TCP.
+    Truncated,
+    /// An upstream failure (SERVFAIL, REFUSED, a malformed answer, …).
     Failed(ProxyError),
 }
 
@@ -376,7 +386,110 @@ async fn query_resolver(
             break;
         }
     }
+    if pending
+        .iter()
+        .any(|p| matches!(p.outcome, Some(FamilyOutcome::Truncated)))
+    {
+        let deadline = Instant::now() + inner.config.attempt_timeout;
+        let retried = retry_over_tcp(inner, tunnel, server, &mut pending, ctx);
+        match tokio::time::timeout_at(deadline, retried).await {
+            Err(_elapsed) => {
+                return Err(ProxyError::new(ErrorCode::DnsTimeout).with_details(format!(
+                    "resolver {server} sent a truncated answer and no answer over TCP in time"
+                )));
+            }
+            Ok(Err(err)) => return Err(err),
+            Ok(Ok(Some(nx))) => return Ok(nx),
+            Ok(Ok(None)) => {}
+        }
+    }
     combine(pending, server)
+}
+
+/// Asks the questions whose UDP answer was truncated again over one TCP stream through the
+/// tunnel to the same resolver. Returns early with the answer on NXDOMAIN.
+async fn retry_over_tcp(
+    inner: &ResolverInner,
+    tunnel: Uuid,
+    server: SocketAddr,
+    pending: &mut [Pending; 2],
+    ctx: &FlowContext,
+) -> Result<Option<Answer>, ProxyError> {
+    let mut stream = inner
+        .pool
+        .open_tcp(tunnel, server, ctx)
+        .await
+        .map_err(|err| {
+            ProxyError::new(ErrorCode::DnsError).with_details(format!(
+                "resolver {server} sent a truncated answer, and asking it over TCP failed: {err}"
+            ))
+        })?;
+    for question in pending
+        .iter_mut()
+        .filter(|p| matches!(p.outcome, Some(FamilyOutcome::Truncated)))
+    {
+        let answer = exchange_over_tcp(&mut stream, &question.wire, server).await?;
+        let outcome = match read_answer(&answer, question.id, &question.query, server)? {
+            Some(FamilyOutcome::Truncated) => {
+                FamilyOutcome::Failed(ProxyError::new(ErrorCode::DnsError).with_details(format!(
+                    "resolver {server} sent a truncated answer over TCP"
+                )))
+            }
+            Some(outcome) => outcome,
+            None => FamilyOutcome::Failed(ProxyError::new(ErrorCode::DnsError).with_details(
+                format!("resolver {server} answered another question over TCP"),
+            )),
+        };
+        if let FamilyOutcome::NxDomain(negative_ttl) = outcome {
+            return Ok(Some(Answer::Negative {
+                rcode: "NXDOMAIN",
+                negative_ttl,
+            }));
+        }
+        question.outcome = Some(outcome);
+    }
+    Ok(None)
+}
+
+/// One query and its answer on a DNS-over-TCP stream: each message is preceded by its length
+/// as a big-endian u16 (RFC 1035 §4.2.2).
+async fn exchange_over_tcp(
+    stream: &mut BoxIo,
+    query: &[u8],
+    server: SocketAddr,
+) -> Result<Vec<u8>, ProxyError> {
+    let failed = |what: &str, err: std::io::Error| {
+        ProxyError::new(ErrorCode::DnsError)
+            .with_details(format!("DNS over TCP to {server}: {what}: {err}"))
+    };
+    let len = u16::try_from(query.len()).map_err(|_| {
+        ProxyError::new(ErrorCode::DnsError)
+            .with_details(format!("a DNS query of {} bytes is too long", query.len()))
+    })?;
+    let mut framed = Vec::with_capacity(2 + query.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(query);
+    stream
+        .write_all(&framed)
+        .await
+        .map_err(|e| failed("sending the query", e))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| failed("sending the query", e))?;
+    read_tcp_message(stream)
+        .await
+        .map_err(|e| failed("reading the answer", e))
+}
+
+/// Reads one length-prefixed DNS message off a TCP stream.
+pub async fn read_tcp_message<R: tokio::io::AsyncRead + Unpin + ?Sized>(
+    stream: &mut R,
+) -> std::io::Result<Vec<u8>> {
+    let len = stream.read_u16().await?;
+    let mut answer = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut answer).await?;
+    Ok(answer)
 }
 
 /// Reads datagrams until every question is answered or `deadline` passes. Returns early with
@@ -392,17 +505,11 @@ async fn collect_answers(
             Err(_elapsed) => break,
             Ok(datagram) => datagram?,
         };
-        let message = Message::from_vec(&datagram).map_err(|e| {
-            ProxyError::new(ErrorCode::DnsError)
-                .with_details(format!("malformed DNS answer from {server}: {e}"))
-        })?;
-        let Some(question) = pending.iter_mut().find(|p| {
-            p.outcome.is_none()
-                && p.id == message.metadata.id
-                && message.metadata.message_type == MessageType::Response
-                && message.queries.len() == 1
-                && message.queries[0] == p.query
-        }) else {
+        let message = parse_message(&datagram, server)?;
+        let Some(question) = pending
+            .iter_mut()
+            .find(|p| p.outcome.is_none() && answers(&message, p.id, &p.query))
+        else {
             // A late answer to an earlier try, or not ours: not an answer to what is pending.
             continue;
         };
@@ -416,6 +523,34 @@ async fn collect_answers(
         question.outcome = Some(outcome);
     }
     Ok(None)
+}
+
+fn parse_message(bytes: &[u8], server: SocketAddr) -> Result<Message, ProxyError> {
+    Message::from_vec(bytes).map_err(|e| {
+        ProxyError::new(ErrorCode::DnsError)
+            .with_details(format!("malformed DNS answer from {server}: {e}"))
+    })
+}
+
+/// Whether `message` is the answer to the query `id` asking `query`.
+fn answers(message: &Message, id: u16, query: &Query) -> bool {
+    id == message.metadata.id
+        && message.metadata.message_type == MessageType::Response
+        && message.queries.len() == 1
+        && message.queries[0] == *query
+}
+
+/// What the resolver makes of `bytes` received from `server` after asking `query` with `id`:
+/// `Ok(None)` when it is not an answer to that question (ignored on a UDP flow), an error when
+/// it is not DNS at all.
+pub fn read_answer(
+    bytes: &[u8],
+    id: u16,
+    query: &Query,
+    server: SocketAddr,
+) -> Result<Option<FamilyOutcome>, ProxyError> {
+    let message = parse_message(bytes, server)?;
+    Ok(answers(&message, id, query).then(|| classify(&message, query, server)))
 }
 
 fn build_query(
@@ -458,6 +593,10 @@ fn classify(message: &Message, query: &Query, server: SocketAddr) -> FamilyOutco
             );
         }
     }
+    if message.metadata.truncation {
+        // What did fit may be a part of the records: ask again over TCP for all of them.
+        return FamilyOutcome::Truncated;
+    }
     if message.metadata.op_code != OpCode::Query {
         return FamilyOutcome::Failed(ProxyError::new(ErrorCode::DnsError).with_details(format!(
             "malformed DNS answer from {server}: not a query answer"
@@ -495,12 +634,6 @@ fn classify(message: &Message, query: &Query, server: SocketAddr) -> FamilyOutco
         }
     }
     if addrs.is_empty() {
-        if message.metadata.truncation {
-            return FamilyOutcome::Failed(
-                ProxyError::new(ErrorCode::DnsError)
-                    .with_details(format!("resolver {server} sent a truncated answer")),
-            );
-        }
         return FamilyOutcome::NoData(soa_ttl(message));
     }
     FamilyOutcome::Addresses(addrs, Duration::from_secs(u64::from(ttl)))
@@ -541,6 +674,13 @@ fn combine(pending: [Pending; 2], server: SocketAddr) -> Result<Answer, ProxyErr
                 });
             }
             Some(FamilyOutcome::Failed(err)) => failure = Some(err),
+            // Only left when the TCP retry was not made; `query_resolver` always makes it.
+            Some(FamilyOutcome::Truncated) => {
+                failure = Some(
+                    ProxyError::new(ErrorCode::DnsError)
+                        .with_details(format!("resolver {server} sent a truncated answer")),
+                );
+            }
             None => unanswered += 1,
         }
     }
@@ -613,6 +753,8 @@ mod tests {
         Silent,
         /// Answers with bytes that are not DNS.
         Garbage,
+        /// Answers with the TC bit and no records (the mock has no TCP).
+        Truncated,
     }
 
     /// A mock tunnel pool whose UDP flows reach an in-memory DNS table instead of a tunnel.
@@ -661,6 +803,7 @@ mod tests {
                 None => resp.metadata.response_code = ResponseCode::NXDomain,
                 Some(Zone::Silent) => return None,
                 Some(Zone::Garbage) => return Some(Bytes::from_static(b"\x00\x01not dns")),
+                Some(Zone::Truncated) => resp.metadata.truncation = true,
                 Some(Zone::Rcode(rcode)) => resp.metadata.response_code = rcode,
                 Some(Zone::NxDomainWithSoa { minimum }) => {
                     resp.metadata.response_code = ResponseCode::NXDomain;
@@ -1039,6 +1182,26 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::DnsTimeout);
         assert_eq!(pool.questions().len(), 4, "A and AAAA, each sent twice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_truncated_answer_without_tcp_is_a_dns_error_that_says_so() {
+        let pool = MockTunnelPool::new(&[("big.internal.", Zone::Truncated)]);
+        let err = resolver(&pool)
+            .resolve(TUNNEL, &[], "big.internal", &ctx())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::DnsError);
+        let details = err.details.unwrap();
+        assert!(
+            details.contains("truncated answer, and asking it over TCP failed"),
+            "{details}"
+        );
+        assert_eq!(
+            pool.questions().len(),
+            2,
+            "no UDP retry of a truncated answer"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -167,13 +167,25 @@ impl ScriptConfig {
         path: &Path,
         resolve: ServiceResolver<'_>,
     ) -> Result<ScriptConfig, ConfigError> {
-        let format =
-            Format::of(path).ok_or_else(|| ConfigError::UnsupportedFormat { path: path.into() })?;
+        // The format is checked before the file is read.
+        Format::of(path).ok_or_else(|| ConfigError::UnsupportedFormat { path: path.into() })?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        let raw = parse(path, format, &text)?;
+        Self::from_text(path, &text, resolve)
+    }
+
+    /// Validates `text` as the content of the config file at `path` (which gives the format
+    /// by its extension and the directory `main` is resolved against; it is not read).
+    pub fn from_text(
+        path: &Path,
+        text: &str,
+        resolve: ServiceResolver<'_>,
+    ) -> Result<ScriptConfig, ConfigError> {
+        let format =
+            Format::of(path).ok_or_else(|| ConfigError::UnsupportedFormat { path: path.into() })?;
+        let raw = parse(path, format, text)?;
         let base = path.parent().unwrap_or_else(|| Path::new(""));
         validate(&raw, format, base, resolve).map_err(|problems| ConfigError::Invalid {
             path: path.into(),

@@ -336,7 +336,7 @@ impl Sender {
                     }
                 }
             }
-            if next.scheme() != head.uri.scheme() || next.authority() != head.uri.authority() {
+            if !same_origin(&next, &head.uri) {
                 // Credentials meant for one host are not sent to another (Fetch standard).
                 head.headers.remove(header::AUTHORIZATION);
             }
@@ -382,74 +382,25 @@ fn redirect_location(response: &http::Response<WasiBody>) -> Option<String> {
     Some(location.to_owned())
 }
 
-/// `location` resolved against `base` (RFC 3986 §5.2 for the forms servers send: absolute,
-/// scheme-relative, absolute path, relative path, query only). The fragment is dropped.
+/// `location` resolved against `base` as RFC 3986 §5 says (`url`'s join): an absolute URL,
+/// scheme-relative (`//host/x`), an absolute path, a relative path or a query only; `://`
+/// inside a query (`/login?next=https://app/`) is just data. The fragment is dropped; only
+/// `http` and `https` URLs with a host are followed.
 pub(crate) fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
-    let location = location.split('#').next().unwrap_or_default().trim();
-    let scheme = base.scheme_str()?;
-    let authority = base.authority()?.as_str();
-    let text = if location.contains("://") {
-        location.to_owned()
-    } else if let Some(rest) = location.strip_prefix("//") {
-        format!("{scheme}://{rest}")
-    } else if location.starts_with('/') {
-        format!("{scheme}://{authority}{location}")
-    } else if location.starts_with('?') {
-        format!("{scheme}://{authority}{}{location}", base.path())
-    } else {
-        let path = base.path();
-        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-        format!(
-            "{scheme}://{authority}{}",
-            remove_dot_segments(&format!("{dir}{location}"))
-        )
-    };
-    let uri: Uri = text.parse().ok()?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+    let base = url::Url::parse(&base.to_string()).ok()?;
+    let mut next = base.join(location.trim()).ok()?;
+    next.set_fragment(None);
+    if !matches!(next.scheme(), "http" | "https") || next.host_str().is_none_or(str::is_empty) {
         return None;
     }
-    // An empty path is `/`.
-    if uri.path().is_empty() {
-        return format!("{text}/").parse().ok();
-    }
-    Some(uri)
+    next.as_str().parse().ok()
 }
 
-/// Resolves `.` and `..` segments of a path (which may carry a query).
-fn remove_dot_segments(path_and_query: &str) -> String {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').collect();
-    for (i, segment) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match *segment {
-            "." => {
-                if last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                if out.len() > 1 {
-                    out.pop();
-                }
-                if last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    let mut joined = out.join("/");
-    if !joined.starts_with('/') {
-        joined.insert(0, '/');
-    }
-    match query {
-        Some(q) => format!("{joined}?{q}"),
-        None => joined,
-    }
+/// Whether two request URLs have the same origin (scheme, host and port, default ports
+/// included), so that credentials may follow a redirect from one to the other.
+fn same_origin(a: &Uri, b: &Uri) -> bool {
+    let origin = |uri: &Uri| url::Url::parse(&uri.to_string()).ok().map(|u| u.origin());
+    matches!((origin(a), origin(b)), (Some(a), Some(b)) if a == b)
 }
 
 /// A request body as it streams to the binding, with a copy of its first
@@ -595,6 +546,13 @@ mod tests {
             ("?y=2", "http://api.internal:8080/a/b/c?y=2"),
             ("//other.internal/p", "http://other.internal/p"),
             ("https://secure.internal", "https://secure.internal/"),
+            // `://` in the query of a relative Location is data, not a scheme.
+            (
+                "/login?next=https://app/",
+                "http://api.internal:8080/login?next=https://app/",
+            ),
+            ("d?u=http://x", "http://api.internal:8080/a/b/d?u=http://x"),
+            ("/a b", "http://api.internal:8080/a%20b"),
         ];
         for (location, expected) in cases {
             assert_eq!(
@@ -605,5 +563,26 @@ mod tests {
         }
         assert_eq!(resolve_location(&base, "ftp://x/"), None);
         assert_eq!(resolve_location(&base, "http://"), None);
+    }
+
+    #[test]
+    fn credentials_follow_redirects_within_one_origin_only() {
+        let uri = |u: &str| u.parse::<Uri>().unwrap();
+        assert!(same_origin(
+            &uri("http://a.internal/x"),
+            &uri("http://a.internal:80/y")
+        ));
+        assert!(!same_origin(
+            &uri("http://a.internal/x"),
+            &uri("https://a.internal/x")
+        ));
+        assert!(!same_origin(
+            &uri("http://a.internal/x"),
+            &uri("http://b.internal/x")
+        ));
+        assert!(!same_origin(
+            &uri("http://a.internal/x"),
+            &uri("http://a.internal:8080/x")
+        ));
     }
 }

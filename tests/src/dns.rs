@@ -1,6 +1,7 @@
-//! A real DNS server for tests: UDP on 127.0.0.1:0, answering A and AAAA from a table,
-//! NXDOMAIN for unknown names, and switchable faults (SERVFAIL, silence). It counts the
-//! queries it receives so tests can assert caching.
+//! A real DNS server for tests: UDP and TCP (length-prefixed, RFC 1035 §4.2.2) on one port of
+//! 127.0.0.1, answering A and AAAA from a table, NXDOMAIN for unknown names, and switchable
+//! faults (SERVFAIL, silence, UDP answers truncated). It counts the queries it receives, per
+//! transport, so tests can assert caching and the TCP retry.
 //!
 //! [`DnsTable::answer`] is also what the mock tunnel uses to answer DNS without a socket.
 
@@ -12,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// How the server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,6 +26,18 @@ pub enum DnsMode {
     ServFail,
     /// Never answer (the resolver times out).
     Silent,
+    /// Over UDP, answer with the TC bit and no records (as a server whose answer does not fit
+    /// does); over TCP, answer from the table.
+    TruncateUdp,
+}
+
+/// How a query arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// A UDP datagram.
+    Udp,
+    /// A TCP stream.
+    Tcp,
 }
 
 /// Names and addresses, shared between the server task and the test.
@@ -38,6 +52,7 @@ struct TableInner {
     ttl: u32,
     mode: DnsMode,
     queries: HashMap<(String, RecordType), usize>,
+    tcp_queries: HashMap<(String, RecordType), usize>,
 }
 
 impl DnsTable {
@@ -77,7 +92,7 @@ impl DnsTable {
         self.inner.lock().unwrap().mode = mode;
     }
 
-    /// How many queries of `rtype` for `name` arrived.
+    /// How many queries of `rtype` for `name` arrived (both transports).
     pub fn query_count(&self, name: &str, rtype: RecordType) -> usize {
         let key = (name.trim_end_matches('.').to_ascii_lowercase(), rtype);
         self.inner
@@ -89,8 +104,25 @@ impl DnsTable {
             .unwrap_or(0)
     }
 
-    /// Answers one wire-format query; `None` means stay silent.
+    /// How many queries of `rtype` for `name` arrived over TCP.
+    pub fn tcp_query_count(&self, name: &str, rtype: RecordType) -> usize {
+        let key = (name.trim_end_matches('.').to_ascii_lowercase(), rtype);
+        self.inner
+            .lock()
+            .unwrap()
+            .tcp_queries
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Answers one wire-format query as if it came over UDP; `None` means stay silent.
     pub fn answer(&self, query: &[u8]) -> Option<Vec<u8>> {
+        self.answer_over(Transport::Udp, query)
+    }
+
+    /// Answers one wire-format query that came over `transport`.
+    pub fn answer_over(&self, transport: Transport, query: &[u8]) -> Option<Vec<u8>> {
         let msg = Message::from_vec(query).ok()?;
         if msg.metadata.message_type != MessageType::Query {
             return None;
@@ -102,6 +134,12 @@ impl DnsTable {
                 .to_ascii()
                 .trim_end_matches('.')
                 .to_ascii_lowercase();
+            if transport == Transport::Tcp {
+                *inner
+                    .tcp_queries
+                    .entry((name.clone(), q.query_type()))
+                    .or_default() += 1;
+            }
             *inner.queries.entry((name, q.query_type())).or_default() += 1;
         }
         let mut resp = Message::response(msg.metadata.id, msg.metadata.op_code);
@@ -111,7 +149,8 @@ impl DnsTable {
         match inner.mode {
             DnsMode::Silent => return None,
             DnsMode::ServFail => resp.metadata.response_code = ResponseCode::ServFail,
-            DnsMode::Answer => {
+            DnsMode::TruncateUdp if transport == Transport::Udp => resp.metadata.truncation = true,
+            DnsMode::Answer | DnsMode::TruncateUdp => {
                 for q in &msg.queries {
                     let name = q
                         .name()
@@ -139,11 +178,12 @@ impl DnsTable {
 
 /// A running DNS server.
 pub struct DnsServer {
-    /// Where it listens (UDP).
+    /// Where it listens (UDP and TCP).
     pub addr: SocketAddr,
     /// Its table, counters and fault switch.
     pub table: DnsTable,
     task: tokio::task::JoinHandle<()>,
+    tcp_task: tokio::task::JoinHandle<()>,
 }
 
 impl DnsServer {
@@ -152,10 +192,23 @@ impl DnsServer {
         Self::start_on("127.0.0.1:0".parse().unwrap(), table).await
     }
 
-    /// Starts a server on a given address.
+    /// Starts a server on a given address (with port 0: a port free for both UDP and TCP).
     pub async fn start_on(addr: SocketAddr, table: DnsTable) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(addr).await?;
+        let mut attempts = 0;
+        let (socket, listener) = loop {
+            let socket = UdpSocket::bind(addr).await?;
+            match TcpListener::bind(socket.local_addr()?).await {
+                Ok(listener) => break (socket, listener),
+                // The UDP port's TCP twin is taken: another free port.
+                Err(err) if addr.port() == 0 && attempts < 20 => {
+                    attempts += 1;
+                    tracing::debug!(error = %err, "DNS test server: TCP port taken, retrying");
+                }
+                Err(err) => return Err(err),
+            }
+        };
         let addr = socket.local_addr()?;
+        let tcp_task = tokio::spawn(serve_tcp(listener, table.clone()));
         let served = table.clone();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
@@ -165,13 +218,50 @@ impl DnsServer {
                 }
             }
         });
-        Ok(Self { addr, table, task })
+        Ok(Self {
+            addr,
+            table,
+            task,
+            tcp_task,
+        })
+    }
+}
+
+/// DNS over TCP: each connection carries length-prefixed queries, answered in order.
+async fn serve_tcp(listener: TcpListener, table: DnsTable) {
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((stream, _)) = listener.accept().await {
+        connections.spawn(answer_tcp(stream, table.clone()));
+    }
+}
+
+async fn answer_tcp(mut stream: TcpStream, table: DnsTable) {
+    loop {
+        let Ok(len) = stream.read_u16().await else {
+            return;
+        };
+        let mut query = vec![0u8; usize::from(len)];
+        if stream.read_exact(&mut query).await.is_err() {
+            return;
+        }
+        let Some(answer) = table.answer_over(Transport::Tcp, &query) else {
+            continue;
+        };
+        let Ok(len) = u16::try_from(answer.len()) else {
+            return;
+        };
+        let mut framed = len.to_be_bytes().to_vec();
+        framed.extend_from_slice(&answer);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
     }
 }
 
 impl Drop for DnsServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.tcp_task.abort();
     }
 }
 

@@ -427,7 +427,12 @@ async fn read_message<R: AsyncRead + Unpin>(
     buf.resize(total, 0);
     let table_len = table_words * 8;
     read_exact_or(r, &mut buf[table_len..], what).await?;
-    capnp::serialize::read_message(&buf[..], capnp::message::ReaderOptions::new())
+    // Reading visits each word of a well-formed message once. Without a limit tied to the
+    // message, a list of empty structs (no words per element) decodes into millions of
+    // metadata entries from a few bytes; twice the message's words bounds that.
+    let mut options = capnp::message::ReaderOptions::new();
+    options.traversal_limit_in_words(Some(2 * total / 8));
+    capnp::serialize::read_message(&buf[..], options)
         .map_err(|source| StreamError::Capnp { what, source })
 }
 
@@ -547,6 +552,22 @@ mod tests {
         );
     }
 
+    /// A `ConnectRequest` message (without preamble) whose metadata list is a list of empty
+    /// structs with a huge element count.
+    fn amplified_metadata_list() -> Vec<u8> {
+        vec![
+            0x00, 0x00, 0x00, 0x00, 0x0d, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00,
+            0x02, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20, 0x00, 0x05, 0x00, 0x00, 0x00,
+            0xda, 0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00, 0x17, 0x00, 0x00, 0x00, 0x5b, 0x32,
+            0x36, 0x32, 0x36, 0x3a, 0x34, 0x37, 0x30, 0x30, 0x3a, 0x63, 0x66, 0x31, 0x3a, 0x32,
+            0x30, 0x30, 0x30, 0x3a, 0x3a, 0x31, 0x5d, 0x3a, 0x35, 0x33, 0x00, 0x00, 0x00, 0x2d,
+            0x31, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x05, 0x00,
+            0x00, 0x00, 0x3a, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x3a, 0x00, 0x00, 0x00,
+            0x46, 0x6c, 0x6f, 0x77, 0x49, 0x44, 0x00, 0x00, 0x66, 0x6c, 0x6f, 0x75, 0x2d, 0x32,
+            0x00, 0x00,
+        ]
+    }
+
     #[tokio::test]
     async fn malformed_handshakes_are_refused_with_a_reason() {
         // Wrong signature.
@@ -581,6 +602,16 @@ mod tests {
         assert!(matches!(
             ConnectResponse::read(&mut r).await,
             Err(StreamError::TooManySegments(10_001))
+        ));
+
+        // A 114-byte request whose metadata list holds 65 536 empty entries (found by the
+        // `connect_request` fuzz target): refused, not decoded into a 65 536-entry vector.
+        let mut wire = DATA_STREAM_PREAMBLE.to_vec();
+        wire.extend_from_slice(&amplified_metadata_list());
+        let mut r = &wire[6..];
+        assert!(matches!(
+            ConnectRequest::read_after_signature(&mut r).await,
+            Err(StreamError::Capnp { .. })
         ));
 
         // Garbage words where a struct pointer should be.

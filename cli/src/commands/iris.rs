@@ -82,15 +82,30 @@ pub async fn run(args: IrisArgs, state: &Path, out: &mut (dyn Write + Send)) -> 
     Ok(())
 }
 
+/// The longest value of a duration flag: anything longer is a mistake, and values near
+/// `u64::MAX` seconds overflow the clock when a deadline is computed from them.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// A duration as humantime writes it (`30s`, `500ms`, `2m`, `1h 30m`), or plain seconds
-/// (`10`).
+/// (`10`), at most [`MAX_DURATION`]. clap puts the flag's name before the error.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
+    let too_long = || format!("{text:?} is longer than the maximum, 24h");
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        // Digits only, but more than u64 holds.
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(too_long());
+        }
+        Err(_) => humantime::parse_duration(text).map_err(|err| match err {
+            humantime::DurationError::NumberOverflow => too_long(),
+            err => format!("{text:?} is not a duration ({err}); e.g. 30s, 500ms, 2m"),
+        })?,
+    };
+    if duration > MAX_DURATION {
+        return Err(too_long());
     }
-    humantime::parse_duration(text)
-        .map_err(|err| format!("{text:?} is not a duration ({err}); e.g. 30s, 500ms, 2m"))
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -114,5 +129,58 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown time unit")
         );
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+    }
+
+    /// Every duration flag refuses huge values with its name and the maximum: they used to
+    /// parse (or overflow) and panic when the deadline was computed.
+    #[test]
+    fn huge_duration_flags_are_refused_naming_the_flag_and_the_maximum() {
+        use clap::Parser as _;
+        let commands: [&[&str]; 5] = [
+            &["iris", "--grace-period"],
+            &["binding-worker", "--iris", "127.0.0.1:1", "--grace-period"],
+            &[
+                "binding-worker",
+                "--iris",
+                "127.0.0.1:1",
+                "--connect-timeout",
+            ],
+            &[
+                "binding-worker",
+                "--iris",
+                "127.0.0.1:1",
+                "--response-timeout",
+            ],
+            &[
+                "tunnel",
+                "run",
+                "--token",
+                "t",
+                "--edge",
+                "127.0.0.1:1",
+                "--grace-period",
+            ],
+        ];
+        for command in commands {
+            let flag = command.last().unwrap();
+            for huge in [
+                "300000000000000000h",
+                "18446744073709551615",
+                "99999999999999999999",
+                "25h",
+            ] {
+                let args = [&["wvpc"], command, &[huge]].concat();
+                let err = crate::Cli::try_parse_from(&args).unwrap_err();
+                assert_eq!(
+                    err.kind(),
+                    clap::error::ErrorKind::ValueValidation,
+                    "{args:?}"
+                );
+                let text = err.to_string();
+                assert!(text.contains(flag), "{text}");
+                assert!(text.contains("maximum, 24h"), "{text}");
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! account and the role → the handler, which runs the SQLite work on a blocking thread → the
 //! envelope ([`envelope`]).
 
+mod body;
 pub mod client;
 pub mod envelope;
 mod scripts;
@@ -31,6 +32,8 @@ use wvpc_listener::{HttpServer, Page, Refusal, ServerLimits};
 use crate::database::Directory;
 use crate::tokens::{ApiToken, Role};
 use envelope::{ApiError, ResultInfo, code};
+
+pub use body::{read_script_upload, read_service_body};
 
 /// Path prefix of every endpoint.
 pub const PREFIX: &str = "/client/v4";

@@ -155,7 +155,7 @@ fn deployment_version(request: &ApiRequest) -> Result<Uuid, ApiError> {
 }
 
 /// Parses an upload; every problem of the form and the metadata at once.
-fn parse_upload(request: &ApiRequest) -> Result<ScriptUpload, ApiError> {
+pub(super) fn parse_upload(request: &ApiRequest) -> Result<ScriptUpload, ApiError> {
     let content_type = request.content_type.as_deref().unwrap_or("");
     let Some(boundary) = boundary(content_type) else {
         return Err(ApiError::new(

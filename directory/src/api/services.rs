@@ -68,7 +68,7 @@ pub(super) fn route(
 /// The body as a [`ServiceInput`]. Values of the wrong JSON type are reported first, all of
 /// them with their paths (serde alone would stop at the first); range and rule checks follow
 /// in the directory's validation.
-fn service_input(request: &ApiRequest) -> Result<ServiceInput, ApiError> {
+pub(super) fn service_input(request: &ApiRequest) -> Result<ServiceInput, ApiError> {
     let body: Value = request.json()?;
     let mut problems = Vec::new();
     check_shape(&body, "", &SERVICE_SHAPE, &mut problems);

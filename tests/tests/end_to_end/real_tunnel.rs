@@ -1,11 +1,16 @@
 //! The real path: `Stack` (what `wvpc dev` runs) + our connector over QUIC + a DNS server +
 //! an origin on 127.0.0.2.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use hickory_proto::rr::RecordType;
 use wvpc_connector::{Connector, ConnectorConfig};
+use wvpc_iris::{DnsConfig, DnsResolver, FlowContext, TunnelPool};
+use wvpc_tests::dns::DnsMode;
 use wvpc_tests::origin::{is_pattern, pattern};
-use wvpc_tests::real::{ORIGIN_NAME, RealWorld, WorldOptions};
+use wvpc_tests::real::{ORIGIN_IP, ORIGIN_NAME, RealWorld, WorldOptions};
 use wvpc_tests::{client, trace_init, within};
 use wvpc_tunnel::DatagramVersion;
 
@@ -143,4 +148,54 @@ async fn a_connector_speaking_datagram_v2_resolves_and_serves_through_the_edge()
     assert_eq!(w.dns.table.query_count(ORIGIN_NAME, RecordType::A), 1);
     assert_eq!(w.dns.table.query_count(ORIGIN_NAME, RecordType::AAAA), 1);
     assert_eq!(w.origin.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_dns_answer_is_asked_again_over_tcp_through_the_tunnel() {
+    let w = world().await;
+    // A name with more records than fit in one UDP answer; the server truncates every UDP
+    // answer (TC, no records) and answers in full over TCP only.
+    let mut expected: Vec<IpAddr> = vec![ORIGIN_IP.parse().unwrap()];
+    for i in 3..=60 {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 1, i));
+        w.dns.table.insert(ORIGIN_NAME, ip);
+        expected.push(ip);
+    }
+    for i in 1..=20 {
+        let ip = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i));
+        w.dns.table.insert(ORIGIN_NAME, ip);
+        expected.push(ip);
+    }
+    w.dns.table.set_mode(DnsMode::TruncateUdp);
+
+    let reply = within(
+        "GET with a truncated DNS answer",
+        client::get(w.stack.script_addr, "/tc"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "hello from origin: /tc");
+    assert_eq!(w.dns.table.tcp_query_count(ORIGIN_NAME, RecordType::A), 1);
+    assert_eq!(
+        w.dns.table.tcp_query_count(ORIGIN_NAME, RecordType::AAAA),
+        1
+    );
+
+    // Every record comes back, IPv4 first, resolved as iris resolves: UDP through the tunnel,
+    // then TCP through the tunnel.
+    let pool: Arc<dyn TunnelPool> = w.stack.registry().clone();
+    let resolver = DnsResolver::new(pool, DnsConfig::default());
+    let addrs = within(
+        "resolving through the tunnel",
+        resolver.resolve(
+            w.tunnel_id,
+            &[w.dns.addr],
+            ORIGIN_NAME,
+            &FlowContext::default(),
+        ),
+    )
+    .await
+    .expect("the name resolves over TCP");
+    assert_eq!(&addrs[..], &expected[..]);
+    assert_eq!(w.dns.table.tcp_query_count(ORIGIN_NAME, RecordType::A), 2);
 }
