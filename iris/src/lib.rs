@@ -5,7 +5,8 @@
 //! TCP stream through the tunnel to `ip:port` ([`tunnel_pool`]) and pipes bytes
 //! ([`connect`]). iris is also the tunnel edge ([`edge`]): the QUIC listener connectors dial,
 //! registration, and the registry of live connections that implements [`TunnelPool`].
-//! [`metrics`] holds the Prometheus counters both count into.
+//! [`metrics`] holds the Prometheus counters both count into. [`peers`] is the cluster's
+//! view of which other nodes hold a tunnel's connections.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod edge;
 pub mod metrics;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
+pub mod peers;
 pub mod pipes;
 pub mod routes;
 pub mod tunnel_pool;
