@@ -539,3 +539,134 @@ fn proxy_status_appends_this_nodes_member_after_the_holders() {
         "iris-a; next-hop=\"iris-b\""
     );
 }
+
+/// A fake holder (certificate from the cluster's CA) that takes each relayed CONNECT and
+/// then drops its connection before answering, as a node that crashes would; returns its
+/// address and a count of the CONNECTs it took.
+async fn crashing_holder(ca: &RelayCa, name: &str, ip: [u8; 4]) -> (SocketAddr, Arc<AtomicUsize>) {
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(ca.issue(name).unwrap().server_config().unwrap());
+    let listener = TcpListener::bind((Ipv4Addr::from(ip), 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let taken = Arc::new(AtomicUsize::new(0));
+    let counted = taken.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                if let Some(Ok(_request)) = conn.accept().await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                // Dropping the connection closes the socket: no answer head.
+            });
+        }
+    });
+    (addr, taken)
+}
+
+#[tokio::test]
+async fn a_holder_whose_stream_breaks_before_its_answer_is_passed_over_for_the_next() {
+    let origin = origin().await;
+    let ca = RelayCa::generate().unwrap();
+    let tls = RouteTls::default();
+    let a = Node::start(
+        "iris-a",
+        [127, 0, 0, 1],
+        &ca,
+        store(&origin, tls.clone()),
+        false,
+    )
+    .await;
+    let c = Node::start("iris-c", [127, 0, 0, 3], &ca, store(&origin, tls), true).await;
+    let (crashing, taken) = crashing_holder(&ca, "iris-b", [127, 0, 0, 2]).await;
+    a.knows(vec![
+        RelayPeer {
+            node: "iris-b".into(),
+            addr: crashing,
+            connections: 9,
+        },
+        c.as_holder(1),
+    ]);
+    let mut client = a.client().await;
+    let res = send(&mut client, connect(ECHO, "http")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    echo_through(res).await;
+    assert_eq!(
+        taken.load(Ordering::SeqCst),
+        1,
+        "B took the CONNECT, then broke"
+    );
+    assert_eq!(a.metrics.relays.get("peer_down"), 1);
+    assert_eq!(a.metrics.relays.get("ok"), 1);
+    assert_eq!(
+        origin.connections.load(Ordering::SeqCst),
+        1,
+        "served once, by C"
+    );
+}
+
+#[tokio::test]
+async fn a_relayed_stream_that_breaks_after_its_answer_is_not_replayed() {
+    let origin = origin().await;
+    let ca = RelayCa::generate().unwrap();
+    let tls = RouteTls::default();
+    let a = Node::start(
+        "iris-a",
+        [127, 0, 0, 1],
+        &ca,
+        store(&origin, tls.clone()),
+        false,
+    )
+    .await;
+    let c = Node::start("iris-c", [127, 0, 0, 3], &ca, store(&origin, tls), true).await;
+    // A fake holder that answers 200, then drops its connection (a node that crashes while
+    // the stream runs).
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(ca.issue("iris-b").unwrap().server_config().unwrap());
+    let listener = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0))
+        .await
+        .unwrap();
+    let crashing = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let mut conn = h2::server::handshake(tls).await.unwrap();
+        let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+        let _stream = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        // Serve until the caller's first bytes arrive through A, then crash.
+        let mut body = request.into_body();
+        tokio::select! {
+            _ = body.data() => {}
+            _ = std::future::poll_fn(|cx| conn.poll_closed(cx)) => {}
+        }
+    });
+    a.knows(vec![
+        RelayPeer {
+            node: "iris-b".into(),
+            addr: crashing,
+            connections: 9,
+        },
+        c.as_holder(1),
+    ]);
+    let mut client = a.client().await;
+    let res = send(&mut client, connect(ECHO, "http")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut io = TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    io.write_all(b"lost").await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(PATIENCE, io.read_to_end(&mut rest))
+        .await
+        .expect("the caller's stream ends when the holder's does");
+    assert!(ended.is_err() || rest.is_empty(), "{ended:?} {rest:?}");
+    assert_eq!(c.pool.dialed().len(), 0, "never replayed on C");
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 0);
+}
