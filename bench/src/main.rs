@@ -7,6 +7,9 @@
 //! - **binding**: `wvpc dev`'s stack in this process (runtime with `examples/proxy`,
 //!   binding-worker, iris, tunnel edge), our connector over QUIC, a DNS server and the origin:
 //!   every request is an `env.API.fetch()` through the tunnel;
+//! - **relayed**: the same stack and request after the connector moved to a second iris node
+//!   ([`relayed`]): every CONNECT enters node A and is relayed to node B (mutual TLS, HTTP/2),
+//!   which holds the tunnel — the cost of a request landing on a node without the tunnel;
 //! - **platform**: the same chain as separate processes ([`platform`]): `wvpc iris`,
 //!   `wvpc binding-worker`, `wvpc runtime` and `wvpc tunnel run` as children on one state, the
 //!   script deployed in the directory and requested by `Host`
@@ -33,24 +36,22 @@
 //! memory or descriptors grew beyond the limits.
 //!
 //! ```text
-//! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32] [--only platform]
+//! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32] [--only platform | --only binding,relayed]
 //! cargo run --release -p wvpc-bench -- --soak 600
 //! ```
 
 mod load;
 mod platform;
 mod redeploy;
+mod relayed;
 mod routing;
 mod soak;
 mod usage;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Parser;
-use wvpc_tests::real::RealWorld;
 
 use crate::load::{Figures, Target, measure};
 use crate::platform::Platform;
@@ -65,9 +66,10 @@ struct Args {
     /// Connections of the throughput runs
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Measure one target only (e.g. under a profiler); no ratios or other figures are printed
-    #[arg(long, value_parser = ["direct", "binding", "platform"])]
-    only: Option<String>,
+    /// Measure these targets only, comma-separated (e.g. one under a profiler, or
+    /// `binding,relayed`); the other figures are not printed
+    #[arg(long, value_delimiter = ',', value_parser = ["direct", "binding", "relayed", "platform"])]
+    only: Vec<String>,
     /// The `wvpc` binary of the platform row [default: the one next to this executable,
     /// brought up to date with `cargo build -p wvpc-cli`]
     #[arg(long, value_name = "PATH")]
@@ -100,8 +102,8 @@ const REDEPLOY_LOAD_CONNECTIONS: usize = 4;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let wants = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
-    let full = args.only.is_none();
+    let wants = |name: &str| args.only.is_empty() || args.only.iter().any(|only| only == name);
+    let full = args.only.is_empty();
     // One runtime for the system and the load client: on two cores, a second runtime made
     // every request pay cross-runtime thread wake-ups (direct p50 ~5x higher) that belong to
     // the harness, not to the path under test.
@@ -134,9 +136,10 @@ fn main() -> anyhow::Result<()> {
     // hold the origin's record of the direct row's many requests); printed direct first.
     let mut dev_rss = None;
     let mut instantiation = None;
-    if wants("direct") || wants("binding") {
+    if wants("direct") || wants("binding") || wants("relayed") {
         let rss_before = usage::rss(Pid::Own)?;
-        let (world, direct, binding) = rt.block_on(start_world())?;
+        let mut cluster = rt.block_on(relayed::Cluster::start())?;
+        let (direct, binding) = (cluster.world.origin.addr, cluster.world.stack.script_addr);
         println!("direct   = http://{direct}/hello   (origin on 127.0.0.2)");
         println!(
             "binding  = http://{binding}/hello   (one process: script -> capnp -> binding-worker \
@@ -144,10 +147,18 @@ fn main() -> anyhow::Result<()> {
         );
         for (name, processes, addr) in [
             ("binding", "1: this, with wvpc dev's stack", binding),
+            (
+                "relayed",
+                "1: this, with wvpc dev's stack (node A) and iris node B",
+                binding,
+            ),
             ("direct", "1: this", direct),
         ] {
             if !wants(name) {
                 continue;
+            }
+            if name == "relayed" {
+                rt.block_on(cluster.move_tunnel_to_b())?;
             }
             let figures = rt.block_on(measure(
                 &Target::at(addr),
@@ -158,19 +169,22 @@ fn main() -> anyhow::Result<()> {
             if name == "binding" {
                 dev_rss = Some((usage::rss(Pid::Own)?, rss_before));
             }
-            rows.insert(
-                0,
-                Row {
-                    name,
-                    processes,
-                    figures,
-                },
-            );
+            let row = Row {
+                name,
+                processes,
+                figures,
+            };
+            // Printed direct, binding, relayed.
+            if name == "direct" {
+                rows.insert(0, row);
+            } else {
+                rows.push(row);
+            }
         }
         if full {
             instantiation = Some(rt.block_on(measure_instantiation(duration))?);
         }
-        drop(world);
+        drop(cluster);
     }
 
     // Separate processes: platform, and the redeploys on its processes.
@@ -229,6 +243,17 @@ fn main() -> anyhow::Result<()> {
         print_platform_usage(names, cpu, rss, rows.len() > 1);
     }
     let by_name = |name: &str| rows.iter().find(|r| r.name == name).map(|r| &r.figures);
+    if let (Some(binding), Some(relayed)) = (by_name("binding"), by_name("relayed")) {
+        println!(
+            "relay: relayed p50 {} = {:.2}× the binding p50 {} (goal ≤ 1.3×), +{} at c=1, \
+             {:+.0} CPU µs/req (relayed − binding)",
+            fmt(relayed.p50),
+            relayed.p50.as_secs_f64() / binding.p50.as_secs_f64(),
+            fmt(binding.p50),
+            fmt(relayed.p50.saturating_sub(binding.p50)),
+            relayed.total_cpu_us_per_req() - binding.total_cpu_us_per_req(),
+        );
+    }
     if let (Some((p50, p99, count)), Some(direct), Some(binding)) =
         (instantiation, by_name("direct"), by_name("binding"))
     {
@@ -438,10 +463,4 @@ fn fmt(d: Duration) -> String {
     } else {
         format!("{us:.0} µs")
     }
-}
-
-async fn start_world() -> anyhow::Result<(RealWorld, SocketAddr, SocketAddr)> {
-    let world = RealWorld::start().await.context("starting the real path")?;
-    let (direct, binding) = (world.origin.addr, world.stack.script_addr);
-    Ok((world, direct, binding))
 }

@@ -82,6 +82,9 @@ pub enum Command {
     /// The tunnel edge's TLS identity (the CA connectors trust)
     #[command(subcommand)]
     Edge(commands::edge::EdgeCommand),
+    /// The relay CA iris nodes of one cluster share (node-to-node relays)
+    #[command(subcommand)]
+    Relay(commands::relay::RelayCommand),
 }
 
 impl Command {
@@ -134,5 +137,6 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Deployments(command) => commands::deployments::run(command, &cli.api, out).await,
         Command::Rollback(args) => commands::rollback::run(args, &cli.api, out).await,
         Command::Edge(command) => commands::edge::run(command, &cli.state, out),
+        Command::Relay(command) => commands::relay::run(command, &cli.state, out),
     }
 }

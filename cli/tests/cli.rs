@@ -550,6 +550,73 @@ fn edge_ca_import_refuses_a_key_that_is_not_the_cas_and_keeps_the_identity() {
 }
 
 #[test]
+fn relay_ca_export_and_import_give_two_nodes_one_relay_ca() {
+    let first = State::new();
+    let out_dir = first.path().join("shared-relay-ca");
+    let said = first.ok(&[
+        "relay",
+        "ca",
+        "export",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(said.contains("wvpc relay ca import"), "{said}");
+    let (cert, key) = (out_dir.join("ca.pem"), out_dir.join("ca-key.pem"));
+    let exported = std::fs::read_to_string(&cert).unwrap();
+    assert!(
+        exported.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{exported}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key is the owner's only: {mode:o}");
+    }
+
+    let second = State::new();
+    // A key that is not the CA's is refused and nothing changes.
+    let other_dir = second.path().join("other");
+    second.ok(&[
+        "relay",
+        "ca",
+        "export",
+        "--out-dir",
+        other_dir.to_str().unwrap(),
+    ]);
+    let before = std::fs::read_to_string(second.path().join("relay").join("ca.pem")).unwrap();
+    let run = second.wvpc(&[
+        "relay",
+        "ca",
+        "import",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        other_dir.join("ca-key.pem").to_str().unwrap(),
+    ]);
+    assert_ne!(run.code(), 0);
+    assert!(run.stderr().contains("left unchanged"), "{}", run.stderr());
+    assert_eq!(
+        std::fs::read_to_string(second.path().join("relay").join("ca.pem")).unwrap(),
+        before
+    );
+    // The right pair: the second node now holds the first node's CA.
+    second.ok(&[
+        "relay",
+        "ca",
+        "import",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(second.path().join("relay").join("ca.pem")).unwrap(),
+        exported
+    );
+}
+
+#[test]
 fn tunnel_create_says_where_the_credentials_file_is_and_how_to_run_cloudflared() {
     let state = State::new();
     let out = state.ok(&["tunnel", "create", "lab"]);

@@ -19,6 +19,12 @@
 //! logged once with the request id, service id and code. iris never looks inside the piped
 //! bytes (TLS to the origin, if any, runs end to end from the binding-worker).
 //!
+//! When this node holds no usable connection of the service's tunnel (checked right after
+//! phase 2), the CONNECT is relayed whole to a node that does ([`crate::relay`]): that node
+//! runs phases 2–6 itself and this one passes its answer through and pipes the bytes. Relayed
+//! CONNECTs arrive on a separate, mutually authenticated listener ([`Router::serve_relay`])
+//! and are never relayed again.
+//!
 //! One listener serves HTTP/1.1 and HTTP/2 (the binding-worker multiplexes every CONNECT over
 //! one HTTP/2 connection). Each pipe is counted for its service, so that a deleted service's
 //! pipes close ([`Router::close_service`], [`crate::pipes`]).
@@ -39,6 +45,8 @@ use wvpc_listener::{ConnectionUse, Http2Settings, HttpServer, ServerLimits};
 
 use crate::dns::{DnsConfig, DnsResolver};
 use crate::pipes::{PipeEnd, PipeTicket, ServicePipes};
+use crate::relay::identity::certificate_names;
+use crate::relay::{RELAY_MISS_HEADER, RELAYED_BY_HEADER, Relay, RelayAnswer};
 use crate::routes::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
 use crate::tunnel_pool::{BoxIo, FlowContext, TunnelPool};
 
@@ -84,8 +92,11 @@ pub struct RouterConfig {
     /// and its answer included (→ `connection_timeout`, then the next address). Above the
     /// connector's own dial timeout (10 s by default), so that its precise code wins.
     pub stream_open_timeout: std::time::Duration,
-    /// Timeouts and connection cap of the CONNECT listener.
+    /// Timeouts and connection cap of the CONNECT listener (and of the relay listener).
     pub server: ServerLimits,
+    /// Relaying to the nodes that hold a tunnel this node has no usable connection of
+    /// (`None`: a single node; such CONNECTs fail with `destination_unavailable`).
+    pub relay: Option<Arc<Relay>>,
 }
 
 impl Default for RouterConfig {
@@ -100,6 +111,7 @@ impl Default for RouterConfig {
             metrics: None,
             stream_open_timeout: std::time::Duration::from_secs(20),
             server: ServerLimits::default(),
+            relay: None,
         }
     }
 }
@@ -135,6 +147,51 @@ struct ConnectHead {
     original_host: String,
     account: String,
     script: String,
+    /// The node that relayed this CONNECT (relay listener only).
+    relayed_by: Option<String>,
+}
+
+/// The node names in a relay peer's verified certificate: what the relay listener's TLS
+/// handshake puts in each request's extensions (their presence marks a relayed request).
+#[derive(Debug, Clone)]
+struct RelayPeerNames(Arc<[String]>);
+
+/// A CONNECT this node can answer `200`: a stream through a local tunnel connection, or
+/// through the node it relayed the CONNECT to.
+enum Opened {
+    Local {
+        io: BoxIo,
+        tls: RouteTls,
+    },
+    Relayed {
+        io: BoxIo,
+        /// The holder's `wvpc-*` answer headers, passed through.
+        headers: HeaderMap,
+        peer: String,
+        open: Option<wvpc_tunnel::metrics::GaugeGuard>,
+    },
+}
+
+/// Why a CONNECT is answered with a failure.
+enum Refusal {
+    /// This node's own failure.
+    Error(ProxyError),
+    /// A relayed CONNECT this node holds no usable connection for: the relaying node may try
+    /// another holder.
+    RelayMiss(ProxyError),
+    /// A holder's final failure, passed through.
+    Relayed {
+        status: StatusCode,
+        proxy_status: Option<String>,
+        error: ProxyError,
+        peer: String,
+    },
+}
+
+impl From<ProxyError> for Refusal {
+    fn from(err: ProxyError) -> Self {
+        Self::Error(err)
+    }
 }
 
 impl Router {
@@ -175,20 +232,62 @@ impl Router {
     /// Connections already accepted keep running as their own tasks. Accept failures are
     /// waited out: it never returns an error.
     pub async fn serve(&self, listener: TcpListener) -> io::Result<()> {
-        let config = &self.inner.config;
-        let server =
-            HttpServer::new("iris CONNECT", config.server.clone()).with_http2(Http2Settings {
-                max_concurrent_streams: Some(config.max_concurrent_streams),
-                stream_window: Some(config.stream_window),
-                connection_window: Some(config.connection_window),
-            });
         let router = self.clone();
-        wvpc_listener::serve(listener, server, move |req| {
+        wvpc_listener::serve(listener, self.http_server("iris CONNECT"), move |req| {
             let router = router.clone();
             async move { router.handle(req).await }
         })
         .await;
         Ok(())
+    }
+
+    /// Serves relayed CONNECTs from other nodes on `listener`, over TLS with `tls` (which
+    /// must require a client certificate from the cluster's relay CA:
+    /// [`crate::relay::RelayIdentity::server_config`]). Each request must name the relaying
+    /// node in `wvpc-relayed-by`, and that name must be in the peer's certificate. The TLS
+    /// handshake is bounded by the header-read timeout. Like [`Router::serve`], it never
+    /// returns an error.
+    pub async fn serve_relay(
+        &self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> io::Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let handshake = move |tcp: tokio::net::TcpStream| {
+            let acceptor = acceptor.clone();
+            async move {
+                let stream = acceptor.accept(tcp).await?;
+                let names = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(certificate_names)
+                    .unwrap_or_default();
+                Ok((stream, RelayPeerNames(names.into())))
+            }
+        };
+        let router = self.clone();
+        wvpc_listener::serve_with(
+            listener,
+            self.http_server("iris relay"),
+            handshake,
+            move |req| {
+                let router = router.clone();
+                async move { router.handle(req).await }
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    fn http_server(&self, name: &'static str) -> HttpServer {
+        let config = &self.inner.config;
+        HttpServer::new(name, config.server.clone()).with_http2(Http2Settings {
+            max_concurrent_streams: Some(config.max_concurrent_streams),
+            stream_window: Some(config.stream_window),
+            connection_window: Some(config.connection_window),
+        })
     }
 
     /// Answers one request: a CONNECT is routed; anything else is refused.
@@ -197,15 +296,38 @@ impl Router {
         if req.method() != Method::CONNECT {
             let err = ProxyError::new(ErrorCode::HttpRequestError)
                 .with_details(format!("iris only accepts CONNECT, not {}", req.method()));
-            return self.refuse(&head, err);
+            return self.refuse(&head, err.into());
         }
-        let (tunnel_io, tls) = match self.open_destination(&head).await {
+        let relay_peer = req.extensions().get::<RelayPeerNames>();
+        if let Err(err) = self.check_relay_headers(&head, relay_peer) {
+            return self.refuse(&head, err.into());
+        }
+        let opened = match self.open_destination(&head, req.uri(), req.headers()).await {
             Ok(opened) => opened,
-            Err(err) => return self.refuse(&head, err),
+            Err(refusal) => return self.refuse(&head, refusal),
         };
         let ticket = match self.pipe_ticket(&head) {
             Ok(ticket) => ticket,
-            Err(err) => return self.refuse(&head, err),
+            Err(err) => return self.refuse(&head, err.into()),
+        };
+        let mut response = Response::new(Empty::new());
+        let (tunnel_io, relayed_open) = match opened {
+            Opened::Local { io, tls } => {
+                if head.scheme == "https" {
+                    tls_answer_headers(&tls, response.headers_mut());
+                }
+                (io, None)
+            }
+            Opened::Relayed {
+                io,
+                headers,
+                peer,
+                open,
+            } => {
+                tracing::debug!(request_id = %head.ctx.request_id, %peer, "CONNECT relayed");
+                *response.headers_mut() = headers;
+                (io, open)
+            }
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let buffer = self.inner.config.pipe_buffer;
@@ -218,6 +340,7 @@ impl Router {
             .map(ConnectionUse::hold);
         tokio::spawn(async move {
             let _in_use = in_use;
+            let _relayed_open = relayed_open;
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(err) => {
@@ -238,21 +361,97 @@ impl Router {
                 }
             }
         });
-        let mut response = Response::new(Empty::new());
-        if head.scheme == "https" {
-            tls_answer_headers(&tls, response.headers_mut());
-        }
         response
     }
 
+    /// The rules of `wvpc-relayed-by`: only on the relay listener, always there, naming the
+    /// node of the peer's certificate, never this node.
+    fn check_relay_headers(
+        &self,
+        head: &ConnectHead,
+        relay_peer: Option<&RelayPeerNames>,
+    ) -> Result<(), ProxyError> {
+        let own = &self.inner.config.node_name;
+        match (relay_peer, head.relayed_by.as_deref()) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(ProxyError::new(ErrorCode::HttpRequestError).with_details(
+                format!(
+                    "{RELAYED_BY_HEADER} is only accepted on the relay listener, from another iris node"
+                ),
+            )),
+            (Some(_), None) => Err(ProxyError::new(ErrorCode::HttpRequestError).with_details(
+                format!(
+                    "a CONNECT on the relay listener must name the relaying node in {RELAYED_BY_HEADER}"
+                ),
+            )),
+            (Some(names), Some(by)) if !names.0.iter().any(|name| name == by) => Err(
+                ProxyError::new(ErrorCode::HttpRequestDenied).with_details(format!(
+                    "{RELAYED_BY_HEADER} {by:?} is not the node named by the peer's relay certificate ({:?})",
+                    names.0
+                )),
+            ),
+            (Some(_), Some(by)) if by == own => Err(ProxyError::new(
+                ErrorCode::ProxyLoopDetected,
+            )
+            .with_details(format!(
+                "this CONNECT was relayed by this node ({by}) to itself: check that no two nodes share a name and that each node's relay address is its own"
+            ))),
+            (Some(_), Some(_)) => Ok(()),
+        }
+    }
+
     /// Phases 1–5: from the request to a connected stream through the tunnel, plus the
-    /// service's TLS settings for the answer.
-    async fn open_destination(&self, head: &ConnectHead) -> Result<(BoxIo, RouteTls), ProxyError> {
+    /// service's TLS settings for the answer — or through the node the CONNECT was relayed
+    /// to, when this node holds no usable connection of the service's tunnel.
+    async fn open_destination(
+        &self,
+        head: &ConnectHead,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Result<Opened, Refusal> {
         let service_id = head.service_id.clone()?;
         let route = self.inner.store.route(service_id)?.ok_or_else(|| {
             ProxyError::new(ErrorCode::DestinationNotFound)
                 .with_details(format!("no VPC service has id {service_id}"))
         })?;
+        if !self.inner.pool.has_usable_connection(route.tunnel_id) {
+            if head.relayed_by.is_some() {
+                return Err(Refusal::RelayMiss(
+                    ProxyError::new(ErrorCode::DestinationUnavailable).with_details(format!(
+                        "node {} holds no usable connection of tunnel {}",
+                        self.inner.config.node_name, route.tunnel_id
+                    )),
+                ));
+            }
+            if let Some(relay) = &self.inner.config.relay
+                && relay.has_holders(route.tunnel_id)
+            {
+                return match relay.forward(route.tunnel_id, uri, headers).await? {
+                    RelayAnswer::Opened {
+                        io,
+                        headers,
+                        peer,
+                        open,
+                    } => Ok(Opened::Relayed {
+                        io,
+                        headers,
+                        peer,
+                        open,
+                    }),
+                    RelayAnswer::Refused {
+                        status,
+                        proxy_status,
+                        error,
+                        peer,
+                    } => Err(Refusal::Relayed {
+                        status,
+                        proxy_status,
+                        error,
+                        peer,
+                    }),
+                };
+            }
+        }
         let port = route.port_for_scheme(&head.scheme).ok_or_else(|| {
             ProxyError::new(ErrorCode::HttpRequestDenied).with_details(format!(
                 "service {service_id} does not accept {scheme} (it has no {scheme}_port)",
@@ -261,7 +460,7 @@ impl Router {
         })?;
         let addrs = self.addresses(&route, &head.ctx).await?;
         let io = self.dial(&route, &addrs, port, &head.ctx).await?;
-        Ok((io, route.tls))
+        Ok(Opened::Local { io, tls: route.tls })
     }
 
     /// Counts the pipe for its service. The route is looked up once more after that, so a
@@ -357,7 +556,32 @@ impl Router {
     }
 
     /// The error answer for a failed CONNECT, logged once.
-    fn refuse(&self, head: &ConnectHead, err: ProxyError) -> Response<Empty<Bytes>> {
+    fn refuse(&self, head: &ConnectHead, refusal: Refusal) -> Response<Empty<Bytes>> {
+        let node = &self.inner.config.node_name;
+        let (err, status, proxy_status, relay_miss, via) = match refusal {
+            Refusal::Error(err) => {
+                let status =
+                    StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+                let value = err.to_proxy_status(node);
+                (err, status, value, false, None)
+            }
+            Refusal::RelayMiss(err) => {
+                let status = StatusCode::from_u16(err.code.http_status())
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let value = err.to_proxy_status(node);
+                (err, status, value, true, None)
+            }
+            Refusal::Relayed {
+                status,
+                proxy_status,
+                error,
+                peer,
+            } => {
+                let holder = proxy_status.unwrap_or_else(|| error.to_proxy_status(&peer));
+                let value = crate::relay::append_proxy_status(&holder, node, &peer);
+                (error, status, value, false, Some(peer))
+            }
+        };
         let service_id = head
             .service_id
             .as_ref()
@@ -369,6 +593,8 @@ impl Router {
             original_host = %head.original_host,
             account = %head.account,
             script = %head.script,
+            relayed_by = head.relayed_by.as_deref().unwrap_or(""),
+            relayed_to = via.as_deref().unwrap_or(""),
             code = %err.code,
             rcode = err.rcode.as_deref().unwrap_or(""),
             details = err.details.as_deref().unwrap_or(""),
@@ -377,14 +603,17 @@ impl Router {
         if let Some(metrics) = &self.inner.config.metrics {
             metrics.error(err.code);
         }
-        let status =
-            StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let proxy_status = err.to_proxy_status(&self.inner.config.node_name);
         let mut response = Response::new(Empty::new());
         *response.status_mut() = status;
-        // `to_proxy_status` only emits printable ASCII, so this cannot fail in practice.
+        // `to_proxy_status` only emits printable ASCII, and a holder's value was a header
+        // value already, so this cannot fail in practice.
         if let Ok(value) = HeaderValue::from_str(&proxy_status) {
             response.headers_mut().insert(PROXY_STATUS_HEADER, value);
+        }
+        if relay_miss {
+            response
+                .headers_mut()
+                .insert(RELAY_MISS_HEADER, HeaderValue::from_static("?1"));
         }
         response
     }
@@ -427,6 +656,7 @@ impl ConnectHead {
             original_host: text(ORIGINAL_HOST_HEADER),
             account: text(ACCOUNT_HEADER),
             script: text(SCRIPT_HEADER),
+            relayed_by: header_text(headers, RELAYED_BY_HEADER).map(str::to_owned),
         }
     }
 }

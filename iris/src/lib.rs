@@ -6,7 +6,8 @@
 //! ([`connect`]). iris is also the tunnel edge ([`edge`]): the QUIC listener connectors dial,
 //! registration, and the registry of live connections that implements [`TunnelPool`].
 //! [`metrics`] holds the Prometheus counters both count into. [`peers`] is the cluster's
-//! view of which other nodes hold a tunnel's connections.
+//! view of which other nodes hold a tunnel's connections, and [`relay`] forwards a CONNECT
+//! to one of them when this node holds none.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod mock;
 pub mod peers;
 pub mod pipes;
+pub mod relay;
 pub mod routes;
 pub mod tunnel_pool;
 

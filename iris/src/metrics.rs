@@ -47,6 +47,14 @@ pub struct IrisMetrics {
     /// was full or the directory could not be written; the node publishes its live
     /// connections again once it can.
     pub connection_records_dropped: Counter,
+    /// Relayed CONNECT attempts by result: `ok` (the holder answered `200`), `refused` (its
+    /// final failure, passed through), `miss` (it held no usable connection), `peer_down`
+    /// (no dial, or its stream failed before the answer), `error` (no answer in time).
+    pub relays: CounterFamily,
+    /// Relayed CONNECT streams (through another node) open now.
+    pub relay_streams_open: Arc<Gauge>,
+    /// Peer nodes whose last relay dial failed (skipped for a few seconds, then retried).
+    pub relay_peers_down: Gauge,
 }
 
 impl IrisMetrics {
@@ -158,6 +166,22 @@ impl Render for IrisMetrics {
             "wvpc_iris_connection_records_dropped_total",
             "Tunnel connection records dropped (queue full or directory busy); republished later.",
             self.connection_records_dropped.get(),
+        );
+        out.family(
+            "wvpc_iris_relays_total",
+            "Relayed CONNECT attempts to other nodes by result.",
+            "result",
+            &self.relays,
+        );
+        out.gauge(
+            "wvpc_iris_relay_streams_open",
+            "Relayed CONNECT streams through other nodes open now.",
+            self.relay_streams_open.get(),
+        );
+        out.gauge(
+            "wvpc_iris_relay_peers_down",
+            "Peer nodes whose last relay dial failed.",
+            self.relay_peers_down.get(),
         );
         out.finish()
     }

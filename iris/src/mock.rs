@@ -120,6 +120,10 @@ impl MockTunnel {
 }
 
 impl TunnelPool for MockTunnel {
+    fn has_usable_connection(&self, _tunnel: Uuid) -> bool {
+        *self.fault.lock().unwrap() != Some(MockFault::NoConnector)
+    }
+
     fn open_tcp<'a>(
         &'a self,
         _tunnel: Uuid,

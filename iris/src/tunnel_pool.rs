@@ -52,6 +52,14 @@ pub trait TunnelPool: Send + Sync + 'static {
         ctx: &'a FlowContext,
     ) -> BoxFuture<'a, Result<BoxIo, ProxyError>>;
 
+    /// Whether this node holds a usable connection of `tunnel` now: the router serves the
+    /// CONNECT locally if so, else relays it to a node that does (when relaying is on).
+    /// Cheap (asked on every CONNECT). Pools without a notion of connections say yes.
+    fn has_usable_connection(&self, tunnel: Uuid) -> bool {
+        let _ = tunnel;
+        true
+    }
+
     /// Opens a UDP flow to `dest` through `tunnel`. Resolves once the connector accepted the
     /// session. The flow closes when dropped.
     fn open_udp<'a>(

@@ -126,6 +126,29 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let plain = |stream: TcpStream| std::future::ready(Ok((stream, ())));
+    serve_with(listener, server, plain, handler).await;
+}
+
+/// Like [`serve`], but each accepted connection first goes through `handshake` (TLS, for
+/// instance), which must finish within the header-read timeout; a failed or late handshake
+/// closes the connection. What the handshake learned about the peer (`X`, e.g. its verified
+/// certificate names) is put in the extensions of every request of the connection.
+pub async fn serve_with<H, HFut, S, X, F, Fut, B>(
+    listener: TcpListener,
+    server: HttpServer,
+    handshake: H,
+    handler: F,
+) where
+    H: Fn(TcpStream) -> HFut + Clone + Send + Sync + 'static,
+    HFut: Future<Output = std::io::Result<(S, X)>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    X: Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let acceptor = Acceptor::new(
         listener,
         server.name,
@@ -135,26 +158,49 @@ where
     let server = Arc::new(server);
     loop {
         let admitted = acceptor.accept().await;
-        tokio::spawn(serve_connection(admitted, server.clone(), handler.clone()));
+        let (server, handshake, handler) = (server.clone(), handshake.clone(), handler.clone());
+        tokio::spawn(async move {
+            let Admitted {
+                stream,
+                peer,
+                permit,
+            } = admitted;
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(listener = server.name, %peer, error = %err, "cannot set TCP_NODELAY");
+            }
+            let timeout = server.limits.header_read_timeout;
+            let (stream, learned) = match tokio::time::timeout(timeout, handshake(stream)).await {
+                Ok(Ok(done)) => done,
+                Ok(Err(err)) => {
+                    tracing::debug!(listener = server.name, %peer, error = %err, "connection handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = server.name, %peer, ?timeout, "connection handshake timed out");
+                    return;
+                }
+            };
+            serve_connection(stream, peer, permit, learned, server, handler).await;
+        });
     }
 }
 
 /// Serves one connection until it ends or the watchdog closes it.
-async fn serve_connection<F, Fut, B>(admitted: Admitted, server: Arc<HttpServer>, handler: F)
-where
+async fn serve_connection<S, X, F, Fut, B>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    permit: ConnectionPermit,
+    learned: X,
+    server: Arc<HttpServer>,
+    handler: F,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    X: Clone + Send + Sync + 'static,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Admitted {
-        stream,
-        peer,
-        permit,
-    } = admitted;
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(listener = server.name, %peer, error = %err, "cannot set TCP_NODELAY");
-    }
     let state = Arc::new(ConnectionState::default());
     let io = WatchedIo {
         inner: stream,
@@ -169,6 +215,7 @@ where
         request.extensions_mut().insert(ConnectionUse {
             state: in_service.clone(),
         });
+        request.extensions_mut().insert(learned.clone());
         let response = handler(request);
         let answering = in_service.clone();
         async move {
@@ -432,8 +479,8 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
 /// The connection's socket: reports reads to the state, holds the connection's place under
 /// the cap, and swaps hyper's bare parse-error answers for explained ones.
-struct WatchedIo {
-    inner: TcpStream,
+struct WatchedIo<S> {
+    inner: S,
     state: Arc<ConnectionState>,
     server: Arc<HttpServer>,
     /// An explained answer being written in place of hyper's, and how much is written.
@@ -441,7 +488,7 @@ struct WatchedIo {
     _permit: ConnectionPermit,
 }
 
-impl WatchedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> WatchedIo<S> {
     /// The refusal hyper is answering with `written`, when it is one of its automatic
     /// answers to an unparsable head: a response head written while the handler has no
     /// answer waiting to be written and no request in flight. (hyper may drop a finished
@@ -510,7 +557,7 @@ impl WatchedIo {
     }
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -527,7 +574,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -6,7 +6,7 @@
 //! - [`Acceptor`]: a connection cap per listener (one more connection gets a short 503 with
 //!   an explanation, or is closed when the listener does not speak HTTP), and an accept loop
 //!   that backs off and keeps serving when the process runs out of file descriptors.
-//! - [`serve`]: HTTP/1.1 (optionally HTTP/2) over an [`Acceptor`] with a header-read timeout
+//! - [`serve`] ([`serve_with`] after a per-connection handshake such as TLS): HTTP/1.1 (optionally HTTP/2) over an [`Acceptor`] with a header-read timeout
 //!   (slowloris), an idle timeout for keep-alive connections, HTTP/2 keep-alive pings, and
 //!   explained answers, with a request id, to request heads hyper refuses (too many header
 //!   fields, too large, malformed).
@@ -19,7 +19,7 @@ mod limits;
 mod refusal;
 
 pub use accept::{ACCEPT_BACKOFF, Acceptor, Admitted, ConnectionPermit, RefuseWith};
-pub use http::{ConnectionHold, ConnectionUse, Http2Settings, HttpServer, serve};
+pub use http::{ConnectionHold, ConnectionUse, Http2Settings, HttpServer, serve, serve_with};
 pub use limits::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
     DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEAD_BYTES,

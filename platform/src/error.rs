@@ -19,6 +19,23 @@ pub enum PlatformError {
         #[source]
         source: wvpc_tunnel::identity::IdentityError,
     },
+    /// The relay CA or this node's relay certificate could not be loaded or created.
+    #[error("the relay TLS identity in {}: {source}", dir.display())]
+    RelayIdentity {
+        /// The relay directory (`<state>/relay`).
+        dir: PathBuf,
+        /// What failed.
+        #[source]
+        source: wvpc_iris::relay::RelayIdentityError,
+    },
+    /// The relay address to advertise to peers is unusable.
+    #[error(
+        "the relay listener's address {addr} cannot be dialled by other nodes; set --relay-advertise to the IP:PORT they reach it at"
+    )]
+    RelayAdvertise {
+        /// The address that would have been advertised.
+        addr: SocketAddr,
+    },
     /// A listener could not be bound.
     #[error("{what}: cannot listen on {addr}: {source}")]
     Listen {

@@ -12,6 +12,11 @@
 //! the writer then publishes the node's whole set of live connections again, retrying every
 //! [`REPUBLISH_INTERVAL`] until the directory takes it, so `wvpc tunnel info` converges.
 //!
+//! With a relay listener ([`IrisOptions::relay`]), CONNECTs for tunnels this node holds no
+//! usable connection of are relayed to the nodes that do, as [`IrisNode::peers`] says (the
+//! cluster registry fills it), over mutual TLS from the relay CA in `<state>/relay`
+//! ([`wvpc_iris::relay`]).
+//!
 //! Deletions reach the node through [`LiveRoutes::on_removed`]: a deleted tunnel's
 //! connections are closed with the reason (connectors log it, and are refused as an unknown
 //! tunnel when they reconnect), and a deleted service's CONNECT pipes are closed once quiet.
@@ -30,6 +35,8 @@ use wvpc_iris::ServiceStore;
 use wvpc_iris::connect::{Router, RouterConfig};
 use wvpc_iris::edge::{ConnectionInfo, ConnectionObserver, Edge, TunnelAuthority, TunnelRegistry};
 use wvpc_iris::metrics::IrisMetrics;
+use wvpc_iris::peers::PeerMap;
+use wvpc_iris::relay::{Relay, RelayCa, RelayConfig};
 use wvpc_listener::ServerLimits;
 use wvpc_tunnel::EdgeIdentity;
 
@@ -50,9 +57,25 @@ pub struct IrisOptions {
     pub node_name: String,
     /// Where to serve Prometheus metrics (`None`: not served).
     pub metrics_listen: Option<SocketAddr>,
-    /// Timeouts and connection cap of the CONNECT and metrics listeners (each has its own
-    /// cap).
+    /// Timeouts and connection cap of the CONNECT, relay and metrics listeners (each has its
+    /// own cap).
     pub server: ServerLimits,
+    /// The relay listener (`None`: this node neither relays CONNECTs nor accepts relayed
+    /// ones).
+    pub relay: Option<RelayOptions>,
+    /// Who holds which tunnel, shared with whoever follows the cluster registry (`None`: the
+    /// node makes an empty one, [`IrisNode::peers`]).
+    pub peers: Option<Arc<PeerMap>>,
+}
+
+/// Where the relay listener listens and how peers reach it.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayOptions {
+    /// Address of the relay listener (`--relay-listen`).
+    pub listen: SocketAddr,
+    /// Address other nodes dial (`--relay-advertise`); `None`: the listener's address, which
+    /// then must not be unspecified (0.0.0.0, ::).
+    pub advertise: Option<SocketAddr>,
 }
 
 impl Default for IrisOptions {
@@ -61,6 +84,8 @@ impl Default for IrisOptions {
             node_name: "wvpc-dev".into(),
             metrics_listen: None,
             server: ServerLimits::default(),
+            relay: None,
+            peers: None,
         }
     }
 }
@@ -80,6 +105,14 @@ pub struct IrisNode {
     pub edge_identity: EdgeIdentity,
     /// The routes this node serves (follow the directory live).
     pub routes: Arc<LiveRoutes>,
+    /// The relay listener's address, if any.
+    pub relay_addr: Option<SocketAddr>,
+    /// The address other nodes dial to relay to this one (to publish in the cluster
+    /// registry), if the relay listener runs.
+    pub relay_advertise: Option<SocketAddr>,
+    /// Who holds which tunnel: the relay reads it, the cluster registry's follower fills it
+    /// ([`PeerMap::replace`]).
+    pub peers: Arc<PeerMap>,
     registry: Arc<TunnelRegistry>,
     edge: Arc<Edge>,
     router_task: Option<tokio::task::JoinHandle<()>>,
@@ -155,11 +188,40 @@ impl IrisNode {
             None => None,
         };
 
+        let peers = options.peers.clone().unwrap_or_default();
         let store: Arc<dyn ServiceStore> = routes.clone();
         let mut router_config = RouterConfig::default();
-        router_config.metrics = Some(metrics);
+        router_config.node_name = options.node_name.clone();
+        router_config.metrics = Some(metrics.clone());
         router_config.server = options.server.clone();
+        let relay = match &options.relay {
+            Some(relay) => Some(
+                start_relay(
+                    state,
+                    relay,
+                    &options.node_name,
+                    peers.clone(),
+                    metrics.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        router_config.relay = relay.as_ref().map(|started| started.relay.clone());
         let router = Router::new(store, registry.clone(), router_config);
+        let (relay_addr, relay_advertise) = match relay {
+            Some(started) => {
+                let (serving, listener, tls) = (router.clone(), started.listener, started.tls);
+                tasks.push(tokio::spawn(async move {
+                    if let Err(err) = serving.serve_relay(listener, tls).await {
+                        tracing::error!(error = %err, "iris relay listener failed");
+                    }
+                }));
+                tracing::info!(addr = %started.addr, advertise = %started.advertise, "iris relay listener");
+                (Some(started.addr), Some(started.advertise))
+            }
+            None => (None, None),
+        };
         routes.on_removed(Box::new({
             let (router, registry) = (router.clone(), registry.clone());
             move |removed: &Removed| {
@@ -194,6 +256,9 @@ impl IrisNode {
             edge_ca_path: edge_dir.join(wvpc_tunnel::identity::CA_FILE),
             edge_identity,
             routes,
+            relay_addr,
+            relay_advertise,
+            peers,
             registry,
             edge,
             router_task: Some(router_task),
@@ -234,6 +299,56 @@ impl Drop for IrisNode {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A relay ready to serve: its listener bound, its TLS ready.
+struct StartedRelay {
+    relay: Arc<Relay>,
+    tls: Arc<rustls::ServerConfig>,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    advertise: SocketAddr,
+}
+
+/// The relay of node `node_name`: the state's relay CA (created on first use) issues the
+/// node's certificate; the listener is bound and the address to advertise checked.
+async fn start_relay(
+    state: &Path,
+    options: &RelayOptions,
+    node_name: &str,
+    peers: Arc<PeerMap>,
+    metrics: Arc<IrisMetrics>,
+) -> Result<StartedRelay, PlatformError> {
+    let dir = crate::state::relay_dir(state);
+    let identity_error = |source| PlatformError::RelayIdentity {
+        dir: dir.clone(),
+        source,
+    };
+    let identity = RelayCa::load_or_create(&dir)
+        .and_then(|ca| ca.issue(node_name))
+        .map_err(identity_error)?;
+    let tls = identity.server_config().map_err(identity_error)?;
+    let relay = Relay::new(&identity, peers, RelayConfig::new(node_name), Some(metrics))
+        .map_err(identity_error)?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| PlatformError::Listen {
+            what: "relay (--relay-listen)",
+            addr: options.listen,
+            source,
+        })?;
+    let addr = local_addr(&listener)?;
+    let advertise = options.advertise.unwrap_or(addr);
+    if advertise.ip().is_unspecified() || advertise.port() == 0 {
+        return Err(PlatformError::RelayAdvertise { addr: advertise });
+    }
+    Ok(StartedRelay {
+        relay: Arc::new(relay),
+        tls,
+        listener,
+        addr,
+        advertise,
+    })
 }
 
 /// The address a listener got (the port of a `:0` bind).

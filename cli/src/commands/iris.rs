@@ -12,7 +12,7 @@ use std::time::Duration;
 use wvpc_directory::Directory;
 
 use super::dev::shutdown_signal;
-use wvpc_platform::iris_node::{IrisNode, IrisOptions};
+use wvpc_platform::iris_node::{IrisNode, IrisOptions, RelayOptions};
 
 /// `wvpc iris` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +29,15 @@ pub struct IrisArgs {
     /// This node's name: reported to connectors and recorded with their connections
     #[arg(long, default_value = "iris", value_name = "NAME")]
     pub node_name: String,
+    /// Address of the relay listener: other iris nodes relay CONNECTs for tunnels they hold
+    /// no connection of to this node here (mutual TLS from the relay CA in <state>/relay).
+    /// Without it, this node neither relays nor accepts relays
+    #[arg(long, value_name = "IP:PORT")]
+    pub relay_listen: Option<SocketAddr>,
+    /// Address other nodes dial to reach the relay listener (default: --relay-listen, which
+    /// then must not be 0.0.0.0 / [::])
+    #[arg(long, value_name = "IP:PORT", requires = "relay_listen")]
+    pub relay_advertise: Option<SocketAddr>,
     /// On shutdown, how long streams in flight may finish (e.g. 30s, 500ms, 2m)
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub grace_period: Duration,
@@ -49,6 +58,11 @@ pub async fn run(args: IrisArgs, state: &Path, out: &mut (dyn Write + Send)) -> 
             node_name: args.node_name.clone(),
             metrics_listen: args.metrics,
             server: args.server.limits(),
+            relay: args.relay_listen.map(|listen| RelayOptions {
+                listen,
+                advertise: args.relay_advertise,
+            }),
+            ..IrisOptions::default()
         },
     )
     .await?;
@@ -62,6 +76,13 @@ pub async fn run(args: IrisArgs, state: &Path, out: &mut (dyn Write + Send)) -> 
         "  connectors trust the edge with --cacert {}",
         node.edge_ca_path.display()
     )?;
+    if let (Some(addr), Some(advertise)) = (node.relay_addr, node.relay_advertise) {
+        writeln!(
+            out,
+            "  relay listener on {addr} (advertised as {advertise}), CA in {}",
+            wvpc_platform::state::relay_dir(state).display()
+        )?;
+    }
     if let Some(addr) = node.metrics_addr {
         writeln!(out, "  metrics on http://{addr}/metrics")?;
     }

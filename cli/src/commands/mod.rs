@@ -8,6 +8,7 @@ pub mod dev;
 pub mod directory;
 pub mod edge;
 pub mod iris;
+pub mod relay;
 pub mod rollback;
 pub mod runtime;
 pub mod server_args;

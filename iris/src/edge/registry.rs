@@ -319,6 +319,14 @@ impl TunnelRegistry {
         self.tunnels.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether a connection of `tunnel_id` can take new streams now (registered, not
+    /// draining, not closed): the router's choice between serving locally and relaying.
+    pub fn has_usable_connection(&self, tunnel_id: Uuid) -> bool {
+        self.lock()
+            .get(&tunnel_id)
+            .is_some_and(|conns| conns.iter().any(|c| c.usable()))
+    }
+
     /// The live connections of a tunnel.
     pub fn connections(&self, tunnel_id: Uuid) -> Vec<ConnectionInfo> {
         self.lock()
@@ -822,6 +830,10 @@ fn no_connection(tunnel_id: Uuid) -> ProxyError {
 }
 
 impl TunnelPool for TunnelRegistry {
+    fn has_usable_connection(&self, tunnel: Uuid) -> bool {
+        TunnelRegistry::has_usable_connection(self, tunnel)
+    }
+
     fn open_tcp<'a>(
         &'a self,
         tunnel: Uuid,

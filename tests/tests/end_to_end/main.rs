@@ -7,6 +7,7 @@
 //! - [`live_config`]: service changes reach iris while load runs.
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
 //! - [`error_codes`]: the table of error codes, each from its real cause on the real path.
+//! - [`relay`]: a request relayed from the iris node it entered to the node holding the tunnel.
 //! - [`websocket`]: a WebSocket upgrade through the real path.
 
 mod error_codes;
@@ -14,4 +15,5 @@ mod ha;
 mod live_config;
 mod mock_tunnel;
 mod real_tunnel;
+mod relay;
 mod websocket;
