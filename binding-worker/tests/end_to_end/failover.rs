@@ -33,6 +33,8 @@ enum Behaviour {
     CloseBeforeHead,
     /// The stream is reset with REFUSED_STREAM.
     RefuseStream,
+    /// Accepts connections, then reads nothing and answers nothing (a frozen process).
+    Silent,
 }
 
 /// A stand-in iris node that counts the CONNECTs it received.
@@ -94,6 +96,12 @@ async fn serve_connection(
     connects: Arc<AtomicUsize>,
     mut killed: watch::Receiver<bool>,
 ) {
+    if let Behaviour::Silent = behaviour {
+        // Held open, never read: the client's frames (and PINGs) get no answer.
+        let _ = killed.changed().await;
+        drop(stream);
+        return;
+    }
     if let Behaviour::CloseBeforeHead | Behaviour::RefuseStream = behaviour {
         // Raw h2: hyper's server cannot refuse a stream or drop a connection mid-request.
         let Ok(mut connection) = h2::server::handshake(stream).await else {
@@ -136,7 +144,9 @@ async fn serve_connection(
                     .body(Empty::new())
                     .unwrap()),
                 Behaviour::Hang => std::future::pending().await,
-                Behaviour::CloseBeforeHead | Behaviour::RefuseStream => unreachable!(),
+                Behaviour::CloseBeforeHead | Behaviour::RefuseStream | Behaviour::Silent => {
+                    unreachable!()
+                }
             }
         }
     });
@@ -606,4 +616,31 @@ async fn run_with_own_hosts_file(name: &str) {
         stdout.contains("1 passed"),
         "the run in namespaces did not run {name}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_on_a_node_gone_silent_goes_to_the_next_one_once_its_ping_is_unanswered() {
+    let (origin, log) = start_origin(None).await;
+    let silent = FakeIris::start(Behaviour::Silent).await;
+    let healthy = FakeIris::start(Behaviour::Proxy(origin)).await;
+    let worker = worker(&[silent.addr, healthy.addr], |_| {});
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        // The first CONNECT goes to the silent node; its connection's PING (after 10 s
+        // without a frame) gets no answer within 5 s, the connection is closed and the
+        // CONNECT goes to the other node — before the 30 s CONNECT timeout.
+        let started = std::time::Instant::now();
+        ok(
+            rt.fetch(SERVICE, "GET", &url(0), &[], b"").await,
+            "sent on after the silent node's PING",
+        );
+        eprintln!(
+            "answered through the other node after {:.2?}",
+            started.elapsed()
+        );
+        assert_eq!(healthy.connects(), 1);
+        drop(silent);
+    })
+    .await;
+    worker.shutdown();
+    assert_eq!(log.requests.lock().unwrap().len(), 1);
 }
