@@ -1,5 +1,8 @@
 //! Several iris nodes: stand-in nodes speak real HTTP/2 on real sockets, and can be killed
-//! (listener and every connection closed, as when the process dies) and started again.
+//! (listener and every connection closed, as when the process dies) and started again. The
+//! test of names runs in its own user, network and mount namespaces, where `/etc/hosts` is a
+//! file it writes, so a name resolves (through the system resolver) to loopback nodes it
+//! chooses.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
