@@ -5,18 +5,27 @@
 //! scheme; iris picks the real port, resolves, dials through the tunnel and answers `200`, or
 //! a failure status whose `Proxy-Status` header carries the code.
 //!
-//! CONNECTs go round-robin over the nodes that are up. A node whose dial fails is marked down
-//! for a backoff (250 ms, doubling up to 5 s) and skipped until then; the first CONNECT after
-//! it is the next try. A CONNECT that never got an answer head because of its node (the dial
-//! failed; the connection closed or broke before the head; GOAWAY; REFUSED_STREAM) is sent to
+//! The nodes are the `--iris` addresses, a name counting as every address it resolves to;
+//! names are resolved again every [`IrisSettings::resolve_interval`] and, at most once a
+//! second, after a dial failure or when no node could take a CONNECT (a node added to or
+//! removed from the name is picked up; an unanswered lookup keeps the last addresses).
+//!
+//! CONNECTs go round-robin over the nodes that are up: any node can serve any tunnel (the
+//! tunnel is connected to every node, or iris relays), so there is nothing to be sticky for,
+//! and spreading keeps every connection exercised. A node whose dial fails is marked down
+//! for a backoff (250 ms, doubling up to 5 s); a background task re-dials it when that is
+//! over, and CONNECTs skip it until one succeeds — no fetch waits on a node known to be down.
+//! A CONNECT that never got an answer head because of its node (the dial failed; the
+//! connection closed or broke before the head; GOAWAY; REFUSED_STREAM), or that the node
+//! answered with `destination_unavailable` (it holds no connection of the tunnel), is sent to
 //! the next node — safe, as no request byte reaches the origin before iris answers `200`. A
 //! CONNECT that timed out waiting for its head is not (iris may still be dialling the origin),
-//! nor is any answer iris gave. When no node could take it, the fetch fails with
+//! nor is any other answer iris gave. When no node could take it, the fetch fails at once with
 //! `destination_unavailable`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex as SyncMutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,9 +35,12 @@ use hyper::client::conn::http2;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use wvpc_errors::{ErrorCode, ProxyError};
 
+use crate::iris_address::IrisAddress;
 use crate::origin::find_source;
 use crate::origin_tls::{TlsPolicy, Verification};
 use crate::request::FetchRequest;
@@ -55,22 +67,68 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Least time between two lookups of the names asked for by failures.
+const MIN_RESOLVE_GAP: Duration = Duration::from_secs(1);
+
+/// HTTP/2 PINGs on every iris connection: a node that went silent (host down, partition)
+/// is found within interval + timeout, and the CONNECTs waiting on it go to another node
+/// instead of waiting out the CONNECT timeout.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Settings of the iris connections.
 #[derive(Debug, Clone)]
 pub(crate) struct IrisSettings {
-    /// The iris nodes' CONNECT listeners (at least one).
-    pub(crate) nodes: Vec<SocketAddr>,
-    /// Bound on dialling a node and on iris's answer to a CONNECT.
+    /// The `--iris` values (at least one).
+    pub(crate) addresses: Vec<IrisAddress>,
+    /// Bound on iris's answer to a CONNECT.
     pub(crate) connect_timeout: Duration,
+    /// Bound on dialling a node (TCP and the HTTP/2 handshake).
+    pub(crate) dial_timeout: Duration,
+    /// How often names are looked up again.
+    pub(crate) resolve_interval: Duration,
 }
 
 /// The connections to the iris nodes.
 #[derive(Debug)]
 pub(crate) struct IrisClient {
-    nodes: Vec<IrisNode>,
+    shared: Arc<Shared>,
+}
+
+/// The current iris nodes, while the client lives.
+#[derive(Debug, Clone)]
+pub(crate) struct IrisNodesView(Weak<Shared>);
+
+impl IrisNodesView {
+    /// The node addresses in order, each with whether it is up (empty once the client is
+    /// gone).
+    pub(crate) fn nodes(&self) -> Vec<(SocketAddr, bool)> {
+        self.0.upgrade().map_or_else(Vec::new, |shared| {
+            shared
+                .nodes()
+                .iter()
+                .map(|n| (n.addr, n.down().is_none()))
+                .collect()
+        })
+    }
+}
+
+/// What the CONNECT path and the background tasks share.
+#[derive(Debug)]
+struct Shared {
+    /// The current nodes; replaced whole when a name's addresses change.
+    nodes: RwLock<Arc<[Arc<IrisNode>]>>,
     /// Round-robin position.
     next: AtomicUsize,
     connect_timeout: Duration,
+    dial_timeout: Duration,
+    /// Wakes the resolver (set when there are names).
+    resolve_now: Option<Arc<Notify>>,
+    /// Where background work runs.
+    runtime: Handle,
+    /// Stops the background tasks when the client goes.
+    stopping: CancellationToken,
+    _stop: DropGuard,
 }
 
 /// One iris node: its connection and whether it is up.
@@ -80,6 +138,8 @@ struct IrisNode {
     /// A tokio mutex: while one task dials, the others wait for that connection.
     current: Mutex<LiveConnection>,
     health: SyncMutex<Health>,
+    /// A background re-dial is scheduled.
+    probing: AtomicBool,
 }
 
 /// The connection in use; `sender` is `None` until first use and after it died.
@@ -93,8 +153,10 @@ struct LiveConnection {
 /// Whether a node is skipped, and for how long.
 #[derive(Debug)]
 struct Health {
-    /// Set while the node is down: skipped until then.
-    down_until: Option<Instant>,
+    /// Set while the node is down: skipped until a re-dial succeeds.
+    down_since: Option<Instant>,
+    /// When the background re-dial is due.
+    retry_at: Instant,
     /// The next backoff.
     backoff: Duration,
     /// Why its last dial failed.
@@ -102,30 +164,71 @@ struct Health {
 }
 
 impl IrisClient {
-    pub(crate) fn new(settings: IrisSettings) -> Self {
-        let nodes = settings
-            .nodes
+    /// Resolves the names of `settings` now (blocking), the first thing a worker does: a name
+    /// that does not resolve is an error. Returns the addresses of each value, in order.
+    pub(crate) fn resolve_at_start(
+        settings: &IrisSettings,
+    ) -> std::io::Result<Vec<Vec<SocketAddr>>> {
+        settings
+            .addresses
             .iter()
-            .map(|&addr| IrisNode {
-                addr,
-                current: Mutex::new(LiveConnection::default()),
-                health: SyncMutex::new(Health {
-                    down_until: None,
-                    backoff: FIRST_BACKOFF,
-                    last_error: String::new(),
-                }),
+            .map(|address| {
+                let addrs = address.resolve_blocking().map_err(|err| {
+                    std::io::Error::new(
+                        err.kind(),
+                        format!("iris address {address} does not resolve: {err}"),
+                    )
+                })?;
+                if address.name().is_some() {
+                    tracing::info!(iris = %address, ?addrs, "iris name resolved");
+                }
+                Ok(addrs)
             })
-            .collect();
-        Self {
-            nodes,
-            next: AtomicUsize::new(0),
-            connect_timeout: settings.connect_timeout,
-        }
+            .collect()
     }
 
-    /// Bound on dialling and on CONNECT answers (reused for the origin TLS handshake).
+    /// The client for `settings`, whose values resolved to `known` (see
+    /// [`Self::resolve_at_start`]). Background work (re-dials, lookups) runs on `runtime`.
+    pub(crate) fn start(
+        settings: IrisSettings,
+        known: Vec<Vec<SocketAddr>>,
+        runtime: Handle,
+    ) -> Self {
+        let stopping = CancellationToken::new();
+        let has_names = settings.addresses.iter().any(|a| a.name().is_some());
+        let resolve_now = has_names.then(|| Arc::new(Notify::new()));
+        let shared = Arc::new(Shared {
+            nodes: RwLock::new(Arc::from([])),
+            next: AtomicUsize::new(0),
+            connect_timeout: settings.connect_timeout,
+            dial_timeout: settings.dial_timeout.min(settings.connect_timeout),
+            resolve_now: resolve_now.clone(),
+            runtime: runtime.clone(),
+            stopping: stopping.clone(),
+            _stop: stopping.clone().drop_guard(),
+        });
+        shared.set_nodes(known.iter().flatten().copied());
+        if let Some(resolve_now) = resolve_now {
+            runtime.spawn(resolve_names(
+                Arc::downgrade(&shared),
+                settings.addresses,
+                known,
+                settings.resolve_interval,
+                resolve_now,
+                stopping,
+            ));
+        }
+        Self { shared }
+    }
+
+    /// Bound on CONNECT answers (reused for the origin TLS handshake).
     pub(crate) fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
+        self.shared.connect_timeout
+    }
+
+    /// A view of the node set that does not keep the client alive.
+    pub(crate) fn nodes_view(&self) -> IrisNodesView {
+        IrisNodesView(Arc::downgrade(&self.shared))
     }
 
     /// Opens a byte stream to `request`'s service: a CONNECT answered with `200`, whose
@@ -134,15 +237,24 @@ impl IrisClient {
         &self,
         request: &FetchRequest,
     ) -> Result<(Upgraded, TlsPolicy), ProxyError> {
-        let count = self.nodes.len();
+        let shared = &self.shared;
+        let nodes = shared.nodes();
+        let count = nodes.len();
         // Nodes this CONNECT is done with; a node whose reused connection turned out dead
         // gets one fresh dial first.
         let mut skip = vec![false; count];
         let mut redialled = vec![false; count];
         let mut failures = Vec::new();
-        while let Some(i) = self.pick(&skip) {
-            let node = &self.nodes[i];
-            let (generation, mut sender, reused) = match node.sender(self.connect_timeout).await {
+        // The last `destination_unavailable` answer, returned as is when every node that
+        // was tried gave one.
+        let mut unavailable = None;
+        let mut unavailable_answers = 0;
+        // Where this CONNECT starts in the rotation; its retries go on from there, so a node
+        // that cannot serve does not shift the spread onto its successor.
+        let start = shared.next.fetch_add(1, Ordering::Relaxed);
+        while let Some(i) = pick(&nodes, &skip, start) {
+            let node = &nodes[i];
+            let (generation, mut sender, reused) = match node.sender(shared).await {
                 Ok(found) => found,
                 Err(why) => {
                     skip[i] = true;
@@ -152,13 +264,13 @@ impl IrisClient {
             };
             let connect = connect_request(request)?;
             let answer =
-                tokio::time::timeout(self.connect_timeout, sender.send_request(connect)).await;
+                tokio::time::timeout(shared.connect_timeout, sender.send_request(connect)).await;
             let response = match answer {
                 Err(_elapsed) => {
                     return Err(ProxyError::new(ErrorCode::ConnectionTimeout).with_details(
                         format!(
                             "iris at {} did not answer the CONNECT within {:?}",
-                            node.addr, self.connect_timeout
+                            node.addr, shared.connect_timeout
                         ),
                     ));
                 }
@@ -183,7 +295,18 @@ impl IrisClient {
                 }
             };
             if response.status() != StatusCode::OK {
-                return Err(refusal(response.status(), response.headers()));
+                let err = refusal(response.status(), response.headers());
+                if err.code == ErrorCode::DestinationUnavailable {
+                    // This node has no connection of the tunnel (and could not relay): it
+                    // sent nothing towards the origin, another node may have one.
+                    skip[i] = true;
+                    tracing::debug!(iris = %node.addr, error = %err, "iris has no route for the CONNECT; trying another iris node");
+                    failures.push(format!("{}: {err}", node.addr));
+                    unavailable = Some(err);
+                    unavailable_answers += 1;
+                    continue;
+                }
+                return Err(err);
             }
             let tls = tls_policy(response.headers())?;
             let stream = hyper::upgrade::on(response).await.map_err(|err| {
@@ -193,7 +316,13 @@ impl IrisClient {
             })?;
             return Ok((stream, tls));
         }
-        for (i, node) in self.nodes.iter().enumerate() {
+        if let Some(err) = unavailable
+            && unavailable_answers == failures.len()
+        {
+            return Err(err);
+        }
+        shared.resolve_soon();
+        for (i, node) in nodes.iter().enumerate() {
             if !skip[i]
                 && let Some(why) = node.down()
             {
@@ -207,14 +336,101 @@ impl IrisClient {
             )),
         )
     }
+}
 
-    /// The next node in round-robin order that is up and not in `skip`.
-    fn pick(&self, skip: &[bool]) -> Option<usize> {
-        let count = self.nodes.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
-        (0..count)
-            .map(|k| (start + k) % count)
-            .find(|&i| !skip[i] && self.nodes[i].down().is_none())
+impl Shared {
+    fn nodes(&self) -> Arc<[Arc<IrisNode>]> {
+        Arc::clone(&self.nodes.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes `addrs` the node set: nodes already known keep their connection and health.
+    fn set_nodes(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next: Vec<Arc<IrisNode>> = Vec::new();
+        for addr in addrs {
+            if next.iter().any(|n| n.addr == addr) {
+                continue;
+            }
+            let node = nodes
+                .iter()
+                .find(|n| n.addr == addr)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(IrisNode::new(addr)));
+            next.push(node);
+        }
+        let added: Vec<_> = next
+            .iter()
+            .filter(|n| !nodes.iter().any(|o| o.addr == n.addr))
+            .map(|n| n.addr)
+            .collect();
+        let removed: Vec<_> = nodes
+            .iter()
+            .filter(|o| !next.iter().any(|n| n.addr == o.addr))
+            .map(|o| o.addr)
+            .collect();
+        if !nodes.is_empty() && (!added.is_empty() || !removed.is_empty()) {
+            tracing::info!(?added, ?removed, "iris nodes changed");
+        }
+        *nodes = next.into();
+    }
+
+    /// Asks for the names to be looked up again (no-op without names).
+    fn resolve_soon(&self) {
+        if let Some(resolve_now) = &self.resolve_now {
+            resolve_now.notify_one();
+        }
+    }
+}
+
+/// The first node from `start` in rotation order that is up and not in `skip`.
+fn pick(nodes: &[Arc<IrisNode>], skip: &[bool], start: usize) -> Option<usize> {
+    let count = nodes.len();
+    (0..count)
+        .map(|k| (start + k) % count)
+        .find(|&i| !skip[i] && nodes[i].down().is_none())
+}
+
+/// Looks the names up every `interval`, and when asked (at most once per
+/// [`MIN_RESOLVE_GAP`]); `known` holds each address's last good answer.
+async fn resolve_names(
+    shared: Weak<Shared>,
+    addresses: Vec<IrisAddress>,
+    mut known: Vec<Vec<SocketAddr>>,
+    interval: Duration,
+    resolve_now: Arc<Notify>,
+    stopping: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+            () = resolve_now.notified() => {}
+        }
+        for (address, addrs) in addresses.iter().zip(known.iter_mut()) {
+            if address.name().is_none() {
+                continue;
+            }
+            match address.resolve().await {
+                Ok(fresh) => {
+                    if fresh != *addrs {
+                        tracing::info!(iris = %address, from = ?addrs, to = ?fresh, "iris name resolves differently");
+                        *addrs = fresh;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(iris = %address, error = %err, kept = ?addrs, "cannot resolve the iris name; keeping its last addresses");
+                }
+            }
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.set_nodes(known.iter().flatten().copied());
+        drop(shared);
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            () = tokio::time::sleep(MIN_RESOLVE_GAP) => {}
+        }
     }
 }
 
@@ -253,7 +469,11 @@ impl Unanswered {
                 connection_gone: true,
             });
         }
-        if sender.is_closed() || err.is_closed() || err.is_canceled() || err.is_incomplete_message()
+        if sender.is_closed()
+            || err.is_closed()
+            || err.is_canceled()
+            || err.is_incomplete_message()
+            || err.is_timeout()
         {
             return Some(Self {
                 why: "the connection closed before iris answered",
@@ -265,11 +485,25 @@ impl Unanswered {
 }
 
 impl IrisNode {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            current: Mutex::new(LiveConnection::default()),
+            health: SyncMutex::new(Health {
+                down_since: None,
+                retry_at: Instant::now(),
+                backoff: FIRST_BACKOFF,
+                last_error: String::new(),
+            }),
+            probing: AtomicBool::new(false),
+        }
+    }
+
     /// The live connection, dialled if needed. `reused` tells whether it served before.
     /// `Err` (why) when the node is down or the dial failed (which marks it down).
     async fn sender(
-        &self,
-        connect_timeout: Duration,
+        self: &Arc<Self>,
+        shared: &Shared,
     ) -> Result<(u64, http2::SendRequest<Empty<Bytes>>, bool), String> {
         let mut current = self.current.lock().await;
         if let Some(sender) = current.sender.as_ref()
@@ -281,7 +515,7 @@ impl IrisNode {
         if let Some(why) = self.down() {
             return Err(why);
         }
-        match dial(self.addr, connect_timeout).await {
+        match dial(self.addr, shared.dial_timeout).await {
             Ok(sender) => {
                 self.mark_up();
                 current.generation += 1;
@@ -289,7 +523,8 @@ impl IrisNode {
                 Ok((current.generation, sender, false))
             }
             Err(why) => {
-                self.mark_down(&why);
+                drop(current);
+                self.mark_down(&why, shared);
                 Err(why)
             }
         }
@@ -306,53 +541,124 @@ impl IrisNode {
     /// `Some(why)` while the node is marked down.
     fn down(&self) -> Option<String> {
         let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        let until = health.down_until?;
-        let left = until.checked_duration_since(Instant::now())?;
+        let since = health.down_since?;
+        let left = health.retry_at.saturating_duration_since(Instant::now());
         Some(format!(
-            "down ({}), next try in {} ms",
+            "down for {} ms ({}), next try in {} ms",
+            since.elapsed().as_millis(),
             health.last_error,
             left.as_millis()
         ))
     }
 
-    fn mark_down(&self, why: &str) {
-        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        let backoff = health.backoff;
-        if health.down_until.is_none() {
-            tracing::warn!(iris = %self.addr, error = why, retry_ms = backoff.as_millis() as u64, "iris node unreachable; using the other nodes");
-        } else {
-            tracing::debug!(iris = %self.addr, error = why, retry_ms = backoff.as_millis() as u64, "iris node still unreachable");
+    /// Marks the node down and schedules its background re-dial.
+    fn mark_down(self: &Arc<Self>, why: &str, shared: &Shared) {
+        {
+            let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            let backoff = health.backoff;
+            if health.down_since.is_none() {
+                tracing::warn!(iris = %self.addr, error = why, retry_ms = backoff.as_millis() as u64, "iris node unreachable; using the other nodes");
+                health.down_since = Some(Instant::now());
+            } else {
+                tracing::debug!(iris = %self.addr, error = why, retry_ms = backoff.as_millis() as u64, "iris node still unreachable");
+            }
+            health.retry_at = Instant::now() + backoff;
+            health.backoff = (backoff * 2).min(MAX_BACKOFF);
+            why.clone_into(&mut health.last_error);
         }
-        health.down_until = Some(Instant::now() + backoff);
-        health.backoff = (backoff * 2).min(MAX_BACKOFF);
-        why.clone_into(&mut health.last_error);
+        shared.resolve_soon();
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            shared.runtime.spawn(redial(
+                Arc::downgrade(self),
+                shared.dial_timeout,
+                shared.stopping.clone(),
+            ));
+        }
     }
 
     fn mark_up(&self) {
         let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        if health.down_until.take().is_some() {
-            tracing::info!(iris = %self.addr, "iris node reachable again");
+        if let Some(since) = health.down_since.take() {
+            tracing::info!(iris = %self.addr, down_ms = since.elapsed().as_millis() as u64, "iris node reachable again");
         }
         health.backoff = FIRST_BACKOFF;
+    }
+}
+
+/// Re-dials a node that is down each time its backoff is over, until a dial succeeds (the
+/// connection is kept for the next CONNECT), the node is dropped, or the client stops.
+async fn redial(node: Weak<IrisNode>, dial_timeout: Duration, stopping: CancellationToken) {
+    loop {
+        let wait = match node.upgrade() {
+            Some(node) => {
+                let health = node.health.lock().unwrap_or_else(PoisonError::into_inner);
+                health.retry_at.saturating_duration_since(Instant::now())
+            }
+            None => return,
+        };
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let Some(node) = node.upgrade() else { return };
+        {
+            let health = node.health.lock().unwrap_or_else(PoisonError::into_inner);
+            if health.down_since.is_none() {
+                // A CONNECT's own dial brought it back.
+                node.probing.store(false, Ordering::Release);
+                return;
+            }
+            if health.retry_at > Instant::now() {
+                continue;
+            }
+        }
+        // Dialled without holding the connection's lock: a CONNECT never waits on a re-dial.
+        match dial(node.addr, dial_timeout).await {
+            Ok(sender) => {
+                let mut current = node.current.lock().await;
+                if current
+                    .sender
+                    .as_ref()
+                    .is_none_or(http2::SendRequest::is_closed)
+                {
+                    current.generation += 1;
+                    current.sender = Some(sender);
+                }
+                drop(current);
+                node.probing.store(false, Ordering::Release);
+                node.mark_up();
+                return;
+            }
+            Err(why) => {
+                let mut health = node.health.lock().unwrap_or_else(PoisonError::into_inner);
+                tracing::debug!(iris = %node.addr, error = %why, retry_ms = health.backoff.as_millis() as u64, "iris node still unreachable");
+                health.retry_at = Instant::now() + health.backoff;
+                health.backoff = (health.backoff * 2).min(MAX_BACKOFF);
+                health.last_error = why;
+            }
+        }
     }
 }
 
 /// A new HTTP/2 connection to the iris node at `addr`; `Err` says why not.
 async fn dial(
     addr: SocketAddr,
-    connect_timeout: Duration,
+    dial_timeout: Duration,
 ) -> Result<http2::SendRequest<Empty<Bytes>>, String> {
-    let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+    tokio::time::timeout(dial_timeout, dial_unbounded(addr))
         .await
-        .map_err(|_| format!("dial timed out after {connect_timeout:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| format!("dial timed out after {dial_timeout:?}"))?
+}
+
+async fn dial_unbounded(addr: SocketAddr) -> Result<http2::SendRequest<Empty<Bytes>>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT)
         .keep_alive_while_idle(true)
         .handshake(TokioIo::new(tcp))
         .await

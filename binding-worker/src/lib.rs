@@ -17,8 +17,11 @@
 //! Routing uses only the binding's service id; the URL's host becomes `Host` (without the
 //! URL's port, which is ignored), the scheme picks the service's port at iris.
 //!
-//! Several iris nodes: CONNECTs spread over the ones that are up, and one that never got an
-//! answer head because of its node is retried on another (see `iris_client`).
+//! Several iris nodes ([`IrisAddress`]: addresses, or names standing for every address they
+//! resolve to, looked up again while the worker runs): CONNECTs go round-robin over the ones
+//! that are up, one that never got an answer head because of its node is retried on another,
+//! a node that cannot be dialled is skipped while it is re-dialled in the background (see
+//! `iris_client`).
 //!
 //! With a [`PlatformSecret`] configured, every accepted runtime connection must pass the
 //! mutual handshake of [`wvpc_schemas::binding_auth`] before capnp starts; one that fails is
@@ -47,6 +50,7 @@
 #![forbid(unsafe_code)]
 
 mod call_decode;
+mod iris_address;
 mod iris_client;
 mod origin;
 mod origin_tls;
@@ -70,10 +74,11 @@ use wvpc_schemas::binding_auth::handshake_as_binding_worker;
 use wvpc_schemas::binding_capnp::vpc_binding;
 
 pub use call_decode::{DecodedFetch, decode_fetch_call};
+pub use iris_address::{IrisAddress, IrisAddressError};
 pub use wvpc_schemas::PlatformSecret;
 pub use wvpc_schemas::binding_auth::HANDSHAKE_TIMEOUT;
 
-use crate::iris_client::{IrisClient, IrisSettings};
+use crate::iris_client::{IrisClient, IrisNodesView, IrisSettings};
 use crate::origin::{OriginPool, OriginSettings, Proxy};
 use crate::origin_tls::OriginTls;
 use crate::rpc::VpcBindingServer;
@@ -83,13 +88,28 @@ use crate::rpc::VpcBindingServer;
 /// changes and connector drains reach steady traffic between two requests.
 pub const DEFAULT_ROUTE_LEASE: Duration = Duration::from_secs(5);
 
+/// How long dialling an iris node may take, by default: a TCP connect on the platform's
+/// network takes milliseconds or is refused at once; 3 s allows one lost SYN.
+pub const DEFAULT_IRIS_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often iris names are looked up again, by default.
+pub const DEFAULT_IRIS_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Settings of a binding-worker. Build with [`BindingWorkerConfig::new`] or
 /// [`BindingWorkerConfig::with_iris_nodes`], then adjust fields.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct BindingWorkerConfig {
-    /// The CONNECT listeners of the iris nodes (at least one).
-    pub iris: Vec<SocketAddr>,
+    /// The iris nodes' CONNECT listeners (at least one value; a name counts as every
+    /// address it resolves to).
+    pub iris: Vec<IrisAddress>,
+    /// Bound on dialling an iris node (TCP connect and HTTP/2 handshake): a node that does
+    /// not answer in time is skipped and re-dialled in the background. Default
+    /// [`DEFAULT_IRIS_DIAL_TIMEOUT`]; at most `connect_timeout`.
+    pub iris_dial_timeout: Duration,
+    /// How often iris names are looked up again (they also are, at most once a second,
+    /// when a node cannot be dialled). Default [`DEFAULT_IRIS_RESOLVE_INTERVAL`].
+    pub iris_resolve_interval: Duration,
     /// The secret runtimes must prove they hold before any call (and that this worker proves
     /// it holds). `None`: no handshake, for tests and one-process use; the `wvpc
     /// binding-worker` command always sets one.
@@ -99,8 +119,8 @@ pub struct BindingWorkerConfig {
     /// Runtime for the HTTP work. `None`: the worker starts and owns a multi-threaded runtime
     /// with one worker thread per core.
     pub proxy_runtime: Option<Handle>,
-    /// Bound on dialling an iris node and on iris's answer to a CONNECT (DNS and the tunnel
-    /// dial included). Default 30 s. A CONNECT that timed out is not retried on another node.
+    /// Bound on iris's answer to a CONNECT (DNS and the tunnel dial included). Default 30 s.
+    /// A CONNECT that timed out is not retried on another node.
     pub connect_timeout: Duration,
     /// From the end of the request body to the origin's response head
     /// (`http_response_timeout`). Default 100 s.
@@ -140,8 +160,16 @@ impl BindingWorkerConfig {
 
     /// Defaults, with these iris nodes (at least one, or [`BindingWorker::start`] refuses).
     pub fn with_iris_nodes(iris: Vec<SocketAddr>) -> Self {
+        Self::with_iris(iris.into_iter().map(IrisAddress::from).collect())
+    }
+
+    /// Defaults, with these iris addresses and names (at least one, or
+    /// [`BindingWorker::start`] refuses).
+    pub fn with_iris(iris: Vec<IrisAddress>) -> Self {
         Self {
             iris,
+            iris_dial_timeout: DEFAULT_IRIS_DIAL_TIMEOUT,
+            iris_resolve_interval: DEFAULT_IRIS_RESOLVE_INTERVAL,
             secret: None,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             proxy_runtime: None,
@@ -166,7 +194,8 @@ pub enum BindingWorker {}
 impl BindingWorker {
     /// Serves `VpcBinding` to runtimes that connect to `listener` (capnp two-party RPC over
     /// TCP; the bootstrap capability is the `VpcBinding`). Returns once the worker runs; it
-    /// stops when the handle is shut down or dropped.
+    /// stops when the handle is shut down or dropped. Iris names are resolved first: one that
+    /// does not resolve is an error.
     ///
     /// A `proxy_runtime` given in the config must keep being driven (a multi-threaded
     /// runtime, or a current-thread one whose owner keeps awaiting).
@@ -180,6 +209,13 @@ impl BindingWorker {
                 "no iris node given: a binding-worker needs at least one iris address",
             ));
         }
+        let iris_settings = IrisSettings {
+            addresses: config.iris.clone(),
+            connect_timeout: config.connect_timeout,
+            dial_timeout: config.iris_dial_timeout,
+            resolve_interval: config.iris_resolve_interval,
+        };
+        let iris_addrs = IrisClient::resolve_at_start(&iris_settings)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (proxy_runtime, owned_runtime) = match config.proxy_runtime.clone() {
@@ -196,10 +232,8 @@ impl BindingWorker {
             .enable_all()
             .build()?;
 
-        let iris = IrisClient::new(IrisSettings {
-            nodes: config.iris.clone(),
-            connect_timeout: config.connect_timeout,
-        });
+        let iris = IrisClient::start(iris_settings, iris_addrs, proxy_runtime.clone());
+        let iris_nodes = iris.nodes_view();
         let tls = OriginTls::new(config.tls_roots.clone())?;
         let proxy = Arc::new(Proxy::new(
             iris,
@@ -235,13 +269,14 @@ impl BindingWorker {
             })?;
         tracing::info!(
             %local_addr,
-            iris = ?config.iris,
+            iris = %config.iris.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             authenticated = config.secret.is_some(),
             "binding-worker listening"
         );
         Ok(BindingWorkerHandle {
             local_addr,
             pool,
+            iris_nodes,
             stop: Some(stop),
             drain: Some(drain),
             fetches,
@@ -256,6 +291,7 @@ impl BindingWorker {
 pub struct BindingWorkerHandle {
     local_addr: SocketAddr,
     pool: Weak<OriginPool>,
+    iris_nodes: IrisNodesView,
     stop: Option<oneshot::Sender<()>>,
     /// Asks the RPC thread to stop accepting; it answers once it has.
     drain: Option<oneshot::Sender<oneshot::Sender<()>>>,
@@ -269,6 +305,12 @@ impl BindingWorkerHandle {
     /// The address runtimes connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The iris nodes in use, in order (a name's current addresses in its place), each with
+    /// whether it is up: `false` while its dial fails and it is skipped.
+    pub fn iris_nodes(&self) -> Vec<(SocketAddr, bool)> {
+        self.iris_nodes.nodes()
     }
 
     /// A handle that closes the idle pooled origin connections of a service, for whoever

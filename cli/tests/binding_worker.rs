@@ -158,3 +158,36 @@ fn a_secret_file_that_is_missing_or_not_a_secret_is_explained() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--iris"));
 }
+
+#[test]
+fn an_iris_name_is_resolved_at_start_and_its_nodes_are_printed() {
+    let state = State::new();
+    let mut worker = Running::spawn(
+        &state,
+        &[
+            "binding-worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--iris",
+            "localhost:9,127.0.0.1:7",
+        ],
+    );
+    let ready = worker.next_line();
+    // localhost is 127.0.0.1 (and ::1 where /etc/hosts says so).
+    let (_, nodes) = ready
+        .split_once("(iris: localhost:9, 127.0.0.1:7; nodes now: ")
+        .unwrap_or_else(|| panic!("{ready}"));
+    assert!(
+        nodes.contains("127.0.0.1:9") && nodes.trim_end().ends_with("127.0.0.1:7)"),
+        "{ready}"
+    );
+
+    // A value without a port is a usage error naming it.
+    let output = state
+        .command(&["binding-worker", "--iris", "127.0.0.1:7,iris.internal"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\"iris.internal\" has no port"), "{stderr}");
+}

@@ -146,6 +146,8 @@ struct Platform {
     state: TempDir,
     directory: Proc,
     iris: Proc,
+    /// Further iris nodes (`iris-test-2`, …), when asked for.
+    more_iris: Vec<Proc>,
     binding_worker: Proc,
     runtime: Proc,
     /// An admin API token of the local account.
@@ -154,6 +156,12 @@ struct Platform {
 
 impl Platform {
     async fn start() -> Platform {
+        Self::start_with_iris_nodes(1).await
+    }
+
+    /// With `nodes` iris processes (each with metrics on a free port), all given to the
+    /// binding-worker in one comma-separated `--iris`.
+    async fn start_with_iris_nodes(nodes: usize) -> Platform {
         wvpc_tests::trace_init();
         let state = TempDir::new("platform");
         let token = Directory::open(state.path())
@@ -168,22 +176,37 @@ impl Platform {
             vec!["directory".into(), "--listen".into(), any()],
         )
         .await;
-        let iris = Proc::start(
-            state.path(),
-            "iris",
-            vec![
-                "iris".into(),
-                "--listen".into(),
-                any(),
-                "--edge-listen".into(),
-                any(),
-                "--node-name".into(),
-                "iris-test".into(),
-                "--grace-period".into(),
-                "1s".into(),
-            ],
-        )
-        .await;
+        let mut iris_nodes = Vec::new();
+        for n in 1..=nodes {
+            let name = if n == 1 {
+                "iris-test".to_owned()
+            } else {
+                format!("iris-test-{n}")
+            };
+            let node = Proc::start(
+                state.path(),
+                "iris",
+                vec![
+                    "iris".into(),
+                    "--listen".into(),
+                    any(),
+                    "--edge-listen".into(),
+                    any(),
+                    "--node-name".into(),
+                    name,
+                    "--metrics".into(),
+                    free_port(false).to_string(),
+                    "--grace-period".into(),
+                    "1s".into(),
+                ],
+            )
+            .await;
+            iris_nodes.push(node);
+        }
+        let iris_connect: Vec<String> = iris_nodes.iter().map(|n| n.addr(0).to_string()).collect();
+        let mut iris_nodes = iris_nodes.into_iter();
+        let iris = iris_nodes.next().expect("at least one iris node");
+        let more_iris: Vec<Proc> = iris_nodes.collect();
         let binding_worker = Proc::start(
             state.path(),
             "binding-worker",
@@ -192,7 +215,7 @@ impl Platform {
                 "--listen".into(),
                 any(),
                 "--iris".into(),
-                iris.addr(0).to_string(),
+                iris_connect.join(","),
             ],
         )
         .await;
@@ -212,6 +235,7 @@ impl Platform {
             state,
             directory,
             iris,
+            more_iris,
             binding_worker,
             runtime,
             token,
@@ -332,6 +356,27 @@ impl Platform {
         )
         .await
     }
+}
+
+/// The address of an iris node's `--metrics` listener.
+fn metrics_of(iris: &Proc) -> SocketAddr {
+    let at = iris.args.iter().position(|a| a == "--metrics").unwrap();
+    iris.args[at + 1].parse().unwrap()
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus text page (0 if absent).
+fn sample(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The sample `name` on an iris node's metrics page now.
+async fn iris_sample(iris: &Proc, name: &str) -> f64 {
+    sample(
+        &wvpc_tests::client::scrape(metrics_of(iris), "/metrics").await,
+        name,
+    )
 }
 
 /// A tunnel of `directory`'s account with a hostname service for `name`, resolved by `dns`.
@@ -1256,4 +1301,117 @@ async fn sigterm_returns_at_once_from_an_idle_connector_and_waits_for_a_request_
         .await
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// Bounds a longer wait (a connector's reconnect backoff after a node was down for seconds).
+async fn within_a_minute<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_iris_nodes_one_killed_under_load_loses_no_request_and_is_used_again_when_back() {
+    let net = PrivateNetwork::start(&[("a.internal", "127.0.0.2")]).await;
+    let mut platform = Platform::start_with_iris_nodes(2).await;
+    let (office, service) =
+        tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
+    // `--edge A --edge B`: connection i dials edge i mod 2, so 4 connections are 2 per node.
+    let edge_b = platform.more_iris[0].addr(1).to_string();
+    let _connector = connector_process(
+        &platform,
+        &office,
+        &["--edge", &edge_b, "--ha-connections", "4"],
+    )
+    .await;
+    const ACTIVE: &str = "wvpc_iris_tunnel_connections{state=\"active\"}";
+    const STREAMS: &str = "wvpc_iris_streams_total";
+    for node in std::iter::once(&platform.iris).chain(&platform.more_iris) {
+        within("two tunnel connections on each iris node", async {
+            while iris_sample(node, ACTIVE).await != 2.0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+    platform
+        .deploy(&platform.token, "proxy", guests::PROXY, service, "")
+        .await
+        .unwrap();
+    let host = "proxy.local.workers.localhost";
+    platform.until(host, "/up", 200, "").await;
+
+    // GETs that each take 200 ms at the origin, 8 at a time, spread over both nodes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, handles) = load(&platform, host, "/slow/200", 8, &stop);
+    let at_least = |n: usize| {
+        let ok = ok.clone();
+        async move {
+            while ok.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    within("load on both nodes", at_least(40)).await;
+    let (a, b) = (
+        iris_sample(&platform.iris, STREAMS).await,
+        iris_sample(&platform.more_iris[0], STREAMS).await,
+    );
+    eprintln!("streams before the kill: iris-test {a}, iris-test-2 {b}");
+    assert!(a > 0.0 && b > 0.0, "both nodes carry requests ({a}, {b})");
+
+    platform.iris.kill().await;
+    let killed = std::time::Instant::now();
+    let at_kill = ok.load(Ordering::SeqCst);
+    within("load after the kill", at_least(at_kill + 80)).await;
+    let failed_while_down = failed.load(Ordering::SeqCst);
+    eprintln!(
+        "iris-test killed under load: {} ok and {failed_while_down} failed in the {:.2?} after",
+        ok.load(Ordering::SeqCst) - at_kill,
+        killed.elapsed()
+    );
+
+    // Back on its addresses: the binding-worker re-dials it, the connector reconnects, and
+    // it serves again.
+    let state = platform.state().to_owned();
+    platform.iris.restart(&state).await;
+    let back = std::time::Instant::now();
+    within_a_minute("the restarted node serving requests again", async {
+        while iris_sample(&platform.iris, STREAMS).await == 0.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    eprintln!(
+        "the restarted iris-test served again {:.2?} after it was back",
+        back.elapsed()
+    );
+    let now = ok.load(Ordering::SeqCst);
+    within("load after the return", at_least(now + 40)).await;
+
+    // The other node stops gracefully (SIGTERM: GOAWAY, drain within its 1 s grace period).
+    signal(&platform.more_iris[0].child, rustix::process::Signal::TERM);
+    let stopped = std::time::Instant::now();
+    let (at_stop, failed_before) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    within("load after the graceful stop", at_least(at_stop + 80)).await;
+    eprintln!(
+        "iris-test-2 stopped with SIGTERM under load: {} ok and {} failed in the {:.2?} after",
+        ok.load(Ordering::SeqCst) - at_stop,
+        failed.load(Ordering::SeqCst) - failed_before,
+        stopped.elapsed()
+    );
+    stop.store(true, Ordering::SeqCst);
+    for handle in handles {
+        within("the load stops", handle).await.unwrap();
+    }
+    eprintln!(
+        "in all: {} ok, {} failed",
+        ok.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "GETs in flight through the killed or stopped node are sent again through the other"
+    );
 }

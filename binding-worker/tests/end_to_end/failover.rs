@@ -1,5 +1,8 @@
 //! Several iris nodes: stand-in nodes speak real HTTP/2 on real sockets, and can be killed
-//! (listener and every connection closed, as when the process dies) and started again.
+//! (listener and every connection closed, as when the process dies) and started again. The
+//! test of names runs in its own user, network and mount namespaces, where `/etc/hosts` is a
+//! file it writes, so a name resolves (through the system resolver) to loopback nodes it
+//! chooses.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -33,6 +36,8 @@ enum Behaviour {
     CloseBeforeHead,
     /// The stream is reset with REFUSED_STREAM.
     RefuseStream,
+    /// Accepts connections, then reads nothing and answers nothing (a frozen process).
+    Silent,
 }
 
 /// A stand-in iris node that counts the CONNECTs it received.
@@ -94,6 +99,12 @@ async fn serve_connection(
     connects: Arc<AtomicUsize>,
     mut killed: watch::Receiver<bool>,
 ) {
+    if let Behaviour::Silent = behaviour {
+        // Held open, never read: the client's frames (and PINGs) get no answer.
+        let _ = killed.changed().await;
+        drop(stream);
+        return;
+    }
     if let Behaviour::CloseBeforeHead | Behaviour::RefuseStream = behaviour {
         // Raw h2: hyper's server cannot refuse a stream or drop a connection mid-request.
         let Ok(mut connection) = h2::server::handshake(stream).await else {
@@ -136,7 +147,9 @@ async fn serve_connection(
                     .body(Empty::new())
                     .unwrap()),
                 Behaviour::Hang => std::future::pending().await,
-                Behaviour::CloseBeforeHead | Behaviour::RefuseStream => unreachable!(),
+                Behaviour::CloseBeforeHead | Behaviour::RefuseStream | Behaviour::Silent => {
+                    unreachable!()
+                }
             }
         }
     });
@@ -327,4 +340,310 @@ async fn a_worker_without_iris_nodes_is_refused_at_start() {
         .expect_err("no iris node");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("at least one iris"), "{err}");
+}
+
+/// Polls `condition` until it holds; panics with `what` after 30 s (a hang guard).
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_be_dialled_is_skipped_and_redialled_in_the_background() {
+    let (origin, _) = start_origin(None).await;
+    let a = FakeIris::start(Behaviour::Proxy(origin)).await;
+    let b = FakeIris::start(Behaviour::Proxy(origin)).await;
+    let worker = worker(&[a.addr, b.addr], |_| {});
+    let a_addr = a.addr;
+    let b_connects = Arc::clone(&b.connects);
+    let handle = &worker;
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        let worker = handle;
+        for n in 0..2 {
+            ok(rt.fetch(SERVICE, "GET", &url(n), &[], b"").await, "both up");
+        }
+        a.kill();
+        // The first CONNECT that picks a finds its connection gone, cannot dial it and goes
+        // to b; a is marked down and no later CONNECT tries it.
+        for n in 2..12 {
+            ok(
+                rt.fetch(SERVICE, "GET", &url(n), &[], b"").await,
+                "a killed",
+            );
+        }
+        assert_eq!(b_connects.load(Ordering::SeqCst), 11);
+        assert_eq!(worker.iris_nodes(), vec![(a_addr, false), (b.addr, true)]);
+        // a comes back: the worker re-dials it by itself, with no fetch needed.
+        let a = FakeIris::start_on(a_addr, Behaviour::Proxy(origin)).await;
+        until("a is seen up again", || {
+            worker.iris_nodes() == vec![(a_addr, true), (b.addr, true)]
+        })
+        .await;
+        assert_eq!(a.connects(), 0);
+        for n in 12..16 {
+            ok(rt.fetch(SERVICE, "GET", &url(n), &[], b"").await, "a back");
+        }
+        assert_eq!((a.connects(), b.connects()), (2, 13));
+    })
+    .await;
+    worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_tunnel_sends_the_connect_to_the_next_one() {
+    let (origin, log) = start_origin(None).await;
+    let unavailable =
+        || ProxyError::new(ErrorCode::DestinationUnavailable).with_details("no connector here");
+    let without = FakeIris::start(Behaviour::Refuse(unavailable())).await;
+    let with = FakeIris::start(Behaviour::Proxy(origin)).await;
+    let spread = worker(&[without.addr, with.addr], |_| {});
+    with_runtime_at(spread.local_addr(), |rt| async move {
+        for n in 0..4 {
+            ok(rt.fetch(SERVICE, "GET", &url(n), &[], b"").await, "retried");
+        }
+        // Round-robin: every other CONNECT went to the node without the tunnel first.
+        assert_eq!((without.connects(), with.connects()), (2, 4));
+    })
+    .await;
+    spread.shutdown();
+    assert_eq!(log.requests.lock().unwrap().len(), 4);
+
+    // No node has it: iris's own answer comes back.
+    let a = FakeIris::start(Behaviour::Refuse(unavailable())).await;
+    let b = FakeIris::start(Behaviour::Refuse(unavailable())).await;
+    let neither = worker(&[a.addr, b.addr], |_| {});
+    with_runtime_at(neither.local_addr(), |rt| async move {
+        let err = rt
+            .fetch(SERVICE, "GET", &url(0), &[], b"")
+            .await
+            .err()
+            .expect("no node has the tunnel");
+        assert_eq!(err.code, ErrorCode::DestinationUnavailable, "{err}");
+        assert!(
+            err.details
+                .as_deref()
+                .unwrap_or("")
+                .contains("no connector here"),
+            "{err}"
+        );
+        assert_eq!((a.connects(), b.connects()), (1, 1));
+    })
+    .await;
+    neither.shutdown();
+}
+
+/// Where the re-run of the name test finds its hosts file (set only inside the namespace).
+const HOSTS_ENV: &str = "WVPC_TEST_HOSTS_FILE";
+const CLUSTER_NAME: &str = "iris-cluster.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_resolving_to_several_addresses_is_several_nodes_and_followed_when_it_changes() {
+    const NAME: &str = "failover::a_name_resolving_to_several_addresses_is_several_nodes_and_followed_when_it_changes";
+    let Some(hosts) = std::env::var_os(HOSTS_ENV) else {
+        // The name comes from /etc/hosts, which only a private mount namespace may replace:
+        // the test runs again inside one (user + network + mount namespaces, loopback only).
+        run_with_own_hosts_file(NAME).await;
+        return;
+    };
+    let hosts = std::path::PathBuf::from(hosts);
+    let write_hosts = |ips: &[&str]| {
+        let text: String = ips
+            .iter()
+            .map(|ip| format!("{ip} {CLUSTER_NAME}\n"))
+            .collect();
+        // Written in place: the bind mount follows the file, not its name.
+        std::fs::write(&hosts, text).unwrap();
+    };
+    write_hosts(&["127.0.0.2", "127.0.0.3"]);
+    let (origin, _) = start_origin(None).await;
+    let node2 = FakeIris::start_on(
+        (Ipv4Addr::new(127, 0, 0, 2), 0).into(),
+        Behaviour::Proxy(origin),
+    )
+    .await;
+    let port = node2.addr.port();
+    let on = |last: u8| SocketAddr::from((Ipv4Addr::new(127, 0, 0, last), port));
+    let node3 = FakeIris::start_on(on(3), Behaviour::Proxy(origin)).await;
+    let node4 = FakeIris::start_on(on(4), Behaviour::Proxy(origin)).await;
+
+    // A name that resolves to nothing stops the worker at start, naming it.
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let err = BindingWorker::start(
+        listener,
+        BindingWorkerConfig::with_iris(vec![format!("not-{CLUSTER_NAME}:{port}").parse().unwrap()]),
+    )
+    .expect_err("an unknown name");
+    assert!(
+        err.to_string().contains(&format!(
+            "iris address not-{CLUSTER_NAME}:{port} does not resolve"
+        )),
+        "{err}"
+    );
+
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let mut config =
+        BindingWorkerConfig::with_iris(vec![format!("{CLUSTER_NAME}:{port}").parse().unwrap()]);
+    config.iris_resolve_interval = Duration::from_millis(100);
+    let worker = BindingWorker::start(listener, config).unwrap();
+    assert_eq!(
+        worker.iris_nodes(),
+        vec![(on(2), true), (on(3), true)],
+        "each address of the name is a node"
+    );
+    let handle = &worker;
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        let worker = handle;
+        for n in 0..4 {
+            ok(
+                rt.fetch(SERVICE, "GET", &url(n), &[], b"").await,
+                "two nodes",
+            );
+        }
+        assert_eq!((node2.connects(), node3.connects()), (2, 2));
+
+        // The name now names .3 and .4: the worker follows it.
+        write_hosts(&["127.0.0.3", "127.0.0.4"]);
+        until("the new addresses are the nodes", || {
+            worker.iris_nodes() == vec![(on(3), true), (on(4), true)]
+        })
+        .await;
+        for n in 4..8 {
+            ok(rt.fetch(SERVICE, "GET", &url(n), &[], b"").await, "renamed");
+        }
+        assert_eq!(
+            (node2.connects(), node3.connects(), node4.connects()),
+            (2, 4, 2)
+        );
+
+        // Between two periodic lookups, a node that cannot be dialled has the name looked up
+        // again: a worker that looks only once an hour still follows .3 → .2.
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut config =
+            BindingWorkerConfig::with_iris(vec![format!("{CLUSTER_NAME}:{port}").parse().unwrap()]);
+        config.iris_resolve_interval = Duration::from_secs(3600);
+        let hourly = BindingWorker::start(listener, config).unwrap();
+        assert_eq!(hourly.iris_nodes(), vec![(on(3), true), (on(4), true)]);
+        let hourly_rt = super::TestRuntime::connect(hourly.local_addr()).await;
+        write_hosts(&["127.0.0.2", "127.0.0.4"]);
+        node3.kill();
+        for n in 8..10 {
+            ok(
+                hourly_rt.fetch(SERVICE, "GET", &url(n), &[], b"").await,
+                ".3 killed",
+            );
+        }
+        until("the name looked up again after the failed dial", || {
+            hourly.iris_nodes() == vec![(on(2), true), (on(4), true)]
+        })
+        .await;
+        drop(hourly_rt);
+        hourly.shutdown();
+    })
+    .await;
+    worker.shutdown();
+}
+
+/// Runs test `name` of this binary again in new user, network and mount namespaces where
+/// `/etc/hosts` is a file the test writes; fails with its output when it fails. Prints
+/// `SKIPPED (namespaces): why` and returns where such namespaces cannot be made.
+async fn run_with_own_hosts_file(name: &str) {
+    let dir = std::env::temp_dir().join(format!("wvpc-hosts-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "").unwrap();
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let run = |tail: Vec<std::ffi::OsString>| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args([
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(r#"ip link set lo up && mount --bind "$0" /etc/hosts && exec "$@""#)
+        .arg(&hosts)
+        .args(tail)
+        .env(HOSTS_ENV, &hosts);
+        cmd
+    };
+    let probe = tokio::task::spawn_blocking({
+        let mut cmd = run(vec!["true".into()]);
+        move || cmd.output()
+    })
+    .await
+    .unwrap();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            println!(
+                "SKIPPED (namespaces): `unshare --user --map-root-user --net --mount` with a \
+                 bind-mounted /etc/hosts failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        Err(err) => {
+            println!("SKIPPED (namespaces): cannot run `unshare`: {err}");
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+    }
+    let mut cmd = run(vec![
+        exe.into_os_string(),
+        name.into(),
+        "--exact".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("running the test in its namespaces");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the run in namespaces failed ({})",
+        out.status
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the run in namespaces did not run {name}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_on_a_node_gone_silent_goes_to_the_next_one_once_its_ping_is_unanswered() {
+    let (origin, log) = start_origin(None).await;
+    let silent = FakeIris::start(Behaviour::Silent).await;
+    let healthy = FakeIris::start(Behaviour::Proxy(origin)).await;
+    let worker = worker(&[silent.addr, healthy.addr], |_| {});
+    with_runtime_at(worker.local_addr(), |rt| async move {
+        // The first CONNECT goes to the silent node; its connection's PING (after 10 s
+        // without a frame) gets no answer within 5 s, the connection is closed and the
+        // CONNECT goes to the other node — before the 30 s CONNECT timeout.
+        let started = std::time::Instant::now();
+        ok(
+            rt.fetch(SERVICE, "GET", &url(0), &[], b"").await,
+            "sent on after the silent node's PING",
+        );
+        eprintln!(
+            "answered through the other node after {:.2?}",
+            started.elapsed()
+        );
+        assert_eq!(healthy.connects(), 1);
+        drop(silent);
+    })
+    .await;
+    worker.shutdown();
+    assert_eq!(log.requests.lock().unwrap().len(), 1);
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, PlatformSecret};
+use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, IrisAddress, PlatformSecret};
 
 use super::dev::shutdown_signal;
 use super::iris::parse_duration;
@@ -21,9 +21,16 @@ pub struct BindingWorkerArgs {
     /// Address runtimes connect to (capnp over TCP)
     #[arg(long, default_value = "127.0.0.1:7001", value_name = "IP:PORT")]
     pub listen: SocketAddr,
-    /// CONNECT address of an iris node; repeat for several (fetches fail over between them)
-    #[arg(long = "iris", required = true, value_name = "IP:PORT")]
-    pub iris: Vec<SocketAddr>,
+    /// CONNECT address of an iris node, or a name standing for every address it resolves to
+    /// (looked up again every 30 s and after failures); repeat or separate with commas for
+    /// several (fetches go round-robin and fail over between them)
+    #[arg(
+        long = "iris",
+        required = true,
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub iris: Vec<IrisAddress>,
     /// The platform secret runtimes must prove they hold [default: <state>/platform/secret,
     /// created if missing]
     #[arg(long, value_name = "PATH")]
@@ -52,7 +59,7 @@ pub async fn run(
     let (secret, secret_path) = load_secret(args.secret_file.as_deref(), state)?;
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {} for runtimes", args.listen))?;
-    let mut config = BindingWorkerConfig::with_iris_nodes(args.iris.clone());
+    let mut config = BindingWorkerConfig::with_iris(args.iris.clone());
     config.secret = Some(secret.clone());
     config.proxy_runtime = Some(tokio::runtime::Handle::current());
     config.connect_timeout = args.connect_timeout;
@@ -60,9 +67,19 @@ pub async fn run(
     config.route_lease = Some(args.route_lease);
     let worker = BindingWorker::start(listener, config).context("starting the binding-worker")?;
     let iris: Vec<String> = args.iris.iter().map(ToString::to_string).collect();
+    let nodes: Vec<String> = worker
+        .iris_nodes()
+        .iter()
+        .map(|(addr, _)| addr.to_string())
+        .collect();
+    let resolved = if args.iris.iter().any(|a| a.name().is_some()) {
+        format!("; nodes now: {}", nodes.join(", "))
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "ready: binding-worker on {} (iris: {})",
+        "ready: binding-worker on {} (iris: {}{resolved})",
         worker.local_addr(),
         iris.join(", ")
     )?;
@@ -109,5 +126,52 @@ pub(crate) fn load_secret(
             let secret = PlatformSecret::load_or_create(state)?;
             Ok((secret, PlatformSecret::path_in(state)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::{Cli, Command};
+
+    fn iris_of(args: &[&str]) -> Result<Vec<String>, String> {
+        let mut argv = vec!["wvpc", "binding-worker"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::BindingWorker(args),
+                ..
+            }) => Ok(args.iris.iter().map(ToString::to_string).collect()),
+            Ok(_) => unreachable!(),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    #[test]
+    fn iris_takes_repeated_and_comma_separated_addresses_and_names() {
+        assert_eq!(
+            iris_of(&["--iris", "10.0.0.5:8443"]),
+            Ok(vec!["10.0.0.5:8443".to_owned()])
+        );
+        assert_eq!(
+            iris_of(&[
+                "--iris",
+                "10.0.0.5:8443,iris.internal:8443",
+                "--iris",
+                "[::1]:8443"
+            ]),
+            Ok(vec![
+                "10.0.0.5:8443".to_owned(),
+                "iris.internal:8443".to_owned(),
+                "[::1]:8443".to_owned()
+            ])
+        );
+        let err = iris_of(&["--iris", "10.0.0.5:8443,iris.internal"]).unwrap_err();
+        assert!(
+            err.contains("--iris") && err.contains("has no port"),
+            "{err}"
+        );
+        assert!(iris_of(&[]).unwrap_err().contains("--iris"));
     }
 }
