@@ -47,6 +47,9 @@ pub struct IrisMetrics {
     /// was full or the directory could not be written; the node publishes its live
     /// connections again once it can.
     pub connection_records_dropped: Counter,
+    /// Times this node found its cluster lease lost (expired or removed while the store was
+    /// unreachable) and joined again.
+    pub registry_lease_lost: Counter,
 }
 
 impl IrisMetrics {
@@ -158,6 +161,11 @@ impl Render for IrisMetrics {
             "wvpc_iris_connection_records_dropped_total",
             "Tunnel connection records dropped (queue full or directory busy); republished later.",
             self.connection_records_dropped.get(),
+        );
+        out.counter(
+            "wvpc_iris_registry_lease_lost_total",
+            "Cluster leases found lost (expired or removed while the store was unreachable); the node joined again.",
+            self.registry_lease_lost.get(),
         );
         out.finish()
     }
