@@ -956,13 +956,14 @@ async fn deleting_a_service_closes_its_pooled_connections_and_deleting_its_tunne
     );
     assert!(logged.contains("unknown tunnel"), "{logged}");
     // iris's record of the connection goes too.
+    let cluster = wvpc_directory::ClusterRegistry::sqlite(
+        platform.state(),
+        wvpc_directory::cluster::DEFAULT_LEASE_TTL,
+    )
+    .await
+    .unwrap();
     within("the connection record going", async {
-        while !platform
-            .directory()
-            .tunnel_connections(tunnel)
-            .unwrap()
-            .is_empty()
-        {
+        while !cluster.tunnel_connections(tunnel).await.unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })

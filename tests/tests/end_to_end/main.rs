@@ -3,12 +3,14 @@
 //!
 //! - [`real_tunnel`]: the stack `wvpc dev` runs, with the real QUIC edge, our connector and a
 //!   real DNS server.
+//! - [`cluster`]: two iris nodes over one cluster registry (SQLite and PostgreSQL).
 //! - [`ha`]: replicas, failover under load, graceful shutdown, iris restart, limits, metrics.
 //! - [`live_config`]: service changes reach iris while load runs.
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
 //! - [`error_codes`]: the table of error codes, each from its real cause on the real path.
 //! - [`websocket`]: a WebSocket upgrade through the real path.
 
+mod cluster;
 mod error_codes;
 mod ha;
 mod live_config;
