@@ -731,6 +731,16 @@ async fn under_a_held_directory_write_lock_traffic_and_registrations_go_on_and_w
         }
     })
     .await;
+    // The same through the directory API (`wvpc directory` reads the state's cluster registry).
+    let over_api = platform
+        .wvpc(&platform.token, &["tunnel", "info", &tunnel])
+        .await
+        .expect("wvpc tunnel info over the API");
+    assert!(
+        over_api.contains("1 live connection(s) from 1 connector(s)")
+            && over_api.contains(&leaving.client_id.to_string()),
+        "{over_api}"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, tasks) = load(&platform, host, "/load", 4, &stop);
     let served = |more: usize| {
