@@ -981,6 +981,82 @@ mod tests {
         follower.abort();
     }
 
+    /// The store crashes and comes back (its own server: the shared one serves other tests):
+    /// the edge's callbacks never wait, and afterwards the node's connections, including one
+    /// that arrived during the outage, are published again and another node's peer map
+    /// follows again (its listener reconnected).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_store_outage_the_node_publishes_again_and_peers_follow_again() {
+        let server = match wvpc_pg_harness::PgServer::start() {
+            Ok(server) => server,
+            Err(why) => {
+                eprintln!("SKIPPED (PostgreSQL): {why}");
+                return;
+            }
+        };
+        let url = server.create_database();
+        let ttl = Duration::from_secs(1);
+        let registry = Arc::new(ClusterRegistry::postgres_url(&url, ttl).await.unwrap());
+        let metrics = Arc::new(IrisMetrics::default());
+        let relay: SocketAddr = "127.0.0.2:7443".parse().unwrap();
+        let (observer, _, writer) = ClusterPublisher::new(
+            registry.clone(),
+            "iris-a".into(),
+            Some(relay),
+            metrics.clone(),
+            64,
+        );
+        let writer = tokio::spawn(writer);
+        let tunnel = Uuid::new_v4();
+        let first = connection(tunnel, 0);
+        observer.connected(&first, SystemTime::now());
+        converges(&registry, tunnel, &BTreeSet::from([first.connection_id])).await;
+        let other = Arc::new(ClusterRegistry::postgres_url(&url, ttl).await.unwrap());
+        let peers = Arc::new(PeerMap::new());
+        let follower = tokio::spawn(follow_peers(other.clone(), "iris-b".into(), peers.clone()));
+        let holds = |count: usize| {
+            let peers = peers.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(60), async {
+                    while peers.holders(tunnel).first().map(|p| p.connections) != Some(count) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await
+                .expect("the peer map shows the holder's connections");
+            }
+        };
+        holds(1).await;
+
+        server.kill();
+        // A connector arrives during the outage: the callback returns at once.
+        let second = connection(tunnel, 1);
+        let called = std::time::Instant::now();
+        observer.connected(&second, SystemTime::now());
+        assert!(
+            called.elapsed() < Duration::from_secs(1),
+            "the edge never waits"
+        );
+        // The other node keeps its last view while it cannot read.
+        assert_eq!(peers.holders(tunnel)[0].connections, 1);
+
+        server.restart();
+        converges(
+            &registry,
+            tunnel,
+            &BTreeSet::from([first.connection_id, second.connection_id]),
+        )
+        .await;
+        holds(2).await;
+        println!(
+            "after the store outage: lease lost {} time(s), records dropped {}",
+            metrics.registry_lease_lost.get(),
+            metrics.connection_records_dropped.get()
+        );
+        follower.abort();
+        writer.abort();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_peer_map_follows_the_cluster_registry_sqlite() {
         let state = TempState::new();
