@@ -776,6 +776,16 @@ async fn under_a_held_directory_write_lock_traffic_and_registrations_go_on_and_w
         }
     })
     .await;
+    // The same through the directory API (`wvpc directory` reads the state's cluster registry).
+    let over_api = platform
+        .wvpc(&platform.token, &["tunnel", "info", &tunnel])
+        .await
+        .expect("wvpc tunnel info over the API");
+    assert!(
+        over_api.contains("1 live connection(s) from 1 connector(s)")
+            && over_api.contains(&leaving.client_id.to_string()),
+        "{over_api}"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, tasks) = load(&platform, host, "/load", 4, &stop);
     let served = |more: usize| {
@@ -1001,13 +1011,14 @@ async fn deleting_a_service_closes_its_pooled_connections_and_deleting_its_tunne
     );
     assert!(logged.contains("unknown tunnel"), "{logged}");
     // iris's record of the connection goes too.
+    let cluster = wvpc_directory::ClusterRegistry::sqlite(
+        platform.state(),
+        wvpc_directory::cluster::DEFAULT_LEASE_TTL,
+    )
+    .await
+    .unwrap();
     within("the connection record going", async {
-        while !platform
-            .directory()
-            .tunnel_connections(tunnel)
-            .unwrap()
-            .is_empty()
-        {
+        while !cluster.tunnel_connections(tunnel).await.unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })

@@ -8,6 +8,8 @@
 //!   [`Directory::delete_service`]; tunnels with [`Directory::create_tunnel`] and friends, and
 //!   [`Directory::authorize_tunnel`] for connector registration; live tunnel connections
 //!   ([`connections`]) as iris records them, for `wvpc tunnel info`.
+//! - [`cluster`] is the cluster registry: which iris node holds which live tunnel connection,
+//!   under node leases on the store's clock (SQLite or PostgreSQL), with a change feed.
 //! - [`Service`] is the service object in Cloudflare's JSON shape; [`ServiceInput`] is the raw
 //!   create/replace body, checked by [`validation`] which reports every problem with its field
 //!   path.
@@ -27,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod component;
 pub mod connections;
 mod database;
@@ -45,6 +48,7 @@ pub mod tokens;
 pub mod tunnel;
 pub mod validation;
 
+pub use cluster::{ClusterConnection, ClusterRegistry, Lease, RegistryError};
 pub use component::ComponentRefusal;
 pub use connections::LiveConnection;
 pub use database::{DB_FILE_NAME, Directory, WRITE_LOCK_WAIT};

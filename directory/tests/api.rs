@@ -1847,3 +1847,74 @@ async fn a_request_the_listener_refuses_gets_the_envelope_with_a_request_id() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnels_live_connections_are_listed_from_the_cluster_registry_with_their_node() {
+    use wvpc_directory::cluster::DEFAULT_LEASE_TTL;
+    use wvpc_directory::{ClusterRegistry, LiveConnection};
+
+    let mut api = Api::start().await;
+    let (tunnel, _) = api.dir.create_tunnel("office").unwrap();
+    let path = format!(
+        "/accounts/{}/cfd_tunnel/{}/connections",
+        api.account, tunnel.id
+    );
+    // A server that follows no registry says so.
+    let answer = api.admin(Method::GET, &path, None).await;
+    assert_eq!(answer.status, 503);
+    let (code, message) = answer.error();
+    assert_eq!(code, u64::from(code::UNAVAILABLE));
+    assert!(message.contains("cluster registry"), "{message}");
+
+    // The same state, served with the registry its iris nodes publish in.
+    api.server.abort();
+    let cluster = Arc::new(
+        ClusterRegistry::sqlite(&api._state.0, DEFAULT_LEASE_TTL)
+            .await
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    api.base = format!("http://{}", listener.local_addr().unwrap());
+    api.server = tokio::spawn(wvpc_directory::api::serve_cluster(
+        api.dir.clone(),
+        Some(cluster.clone()),
+        listener,
+        wvpc_listener::ServerLimits::default(),
+    ));
+    let client_id = Uuid::new_v4();
+    for (node, index) in [("iris-a", 0u8), ("iris-b", 1)] {
+        let lease = cluster.join(node, None).await.unwrap();
+        let connection = LiveConnection {
+            connection_id: Uuid::new_v4(),
+            tunnel_id: tunnel.id,
+            client_id,
+            version: "wvpc-connector/0.1.0".into(),
+            arch: "linux_amd64".into(),
+            conn_index: index,
+            edge_node: String::new(),
+            remote_addr: "10.1.2.3:51234".into(),
+            since: LiveConnection::since_time(std::time::SystemTime::now()),
+        };
+        cluster.publish(&lease, &connection).await.unwrap();
+    }
+    let reader = api.token(Role::Read, None);
+    let answer = api.call(&reader, Method::GET, &path, None).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let clients = answer.body["result"].as_array().unwrap();
+    assert_eq!(clients.len(), 1, "one connector");
+    assert_eq!(clients[0]["id"], client_id.to_string());
+    let nodes: Vec<&str> = clients[0]["conns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["colo_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["iris-a", "iris-b"]);
+
+    let unknown = format!(
+        "/accounts/{}/cfd_tunnel/{}/connections",
+        api.account,
+        Uuid::new_v4()
+    );
+    assert_eq!(api.admin(Method::GET, &unknown, None).await.status, 404);
+}

@@ -55,6 +55,9 @@ pub struct IrisMetrics {
     pub relay_streams_open: Arc<Gauge>,
     /// Peer nodes whose last relay dial failed (skipped for a few seconds, then retried).
     pub relay_peers_down: Gauge,
+    /// Times this node found its cluster lease lost (expired or removed while the store was
+    /// unreachable) and joined again.
+    pub registry_lease_lost: Counter,
 }
 
 impl IrisMetrics {
@@ -182,6 +185,11 @@ impl Render for IrisMetrics {
             "wvpc_iris_relay_peers_down",
             "Peer nodes whose last relay dial failed.",
             self.relay_peers_down.get(),
+        );
+        out.counter(
+            "wvpc_iris_registry_lease_lost_total",
+            "Cluster leases found lost (expired or removed while the store was unreachable); the node joined again.",
+            self.registry_lease_lost.get(),
         );
         out.finish()
     }

@@ -10,6 +10,9 @@ pub enum PlatformError {
     /// The directory could not be opened or read.
     #[error(transparent)]
     Directory(#[from] wvpc_directory::DirectoryError),
+    /// The cluster registry could not be opened.
+    #[error("opening the cluster registry: {0}")]
+    Registry(#[from] wvpc_directory::RegistryError),
     /// The edge's TLS identity could not be loaded or created.
     #[error("loading the edge TLS identity in {}: {source}", dir.display())]
     EdgeIdentity {

@@ -77,8 +77,13 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
         .await
         .with_context(|| format!("listening on {} for the directory API", args.api_listen))?;
     let api_addr = api_listener.local_addr()?;
-    let api = tokio::spawn(wvpc_directory::api::serve_with(
+    let cluster = Arc::new(
+        wvpc_directory::ClusterRegistry::sqlite(state, wvpc_directory::cluster::DEFAULT_LEASE_TTL)
+            .await?,
+    );
+    let api = tokio::spawn(wvpc_directory::api::serve_cluster(
         Arc::new(directory),
+        Some(cluster.clone()),
         api_listener,
         limits.clone(),
     ));
@@ -93,6 +98,7 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
         IrisOptions {
             metrics_listen: args.metrics,
             server: limits,
+            cluster: Some(cluster),
             ..IrisOptions::default()
         },
     )

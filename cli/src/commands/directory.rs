@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use wvpc_directory::{Directory, SERVICE_LIMIT};
+use wvpc_directory::cluster::DEFAULT_LEASE_TTL;
+use wvpc_directory::{ClusterRegistry, Directory, SERVICE_LIMIT};
 
 /// `wvpc directory` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,6 +31,8 @@ pub async fn run(
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let directory = Arc::new(Directory::open(state)?.with_service_limit(args.service_limit));
+    // `cfd_tunnel/{id}/connections` reads what the iris nodes sharing the state publish.
+    let cluster = Arc::new(ClusterRegistry::sqlite(state, DEFAULT_LEASE_TTL).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} for the directory API", args.listen))?;
@@ -43,7 +46,7 @@ pub async fn run(
     )?;
     out.flush()?;
     tokio::select! {
-        result = wvpc_directory::api::serve_with(directory, listener, args.server.limits()) => result?,
+        result = wvpc_directory::api::serve_cluster(directory, Some(cluster), listener, args.server.limits()) => result?,
         () = super::dev::shutdown_signal() => tracing::info!("shutting down"),
     }
     Ok(())

@@ -1,7 +1,9 @@
 //! `wvpc iris`: a standalone iris node — the CONNECT router and the tunnel edge — over the
 //! directory of `--state`. Prints a line starting with `ready` once it serves; on SIGTERM or
 //! Ctrl-C it drains (no new CONNECTs or tunnel connections, streams in flight finish within
-//! `--grace-period`, then tunnel connections close with the edge-shutdown code).
+//! `--grace-period`, then tunnel connections close with the edge-shutdown code, and the node
+//! leaves the cluster registry). Its live connections are published in the cluster registry
+//! under a lease of `--lease-ttl`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wvpc_directory::Directory;
+use wvpc_directory::cluster::{MAX_LEASE_TTL, MIN_LEASE_TTL};
 
 use super::dev::shutdown_signal;
 use wvpc_platform::iris_node::{IrisNode, IrisOptions, RelayOptions};
@@ -38,6 +41,10 @@ pub struct IrisArgs {
     /// then must not be 0.0.0.0 / [::])
     #[arg(long, value_name = "IP:PORT", requires = "relay_listen")]
     pub relay_advertise: Option<SocketAddr>,
+    /// How long this node's cluster lease lasts without a heartbeat (it heartbeats every
+    /// third of it); other nodes forget a node that died this long after its last heartbeat
+    #[arg(long, default_value = "10s", value_parser = parse_lease_ttl, value_name = "DURATION")]
+    pub lease_ttl: Duration,
     /// On shutdown, how long streams in flight may finish (e.g. 30s, 500ms, 2m)
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub grace_period: Duration,
@@ -62,6 +69,7 @@ pub async fn run(args: IrisArgs, state: &Path, out: &mut (dyn Write + Send)) -> 
                 listen,
                 advertise: args.relay_advertise,
             }),
+            lease_ttl: args.lease_ttl,
             ..IrisOptions::default()
         },
     )
@@ -103,6 +111,22 @@ pub async fn run(args: IrisArgs, state: &Path, out: &mut (dyn Write + Send)) -> 
     Ok(())
 }
 
+/// `--lease-ttl`: a duration from [`MIN_LEASE_TTL`] (the heartbeat, a third of it, must fit
+/// a store round trip) to [`MAX_LEASE_TTL`] (a dead node is trusted that long).
+fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl < MIN_LEASE_TTL {
+        return Err(format!(
+            "{text:?} is shorter than the minimum, {}ms",
+            MIN_LEASE_TTL.as_millis()
+        ));
+    }
+    if ttl > MAX_LEASE_TTL {
+        return Err(format!("{text:?} is longer than the maximum, 1h"));
+    }
+    Ok(ttl)
+}
+
 /// The longest value of a duration flag: anything longer is a mistake, and values near
 /// `u64::MAX` seconds overflow the clock when a deadline is computed from them.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -132,6 +156,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_ttl_below_the_minimum_is_refused_naming_the_flag() {
+        use clap::Parser as _;
+        let err = crate::Cli::try_parse_from(["wvpc", "iris", "--lease-ttl", "100ms"]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("--lease-ttl") && text.contains("minimum, 300ms"),
+            "{text}"
+        );
+        let cli = crate::Cli::try_parse_from(["wvpc", "iris", "--lease-ttl", "3s"]);
+        assert!(cli.is_ok());
+    }
 
     #[test]
     fn durations_parse_with_units() {

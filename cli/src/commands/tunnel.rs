@@ -5,7 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use wvpc_directory::{Credentials, Directory, Tunnel};
+use wvpc_directory::cluster::DEFAULT_LEASE_TTL;
+use wvpc_directory::{ClusterRegistry, Credentials, Directory, LiveConnection, Tunnel};
 
 use super::tunnel_run::{self, TunnelRunArgs};
 use crate::table;
@@ -27,7 +28,8 @@ pub enum TunnelCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show a tunnel and its live connections (as recorded by the iris nodes holding them)
+    /// Show a tunnel and its live connections across the cluster (as the iris nodes holding
+    /// them publish them, each with the node's name)
     Info {
         /// Tunnel id or name
         #[arg(value_name = "ID|NAME")]
@@ -70,7 +72,9 @@ pub async fn run(
             create(&Directory::open(state)?, state, &name, json, out)
         }
         TunnelCommand::List { json } => list(&Directory::open(state)?, json, out),
-        TunnelCommand::Info { tunnel, json } => info(&Directory::open(state)?, &tunnel, json, out),
+        TunnelCommand::Info { tunnel, json } => {
+            info(&Directory::open(state)?, state, &tunnel, json, out).await
+        }
         TunnelCommand::Delete { tunnel } => delete(&Directory::open(state)?, state, &tunnel, out),
         TunnelCommand::Token { tunnel } => token(&Directory::open(state)?, &tunnel, out),
         TunnelCommand::Run(args) => tunnel_run::run(args, state, out).await,
@@ -225,21 +229,57 @@ pub(crate) fn print_list(
     Ok(())
 }
 
-fn info(dir: &Directory, id_or_name: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+async fn info(
+    dir: &Directory,
+    state: &Path,
+    id_or_name: &str,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
     let tunnel = find(dir, id_or_name)?;
-    let connections = dir.tunnel_connections(tunnel.id)?;
+    // Every process sharing the state publishes there; readers only trust rows whose node
+    // lease is unexpired, so the TTL given here does not matter.
+    let registry = ClusterRegistry::sqlite(state, DEFAULT_LEASE_TTL)
+        .await
+        .context("reading the cluster registry")?;
+    let connections: Vec<LiveConnection> = registry
+        .tunnel_connections(tunnel.id)
+        .await
+        .context("reading the tunnel's live connections")?
+        .into_iter()
+        .map(|c| c.connection)
+        .collect();
+    print_info(
+        &tunnel.name,
+        &tunnel.id.to_string(),
+        &tunnel.created_at,
+        &connections,
+        json,
+        out,
+    )
+}
+
+/// What `tunnel info` prints, locally and over the API alike.
+pub(crate) fn print_info(
+    name: &str,
+    id: &str,
+    created_at: &str,
+    connections: &[LiveConnection],
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     if json {
         let body = serde_json::json!({
-            "id": tunnel.id,
-            "name": tunnel.name,
-            "created_at": tunnel.created_at,
+            "id": id,
+            "name": name,
+            "created_at": created_at,
             "connections": connections,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
         return Ok(());
     }
-    writeln!(out, "Tunnel {:?}: {}", tunnel.name, tunnel.id)?;
-    writeln!(out, "Created {}", short_time(&tunnel.created_at))?;
+    writeln!(out, "Tunnel {name:?}: {id}")?;
+    writeln!(out, "Created {}", short_time(created_at))?;
     if connections.is_empty() {
         writeln!(
             out,

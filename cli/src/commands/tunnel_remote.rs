@@ -1,5 +1,5 @@
-//! `wvpc tunnel create|list|delete|token` against a directory API (`--api`), with the same
-//! output as on the local state; `create` writes the credentials file locally as well.
+//! `wvpc tunnel create|list|info|delete|token` against a directory API (`--api`), with the
+//! same output as on the local state; `create` writes the credentials file locally as well.
 
 use std::io::Write;
 use std::path::Path;
@@ -86,12 +86,58 @@ pub async fn run(
             "`wvpc tunnel run` dials the tunnel edge, not the directory API: pass --edge and \
              --token (from `wvpc tunnel token`)"
         ),
-        TunnelCommand::Info { .. } => anyhow::bail!(
-            "`wvpc tunnel info` reads the live connections that iris nodes record in their state \
-             directory, which the directory API does not serve: run it without --api, with the \
-             --state that `wvpc iris` uses"
-        ),
+        TunnelCommand::Info { tunnel, json } => {
+            let (id, name) = find(remote, &tunnel).await?;
+            let created = remote
+                .call(Method::GET, &format!("cfd_tunnel/{id}"), None)
+                .await?;
+            let clients = remote
+                .call(Method::GET, &format!("cfd_tunnel/{id}/connections"), None)
+                .await?;
+            let connections = live_connections(id.parse()?, &clients)
+                .context("the directory API answered with unreadable tunnel connections")?;
+            super::tunnel::print_info(
+                &name,
+                &id,
+                created["created_at"].as_str().unwrap_or_default(),
+                &connections,
+                json,
+                out,
+            )
+        }
     }
+}
+
+/// The rows of `cfd_tunnel/{id}/connections` (connectors with their `conns`).
+fn live_connections(
+    tunnel_id: uuid::Uuid,
+    clients: &Value,
+) -> anyhow::Result<Vec<wvpc_directory::LiveConnection>> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let mut rows = Vec::new();
+    for client in clients.as_array().context("not a list")? {
+        for conn in client["conns"]
+            .as_array()
+            .context("a connector without conns")?
+        {
+            rows.push(wvpc_directory::LiveConnection {
+                connection_id: text(&conn["id"]).parse()?,
+                tunnel_id,
+                client_id: text(&client["id"]).parse()?,
+                version: text(&client["version"]),
+                arch: text(&client["arch"]),
+                conn_index: conn["conn_index"]
+                    .as_u64()
+                    .and_then(|i| u8::try_from(i).ok())
+                    .unwrap_or(u8::MAX),
+                edge_node: text(&conn["colo_name"]),
+                remote_addr: text(&conn["origin_ip"]),
+                since: text(&conn["opened_at"]),
+            });
+        }
+    }
+    rows.sort_by(|a, b| (&a.since, a.conn_index).cmp(&(&b.since, b.conn_index)));
+    Ok(rows)
 }
 
 fn tunnel_of(service: &Value) -> Option<&str> {

@@ -155,6 +155,21 @@ pub fn success(result: Value, result_info: Option<ResultInfo>) -> Value {
     body
 }
 
+impl From<crate::cluster::RegistryError> for ApiError {
+    fn from(err: crate::cluster::RegistryError) -> Self {
+        use crate::cluster::RegistryError as E;
+        let (status, code) = match &err {
+            E::Corrupt { .. } | E::Invalid(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL)
+            }
+            E::Unavailable(_) | E::LeaseLost { .. } | E::SchemaTooNew { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE)
+            }
+        };
+        ApiError::new(status, code, err.to_string())
+    }
+}
+
 impl From<DirectoryError> for ApiError {
     fn from(err: DirectoryError) -> Self {
         use DirectoryError as E;

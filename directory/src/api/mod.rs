@@ -1,7 +1,8 @@
 //! The directory's REST API in Cloudflare's v4 shape, under `/client/v4`:
 //!
 //! - `accounts/{account}/connectivity/directory/services[/{id}]` ([`services`]),
-//! - `accounts/{account}/cfd_tunnel[/{id}[/token]]` ([`tunnels`]),
+//! - `accounts/{account}/cfd_tunnel[/{id}[/token|/connections]]` ([`tunnels`]; the live
+//!   connections come from the cluster registry the server was given),
 //! - `accounts/{account}/workers/scripts[/{name}[/content|/deployments]]` ([`scripts`]),
 //! - `accounts/{account}/workers/subdomain` ([`subdomain`]),
 //! - `user/tokens/verify`, `accounts`, `memberships`: what clients such as wrangler ask
@@ -29,6 +30,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wvpc_listener::{HttpServer, Page, Refusal, ServerLimits};
 
+use crate::cluster::ClusterRegistry;
 use crate::database::Directory;
 use crate::tokens::{ApiToken, Role};
 use envelope::{ApiError, ResultInfo, code};
@@ -57,9 +59,20 @@ pub async fn serve_with(
     listener: TcpListener,
     limits: ServerLimits,
 ) -> std::io::Result<()> {
+    serve_cluster(directory, None, listener, limits).await
+}
+
+/// [`serve_with`], answering `cfd_tunnel/{id}/connections` from `cluster` (without one, that
+/// endpoint answers 503).
+pub async fn serve_cluster(
+    directory: Arc<Directory>,
+    cluster: Option<Arc<ClusterRegistry>>,
+    listener: TcpListener,
+    limits: ServerLimits,
+) -> std::io::Result<()> {
     let server = HttpServer::new("directory API", limits).with_page(refusal_page);
     wvpc_listener::serve(listener, server, move |request| {
-        handle(directory.clone(), request)
+        handle(directory.clone(), cluster.clone(), request)
     })
     .await;
     Ok(())
@@ -140,6 +153,8 @@ pub(crate) struct Caller {
     /// The directory, acting for the path's account.
     pub(crate) dir: Directory,
     pub(crate) token: ApiToken,
+    /// Where live tunnel connections are read, if this server follows a cluster registry.
+    pub(crate) cluster: Option<Arc<ClusterRegistry>>,
 }
 
 impl Caller {
@@ -162,6 +177,7 @@ impl Caller {
 
 async fn handle(
     directory: Arc<Directory>,
+    cluster: Option<Arc<ClusterRegistry>>,
     request: http::Request<Incoming>,
 ) -> http::Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
@@ -170,7 +186,8 @@ async fn handle(
     let reply = match read(parts, body).await {
         Ok(request) => {
             // SQLite with synchronous=FULL waits for the disk: keep it off the async workers.
-            match tokio::task::spawn_blocking(move || dispatch(&directory, request)).await {
+            match tokio::task::spawn_blocking(move || dispatch(&directory, cluster, request)).await
+            {
                 Ok(reply) => reply,
                 Err(err) => {
                     tracing::error!(error = %err, "API handler panicked");
@@ -296,6 +313,7 @@ async fn read(
 
 fn dispatch(
     directory: &Directory,
+    cluster: Option<Arc<ClusterRegistry>>,
     (request, bearer): (ApiRequest, Option<String>),
 ) -> Result<Reply, ApiError> {
     let token = authenticate(directory, bearer.as_deref())?;
@@ -344,6 +362,7 @@ fn dispatch(
             let caller = Caller {
                 dir: account_view(directory, &token, account)?,
                 token,
+                cluster,
             };
             match rest {
                 ["connectivity", "directory", "services", tail @ ..] => {

@@ -1,6 +1,8 @@
-//! `accounts/{account}/cfd_tunnel[/{id}[/token]]`: tunnels in Cloudflare's `cfd_tunnel` shape.
-//! Create answers with the connector token and the cloudflared credentials file; the secret is
-//! never listed.
+//! `accounts/{account}/cfd_tunnel[/{id}[/token|/connections]]`: tunnels in Cloudflare's
+//! `cfd_tunnel` shape. Create answers with the connector token and the cloudflared credentials
+//! file; the secret is never listed. `connections` lists the tunnel's live connections across
+//! the cluster in Cloudflare's shape (one entry per connector with its `conns`; `colo_name` is
+//! the iris node holding the connection).
 
 use base64::Engine as _;
 use http::Method;
@@ -9,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::envelope::ApiError;
 use super::{ApiRequest, Caller, Reply, allow, no_route_segments, paginate, parse_id};
+use crate::cluster::ClusterConnection;
 use crate::error::DirectoryError;
 use crate::tokens::Role;
 use crate::tunnel::Tunnel;
@@ -35,6 +38,43 @@ fn tunnel_json(tunnel: &Tunnel) -> Value {
         "tun_type": "cfd_tunnel",
         "remote_config": false,
     })
+}
+
+/// Live connections grouped by connector, in Cloudflare's `cfd_tunnel/{id}/connections` shape.
+fn connections_json(rows: &[ClusterConnection]) -> Vec<Value> {
+    let mut clients: Vec<(uuid::Uuid, Vec<&ClusterConnection>)> = Vec::new();
+    for row in rows {
+        match clients
+            .iter_mut()
+            .find(|(client, _)| *client == row.connection.client_id)
+        {
+            Some((_, conns)) => conns.push(row),
+            None => clients.push((row.connection.client_id, vec![row])),
+        }
+    }
+    clients
+        .into_iter()
+        .map(|(client, conns)| {
+            let first = &conns[0].connection;
+            json!({
+                "id": client,
+                "version": first.version,
+                "arch": first.arch,
+                "run_at": conns.iter().map(|c| c.connection.since.as_str()).min(),
+                "conns": conns.iter().map(|c| json!({
+                    "id": c.connection.connection_id,
+                    "uuid": c.connection.connection_id,
+                    "client_id": client,
+                    "client_version": c.connection.version,
+                    "colo_name": c.connection.edge_node,
+                    "conn_index": c.connection.conn_index,
+                    "origin_ip": c.connection.remote_addr,
+                    "opened_at": c.connection.since,
+                    "is_pending_reconnect": false,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
 }
 
 pub(super) fn route(
@@ -91,6 +131,27 @@ pub(super) fn route(
                 .tunnel_credentials(id)?
                 .ok_or_else(|| DirectoryError::TunnelNotFound(id.to_string()))?;
             Ok(Reply::ok(json!(credentials.to_token())))
+        }
+        [id, "connections"] => {
+            allow(request, &[Method::GET])?;
+            caller.require(Role::Read, "listing a tunnel's connections")?;
+            let id = parse_id("tunnel", id)?;
+            caller
+                .dir
+                .tunnel(id)?
+                .ok_or_else(|| DirectoryError::TunnelNotFound(id.to_string()))?;
+            let Some(cluster) = &caller.cluster else {
+                return Err(ApiError::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    super::envelope::code::UNAVAILABLE,
+                    "this API server does not follow a cluster registry, so it cannot list live \
+                     connections; run `wvpc tunnel info` with the --state of the iris nodes",
+                ));
+            };
+            // Handlers run on a blocking thread of the runtime: wait for the registry here.
+            let rows =
+                tokio::runtime::Handle::current().block_on(cluster.tunnel_connections(id))?;
+            Ok(Reply::ok(Value::Array(connections_json(&rows))))
         }
         _ => Err(no_route_segments(&request.segments)),
     }

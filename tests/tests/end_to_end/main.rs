@@ -3,6 +3,7 @@
 //!
 //! - [`real_tunnel`]: the stack `wvpc dev` runs, with the real QUIC edge, our connector and a
 //!   real DNS server.
+//! - [`cluster`]: two iris nodes over one cluster registry (SQLite and PostgreSQL).
 //! - [`ha`]: replicas, failover under load, graceful shutdown, iris restart, limits, metrics.
 //! - [`live_config`]: service changes reach iris while load runs.
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
@@ -10,6 +11,7 @@
 //! - [`relay`]: a request relayed from the iris node it entered to the node holding the tunnel.
 //! - [`websocket`]: a WebSocket upgrade through the real path.
 
+mod cluster;
 mod error_codes;
 mod ha;
 mod live_config;
