@@ -165,8 +165,14 @@ impl Directory {
         &self.account_id
     }
 
+    /// The SQLite database file; an empty path on PostgreSQL ([`Directory::location`] names
+    /// either store).
+    pub fn path(&self) -> &Path {
+        self.sqlite_path().unwrap_or(Path::new(""))
+    }
+
     /// The SQLite database file; `None` on PostgreSQL.
-    pub fn path(&self) -> Option<&Path> {
+    pub fn sqlite_path(&self) -> Option<&Path> {
         match &self.backend {
             Backend::Sqlite(store) => Some(store.path()),
             Backend::Postgres(_) => None,
@@ -454,7 +460,7 @@ pub(crate) mod tests {
         let state = TempState::new();
         let dir = state.open();
         let (tunnel, _) = dir.create_tunnel("office").unwrap();
-        let lock = Connection::open(dir.path().unwrap()).unwrap();
+        let lock = Connection::open(dir.path()).unwrap();
         lock.execute_batch("BEGIN EXCLUSIVE; DELETE FROM runtime_nodes WHERE 0;")
             .unwrap();
 

@@ -469,7 +469,7 @@ async fn writes_under_another_connections_write_lock_are_503_unavailable_and_rea
     let tunnel = api.tunnel("office").await;
     api.service("before", &tunnel).await;
     // A backup, a slow migration or a stuck writer: another connection holds the write lock.
-    let lock = rusqlite::Connection::open(api.dir.path().unwrap()).unwrap();
+    let lock = rusqlite::Connection::open(api.dir.path()).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE; DELETE FROM runtime_nodes WHERE 0;")
         .unwrap();
 

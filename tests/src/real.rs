@@ -170,6 +170,7 @@ impl RealWorld {
         let max_connections = options.max_connections_per_service;
         let stack = Stack::start_tuned(
             StackConfig {
+                directory: None,
                 state: state.path().to_owned(),
                 script: ScriptConfig {
                     name: "proxy".into(),

@@ -3,11 +3,10 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use wvpc_directory::{Directory, SERVICE_LIMIT};
+use wvpc_directory::SERVICE_LIMIT;
 
 /// `wvpc directory` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -26,10 +25,14 @@ pub struct DirectoryArgs {
 /// Runs the API server.
 pub async fn run(
     args: DirectoryArgs,
-    state: &Path,
+    state: &crate::StateDir,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let directory = Arc::new(Directory::open(state)?.with_service_limit(args.service_limit));
+    let directory = Arc::new(
+        state
+            .open_directory()?
+            .with_service_limit(args.service_limit),
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} for the directory API", args.listen))?;

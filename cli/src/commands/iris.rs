@@ -5,11 +5,8 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-use wvpc_directory::Directory;
 
 use super::dev::shutdown_signal;
 use wvpc_platform::iris_node::{IrisNode, IrisOptions};
@@ -38,8 +35,12 @@ pub struct IrisArgs {
 }
 
 /// Runs iris until SIGTERM or Ctrl-C, then drains.
-pub async fn run(args: IrisArgs, state: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    let directory = Arc::new(Directory::open(state)?);
+pub async fn run(
+    args: IrisArgs,
+    state: &crate::StateDir,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let directory = Arc::new(state.open_directory()?);
     let node = IrisNode::start(
         directory,
         state,

@@ -55,7 +55,7 @@ pub enum TunnelCommand {
 /// Runs a tunnel subcommand.
 pub async fn run(
     command: TunnelCommand,
-    state: &Path,
+    state: &crate::StateDir,
     api: &crate::remote::ApiArgs,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
@@ -67,12 +67,12 @@ pub async fn run(
     }
     match command {
         TunnelCommand::Create { name, json } => {
-            create(&Directory::open(state)?, state, &name, json, out)
+            create(&state.open_directory()?, state, &name, json, out)
         }
-        TunnelCommand::List { json } => list(&Directory::open(state)?, json, out),
-        TunnelCommand::Info { tunnel, json } => info(&Directory::open(state)?, &tunnel, json, out),
-        TunnelCommand::Delete { tunnel } => delete(&Directory::open(state)?, state, &tunnel, out),
-        TunnelCommand::Token { tunnel } => token(&Directory::open(state)?, &tunnel, out),
+        TunnelCommand::List { json } => list(&state.open_directory()?, json, out),
+        TunnelCommand::Info { tunnel, json } => info(&state.open_directory()?, &tunnel, json, out),
+        TunnelCommand::Delete { tunnel } => delete(&state.open_directory()?, state, &tunnel, out),
+        TunnelCommand::Token { tunnel } => token(&state.open_directory()?, &tunnel, out),
         TunnelCommand::Run(args) => tunnel_run::run(args, state, out).await,
     }
 }
