@@ -8,10 +8,12 @@
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
 //! - [`error_codes`]: the table of error codes, each from its real cause on the real path.
 //! - [`websocket`]: a WebSocket upgrade through the real path.
+//! - [`postgres_directory`]: the real path on a PostgreSQL directory, and while it is down.
 
 mod error_codes;
 mod ha;
 mod live_config;
 mod mock_tunnel;
+mod postgres_directory;
 mod real_tunnel;
 mod websocket;
