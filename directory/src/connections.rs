@@ -136,10 +136,10 @@ impl Directory {
     /// Removes every connection recorded by `edge_node` (at its start); returns how many.
     pub fn clear_tunnel_connections(&self, edge_node: &str) -> Result<usize, DirectoryError> {
         self.write_live(|tx| {
-            Ok(tx.execute(
+            tx.execute(
                 "DELETE FROM tunnel_connections WHERE edge_node = ?1",
                 [edge_node],
-            )?)
+            )
         })
     }
 

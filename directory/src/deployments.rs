@@ -126,11 +126,11 @@ impl Directory {
     /// Module bytes by content hash (any account); None if unknown.
     pub fn module_by_etag(&self, etag: &str) -> Result<Option<Vec<u8>>, DirectoryError> {
         self.read(|conn| {
-            Ok(conn.query_opt(
+            conn.query_opt(
                 "SELECT module FROM modules WHERE etag = ?1",
                 [etag],
                 |row| row.get(0),
-            )?)
+            )
         })
     }
 }

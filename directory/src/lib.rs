@@ -35,10 +35,10 @@
 macro_rules! both_backends {
     ($(#[test] fn $name:ident($state:ident) $body:block)*) => {$(
         mod $name {
-            #[allow(unused_imports)]
+            #[allow(unused_imports, reason = "not every test body uses every import")]
             use super::*;
 
-            #[allow(clippy::needless_pass_by_value)]
+            #[allow(clippy::needless_pass_by_value, reason = "each test owns its store")]
             fn run($state: crate::database::tests::TempState) $body
 
             #[test]

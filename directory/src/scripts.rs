@@ -413,14 +413,14 @@ impl Directory {
     /// The module bytes of a script's active version.
     pub fn script_module(&self, name: &str) -> Result<Option<Vec<u8>>, DirectoryError> {
         self.read(|conn| {
-            Ok(conn.query_opt(
+            conn.query_opt(
                 "SELECT m.module FROM scripts s
                      JOIN script_versions v ON v.version_id = s.active_version
                      JOIN modules m ON m.etag = v.etag
                      WHERE s.account_id = ?1 AND s.name = ?2",
                 [self.account_id(), name],
                 |row| row.get(0),
-            )?)
+            )
         })
     }
 

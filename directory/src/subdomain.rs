@@ -122,11 +122,11 @@ impl Directory {
     /// This account's subdomain.
     pub fn subdomain(&self) -> Result<String, DirectoryError> {
         self.read(|conn| {
-            Ok(conn.query_one(
+            conn.query_one(
                 "SELECT subdomain FROM accounts WHERE account_id = ?1",
                 [self.account_id()],
                 |row| row.get(0),
-            )?)
+            )
         })
     }
 

@@ -240,7 +240,6 @@ impl Directory {
                 [wanted.to_vec()],
                 |row| Ok((RawToken::from_row(row)?, row.get::<Vec<u8>>(6)?)),
             )
-            .map_err(DirectoryError::from)
         })?;
         let Some((raw, stored)) = found else {
             return Ok(None);

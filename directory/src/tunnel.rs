@@ -170,11 +170,11 @@ impl Directory {
         secret: &[u8],
     ) -> Result<(), TunnelAuthError> {
         let stored: Option<(String, Vec<u8>)> = self.read(|conn| {
-            Ok(conn.query_opt(
+            conn.query_opt(
                 "SELECT account_id, secret FROM tunnels WHERE tunnel_id = ?1",
                 params![tunnel_id.to_string()],
                 |row| Ok((row.get(0)?, row.get(1)?)),
-            )?)
+            )
         })?;
         let Some((account, stored_secret)) = stored else {
             return Err(TunnelAuthError::UnknownTunnel(tunnel_id));

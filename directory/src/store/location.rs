@@ -33,7 +33,7 @@ pub enum DirectoryLocation {
     /// A SQLite database file.
     Sqlite(PathBuf),
     /// A PostgreSQL database.
-    Postgres(PgLocation),
+    Postgres(Box<PgLocation>),
 }
 
 impl DirectoryLocation {
@@ -59,7 +59,9 @@ impl DirectoryLocation {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-            return PgLocation::parse(spec).map(Self::Postgres).map_err(err);
+            return PgLocation::parse(spec)
+                .map(|pg| Self::Postgres(Box::new(pg)))
+                .map_err(err);
         }
         Err(err(
             "unknown scheme (expected postgres://, postgresql:// or sqlite:)".into(),
@@ -358,7 +360,7 @@ mod tests {
 
     fn pg(spec: &str) -> PgLocation {
         match DirectoryLocation::parse(spec).unwrap() {
-            DirectoryLocation::Postgres(pg) => pg,
+            DirectoryLocation::Postgres(pg) => *pg,
             other => panic!("{other:?}"),
         }
     }

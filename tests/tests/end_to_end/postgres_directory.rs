@@ -35,14 +35,22 @@ async fn a_request_is_served_and_a_change_reaches_iris_through_the_change_feed()
         return;
     };
     let world = world_on(server.create_database()).await;
-    assert!(served(&world, "/first").await.starts_with("hello from origin"));
+    assert!(
+        served(&world, "/first")
+            .await
+            .starts_with("hello from origin")
+    );
 
     // Another process moves the service to a second origin.
     let second = Origin::start(ORIGIN_IP).await.unwrap();
     let writer = world.stack.directory.reopen().unwrap();
     let service = writer.list_services(None).unwrap().remove(0);
     let mut figures = Vec::new();
-    for port in [second.addr.port(), world.origin.addr.port(), second.addr.port()] {
+    for port in [
+        second.addr.port(),
+        world.origin.addr.port(),
+        second.addr.port(),
+    ] {
         let mut input = wvpc_directory::ServiceInput::http(
             "api",
             wvpc_directory::HostInput {
@@ -103,7 +111,8 @@ async fn while_postgres_is_down_loaded_routes_serve_and_writes_fail_fast() {
     );
     assert!(err.is_unavailable(), "{err}");
     assert!(
-        err.to_string().starts_with("directory unavailable: postgres "),
+        err.to_string()
+            .starts_with("directory unavailable: postgres "),
         "{err}"
     );
 
