@@ -150,3 +150,162 @@ async fn while_the_store_is_down_writes_fail_fast_with_503_and_succeed_again_aft
     assert_eq!(names, ["before", "after"]);
     api.abort();
 }
+
+/// A private CA (PEM file), and a server certificate for `localhost` signed by it.
+struct Pki {
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn other_ca(&self) -> std::path::PathBuf {
+        self.dir.join("other-ca.pem")
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn make_pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("wvpc-pg-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(name), cert.pem()).unwrap();
+        Issuer::new(params, key)
+    };
+    let issuer = ca("ca.pem");
+    ca("other-ca.pem");
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    // As root the harness runs PostgreSQL as `postgres`, which must own its key.
+    if let Ok(out) = std::process::Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        && out.status.success()
+        && std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .unwrap()
+            .stdout
+            == b"0\n"
+    {
+        let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        for file in ["server.crt", "server.key"] {
+            std::os::unix::fs::chown(dir.join(file), Some(uid), None).unwrap();
+        }
+    }
+    Pki { dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_verify_the_server_as_libpq_does() {
+    let server = match PgServer::start() {
+        Ok(server) => server,
+        Err(why) => {
+            eprintln!("SKIPPED (PostgreSQL): {why}");
+            return;
+        }
+    };
+    let pki = make_pki();
+    let url = server.create_database();
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // One statement at a time: ALTER SYSTEM refuses a multi-statement (implicit) transaction.
+    for setting in [
+        format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{}'",
+            pki.dir.join("server.crt").display()
+        ),
+        format!(
+            "ALTER SYSTEM SET ssl_key_file = '{}'",
+            pki.dir.join("server.key").display()
+        ),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+    ] {
+        admin.batch_execute(&setting).await.unwrap();
+    }
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let on: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+        if on == "on" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "PostgreSQL did not turn TLS on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at =
+        |host: &str, query: &str| url.replacen(&server.host().to_string(), host, 1) + "?" + query;
+    let ca = pki.ca().display().to_string();
+    let other = pki.other_ca().display().to_string();
+    let open = |spec: String| {
+        tokio::task::spawn_blocking(move || {
+            Directory::open_spec(Some(&spec), std::path::Path::new("/nonexistent")).map(drop)
+        })
+    };
+    // verify-full: the chain and the name (the certificate is for localhost).
+    open(at(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    let err = open(at(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // verify-ca: the chain only.
+    open(at(
+        "127.0.0.1",
+        &format!("sslmode=verify-ca&sslrootcert={ca}"),
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    let err = open(at(
+        "localhost",
+        &format!("sslmode=verify-ca&sslrootcert={other}"),
+    ))
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // require without a CA: encrypted, not verified.
+    open(at("127.0.0.1", "sslmode=require"))
+        .await
+        .unwrap()
+        .unwrap();
+}
