@@ -309,3 +309,19 @@ async fn tls_modes_verify_the_server_as_libpq_does() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn processes_opening_a_new_database_at_once_agree_on_its_schema_and_account() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let url = server.create_database();
+    let accounts: Vec<String> = std::thread::scope(|scope| {
+        let opening: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| open(&url).account_id().to_owned()))
+            .collect();
+        opening.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(accounts.iter().all(|a| a == &accounts[0]), "{accounts:?}");
+    assert_eq!(open(&url).list_accounts().unwrap().len(), 1);
+}
