@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
@@ -32,6 +32,11 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub state: PathBuf,
+    /// The directory store: postgres://user@host:port/database (libpq URL; sslmode and
+    /// sslrootcert are understood) shared by a cluster, or sqlite:<file> [default:
+    /// <state>/wvpc.db]
+    #[arg(long, global = true, env = "WVPC_DIRECTORY", value_name = "URL")]
+    pub directory: Option<String>,
     /// Where a directory API is, for the commands that can use one.
     #[command(flatten)]
     pub api: remote::ApiArgs,
@@ -103,6 +108,42 @@ impl Command {
     }
 }
 
+/// The `--state` directory and the `--directory` store a command works on; reads as the
+/// state directory's path.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    /// The state directory (tunnel credentials, edge identity, platform secret).
+    pub path: PathBuf,
+    /// `--directory`: where the directory is stored, if not in `<state>/wvpc.db`.
+    pub directory: Option<String>,
+}
+
+impl StateDir {
+    /// The state directory with the default store, `<state>/wvpc.db`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            directory: None,
+        }
+    }
+
+    /// Opens the directory `--directory` names (or the state's SQLite file). A bad URL or an
+    /// unreachable store is an error naming it.
+    pub fn open_directory(
+        &self,
+    ) -> Result<wvpc_directory::Directory, wvpc_directory::DirectoryError> {
+        wvpc_directory::Directory::open_spec(self.directory.as_deref(), &self.path)
+    }
+}
+
+impl std::ops::Deref for StateDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// A command called the wrong way, found after parsing (exit code 2, like clap's own).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -116,27 +157,29 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         // Before any listener exists: their connection caps are sized from this limit.
         commands::server_args::raise_fd_limit();
     }
+    let state = StateDir {
+        path: cli.state.clone(),
+        directory: cli.directory.clone(),
+    };
     match cli.command {
-        Command::Dev(args) => commands::dev::run(args, &cli.state, out).await,
-        Command::Up(args) => commands::up::run(args, &cli.state, out).await,
-        Command::Runtime(args) => commands::runtime::run(args, &cli.state, out).await,
-        Command::Iris(args) => commands::iris::run(args, &cli.state, out).await,
-        Command::BindingWorker(args) => commands::binding_worker::run(args, &cli.state, out).await,
-        Command::Tunnel(command) => commands::tunnel::run(command, &cli.state, &cli.api, out).await,
-        Command::Service(command) => {
-            commands::service::run(command, &cli.state, &cli.api, out).await
-        }
-        Command::Directory(args) => commands::directory::run(args, &cli.state, out).await,
-        Command::Token(command) => commands::token::run(command, &cli.state, out),
+        Command::Dev(args) => commands::dev::run(args, &state, out).await,
+        Command::Up(args) => commands::up::run(args, &state, out).await,
+        Command::Runtime(args) => commands::runtime::run(args, &state, out).await,
+        Command::Iris(args) => commands::iris::run(args, &state, out).await,
+        Command::BindingWorker(args) => commands::binding_worker::run(args, &state, out).await,
+        Command::Tunnel(command) => commands::tunnel::run(command, &state, &cli.api, out).await,
+        Command::Service(command) => commands::service::run(command, &state, &cli.api, out).await,
+        Command::Directory(args) => commands::directory::run(args, &state, out).await,
+        Command::Token(command) => commands::token::run(command, &state, out),
         Command::Account(command) => {
-            commands::token::run_account(command, &cli.state, &cli.api, out).await
+            commands::token::run_account(command, &state, &cli.api, out).await
         }
         Command::Deploy(args) => commands::deploy::run(args, &cli.api, out).await,
-        Command::Tail(args) => commands::tail::run(args, &cli.state, &cli.api, out).await,
+        Command::Tail(args) => commands::tail::run(args, &state, &cli.api, out).await,
         Command::Delete(args) => commands::delete::run(args, &cli.api, out).await,
         Command::Deployments(command) => commands::deployments::run(command, &cli.api, out).await,
         Command::Rollback(args) => commands::rollback::run(args, &cli.api, out).await,
-        Command::Edge(command) => commands::edge::run(command, &cli.state, out),
-        Command::Relay(command) => commands::relay::run(command, &cli.state, out),
+        Command::Edge(command) => commands::edge::run(command, &state, out),
+        Command::Relay(command) => commands::relay::run(command, &state, out),
     }
 }

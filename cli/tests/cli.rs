@@ -1036,3 +1036,44 @@ fn the_api_keeps_serving_with_1100_idle_connections_under_a_1024_fd_limit() {
     let (status, _) = daemon.terminate();
     assert!(status.success(), "wvpc directory exited with {status}");
 }
+
+#[test]
+fn commands_work_on_a_postgres_directory_and_say_when_it_is_unreachable() {
+    let Some(server) = wvpc_pg_harness::PgServer::shared() else {
+        return;
+    };
+    let url = server.create_database();
+    let state = State::new();
+    let id = state.json(&["--directory", &url, "tunnel", "create", "office", "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another state directory, the same store: the tunnel is there, the local file is not.
+    let other = State::new();
+    let listed = other.ok(&["--directory", &url, "tunnel", "list"]);
+    assert!(listed.contains(&id), "{listed}");
+    assert!(!other.path().join("wvpc.db").exists());
+    assert!(!other.ok(&["tunnel", "list"]).contains(&id));
+
+    let refused = state.wvpc(&[
+        "--directory",
+        "postgres://wvpc@127.0.0.1:1/nowhere",
+        "tunnel",
+        "list",
+    ]);
+    assert_ne!(refused.code(), 0);
+    assert!(
+        refused
+            .stderr()
+            .contains("directory unavailable: postgres 127.0.0.1:1/nowhere: "),
+        "{}",
+        refused.stderr()
+    );
+    let bad = state.wvpc(&["--directory", "mysql://x/y", "tunnel", "list"]);
+    assert_ne!(bad.code(), 0);
+    assert!(
+        bad.stderr().contains("invalid --directory"),
+        "{}",
+        bad.stderr()
+    );
+}

@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use rusqlite::Row;
+use crate::store::{Row, Tx, params};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -41,7 +41,7 @@ impl LiveConnection {
         rfc3339(time::OffsetDateTime::from(t))
     }
 
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<(Self, [String; 3])> {
+    fn from_row(row: &Row) -> Result<(Self, [String; 3]), DirectoryError> {
         let ids: [String; 3] = [row.get(0)?, row.get(1)?, row.get(2)?];
         let index: i64 = row.get(5)?;
         Ok((
@@ -61,30 +61,37 @@ impl LiveConnection {
     }
 }
 
-const INSERT_CONNECTION: &str = "INSERT OR REPLACE INTO tunnel_connections
+const INSERT_CONNECTION: &str = "INSERT INTO tunnel_connections
      (connection_id, tunnel_id, client_id, version, arch, conn_index, edge_node, remote_addr,
       since)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+     ON CONFLICT (connection_id) DO UPDATE SET tunnel_id = excluded.tunnel_id,
+       client_id = excluded.client_id, version = excluded.version, arch = excluded.arch,
+       conn_index = excluded.conn_index, edge_node = excluded.edge_node,
+       remote_addr = excluded.remote_addr, since = excluded.since";
 
-fn connection_params(c: &LiveConnection) -> impl rusqlite::Params + '_ {
-    rusqlite::params_from_iter([
-        rusqlite::types::Value::from(c.connection_id.to_string()),
-        c.tunnel_id.to_string().into(),
-        c.client_id.to_string().into(),
-        c.version.clone().into(),
-        c.arch.clone().into(),
-        i64::from(c.conn_index).into(),
-        c.edge_node.clone().into(),
-        c.remote_addr.clone().into(),
-        c.since.clone().into(),
-    ])
+fn insert(tx: &Tx<'_>, c: &LiveConnection) -> Result<usize, DirectoryError> {
+    tx.execute(
+        INSERT_CONNECTION,
+        params![
+            c.connection_id.to_string(),
+            c.tunnel_id.to_string(),
+            c.client_id.to_string(),
+            c.version,
+            c.arch,
+            c.conn_index,
+            c.edge_node,
+            c.remote_addr,
+            c.since
+        ],
+    )
 }
 
 impl Directory {
     /// Records a live connection (replacing a row with the same connection id).
     pub fn record_tunnel_connection(&self, c: &LiveConnection) -> Result<(), DirectoryError> {
         self.write_live(|tx| {
-            tx.execute(INSERT_CONNECTION, connection_params(c))?;
+            insert(tx, c)?;
             Ok(())
         })
     }
@@ -110,17 +117,17 @@ impl Directory {
         let kept: std::collections::HashSet<String> =
             live.iter().map(|c| c.connection_id.to_string()).collect();
         self.write_live(|tx| {
-            let recorded: Vec<String> = tx
-                .prepare("SELECT connection_id FROM tunnel_connections WHERE edge_node = ?1")?
-                .query_map([edge_node], |row| row.get(0))?
-                .collect::<Result<_, _>>()?;
+            let recorded: Vec<String> = tx.query_map(
+                "SELECT connection_id FROM tunnel_connections WHERE edge_node = ?1",
+                [edge_node],
+                |row| row.get(0),
+            )?;
             tx.execute(
                 "DELETE FROM tunnel_connections WHERE edge_node = ?1",
                 [edge_node],
             )?;
-            let mut insert = tx.prepare(INSERT_CONNECTION)?;
             for c in live {
-                insert.execute(connection_params(c))?;
+                insert(tx, c)?;
             }
             Ok(recorded.iter().filter(|id| !kept.contains(*id)).count())
         })
@@ -129,10 +136,10 @@ impl Directory {
     /// Removes every connection recorded by `edge_node` (at its start); returns how many.
     pub fn clear_tunnel_connections(&self, edge_node: &str) -> Result<usize, DirectoryError> {
         self.write_live(|tx| {
-            Ok(tx.execute(
+            tx.execute(
                 "DELETE FROM tunnel_connections WHERE edge_node = ?1",
                 [edge_node],
-            )?)
+            )
         })
     }
 
@@ -142,16 +149,17 @@ impl Directory {
         tunnel_id: Uuid,
     ) -> Result<Vec<LiveConnection>, DirectoryError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare(
+            let rows = conn.query_map(
                 "SELECT connection_id, tunnel_id, client_id, version, arch, conn_index,
                         edge_node, remote_addr, since
                  FROM tunnel_connections WHERE tunnel_id = ?1
                  ORDER BY since, conn_index",
+                [tunnel_id.to_string()],
+                LiveConnection::from_row,
             )?;
-            let rows = stmt.query_map([tunnel_id.to_string()], LiveConnection::from_row)?;
             let mut out = Vec::new();
             for row in rows {
-                let (mut c, [connection, tunnel, client]) = row?;
+                let (mut c, [connection, tunnel, client]) = row;
                 let parse = |column: &str, text: &str| {
                     Uuid::parse_str(text).map_err(|_| DirectoryError::Corrupt {
                         what: column.to_owned(),
@@ -171,7 +179,6 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::database::tests::TempState;
 
     fn live(tunnel: Uuid, node: &str, index: u8) -> LiveConnection {
         LiveConnection {
@@ -187,9 +194,9 @@ mod tests {
         }
     }
 
+    both_backends! {
     #[test]
-    fn connections_are_recorded_removed_and_cleared_per_node() {
-        let state = TempState::new();
+    fn connections_are_recorded_removed_and_cleared_per_node(state) {
         let dir = state.open();
         let revision = dir.revision().unwrap();
         let tunnel = Uuid::new_v4();
@@ -215,10 +222,11 @@ mod tests {
         assert_eq!(dir.clear_tunnel_connections("iris-a").unwrap(), 2);
         assert!(dir.tunnel_connections(tunnel).unwrap().is_empty());
     }
+    }
 
+    both_backends! {
     #[test]
-    fn a_node_can_replace_all_its_connections_at_once() {
-        let state = TempState::new();
+    fn a_node_can_replace_all_its_connections_at_once(state) {
         let dir = state.open();
         let tunnel = Uuid::new_v4();
         let (gone, kept, other_node) = (
@@ -248,5 +256,6 @@ mod tests {
         ];
         want.sort();
         assert_eq!(ids, want, "the other node's rows are untouched");
+    }
     }
 }

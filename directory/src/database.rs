@@ -1,205 +1,54 @@
-//! The SQLite file: connection settings that let several processes share it, schema
-//! migrations, the account id, and the change counter.
-//!
-//! Every process (`wvpc dev`, each CLI command) opens its own connections to
-//! `<state>/wvpc.db`. WAL lets readers proceed while one writer commits; `synchronous=FULL`
-//! makes every commit durable. Writes run in `BEGIN IMMEDIATE` transactions, so a
-//! read-then-write (limit checks, uniqueness) takes the write lock up front and cannot be
-//! interleaved with another process.
-//!
-//! A writer waits at most [`WRITE_LOCK_WAIT`] for another connection's write lock (a backup,
-//! a slow migration, a stuck writer), then fails with [`DirectoryError::Busy`]. A
-//! [`Directory`] keeps reads and writes on two connections, so a writer waiting for the lock
-//! never holds up reads in the same process, and opening a directory that is up to date takes
-//! no write lock: reads keep being served while another connection holds the lock.
+//! The directory's handle: which store it is on, the account it acts for, the account id,
+//! and the change counter. The SQL of each part of the directory lives in its module and runs
+//! through [`crate::store::Tx`] on either backend.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::DirectoryError;
+use crate::store::location::DirectoryLocation;
+use crate::store::postgres::PgStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Changes, Tx, params};
 
 /// File name of the database inside the state directory.
 pub const DB_FILE_NAME: &str = "wvpc.db";
 
-/// How long a writer waits for another connection's write lock before failing with
-/// [`DirectoryError::Busy`] (callers answer "directory busy" well within 5 s).
-pub const WRITE_LOCK_WAIT: Duration = Duration::from_secs(4);
+pub use crate::store::sqlite::WRITE_LOCK_WAIT;
 
-/// Schema migrations; migration `i` brings `user_version` from `i` to `i + 1`.
-/// Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[&str] = &[
-    // 1: meta (account id, revision), tunnels, services.
-    r#"
-    CREATE TABLE meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    ) STRICT;
+/// What a transaction may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Reads, each query seeing the latest commit.
+    Read,
+    /// Reads that all see one commit.
+    Snapshot,
+    /// A change: writers serialize, the revision is bumped and announced.
+    Write,
+    /// A change to live state (runtimes, tunnel connections) that no cache depends on: no
+    /// revision bump.
+    WriteLive,
+}
 
-    CREATE TABLE tunnels (
-        tunnel_id  TEXT PRIMARY KEY,
-        account_id TEXT NOT NULL,
-        name       TEXT NOT NULL,
-        secret     BLOB NOT NULL,
-        created_at TEXT NOT NULL,
-        UNIQUE (account_id, name)
-    ) STRICT;
+/// The store behind a directory.
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PgStore>),
+}
 
-    CREATE TABLE services (
-        service_id   TEXT PRIMARY KEY,
-        account_id   TEXT NOT NULL,
-        name         TEXT NOT NULL,
-        type         TEXT NOT NULL CHECK (type IN ('http', 'tcp')),
-        http_port    INTEGER CHECK (http_port BETWEEN 1 AND 65535),
-        https_port   INTEGER CHECK (https_port BETWEEN 1 AND 65535),
-        tcp_port     INTEGER CHECK (tcp_port BETWEEN 1 AND 65535),
-        app_protocol TEXT,
-        hostname     TEXT,
-        resolver_ips TEXT, -- JSON array of strings, as given
-        ipv4         TEXT,
-        ipv6         TEXT,
-        tunnel_id    TEXT NOT NULL REFERENCES tunnels (tunnel_id),
-        cert_verification_mode TEXT,
-        created_at   TEXT NOT NULL,
-        updated_at   TEXT NOT NULL,
-        CHECK ((hostname IS NULL) <> (ipv4 IS NULL AND ipv6 IS NULL))
-    ) STRICT;
-
-    CREATE INDEX services_by_account ON services (account_id, created_at);
-    CREATE INDEX services_by_tunnel ON services (tunnel_id);
-    "#,
-    // 2: accounts (the local one is inserted on open) and API tokens, stored as SHA-256.
-    r#"
-    CREATE TABLE accounts (
-        account_id TEXT PRIMARY KEY,
-        name       TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    ) STRICT;
-
-    CREATE TABLE api_tokens (
-        token_id      TEXT PRIMARY KEY,
-        account_id    TEXT NOT NULL REFERENCES accounts (account_id),
-        name          TEXT NOT NULL,
-        role          TEXT NOT NULL CHECK (role IN ('read', 'bind', 'admin')),
-        services      TEXT, -- JSON array of service ids the token may bind; NULL: all
-        secret_sha256 BLOB NOT NULL UNIQUE,
-        created_at    TEXT NOT NULL
-    ) STRICT;
-    "#,
-    // 3: deployed scripts: the wasm module and its verified bindings.
-    r#"
-    CREATE TABLE scripts (
-        account_id  TEXT NOT NULL REFERENCES accounts (account_id),
-        name        TEXT NOT NULL,
-        main_module TEXT NOT NULL,
-        module      BLOB NOT NULL,
-        bindings    TEXT NOT NULL, -- JSON array of {name, service_id}
-        etag        TEXT NOT NULL,
-        created_on  TEXT NOT NULL,
-        modified_on TEXT NOT NULL,
-        PRIMARY KEY (account_id, name)
-    ) STRICT;
-    "#,
-    // 4: live tunnel connections as recorded by the iris nodes holding them (`tunnel info`).
-    r#"
-    CREATE TABLE tunnel_connections (
-        connection_id TEXT PRIMARY KEY,
-        tunnel_id     TEXT NOT NULL,
-        client_id     TEXT NOT NULL,
-        version       TEXT NOT NULL,
-        arch          TEXT NOT NULL,
-        conn_index    INTEGER NOT NULL,
-        edge_node     TEXT NOT NULL,
-        remote_addr   TEXT NOT NULL,
-        since         TEXT NOT NULL
-    ) STRICT;
-
-    CREATE INDEX tunnel_connections_by_tunnel ON tunnel_connections (tunnel_id, since);
-    "#,
-    // 5: a private CA per service (tls_settings.ca_certificate, PEM).
-    "ALTER TABLE services ADD COLUMN ca_certificate TEXT;",
-    // 6: account subdomains; script versions over content-addressed modules; script routes.
-    // The data of the old `scripts` table moves in `migrate_data` (see there).
-    r#"
-    ALTER TABLE accounts ADD COLUMN subdomain TEXT;
-
-    ALTER TABLE scripts RENAME TO scripts_before_versions;
-
-    CREATE TABLE modules (
-        etag   TEXT PRIMARY KEY, -- SHA-256 of module, hex
-        module BLOB NOT NULL
-    ) STRICT;
-
-    CREATE TABLE scripts (
-        account_id     TEXT NOT NULL REFERENCES accounts (account_id),
-        name           TEXT NOT NULL,
-        active_version TEXT NOT NULL, -- a script_versions.version_id of this script
-        workers_dev    INTEGER NOT NULL CHECK (workers_dev IN (0, 1)),
-        created_on     TEXT NOT NULL,
-        modified_on    TEXT NOT NULL,
-        PRIMARY KEY (account_id, name)
-    ) STRICT;
-
-    CREATE TABLE script_versions (
-        version_id  TEXT PRIMARY KEY,
-        account_id  TEXT NOT NULL,
-        script      TEXT NOT NULL,
-        number      INTEGER NOT NULL CHECK (number > 0),
-        etag        TEXT NOT NULL REFERENCES modules (etag),
-        main_module TEXT NOT NULL,
-        bindings    TEXT NOT NULL, -- JSON array of {type, name, service_id}
-        limits      TEXT NOT NULL, -- JSON object of non-negative integers
-        author      TEXT,          -- name of the deploying API token; NULL before versions
-        created_on  TEXT NOT NULL,
-        UNIQUE (account_id, script, number),
-        FOREIGN KEY (account_id, script) REFERENCES scripts (account_id, name) ON DELETE CASCADE
-    ) STRICT;
-
-    CREATE INDEX script_versions_by_etag ON script_versions (etag);
-
-    CREATE TABLE script_routes (
-        pattern       TEXT PRIMARY KEY, -- normalized; one script per pattern, across accounts
-        account_id    TEXT NOT NULL,
-        script        TEXT NOT NULL,
-        position      INTEGER NOT NULL,
-        zone_name     TEXT,
-        custom_domain INTEGER NOT NULL CHECK (custom_domain IN (0, 1)),
-        FOREIGN KEY (account_id, script) REFERENCES scripts (account_id, name) ON DELETE CASCADE
-    ) STRICT;
-
-    CREATE INDEX script_routes_by_script ON script_routes (account_id, script, position);
-    "#,
-    // 7: what migration 6's data step left behind: the old table, and subdomains made unique.
-    r#"
-    DROP TABLE scripts_before_versions;
-    CREATE UNIQUE INDEX accounts_by_subdomain ON accounts (subdomain);
-    "#,
-    // 8: live runtimes and their control listeners (`wvpc tail`).
-    r#"
-    CREATE TABLE runtime_nodes (
-        node_id      TEXT PRIMARY KEY,
-        control_addr TEXT NOT NULL,
-        started_at   TEXT NOT NULL,
-        seen_at_ms   INTEGER NOT NULL
-    ) STRICT;
-    "#,
-];
-
-/// The local control plane of one state directory: its accounts, their tunnels, services,
-/// tokens and scripts. A `Directory` acts for one account (the local one when opened;
-/// [`Directory::for_account`] gives a view of another sharing the connection).
+/// The control plane: its accounts, their tunnels, services, tokens and scripts, in a SQLite
+/// file (one machine) or a PostgreSQL database (a cluster). A `Directory` acts for one account
+/// (the local one when opened; [`Directory::for_account`] gives a view of another sharing the
+/// connections).
 ///
-/// Cheap to share (`Send + Sync`); every call runs one short SQL transaction.
+/// Cheap to share (`Send + Sync`); every call runs one short SQL transaction. Calls block:
+/// from async code, run them in `spawn_blocking` (a call from an async task works, but holds
+/// up its worker thread meanwhile).
 #[derive(Debug)]
 pub struct Directory {
-    /// Reads (`query_only`): never waits behind a writer of this process.
-    reader: Arc<Mutex<Connection>>,
-    /// Write transactions.
-    writer: Arc<Mutex<Connection>>,
+    backend: Backend,
     account_id: String,
-    path: PathBuf,
     service_limit: usize,
 }
 
@@ -213,35 +62,63 @@ impl Directory {
         Self::open_file(&state_dir.join(DB_FILE_NAME))
     }
 
-    /// Opens (creating if needed) the database at `path`, migrating its schema.
-    pub fn open_file(path: &Path) -> Result<Self, DirectoryError> {
-        let open_err = |source| DirectoryError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let mut writer = connect(path).map_err(open_err)?;
-        let mode: String = writer
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(open_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            // e.g. a filesystem without shared memory; still correct, only less concurrent.
-            tracing::warn!(path = %path.display(), mode, "directory database is not in WAL mode");
+    /// Opens the directory `spec` names (the `--directory` value: `postgres://…`,
+    /// `sqlite:<file>`), or `<state_dir>/wvpc.db` without one.
+    pub fn open_spec(spec: Option<&str>, state_dir: &Path) -> Result<Self, DirectoryError> {
+        match DirectoryLocation::resolve(spec, state_dir)? {
+            DirectoryLocation::Sqlite(path) if path == state_dir.join(DB_FILE_NAME) => {
+                Self::open(state_dir)
+            }
+            location => Self::open_location(&location),
         }
-        migrate(&mut writer)?;
-        let account_id = ensure_account_id(&mut writer)?;
-        let reader = connect(path).map_err(open_err)?;
-        // A read path that writes by mistake fails loudly instead of taking the write lock.
-        reader
-            .pragma_update(None, "query_only", "ON")
-            .map_err(open_err)?;
-        tracing::debug!(path = %path.display(), account_id, "directory opened");
-        Ok(Self {
-            reader: Arc::new(Mutex::new(reader)),
-            writer: Arc::new(Mutex::new(writer)),
-            account_id,
-            path: path.to_owned(),
+    }
+
+    /// Opens the directory at `location`, migrating its schema.
+    pub fn open_location(location: &DirectoryLocation) -> Result<Self, DirectoryError> {
+        match location {
+            DirectoryLocation::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|source| DirectoryError::StateDir {
+                        path: parent.to_owned(),
+                        source,
+                    })?;
+                }
+                Self::open_file(path)
+            }
+            DirectoryLocation::Postgres(pg) => Self::on(Backend::Postgres(PgStore::connect(pg)?)),
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite database at `path`, migrating its schema.
+    pub fn open_file(path: &Path) -> Result<Self, DirectoryError> {
+        Self::on(Backend::Sqlite(SqliteStore::open(path)?))
+    }
+
+    fn on(backend: Backend) -> Result<Self, DirectoryError> {
+        let mut dir = Self {
+            backend,
+            account_id: String::new(),
             service_limit: crate::services::SERVICE_LIMIT,
-        })
+        };
+        dir.account_id = dir.ensure_account_id()?;
+        tracing::debug!(
+            store = dir.location(),
+            account_id = dir.account_id,
+            "directory opened"
+        );
+        Ok(dir)
+    }
+
+    /// Another handle on the same store with connections of its own (as another process
+    /// would have), acting for the local account.
+    pub fn reopen(&self) -> Result<Self, DirectoryError> {
+        match &self.backend {
+            Backend::Sqlite(store) => Self::open_file(store.path()),
+            Backend::Postgres(store) => {
+                Self::on(Backend::Postgres(PgStore::connect(store.location())?))
+            }
+        }
+        .map(|d| d.with_service_limit(self.service_limit))
     }
 
     /// The same directory with another per-account service limit (default
@@ -263,14 +140,13 @@ impl Directory {
         if account_id == self.account_id {
             return Ok(Some(self.view(account_id)));
         }
-        let exists = self.read(|conn| {
-            Ok(conn
-                .query_row(
+        let exists = self.read(|tx| {
+            Ok(tx
+                .query_opt(
                     "SELECT 1 FROM accounts WHERE account_id = ?1",
-                    [account_id],
+                    params![account_id],
                     |_| Ok(()),
-                )
-                .optional()?
+                )?
                 .is_some())
         })?;
         Ok(exists.then(|| self.view(account_id)))
@@ -278,142 +154,173 @@ impl Directory {
 
     fn view(&self, account_id: &str) -> Directory {
         Directory {
-            reader: self.reader.clone(),
-            writer: self.writer.clone(),
+            backend: self.backend.clone(),
             account_id: account_id.to_owned(),
-            path: self.path.clone(),
             service_limit: self.service_limit,
         }
     }
 
-    /// The local account id (32 hex characters), generated once per state directory.
+    /// The local account id (32 hex characters), generated once per store.
     pub fn account_id(&self) -> &str {
         &self.account_id
     }
 
-    /// The database file.
+    /// The SQLite database file; an empty path on PostgreSQL ([`Directory::location`] names
+    /// either store).
     pub fn path(&self) -> &Path {
-        &self.path
+        self.sqlite_path().unwrap_or(Path::new(""))
+    }
+
+    /// The SQLite database file; `None` on PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite(store) => Some(store.path()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Where the directory is stored, for logs and messages (`sqlite <file>`,
+    /// `postgres host:port/database`; never a password).
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(store) => format!("sqlite {}", store.path().display()),
+            Backend::Postgres(store) => store.label().to_owned(),
+        }
+    }
+
+    /// The PostgreSQL store (its connection pool and the runtime driving it), for other
+    /// parts of a cluster that keep their state in the same database; `None` on SQLite.
+    pub fn postgres(&self) -> Option<&Arc<PgStore>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(store) => Some(store),
+        }
     }
 
     /// A counter that grows with every committed change (tunnels, services, tokens, accounts,
     /// scripts), by any process. Caches compare it to know when to reload.
     pub fn revision(&self) -> Result<u64, DirectoryError> {
-        read_revision(&self.reading())
+        self.read(read_revision)
     }
 
-    /// SQLite's own consistency checks (`integrity_check`, `foreign_key_check`); `Err` lists
-    /// what they found.
-    pub fn check_integrity(&self) -> Result<(), DirectoryError> {
-        let conn = self.reading();
-        let integrity: Vec<String> = conn
-            .prepare("PRAGMA integrity_check")?
-            .query_map([], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        let foreign: i64 =
-            conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |row| {
-                row.get(0)
-            })?;
-        if integrity == ["ok"] && foreign == 0 {
-            return Ok(());
+    /// Tells when the directory may have changed ([`Changes::changed`]): a notification on
+    /// PostgreSQL, a poll of [`crate::SQLITE_POLL`] on SQLite. Needs a tokio runtime to wait.
+    pub fn changes(&self) -> Changes {
+        match &self.backend {
+            Backend::Sqlite(_) => Changes::polling(),
+            Backend::Postgres(store) => Changes::notified(store),
         }
-        Err(DirectoryError::Corrupt {
-            what: "database".into(),
-            detail: format!(
-                "integrity_check: {}; {foreign} foreign key violation(s)",
-                integrity.join("; ")
-            ),
-        })
     }
 
-    /// Runs `f` on the connection (reads).
+    /// The store's own consistency checks (SQLite: `integrity_check`, `foreign_key_check`;
+    /// PostgreSQL enforces its constraints on every write); `Err` lists what they found.
+    pub fn check_integrity(&self) -> Result<(), DirectoryError> {
+        match &self.backend {
+            Backend::Sqlite(store) => store.check_integrity(),
+            Backend::Postgres(_) => Ok(()),
+        }
+    }
+
+    fn run<T>(
+        &self,
+        mode: Mode,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        match &self.backend {
+            Backend::Sqlite(store) => store.run(mode, f),
+            Backend::Postgres(store) => store.run(mode, f),
+        }
+    }
+
+    /// Runs `f` on the store (reads).
     pub(crate) fn read<T>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, DirectoryError>,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        f(&self.reading())
+        self.run(Mode::Read, f)
     }
 
     /// Runs `f` in one read transaction: every query in it sees the same committed state.
     pub(crate) fn read_consistent<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, DirectoryError>,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        let mut conn = self.reading();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        self.run(Mode::Snapshot, f)
     }
 
-    /// Runs `f` in an IMMEDIATE transaction, bumps the revision and commits; rolls back when
-    /// `f` fails.
+    /// Runs `f` in a write transaction (writers serialize), bumps the revision and commits;
+    /// rolls back when `f` fails.
     pub(crate) fn write<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, DirectoryError>,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        let mut conn = self.writing();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('revision', '1')
-             ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-            [],
-        )?;
-        tx.commit()?;
-        Ok(value)
+        self.run(Mode::Write, f)
     }
 
-    /// Runs `f` in an IMMEDIATE transaction without bumping the revision: for live state
+    /// Runs `f` in a write transaction without bumping the revision: for live state
     /// (tunnel connections) that no cache depends on.
     pub(crate) fn write_live<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, DirectoryError>,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        let mut conn = self.writing();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        self.run(Mode::WriteLive, f)
     }
 
-    fn reading(&self) -> MutexGuard<'_, Connection> {
-        lock(&self.reader)
-    }
-
-    fn writing(&self) -> MutexGuard<'_, Connection> {
-        lock(&self.writer)
-    }
-
-    /// Raw access to the writing connection, for tests in this crate.
+    /// Raw access to the SQLite writing connection, for tests in this crate.
     #[cfg(test)]
-    pub(crate) fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        f(&mut self.writing())
+    pub(crate) fn with_conn<T>(&self, f: impl FnOnce(&mut rusqlite::Connection) -> T) -> T {
+        match &self.backend {
+            Backend::Sqlite(store) => store.with_conn(f),
+            Backend::Postgres(_) => panic!("with_conn is for SQLite directories"),
+        }
+    }
+
+    fn ensure_account_id(&self) -> Result<String, DirectoryError> {
+        if let Some(id) = self.read(existing_account_id)? {
+            return Ok(id);
+        }
+        let id = self.write_live(|tx| {
+            let mut bytes = [0u8; 16];
+            rand::fill(&mut bytes);
+            let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            // Two processes opening a new store at once agree on the first one written.
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('account_id', ?1) ON CONFLICT DO NOTHING",
+                params![fresh],
+            )?;
+            let id: String = tx.query_one(
+                "SELECT value FROM meta WHERE key = 'account_id'",
+                params![],
+                |row| row.get(0),
+            )?;
+            let exists = tx
+                .query_opt(
+                    "SELECT 1 FROM accounts WHERE account_id = ?1",
+                    params![id],
+                    |_| Ok(()),
+                )?
+                .is_some();
+            if !exists {
+                let subdomain = crate::subdomain::derive_unique(tx, "local", &id)?;
+                tx.execute(
+                    "INSERT INTO accounts (account_id, name, created_at, subdomain)
+                     VALUES (?1, 'local', ?2, ?3)",
+                    params![id, now_rfc3339(), subdomain],
+                )?;
+            }
+            Ok(id)
+        })?;
+        check_account_id(id)
     }
 }
 
-fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic while holding the lock leaves no half-done transaction (rusqlite rolls back on
-    // drop), so the connection is still usable.
-    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A connection with the settings every one of ours has (the journal mode is the file's).
-fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(WRITE_LOCK_WAIT)?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(conn)
-}
-
-/// The change counter as seen by `conn`.
-pub(crate) fn read_revision(conn: &Connection) -> Result<u64, DirectoryError> {
-    let value: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |row| {
-            row.get(0)
-        })
-        .optional()?;
+/// The change counter as seen by `tx`.
+pub(crate) fn read_revision(tx: &Tx<'_>) -> Result<u64, DirectoryError> {
+    let value: Option<String> = tx.query_opt(
+        "SELECT value FROM meta WHERE key = 'revision'",
+        params![],
+        |row| row.get(0),
+    )?;
     match value {
         None => Ok(0),
         Some(v) => v.parse().map_err(|_| DirectoryError::Corrupt {
@@ -423,106 +330,14 @@ pub(crate) fn read_revision(conn: &Connection) -> Result<u64, DirectoryError> {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), DirectoryError> {
-    migrate_to(conn, MIGRATIONS.len())
-}
-
-/// Applies the migrations up to schema version `target`, in one transaction. A file already
-/// at `target` is only read (no write lock).
-fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), DirectoryError> {
-    let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
-    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if current > supported {
-        return Err(DirectoryError::SchemaTooNew {
-            found: current,
-            supported,
-        });
-    }
-    if usize::try_from(current).is_ok_and(|v| v >= target) {
-        return Ok(());
-    }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if found > supported {
-        return Err(DirectoryError::SchemaTooNew { found, supported });
-    }
-    for (version, migration) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .take(target)
-        .skip(usize::try_from(found).unwrap_or(0))
-    {
-        tx.execute_batch(migration)?;
-        migrate_data(&tx, version + 1)?;
-        tx.pragma_update(
-            None,
-            "user_version",
-            i64::try_from(version + 1).unwrap_or(i64::MAX),
-        )?;
-        tracing::debug!(version = version + 1, "directory schema migrated");
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-/// Data moves that SQL alone cannot express, run right after the schema migration that
-/// brought the file to `version`, in the same transaction.
-fn migrate_data(tx: &Transaction<'_>, version: usize) -> Result<(), DirectoryError> {
-    if version == 6 {
-        crate::subdomain::backfill(tx)?;
-        crate::scripts::migrate_to_versions(tx)?;
-    }
-    Ok(())
-}
-
-fn ensure_account_id(conn: &mut Connection) -> Result<String, DirectoryError> {
-    if let Some(id) = existing_account_id(conn)? {
-        return Ok(id);
-    }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut bytes = [0u8; 16];
-    rand::fill(&mut bytes);
-    let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    // Two processes opening a new state directory at once agree on the first one written.
-    tx.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('account_id', ?1)",
-        [&fresh],
-    )?;
-    let id: String = tx.query_row(
-        "SELECT value FROM meta WHERE key = 'account_id'",
-        [],
+/// The account id and its account row, when both are there already (read only).
+fn existing_account_id(tx: &Tx<'_>) -> Result<Option<String>, DirectoryError> {
+    let id: Option<String> = tx.query_opt(
+        "SELECT value FROM meta WHERE key = 'account_id'
+           AND EXISTS (SELECT 1 FROM accounts WHERE account_id = meta.value)",
+        params![],
         |row| row.get(0),
     )?;
-    let exists = tx
-        .query_row(
-            "SELECT 1 FROM accounts WHERE account_id = ?1",
-            [&id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    if !exists {
-        let subdomain = crate::subdomain::derive_unique(&tx, "local", &id)?;
-        tx.execute(
-            "INSERT INTO accounts (account_id, name, created_at, subdomain)
-             VALUES (?1, 'local', ?2, ?3)",
-            [&id, &now_rfc3339(), &subdomain],
-        )?;
-    }
-    tx.commit()?;
-    check_account_id(id)
-}
-
-/// The account id and its account row, when both are there already (read only).
-fn existing_account_id(conn: &Connection) -> Result<Option<String>, DirectoryError> {
-    let id: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'account_id'
-               AND EXISTS (SELECT 1 FROM accounts WHERE account_id = meta.value)",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?;
     id.map(check_account_id).transpose()
 }
 
@@ -560,21 +375,35 @@ pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::store::sqlite::{MIGRATIONS, migrate_to};
+    use rusqlite::Connection;
+    use std::path::PathBuf;
 
-    /// A fresh directory in a unique temp dir, removed on drop.
+    /// A fresh store: SQLite in a unique temp dir (removed on drop), or a fresh PostgreSQL
+    /// database on the shared test server.
     pub(crate) struct TempState {
         pub(crate) dir: PathBuf,
+        pub(crate) url: Option<String>,
     }
 
     impl TempState {
         pub(crate) fn new() -> Self {
             let dir =
                 std::env::temp_dir().join(format!("wvpc-directory-test-{}", uuid::Uuid::new_v4()));
-            Self { dir }
+            Self { dir, url: None }
         }
 
+        /// `None` (the harness says why) where PostgreSQL is not installed.
+        pub(crate) fn postgres() -> Option<Self> {
+            let server = wvpc_pg_harness::PgServer::shared()?;
+            let mut state = Self::new();
+            state.url = Some(server.create_database());
+            Some(state)
+        }
+
+        /// A new handle on the store (its own connections, as another process has).
         pub(crate) fn open(&self) -> Directory {
-            Directory::open(&self.dir).expect("open directory")
+            Directory::open_spec(self.url.as_deref(), &self.dir).expect("open directory")
         }
     }
 

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::database::{Directory, read_revision};
 use crate::error::DirectoryError;
 use crate::scripts::{ScriptBinding, from_json};
+use crate::store::params;
 
 /// Everything runtimes serve, read in one consistent transaction, across ALL accounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,39 +55,39 @@ impl Directory {
         self.read_consistent(|tx| {
             let revision = read_revision(tx)?;
             let mut routes: HashMap<(String, String), Vec<String>> = HashMap::new();
-            let mut stmt = tx.prepare(
+            let rows = tx.query_map(
                 "SELECT account_id, script, pattern FROM script_routes
                  ORDER BY account_id, script, position",
+                params![],
+                |row| Ok((row.get::<String>(0)?, row.get(1)?, row.get(2)?)),
             )?;
-            let rows = stmt.query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
-            })?;
             for row in rows {
-                let (account, script, pattern) = row?;
+                let (account, script, pattern) = row;
                 routes.entry((account, script)).or_default().push(pattern);
             }
-            let mut stmt = tx.prepare(
+            let rows = tx.query_map(
                 "SELECT s.account_id, a.subdomain, s.name, v.version_id, v.number, v.etag,
                         v.main_module, v.bindings, v.limits, s.workers_dev
                  FROM scripts s
                  JOIN accounts a ON a.account_id = s.account_id
                  JOIN script_versions v ON v.version_id = s.active_version
                  ORDER BY s.account_id, s.name",
+                params![],
+                |row| {
+                    Ok((
+                        row.get::<String>(0)?,
+                        row.get::<String>(1)?,
+                        row.get::<String>(2)?,
+                        row.get::<String>(3)?,
+                        row.get::<i64>(4)?,
+                        row.get::<String>(5)?,
+                        row.get::<String>(6)?,
+                        row.get::<String>(7)?,
+                        row.get::<String>(8)?,
+                        row.get::<bool>(9)?,
+                    ))
+                },
             )?;
-            let rows = stmt.query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, i64>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, String>(6)?,
-                    row.get::<_, String>(7)?,
-                    row.get::<_, String>(8)?,
-                    row.get::<_, bool>(9)?,
-                ))
-            })?;
             let mut scripts = Vec::new();
             for row in rows {
                 let (
@@ -100,7 +101,7 @@ impl Directory {
                     bindings,
                     limits,
                     workers_dev,
-                ) = row?;
+                ) = row;
                 let routes = routes
                     .remove(&(account_id.clone(), name.clone()))
                     .unwrap_or_default();
@@ -124,15 +125,12 @@ impl Directory {
 
     /// Module bytes by content hash (any account); None if unknown.
     pub fn module_by_etag(&self, etag: &str) -> Result<Option<Vec<u8>>, DirectoryError> {
-        use rusqlite::OptionalExtension as _;
         self.read(|conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT module FROM modules WHERE etag = ?1",
-                    [etag],
-                    |row| row.get(0),
-                )
-                .optional()?)
+            conn.query_opt(
+                "SELECT module FROM modules WHERE etag = ?1",
+                [etag],
+                |row| row.get(0),
+            )
         })
     }
 }
@@ -143,15 +141,14 @@ mod tests {
 
     use super::*;
     use crate::component::fixtures;
-    use crate::database::tests::TempState;
     use crate::routes::ScriptRoute;
     use crate::scripts::{BindingRequest, ScriptUpload, ServiceRef};
     use crate::service_input::{HostInput, ServiceInput};
     use crate::tokens::Role;
 
+    both_backends! {
     #[test]
-    fn the_snapshot_holds_every_accounts_active_versions_with_routes() {
-        let state = TempState::new();
+    fn the_snapshot_holds_every_accounts_active_versions_with_routes(state) {
         let dir = state.open();
         assert_eq!(
             dir.deployment_snapshot().unwrap(),
@@ -259,5 +256,6 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("blue", "proxy")]
         );
+    }
     }
 }

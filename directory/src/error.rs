@@ -40,6 +40,21 @@ pub enum DirectoryError {
     /// A query failed.
     #[error("directory database error: {0}")]
     Sqlite(rusqlite::Error),
+    /// PostgreSQL refused a statement.
+    #[error("directory database error: {0}")]
+    Postgres(tokio_postgres::Error),
+    /// The store cannot be reached or did not answer in time (connection refused, closed,
+    /// timed out): nothing was changed, and trying again later may work.
+    #[error("directory unavailable: {store}: {reason}")]
+    Unavailable {
+        /// Which store (`postgres host:port/database`).
+        store: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// `--directory` / `WVPC_DIRECTORY` cannot be used.
+    #[error(transparent)]
+    Location(#[from] crate::store::location::LocationError),
     /// Another connection held the database's write lock for longer than a writer waits
     /// ([`crate::WRITE_LOCK_WAIT`]): nothing was changed, and trying again later may work.
     #[error("directory busy: {reason}")]
@@ -164,9 +179,13 @@ impl From<rusqlite::Error> for DirectoryError {
 }
 
 impl DirectoryError {
-    /// Whether the failure is the directory being unavailable for now (busy), so the same
-    /// request may succeed later; every other error would fail again.
+    /// Whether the failure is the directory being unavailable for now (busy, or its store
+    /// unreachable), so the same request may succeed later; every other error would fail
+    /// again.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, DirectoryError::Busy { .. })
+        matches!(
+            self,
+            DirectoryError::Busy { .. } | DirectoryError::Unavailable { .. }
+        )
     }
 }

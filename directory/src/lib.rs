@@ -1,7 +1,9 @@
 //! The control plane: accounts with their VPC services, tunnels, API tokens and deployed
 //! scripts, kept in an embedded SQLite file (`<state>/wvpc.db`) that every process using the
-//! same state directory shares (`wvpc dev`, `wvpc directory`, CLI commands). A state directory
-//! starts with one local account; a [`Directory`] acts for one account at a time.
+//! same state directory shares (`wvpc dev`, `wvpc directory`, CLI commands), or in a
+//! PostgreSQL database that every node of a cluster shares (`--directory postgres://…`,
+//! [`Directory::open_spec`]; the storage boundary is [`store`]). A store starts with one
+//! local account; a [`Directory`] acts for one account at a time.
 //!
 //! - [`Directory`] opens the file and does the CRUD: [`Directory::create_service`],
 //!   [`Directory::list_services`], [`Directory::service`], [`Directory::replace_service`],
@@ -28,6 +30,34 @@
 
 #![forbid(unsafe_code)]
 
+/// Runs each test body once per backend: `fn name(state) { … }` becomes the tests
+/// `name::sqlite` and `name::postgres` (skipped, with the harness's message, where
+/// PostgreSQL is not installed), each with a fresh [`database::tests::TempState`].
+#[cfg(test)]
+macro_rules! both_backends {
+    ($(#[test] fn $name:ident($state:ident) $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports, reason = "not every test body uses every import")]
+            use super::*;
+
+            #[allow(clippy::needless_pass_by_value, reason = "each test owns its store")]
+            fn run($state: crate::database::tests::TempState) $body
+
+            #[test]
+            fn sqlite() {
+                run(crate::database::tests::TempState::new());
+            }
+
+            #[test]
+            fn postgres() {
+                if let Some(state) = crate::database::tests::TempState::postgres() {
+                    run(state);
+                }
+            }
+        }
+    )*};
+}
+
 pub mod api;
 pub mod cluster;
 pub mod component;
@@ -42,6 +72,7 @@ pub mod service;
 pub mod service_input;
 mod services;
 mod snapshot;
+pub mod store;
 pub mod subdomain;
 pub mod tail;
 pub mod tokens;
@@ -70,6 +101,9 @@ pub use service_input::{
 };
 pub use services::SERVICE_LIMIT;
 pub use snapshot::{RouteSnapshot, TunnelKey};
+pub use store::changes::{Changes, SAFETY_POLL, SQLITE_POLL};
+pub use store::location::{DirectoryLocation, LocationError, PgLocation, SslMode};
+pub use store::postgres::{PgStore, STORE_WAIT};
 pub use tokens::{Account, ApiToken, Role};
 pub use tunnel::{Tunnel, TunnelAuthError};
 pub use validation::{Problem, ServiceSpec, ValidationError};

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::database::{Directory, now_rfc3339};
 use crate::error::DirectoryError;
+use crate::store::params;
 
 /// How long a runtime's announcement counts without a refresh.
 pub const RUNTIME_TTL: Duration = Duration::from_secs(15);
@@ -43,7 +44,7 @@ impl Directory {
                 "INSERT INTO runtime_nodes (node_id, control_addr, started_at, seen_at_ms)
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (node_id) DO UPDATE SET control_addr = ?2, seen_at_ms = ?4",
-                rusqlite::params![
+                params![
                     node_id.to_string(),
                     control_addr.to_string(),
                     now_rfc3339(),
@@ -72,40 +73,41 @@ impl Directory {
     pub fn live_runtimes(&self) -> Result<Vec<RuntimeNode>, DirectoryError> {
         let since = now_ms() - i64::try_from(RUNTIME_TTL.as_millis()).unwrap_or(0);
         self.read(|conn| {
-            let mut stmt = conn.prepare(
+            let rows = conn.query_map(
                 "SELECT node_id, control_addr, started_at FROM runtime_nodes
                  WHERE seen_at_ms >= ?1 ORDER BY started_at, node_id",
+                [since],
+                |row| {
+                    Ok((
+                        row.get::<String>(0)?,
+                        row.get::<String>(1)?,
+                        row.get::<String>(2)?,
+                    ))
+                },
             )?;
-            let rows = stmt.query_map([since], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })?;
-            rows.map(|row| {
-                let (id, addr, started_at) = row?;
-                Ok(RuntimeNode {
-                    node_id: crate::tunnel::parse_uuid("runtime id", &id)?,
-                    control_addr: addr.parse().map_err(|_| DirectoryError::Corrupt {
-                        what: format!("control address of runtime {id}"),
-                        detail: format!("{addr:?} is not an IP:PORT"),
-                    })?,
-                    started_at,
+            rows.into_iter()
+                .map(|row| {
+                    let (id, addr, started_at) = row;
+                    Ok(RuntimeNode {
+                        node_id: crate::tunnel::parse_uuid("runtime id", &id)?,
+                        control_addr: addr.parse().map_err(|_| DirectoryError::Corrupt {
+                            what: format!("control address of runtime {id}"),
+                            detail: format!("{addr:?} is not an IP:PORT"),
+                        })?,
+                        started_at,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::database::tests::TempState;
 
+    both_backends! {
     #[test]
-    fn runtimes_are_listed_until_they_withdraw() {
-        let state = TempState::new();
+    fn runtimes_are_listed_until_they_withdraw(state) {
         let dir = state.open();
         let a = uuid::Uuid::new_v4();
         let b = uuid::Uuid::new_v4();
@@ -124,5 +126,6 @@ mod tests {
         let live = dir.live_runtimes().unwrap();
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].node_id, b);
+    }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction};
+use crate::store::{Dialect, Row, Tx, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
@@ -322,26 +322,26 @@ impl Directory {
                 tx.execute(
                     "UPDATE scripts SET active_version = ?3, workers_dev = ?4, modified_on = ?5
                      WHERE account_id = ?1 AND name = ?2",
-                    rusqlite::params![account, name, version_id, upload.workers_dev, now],
+                    params![account, name, version_id, upload.workers_dev, now],
                 )?;
             } else {
                 tx.execute(
                     "INSERT INTO scripts (account_id, name, active_version, workers_dev,
                                           created_on, modified_on)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                    rusqlite::params![account, name, version_id, upload.workers_dev, now],
+                    params![account, name, version_id, upload.workers_dev, now],
                 )?;
             }
             tx.execute(
-                "INSERT OR IGNORE INTO modules (etag, module) VALUES (?1, ?2)",
-                rusqlite::params![etag, upload.module],
+                "INSERT INTO modules (etag, module) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![etag, upload.module],
             )?;
             tx.execute(
                 "INSERT INTO script_versions (version_id, account_id, script, number, etag,
                    main_module, bindings, limits, author, created_on)
                  SELECT ?1, ?2, ?3, COALESCE(MAX(number), 0) + 1, ?4, ?5, ?6, ?7, ?8, ?9
                  FROM script_versions WHERE account_id = ?2 AND script = ?3",
-                rusqlite::params![
+                params![
                     version_id,
                     account,
                     name,
@@ -362,7 +362,7 @@ impl Directory {
                     "INSERT INTO script_routes (pattern, account_id, script, position, zone_name,
                                                 custom_domain)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    rusqlite::params![
+                    params![
                         route.pattern,
                         account,
                         name,
@@ -392,10 +392,11 @@ impl Directory {
     /// The account's scripts, by name, each as its active version.
     pub fn list_scripts(&self) -> Result<Vec<Script>, DirectoryError> {
         self.read_consistent(|tx| {
-            let names: Vec<String> = tx
-                .prepare("SELECT name FROM scripts WHERE account_id = ?1 ORDER BY name")?
-                .query_map([self.account_id()], |row| row.get(0))?
-                .collect::<Result<_, _>>()?;
+            let names: Vec<String> = tx.query_map(
+                "SELECT name FROM scripts WHERE account_id = ?1 ORDER BY name",
+                [self.account_id()],
+                |row| row.get(0),
+            )?;
             let mut scripts = Vec::with_capacity(names.len());
             for name in names {
                 scripts.extend(read_script(tx, self.account_id(), &name)?);
@@ -412,16 +413,14 @@ impl Directory {
     /// The module bytes of a script's active version.
     pub fn script_module(&self, name: &str) -> Result<Option<Vec<u8>>, DirectoryError> {
         self.read(|conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT m.module FROM scripts s
+            conn.query_opt(
+                "SELECT m.module FROM scripts s
                      JOIN script_versions v ON v.version_id = s.active_version
                      JOIN modules m ON m.etag = v.etag
                      WHERE s.account_id = ?1 AND s.name = ?2",
-                    [self.account_id(), name],
-                    |row| row.get(0),
-                )
-                .optional()?)
+                [self.account_id(), name],
+                |row| row.get(0),
+            )
         })
     }
 
@@ -432,12 +431,14 @@ impl Directory {
             if !exists {
                 return Err(DirectoryError::ScriptNotFound(name.to_owned()));
             }
-            let mut stmt = tx.prepare(&format!(
-                "SELECT {VERSION_COLUMNS} WHERE v.account_id = ?1 AND v.script = ?2
-                 ORDER BY v.number DESC"
-            ))?;
-            let rows = stmt.query_map([self.account_id(), name], version_from_row)?;
-            rows.map(|row| row?).collect()
+            tx.query_map(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} WHERE v.account_id = ?1 AND v.script = ?2
+                     ORDER BY v.number DESC"
+                ),
+                [self.account_id(), name],
+                version_from_row,
+            )
         })
     }
 
@@ -459,7 +460,7 @@ impl Directory {
                  WHERE account_id = ?1 AND name = ?2 AND EXISTS (
                    SELECT 1 FROM script_versions
                    WHERE version_id = ?3 AND account_id = ?1 AND script = ?2)",
-                rusqlite::params![account, name, version.to_string(), now_rfc3339()],
+                params![account, name, version.to_string(), now_rfc3339()],
             )?;
             if updated == 0 {
                 return Err(DirectoryError::VersionNotFound {
@@ -467,11 +468,11 @@ impl Directory {
                     version,
                 });
             }
-            tx.query_row(
+            tx.query_one(
                 &format!("SELECT {VERSION_COLUMNS} WHERE v.version_id = ?1"),
                 [version.to_string()],
                 version_from_row,
-            )?
+            )
         })?;
         tracing::debug!(
             script = name,
@@ -485,13 +486,12 @@ impl Directory {
     pub fn delete_script(&self, name: &str) -> Result<DeletedScript, DirectoryError> {
         let account = self.account_id();
         self.write(|tx| {
-            let routes: Vec<String> = tx
-                .prepare(
-                    "SELECT pattern FROM script_routes WHERE account_id = ?1 AND script = ?2
-                     ORDER BY position",
-                )?
-                .query_map([account, name], |row| row.get(0))?
-                .collect::<Result<_, _>>()?;
+            let routes: Vec<String> = tx.query_map(
+                "SELECT pattern FROM script_routes WHERE account_id = ?1 AND script = ?2
+                 ORDER BY position",
+                [account, name],
+                |row| row.get(0),
+            )?;
             tx.execute(
                 "DELETE FROM script_routes WHERE account_id = ?1 AND script = ?2",
                 [account, name],
@@ -524,60 +524,51 @@ const VERSION_COLUMNS: &str = "v.version_id, v.number, v.etag, length(m.module),
     JOIN scripts s ON s.account_id = v.account_id AND s.name = v.script
     JOIN modules m ON m.etag = v.etag";
 
-fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ScriptVersion, DirectoryError>> {
+fn version_from_row(row: &Row) -> Result<ScriptVersion, DirectoryError> {
     let id: String = row.get(0)?;
     let number: i64 = row.get(1)?;
     let size: i64 = row.get(3)?;
     let bindings: String = row.get(5)?;
     let limits: String = row.get(6)?;
-    let version = || -> Result<ScriptVersion, DirectoryError> {
-        Ok(ScriptVersion {
-            id: crate::tunnel::parse_uuid("script version id", &id)?,
-            number: u64::try_from(number).unwrap_or(0),
-            etag: row.get(2)?,
-            size: usize::try_from(size).unwrap_or(0),
-            main_module: row.get(4)?,
-            bindings: from_json(&format!("bindings of script version {id}"), &bindings)?,
-            limits: from_json(&format!("limits of script version {id}"), &limits)?,
-            author: row.get(7)?,
-            created_on: row.get(8)?,
-            active: row.get(9)?,
-        })
-    };
-    Ok(version())
+    Ok(ScriptVersion {
+        id: crate::tunnel::parse_uuid("script version id", &id)?,
+        number: u64::try_from(number).unwrap_or(0),
+        etag: row.get(2)?,
+        size: usize::try_from(size).unwrap_or(0),
+        main_module: row.get(4)?,
+        bindings: from_json(&format!("bindings of script version {id}"), &bindings)?,
+        limits: from_json(&format!("limits of script version {id}"), &limits)?,
+        author: row.get(7)?,
+        created_on: row.get(8)?,
+        active: row.get(9)?,
+    })
 }
 
 /// The script `name` of `account` as its active version, with its routes.
-fn read_script(
-    conn: &Connection,
-    account: &str,
-    name: &str,
-) -> Result<Option<Script>, DirectoryError> {
-    let row = conn
-        .query_row(
-            "SELECT v.version_id, v.number, v.etag, length(m.module), v.main_module, v.bindings,
+fn read_script(conn: &Tx<'_>, account: &str, name: &str) -> Result<Option<Script>, DirectoryError> {
+    let row = conn.query_opt(
+        "SELECT v.version_id, v.number, v.etag, length(m.module), v.main_module, v.bindings,
                     v.limits, s.workers_dev, s.created_on, s.modified_on
              FROM scripts s
              JOIN script_versions v ON v.version_id = s.active_version
              JOIN modules m ON m.etag = v.etag
              WHERE s.account_id = ?1 AND s.name = ?2",
-            [account, name],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, String>(6)?,
-                    row.get::<_, bool>(7)?,
-                    row.get::<_, String>(8)?,
-                    row.get::<_, String>(9)?,
-                ))
-            },
-        )
-        .optional()?;
+        [account, name],
+        |row| {
+            Ok((
+                row.get::<String>(0)?,
+                row.get::<i64>(1)?,
+                row.get::<String>(2)?,
+                row.get::<i64>(3)?,
+                row.get::<String>(4)?,
+                row.get::<String>(5)?,
+                row.get::<String>(6)?,
+                row.get::<bool>(7)?,
+                row.get::<String>(8)?,
+                row.get::<String>(9)?,
+            ))
+        },
+    )?;
     let Some((
         version_id,
         number,
@@ -593,19 +584,18 @@ fn read_script(
     else {
         return Ok(None);
     };
-    let routes = conn
-        .prepare_cached(
-            "SELECT pattern, zone_name, custom_domain FROM script_routes
-             WHERE account_id = ?1 AND script = ?2 ORDER BY position",
-        )?
-        .query_map([account, name], |row| {
+    let routes = conn.query_map(
+        "SELECT pattern, zone_name, custom_domain FROM script_routes
+         WHERE account_id = ?1 AND script = ?2 ORDER BY position",
+        [account, name],
+        |row| {
             Ok(ScriptRoute {
                 pattern: row.get(0)?,
                 zone_name: row.get(1)?,
                 custom_domain: row.get(2)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
+        },
+    )?;
     Ok(Some(Script {
         id: name.to_owned(),
         etag,
@@ -624,18 +614,18 @@ fn read_script(
 
 /// Refuses routes that another script (of any account) holds.
 fn check_routes_free(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &str,
     name: &str,
     routes: &[ScriptRoute],
 ) -> Result<(), DirectoryError> {
     let mut conflicts = Vec::new();
-    let mut stmt =
-        tx.prepare_cached("SELECT account_id, script FROM script_routes WHERE pattern = ?1")?;
     for (index, route) in routes.iter().enumerate() {
-        let holder: Option<(String, String)> = stmt
-            .query_row([&route.pattern], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
+        let holder: Option<(String, String)> = tx.query_opt(
+            "SELECT account_id, script FROM script_routes WHERE pattern = ?1",
+            [&route.pattern],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
         match holder {
             Some((holder_account, holder_script))
                 if holder_account != account || holder_script != name =>
@@ -657,14 +647,21 @@ fn check_routes_free(
 }
 
 /// Drops the oldest versions beyond [`MAX_VERSIONS_PER_SCRIPT`], never the active one.
-fn prune_versions(tx: &Transaction<'_>, account: &str, name: &str) -> Result<(), DirectoryError> {
+fn prune_versions(tx: &Tx<'_>, account: &str, name: &str) -> Result<(), DirectoryError> {
+    // "No limit" is spelled differently; the rest is the same SQL.
+    let no_limit = match tx.dialect() {
+        Dialect::Sqlite => "LIMIT -1",
+        Dialect::Postgres => "LIMIT ALL",
+    };
     tx.execute(
-        "DELETE FROM script_versions WHERE version_id IN (
-           SELECT v.version_id FROM script_versions v
-           JOIN scripts s ON s.account_id = v.account_id AND s.name = v.script
-           WHERE v.account_id = ?1 AND v.script = ?2 AND v.version_id <> s.active_version
-           ORDER BY v.number DESC LIMIT -1 OFFSET ?3)",
-        rusqlite::params![
+        &format!(
+            "DELETE FROM script_versions WHERE version_id IN (
+               SELECT v.version_id FROM script_versions v
+               JOIN scripts s ON s.account_id = v.account_id AND s.name = v.script
+               WHERE v.account_id = ?1 AND v.script = ?2 AND v.version_id <> s.active_version
+               ORDER BY v.number DESC {no_limit} OFFSET ?3)"
+        ),
+        params![
             account,
             name,
             i64::try_from(MAX_VERSIONS_PER_SCRIPT - 1).unwrap_or(0)
@@ -674,11 +671,11 @@ fn prune_versions(tx: &Transaction<'_>, account: &str, name: &str) -> Result<(),
 }
 
 /// Deletes modules that no version references any more.
-fn collect_modules(tx: &Transaction<'_>) -> Result<(), DirectoryError> {
+fn collect_modules(tx: &Tx<'_>) -> Result<(), DirectoryError> {
     tx.execute(
         "DELETE FROM modules
          WHERE NOT EXISTS (SELECT 1 FROM script_versions v WHERE v.etag = modules.etag)",
-        [],
+        params![],
     )?;
     Ok(())
 }
@@ -747,7 +744,7 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
 /// Schema 6: each script of the old table (module inline) becomes a script with one version,
 /// number 1, its module stored once by content hash; then the old table is dropped by
 /// migration 7.
-pub(crate) fn migrate_to_versions(tx: &Transaction<'_>) -> Result<(), DirectoryError> {
+pub(crate) fn migrate_to_versions(tx: &Tx<'_>) -> Result<(), DirectoryError> {
     /// A row of the table before versions.
     struct OldScript {
         account: String,
@@ -758,12 +755,11 @@ pub(crate) fn migrate_to_versions(tx: &Transaction<'_>) -> Result<(), DirectoryE
         created_on: String,
         modified_on: String,
     }
-    let old: Vec<OldScript> = tx
-        .prepare(
-            "SELECT account_id, name, main_module, module, bindings, created_on, modified_on
-             FROM scripts_before_versions",
-        )?
-        .query_map([], |row| {
+    let old: Vec<OldScript> = tx.query_map(
+        "SELECT account_id, name, main_module, module, bindings, created_on, modified_on
+         FROM scripts_before_versions",
+        params![],
+        |row| {
             Ok(OldScript {
                 account: row.get(0)?,
                 name: row.get(1)?,
@@ -773,14 +769,14 @@ pub(crate) fn migrate_to_versions(tx: &Transaction<'_>) -> Result<(), DirectoryE
                 created_on: row.get(5)?,
                 modified_on: row.get(6)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
+        },
+    )?;
     for script in old {
         let etag = sha256_hex(&script.module);
         let version_id = Uuid::new_v4().to_string();
         tx.execute(
-            "INSERT OR IGNORE INTO modules (etag, module) VALUES (?1, ?2)",
-            rusqlite::params![etag, script.module],
+            "INSERT INTO modules (etag, module) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![etag, script.module],
         )?;
         tx.execute(
             "INSERT INTO scripts (account_id, name, active_version, workers_dev, created_on,
@@ -814,7 +810,7 @@ pub(crate) fn migrate_to_versions(tx: &Transaction<'_>) -> Result<(), DirectoryE
 
 /// Resolves and checks every binding; all refusals at once.
 fn verify_bindings(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &str,
     token: &ApiToken,
     bindings: &[BindingRequest],
@@ -832,13 +828,11 @@ fn verify_bindings(
         let binding = request.binding.clone();
         let (service_id, service_name) = match &request.service {
             ServiceRef::Id(id) => {
-                let owner: Option<(String, String)> = tx
-                    .query_row(
-                        "SELECT account_id, name FROM services WHERE service_id = ?1",
-                        [id.to_string()],
-                        |row| Ok((row.get(0)?, row.get(1)?)),
-                    )
-                    .optional()?;
+                let owner: Option<(String, String)> = tx.query_opt(
+                    "SELECT account_id, name FROM services WHERE service_id = ?1",
+                    [id.to_string()],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )?;
                 match owner {
                     None => {
                         refusals.push(BindingRefusal::UnknownService {
@@ -859,14 +853,12 @@ fn verify_bindings(
                 }
             }
             ServiceRef::Name(name) => {
-                let mut stmt = tx.prepare_cached(
+                let ids = tx.query_map(
                     "SELECT service_id FROM services WHERE account_id = ?1 AND name = ?2
                      ORDER BY created_at, service_id",
+                    [account, name.as_str()],
+                    |row| crate::tunnel::parse_uuid("service id", &row.get::<String>(0)?),
                 )?;
-                let ids = stmt
-                    .query_map([account, name.as_str()], |row| row.get::<_, String>(0))?
-                    .map(|id| crate::tunnel::parse_uuid("service id", &id?))
-                    .collect::<Result<Vec<Uuid>, DirectoryError>>()?;
                 match ids.as_slice() {
                     [] => {
                         refusals.push(BindingRefusal::UnknownName {
@@ -912,14 +904,13 @@ fn verify_bindings(
 }
 
 /// Whether `account` has a script called `name` (inside the caller's transaction).
-fn script_exists(tx: &Transaction<'_>, account: &str, name: &str) -> Result<bool, DirectoryError> {
+fn script_exists(tx: &Tx<'_>, account: &str, name: &str) -> Result<bool, DirectoryError> {
     Ok(tx
-        .query_row(
+        .query_opt(
             "SELECT 1 FROM scripts WHERE account_id = ?1 AND name = ?2",
             [account, name],
             |_| Ok(()),
-        )
-        .optional()?
+        )?
         .is_some())
 }
 
@@ -940,7 +931,6 @@ fn check_script_name(name: &str) -> Result<(), DirectoryError> {
 mod tests {
     use super::*;
     use crate::component::fixtures;
-    use crate::database::tests::TempState;
 
     fn upload(module: Vec<u8>) -> ScriptUpload {
         ScriptUpload::new("worker.wasm", module)
@@ -960,15 +950,13 @@ mod tests {
     }
 
     fn modules(dir: &Directory) -> i64 {
-        dir.with_conn(|c| {
-            c.query_row("SELECT COUNT(*) FROM modules", [], |r| r.get(0))
-                .unwrap()
-        })
+        dir.read(|tx| tx.query_one("SELECT COUNT(*) FROM modules", params![], |r| r.get(0)))
+            .unwrap()
     }
 
+    both_backends! {
     #[test]
-    fn every_upload_is_a_version_and_the_newest_is_served() {
-        let state = TempState::new();
+    fn every_upload_is_a_version_and_the_newest_is_served(state) {
         let dir = state.open();
         let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
         let first = dir
@@ -1029,10 +1017,11 @@ mod tests {
             Err(DirectoryError::VersionNotFound { .. })
         ));
     }
+    }
 
+    both_backends! {
     #[test]
-    fn modules_are_stored_once_per_content_and_collected_when_unused() {
-        let state = TempState::new();
+    fn modules_are_stored_once_per_content_and_collected_when_unused(state) {
         let dir = state.open();
         let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
         dir.deploy_script(&token, "a", &upload(module(0))).unwrap();
@@ -1062,10 +1051,11 @@ mod tests {
             Err(DirectoryError::ScriptNotFound(_))
         ));
     }
+    }
 
+    both_backends! {
     #[test]
-    fn at_most_fifty_versions_are_kept() {
-        let state = TempState::new();
+    fn at_most_fifty_versions_are_kept(state) {
         let dir = state.open();
         let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
         let first = dir.deploy_script(&token, "s", &upload(module(0))).unwrap();
@@ -1082,10 +1072,11 @@ mod tests {
         assert_eq!(versions[49].number, 6);
         assert_eq!(modules(&dir), 50);
     }
+    }
 
+    both_backends! {
     #[test]
-    fn the_active_version_outlives_pruning() {
-        let state = TempState::new();
+    fn the_active_version_outlives_pruning(state) {
         let dir = state.open();
         let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
         let mut ids = Vec::new();
@@ -1119,10 +1110,11 @@ mod tests {
         assert!(versions.iter().any(|v| v.id == ids[0] && v.active));
         assert!(!versions.iter().any(|v| v.id == ids[1]));
     }
+    }
 
+    both_backends! {
     #[test]
-    fn routes_belong_to_one_script_and_are_replaced_by_the_next_upload() {
-        let state = TempState::new();
+    fn routes_belong_to_one_script_and_are_replaced_by_the_next_upload(state) {
         let dir = state.open();
         let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
         let mut with_routes = upload(module(0));
@@ -1188,10 +1180,11 @@ mod tests {
             })
             .unwrap();
     }
+    }
 
+    both_backends! {
     #[test]
-    fn a_bad_module_or_upload_changes_nothing() {
-        let state = TempState::new();
+    fn a_bad_module_or_upload_changes_nothing(state) {
         let dir = state.open();
         let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
         let good = dir.deploy_script(&token, "s", &upload(module(0))).unwrap();
@@ -1227,5 +1220,6 @@ mod tests {
         );
         assert_eq!(dir.revision().unwrap(), revision);
         assert_eq!(dir.script("s").unwrap().unwrap(), good);
+    }
     }
 }

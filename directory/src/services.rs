@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction};
+use crate::store::{Row, Tx, params};
 use uuid::Uuid;
 
 use crate::database::{Directory, now_rfc3339};
@@ -29,7 +29,7 @@ impl Directory {
     pub fn create_service(&self, input: &ServiceInput) -> Result<Service, DirectoryError> {
         let service = self.write(|tx| {
             let spec = validate_in(tx, self.account_id(), input)?;
-            let count: i64 = tx.query_row(
+            let count: i64 = tx.query_one(
                 "SELECT COUNT(*) FROM services WHERE account_id = ?1",
                 [self.account_id()],
                 |row| row.get(0),
@@ -47,7 +47,7 @@ impl Directory {
                     "INSERT INTO services (account_id, {SERVICE_COLUMNS})
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
                 ),
-                rusqlite::params![
+                params![
                     self.account_id(),
                     row.service_id,
                     row.name,
@@ -79,16 +79,16 @@ impl Directory {
         filter: Option<ServiceType>,
     ) -> Result<Vec<Service>, DirectoryError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare(&format!(
-                "SELECT {SERVICE_COLUMNS} FROM services
-                 WHERE account_id = ?1 AND (?2 IS NULL OR type = ?2)
+            let rows = conn.query_map(
+                &format!(
+                    "SELECT {SERVICE_COLUMNS} FROM services
+                 WHERE account_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR type = ?2)
                  ORDER BY created_at, service_id"
-            ))?;
-            let rows = stmt.query_map(
-                rusqlite::params![self.account_id(), filter.map(ServiceType::as_str)],
+                ),
+                params![self.account_id(), filter.map(ServiceType::as_str)],
                 ServiceRow::from_row,
             )?;
-            rows.map(|row| row?.into_service()).collect()
+            rows.into_iter().map(|row| row.into_service()).collect()
         })
     }
 
@@ -116,7 +116,7 @@ impl Directory {
                    ipv6 = ?11, tunnel_id = ?12, cert_verification_mode = ?13, updated_at = ?14,
                    ca_certificate = ?16
                  WHERE service_id = ?1 AND account_id = ?15",
-                rusqlite::params![
+                params![
                     row.service_id,
                     row.name,
                     row.service_type,
@@ -160,7 +160,7 @@ impl Directory {
 
 /// Full validation inside the write transaction, so the tunnel cannot vanish in between.
 fn validate_in(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &str,
     input: &ServiceInput,
 ) -> Result<ServiceSpec, DirectoryError> {
@@ -168,30 +168,26 @@ fn validate_in(
     Ok(validate(input, &|id| tunnels.contains(&id))?)
 }
 
-fn find_service(
-    conn: &Connection,
-    account: &str,
-    id: Uuid,
-) -> Result<Option<Service>, DirectoryError> {
-    conn.query_row(
+fn find_service(conn: &Tx<'_>, account: &str, id: Uuid) -> Result<Option<Service>, DirectoryError> {
+    conn.query_opt(
         &format!(
             "SELECT {SERVICE_COLUMNS} FROM services WHERE service_id = ?1 AND account_id = ?2"
         ),
         [id.to_string(), account.to_owned()],
         ServiceRow::from_row,
-    )
-    .optional()?
+    )?
     .map(ServiceRow::into_service)
     .transpose()
 }
 
 /// Every service of every account, oldest first (the routing snapshot).
-pub(crate) fn all_services(conn: &Connection) -> Result<Vec<Service>, DirectoryError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {SERVICE_COLUMNS} FROM services ORDER BY created_at, service_id"
-    ))?;
-    let rows = stmt.query_map([], ServiceRow::from_row)?;
-    rows.map(|row| row?.into_service()).collect()
+pub(crate) fn all_services(conn: &Tx<'_>) -> Result<Vec<Service>, DirectoryError> {
+    let rows = conn.query_map(
+        &format!("SELECT {SERVICE_COLUMNS} FROM services ORDER BY created_at, service_id"),
+        params![],
+        ServiceRow::from_row,
+    )?;
+    rows.into_iter().map(|row| row.into_service()).collect()
 }
 
 impl ServiceSpec {
@@ -229,7 +225,7 @@ struct ServiceRow {
 }
 
 impl ServiceRow {
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(row: &Row) -> Result<Self, DirectoryError> {
         Ok(Self {
             service_id: row.get(0)?,
             name: row.get(1)?,
@@ -394,12 +390,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::database::tests::TempState;
     use crate::service_input::{HostInput, ResolverNetworkInput, TlsSettingsInput};
 
+    both_backends! {
     #[test]
-    fn create_get_list_replace_delete() {
-        let state = TempState::new();
+    fn create_get_list_replace_delete(state) {
         let dir = state.open();
         let (tunnel, _) = dir.create_tunnel("home").unwrap();
 
@@ -495,10 +490,11 @@ mod tests {
         ));
         assert_eq!(dir.list_services(None).unwrap(), vec![same]);
     }
+    }
 
+    both_backends! {
     #[test]
-    fn invalid_input_and_unknown_tunnels_change_nothing() {
-        let state = TempState::new();
+    fn invalid_input_and_unknown_tunnels_change_nothing(state) {
         let dir = state.open();
         let before = dir.revision().unwrap();
         let err = dir
@@ -519,10 +515,11 @@ mod tests {
             "a failed write does not count as a change"
         );
     }
+    }
 
+    both_backends! {
     #[test]
-    fn the_account_limit_is_enforced() {
-        let state = TempState::new();
+    fn the_account_limit_is_enforced(state) {
         let dir = state.open();
         let (tunnel, _) = dir.create_tunnel("home").unwrap();
         let first = dir
@@ -532,8 +529,7 @@ mod tests {
             ))
             .unwrap();
         // Fill up to the limit in one transaction (one fsync instead of a thousand).
-        dir.with_conn(|c| {
-            let tx = c.transaction().unwrap();
+        dir.write(|tx| {
             for _ in 1..SERVICE_LIMIT {
                 tx.execute(
                     &format!(
@@ -544,11 +540,11 @@ mod tests {
                          FROM services WHERE service_id = ?2"
                     ),
                     [Uuid::new_v4().to_string(), first.service_id.to_string()],
-                )
-                .unwrap();
+                )?;
             }
-            tx.commit().unwrap();
-        });
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(dir.list_services(None).unwrap().len(), SERVICE_LIMIT);
         let err = dir
             .create_service(&ServiceInput::http(
@@ -574,11 +570,12 @@ mod tests {
             .is_ok()
         );
     }
+    }
 
+    both_backends! {
     #[test]
-    fn two_handles_on_one_file_see_each_other_and_do_not_lose_writes() {
+    fn two_handles_on_one_file_see_each_other_and_do_not_lose_writes(state) {
         const PER_WRITER: usize = 25;
-        let state = TempState::new();
         let a = Arc::new(state.open());
         let b = Arc::new(state.open());
         assert_eq!(a.account_id(), b.account_id());
@@ -617,5 +614,6 @@ mod tests {
         // A delete through one handle is visible through the other.
         b.delete_service(from_a[0].service_id).unwrap();
         assert_eq!(a.service(from_a[0].service_id).unwrap(), None);
+    }
     }
 }

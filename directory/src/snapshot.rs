@@ -7,6 +7,7 @@ use crate::database::Directory;
 use crate::error::DirectoryError;
 use crate::service::Service;
 use crate::services::all_services;
+use crate::store::params;
 
 /// Every service of every account as of one committed revision.
 #[derive(Debug, Clone)]
@@ -47,17 +48,21 @@ impl Directory {
         self.read_consistent(|tx| {
             let revision = crate::database::read_revision(tx)?;
             let services = all_services(tx)?;
-            let mut stmt = tx.prepare("SELECT tunnel_id, account_id, secret FROM tunnels")?;
-            let tunnels = stmt
-                .query_map([], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, Vec<u8>>(2)?,
-                    ))
-                })?
+            let tunnels = tx
+                .query_map(
+                    "SELECT tunnel_id, account_id, secret FROM tunnels",
+                    params![],
+                    |row| {
+                        Ok((
+                            row.get::<String>(0)?,
+                            row.get::<String>(1)?,
+                            row.get::<Vec<u8>>(2)?,
+                        ))
+                    },
+                )?
+                .into_iter()
                 .map(|row| {
-                    let (id, account_tag, secret) = row?;
+                    let (id, account_tag, secret) = row;
                     Ok(TunnelKey {
                         tunnel_id: crate::tunnel::parse_uuid("tunnel id", &id)?,
                         account_tag,

@@ -5,7 +5,7 @@
 //! `-`), with `-` and the first hex characters of its id appended when that is taken; the
 //! account's admins may change it ([`Directory::set_subdomain`]).
 
-use rusqlite::{OptionalExtension, Transaction};
+use crate::store::{Tx, params};
 
 use crate::database::Directory;
 use crate::error::DirectoryError;
@@ -63,7 +63,7 @@ pub fn derive(name: &str) -> String {
 /// [`derive`]`(name)`, or when another account holds it, that label with `-` and the first 6
 /// (then 12, then all 32) hex characters of `account_id` appended.
 pub(crate) fn derive_unique(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     name: &str,
     account_id: &str,
 ) -> Result<String, DirectoryError> {
@@ -84,36 +84,30 @@ pub(crate) fn derive_unique(
 }
 
 /// Whether an account other than `account_id` holds `subdomain`.
-fn taken(tx: &Transaction<'_>, subdomain: &str, account_id: &str) -> Result<bool, DirectoryError> {
+fn taken(tx: &Tx<'_>, subdomain: &str, account_id: &str) -> Result<bool, DirectoryError> {
     Ok(tx
-        .query_row(
+        .query_opt(
             "SELECT 1 FROM accounts WHERE subdomain = ?1 AND account_id <> ?2",
             [subdomain, account_id],
             |_| Ok(()),
-        )
-        .optional()?
+        )?
         .is_some())
 }
 
 /// Gives every account of a database from before subdomains one: the local account first
 /// (named `local`, it gets `local`), then the others, oldest first.
-pub(crate) fn backfill(tx: &Transaction<'_>) -> Result<(), DirectoryError> {
-    let local: Option<String> = tx
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'account_id'",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?;
-    let accounts: Vec<(String, String)> = tx
-        .prepare(
-            "SELECT account_id, name FROM accounts WHERE subdomain IS NULL
-             ORDER BY account_id <> ?1, created_at, account_id",
-        )?
-        .query_map([local.unwrap_or_default()], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?
-        .collect::<Result<_, _>>()?;
+pub(crate) fn backfill(tx: &Tx<'_>) -> Result<(), DirectoryError> {
+    let local: Option<String> = tx.query_opt(
+        "SELECT value FROM meta WHERE key = 'account_id'",
+        params![],
+        |row| row.get(0),
+    )?;
+    let accounts: Vec<(String, String)> = tx.query_map(
+        "SELECT account_id, name FROM accounts WHERE subdomain IS NULL
+         ORDER BY account_id <> ?1, created_at, account_id",
+        [local.unwrap_or_default()],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
     for (id, name) in accounts {
         let subdomain = derive_unique(tx, &name, &id)?;
         tx.execute(
@@ -128,11 +122,11 @@ impl Directory {
     /// This account's subdomain.
     pub fn subdomain(&self) -> Result<String, DirectoryError> {
         self.read(|conn| {
-            Ok(conn.query_row(
+            conn.query_one(
                 "SELECT subdomain FROM accounts WHERE account_id = ?1",
                 [self.account_id()],
                 |row| row.get(0),
-            )?)
+            )
         })
     }
 
@@ -161,7 +155,6 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::database::tests::TempState;
 
     #[test]
     fn names_become_dns_labels() {
@@ -210,9 +203,9 @@ mod tests {
         assert_eq!(subdomain_problem("a-1"), None);
     }
 
+    both_backends! {
     #[test]
-    fn accounts_get_unique_subdomains_and_may_change_them() {
-        let state = TempState::new();
+    fn accounts_get_unique_subdomains_and_may_change_them(state) {
         let dir = state.open();
         assert_eq!(dir.subdomain().unwrap(), "local");
         let a = dir.create_account("Team B").unwrap();
@@ -250,5 +243,6 @@ mod tests {
             .collect();
         assert_eq!(subdomains.len(), 5);
         assert!(subdomains.contains(&"blue".to_owned()));
+    }
     }
 }

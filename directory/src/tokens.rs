@@ -7,8 +7,8 @@
 
 use std::fmt;
 
+use crate::store::{Row, params};
 use base64::Engine as _;
-use rusqlite::{OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
@@ -126,13 +126,11 @@ impl Directory {
         self.write(|tx| {
             let subdomain = match subdomain {
                 Some(subdomain) => {
-                    let holder: Option<String> = tx
-                        .query_row(
-                            "SELECT account_id FROM accounts WHERE subdomain = ?1",
-                            [subdomain],
-                            |row| row.get(0),
-                        )
-                        .optional()?;
+                    let holder: Option<String> = tx.query_opt(
+                        "SELECT account_id FROM accounts WHERE subdomain = ?1",
+                        [subdomain],
+                        |row| row.get(0),
+                    )?;
                     if holder.is_some() {
                         return Err(DirectoryError::SubdomainTaken(subdomain.to_owned()));
                     }
@@ -163,19 +161,20 @@ impl Directory {
     /// Every account, oldest first.
     pub fn list_accounts(&self) -> Result<Vec<Account>, DirectoryError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare(
+            let rows = conn.query_map(
                 "SELECT account_id, name, created_at, subdomain FROM accounts
                  ORDER BY created_at, account_id",
+                params![],
+                |row| {
+                    Ok(Account {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                        created_at: row.get(2)?,
+                        subdomain: row.get(3)?,
+                    })
+                },
             )?;
-            let rows = stmt.query_map([], |row| {
-                Ok(Account {
-                    id: row.get(0)?,
-                    name: row.get(1)?,
-                    created_at: row.get(2)?,
-                    subdomain: row.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            Ok(rows)
         })
     }
 
@@ -215,7 +214,7 @@ impl Directory {
                 "INSERT INTO api_tokens
                    (token_id, account_id, name, role, services, secret_sha256, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                rusqlite::params![
+                params![
                     token.id.to_string(),
                     token.account_id,
                     token.name,
@@ -235,14 +234,12 @@ impl Directory {
     pub fn authenticate(&self, bearer: &str) -> Result<Option<ApiToken>, DirectoryError> {
         let wanted = digest(bearer);
         let found = self.read(|conn| {
-            conn.query_row(
+            conn.query_opt(
                 "SELECT token_id, account_id, name, role, services, created_at, secret_sha256
                  FROM api_tokens WHERE secret_sha256 = ?1",
                 [wanted.to_vec()],
-                |row| Ok((RawToken::from_row(row)?, row.get::<_, Vec<u8>>(6)?)),
+                |row| Ok((RawToken::from_row(row)?, row.get::<Vec<u8>>(6)?)),
             )
-            .optional()
-            .map_err(DirectoryError::from)
         })?;
         let Some((raw, stored)) = found else {
             return Ok(None);
@@ -256,12 +253,13 @@ impl Directory {
     /// This account's tokens, oldest first.
     pub fn list_tokens(&self) -> Result<Vec<ApiToken>, DirectoryError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare(
+            let rows = conn.query_map(
                 "SELECT token_id, account_id, name, role, services, created_at FROM api_tokens
                  WHERE account_id = ?1 ORDER BY created_at, token_id",
+                [self.account_id()],
+                RawToken::from_row,
             )?;
-            let rows = stmt.query_map([self.account_id()], RawToken::from_row)?;
-            rows.map(|row| row?.into_token()).collect()
+            rows.into_iter().map(|row| row.into_token()).collect()
         })
     }
 
@@ -295,7 +293,7 @@ struct RawToken {
 }
 
 impl RawToken {
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(row: &Row) -> Result<Self, DirectoryError> {
         Ok(Self {
             id: row.get(0)?,
             account_id: row.get(1)?,
@@ -333,11 +331,10 @@ impl RawToken {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::database::tests::TempState;
 
+    both_backends! {
     #[test]
-    fn a_token_authenticates_only_with_its_exact_secret() {
-        let state = TempState::new();
+    fn a_token_authenticates_only_with_its_exact_secret(state) {
         let dir = state.open();
         let (token, secret) = dir.create_token("ci", Role::Bind, None).unwrap();
         assert!(
@@ -348,13 +345,13 @@ mod tests {
         assert_eq!(dir.authenticate(&format!("{secret}x")).unwrap(), None);
         assert_eq!(dir.authenticate("").unwrap(), None);
         // Only the digest is stored.
-        let stored: Vec<u8> = dir.with_conn(|c| {
-            c.query_row("SELECT secret_sha256 FROM api_tokens", [], |r| r.get(0))
-                .unwrap()
-        });
+        let stored: Vec<u8> = dir
+            .read(|tx| tx.query_one("SELECT secret_sha256 FROM api_tokens", params![], |r| r.get(0)))
+            .unwrap();
         assert_eq!(stored, digest(&secret).to_vec());
         assert!(dir.delete_token(token.id).unwrap());
         assert_eq!(dir.authenticate(&secret).unwrap(), None);
+    }
     }
 
     #[test]
@@ -377,9 +374,9 @@ mod tests {
         assert!(Role::Admin > Role::Bind && Role::Bind > Role::Read);
     }
 
+    both_backends! {
     #[test]
-    fn accounts_are_separate_views() {
-        let state = TempState::new();
+    fn accounts_are_separate_views(state) {
         let dir = state.open();
         let other = dir.create_account("other").unwrap();
         let view = dir.for_account(&other.id).unwrap().expect("account exists");
@@ -396,5 +393,6 @@ mod tests {
             .map(|a| a.id)
             .collect();
         assert_eq!(ids, vec![dir.account_id().to_owned(), other.id]);
+    }
     }
 }

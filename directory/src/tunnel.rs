@@ -1,7 +1,7 @@
 //! Tunnels: named, per-account records holding the secret a connector proves it knows when it
 //! registers (cloudflared credentials), and the check iris runs on each registration.
 
-use rusqlite::{Connection, OptionalExtension, Row};
+use crate::store::{Row, Tx, params};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use wvpc_tunnel::Credentials;
@@ -65,7 +65,7 @@ impl Directory {
             tx.execute(
                 "INSERT INTO tunnels (tunnel_id, account_id, name, secret, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![
+                params![
                     tunnel.id.to_string(),
                     tunnel.account_tag,
                     tunnel.name,
@@ -81,13 +81,15 @@ impl Directory {
 
     /// Every tunnel of the account, oldest first.
     pub fn list_tunnels(&self) -> Result<Vec<Tunnel>, DirectoryError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare(&format!(
-                "SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE account_id = ?1
-                 ORDER BY created_at, tunnel_id"
-            ))?;
-            let rows = stmt.query_map([self.account_id()], RawTunnel::from_row)?;
-            rows.map(|row| row?.into_tunnel()).collect()
+        self.read(|tx| {
+            tx.query_map(
+                &format!(
+                    "SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE account_id = ?1
+                     ORDER BY created_at, tunnel_id"
+                ),
+                params![self.account_id()],
+                |row| RawTunnel::from_row(row)?.into_tunnel(),
+            )
         })
     }
 
@@ -112,13 +114,11 @@ impl Directory {
     /// The credentials of a tunnel (to print its token again).
     pub fn tunnel_credentials(&self, id: Uuid) -> Result<Option<Credentials>, DirectoryError> {
         self.read(|conn| {
-            let secret: Option<Vec<u8>> = conn
-                .query_row(
-                    "SELECT secret FROM tunnels WHERE tunnel_id = ?1 AND account_id = ?2",
-                    [id.to_string(), self.account_id().to_owned()],
-                    |row| row.get(0),
-                )
-                .optional()?;
+            let secret: Option<Vec<u8>> = conn.query_opt(
+                "SELECT secret FROM tunnels WHERE tunnel_id = ?1 AND account_id = ?2",
+                params![id.to_string(), self.account_id()],
+                |row| row.get(0),
+            )?;
             Ok(secret.map(|tunnel_secret| Credentials {
                 account_tag: self.account_id().to_owned(),
                 tunnel_secret,
@@ -133,19 +133,17 @@ impl Directory {
         let tunnel = self.write(|tx| {
             let tunnel = find_by_id(tx, self.account_id(), id)?
                 .ok_or_else(|| DirectoryError::TunnelNotFound(id.to_string()))?;
-            let mut stmt = tx.prepare(
+            let users = tx.query_map(
                 "SELECT service_id, name FROM services WHERE tunnel_id = ?1
                  ORDER BY created_at, service_id",
+                params![id.to_string()],
+                |row| {
+                    Ok((
+                        parse_uuid("service id", &row.get::<String>(0)?)?,
+                        row.get::<String>(1)?,
+                    ))
+                },
             )?;
-            let users = stmt
-                .query_map([id.to_string()], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })?
-                .map(|row| {
-                    let (sid, name) = row?;
-                    Ok((parse_uuid("service id", &sid)?, name))
-                })
-                .collect::<Result<Vec<_>, DirectoryError>>()?;
             if !users.is_empty() {
                 return Err(DirectoryError::TunnelInUse {
                     id,
@@ -153,7 +151,10 @@ impl Directory {
                     services: users,
                 });
             }
-            tx.execute("DELETE FROM tunnels WHERE tunnel_id = ?1", [id.to_string()])?;
+            tx.execute(
+                "DELETE FROM tunnels WHERE tunnel_id = ?1",
+                params![id.to_string()],
+            )?;
             Ok(tunnel)
         })?;
         tracing::debug!(tunnel_id = %id, name = tunnel.name, "tunnel deleted");
@@ -169,13 +170,11 @@ impl Directory {
         secret: &[u8],
     ) -> Result<(), TunnelAuthError> {
         let stored: Option<(String, Vec<u8>)> = self.read(|conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT account_id, secret FROM tunnels WHERE tunnel_id = ?1",
-                    [tunnel_id.to_string()],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?)
+            conn.query_opt(
+                "SELECT account_id, secret FROM tunnels WHERE tunnel_id = ?1",
+                params![tunnel_id.to_string()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
         })?;
         let Some((account, stored_secret)) = stored else {
             return Err(TunnelAuthError::UnknownTunnel(tunnel_id));
@@ -213,41 +212,37 @@ fn check_tunnel_name(name: &str) -> Result<(), DirectoryError> {
     }
 }
 
-fn find_by_id(
-    conn: &Connection,
-    account: &str,
-    id: Uuid,
-) -> Result<Option<Tunnel>, DirectoryError> {
-    conn.query_row(
+fn find_by_id(conn: &Tx<'_>, account: &str, id: Uuid) -> Result<Option<Tunnel>, DirectoryError> {
+    conn.query_opt(
         &format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE tunnel_id = ?1 AND account_id = ?2"),
         [id.to_string(), account.to_owned()],
         RawTunnel::from_row,
-    )
-    .optional()?
+    )?
     .map(RawTunnel::into_tunnel)
     .transpose()
 }
 
 fn find_by_name(
-    conn: &Connection,
+    conn: &Tx<'_>,
     account: &str,
     name: &str,
 ) -> Result<Option<Tunnel>, DirectoryError> {
-    conn.query_row(
+    conn.query_opt(
         &format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE name = ?1 AND account_id = ?2"),
         [name, account],
         RawTunnel::from_row,
-    )
-    .optional()?
+    )?
     .map(RawTunnel::into_tunnel)
     .transpose()
 }
 
 /// All tunnel ids of an account (for service validation).
-pub(crate) fn tunnel_ids(conn: &Connection, account: &str) -> Result<Vec<Uuid>, DirectoryError> {
-    let mut stmt = conn.prepare("SELECT tunnel_id FROM tunnels WHERE account_id = ?1")?;
-    let rows = stmt.query_map([account], |row| row.get::<_, String>(0))?;
-    rows.map(|row| parse_uuid("tunnel id", &row?)).collect()
+pub(crate) fn tunnel_ids(conn: &Tx<'_>, account: &str) -> Result<Vec<Uuid>, DirectoryError> {
+    conn.query_map(
+        "SELECT tunnel_id FROM tunnels WHERE account_id = ?1",
+        params![account],
+        |row| parse_uuid("tunnel id", &row.get::<String>(0)?),
+    )
 }
 
 pub(crate) fn parse_uuid(what: &str, text: &str) -> Result<Uuid, DirectoryError> {
@@ -265,7 +260,7 @@ struct RawTunnel {
 }
 
 impl RawTunnel {
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(row: &Row) -> Result<Self, DirectoryError> {
         Ok(Self {
             id: row.get(0)?,
             name: row.get(1)?,
@@ -296,12 +291,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::database::tests::TempState;
     use crate::service_input::{HostInput, ServiceInput};
 
+    both_backends! {
     #[test]
-    fn create_list_find_and_credentials() {
-        let state = TempState::new();
+    fn create_list_find_and_credentials(state) {
         let dir = state.open();
         let (tunnel, creds) = dir.create_tunnel("home").unwrap();
         assert_eq!(creds.tunnel_id, tunnel.id);
@@ -326,10 +320,11 @@ mod tests {
         let again = dir.tunnel_credentials(tunnel.id).unwrap().unwrap();
         assert_eq!(again.to_token(), creds.to_token());
     }
+    }
 
+    both_backends! {
     #[test]
-    fn names_are_unique_and_well_formed() {
-        let state = TempState::new();
+    fn names_are_unique_and_well_formed(state) {
         let dir = state.open();
         dir.create_tunnel("home").unwrap();
         assert!(
@@ -351,10 +346,11 @@ mod tests {
         }
         assert!(dir.create_tunnel("my home lab").is_ok());
     }
+    }
 
+    both_backends! {
     #[test]
-    fn authorization_checks_tunnel_account_and_secret() {
-        let state = TempState::new();
+    fn authorization_checks_tunnel_account_and_secret(state) {
         let dir = state.open();
         let (tunnel, creds) = dir.create_tunnel("home").unwrap();
         dir.authorize_tunnel(tunnel.id, &creds.account_tag, &creds.tunnel_secret)
@@ -390,10 +386,11 @@ mod tests {
             Err(TunnelAuthError::UnknownTunnel(_))
         ));
     }
+    }
 
+    both_backends! {
     #[test]
-    fn delete_is_refused_while_services_use_the_tunnel() {
-        let state = TempState::new();
+    fn delete_is_refused_while_services_use_the_tunnel(state) {
         let dir = state.open();
         let (tunnel, _) = dir.create_tunnel("home").unwrap();
         let api = dir
@@ -423,6 +420,7 @@ mod tests {
             dir.delete_tunnel(tunnel.id),
             Err(DirectoryError::TunnelNotFound(_))
         ));
+    }
     }
 
     #[test]

@@ -87,8 +87,9 @@ pub struct IrisOptions {
     /// How long this node's cluster lease lasts without a heartbeat (`--lease-ttl`); it
     /// heartbeats every third of it. Used when the node opens the registry itself.
     pub lease_ttl: Duration,
-    /// The cluster registry to publish in; `None`: the SQLite registry of the state
-    /// directory (the processes of one machine), with [`IrisOptions::lease_ttl`].
+    /// The cluster registry to publish in; `None`: the registry beside the directory (its
+    /// PostgreSQL database, or the SQLite file of the state directory), with
+    /// [`IrisOptions::lease_ttl`].
     pub cluster: Option<Arc<ClusterRegistry>>,
 }
 
@@ -202,7 +203,7 @@ impl IrisNode {
         let relay_advertise = relay.as_ref().map(|started| started.advertise);
         let cluster = match &options.cluster {
             Some(cluster) => cluster.clone(),
-            None => Arc::new(ClusterRegistry::sqlite(state, options.lease_ttl).await?),
+            None => Arc::new(ClusterRegistry::beside(&directory, state, options.lease_ttl).await?),
         };
         let (observer, published, writer) = ClusterPublisher::new(
             cluster.clone(),

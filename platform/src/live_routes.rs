@@ -1,11 +1,12 @@
 //! iris's routes as an in-memory snapshot of the directory, swapped atomically when it changes,
 //! and the tunnel credentials of the [`DirectoryAuthority`] refreshed with them.
 //!
-//! A watcher polls the directory's change counter ([`Directory::revision`], bumped by every
-//! committed write of any process sharing the database) every [`POLL_INTERVAL`]; when it
-//! moved, it reads every service in one read transaction ([`Directory::route_snapshot`]) and
-//! replaces the whole table behind one `Arc`. A CONNECT therefore never touches SQLite and
-//! never sees half of a change; a deleted service is gone for new CONNECTs while streams
+//! A watcher waits on the directory's change feed ([`Directory::changes`]: a PostgreSQL
+//! notification sent at commit, or on SQLite a poll every [`POLL_INTERVAL`]), then compares
+//! the change counter ([`Directory::revision`], bumped by every committed write of any
+//! process sharing the store); when it moved, it reads every service in one read transaction
+//! ([`Directory::route_snapshot`]) and replaces the whole table behind one `Arc`. A CONNECT
+//! therefore never touches the store and never sees half of a change; a deleted service is gone for new CONNECTs while streams
 //! already routed keep going. Pooled origin connections of the binding-worker are renewed
 //! after [`ROUTE_LEASE`], so steady traffic moves to a changed route too, between requests;
 //! in one process ([`LiveRoutes::on_change`], wired by the dev stack) a swap also closes the
@@ -26,8 +27,9 @@ use crate::authority::DirectoryAuthority;
 use wvpc_errors::ProxyError;
 use wvpc_iris::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
 
-/// How often the watcher looks at the change counter.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the watcher looks at the change counter of a SQLite directory (a PostgreSQL
+/// directory notifies instead, see [`wvpc_directory::Changes`]).
+pub const POLL_INTERVAL: Duration = wvpc_directory::SQLITE_POLL;
 
 /// How long the binding-worker of the stack reuses an origin connection after its CONNECT:
 /// a pooled connection carries the route of its CONNECT, so a change reaches traffic on
@@ -195,14 +197,13 @@ async fn watch(
     authority: Arc<DirectoryAuthority>,
     directory: Arc<Directory>,
 ) {
-    let mut ticker = tokio::time::interval(POLL_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = directory.changes();
     loop {
-        ticker.tick().await;
+        changes.changed().await;
         let Some(routes) = live.upgrade() else { return };
         let seen = routes.revision();
         let dir = directory.clone();
-        // SQLite calls block: keep them off the async workers.
+        // Directory calls block: keep them off the async workers.
         let reloaded = tokio::task::spawn_blocking(move || {
             if dir.revision()? == seen {
                 return Ok(None);

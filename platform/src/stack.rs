@@ -23,6 +23,9 @@ pub use crate::iris_node::{IrisNode, IrisOptions};
 pub struct StackConfig {
     /// State directory (directory database, edge identity).
     pub state: PathBuf,
+    /// Where the directory is stored (`--directory`: `postgres://…`, `sqlite:<file>`);
+    /// `None`: `<state>/wvpc.db`.
+    pub directory: Option<String>,
     /// The script and its bindings.
     pub script: ScriptConfig,
     /// HTTP listener of the script.
@@ -76,7 +79,10 @@ impl Stack {
         options: IrisOptions,
         tune: impl FnOnce(&mut BindingWorkerConfig),
     ) -> Result<Stack, PlatformError> {
-        let directory = Arc::new(Directory::open(&config.state)?);
+        let directory = Arc::new(Directory::open_spec(
+            config.directory.as_deref(),
+            &config.state,
+        )?);
         check_bindings(&config.script, &directory, &config.state)?;
 
         let iris = IrisNode::start(

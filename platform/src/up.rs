@@ -115,6 +115,7 @@ impl Platform {
     pub async fn start(
         exe: &Path,
         state: &Path,
+        directory: Option<&str>,
         addrs: &PlatformAddrs,
         mut ready: impl FnMut(&str, &str),
     ) -> Result<Platform, UpError> {
@@ -170,6 +171,8 @@ impl Platform {
             let mut child = Command::new(exe)
                 .arg("--state")
                 .arg(state)
+                // In the environment, not on the command line, where `ps` would show a password.
+                .envs(directory.map(|d| ("WVPC_DIRECTORY", d)))
                 .args(&args)
                 .env(EXIT_WITH_STDIN_ENV, "1")
                 .stdin(Stdio::piped())

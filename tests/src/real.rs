@@ -63,6 +63,8 @@ pub struct WorldOptions {
     pub max_active_flows: usize,
     /// The binding-worker's per-service connection cap.
     pub max_connections_per_service: usize,
+    /// The directory store (`--directory`); `None`: the state's SQLite file.
+    pub directory: Option<String>,
 }
 
 impl Default for WorldOptions {
@@ -75,6 +77,7 @@ impl Default for WorldOptions {
             dial_timeout: None,
             max_active_flows: 0,
             max_connections_per_service: 256,
+            directory: None,
         }
     }
 }
@@ -150,7 +153,7 @@ impl RealWorld {
         let origin_ip: IpAddr = ORIGIN_IP.parse()?;
         let dns = DnsServer::start(DnsTable::new().with(ORIGIN_NAME, origin_ip)).await?;
 
-        let directory = Directory::open(state.path())?;
+        let directory = Directory::open_spec(options.directory.as_deref(), state.path())?;
         let (tunnel, credentials) = directory.create_tunnel("office")?;
         let mut input = ServiceInput::http(
             "api",
@@ -170,6 +173,7 @@ impl RealWorld {
         let max_connections = options.max_connections_per_service;
         let stack = Stack::start_tuned(
             StackConfig {
+                directory: options.directory.clone(),
                 state: state.path().to_owned(),
                 script: ScriptConfig {
                     name: "proxy".into(),

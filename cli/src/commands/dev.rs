@@ -63,12 +63,16 @@ impl DevArgs {
 }
 
 /// Runs `wvpc dev` until Ctrl-C or SIGTERM.
-pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+pub async fn run(
+    args: DevArgs,
+    state: &crate::StateDir,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
     let cwd = std::env::current_dir()?;
     let config_path = args.config_path(&cwd)?;
     // The error names the file, the field and the problem; service names resolve in the
     // state's directory.
-    let directory = Directory::open(state)?;
+    let directory = state.open_directory()?;
     let script = ScriptConfig::load_resolving(&config_path, &|name| {
         resolve_service_name(&directory, state, name)
     })?;
@@ -78,8 +82,12 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
         .with_context(|| format!("listening on {} for the directory API", args.api_listen))?;
     let api_addr = api_listener.local_addr()?;
     let cluster = Arc::new(
-        wvpc_directory::ClusterRegistry::sqlite(state, wvpc_directory::cluster::DEFAULT_LEASE_TTL)
-            .await?,
+        wvpc_directory::ClusterRegistry::beside(
+            &directory,
+            state,
+            wvpc_directory::cluster::DEFAULT_LEASE_TTL,
+        )
+        .await?,
     );
     let api = tokio::spawn(wvpc_directory::api::serve_cluster(
         Arc::new(directory),
@@ -89,7 +97,8 @@ pub async fn run(args: DevArgs, state: &Path, out: &mut (dyn Write + Send)) -> a
     ));
     let stack = Stack::start_with(
         StackConfig {
-            state: state.to_owned(),
+            state: state.path.clone(),
+            directory: state.directory.clone(),
             script: script.clone(),
             listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
             edge_listen: args.edge_listen,

@@ -3,12 +3,11 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use wvpc_directory::cluster::DEFAULT_LEASE_TTL;
-use wvpc_directory::{ClusterRegistry, Directory, SERVICE_LIMIT};
+use wvpc_directory::{ClusterRegistry, SERVICE_LIMIT};
 
 /// `wvpc directory` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,12 +26,16 @@ pub struct DirectoryArgs {
 /// Runs the API server.
 pub async fn run(
     args: DirectoryArgs,
-    state: &Path,
+    state: &crate::StateDir,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let directory = Arc::new(Directory::open(state)?.with_service_limit(args.service_limit));
-    // `cfd_tunnel/{id}/connections` reads what the iris nodes sharing the state publish.
-    let cluster = Arc::new(ClusterRegistry::sqlite(state, DEFAULT_LEASE_TTL).await?);
+    let directory = Arc::new(
+        state
+            .open_directory()?
+            .with_service_limit(args.service_limit),
+    );
+    // `cfd_tunnel/{id}/connections` reads what the iris nodes publish beside the directory.
+    let cluster = Arc::new(ClusterRegistry::beside(&directory, state, DEFAULT_LEASE_TTL).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} for the directory API", args.listen))?;

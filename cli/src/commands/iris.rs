@@ -7,11 +7,9 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wvpc_directory::Directory;
 use wvpc_directory::cluster::{MAX_LEASE_TTL, MIN_LEASE_TTL};
 
 use super::dev::shutdown_signal;
@@ -54,8 +52,12 @@ pub struct IrisArgs {
 }
 
 /// Runs iris until SIGTERM or Ctrl-C, then drains.
-pub async fn run(args: IrisArgs, state: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    let directory = Arc::new(Directory::open(state)?);
+pub async fn run(
+    args: IrisArgs,
+    state: &crate::StateDir,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let directory = Arc::new(state.open_directory()?);
     let node = IrisNode::start(
         directory,
         state,

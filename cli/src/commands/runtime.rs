@@ -4,10 +4,9 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use wvpc_directory::Directory;
 use wvpc_platform::runtime_node::{RuntimeNode, RuntimeNodeOptions};
 
 use super::dev::shutdown_signal;
@@ -45,11 +44,11 @@ pub struct RuntimeArgs {
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn run(
     args: RuntimeArgs,
-    state: &Path,
+    state: &crate::StateDir,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let (secret, _) = super::binding_worker::load_secret(args.secret_file.as_deref(), state)?;
-    let directory = Arc::new(Directory::open(state)?);
+    let directory = Arc::new(state.open_directory()?);
     let node = RuntimeNode::start(
         directory,
         RuntimeNodeOptions {

@@ -11,7 +11,6 @@
 //! are printed all at once with the flag they are about.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::Context as _;
 use uuid::Uuid;
@@ -181,13 +180,13 @@ pub struct InvalidService(pub ValidationError);
 /// Runs a service subcommand: against the API when `api` is given, else on the local state.
 pub async fn run(
     command: ServiceCommand,
-    state: &Path,
+    state: &crate::StateDir,
     api: &ApiArgs,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let backend = match &api.api {
         Some(url) => Backend::Remote(Remote::connect(url, api.account.as_deref()).await?),
-        None => Backend::Local(Directory::open(state)?),
+        None => Backend::Local(state.open_directory()?),
     };
     match command {
         ServiceCommand::Create(args) => {

@@ -4,10 +4,8 @@
 //! secret of `--state`) and prints every line the script writes, as it happens.
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 
-use wvpc_directory::Directory;
 use wvpc_directory::tail::{TailTarget, follow};
 use wvpc_platform::runtime_node::TAIL_TOKEN_PURPOSE;
 
@@ -39,11 +37,11 @@ pub enum TailFormat {
 /// Follows the script until Ctrl-C.
 pub async fn run(
     args: TailArgs,
-    state: &Path,
+    state: &crate::StateDir,
     api: &ApiArgs,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let directory = Arc::new(Directory::open(state)?);
+    let directory = Arc::new(state.open_directory()?);
     // The account: --account, else the API token's (with --api), else the state's own.
     let account_id = match (&api.account, &api.api) {
         (Some(account), _) => account.clone(),

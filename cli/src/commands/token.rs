@@ -3,7 +3,6 @@
 //! `wvpc account subdomain` also works over `--api`, on the API token's account.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::Context as _;
 use http::Method;
@@ -115,8 +114,12 @@ fn account_view(dir: Directory, account: Option<&str>) -> anyhow::Result<Directo
 }
 
 /// Runs a token subcommand.
-pub fn run(command: TokenCommand, state: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
-    let dir = Directory::open(state)?;
+pub fn run(
+    command: TokenCommand,
+    state: &crate::StateDir,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let dir = state.open_directory()?;
     match command {
         TokenCommand::Create {
             role,
@@ -191,7 +194,7 @@ pub fn run(command: TokenCommand, state: &Path, out: &mut dyn Write) -> anyhow::
 /// Runs an account subcommand.
 pub async fn run_account(
     command: AccountCommand,
-    state: &Path,
+    state: &crate::StateDir,
     api: &ApiArgs,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
@@ -222,7 +225,7 @@ pub async fn run_account(
         let subdomain = result["subdomain"].as_str().unwrap_or_default();
         return print_subdomain(out, &remote.account, subdomain, set.is_some());
     }
-    let dir = Directory::open(state)?;
+    let dir = state.open_directory()?;
     match command {
         AccountCommand::Create {
             name,

@@ -57,7 +57,7 @@ pub enum TunnelCommand {
 /// Runs a tunnel subcommand.
 pub async fn run(
     command: TunnelCommand,
-    state: &Path,
+    state: &crate::StateDir,
     api: &crate::remote::ApiArgs,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
@@ -69,14 +69,14 @@ pub async fn run(
     }
     match command {
         TunnelCommand::Create { name, json } => {
-            create(&Directory::open(state)?, state, &name, json, out)
+            create(&state.open_directory()?, state, &name, json, out)
         }
-        TunnelCommand::List { json } => list(&Directory::open(state)?, json, out),
+        TunnelCommand::List { json } => list(&state.open_directory()?, json, out),
         TunnelCommand::Info { tunnel, json } => {
-            info(&Directory::open(state)?, state, &tunnel, json, out).await
+            info(&state.open_directory()?, state, &tunnel, json, out).await
         }
-        TunnelCommand::Delete { tunnel } => delete(&Directory::open(state)?, state, &tunnel, out),
-        TunnelCommand::Token { tunnel } => token(&Directory::open(state)?, &tunnel, out),
+        TunnelCommand::Delete { tunnel } => delete(&state.open_directory()?, state, &tunnel, out),
+        TunnelCommand::Token { tunnel } => token(&state.open_directory()?, &tunnel, out),
         TunnelCommand::Run(args) => tunnel_run::run(args, state, out).await,
     }
 }
@@ -239,7 +239,7 @@ async fn info(
     let tunnel = find(dir, id_or_name)?;
     // Every process sharing the state publishes there; readers only trust rows whose node
     // lease is unexpired, so the TTL given here does not matter.
-    let registry = ClusterRegistry::sqlite(state, DEFAULT_LEASE_TTL)
+    let registry = ClusterRegistry::beside(dir, state, DEFAULT_LEASE_TTL)
         .await
         .context("reading the cluster registry")?;
     let connections: Vec<LiveConnection> = registry

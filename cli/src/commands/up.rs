@@ -5,7 +5,6 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use wvpc_platform::up::{Platform, PlatformAddrs, current_exe};
@@ -36,7 +35,11 @@ pub struct UpArgs {
 }
 
 /// Runs the platform until Ctrl-C, SIGTERM or one component's exit.
-pub async fn run(args: UpArgs, state: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+pub async fn run(
+    args: UpArgs,
+    state: &crate::StateDir,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
     let addrs = PlatformAddrs {
         directory: args.api_listen,
         iris: args.iris_listen,
@@ -46,9 +49,15 @@ pub async fn run(args: UpArgs, state: &Path, out: &mut (dyn Write + Send)) -> an
         workers_domain: args.workers_domain.clone(),
     };
     let mut lines = Vec::new();
-    let mut platform = Platform::start(&current_exe()?, state, &addrs, |name, line| {
-        lines.push(format!("  {name}: {line}"));
-    })
+    let mut platform = Platform::start(
+        &current_exe()?,
+        state,
+        state.directory.as_deref(),
+        &addrs,
+        |name, line| {
+            lines.push(format!("  {name}: {line}"));
+        },
+    )
     .await?;
     writeln!(
         out,

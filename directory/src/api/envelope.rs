@@ -65,8 +65,9 @@ pub mod code {
     pub const VERSION_NOT_FOUND: u32 = 1024;
     /// A deployment this directory does not support (gradual: several versions, or < 100%).
     pub const UNSUPPORTED_DEPLOYMENT: u32 = 1025;
-    /// The directory is unavailable for now (its database is write-locked by another
-    /// connection): nothing was changed; retry later. HTTP 503.
+    /// The directory is unavailable for now (its SQLite database is write-locked by another
+    /// connection, or its PostgreSQL server cannot be reached): nothing was changed; retry
+    /// later. HTTP 503.
     pub const UNAVAILABLE: u32 = 1026;
     /// The server refused the request by one of its own limits (open connections, header
     /// fields, header size) before reading it.
@@ -224,7 +225,9 @@ impl From<DirectoryError> for ApiError {
             E::InvalidSubdomain { .. } => (StatusCode::BAD_REQUEST, code::INVALID_SUBDOMAIN),
             E::SubdomainTaken(_) => (StatusCode::CONFLICT, code::SUBDOMAIN_TAKEN),
             E::VersionNotFound { .. } => (StatusCode::NOT_FOUND, code::VERSION_NOT_FOUND),
-            E::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
+            E::Busy { .. } | E::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE)
+            }
             _ => {
                 tracing::error!(error = %err, "directory failure while serving the API");
                 return ApiError::new(

@@ -229,17 +229,54 @@ impl ClusterRegistry {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|err| RegistryError::Invalid(format!("invalid PostgreSQL URL: {err}")))?;
-        let manager = deadpool_postgres::Manager::new(config.clone(), tokio_postgres::NoTls);
+        Self::postgres_with(config, tokio_postgres::NoTls, ttl).await
+    }
+
+    /// The registry beside `directory`: in its PostgreSQL database (with the same TLS
+    /// settings, on a small pool of the registry's own, so heartbeats never queue behind
+    /// directory reads), or in the SQLite file of `state_dir` when the directory is SQLite.
+    pub async fn beside(
+        directory: &crate::Directory,
+        state_dir: &Path,
+        ttl: Duration,
+    ) -> Result<Self, RegistryError> {
+        let Some(store) = directory.postgres() else {
+            return Self::sqlite(state_dir, ttl).await;
+        };
+        let location = store.location();
+        let tls = location
+            .tls_config()
+            .map_err(|err| RegistryError::Invalid(format!("{}: {err}", location.label)))?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+        Self::postgres_with(location.config.clone(), tls, ttl).await
+    }
+
+    async fn postgres_with<T>(
+        config: tokio_postgres::Config,
+        tls: T,
+        ttl: Duration,
+    ) -> Result<Self, RegistryError>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        T::Stream: Sync + Send + 'static,
+        T::TlsConnect: Sync + Send,
+        <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+    {
+        let mut pool_config = config.clone();
+        pool_config.connect_timeout(crate::STORE_WAIT);
+        let manager = deadpool_postgres::Manager::new(pool_config, tls.clone());
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(4)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(crate::STORE_WAIT))
+            .create_timeout(Some(crate::STORE_WAIT))
             .build()
             .map_err(|err| RegistryError::Invalid(format!("PostgreSQL pool: {err}")))?;
-        Self::postgres(
-            pool,
-            PgListenConfig::new(config, tokio_postgres::NoTls),
-            ttl,
-        )
-        .await
+        Self::postgres(pool, PgListenConfig::new(config, tls), ttl).await
     }
 
     /// How long a lease lasts without a heartbeat.

@@ -89,6 +89,7 @@ async fn wvpc(state: &TempDir, command: Command) -> String {
     let mut out = Vec::new();
     let cli = Cli {
         state: state.path().to_owned(),
+        directory: None,
         api: wvpc_cli::remote::ApiArgs {
             api: None,
             account: None,
@@ -212,6 +213,7 @@ impl World {
         let directory = Directory::open(state.path()).unwrap();
         let service = directory.create_service(&input).unwrap();
         let stack = Stack::start(StackConfig {
+            directory: None,
             state: state.path().to_owned(),
             script: ScriptConfig {
                 name: "proxy".into(),

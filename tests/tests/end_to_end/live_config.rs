@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use wvpc_directory::{Directory, HostInput, ResolverNetworkInput, ServiceInput};
+use wvpc_directory::{HostInput, ResolverNetworkInput, ServiceInput};
 use wvpc_tests::origin::Origin;
 use wvpc_tests::real::{ORIGIN_IP, RealWorld};
 use wvpc_tests::{client, trace_init, within};
@@ -90,7 +90,7 @@ async fn iris_follows_port_and_hostname_changes_under_load_without_errors() {
         .await
         .unwrap();
     // Another connection to the same file, as another process would have.
-    let writer = Directory::open_file(world.stack.directory.path()).unwrap();
+    let writer = world.stack.directory.reopen().unwrap();
     let service = writer.list_services(None).unwrap().remove(0);
     let tunnel = service.tunnel_id().to_string();
     let resolver = world.dns.addr.to_string();
@@ -173,7 +173,7 @@ async fn a_response_in_flight_finishes_after_its_service_is_deleted() {
     let world = within("starting the real path", RealWorld::start())
         .await
         .unwrap();
-    let writer = Directory::open_file(world.stack.directory.path()).unwrap();
+    let writer = world.stack.directory.reopen().unwrap();
     let service = writer.list_services(None).unwrap().remove(0);
 
     // A body far larger than every buffer on the path: while the client does not read, the

@@ -10,12 +10,14 @@
 //! - [`error_codes`]: the table of error codes, each from its real cause on the real path.
 //! - [`relay`]: a request relayed from the iris node it entered to the node holding the tunnel.
 //! - [`websocket`]: a WebSocket upgrade through the real path.
+//! - [`postgres_directory`]: the real path on a PostgreSQL directory, and while it is down.
 
 mod cluster;
 mod error_codes;
 mod ha;
 mod live_config;
 mod mock_tunnel;
+mod postgres_directory;
 mod real_tunnel;
 mod relay;
 mod websocket;
