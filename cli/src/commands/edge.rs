@@ -67,12 +67,7 @@ pub fn run(command: EdgeCommand, state: &Path, out: &mut (dyn Write + Send)) -> 
             )?;
         }
         EdgeCommand::Ca(CaCommand::Import { cert, key }) => {
-            let read = |path: &Path, what: &str| {
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the CA {what} {}", path.display()))
-            };
-            let cert_pem = read(&cert, "certificate")?;
-            let key_pem = read(&key, "key")?;
+            let (cert_pem, key_pem) = read_ca_files(&cert, &key, "CA")?;
             EdgeIdentity::issue_from_ca(&dir, &cert_pem, &key_pem).with_context(|| {
                 format!(
                     "the edge identity in {} was left unchanged ({} with {})",
@@ -100,4 +95,14 @@ pub fn run(command: EdgeCommand, state: &Path, out: &mut (dyn Write + Send)) -> 
 fn load(dir: &Path) -> anyhow::Result<EdgeIdentity> {
     EdgeIdentity::load_or_create(dir)
         .with_context(|| format!("loading the edge TLS identity in {}", dir.display()))
+}
+
+/// Reads a CA certificate and its key (PEM) given to an `import` command; `ca` names the CA
+/// in the error ("CA", "relay CA").
+pub(super) fn read_ca_files(cert: &Path, key: &Path, ca: &str) -> anyhow::Result<(String, String)> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the {ca} {what} {}", path.display()))
+    };
+    Ok((read(cert, "certificate")?, read(key, "key")?))
 }

@@ -74,12 +74,7 @@ pub fn run(
             )?;
         }
         RelayCommand::Ca(RelayCaCommand::Import { cert, key }) => {
-            let read = |path: &Path, what: &str| {
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the relay CA {what} {}", path.display()))
-            };
-            let cert_pem = read(&cert, "certificate")?;
-            let key_pem = read(&key, "key")?;
+            let (cert_pem, key_pem) = super::edge::read_ca_files(&cert, &key, "relay CA")?;
             RelayCa::import(&dir, &cert_pem, &key_pem).with_context(|| {
                 format!(
                     "the relay CA in {} was left unchanged ({} with {})",
