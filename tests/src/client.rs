@@ -133,3 +133,88 @@ pub async fn get_via_iris(iris: SocketAddr, service_id: uuid::Uuid, path: &str) 
 pub async fn scrape(addr: SocketAddr, path: &str) -> String {
     get(addr, path).await.text()
 }
+
+/// The answer to `CONNECT {service_id}:80` at an iris CONNECT listener with `headers` added
+/// (status and headers; the tunnel, when opened, is closed at once).
+pub async fn connect_via_iris(
+    iris: SocketAddr,
+    service_id: uuid::Uuid,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let stream = TcpStream::connect(iris).await.expect("connecting to iris");
+    stream.set_nodelay(true).unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake with iris");
+    tokio::spawn(conn.with_upgrades());
+    let mut connect = Request::builder()
+        .method("CONNECT")
+        .uri(format!("{service_id}:80"))
+        .header("wvpc-service-id", service_id.to_string())
+        .header("wvpc-scheme", "http");
+    for (name, value) in headers {
+        connect = connect.header(*name, *value);
+    }
+    let resp = sender
+        .send_request(connect.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .expect("sending CONNECT");
+    Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: Bytes::new(),
+    }
+}
+
+/// The answer to a relayed `CONNECT {service_id}:80` sent to an iris node's relay listener
+/// as the peer `tls` names (HTTP/2 over mutual TLS, the server named `node`), with `headers`.
+pub async fn connect_via_relay(
+    relay: SocketAddr,
+    node: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    service_id: uuid::Uuid,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let stream = TcpStream::connect(relay)
+        .await
+        .expect("connecting to the relay listener");
+    stream.set_nodelay(true).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(node.to_owned()).expect("a DNS name");
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .expect("mutual TLS with the relay listener");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake with the relay listener");
+    tokio::spawn(conn);
+    let mut connect = Request::builder()
+        .method("CONNECT")
+        .uri(format!("{service_id}:80"))
+        .header("wvpc-service-id", service_id.to_string())
+        .header("wvpc-scheme", "http");
+    for (name, value) in headers {
+        connect = connect.header(*name, *value);
+    }
+    let resp = sender
+        .send_request(connect.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .expect("sending the relayed CONNECT");
+    let (parts, body) = resp.into_parts();
+    let body = if parts.status == http::StatusCode::OK {
+        Bytes::new()
+    } else {
+        body.collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default()
+    };
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}

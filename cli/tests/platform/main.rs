@@ -4,6 +4,9 @@
 //! real DNS server behind the tunnels.
 //!
 //! Each scenario kills and restarts what it needs (SIGKILL: nothing gets to clean up).
+//! [`cluster`] runs several iris nodes on one PostgreSQL directory.
+
+mod cluster;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -152,6 +155,8 @@ struct Platform {
     runtime: Proc,
     /// An admin API token of the local account.
     token: String,
+    /// `--directory` of every process, when not the state's SQLite file.
+    directory_url: Option<String>,
 }
 
 impl Platform {
@@ -239,6 +244,7 @@ impl Platform {
             binding_worker,
             runtime,
             token,
+            directory_url: None,
         }
     }
 
@@ -247,7 +253,7 @@ impl Platform {
     }
 
     fn directory(&self) -> Directory {
-        Directory::open(self.state()).unwrap()
+        Directory::open_spec(self.directory_url.as_deref(), self.state()).unwrap()
     }
 
     fn edge(&self) -> SocketAddr {
@@ -277,15 +283,18 @@ impl Platform {
 
     /// Runs `wvpc <args>` on the state directory itself (no API); stdout, or stderr.
     async fn wvpc_local(&self, args: &[&str]) -> Result<String, String> {
-        let output = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wvpc"));
+        command
             .arg("--state")
             .arg(self.state())
             .args(args)
             .env_remove("WVPC_API")
-            .env("RUST_LOG", "warn")
-            .output()
-            .await
-            .expect("running wvpc");
+            .env_remove("WVPC_DIRECTORY")
+            .env("RUST_LOG", "warn");
+        if let Some(url) = &self.directory_url {
+            command.args(["--directory", url]);
+        }
+        let output = command.output().await.expect("running wvpc");
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
@@ -1159,11 +1168,25 @@ async fn connector_process(
     credentials: &Credentials,
     extra: &[&str],
 ) -> Child {
+    connector_process_to(platform, credentials, &[platform.edge()], extra).await
+}
+
+/// `wvpc tunnel run` dialing `edges` (`--edge` each, in order).
+async fn connector_process_to(
+    platform: &Platform,
+    credentials: &Credentials,
+    edges: &[SocketAddr],
+    extra: &[&str],
+) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wvpc"))
         .arg("--state")
         .arg(platform.state())
         .args(["tunnel", "run", "--token", &credentials.to_token()])
-        .args(["--edge", &platform.edge().to_string()])
+        .args(
+            edges
+                .iter()
+                .flat_map(|edge| ["--edge".to_owned(), edge.to_string()]),
+        )
         .args(extra)
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
