@@ -40,17 +40,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
-use wvpc_directory::cluster::{ClusterConnection, DEFAULT_LEASE_TTL};
+use wvpc_directory::cluster::{ClusterConnection, DEFAULT_LEASE_TTL, SAFETY_RELOAD};
 use wvpc_directory::{ClusterRegistry, Directory, Lease, LiveConnection, RegistryError};
 use wvpc_iris::ServiceStore;
 use wvpc_iris::connect::{Router, RouterConfig};
 use wvpc_iris::edge::{ConnectionInfo, ConnectionObserver, Edge, TunnelAuthority, TunnelRegistry};
 use wvpc_iris::metrics::IrisMetrics;
-use wvpc_iris::peers::{PeerMap, RelayPeer};
+use wvpc_iris::peers::{HolderMemory, PeerMap, RelayPeer};
 use wvpc_iris::relay::{Relay, RelayCa, RelayConfig};
 use wvpc_listener::ServerLimits;
 use wvpc_tunnel::EdgeIdentity;
@@ -756,15 +756,18 @@ impl ClusterWriter {
 /// Keeps `peers` equal to what the cluster registry says other nodes hold: a reload on start,
 /// on every change the registry's feed reports (debounced by [`PEERS_DEBOUNCE`]), and every
 /// [`REPUBLISH_INTERVAL`] while reloads fail. The map is left as it was while the store is
-/// unreachable (a stale hint is still better than none).
+/// unreachable (a stale hint is still better than none), and a holder that drops out of the
+/// view stays in it, last, for one lease TTL ([`HolderMemory`]): after an outage of the store
+/// longer than the leases, a live holder is unlisted until it has joined again.
 async fn follow_peers(registry: Arc<ClusterRegistry>, node: String, peers: Arc<PeerMap>) {
     let mut changes = registry.changes();
     let mut reachable = true;
+    let mut memory = HolderMemory::new(registry.lease_ttl());
     loop {
         changes.borrow_and_update();
         let ok = match registry.snapshot().await {
             Ok(rows) => {
-                peers.replace(holders(&rows, &node));
+                peers.replace(memory.merge(holders(&rows, &node), Instant::now()));
                 if !reachable {
                     tracing::info!("the peer map follows the cluster registry again");
                     reachable = true;
@@ -780,8 +783,14 @@ async fn follow_peers(registry: Arc<ClusterRegistry>, node: String, peers: Arc<P
             }
         };
         if ok {
-            if changes.changed().await.is_err() {
-                return;
+            // Woken by a change, or when a remembered holder is due to be forgotten.
+            let forget = memory.next_expiry().map_or_else(
+                || tokio::time::sleep(SAFETY_RELOAD),
+                |at| tokio::time::sleep_until(at.into()),
+            );
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = forget => {}
             }
         } else {
             tokio::select! {

@@ -214,6 +214,32 @@ async fn until_active(node: &Proc, count: f64) {
     .await;
 }
 
+/// New CONNECTs to `iris` for `service`, one at a time, until `stop`: (ok, failed).
+fn fresh_connects(
+    iris: SocketAddr,
+    service: uuid::Uuid,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, 0);
+        while !stop.load(Ordering::SeqCst) {
+            let reply = get_via_iris(iris, service, "/fresh").await;
+            if reply.status == 200 {
+                ok += 1;
+            } else {
+                eprintln!(
+                    "a fresh CONNECT failed: {} {:?}",
+                    reply.status,
+                    reply.headers.get("proxy-status")
+                );
+                failed += 1;
+            }
+        }
+        (ok, failed)
+    })
+}
+
 /// Waits (bounded) until `counter` reaches `n`.
 async fn until_count(what: &str, counter: &std::sync::atomic::AtomicUsize, n: usize) {
     within_a_minute(what, async {
@@ -489,7 +515,7 @@ async fn a_node_cut_off_from_postgres_keeps_routing_and_rejoins_and_republishes_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_restarted_under_load_leaves_the_data_plane_serving_and_the_feed_resumes() {
+async fn postgres_down_longer_than_the_leases_leaves_the_data_plane_serving_and_the_feed_resumes() {
     // A server of its own: this test stops it.
     let pg = match PgServer::start() {
         Ok(pg) => pg,
@@ -505,7 +531,8 @@ async fn postgres_restarted_under_load_leaves_the_data_plane_serving_and_the_fee
         NodeSpec::new("iris-a", "127.0.0.2", &url),
         NodeSpec::new("iris-b", "127.0.0.3", &url),
     ];
-    let platform = Platform::start_cluster(&url, &url, &nodes, "10s").await;
+    const LEASE_TTL: Duration = Duration::from_secs(1);
+    let platform = Platform::start_cluster(&url, &url, &nodes, "1s").await;
     let (office, service) =
         tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
     // The tunnel on b only: every request is relayed a → b.
@@ -535,6 +562,9 @@ async fn postgres_restarted_under_load_leaves_the_data_plane_serving_and_the_fee
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, handles) = load(&platform, host, "/slow/20", 4, &stop);
     until_count("load before the restart", &ok, 20).await;
+    // Besides the pooled pipes of the load, a new CONNECT at a time straight to a, each one
+    // looked up in a's map of holders.
+    let fresh = fresh_connects(platform.iris.addr(0), service, &stop);
 
     pg.kill();
     let down = Instant::now();
@@ -546,6 +576,9 @@ async fn postgres_restarted_under_load_leaves_the_data_plane_serving_and_the_fee
         .expect_err("a write while PostgreSQL is down fails");
     eprintln!("a write while PostgreSQL is down: {}", refused.trim());
     assert!(refused.contains("503"), "{refused}");
+    // An outage longer than the leases: when PostgreSQL returns, every lease has expired by
+    // its clock, and each node must join again before the others see its connections.
+    tokio::time::sleep(LEASE_TTL * 2).await;
     pg.restart();
     eprintln!(
         "PostgreSQL was down {:.2?}: {} requests served meanwhile",
@@ -601,9 +634,12 @@ async fn postgres_restarted_under_load_leaves_the_data_plane_serving_and_the_fee
         ok.load(Ordering::SeqCst),
         failed.load(Ordering::SeqCst)
     );
+    let (fresh_ok, fresh_failed) = within("the fresh CONNECTs stop", fresh).await.unwrap();
+    eprintln!("fresh CONNECTs to a: {fresh_ok} ok, {fresh_failed} failed");
     assert_eq!(
         failed.load(Ordering::SeqCst),
         0,
         "the data plane does not need PostgreSQL"
     );
+    assert_eq!(fresh_failed, 0, "a relays while the leases are renewed");
 }
