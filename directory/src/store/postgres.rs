@@ -202,8 +202,13 @@ impl PgStore {
         let (handle, stop) = start_runtime(&location.label).map_err(&unavailable)?;
         let mut config = location.config.clone();
         config.connect_timeout(STORE_WAIT);
+        // A connection behind a link that went silent (the change feed's LISTEN connection
+        // above all, which sends nothing) is declared dead within about 16 s, not the
+        // kernel's default of 11 minutes; the feed then reconnects and reloads.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(3);
         let timeout_ms = STORE_WAIT.as_millis();
         let options = match config.get_options() {
             Some(given) => format!("{given} -c statement_timeout={timeout_ms}"),
