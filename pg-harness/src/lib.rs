@@ -45,7 +45,8 @@ impl PgServer {
         PgServer::start_on(Ipv4Addr::LOCALHOST)
     }
 
-    /// Starts a new cluster listening on `host` (a loopback address).
+    /// Starts a new cluster listening on `host` (a loopback address, or the test's end of a
+    /// link into a network namespace the test made).
     pub fn start_on(host: Ipv4Addr) -> Result<PgServer, Unavailable> {
         let bindir = bindir()?;
         let run_as_postgres = is_root();
@@ -74,6 +75,19 @@ impl PgServer {
         if let Err(e) = run(&mut initdb, "initdb") {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
+        }
+        // initdb trusts loopback clients only; a server on a test link (a network namespace's
+        // veth) trusts whoever reaches its one listen address.
+        if !host.is_loopback() {
+            let hba = data.join("pg_hba.conf");
+            let trusted = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&hba)
+                .and_then(|mut file| writeln!(file, "host all all 0.0.0.0/0 trust"));
+            if let Err(e) = trusted {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(Unavailable(format!("writing {}: {e}", hba.display())));
+            }
         }
         let guardian = guardian(&bindir, &data, &dir, run_as_postgres)?;
         let mut server = PgServer {

@@ -9,7 +9,9 @@
 //!   `wvpc_platform::stack::Stack`, exactly what `wvpc dev` runs: [`real::RealWorld`].
 //! - [`stock_cloudflared`]: the stock cloudflared connector (binary from `CLOUDFLARED`) as a
 //!   child process, in a network namespace with only loopback.
-//! - [`fault`]: a UDP relay in front of the edge that can go silent (a connector "killed").
+//! - [`fault`]: a UDP relay in front of the edge that can go silent (a connector "killed"),
+//!   and a TCP forwarder that can be partitioned and healed.
+//! - [`netns`]: a network namespace for one process, with a link the test can take down.
 //! - [`client`]: a one-request HTTP/1.1 client.
 //! - [`guests`]: paths of the example scripts, built for wasm32-wasip2 by this crate's build
 //!   script.
@@ -18,6 +20,7 @@ pub mod client;
 pub mod dns;
 pub mod fault;
 pub mod mock_tunnel;
+pub mod netns;
 pub mod origin;
 pub mod real;
 pub mod stack;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use wvpc_pg_harness::PgServer;
 use wvpc_tests::client::{connect_via_iris, connect_via_relay, get_via_iris};
 use wvpc_tests::fault::TcpPartition;
+use wvpc_tests::netns::Netns;
 use wvpc_tests::{TempDir, within};
 
 use super::{
@@ -27,32 +28,56 @@ const ACTIVE: &str = "wvpc_iris_tunnel_connections{state=\"active\"}";
 /// CONNECT streams a node served (relayed ones included).
 const STREAMS: &str = "wvpc_iris_streams_total";
 
-/// One iris node of a cluster: its name, its loopback address, and the `--directory` it is
-/// given (PostgreSQL itself, or a faulty path to it).
-struct NodeSpec {
-    name: &'static str,
-    ip: &'static str,
+/// A process of a cluster: its loopback (or namespace) address, the `--directory` it is
+/// given (PostgreSQL itself, or a faulty path to it), and the namespace it runs in.
+struct Member {
+    ip: String,
     directory: String,
+    netns: Option<String>,
 }
 
-impl NodeSpec {
-    fn new(name: &'static str, ip: &'static str, directory: &str) -> Self {
+impl Member {
+    fn new(ip: &str, directory: &str) -> Self {
         Self {
-            name,
-            ip,
+            ip: ip.to_owned(),
             directory: directory.to_owned(),
+            netns: None,
+        }
+    }
+
+    /// Runs inside `netns`, listening on its address.
+    fn inside(netns: &Netns, directory: &str) -> Self {
+        Self {
+            ip: netns.ip().to_string(),
+            directory: directory.to_owned(),
+            netns: Some(netns.name().to_owned()),
+        }
+    }
+
+    fn any_port(&self) -> String {
+        format!("{}:0", self.ip)
+    }
+
+    /// A port for the metrics listener, known before it starts.
+    fn metrics_port(&self) -> String {
+        match self.netns {
+            // A fresh namespace has every port free.
+            Some(_) => format!("{}:9090", self.ip),
+            None => free_port(false).to_string(),
         }
     }
 }
 
+/// The iris nodes' names, in order.
+const NODE_NAMES: [&str; 3] = ["iris-a", "iris-b", "iris-c"];
+
 impl Platform {
-    /// The directory API on `api_directory`, the iris `nodes` (lease `lease_ttl`), a
-    /// binding-worker that knows only the first node, and a runtime; every process but the
-    /// nodes and the API on `directory`.
+    /// The directory API (`api`), iris nodes `iris-a`, `iris-b`… (`nodes`, lease
+    /// `lease_ttl`), a binding-worker that knows only `iris-a`, and a runtime on `directory`.
     async fn start_cluster(
         directory: &str,
-        api_directory: &str,
-        nodes: &[NodeSpec],
+        api: &Member,
+        nodes: &[Member],
         lease_ttl: &str,
     ) -> Platform {
         wvpc_tests::trace_init();
@@ -62,23 +87,24 @@ impl Platform {
             .create_token("deployer", Role::Admin, None)
             .unwrap()
             .1;
-        let directory_api = Proc::start(
+        let directory_api = Proc::start_in(
+            api.netns.as_deref(),
             state.path(),
             "directory",
             vec![
                 "directory".into(),
                 "--directory".into(),
-                api_directory.into(),
+                api.directory.clone(),
                 "--listen".into(),
-                "127.0.0.1:0".into(),
+                api.any_port(),
             ],
         )
         .await;
         let mut started = Vec::new();
-        for node in nodes {
-            let on = |ip: &str| format!("{ip}:0");
+        for (node, name) in nodes.iter().zip(NODE_NAMES) {
             started.push(
-                Proc::start(
+                Proc::start_in(
+                    node.netns.as_deref(),
                     state.path(),
                     "iris",
                     vec![
@@ -86,15 +112,15 @@ impl Platform {
                         "--directory".into(),
                         node.directory.clone(),
                         "--node-name".into(),
-                        node.name.into(),
+                        name.into(),
                         "--listen".into(),
-                        on(node.ip),
+                        node.any_port(),
                         "--edge-listen".into(),
-                        on(node.ip),
+                        node.any_port(),
                         "--relay-listen".into(),
-                        on(node.ip),
+                        node.any_port(),
                         "--metrics".into(),
-                        free_port(false).to_string(),
+                        node.metrics_port(),
                         "--lease-ttl".into(),
                         lease_ttl.into(),
                         "--grace-period".into(),
@@ -258,11 +284,12 @@ async fn a_killed_holder_s_requests_go_on_through_the_other_holder_and_forged_re
     let url = pg.create_database();
     let net = PrivateNetwork::start(&[("a.internal", "127.0.0.9")]).await;
     let nodes = [
-        NodeSpec::new("iris-a", "127.0.0.2", &url),
-        NodeSpec::new("iris-b", "127.0.0.3", &url),
-        NodeSpec::new("iris-c", "127.0.0.4", &url),
+        Member::new("127.0.0.2", &url),
+        Member::new("127.0.0.3", &url),
+        Member::new("127.0.0.4", &url),
     ];
-    let mut platform = Platform::start_cluster(&url, &url, &nodes, "2s").await;
+    let api = Member::new("127.0.0.1", &url);
+    let mut platform = Platform::start_cluster(&url, &api, &nodes, "2s").await;
     let (office, service) =
         tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
     // Two connections on b and two on c (connection i dials edge i mod 2); none on a.
@@ -378,6 +405,30 @@ async fn a_killed_holder_s_requests_go_on_through_the_other_holder_and_forged_re
     );
 }
 
+/// How a test cuts node a (and the directory API beside it) off from PostgreSQL.
+enum Partition {
+    /// A [`TcpPartition`] forwarder on their path to PostgreSQL.
+    Forwarder(TcpPartition),
+    /// They run in a network namespace whose store link is taken down.
+    Link(Netns),
+}
+
+impl Partition {
+    fn cut(&self) {
+        match self {
+            Partition::Forwarder(forwarder) => forwarder.partition(),
+            Partition::Link(netns) => netns.cut_store_link(),
+        }
+    }
+
+    fn heal(&self) {
+        match self {
+            Partition::Forwarder(forwarder) => forwarder.heal(),
+            Partition::Link(netns) => netns.heal_store_link(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_postgres_keeps_routing_and_rejoins_and_republishes_when_it_returns() {
     let Some(pg) = PgServer::shared() else {
@@ -385,16 +436,56 @@ async fn a_node_cut_off_from_postgres_keeps_routing_and_rejoins_and_republishes_
     };
     let url = pg.create_database();
     let server: SocketAddr = format!("{}:{}", pg.host(), pg.port()).parse().unwrap();
-    // Node a and the directory API reach PostgreSQL through the link that will be cut.
-    let link = TcpPartition::start(server).await.unwrap();
-    let behind_link = url.replace(&server.to_string(), &link.addr.to_string());
+    // Node a and the directory API reach PostgreSQL through the forwarder that will be cut.
+    let forwarder = TcpPartition::start(server).await.unwrap();
+    let behind = url.replace(&server.to_string(), &forwarder.addr.to_string());
+    let api = Member::new("127.0.0.1", &behind);
+    let nodes = [
+        Member::new("127.0.0.2", &behind),
+        Member::new("127.0.0.3", &url),
+    ];
+    let platform = Platform::start_cluster(&url, &api, &nodes, "1s").await;
+    let store = store_named(&behind);
+    cut_off_from_postgres(platform, Partition::Forwarder(forwarder), &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_in_a_namespace_whose_link_to_postgres_goes_down_keeps_routing_and_rejoins() {
+    let netns = match Netns::create() {
+        Ok(netns) => netns,
+        Err(why) => {
+            eprintln!("SKIPPED (namespaces): {why}");
+            return;
+        }
+    };
+    // PostgreSQL listens on the test's end of the store link only: node a reaches it through
+    // that link, everything in the test's namespace reaches it locally.
+    let pg = match PgServer::start_on(netns.host_store_ip()) {
+        Ok(pg) => pg,
+        Err(why) => {
+            eprintln!("SKIPPED (PostgreSQL): {why}");
+            return;
+        }
+    };
+    let url = pg.create_database();
+    let api = Member::inside(&netns, &url);
+    let nodes = [Member::inside(&netns, &url), Member::new("127.0.0.3", &url)];
+    let platform = Platform::start_cluster(&url, &api, &nodes, "1s").await;
+    let store = store_named(&url);
+    cut_off_from_postgres(platform, Partition::Link(netns), &store).await;
+}
+
+/// How the directory names the store at `url` in its errors (`postgres host:port/db`).
+fn store_named(url: &str) -> String {
+    let rest = url.split('@').nth(1).expect("user@host in the URL");
+    format!("postgres {rest}")
+}
+
+/// Node a holds the tunnel and the binding-worker sends every request to a; `link` cuts a
+/// and the directory API off from PostgreSQL (`store`, as errors name it), then heals.
+async fn cut_off_from_postgres(platform: Platform, link: Partition, store: &str) {
     let net =
         PrivateNetwork::start(&[("a.internal", "127.0.0.9"), ("b.internal", "127.0.0.10")]).await;
-    let nodes = [
-        NodeSpec::new("iris-a", "127.0.0.2", &behind_link),
-        NodeSpec::new("iris-b", "127.0.0.3", &url),
-    ];
-    let platform = Platform::start_cluster(&url, &behind_link, &nodes, "1s").await;
     let (office, service) =
         tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
     let _connector = connector_process_to(
@@ -424,7 +515,7 @@ async fn a_node_cut_off_from_postgres_keeps_routing_and_rejoins_and_republishes_
     let (ok, failed, handles) = load(&platform, host, "/slow/20", 4, &stop);
     until_count("load before the cut", &ok, 20).await;
 
-    link.partition();
+    link.cut();
     let cut = Instant::now();
     // A write through the API, which is behind the same link: a clear 503 naming the store.
     let refused = platform
@@ -442,8 +533,8 @@ async fn a_node_cut_off_from_postgres_keeps_routing_and_rejoins_and_republishes_
     assert!(refused.contains("503"), "{refused}");
     assert!(refused.contains("directory unavailable"), "{refused}");
     assert!(
-        refused.contains(&link.addr.to_string()),
-        "names the store: {refused}"
+        refused.contains(store),
+        "names the store ({store}): {refused}"
     );
     // Nobody heartbeats a's lease: the registry forgets its connections (read by the test
     // straight from PostgreSQL), while a itself keeps routing with the table it has.
@@ -528,11 +619,12 @@ async fn postgres_down_longer_than_the_leases_leaves_the_data_plane_serving_and_
     let net =
         PrivateNetwork::start(&[("a.internal", "127.0.0.9"), ("b.internal", "127.0.0.10")]).await;
     let nodes = [
-        NodeSpec::new("iris-a", "127.0.0.2", &url),
-        NodeSpec::new("iris-b", "127.0.0.3", &url),
+        Member::new("127.0.0.2", &url),
+        Member::new("127.0.0.3", &url),
     ];
     const LEASE_TTL: Duration = Duration::from_secs(1);
-    let platform = Platform::start_cluster(&url, &url, &nodes, "1s").await;
+    let api = Member::new("127.0.0.1", &url);
+    let platform = Platform::start_cluster(&url, &api, &nodes, "1s").await;
     let (office, service) =
         tunnel_and_service(&platform.directory(), "office", "a", "a.internal", &net);
     // The tunnel on b only: every request is relayed a → b.

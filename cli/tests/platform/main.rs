@@ -37,6 +37,8 @@ fn addrs_in(line: &str) -> Vec<SocketAddr> {
 /// One `wvpc` process of the platform.
 struct Proc {
     name: &'static str,
+    /// The network namespace it runs in (`ip netns exec`), when not the test's.
+    netns: Option<String>,
     args: Vec<String>,
     child: Child,
     /// The addresses of its ready line.
@@ -47,7 +49,27 @@ struct Proc {
 
 impl Proc {
     async fn start(state: &Path, name: &'static str, args: Vec<String>) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+        Self::start_in(None, state, name, args).await
+    }
+
+    /// Starts it inside network namespace `netns` when given.
+    async fn start_in(
+        netns: Option<&str>,
+        state: &Path,
+        name: &'static str,
+        args: Vec<String>,
+    ) -> Proc {
+        let wvpc = env!("CARGO_BIN_EXE_wvpc");
+        let mut command = match netns {
+            // `ip netns exec` execs the program: the child's pid is wvpc's.
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, wvpc]);
+                command
+            }
+            None => Command::new(wvpc),
+        };
+        let mut child = command
             .arg("--state")
             .arg(state)
             .args(&args)
@@ -79,6 +101,7 @@ impl Proc {
         });
         Proc {
             name,
+            netns: netns.map(str::to_owned),
             args,
             child,
             addrs: addrs_in(&ready),
@@ -109,7 +132,7 @@ impl Proc {
                 *arg = addr.to_string();
             }
         }
-        *self = Proc::start(state, self.name, args).await;
+        *self = Proc::start_in(self.netns.as_deref(), state, self.name, args).await;
         assert_eq!(
             self.addrs[..had.len().min(self.addrs.len())],
             had[..had.len().min(self.addrs.len())]
