@@ -39,9 +39,9 @@ use tokio::runtime::Handle;
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_failover::Unanswered;
 
 use crate::iris_address::IrisAddress;
-use crate::origin::find_source;
 use crate::origin_tls::{TlsPolicy, Verification};
 use crate::request::FetchRequest;
 
@@ -276,7 +276,7 @@ impl IrisClient {
                 }
                 Ok(Ok(response)) => response,
                 Ok(Err(err)) => {
-                    let Some(unanswered) = Unanswered::classify(&err, &sender) else {
+                    let Some(unanswered) = Unanswered::classify(&err, sender.is_closed()) else {
                         return Err(ProxyError::new(ErrorCode::ProxyInternalError).with_details(
                             format!("CONNECT to iris at {} failed: {err}", node.addr),
                         ));
@@ -431,56 +431,6 @@ async fn resolve_names(
             () = stopping.cancelled() => return,
             () = tokio::time::sleep(MIN_RESOLVE_GAP) => {}
         }
-    }
-}
-
-/// Why a CONNECT got no answer head, when that makes it safe to send to another node.
-struct Unanswered {
-    why: &'static str,
-    /// The whole connection is unusable (not just this stream refused).
-    connection_gone: bool,
-}
-
-impl Unanswered {
-    fn classify(err: &hyper::Error, sender: &http2::SendRequest<Empty<Bytes>>) -> Option<Self> {
-        if let Some(h2) = find_source::<h2::Error>(err) {
-            if h2.is_go_away() {
-                return Some(Self {
-                    why: "iris is going away (GOAWAY) and did not take the CONNECT",
-                    connection_gone: true,
-                });
-            }
-            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                return Some(Self {
-                    why: "iris refused the stream (REFUSED_STREAM)",
-                    connection_gone: false,
-                });
-            }
-            if h2.is_io() {
-                return Some(Self {
-                    why: "the connection broke before iris answered",
-                    connection_gone: true,
-                });
-            }
-        }
-        if find_source::<std::io::Error>(err).is_some() {
-            return Some(Self {
-                why: "the connection broke before iris answered",
-                connection_gone: true,
-            });
-        }
-        if sender.is_closed()
-            || err.is_closed()
-            || err.is_canceled()
-            || err.is_incomplete_message()
-            || err.is_timeout()
-        {
-            return Some(Self {
-                why: "the connection closed before iris answered",
-                connection_gone: true,
-            });
-        }
-        None
     }
 }
 

@@ -18,15 +18,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_tls::verify::{ServerVerification, add_pem_roots, client_config};
 
 /// How an origin's certificate is verified (the service's `cert_verification_mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -133,40 +132,19 @@ impl OriginTls {
     }
 
     fn build(&self, policy: &TlsPolicy) -> Result<TlsConnector, ProxyError> {
-        let internal = |e: rustls::Error| {
-            ProxyError::new(ErrorCode::ProxyInternalError)
-                .with_details(format!("cannot set up TLS for origins: {e}"))
-        };
         let roots = match &policy.ca_certificate {
             None => Arc::clone(&self.base_roots),
             Some(pem) => Arc::new(with_private_ca(&self.base_roots, pem)?),
         };
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&self.provider))
-            .with_safe_default_protocol_versions()
-            .map_err(internal)?;
-        let mut config = match policy.verification {
-            Verification::Full => builder.with_root_certificates(roots),
-            Verification::Ca => {
-                let chain =
-                    WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&self.provider))
-                        .build()
-                        .map_err(|e| {
-                            ProxyError::new(ErrorCode::ProxyInternalError)
-                                .with_details(format!("cannot set up verify_ca: {e}"))
-                        })?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnly(chain)))
-            }
-            Verification::Disabled => {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(NoVerification(Arc::clone(
-                        &self.provider,
-                    ))))
-            }
-        }
-        .with_no_client_auth();
+        let verification = match policy.verification {
+            Verification::Full => ServerVerification::Full(roots),
+            Verification::Ca => ServerVerification::ChainOnly(roots),
+            Verification::Disabled => ServerVerification::SignatureOnly,
+        };
+        let mut config = client_config(verification, &self.provider).map_err(|e| {
+            ProxyError::new(ErrorCode::ProxyInternalError)
+                .with_details(format!("cannot set up TLS for origins: {e}"))
+        })?;
         // We speak HTTP/1.1 to origins.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsConnector::from(Arc::new(config)))
@@ -176,120 +154,12 @@ impl OriginTls {
 /// `base` plus the certificates of `pem`. The directory validated the PEM when the service
 /// was saved, so a failure here means the stored value was changed behind its back.
 fn with_private_ca(base: &RootCertStore, pem: &str) -> Result<RootCertStore, ProxyError> {
-    let bad = |why: String| {
+    let mut roots = base.clone();
+    add_pem_roots(&mut roots, CertificateDer::pem_slice_iter(pem.as_bytes())).map_err(|why| {
         ProxyError::new(ErrorCode::ProxyConfigurationError)
             .with_details(format!("the service's tls_settings.ca_certificate {why}"))
-    };
-    let mut roots = base.clone();
-    let mut added = 0;
-    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        let cert = cert.map_err(|e| bad(format!("is not valid PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(format!("holds an unusable certificate: {e}")))?;
-        added += 1;
-    }
-    if added == 0 {
-        return Err(bad("holds no certificate".into()));
-    }
+    })?;
     Ok(roots)
-}
-
-/// `verify_ca`: the full WebPKI check, except that a certificate for another name passes.
-/// webpki checks the chain before the name, so a name error means the chain was fine.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `disabled`: any certificate passes; handshake signatures are still checked.
-#[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// The system trust store (`SSL_CERT_FILE`/`SSL_CERT_DIR`, else the distribution's bundle,

@@ -604,6 +604,61 @@ pub(crate) mod tests {
         dir.check_integrity().unwrap();
     }
 
+    /// The local account of [`BEFORE_THE_REGISTRY`].
+    pub(crate) const OLD_ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+
+    /// Rows of a store from before live tunnel connections moved to the cluster registry (SQLite
+    /// schema 8, PostgreSQL schema 1): the local account, a revision, and a connection in the
+    /// old `tunnel_connections` table.
+    pub(crate) const BEFORE_THE_REGISTRY: &str = "
+        INSERT INTO meta (key, value) VALUES ('account_id', '0123456789abcdef0123456789abcdef'),
+                                             ('revision', '7')
+          ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+        INSERT INTO accounts (account_id, name, created_at, subdomain) VALUES
+          ('0123456789abcdef0123456789abcdef', 'local', '2024-01-01T00:00:00.000000Z', 'local');
+        INSERT INTO tunnel_connections (connection_id, tunnel_id, client_id, version, arch,
+                                        conn_index, edge_node, remote_addr, since)
+          VALUES ('c0ffee00-0000-4000-8000-000000000001', 'c0ffee00-0000-4000-8000-000000000002',
+                  'c0ffee00-0000-4000-8000-000000000003', 'wvpc-connector/0.1.0', 'linux_amd64',
+                  0, 'iris-a', '127.0.0.1:40000', '2024-01-01T00:00:00.000000Z');";
+
+    /// What a store opened from [`BEFORE_THE_REGISTRY`] must show: its account and revision
+    /// kept, and writes working.
+    pub(crate) fn assert_opened_from_before_the_registry(dir: &Directory) {
+        assert_eq!(dir.account_id(), OLD_ACCOUNT);
+        assert_eq!(dir.revision().unwrap(), 7);
+        dir.create_tunnel("office").unwrap();
+        assert_eq!(dir.list_tunnels().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_database_from_before_the_cluster_registry_drops_the_old_connections_table() {
+        let state = TempState::new();
+        std::fs::create_dir_all(&state.dir).unwrap();
+        {
+            let mut conn = Connection::open(state.dir.join(DB_FILE_NAME)).unwrap();
+            migrate_to(&mut conn, 8).unwrap();
+            conn.execute_batch(BEFORE_THE_REGISTRY).unwrap();
+        }
+        let dir = Directory::open(&state.dir).unwrap();
+        assert_opened_from_before_the_registry(&dir);
+        dir.with_conn(|c| {
+            let tables: i64 = c
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name LIKE 'tunnel_connections%'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(tables, 0, "the table and its index are gone");
+            let version: i64 = c
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, 9);
+        });
+        dir.check_integrity().unwrap();
+    }
+
     #[test]
     fn timestamps_are_fixed_width_rfc3339() {
         let t = now_rfc3339();

@@ -8,10 +8,10 @@
 //! - [`Directory`] opens the file and does the CRUD: [`Directory::create_service`],
 //!   [`Directory::list_services`], [`Directory::service`], [`Directory::replace_service`],
 //!   [`Directory::delete_service`]; tunnels with [`Directory::create_tunnel`] and friends, and
-//!   [`Directory::authorize_tunnel`] for connector registration; live tunnel connections
-//!   ([`connections`]) as iris records them, for `wvpc tunnel info`.
-//! - [`cluster`] is the cluster registry: which iris node holds which live tunnel connection,
-//!   under node leases on the store's clock (SQLite or PostgreSQL), with a change feed.
+//!   [`Directory::authorize_tunnel`] for connector registration.
+//! - [`cluster`] is the cluster registry: which iris node holds which live tunnel connection
+//!   ([`connections`]), under node leases on the store's clock (SQLite or PostgreSQL), with a
+//!   change feed; `wvpc tunnel info` reads it.
 //! - [`Service`] is the service object in Cloudflare's JSON shape; [`ServiceInput`] is the raw
 //!   create/replace body, checked by [`validation`] which reports every problem with its field
 //!   path.

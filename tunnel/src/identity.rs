@@ -6,18 +6,14 @@
 //! operator ([`EdgeIdentity::issue_from_ca`]); either way its key is not kept: it signs the
 //! leaf once, and a new leaf needs the CA key again.
 
-use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
-use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use wvpc_tls::ca::{
+    CaError, CertificateAuthority, ExtendedKeyUsagePurpose, PemFile, certificate_pem,
+    read_pem_files, write_pem_files,
+};
 
 /// SNI cloudflared sends over QUIC.
 pub const QUIC_SERVER_NAME: &str = "quic.cftunnel.com";
@@ -56,7 +52,7 @@ pub enum IdentityError {
     },
     /// Certificate generation failed.
     #[error("generating the edge certificate failed: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(String),
     /// The operator's CA certificate or key is unusable.
     #[error("the given CA {what} is unusable: {detail}")]
     OperatorCa {
@@ -65,6 +61,16 @@ pub enum IdentityError {
         /// What was wrong and what to do.
         detail: String,
     },
+}
+
+impl From<CaError> for IdentityError {
+    fn from(err: CaError) -> Self {
+        match err {
+            CaError::Io { path, source } => Self::Io { path, source },
+            CaError::BadCa { what, detail } => Self::OperatorCa { what, detail },
+            err @ (CaError::BadName(_) | CaError::Generate(_)) => Self::Generate(err.to_string()),
+        }
+    }
 }
 
 /// The edge's certificate chain and key, plus the CA that connectors trust.
@@ -102,25 +108,13 @@ impl EdgeIdentity {
     /// Loads `ca.pem`, `edge.pem` and `edge-key.pem` from `dir`, or, when any is missing,
     /// generates a new identity and writes all three (the key with mode 0600).
     pub fn load_or_create(dir: &Path) -> Result<Self, IdentityError> {
-        let paths = [CA_FILE, CERT_FILE, KEY_FILE].map(|f| dir.join(f));
-        if paths.iter().all(|p| p.exists()) {
-            let read = |p: &PathBuf| {
-                fs::read_to_string(p).map_err(|source| IdentityError::Io {
-                    path: p.clone(),
-                    source,
-                })
-            };
-            let files = PemFiles {
-                ca: read(&paths[0])?,
-                chain: read(&paths[1])?,
-                key: read(&paths[2])?,
-            };
+        if let Some([ca, chain, key]) = read_pem_files(dir, [CA_FILE, CERT_FILE, KEY_FILE])? {
             tracing::debug!(dir = %dir.display(), "loaded edge TLS identity");
-            return Self::from_pem(&files, dir);
+            return Self::from_pem(&PemFiles { ca, chain, key }, dir);
         }
         let files = generate_pem()?;
         files.write(dir)?;
-        tracing::info!(ca = %paths[0].display(), "generated a new edge TLS identity");
+        tracing::info!(ca = %dir.join(CA_FILE).display(), "generated a new edge TLS identity");
         Self::from_pem(&files, dir)
     }
 
@@ -133,28 +127,10 @@ impl EdgeIdentity {
         ca_cert_pem: &str,
         ca_key_pem: &str,
     ) -> Result<Self, IdentityError> {
-        let bad = |what, detail: String| IdentityError::OperatorCa { what, detail };
-        let ca_der = CertificateDer::pem_slice_iter(ca_cert_pem.as_bytes())
-            .next()
-            .ok_or_else(|| bad("certificate", "no PEM CERTIFICATE block found".into()))?
-            .map_err(|e| bad("certificate", format!("not valid PEM: {e}")))?;
-        let ca_key = KeyPair::from_pem(ca_key_pem).map_err(|e| {
-            bad(
-                "key",
-                format!("not a PKCS#8 PEM private key ({e}); convert it with `openssl pkcs8 -topk8 -nocrypt`"),
-            )
-        })?;
-        let issuer = Issuer::from_ca_cert_der(&ca_der, ca_key)
-            .map_err(|e| bad("certificate", format!("cannot be parsed as a CA: {e}")))?;
-        let (leaf_pem, key_pem) = issue_leaf(&issuer)?;
-        let ca_pem = pem_encode("CERTIFICATE", &ca_der);
-        let files = PemFiles {
-            chain: format!("{leaf_pem}{ca_pem}"),
-            ca: ca_pem,
-            key: key_pem,
-        };
+        let ca = CertificateAuthority::from_pem(ca_cert_pem, ca_key_pem)?;
+        let files = issue_files(&ca, certificate_pem(ca.cert_der()))?;
         let identity = Self::from_pem(&files, dir)?;
-        check_chain(&identity, &ca_der).map_err(|detail| bad("key", detail))?;
+        ca.verify_issued(&identity.chain, &LEAF_NAMES)?;
         files.write(dir)?;
         tracing::info!(dir = %dir.display(), "edge TLS identity issued by the operator's CA");
         Ok(identity)
@@ -221,138 +197,51 @@ struct PemFiles {
 impl PemFiles {
     /// Writes the three files (the key with mode 0600).
     fn write(&self, dir: &Path) -> Result<(), IdentityError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| IdentityError::Io { path, source }
+        let file = |name, contents, secret| PemFile {
+            name,
+            contents,
+            secret,
         };
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        for (file, contents, secret) in [
-            (CA_FILE, &self.ca, false),
-            (CERT_FILE, &self.chain, false),
-            (KEY_FILE, &self.key, true),
-        ] {
-            let path = dir.join(file);
-            write_file(&path, contents, secret).map_err(io(&path))?;
-        }
+        write_pem_files(
+            dir,
+            &[
+                file(CA_FILE, &self.ca, false),
+                file(CERT_FILE, &self.chain, false),
+                file(KEY_FILE, &self.key, true),
+            ],
+        )?;
         Ok(())
     }
 }
 
+/// The names of the edge's leaf: every SNI cloudflared sends.
+const LEAF_NAMES: [&str; 3] = [QUIC_SERVER_NAME, H2_SERVER_NAME, PROBE_SERVER_NAME];
+
 fn generate_pem() -> Result<PemFiles, IdentityError> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let mut ca_name = DistinguishedName::new();
-    ca_name.push(DnType::OrganizationName, "workers-vpc");
-    ca_name.push(DnType::CommonName, "workers-vpc edge CA");
-    ca_params.distinguished_name = ca_name;
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let (leaf, key) = issue_leaf(&issuer)?;
+    let ca = CertificateAuthority::generate("workers-vpc edge CA")?;
+    issue_files(&ca, ca.cert_pem().to_owned())
+}
+
+/// A fresh leaf for the cloudflared names signed by `ca`, as the identity's files (`ca_pem`
+/// is what connectors are told to trust).
+fn issue_files(ca: &CertificateAuthority, ca_pem: String) -> Result<PemFiles, IdentityError> {
+    let leaf = ca.issue(
+        &LEAF_NAMES,
+        QUIC_SERVER_NAME,
+        &[ExtendedKeyUsagePurpose::ServerAuth],
+    )?;
     Ok(PemFiles {
-        ca: ca_cert.pem(),
-        chain: format!("{leaf}{}", ca_cert.pem()),
-        key,
+        chain: format!("{}{ca_pem}", leaf.cert_pem),
+        ca: ca_pem,
+        key: leaf.key_pem,
     })
-}
-
-/// A fresh leaf for the cloudflared names, signed by `issuer`: (certificate PEM, key PEM).
-fn issue_leaf(issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), IdentityError> {
-    let mut leaf_params = CertificateParams::new(vec![
-        QUIC_SERVER_NAME.to_owned(),
-        H2_SERVER_NAME.to_owned(),
-        PROBE_SERVER_NAME.to_owned(),
-    ])?;
-    let mut leaf_name = DistinguishedName::new();
-    leaf_name.push(DnType::OrganizationName, "workers-vpc");
-    leaf_name.push(DnType::CommonName, QUIC_SERVER_NAME);
-    leaf_params.distinguished_name = leaf_name;
-    leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf_params.use_authority_key_identifier_extension = true;
-    let leaf_key = KeyPair::generate()?;
-    let leaf_cert = leaf_params.signed_by(&leaf_key, issuer)?;
-    Ok((leaf_cert.pem(), leaf_key.serialize_pem()))
-}
-
-/// Checks that the leaf verifies against the CA for every cloudflared name, as cloudflared
-/// will (a CA key that does not match its certificate fails here).
-fn check_chain(identity: &EdgeIdentity, ca: &CertificateDer<'static>) -> Result<(), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(ca.clone())
-        .map_err(|e| format!("the CA certificate cannot be a trust anchor: {e}"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| e.to_string())?;
-    let (leaf, intermediates) = identity
-        .chain
-        .split_first()
-        .ok_or_else(|| "no leaf certificate".to_owned())?;
-    for name in [QUIC_SERVER_NAME, H2_SERVER_NAME, PROBE_SERVER_NAME] {
-        let server_name = rustls::pki_types::ServerName::try_from(name)
-            .map_err(|e| e.to_string())?
-            .to_owned();
-        verifier
-            .verify_server_cert(
-                leaf,
-                intermediates,
-                &server_name,
-                &[],
-                rustls::pki_types::UnixTime::now(),
-            )
-            .map_err(|e| {
-                format!(
-                    "a leaf signed with this key does not verify against the CA certificate \
-                     ({e}): the key must be the CA certificate's own key, and the CA must be \
-                     valid now and allowed to sign certificates"
-                )
-            })?;
-    }
-    Ok(())
-}
-
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn write_file(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    #[cfg(unix)]
-    if secret {
-        // The file may have existed with wider permissions.
-        use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    }
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    use std::fs;
 
     #[test]
     fn identity_is_created_once_then_reloaded() {

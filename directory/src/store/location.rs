@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
+use wvpc_tls::verify::{PemRootsError, ServerVerification, add_pem_roots, client_config};
 
 /// A directory location that cannot be used; the message names the flag and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -179,51 +178,33 @@ impl PgLocation {
     /// The rustls configuration `ssl_mode` and `root_cert` ask for.
     pub fn tls_config(&self) -> Result<rustls::ClientConfig, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
         let roots = self.root_cert.as_deref().map(load_roots).transpose()?;
-        let verifier: Arc<dyn ServerCertVerifier> = match (self.ssl_mode, roots) {
-            (SslMode::VerifyFull, Some(roots)) => webpki(roots, &provider)?,
-            (SslMode::VerifyCa | SslMode::Require, Some(roots)) => Arc::new(AnyName {
-                inner: webpki(roots, &provider)?,
-            }),
-            _ => Arc::new(Unverified { provider }),
+        let verification = match (self.ssl_mode, roots) {
+            (SslMode::VerifyFull, Some(roots)) => ServerVerification::Full(Arc::new(roots)),
+            // libpq's `require` with a root certificate behaves as `verify-ca`.
+            (SslMode::VerifyCa | SslMode::Require, Some(roots)) => {
+                ServerVerification::ChainOnly(Arc::new(roots))
+            }
+            // `prefer` / `require` without a CA: encrypted, not authenticated (libpq's meaning).
+            _ => ServerVerification::SignatureOnly,
         };
-        Ok(builder
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth())
+        client_config(verification, &provider).map_err(|e| e.to_string())
     }
-}
-
-fn webpki(
-    roots: rustls::RootCertStore,
-    provider: &Arc<rustls::crypto::CryptoProvider>,
-) -> Result<Arc<dyn ServerCertVerifier>, String> {
-    Ok(rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| e.to_string())?)
 }
 
 fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     use rustls::pki_types::pem::PemObject as _;
     let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("sslrootcert {shown}: cannot read it: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("sslrootcert {shown}: cannot read it: {e}"))?
-    {
-        let cert = cert.map_err(|e| format!("sslrootcert {shown}: not PEM certificates: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("sslrootcert {shown}: not a usable CA certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("sslrootcert {shown}: holds no certificate"));
-    }
+    add_pem_roots(&mut roots, certs).map_err(|e| match e {
+        PemRootsError::Pem(e) => format!("sslrootcert {shown}: not PEM certificates: {e}"),
+        PemRootsError::Unusable(e) => {
+            format!("sslrootcert {shown}: not a usable CA certificate: {e}")
+        }
+        PemRootsError::Empty => format!("sslrootcert {shown}: holds no certificate"),
+    })?;
     Ok(roots)
 }
 
@@ -249,108 +230,6 @@ fn redact(spec: &str) -> String {
             url.to_string()
         }
         _ => spec.to_owned(),
-    }
-}
-
-/// `sslmode=verify-ca`: the chain must verify, the name may be anything.
-#[derive(Debug)]
-struct AnyName {
-    inner: Arc<dyn ServerCertVerifier>,
-}
-
-impl ServerCertVerifier for AnyName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// `sslmode=prefer` / `require` without a CA: encrypted, not authenticated (libpq's meaning).
-#[derive(Debug)]
-struct Unverified {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 

@@ -46,7 +46,8 @@ const MIGRATION_LOCK: i64 = 0x7776_7063_6469_7200; // "wvpcdir\0"
 /// PostgreSQL history starts at the schema SQLite reached in its migration 8 (same tables
 /// and columns; `bytea` for blobs, `bigint` for integers, timestamps as the same text).
 /// Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE meta (
         key   text PRIMARY KEY,
         value text NOT NULL
@@ -164,7 +165,10 @@ const MIGRATIONS: &[&str] = &[r#"
         started_at   text NOT NULL,
         seen_at_ms   bigint NOT NULL
     );
-    "#];
+    "#,
+    // 2: live tunnel connections moved to the cluster registry (`cluster_connections`).
+    "DROP TABLE tunnel_connections;",
+];
 
 /// A connection pool to one PostgreSQL database and the runtime that drives it.
 pub struct PgStore {
@@ -612,6 +616,58 @@ impl ToSql for Value {
 
 #[cfg(test)]
 mod tests {
+    use super::MIGRATIONS;
+    use crate::database::tests::{BEFORE_THE_REGISTRY, assert_opened_from_before_the_registry};
+
+    #[test]
+    fn a_database_from_before_the_cluster_registry_drops_the_old_connections_table() {
+        let Some(server) = wvpc_pg_harness::PgServer::shared() else {
+            return;
+        };
+        let url = server.create_database();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sql = |statements: String| {
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let driver = tokio::spawn(connection);
+                let rows = client.simple_query(&statements).await.unwrap();
+                drop(client);
+                let _ = driver.await;
+                rows.into_iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => {
+                            Some(row.get(0).unwrap_or_default().to_owned())
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<String>>()
+            })
+        };
+        // The database as schema version 1 left it.
+        sql(format!(
+            "{} CREATE TABLE schema_version (version bigint NOT NULL);
+             INSERT INTO schema_version (version) VALUES (1); {BEFORE_THE_REGISTRY}",
+            MIGRATIONS[0]
+        ));
+        let state = std::env::temp_dir().join(format!("wvpc-pg-upgrade-{}", uuid::Uuid::new_v4()));
+        let dir = crate::Directory::open_spec(Some(&url), &state).unwrap();
+        assert_opened_from_before_the_registry(&dir);
+        drop(dir);
+        assert_eq!(
+            sql("SELECT to_regclass('tunnel_connections') IS NULL;
+                 SELECT version::text FROM schema_version"
+                .into()),
+            ["t", "2"],
+            "the table is gone and the schema is at version 2"
+        );
+        let _ = std::fs::remove_dir_all(&state);
+    }
+
     #[test]
     fn placeholders_are_rewritten_outside_quotes() {
         assert_eq!(

@@ -184,6 +184,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         seen_at_ms   INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 9: live tunnel connections moved to the cluster registry (`cluster_connections`).
+    "DROP TABLE tunnel_connections;",
 ];
 
 /// The two connections to one database file.

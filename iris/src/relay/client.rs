@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_failover::Unanswered;
 
 use super::{RELAY_MISS_HEADER, RELAYED_BY_HEADER, RelayAnswer, RelayConfig};
 use crate::connect::PROXY_STATUS_HEADER;
@@ -139,7 +140,8 @@ impl RelayClient {
                     }
                     Ok(Ok(response)) => response,
                     Ok(Err(err)) => {
-                        let Some(unanswered) = Unanswered::classify(&err, &sender) else {
+                        let Some(unanswered) = Unanswered::classify(&err, sender.is_closed())
+                        else {
                             self.count("error");
                             return Err(ProxyError::new(ErrorCode::ProxyInternalError)
                                 .with_details(format!(
@@ -366,62 +368,4 @@ impl PeerLink {
             current.sender = None;
         }
     }
-}
-
-/// Why a relayed CONNECT got no answer head, when that makes it safe to try another holder.
-struct Unanswered {
-    why: &'static str,
-    /// The whole connection is unusable (not just this stream refused).
-    connection_gone: bool,
-}
-
-impl Unanswered {
-    fn classify(err: &hyper::Error, sender: &http2::SendRequest<Empty<Bytes>>) -> Option<Self> {
-        if let Some(h2) = find_source::<h2::Error>(err) {
-            if h2.is_go_away() {
-                return Some(Self {
-                    why: "the peer is going away (GOAWAY) and did not take the CONNECT",
-                    connection_gone: true,
-                });
-            }
-            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                return Some(Self {
-                    why: "the peer refused the stream (REFUSED_STREAM)",
-                    connection_gone: false,
-                });
-            }
-            if h2.is_io() {
-                return Some(Self {
-                    why: "the connection broke before the peer answered",
-                    connection_gone: true,
-                });
-            }
-        }
-        if find_source::<std::io::Error>(err).is_some()
-            || sender.is_closed()
-            || err.is_closed()
-            || err.is_canceled()
-            || err.is_incomplete_message()
-        {
-            return Some(Self {
-                why: "the connection closed before the peer answered",
-                connection_gone: true,
-            });
-        }
-        None
-    }
-}
-
-/// The first error of type `T` in `err`'s source chain.
-fn find_source<'a, T: std::error::Error + 'static>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
 }

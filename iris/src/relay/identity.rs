@@ -8,18 +8,15 @@
 //! The node name is the leaf's only subject alternative name (a DNS name), so it must be a
 //! valid DNS name (`iris-a`, `iris-1.eu`).
 
-use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
-use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use wvpc_tls::ca::{
+    CaError, CertificateAuthority, ExtendedKeyUsagePurpose, PemFile, read_pem_files,
+    write_pem_files,
+};
 
 /// The relay CA certificate (PEM) inside the relay directory.
 pub const CA_FILE: &str = "ca.pem";
@@ -55,154 +52,109 @@ pub enum RelayIdentityError {
     BadNodeName(String),
     /// Certificate generation failed.
     #[error("generating a relay certificate failed: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(String),
     /// rustls refused the material.
     #[error("building the relay TLS configuration failed: {0}")]
     Tls(String),
 }
 
-/// The cluster's relay CA: signs every node's relay certificate.
-pub struct RelayCa {
-    cert_pem: String,
-    key_pem: String,
-    cert_der: CertificateDer<'static>,
-}
-
-impl std::fmt::Debug for RelayCa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayCa").finish_non_exhaustive()
+impl From<CaError> for RelayIdentityError {
+    fn from(err: CaError) -> Self {
+        match err {
+            CaError::Io { path, source } => Self::Io { path, source },
+            CaError::BadCa { what, detail } => Self::BadCa { what, detail },
+            CaError::BadName(name) => Self::BadNodeName(name),
+            err @ CaError::Generate(_) => Self::Generate(err.to_string()),
+        }
     }
 }
+
+/// The cluster's relay CA: signs every node's relay certificate.
+#[derive(Debug)]
+pub struct RelayCa(CertificateAuthority);
 
 impl RelayCa {
     /// A fresh CA in memory only (tests).
     pub fn generate() -> Result<Self, RelayIdentityError> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let mut name = DistinguishedName::new();
-        name.push(DnType::OrganizationName, "workers-vpc");
-        name.push(DnType::CommonName, "workers-vpc relay CA");
-        params.distinguished_name = name;
-        let key = KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        Self::from_pem(&cert.pem(), &key.serialize_pem())
+        Ok(Self(CertificateAuthority::generate(
+            "workers-vpc relay CA",
+        )?))
     }
 
     /// Loads `ca.pem` and `ca-key.pem` from `dir`, or generates and writes them when either is
     /// missing.
     pub fn load_or_create(dir: &Path) -> Result<Self, RelayIdentityError> {
-        let (cert_path, key_path) = (dir.join(CA_FILE), dir.join(CA_KEY_FILE));
-        if cert_path.exists() && key_path.exists() {
-            let read = |path: &Path| {
-                fs::read_to_string(path).map_err(|source| RelayIdentityError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            };
-            return Self::from_pem(&read(&cert_path)?, &read(&key_path)?);
+        if let Some([cert, key]) = read_pem_files(dir, [CA_FILE, CA_KEY_FILE])? {
+            return Self::from_pem(&cert, &key);
         }
         let ca = Self::generate()?;
         ca.write(dir)?;
-        tracing::info!(ca = %cert_path.display(), "generated a new relay CA; copy it to every node of the cluster (wvpc relay ca export / import)");
+        tracing::info!(ca = %dir.join(CA_FILE).display(), "generated a new relay CA; copy it to every node of the cluster (wvpc relay ca export / import)");
         Ok(ca)
     }
 
     /// Replaces the CA in `dir` with `cert_pem` and `key_pem` (PKCS#8), after checking that
     /// they are a CA and its key (a leaf they issue verifies). Nothing is written otherwise.
     pub fn import(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<Self, RelayIdentityError> {
+        const PROBE: &str = "relay-ca-check";
         let ca = Self::from_pem(cert_pem, key_pem)?;
-        let probe = ca.issue("relay-ca-check")?;
-        probe.verify_peer("relay-ca-check")?;
+        let probe = ca.issue(PROBE)?;
+        ca.0.verify_issued(&probe.chain, &[PROBE])?;
         ca.write(dir)?;
         Ok(ca)
     }
 
     /// Parses a CA certificate and key (checks that they can issue).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, RelayIdentityError> {
-        let bad = |what, detail: String| RelayIdentityError::BadCa { what, detail };
-        let cert_der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .next()
-            .ok_or_else(|| bad("certificate", "no PEM CERTIFICATE block found".into()))?
-            .map_err(|e| bad("certificate", format!("not valid PEM: {e}")))?;
-        let ca = Self {
-            cert_pem: cert_pem.to_owned(),
-            key_pem: key_pem.to_owned(),
-            cert_der,
-        };
-        ca.issuer()?;
-        Ok(ca)
+        Ok(Self(CertificateAuthority::from_pem(cert_pem, key_pem)?))
     }
 
     /// The CA certificate (PEM).
     pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
+        self.0.cert_pem()
     }
 
     /// The CA private key (PKCS#8 PEM): a secret, every holder can join the cluster's relay.
     pub fn key_pem(&self) -> &str {
-        &self.key_pem
+        self.0.key_pem()
     }
 
     /// A fresh leaf for `node` (its only name), valid for serving and for dialling relays.
     pub fn issue(&self, node: &str) -> Result<RelayIdentity, RelayIdentityError> {
-        if !matches!(ServerName::try_from(node), Ok(ServerName::DnsName(_))) {
-            return Err(RelayIdentityError::BadNodeName(node.to_owned()));
-        }
-        let mut params = CertificateParams::new(vec![node.to_owned()])?;
-        let mut name = DistinguishedName::new();
-        name.push(DnType::OrganizationName, "workers-vpc");
-        name.push(DnType::CommonName, node);
-        params.distinguished_name = name;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer()?)?;
-        let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+        let leaf = self.0.issue(
+            &[node],
+            node,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )?;
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())
             .map_err(|e| RelayIdentityError::Tls(e.to_string()))?;
         Ok(RelayIdentity {
             node: node.to_owned(),
-            chain: vec![cert.der().clone(), self.cert_der.clone()],
+            chain: vec![leaf.cert_der, self.0.cert_der().clone()],
             key,
-            ca: self.cert_der.clone(),
+            ca: self.0.cert_der().clone(),
         })
     }
 
-    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, RelayIdentityError> {
-        let bad = |what, detail: String| RelayIdentityError::BadCa { what, detail };
-        let key = KeyPair::from_pem(&self.key_pem).map_err(|e| {
-            bad(
-                "key",
-                format!(
-                    "not a PKCS#8 PEM private key ({e}); convert it with `openssl pkcs8 -topk8 -nocrypt`"
-                ),
-            )
-        })?;
-        Issuer::from_ca_cert_der(&self.cert_der, key)
-            .map_err(|e| bad("certificate", format!("cannot be parsed as a CA: {e}")))
-    }
-
     fn write(&self, dir: &Path) -> Result<(), RelayIdentityError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RelayIdentityError::Io { path, source }
-        };
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        for (file, contents, secret) in [
-            (CA_FILE, &self.cert_pem, false),
-            (CA_KEY_FILE, &self.key_pem, true),
-        ] {
-            let path = dir.join(file);
-            write_file(&path, contents, secret).map_err(io(&path))?;
-        }
+        write_pem_files(
+            dir,
+            &[
+                PemFile {
+                    name: CA_FILE,
+                    contents: self.cert_pem(),
+                    secret: false,
+                },
+                PemFile {
+                    name: CA_KEY_FILE,
+                    contents: self.key_pem(),
+                    secret: true,
+                },
+            ],
+        )?;
         Ok(())
     }
 }
@@ -267,7 +219,7 @@ impl RelayIdentity {
     /// knows this one's CA).
     #[cfg(test)]
     pub(crate) fn trusting(mut self, ca: &RelayCa) -> Self {
-        self.ca = ca.cert_der.clone();
+        self.ca = ca.0.cert_der().clone();
         self
     }
 
@@ -280,35 +232,6 @@ impl RelayIdentity {
                 detail: format!("cannot be a trust anchor: {e}"),
             })?;
         Ok(roots)
-    }
-
-    /// Checks that this identity's own certificate verifies for `name` against its CA, as a
-    /// peer will (a CA key that does not belong to the CA certificate fails here).
-    fn verify_peer(&self, name: &str) -> Result<(), RelayIdentityError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(self.roots()?),
-            provider,
-        )
-        .build()
-        .map_err(|e| RelayIdentityError::Tls(e.to_string()))?;
-        let server_name = ServerName::try_from(name.to_owned())
-            .map_err(|_| RelayIdentityError::BadNodeName(name.to_owned()))?;
-        verifier
-            .verify_server_cert(
-                &self.chain[0],
-                &self.chain[1..],
-                &server_name,
-                &[],
-                UnixTime::now(),
-            )
-            .map(drop)
-            .map_err(|e| RelayIdentityError::BadCa {
-                what: "key",
-                detail: format!(
-                    "a certificate it signs does not verify against the CA certificate ({e}); is it the CA's key?"
-                ),
-            })
     }
 }
 
@@ -332,24 +255,10 @@ pub fn certificate_names(leaf: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
-fn write_file(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options.open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn a_leaf_names_its_node_and_an_imported_key_must_match_its_certificate() {
