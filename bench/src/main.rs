@@ -31,17 +31,22 @@
 //! among 10 000 ([`routing`]), and how long a redeploy takes to be served by every runtime of
 //! the platform, under load ([`redeploy`]: a second `wvpc runtime` joins for it).
 //!
+//! Last, the cluster's route propagation ([`propagation`]): three iris nodes on a throwaway
+//! PostgreSQL directory (and, for contrast, on SQLite), and how long a write that changes a
+//! route takes from its commit to every node's routing table.
+//!
 //! `--soak SECONDS` runs the soak instead ([`soak`]): the platform's processes under mixed
 //! traffic with connector restarts, sampled every 30 s; it exits with status 1 when their
 //! memory or descriptors grew beyond the limits.
 //!
 //! ```text
-//! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32] [--only platform | --only binding,relayed]
+//! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32] [--only platform | --only binding,relayed | --only propagation]
 //! cargo run --release -p wvpc-bench -- --soak 600
 //! ```
 
 mod load;
 mod platform;
+mod propagation;
 mod redeploy;
 mod relayed;
 mod routing;
@@ -68,7 +73,7 @@ struct Args {
     concurrency: usize,
     /// Measure these targets only, comma-separated (e.g. one under a profiler, or
     /// `binding,relayed`); the other figures are not printed
-    #[arg(long, value_delimiter = ',', value_parser = ["direct", "binding", "relayed", "platform"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["direct", "binding", "relayed", "platform", "propagation"])]
     only: Vec<String>,
     /// The `wvpc` binary of the platform row [default: the one next to this executable,
     /// brought up to date with `cargo build -p wvpc-cli`]
@@ -77,6 +82,9 @@ struct Args {
     /// Redeploys of each kind (same module, new module) timed on the platform
     #[arg(long, default_value_t = 20)]
     redeploys: usize,
+    /// Route changes timed from their commit to every iris node's table
+    #[arg(long, default_value_t = 50, value_name = "WRITES")]
+    propagation_writes: usize,
     /// Instead of the rows: a soak of this many seconds of mixed traffic on the platform's
     /// processes, printing memory, descriptors, threads and p99 every interval
     #[arg(long, value_name = "SECONDS")]
@@ -221,6 +229,26 @@ fn main() -> anyhow::Result<()> {
         }
         drop(platform);
     }
+
+    // The cluster's route propagation: iris nodes on PostgreSQL, then on SQLite.
+    let mut propagations = Vec::new();
+    if wants("propagation") {
+        let writes = args.propagation_writes.max(1);
+        match wvpc_pg_harness::PgServer::start() {
+            Ok(server) => {
+                let url = server.create_database();
+                propagations.push(rt.block_on(propagation::measure(
+                    propagation::Store::Postgres(url),
+                    writes,
+                ))?);
+            }
+            Err(why) => println!(
+                "route propagation on PostgreSQL: SKIPPED (PostgreSQL): {why} (install the \
+                 `postgresql` package to measure it)"
+            ),
+        }
+        propagations.push(rt.block_on(propagation::measure(propagation::Store::Sqlite, writes))?);
+    }
     drop(rt);
 
     // Pure CPU, with nothing else running.
@@ -277,7 +305,47 @@ fn main() -> anyhow::Result<()> {
     if let Some(redeploys) = &redeploys {
         print_redeploys(redeploys);
     }
+    print_propagations(&propagations);
     Ok(())
+}
+
+fn print_propagations(propagations: &[propagation::Propagation]) {
+    let Some(first) = propagations.first() else {
+        return;
+    };
+    println!();
+    println!(
+        "route propagation: commit returned → the changed route in the routing table of every \
+         one of {} iris nodes (in this process, each with its own store connections), over {} \
+         writes that change a service's port; goal ≤ {} ms:",
+        propagation::NODES,
+        first.every_node.len(),
+        propagation::GOAL.as_millis(),
+    );
+    println!();
+    println!(
+        "| store, how nodes learn | every node p50 | every node p99 | every node max | first node p50 | writes within the goal |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for p in propagations {
+        let mut every = p.every_node.clone();
+        every.sort_unstable();
+        let mut first = p.first_node.clone();
+        first.sort_unstable();
+        let pct = |sorted: &[Duration], q: f64| {
+            sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+        };
+        let within = every.iter().filter(|d| **d <= propagation::GOAL).count();
+        println!(
+            "| {} | {} | {} | {} | {} | {within}/{} |",
+            p.store,
+            fmt(pct(&every, 0.50)),
+            fmt(pct(&every, 0.99)),
+            fmt(every[every.len() - 1]),
+            fmt(pct(&first, 0.50)),
+            every.len(),
+        );
+    }
 }
 
 fn print_rows(rows: &[Row], concurrency: usize) {
