@@ -90,7 +90,10 @@ fn curl(addr: &str, path: &str) -> (String, String) {
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
 }
 
 fn mock_file(body: &str) -> String {
@@ -119,7 +122,11 @@ fn dev_mock_answers_the_proxy_example_with_a_canned_response_and_reloads_the_fil
     let mock_path = project.path().join("wvpc.mock.jsonc");
     std::fs::write(&mock_path, mock_file(r#"{"id":1}"#)).unwrap();
 
-    let dev = Dev::spawn(state.path(), project.path(), &["dev", "--port", "0", "--mock"]);
+    let dev = Dev::spawn(
+        state.path(),
+        project.path(),
+        &["dev", "--port", "0", "--mock"],
+    );
     let ready = dev.line("ready:");
     let addr = ready
         .split("http://")

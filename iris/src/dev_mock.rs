@@ -44,7 +44,7 @@ use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, StreamBody};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -1074,12 +1074,7 @@ impl Flow {
                 .headers
                 .insert(header::CONTENT_LENGTH, header::HeaderValue::from(promised));
             let half = body.slice(..body.len() / 2);
-            let frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
-                Ok(Frame::data(half)),
-                Err("the mock's http_response_incomplete fault cut the body".into()),
-            ];
-            let body = StreamBody::new(futures::stream::iter(frames)).boxed();
-            return Ok(Response::from_parts(parts, body));
+            return Ok(Response::from_parts(parts, CutBody::new(half).boxed()));
         }
         report(ExchangeOutcome::Status(parts.status.as_u16()));
         Ok(Response::from_parts(
@@ -1127,6 +1122,47 @@ impl Flow {
         parts.headers.remove(header::TRANSFER_ENCODING);
         parts.headers.remove(header::CONTENT_LENGTH);
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// A body that sends its part, lets the server flush it, then fails: the server aborts the
+/// connection mid-body, after the head and the part reached the client (an origin that closes
+/// early). Failing in the same poll as the data would abort before anything is flushed.
+struct CutBody {
+    part: Option<Bytes>,
+    flushed: bool,
+}
+
+impl CutBody {
+    fn new(part: Bytes) -> Self {
+        Self {
+            part: Some(part),
+            flushed: false,
+        }
+    }
+}
+
+impl hyper::body::Body for CutBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if let Some(part) = self.part.take() {
+            return Poll::Ready(Some(Ok(Frame::data(part))));
+        }
+        if !self.flushed {
+            // hyper flushes what it holds when the body is not ready; fail on the next poll.
+            self.flushed = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Err(
+            "the mock's http_response_incomplete fault cut the body".into(),
+        )))
     }
 }
 

@@ -92,7 +92,11 @@ const PAIRS: &[(FaultCode, Cause, &str)] = &[
         Cause::FullBacklog,
         "/http/api.internal/x",
     ),
-    (FaultCode::DnsError, Cause::NxDomain, "/http/missing.internal/x"),
+    (
+        FaultCode::DnsError,
+        Cause::NxDomain,
+        "/http/missing.internal/x",
+    ),
     (
         FaultCode::TlsCertificateError,
         Cause::UntrustedCertificate,
@@ -108,7 +112,11 @@ const PAIRS: &[(FaultCode, Cause, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_fault_of_the_mock_reaches_the_script_as_its_real_cause_does() {
     trace_init();
-    assert_eq!(PAIRS.len(), FaultCode::ALL.len(), "every fault code has a pair");
+    assert_eq!(
+        PAIRS.len(),
+        FaultCode::ALL.len(),
+        "every fault code has a pair"
+    );
     let mut world = start(WorldOptions {
         script: guests::BINDING_CHECKS,
         dial_timeout: Some(DIAL_TIMEOUT),
@@ -120,16 +128,26 @@ async fn each_fault_of_the_mock_reaches_the_script_as_its_real_cause_does() {
     for &(code, real_cause, path) in PAIRS {
         let (real_path, _keep) = cause(&mut world, real_cause).await;
         assert_eq!(real_path, path, "{code}: the real row's path");
-        within("iris routes the row's service", world.stack.routes_current())
-            .await
-            .expect("reading the directory");
+        within(
+            "iris routes the row's service",
+            world.stack.routes_current(),
+        )
+        .await
+        .expect("reading the directory");
         let real = seen(world.stack.script_addr, path).await;
         assert_eq!(real.status, 502, "{code}: real path: {real:?}");
-        assert_eq!(real.body, format!("ProxyError: {code}"), "{code}: real path");
+        assert_eq!(
+            real.body,
+            format!("ProxyError: {code}"),
+            "{code}: real path"
+        );
 
         // The fault for every request of the binding, then scoped to the request's path
         // (decided once the request is read; the retry meets it at its stage).
-        for fault in [Fault::new(code), Fault::new(code).on_path("/x").on_method("GET")] {
+        for fault in [
+            Fault::new(code),
+            Fault::new(code).on_path("/x").on_method("GET"),
+        ] {
             let scoped = fault.path.is_some();
             mock.mock.set_faults("API", vec![fault]).unwrap();
             let mocked = seen(mock.script_addr, path).await;
@@ -147,7 +165,9 @@ async fn each_fault_of_the_mock_reaches_the_script_as_its_real_cause_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canned_answers_the_upstream_and_501_for_the_rest() {
     trace_init();
-    let origin = Origin::start("127.0.0.1").await.expect("an upstream origin");
+    let origin = Origin::start("127.0.0.1")
+        .await
+        .expect("an upstream origin");
     let spec = api(BindingMock {
         upstream: Some(origin.addr),
         responses: vec![CannedResponse {
@@ -168,11 +188,19 @@ async fn canned_answers_the_upstream_and_501_for_the_rest() {
         canned.headers.get("content-type").unwrap(),
         "application/json"
     );
-    assert!(origin.seen().is_empty(), "a canned answer reaches no upstream");
+    assert!(
+        origin.seen().is_empty(),
+        "a canned answer reaches no upstream"
+    );
 
     let proxied = within(
         "upstream",
-        client::send(stack.script_addr, "POST", "/orders?x=1", Bytes::from("order")),
+        client::send(
+            stack.script_addr,
+            "POST",
+            "/orders?x=1",
+            Bytes::from("order"),
+        ),
     )
     .await;
     assert_eq!(proxied.status, 200, "{}", proxied.text());
@@ -221,7 +249,11 @@ async fn scoped_faults_rates_and_dns_apply_per_request() {
     trace_init();
     let spec = api(BindingMock {
         host: Some("api.internal".into()),
-        dns: [("api.internal".to_owned(), vec!["127.0.0.1".parse().unwrap()])].into(),
+        dns: [(
+            "api.internal".to_owned(),
+            vec!["127.0.0.1".parse().unwrap()],
+        )]
+        .into(),
         responses: vec![CannedResponse {
             method: None,
             path: "*".into(),
@@ -247,10 +279,7 @@ async fn scoped_faults_rates_and_dns_apply_per_request() {
     assert_eq!(flaky.text(), "ProxyError: connection_refused");
 
     // The service's name no longer resolves: dns_error, as an NXDOMAIN on the real path.
-    stack
-        .mock
-        .update("API", |mock| mock.dns.clear())
-        .unwrap();
+    stack.mock.update("API", |mock| mock.dns.clear()).unwrap();
     stack
         .mock
         .update("API", |mock| mock.host = Some("gone.internal".into()))
