@@ -356,6 +356,13 @@ impl BindingState {
     }
 }
 
+/// A fault met at the lookup or the dial, and the request it was marked for, if any.
+struct StageFault {
+    code: FaultCode,
+    latency: Duration,
+    request: Option<(String, String)>,
+}
+
 struct Armed {
     code: FaultCode,
     request: (String, String),
@@ -441,16 +448,18 @@ impl MockNetwork {
     /// to the next request) and a dial that never completes fails after
     /// [`MockNetwork::dial_timeout`], as the connector's dial timeout would.
     pub fn router_config(&self) -> RouterConfig {
-        let mut dns = DnsConfig::default();
-        dns.min_ttl = Duration::ZERO;
-        dns.max_ttl = Duration::ZERO;
-        dns.negative_ttl = Duration::ZERO;
-        dns.max_negative_ttl = Duration::ZERO;
-        let mut config = RouterConfig::default();
-        config.node_name = "wvpc-mock".into();
-        config.dns = dns;
-        config.stream_open_timeout = self.inner.dial_timeout;
-        config
+        RouterConfig {
+            node_name: "wvpc-mock".into(),
+            dns: DnsConfig {
+                min_ttl: Duration::ZERO,
+                max_ttl: Duration::ZERO,
+                negative_ttl: Duration::ZERO,
+                max_negative_ttl: Duration::ZERO,
+                ..DnsConfig::default()
+            },
+            stream_open_timeout: self.inner.dial_timeout,
+            ..RouterConfig::default()
+        }
     }
 
     /// Replaces the whole mock (a reloaded file). Bindings `spec` does not list answer `501`.
@@ -610,14 +619,13 @@ impl MockNetwork {
 
     /// The fault this dial or lookup meets: one marked for its request, else a rule for every
     /// request with a code of this stage.
-    fn stage_fault(
-        &self,
-        mock: &BindingMock,
-        ctx: &FlowContext,
-        dns: bool,
-    ) -> Option<(FaultCode, Duration, Option<(String, String)>)> {
+    fn stage_fault(&self, mock: &BindingMock, ctx: &FlowContext, dns: bool) -> Option<StageFault> {
         if let Some(armed) = self.take_armed(&ctx.request_id, dns) {
-            return Some((armed.code, Duration::ZERO, Some(armed.request)));
+            return Some(StageFault {
+                code: armed.code,
+                latency: Duration::ZERO,
+                request: Some(armed.request),
+            });
         }
         mock.faults
             .iter()
@@ -627,12 +635,12 @@ impl MockNetwork {
                     .is_some_and(|c| c.before_request() && (c == FaultCode::DnsError) == dns)
             })
             .find(|f| f.hits())
-            .map(|f| {
-                (
-                    f.code.unwrap_or(FaultCode::ConnectionRefused),
-                    f.latency,
-                    None,
-                )
+            .and_then(|f| {
+                Some(StageFault {
+                    code: f.code?,
+                    latency: f.latency,
+                    request: None,
+                })
             })
     }
 }
@@ -691,7 +699,12 @@ impl TunnelPool for MockNetwork {
             let mock = state.mock();
             let https = dest.port() == MOCK_HTTPS_PORT;
             let mut untrusted = false;
-            if let Some((code, latency, request)) = self.stage_fault(&mock, ctx, false) {
+            if let Some(StageFault {
+                code,
+                latency,
+                request,
+            }) = self.stage_fault(&mock, ctx, false)
+            {
                 tokio::time::sleep(latency).await;
                 let fail = |code: FaultCode, details: &str| {
                     self.report(Exchange {
@@ -793,7 +806,10 @@ impl TunnelPool for MockNetwork {
             })?;
             let mock = state.mock();
             let mut nxdomain = false;
-            if let Some((_, latency, request)) = self.stage_fault(&mock, ctx, true) {
+            if let Some(StageFault {
+                latency, request, ..
+            }) = self.stage_fault(&mock, ctx, true)
+            {
                 tokio::time::sleep(latency).await;
                 nxdomain = true;
                 self.report(Exchange {
