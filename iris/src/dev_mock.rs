@@ -1033,9 +1033,13 @@ impl Flow {
             tokio::time::sleep(fault.latency).await;
             match fault.code {
                 Some(code) if code.before_request() => {
-                    if !self
-                        .network
-                        .arm(&self.request_id, code, (method.clone(), url.clone()))
+                    // The binding-worker sends a request again on a new connection only when
+                    // that is safe; any other sees the connection end (and is logged so here).
+                    let retried = body.is_empty() && head.method.is_idempotent();
+                    if !(retried
+                        && self
+                            .network
+                            .arm(&self.request_id, code, (method.clone(), url.clone())))
                     {
                         report(ExchangeOutcome::Failed(ErrorCode::ConnectionTerminated));
                     }

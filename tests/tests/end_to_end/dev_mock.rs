@@ -8,11 +8,15 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use uuid::Uuid;
-use wvpc_iris::dev_mock::{BindingMock, CannedResponse, Fault, FaultCode, MockNetwork, MockSpec};
+use wvpc_errors::ErrorCode;
+use wvpc_iris::dev_mock::{
+    BindingMock, CannedResponse, Exchange, ExchangeOutcome, Fault, FaultCode, MockNetwork, MockSpec,
+};
 use wvpc_platform::mock_stack::{MockStack, MockStackConfig};
 use wvpc_runtime::{ScriptConfig, VpcServiceBinding};
 use wvpc_tests::origin::Origin;
@@ -156,10 +160,14 @@ async fn each_fault_of_the_mock_reaches_the_script_as_its_real_cause_does() {
         }
     }
 
-    // Without faults the mock answers (its 501 for a request nothing answers).
+    // Without faults the mock answers (its 501 for a request nothing answers), over TLS too:
+    // the synthetic service trusts the mock's certificate.
     mock.mock.set_faults("API", Vec::new()).unwrap();
-    let ok = seen(mock.script_addr, "/http/api.internal/x").await;
-    assert_eq!(ok.status, 501, "{ok:?}");
+    for path in ["/http/api.internal/x", "/https/secure.internal/x"] {
+        let ok = seen(mock.script_addr, path).await;
+        assert_eq!(ok.status, 501, "{path}: {ok:?}");
+        assert!(ok.body.contains("API: GET /x"), "{path}: {ok:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,11 +280,46 @@ async fn scoped_faults_rates_and_dns_apply_per_request() {
         ..BindingMock::default()
     });
     let stack = mock_stack(guests::PROXY, spec).await;
+    let log = Arc::new(Mutex::new(Vec::<Exchange>::new()));
+    stack.mock.set_observer({
+        let log = log.clone();
+        Arc::new(move |exchange: &Exchange| log.lock().unwrap().push(exchange.clone()))
+    });
     let ok = within("ok", client::get(stack.script_addr, "/fine")).await;
     assert_eq!((ok.status, ok.text().as_str()), (200, "ok"));
     let flaky = within("flaky", client::get(stack.script_addr, "/flaky/1")).await;
     assert_eq!(flaky.status, 502);
     assert_eq!(flaky.text(), "ProxyError: connection_refused");
+    // A request with a body is not sent again, so a scoped dial fault ends its connection.
+    let posted = within(
+        "flaky POST",
+        client::send(stack.script_addr, "POST", "/flaky/2", Bytes::from("x")),
+    )
+    .await;
+    assert_eq!(posted.text(), "ProxyError: connection_terminated");
+    let outcomes: Vec<(Option<(String, String)>, ExchangeOutcome)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| (e.request.clone(), e.outcome))
+        .collect();
+    let request =
+        |method: &str, path: &str| Some((method.to_owned(), format!("http://api.internal{path}")));
+    assert_eq!(
+        outcomes,
+        vec![
+            (request("GET", "/fine"), ExchangeOutcome::Status(200)),
+            (
+                request("GET", "/flaky/1"),
+                ExchangeOutcome::Failed(ErrorCode::ConnectionRefused)
+            ),
+            (
+                request("POST", "/flaky/2"),
+                ExchangeOutcome::Failed(ErrorCode::ConnectionTerminated)
+            ),
+        ],
+        "one log entry per binding request"
+    );
 
     // The service's name no longer resolves: dns_error, as an NXDOMAIN on the real path.
     stack.mock.update("API", |mock| mock.dns.clear()).unwrap();
