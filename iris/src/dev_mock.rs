@@ -806,17 +806,16 @@ impl TunnelPool for MockNetwork {
             })?;
             let mock = state.mock();
             let mut nxdomain = false;
-            if let Some(StageFault {
-                latency, request, ..
-            }) = self.stage_fault(&mock, ctx, true)
-            {
-                tokio::time::sleep(latency).await;
+            let mut latency = Duration::ZERO;
+            if let Some(fault) = self.stage_fault(&mock, ctx, true) {
+                // A slow resolver: the answers are late (iris's DNS timeouts apply).
+                latency = fault.latency;
                 nxdomain = true;
                 self.report(Exchange {
                     binding: state.name.clone(),
-                    request,
+                    request: fault.request,
                     outcome: ExchangeOutcome::Failed(ErrorCode::DnsError),
-                    elapsed: started.elapsed(),
+                    elapsed: started.elapsed() + latency,
                 });
             }
             let (tx, rx) = mpsc::unbounded_channel();
@@ -824,6 +823,7 @@ impl TunnelPool for MockNetwork {
                 host: state.host(&mock),
                 mock,
                 nxdomain,
+                latency,
                 tx,
                 rx: AsyncMutex::new(rx),
             }) as Box<dyn UdpFlow>)
@@ -849,6 +849,7 @@ struct DnsFlow {
     mock: Arc<BindingMock>,
     host: String,
     nxdomain: bool,
+    latency: Duration,
     tx: mpsc::UnboundedSender<Bytes>,
     rx: AsyncMutex<mpsc::UnboundedReceiver<Bytes>>,
 }
@@ -899,7 +900,15 @@ impl UdpFlow for DnsFlow {
     fn send(&self, payload: Bytes) -> BoxFuture<'_, Result<(), ProxyError>> {
         Box::pin(async move {
             if let Some(answer) = self.answer(&payload) {
-                let _ = self.tx.send(Bytes::from(answer));
+                if self.latency.is_zero() {
+                    let _ = self.tx.send(Bytes::from(answer));
+                } else {
+                    let (tx, latency) = (self.tx.clone(), self.latency);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(latency).await;
+                        let _ = tx.send(Bytes::from(answer));
+                    });
+                }
             }
             Ok(())
         })
