@@ -168,6 +168,8 @@ async fn run_mock(
 ) -> anyhow::Result<()> {
     // The mock names the services: a `service` name in the config needs no directory.
     let script = ScriptConfig::load_resolving(config_path, &|_| Ok(Uuid::nil()))?;
+    // Watched from before the first load, so that an edit made meanwhile is not missed.
+    let mut watch = MockFileWatch::new(mock_path);
     let spec = mock_file::load(mock_path, &script).map_err(|err| match err {
         mock_file::MockFileError::Config(wvpc_runtime::ConfigError::Read { path, source })
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -204,7 +206,6 @@ async fn run_mock(
         writeln!(out, "  binding {binding} -> mock")?;
     }
     out.flush()?;
-    let mut watch = MockFileWatch::new(mock_path);
     let mut poll = tokio::time::interval(mock_file::MOCK_FILE_POLL);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
