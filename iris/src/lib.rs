@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod dev_mock;
 pub mod dns;
 pub mod edge;
 pub mod metrics;

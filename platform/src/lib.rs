@@ -8,6 +8,9 @@
 //!   directory, with its control listener for `wvpc tail`.
 //! - [`stack`]: the one-process stack of `wvpc dev`: directory, iris, binding-worker and
 //!   runtime, each on its own real socket.
+//! - [`mock_stack`]: the stack of `wvpc dev --mock`: runtime, binding-worker and iris's router
+//!   over a mock network instead of the directory and the tunnels; [`mock_file`] reads the
+//!   mock file it serves.
 //! - [`state`]: where the parts keep their files in a state directory.
 //! - [`up`]: the platform on one machine as separate processes (`wvpc up`).
 
@@ -16,6 +19,8 @@
 pub mod authority;
 pub mod iris_node;
 pub mod live_routes;
+pub mod mock_file;
+pub mod mock_stack;
 pub mod runtime_node;
 pub mod stack;
 pub mod state;

@@ -202,6 +202,47 @@ impl ScriptConfig {
     }
 }
 
+/// A file in the config's syntax (JSON, JSONC or TOML, by its extension) parsed into a generic
+/// value, for files that share the config's syntax and its error reporting (the mock file of
+/// `wvpc dev --mock`): syntax errors carry line and column, content problems are reported as
+/// [`ConfigError::Invalid`] with field paths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigValue {
+    /// The parsed content.
+    pub value: Value,
+    /// Whether the file is TOML (maps are "tables" in messages).
+    pub toml: bool,
+}
+
+impl ConfigValue {
+    /// Reads and parses `path`. `Ok(None)`: its extension is not `.jsonc`, `.json` or `.toml`.
+    pub fn read(path: &Path) -> Result<Option<ConfigValue>, ConfigError> {
+        let Some(format) = Format::of(path) else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Ok(Some(ConfigValue {
+            value: parse(path, format, &text)?,
+            toml: matches!(format, Format::Toml),
+        }))
+    }
+
+    /// What `value` is, for messages ("a string", "an object" / "a table", …).
+    pub fn kind(&self, value: &Value) -> &'static str {
+        kind(
+            value,
+            if self.toml {
+                Format::Toml
+            } else {
+                Format::Json
+            },
+        )
+    }
+}
+
 fn parse(path: &Path, format: Format, text: &str) -> Result<Value, ConfigError> {
     match format {
         // wrangler reads .json files as JSONC too (comments, trailing commas).

@@ -61,7 +61,9 @@ mod script_output;
 mod serving;
 mod tail;
 
-pub use config::{ConfigError, ConfigProblem, LimitsError, ScriptConfig, VpcServiceBinding};
+pub use config::{
+    ConfigError, ConfigProblem, ConfigValue, LimitsError, ScriptConfig, VpcServiceBinding,
+};
 pub use dev_server::{Runtime, RuntimeOptions};
 pub use error_map::wasi_error_code;
 pub use limits::Limits;

@@ -1,5 +1,7 @@
 //! `wvpc dev`: every component in one process over real sockets ([`crate::stack`]), with the
 //! embedded directory of the state dir. Prints a line starting with `ready` once it serves.
+//! With `--mock`, the script runs against a mock network instead
+//! ([`wvpc_platform::mock_stack`]) and every binding request is printed as one line.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,6 +14,9 @@ use uuid::Uuid;
 use wvpc_directory::Directory;
 use wvpc_runtime::ScriptConfig;
 
+use wvpc_iris::dev_mock::{Exchange, MockNetwork};
+use wvpc_platform::mock_file::{self, MockFileWatch};
+use wvpc_platform::mock_stack::{MockStack, MockStackConfig};
 use wvpc_platform::stack::{IrisOptions, Stack, StackConfig, describe_bindings};
 
 /// Config file names looked for in the current directory, in order, when `--config` is absent.
@@ -36,6 +41,12 @@ pub struct DevArgs {
     /// Serve iris's Prometheus metrics on http://IP:PORT/metrics
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Run the script against a mock of its bindings' services instead of the edge and the
+    /// tunnels: no connector, no directory entries, no DNS server. FILE (JSON, JSONC or TOML)
+    /// says what each binding meets: canned responses, an upstream, DNS names, faults. It is
+    /// reloaded when it changes [default FILE: wvpc.mock.jsonc next to the config]
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pub mock: Option<Option<PathBuf>>,
     /// Timeouts and connection cap of the listeners.
     #[command(flatten)]
     pub server: super::server_args::ServerArgs,
@@ -70,6 +81,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let cwd = std::env::current_dir()?;
     let config_path = args.config_path(&cwd)?;
+    if let Some(mock) = &args.mock {
+        let mock_path = mock_file::path_for(mock.as_deref(), &config_path);
+        return run_mock(&args, &config_path, &mock_path, out).await;
+    }
     // The error names the file, the field and the problem; service names resolve in the
     // state's directory.
     let directory = state.open_directory()?;
@@ -139,6 +154,74 @@ pub async fn run(
     shutdown_signal().await;
     tracing::info!("shutting down");
     api.abort();
+    stack.shutdown();
+    Ok(())
+}
+
+/// `wvpc dev --mock`: the script against the mock in `mock_path`, one line per binding
+/// request, the file reloaded when it changes.
+async fn run_mock(
+    args: &DevArgs,
+    config_path: &Path,
+    mock_path: &Path,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    // The mock names the services: a `service` name in the config needs no directory.
+    let script = ScriptConfig::load_resolving(config_path, &|_| Ok(Uuid::nil()))?;
+    // Watched from before the first load, so that an edit made meanwhile is not missed.
+    let mut watch = MockFileWatch::new(mock_path);
+    let spec = mock_file::load(mock_path, &script).map_err(|err| match err {
+        mock_file::MockFileError::Config(wvpc_runtime::ConfigError::Read { path, source })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            anyhow::anyhow!(
+                "no mock file at {} (create it, e.g. {{\"bindings\": {{\"API\": {{\"responses\": \
+                 [{{\"path\": \"/*\", \"body\": \"hello\"}}]}}}}}}, or pass --mock <file>)",
+                path.display()
+            )
+        }
+        other => other.into(),
+    })?;
+    let bindings = script.vpc_services.iter().map(|b| b.binding.clone());
+    let network = MockNetwork::new(bindings, spec)?;
+    let (exchanges, mut printed) = tokio::sync::mpsc::unbounded_channel::<Exchange>();
+    network.set_observer(Arc::new(move |exchange: &Exchange| {
+        let _ = exchanges.send(exchange.clone());
+    }));
+    let stack = MockStack::start(MockStackConfig {
+        script: script.clone(),
+        mock: network.clone(),
+        listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
+        server: args.server.limits(),
+    })
+    .await?;
+    writeln!(
+        out,
+        "ready: serving script {:?} on http://{} with the mock {}",
+        script.name,
+        stack.script_addr,
+        mock_path.display()
+    )?;
+    for binding in network.bindings() {
+        writeln!(out, "  binding {binding} -> mock")?;
+    }
+    out.flush()?;
+    let mut poll = tokio::time::interval(mock_file::MOCK_FILE_POLL);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(exchange) = printed.recv() => writeln!(out, "{exchange}")?,
+            _ = poll.tick() => match watch.poll(&script, &network) {
+                None => continue,
+                Some(Ok(())) => writeln!(out, "mock reloaded from {}", mock_path.display())?,
+                Some(Err(err)) => writeln!(out, "{err}\n  (keeping the last good mock)")?,
+            },
+        }
+        out.flush()?;
+    }
+    tracing::info!("shutting down");
     stack.shutdown();
     Ok(())
 }

@@ -24,9 +24,9 @@ use wvpc_tests::dns::DnsMode;
 use wvpc_tests::real::{RealWorld, WorldOptions};
 use wvpc_tests::{client, guests, trace_init, within};
 
-/// What makes a row fail.
+/// What makes a row fail (also the real side of the mock's fault comparison, [`super::dev_mock`]).
 #[derive(Debug, Clone, Copy)]
-enum Cause {
+pub(crate) enum Cause {
     /// The service's port has no listener.
     ClosedPort,
     /// The origin's listen backlog is full, so the connector's 1 s dial times out.
@@ -206,7 +206,7 @@ fn the_table_covers_every_code_the_issue_names_once() {
     assert_eq!(count, 13);
 }
 
-async fn start(options: WorldOptions) -> RealWorld {
+pub(crate) async fn start(options: WorldOptions) -> RealWorld {
     within("starting the real path", RealWorld::start_with(options))
         .await
         .expect("starting the real path")
@@ -251,10 +251,10 @@ async fn run_row(world: &mut RealWorld, row: &Row) {
 }
 
 /// Whatever must stay alive while the row's request runs.
-type Keep = Vec<Box<dyn std::any::Any + Send>>;
+pub(crate) type Keep = Vec<Box<dyn std::any::Any + Send>>;
 
 /// Applies `cause` and returns the script path to request.
-async fn cause(world: &mut RealWorld, cause: Cause) -> (String, Keep) {
+pub(crate) async fn cause(world: &mut RealWorld, cause: Cause) -> (String, Keep) {
     let loopback = Ipv4Addr::LOCALHOST;
     let http = |host: &str| format!("/http/{host}/x");
     match cause {

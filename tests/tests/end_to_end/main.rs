@@ -7,12 +7,15 @@
 //! - [`ha`]: replicas, failover under load, graceful shutdown, iris restart, limits, metrics.
 //! - [`live_config`]: service changes reach iris while load runs.
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
+//! - [`dev_mock`]: the stack of `wvpc dev --mock`: canned answers, upstream, `501`, and each
+//!   fault giving what its real cause gives on the real path.
 //! - [`error_codes`]: the table of error codes, each from its real cause on the real path.
 //! - [`relay`]: a request relayed from the iris node it entered to the node holding the tunnel.
 //! - [`websocket`]: a WebSocket upgrade through the real path.
 //! - [`postgres_directory`]: the real path on a PostgreSQL directory, and while it is down.
 
 mod cluster;
+mod dev_mock;
 mod error_codes;
 mod ha;
 mod live_config;
