@@ -1206,44 +1206,25 @@ struct MockTls {
 
 impl MockTls {
     fn generate() -> Result<Self, MockError> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-        };
+        use wvpc_tls::ca::{CertificateAuthority, ExtendedKeyUsagePurpose, IssuedLeaf};
         let tls = |e: &dyn fmt::Display| MockError::Tls(e.to_string());
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(|e| tls(&e))?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "workers-vpc mock CA");
-        let ca_key = KeyPair::generate().map_err(|e| tls(&e))?;
-        let ca_cert = ca_params.self_signed(&ca_key).map_err(|e| tls(&e))?;
-        let issuer = Issuer::new(ca_params, ca_key);
-        let mut leaf_params =
-            CertificateParams::new(vec!["localhost".to_owned()]).map_err(|e| tls(&e))?;
-        leaf_params
-            .distinguished_name
-            .push(DnType::CommonName, "workers-vpc mock service");
-        leaf_params.use_authority_key_identifier_extension = true;
-        let leaf_key = KeyPair::generate().map_err(|e| tls(&e))?;
-        let leaf = leaf_params
-            .signed_by(&leaf_key, &issuer)
-            .map_err(|e| tls(&e))?;
-        let trusted = server_config(
-            vec![leaf.der().clone(), ca_cert.der().clone()],
-            leaf_key.serialize_der(),
-        )?;
-        let stranger = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-            .map_err(|e| tls(&e))?;
-        let untrusted = server_config(
-            vec![stranger.cert.der().clone()],
-            stranger.signing_key.serialize_der(),
-        )?;
+        let serving = |ca: &CertificateAuthority| -> Result<IssuedLeaf, MockError> {
+            ca.issue(
+                &["localhost"],
+                "workers-vpc mock service",
+                &[ExtendedKeyUsagePurpose::ServerAuth],
+            )
+            .map_err(|e| tls(&e))
+        };
+        let ca = CertificateAuthority::generate("workers-vpc mock CA").map_err(|e| tls(&e))?;
+        let leaf = serving(&ca)?;
+        let trusted = server_config(vec![leaf.cert_der, ca.cert_der().clone()], &leaf.key_pem)?;
+        // A CA of its own that no service trusts: its leaf fails verification as a stranger's.
+        let stranger = CertificateAuthority::generate("a stranger").map_err(|e| tls(&e))?;
+        let leaf = serving(&stranger)?;
+        let untrusted = server_config(vec![leaf.cert_der], &leaf.key_pem)?;
         Ok(Self {
-            ca_pem: ca_cert.pem(),
+            ca_pem: ca.cert_pem().to_owned(),
             trusted,
             untrusted,
         })
@@ -1252,9 +1233,10 @@ impl MockTls {
 
 fn server_config(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    key: Vec<u8>,
+    key_pem: &str,
 ) -> Result<Arc<rustls::ServerConfig>, MockError> {
-    let key = rustls::pki_types::PrivateKeyDer::try_from(key)
+    use rustls::pki_types::pem::PemObject as _;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| MockError::Tls(e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
