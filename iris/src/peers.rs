@@ -61,12 +61,14 @@ impl PeerMap {
     }
 }
 
-/// Holders the registry listed recently: merged into each new view, after the listed ones
-/// and with no connections counted, until `grace` after they were last listed.
+/// Holders the registry listed before: one that a view no longer lists is merged into the
+/// next views, after the listed ones and with no connections counted, until `grace` after the
+/// first view that missed it. Views that could not be read do not count.
 #[derive(Debug)]
 pub struct HolderMemory {
     grace: Duration,
-    last_listed: HashMap<(Uuid, String), (RelayPeer, Instant)>,
+    /// (tunnel, node) → the holder as last listed, and since when views miss it.
+    known: HashMap<(Uuid, String), (RelayPeer, Option<Instant>)>,
 }
 
 impl HolderMemory {
@@ -75,32 +77,33 @@ impl HolderMemory {
     pub fn new(grace: Duration) -> Self {
         Self {
             grace,
-            last_listed: HashMap::new(),
+            known: HashMap::new(),
         }
     }
 
-    /// `listed` (the registry's view at `now`) plus the holders listed within `grace` before.
+    /// `listed` (the registry's view read at `now`) plus the holders missing from it for less
+    /// than `grace`.
     pub fn merge(
         &mut self,
         mut listed: HashMap<Uuid, Vec<RelayPeer>>,
         now: Instant,
     ) -> HashMap<Uuid, Vec<RelayPeer>> {
+        for (_, missing_since) in self.known.values_mut() {
+            missing_since.get_or_insert(now);
+        }
         for (tunnel, peers) in &listed {
             for peer in peers {
-                self.last_listed
-                    .insert((*tunnel, peer.node.clone()), (peer.clone(), now));
+                self.known
+                    .insert((*tunnel, peer.node.clone()), (peer.clone(), None));
             }
         }
         let grace = self.grace;
-        self.last_listed
-            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < grace);
-        for ((tunnel, node), (peer, seen)) in &self.last_listed {
-            if *seen == now {
-                continue;
-            }
-            let peers = listed.entry(*tunnel).or_default();
-            if !peers.iter().any(|p| &p.node == node) {
-                peers.push(RelayPeer {
+        self.known.retain(|_, (_, missing_since)| {
+            missing_since.is_none_or(|since| now.saturating_duration_since(since) < grace)
+        });
+        for ((tunnel, _), (peer, missing_since)) in &self.known {
+            if missing_since.is_some() {
+                listed.entry(*tunnel).or_default().push(RelayPeer {
                     connections: 0,
                     ..peer.clone()
                 });
@@ -109,11 +112,11 @@ impl HolderMemory {
         listed
     }
 
-    /// When the next remembered holder is forgotten (the view should be merged again then).
+    /// When the next missing holder is forgotten (the view should be merged again then).
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.last_listed
+        self.known
             .values()
-            .map(|(_, seen)| *seen + self.grace)
+            .filter_map(|(_, missing_since)| missing_since.map(|since| since + self.grace))
             .min()
     }
 }
@@ -143,33 +146,32 @@ mod tests {
     }
 
     #[test]
-    fn a_holder_that_drops_out_of_the_view_is_kept_last_until_its_grace_ends() {
+    fn a_holder_missing_from_the_views_is_kept_last_until_a_grace_after_the_first_miss() {
         let tunnel = Uuid::new_v4();
         let mut memory = HolderMemory::new(Duration::from_secs(10));
         let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
         let view = |peers: Vec<RelayPeer>| HashMap::from([(tunnel, peers)]);
         let merged = memory.merge(view(vec![peer("b", 2), peer("c", 1)]), start);
         assert_eq!(merged[&tunnel], vec![peer("b", 2), peer("c", 1)]);
-        // b's rows vanish (its lease looked expired): b stays, after c, with no count.
+        assert_eq!(memory.next_expiry(), None);
+        // The store was away for a minute (no views read), then b's rows are missing (its
+        // lease looked expired): b stays, after c, with no count, for the grace from now.
         let map = PeerMap::new();
-        map.replace(memory.merge(view(vec![peer("c", 1)]), start + Duration::from_secs(3)));
+        map.replace(memory.merge(view(vec![peer("c", 1)]), at(60)));
         assert_eq!(map.holders(tunnel), vec![peer("c", 1), peer("b", 0)]);
-        assert_eq!(memory.next_expiry(), Some(start + Duration::from_secs(10)));
-        // b is listed again: counted again.
-        let merged = memory.merge(
-            view(vec![peer("b", 2), peer("c", 1)]),
-            start + Duration::from_secs(4),
-        );
+        assert_eq!(memory.next_expiry(), Some(at(70)));
+        // b is listed again: counted again, and nothing is due to be forgotten.
+        let merged = memory.merge(view(vec![peer("b", 2), peer("c", 1)]), at(65));
         assert_eq!(merged[&tunnel], vec![peer("b", 2), peer("c", 1)]);
-        // Nobody is listed any more: both are kept until a grace after they were last seen.
-        let empty = HashMap::new();
-        let merged = memory.merge(empty.clone(), start + Duration::from_secs(13));
+        assert_eq!(memory.next_expiry(), None);
+        // Nobody is listed any more: both are kept until the grace after that first miss.
+        let merged = memory.merge(HashMap::new(), at(66));
         assert_eq!(merged[&tunnel].len(), 2);
-        let merged = memory.merge(empty, start + Duration::from_secs(14));
-        assert!(
-            merged.is_empty() || merged[&tunnel].is_empty(),
-            "{merged:?}"
-        );
+        let merged = memory.merge(HashMap::new(), at(75));
+        assert_eq!(merged[&tunnel].len(), 2);
+        let merged = memory.merge(HashMap::new(), at(76));
+        assert!(merged.is_empty(), "{merged:?}");
         assert_eq!(memory.next_expiry(), None);
     }
 }
