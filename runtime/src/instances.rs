@@ -29,10 +29,12 @@ pub(crate) const MAX_REQUESTS: u32 = 1000;
 /// Longest life of an instance, so stale global state and leaks are also bounded in time on
 /// a busy script.
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(60);
-/// Idle instances one version keeps: enough for a few requests in flight at once on a
-/// 2–8-core runtime; a burst beyond that instantiates, as before, and its extra instances
-/// are dropped when it ends.
-pub(crate) const MAX_IDLE_PER_VERSION: usize = 4;
+/// Idle instances one version keeps: as many as its requests in flight at once under
+/// steady load (one instance serves one request at a time), so that steady traffic of up to
+/// this many concurrent requests never instantiates. They cost little more than the warm
+/// pool slots they sit in, which keep their written pages resident anyway. A burst beyond
+/// that instantiates, and its extra instances are dropped when it ends.
+pub(crate) const MAX_IDLE_PER_VERSION: usize = 32;
 /// Resource handles an idle instance may hold: what a guest keeps for good (Rust's std
 /// caches its stdio streams on first use), with room to spare.
 pub(crate) const MAX_HELD_RESOURCES: usize = 16;
@@ -41,8 +43,49 @@ pub(crate) const MAX_HELD_RESOURCES: usize = 16;
 /// requests in flight always find slots.
 pub(crate) const MAX_IDLE_TOTAL: usize = crate::engine::MAX_CONCURRENT_INSTANCES as usize / 4;
 
-/// Idle instances of every version in this process.
-static IDLE_TOTAL: AtomicUsize = AtomicUsize::new(0);
+/// Linear memory all idle instances of the process may hold: an idle instance keeps all of
+/// its memory (a warm pool slot only the pages written, up to 1 MiB). A small script (1–2
+/// MiB) can keep its full count; one whose instances hold 32 MiB keeps 8.
+pub(crate) const MAX_IDLE_BYTES: usize = 256 << 20;
+
+/// Idle instances of every version in this process, and the linear memory they hold.
+static IDLE: IdleBudget = IdleBudget {
+    count: AtomicUsize::new(0),
+    bytes: AtomicUsize::new(0),
+};
+
+/// The process-wide bounds of idle instances ([`MAX_IDLE_TOTAL`], [`MAX_IDLE_BYTES`]).
+struct IdleBudget {
+    count: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl IdleBudget {
+    /// Room for one more idle instance holding `bytes`, if there is.
+    fn reserve(&self, bytes: usize) -> bool {
+        let add = |counter: &AtomicUsize, n: usize, max: usize| {
+            counter
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                    now.checked_add(n).filter(|&sum| sum <= max)
+                })
+                .is_ok()
+        };
+        if !add(&self.count, 1, MAX_IDLE_TOTAL) {
+            return false;
+        }
+        if !add(&self.bytes, bytes, MAX_IDLE_BYTES) {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// An idle instance holding `bytes` was taken or dropped.
+    fn release(&self, bytes: usize) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
 
 /// An instance with its store, between requests or serving one.
 pub(crate) struct Instance {
@@ -52,6 +95,8 @@ pub(crate) struct Instance {
     born: Instant,
     /// Requests served so far (the current one included once it ends).
     served: u32,
+    /// Linear memory it held when it went idle (counted in [`IDLE`]).
+    idle_bytes: usize,
 }
 
 impl Instance {
@@ -62,6 +107,7 @@ impl Instance {
             script: None,
             born: Instant::now(),
             served: 0,
+            idle_bytes: 0,
         }
     }
 }
@@ -92,7 +138,7 @@ impl InstancePool {
                 let Some(instance) = idle.pop() else {
                     break None;
                 };
-                IDLE_TOTAL.fetch_sub(1, Ordering::Relaxed);
+                IDLE.release(instance.idle_bytes);
                 if instance.born.elapsed() < MAX_AGE {
                     break Some(instance);
                 }
@@ -133,13 +179,11 @@ impl InstancePool {
             dropped = idle
                 .extract_if(.., |i| i.born.elapsed() >= MAX_AGE)
                 .collect();
-            IDLE_TOTAL.fetch_sub(dropped.len(), Ordering::Relaxed);
-            let room = idle.len() < MAX_IDLE_PER_VERSION
-                && IDLE_TOTAL
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                        (n < MAX_IDLE_TOTAL).then_some(n + 1)
-                    })
-                    .is_ok();
+            for expired in &dropped {
+                IDLE.release(expired.idle_bytes);
+            }
+            instance.idle_bytes = instance.store.data().memory_size();
+            let room = idle.len() < MAX_IDLE_PER_VERSION && IDLE.reserve(instance.idle_bytes);
             if room {
                 idle.push(instance);
             } else {
@@ -161,7 +205,9 @@ impl InstancePool {
 impl Drop for InstancePool {
     fn drop(&mut self) {
         let idle = self.idle.get_mut().unwrap_or_else(PoisonError::into_inner);
-        IDLE_TOTAL.fetch_sub(idle.len(), Ordering::Relaxed);
+        for instance in idle.iter() {
+            IDLE.release(instance.idle_bytes);
+        }
     }
 }
 
