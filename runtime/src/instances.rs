@@ -1,5 +1,5 @@
 //! Reuse of script instances between requests (`limits.isolation = "instance"`, the
-//! default): each loaded version ([`crate::script::LoadedScript`]) keeps a few idle
+//! default): each loaded version ([`crate::script::LoadedScript`]) keeps some idle
 //! instances, store and all. A request takes one or instantiates; when it has completely
 //! finished cleanly, its instance goes back for the next request of the *same version* —
 //! an instance never serves another script or version, since the pool belongs to the
