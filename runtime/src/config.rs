@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::limits::{LIMIT_KEYS, Limits};
+use crate::limits::{Isolation, LIMIT_KEYS, Limits};
 
 /// A validated script config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -586,14 +586,42 @@ fn validate_limits(root: &Map<String, Value>, format: Format, problems: &mut Pro
     }
 }
 
+/// The one key of the `limits` section that is not an integer ([`Isolation`]).
+const ISOLATION_KEY: &str = "isolation";
+
 /// The keys of a `limits` section, on top of the defaults; every bad key is a problem named
 /// `limits.<key>`. The one validator of limits: config files and deployments both use it.
 fn limit_entries(entries: &Map<String, Value>, format: Format, problems: &mut Problems) -> Limits {
     let mut limits = Limits::default();
     for (key, value) in entries {
         let field = format!("limits.{key}");
+        if key == ISOLATION_KEY {
+            let values = Isolation::VALUES;
+            match values
+                .iter()
+                .find(|(name, _)| Some(*name) == value.as_str())
+            {
+                Some((_, isolation)) => limits.isolation = *isolation,
+                None => problems.push(
+                    field,
+                    format!(
+                        "expected \"instance\" (one instance serves many requests; the \
+                         default) or \"request\" (a fresh instance per request), found {}",
+                        match value {
+                            Value::String(s) => format!("{s:?}"),
+                            other => kind(other, format).to_owned(),
+                        }
+                    ),
+                ),
+            }
+            continue;
+        }
         let Some(limit) = LIMIT_KEYS.iter().find(|l| l.key == key) else {
-            let known: Vec<_> = LIMIT_KEYS.iter().map(|l| l.key).collect();
+            let known: Vec<_> = LIMIT_KEYS
+                .iter()
+                .map(|l| l.key)
+                .chain([ISOLATION_KEY])
+                .collect();
             problems.push(
                 field,
                 format!("unknown limit (allowed keys: {})", known.join(", ")),
@@ -980,7 +1008,8 @@ mod tests {
             ),
             vec![
                 "limits.cpu: unknown limit (allowed keys: cpu_ms, memory_mb, wall_time_ms, \
-                 subrequests, connections, queued_connections, url_bytes, header_bytes)",
+                 subrequests, connections, queued_connections, url_bytes, header_bytes, \
+                 isolation)",
                 "limits.cpu_ms: expected an integer from 1 to 300000, found 0",
                 "limits.memory_mb: expected an integer from 1 to 128, found 512",
                 "limits.subrequests: expected an integer from 1 to 1000, found a string",
@@ -1014,9 +1043,38 @@ mod tests {
             err.to_string(),
             "invalid limits:\n  - limits.cpu: unknown limit (allowed keys: cpu_ms, memory_mb, \
              wall_time_ms, subrequests, connections, queued_connections, url_bytes, \
-             header_bytes)\n  - limits.memory_mb: expected an integer from 1 to 128, found \
+             header_bytes, isolation)\n  - limits.memory_mb: expected an integer from 1 to 128, found \
              512\n  - limits.subrequests: expected an integer from 1 to 1000, found an object"
         );
+    }
+
+    #[test]
+    fn isolation_is_instance_by_default_request_on_demand_and_checked() {
+        use crate::limits::Isolation;
+        let fx = Fixture::new();
+        let isolation = |text: &str| fx.load("wrangler.toml", text).map(|c| c.limits.isolation);
+        assert_eq!(
+            isolation("name = \"w\"\nmain = \"script.wasm\"\n").expect("no limits"),
+            Isolation::Instance
+        );
+        assert_eq!(
+            isolation("name = \"w\"\nmain = \"script.wasm\"\n[limits]\nisolation = \"request\"\n")
+                .expect("request"),
+            Isolation::Request
+        );
+        assert_eq!(
+            fx.problems(
+                "wrangler.json",
+                r#"{"name": "w", "main": "script.wasm", "limits": {"isolation": "isolate"}}"#
+            ),
+            vec![
+                "limits.isolation: expected \"instance\" (one instance serves many requests; \
+                 the default) or \"request\" (a fresh instance per request), found \"isolate\""
+            ]
+        );
+        let err = Limits::from_section(serde_json::json!({ "isolation": 1 }).as_object().unwrap())
+            .unwrap_err();
+        assert!(err.to_string().ends_with("found a number"), "{err}");
     }
 
     #[test]

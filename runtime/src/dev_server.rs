@@ -101,6 +101,11 @@ impl Runtime {
         self.host.pool_stats()
     }
 
+    /// Idle instances kept for the script's next requests ([`ScriptHost::idle_instances`]).
+    pub fn idle_instances(&self) -> usize {
+        self.host.idle_instances()
+    }
+
     /// Changes each time the instance pool has been given back
     /// ([`ScriptHost::pool_releases`]).
     pub fn pool_releases(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -41,15 +41,22 @@ mod generated {
     });
 }
 
-pub(crate) use generated::ScriptPre;
 use generated::wvpc::bindings::vpc::{FetchInit, RedirectMode};
+pub(crate) use generated::{Script, ScriptPre};
 
-/// The `Store` data of one request.
+/// The `Store` data of one instance. What belongs to the request it serves (the outbound
+/// hooks with the request id and fetch budget, the request id of its output, the CPU meter
+/// and the limit flags) is replaced by [`HostState::start_request`] when the instance is
+/// reused.
 pub(crate) struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
+    bindings: Arc<ScriptBindings>,
     hooks: OutboundHooks,
+    /// The instance's stdout and stderr (also inside `wasi`), to switch their request id.
+    stdout: RequestOutput,
+    stderr: RequestOutput,
     /// Memory limit; the instance pool enforces its slot size, this the script's own limit
     /// (and covers an engine that fell back to on-demand allocation).
     memory: MemoryLimiter,
@@ -78,10 +85,12 @@ impl HostState {
                 stream,
             )
         };
+        let stdout = output(ScriptStream::Stdout);
+        let stderr = output(ScriptStream::Stderr);
         let mut wasi = WasiCtx::builder();
         // Script output is captured per request; no env, args, files or sockets.
-        wasi.stdout(output(ScriptStream::Stdout))
-            .stderr(output(ScriptStream::Stderr))
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false);
         let limits = bindings.limits;
@@ -89,10 +98,14 @@ impl HostState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundHooks::new(bindings, request_id),
+            hooks: OutboundHooks::new(bindings.clone(), request_id),
+            bindings,
+            stdout,
+            stderr,
             memory: MemoryLimiter {
                 max: limits.memory_bytes,
                 refused: false,
+                size: 0,
             },
             cpu: CpuMeter::default(),
             cpu_exceeded: false,
@@ -122,6 +135,41 @@ impl HostState {
             Ok(UpdateDeadline::Yield(1))
         });
         store
+    }
+
+    /// Readies a reused instance's store for the request `request_id`: the previous
+    /// request's partial output lines are emitted under its own id, and the request id, the
+    /// fetch budget, the CPU meter and the limit flags start afresh.
+    pub fn start_request(store: &mut Store<Self>, request_id: Arc<str>) {
+        let state = store.data_mut();
+        state.stdout.start_request(request_id.clone());
+        state.stderr.start_request(request_id.clone());
+        state.hooks = OutboundHooks::new(state.bindings.clone(), request_id);
+        state.cpu = CpuMeter::default();
+        state.cpu_exceeded = false;
+        state.memory.refused = false;
+        store.set_epoch_deadline(1);
+    }
+
+    /// Emits the request's partial last output lines (the instance is kept for another).
+    pub fn finish_request(&self) {
+        self.stdout.finish_request();
+        self.stderr.finish_request();
+    }
+
+    /// The script's `limits.memory_mb`, in bytes.
+    pub fn memory_limit(&self) -> usize {
+        self.memory.max
+    }
+
+    /// Bytes of linear memory the instance has.
+    pub fn memory_size(&self) -> usize {
+        self.memory.size
+    }
+
+    /// Resources (streams, bodies, fields…) the guest holds handles to.
+    pub fn resources(&mut self) -> usize {
+        self.table.iter_mut().count()
     }
 
     /// The limit that stopped this request's guest, if one did.

@@ -12,7 +12,10 @@
 //!   `<script>.<subdomain>.workers.localhost`, wrangler routes), and a request in flight
 //!   finishes on the version it started on;
 //! - or one script whatever the `Host` ([`Runtime`], `wvpc dev`), through the same code;
-//! - serves HTTP/1.1 with a fresh instance per request ([`ScriptHost::serve`]);
+//! - serves HTTP/1.1 ([`ScriptHost::serve`]), each request on an instance of its version:
+//!   one that served earlier requests of that version (globals persist, as in a Workers
+//!   isolate) or, after a trap or a limit and with `limits.isolation = "request"`, a fresh
+//!   one;
 //! - sends `vpc.fetch(binding, request, options, init)` over Cap'n Proto to the
 //!   binding-workers (`schemas/binding.capnp`), on one reused connection each (authenticated
 //!   with the [`PlatformSecret`] when there is one) shared by every script, spread over them
@@ -51,6 +54,7 @@ mod dev_server;
 mod engine;
 mod error_map;
 mod host;
+mod instances;
 mod limits;
 mod outbound;
 mod pool;
@@ -66,7 +70,7 @@ pub use config::{
 };
 pub use dev_server::{Runtime, RuntimeOptions};
 pub use error_map::wasi_error_code;
-pub use limits::Limits;
+pub use limits::{Isolation, Limits};
 pub use pool::{PoolRelease, PoolStats};
 pub use routing::{RouteConflict, RouteError, RoutePattern, RouteTable, ScriptKey, ScriptRoutes};
 pub use script::{ComponentError, RuntimeError, check_component};

@@ -12,6 +12,10 @@
 //! | `url_bytes` | 16 384 | 1–1 048 576 | incoming requests and binding fetches | 414 / `HTTP-request-URI-too-long` |
 //! | `header_bytes` | 131 072 | 1–1 048 576 | incoming requests and binding fetches | 431 / `HTTP-request-header-section-size` |
 //!
+//! `isolation` (`"instance"` by default, or `"request"`) is not a bound but sits in the same
+//! section: whether an instance serves many requests of its version ([`Isolation`],
+//! [`crate::instances`]).
+//!
 //! `docs/limits.md` is the user-facing version of this table.
 
 use std::sync::Arc;
@@ -28,8 +32,8 @@ pub struct Limits {
     pub cpu: Duration,
     /// Linear memory of the script's instance (`memory_mb`), in bytes.
     pub memory_bytes: usize,
-    /// Wall-clock time from instantiation to the end of the handler, response body included
-    /// (`wall_time_ms`).
+    /// Wall-clock time from the start of the request (instantiation, on a fresh instance) to
+    /// the end of the handler, response body included (`wall_time_ms`).
     pub wall_time: Duration,
     /// Binding fetches per request, each followed redirect included (`subrequests`).
     pub subrequests: u32,
@@ -42,6 +46,29 @@ pub struct Limits {
     pub url_bytes: usize,
     /// Largest header section (sum of names and values), in bytes (`header_bytes`).
     pub header_bytes: usize,
+    /// Whether an instance serves more than one request (`isolation`).
+    pub isolation: Isolation,
+}
+
+/// Whether a script's instance (and its global state) outlives a request: `isolation` in
+/// the `limits` section.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// `"instance"`: an instance serves many requests of its version one after the other,
+    /// as a Workers isolate does; globals persist between them. It is thrown away after a
+    /// trap, a limit, a bounded number of requests or time, or when its memory grew large.
+    #[default]
+    Instance,
+    /// `"request"`: every request gets a fresh instance; nothing survives a request.
+    Request,
+}
+
+impl Isolation {
+    /// The config values, in documentation order.
+    pub(crate) const VALUES: &[(&'static str, Isolation)] = &[
+        ("instance", Isolation::Instance),
+        ("request", Isolation::Request),
+    ];
 }
 
 impl Default for Limits {
@@ -55,6 +82,7 @@ impl Default for Limits {
             queued_connections: 50,
             url_bytes: 16 << 10,
             header_bytes: 128 << 10,
+            isolation: Isolation::Instance,
         }
     }
 }
@@ -155,16 +183,19 @@ impl CpuMeter {
 
 /// The store's resource limiter: linear memory up to `memory_bytes`; a refused growth is
 /// remembered, so the trap that usually follows (an allocation failure aborts) is reported as
-/// the memory limit.
+/// the memory limit. It also knows how large the instance's memories have grown (creation
+/// counts as growth from 0), for the high-water mark of a reused instance.
 pub(crate) struct MemoryLimiter {
     pub max: usize,
     pub refused: bool,
+    /// Bytes of linear memory the instance has, all memories together.
+    pub size: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -172,6 +203,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.refused = true;
             return Ok(false);
         }
+        self.size = self.size.saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 

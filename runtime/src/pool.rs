@@ -5,7 +5,8 @@
 //! worth, and wasmtime cannot empty idle slots in place. While a [`ScriptHost`] serves, a
 //! watcher samples the pool (every second, or more often for a short quiet period). When,
 //! over a whole [`PoolRelease::quiet_period`], at most a quarter of the slots the pool has
-//! warmed were in use at once, and its idle slots keep at least
+//! warmed were serving requests at once (idle instances kept for reuse do not count; they
+//! are dropped with the old engine), and its idle slots keep at least
 //! [`PoolRelease::min_idle_resident_bytes`], every script moves to a fresh engine (its
 //! compiled component comes from wasmtime's on-disk cache) and the old pool is freed when its
 //! last request ends. A small script keeps a few KiB per slot and never gets there; one that
@@ -47,7 +48,8 @@ impl Default for PoolRelease {
 /// Figures of a runtime's instance pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
-    /// Script instances alive now (requests running).
+    /// Script instances alive now: requests running, and idle instances kept for reuse
+    /// ([`ScriptHost::idle_instances`](crate::ScriptHost::idle_instances)).
     pub live_instances: u64,
     /// Slots used before and idle now.
     pub idle_slots: u32,
@@ -162,7 +164,12 @@ async fn watch_pool(host: Weak<ScriptHost>) {
         let Some(pool) = crate::engine::pool_use(&engine) else {
             return; // no pool: nothing is kept
         };
-        peak = peak.max(pool.live_instances);
+        // Instances kept idle for reuse are not traffic: a release drops them with their
+        // versions and the next requests instantiate on the fresh engine.
+        let busy = pool
+            .live_instances
+            .saturating_sub(host.idle_instances() as u64);
+        peak = peak.max(busy);
         if since.elapsed() < release.quiet_period {
             continue;
         }

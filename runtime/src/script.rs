@@ -13,6 +13,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use crate::host::{HostState, ScriptPre};
+use crate::instances::InstancePool;
 use crate::outbound::ScriptBindings;
 
 /// One loaded version of a script: its pre-instantiated component and what every request of
@@ -23,6 +24,8 @@ pub(crate) struct LoadedScript {
     /// Which compiled component `pre` is (the module's content hash; `local` for `wvpc dev`).
     pub etag: Arc<str>,
     pub bindings: Arc<ScriptBindings>,
+    /// Idle instances of this version, for the next requests (`limits.isolation`).
+    pub instances: InstancePool,
 }
 
 /// Why a [`Runtime`](crate::Runtime) or [`ScriptHost`](crate::ScriptHost) could not be

@@ -33,6 +33,7 @@ use crate::binding_client::BindingClient;
 use crate::config::{LimitsError, ScriptConfig};
 use crate::dev_server::{RuntimeOptions, start_binding_client};
 use crate::host::{HostState, ScriptPre};
+use crate::instances::InstancePool;
 use crate::limits::Limits;
 use crate::outbound::ScriptBindings;
 use crate::pool::{PoolRelease, PoolStats, PoolWatch};
@@ -306,6 +307,7 @@ impl ScriptHost {
                         &services,
                         config.limits,
                     )),
+                    instances: InstancePool::default(),
                 });
                 let table = Table {
                     any_host: Some(loaded),
@@ -395,6 +397,18 @@ impl ScriptHost {
         self.pool.releases()
     }
 
+    /// Instances of the served versions that are idle, kept for their version's next
+    /// requests (`limits.isolation = "instance"`).
+    pub fn idle_instances(&self) -> usize {
+        let table = self.current();
+        table
+            .any_host
+            .iter()
+            .chain(table.scripts.values().map(|served| &served.loaded))
+            .map(|loaded| loaded.instances.idle())
+            .sum()
+    }
+
     pub(crate) fn pool_watch(&self) -> &PoolWatch {
         &self.pool
     }
@@ -435,6 +449,8 @@ impl ScriptHost {
                     pre: c.pre.clone(),
                     etag: script.etag.clone(),
                     bindings: script.bindings.clone(),
+                    // The idle instances stay with the old engine's version and go with it.
+                    instances: InstancePool::default(),
                 }),
                 // Not compiled by this host (cannot happen): it stays where it is.
                 None => script.clone(),
@@ -692,6 +708,7 @@ impl ScriptHost {
                 &deployment.bindings,
                 limits,
             )),
+            instances: InstancePool::default(),
         };
         Ok(served(Arc::new(loaded)))
     }

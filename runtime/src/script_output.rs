@@ -1,7 +1,10 @@
-//! A script's stdout and stderr, captured per request: each request's WASI context gets its
+//! A script's stdout and stderr, captured per request: each instance's WASI context gets its
 //! own pair of line-splitting pipes, and every complete line goes to the runtime's
-//! [`ScriptOutput`] with the account, script, version and request id. The output also hears
-//! of every request's outcome ([`ScriptOutput::request`]).
+//! [`ScriptOutput`] with the account, script, version and the id of the request the instance
+//! is serving. An instance that serves many requests keeps its pipes (the guest may hold
+//! their stream handles); between two requests the partial last line is emitted and the
+//! request id switched ([`RequestOutput::start_request`]). The output also hears of every
+//! request's outcome ([`ScriptOutput::request`]).
 //!
 //! The default, [`PrefixedOutput`], prints `[<script> <first 8 of the request id>] <line>`
 //! on the process's stdout / stderr — what `wvpc dev` shows. [`TailHub`](crate::TailHub)
@@ -136,52 +139,74 @@ pub(crate) struct OutputSource {
     pub request_id: Arc<str>,
 }
 
-/// The pending partial line of one stream of one request. Shared by every stream handle the
-/// guest opens (each `get-stdout` makes a new one); the last line is emitted when the
-/// request's store drops it.
+/// The pending partial line of one stream of one instance, and the request it belongs to.
+/// Shared by every stream handle the guest opens (each `get-stdout` makes a new one); the
+/// last line is emitted when the request ends or the instance's store drops it.
 struct LineBuffer {
     sink: Arc<dyn ScriptOutput>,
     source: OutputSource,
     stream: ScriptStream,
-    pending: Mutex<Vec<u8>>,
+    current: Mutex<Current>,
+}
+
+/// The request being served and its partial line.
+struct Current {
+    request_id: Arc<str>,
+    pending: Vec<u8>,
 }
 
 impl LineBuffer {
-    fn emit(&self, bytes: &[u8]) {
+    fn emit(&self, request_id: &str, bytes: &[u8]) {
         let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
         self.sink.line(ScriptLine {
             account_id: &self.source.account_id,
             script: &self.source.script,
             version: &self.source.version,
-            request_id: &self.source.request_id,
+            request_id,
             stream: self.stream,
             text: &String::from_utf8_lossy(bytes),
         });
     }
 
     fn write(&self, mut bytes: &[u8]) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let Current {
+            request_id,
+            pending,
+        } = &mut *current;
         while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
             pending.extend_from_slice(&bytes[..end]);
-            self.emit(&pending);
+            self.emit(request_id, pending);
             pending.clear();
             bytes = &bytes[end + 1..];
         }
         pending.extend_from_slice(bytes);
         while pending.len() >= MAX_LINE {
             let rest = pending.split_off(MAX_LINE);
-            self.emit(&pending);
+            self.emit(request_id, pending);
             *pending = rest;
+        }
+    }
+
+    /// Emits the partial last line of the current request, if any.
+    fn flush(&self, current: &mut Current) {
+        if !current.pending.is_empty() {
+            self.emit(&current.request_id, &current.pending);
+            current.pending.clear();
         }
     }
 }
 
 impl Drop for LineBuffer {
     fn drop(&mut self) {
-        let pending = std::mem::take(self.pending.get_mut().unwrap_or_else(|p| p.into_inner()));
-        if !pending.is_empty() {
-            self.emit(&pending);
-        }
+        let mut current = std::mem::replace(
+            self.current.get_mut().unwrap_or_else(|p| p.into_inner()),
+            Current {
+                request_id: self.source.request_id.clone(),
+                pending: Vec::new(),
+            },
+        );
+        self.flush(&mut current);
     }
 }
 
@@ -191,12 +216,30 @@ pub(crate) struct RequestOutput(Arc<LineBuffer>);
 
 impl RequestOutput {
     pub fn new(sink: Arc<dyn ScriptOutput>, source: OutputSource, stream: ScriptStream) -> Self {
+        let current = Current {
+            request_id: source.request_id.clone(),
+            pending: Vec::new(),
+        };
         Self(Arc::new(LineBuffer {
             sink,
             source,
             stream,
-            pending: Mutex::new(Vec::new()),
+            current: Mutex::new(current),
         }))
+    }
+
+    /// Emits the partial last line of the request that ended (with its id); what the
+    /// instance writes from now on belongs to `request_id`.
+    pub fn start_request(&self, request_id: Arc<str>) {
+        let mut current = self.0.current.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.flush(&mut current);
+        current.request_id = request_id;
+    }
+
+    /// Emits the partial last line of the current request, if any.
+    pub fn finish_request(&self) {
+        let mut current = self.0.current.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.flush(&mut current);
     }
 }
 
@@ -300,5 +343,34 @@ mod tests {
             sink.0.lock().unwrap().last().unwrap(),
             "[proxy 5f3a1b2c] three"
         );
+    }
+
+    #[test]
+    fn a_reused_stream_writes_under_the_next_request_id() {
+        let sink = Arc::new(Collect::default());
+        let source = OutputSource {
+            account_id: "acct".into(),
+            script: "proxy".into(),
+            version: "v1".into(),
+            request_id: "11111111aa".into(),
+        };
+        let output = RequestOutput::new(sink.clone(), source, ScriptStream::Stdout);
+        // The guest keeps its stream handle from one request to the next.
+        let mut stream = output.p2_stream();
+        stream.write(Bytes::from_static(b"first\npartial")).unwrap();
+        output.start_request("22222222bb".into());
+        stream.write(Bytes::from_static(b"second\nend")).unwrap();
+        output.finish_request();
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            [
+                "[proxy 11111111] first",
+                "[proxy 11111111] partial",
+                "[proxy 22222222] second",
+                "[proxy 22222222] end",
+            ]
+        );
+        drop((stream, output));
+        assert_eq!(sink.0.lock().unwrap().len(), 4, "nothing left to emit");
     }
 }

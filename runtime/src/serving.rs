@@ -1,6 +1,7 @@
 //! The HTTP/1.1 front of a [`ScriptHost`]: each request gets a request id (returned as
 //! `wvpc-request-id` and carried to every hop), is routed to a script version by its host and
-//! path, and runs in a fresh `Store` and instance of that version on its own tokio task.
+//! path, and runs on an instance of that version on its own tokio task: an idle instance
+//! that served earlier requests of the version, or a fresh one ([`crate::instances`]).
 //!
 //! A request no script serves gets 404 naming its host. A trap fails only that request
 //! (500), so does a limit (503 for CPU and memory, 504 for wall time, 414 / 431 for an
@@ -22,7 +23,8 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wvpc_listener::{HttpServer, ServerLimits};
 
 use crate::host::HostState;
-use crate::limits::{LimitExceeded, Limits, header_section_bytes};
+use crate::instances::Instance;
+use crate::limits::{Isolation, LimitExceeded, Limits, header_section_bytes};
 use crate::script::LoadedScript;
 use crate::script_host::ScriptHost;
 use crate::script_output::{RequestOutcome, RequestSummary};
@@ -41,7 +43,7 @@ pub(crate) async fn serve(host: Arc<ScriptHost>, listener: TcpListener, limits: 
     .await;
 }
 
-/// Routes one request and runs it through a fresh instance of its script.
+/// Routes one request and runs it on an instance of its script.
 async fn handle(
     host: &ScriptHost,
     request: http::Request<Incoming>,
@@ -121,19 +123,31 @@ fn without_port(authority: &str) -> &str {
     }
 }
 
-/// Runs one request through a fresh instance of `script`.
+/// Runs one request on an instance of `script`: an idle one of this version when it keeps
+/// them ([`Isolation::Instance`]), else a fresh one.
 async fn run_script(
-    script: &LoadedScript,
+    script: &Arc<LoadedScript>,
     request: http::Request<Incoming>,
     request_id: &Arc<str>,
 ) -> Result<http::Response<HyperOutgoingBody>, Failure> {
     let bindings = &script.bindings;
     let limits = bindings.limits;
     check_incoming(&request, &limits)?;
-    let mut store = HostState::new_store(script.pre.engine(), bindings.clone(), request_id.clone());
+    let reuse = limits.isolation == Isolation::Instance;
+    let mut instance = match reuse.then(|| script.instances.take()).flatten() {
+        Some(mut idle) => {
+            HostState::start_request(&mut idle.store, request_id.clone());
+            idle
+        }
+        None => Instance::new(HostState::new_store(
+            script.pre.engine(),
+            bindings.clone(),
+            request_id.clone(),
+        )),
+    };
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (incoming, outparam) = {
-        let mut http = store.data_mut().http();
+        let mut http = instance.store.data_mut().http();
         let incoming = http
             .new_incoming_request(Scheme::Http, request)
             .map_err(|e| Failure::Host(format!("{e:#}")))?;
@@ -143,25 +157,59 @@ async fn run_script(
         (incoming, outparam)
     };
 
-    let pre = script.pre.clone();
+    let script = script.clone();
     let id = request_id.clone();
-    let bindings = bindings.clone();
+    // The response head, relayed by the task: it learns on the way whether the script
+    // answered and whether anyone was still waiting for the answer.
+    let (head_sender, head) = tokio::sync::oneshot::channel();
     // Own task: the script may keep streaming its response body after `handle` returned
     // the head. It logs its own failure, once, with the request id.
     let task = tokio::spawn(async move {
-        let run = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, incoming, outparam)
-                .await
+        let pre = &script.pre;
+        let mut relay = HeadRelay {
+            from_script: receiver,
+            to_handler: Some(head_sender),
+            answered: false,
+            cancelled: false,
         };
-        // Dropping the run at the deadline drops the instance with it.
-        let outcome = match tokio::time::timeout(limits.wall_time, run).await {
+        let result = {
+            let run = async {
+                let proxy = match instance.script.take() {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut instance.store).await?,
+                };
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut instance.store, incoming, outparam)
+                    .await?;
+                instance.script = Some(proxy);
+                wasmtime::Result::<()>::Ok(())
+            };
+            // Dropping the run at the deadline stops the guest where it is; its instance is
+            // not reused.
+            let run = tokio::time::timeout(limits.wall_time, run);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    biased;
+                    head = &mut relay.from_script, if relay.to_handler.is_some() => {
+                        relay.forward(head.ok());
+                    }
+                    result = &mut run => break result,
+                }
+            }
+        };
+        // The script may have set the head in the same step that `handle` returned.
+        if relay.to_handler.is_some() {
+            let head = relay.from_script.try_recv().ok();
+            relay.forward(head);
+        }
+        let outcome = match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err((store.data().limit_exceeded(), Some(err))),
+            Ok(Err(err)) => Err((instance.store.data().limit_exceeded(), Some(err))),
             Err(_) => Err((Some(LimitExceeded::WallTime), None)),
         };
+        let bindings = &script.bindings;
         if let Err((exceeded, err)) = &outcome {
             match exceeded {
                 Some(limit) => tracing::warn!(
@@ -182,10 +230,20 @@ async fn run_script(
                 ),
             }
         }
+        // Only an instance whose request ended cleanly serves another: after a trap or a
+        // limit its state is wherever the guest stopped.
+        if reuse
+            && outcome.is_ok()
+            && relay.answered
+            && !relay.cancelled
+            && instance.store.data().limit_exceeded().is_none()
+        {
+            script.instances.give_back(instance);
+        }
         outcome.map_err(|(exceeded, _)| exceeded)
     });
 
-    match receiver.await {
+    match head.await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(code)) => Err(Failure::ScriptError(code)),
         Err(_) => match task.await {
@@ -194,6 +252,32 @@ async fn run_script(
             Ok(Err(None)) => Err(Failure::Trap),
             Err(join) => Err(Failure::Host(format!("script task failed: {join}"))),
         },
+    }
+}
+
+/// What the script set as its response: a head, or the error it answered with.
+type Head = Result<http::Response<HyperOutgoingBody>, ErrorCode>;
+
+/// Passes the script's response head on to the request's handler.
+struct HeadRelay {
+    from_script: tokio::sync::oneshot::Receiver<Head>,
+    to_handler: Option<tokio::sync::oneshot::Sender<Head>>,
+    /// The script set a response (not an error).
+    answered: bool,
+    /// The handler was gone (the client left) before the head reached it.
+    cancelled: bool,
+}
+
+impl HeadRelay {
+    /// Forwards `head`; `None` (the script set none) tells the handler to ask the task why.
+    fn forward(&mut self, head: Option<Head>) {
+        let Some(to_handler) = self.to_handler.take() else {
+            return;
+        };
+        if let Some(head) = head {
+            self.answered = head.is_ok();
+            self.cancelled = to_handler.send(head).is_err();
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The instance pool keeps, in each slot a burst used, the memory its instance wrote; once
 //! traffic is quiet the runtime gives it back by moving the script to a fresh engine, and
-//! keeps serving.
+//! keeps serving. Idle instances kept for reuse do not hold the old engine.
 //!
 //! Its own test binary: the engine, and so the pool, is shared by every runtime of a process.
 
@@ -74,6 +74,15 @@ async fn after_a_burst_the_instance_pool_is_given_back_once_traffic_is_quiet() {
     {
         assert_eq!(status, 503, "{body}");
     }
+    // An instance kept for the script's next request, on the engine about to be retired.
+    assert_eq!(get(addr, "/counter").await, (200, "count=1".to_owned()));
+    tokio::time::timeout(GUARD, async {
+        while runtime.idle_instances() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the instance was kept");
     let kept = runtime.pool_stats().expect("a pooled engine");
     // Each slot keeps up to 1 MiB of what its instance wrote.
     assert!(kept.idle_resident_bytes >= 1 << 20, "{kept:?}");
@@ -93,8 +102,11 @@ async fn after_a_burst_the_instance_pool_is_given_back_once_traffic_is_quiet() {
     assert_eq!(fresh.idle_resident_bytes, 0, "{fresh:?}");
     assert_eq!(fresh.idle_slots, 0, "{fresh:?}");
     assert_eq!(fresh.releases, 1);
-    // No request was running on the old pool: it is freed already.
+    // No request was running on the old pool, and its idle instance went with the old
+    // version of the script: the pool is freed already.
     assert_eq!(fresh.retired_pools, 0, "{fresh:?}");
+    assert_eq!(runtime.idle_instances(), 0);
+    assert_eq!(get(addr, "/counter").await, (200, "count=1".to_owned()));
     // The script serves on, from the fresh engine.
     assert_eq!(get(addr, "/print").await, (200, "printed".to_owned()));
     assert_eq!(runtime.pool_stats().unwrap().releases, 1);

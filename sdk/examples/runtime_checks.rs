@@ -17,6 +17,13 @@
 //! - `/subrequests/<n>`: `n` fetches one after the other; stops at the first failure.
 //! - `/queue`: three fetches at once while the first response is held unread.
 //! - `/long-url/<n>`, `/big-header/<n>`: a fetch with an `n`-byte path / header value.
+//! - `/counter`: answers `count=<n>`, `n` the requests this instance has served at that
+//!   path (a global: it grows when the runtime reuses the instance).
+//! - `/counter/grow/<mb>`: the same, after keeping `mb` MiB more for the life of the
+//!   instance.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wvpc_sdk::wasip2::http::outgoing_handler;
 use wvpc_sdk::wasip2::http::types::{Fields, OutgoingRequest, Scheme};
@@ -24,11 +31,25 @@ use wvpc_sdk::{Env, FetchOptions, Handler, ProxyError, Redirect, Request, Respon
 
 struct Checks;
 
+/// Requests to `/counter` this instance served.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// What `/counter/grow` keeps.
+static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
 impl Handler for Checks {
     fn fetch(request: Request, env: &Env) -> Response {
         let path = request.path_with_query().to_owned();
         if path == "/trap" {
             panic!("runtime-checks: trapping on purpose");
+        }
+        if let Some(rest) = path.strip_prefix("/counter") {
+            if let Some(mb) = rest.strip_prefix("/grow/") {
+                let mb: usize = mb.parse().unwrap_or(0);
+                let kept = std::hint::black_box(vec![1u8; mb << 20]);
+                KEPT.lock().unwrap_or_else(|p| p.into_inner()).push(kept);
+            }
+            let count = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+            return Response::new(200).with_body(format!("count={count}"));
         }
         if let Some(port) = path.strip_prefix("/outbound?port=") {
             return Response::new(200).with_body(format!("outbound: {}", plain_outbound(port)));

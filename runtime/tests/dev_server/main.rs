@@ -6,6 +6,7 @@ mod fake_binding_worker;
 mod fetch_semantics;
 mod guests;
 mod limits;
+mod reuse;
 mod script_host;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ const GUARD: Duration = Duration::from_secs(120);
 /// A runtime serving `main` on 127.0.0.1:0, with binding `API` → [`SERVICE`].
 struct Served {
     addr: SocketAddr,
+    runtime: Arc<Runtime>,
     _config_dir: tempfile::TempDir,
 }
 
@@ -86,9 +88,10 @@ async fn serve_configured(
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(runtime.serve(listener));
+    tokio::spawn(runtime.clone().serve(listener));
     Served {
         addr,
+        runtime,
         _config_dir: dir,
     }
 }

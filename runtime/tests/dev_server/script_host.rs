@@ -369,7 +369,8 @@ async fn a_version_that_cannot_load_leaves_the_previous_one_serving() {
             bad_limits,
             "invalid limits:\n  - limits.cpu_ms: expected an integer from 1 to 300000, found \
              0\n  - limits.cpus: unknown limit (allowed keys: cpu_ms, memory_mb, wall_time_ms, \
-             subrequests, connections, queued_connections, url_bytes, header_bytes)",
+             subrequests, connections, queued_connections, url_bytes, header_bytes, \
+             isolation)",
         ),
         (
             bad_route,
@@ -486,6 +487,47 @@ async fn each_script_runs_under_its_own_limits() {
         .get_at("relaxed.alpha.workers.localhost", &path)
         .await;
     assert_eq!(fine.status, 200, "{:?}", fine.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_serves_only_its_own_script_and_version() {
+    let fake = FakeBindingWorker::start();
+    let host = start(fake.addr).await;
+    let g = guests::guests();
+    // Two scripts of the same module (same etag, so even the same compiled component).
+    let version = |script: &str, version: &str| deployment(ALPHA, script, version, &g.checks);
+    let report = host
+        .host
+        .apply(vec![version("a", "v1"), version("b", "v1")])
+        .await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let mut client = Client::connect(host.addr).await;
+    let mut count = async |script: &str| {
+        let answer = client
+            .get_at(&format!("{script}.alpha.workers.localhost"), "/counter")
+            .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        answer.text().to_owned()
+    };
+    let idle = || host.host.idle_instances();
+    assert_eq!(count("a").await, "count=1");
+    crate::reuse::until_idle(idle, 1).await;
+    // A's idle instance is there, but B gets its own.
+    assert_eq!(count("b").await, "count=1");
+    crate::reuse::until_idle(idle, 2).await;
+    assert_eq!(count("a").await, "count=2");
+    crate::reuse::until_idle(idle, 2).await;
+    assert_eq!(count("b").await, "count=2");
+    crate::reuse::until_idle(idle, 2).await;
+
+    // A new version of A starts afresh; B keeps its instance.
+    let report = host
+        .host
+        .apply(vec![version("a", "v2"), version("b", "v1")])
+        .await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(count("a").await, "count=1");
+    assert_eq!(count("b").await, "count=3");
 }
 
 #[tokio::test(flavor = "multi_thread")]
