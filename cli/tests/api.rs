@@ -662,7 +662,7 @@ async fn deploy_prints_where_the_script_is_served_and_versions_roll_back_and_del
           "name": "proxy",
           "main": "worker.wasm",
           "routes": ["api.example.com/*", { "pattern": "shop.example.com", "custom_domain": true }],
-          "limits": { "cpu_ms": 50 },
+          "limits": { "cpu_ms": 50, "isolation": "request" },
         }"#,
     )
     .unwrap();
@@ -688,6 +688,7 @@ async fn deploy_prints_where_the_script_is_served_and_versions_roll_back_and_del
         .deployment_snapshot()
         .unwrap();
     assert_eq!(snapshot.scripts[0].limits["cpu_ms"], 50);
+    assert_eq!(snapshot.scripts[0].limits["isolation"], "request");
 
     // Version 2: TOML with wrangler's single `route` and workers_dev off.
     std::fs::write(project.path().join("worker.wasm"), component(1)).unwrap();

@@ -236,7 +236,8 @@ pub struct ScriptUpload {
     pub routes: Vec<ScriptRoute>,
     /// Whether the script is served on its default host `<script>.<subdomain>.<domain>`.
     pub workers_dev: bool,
-    /// `limits`: names to non-negative integers, interpreted by the runtimes.
+    /// `limits`: names to non-negative integers (and `isolation` to `"instance"` or
+    /// `"request"`), interpreted by the runtimes.
     pub limits: Map<String, Value>,
 }
 
@@ -706,13 +707,30 @@ fn upload_problems(upload: &ScriptUpload) -> Vec<String> {
     problems
 }
 
-/// `metadata.limits`: every value a non-negative integer.
+/// How `metadata.limits.isolation` may be set (the runtime's `Isolation`): one instance for
+/// many requests of a version, or a fresh one per request.
+const ISOLATION_MODES: [&str; 2] = ["instance", "request"];
+
+/// `metadata.limits`: `isolation` one of [`ISOLATION_MODES`], every other value a
+/// non-negative integer.
 pub(crate) fn limits_problems(limits: &Map<String, Value>) -> Vec<String> {
     limits
         .iter()
-        .filter(|(_, value)| value.as_u64().is_none())
-        .map(|(key, value)| {
-            format!("metadata.limits.{key}: expected a non-negative integer, found {value}")
+        .filter_map(|(key, value)| {
+            if key == "isolation" {
+                let known = value.as_str().is_some_and(|v| ISOLATION_MODES.contains(&v));
+                (!known).then(|| {
+                    format!(
+                        "metadata.limits.isolation: expected \"instance\" or \"request\", found {value}"
+                    )
+                })
+            } else {
+                value.as_u64().is_none().then(|| {
+                    format!(
+                        "metadata.limits.{key}: expected a non-negative integer, found {value}"
+                    )
+                })
+            }
         })
         .collect()
 }
@@ -1202,11 +1220,12 @@ mod tests {
         let mut bad = upload(module(1));
         bad.routes = vec![route("HTTPS://x.com/*"), route("X.com/")];
         bad.limits.insert("cpu_ms".into(), (-1).into());
+        bad.limits.insert("isolation".into(), "isolate".into());
         let err = dir.deploy_script(&token, "s", &bad).unwrap_err();
         let DirectoryError::InvalidUpload(problems) = err else {
             panic!("{err}")
         };
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(
             problems[0].starts_with("metadata.routes[0].pattern: \"HTTPS://x.com/*\" has a scheme")
         );
@@ -1217,6 +1236,10 @@ mod tests {
         assert_eq!(
             problems[2],
             "metadata.limits.cpu_ms: expected a non-negative integer, found -1"
+        );
+        assert_eq!(
+            problems[3],
+            "metadata.limits.isolation: expected \"instance\" or \"request\", found \"isolate\""
         );
         assert_eq!(dir.revision().unwrap(), revision);
         assert_eq!(dir.script("s").unwrap().unwrap(), good);
