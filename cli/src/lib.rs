@@ -92,6 +92,21 @@ pub enum Command {
     Relay(commands::relay::RelayCommand),
 }
 
+impl Cli {
+    /// The log filter when `RUST_LOG` is not set: `info`, except that under `wvpc dev --mock`
+    /// the components' own warnings about a binding request that failed are left out, since
+    /// the mock's request line already says it (and the fault was asked for).
+    pub fn default_log_filter(&self) -> &'static str {
+        match &self.command {
+            Command::Dev(args) if args.mock.is_some() => {
+                "info,wvpc_iris::connect=error,wvpc_binding_worker::rpc=error,\
+                 wvpc_runtime::outbound=warn"
+            }
+            _ => "info",
+        }
+    }
+}
+
 impl Command {
     /// Whether the command serves until stopped (and so holds many connections).
     fn serves(&self) -> bool {

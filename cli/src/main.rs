@@ -12,7 +12,8 @@ async fn main() -> ExitCode {
     let cli = wvpc_cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter())),
         )
         .with_writer(std::io::stderr)
         .init();
