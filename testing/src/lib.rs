@@ -8,7 +8,7 @@
 //! use wvpc_testing::{Fault, Mock, Script};
 //!
 //! # async fn example() -> Result<(), wvpc_testing::TestingError> {
-//! let mut t = Script::from_config("wrangler.jsonc")
+//! let t = Script::from_config("wrangler.jsonc")
 //!     .mock("API", Mock::new().get("/users/1", 200, r#"{"id":1}"#))
 //!     .start().await?;
 //! let res = t.get("/users/1").await?;
