@@ -38,10 +38,14 @@ impl Client {
             what: what.clone(),
             source,
         };
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, self.addr.to_string());
+        let mut request = hyper::Request::builder().method(method).uri(path);
+        // The script's address is the `Host` unless the test gives its own.
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+        {
+            request = request.header(hyper::header::HOST, self.addr.to_string());
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

@@ -154,8 +154,8 @@ async fn an_incomplete_response_is_cut_short_for_the_client_too() {
     let t = start(users()).await;
     t.set_fault("API", Fault::HttpResponseIncomplete);
     // The script streams the service's body, so the broken body breaks its own answer: the
-    // client's connection closes before the answer is whole (here before its head: the
-    // script had sent no byte of the body yet).
+    // client's connection closes before the answer is whole — after the head, or before it
+    // when the body broke before the script's server had written anything.
     let answer = match t.get("/users/1").await {
         Ok(res) => res.text().await,
         Err(err) => Err(err),
