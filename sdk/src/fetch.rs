@@ -1,5 +1,7 @@
 //! [`Env`] and [`Fetcher`]: the script's bindings, and `fetch` through one of them.
 
+use std::time::Duration;
+
 use wasip2::http::types::{FutureIncomingResponse, OutgoingRequest, Scheme};
 
 use crate::__bindings::wvpc::bindings::vpc;
@@ -198,5 +200,20 @@ impl PendingResponse {
             .map(|b| IncomingBody::new(b).into())
             .unwrap_or_default();
         Ok(Response::from_parts(response.status(), headers, body))
+    }
+
+    /// [`wait`](Self::wait), for at most `timeout`: `None` when the response head has not
+    /// arrived by then. The fetch is then dropped (its connection closed), so a script can
+    /// answer on its own — a `504`, a cached copy — instead of waiting for a slow service.
+    pub fn wait_timeout(self, timeout: Duration) -> Option<Result<Response, ProxyError>> {
+        let arrived = {
+            let head = self.pending.subscribe();
+            let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+            let timer = wasip2::clocks::monotonic_clock::subscribe_duration(nanos);
+            wasip2::io::poll::poll(&[&head, &timer]);
+            // The pollables are dropped here, before the response they watch.
+            head.ready()
+        };
+        arrived.then(|| self.wait())
     }
 }

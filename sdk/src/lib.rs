@@ -23,7 +23,9 @@
 //!
 //! Everything is synchronous: calls block on wasi pollables, which is fine in a component (one
 //! instance serves one request). [`Fetcher::start`] sends a request without waiting for its
-//! response, for several fetches in flight at once; [`Fetcher::fetch_with`] takes
+//! response, for several fetches in flight at once, and
+//! [`PendingResponse::wait_timeout`] gives up on a slow service after a time the script
+//! chooses; [`Fetcher::fetch_with`] takes
 //! [`FetchOptions`] such as [`Redirect::Manual`] (redirects are followed by default). Bodies stream in both directions ([`Body`]). Errors of a
 //! binding are [`ProxyError`]s whose [`code`](ProxyError::code) is the RFC 9209 Proxy-Status
 //! type the product documents (`connection_refused`, `dns_error`, …).
