@@ -16,10 +16,11 @@ use wvpc_iris::connect::Router;
 use wvpc_iris::dev_mock::MockNetwork;
 use wvpc_iris::{ServiceStore, TunnelPool};
 use wvpc_listener::ServerLimits;
-use wvpc_runtime::{PlatformSecret, Runtime, RuntimeOptions, ScriptConfig};
+use wvpc_runtime::{PlatformSecret, RuntimeOptions, ScriptConfig};
 
 use crate::PlatformError;
 use crate::iris_node::local_addr;
+use crate::stack::serve_script;
 
 /// The account the mocked script runs as.
 pub const MOCK_ACCOUNT: &str = "local";
@@ -106,32 +107,9 @@ impl MockStack {
             binding_secret: Some(secret),
             account: MOCK_ACCOUNT.to_owned(),
         };
-        let name = script.name.clone();
-        let runtime = tokio::task::spawn_blocking(move || Runtime::new(&script, options))
-            .await
-            .map_err(|join| PlatformError::Io {
-                what: "loading the script",
-                source: std::io::Error::other(join),
-            })?
-            .map_err(|source| PlatformError::Script {
-                script: name,
-                source,
-            })?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| PlatformError::Listen {
-                what: "the script's HTTP listener",
-                addr: config.listen,
-                source,
-            })?;
-        let script_addr = local_addr(&listener)?;
-        let runtime = Arc::new(runtime);
-        let server = config.server.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(err) = runtime.serve_with(listener, server).await {
-                tracing::error!(error = %err, "script HTTP listener failed");
-            }
-        }));
+        let (script_addr, script_server) =
+            serve_script(script, options, config.listen, config.server.clone()).await?;
+        tasks.push(script_server);
 
         Ok(MockStack {
             script_addr,

@@ -128,32 +128,9 @@ impl Stack {
             binding_secret: Some(secret),
             account: directory.account_id().to_owned(),
         };
-        // Compiling the component is CPU work: keep it off the async workers.
-        let runtime = tokio::task::spawn_blocking(move || Runtime::new(&script, options))
-            .await
-            .map_err(|join| PlatformError::Io {
-                what: "loading the script",
-                source: std::io::Error::other(join),
-            })?
-            .map_err(|source| PlatformError::Script {
-                script: config.script.name.clone(),
-                source,
-            })?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| PlatformError::Listen {
-                what: "the script's HTTP listener",
-                addr: config.listen,
-                source,
-            })?;
-        let script_addr = local_addr(&listener)?;
-        let runtime = Arc::new(runtime);
-        let server = config.server.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(err) = runtime.serve_with(listener, server).await {
-                tracing::error!(error = %err, "script HTTP listener failed");
-            }
-        }));
+        let (script_addr, script_server) =
+            serve_script(script, options, config.listen, config.server.clone()).await?;
+        tasks.push(script_server);
 
         Ok(Stack {
             script_addr,
@@ -269,4 +246,40 @@ fn target_text(s: &Service) -> String {
         .join(" "),
     };
     format!("{host} via tunnel {}", s.tunnel_id())
+}
+
+/// Loads `script` (compiling its component off the async workers: it is CPU work) and serves
+/// it on `listen`; returns the bound address and the serving task.
+pub(crate) async fn serve_script(
+    script: ScriptConfig,
+    options: RuntimeOptions,
+    listen: SocketAddr,
+    server: ServerLimits,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), PlatformError> {
+    let name = script.name.clone();
+    let runtime = tokio::task::spawn_blocking(move || Runtime::new(&script, options))
+        .await
+        .map_err(|join| PlatformError::Io {
+            what: "loading the script",
+            source: std::io::Error::other(join),
+        })?
+        .map_err(|source| PlatformError::Script {
+            script: name,
+            source,
+        })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| PlatformError::Listen {
+            what: "the script's HTTP listener",
+            addr: listen,
+            source,
+        })?;
+    let script_addr = local_addr(&listener)?;
+    let runtime = Arc::new(runtime);
+    let serving = tokio::spawn(async move {
+        if let Err(err) = runtime.serve_with(listener, server).await {
+            tracing::error!(error = %err, "script HTTP listener failed");
+        }
+    });
+    Ok((script_addr, serving))
 }
