@@ -84,20 +84,7 @@ pub async fn send_to_host(
 /// `service_id` (scheme http), then HTTP/1.1 over the tunnel. A refused CONNECT comes back
 /// as its status with the `Proxy-Status` header.
 pub async fn get_via_iris(iris: SocketAddr, service_id: uuid::Uuid, path: &str) -> Reply {
-    let stream = TcpStream::connect(iris).await.expect("connecting to iris");
-    stream.set_nodelay(true).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/1.1 handshake with iris");
-    tokio::spawn(conn.with_upgrades());
-    let connect = Request::builder()
-        .method("CONNECT")
-        .uri(format!("{service_id}:80"))
-        .header("wvpc-service-id", service_id.to_string())
-        .header("wvpc-scheme", "http")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(connect).await.expect("sending CONNECT");
+    let resp = send_connect(iris, service_id, &[]).await;
     if resp.status() != http::StatusCode::OK {
         return Reply {
             status: resp.status().as_u16(),
@@ -134,19 +121,8 @@ pub async fn scrape(addr: SocketAddr, path: &str) -> String {
     get(addr, path).await.text()
 }
 
-/// The answer to `CONNECT {service_id}:80` at an iris CONNECT listener with `headers` added
-/// (status and headers; the tunnel, when opened, is closed at once).
-pub async fn connect_via_iris(
-    iris: SocketAddr,
-    service_id: uuid::Uuid,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let stream = TcpStream::connect(iris).await.expect("connecting to iris");
-    stream.set_nodelay(true).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/1.1 handshake with iris");
-    tokio::spawn(conn.with_upgrades());
+/// `CONNECT {service_id}:80` for scheme http, with `headers` added.
+fn connect_request(service_id: uuid::Uuid, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
     let mut connect = Request::builder()
         .method("CONNECT")
         .uri(format!("{service_id}:80"))
@@ -155,10 +131,35 @@ pub async fn connect_via_iris(
     for (name, value) in headers {
         connect = connect.header(*name, *value);
     }
-    let resp = sender
-        .send_request(connect.body(Full::new(Bytes::new())).unwrap())
+    connect.body(Full::new(Bytes::new())).unwrap()
+}
+
+/// Sends [`connect_request`] to an iris CONNECT listener over HTTP/1.1 (upgrades enabled).
+async fn send_connect(
+    iris: SocketAddr,
+    service_id: uuid::Uuid,
+    headers: &[(&str, &str)],
+) -> hyper::Response<hyper::body::Incoming> {
+    let stream = TcpStream::connect(iris).await.expect("connecting to iris");
+    stream.set_nodelay(true).unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .expect("sending CONNECT");
+        .expect("HTTP/1.1 handshake with iris");
+    tokio::spawn(conn.with_upgrades());
+    sender
+        .send_request(connect_request(service_id, headers))
+        .await
+        .expect("sending CONNECT")
+}
+
+/// The answer to `CONNECT {service_id}:80` at an iris CONNECT listener with `headers` added
+/// (status and headers; the tunnel, when opened, is closed at once).
+pub async fn connect_via_iris(
+    iris: SocketAddr,
+    service_id: uuid::Uuid,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let resp = send_connect(iris, service_id, headers).await;
     Reply {
         status: resp.status().as_u16(),
         headers: resp.headers().clone(),
@@ -191,16 +192,8 @@ pub async fn connect_via_relay(
     .await
     .expect("HTTP/2 handshake with the relay listener");
     tokio::spawn(conn);
-    let mut connect = Request::builder()
-        .method("CONNECT")
-        .uri(format!("{service_id}:80"))
-        .header("wvpc-service-id", service_id.to_string())
-        .header("wvpc-scheme", "http");
-    for (name, value) in headers {
-        connect = connect.header(*name, *value);
-    }
     let resp = sender
-        .send_request(connect.body(Full::new(Bytes::new())).unwrap())
+        .send_request(connect_request(service_id, headers))
         .await
         .expect("sending the relayed CONNECT");
     let (parts, body) = resp.into_parts();
