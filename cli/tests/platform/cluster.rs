@@ -19,8 +19,8 @@ use wvpc_tests::netns::Netns;
 use wvpc_tests::{TempDir, within};
 
 use super::{
-    Directory, Platform, PrivateNetwork, Proc, Role, connector_process_to, free_port, iris_sample,
-    load, tunnel_and_service, within_a_minute,
+    Directory, Platform, PrivateNetwork, Proc, Role, connector_process_to, finish_load, free_port,
+    iris_sample, load, tunnel_and_service, within_a_minute,
 };
 
 /// Active tunnel connections on a node.
@@ -210,6 +210,34 @@ fn edge_of(node: &Proc) -> SocketAddr {
     node.addr(1)
 }
 
+impl Platform {
+    /// Deploys the proxy example bound to `service` and waits until it answers through the
+    /// whole path (asserting the origin's answer); returns its host.
+    async fn deploy_proxy(&self, service: uuid::Uuid) -> &'static str {
+        self.deploy(&self.token, "proxy", wvpc_tests::guests::PROXY, service, "")
+            .await
+            .unwrap();
+        let host = "proxy.local.workers.localhost";
+        let reply = self.until(host, "/up", 200, "").await;
+        assert_eq!(reply.text(), "hello from origin: /up");
+        host
+    }
+}
+
+/// Polls (bounded) until a CONNECT to `node` for `service` gets `path` from the origin.
+async fn until_routed(node: &Proc, service: uuid::Uuid, path: &str) -> wvpc_tests::client::Reply {
+    within_a_minute(&format!("a node routing service {service}"), async {
+        loop {
+            let reply = get_via_iris(node.addr(0), service, path).await;
+            if reply.status == 200 {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
 /// The relay listener of a node, from the line after its ready line.
 async fn relay_of(node: &Proc) -> SocketAddr {
     within("the relay listener's line", async {
@@ -304,19 +332,7 @@ async fn a_killed_holder_s_requests_go_on_through_the_other_holder_and_forged_re
     platform
         .until_holders("office", &["iris-b", "iris-b", "iris-c", "iris-c"])
         .await;
-    platform
-        .deploy(
-            &platform.token,
-            "proxy",
-            wvpc_tests::guests::PROXY,
-            service,
-            "",
-        )
-        .await
-        .unwrap();
-    let host = "proxy.local.workers.localhost";
-    let reply = platform.until(host, "/up", 200, "").await;
-    assert_eq!(reply.text(), "hello from origin: /up");
+    let host = platform.deploy_proxy(service).await;
 
     // A hand-built loop: a relayed CONNECT that says it comes from the node it reaches.
     let relay_a = relay_of(&platform.iris).await;
@@ -388,18 +404,9 @@ async fn a_killed_holder_s_requests_go_on_through_the_other_holder_and_forged_re
     let failed_now = failed.load(Ordering::SeqCst);
     until_count("load once b is forgotten", &ok, now + 40).await;
 
-    stop.store(true, Ordering::SeqCst);
-    for handle in handles {
-        // None may hang: every request of the load ends.
-        within("the load stops", handle).await.unwrap();
-    }
-    eprintln!(
-        "in all: {} ok, {} failed",
-        ok.load(Ordering::SeqCst),
-        failed.load(Ordering::SeqCst)
-    );
+    // None may hang: every request of the load ends.
     assert_eq!(
-        failed.load(Ordering::SeqCst),
+        finish_load(&stop, handles, &ok, &failed).await,
         failed_now,
         "once b is forgotten, no request fails"
     );
@@ -499,18 +506,7 @@ async fn cut_off_from_postgres(platform: Platform, link: Partition, store: &str)
     platform
         .until_holders("office", &["iris-a", "iris-a"])
         .await;
-    platform
-        .deploy(
-            &platform.token,
-            "proxy",
-            wvpc_tests::guests::PROXY,
-            service,
-            "",
-        )
-        .await
-        .unwrap();
-    let host = "proxy.local.workers.localhost";
-    platform.until(host, "/up", 200, "").await;
+    let host = platform.deploy_proxy(service).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, handles) = load(&platform, host, "/slow/20", 4, &stop);
     until_count("load before the cut", &ok, 20).await;
@@ -570,16 +566,7 @@ async fn cut_off_from_postgres(platform: Platform, link: Partition, store: &str)
         &["--ha-connections", "1"],
     )
     .await;
-    let reply = within_a_minute("a routing a service created after the cut", async {
-        loop {
-            let reply = get_via_iris(platform.iris.addr(0), second, "/after").await;
-            if reply.status == 200 {
-                return reply;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let reply = until_routed(&platform.iris, second, "/after").await;
     assert_eq!(reply.text(), "hello from origin: /after");
     // The write refused during the cut changed nothing.
     assert!(
@@ -589,17 +576,8 @@ async fn cut_off_from_postgres(platform: Platform, link: Partition, store: &str)
             .is_none()
     );
 
-    stop.store(true, Ordering::SeqCst);
-    for handle in handles {
-        within("the load stops", handle).await.unwrap();
-    }
-    eprintln!(
-        "in all: {} ok, {} failed",
-        ok.load(Ordering::SeqCst),
-        failed.load(Ordering::SeqCst)
-    );
     assert_eq!(
-        failed.load(Ordering::SeqCst),
+        finish_load(&stop, handles, &ok, &failed).await,
         0,
         "a node cut off from the store keeps routing"
     );
@@ -639,18 +617,7 @@ async fn postgres_down_longer_than_the_leases_leaves_the_data_plane_serving_and_
     platform
         .until_holders("office", &["iris-b", "iris-b"])
         .await;
-    platform
-        .deploy(
-            &platform.token,
-            "proxy",
-            wvpc_tests::guests::PROXY,
-            service,
-            "",
-        )
-        .await
-        .unwrap();
-    let host = "proxy.local.workers.localhost";
-    platform.until(host, "/up", 200, "").await;
+    let host = platform.deploy_proxy(service).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, handles) = load(&platform, host, "/slow/20", 4, &stop);
     until_count("load before the restart", &ok, 20).await;
@@ -698,16 +665,7 @@ async fn postgres_down_longer_than_the_leases_leaves_the_data_plane_serving_and_
     )
     .await;
     let restarted = Instant::now();
-    let reply = within_a_minute("a routing a service created after the restart", async {
-        loop {
-            let reply = get_via_iris(platform.iris.addr(0), second, "/after").await;
-            if reply.status == 200 {
-                return reply;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let reply = until_routed(&platform.iris, second, "/after").await;
     assert_eq!(reply.text(), "hello from origin: /after");
     eprintln!(
         "a service created after the restart was routed through a {:.2?} later",
@@ -717,21 +675,9 @@ async fn postgres_down_longer_than_the_leases_leaves_the_data_plane_serving_and_
         .until_holders("office", &["iris-b", "iris-b"])
         .await;
 
-    stop.store(true, Ordering::SeqCst);
-    for handle in handles {
-        within("the load stops", handle).await.unwrap();
-    }
-    eprintln!(
-        "in all: {} ok, {} failed",
-        ok.load(Ordering::SeqCst),
-        failed.load(Ordering::SeqCst)
-    );
+    let failed = finish_load(&stop, handles, &ok, &failed).await;
     let (fresh_ok, fresh_failed) = within("the fresh CONNECTs stop", fresh).await.unwrap();
     eprintln!("fresh CONNECTs to a: {fresh_ok} ok, {fresh_failed} failed");
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "the data plane does not need PostgreSQL"
-    );
+    assert_eq!(failed, 0, "the data plane does not need PostgreSQL");
     assert_eq!(fresh_failed, 0, "a relays while the leases are renewed");
 }

@@ -480,6 +480,23 @@ fn load(
     (ok, failed, handles)
 }
 
+/// Stops a [`load`] and waits (bounded: no request may hang) for its loops to end; prints
+/// the totals and returns how many requests failed.
+async fn finish_load(
+    stop: &AtomicBool,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    ok: &AtomicUsize,
+    failed: &AtomicUsize,
+) -> usize {
+    stop.store(true, Ordering::SeqCst);
+    for handle in handles {
+        within("the load stops", handle).await.unwrap();
+    }
+    let failed = failed.load(Ordering::SeqCst);
+    eprintln!("in all: {} ok, {failed} failed", ok.load(Ordering::SeqCst));
+    failed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployed_scripts_are_routed_by_host_isolated_redeployed_under_load_and_deleted() {
     let net = PrivateNetwork::start(&[
@@ -1457,17 +1474,8 @@ async fn with_two_iris_nodes_one_killed_under_load_loses_no_request_and_is_used_
         failed.load(Ordering::SeqCst) - failed_before,
         stopped.elapsed()
     );
-    stop.store(true, Ordering::SeqCst);
-    for handle in handles {
-        within("the load stops", handle).await.unwrap();
-    }
-    eprintln!(
-        "in all: {} ok, {} failed",
-        ok.load(Ordering::SeqCst),
-        failed.load(Ordering::SeqCst)
-    );
     assert_eq!(
-        failed.load(Ordering::SeqCst),
+        finish_load(&stop, handles, &ok, &failed).await,
         0,
         "GETs in flight through the killed or stopped node are sent again through the other"
     );
