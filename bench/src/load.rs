@@ -1,8 +1,10 @@
 //! The load client every row shares: keep-alive HTTP/1.1 connections, `GET /hello` with a
 //! chosen `Host`, and the measurement of one target (latency at concurrency 1, throughput
-//! and CPU per request of the accounted processes at concurrency N).
+//! and, per request, the CPU time, context switches and system calls of the accounted
+//! processes at concurrency N).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::perf;
 use crate::usage::{self, Pid};
 
 /// Where requests go: a listener and the `Host` they carry.
@@ -48,6 +51,25 @@ pub struct Figures {
     /// CPU µs per request of each accounted process, in the order given to [`measure`],
     /// over the throughput run.
     pub cpu_us_per_req: Vec<f64>,
+    /// Context switches per request of each accounted process, over the throughput run
+    /// (from `perf stat`, else from `/proc`).
+    pub switches_per_req: Vec<f64>,
+    /// System calls per request of each accounted process, over the throughput run; `None`
+    /// without `perf`.
+    pub syscalls_per_req: Option<Vec<f64>>,
+    /// The flamegraph of the throughput run, with `--profile`.
+    pub flamegraph: Option<PathBuf>,
+    /// Resident memory of each accounted process right after the throughput run, in bytes.
+    pub rss_after: Vec<u64>,
+}
+
+/// Where `--profile` writes a row's flamegraph: the folder and the row's name.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileTo<'a> {
+    /// The folder.
+    pub dir: &'a Path,
+    /// The row, naming the files.
+    pub name: &'a str,
 }
 
 impl Figures {
@@ -93,12 +115,14 @@ async fn get(sender: &mut Sender, target: &Target) -> anyhow::Result<()> {
 }
 
 /// Measures `target`: a one-second warm-up, `duration` at concurrency 1 (every latency kept),
-/// then `duration` at `concurrency`, with the CPU time each of `processes` used during it.
+/// then `duration` at `concurrency`, with the CPU time, context switches and (with `perf`)
+/// system calls of each of `processes` during it, and its profile when `profile` is given.
 pub async fn measure(
     target: &Target,
     duration: Duration,
     concurrency: usize,
     processes: &[Pid],
+    profile: Option<ProfileTo<'_>>,
 ) -> anyhow::Result<Figures> {
     // Latency: one request in flight.
     let mut sender = connect(target.addr).await?;
@@ -117,12 +141,31 @@ pub async fn measure(
     let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
 
     // Throughput: `concurrency` connections, each with one request in flight.
+    let mut senders = Vec::new();
+    for _ in 0..concurrency {
+        senders.push(connect(target.addr).await?);
+    }
+    let mut counting = if perf::available() {
+        Some(perf::Counting::attach(processes)?)
+    } else {
+        None
+    };
+    let mut profiling = match profile {
+        Some(to) => Some(perf::Profile::attach(processes, to.dir, to.name)?),
+        None => None,
+    };
+    if let Some(counting) = &mut counting {
+        counting.enable()?;
+    }
+    if let Some(profiling) = &mut profiling {
+        profiling.enable()?;
+    }
     let cpu_before = cpu_of(processes)?;
+    let switches_before = switches_of(processes)?;
     let started = Instant::now();
     let until = started + duration;
     let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let mut sender = connect(target.addr).await?;
+    for mut sender in senders {
         let target = target.clone();
         workers.push(tokio::spawn(async move {
             let mut done = 0u64;
@@ -139,6 +182,14 @@ pub async fn measure(
     }
     let elapsed = started.elapsed();
     let cpu_after = cpu_of(processes)?;
+    let switches_after = switches_of(processes)?;
+    let counts = counting.map(perf::Counting::finish).transpose()?;
+    let flamegraph = profiling.map(perf::Profile::finish).transpose()?;
+    let rss_after = processes
+        .iter()
+        .map(|&pid| usage::rss(pid))
+        .collect::<anyhow::Result<_>>()?;
+    let per_req = |n: u64| n as f64 / requests as f64;
     Ok(Figures {
         p50: pct(0.50),
         p99: pct(0.99),
@@ -149,11 +200,29 @@ pub async fn measure(
             .zip(&cpu_after)
             .map(|(before, after)| (*after - *before).as_secs_f64() * 1e6 / requests as f64)
             .collect(),
+        switches_per_req: match &counts {
+            Some(counts) => counts.iter().map(|c| per_req(c.context_switches)).collect(),
+            None => switches_before
+                .iter()
+                .zip(&switches_after)
+                .map(|(before, after)| per_req(after.saturating_sub(*before)))
+                .collect(),
+        },
+        syscalls_per_req: counts.map(|counts| counts.iter().map(|c| per_req(c.syscalls)).collect()),
+        flamegraph,
+        rss_after,
     })
 }
 
 fn cpu_of(processes: &[Pid]) -> anyhow::Result<Vec<Duration>> {
     processes.iter().map(|&pid| usage::cpu(pid)).collect()
+}
+
+fn switches_of(processes: &[Pid]) -> anyhow::Result<Vec<u64>> {
+    processes
+        .iter()
+        .map(|&pid| usage::context_switches(pid))
+        .collect()
 }
 
 /// Load that keeps going whatever the answers, counting them: `connections` loops per

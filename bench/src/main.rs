@@ -4,6 +4,8 @@
 //! It loads three targets with the same keep-alive HTTP/1.1 client ([`load`]):
 //!
 //! - **direct**: an origin on 127.0.0.2, in this process;
+//! - **workerd**: Cloudflare's Workers runtime forwarding every request to the same origin
+//!   with `env.ORIGIN.fetch(request)` ([`workerd`]), where it is installed: the peer;
 //! - **binding**: `wvpc dev`'s stack in this process (runtime with `examples/proxy`,
 //!   binding-worker, iris, tunnel edge), our connector over QUIC, a DNS server and the origin:
 //!   every request is an `env.API.fetch()` through the tunnel;
@@ -16,7 +18,9 @@
 //!   (`proxy.local.workers.localhost`); origin and DNS server in this process.
 //!
 //! For each: latency at concurrency 1 (exact p50/p99/p99.9 over every request), throughput at
-//! concurrency N, and CPU per request over the throughput run ([`usage`]). "All" is every
+//! concurrency N, and over the throughput run the CPU time ([`usage`]), context switches and
+//! system calls ([`perf`], where `perf` is installed) per request of each process, and its
+//! resident memory after the run. `--profile DIR` also writes each row's flamegraph. "All" is every
 //! process of the row: this one (load client, origin, DNS and, for the binding row, every
 //! component) plus, for the platform row, each child. "Chain" leaves out the load client,
 //! origin and DNS in both rows: the platform row's children, each measured; the binding row's
@@ -41,10 +45,12 @@
 //!
 //! ```text
 //! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32] [--only platform | --only binding,relayed | --only propagation]
+//! cargo run --release -p wvpc-bench -- --only direct,workerd,binding,platform --profile target/profile
 //! cargo run --release -p wvpc-bench -- --soak 600
 //! ```
 
 mod load;
+mod perf;
 mod platform;
 mod propagation;
 mod redeploy;
@@ -52,13 +58,14 @@ mod relayed;
 mod routing;
 mod soak;
 mod usage;
+mod workerd;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use crate::load::{Figures, Target, measure};
+use crate::load::{Figures, ProfileTo, Target, measure};
 use crate::platform::Platform;
 use crate::usage::{Pid, mib};
 
@@ -73,8 +80,12 @@ struct Args {
     concurrency: usize,
     /// Measure these targets only, comma-separated (e.g. one under a profiler, or
     /// `binding,relayed`); the other figures are not printed
-    #[arg(long, value_delimiter = ',', value_parser = ["direct", "binding", "relayed", "platform", "propagation"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["direct", "workerd", "binding", "relayed", "platform", "propagation"])]
     only: Vec<String>,
+    /// Also profile each row's throughput run with `perf record` and write its flamegraph,
+    /// `DIR/<row>.svg`
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
     /// The `wvpc` binary of the platform row [default: the one next to this executable,
     /// brought up to date with `cargo build -p wvpc-cli`]
     #[arg(long, value_name = "PATH")]
@@ -102,6 +113,8 @@ struct Row {
     name: &'static str,
     /// What its processes are, for the table.
     processes: &'static str,
+    /// Each accounted process, in the order of the figures' per-process vectors.
+    names: Vec<&'static str>,
     figures: Figures,
 }
 
@@ -140,11 +153,19 @@ fn main() -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
     let mut rows = Vec::new();
 
-    // In this process: binding, then direct (so that the RSS after the binding row does not
-    // hold the origin's record of the direct row's many requests); printed direct first.
+    let profile = |name| {
+        args.profile.as_deref().map(|dir: &Path| ProfileTo { dir, name })
+    };
+
+    // In this process: binding, then workerd and direct (so that the RSS after the binding row
+    // does not hold the origin's record of the direct row's many requests); printed direct,
+    // workerd, binding, relayed.
     let mut dev_rss = None;
     let mut instantiation = None;
-    if wants("direct") || wants("binding") || wants("relayed") {
+    if ["direct", "workerd", "binding", "relayed"]
+        .iter()
+        .any(|name| wants(name))
+    {
         let rss_before = usage::rss(Pid::Own)?;
         let mut cluster = rt.block_on(relayed::Cluster::start())?;
         let (direct, binding) = (cluster.world.origin.addr, cluster.world.stack.script_addr);
@@ -153,40 +174,68 @@ fn main() -> anyhow::Result<()> {
             "binding  = http://{binding}/hello   (one process: script -> capnp -> binding-worker \
              -> CONNECT -> iris -> QUIC -> connector -> origin)"
         );
-        for (name, processes, addr) in [
-            ("binding", "1: this, with wvpc dev's stack", binding),
+        for (name, processes) in [
+            ("binding", "1: this, with wvpc dev's stack"),
             (
                 "relayed",
                 "1: this, with wvpc dev's stack (node A) and iris node B",
-                binding,
             ),
-            ("direct", "1: this", direct),
+            ("workerd", "2: this + workerd"),
+            ("direct", "1: this"),
         ] {
             if !wants(name) {
                 continue;
             }
+            let mut names = vec!["this"];
+            let mut pids = vec![Pid::Own];
+            let mut addr = if name == "direct" { direct } else { binding };
+            let mut peer = None;
             if name == "relayed" {
                 rt.block_on(cluster.move_tunnel_to_b())?;
+            }
+            if name == "workerd" {
+                let Some(binary) = workerd::binary() else {
+                    println!(
+                        "workerd: SKIPPED (no workerd: set WORKERD, or `npm install workerd` in \
+                         /tmp/peers/workerd)"
+                    );
+                    continue;
+                };
+                let started = workerd::Workerd::start(&binary, direct)?;
+                println!(
+                    "workerd  = http://{}/hello   ({}: env.ORIGIN.fetch(request) to the origin)",
+                    started.addr,
+                    binary.display()
+                );
+                addr = started.addr;
+                names.push("workerd");
+                pids.push(started.pid());
+                peer = Some(started);
             }
             let figures = rt.block_on(measure(
                 &Target::at(addr),
                 duration,
                 args.concurrency,
-                &[Pid::Own],
+                &pids,
+                profile(name),
             ))?;
+            drop(peer);
             if name == "binding" {
-                dev_rss = Some((usage::rss(Pid::Own)?, rss_before));
+                dev_rss = Some((figures.rss_after[0], rss_before));
             }
             let row = Row {
                 name,
                 processes,
+                names,
                 figures,
             };
-            // Printed direct, binding, relayed.
-            if name == "direct" {
-                rows.insert(0, row);
-            } else {
-                rows.push(row);
+            match name {
+                "direct" => rows.insert(0, row),
+                "workerd" => {
+                    let at = usize::from(rows.first().is_some_and(|r| r.name == "direct"));
+                    rows.insert(at, row)
+                }
+                _ => rows.push(row),
             }
         }
         if full {
@@ -196,7 +245,6 @@ fn main() -> anyhow::Result<()> {
     }
 
     // Separate processes: platform, and the redeploys on its processes.
-    let mut platform_usage = None;
     let mut redeploys = None;
     if wants("platform") {
         let wvpc = platform::wvpc_binary(args.wvpc.as_deref())?;
@@ -209,16 +257,19 @@ fn main() -> anyhow::Result<()> {
         );
         let mut pids = vec![Pid::Own];
         pids.extend(platform.components.iter().map(|c| c.pid()));
-        let figures = rt.block_on(measure(&target, duration, args.concurrency, &pids))?;
-        let rss = pids
-            .iter()
-            .map(|&pid| usage::rss(pid))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let names: Vec<&'static str> = platform.components.iter().map(|c| c.name).collect();
-        platform_usage = Some((names, figures.cpu_us_per_req.clone(), rss));
+        let mut names = vec!["this"];
+        names.extend(platform.components.iter().map(|c| c.name));
+        let figures = rt.block_on(measure(
+            &target,
+            duration,
+            args.concurrency,
+            &pids,
+            profile("platform"),
+        ))?;
         rows.push(Row {
             name: "platform",
             processes: "5: this + iris, binding-worker, runtime, connector",
+            names,
             figures,
         });
         if full {
@@ -267,9 +318,8 @@ fn main() -> anyhow::Result<()> {
             mib(rss.saturating_sub(before)),
         );
     }
-    if let Some((names, cpu, rss)) = &platform_usage {
-        print_platform_usage(names, cpu, rss, rows.len() > 1);
-    }
+    print_processes(&rows);
+    print_goals(&rows, instantiation.map(|(p50, _, _)| p50));
     let by_name = |name: &str| rows.iter().find(|r| r.name == name).map(|r| &r.figures);
     if let (Some(binding), Some(relayed)) = (by_name("binding"), by_name("relayed")) {
         println!(
@@ -372,6 +422,7 @@ fn print_rows(rows: &[Row], concurrency: usize) {
         name,
         processes,
         figures: f,
+        ..
     } in rows
     {
         let chain = match (*name, outside_chain) {
@@ -401,37 +452,133 @@ fn print_rows(rows: &[Row], concurrency: usize) {
     }
 }
 
-/// The platform row per process: CPU µs/req during the throughput run, RSS after it.
-fn print_platform_usage(names: &[&'static str], cpu: &[f64], rss: &[u64], after_rows: bool) {
-    let children: f64 = cpu[1..].iter().sum();
-    let per_child: Vec<String> = names
-        .iter()
-        .zip(&cpu[1..])
-        .map(|(name, us)| format!("{name} {us:.0}"))
-        .collect();
+/// Each row's processes over its throughput run: CPU, context switches and system calls per
+/// request, and resident memory after it.
+fn print_processes(rows: &[Row]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!();
     println!(
-        "platform row, CPU µs/req by process: {} = {children:.0} for the chain's processes; \
-         this process (load client, origin, DNS) {:.0}",
-        per_child.join(", "),
-        cpu[0],
+        "| target | process | CPU µs/req | context switches/req | syscalls/req | RSS after load |"
     );
-    let per_child: Vec<String> = names
-        .iter()
-        .zip(&rss[1..])
-        .map(|(name, bytes)| format!("{name} {:.0}", mib(*bytes)))
-        .collect();
+    println!("|---|---|---|---|---|---|");
+    for row in rows {
+        let f = &row.figures;
+        let syscalls = |i: usize| match &f.syscalls_per_req {
+            Some(s) => format!("{:.1}", s[i]),
+            None => "– (no perf)".to_owned(),
+        };
+        for (i, name) in row.names.iter().enumerate() {
+            println!(
+                "| {} | {name} | {:.0} | {:.1} | {} | {:.0} MiB |",
+                row.name,
+                f.cpu_us_per_req[i],
+                f.switches_per_req[i],
+                syscalls(i),
+                mib(f.rss_after[i]),
+            );
+        }
+        if row.names.len() > 1 {
+            let chain = &row.names[1..];
+            println!(
+                "| {} | {} | {:.0} | {:.1} | {} | {:.0} MiB |",
+                row.name,
+                if chain.len() > 1 { "all but this" } else { chain[0] },
+                f.cpu_us_per_req[1..].iter().sum::<f64>(),
+                f.switches_per_req[1..].iter().sum::<f64>(),
+                match &f.syscalls_per_req {
+                    Some(s) => format!("{:.1}", s[1..].iter().sum::<f64>()),
+                    None => "–".to_owned(),
+                },
+                mib(f.rss_after[1..].iter().sum()),
+            );
+        }
+        if let Some(svg) = &f.flamegraph {
+            println!("| {} | flamegraph: {} | | | | |", row.name, svg.display());
+        }
+    }
     println!(
-        "platform row, RSS after load (MiB): {} = {:.0} for the chain's processes; this process \
-         {:.0}{}",
-        per_child.join(", "),
-        mib(rss[1..].iter().sum()),
-        mib(rss[0]),
-        if after_rows {
-            " (with what the in-process rows left)"
+        "(\"this\" is the bench: load client, origin and DNS, and for the binding and relayed \
+         rows every component of the chain too)"
+    );
+}
+
+/// The performance goals, for the platform row (the chain as separate processes) and the
+/// binding row (the same chain in one process), against the direct and workerd rows.
+fn print_goals(rows: &[Row], instantiation: Option<Duration>) {
+    let row = |name: &str| rows.iter().find(|r| r.name == name);
+    let (direct, workerd) = (row("direct"), row("workerd"));
+    let ours: Vec<&Row> = ["binding", "platform"]
+        .iter()
+        .filter_map(|name| row(name))
+        .collect();
+    if ours.is_empty() {
+        return;
+    }
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    println!();
+    println!("| goal | target | figure | goal value | |");
+    println!("|---|---|---|---|---|");
+    for ours in ours {
+        let f = &ours.figures;
+        // The chain's own processes: the platform row's children; in one process, all of
+        // it minus the bench's own share as the platform row measured it.
+        let (cpu, rss) = if ours.names.len() > 1 {
+            (
+                f.cpu_us_per_req[1..].iter().sum::<f64>(),
+                Some(f.rss_after[1..].iter().sum::<u64>()),
+            )
         } else {
-            ""
-        },
-    );
+            let outside = row("platform").map_or(0.0, |p| p.figures.cpu_us_per_req[0]);
+            (f.total_cpu_us_per_req() - outside, None)
+        };
+        let name = ours.name;
+        let workerd_cpu = workerd.map(|w| w.figures.total_cpu_us_per_req() - w.figures.cpu_us_per_req[0]);
+        println!(
+            "| CPU µs/req of the chain, c=32 | {name} | {cpu:.0} | ≤ 200{} | {} |",
+            workerd_cpu.map_or(String::new(), |w| format!(" (workerd here: {w:.0})")),
+            verdict(cpu <= 200.0),
+        );
+        if let Some(w) = workerd {
+            println!(
+                "| req/s c=32 ≥ workerd's | {name} | {:.0} | ≥ {:.0} | {} |",
+                f.rps,
+                w.figures.rps,
+                verdict(f.rps >= w.figures.rps),
+            );
+        }
+        if let Some(d) = direct {
+            let ratio = f.p50.as_secs_f64() / d.figures.p50.as_secs_f64();
+            println!(
+                "| p50 c=1 ≤ 8× direct | {name} | {} = {ratio:.1}× | ≤ {} | {} |",
+                fmt(f.p50),
+                fmt(d.figures.p50 * 8),
+                verdict(ratio <= 8.0),
+            );
+        }
+        println!(
+            "| p99 c=1 ≤ 3× our p50 | {name} | {} = {:.1}× | ≤ {} | {} |",
+            fmt(f.p99),
+            f.p99.as_secs_f64() / f.p50.as_secs_f64(),
+            fmt(f.p50 * 3),
+            verdict(f.p99 <= f.p50 * 3),
+        );
+        if let Some(rss) = rss {
+            println!(
+                "| RSS of our processes after load | {name} | {:.0} MiB | ≤ 80 MiB | {} |",
+                mib(rss),
+                verdict(mib(rss) <= 80.0),
+            );
+        }
+    }
+    if let Some(p50) = instantiation {
+        println!(
+            "| instantiation p50 (a fresh instance; reused instances skip it) | binding | {:.1} µs | ≤ 10 µs | {} |",
+            p50.as_secs_f64() * 1e6,
+            verdict(p50 <= Duration::from_micros(10)),
+        );
+    }
 }
 
 fn print_routing(routing: &routing::Routing) {

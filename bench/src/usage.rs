@@ -88,3 +88,30 @@ pub fn threads(pid: Pid) -> anyhow::Result<u64> {
         .parse()
         .with_context(|| format!("the Threads line of {path}"))
 }
+
+/// Context switches, voluntary and involuntary, of every live thread of `pid` so far (the
+/// `*_ctxt_switches` lines of each `/proc/<pid>/task/<tid>/status`: the process's own file
+/// counts its main thread only).
+pub fn context_switches(pid: Pid) -> anyhow::Result<u64> {
+    let dir = format!("{}/task", pid.dir());
+    let mut total = 0;
+    for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = task?.path().join("status");
+        // A thread may end between the listing and the read.
+        let Ok(status) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for line in status.lines() {
+            let count = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"));
+            if let Some(count) = count {
+                total += count
+                    .trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("{line:?} in {}", path.display()))?;
+            }
+        }
+    }
+    Ok(total)
+}

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_capnp::{byte_stream, response_head, response_receiver, vpc_binding};
 use wvpc_schemas::byte_stream_flow::{InboxError, InboxSender, Taken};
-use wvpc_schemas::{StreamWriter, inbox, read_wire_error, write_wire_error};
+use wvpc_schemas::{RPC_BUFFER, StreamWriter, inbox, read_wire_error, write_wire_error};
 
 use crate::origin::{OriginResponse, Proxy, describe};
 use crate::request::{FetchRequest, read_fetch};
@@ -40,9 +40,11 @@ pub(crate) fn serve_runtime(
     permit: wvpc_listener::ConnectionPermit,
 ) {
     let (reader, writer) = stream.into_split();
+    // Buffered both ways: a capnp message is a segment table and its segments, and each
+    // would otherwise be its own read or write system call.
     let network = twoparty::VatNetwork::new(
-        reader.compat(),
-        writer.compat_write(),
+        futures::io::BufReader::with_capacity(RPC_BUFFER, reader.compat()),
+        futures::io::BufWriter::with_capacity(RPC_BUFFER, writer.compat_write()),
         Side::Server,
         capnp::message::ReaderOptions::default(),
     );

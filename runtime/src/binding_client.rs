@@ -47,7 +47,9 @@ use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_runtime};
 use wvpc_schemas::binding_capnp::{byte_stream, fetch_result, response_receiver, vpc_binding};
 use wvpc_schemas::byte_stream_flow::{InboxError, InboxReceiver, InboxSender, Taken};
-use wvpc_schemas::{MAX_HEAD_HEADERS, PlatformSecret, StreamWriter, inbox, read_wire_error};
+use wvpc_schemas::{
+    MAX_HEAD_HEADERS, PlatformSecret, RPC_BUFFER, StreamWriter, inbox, read_wire_error,
+};
 
 use crate::error_map::wasi_http_error;
 
@@ -293,9 +295,11 @@ async fn connect(addr: SocketAddr, secret: Option<&PlatformSecret>) -> Result<Co
             .map_err(|e| format!("platform handshake failed: {e}"))?;
     }
     let (read, write) = stream.into_split();
+    // Buffered both ways: a capnp message is a segment table and its segments, and each
+    // would otherwise be its own read or write system call.
     let network = twoparty::VatNetwork::new(
-        read.compat(),
-        write.compat_write(),
+        futures::io::BufReader::with_capacity(RPC_BUFFER, read.compat()),
+        futures::io::BufWriter::with_capacity(RPC_BUFFER, write.compat_write()),
         rpc_twoparty_capnp::Side::Client,
         Default::default(),
     );

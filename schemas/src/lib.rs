@@ -30,5 +30,10 @@ pub use binding_auth::PlatformSecret;
 /// `http::HeaderMap` holds (it panics past about 24 576 entries).
 pub const MAX_HEAD_HEADERS: u32 = 4096;
 
+/// The read and write buffer of each end of a runtime ↔ binding-worker connection. Small
+/// messages (calls, returns, short body chunks) gather in it and cross in one system call;
+/// a message larger than the buffer is written straight through.
+pub const RPC_BUFFER: usize = 16 * 1024;
+
 pub mod byte_stream_flow;
 pub use byte_stream_flow::{StreamWriter, inbox};
