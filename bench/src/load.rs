@@ -61,6 +61,12 @@ pub struct Figures {
     pub flamegraph: Option<PathBuf>,
     /// Resident memory of each accounted process right after the throughput run, in bytes.
     pub rss_after: Vec<u64>,
+    /// Allocations per request in this process over the throughput run.
+    pub allocs_per_req: f64,
+    /// Bytes allocated per request in this process over the throughput run.
+    pub alloc_bytes_per_req: f64,
+    /// Proportional resident memory ([`usage::pss`]) of each, at the same moment.
+    pub pss_after: Vec<u64>,
 }
 
 /// Where `--profile` writes a row's flamegraph: the folder and the row's name.
@@ -123,6 +129,7 @@ pub async fn measure(
     concurrency: usize,
     processes: &[Pid],
     profile: Option<ProfileTo<'_>>,
+    allocator: &stats_alloc::StatsAlloc<std::alloc::System>,
 ) -> anyhow::Result<Figures> {
     // Latency: one request in flight.
     let mut sender = connect(target.addr).await?;
@@ -160,6 +167,7 @@ pub async fn measure(
     if let Some(profiling) = &mut profiling {
         profiling.enable()?;
     }
+    let allocs_before = allocator.stats();
     let cpu_before = cpu_of(processes)?;
     let switches_before = switches_of(processes)?;
     let started = Instant::now();
@@ -182,12 +190,17 @@ pub async fn measure(
     }
     let elapsed = started.elapsed();
     let cpu_after = cpu_of(processes)?;
+    let allocs = allocator.stats() - allocs_before;
     let switches_after = switches_of(processes)?;
     let counts = counting.map(perf::Counting::finish).transpose()?;
     let flamegraph = profiling.map(perf::Profile::finish).transpose()?;
     let rss_after = processes
         .iter()
         .map(|&pid| usage::rss(pid))
+        .collect::<anyhow::Result<_>>()?;
+    let pss_after = processes
+        .iter()
+        .map(|&pid| usage::pss(pid))
         .collect::<anyhow::Result<_>>()?;
     let per_req = |n: u64| n as f64 / requests as f64;
     Ok(Figures {
@@ -211,6 +224,9 @@ pub async fn measure(
         syscalls_per_req: counts.map(|counts| counts.iter().map(|c| per_req(c.syscalls)).collect()),
         flamegraph,
         rss_after,
+        pss_after,
+        allocs_per_req: per_req((allocs.allocations + allocs.reallocations) as u64),
+        alloc_bytes_per_req: per_req(allocs.bytes_allocated as u64),
     })
 }
 

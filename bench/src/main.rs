@@ -69,6 +69,11 @@ use crate::load::{Figures, ProfileTo, Target, measure};
 use crate::platform::Platform;
 use crate::usage::{Pid, mib};
 
+/// Every allocation of this process counted (two relaxed atomic additions each), for the
+/// allocations per request of the rows that run in it.
+#[global_allocator]
+static ALLOCATOR: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
 /// Command-line options.
 #[derive(Debug, Parser)]
 struct Args {
@@ -218,6 +223,7 @@ fn main() -> anyhow::Result<()> {
                 args.concurrency,
                 &pids,
                 profile(name),
+                ALLOCATOR,
             ))?;
             drop(peer);
             if name == "binding" {
@@ -265,6 +271,7 @@ fn main() -> anyhow::Result<()> {
             args.concurrency,
             &pids,
             profile("platform"),
+            ALLOCATOR,
         ))?;
         rows.push(Row {
             name: "platform",
@@ -460,9 +467,9 @@ fn print_processes(rows: &[Row]) {
     }
     println!();
     println!(
-        "| target | process | CPU µs/req | context switches/req | syscalls/req | RSS after load |"
+        "| target | process | CPU µs/req | context switches/req | syscalls/req | allocations/req | RSS after load | PSS after load |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in rows {
         let f = &row.figures;
         let syscalls = |i: usize| match &f.syscalls_per_req {
@@ -470,21 +477,25 @@ fn print_processes(rows: &[Row]) {
             None => "– (no perf)".to_owned(),
         };
         for (i, name) in row.names.iter().enumerate() {
+            let allocations = if i == 0 {
+                format!("{:.0} ({:.0} B)", f.allocs_per_req, f.alloc_bytes_per_req)
+            } else {
+                "–".to_owned()
+            };
             println!(
-                "| {} | {name} | {:.0} | {:.1} | {} | {:.0} MiB |",
+                "| {} | {name} | {:.0} | {:.1} | {} | {allocations} | {:.1} MiB | {:.1} MiB |",
                 row.name,
                 f.cpu_us_per_req[i],
                 f.switches_per_req[i],
                 syscalls(i),
                 mib(f.rss_after[i]),
+                mib(f.pss_after[i]),
             );
         }
-        if row.names.len() > 1 {
-            let chain = &row.names[1..];
+        if row.names.len() > 2 {
             println!(
-                "| {} | {} | {:.0} | {:.1} | {} | {:.0} MiB |",
+                "| {} | all but this | {:.0} | {:.1} | {} | – | {:.1} MiB | {:.1} MiB |",
                 row.name,
-                if chain.len() > 1 { "all but this" } else { chain[0] },
                 f.cpu_us_per_req[1..].iter().sum::<f64>(),
                 f.switches_per_req[1..].iter().sum::<f64>(),
                 match &f.syscalls_per_req {
@@ -492,16 +503,26 @@ fn print_processes(rows: &[Row]) {
                     None => "–".to_owned(),
                 },
                 mib(f.rss_after[1..].iter().sum()),
+                mib(f.pss_after[1..].iter().sum()),
             );
         }
         if let Some(svg) = &f.flamegraph {
-            println!("| {} | flamegraph: {} | | | | |", row.name, svg.display());
+            println!("| {} | flamegraph: {} | | | | | | |", row.name, svg.display());
         }
     }
     println!(
         "(\"this\" is the bench: load client, origin and DNS, and for the binding and relayed \
-         rows every component of the chain too)"
+         rows every component of the chain too; allocations are counted in it only)"
     );
+    let row = |name: &str| rows.iter().find(|r| r.name == name).map(|r| &r.figures);
+    if let (Some(binding), Some(outside)) = (row("binding"), row("platform").or(row("direct"))) {
+        println!(
+            "allocations per request of the chain in one process (binding row − the bench's own \
+             share): {:.0}, {:.0} bytes",
+            binding.allocs_per_req - outside.allocs_per_req,
+            binding.alloc_bytes_per_req - outside.alloc_bytes_per_req,
+        );
+    }
 }
 
 /// The performance goals, for the platform row (the chain as separate processes) and the
@@ -524,10 +545,13 @@ fn print_goals(rows: &[Row], instantiation: Option<Duration>) {
         let f = &ours.figures;
         // The chain's own processes: the platform row's children; in one process, all of
         // it minus the bench's own share as the platform row measured it.
-        let (cpu, rss) = if ours.names.len() > 1 {
+        let (cpu, memory) = if ours.names.len() > 1 {
             (
                 f.cpu_us_per_req[1..].iter().sum::<f64>(),
-                Some(f.rss_after[1..].iter().sum::<u64>()),
+                Some((
+                    f.pss_after[1..].iter().sum::<u64>(),
+                    f.rss_after[1..].iter().sum::<u64>(),
+                )),
             )
         } else {
             let outside = row("platform").map_or(0.0, |p| p.figures.cpu_us_per_req[0]);
@@ -564,11 +588,12 @@ fn print_goals(rows: &[Row], instantiation: Option<Duration>) {
             fmt(f.p50 * 3),
             verdict(f.p99 <= f.p50 * 3),
         );
-        if let Some(rss) = rss {
+        if let Some((pss, rss)) = memory {
             println!(
-                "| RSS of our processes after load | {name} | {:.0} MiB | ≤ 80 MiB | {} |",
+                "| memory of our processes after load (PSS: the binary's shared pages once; RSS sum {:.0} MiB) | {name} | {:.1} MiB | ≤ 80 MiB | {} |",
                 mib(rss),
-                verdict(mib(rss) <= 80.0),
+                mib(pss),
+                verdict(mib(pss) <= 80.0),
             );
         }
     }

@@ -1,5 +1,6 @@
 //! What a process has used so far, read from `/proc` (Linux): CPU time (user + system, every
-//! thread) and resident memory.
+//! thread), resident memory (whole and proportional), context switches, descriptors and
+//! threads.
 
 use std::time::Duration;
 
@@ -50,17 +51,29 @@ pub fn cpu(pid: Pid) -> anyhow::Result<Duration> {
 
 /// Resident memory of `pid` (`VmRSS`), in bytes.
 pub fn rss(pid: Pid) -> anyhow::Result<u64> {
-    let path = format!("{}/status", pid.dir());
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let kib = status
+    kib_line(&format!("{}/status", pid.dir()), "VmRSS:")
+}
+
+/// Proportional resident memory of `pid` (`Pss` of `smaps_rollup`), in bytes: each page
+/// shared with other processes counted as its share. Several processes of one binary share
+/// its text, which their RSS figures each count whole; their PSS figures add up to what they
+/// hold together.
+pub fn pss(pid: Pid) -> anyhow::Result<u64> {
+    kib_line(&format!("{}/smaps_rollup", pid.dir()), "Pss:")
+}
+
+/// The `<label> <n> kB` line of a `/proc` file, in bytes.
+fn kib_line(path: &str, label: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let kib = text
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .with_context(|| format!("{path} has no VmRSS line"))?
+        .find_map(|line| line.strip_prefix(label))
+        .with_context(|| format!("{path} has no {label} line"))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse::<u64>()
-        .with_context(|| format!("the VmRSS line of {path}"))?;
+        .with_context(|| format!("the {label} line of {path}"))?;
     Ok(kib * 1024)
 }
 
