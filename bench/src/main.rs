@@ -159,7 +159,9 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     let profile = |name| {
-        args.profile.as_deref().map(|dir: &Path| ProfileTo { dir, name })
+        args.profile
+            .as_deref()
+            .map(|dir: &Path| ProfileTo { dir, name })
     };
 
     // In this process: binding, then workerd and direct (so that the RSS after the binding row
@@ -507,7 +509,11 @@ fn print_processes(rows: &[Row]) {
             );
         }
         if let Some(svg) = &f.flamegraph {
-            println!("| {} | flamegraph: {} | | | | | | |", row.name, svg.display());
+            println!(
+                "| {} | flamegraph: {} | | | | | | |",
+                row.name,
+                svg.display()
+            );
         }
     }
     println!(
@@ -558,7 +564,8 @@ fn print_goals(rows: &[Row], instantiation: Option<Duration>) {
             (f.total_cpu_us_per_req() - outside, None)
         };
         let name = ours.name;
-        let workerd_cpu = workerd.map(|w| w.figures.total_cpu_us_per_req() - w.figures.cpu_us_per_req[0]);
+        let workerd_cpu =
+            workerd.map(|w| w.figures.total_cpu_us_per_req() - w.figures.cpu_us_per_req[0]);
         println!(
             "| CPU µs/req of the chain, c=32 | {name} | {cpu:.0} | ≤ 200{} | {} |",
             workerd_cpu.map_or(String::new(), |w| format!(" (workerd here: {w:.0})")),

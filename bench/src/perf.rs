@@ -117,7 +117,9 @@ impl Controlled {
         match self.acks.recv_timeout(ACK_TIMEOUT) {
             // perf writes the C string "ack\n" with its NUL: each ack after the first starts
             // with the previous one's.
-            Ok(Ok(line)) if line.trim_matches(|c: char| c == '\0' || c.is_whitespace()) == "ack" => {
+            Ok(Ok(line))
+                if line.trim_matches(|c: char| c == '\0' || c.is_whitespace()) == "ack" =>
+            {
                 Ok(())
             }
             Ok(Ok(line)) => anyhow::bail!("{}: {command} answered {line:?}", self.what),
@@ -303,8 +305,8 @@ impl Profile {
         .context("folding perf's stacks")?;
         let mut options = inferno::flamegraph::Options::default();
         options.title = self.title;
-        let svg = File::create(&self.svg)
-            .with_context(|| format!("creating {}", self.svg.display()))?;
+        let svg =
+            File::create(&self.svg).with_context(|| format!("creating {}", self.svg.display()))?;
         inferno::flamegraph::from_reader(&mut options, &folded[..], svg)
             .context("drawing the flamegraph")?;
         Ok(self.svg)
