@@ -13,15 +13,21 @@
 @0xe9e82ccf568c8540;
 
 interface VpcBinding {
-  fetch @0 (context :BindingContext, head :RequestHead, response :ResponseReceiver)
+  fetch @0 (context :BindingContext, head :RequestHead, response :ResponseReceiver,
+             takesInlineBody :Bool)
         -> (requestBody :ByteStream);
   # Starts one request. `requestBody` must be ended (or aborted) by the caller, even when the
-  # request has no body.
+  # request has no body. `takesInlineBody`: the caller reads `deliver`'s `inlineBody` (runtimes
+  # from before it leave it false and always get the body as a stream).
 }
 
 interface ResponseReceiver {
-  deliver @0 (result :FetchResult) -> (body :ByteStream);
+  deliver @0 (result :FetchResult, inlineBody :Data, bodyComplete :Bool)
+        -> (body :ByteStream);
   # Called once per fetch. For an error result the returned `body` is ignored (may be null).
+  # `bodyComplete`: `inlineBody` is the whole response body (only when the fetch said
+  # `takesInlineBody`, and only for a small body already read when the head is delivered);
+  # then no `body` is returned and nothing is streamed, saving the write and end calls.
 }
 
 interface ByteStream {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{RpcSystem, twoparty};
+use futures::FutureExt as _;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -103,6 +104,7 @@ impl vpc_binding::Server for VpcBindingServer {
             }
             let params = params.get()?;
             let receiver = params.get_response()?;
+            let inline = params.get_takes_inline_body();
             let request = read_fetch(params.get_context()?, params.get_head()?);
             let (events_tx, events) = inbox();
             let sink = RequestBodySink {
@@ -115,6 +117,7 @@ impl vpc_binding::Server for VpcBindingServer {
                 request,
                 events,
                 receiver,
+                inline,
             )));
             Ok(())
         })();
@@ -129,6 +132,7 @@ async fn run_fetch(
     request: Result<FetchRequest, ProxyError>,
     events: BodyEvents,
     receiver: response_receiver::Client,
+    takes_inline_body: bool,
 ) {
     let body_timeouts = BodyTimeouts {
         read: proxy.settings().read_timeout,
@@ -161,7 +165,15 @@ async fn run_fetch(
             deliver_error(&receiver, &err).await;
         }
         Ok(response) => {
-            stream_response(&receiver, response, &runtime, &request_id, body_timeouts).await;
+            stream_response(
+                &receiver,
+                response,
+                &runtime,
+                &request_id,
+                body_timeouts,
+                takes_inline_body,
+            )
+            .await;
         }
     }
 }
@@ -193,20 +205,65 @@ enum Pumped {
     ReceiverGone(capnp::Error),
 }
 
+/// Most bytes of a response body delivered inside `deliver`: small enough that the message
+/// fits the connection's buffer ([`wvpc_schemas::RPC_BUFFER`]).
+const INLINE_BODY_MAX: usize = 8 * 1024;
+
 /// Delivers the head, then streams the body within the flow-control window; a fully read
-/// connection goes back to the pool.
+/// connection goes back to the pool. A small body that has already arrived whole, for a
+/// runtime that `takes_inline_body`, goes inside `deliver` instead (no stream calls).
 async fn stream_response(
     receiver: &response_receiver::Client,
     response: OriginResponse,
     runtime: &Handle,
     request_id: &str,
     timeouts: BodyTimeouts,
+    takes_inline_body: bool,
 ) {
     let OriginResponse {
         head,
         mut body,
         lease,
     } = response;
+    // What the origin has already sent, taken without waiting; streamed first if the body
+    // turns out not to be small and complete.
+    let mut early = std::collections::VecDeque::new();
+    if takes_inline_body {
+        let mut taken = 0;
+        while let Some(next) = body.next_data().now_or_never() {
+            let last = !matches!(next, Some(Ok(_)));
+            if let Some(Ok(data)) = &next {
+                taken += data.len();
+            }
+            early.push_back(next);
+            if last || taken > INLINE_BODY_MAX {
+                break;
+            }
+        }
+        if let Some(None) = early.back() {
+            early.pop_back();
+            let whole: Vec<u8> = early
+                .into_iter()
+                .flat_map(|data| match data {
+                    Some(Ok(data)) => data.to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            // Back in the pool before the runtime hears of the response, for its next fetch.
+            lease.release(runtime).await;
+            let mut deliver = receiver.deliver_request();
+            {
+                let mut params = deliver.get();
+                write_response_head(params.reborrow().init_result().init_response(), &head);
+                params.set_inline_body(&whole);
+                params.set_body_complete(true);
+            }
+            if let Err(err) = deliver.send().promise.await {
+                tracing::debug!(%request_id, error = %err, "deliver failed");
+            }
+            return;
+        }
+    }
     let mut deliver = receiver.deliver_request();
     write_response_head(deliver.get().init_result().init_response(), &head);
     let delivered = deliver.send();
@@ -214,7 +271,11 @@ async fn stream_response(
     let mut sink = StreamWriter::new(delivered.pipeline.get_body());
 
     let pumped = loop {
-        let data = match tokio::time::timeout(timeouts.read, body.next_data()).await {
+        let next = match early.pop_front() {
+            Some(next) => Ok(next),
+            None => tokio::time::timeout(timeouts.read, body.next_data()).await,
+        };
+        let data = match next {
             Err(_) => {
                 break Pumped::OriginFailed(
                     ProxyError::new(ErrorCode::ConnectionReadTimeout).with_details(format!(

@@ -432,6 +432,7 @@ async fn attempt(
         params.set_response(capnp_rpc::new_client(Receiver {
             slot: reply.clone(),
         }));
+        params.set_takes_inline_body(true);
     }
     let call = call.send();
     let request_body = call.pipeline.get_request_body();
@@ -503,7 +504,8 @@ impl response_receiver::Server for Receiver {
                 "deliver was already called for this fetch".into(),
             ));
         }
-        let result = params.get()?.get_result()?;
+        let params = params.get()?;
+        let result = params.get_result()?;
         let head = match result.which() {
             Ok(fetch_result::Response(head)) => head?,
             Ok(fetch_result::Error(err)) => {
@@ -533,17 +535,29 @@ impl response_receiver::Server for Receiver {
         for header in headers {
             response = response.header(header.get_name()?.to_str()?, header.get_value()?);
         }
-        let (tx, rx) = inbox();
-        let body = ResponseBody {
-            events: rx,
-            finished: false,
-        }
-        .boxed_unsync();
+        // A small body that came whole inside `deliver`: no stream follows.
+        let (body, sink) = if params.get_body_complete() {
+            let whole = Bytes::copy_from_slice(params.get_inline_body()?);
+            let body = http_body_util::Full::new(whole)
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            (body, None)
+        } else {
+            let (tx, rx) = inbox();
+            let body = ResponseBody {
+                events: rx,
+                finished: false,
+            }
+            .boxed_unsync();
+            (body, Some(tx))
+        };
         match response.body(body) {
             Ok(response) => {
-                results.get().set_body(capnp_rpc::new_client(BodySink {
-                    events: RefCell::new(Some(tx)),
-                }));
+                if let Some(tx) = sink {
+                    results.get().set_body(capnp_rpc::new_client(BodySink {
+                        events: RefCell::new(Some(tx)),
+                    }));
+                }
                 answer(&self.slot, Ok(response));
                 Ok(())
             }

@@ -340,6 +340,8 @@ struct Fetched {
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
+    /// The body came inside `deliver`, not as a stream.
+    inline: bool,
 }
 
 impl Fetched {
@@ -378,9 +380,22 @@ impl response_receiver::Server for Receiver {
             Which::Error(e) => Err(read_wire_error(e?)),
             Which::Unspecified(()) => panic!("result left unspecified"),
         };
-        results
-            .get()
-            .set_body(capnp_rpc::new_client_from_rc(Rc::clone(&self.body)));
+        let params = params.get()?;
+        if params.get_body_complete() {
+            // The whole body, inside deliver: no stream, so none is returned.
+            self.body.inline.set(true);
+            self.body
+                .bytes
+                .borrow_mut()
+                .extend_from_slice(params.get_inline_body()?);
+            if let Some(tx) = self.body.done.borrow_mut().take() {
+                let _ = tx.send(Ok(()));
+            }
+        } else {
+            results
+                .get()
+                .set_body(capnp_rpc::new_client_from_rc(Rc::clone(&self.body)));
+        }
         if let Some(tx) = self.head.borrow_mut().take() {
             let _ = tx.send(head);
         }
@@ -394,6 +409,8 @@ struct BodyCollector {
     done: RefCell<Option<oneshot::Sender<Result<(), ProxyError>>>>,
     /// A runtime whose script stopped reading: writes never complete.
     stalled: std::cell::Cell<bool>,
+    /// The body came inside `deliver`.
+    inline: std::cell::Cell<bool>,
 }
 
 impl byte_stream::Server for BodyCollector {
@@ -437,6 +454,8 @@ impl byte_stream::Server for BodyCollector {
 
 struct TestRuntime {
     binding: vpc_binding::Client,
+    /// Says `takesInlineBody` in its fetches (a runtime from before it does not).
+    takes_inline_body: bool,
 }
 
 impl TestRuntime {
@@ -465,7 +484,10 @@ impl TestRuntime {
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let binding: vpc_binding::Client = rpc.bootstrap(Side::Server);
         tokio::task::spawn_local(rpc);
-        Ok(Self { binding })
+        Ok(Self {
+            binding,
+            takes_inline_body: false,
+        })
     }
 
     async fn fetch(
@@ -506,6 +528,7 @@ impl TestRuntime {
                 h.set_value(v.as_bytes());
             }
             p.set_response(capnp_rpc::new_client(receiver));
+            p.set_takes_inline_body(self.takes_inline_body);
         }
         let sent = call.send();
         let sink = sent.pipeline.get_request_body();
@@ -528,6 +551,7 @@ impl TestRuntime {
                 status,
                 headers,
                 body,
+                inline: collector.inline.get(),
             })
         };
         let ((), fetched) = futures::join!(write_body, read_response);
@@ -587,6 +611,46 @@ async fn host_is_the_url_host_without_port_and_path_query_are_forwarded() {
         headers.get("transfer-encoding").is_none(),
         "an empty GET is not sent chunked"
     );
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_whole_body_comes_inside_deliver_for_a_runtime_that_takes_it() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |mut rt| async move {
+        // A runtime from before inline bodies: the body is always a stream.
+        let res = rt
+            .fetch(API, "GET", "http://api.internal/hello", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(
+            (res.status, &res.body[..]),
+            (200, &b"hello from the origin"[..])
+        );
+        assert!(!res.inline, "a runtime that did not ask got an inline body");
+
+        rt.takes_inline_body = true;
+        let res = rt
+            .fetch(API, "GET", "http://api.internal/hello", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(
+            (res.status, &res.body[..]),
+            (200, &b"hello from the origin"[..])
+        );
+        assert!(res.inline, "a small complete body was streamed");
+
+        // Larger than an inline body: streamed, whole and in order.
+        let body: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
+        let res = rt
+            .fetch(API, "POST", "http://api.internal/echo", &[], &body)
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200);
+        assert!(res.body == body, "the echoed body differs");
+        assert!(!res.inline);
+    })
+    .await;
     stack.worker.shutdown();
 }
 
@@ -790,6 +854,7 @@ async fn an_aborted_request_body_never_reaches_the_origin_as_complete() {
             headers.reborrow().get(0).set_name("content-length");
             headers.reborrow().get(0).set_value(b"100");
             p.set_response(capnp_rpc::new_client(receiver));
+            p.set_takes_inline_body(rt.takes_inline_body);
         }
         let sent = call.send();
         let mut sink = StreamWriter::new(sent.pipeline.get_request_body());
@@ -1230,6 +1295,7 @@ async fn a_script_that_stops_reading_frees_the_origin_after_the_write_timeout() 
             head.set_method("GET");
             head.set_url("http://api.internal/endless");
             p.set_response(capnp_rpc::new_client(receiver));
+            p.set_takes_inline_body(rt.takes_inline_body);
         }
         let sent = call.send();
         let sink = sent.pipeline.get_request_body();
