@@ -618,27 +618,23 @@ async fn host_is_the_url_host_without_port_and_path_query_are_forwarded() {
 async fn a_small_whole_body_comes_inside_deliver_for_a_runtime_that_takes_it() {
     let stack = start_stack().await;
     with_runtime(&stack, |mut rt| async move {
-        // A runtime from before inline bodies: the body is always a stream.
-        let res = rt
-            .fetch(API, "GET", "http://api.internal/hello", &[], b"")
-            .await
-            .unwrap();
-        assert_eq!(
-            (res.status, &res.body[..]),
-            (200, &b"hello from the origin"[..])
-        );
-        assert!(!res.inline, "a runtime that did not ask got an inline body");
-
-        rt.takes_inline_body = true;
-        let res = rt
-            .fetch(API, "GET", "http://api.internal/hello", &[], b"")
-            .await
-            .unwrap();
-        assert_eq!(
-            (res.status, &res.body[..]),
-            (200, &b"hello from the origin"[..])
-        );
-        assert!(res.inline, "a small complete body was streamed");
+        // A runtime from before inline bodies (it does not say it takes one) always gets a
+        // stream; one that says so gets a small complete body inside deliver.
+        for takes_inline_body in [false, true] {
+            rt.takes_inline_body = takes_inline_body;
+            let res = rt
+                .fetch(API, "GET", "http://api.internal/hello", &[], b"")
+                .await
+                .unwrap();
+            assert_eq!(
+                (res.status, &res.body[..]),
+                (200, &b"hello from the origin"[..])
+            );
+            assert_eq!(
+                res.inline, takes_inline_body,
+                "takesInlineBody {takes_inline_body}"
+            );
+        }
 
         // Larger than an inline body: streamed, whole and in order.
         let body: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
