@@ -414,33 +414,16 @@ fn print_rows(rows: &[Row], concurrency: usize) {
     };
     let row = |name: &str| rows.iter().find(|r| r.name == name).map(|r| &r.figures);
     let base = row("direct").unwrap_or(&first.figures);
-    // This process's CPU that is not the chain (load client, origin, DNS): as the platform row
-    // measured it, at the same request rate (its chain runs in other processes); else the
-    // direct row's, which is cheaper per request at its much higher rate.
-    let outside_chain = match (row("platform"), row("direct")) {
-        (Some(platform), _) => Some((platform.cpu_us_per_req[0], "the platform row's")),
-        (None, Some(direct)) => Some((direct.total_cpu_us_per_req(), "the direct row's")),
-        (None, None) => None,
-    };
+    let outside_chain = outside_chain(rows);
     println!();
     println!(
         "| target | processes | p50 c=1 | p99 c=1 | p99.9 c=1 | req/s c={concurrency} | CPU µs/req, all | CPU µs/req, chain | p50 × direct | req/s ÷ direct |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for Row {
-        name,
-        processes,
-        figures: f,
-        ..
-    } in rows
-    {
-        let chain = match (*name, outside_chain) {
-            ("platform", _) => format!("{:.0}", f.cpu_us_per_req[1..].iter().sum::<f64>()),
-            ("binding", Some((outside, _))) => {
-                format!("{:.0}", f.total_cpu_us_per_req() - outside)
-            }
-            _ => "–".to_owned(),
-        };
+    for r in rows {
+        let (name, processes, f) = (r.name, r.processes, &r.figures);
+        let chain = chain_cpu(r, outside_chain.map(|(outside, _)| outside))
+            .map_or("–".to_owned(), |cpu| format!("{cpu:.0}"));
         println!(
             "| {name} | {processes} | {} | {} | {} | {:.0} | {:.0} | {chain} | {:.1}× | {:.2} |",
             fmt(f.p50),
@@ -456,8 +439,35 @@ fn print_rows(rows: &[Row], concurrency: usize) {
         println!(
             "(chain: the platform row's own processes, measured each; the binding row's all − \
              this process's share without the chain (load client, origin, DNS), {whose} \
-             {outside:.0} µs/req)"
+             {outside:.0} µs/req; the workerd row's, the workerd process)"
         );
+    }
+}
+
+/// This process's CPU µs per request that is not the chain (load client, origin, DNS), and
+/// whose figure it is: as the platform row measured it, at the same request rate (its chain
+/// runs in other processes); else the direct row's, which is cheaper per request at its much
+/// higher rate.
+fn outside_chain(rows: &[Row]) -> Option<(f64, &'static str)> {
+    let row = |name: &str| rows.iter().find(|r| r.name == name).map(|r| &r.figures);
+    match (row("platform"), row("direct")) {
+        (Some(platform), _) => Some((platform.cpu_us_per_req[0], "the platform row's")),
+        (None, Some(direct)) => Some((direct.total_cpu_us_per_req(), "the direct row's")),
+        (None, None) => None,
+    }
+}
+
+/// CPU µs per request of a row's chain: its processes other than this one where it has some
+/// (platform, workerd); for the binding row, whose chain runs in this process, all of this
+/// process's less `outside` ([`outside_chain`]).
+fn chain_cpu(row: &Row, outside: Option<f64>) -> Option<f64> {
+    let f = &row.figures;
+    if row.names.len() > 1 {
+        Some(f.cpu_us_per_req[1..].iter().sum())
+    } else if row.name == "binding" {
+        outside.map(|outside| f.total_cpu_us_per_req() - outside)
+    } else {
+        None
     }
 }
 
@@ -543,6 +553,7 @@ fn print_goals(rows: &[Row], instantiation: Option<Duration>) {
     if ours.is_empty() {
         return;
     }
+    let outside = outside_chain(rows).map(|(outside, _)| outside);
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     println!();
     println!("| goal | target | figure | goal value | |");
@@ -551,21 +562,17 @@ fn print_goals(rows: &[Row], instantiation: Option<Duration>) {
         let f = &ours.figures;
         // The chain's own processes: the platform row's children; in one process, all of
         // it minus the bench's own share as the platform row measured it.
-        let (cpu, memory) = if ours.names.len() > 1 {
-            (
-                f.cpu_us_per_req[1..].iter().sum::<f64>(),
-                Some((
-                    f.pss_after[1..].iter().sum::<u64>(),
-                    f.rss_after[1..].iter().sum::<u64>(),
-                )),
-            )
-        } else {
-            let outside = row("platform").map_or(0.0, |p| p.figures.cpu_us_per_req[0]);
-            (f.total_cpu_us_per_req() - outside, None)
+        let Some(cpu) = chain_cpu(ours, outside) else {
+            continue;
         };
+        let memory = (ours.names.len() > 1).then(|| {
+            (
+                f.pss_after[1..].iter().sum::<u64>(),
+                f.rss_after[1..].iter().sum::<u64>(),
+            )
+        });
         let name = ours.name;
-        let workerd_cpu =
-            workerd.map(|w| w.figures.total_cpu_us_per_req() - w.figures.cpu_us_per_req[0]);
+        let workerd_cpu = workerd.and_then(|w| chain_cpu(w, None));
         println!(
             "| CPU µs/req of the chain, c=32 | {name} | {cpu:.0} | ≤ 200{} | {} |",
             workerd_cpu.map_or(String::new(), |w| format!(" (workerd here: {w:.0})")),
