@@ -242,13 +242,11 @@ async fn stream_response(
         }
         if let Some(None) = early.back() {
             early.pop_back();
-            let whole: Vec<u8> = early
-                .into_iter()
-                .flat_map(|data| match data {
-                    Some(Ok(data)) => data.to_vec(),
-                    _ => Vec::new(),
-                })
-                .collect();
+            // Everything before the end is data: the probe stops at the first item that is not.
+            let mut whole = Vec::with_capacity(taken);
+            for data in early.iter().flatten().flatten() {
+                whole.extend_from_slice(data);
+            }
             // Back in the pool before the runtime hears of the response, for its next fetch.
             lease.release(runtime).await;
             let mut deliver = receiver.deliver_request();

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc, with `--features mimalloc`: see docs/performance.md
-/// ("Allocator").
+/// ("What was measured and left as an option").
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
