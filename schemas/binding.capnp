@@ -14,11 +14,16 @@
 
 interface VpcBinding {
   fetch @0 (context :BindingContext, head :RequestHead, response :ResponseReceiver,
-             takesInlineBody :Bool)
-        -> (requestBody :ByteStream);
+             takesInlineBody :Bool, inlineRequestBody :Data, requestBodyComplete :Bool)
+        -> (requestBody :ByteStream, takesInlineRequestBody :Bool);
   # Starts one request. `requestBody` must be ended (or aborted) by the caller, even when the
-  # request has no body. `takesInlineBody`: the caller reads `deliver`'s `inlineBody` (runtimes
-  # from before it leave it false and always get the body as a stream).
+  # request has no body — unless the caller set `requestBodyComplete`: then
+  # `inlineRequestBody` is the whole request body, no `requestBody` is returned, and nothing
+  # is streamed (saving the end call, its return and the stream's release). A caller sets it
+  # only on a connection whose binding-worker answered `takesInlineRequestBody` to an earlier
+  # fetch (binding-workers from before it leave that false, and would wait for an end()).
+  # `takesInlineBody`: the caller reads `deliver`'s `inlineBody` (runtimes from before it
+  # leave it false and always get the body as a stream).
 }
 
 interface ResponseReceiver {

@@ -26,7 +26,9 @@ use tokio_util::task::TaskTracker;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_capnp::{byte_stream, response_head, response_receiver, vpc_binding};
 use wvpc_schemas::byte_stream_flow::{InboxError, InboxSender, Taken};
-use wvpc_schemas::{RPC_BUFFER, StreamWriter, inbox, read_wire_error, write_wire_error};
+use wvpc_schemas::{
+    INLINE_BODY_MAX, RPC_BUFFER, StreamWriter, inbox, read_wire_error, write_wire_error,
+};
 
 use crate::origin::{OriginResponse, Proxy, describe};
 use crate::request::{FetchRequest, read_fetch};
@@ -107,10 +109,22 @@ impl vpc_binding::Server for VpcBindingServer {
             let inline = params.get_takes_inline_body();
             let request = read_fetch(params.get_context()?, params.get_head()?);
             let (events_tx, events) = inbox();
-            let sink = RequestBodySink {
-                events: RefCell::new(Some(events_tx)),
-            };
-            results.get().set_request_body(capnp_rpc::new_client(sink));
+            let mut results = results.get();
+            results.set_takes_inline_request_body(true);
+            if params.get_request_body_complete() {
+                // The whole body came with the call: no stream to hand out or to end.
+                let body = params.get_inline_request_body()?;
+                if !body.is_empty() {
+                    let _ =
+                        events_tx.push(BodyEvent::Data(Bytes::copy_from_slice(body)), body.len());
+                }
+                let _ = events_tx.push(BodyEvent::End, 0);
+            } else {
+                let sink = RequestBodySink {
+                    events: RefCell::new(Some(events_tx)),
+                };
+                results.set_request_body(capnp_rpc::new_client(sink));
+            }
             tokio::task::spawn_local(self.fetches.track_future(run_fetch(
                 Arc::clone(&self.proxy),
                 self.runtime.clone(),
@@ -204,10 +218,6 @@ enum Pumped {
     /// The runtime stopped reading (cancelled, disconnected).
     ReceiverGone(capnp::Error),
 }
-
-/// Most bytes of a response body delivered inside `deliver`: small enough that the message
-/// fits the connection's buffer ([`wvpc_schemas::RPC_BUFFER`]).
-const INLINE_BODY_MAX: usize = 8 * 1024;
 
 /// Delivers the head, then streams the body within the flow-control window; a fully read
 /// connection goes back to the pool. A small body that has already arrived whole, for a

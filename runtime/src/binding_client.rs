@@ -6,10 +6,13 @@
 //! channel, the response head (or error) comes back over a oneshot, and the response body is
 //! an mpsc-fed [`http_body::Body`] that wasi-http hands to the script.
 //!
-//! Per fetch: the call is sent with a `ResponseReceiver` implemented here; the request body is
-//! streamed into the `requestBody` ByteStream obtained by promise pipelining (before the call
-//! returns), and always ended — or aborted if the script's body failed. The binding-worker
-//! later calls `deliver` once; the `ByteStream` returned from it feeds the response body.
+//! Per fetch: the call is sent with a `ResponseReceiver` implemented here. A request body that
+//! is already complete and small (a GET's empty one, a short JSON) goes inside the call when
+//! the binding-worker has said it takes that; any other is streamed into the `requestBody`
+//! ByteStream obtained by promise pipelining (before the call returns), and always ended — or
+//! aborted if the script's body failed. The binding-worker later calls `deliver` once, with a
+//! small whole response body inside, or returning the `ByteStream` that feeds the response
+//! body.
 //! Both bodies are flow-controlled by [`wvpc_schemas::byte_stream_flow`]: the request body is
 //! written with a bounded window of unanswered bytes, and each response-body write is
 //! answered once the script's body has taken its chunk.
@@ -38,6 +41,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use capnp::capability::Rc as CapRc;
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use futures::FutureExt as _;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, oneshot};
@@ -48,7 +52,8 @@ use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_runtime};
 use wvpc_schemas::binding_capnp::{byte_stream, fetch_result, response_receiver, vpc_binding};
 use wvpc_schemas::byte_stream_flow::{InboxError, InboxReceiver, InboxSender, Taken};
 use wvpc_schemas::{
-    MAX_HEAD_HEADERS, PlatformSecret, RPC_BUFFER, StreamWriter, inbox, read_wire_error,
+    INLINE_BODY_MAX, MAX_HEAD_HEADERS, PlatformSecret, RPC_BUFFER, StreamWriter, inbox,
+    read_wire_error,
 };
 
 use crate::error_map::wasi_http_error;
@@ -162,6 +167,9 @@ struct Connection {
     binding: vpc_binding::Client,
     /// Cleared when the RPC system ends (peer closed, I/O error) or a call finds it dead.
     alive: Rc<Cell<bool>>,
+    /// The binding-worker answered a fetch with `takesInlineRequestBody`: a small, complete
+    /// request body may go inside the call.
+    takes_inline_request_body: Rc<Cell<bool>>,
 }
 
 /// The binding-workers, each with its connection.
@@ -317,7 +325,11 @@ async fn connect(addr: SocketAddr, secret: Option<&PlatformSecret>) -> Result<Co
         flag.set(false);
     });
     tracing::debug!(binding_worker = %addr, "connected to the binding-worker");
-    Ok(Connection { binding, alive })
+    Ok(Connection {
+        binding,
+        alive,
+        takes_inline_request_body: Rc::new(Cell::new(false)),
+    })
 }
 
 /// The pending reply of one fetch: whoever fails or delivers first answers the script.
@@ -338,6 +350,7 @@ async fn fetch(workers: Rc<Workers>, job: FetchJob) {
     } = job;
     let reply: ReplySlot = Rc::new(RefCell::new(Some(reply)));
     let (head, mut body) = request.into_parts();
+    let start = BodyStart::take(&mut body);
     let count = workers.slots.len();
     // Binding-workers this fetch is done with; a stale connection does not count (the next
     // try may re-dial the same binding-worker), but only so many times.
@@ -359,6 +372,7 @@ async fn fetch(workers: Rc<Workers>, job: FetchJob) {
             &connection,
             &context,
             &head,
+            &start,
             &mut body,
             &pulled_data,
             &reply,
@@ -397,17 +411,71 @@ async fn fetch(workers: Rc<Workers>, job: FetchJob) {
     answer(&reply, Err(err));
 }
 
+/// What the script's request body already held when its fetch started: the chunks taken
+/// without waiting (at most a little over [`INLINE_BODY_MAX`] bytes), and how the body went on.
+/// Kept for every attempt, so a fetch sent again after a stale connection loses none of it.
+struct BodyStart {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+    /// The body ended right after `chunks`.
+    complete: bool,
+    /// The body failed right after `chunks` (why).
+    failed: Option<String>,
+}
+
+impl BodyStart {
+    fn take(body: &mut WasiBody) -> Self {
+        let mut start = Self {
+            chunks: Vec::new(),
+            bytes: 0,
+            complete: false,
+            failed: None,
+        };
+        while start.bytes <= INLINE_BODY_MAX {
+            match body.frame().now_or_never() {
+                None => break,
+                Some(None) => {
+                    start.complete = true;
+                    break;
+                }
+                Some(Some(Ok(frame))) => {
+                    // Trailers are not carried.
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        start.bytes += data.len();
+                        start.chunks.push(data);
+                    }
+                }
+                Some(Some(Err(err))) => {
+                    start.failed = Some(err.to_string());
+                    break;
+                }
+            }
+        }
+        start
+    }
+
+    /// The whole body, small enough to go inside the call.
+    fn inline(&self) -> bool {
+        self.complete && self.bytes <= INLINE_BODY_MAX
+    }
+}
+
 /// One `VpcBinding.fetch` call on `connection`. `Ok` once the call was accepted and the
 /// request body sent (the outcome then arrives through the receiver); `Err` if the call
-/// failed, with `pulled_data` telling whether body bytes were already taken from `body`.
+/// failed, with `pulled_data` telling whether body bytes were already taken from `body`
+/// (beyond `start`, which every attempt sends again).
 async fn attempt(
     connection: &Connection,
     context: &FetchContext,
     head: &http::request::Parts,
+    start: &BodyStart,
     body: &mut WasiBody,
     pulled_data: &Cell<bool>,
     reply: &ReplySlot,
 ) -> Result<(), capnp::Error> {
+    let inline = start.inline() && connection.takes_inline_request_body.get();
     let mut call = connection.binding.fetch_request();
     {
         let mut params = call.get();
@@ -433,34 +501,72 @@ async fn attempt(
             slot: reply.clone(),
         }));
         params.set_takes_inline_body(true);
+        if inline {
+            params.set_request_body_complete(true);
+            if start.bytes > 0 {
+                let out = params.init_inline_request_body(start.bytes as u32);
+                let mut at = 0;
+                for chunk in &start.chunks {
+                    out[at..at + chunk.len()].copy_from_slice(chunk);
+                    at += chunk.len();
+                }
+            }
+        }
     }
     let call = call.send();
+    // Whether this binding-worker takes the next small body inside the call.
+    let learn = |response: capnp::capability::Response<vpc_binding::fetch_results::Owned>| {
+        let takes = response
+            .get()
+            .is_ok_and(|r| r.get_takes_inline_request_body());
+        connection.takes_inline_request_body.set(takes);
+    };
+    if inline {
+        return call.promise.await.map(learn);
+    }
     let request_body = call.pipeline.get_request_body();
     // Stream the body while the call is in flight (pipelined on `requestBody`); a failed call
     // stops the copy at once.
-    let send_body = std::pin::pin!(send_request_body(request_body, body, pulled_data));
+    let send_body = std::pin::pin!(send_request_body(request_body, start, body, pulled_data));
     match futures::future::select(call.promise, send_body).await {
-        futures::future::Either::Left((Ok(_), send_body)) => {
+        futures::future::Either::Left((Ok(response), send_body)) => {
+            learn(response);
             send_body.await;
             Ok(())
         }
         futures::future::Either::Left((Err(err), _)) => Err(err),
-        futures::future::Either::Right(((), promise)) => promise.await.map(drop),
+        futures::future::Either::Right(((), promise)) => promise.await.map(learn),
     }
 }
 
-/// Streams the script's request body into `stream`, then ends it — or aborts it when the
-/// script's body failed. A write the binding-worker refuses stops the copy: the outcome of the
-/// fetch arrives through `deliver` regardless.
+/// Streams the script's request body into `stream` (what `start` took first, then the rest),
+/// then ends it — or aborts it when the script's body failed. A write the binding-worker
+/// refuses stops the copy: the outcome of the fetch arrives through `deliver` regardless.
 async fn send_request_body(
     stream: byte_stream::Client,
+    start: &BodyStart,
     body: &mut WasiBody,
     pulled_data: &Cell<bool>,
 ) {
     let mut stream = StreamWriter::new(stream);
-    loop {
+    for chunk in &start.chunks {
+        if let Err(err) = stream.write(chunk).await {
+            tracing::debug!(error = %err, "binding-worker stopped reading the request body");
+            return;
+        }
+    }
+    if let Some(err) = &start.failed {
+        pulled_data.set(true);
+        let err = ProxyError::new(ErrorCode::HttpRequestError)
+            .with_details(format!("the script's request body failed: {err}"));
+        let _ = stream.abort(&err).await;
+        return;
+    }
+    // After a complete start there is nothing more to read.
+    let mut rest = (!start.complete).then_some(body);
+    while let Some(body) = rest.as_mut() {
         match body.frame().await {
-            None => break,
+            None => rest = None,
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
                     continue;

@@ -35,5 +35,10 @@ pub const MAX_HEAD_HEADERS: u32 = 4096;
 /// a message larger than the buffer is written straight through.
 pub const RPC_BUFFER: usize = 16 * 1024;
 
+/// Most bytes of a body sent inside the call that starts or answers a fetch (a request body
+/// in `fetch`, a response body in `deliver`) instead of as a stream: small enough that the
+/// message fits the connection's buffer ([`RPC_BUFFER`]).
+pub const INLINE_BODY_MAX: usize = 8 * 1024;
+
 pub mod byte_stream_flow;
 pub use byte_stream_flow::{StreamWriter, inbox};

@@ -12,6 +12,10 @@ use crate::error::ProxyError;
 /// Largest chunk read from an incoming body at once.
 const READ_CHUNK: u64 = 64 * 1024;
 
+/// Largest body written whole before its request starts ([`Body::settle_whole`]): one write
+/// the host's body buffer always takes, and what the host sends inside its call.
+const WHOLE_BODY_MAX: usize = 8 * 1024;
+
 /// The body of a [`Request`](crate::Request) or [`Response`](crate::Response).
 ///
 /// Incoming bodies and readers are streamed, never buffered whole.
@@ -63,6 +67,23 @@ impl Body {
     /// Reads the whole body as UTF-8 text (invalid sequences are replaced).
     pub fn into_text(self) -> Result<String, ProxyError> {
         Ok(String::from_utf8_lossy(&self.into_bytes()?).into_owned())
+    }
+
+    /// Whether the whole body is known before the request starts, and small: then it is
+    /// written and finished first, and the host sends it inside the call that starts the
+    /// request instead of streaming it after. An incoming body that has already ended
+    /// (a GET's) becomes empty here; the check does not wait.
+    pub(crate) fn settle_whole(&mut self) -> bool {
+        if let Source::Incoming(incoming) = &mut self.0
+            && incoming.ended_now()
+        {
+            self.0 = Source::Empty;
+        }
+        match &self.0 {
+            Source::Empty => true,
+            Source::Bytes(bytes) => bytes.len() <= WHOLE_BODY_MAX,
+            Source::Reader(_) | Source::Incoming(_) => false,
+        }
     }
 
     /// The incoming stream, if this body arrived from the host and was not read yet.
@@ -209,6 +230,8 @@ pub struct IncomingBody {
     // Field order is drop order: the stream is a child of the body resource.
     stream: Option<InputStream>,
     _body: WasiIncomingBody,
+    /// A failure [`Self::ended_now`] met, reported by the next read.
+    failed: Option<ProxyError>,
 }
 
 impl IncomingBody {
@@ -217,11 +240,35 @@ impl IncomingBody {
         Self {
             stream,
             _body: body,
+            failed: None,
+        }
+    }
+
+    /// Whether the body has ended with no data left, checked without waiting and without
+    /// taking any data (a zero-length read).
+    fn ended_now(&mut self) -> bool {
+        let Some(stream) = &self.stream else {
+            return self.failed.is_none();
+        };
+        match stream.read(0) {
+            Ok(_) => false,
+            Err(StreamError::Closed) => {
+                self.stream = None;
+                true
+            }
+            Err(StreamError::LastOperationFailed(err)) => {
+                self.stream = None;
+                self.failed = Some(ProxyError::from_stream_error(&err));
+                false
+            }
         }
     }
 
     /// The next chunk, or `None` at the end of the body. Blocks until data arrives.
     pub fn chunk(&mut self) -> Result<Option<Vec<u8>>, ProxyError> {
+        if let Some(err) = self.failed.take() {
+            return Err(err);
+        }
         let Some(stream) = &self.stream else {
             return Ok(None);
         };
@@ -244,6 +291,9 @@ impl IncomingBody {
 
 impl Read for IncomingBody {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(err) = self.failed.take() {
+            return Err(io::Error::other(err));
+        }
         let Some(stream) = &self.stream else {
             return Ok(0);
         };

@@ -79,7 +79,7 @@ impl Fetcher {
         request: Request,
         options: FetchOptions,
     ) -> Result<PendingResponse, ProxyError> {
-        let (method, url, headers, body) = request.into_parts();
+        let (method, url, headers, mut body) = request.into_parts();
         let parts = UrlParts::split(&url);
         let scheme = match parts.scheme {
             Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
@@ -132,13 +132,22 @@ impl Fetcher {
                 Redirect::Manual => vpc::RedirectMode::Manual,
             },
         };
-        // The host starts the request now; the body is written afterwards, while the binding
-        // already streams it to the origin.
+        // A small body known whole is written first, so that the host sends it with the
+        // request; any other is written after the request starts, while the binding already
+        // streams it to the origin.
+        let out_body = if body.settle_whole() {
+            std::mem::take(&mut body).send(out_body)?;
+            None
+        } else {
+            Some(out_body)
+        };
         let pending = vpc::fetch(&self.name, outgoing, None, init).map_err(ProxyError::from)?;
-        match body.send(out_body) {
-            // Body finished, or the binding stopped taking it (its outcome tells why).
-            Ok(Sent::Complete | Sent::Closed) => {}
-            Err(err) => return Err(err),
+        if let Some(out) = out_body {
+            match body.send(out) {
+                // Body finished, or the binding stopped taking it (its outcome tells why).
+                Ok(Sent::Complete | Sent::Closed) => {}
+                Err(err) => return Err(err),
+            }
         }
         Ok(PendingResponse { pending })
     }

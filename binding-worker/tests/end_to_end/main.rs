@@ -342,6 +342,8 @@ struct Fetched {
     body: Vec<u8>,
     /// The body came inside `deliver`, not as a stream.
     inline: bool,
+    /// The binding-worker answered the fetch with `takesInlineRequestBody`.
+    takes_inline_request_body: bool,
 }
 
 impl Fetched {
@@ -456,6 +458,9 @@ struct TestRuntime {
     binding: vpc_binding::Client,
     /// Says `takesInlineBody` in its fetches (a runtime from before it does not).
     takes_inline_body: bool,
+    /// Sends the request body inside the fetch call (`requestBodyComplete`) instead of
+    /// streaming it.
+    inline_request_body: bool,
 }
 
 impl TestRuntime {
@@ -487,6 +492,7 @@ impl TestRuntime {
         Ok(Self {
             binding,
             takes_inline_body: false,
+            inline_request_body: false,
         })
     }
 
@@ -529,12 +535,19 @@ impl TestRuntime {
             }
             p.set_response(capnp_rpc::new_client(receiver));
             p.set_takes_inline_body(self.takes_inline_body);
+            if self.inline_request_body {
+                p.set_request_body_complete(true);
+                p.set_inline_request_body(body);
+            }
         }
         let sent = call.send();
         let sink = sent.pipeline.get_request_body();
         // Stream the request body in chunks, within the flow-control window, while the
         // response may already be coming back.
         let write_body = async {
+            if self.inline_request_body {
+                return;
+            }
             let mut sink = StreamWriter::new(sink);
             for chunk in body.chunks(32 << 10) {
                 if sink.write(chunk).await.is_err() {
@@ -552,11 +565,16 @@ impl TestRuntime {
                 headers,
                 body,
                 inline: collector.inline.get(),
+                takes_inline_request_body: false,
             })
         };
         let ((), fetched) = futures::join!(write_body, read_response);
-        sent.promise.await.expect("fetch call returned");
-        fetched
+        let returned = sent.promise.await.expect("fetch call returned");
+        let takes = returned.get().unwrap().get_takes_inline_request_body();
+        fetched.map(|f| Fetched {
+            takes_inline_request_body: takes,
+            ..f
+        })
     }
 }
 
@@ -647,6 +665,49 @@ async fn a_small_whole_body_comes_inside_deliver_for_a_runtime_that_takes_it() {
         assert!(!res.inline);
     })
     .await;
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_request_body_inside_fetch_reaches_the_origin_like_a_streamed_one() {
+    let stack = start_stack().await;
+    with_runtime(&stack, |mut rt| async move {
+        for inline in [false, true] {
+            rt.inline_request_body = inline;
+            let res = rt
+                .fetch(API, "POST", "http://api.internal/echo", &[], b"small body")
+                .await
+                .unwrap();
+            assert_eq!(
+                (res.status, &res.body[..]),
+                (200, &b"small body"[..]),
+                "inline request body {inline}"
+            );
+            assert!(
+                res.takes_inline_request_body,
+                "the binding-worker says it takes a request body inside the call"
+            );
+            // An empty one (a GET's) is sent as no body at all, not as an empty chunked one.
+            let res = rt
+                .fetch(API, "GET", "http://api.internal/empty", &[], b"")
+                .await
+                .unwrap();
+            assert_eq!(res.status, 200, "inline request body {inline}");
+        }
+    })
+    .await;
+    let requests = stack.origin.requests.lock().unwrap();
+    let empties: Vec<_> = requests
+        .iter()
+        .filter(|(_, path, _)| path == "/empty")
+        .collect();
+    assert_eq!(empties.len(), 2);
+    for (_, _, headers) in empties {
+        assert!(
+            headers.get("transfer-encoding").is_none() && headers.get("content-length").is_none(),
+            "an empty GET carries no body framing: {headers:?}"
+        );
+    }
     stack.worker.shutdown();
 }
 
