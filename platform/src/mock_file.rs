@@ -74,6 +74,25 @@ pub fn load(path: &Path, script: &ScriptConfig) -> Result<MockSpec, MockFileErro
     }
 }
 
+/// Checks one fault entry in the mock file's shape (`{"code": …, "method": …, "path": …,
+/// "rate": …, "latency_ms": …}`) found at `field` of another file (the cases of `wvpc test`):
+/// the rule, or every problem with its path.
+pub fn fault_entry(value: &Value, field: &str) -> Result<Fault, Vec<ConfigProblem>> {
+    let raw = ConfigValue {
+        value: Value::Null,
+        toml: false,
+    };
+    let mut check = Checker {
+        raw: &raw,
+        base: Path::new(""),
+        problems: Vec::new(),
+    };
+    match check.fault(value, field) {
+        Some(fault) if check.problems.is_empty() => Ok(fault),
+        _ => Err(check.problems),
+    }
+}
+
 /// The mock file's path: `given`, or [`DEFAULT_MOCK_FILE`] next to the script's config.
 pub fn path_for(given: Option<&Path>, config_path: &Path) -> PathBuf {
     match given {
