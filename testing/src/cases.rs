@@ -297,13 +297,16 @@ impl Checker<'_> {
         for (i, item) in items.iter().enumerate() {
             let field = format!("[{i}]");
             if let Some(case) = self.case(item, &field) {
-                if let Some(first) = names.insert(case.name.clone(), i) {
-                    self.problem(
-                        format!("{field}.name"),
-                        format!("{:?} is also the name of case [{first}]", case.name),
-                    );
-                }
                 cases.push(case);
+            }
+            // Reports tell cases apart by name.
+            if let Some(name) = item.get("name").and_then(Value::as_str)
+                && let Some(first) = names.insert(name.to_owned(), i)
+            {
+                self.problem(
+                    format!("{field}.name"),
+                    format!("{name:?} is also the name of case [{first}]"),
+                );
             }
         }
         cases
@@ -387,8 +390,14 @@ impl Checker<'_> {
 
     fn request(&mut self, value: &Value, field: &str) -> Option<CaseRequest> {
         if let Value::String(line) = value {
-            let (method, path) = line.trim().split_once(' ').unwrap_or(("", line));
-            let method = self.method_text(method, &format!("{field} (method)"));
+            let Some((method, path)) = line.trim().split_once(' ') else {
+                self.problem(
+                    field,
+                    format!("{line:?} is not \"METHOD /path\" (e.g. \"GET /users/1\")"),
+                );
+                return None;
+            };
+            let method = self.method_text(method, field);
             let path = self.path_text(path.trim(), field);
             return Some(CaseRequest {
                 method: method?,
@@ -732,5 +741,238 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("wvpc-cases-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn problems(err: ConfigError) -> Vec<String> {
+        match err {
+            ConfigError::Invalid { problems, .. } => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            other => panic!("expected problems, got {other}"),
+        }
+    }
+
+    #[test]
+    fn the_yaml_example_reads_into_cases() {
+        let dir = Dir::new();
+        let path = dir.write(
+            "wvpc.test.yaml",
+            r#"
+- name: a user is served
+  request: GET /users/1
+  expect:
+    status: 200
+    headers: { content-type: application/json, x-cache: { contains: hit }, x-debug: null }
+    json: { id: 1 }
+    requests:
+      API: [ { method: GET, path: /users/*, headers: { host: api.internal } } ]
+- name: a user is created
+  request:
+    method: post
+    path: /users?notify=1
+    headers: { x-count: 3 }
+    body: { name: Ada }
+  expect: { status: 201, body_contains: [Ada, id], requests: { API: 1 } }
+- name: the service is down
+  request: GET /users/1
+  faults: { API: connection_refused }
+  expect: { status: 502, body: "ProxyError: connection_refused" }
+- name: the service is slow on one path
+  request: GET /slow
+  faults:
+    API: [ { path: /slow, latency_ms: 1500 }, dns_error ]
+  expect: { status: 504 }
+"#,
+        );
+        let cases = load(&path, &["API"]).unwrap();
+        assert_eq!(cases.len(), 4);
+        assert_eq!(cases[0].request.method, "GET");
+        assert_eq!(cases[0].request.path, "/users/1");
+        assert_eq!(cases[0].expect.status, Some(200));
+        assert_eq!(
+            cases[0].expect.headers,
+            vec![
+                (
+                    "content-type".into(),
+                    TextCheck::Equals("application/json".into())
+                ),
+                ("x-cache".into(), TextCheck::Contains("hit".into())),
+                ("x-debug".into(), TextCheck::Absent),
+            ]
+        );
+        assert_eq!(
+            cases[0].expect.body.json,
+            Some(serde_json::json!({"id": 1}))
+        );
+        let ReceivedCheck::Requests(seen) = &cases[0].expect.requests["API"] else {
+            panic!("expected request checks");
+        };
+        assert_eq!(seen[0].path.as_deref(), Some("/users/*"));
+        assert_eq!(
+            seen[0].headers,
+            vec![("host".into(), TextCheck::Equals("api.internal".into()))]
+        );
+        let create = &cases[1];
+        assert_eq!(create.request.method, "POST");
+        assert_eq!(
+            create.request.body,
+            Bytes::from_static(br#"{"name":"Ada"}"#)
+        );
+        assert_eq!(
+            create.request.headers,
+            vec![
+                ("x-count".into(), "3".into()),
+                ("content-type".into(), "application/json".into())
+            ]
+        );
+        assert_eq!(create.expect.body.contains, vec!["Ada", "id"]);
+        assert_eq!(create.expect.requests["API"], ReceivedCheck::Count(1));
+        assert_eq!(
+            cases[2].faults["API"],
+            vec![Fault::new(FaultCode::ConnectionRefused)]
+        );
+        assert_eq!(
+            cases[3].faults["API"],
+            vec![
+                Fault::latency(Duration::from_millis(1500)).on_path("/slow"),
+                Fault::new(FaultCode::DnsError)
+            ]
+        );
+    }
+
+    #[test]
+    fn json_with_a_cases_key_reads_the_same() {
+        let dir = Dir::new();
+        let path = dir.write(
+            "wvpc.test.jsonc",
+            r#"{ "cases": [ // comments are fine
+                 { "name": "home", "request": "GET /", "expect": { "status": 200 } } ] }"#,
+        );
+        let cases = load(&path, &["API"]).unwrap();
+        assert_eq!(cases[0].name, "home");
+        assert!(cases[0].faults.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_path() {
+        let dir = Dir::new();
+        let path = dir.write(
+            "wvpc.test.yaml",
+            r#"
+- name: one
+  request: FETCH
+  expect: { status: 700, colour: blue }
+- request: { path: users, body: 3, verb: GET }
+  faults: { DB: connection_refused, API: connection_reset }
+  expect: {}
+- name: one
+  request: GET /
+  faults: { API: { code: dns_error, rate: 150 } }
+  expect:
+    headers: { x-a: { has: b } }
+    body_contains: 3
+    requests: { API: [ { path: nope, header: {} } ], DB: 1 }
+- 7
+"#,
+        );
+        let found = problems(load(&path, &["API"]).unwrap_err());
+        let expected = [
+            "[0].request: \"FETCH\" is not \"METHOD /path\"",
+            "[0].expect.colour: unknown key (known keys: status, headers, body, body_contains, json, requests)",
+            "[0].expect.status: expected a status from 100 to 599, found 700",
+            "[1].request.verb: unknown key",
+            "[1].name: missing",
+            "[1].request.path: \"users\" is not a path and query starting with /",
+            "[1].request.body: expected a string (or a JSON map or list), found a number",
+            "[1].faults.API: \"connection_reset\" is not a fault code (use one of connection_refused",
+            "[1].faults.DB: the script's config has no binding \"DB\" in its vpc_services (it declares API)",
+            "[1].expect: expects nothing",
+            "[2].faults.API.rate: expected a percentage from 0 to 100, found 150",
+            "[2].expect.headers.x-a.has: unknown key (known keys: contains)",
+            "[2].expect.headers.x-a: expected {contains: \"…\"}",
+            "[2].expect.body_contains: expected a string or a list of strings, found a number",
+            "[2].expect.requests.API[0].header: unknown key",
+            "[2].expect.requests.API[0].path: \"nope\" must start with / or *",
+            "[2].expect.requests.DB: the script's config has no binding \"DB\"",
+            "[2].name: \"one\" is also the name of case [0]",
+            "[3]: expected a map, found a number",
+        ];
+        for want in expected {
+            assert!(
+                found.iter().any(|p| p.starts_with(want)),
+                "missing {want:?} in:\n{}",
+                found.join("\n")
+            );
+        }
+        assert_eq!(found.len(), expected.len(), "{}", found.join("\n"));
+    }
+
+    #[test]
+    fn bad_syntax_and_shapes_are_refused_with_where() {
+        let dir = Dir::new();
+        let path = dir.write("wvpc.test.yaml", "- name: a\n  request: [GET\n");
+        match load(&path, &["API"]).unwrap_err() {
+            ConfigError::Syntax { format, line, .. } => {
+                assert_eq!(format, "YAML");
+                assert!(line >= 2, "line {line}");
+            }
+            other => panic!("expected a syntax error, got {other}"),
+        }
+        let path = dir.write("t.json", r#"{ "case": [] }"#);
+        assert_eq!(
+            problems(load(&path, &["API"]).unwrap_err()),
+            [
+                "(top level).case: unknown key (known keys: cases)",
+                "cases: missing (a list of cases)"
+            ]
+        );
+        let path = dir.write("t.yaml", "[]");
+        assert!(
+            problems(load(&path, &["API"]).unwrap_err())[0].starts_with("(top level): no cases")
+        );
+        let path = dir.write("t.txt", "[]");
+        assert!(problems(load(&path, &["API"]).unwrap_err())[0].contains("unsupported file type"));
+        assert!(matches!(
+            load(&dir.0.join("missing.yaml"), &["API"]),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn the_default_file_is_found_next_to_the_config() {
+        let dir = Dir::new();
+        let config = dir.0.join("wrangler.jsonc");
+        assert_eq!(path_for(None, &config), dir.0.join("wvpc.test.yaml"));
+        dir.write("wvpc.test.json", "[]");
+        assert_eq!(path_for(None, &config), dir.0.join("wvpc.test.json"));
+        assert_eq!(
+            path_for(Some(Path::new("x.yaml")), &config),
+            PathBuf::from("x.yaml")
+        );
     }
 }

@@ -34,6 +34,7 @@ mod suite;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -172,6 +173,15 @@ impl Script {
     /// Loads the script and the mock, and starts the runtime, binding-worker and router on
     /// loopback ports `:0`. Returns once the script serves.
     pub async fn start(self) -> Result<RunningScript, TestingError> {
+        self.start_with_output(Arc::new(wvpc_runtime::PrefixedOutput))
+            .await
+    }
+
+    /// [`Script::start`], with the script's stdout / stderr lines sent to `output`.
+    async fn start_with_output(
+        self,
+        output: Arc<dyn wvpc_runtime::ScriptOutput>,
+    ) -> Result<RunningScript, TestingError> {
         let script = self.load()?;
         let mut spec = match &self.mock_file {
             Some(path) => mock_file::load(path, &script)?,
@@ -193,12 +203,15 @@ impl Script {
         let bindings = script.vpc_services.iter().map(|b| b.binding.clone());
         let network = MockNetwork::with_dial_timeout(bindings, spec, self.dial_timeout)
             .map_err(|err| mock_error(&script, err))?;
-        let stack = MockStack::start(MockStackConfig {
-            script: script.clone(),
-            mock: network,
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            server: Default::default(),
-        })
+        let stack = MockStack::start_with_output(
+            MockStackConfig {
+                script: script.clone(),
+                mock: network,
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                server: Default::default(),
+            },
+            output,
+        )
         .await?;
         Ok(RunningScript {
             client: client::Client::new(stack.script_addr),

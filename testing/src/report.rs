@@ -33,6 +33,12 @@ pub fn tap(report: &SuiteReport) -> String {
                 let _ = writeln!(out, "      actual: {}", yaml_string(actual));
             }
         }
+        if !case.output.is_empty() {
+            out.push_str("  output:\n");
+            for line in &case.output {
+                let _ = writeln!(out, "    - {}", yaml_string(line));
+            }
+        }
         out.push_str("  ...\n");
     }
     let _ = writeln!(
@@ -92,6 +98,13 @@ pub fn junit(report: &SuiteReport) -> String {
             xml(&summary(&case.failures)),
             xml_text(&details)
         );
+        if !case.output.is_empty() {
+            let _ = writeln!(
+                out,
+                "      <system-out>{}</system-out>",
+                xml_text(&(case.output.join("\n") + "\n"))
+            );
+        }
         out.push_str("    </testcase>\n");
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
@@ -161,6 +174,7 @@ mod tests {
                     name: "home # page".into(),
                     duration: Duration::from_millis(5),
                     failures: Vec::new(),
+                    output: vec!["not shown: the case passed".into()],
                 },
                 CaseOutcome {
                     name: "a \"quoted\" <case> & more".into(),
@@ -177,6 +191,7 @@ mod tests {
                             actual: Some("line1\nline2 </failure> \u{1} ]]>".into()),
                         },
                     ],
+                    output: vec!["GET / -> 502".into(), "stderr: oops".into()],
                 },
             ],
         }
@@ -200,6 +215,9 @@ mod tests {
                 - message: \"body did not contain \\\"ok\\\"\"\n      \
                   expected: \"contains \\\"ok\\\"\"\n      \
                   actual: \"line1\\nline2 </failure> \\u0001 ]]>\"\n  \
+              output:\n    \
+                - \"GET / -> 502\"\n    \
+                - \"stderr: oops\"\n  \
               ...\n\
             # 1 passed, 1 failed (wvpc.test.yaml)\n";
         assert_eq!(text, expected);
@@ -239,6 +257,13 @@ mod tests {
             text.contains("actual: line1\nline2 &lt;/failure&gt; \u{FFFD} ]]&gt;\n</failure>"),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "<system-out>GET / -&gt; 502\nstderr: oops\n</system-out>\n    </testcase>"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("not shown"));
         assert!(text.ends_with("  </testsuite>\n</testsuites>\n"));
         assert_eq!(text.matches("<failure ").count(), 1);
     }

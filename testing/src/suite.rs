@@ -5,10 +5,12 @@
 //! back and the recorded requests cleared before the next case.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wvpc_iris::dev_mock::{RecordedRequest, glob_match};
+use wvpc_runtime::{ScriptLine, ScriptOutput, ScriptStream};
 
 use crate::cases::{self, BodyCheck, Case, ReceivedCheck, RequestCheck, TextCheck};
 use crate::{RunningScript, Script, TestingError};
@@ -57,6 +59,9 @@ pub struct CaseOutcome {
     pub duration: Duration,
     /// Every check that failed; empty when the case passed.
     pub failures: Vec<Failure>,
+    /// What the script printed during the case, line by line (stderr lines start with
+    /// `stderr: `).
+    pub output: Vec<String>,
 }
 
 impl CaseOutcome {
@@ -104,10 +109,13 @@ impl Script {
             .map(|b| b.binding.as_str())
             .collect();
         let cases = cases::load(path, &bindings).map_err(TestingError::Cases)?;
-        let running = self.start().await?;
+        let printed = Arc::new(Printed::default());
+        let running = self.start_with_output(printed.clone()).await?;
         let mut outcomes = Vec::with_capacity(cases.len());
         for case in &cases {
-            outcomes.push(running.run_case(case).await);
+            let mut outcome = running.run_case(case).await;
+            outcome.output = printed.take();
+            outcomes.push(outcome);
         }
         Ok(SuiteReport {
             file: path.to_owned(),
@@ -144,6 +152,7 @@ impl RunningScript {
             name: case.name.clone(),
             duration: started.elapsed(),
             failures,
+            output: Vec::new(),
         }
     }
 
@@ -203,6 +212,29 @@ impl RunningScript {
         for (binding, check) in &expect.requests {
             check_received(binding, check, &self.requests(binding), failures);
         }
+    }
+}
+
+/// Keeps what the script prints, for the case that is running (cases run one at a time).
+#[derive(Default)]
+struct Printed(Mutex<Vec<String>>);
+
+impl Printed {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl ScriptOutput for Printed {
+    fn line(&self, line: ScriptLine<'_>) {
+        let text = match line.stream {
+            ScriptStream::Stdout => line.text.to_owned(),
+            ScriptStream::Stderr => format!("stderr: {}", line.text),
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(text);
     }
 }
 
