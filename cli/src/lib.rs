@@ -102,7 +102,10 @@ impl Cli {
     /// logs only warnings besides its report.
     pub fn default_log_filter(&self) -> &'static str {
         match &self.command {
-            Command::Dev(args) if args.mock.is_some() => MOCK_LOG_FILTER,
+            Command::Dev(args) if args.mock.is_some() => {
+                "info,wvpc_iris::connect=error,wvpc_binding_worker::rpc=error,\
+                 wvpc_runtime::outbound=warn"
+            }
             // The report is the output: only warnings, and a failed binding request is what
             // a case tests.
             Command::Test(_) => {
@@ -113,11 +116,6 @@ impl Cli {
         }
     }
 }
-
-/// The log filter under the mock: the components' warnings about failed binding requests are
-/// left out (the fault was asked for).
-const MOCK_LOG_FILTER: &str = "info,wvpc_iris::connect=error,wvpc_binding_worker::rpc=error,\
-                               wvpc_runtime::outbound=warn";
 
 impl Command {
     /// Whether the command serves until stopped (and so holds many connections).

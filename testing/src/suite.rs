@@ -101,7 +101,8 @@ impl Failure {
 impl Script {
     /// Loads the cases file at `path` (checked against the script's bindings), starts the
     /// script and runs every case in order.
-    pub async fn run_cases(self, path: &Path) -> Result<SuiteReport, TestingError> {
+    pub async fn run_cases(self, path: impl AsRef<Path>) -> Result<SuiteReport, TestingError> {
+        let path = path.as_ref();
         let config = self.load()?;
         let bindings: Vec<&str> = config
             .vpc_services

@@ -74,7 +74,11 @@ pub async fn run(args: TestArgs, out: &mut (dyn Write + Send)) -> anyhow::Result
             default_mock.display()
         ),
     }
-    let report = script.run_cases(&cases_path).await?;
+    let mut report = script.run_cases(&cases_path).await?;
+    // Named as the user would (`wvpc.test.yaml`), not by the absolute path it was found at.
+    if let Ok(relative) = report.file.strip_prefix(&cwd) {
+        report.file = relative.to_owned();
+    }
     let text = match args.format {
         Format::Tap => report::tap(&report),
         Format::Junit => report::junit(&report),
