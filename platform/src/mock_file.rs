@@ -726,6 +726,32 @@ mod tests {
     }
 
     #[test]
+    fn a_fault_entry_of_another_file_is_checked_the_same_way() {
+        let entry = serde_json::json!({ "path": "/x/*", "code": "dns_error", "rate": 50 });
+        assert_eq!(
+            fault_entry(&entry, "[0].faults.API"),
+            Ok(Fault {
+                rate: 50,
+                ..Fault::new(FaultCode::DnsError).on_path("/x/*")
+            })
+        );
+        let entry = serde_json::json!({ "code": "nope", "colour": 1 });
+        let problems: Vec<String> = fault_entry(&entry, "[0].faults.API")
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "[0].faults.API.colour: unknown key (known keys: method, path, code, latency_ms, rate)",
+                "[0].faults.API.code: \"nope\" is not a fault code (use one of connection_refused, \
+                 dns_error, connection_timeout, tls_certificate_error, http_response_incomplete)",
+            ]
+        );
+    }
+
+    #[test]
     fn wrong_shapes_and_formats_are_refused() {
         let dir = Dir::new();
         let path = dir.write("m.json", r#"{ "bindings": [], "extra": 1 }"#);
