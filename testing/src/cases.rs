@@ -260,12 +260,13 @@ impl Checker<'_> {
     }
 
     fn root(&mut self, value: &Value) -> Vec<Case> {
-        let items = match value {
-            Value::Array(items) => items,
+        // Field paths start where the list is: `[0].request` or `cases[0].request`.
+        let (items, prefix) = match value {
+            Value::Array(items) => (items, ""),
             Value::Object(map) => {
                 self.unknown_keys(map, "(top level)", "cases");
                 match map.get("cases") {
-                    Some(Value::Array(items)) => items,
+                    Some(Value::Array(items)) => (items, "cases"),
                     Some(other) => {
                         let message = format!("expected a list of cases, found {}", kind(other));
                         self.problem("cases", message);
@@ -295,7 +296,7 @@ impl Checker<'_> {
         let mut cases = Vec::new();
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         for (i, item) in items.iter().enumerate() {
-            let field = format!("[{i}]");
+            let field = format!("{prefix}[{i}]");
             if let Some(case) = self.case(item, &field) {
                 cases.push(case);
             }
@@ -876,6 +877,14 @@ mod tests {
         let cases = load(&path, &["API"]).unwrap();
         assert_eq!(cases[0].name, "home");
         assert!(cases[0].faults.is_empty());
+        let path = dir.write(
+            "t.json",
+            r#"{ "cases": [ { "name": "home", "request": "GET /", "expect": { "status": 0 } } ] }"#,
+        );
+        assert_eq!(
+            problems(load(&path, &["API"]).unwrap_err()),
+            ["cases[0].expect.status: expected a status from 100 to 599, found 0"]
+        );
     }
 
     #[test]
