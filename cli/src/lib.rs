@@ -50,6 +50,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a worker script locally with every component (runtime, binding worker, edge)
     Dev(commands::dev::DevArgs),
+    /// Run request → expected response cases (YAML or JSON) against the script with a mock of
+    /// its bindings' services; print TAP or JUnit XML
+    Test(commands::test::TestArgs),
     /// Run the whole platform on this machine as separate processes (directory, iris,
     /// binding-worker, runtime)
     Up(commands::up::UpArgs),
@@ -95,12 +98,19 @@ pub enum Command {
 impl Cli {
     /// The log filter when `RUST_LOG` is not set: `info`, except that under `wvpc dev --mock`
     /// the components' own warnings about a binding request that failed are left out, since
-    /// the mock's request line already says it (and the fault was asked for).
+    /// the mock's request line already says it (and the fault was asked for); `wvpc test`
+    /// logs only warnings besides its report.
     pub fn default_log_filter(&self) -> &'static str {
         match &self.command {
             Command::Dev(args) if args.mock.is_some() => {
                 "info,wvpc_iris::connect=error,wvpc_binding_worker::rpc=error,\
                  wvpc_runtime::outbound=warn"
+            }
+            // The report is the output: only warnings, and a failed binding request is what
+            // a case tests.
+            Command::Test(_) => {
+                "warn,wvpc_iris::connect=error,wvpc_binding_worker::rpc=error,\
+                 wvpc_runtime::outbound=error"
             }
             _ => "info",
         }
@@ -166,8 +176,11 @@ pub struct UsageError(pub String);
 
 /// Runs the command; its output goes to `out`.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cli.state)
-        .with_context(|| format!("cannot create state directory {}", cli.state.display()))?;
+    // `wvpc test` keeps no state: it leaves no directory behind in the project.
+    if !matches!(cli.command, Command::Test(_)) {
+        std::fs::create_dir_all(&cli.state)
+            .with_context(|| format!("cannot create state directory {}", cli.state.display()))?;
+    }
     if cli.command.serves() {
         // Before any listener exists: their connection caps are sized from this limit.
         commands::server_args::raise_fd_limit();
@@ -178,6 +191,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Dev(args) => commands::dev::run(args, &state, out).await,
+        Command::Test(args) => commands::test::run(args, out).await,
         Command::Up(args) => commands::up::run(args, &state, out).await,
         Command::Runtime(args) => commands::runtime::run(args, &state, out).await,
         Command::Iris(args) => commands::iris::run(args, &state, out).await,

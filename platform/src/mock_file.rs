@@ -74,6 +74,25 @@ pub fn load(path: &Path, script: &ScriptConfig) -> Result<MockSpec, MockFileErro
     }
 }
 
+/// Checks one fault entry in the mock file's shape (`{"code": …, "method": …, "path": …,
+/// "rate": …, "latency_ms": …}`) found at `field` of another file (the cases of `wvpc test`):
+/// the rule, or every problem with its path.
+pub fn fault_entry(value: &Value, field: &str) -> Result<Fault, Vec<ConfigProblem>> {
+    let raw = ConfigValue {
+        value: Value::Null,
+        toml: false,
+    };
+    let mut check = Checker {
+        raw: &raw,
+        base: Path::new(""),
+        problems: Vec::new(),
+    };
+    match check.fault(value, field) {
+        Some(fault) if check.problems.is_empty() => Ok(fault),
+        _ => Err(check.problems),
+    }
+}
+
 /// The mock file's path: `given`, or [`DEFAULT_MOCK_FILE`] next to the script's config.
 pub fn path_for(given: Option<&Path>, config_path: &Path) -> PathBuf {
     match given {
@@ -704,6 +723,32 @@ mod tests {
             );
         }
         assert_eq!(found.len(), expected.len(), "{}", found.join("\n"));
+    }
+
+    #[test]
+    fn a_fault_entry_of_another_file_is_checked_the_same_way() {
+        let entry = serde_json::json!({ "path": "/x/*", "code": "dns_error", "rate": 50 });
+        assert_eq!(
+            fault_entry(&entry, "[0].faults.API"),
+            Ok(Fault {
+                rate: 50,
+                ..Fault::new(FaultCode::DnsError).on_path("/x/*")
+            })
+        );
+        let entry = serde_json::json!({ "code": "nope", "colour": 1 });
+        let problems: Vec<String> = fault_entry(&entry, "[0].faults.API")
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "[0].faults.API.colour: unknown key (known keys: method, path, code, latency_ms, rate)",
+                "[0].faults.API.code: \"nope\" is not a fault code (use one of connection_refused, \
+                 dns_error, connection_timeout, tls_certificate_error, http_response_incomplete)",
+            ]
+        );
     }
 
     #[test]

@@ -64,8 +64,17 @@ pub fn mocked_script(script: &ScriptConfig, mock: &MockNetwork) -> ScriptConfig 
 }
 
 impl MockStack {
-    /// Starts iris's router over the mock, the binding-worker and the runtime.
+    /// Starts iris's router over the mock, the binding-worker and the runtime. The script's
+    /// stdout / stderr lines are printed prefixed ([`wvpc_runtime::PrefixedOutput`]).
     pub async fn start(config: MockStackConfig) -> Result<MockStack, PlatformError> {
+        Self::start_with_output(config, Arc::new(wvpc_runtime::PrefixedOutput)).await
+    }
+
+    /// [`MockStack::start`], with the script's stdout / stderr lines sent to `output`.
+    pub async fn start_with_output(
+        config: MockStackConfig,
+        output: Arc<dyn wvpc_runtime::ScriptOutput>,
+    ) -> Result<MockStack, PlatformError> {
         let io = |what| move |source| PlatformError::Io { what, source };
         let mock = config.mock.clone();
         let mut tasks = Vec::new();
@@ -107,8 +116,14 @@ impl MockStack {
             binding_secret: Some(secret),
             account: MOCK_ACCOUNT.to_owned(),
         };
-        let (script_addr, script_server) =
-            serve_script(script, options, config.listen, config.server.clone()).await?;
+        let (script_addr, script_server) = serve_script(
+            script,
+            options,
+            output,
+            config.listen,
+            config.server.clone(),
+        )
+        .await?;
         tasks.push(script_server);
 
         Ok(MockStack {

@@ -128,8 +128,14 @@ impl Stack {
             binding_secret: Some(secret),
             account: directory.account_id().to_owned(),
         };
-        let (script_addr, script_server) =
-            serve_script(script, options, config.listen, config.server.clone()).await?;
+        let (script_addr, script_server) = serve_script(
+            script,
+            options,
+            Arc::new(wvpc_runtime::PrefixedOutput),
+            config.listen,
+            config.server.clone(),
+        )
+        .await?;
         tasks.push(script_server);
 
         Ok(Stack {
@@ -253,20 +259,22 @@ fn target_text(s: &Service) -> String {
 pub(crate) async fn serve_script(
     script: ScriptConfig,
     options: RuntimeOptions,
+    output: Arc<dyn wvpc_runtime::ScriptOutput>,
     listen: SocketAddr,
     server: ServerLimits,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), PlatformError> {
     let name = script.name.clone();
-    let runtime = tokio::task::spawn_blocking(move || Runtime::new(&script, options))
-        .await
-        .map_err(|join| PlatformError::Io {
-            what: "loading the script",
-            source: std::io::Error::other(join),
-        })?
-        .map_err(|source| PlatformError::Script {
-            script: name,
-            source,
-        })?;
+    let runtime =
+        tokio::task::spawn_blocking(move || Runtime::with_output(&script, options, output))
+            .await
+            .map_err(|join| PlatformError::Io {
+                what: "loading the script",
+                source: std::io::Error::other(join),
+            })?
+            .map_err(|source| PlatformError::Script {
+                script: name,
+                source,
+            })?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| PlatformError::Listen {

@@ -25,12 +25,16 @@
 //! while the binding-worker, on the test's runtime, serves their fetches.
 //! Dropping the [`RunningScript`] stops everything.
 
+pub mod cases;
 mod client;
 mod mock;
+pub mod report;
+mod suite;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -41,6 +45,7 @@ use wvpc_runtime::{ConfigError, ConfigValue, ScriptConfig};
 
 pub use client::Response;
 pub use mock::{IntoFaultRule, Mock};
+pub use suite::{CASE_TIMEOUT, CaseOutcome, Failure, SuiteReport};
 /// A fault rule: limited to a method or a path, a rate in percent, added latency.
 pub use wvpc_iris::dev_mock::Fault as FaultRule;
 /// A fault code, for every request of a binding: `Fault::ConnectionRefused`, …
@@ -62,6 +67,10 @@ pub enum TestingError {
     /// The mock file is unreadable or invalid (every problem, with its path).
     #[error(transparent)]
     MockFile(#[from] mock_file::MockFileError),
+    /// The cases file of [`Script::run_cases`] is unreadable or invalid (every problem, with
+    /// its path).
+    #[error(transparent)]
+    Cases(wvpc_runtime::ConfigError),
     /// A mock or a fault names a binding the script does not declare.
     #[error(
         "binding {binding:?} is not declared by the script {script:?} (its vpc_services: {declared})"
@@ -164,11 +173,16 @@ impl Script {
     /// Loads the script and the mock, and starts the runtime, binding-worker and router on
     /// loopback ports `:0`. Returns once the script serves.
     pub async fn start(self) -> Result<RunningScript, TestingError> {
-        // The mock names the services: a `service` name in the config needs no directory.
-        let mut script = load_config(&self.config, self.component.as_deref())?;
-        if let Some(limit) = self.wall_time {
-            script.limits.wall_time = limit;
-        }
+        self.start_with_output(Arc::new(wvpc_runtime::PrefixedOutput))
+            .await
+    }
+
+    /// [`Script::start`], with the script's stdout / stderr lines sent to `output`.
+    async fn start_with_output(
+        self,
+        output: Arc<dyn wvpc_runtime::ScriptOutput>,
+    ) -> Result<RunningScript, TestingError> {
+        let script = self.load()?;
         let mut spec = match &self.mock_file {
             Some(path) => mock_file::load(path, &script)?,
             None => MockSpec::default(),
@@ -189,18 +203,33 @@ impl Script {
         let bindings = script.vpc_services.iter().map(|b| b.binding.clone());
         let network = MockNetwork::with_dial_timeout(bindings, spec, self.dial_timeout)
             .map_err(|err| mock_error(&script, err))?;
-        let stack = MockStack::start(MockStackConfig {
-            script: script.clone(),
-            mock: network,
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            server: Default::default(),
-        })
+        let stack = MockStack::start_with_output(
+            MockStackConfig {
+                script: script.clone(),
+                mock: network,
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                server: Default::default(),
+            },
+            output,
+        )
         .await?;
         Ok(RunningScript {
             client: client::Client::new(stack.script_addr),
             script,
             stack,
         })
+    }
+}
+
+impl Script {
+    /// The script's config as [`Script::start`] runs it.
+    fn load(&self) -> Result<ScriptConfig, TestingError> {
+        // The mock names the services: a `service` name in the config needs no directory.
+        let mut script = load_config(&self.config, self.component.as_deref())?;
+        if let Some(limit) = self.wall_time {
+            script.limits.wall_time = limit;
+        }
+        Ok(script)
     }
 }
 
@@ -283,6 +312,23 @@ impl RunningScript {
             .mock
             .set_faults(binding, faults)
             .map_err(|err| mock_error(&self.script, err))
+    }
+
+    /// Replaces `binding`'s fault rules and returns the ones it had (to put back later).
+    pub fn replace_faults(
+        &self,
+        binding: &str,
+        faults: Vec<FaultRule>,
+    ) -> Result<Vec<FaultRule>, TestingError> {
+        check_binding(&self.script, binding)?;
+        let mut previous = Vec::new();
+        self.stack
+            .mock
+            .update(binding, |mock| {
+                previous = std::mem::replace(&mut mock.faults, faults);
+            })
+            .map_err(|err| mock_error(&self.script, err))?;
+        Ok(previous)
     }
 
     /// From now on every answer of `binding` is delayed by `latency` (replacing its fault

@@ -56,21 +56,27 @@ impl DevArgs {
     /// The config to load: `--config` as given, or the first of [`DEFAULT_CONFIG_FILES`] that
     /// exists in `dir`.
     pub fn config_path(&self, dir: &Path) -> anyhow::Result<PathBuf> {
-        if let Some(path) = &self.config {
-            return Ok(path.clone());
-        }
-        DEFAULT_CONFIG_FILES
-            .iter()
-            .map(|name| dir.join(name))
-            .find(|path| path.is_file())
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no worker config in {}: create one of {} or pass --config <path>",
-                    dir.display(),
-                    DEFAULT_CONFIG_FILES.join(", ")
-                )
-            })
+        find_config(self.config.as_deref(), dir)
     }
+}
+
+/// The config to load: `given`, or the first of [`DEFAULT_CONFIG_FILES`] that exists in
+/// `dir`.
+pub fn find_config(given: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_owned());
+    }
+    DEFAULT_CONFIG_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no worker config in {}: create one of {} or pass --config <path>",
+                dir.display(),
+                DEFAULT_CONFIG_FILES.join(", ")
+            )
+        })
 }
 
 /// Runs `wvpc dev` until Ctrl-C or SIGTERM.
