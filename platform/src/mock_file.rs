@@ -396,11 +396,38 @@ impl Checker<'_> {
                     if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                         self.problem(&at, "not a valid header name");
                     }
-                    if let Some(text) = self.string(value, &at) {
+                    // A header sent more than once (`set-cookie`) is an array of its values.
+                    let values: Vec<(String, &Value)> = match value {
+                        Value::Array(items) => items
+                            .iter()
+                            .enumerate()
+                            .map(|(i, item)| (format!("{at}[{i}]"), item))
+                            .collect(),
+                        single => vec![(at.clone(), single)],
+                    };
+                    for (at, value) in values {
+                        let Some(text) = (match value {
+                            Value::String(text) => Some(text),
+                            other => {
+                                let message = format!(
+                                    "expected a string (or an array of strings for a header sent \
+                                     more than once), found {}",
+                                    self.raw.kind(other)
+                                );
+                                self.problem(&at, message);
+                                None
+                            }
+                        }) else {
+                            continue;
+                        };
                         if http::HeaderValue::from_str(text).is_err() {
-                            self.problem(&at, "not a valid header value (no control characters)");
+                            self.problem(
+                                &at,
+                                "not a valid header value (visible ASCII only, no control \
+                                 characters)",
+                            );
                         } else {
-                            headers.push((name.clone(), text.to_owned()));
+                            headers.push((name.clone(), text.clone()));
                         }
                     }
                 }

@@ -32,6 +32,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,7 @@ use wvpc_schemas::{
 };
 
 use crate::error_map::wasi_http_error;
+use crate::exchange_tap::ExchangeTap;
 
 /// How long connecting to a binding-worker may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +85,8 @@ struct FetchJob {
 #[derive(Clone)]
 pub(crate) struct BindingClient {
     jobs: mpsc::UnboundedSender<FetchJob>,
+    /// Given every exchange, when the runtime records them.
+    tap: Option<Arc<dyn ExchangeTap>>,
 }
 
 impl BindingClient {
@@ -91,6 +95,7 @@ impl BindingClient {
     pub fn start(
         binding_workers: Vec<SocketAddr>,
         secret: Option<PlatformSecret>,
+        tap: Option<Arc<dyn ExchangeTap>>,
     ) -> std::io::Result<Self> {
         if binding_workers.is_empty() {
             return Err(std::io::Error::new(
@@ -114,7 +119,12 @@ impl BindingClient {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, serve_jobs(workers, rx));
             })?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, tap })
+    }
+
+    /// The exchange tap, if the runtime records exchanges.
+    pub fn tap(&self) -> Option<&Arc<dyn ExchangeTap>> {
+        self.tap.as_ref()
     }
 
     /// Sends `request` through the binding described by `context` and waits for the response
