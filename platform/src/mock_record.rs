@@ -10,7 +10,7 @@
 //!   volatile ones ([`DROPPED_HEADERS`]), and its body — inline when it is UTF-8 and at most
 //!   [`INLINE_BODY_LIMIT`] bytes, else in a `body_file` in the folder `<stem>.bodies/` next
 //!   to the file. A header sent more than once is an array of its values; a value the mock
-//!   file cannot hold (bytes outside visible ASCII) is left out and said so.
+//!   file cannot hold (not UTF-8) is left out and said so.
 //! - A failed fetch becomes a fault for its method and path, rate 100, when the mock has a
 //!   fault of that code ([`FaultCode`]); a body cut short (`http_response_incomplete`) becomes
 //!   both the response as far as it came and that fault.
@@ -547,11 +547,12 @@ fn recordable_headers(
         }
         let mut values = Vec::new();
         for value in headers.get_all(name) {
-            match value.to_str() {
+            // JSON strings hold UTF-8 only: a value in another encoding (latin-1) is lost.
+            match std::str::from_utf8(value.as_bytes()) {
                 Ok(text) => values.push(text.to_owned()),
                 Err(_) => notes.push(format!(
-                    "a value of header {name} was left out (bytes outside visible ASCII, which \
-                     the mock file cannot hold)"
+                    "a value of header {name} was left out (it is not UTF-8, which the mock \
+                     file cannot hold)"
                 )),
             }
         }
@@ -589,6 +590,223 @@ fn body_file_name(binding: &str, method: &str, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wvpc_iris::dev_mock::Fault;
+    use wvpc_runtime::{ScriptConfig, VpcServiceBinding};
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new() -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("wvpc-mock-record-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn exchange(method: &str, path: &str, outcome: TappedOutcome) -> TappedExchange {
+        TappedExchange {
+            script: "s".into(),
+            binding: "API".into(),
+            method: method.parse().unwrap(),
+            uri: format!("http://api.internal{path}").parse().unwrap(),
+            outcome,
+        }
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)], body: TappedBody) -> TappedOutcome {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        TappedOutcome::Response {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            headers: map,
+            body,
+        }
+    }
+
+    fn load(path: &Path) -> wvpc_iris::dev_mock::BindingMock {
+        let script = ScriptConfig {
+            name: "s".into(),
+            main: "s.wasm".into(),
+            vpc_services: vec![VpcServiceBinding {
+                binding: "API".into(),
+                service_id: uuid::Uuid::nil(),
+            }],
+            limits: Default::default(),
+        };
+        let mut spec = crate::mock_file::load(path, &script).expect("a valid mock file");
+        spec.bindings.remove("API").unwrap_or_default()
+    }
+
+    #[test]
+    fn each_outcome_becomes_what_replays_it_and_the_rest_is_said() {
+        let dir = Dir::new();
+        let path = dir.0.join("rec.jsonc");
+        let mut writer = Writer::new(&path, dir.0.join("wrangler.jsonc"));
+        let big = Bytes::from(vec![b'x'; INLINE_BODY_LIMIT + 1]);
+        let events = [
+            exchange(
+                "GET",
+                "/cut",
+                response(
+                    200,
+                    &[],
+                    TappedBody::Failed(
+                        Bytes::from_static(b"par"),
+                        ErrorCode::HttpResponseIncomplete,
+                    ),
+                ),
+            ),
+            exchange("GET", "/dns", TappedOutcome::Failed(ErrorCode::DnsError)),
+            exchange(
+                "GET",
+                "/gone",
+                TappedOutcome::Failed(ErrorCode::DestinationUnavailable),
+            ),
+            exchange(
+                "GET",
+                "/huge",
+                response(200, &[], TappedBody::TooLarge { bytes: 1 << 25 }),
+            ),
+            exchange(
+                "HEAD",
+                "/file",
+                response(
+                    200,
+                    &[("content-length", "42")],
+                    TappedBody::Complete(Bytes::new()),
+                ),
+            ),
+            exchange(
+                "GET",
+                "/file",
+                response(200, &[], TappedBody::Complete(big.clone())),
+            ),
+            exchange(
+                "GET",
+                "/half",
+                response(200, &[], TappedBody::Unread(Bytes::from_static(b"ab"))),
+            ),
+        ];
+        let said: Vec<String> = events
+            .into_iter()
+            .map(|e| writer.apply(e).to_string())
+            .collect();
+        writer.write().unwrap();
+        assert_eq!(
+            said[0],
+            "recorded API GET /cut -> 200 (3 bytes inline), then fault http_response_incomplete"
+        );
+        assert_eq!(said[1], "recorded API GET /dns -> fault dns_error");
+        assert!(
+            said[2].starts_with(
+                "not recorded API GET /gone: it failed with destination_unavailable, which the \
+                 mock cannot give"
+            ),
+            "{}",
+            said[2]
+        );
+        assert!(
+            said[3].starts_with("not recorded API GET /huge: its body is larger than 16 MiB"),
+            "{}",
+            said[3]
+        );
+        assert!(said[6].contains("the script read 2 bytes"), "{}", said[6]);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("//   API GET /gone: it failed with"),
+            "{text}"
+        );
+        let mock = load(&path);
+        let cut = mock.responses.iter().find(|r| r.path == "/cut").unwrap();
+        assert_eq!(cut.body, Bytes::from_static(b"par"));
+        assert!(
+            mock.faults.contains(
+                &Fault::new(FaultCode::HttpResponseIncomplete)
+                    .on_path("/cut")
+                    .on_method("GET")
+            )
+        );
+        assert!(
+            mock.faults.contains(
+                &Fault::new(FaultCode::DnsError)
+                    .on_path("/dns")
+                    .on_method("GET")
+            )
+        );
+        let head = mock
+            .responses
+            .iter()
+            .find(|r| r.method.as_deref() == Some("HEAD"))
+            .unwrap();
+        assert_eq!(
+            head.headers,
+            vec![("content-length".to_owned(), "42".to_owned())]
+        );
+        let file = mock
+            .responses
+            .iter()
+            .find(|r| r.method.as_deref() == Some("GET") && r.path == "/file")
+            .unwrap();
+        assert_eq!(file.body, big);
+        assert!(!mock.responses.iter().any(|r| r.path == "/huge"));
+
+        // The latest wins: a small answer for /file replaces the body file, which is removed.
+        let bodies = dir.0.join("rec.bodies");
+        assert_eq!(std::fs::read_dir(&bodies).unwrap().count(), 1);
+        writer.apply(exchange(
+            "GET",
+            "/file",
+            response(201, &[], TappedBody::Complete(Bytes::from_static(b"small"))),
+        ));
+        writer.write().unwrap();
+        assert_eq!(std::fs::read_dir(&bodies).unwrap().count(), 0);
+        let mock = load(&path);
+        let file = mock
+            .responses
+            .iter()
+            .find(|r| r.method.as_deref() == Some("GET") && r.path == "/file")
+            .unwrap();
+        assert_eq!((file.status, &file.body[..]), (201, &b"small"[..]));
+    }
+
+    #[test]
+    fn a_path_with_a_query_comes_before_the_same_path_without() {
+        let dir = Dir::new();
+        let path = dir.0.join("rec.jsonc");
+        let mut writer = Writer::new(&path, dir.0.join("wrangler.jsonc"));
+        for p in ["/a", "/a?x=1"] {
+            writer.apply(exchange(
+                "GET",
+                p,
+                response(200, &[], TappedBody::Complete(Bytes::from(p))),
+            ));
+        }
+        writer.write().unwrap();
+        let mock = load(&path);
+        let paths: Vec<&str> = mock.responses.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/a?x=1", "/a"]);
+    }
+
+    #[test]
+    fn a_file_with_no_exchange_yet_is_a_valid_mock() {
+        let dir = Dir::new();
+        let path = dir.0.join("rec.jsonc");
+        Writer::new(&path, dir.0.join("wrangler.jsonc"))
+            .write()
+            .unwrap();
+        assert_eq!(load(&path), Default::default());
+    }
 
     #[test]
     fn body_file_names_are_stable_and_distinct() {
