@@ -235,16 +235,19 @@ impl Writer {
     ) {
         let mut handled = 0;
         while let Ok(first) = received.recv() {
-            // A burst is written once.
-            for exchange in std::iter::once(first).chain(received.try_iter()) {
-                handled += 1;
-                let event = self.apply(exchange);
-                let _ = events.send(event);
-            }
+            // A burst is written once; its lines are told once the file holds them.
+            let said: Vec<RecordEvent> = std::iter::once(first)
+                .chain(received.try_iter())
+                .map(|exchange| self.apply(exchange))
+                .collect();
+            handled += said.len() as u64;
             if let Err(err) = self.write() {
                 let _ = events.send(RecordEvent::WriteFailed(format!(
                     "{err} (the previous version stays)"
                 )));
+            }
+            for event in said {
+                let _ = events.send(event);
             }
             written.send_replace(handled);
         }
