@@ -691,6 +691,7 @@ async fn measure_instantiation(duration: Duration) -> anyhow::Result<(Duration, 
         binding_workers: vec!["127.0.0.1:9".parse()?],
         binding_secret: None,
         account: "bench".into(),
+        exchange_tap: None,
     };
     let runtime =
         tokio::task::spawn_blocking(move || wvpc_runtime::Runtime::new(&config, options)).await??;

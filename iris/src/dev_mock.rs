@@ -133,8 +133,8 @@ impl fmt::Display for FaultCode {
 pub struct Fault {
     /// Method the rule is limited to (any when `None`).
     pub method: Option<String>,
-    /// Path pattern the rule is limited to, `*` matching any run of characters (any when
-    /// `None`).
+    /// Path pattern the rule is limited to, `*` matching any run of characters, with a `?`
+    /// the path and query ([`path_matches`]) (any when `None`).
     pub path: Option<String>,
     /// The failure, if any.
     pub code: Option<FaultCode>,
@@ -184,11 +184,14 @@ impl Fault {
         self.method.is_some() || self.path.is_some()
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    fn matches(&self, method: &str, path: &str, path_and_query: &str) -> bool {
         self.method
             .as_deref()
             .is_none_or(|m| m.eq_ignore_ascii_case(method))
-            && self.path.as_deref().is_none_or(|p| glob_match(p, path))
+            && self
+                .path
+                .as_deref()
+                .is_none_or(|p| path_matches(p, path, path_and_query))
     }
 
     fn hits(&self) -> bool {
@@ -201,7 +204,8 @@ impl Fault {
 pub struct CannedResponse {
     /// Method it answers (any when `None`).
     pub method: Option<String>,
-    /// Path pattern it answers, `*` matching any run of characters.
+    /// Path pattern it answers, `*` matching any run of characters; with a `?`, the pattern
+    /// of the path and query ([`path_matches`]).
     pub path: String,
     /// Response status.
     pub status: u16,
@@ -1036,7 +1040,7 @@ impl Flow {
             .faults
             .iter()
             .filter(|f| f.scoped() || !f.code.is_some_and(FaultCode::before_request))
-            .find(|f| f.matches(&method, &path) && f.hits());
+            .find(|f| f.matches(&method, &path, &path_and_query) && f.hits());
         let mut cut = false;
         if let Some(fault) = fault {
             tokio::time::sleep(fault.latency).await;
@@ -1063,7 +1067,7 @@ impl Flow {
             r.method
                 .as_deref()
                 .is_none_or(|m| m.eq_ignore_ascii_case(&method))
-                && glob_match(&r.path, &path)
+                && path_matches(&r.path, &path, &path_and_query)
         }) {
             let mut response = Response::builder().status(canned.status);
             for (name, value) in &canned.headers {
@@ -1250,6 +1254,17 @@ fn server_config(
 
 // === paths ===
 
+/// Whether a request matches a rule's path `pattern`: a pattern with a `?` is matched against
+/// the path and query (`/search?q=*`, as `wvpc dev --record` writes them), any other against
+/// the path alone.
+pub fn path_matches(pattern: &str, path: &str, path_and_query: &str) -> bool {
+    if pattern.contains('?') {
+        glob_match(pattern, path_and_query)
+    } else {
+        glob_match(pattern, path)
+    }
+}
+
 /// Whether `text` matches `pattern`, where `*` matches any run of characters (`/` included)
 /// and everything else matches itself.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
@@ -1288,6 +1303,16 @@ mod tests {
         assert!(glob_match("*", "/anything"));
         assert!(glob_match("/a/*/c", "/a/b/x/c"));
         assert!(!glob_match("/a/*/c", "/a/b/d"));
+    }
+
+    #[test]
+    fn a_pattern_with_a_query_matches_the_query_too() {
+        assert!(path_matches("/search?q=a", "/search", "/search?q=a"));
+        assert!(!path_matches("/search?q=a", "/search", "/search?q=b"));
+        assert!(!path_matches("/search?q=a", "/search", "/search"));
+        assert!(path_matches("/search?q=*", "/search", "/search?q=b"));
+        // Without a `?`, the query does not matter.
+        assert!(path_matches("/search", "/search", "/search?q=b"));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   runtime, each on its own real socket.
 //! - [`mock_stack`]: the stack of `wvpc dev --mock`: runtime, binding-worker and iris's router
 //!   over a mock network instead of the directory and the tunnels; [`mock_file`] reads the
-//!   mock file it serves.
+//!   mock file it serves, [`mock_record`] writes one from the real path's exchanges
+//!   (`wvpc dev --record`).
 //! - [`state`]: where the parts keep their files in a state directory.
 //! - [`up`]: the platform on one machine as separate processes (`wvpc up`).
 
@@ -20,6 +21,7 @@ pub mod authority;
 pub mod iris_node;
 pub mod live_routes;
 pub mod mock_file;
+pub mod mock_record;
 pub mod mock_stack;
 pub mod runtime_node;
 pub mod stack;

@@ -415,11 +415,34 @@ impl Checker<'_> {
                     if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                         self.problem(&at, "not a valid header name");
                     }
-                    if let Some(text) = self.string(value, &at) {
+                    // A header sent more than once (`set-cookie`) is an array of its values.
+                    let values: Vec<(String, &Value)> = match value {
+                        Value::Array(items) => items
+                            .iter()
+                            .enumerate()
+                            .map(|(i, item)| (format!("{at}[{i}]"), item))
+                            .collect(),
+                        single => vec![(at.clone(), single)],
+                    };
+                    for (at, value) in values {
+                        let Some(text) = (match value {
+                            Value::String(text) => Some(text),
+                            other => {
+                                let message = format!(
+                                    "expected a string (or an array of strings for a header sent \
+                                     more than once), found {}",
+                                    self.raw.kind(other)
+                                );
+                                self.problem(&at, message);
+                                None
+                            }
+                        }) else {
+                            continue;
+                        };
                         if http::HeaderValue::from_str(text).is_err() {
                             self.problem(&at, "not a valid header value (no control characters)");
                         } else {
-                            headers.push((name.clone(), text.to_owned()));
+                            headers.push((name.clone(), text.clone()));
                         }
                     }
                 }
@@ -668,6 +691,45 @@ mod tests {
             Fault::new(FaultCode::ConnectionRefused).on_path("/flaky/*")
         );
         assert_eq!(api.faults[1], Fault::latency(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn a_header_sent_more_than_once_is_an_array() {
+        let dir = Dir::new();
+        let path = dir.write(
+            "wvpc.mock.jsonc",
+            r#"{ "bindings": { "API": { "responses": [
+                { "path": "/", "headers": { "set-cookie": ["a=1", "b=2"], "x": "y" } },
+                { "path": "/bad", "headers": { "set-cookie": ["a=1", 2], "z": "a\u0001b" } }
+            ] } } }"#,
+        );
+        let found = problems(load(&path, &script(&["API"])).unwrap_err());
+        assert_eq!(
+            found,
+            vec![
+                "bindings.API.responses[1].headers.set-cookie[1]: expected a string (or an array \
+                 of strings for a header sent more than once), found a number"
+                    .to_owned(),
+                "bindings.API.responses[1].headers.z: not a valid header value (no control \
+                 characters)"
+                    .to_owned(),
+            ]
+        );
+        let path = dir.write(
+            "ok.jsonc",
+            r#"{ "bindings": { "API": { "responses": [
+                { "path": "/", "headers": { "set-cookie": ["a=1", "b=2"], "x": "y" } }
+            ] } } }"#,
+        );
+        let spec = load(&path, &script(&["API"])).unwrap();
+        assert_eq!(
+            spec.bindings["API"].responses[0].headers,
+            vec![
+                ("set-cookie".to_owned(), "a=1".to_owned()),
+                ("set-cookie".to_owned(), "b=2".to_owned()),
+                ("x".to_owned(), "y".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -115,6 +115,7 @@ impl MockStack {
             binding_workers: vec![binding_worker_addr],
             binding_secret: Some(secret),
             account: MOCK_ACCOUNT.to_owned(),
+            exchange_tap: None,
         };
         let (script_addr, script_server) = serve_script(
             script,

@@ -88,6 +88,7 @@ impl RuntimeNode {
             binding_workers: options.binding_workers.clone(),
             binding_secret: Some(options.secret.clone()),
             account: String::new(),
+            exchange_tap: None,
         };
         let host = Arc::new(
             ScriptHost::new(&runtime_options, &options.workers_domain, output).map_err(

@@ -11,7 +11,7 @@ use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandl
 use wvpc_directory::{Directory, Service, ServiceTarget};
 use wvpc_iris::edge::TunnelRegistry;
 use wvpc_listener::ServerLimits;
-use wvpc_runtime::{PlatformSecret, Runtime, RuntimeOptions, ScriptConfig};
+use wvpc_runtime::{ExchangeTap, PlatformSecret, Runtime, RuntimeOptions, ScriptConfig};
 use wvpc_tunnel::EdgeIdentity;
 
 use crate::PlatformError;
@@ -34,6 +34,9 @@ pub struct StackConfig {
     pub edge_listen: SocketAddr,
     /// Timeouts and connection cap of the script's HTTP listener.
     pub server: ServerLimits,
+    /// Given a copy of every binding exchange of the script (`wvpc dev --record`:
+    /// [`crate::mock_record::MockRecorder`]).
+    pub exchange_tap: Option<Arc<dyn ExchangeTap>>,
 }
 
 /// A running stack. Dropping it stops every component.
@@ -127,6 +130,7 @@ impl Stack {
             binding_workers: vec![binding_worker_addr],
             binding_secret: Some(secret),
             account: directory.account_id().to_owned(),
+            exchange_tap: config.exchange_tap.clone(),
         };
         let (script_addr, script_server) = serve_script(
             script,

@@ -35,6 +35,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,7 @@ use wvpc_schemas::{
 };
 
 use crate::error_map::wasi_http_error;
+use crate::exchange_tap::ExchangeTap;
 
 /// How long connecting to a binding-worker may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +90,8 @@ struct FetchJob {
 #[derive(Clone)]
 pub(crate) struct BindingClient {
     jobs: mpsc::UnboundedSender<FetchJob>,
+    /// Given every exchange, when the runtime records them.
+    tap: Option<Arc<dyn ExchangeTap>>,
 }
 
 impl BindingClient {
@@ -96,6 +100,7 @@ impl BindingClient {
     pub fn start(
         binding_workers: Vec<SocketAddr>,
         secret: Option<PlatformSecret>,
+        tap: Option<Arc<dyn ExchangeTap>>,
     ) -> std::io::Result<Self> {
         if binding_workers.is_empty() {
             return Err(std::io::Error::new(
@@ -119,7 +124,12 @@ impl BindingClient {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, serve_jobs(workers, rx));
             })?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, tap })
+    }
+
+    /// The exchange tap, if the runtime records exchanges.
+    pub fn tap(&self) -> Option<&Arc<dyn ExchangeTap>> {
+        self.tap.as_ref()
     }
 
     /// Sends `request` through the binding described by `context` and waits for the response

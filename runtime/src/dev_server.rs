@@ -10,6 +10,7 @@ use wvpc_schemas::PlatformSecret;
 
 use crate::binding_client::BindingClient;
 use crate::config::ScriptConfig;
+use crate::exchange_tap::ExchangeTap;
 use crate::host::HostState;
 use crate::pool::{PoolRelease, PoolStats};
 use crate::script::{LoadedScript, RuntimeError};
@@ -27,6 +28,8 @@ pub struct RuntimeOptions {
     pub binding_secret: Option<PlatformSecret>,
     /// Account id that owns the script; sent with every binding fetch.
     pub account: String,
+    /// Given a copy of every binding exchange (`wvpc dev --record`); `None` costs nothing.
+    pub exchange_tap: Option<Arc<dyn ExchangeTap>>,
 }
 
 /// The one binding-worker client of a host: every script's fetches go through it.
@@ -36,6 +39,7 @@ pub(crate) fn start_binding_client(
     BindingClient::start(
         options.binding_workers.clone(),
         options.binding_secret.clone(),
+        options.exchange_tap.clone(),
     )
     .map_err(RuntimeError::BindingClient)
 }

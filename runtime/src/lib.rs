@@ -27,7 +27,9 @@
 //! - captures the script's stdout / stderr per request and hands each line, with the account,
 //!   script, version and request id, to a [`ScriptOutput`] ([`PrefixedOutput`] prints
 //!   `[script 5f3a1b2c] line`; [`TailHub`] also publishes it to `wvpc tail` subscribers);
-//! - reports failures to the script as wasi:http `error-code`s ([`wasi_error_code`]).
+//! - reports failures to the script as wasi:http `error-code`s ([`wasi_error_code`]);
+//! - hands a copy of every binding exchange to an [`ExchangeTap`] when one is given
+//!   (`wvpc dev --record`).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,6 +41,7 @@
 //!     binding_workers: vec!["127.0.0.1:7001".parse()?, "127.0.0.1:7002".parse()?],
 //!     binding_secret: Some(PlatformSecret::load_or_create(".wvpc".as_ref())?),
 //!     account: "acct".into(),
+//!     exchange_tap: None,
 //! };
 //! let runtime = Arc::new(Runtime::new(&config, options)?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
@@ -53,6 +56,7 @@ mod config;
 mod dev_server;
 mod engine;
 mod error_map;
+mod exchange_tap;
 mod host;
 mod instances;
 mod limits;
@@ -70,6 +74,7 @@ pub use config::{
 };
 pub use dev_server::{Runtime, RuntimeOptions};
 pub use error_map::wasi_error_code;
+pub use exchange_tap::{ExchangeTap, MAX_TAPPED_BODY, TappedBody, TappedExchange, TappedOutcome};
 pub use limits::{Isolation, Limits};
 pub use pool::{PoolRelease, PoolStats};
 pub use routing::{RouteConflict, RouteError, RoutePattern, RouteTable, ScriptKey, ScriptRoutes};

@@ -23,6 +23,7 @@ use wvpc_errors::{ErrorCode, ProxyError};
 
 use crate::binding_client::{BindingClient, FetchContext};
 use crate::error_map::wasi_http_error;
+use crate::exchange_tap::PendingExchange;
 use crate::limits::{BudgetExceeded, FetchBudget, Limits, header_section_bytes};
 use crate::script_output::ScriptOutput;
 
@@ -349,13 +350,28 @@ impl Sender {
         &self,
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, wasmtime_wasi_http::Error> {
-        self.client
+        let pending = self.client.tap().map(|tap| PendingExchange {
+            tap: tap.clone(),
+            script: self.context.script.clone(),
+            binding: self.context.binding.clone(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        });
+        let fetched = self
+            .client
             .fetch(self.context.clone(), request, self.first_byte_timeout)
-            .await
-            .map_err(|err| {
+            .await;
+        match (fetched, pending) {
+            (Ok(response), None) => Ok(response),
+            (Ok(response), Some(pending)) => Ok(pending.response(response)),
+            (Err(err), pending) => {
                 log_fetch_error(&self.context.request_id, &self.context.binding, &err);
-                wasi_http_error(&err)
-            })
+                if let Some(pending) = pending {
+                    pending.failed(err.code);
+                }
+                Err(wasi_http_error(&err))
+            }
+        }
     }
 }
 

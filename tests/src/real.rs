@@ -65,6 +65,8 @@ pub struct WorldOptions {
     pub max_connections_per_service: usize,
     /// The directory store (`--directory`); `None`: the state's SQLite file.
     pub directory: Option<String>,
+    /// Given every binding exchange of the script (what `wvpc dev --record` taps).
+    pub exchange_tap: Option<Arc<dyn wvpc_runtime::ExchangeTap>>,
 }
 
 impl Default for WorldOptions {
@@ -78,6 +80,7 @@ impl Default for WorldOptions {
             max_active_flows: 0,
             max_connections_per_service: 256,
             directory: None,
+            exchange_tap: None,
         }
     }
 }
@@ -187,6 +190,7 @@ impl RealWorld {
                 listen: "127.0.0.1:0".parse()?,
                 edge_listen: "127.0.0.1:0".parse()?,
                 server: Default::default(),
+                exchange_tap: options.exchange_tap.clone(),
             },
             options.iris.clone(),
             |bw| bw.max_connections_per_service = max_connections,

@@ -70,6 +70,7 @@ impl MockStack {
             binding_workers: vec![worker.local_addr()],
             binding_secret: None,
             account: "test-account".into(),
+            exchange_tap: None,
         };
         let runtime = tokio::task::spawn_blocking(move || Runtime::new(&config, options))
             .await

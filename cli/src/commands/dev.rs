@@ -1,7 +1,9 @@
 //! `wvpc dev`: every component in one process over real sockets ([`crate::stack`]), with the
 //! embedded directory of the state dir. Prints a line starting with `ready` once it serves.
 //! With `--mock`, the script runs against a mock network instead
-//! ([`wvpc_platform::mock_stack`]) and every binding request is printed as one line.
+//! ([`wvpc_platform::mock_stack`]) and every binding request is printed as one line. With
+//! `--record FILE`, every binding exchange on the real path is written into FILE as a mock
+//! file ([`wvpc_platform::mock_record`]) and printed as one line.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use wvpc_runtime::ScriptConfig;
 
 use wvpc_iris::dev_mock::{Exchange, MockNetwork};
 use wvpc_platform::mock_file::{self, MockFileWatch};
+use wvpc_platform::mock_record::MockRecorder;
 use wvpc_platform::mock_stack::{MockStack, MockStackConfig};
 use wvpc_platform::stack::{IrisOptions, Stack, StackConfig, describe_bindings};
 
@@ -47,6 +50,12 @@ pub struct DevArgs {
     /// reloaded when it changes [default FILE: wvpc.mock.jsonc next to the config]
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     pub mock: Option<Option<PathBuf>>,
+    /// Record every binding exchange on the real path (edge, tunnel, connector) into FILE, a
+    /// mock file that `--mock FILE` replays offline: one entry per binding, method and path
+    /// with its query (the latest wins), failures as faults. FILE is replaced, and rewritten
+    /// atomically as exchanges arrive; large or binary bodies go to `<stem>.bodies/` beside it
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// Timeouts and connection cap of the listeners.
     #[command(flatten)]
     pub server: super::server_args::ServerArgs,
@@ -87,6 +96,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let cwd = std::env::current_dir()?;
     let config_path = args.config_path(&cwd)?;
+    if let (Some(_), Some(record)) = (&args.mock, &args.record) {
+        anyhow::bail!(
+            "--record {} cannot be used with --mock: --record runs the script against the real \
+             tunnel and writes what it sees into a mock file; --mock replays such a file without \
+             the tunnel. Record first (`wvpc dev --record FILE`), then replay (`wvpc dev --mock \
+             FILE`)",
+            record.display()
+        );
+    }
     if let Some(mock) = &args.mock {
         let mock_path = mock_file::path_for(mock.as_deref(), &config_path);
         return run_mock(&args, &config_path, &mock_path, out).await;
@@ -97,6 +115,13 @@ pub async fn run(
     let script = ScriptConfig::load_resolving(&config_path, &|name| {
         resolve_service_name(&directory, state, name)
     })?;
+    let (recorder, mut recorded) = match &args.record {
+        Some(path) => {
+            let (recorder, events) = MockRecorder::start(path, &config_path)?;
+            (Some(recorder), Some(events))
+        }
+        None => (None, None),
+    };
     let limits = args.server.limits();
     let api_listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
@@ -124,6 +149,9 @@ pub async fn run(
             listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
             edge_listen: args.edge_listen,
             server: limits.clone(),
+            exchange_tap: recorder
+                .clone()
+                .map(|r| Arc::new(r) as Arc<dyn wvpc_runtime::ExchangeTap>),
         },
         IrisOptions {
             metrics_listen: args.metrics,
@@ -156,8 +184,31 @@ pub async fn run(
         writeln!(out, "  metrics on http://{addr}/metrics")?;
     }
     writeln!(out, "  state {}", state.display())?;
+    if let Some(recorder) = &recorder {
+        writeln!(
+            out,
+            "  recording binding exchanges into {} (replay: wvpc dev --mock {})",
+            recorder.path().display(),
+            recorder.path().display()
+        )?;
+    }
     out.flush()?;
-    shutdown_signal().await;
+    match &mut recorded {
+        None => shutdown_signal().await,
+        Some(events) => {
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    Some(event) = events.recv() => {
+                        writeln!(out, "{event}")?;
+                        out.flush()?;
+                    }
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     api.abort();
     stack.shutdown();

@@ -50,6 +50,7 @@ async fn serve_with(
         binding_workers: vec![binding_worker],
         binding_secret: None,
         account: "acct-1".into(),
+        exchange_tap: None,
     };
     serve_configured(main, limits, output, options).await
 }
@@ -64,6 +65,7 @@ async fn serve_through(
         binding_workers,
         binding_secret,
         account: "acct-1".into(),
+        exchange_tap: None,
     };
     serve_configured(main, "{}", Arc::new(PrefixedOutput), options).await
 }
@@ -461,6 +463,7 @@ fn main_must_be_a_component() {
         binding_workers: vec!["127.0.0.1:9".parse().unwrap()],
         binding_secret: None,
         account: "a".into(),
+        exchange_tap: None,
     };
     let config = |main: &Path| ScriptConfig {
         name: "s".into(),

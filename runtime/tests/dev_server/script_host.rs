@@ -38,6 +38,7 @@ async fn start(binding_worker: SocketAddr) -> Host {
         binding_workers: vec![binding_worker],
         binding_secret: None,
         account: String::new(),
+        exchange_tap: None,
     };
     let host = Arc::new(
         ScriptHost::new(&options, DEFAULT_WORKERS_DOMAIN, tail.clone()).expect("script host"),

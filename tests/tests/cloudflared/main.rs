@@ -227,6 +227,7 @@ impl World {
             listen: "127.0.0.1:0".parse().unwrap(),
             edge_listen: "127.0.0.1:0".parse().unwrap(),
             server: Default::default(),
+            exchange_tap: None,
         })
         .await
         .expect("starting the stack");

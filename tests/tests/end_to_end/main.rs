@@ -9,6 +9,8 @@
 //! - [`mock_tunnel`]: the same path with `MockTunnel` in place of QUIC, and its fault switches.
 //! - [`dev_mock`]: the stack of `wvpc dev --mock`: canned answers, upstream, `501`, and each
 //!   fault giving what its real cause gives on the real path.
+//! - [`dev_record`]: `wvpc dev --record`: exchanges on the real path written as a mock file,
+//!   replayed offline with the same answers and codes.
 //! - [`error_codes`]: the table of error codes, each from its real cause on the real path.
 //! - [`relay`]: a request relayed from the iris node it entered to the node holding the tunnel.
 //! - [`websocket`]: a WebSocket upgrade through the real path.
@@ -16,6 +18,7 @@
 
 mod cluster;
 mod dev_mock;
+mod dev_record;
 mod error_codes;
 mod ha;
 mod live_config;
