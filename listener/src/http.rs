@@ -1,5 +1,7 @@
 //! [`serve`]: an HTTP/1.1 (and optionally HTTP/2) server over an [`Acceptor`], with the
-//! timeouts of [`ServerLimits`] watched per connection.
+//! timeouts of [`ServerLimits`] watched per connection. Connections run on the accepting
+//! runtime, or are dealt in turn to a set of runtimes ([`HttpServer::spread_over`]) where each
+//! stays with all its requests.
 //!
 //! Each connection has a watchdog beside hyper's connection future. It knows whether a
 //! request is in flight (from the handler's call until hyper dropped its response body, or
@@ -66,6 +68,24 @@ pub struct HttpServer {
     pub page: PageFn,
     /// `Some`: HTTP/2 is accepted too (by its preface), with these settings.
     pub http2: Option<Http2Settings>,
+    /// `Some`: each accepted connection is served on one of these runtimes, in turn, instead
+    /// of the accepting one ([`HttpServer::spread_over`]).
+    pub spread: Option<Arc<Spread>>,
+}
+
+/// Runtimes that connections are dealt to in turn: each connection, and every task its
+/// requests spawn, then stays on one (typically current-thread) runtime.
+#[derive(Debug)]
+pub struct Spread {
+    runtimes: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Spread {
+    fn next(&self) -> &tokio::runtime::Handle {
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.runtimes[turn % self.runtimes.len()]
+    }
 }
 
 impl HttpServer {
@@ -76,7 +96,20 @@ impl HttpServer {
             limits,
             page: plain_text_page,
             http2: None,
+            spread: None,
         }
+    }
+
+    /// The same, serving each connection on one of `runtimes` in turn (none: on the
+    /// accepting runtime). Those runtimes must keep being driven while connections last.
+    pub fn spread_over(mut self, runtimes: Vec<tokio::runtime::Handle>) -> Self {
+        self.spread = (!runtimes.is_empty()).then(|| {
+            Arc::new(Spread {
+                runtimes,
+                next: Default::default(),
+            })
+        });
+        self
     }
 
     /// The same, rendering its own answers with `page`.
@@ -159,30 +192,70 @@ pub async fn serve_with<H, HFut, S, X, F, Fut, B>(
     loop {
         let admitted = acceptor.accept().await;
         let (server, handshake, handler) = (server.clone(), handshake.clone(), handler.clone());
-        tokio::spawn(async move {
-            let Admitted {
-                stream,
-                peer,
-                permit,
-            } = admitted;
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(listener = server.name, %peer, error = %err, "cannot set TCP_NODELAY");
+        let Admitted {
+            stream,
+            peer,
+            permit,
+        } = admitted;
+        let Some(spread) = server.spread.clone() else {
+            tokio::spawn(serve_admitted(
+                stream, peer, permit, server, handshake, handler,
+            ));
+            continue;
+        };
+        // Moved to its runtime's reactor: off this one first, on the other from inside it.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(listener = server.name, %peer, error = %err, "cannot hand the connection over");
+                continue;
             }
-            let timeout = server.limits.header_read_timeout;
-            let (stream, learned) = match tokio::time::timeout(timeout, handshake(stream)).await {
-                Ok(Ok(done)) => done,
-                Ok(Err(err)) => {
-                    tracing::debug!(listener = server.name, %peer, error = %err, "connection handshake failed");
-                    return;
+        };
+        spread.next().spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve_admitted(stream, peer, permit, server, handshake, handler).await,
+                Err(err) => {
+                    tracing::debug!(listener = server.name, %peer, error = %err, "cannot take the connection over");
                 }
-                Err(_) => {
-                    tracing::debug!(listener = server.name, %peer, ?timeout, "connection handshake timed out");
-                    return;
-                }
-            };
-            serve_connection(stream, peer, permit, learned, server, handler).await;
+            }
         });
     }
+}
+
+/// One accepted connection: its handshake, then its requests.
+async fn serve_admitted<H, HFut, S, X, F, Fut, B>(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    permit: ConnectionPermit,
+    server: Arc<HttpServer>,
+    handshake: H,
+    handler: F,
+) where
+    H: Fn(TcpStream) -> HFut + Clone + Send + Sync + 'static,
+    HFut: Future<Output = std::io::Result<(S, X)>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    X: Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(listener = server.name, %peer, error = %err, "cannot set TCP_NODELAY");
+    }
+    let timeout = server.limits.header_read_timeout;
+    let (stream, learned) = match tokio::time::timeout(timeout, handshake(stream)).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(err)) => {
+            tracing::debug!(listener = server.name, %peer, error = %err, "connection handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(listener = server.name, %peer, ?timeout, "connection handshake timed out");
+            return;
+        }
+    };
+    serve_connection(stream, peer, permit, learned, server, handler).await;
 }
 
 /// Serves one connection until it ends or the watchdog closes it.

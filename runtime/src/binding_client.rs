@@ -1,10 +1,13 @@
 //! The capnp client of the binding-worker (`schemas/binding.capnp`, `VpcBinding.fetch`).
 //!
-//! capnp-rpc objects are `!Send`, while wasmtime's host futures must be `Send`. So one
-//! dedicated thread runs a current-thread tokio runtime with a `LocalSet` that owns the capnp
-//! connection; [`BindingClient`] is the `Send` handle to it: a job goes in over an mpsc
-//! channel, the response head (or error) comes back over a oneshot, and the response body is
-//! an mpsc-fed [`http_body::Body`] that wasi-http hands to the script.
+//! capnp-rpc objects are `!Send`, while wasmtime's host futures must be `Send`. So capnp
+//! connections live in a `LocalSet` on a current-thread tokio runtime, and [`BindingClient`]
+//! is the `Send` handle to them: a job goes in over an mpsc channel, the response head (or
+//! error) comes back over a oneshot, and the response body is an mpsc-fed
+//! [`http_body::Body`] that wasi-http hands to the script. Each serving thread
+//! ([`crate::serving_threads`]) has connections of its own and takes the jobs of the fetches
+//! made on it, so none of this crosses threads; a fetch made anywhere else goes to one
+//! dedicated connection thread.
 //!
 //! Per fetch: the call is sent with a `ResponseReceiver` implemented here. A request body that
 //! is already complete and small (a GET's empty one, a short JSON) goes inside the call when
@@ -17,8 +20,8 @@
 //! written with a bounded window of unanswered bytes, and each response-body write is
 //! answered once the script's body has taken its chunk.
 //!
-//! One or more binding-workers: each gets one connection, shared by all fetches of the
-//! runtime and re-established by the next fetch after it drops; with a [`PlatformSecret`],
+//! One or more binding-workers: each gets one connection per thread, shared by all fetches
+//! of that thread and re-established by the next fetch after it drops; with a [`PlatformSecret`],
 //! each connection first passes the mutual handshake of [`wvpc_schemas::binding_auth`].
 //! Fetches go round-robin over the binding-workers that are up. One whose dial or handshake
 //! fails is marked down for a backoff (250 ms, doubling up to 5 s) and skipped until then;
@@ -86,12 +89,44 @@ struct FetchJob {
 }
 
 /// `Send` handle to the binding-worker connection thread. Cloning is cheap; the thread ends
-/// when the last clone is dropped.
+/// when the last clone is dropped. Threads that serve requests serve their own fetches
+/// instead ([`BindingClient::serve_on_this_thread`]).
 #[derive(Clone)]
 pub(crate) struct BindingClient {
     jobs: mpsc::UnboundedSender<FetchJob>,
+    /// Which binding-workers, with which secret: what every thread's connections are made to.
+    target: Arc<Target>,
     /// Given every exchange, when the runtime records them.
     tap: Option<Arc<dyn ExchangeTap>>,
+}
+
+/// The binding-workers of a client and the secret they prove they hold.
+struct Target {
+    binding_workers: Vec<SocketAddr>,
+    secret: Option<PlatformSecret>,
+}
+
+impl Target {
+    /// Fresh connection slots for one thread (built there: connections are `!Send`).
+    fn workers(&self) -> Workers {
+        Workers {
+            slots: self
+                .binding_workers
+                .iter()
+                .copied()
+                .map(WorkerSlot::new)
+                .collect(),
+            next: Cell::new(0),
+            secret: self.secret.clone(),
+        }
+    }
+}
+
+thread_local! {
+    /// The job queues of the clients whose fetches are served on this thread, by client
+    /// ([`BindingClient::key`]).
+    static LOCAL_JOBS: RefCell<Vec<(usize, mpsc::UnboundedSender<FetchJob>)>> =
+        const { RefCell::new(Vec::new()) };
 }
 
 impl BindingClient {
@@ -108,23 +143,48 @@ impl BindingClient {
                 "no binding-worker address given: the runtime needs at least one",
             ));
         }
+        let target = Arc::new(Target {
+            binding_workers,
+            secret,
+        });
         let (jobs, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let own = target.clone();
         std::thread::Builder::new()
             .name("wvpc-binding-rpc".into())
             .spawn(move || {
-                // Built here: connections are `!Send`.
-                let workers = Workers {
-                    slots: binding_workers.into_iter().map(WorkerSlot::new).collect(),
-                    next: Cell::new(0),
-                    secret,
-                };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, serve_jobs(workers, rx));
+                local.block_on(&runtime, serve_jobs(own.workers(), rx));
             })?;
-        Ok(Self { jobs, tap })
+        Ok(Self { jobs, target, tap })
+    }
+
+    /// Serves the fetches made on this thread here, over connections of this thread's own,
+    /// instead of on the connection thread: a fetch then wakes no other thread. Must be
+    /// called inside a `LocalSet` that keeps being driven.
+    pub fn serve_on_this_thread(&self) {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        tokio::task::spawn_local(serve_jobs(self.target.workers(), rx));
+        LOCAL_JOBS.with(|local| local.borrow_mut().push((self.key(), jobs)));
+    }
+
+    /// Tells this client apart from others in [`LOCAL_JOBS`].
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.target) as usize
+    }
+
+    /// Queues `job` on this thread when this thread serves the client's fetches; gives it
+    /// back otherwise.
+    fn send_here(&self, job: FetchJob) -> Result<(), FetchJob> {
+        LOCAL_JOBS.with(|local| {
+            let local = local.borrow();
+            match local.iter().find(|(key, _)| *key == self.key()) {
+                Some((_, jobs)) => jobs.send(job).map_err(|returned| returned.0),
+                None => Err(job),
+            }
+        })
     }
 
     /// The exchange tap, if the runtime records exchanges.
@@ -141,16 +201,17 @@ impl BindingClient {
         first_byte_timeout: Option<Duration>,
     ) -> FetchReply {
         let (reply, response) = oneshot::channel();
-        self.jobs
-            .send(FetchJob {
-                context,
-                request,
-                reply,
-            })
-            .map_err(|_| {
+        let job = FetchJob {
+            context,
+            request,
+            reply,
+        };
+        if let Err(job) = self.send_here(job) {
+            self.jobs.send(job).map_err(|_| {
                 ProxyError::new(ErrorCode::ProxyInternalError)
                     .with_details("the binding-worker client thread has stopped")
             })?;
+        }
         let response = async {
             response.await.unwrap_or_else(|_| {
                 Err(ProxyError::new(ErrorCode::ProxyInternalError)

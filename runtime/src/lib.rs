@@ -67,6 +67,7 @@ mod script;
 mod script_host;
 mod script_output;
 mod serving;
+mod serving_threads;
 mod tail;
 
 pub use config::{

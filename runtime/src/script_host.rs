@@ -42,6 +42,7 @@ use crate::routing::{
 };
 use crate::script::{ComponentError, LoadedScript, RuntimeError};
 use crate::script_output::ScriptOutput;
+use crate::serving_threads::ServingThreads;
 
 /// The workers domain when none is configured: `<script>.<subdomain>.workers.localhost`
 /// (curl and browsers resolve `*.localhost` to loopback).
@@ -250,6 +251,8 @@ pub struct ScriptHost {
     table: RwLock<Arc<Table>>,
     deploy: tokio::sync::Mutex<DeployState>,
     pool: PoolWatch,
+    /// Where accepted connections are served; started by the first [`Self::serve_with`].
+    serving_threads: Mutex<Option<ServingThreads>>,
 }
 
 impl ScriptHost {
@@ -358,13 +361,16 @@ impl ScriptHost {
                 refused: HashMap::new(),
             }),
             pool: PoolWatch::default(),
+            serving_threads: Mutex::new(None),
         })
     }
 
     /// Serves HTTP/1.1 (keep-alive, `TCP_NODELAY`) on `listener` until the future is
     /// dropped, routing each request by its host and path, with the default
-    /// [`ServerLimits`]. Connections already accepted keep running on their own tasks.
-    /// Accept errors are logged and do not end the loop: it never returns an error. While it
+    /// [`ServerLimits`]. Connections already accepted keep running on the host's serving
+    /// threads (one per core, started by the first call; see [`crate::serving_threads`]).
+    /// Accept errors are logged and do not end the loop: it fails only when those threads
+    /// cannot be started. While it
     /// serves, the instance pool is given back after bursts ([`Self::set_pool_release`]).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         self.serve_with(listener, ServerLimits::default()).await
@@ -377,7 +383,20 @@ impl ScriptHost {
         limits: ServerLimits,
     ) -> std::io::Result<()> {
         let _watching = crate::pool::watch(&self);
-        crate::serving::serve(self, listener, limits).await;
+        let runtimes = {
+            let mut threads = self
+                .serving_threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if threads.is_none() {
+                *threads = Some(ServingThreads::start(&self.client)?);
+            }
+            threads
+                .as_ref()
+                .map(ServingThreads::runtimes)
+                .unwrap_or_default()
+        };
+        crate::serving::serve(self, listener, limits, runtimes).await;
         Ok(())
     }
 

@@ -34,8 +34,14 @@ pub const REQUEST_ID_HEADER: &str = wvpc_listener::REQUEST_ID_HEADER;
 
 /// The HTTP server of [`ScriptHost::serve_with`]: connection cap, timeouts and the explained
 /// refusals of [`wvpc_listener`], every request through [`handle`].
-pub(crate) async fn serve(host: Arc<ScriptHost>, listener: TcpListener, limits: ServerLimits) {
-    let server = HttpServer::new("script HTTP", limits);
+/// Each connection is served on one of `runtimes` ([`crate::serving_threads`]).
+pub(crate) async fn serve(
+    host: Arc<ScriptHost>,
+    listener: TcpListener,
+    limits: ServerLimits,
+    runtimes: Vec<tokio::runtime::Handle>,
+) {
+    let server = HttpServer::new("script HTTP", limits).spread_over(runtimes);
     wvpc_listener::serve(listener, server, move |request| {
         let host = host.clone();
         async move { handle(&host, request).await }
