@@ -177,12 +177,12 @@ impl BindingClient {
 
     /// Queues `job` on this thread when this thread serves the client's fetches; gives it
     /// back otherwise.
-    fn send_here(&self, job: FetchJob) -> Result<(), FetchJob> {
+    fn send_here(&self, job: FetchJob) -> Option<FetchJob> {
         LOCAL_JOBS.with(|local| {
             let local = local.borrow();
             match local.iter().find(|(key, _)| *key == self.key()) {
-                Some((_, jobs)) => jobs.send(job).map_err(|returned| returned.0),
-                None => Err(job),
+                Some((_, jobs)) => jobs.send(job).err().map(|returned| returned.0),
+                None => Some(job),
             }
         })
     }
@@ -206,7 +206,7 @@ impl BindingClient {
             request,
             reply,
         };
-        if let Err(job) = self.send_here(job) {
+        if let Some(job) = self.send_here(job) {
             self.jobs.send(job).map_err(|_| {
                 ProxyError::new(ErrorCode::ProxyInternalError)
                     .with_details("the binding-worker client thread has stopped")
