@@ -29,8 +29,10 @@
 //!
 //! Threads: capnp-rpc is `!Send`, so the capnp server runs on its own thread (a current-thread
 //! runtime and a `LocalSet`). HTTP work — the multiplexed HTTP/2 connections to iris and the
-//! origin connections — runs on a multi-threaded tokio runtime (the caller's, or one the
-//! worker owns). Bodies stream through bounded channels; nothing buffers a whole body.
+//! origin connections — runs on that same thread by default, so a fetch wakes no other
+//! thread (`proxy_threads` 0); or on a multi-threaded tokio runtime the worker owns
+//! (`proxy_threads` > 0) or the caller gives (`proxy_runtime`). Bodies stream through bounded
+//! channels; nothing buffers a whole body.
 //!
 //! Stopping: [`BindingWorkerHandle::shutdown`] drops everything at once;
 //! [`BindingWorkerHandle::drain`] first stops accepting connections and fetches, and lets the
@@ -116,9 +118,14 @@ pub struct BindingWorkerConfig {
     pub secret: Option<PlatformSecret>,
     /// Bound on a runtime's handshake. Default [`HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
-    /// Runtime for the HTTP work. `None`: the worker starts and owns a multi-threaded runtime
-    /// with one worker thread per core.
+    /// Runtime for the HTTP work. `None`: as `proxy_threads` says.
     pub proxy_runtime: Option<Handle>,
+    /// Without a `proxy_runtime`, the threads of a multi-threaded runtime the worker starts
+    /// for the HTTP work. 0 (the default): none; the RPC thread does the HTTP work too, which
+    /// costs least per fetch (no hand-over between threads) and uses one core. More for a
+    /// binding-worker that needs more than a core (or run more binding-workers: runtimes
+    /// spread their fetches over them).
+    pub proxy_threads: usize,
     /// Bound on iris's answer to a CONNECT (DNS and the tunnel dial included). Default 30 s.
     /// A CONNECT that timed out is not retried on another node.
     pub connect_timeout: Duration,
@@ -173,6 +180,7 @@ impl BindingWorkerConfig {
             secret: None,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             proxy_runtime: None,
+            proxy_threads: 0,
             connect_timeout: Duration::from_secs(30),
             response_timeout: Duration::from_secs(100),
             read_timeout: Duration::from_secs(100),
@@ -218,19 +226,23 @@ impl BindingWorker {
         let iris_addrs = IrisClient::resolve_at_start(&iris_settings)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let (proxy_runtime, owned_runtime) = match config.proxy_runtime.clone() {
-            Some(handle) => (handle, None),
-            None => {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .thread_name("wvpc-binding-proxy")
-                    .enable_all()
-                    .build()?;
-                (runtime.handle().clone(), Some(runtime))
-            }
-        };
         let rpc_runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let (proxy_runtime, owned_runtime) =
+            match (config.proxy_runtime.clone(), config.proxy_threads) {
+                (Some(handle), _) => (handle, None),
+                // Tasks spawned here wait until the RPC thread starts driving it.
+                (None, 0) => (rpc_runtime.handle().clone(), None),
+                (None, threads) => {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(threads)
+                        .thread_name("wvpc-binding-proxy")
+                        .enable_all()
+                        .build()?;
+                    (runtime.handle().clone(), Some(runtime))
+                }
+            };
 
         let iris = IrisClient::start(iris_settings, iris_addrs, proxy_runtime.clone());
         let iris_nodes = iris.nodes_view();

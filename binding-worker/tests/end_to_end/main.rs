@@ -292,6 +292,12 @@ async fn start_stack() -> Stack {
 }
 
 async fn start_stack_trusting(trust: Trust) -> Stack {
+    start_stack_with(trust, 0).await
+}
+
+/// The stack, with the binding-worker's HTTP work on `proxy_threads` threads of its own (0:
+/// on its RPC thread).
+async fn start_stack_with(trust: Trust, proxy_threads: usize) -> Stack {
     let (roots, acceptor) = test_pki();
     let (origin_addr, origin) = start_origin(None).await;
     let (tls_addr, tls_origin) = start_origin(Some(acceptor)).await;
@@ -322,6 +328,7 @@ async fn start_stack_trusting(trust: Trust) -> Stack {
 
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let mut config = BindingWorkerConfig::new(iris_addr);
+    config.proxy_threads = proxy_threads;
     if let Trust::TestCa = trust {
         config.tls_roots = Some(Arc::new(roots));
     }
@@ -708,6 +715,30 @@ async fn a_whole_request_body_inside_fetch_reaches_the_origin_like_a_streamed_on
             "an empty GET carries no body framing: {headers:?}"
         );
     }
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_work_on_threads_of_its_own_serves_like_the_rpc_thread() {
+    let stack = start_stack_with(Trust::TestCa, 2).await;
+    with_runtime(&stack, |rt| async move {
+        let body: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
+        let res = rt
+            .fetch(API, "POST", "http://api.internal/echo", &[], &body)
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200);
+        assert!(res.body == body, "the echoed body differs");
+        let res = rt
+            .fetch(API, "GET", "http://api.internal/hello", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(
+            (res.status, &res.body[..]),
+            (200, &b"hello from the origin"[..])
+        );
+    })
+    .await;
     stack.worker.shutdown();
 }
 

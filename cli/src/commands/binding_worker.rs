@@ -48,6 +48,11 @@ pub struct BindingWorkerArgs {
     /// service or a draining connector keeps pooled traffic
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub route_lease: Duration,
+    /// Threads for the HTTP work besides the RPC thread. 0: the RPC thread does it all, which
+    /// costs least per fetch and uses one core; more for a binding-worker that needs more
+    /// cores (or run more binding-workers: runtimes spread fetches over them)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub proxy_threads: usize,
 }
 
 /// Runs a binding-worker until SIGTERM or Ctrl-C, then drains.
@@ -61,7 +66,7 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {} for runtimes", args.listen))?;
     let mut config = BindingWorkerConfig::with_iris(args.iris.clone());
     config.secret = Some(secret.clone());
-    config.proxy_runtime = Some(tokio::runtime::Handle::current());
+    config.proxy_threads = args.proxy_threads;
     config.connect_timeout = args.connect_timeout;
     config.response_timeout = args.response_timeout;
     config.route_lease = Some(args.route_lease);
