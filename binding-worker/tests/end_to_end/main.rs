@@ -662,17 +662,23 @@ async fn a_small_whole_body_comes_inside_deliver_for_a_runtime_that_takes_it() {
         }
 
         // Larger than an inline body: streamed, whole and in order.
-        let body: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
-        let res = rt
-            .fetch(API, "POST", "http://api.internal/echo", &[], &body)
-            .await
-            .unwrap();
-        assert_eq!(res.status, 200);
-        assert!(res.body == body, "the echoed body differs");
-        assert!(!res.inline);
+        assert!(!echo_streamed_body(&rt).await.inline);
     })
     .await;
     stack.worker.shutdown();
+}
+
+/// Sends a 256 KiB body (more than fits inside a call) to the echoing origin and checks that
+/// it comes back whole and in order.
+async fn echo_streamed_body(rt: &TestRuntime) -> Fetched {
+    let body: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let res = rt
+        .fetch(API, "POST", "http://api.internal/echo", &[], &body)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200);
+    assert!(res.body == body, "the echoed body differs");
+    res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -722,13 +728,7 @@ async fn a_whole_request_body_inside_fetch_reaches_the_origin_like_a_streamed_on
 async fn http_work_on_threads_of_its_own_serves_like_the_rpc_thread() {
     let stack = start_stack_with(Trust::TestCa, 2).await;
     with_runtime(&stack, |rt| async move {
-        let body: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
-        let res = rt
-            .fetch(API, "POST", "http://api.internal/echo", &[], &body)
-            .await
-            .unwrap();
-        assert_eq!(res.status, 200);
-        assert!(res.body == body, "the echoed body differs");
+        echo_streamed_body(&rt).await;
         let res = rt
             .fetch(API, "GET", "http://api.internal/hello", &[], b"")
             .await
