@@ -624,22 +624,16 @@ mod tests {
         }
     }
 
-    struct Dir(PathBuf);
+    /// A throwaway folder for the files a test reads.
+    struct Dir(tempfile::TempDir);
     impl Dir {
         fn new() -> Self {
-            let dir = std::env::temp_dir().join(format!("wvpc-mock-file-{}", Uuid::new_v4()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
+            Self(tempfile::tempdir().unwrap())
         }
         fn write(&self, name: &str, text: &str) -> PathBuf {
-            let path = self.0.join(name);
+            let path = self.0.path().join(name);
             std::fs::write(&path, text).unwrap();
             path
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 

@@ -750,22 +750,16 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    struct Dir(PathBuf);
+    /// A throwaway folder for the files a test reads.
+    struct Dir(tempfile::TempDir);
     impl Dir {
         fn new() -> Self {
-            let dir = std::env::temp_dir().join(format!("wvpc-cases-{}", uuid::Uuid::new_v4()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
+            Self(tempfile::tempdir().unwrap())
         }
         fn write(&self, name: &str, text: &str) -> PathBuf {
-            let path = self.0.join(name);
+            let path = self.0.path().join(name);
             std::fs::write(&path, text).unwrap();
             path
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -967,7 +961,7 @@ mod tests {
         let path = dir.write("t.txt", "[]");
         assert!(problems(load(&path, &["API"]).unwrap_err())[0].contains("unsupported file type"));
         assert!(matches!(
-            load(&dir.0.join("missing.yaml"), &["API"]),
+            load(&dir.0.path().join("missing.yaml"), &["API"]),
             Err(ConfigError::Read { .. })
         ));
     }
@@ -975,10 +969,10 @@ mod tests {
     #[test]
     fn the_default_file_is_found_next_to_the_config() {
         let dir = Dir::new();
-        let config = dir.0.join("wrangler.jsonc");
-        assert_eq!(path_for(None, &config), dir.0.join("wvpc.test.yaml"));
+        let config = dir.0.path().join("wrangler.jsonc");
+        assert_eq!(path_for(None, &config), dir.0.path().join("wvpc.test.yaml"));
         dir.write("wvpc.test.json", "[]");
-        assert_eq!(path_for(None, &config), dir.0.join("wvpc.test.json"));
+        assert_eq!(path_for(None, &config), dir.0.path().join("wvpc.test.json"));
         assert_eq!(
             path_for(Some(Path::new("x.yaml")), &config),
             PathBuf::from("x.yaml")
