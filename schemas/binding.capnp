@@ -1,4 +1,5 @@
-# Runtime <-> binding-worker: one call per `env.binding(NAME).fetch(request)` of a script.
+# Runtime <-> binding-worker: one call per `env.binding(NAME).fetch(request)` (or
+# `.connect(address)`) of a script.
 #
 # The runtime calls VpcBinding.fetch with the binding context, the request head and a
 # ResponseReceiver it implements. The binding-worker answers at once with a ByteStream for the
@@ -24,6 +25,35 @@ interface VpcBinding {
   # fetch (binding-workers from before it leave that false, and would wait for an end()).
   # `takesInlineBody`: the caller reads `deliver`'s `inlineBody` (runtimes from before it
   # leave it false and always get the body as a stream).
+
+  connect @1 (context :BindingContext, address :Text, receiver :SocketReceiver)
+          -> (toDestination :ByteStream);
+  # Opens a raw TCP connection through the binding (`env.NET.connect(address)` in a script):
+  # no HTTP anywhere on the way, the bytes are piped untouched.
+  # - `address`: for a network binding (`tunnelId` / `networkId` set) the destination,
+  #   `host:port` (`[v6]:port` for an IPv6 literal; a hostname is resolved through the
+  #   tunnel); for a service binding it must be empty: the service's `tcp_port` is dialled.
+  # - The binding-worker answers at once with `toDestination`, the script's bytes towards the
+  #   destination: chunks written before the connection is open wait (within the stream's
+  #   window). `end()` half-closes (FIN towards the destination; the other direction keeps
+  #   going); `abort()` resets the connection.
+  # - Then it calls `receiver.opened` exactly once: with an error (the connection never
+  #   opened; what the caller wrote is dropped), or opened, and streams the destination's
+  #   bytes into the returned `fromDestination`: `end()` is the destination's FIN, `abort()`
+  #   a reset or broken path (connectionTerminated, …), never a silent end.
+}
+
+interface SocketReceiver {
+  opened @0 (result :ConnectResult) -> (fromDestination :ByteStream);
+  # Called once per connect. For an error result the returned stream is ignored (may be null).
+}
+
+struct ConnectResult {
+  union {
+    unspecified @0 :Void; # never set on purpose: catches a forgotten choice
+    opened @1 :Void;
+    error @2 :WireError;
+  }
 }
 
 interface ResponseReceiver {
@@ -51,11 +81,16 @@ interface ByteStream {
 }
 
 struct BindingContext {
-  serviceId @0 :Text;   # VPC service UUID the binding points at (routing uses only this)
+  serviceId @0 :Text;   # VPC service UUID the binding points at (routing uses only this);
+                        # empty for a vpc_networks binding
   script @1 :Text;      # script name, for logs and authorization
   account @2 :Text;     # account id that owns the script
   requestId @3 :Text;   # the incoming request's id; appears in every hop's logs
-  binding @4 :Text;     # binding name as declared in vpc_services, for logs
+  binding @4 :Text;     # binding name as declared in vpc_services / vpc_networks, for logs
+  tunnelId @5 :Text;    # a vpc_networks binding by tunnel_id: the tunnel (serviceId empty)
+  networkId @6 :Text;   # a vpc_networks binding by network_id: "cf1:network" or
+                        # "cf1:vnet:<uuid>" (serviceId empty). With tunnelId or networkId set,
+                        # the URL's host and port are the destination (defaults 80 / 443).
 }
 
 struct Header {

@@ -684,6 +684,7 @@ async fn measure_instantiation(duration: Duration) -> anyhow::Result<(Duration, 
         name: "bench".into(),
         main: wvpc_tests::guests::PROXY.into(),
         vpc_services: Vec::new(),
+        vpc_networks: Vec::new(),
         limits: Default::default(),
     };
     let options = wvpc_runtime::RuntimeOptions {

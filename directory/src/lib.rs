@@ -65,6 +65,7 @@ pub mod connections;
 mod database;
 pub mod deployments;
 mod error;
+pub mod network_routes;
 pub mod routes;
 pub mod runtimes;
 pub mod scripts;

@@ -26,5 +26,8 @@ pub mod tunnel_pool;
 
 pub use connect::{Router, RouterConfig};
 pub use dns::{DnsConfig, DnsResolver};
-pub use routes::{CertVerificationMode, RouteTarget, RouteTls, ServiceRoute, ServiceStore};
+pub use routes::{
+    CertVerificationMode, NetworkReach, NetworkTarget, RouteTarget, RouteTls, ServiceRoute,
+    ServiceStore,
+};
 pub use tunnel_pool::{BoxFuture, BoxIo, FlowContext, TunnelPool, UdpFlow};

@@ -1,13 +1,17 @@
-//! What iris needs to know about a VPC service to route to it, and the store it asks.
+//! What iris needs to know about a VPC service (or a `vpc_networks` binding's network) to
+//! route to it, and the store it asks.
 //!
 //! The directory (embedded SQLite) implements [`ServiceStore`] in the CLI's wiring; tests use
 //! an in-memory table.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use uuid::Uuid;
 pub use wvpc_directory::CertVerificationMode;
+pub use wvpc_directory::network_routes::NetworkRouteTable;
 use wvpc_errors::ProxyError;
+pub use wvpc_schemas::NetworkTarget;
 
 /// Where a service lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +74,49 @@ impl ServiceRoute {
     }
 }
 
+/// How iris reaches the destinations of a `vpc_networks` binding
+/// ([`wvpc_schemas::NetworkTarget`]): the CONNECT's authority is the destination, and this
+/// says which tunnel carries it.
+#[derive(Debug, Clone)]
+pub enum NetworkReach {
+    /// A binding by `tunnel_id`: every destination goes through this tunnel (a hostname is
+    /// resolved by its connectors' virtual resolver).
+    Tunnel(Uuid),
+    /// A binding by `network_id` (`cf1:network` is the account's default virtual network):
+    /// an IP goes to the tunnel of its longest matching route in `vnet`
+    /// ([`NetworkRouteTable::lookup`]); none is `destination_ip_unroutable`.
+    VirtualNetwork {
+        /// The virtual network.
+        vnet: Uuid,
+        /// Every virtual network's routes (shared by all lookups of one snapshot).
+        routes: Arc<NetworkRouteTable>,
+    },
+}
+
+impl NetworkReach {
+    /// The tunnel that carries a connection to `ip`, `None` when no route covers it.
+    pub fn tunnel_for(&self, ip: IpAddr) -> Option<Uuid> {
+        match self {
+            Self::Tunnel(tunnel) => Some(*tunnel),
+            Self::VirtualNetwork { vnet, routes } => routes.lookup(*vnet, ip),
+        }
+    }
+}
+
 /// Looks services up by id. Must be cheap: it is asked on every CONNECT.
 pub trait ServiceStore: Send + Sync + 'static {
     /// The service, `Ok(None)` when it does not exist; `Err` for store failures.
     fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError>;
+
+    /// How `account` reaches the network a `vpc_networks` binding names; `Ok(None)` when the
+    /// tunnel or virtual network does not exist in that account (`destination_not_found`).
+    /// Stores without networks (the default) know none.
+    fn network(
+        &self,
+        account: &str,
+        target: &NetworkTarget,
+    ) -> Result<Option<NetworkReach>, ProxyError> {
+        let _ = (account, target);
+        Ok(None)
+    }
 }

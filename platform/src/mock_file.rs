@@ -620,6 +620,7 @@ mod tests {
                     service_id: Uuid::nil(),
                 })
                 .collect(),
+            vpc_networks: Vec::new(),
             limits: Default::default(),
         }
     }

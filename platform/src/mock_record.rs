@@ -644,6 +644,7 @@ mod tests {
                 binding: "API".into(),
                 service_id: uuid::Uuid::nil(),
             }],
+            vpc_networks: Vec::new(),
             limits: Default::default(),
         };
         let mut spec = crate::mock_file::load(path, &script).expect("a valid mock file");

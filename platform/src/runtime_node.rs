@@ -230,6 +230,7 @@ fn deployment(directory: &Arc<Directory>, script: DeployedScript) -> Deployment 
             .into_iter()
             .map(|b| (b.name, b.service_id))
             .collect::<BTreeMap<_, _>>(),
+        networks: BTreeMap::new(),
         limits: script.limits,
         routes: script.routes,
         workers_dev: script.workers_dev,

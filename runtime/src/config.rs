@@ -25,6 +25,9 @@ pub struct ScriptConfig {
     pub main: PathBuf,
     /// Declared VPC Service bindings (`vpc_services`), in file order; names are unique.
     pub vpc_services: Vec<VpcServiceBinding>,
+    /// Declared VPC Network bindings (`vpc_networks`), in file order; names are unique
+    /// across both lists.
+    pub vpc_networks: Vec<VpcNetworkBinding>,
     /// Per-request limits (`limits`); absent keys keep their defaults.
     pub limits: Limits,
 }
@@ -39,6 +42,17 @@ pub struct VpcServiceBinding {
     pub binding: String,
     /// The VPC Service it points at.
     pub service_id: Uuid,
+}
+
+/// One `vpc_networks` entry: the script reaches the network `network` (a tunnel, the
+/// account's networks, or one virtual network) as `env[binding]`; the URL or `connect()`
+/// address picks the destination inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpcNetworkBinding {
+    /// Name the script uses (a JavaScript identifier, e.g. `NET`).
+    pub binding: String,
+    /// `tunnel_id` or `network_id`.
+    pub network: wvpc_schemas::NetworkTarget,
 }
 
 /// Why a config could not be loaded.
@@ -323,6 +337,7 @@ fn validate(
 
     match (name, main, problems.0.is_empty()) {
         (Some(name), Some(main), true) => Ok(ScriptConfig {
+            vpc_networks: Vec::new(),
             name,
             main,
             vpc_services,
@@ -812,6 +827,7 @@ mod tests {
                     binding: "API".into(),
                     service_id: SERVICE.parse().unwrap()
                 }],
+                vpc_networks: Vec::new(),
                 limits: Limits::default(),
             }
         );

@@ -239,6 +239,52 @@ impl generated::wvpc::bindings::vpc::Host for HostState {
             Err(err) => err.downcast().map(Err),
         }
     }
+
+    fn connect(
+        &mut self,
+        binding: String,
+        address: String,
+    ) -> wasmtime::Result<Result<Resource<generated::wvpc::bindings::vpc::PendingSocket>, ErrorCode>>
+    {
+        let _ = (binding, address);
+        Ok(Err(ErrorCode::ConfigurationError))
+    }
+}
+
+impl generated::wvpc::bindings::vpc::HostPendingSocket for HostState {
+    fn subscribe(
+        &mut self,
+        socket: Resource<generated::wvpc::bindings::vpc::PendingSocket>,
+    ) -> wasmtime::Result<Resource<wasmtime_wasi::p2::bindings::io::poll::Pollable>> {
+        let _ = socket;
+        Err(wasmtime::format_err!("connect() is not available yet"))
+    }
+
+    fn get(
+        &mut self,
+        socket: Resource<generated::wvpc::bindings::vpc::PendingSocket>,
+    ) -> wasmtime::Result<
+        Option<
+            Result<
+                (
+                    Resource<wasmtime_wasi::p2::bindings::io::streams::InputStream>,
+                    Resource<wasmtime_wasi::p2::bindings::io::streams::OutputStream>,
+                ),
+                ErrorCode,
+            >,
+        >,
+    > {
+        let _ = socket;
+        Err(wasmtime::format_err!("connect() is not available yet"))
+    }
+
+    fn drop(
+        &mut self,
+        socket: Resource<generated::wvpc::bindings::vpc::PendingSocket>,
+    ) -> wasmtime::Result<()> {
+        let _ = socket;
+        Ok(())
+    }
 }
 
 /// Builds the linker every script of the process uses.

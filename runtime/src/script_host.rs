@@ -107,6 +107,8 @@ pub struct Deployment {
     pub module: ModuleSource,
     /// Binding name → VPC Service id: the only services this script can reach.
     pub bindings: BTreeMap<String, Uuid>,
+    /// Binding name → the network a `vpc_networks` binding reaches.
+    pub networks: BTreeMap<String, wvpc_schemas::NetworkTarget>,
     /// The raw `limits` section (wrangler's keys, e.g. `{"cpu_ms": 50}`), validated as a
     /// config file's is ([`Limits::from_section`]).
     pub limits: Map<String, Value>,

@@ -10,6 +10,8 @@
 //!   interface ids and ordinals.
 //! - [`binding_auth`]: the handshake that runs before `binding_capnp` on each runtime ↔
 //!   binding-worker connection, and the [`PlatformSecret`] both sides prove they hold.
+//! - [`network`]: what a `vpc_networks` binding names ([`NetworkTarget`]), spelled the same
+//!   in config, capnp and iris's CONNECT headers.
 //!
 //! The guest world (WIT) lives in `wit/` beside this crate; it is read by the runtime's and
 //! the SDK's bindings generators, not compiled here.
@@ -22,7 +24,9 @@ mod wire_error;
 pub use wire_error::{read_wire_error, write_wire_error};
 
 pub mod binding_auth;
+pub mod network;
 pub use binding_auth::PlatformSecret;
+pub use network::NetworkTarget;
 
 /// Most headers a `RequestHead` or `ResponseHead` of [`binding_capnp`] may carry. A head with
 /// more is refused with a code (`http_request_error` / `http_response_header_section_size`)

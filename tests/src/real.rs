@@ -185,6 +185,7 @@ impl RealWorld {
                         binding: "API".into(),
                         service_id: service.service_id,
                     }],
+                    vpc_networks: Vec::new(),
                     limits: Default::default(),
                 },
                 listen: "127.0.0.1:0".parse()?,

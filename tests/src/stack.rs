@@ -64,6 +64,7 @@ impl MockStack {
                     service_id: *service_id,
                 })
                 .collect(),
+            vpc_networks: Vec::new(),
             limits: Default::default(),
         };
         let options = RuntimeOptions {

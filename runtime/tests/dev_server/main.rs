@@ -476,6 +476,7 @@ fn main_must_be_a_component() {
         name: "s".into(),
         main: main.into(),
         vpc_services: vec![],
+        vpc_networks: Vec::new(),
         limits: Default::default(),
     };
 

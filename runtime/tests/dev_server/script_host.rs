@@ -61,6 +61,7 @@ fn deployment(account: (&str, &str), script: &str, version: &str, module: &Path)
         etag: module.display().to_string(),
         module: ModuleSource::File(module.into()),
         bindings: Default::default(),
+        networks: Default::default(),
         limits: Default::default(),
         routes: Vec::new(),
         workers_dev: true,

@@ -222,6 +222,7 @@ impl World {
                     binding: "API".into(),
                     service_id: service.service_id,
                 }],
+                vpc_networks: Vec::new(),
                 limits: Default::default(),
             },
             listen: "127.0.0.1:0".parse().unwrap(),

@@ -36,6 +36,7 @@ fn script(main: &str) -> ScriptConfig {
             binding: "API".into(),
             service_id: Uuid::nil(),
         }],
+        vpc_networks: Vec::new(),
         limits: Default::default(),
     }
 }

@@ -149,6 +149,7 @@ fn script() -> ScriptConfig {
             binding: "API".into(),
             service_id: Uuid::nil(),
         }],
+        vpc_networks: Vec::new(),
         limits: Default::default(),
     }
 }
