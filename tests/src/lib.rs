@@ -12,6 +12,7 @@
 //! - [`fault`]: a UDP relay in front of the edge that can go silent (a connector "killed"),
 //!   and a TCP forwarder that can be partitioned and healed.
 //! - [`netns`]: a network namespace for one process, with a link the test can take down.
+//! - [`redis`]: a real `redis-server` on loopback, for scripts speaking RESP over `connect()`.
 //! - [`client`]: a one-request HTTP/1.1 client.
 //! - [`guests`]: paths of the example scripts, built for wasm32-wasip2 by this crate's build
 //!   script.
@@ -23,6 +24,7 @@ pub mod mock_tunnel;
 pub mod netns;
 pub mod origin;
 pub mod real;
+pub mod redis;
 pub mod stack;
 pub mod stock_cloudflared;
 

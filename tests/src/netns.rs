@@ -118,6 +118,33 @@ impl Netns {
         command
     }
 
+    /// Adds `ip` (as a /32 or /128) to the namespace's loopback: an address that exists
+    /// only inside it, as a host of a private network does.
+    pub fn add_loopback_address(&self, ip: std::net::IpAddr) -> Result<(), String> {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        self.exec_ip(&["addr", "add", &format!("{ip}/{prefix}"), "dev", "lo"])
+    }
+
+    /// A TCP listener bound to `addr` *inside* the namespace, for a server this process runs
+    /// (a socket stays in the namespace it was made in). Made on a thread of its own that
+    /// joins the namespace, so no other thread of the test moves.
+    pub fn bind_tcp(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = std::fs::File::open(&path)?;
+                    rustix::thread::move_into_link_name_space(
+                        std::os::fd::AsFd::as_fd(&file),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )?;
+                    std::net::TcpListener::bind(addr)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the binding thread panicked")))
+        })
+    }
+
     /// Takes the store link down: from now on the process's packets to
     /// [`Netns::host_store_ip`] are dropped without a word, and no reply reaches it.
     pub fn cut_store_link(&self) {

@@ -95,7 +95,17 @@ type OriginBody = BoxBody<Bytes, Infallible>;
 impl Origin {
     /// Starts an origin on `ip:0`.
     pub async fn start(ip: &str) -> std::io::Result<Self> {
-        let listener = TcpListener::bind((ip, 0)).await?;
+        Self::serve(TcpListener::bind((ip, 0)).await?)
+    }
+
+    /// Starts an origin on a listener bound elsewhere (e.g. inside a network namespace:
+    /// [`crate::netns::Netns::bind_tcp`]). Needs a tokio runtime.
+    pub fn serve_std(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Self::serve(TcpListener::from_std(listener)?)
+    }
+
+    fn serve(listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let record = Arc::new(Record::default());
         let rec = record.clone();
