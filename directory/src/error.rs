@@ -97,7 +97,7 @@ pub enum DirectoryError {
         reason: &'static str,
     },
     /// The tunnel cannot be deleted while services or network routes use it.
-    #[error("tunnel {name:?} ({id}) is in use: {}", tunnel_users(services, routes))]
+    #[error("tunnel {name:?} ({id}) is used by {}", tunnel_users(services, routes))]
     TunnelInUse {
         /// The tunnel's id.
         id: Uuid,
@@ -222,7 +222,7 @@ fn tunnel_users(services: &[(Uuid, String)], routes: &[(Uuid, String)]) -> Strin
     let mut users = Vec::new();
     if !services.is_empty() {
         users.push(format!(
-            "{} VPC service(s) use it: {}; delete them or point them at another tunnel first",
+            "{} VPC service(s): {}; delete them or point them at another tunnel first",
             services.len(),
             services
                 .iter()
@@ -233,8 +233,7 @@ fn tunnel_users(services: &[(Uuid, String)], routes: &[(Uuid, String)]) -> Strin
     }
     if !routes.is_empty() {
         users.push(format!(
-            "{} network route(s) lead to it: {}; delete them first (`wvpc route ip delete \
-             CIDR`)",
+            "{} network route(s): {}; delete them first (`wvpc route ip delete CIDR`)",
             routes.len(),
             routes
                 .iter()

@@ -27,7 +27,7 @@ pub mod code {
     pub const TUNNEL_NOT_FOUND: u32 = 1005;
     /// The tunnel name is taken.
     pub const TUNNEL_NAME_TAKEN: u32 = 1006;
-    /// The tunnel is used by services.
+    /// The tunnel is used by services or network routes.
     pub const TUNNEL_IN_USE: u32 = 1007;
     /// The tunnel name breaks the naming rules.
     pub const INVALID_TUNNEL_NAME: u32 = 1008;
