@@ -460,6 +460,7 @@ fn create_service(
         HostInput {
             hostname: Some(ORIGIN_NAME.into()),
             resolver_network: Some(ResolverNetworkInput {
+                virtual_network_id: None,
                 tunnel_id: Some(tunnel_id.to_string()),
                 resolver_ips: Some(vec![dns.to_string()]),
             }),

@@ -886,15 +886,6 @@ pub(crate) fn tunnel_routes_in(
     Ok(rows.iter().filter_map(|n| n.parse().ok()).collect())
 }
 
-/// Ids of the account's virtual networks.
-pub(crate) fn vnet_ids(tx: &Tx<'_>, account: &str) -> Result<Vec<Uuid>, DirectoryError> {
-    tx.query_map(
-        "SELECT vnet_id FROM virtual_networks WHERE account_id = ?1",
-        params![account],
-        |row| parse_uuid("virtual network id", &row.get::<String>(0)?),
-    )
-}
-
 fn find_route(
     tx: &Tx<'_>,
     account: &str,

@@ -599,7 +599,7 @@ async fn every_validation_problem_is_reported_at_once_with_its_path() {
                 "type": "http",
                 "http_port": 0,
                 "https_port": 70000,
-                "tcp_port": 5432,
+                "tcp_port": 0,
                 "host": {
                     "hostname": "https://api.internal/x",
                     "resolver_network": {
