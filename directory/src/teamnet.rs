@@ -1130,7 +1130,7 @@ mod tests {
         assert_eq!(
             dir.list_network_routes(RouteFilter { virtual_network_id: Some(lab.id), tunnel_id: None })
                 .unwrap(),
-            [in_lab.clone()]
+            std::slice::from_ref(&in_lab)
         );
         assert_eq!(
             dir.list_network_routes(RouteFilter { tunnel_id: Some(office.id), ..RouteFilter::default() })
