@@ -1008,6 +1008,70 @@ async fn vnet_and_route_commands_talk_to_the_api_and_deploy_sends_network_bindin
         stderr(&refused)
     );
 
+    // Services over the API: tcp with wrangler's flags, http with a tcp_port, in the lab.
+    let db = run(&[
+        "service",
+        "create",
+        "db",
+        "--type",
+        "tcp",
+        "--tunnel-id",
+        &tunnel,
+        "--hostname",
+        "db.internal",
+        "--tcp-port",
+        "3306",
+        "--app-protocol",
+        "mysql",
+        "--json",
+    ]);
+    assert!(db.status.success(), "{}", stderr(&db));
+    let db: Value = serde_json::from_str(&stdout(&db)).unwrap();
+    assert_eq!(
+        (db["tcp_port"].clone(), db["app_protocol"].clone()),
+        (json!(3306), json!("mysql"))
+    );
+    let web = run(&[
+        "service",
+        "create",
+        "web",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &tunnel,
+        "--ipv4",
+        "10.1.2.3",
+        "--tcp-port",
+        "2222",
+        "--virtual-network-id",
+        &lab_id,
+    ]);
+    assert!(web.status.success(), "{}", stderr(&web));
+    assert!(
+        stdout(&web).contains("TCP port (connect()): 2222"),
+        "{}",
+        stdout(&web)
+    );
+    let outside = run(&[
+        "service",
+        "create",
+        "far",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &tunnel,
+        "--ipv4",
+        "192.0.2.1",
+        "--virtual-network-id",
+        &lab_id,
+    ]);
+    assert_eq!(outside.status.code(), Some(1));
+    assert!(
+        stderr(&outside).contains("--virtual-network-id (host.network.virtual_network_id): tunnel"),
+        "{}",
+        stderr(&outside)
+    );
+
     // The bound lab cannot be deleted; the API names the script.
     let in_use = run(&["vnet", "delete", "lab"]);
     assert_eq!(in_use.status.code(), Some(1));
@@ -1016,6 +1080,17 @@ async fn vnet_and_route_commands_talk_to_the_api_and_deploy_sends_network_bindin
         "{}",
         stderr(&in_use)
     );
-    let deleted = run(&["route", "ip", "delete", "10.1.0.0/16", "--vnet", "lab"]);
-    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert!(
+        stderr(&in_use).contains("VPC service(s) \"web\""),
+        "{}",
+        stderr(&in_use)
+    );
+    let needed = run(&["route", "ip", "delete", "10.1.0.0/16", "--vnet", "lab"]);
+    assert_eq!(needed.status.code(), Some(1));
+    assert!(
+        stderr(&needed)
+            .contains("route 10.1.0.0/16 is needed by VPC service(s) \"web\" (10.1.2.3)"),
+        "{}",
+        stderr(&needed)
+    );
 }

@@ -156,6 +156,19 @@ pub enum DirectoryError {
         /// Its tunnel.
         tunnel_id: Uuid,
     },
+    /// Deleting or changing the route would leave VPC services of its virtual network with an
+    /// address no route of their tunnel covers.
+    #[error(
+        "route {network} is needed by VPC service(s) {} in its virtual network; add another \
+         route of the same tunnel covering them, or update the services first",
+        services.join(", ")
+    )]
+    RouteInUse {
+        /// The route's network.
+        network: String,
+        /// `"name" (addresses)` of each service that needs it.
+        services: Vec<String>,
+    },
     /// A tunnel of another account was named.
     #[error(
         "{field}: tunnel {tunnel_id} belongs to another account; use a tunnel of this account \

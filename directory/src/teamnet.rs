@@ -437,6 +437,7 @@ impl Directory {
                     spec.comment
                 ],
             )?;
+            still_routed(tx, account, &existing)?;
             find_route(tx, account, id)?.ok_or_else(|| vanished("route", id))
         })
     }
@@ -451,6 +452,7 @@ impl Directory {
                 "DELETE FROM network_routes WHERE route_id = ?1",
                 params![id.to_string()],
             )?;
+            still_routed(tx, account, &route)?;
             Ok(route)
         })?;
         tracing::debug!(route_id = %id, network = %route.network, "network route deleted");
@@ -583,6 +585,49 @@ fn check_route(
         tunnel,
         vnet: vnet.id,
         comment,
+    })
+}
+
+/// After `route` was deleted or changed (inside the write): refuses when a VPC service of
+/// the account names the route's virtual network and has an address no remaining route of
+/// its tunnel there covers (the transaction then rolls back).
+fn still_routed(tx: &Tx<'_>, account: &str, route: &TeamnetRoute) -> Result<(), DirectoryError> {
+    let services: Vec<(String, Option<String>, Option<String>)> = tx.query_map(
+        "SELECT name, ipv4, ipv6 FROM services
+         WHERE account_id = ?1 AND virtual_network_id = ?2 AND tunnel_id = ?3
+           AND hostname IS NULL
+         ORDER BY created_at",
+        params![
+            account,
+            route.virtual_network_id.to_string(),
+            route.tunnel_id.to_string()
+        ],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    if services.is_empty() {
+        return Ok(());
+    }
+    let routes = tunnel_routes_in(tx, account, route.virtual_network_id, route.tunnel_id)?;
+    let stranded: Vec<String> = services
+        .into_iter()
+        .filter_map(|(name, ipv4, ipv6)| {
+            let lost: Vec<String> = ipv4
+                .into_iter()
+                .chain(ipv6)
+                .filter(|ip| {
+                    ip.parse::<IpAddr>()
+                        .is_ok_and(|ip| !routes.iter().any(|net| net.contains(&ip)))
+                })
+                .collect();
+            (!lost.is_empty()).then(|| format!("{name:?} ({})", lost.join(", ")))
+        })
+        .collect();
+    if stranded.is_empty() {
+        return Ok(());
+    }
+    Err(DirectoryError::RouteInUse {
+        network: route.network.to_string(),
+        services: stranded,
     })
 }
 
@@ -1187,7 +1232,26 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains(&format!("10.1.0.0/16 ({})", net.id)), "{text}");
 
+        // A service in the lab whose address only this route covers keeps it.
+        let mut db = crate::ServiceInput::http(
+            "db",
+            crate::HostInput::ips(Some("10.1.2.3".parse().unwrap()), None, office.id),
+        );
+        if let Some(network) = db.host.as_mut().and_then(|h| h.network.as_mut()) {
+            network.virtual_network_id = Some(lab.id.to_string());
+        }
+        let db = dir.create_service(&db).unwrap();
+        let err = dir.delete_network_route(net.id).unwrap_err().to_string();
+        assert!(err.contains("\"db\" (10.1.2.3)"), "{err}");
+        let err = dir
+            .update_network_route(net.id, &RouteInput { network: Some("10.2.0.0/16".into()), ..RouteInput::default() })
+            .unwrap_err();
+        assert!(matches!(err, DirectoryError::RouteInUse { .. }), "{err}");
+        // Another route of the tunnel that covers it frees this one.
+        let wider = dir.create_network_route(&route("10.0.0.0/8", office.id, Some(lab.id))).unwrap();
         dir.delete_network_route(net.id).unwrap();
+        dir.delete_service(db.service_id).unwrap();
+        dir.delete_network_route(wider.id).unwrap();
         dir.delete_script("proxy").unwrap();
         assert_eq!(dir.delete_virtual_network(lab.id).unwrap().id, lab.id);
         assert!(matches!(

@@ -2343,3 +2343,105 @@ async fn network_bindings_are_checked_at_deploy_with_the_role_they_need() {
                 && m.contains("belongs to another account"))
     );
 }
+
+#[tokio::test]
+async fn services_take_a_tcp_port_an_app_protocol_and_a_virtual_network() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    for protocol in ["postgresql", "mysql"] {
+        let db = api
+            .admin(
+                Method::POST,
+                &api.services(),
+                Some(json!({
+                    "name": protocol,
+                    "type": "tcp",
+                    "tcp_port": 5432,
+                    "app_protocol": protocol,
+                    "host": { "hostname": "db.internal", "resolver_network": { "tunnel_id": tunnel } },
+                })),
+            )
+            .await;
+        assert_eq!(db.status, 200, "{:#}", db.body);
+        assert_eq!(db.result()["app_protocol"], protocol);
+        assert_eq!(db.result()["tcp_port"], 5432);
+    }
+
+    // An http service may have a tcp_port (what connect() dials); it is shown only when set.
+    let web = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(json!({
+                "name": "web", "type": "http", "tcp_port": 2222,
+                "host": { "hostname": "web.internal", "resolver_network": { "tunnel_id": tunnel } },
+            })),
+        )
+        .await;
+    assert_eq!(
+        (
+            web.result()["tcp_port"].clone(),
+            web.result()["http_port"].clone()
+        ),
+        (json!(2222), json!(80))
+    );
+    let plain = api.service("plain", &tunnel).await;
+    let plain = api
+        .admin(Method::GET, &format!("{}/{plain}", api.services()), None)
+        .await;
+    assert!(plain.result().get("tcp_port").is_none(), "{:#}", plain.body);
+
+    // host.network.virtual_network_id: a virtual network of the account that routes the IP.
+    let lab = api
+        .admin(Method::POST, &api.vnets(), Some(json!({ "name": "lab" })))
+        .await
+        .result()["id"]
+        .clone();
+    let ip_service = json!({
+        "name": "db", "type": "tcp", "tcp_port": 3306, "app_protocol": "mysql",
+        "host": { "ipv4": "10.1.2.3", "network": { "tunnel_id": tunnel, "virtual_network_id": lab } },
+    });
+    let unrouted = api
+        .admin(Method::POST, &api.services(), Some(ip_service.clone()))
+        .await;
+    assert_eq!(unrouted.status, 400);
+    let (c, message) = unrouted.error();
+    assert_eq!(c, u64::from(code::VALIDATION));
+    assert!(
+        message.starts_with("host.network.virtual_network_id: tunnel")
+            && message.contains("covering 10.1.2.3"),
+        "{message}"
+    );
+    let route = api
+        .admin(
+            Method::POST,
+            &api.routes(),
+            Some(
+                json!({ "network": "10.1.0.0/16", "tunnel_id": tunnel, "virtual_network_id": lab }),
+            ),
+        )
+        .await;
+    assert_eq!(route.status, 200, "{:#}", route.body);
+    let routed = api
+        .admin(Method::POST, &api.services(), Some(ip_service))
+        .await;
+    assert_eq!(routed.status, 200, "{:#}", routed.body);
+    assert_eq!(
+        routed.result()["host"]["network"]["virtual_network_id"],
+        lab
+    );
+    let typed = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(json!({
+                "name": "x", "type": "http",
+                "host": { "hostname": "x.internal", "resolver_network": { "tunnel_id": tunnel, "virtual_network_id": 7 } },
+            })),
+        )
+        .await;
+    assert_eq!(
+        typed.error().1,
+        "host.resolver_network.virtual_network_id: expected a string, found a number"
+    );
+}

@@ -89,6 +89,8 @@ pub mod code {
     pub const BINDING_UNKNOWN_NETWORK: u32 = 1035;
     /// The token's role may not make the `vpc_network` binding.
     pub const BINDING_NETWORK_NOT_PERMITTED: u32 = 1036;
+    /// The route is the only one covering addresses of VPC services in its virtual network.
+    pub const ROUTE_IN_USE: u32 = 1037;
     /// The server refused the request by one of its own limits (open connections, header
     /// fields, header size) before reading it.
     pub const SERVER_LIMIT: u32 = 1100;
@@ -226,6 +228,7 @@ impl From<DirectoryError> for ApiError {
             E::VirtualNetworkInUse { .. } => (StatusCode::CONFLICT, code::VNET_IN_USE),
             E::RouteNotFound(_) => (StatusCode::NOT_FOUND, code::ROUTE_NOT_FOUND),
             E::RouteExists { .. } => (StatusCode::CONFLICT, code::ROUTE_EXISTS),
+            E::RouteInUse { .. } => (StatusCode::CONFLICT, code::ROUTE_IN_USE),
             E::ForeignTunnel { .. } => (StatusCode::FORBIDDEN, code::FOREIGN_TUNNEL),
             E::ServiceNotFound(_) => (StatusCode::NOT_FOUND, code::SERVICE_NOT_FOUND),
             E::ServiceLimit { .. } => (StatusCode::CONFLICT, code::SERVICE_LIMIT),
