@@ -163,16 +163,7 @@ impl Directory {
     ) -> Result<Option<VirtualNetwork>, DirectoryError> {
         match Uuid::parse_str(id_or_name) {
             Ok(id) => self.virtual_network(id),
-            Err(_) => self.read(|tx| {
-                tx.query_opt(
-                    &format!(
-                        "SELECT {VNET_COLUMNS} FROM virtual_networks
-                         WHERE account_id = ?1 AND name = ?2"
-                    ),
-                    [self.account_id(), id_or_name],
-                    vnet_from_row,
-                )
-            }),
+            Err(_) => self.read(|tx| vnet_by_name(tx, self.account_id(), id_or_name)),
         }
     }
 
