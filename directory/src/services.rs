@@ -45,8 +45,8 @@ impl Directory {
             tx.execute(
                 &format!(
                     "INSERT INTO services (account_id, {SERVICE_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                             ?18)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                             ?16, ?17, ?18)"
                 ),
                 params![
                     self.account_id(),
@@ -739,7 +739,10 @@ mod tests {
         let service = dir.create_service(&input).unwrap();
         assert_eq!(service.virtual_network_id(), Some(lab.id));
         let json = serde_json::to_value(&service).unwrap();
-        assert_eq!(json["host"]["network"]["virtual_network_id"], lab.id.to_string());
+        assert_eq!(
+            json["host"]["network"]["virtual_network_id"],
+            lab.id.to_string()
+        );
         assert_eq!(dir.service(service.service_id).unwrap().unwrap(), service);
         // A virtual network a service names is in use.
         let err = dir.delete_virtual_network(lab.id).unwrap_err().to_string();
@@ -747,14 +750,31 @@ mod tests {
 
         // Not a virtual network of this account.
         let other = dir.create_account("b").unwrap();
-        let theirs = dir.for_account(&other.id).unwrap().unwrap().default_virtual_network().unwrap();
-        let mut hostname = ServiceInput::http("api", HostInput::hostname("api.internal", office.id));
-        if let Some(rn) = hostname.host.as_mut().and_then(|h| h.resolver_network.as_mut()) {
+        let theirs = dir
+            .for_account(&other.id)
+            .unwrap()
+            .unwrap()
+            .default_virtual_network()
+            .unwrap();
+        let mut hostname =
+            ServiceInput::http("api", HostInput::hostname("api.internal", office.id));
+        if let Some(rn) = hostname
+            .host
+            .as_mut()
+            .and_then(|h| h.resolver_network.as_mut())
+        {
             rn.virtual_network_id = Some(theirs.id.to_string());
         }
         let err = dir.create_service(&hostname).unwrap_err().to_string();
-        assert!(err.contains("host.resolver_network.virtual_network_id: no virtual network"), "{err}");
-        if let Some(rn) = hostname.host.as_mut().and_then(|h| h.resolver_network.as_mut()) {
+        assert!(
+            err.contains("host.resolver_network.virtual_network_id: no virtual network"),
+            "{err}"
+        );
+        if let Some(rn) = hostname
+            .host
+            .as_mut()
+            .and_then(|h| h.resolver_network.as_mut())
+        {
             rn.virtual_network_id = Some("lab".into());
         }
         let err = dir.create_service(&hostname).unwrap_err().to_string();
@@ -768,10 +788,19 @@ mod tests {
         let dir = state.open();
         let (office, _) = dir.create_tunnel("office").unwrap();
         let plain = dir
-            .create_service(&ServiceInput::http("web", HostInput::hostname("web.internal", office.id)))
+            .create_service(&ServiceInput::http(
+                "web",
+                HostInput::hostname("web.internal", office.id),
+            ))
             .unwrap();
         assert_eq!(plain.tcp_port(), None);
-        assert!(serde_json::to_value(&plain).unwrap().get("tcp_port").is_none(), "shown only when set");
+        assert!(
+            serde_json::to_value(&plain)
+                .unwrap()
+                .get("tcp_port")
+                .is_none(),
+            "shown only when set"
+        );
 
         let mut input = ServiceInput::http("web", HostInput::hostname("web.internal", office.id));
         input.tcp_port = Some(2222);
@@ -781,7 +810,10 @@ mod tests {
         assert_eq!(dir.service(web.service_id).unwrap().unwrap(), web);
         input.app_protocol = Some("postgresql".into());
         let err = dir.create_service(&input).unwrap_err().to_string();
-        assert!(err.contains("app_protocol: only tcp services have an app_protocol"), "{err}");
+        assert!(
+            err.contains("app_protocol: only tcp services have an app_protocol"),
+            "{err}"
+        );
 
         let mut db = ServiceInput::http("db", HostInput::hostname("db.internal", office.id));
         db.service_type = Some("tcp".into());
@@ -790,7 +822,10 @@ mod tests {
         let db = dir.create_service(&db).unwrap();
         assert_eq!(db.tcp_port(), Some(5432));
         let json = serde_json::to_value(&db).unwrap();
-        assert_eq!((json["type"].clone(), json["app_protocol"].clone()), ("tcp".into(), "postgresql".into()));
+        assert_eq!(
+            (json["type"].clone(), json["app_protocol"].clone()),
+            ("tcp".into(), "postgresql".into())
+        );
     }
     }
 }

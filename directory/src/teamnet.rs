@@ -1030,7 +1030,10 @@ mod tests {
         let theirs = view.list_virtual_networks().unwrap();
         assert_eq!(theirs.len(), 1);
         assert_ne!(theirs[0].id, listed[0].id);
-        assert!(dir.virtual_network(theirs[0].id).unwrap().is_none(), "not ours");
+        assert!(
+            dir.virtual_network(theirs[0].id).unwrap().is_none(),
+            "not ours"
+        );
     }
     }
 
@@ -1063,8 +1066,17 @@ mod tests {
             .unwrap();
         assert!(back.is_default && back.name == "office");
         assert!(!dir.virtual_network(lab.id).unwrap().unwrap().is_default);
-        assert_eq!(dir.find_virtual_network("office").unwrap().unwrap().id, first.id);
-        assert_eq!(dir.find_virtual_network(&lab.id.to_string()).unwrap().unwrap().name, "lab");
+        assert_eq!(
+            dir.find_virtual_network("office").unwrap().unwrap().id,
+            first.id
+        );
+        assert_eq!(
+            dir.find_virtual_network(&lab.id.to_string())
+                .unwrap()
+                .unwrap()
+                .name,
+            "lab"
+        );
 
         let err = dir
             .update_virtual_network(
@@ -1087,8 +1099,13 @@ mod tests {
             dir.create_virtual_network(&vnet("default")),
             Err(DirectoryError::VirtualNetworkNameTaken(n)) if n == "default"
         ));
-        let err = dir.create_virtual_network(&VirtualNetworkInput::default()).unwrap_err();
-        assert_eq!(problems(err), ["name: required; give the virtual network a name"]);
+        let err = dir
+            .create_virtual_network(&VirtualNetworkInput::default())
+            .unwrap_err();
+        assert_eq!(
+            problems(err),
+            ["name: required; give the virtual network a name"]
+        );
         for bad in ["", " lab", "a\nb", "6f1c1c4e-8a0b-4b7e-9d5a-2f6f0e0c1a11"] {
             let err = dir.create_virtual_network(&vnet(bad)).unwrap_err();
             assert!(problems(err)[0].starts_with("name: "), "{bad:?}");
@@ -1108,7 +1125,9 @@ mod tests {
         let (office, _) = dir.create_tunnel("office").unwrap();
         let default = dir.default_virtual_network().unwrap();
 
-        let made = dir.create_network_route(&route("10.0.0.0/24", office.id, None)).unwrap();
+        let made = dir
+            .create_network_route(&route("10.0.0.0/24", office.id, None))
+            .unwrap();
         assert_eq!(made.virtual_network_id, default.id, "the default vnet");
         assert_eq!(made.tunnel_name, "office");
         let json = serde_json::to_value(&made).unwrap();
@@ -1116,13 +1135,19 @@ mod tests {
         assert!(json["deleted_at"].is_null());
 
         // Nested prefixes are fine; the same one again is not.
-        dir.create_network_route(&route("10.0.0.0/8", office.id, None)).unwrap();
+        dir.create_network_route(&route("10.0.0.0/8", office.id, None))
+            .unwrap();
         let err = dir
             .create_network_route(&route("10.0.0.0/24", office.id, None))
             .unwrap_err();
-        assert!(matches!(&err, DirectoryError::RouteExists { route_id, .. } if *route_id == made.id));
+        assert!(
+            matches!(&err, DirectoryError::RouteExists { route_id, .. } if *route_id == made.id)
+        );
         let text = err.to_string();
-        assert!(text.contains(&made.id.to_string()) && text.contains("\"office\""), "{text}");
+        assert!(
+            text.contains(&made.id.to_string()) && text.contains("\"office\""),
+            "{text}"
+        );
 
         let err = dir
             .create_network_route(&route("10.0.0.5/24", office.id, None))
@@ -1131,9 +1156,13 @@ mod tests {
             problems(err),
             ["network: \"10.0.0.5/24\" has host bits set; use the network address \"10.0.0.0/24\""]
         );
-        let err = dir.create_network_route(&route("10.0.0/24", office.id, None)).unwrap_err();
+        let err = dir
+            .create_network_route(&route("10.0.0/24", office.id, None))
+            .unwrap_err();
         assert!(problems(err)[0].starts_with("network: \"10.0.0/24\" is not a CIDR"));
-        let err = dir.create_network_route(&route("10.0.0.5", office.id, None)).unwrap_err();
+        let err = dir
+            .create_network_route(&route("10.0.0.5", office.id, None))
+            .unwrap_err();
         assert!(problems(err)[0].contains("\"10.0.0.5/32\""));
 
         let unknown = Uuid::new_v4();
@@ -1141,7 +1170,10 @@ mod tests {
             .create_network_route(&route("192.168.0.0/16", unknown, Some(unknown)))
             .unwrap_err();
         let found = problems(err);
-        assert!(found[0].starts_with(&format!("tunnel_id: no tunnel {unknown} in this account")), "{found:?}");
+        assert!(
+            found[0].starts_with(&format!("tunnel_id: no tunnel {unknown} in this account")),
+            "{found:?}"
+        );
         assert!(found[1].starts_with("virtual_network_id: "), "{found:?}");
 
         // Another account's tunnel and virtual network.
@@ -1151,7 +1183,16 @@ mod tests {
         let err = dir
             .create_network_route(&route("192.168.0.0/16", their_tunnel.id, None))
             .unwrap_err();
-        assert!(matches!(err, DirectoryError::ForeignTunnel { field: "tunnel_id", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DirectoryError::ForeignTunnel {
+                    field: "tunnel_id",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let their_vnet = theirs.default_virtual_network().unwrap();
         let err = dir
             .create_network_route(&route("192.168.0.0/16", office.id, Some(their_vnet.id)))
@@ -1164,26 +1205,44 @@ mod tests {
             .create_network_route(&route("10.0.0.0/24", office.id, Some(lab.id)))
             .unwrap();
         assert_eq!(
-            dir.list_network_routes(RouteFilter { virtual_network_id: Some(lab.id), tunnel_id: None })
-                .unwrap(),
+            dir.list_network_routes(RouteFilter {
+                virtual_network_id: Some(lab.id),
+                tunnel_id: None
+            })
+            .unwrap(),
             std::slice::from_ref(&in_lab)
         );
         assert_eq!(
-            dir.list_network_routes(RouteFilter { tunnel_id: Some(office.id), ..RouteFilter::default() })
-                .unwrap()
-                .len(),
+            dir.list_network_routes(RouteFilter {
+                tunnel_id: Some(office.id),
+                ..RouteFilter::default()
+            })
+            .unwrap()
+            .len(),
             3
         );
         // An update under the same rules.
         let moved = dir
             .update_network_route(
                 in_lab.id,
-                &RouteInput { comment: Some("lab net".into()), ..RouteInput::default() },
+                &RouteInput {
+                    comment: Some("lab net".into()),
+                    ..RouteInput::default()
+                },
             )
             .unwrap();
-        assert_eq!((moved.comment.as_str(), moved.network), ("lab net", in_lab.network));
+        assert_eq!(
+            (moved.comment.as_str(), moved.network),
+            ("lab net", in_lab.network)
+        );
         assert!(matches!(
-            dir.update_network_route(in_lab.id, &RouteInput { virtual_network_id: Some(default.id.to_string()), ..RouteInput::default() }),
+            dir.update_network_route(
+                in_lab.id,
+                &RouteInput {
+                    virtual_network_id: Some(default.id.to_string()),
+                    ..RouteInput::default()
+                }
+            ),
             Err(DirectoryError::RouteExists { .. })
         ));
     }
@@ -1196,10 +1255,16 @@ mod tests {
         let (office, _) = dir.create_tunnel("office").unwrap();
         let default = dir.default_virtual_network().unwrap();
         let err = dir.delete_virtual_network(default.id).unwrap_err();
-        assert!(err.to_string().contains("it is the account's default virtual network"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("it is the account's default virtual network"),
+            "{err}"
+        );
 
         let lab = dir.create_virtual_network(&vnet("lab")).unwrap();
-        let net = dir.create_network_route(&route("10.1.0.0/16", office.id, Some(lab.id))).unwrap();
+        let net = dir
+            .create_network_route(&route("10.1.0.0/16", office.id, Some(lab.id)))
+            .unwrap();
         let (token, _) = dir.create_token("ci", Role::Bind, None).unwrap();
         let upload = ScriptUpload {
             bindings: vec![BindingRequest {
@@ -1221,7 +1286,10 @@ mod tests {
 
         let err = dir.delete_tunnel(office.id).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains(&format!("10.1.0.0/16 ({})", net.id)), "{text}");
+        assert!(
+            text.contains(&format!("10.1.0.0/16 ({})", net.id)),
+            "{text}"
+        );
 
         // A service in the lab whose address only this route covers keeps it.
         let mut db = crate::ServiceInput::http(
@@ -1235,11 +1303,19 @@ mod tests {
         let err = dir.delete_network_route(net.id).unwrap_err().to_string();
         assert!(err.contains("\"db\" (10.1.2.3)"), "{err}");
         let err = dir
-            .update_network_route(net.id, &RouteInput { network: Some("10.2.0.0/16".into()), ..RouteInput::default() })
+            .update_network_route(
+                net.id,
+                &RouteInput {
+                    network: Some("10.2.0.0/16".into()),
+                    ..RouteInput::default()
+                },
+            )
             .unwrap_err();
         assert!(matches!(err, DirectoryError::RouteInUse { .. }), "{err}");
         // Another route of the tunnel that covers it frees this one.
-        let wider = dir.create_network_route(&route("10.0.0.0/8", office.id, Some(lab.id))).unwrap();
+        let wider = dir
+            .create_network_route(&route("10.0.0.0/8", office.id, Some(lab.id)))
+            .unwrap();
         dir.delete_network_route(net.id).unwrap();
         dir.delete_service(db.service_id).unwrap();
         dir.delete_network_route(wider.id).unwrap();
@@ -1258,7 +1334,8 @@ mod tests {
     fn the_snapshot_carries_every_network_and_owner(state) {
         let dir = state.open();
         let (office, _) = dir.create_tunnel("office").unwrap();
-        dir.create_network_route(&route("10.0.0.0/24", office.id, None)).unwrap();
+        dir.create_network_route(&route("10.0.0.0/24", office.id, None))
+            .unwrap();
         let default = dir.default_virtual_network().unwrap();
         let snapshot = dir.route_snapshot().unwrap();
         let networks = &snapshot.networks;
@@ -1267,7 +1344,11 @@ mod tests {
         assert_eq!(networks.tunnel_accounts[&office.id], dir.account_id());
         assert_eq!(
             networks.routes,
-            [NetworkRoute { vnet: default.id, network: "10.0.0.0/24".parse().unwrap(), tunnel: office.id }]
+            [NetworkRoute {
+                vnet: default.id,
+                network: "10.0.0.0/24".parse().unwrap(),
+                tunnel: office.id
+            }]
         );
     }
     }
