@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use uuid::Uuid;
 use wvpc_directory::{
-    ApiToken, BindingRequest, Directory, HostInput, ResolverNetworkInput, Role, Script,
-    ScriptUpload, ServiceInput, ServiceRef,
+    ApiToken, BindingRequest, BindingTarget, Directory, HostInput, ResolverNetworkInput, Role,
+    Script, ScriptUpload, ServiceInput, ServiceRef,
 };
 use wvpc_tests::TempDir;
 use wvpc_tests::dns::{DnsServer, DnsTable};
@@ -393,7 +393,7 @@ impl Platform {
             let upload = ScriptUpload {
                 bindings: vec![BindingRequest {
                     binding: "API".into(),
-                    service: ServiceRef::Id(service_id),
+                    target: BindingTarget::Service(ServiceRef::Id(service_id)),
                 }],
                 ..ScriptUpload::new("proxy.wasm", module)
             };
@@ -460,6 +460,7 @@ fn create_service(
         HostInput {
             hostname: Some(ORIGIN_NAME.into()),
             resolver_network: Some(ResolverNetworkInput {
+                virtual_network_id: None,
                 tunnel_id: Some(tunnel_id.to_string()),
                 resolver_ips: Some(vec![dns.to_string()]),
             }),

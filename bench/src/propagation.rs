@@ -73,6 +73,7 @@ pub async fn measure(store: Store, writes: usize) -> anyhow::Result<Propagation>
             HostInput {
                 hostname: Some("origin.internal".into()),
                 resolver_network: Some(ResolverNetworkInput {
+                    virtual_network_id: None,
                     tunnel_id: Some(tunnel.id.to_string()),
                     resolver_ips: Some(vec![RESOLVER.into()]),
                 }),

@@ -68,6 +68,12 @@ pub enum Command {
     /// Manage VPC services
     #[command(subcommand)]
     Service(commands::service::ServiceCommand),
+    /// Manage virtual networks (private networks that routes belong to)
+    #[command(subcommand)]
+    Vnet(commands::teamnet::VnetCommand),
+    /// Manage routes of private IP networks through tunnels
+    #[command(subcommand)]
+    Route(commands::teamnet::RouteCommand),
     /// Serve the directory REST API (Cloudflare v4 shape) on the state's database
     Directory(commands::directory::DirectoryArgs),
     /// Manage API tokens of the directory API
@@ -198,6 +204,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::BindingWorker(args) => commands::binding_worker::run(args, &state, out).await,
         Command::Tunnel(command) => commands::tunnel::run(command, &state, &cli.api, out).await,
         Command::Service(command) => commands::service::run(command, &state, &cli.api, out).await,
+        Command::Vnet(command) => commands::teamnet::run_vnet(command, &state, &cli.api, out).await,
+        Command::Route(command) => {
+            commands::teamnet::run_route(command, &state, &cli.api, out).await
+        }
         Command::Directory(args) => commands::directory::run(args, &state, out).await,
         Command::Token(command) => commands::token::run(command, &state, out),
         Command::Account(command) => {

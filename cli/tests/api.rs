@@ -899,3 +899,198 @@ async fn deploy_prints_where_the_script_is_served_and_versions_roll_back_and_del
         stderr(&no_api)
     );
 }
+
+#[tokio::test]
+async fn vnet_and_route_commands_talk_to_the_api_and_deploy_sends_network_bindings() {
+    let state = State::new();
+    let admin = state.token(Role::Admin, None);
+    let tunnel = Directory::open(state.path())
+        .unwrap()
+        .create_tunnel("office")
+        .unwrap()
+        .0
+        .id
+        .to_string();
+    let server = Server::start(&state);
+    // A separate, empty state: every answer must come from the API.
+    let client = State::new();
+    let api = server.addr();
+    let env = [
+        ("WVPC_API", api.as_str()),
+        ("WVPC_API_TOKEN", admin.as_str()),
+    ];
+    let run = |args: &[&str]| client.wvpc(args, &env);
+
+    let lab = run(&["vnet", "create", "lab", "--comment", "the lab", "--json"]);
+    assert!(lab.status.success(), "{}", stderr(&lab));
+    let lab: Value = serde_json::from_str(&stdout(&lab)).unwrap();
+    let lab_id = lab["id"].as_str().unwrap().to_owned();
+    let listed = stdout(&run(&["vnet", "list"]));
+    assert!(
+        listed.contains("default") && listed.contains("the lab"),
+        "{listed}"
+    );
+
+    let added = run(&[
+        "route",
+        "ip",
+        "add",
+        "10.1.0.0/16",
+        "office",
+        "--vnet",
+        "lab",
+    ]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    assert!(
+        stdout(&added).contains("in virtual network \"lab\""),
+        "{}",
+        stdout(&added)
+    );
+    let bad = run(&[
+        "route",
+        "ip",
+        "add",
+        "10.1.0.5/16",
+        &tunnel,
+        "--vnet",
+        &lab_id,
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("CIDR (network): \"10.1.0.5/16\" has host bits set; use the network address \"10.1.0.0/16\""),
+        "{}",
+        stderr(&bad)
+    );
+    let routes: Value = serde_json::from_str(&stdout(&run(&[
+        "route", "ip", "list", "--tunnel", "office", "--json",
+    ])))
+    .unwrap();
+    assert_eq!(routes[0]["virtual_network_id"], lab_id.as_str());
+
+    // wvpc deploy sends vpc_networks as vpc_network bindings; the directory checks them.
+    let project = State::new();
+    std::fs::create_dir_all(project.path()).unwrap();
+    std::fs::write(project.path().join("worker.wasm"), component(0)).unwrap();
+    let config = project.path().join("wrangler.jsonc");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{ "name": "net", "main": "worker.wasm", "vpc_networks": [
+                {{ "binding": "OFFICE", "tunnel_id": "{tunnel}" }},
+                {{ "binding": "LAB", "network_id": "cf1:vnet:{lab_id}" }} ] }}"#
+        ),
+    )
+    .unwrap();
+    let deployed = project.wvpc(&["deploy", "--config", config.to_str().unwrap()], &env);
+    assert!(deployed.status.success(), "{}", stderr(&deployed));
+    let printed = stdout(&deployed);
+    assert!(
+        printed.contains(&format!(
+            "   binding OFFICE -> network through tunnel {tunnel}"
+        )) && printed.contains(&format!("   binding LAB -> network cf1:vnet:{lab_id}")),
+        "{printed}"
+    );
+    // A bind token may not bind a tunnel.
+    let bind = state.token(Role::Bind, None);
+    let refused = project.wvpc(
+        &["deploy", "--config", config.to_str().unwrap()],
+        &[
+            ("WVPC_API", api.as_str()),
+            ("WVPC_API_TOKEN", bind.as_str()),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains(
+            "binding \"OFFICE\": a vpc_network binding by tunnel_id needs the admin role"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+
+    // Services over the API: tcp with wrangler's flags, http with a tcp_port, in the lab.
+    let db = run(&[
+        "service",
+        "create",
+        "db",
+        "--type",
+        "tcp",
+        "--tunnel-id",
+        &tunnel,
+        "--hostname",
+        "db.internal",
+        "--tcp-port",
+        "3306",
+        "--app-protocol",
+        "mysql",
+        "--json",
+    ]);
+    assert!(db.status.success(), "{}", stderr(&db));
+    let db: Value = serde_json::from_str(&stdout(&db)).unwrap();
+    assert_eq!(
+        (db["tcp_port"].clone(), db["app_protocol"].clone()),
+        (json!(3306), json!("mysql"))
+    );
+    let web = run(&[
+        "service",
+        "create",
+        "web",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &tunnel,
+        "--ipv4",
+        "10.1.2.3",
+        "--tcp-port",
+        "2222",
+        "--virtual-network-id",
+        &lab_id,
+    ]);
+    assert!(web.status.success(), "{}", stderr(&web));
+    assert!(
+        stdout(&web).contains("TCP port (connect()): 2222"),
+        "{}",
+        stdout(&web)
+    );
+    let outside = run(&[
+        "service",
+        "create",
+        "far",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &tunnel,
+        "--ipv4",
+        "192.0.2.1",
+        "--virtual-network-id",
+        &lab_id,
+    ]);
+    assert_eq!(outside.status.code(), Some(1));
+    assert!(
+        stderr(&outside).contains("--virtual-network-id (host.network.virtual_network_id): tunnel"),
+        "{}",
+        stderr(&outside)
+    );
+
+    // The bound lab cannot be deleted; the API names the script.
+    let in_use = run(&["vnet", "delete", "lab"]);
+    assert_eq!(in_use.status.code(), Some(1));
+    assert!(
+        stderr(&in_use).contains("script(s) \"net\""),
+        "{}",
+        stderr(&in_use)
+    );
+    assert!(
+        stderr(&in_use).contains("VPC service(s) \"web\""),
+        "{}",
+        stderr(&in_use)
+    );
+    let needed = run(&["route", "ip", "delete", "10.1.0.0/16", "--vnet", "lab"]);
+    assert_eq!(needed.status.code(), Some(1));
+    assert!(
+        stderr(&needed)
+            .contains("route 10.1.0.0/16 is needed by VPC service(s) \"web\" (10.1.2.3)"),
+        "{}",
+        stderr(&needed)
+    );
+}

@@ -1077,3 +1077,188 @@ fn commands_work_on_a_postgres_directory_and_say_when_it_is_unreachable() {
         bad.stderr()
     );
 }
+
+#[test]
+fn vnets_and_routes_are_managed_by_name_and_refused_with_the_argument_to_fix() {
+    let state = State::new();
+    let tunnel = state.tunnel("office");
+    let vnets = state.json(&["vnet", "list", "--json"]);
+    assert_eq!(vnets.as_array().unwrap().len(), 1);
+    assert_eq!(vnets[0]["name"], "default");
+    assert_eq!(vnets[0]["is_default"], true);
+
+    let lab = state.json(&["vnet", "add", "lab", "--comment", "the lab", "--json"]);
+    assert_eq!(
+        (lab["name"].as_str(), lab["is_default"].as_bool()),
+        (Some("lab"), Some(false))
+    );
+    let lab_id = lab["id"].as_str().unwrap();
+
+    let route = state.json(&[
+        "route",
+        "ip",
+        "add",
+        "10.1.0.0/16",
+        "office",
+        "--vnet",
+        "lab",
+        "--json",
+    ]);
+    assert_eq!(route["network"], "10.1.0.0/16");
+    assert_eq!(route["tunnel_id"], tunnel.as_str());
+    assert_eq!(route["virtual_network_id"], lab_id);
+    let added = state.ok(&["route", "ip", "add", "10.0.0.0/24", &tunnel]);
+    assert!(
+        added.starts_with("✅ Added route 10.0.0.0/24 through tunnel \"office\"")
+            && added.contains("in virtual network \"default\""),
+        "{added}"
+    );
+
+    let run = state.wvpc(&["route", "ip", "add", "10.0.0.5/24", "office"]);
+    assert_eq!(run.code(), 1);
+    assert_eq!(
+        run.stderr().trim_end(),
+        "error: invalid route (1 problem):\n  CIDR (network): \"10.0.0.5/24\" has host bits set; \
+         use the network address \"10.0.0.0/24\""
+    );
+    let run = state.wvpc(&["route", "ip", "add", "10.0.0.0/24", "office"]);
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr()
+            .contains("already routed in virtual network \"default\""),
+        "{}",
+        run.stderr()
+    );
+    let run = state.wvpc(&["route", "ip", "add", "10.9.0.0/16", "nope"]);
+    assert!(
+        run.stderr().contains("no tunnel \"nope\""),
+        "{}",
+        run.stderr()
+    );
+    let run = state.wvpc(&[
+        "route",
+        "ip",
+        "add",
+        "10.9.0.0/16",
+        "office",
+        "--vnet",
+        "nope",
+    ]);
+    assert!(
+        run.stderr().contains("no virtual network \"nope\""),
+        "{}",
+        run.stderr()
+    );
+
+    let listed = state.ok(&["route", "ip", "show", "--vnet", "lab"]);
+    assert!(
+        listed.contains("10.1.0.0/16") && !listed.contains("10.0.0.0/24"),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().next().unwrap().contains("VIRTUAL NET"),
+        "{listed}"
+    );
+    let by_tunnel = state.json(&["route", "ip", "list", "--tunnel", "office", "--json"]);
+    assert_eq!(by_tunnel.as_array().unwrap().len(), 2);
+
+    // What uses a virtual network or tunnel is named.
+    let run = state.wvpc(&["vnet", "delete", "lab"]);
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr().contains("route(s) 10.1.0.0/16"),
+        "{}",
+        run.stderr()
+    );
+    let run = state.wvpc(&["tunnel", "delete", "office"]);
+    assert!(run.stderr().contains("10.0.0.0/24"), "{}", run.stderr());
+    let run = state.wvpc(&["vnet", "delete", "default"]);
+    assert!(
+        run.stderr().contains("make another one the default first"),
+        "{}",
+        run.stderr()
+    );
+
+    // Delete by CIDR (in --vnet) and by id; then the lab can become the default.
+    state.ok(&["route", "ip", "delete", "10.1.0.0/16", "--vnet", "lab"]);
+    let run = state.wvpc(&["route", "ip", "delete", route["id"].as_str().unwrap()]);
+    assert!(
+        run.stderr().contains("no route"),
+        "deleted already: {}",
+        run.stderr()
+    );
+    let default_route = state.json(&["route", "ip", "list", "--json"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    state.ok(&["route", "ip", "delete", &default_route]);
+    let updated = state.json(&[
+        "vnet",
+        "update",
+        "lab",
+        "--default",
+        "--name",
+        "lab2",
+        "--json",
+    ]);
+    assert_eq!(
+        (updated["name"].as_str(), updated["is_default"].as_bool()),
+        (Some("lab2"), Some(true))
+    );
+    assert!(
+        state
+            .ok(&["vnet", "delete", "default"])
+            .contains("Deleted virtual network \"default\"")
+    );
+}
+
+#[test]
+fn an_http_service_takes_a_tcp_port_and_a_virtual_network() {
+    let state = State::new();
+    let tunnel = state.tunnel("office");
+    let lab = state.json(&["vnet", "create", "lab", "--json"]);
+    let lab_id = lab["id"].as_str().unwrap();
+    let args = [
+        "service",
+        "create",
+        "web",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &tunnel,
+        "--ipv4",
+        "10.1.2.3",
+        "--tcp-port",
+        "2222",
+        "--virtual-network-id",
+        lab_id,
+    ];
+    let run = state.wvpc(&args);
+    assert_eq!(run.code(), 1);
+    let err = run.stderr();
+    assert!(
+        err.contains("--virtual-network-id (host.network.virtual_network_id): tunnel")
+            && err.contains("covering 10.1.2.3"),
+        "{err}"
+    );
+    state.ok(&[
+        "route",
+        "ip",
+        "add",
+        "10.1.0.0/16",
+        "office",
+        "--vnet",
+        "lab",
+    ]);
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let web = state.json(&json_args);
+    assert_eq!(web["tcp_port"], 2222);
+    assert_eq!(web["http_port"], 80);
+    assert_eq!(web["host"]["network"]["virtual_network_id"], lab_id);
+    let shown = state.ok(&["service", "get", web["service_id"].as_str().unwrap()]);
+    assert!(
+        shown.contains("TCP port (connect()): 2222") && shown.contains(lab_id),
+        "{shown}"
+    );
+}

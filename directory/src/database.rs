@@ -307,6 +307,7 @@ impl Directory {
                      VALUES (?1, 'local', ?2, ?3)",
                     params![id, now_rfc3339(), subdomain],
                 )?;
+                crate::teamnet::create_default_network(tx, &id)?;
             }
             Ok(id)
         })?;
@@ -654,8 +655,43 @@ pub(crate) mod tests {
             let version: i64 = c
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap();
-            assert_eq!(version, 9);
+            assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
         });
+        dir.check_integrity().unwrap();
+    }
+
+    #[test]
+    fn a_database_from_before_virtual_networks_gives_each_account_its_default() {
+        let state = TempState::new();
+        std::fs::create_dir_all(&state.dir).unwrap();
+        {
+            let mut conn = Connection::open(state.dir.join(DB_FILE_NAME)).unwrap();
+            migrate_to(&mut conn, 9).unwrap();
+            conn.execute_batch(
+                BEFORE_THE_REGISTRY
+                    .split("INSERT INTO tunnel_connections")
+                    .next()
+                    .unwrap(),
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO accounts (account_id, name, created_at, subdomain) VALUES
+                   ('bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', 'b', '2025-01-01T00:00:00.000000Z', 'b');",
+            )
+            .unwrap();
+        }
+        let dir = Directory::open(&state.dir).unwrap();
+        for account in [OLD_ACCOUNT, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"] {
+            let networks = dir
+                .for_account(account)
+                .unwrap()
+                .unwrap()
+                .list_virtual_networks()
+                .unwrap();
+            assert_eq!(networks.len(), 1, "{account}");
+            assert_eq!(networks[0].name, "default");
+            assert!(networks[0].is_default_network);
+        }
         dir.check_integrity().unwrap();
     }
 

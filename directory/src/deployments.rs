@@ -168,7 +168,7 @@ mod tests {
         let mut upload = ScriptUpload::new("worker.wasm", fixtures::handler());
         upload.bindings = vec![BindingRequest {
             binding: "API".into(),
-            service: ServiceRef::Name("api".into()),
+            target: crate::BindingTarget::Service(ServiceRef::Name("api".into())),
         }];
         upload.routes = vec![
             ScriptRoute {
@@ -212,11 +212,7 @@ mod tests {
                 version_number: 1,
                 etag: first.etag.clone(),
                 main_module: "worker.wasm".into(),
-                bindings: vec![ScriptBinding {
-                    binding_type: "vpc_service".into(),
-                    name: "API".into(),
-                    service_id: service.service_id,
-                }],
+                bindings: vec![ScriptBinding::service("API", service.service_id)],
                 limits: upload.limits.clone(),
                 routes: vec!["api.example.com/*".into(), "shop.example.com/*".into()],
                 workers_dev: true,

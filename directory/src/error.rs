@@ -96,13 +96,8 @@ pub enum DirectoryError {
         /// What is wrong and what to do.
         reason: &'static str,
     },
-    /// The tunnel cannot be deleted while services route through it.
-    #[error(
-        "tunnel {name:?} ({id}) is used by {} VPC service(s): {}; delete them or point them at \
-         another tunnel first",
-        services.len(),
-        services.iter().map(|(id, name)| format!("{name:?} ({id})")).collect::<Vec<_>>().join(", ")
-    )]
+    /// The tunnel cannot be deleted while services or network routes use it.
+    #[error("tunnel {name:?} ({id}) is used by {}", tunnel_users(services, routes))]
     TunnelInUse {
         /// The tunnel's id.
         id: Uuid,
@@ -110,6 +105,80 @@ pub enum DirectoryError {
         name: String,
         /// `(service_id, name)` of every service that references it.
         services: Vec<(Uuid, String)>,
+        /// `(route_id, network)` of every network route through it.
+        routes: Vec<(Uuid, String)>,
+    },
+    /// A virtual network or route input broke one or more rules (each with its field).
+    #[error(
+        "invalid {what}: {}",
+        problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    InvalidNetworkInput {
+        /// `virtual network` or `route`.
+        what: &'static str,
+        /// Every problem found.
+        problems: Vec<crate::validation::Problem>,
+    },
+    /// No such virtual network in the account.
+    #[error("no virtual network {0:?} in this account (`wvpc vnet list` shows them)")]
+    VirtualNetworkNotFound(String),
+    /// A virtual network name is already used in the account.
+    #[error("a virtual network named {0:?} already exists in this account; pick another name")]
+    VirtualNetworkNameTaken(String),
+    /// The virtual network cannot be deleted while something uses it.
+    #[error("virtual network {name:?} ({id}) cannot be deleted: {}", users.join("; "))]
+    VirtualNetworkInUse {
+        /// Its id.
+        id: Uuid,
+        /// Its name.
+        name: String,
+        /// What uses it, each with what to do.
+        users: Vec<String>,
+    },
+    /// No such network route in the account.
+    #[error("no route {0:?} in this account (`wvpc route ip list` shows them)")]
+    RouteNotFound(String),
+    /// The network is already routed in that virtual network.
+    #[error(
+        "network: {network} is already routed in virtual network {vnet_name:?} by route \
+         {route_id} through tunnel {tunnel_name:?} ({tunnel_id}); delete that route first, or \
+         route a longer or shorter prefix (nested prefixes are allowed: the longest match wins)"
+    )]
+    RouteExists {
+        /// The network.
+        network: String,
+        /// The virtual network's name.
+        vnet_name: String,
+        /// The existing route.
+        route_id: Uuid,
+        /// Its tunnel's name.
+        tunnel_name: String,
+        /// Its tunnel.
+        tunnel_id: Uuid,
+    },
+    /// Deleting or changing the route would leave VPC services of its virtual network with an
+    /// address no route of their tunnel covers.
+    #[error(
+        "route {network} is needed by VPC service(s) {} in its virtual network; add another \
+         route of the same tunnel covering them, or update the services first",
+        services.join(", ")
+    )]
+    RouteInUse {
+        /// The route's network.
+        network: String,
+        /// `"name" (addresses)` of each service that needs it.
+        services: Vec<String>,
+    },
+    /// A tunnel of another account was named.
+    #[error(
+        "{field}: tunnel {tunnel_id} belongs to another account; use a tunnel of this account \
+         (`wvpc tunnel list`)"
+    )]
+    ForeignTunnel {
+        /// The field that named it.
+        field: &'static str,
+        /// The tunnel.
+        tunnel_id: Uuid,
     },
     /// One or more bindings of a script upload were refused (each says why).
     #[error(
@@ -160,6 +229,33 @@ pub enum DirectoryError {
         /// The version asked for.
         version: Uuid,
     },
+}
+
+fn tunnel_users(services: &[(Uuid, String)], routes: &[(Uuid, String)]) -> String {
+    let mut users = Vec::new();
+    if !services.is_empty() {
+        users.push(format!(
+            "{} VPC service(s): {}; delete them or point them at another tunnel first",
+            services.len(),
+            services
+                .iter()
+                .map(|(id, name)| format!("{name:?} ({id})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !routes.is_empty() {
+        users.push(format!(
+            "{} network route(s): {}; delete them first (`wvpc route ip delete CIDR`)",
+            routes.len(),
+            routes
+                .iter()
+                .map(|(id, network)| format!("{network} ({id})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    users.join("; ")
 }
 
 impl From<rusqlite::Error> for DirectoryError {

@@ -20,6 +20,8 @@
 //!   [`Service::https_port`], [`Service::tcp_port`] and [`Service::cert_verification_mode`];
 //!   [`Directory::revision`] tells caches when anything changed, and
 //!   [`Directory::route_snapshot`] reads every service in one consistent transaction.
+//! - Virtual networks and the IP routes inside them (private networks reached by
+//!   `vpc_networks` bindings) live in [`teamnet`].
 //! - Accounts and bearer API tokens with roles live in [`tokens`], account subdomains in
 //!   [`subdomain`]; deployed scripts, their versions and the deploy-time check of their
 //!   bindings in [`scripts`], of their module in [`component`], of their routes in [`routes`].
@@ -76,6 +78,7 @@ mod snapshot;
 pub mod store;
 pub mod subdomain;
 pub mod tail;
+pub mod teamnet;
 pub mod tokens;
 pub mod tunnel;
 pub mod validation;
@@ -89,8 +92,8 @@ pub use error::DirectoryError;
 pub use routes::{RouteConflict, ScriptRoute};
 pub use runtimes::{RUNTIME_TTL, RuntimeNode};
 pub use scripts::{
-    BindingRefusal, BindingRequest, DeletedScript, MAX_VERSIONS_PER_SCRIPT, Script, ScriptBinding,
-    ScriptUpload, ScriptVersion, ServiceRef,
+    BindingRefusal, BindingRequest, BindingTarget, DeletedScript, MAX_VERSIONS_PER_SCRIPT, Script,
+    ScriptBinding, ScriptUpload, ScriptVersion, ServiceRef,
 };
 pub use service::{
     AppProtocol, CertVerificationMode, DEFAULT_DNS_PORT, DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT,
@@ -105,6 +108,7 @@ pub use snapshot::{RouteSnapshot, TunnelKey};
 pub use store::changes::{Changes, SAFETY_POLL, SQLITE_POLL};
 pub use store::location::{DirectoryLocation, LocationError, PgLocation, SslMode};
 pub use store::postgres::{PgStore, STORE_WAIT};
+pub use teamnet::{RouteFilter, RouteInput, TeamnetRoute, VirtualNetwork, VirtualNetworkInput};
 pub use tokens::{Account, ApiToken, Role};
 pub use tunnel::{Tunnel, TunnelAuthError};
 pub use validation::{Problem, ServiceSpec, ValidationError};

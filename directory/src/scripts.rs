@@ -20,6 +20,7 @@ use crate::database::{Directory, now_rfc3339};
 use crate::error::DirectoryError;
 use crate::routes::{RouteConflict, ScriptRoute};
 use crate::tokens::{ApiToken, Role};
+use wvpc_schemas::NetworkTarget;
 
 /// Longest script name accepted.
 pub const MAX_SCRIPT_NAME_LEN: usize = 63;
@@ -33,25 +34,83 @@ pub enum ServiceRef {
     Name(String),
 }
 
+/// What a requested binding reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindingTarget {
+    /// `vpc_service`: one VPC service.
+    Service(ServiceRef),
+    /// `vpc_network`: a tunnel (`tunnel_id`) or a virtual network (`network_id`).
+    Network(NetworkTarget),
+}
+
 /// One requested binding of an upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindingRequest {
     /// Name the script uses (`env.API`).
     pub binding: String,
-    /// The service it should reach.
-    pub service: ServiceRef,
+    /// What it should reach.
+    pub target: BindingTarget,
 }
 
-/// A stored, verified binding (`{type:"vpc_service", name, service_id}` in the API).
+/// `type` of a stored binding to a VPC service.
+pub const VPC_SERVICE: &str = "vpc_service";
+/// `type` of a stored binding to a network.
+pub const VPC_NETWORK: &str = "vpc_network";
+
+/// A stored, verified binding: `{type:"vpc_service", name, service_id}` or
+/// `{type:"vpc_network", name, tunnel_id | network_id}` in the API; only the set fields are
+/// serialized, and rows stored before network bindings (always `service_id`) read the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptBinding {
-    /// Always `vpc_service`.
+    /// [`VPC_SERVICE`] or [`VPC_NETWORK`].
     #[serde(rename = "type")]
     pub binding_type: String,
     /// Name the script uses.
     pub name: String,
-    /// The bound service.
-    pub service_id: Uuid,
+    /// The bound service (`vpc_service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<Uuid>,
+    /// The bound tunnel (`vpc_network` by `tunnel_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_id: Option<Uuid>,
+    /// The bound network (`vpc_network` by `network_id`: `cf1:network` or
+    /// `cf1:vnet:<uuid>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<String>,
+}
+
+impl ScriptBinding {
+    /// A binding to a VPC service.
+    pub fn service(name: impl Into<String>, service_id: Uuid) -> Self {
+        Self {
+            binding_type: VPC_SERVICE.into(),
+            name: name.into(),
+            service_id: Some(service_id),
+            tunnel_id: None,
+            network_id: None,
+        }
+    }
+
+    /// A binding to a network (by `tunnel_id` for [`NetworkTarget::Tunnel`], else by
+    /// `network_id`).
+    pub fn network(name: impl Into<String>, target: NetworkTarget) -> Self {
+        Self {
+            binding_type: VPC_NETWORK.into(),
+            name: name.into(),
+            service_id: None,
+            tunnel_id: target.tunnel_id(),
+            network_id: target.network_id(),
+        }
+    }
+
+    /// What a `vpc_network` binding reaches; `None` for a service binding (or a stored
+    /// `network_id` that no longer parses).
+    pub fn network_target(&self) -> Option<NetworkTarget> {
+        if let Some(tunnel) = self.tunnel_id {
+            return Some(NetworkTarget::Tunnel(tunnel));
+        }
+        NetworkTarget::parse_network_id(self.network_id.as_deref()?).ok()
+    }
 }
 
 /// A deployed script as its active version (without the module bytes).
@@ -138,6 +197,42 @@ pub enum BindingRefusal {
         /// The binding name.
         binding: String,
     },
+    /// A `vpc_network` binding names a tunnel that does not exist.
+    UnknownTunnel {
+        /// The binding.
+        binding: String,
+        /// The tunnel it names.
+        tunnel_id: Uuid,
+    },
+    /// A `vpc_network` binding names another account's tunnel or virtual network.
+    ForeignNetwork {
+        /// The binding.
+        binding: String,
+        /// What it names: `tunnel <id>` or `virtual network <id>`.
+        what: String,
+        /// The deploying account.
+        account_id: String,
+    },
+    /// A `vpc_network` binding names a virtual network that does not exist.
+    UnknownNetwork {
+        /// The binding.
+        binding: String,
+        /// The `network_id` it gives.
+        network_id: String,
+    },
+    /// The token's role may not bind the network.
+    NetworkNotPermitted {
+        /// The binding.
+        binding: String,
+        /// `tunnel_id` or `network_id`.
+        field: &'static str,
+        /// The token's name.
+        token_name: String,
+        /// The token's role.
+        role: Role,
+        /// The role the binding needs.
+        needed: Role,
+    },
 }
 
 impl BindingRefusal {
@@ -145,7 +240,10 @@ impl BindingRefusal {
     pub fn is_permission(&self) -> bool {
         matches!(
             self,
-            BindingRefusal::ForeignService { .. } | BindingRefusal::NotPermitted { .. }
+            BindingRefusal::ForeignService { .. }
+                | BindingRefusal::NotPermitted { .. }
+                | BindingRefusal::ForeignNetwork { .. }
+                | BindingRefusal::NetworkNotPermitted { .. }
         )
     }
 }
@@ -216,6 +314,41 @@ impl fmt::Display for BindingRefusal {
             BindingRefusal::DuplicateBinding { binding } => {
                 write!(f, "binding {binding:?} is declared more than once")
             }
+            BindingRefusal::UnknownTunnel { binding, tunnel_id } => write!(
+                f,
+                "binding {binding:?}: tunnel_id: tunnel {tunnel_id} does not exist; create it \
+                 first or fix the tunnel_id (`wvpc tunnel list` shows the account's tunnels)"
+            ),
+            BindingRefusal::ForeignNetwork {
+                binding,
+                what,
+                account_id,
+            } => write!(
+                f,
+                "binding {binding:?}: {what} belongs to another account, not to account \
+                 {account_id}; a script can bind only networks of its own account"
+            ),
+            BindingRefusal::UnknownNetwork {
+                binding,
+                network_id,
+            } => write!(
+                f,
+                "binding {binding:?}: network_id: {network_id:?} names no virtual network of \
+                 this account; use \"cf1:network\" for the default one or an id that `wvpc vnet \
+                 list` prints"
+            ),
+            BindingRefusal::NetworkNotPermitted {
+                binding,
+                field,
+                token_name,
+                role,
+                needed,
+            } => write!(
+                f,
+                "binding {binding:?}: a vpc_network binding by {field} needs the {needed} role; \
+                 the API token {token_name:?} has the {role} role (deploy with a token created \
+                 by `wvpc token create --role {needed}`)"
+            ),
         }
     }
 }
@@ -844,7 +977,17 @@ fn verify_bindings(
             continue;
         }
         let binding = request.binding.clone();
-        let (service_id, service_name) = match &request.service {
+        let service = match &request.target {
+            BindingTarget::Service(service) => service,
+            BindingTarget::Network(target) => {
+                match verify_network(tx, account, token, &binding, *target)? {
+                    Ok(verified_binding) => verified.push(verified_binding),
+                    Err(refusal) => refusals.push(refusal),
+                }
+                continue;
+            }
+        };
+        let (service_id, service_name) = match service {
             ServiceRef::Id(id) => {
                 let owner: Option<(String, String)> = tx.query_opt(
                     "SELECT account_id, name FROM services WHERE service_id = ?1",
@@ -908,17 +1051,83 @@ fn verify_bindings(
             });
             continue;
         }
-        verified.push(ScriptBinding {
-            binding_type: "vpc_service".into(),
-            name: binding,
-            service_id,
-        });
+        verified.push(ScriptBinding::service(binding, service_id));
     }
     if refusals.is_empty() {
         Ok(verified)
     } else {
         Err(DirectoryError::BindingsRefused(refusals))
     }
+}
+
+/// Checks one `vpc_network` binding: a `tunnel_id` binding needs the admin role and a tunnel
+/// of the account; a `network_id` binding the bind role and (for `cf1:vnet:<id>`) a virtual
+/// network of the account. `Ok(Err(_))` is a refusal.
+fn verify_network(
+    tx: &Tx<'_>,
+    account: &str,
+    token: &ApiToken,
+    binding: &str,
+    target: NetworkTarget,
+) -> Result<Result<ScriptBinding, BindingRefusal>, DirectoryError> {
+    let (field, needed) = match target {
+        NetworkTarget::Tunnel(_) => ("tunnel_id", Role::Admin),
+        _ => ("network_id", Role::Bind),
+    };
+    if token.role < needed {
+        return Ok(Err(BindingRefusal::NetworkNotPermitted {
+            binding: binding.to_owned(),
+            field,
+            token_name: token.name.clone(),
+            role: token.role,
+            needed,
+        }));
+    }
+    let foreign = |what: String| BindingRefusal::ForeignNetwork {
+        binding: binding.to_owned(),
+        what,
+        account_id: account.to_owned(),
+    };
+    match target {
+        NetworkTarget::Tunnel(id) => {
+            let owner: Option<String> = tx.query_opt(
+                "SELECT account_id FROM tunnels WHERE tunnel_id = ?1",
+                params![id.to_string()],
+                |row| row.get(0),
+            )?;
+            match owner {
+                None => {
+                    return Ok(Err(BindingRefusal::UnknownTunnel {
+                        binding: binding.to_owned(),
+                        tunnel_id: id,
+                    }));
+                }
+                Some(owner) if owner != account => return Ok(Err(foreign(format!("tunnel {id}")))),
+                Some(_) => {}
+            }
+        }
+        NetworkTarget::AllNetworks => {}
+        NetworkTarget::VirtualNetwork(id) => {
+            let owner: Option<String> = tx.query_opt(
+                "SELECT account_id FROM virtual_networks WHERE vnet_id = ?1",
+                params![id.to_string()],
+                |row| row.get(0),
+            )?;
+            match owner {
+                None => {
+                    return Ok(Err(BindingRefusal::UnknownNetwork {
+                        binding: binding.to_owned(),
+                        network_id: target.network_id().unwrap_or_default(),
+                    }));
+                }
+                Some(owner) if owner != account => {
+                    return Ok(Err(foreign(format!("virtual network {id}"))));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(Ok(ScriptBinding::network(binding, target)))
 }
 
 /// Whether `account` has a script called `name` (inside the caller's transaction).

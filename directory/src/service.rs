@@ -51,6 +51,9 @@ pub enum ServiceKind {
         http_port: Option<u16>,
         /// Port for `https://` URLs; `null` forbids the scheme.
         https_port: Option<u16>,
+        /// Port `connect()` dials on the service; absent (and not shown) when it has none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tcp_port: Option<u16>,
     },
     /// Raw TCP (databases through the Hyperdrive equivalent, `connect()`).
     Tcp {
@@ -110,6 +113,9 @@ pub enum Host {
 pub struct ResolverNetwork {
     /// Tunnel whose connectors resolve and reach the name.
     pub tunnel_id: Uuid,
+    /// The virtual network of the account the name is resolved and reached in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_network_id: Option<Uuid>,
     /// Resolvers inside the private network, as given: `ip`, `ip:port` or `[ipv6]:port`.
     /// Absent or empty: the connector's own (system) resolver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +127,10 @@ pub struct ResolverNetwork {
 pub struct Network {
     /// Tunnel whose connectors reach the addresses.
     pub tunnel_id: Uuid,
+    /// The virtual network of the account the addresses are in (the tunnel has a route
+    /// there covering each of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_network_id: Option<Uuid>,
 }
 
 /// `tls_settings`.
@@ -206,11 +216,22 @@ impl Service {
         }
     }
 
-    /// Port of a tcp service; `None` for http services.
+    /// The port `connect()` dials: a tcp service's port, or an http service's optional
+    /// `tcp_port`.
     pub fn tcp_port(&self) -> Option<u16> {
         match self.kind {
             ServiceKind::Tcp { tcp_port, .. } => Some(tcp_port),
-            ServiceKind::Http { .. } => None,
+            ServiceKind::Http { tcp_port, .. } => tcp_port,
+        }
+    }
+
+    /// The virtual network named in `host.network` / `host.resolver_network`, if any.
+    pub fn virtual_network_id(&self) -> Option<Uuid> {
+        match &self.host {
+            Host::Hostname {
+                resolver_network, ..
+            } => resolver_network.virtual_network_id,
+            Host::Ip { network, .. } => network.virtual_network_id,
         }
     }
 
@@ -401,6 +422,7 @@ mod tests {
             Host::Hostname {
                 hostname: "api.internal".into(),
                 resolver_network: ResolverNetwork {
+                    virtual_network_id: None,
                     tunnel_id: tunnel,
                     resolver_ips: Some(vec!["10.0.0.53".into()]),
                 },
@@ -408,6 +430,7 @@ mod tests {
             ServiceKind::Http {
                 http_port: Some(80),
                 https_port: None,
+                tcp_port: None,
             },
         );
         let v = serde_json::to_value(&s).unwrap();
@@ -431,7 +454,10 @@ mod tests {
             Host::Ip {
                 ipv4: Some(Ipv4Addr::new(10, 0, 0, 5)),
                 ipv6: None,
-                network: Network { tunnel_id: tunnel },
+                network: Network {
+                    tunnel_id: tunnel,
+                    virtual_network_id: None,
+                },
             },
             ServiceKind::Tcp {
                 tcp_port: 5432,
@@ -455,6 +481,7 @@ mod tests {
             Host::Hostname {
                 hostname: "api.internal".into(),
                 resolver_network: ResolverNetwork {
+                    virtual_network_id: None,
                     tunnel_id: tunnel,
                     resolver_ips: Some(vec![
                         "10.0.0.53".into(),
@@ -467,6 +494,7 @@ mod tests {
             ServiceKind::Http {
                 http_port: None,
                 https_port: Some(8443),
+                tcp_port: None,
             },
         );
         assert_eq!(s.tunnel_id(), tunnel);

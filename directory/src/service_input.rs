@@ -72,6 +72,9 @@ pub struct NetworkInput {
     /// `tunnel_id` (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_id: Option<String>,
+    /// `virtual_network_id`: a virtual network of the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_network_id: Option<String>,
 }
 
 /// `host.resolver_network`.
@@ -81,6 +84,9 @@ pub struct ResolverNetworkInput {
     /// `tunnel_id` (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_id: Option<String>,
+    /// `virtual_network_id`: a virtual network of the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_network_id: Option<String>,
     /// `resolver_ips`: `ip`, `ip:port` or `[ipv6]:port` entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolver_ips: Option<Vec<String>>,
@@ -172,6 +178,7 @@ impl HostInput {
         Self {
             hostname: Some(hostname.into()),
             resolver_network: Some(ResolverNetworkInput {
+                virtual_network_id: None,
                 tunnel_id: Some(tunnel_id.to_string()),
                 resolver_ips: None,
             }),
@@ -185,6 +192,7 @@ impl HostInput {
             ipv4: ipv4.map(|ip| ip.to_string()),
             ipv6: ipv6.map(|ip| ip.to_string()),
             network: Some(NetworkInput {
+                virtual_network_id: None,
                 tunnel_id: Some(tunnel_id.to_string()),
             }),
             ..Self::default()
@@ -199,10 +207,11 @@ impl From<&Service> for ServiceInput {
             ServiceKind::Http {
                 http_port,
                 https_port,
+                tcp_port,
             } => (
                 http_port.map(i64::from),
                 https_port.map(i64::from),
-                None,
+                tcp_port.map(i64::from),
                 None,
             ),
             ServiceKind::Tcp {
@@ -222,6 +231,7 @@ impl From<&Service> for ServiceInput {
             } => HostInput {
                 hostname: Some(hostname.clone()),
                 resolver_network: Some(ResolverNetworkInput {
+                    virtual_network_id: resolver_network.virtual_network_id.map(|v| v.to_string()),
                     tunnel_id: Some(resolver_network.tunnel_id.to_string()),
                     resolver_ips: resolver_network.resolver_ips.clone(),
                 }),
@@ -235,6 +245,7 @@ impl From<&Service> for ServiceInput {
                 ipv4: ipv4.map(|ip| ip.to_string()),
                 ipv6: ipv6.map(|ip| ip.to_string()),
                 network: Some(NetworkInput {
+                    virtual_network_id: network.virtual_network_id.map(|v| v.to_string()),
                     tunnel_id: Some(network.tunnel_id.to_string()),
                 }),
                 ..HostInput::default()

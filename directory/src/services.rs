@@ -20,7 +20,7 @@ pub const SERVICE_LIMIT: usize = 1000;
 
 const SERVICE_COLUMNS: &str = "service_id, name, type, http_port, https_port, tcp_port, \
      app_protocol, hostname, resolver_ips, ipv4, ipv6, tunnel_id, cert_verification_mode, \
-     created_at, updated_at, ca_certificate";
+     created_at, updated_at, ca_certificate, virtual_network_id";
 
 impl Directory {
     /// Validates `input` (every rule, including that the tunnel exists in the account) and
@@ -45,7 +45,8 @@ impl Directory {
             tx.execute(
                 &format!(
                     "INSERT INTO services (account_id, {SERVICE_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                             ?16, ?17, ?18)"
                 ),
                 params![
                     self.account_id(),
@@ -64,7 +65,8 @@ impl Directory {
                     row.cert_verification_mode,
                     row.created_at,
                     row.updated_at,
-                    row.ca_certificate
+                    row.ca_certificate,
+                    row.virtual_network_id
                 ],
             )?;
             Ok(service)
@@ -114,7 +116,7 @@ impl Directory {
                 "UPDATE services SET name = ?2, type = ?3, http_port = ?4, https_port = ?5,
                    tcp_port = ?6, app_protocol = ?7, hostname = ?8, resolver_ips = ?9, ipv4 = ?10,
                    ipv6 = ?11, tunnel_id = ?12, cert_verification_mode = ?13, updated_at = ?14,
-                   ca_certificate = ?16
+                   ca_certificate = ?16, virtual_network_id = ?17
                  WHERE service_id = ?1 AND account_id = ?15",
                 params![
                     row.service_id,
@@ -132,7 +134,8 @@ impl Directory {
                     row.cert_verification_mode,
                     row.updated_at,
                     self.account_id(),
-                    row.ca_certificate
+                    row.ca_certificate,
+                    row.virtual_network_id
                 ],
             )?;
             Ok(service)
@@ -158,14 +161,82 @@ impl Directory {
     }
 }
 
-/// Full validation inside the write transaction, so the tunnel cannot vanish in between.
+/// Full validation inside the write transaction, so the tunnel (or virtual network, or
+/// route) cannot vanish in between.
 fn validate_in(
     tx: &Tx<'_>,
     account: &str,
     input: &ServiceInput,
 ) -> Result<ServiceSpec, DirectoryError> {
     let tunnels: HashSet<Uuid> = tunnel_ids(tx, account)?.into_iter().collect();
-    Ok(validate(input, &|id| tunnels.contains(&id))?)
+    let spec = validate(input, &|id| tunnels.contains(&id))?;
+    check_virtual_network(tx, account, &spec)?;
+    Ok(spec)
+}
+
+/// A `virtual_network_id` must be a virtual network of the account, and for an IP host the
+/// service's tunnel must have a route in it covering each address (else the service would
+/// name a network its traffic does not go through).
+fn check_virtual_network(
+    tx: &Tx<'_>,
+    account: &str,
+    spec: &ServiceSpec,
+) -> Result<(), DirectoryError> {
+    let (path, vnet) = match &spec.host {
+        Host::Hostname {
+            resolver_network, ..
+        } => (
+            "host.resolver_network.virtual_network_id",
+            resolver_network.virtual_network_id,
+        ),
+        Host::Ip { network, .. } => (
+            "host.network.virtual_network_id",
+            network.virtual_network_id,
+        ),
+    };
+    let Some(vnet) = vnet else { return Ok(()) };
+    let problem = |message: String| {
+        DirectoryError::Invalid(crate::validation::ValidationError {
+            problems: vec![crate::validation::Problem {
+                path: path.to_owned(),
+                message,
+            }],
+        })
+    };
+    let Some(found) = crate::teamnet::find_vnet(tx, account, vnet)? else {
+        return Err(problem(format!(
+            "no virtual network {vnet} in this account; use an id that `wvpc vnet list` prints"
+        )));
+    };
+    if let Host::Ip {
+        ipv4,
+        ipv6,
+        network,
+    } = &spec.host
+    {
+        let routes = crate::teamnet::tunnel_routes_in(tx, account, vnet, network.tunnel_id)?;
+        let uncovered: Vec<String> = ipv4
+            .map(std::net::IpAddr::from)
+            .into_iter()
+            .chain(ipv6.map(std::net::IpAddr::from))
+            .filter(|ip| !routes.iter().any(|net| net.contains(ip)))
+            .map(|ip| ip.to_string())
+            .collect();
+        if let Some(first) = uncovered.first() {
+            let prefix = if first.contains(':') { 128 } else { 32 };
+            return Err(problem(format!(
+                "tunnel {} has no route in virtual network {:?} covering {}; add one (`wvpc \
+                 route ip add {first}/{prefix} {} --vnet {}`) or name the virtual network that \
+                 routes it",
+                network.tunnel_id,
+                found.name,
+                uncovered.join(", "),
+                network.tunnel_id,
+                found.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn find_service(conn: &Tx<'_>, account: &str, id: Uuid) -> Result<Option<Service>, DirectoryError> {
@@ -222,6 +293,7 @@ struct ServiceRow {
     created_at: String,
     updated_at: String,
     ca_certificate: Option<String>,
+    virtual_network_id: Option<String>,
 }
 
 impl ServiceRow {
@@ -243,6 +315,7 @@ impl ServiceRow {
             created_at: row.get(13)?,
             updated_at: row.get(14)?,
             ca_certificate: row.get(15)?,
+            virtual_network_id: row.get(16)?,
         })
     }
 
@@ -251,7 +324,8 @@ impl ServiceRow {
             ServiceKind::Http {
                 http_port,
                 https_port,
-            } => (http_port, https_port, None, None),
+                tcp_port,
+            } => (http_port, https_port, tcp_port, None),
             ServiceKind::Tcp {
                 tcp_port,
                 app_protocol,
@@ -305,6 +379,7 @@ impl ServiceRow {
             created_at: s.created_at.clone(),
             updated_at: s.updated_at.clone(),
             ca_certificate: s.ca_certificate().map(str::to_owned),
+            virtual_network_id: s.virtual_network_id().map(|v| v.to_string()),
         })
     }
 
@@ -316,10 +391,16 @@ impl ServiceRow {
         };
         let service_id = parse_uuid("service id", &self.service_id)?;
         let tunnel_id = parse_uuid("tunnel id", &self.tunnel_id)?;
+        let virtual_network_id = self
+            .virtual_network_id
+            .as_deref()
+            .map(|v| parse_uuid("virtual network id", v))
+            .transpose()?;
         let kind = match ServiceType::parse(&self.service_type) {
             Some(ServiceType::Http) => ServiceKind::Http {
                 http_port: self.http_port,
                 https_port: self.https_port,
+                tcp_port: self.tcp_port,
             },
             Some(ServiceType::Tcp) => ServiceKind::Tcp {
                 tcp_port: self
@@ -338,6 +419,7 @@ impl ServiceRow {
             Some(hostname) => Host::Hostname {
                 hostname,
                 resolver_network: ResolverNetwork {
+                    virtual_network_id,
                     tunnel_id,
                     resolver_ips: self
                         .resolver_ips
@@ -357,7 +439,10 @@ impl ServiceRow {
                     .ipv6
                     .map(|ip| ip.parse().map_err(|_| corrupt(format!("ipv6 {ip:?}"))))
                     .transpose()?,
-                network: Network { tunnel_id },
+                network: Network {
+                    tunnel_id,
+                    virtual_network_id,
+                },
             },
         };
         let ca_certificate = self.ca_certificate;
@@ -403,6 +488,7 @@ mod tests {
             HostInput {
                 hostname: Some("api.internal".into()),
                 resolver_network: Some(ResolverNetworkInput {
+                    virtual_network_id: None,
                     tunnel_id: Some(tunnel.id.to_string()),
                     resolver_ips: Some(vec!["10.0.0.53".into(), "[::1]:5353".into()]),
                 }),
@@ -536,7 +622,7 @@ mod tests {
                         "INSERT INTO services (account_id, {SERVICE_COLUMNS})
                          SELECT account_id, ?1, name, type, http_port, https_port, tcp_port, app_protocol,
                            hostname, resolver_ips, ipv4, ipv6, tunnel_id, cert_verification_mode,
-                           created_at, updated_at, ca_certificate
+                           created_at, updated_at, ca_certificate, virtual_network_id
                          FROM services WHERE service_id = ?2"
                     ),
                     [Uuid::new_v4().to_string(), first.service_id.to_string()],
@@ -614,6 +700,132 @@ mod tests {
         // A delete through one handle is visible through the other.
         b.delete_service(from_a[0].service_id).unwrap();
         assert_eq!(a.service(from_a[0].service_id).unwrap(), None);
+    }
+    }
+
+    both_backends! {
+    #[test]
+    fn a_service_may_name_a_virtual_network_that_routes_it(state) {
+        let dir = state.open();
+        let (office, _) = dir.create_tunnel("office").unwrap();
+        let lab = dir
+            .create_virtual_network(&crate::VirtualNetworkInput {
+                name: Some("lab".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut input = ServiceInput::http(
+            "db",
+            HostInput::ips(Some(Ipv4Addr::new(10, 1, 2, 3)), None, office.id),
+        );
+        if let Some(network) = input.host.as_mut().and_then(|h| h.network.as_mut()) {
+            network.virtual_network_id = Some(lab.id.to_string());
+        }
+        // No route of the tunnel in the lab covers the address yet.
+        let err = dir.create_service(&input).unwrap_err().to_string();
+        assert!(
+            err.contains("host.network.virtual_network_id: tunnel")
+                && err.contains("has no route in virtual network \"lab\" covering 10.1.2.3")
+                && err.contains("wvpc route ip add 10.1.2.3/32"),
+            "{err}"
+        );
+        dir.create_network_route(&crate::RouteInput {
+            network: Some("10.1.0.0/16".into()),
+            tunnel_id: Some(office.id.to_string()),
+            virtual_network_id: Some(lab.id.to_string()),
+            comment: None,
+        })
+        .unwrap();
+        let service = dir.create_service(&input).unwrap();
+        assert_eq!(service.virtual_network_id(), Some(lab.id));
+        let json = serde_json::to_value(&service).unwrap();
+        assert_eq!(
+            json["host"]["network"]["virtual_network_id"],
+            lab.id.to_string()
+        );
+        assert_eq!(dir.service(service.service_id).unwrap().unwrap(), service);
+        // A virtual network a service names is in use.
+        let err = dir.delete_virtual_network(lab.id).unwrap_err().to_string();
+        assert!(err.contains("VPC service(s) \"db\""), "{err}");
+
+        // Not a virtual network of this account.
+        let other = dir.create_account("b").unwrap();
+        let theirs = dir
+            .for_account(&other.id)
+            .unwrap()
+            .unwrap()
+            .default_virtual_network()
+            .unwrap();
+        let mut hostname =
+            ServiceInput::http("api", HostInput::hostname("api.internal", office.id));
+        if let Some(rn) = hostname
+            .host
+            .as_mut()
+            .and_then(|h| h.resolver_network.as_mut())
+        {
+            rn.virtual_network_id = Some(theirs.id.to_string());
+        }
+        let err = dir.create_service(&hostname).unwrap_err().to_string();
+        assert!(
+            err.contains("host.resolver_network.virtual_network_id: no virtual network"),
+            "{err}"
+        );
+        if let Some(rn) = hostname
+            .host
+            .as_mut()
+            .and_then(|h| h.resolver_network.as_mut())
+        {
+            rn.virtual_network_id = Some("lab".into());
+        }
+        let err = dir.create_service(&hostname).unwrap_err().to_string();
+        assert!(err.contains("\"lab\" is not a virtual network id"), "{err}");
+    }
+    }
+
+    both_backends! {
+    #[test]
+    fn an_http_service_may_have_a_tcp_port_and_tcp_services_their_protocol(state) {
+        let dir = state.open();
+        let (office, _) = dir.create_tunnel("office").unwrap();
+        let plain = dir
+            .create_service(&ServiceInput::http(
+                "web",
+                HostInput::hostname("web.internal", office.id),
+            ))
+            .unwrap();
+        assert_eq!(plain.tcp_port(), None);
+        assert!(
+            serde_json::to_value(&plain)
+                .unwrap()
+                .get("tcp_port")
+                .is_none(),
+            "shown only when set"
+        );
+
+        let mut input = ServiceInput::http("web", HostInput::hostname("web.internal", office.id));
+        input.tcp_port = Some(2222);
+        let web = dir.create_service(&input).unwrap();
+        assert_eq!((web.http_port(), web.tcp_port()), (Some(80), Some(2222)));
+        assert_eq!(serde_json::to_value(&web).unwrap()["tcp_port"], 2222);
+        assert_eq!(dir.service(web.service_id).unwrap().unwrap(), web);
+        input.app_protocol = Some("postgresql".into());
+        let err = dir.create_service(&input).unwrap_err().to_string();
+        assert!(
+            err.contains("app_protocol: only tcp services have an app_protocol"),
+            "{err}"
+        );
+
+        let mut db = ServiceInput::http("db", HostInput::hostname("db.internal", office.id));
+        db.service_type = Some("tcp".into());
+        db.tcp_port = Some(5432);
+        db.app_protocol = Some("postgresql".into());
+        let db = dir.create_service(&db).unwrap();
+        assert_eq!(db.tcp_port(), Some(5432));
+        let json = serde_json::to_value(&db).unwrap();
+        assert_eq!(
+            (json["type"].clone(), json["app_protocol"].clone()),
+            ("tcp".into(), "postgresql".into())
+        );
     }
     }
 }

@@ -1,5 +1,5 @@
-//! A consistent picture of every service and every tunnel's credentials, for routers that
-//! keep routes and connector credentials in memory.
+//! A consistent picture of every service, every tunnel's credentials and every private
+//! network route, for routers that keep routes and connector credentials in memory.
 
 use uuid::Uuid;
 
@@ -8,6 +8,7 @@ use crate::error::DirectoryError;
 use crate::service::Service;
 use crate::services::all_services;
 use crate::store::params;
+use crate::teamnet::NetworkSnapshot;
 
 /// Every service of every account as of one committed revision.
 #[derive(Debug, Clone)]
@@ -18,6 +19,9 @@ pub struct RouteSnapshot {
     pub services: Vec<Service>,
     /// Every tunnel's credentials.
     pub tunnels: Vec<TunnelKey>,
+    /// Every virtual network and network route, each account's default virtual network and
+    /// each tunnel's account (what `vpc_networks` bindings are routed by).
+    pub networks: NetworkSnapshot,
 }
 
 /// What a connector must present to register a connection of a tunnel.
@@ -70,10 +74,12 @@ impl Directory {
                     })
                 })
                 .collect::<Result<Vec<_>, DirectoryError>>()?;
+            let networks = crate::teamnet::network_snapshot(tx)?;
             Ok(RouteSnapshot {
                 revision,
                 services,
                 tunnels,
+                networks,
             })
         })
     }

@@ -154,6 +154,7 @@ impl Directory {
                     &account.subdomain,
                 ],
             )?;
+            crate::teamnet::create_default_network(tx, &account.id)?;
             Ok(account)
         })
     }

@@ -128,7 +128,9 @@ impl Directory {
         })
     }
 
-    /// Deletes a tunnel; refused while services reference it (the error lists them).
+    /// Deletes a tunnel; refused while services or network routes reference it (the error
+    /// lists them: a route is not deleted behind the user's back, as cloudflared's `tunnel
+    /// delete` also leaves that to `route ip delete`).
     pub fn delete_tunnel(&self, id: Uuid) -> Result<Tunnel, DirectoryError> {
         let tunnel = self.write(|tx| {
             let tunnel = find_by_id(tx, self.account_id(), id)?
@@ -144,11 +146,13 @@ impl Directory {
                     ))
                 },
             )?;
-            if !users.is_empty() {
+            let routes = crate::teamnet::routes_of_tunnel(tx, id)?;
+            if !users.is_empty() || !routes.is_empty() {
                 return Err(DirectoryError::TunnelInUse {
                     id,
                     name: tunnel.name,
                     services: users,
+                    routes,
                 });
             }
             tx.execute(

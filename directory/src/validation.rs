@@ -4,8 +4,12 @@
 //! Rules (spec §1.2, §1.5, plus the decisions noted):
 //! - `name` is required and not blank.
 //! - `type` is `http` or `tcp`.
-//! - Ports are 1..=65535. `http_port`/`https_port` only for `http`; `tcp_port` (required) and
-//!   `app_protocol` (`postgresql`|`mysql`) only for `tcp`.
+//! - Ports are 1..=65535. `http_port`/`https_port` only for `http`; `tcp_port` required for
+//!   `tcp` and optional for `http` (the port `connect()` dials on it); `app_protocol`
+//!   (`postgresql`|`mysql`) only for `tcp`.
+//! - `network.virtual_network_id` / `resolver_network.virtual_network_id`, when given, are
+//!   UUIDs; the directory checks they name a virtual network of the account and, for an IP
+//!   host, that the tunnel has a route there covering each address.
 //! - An `http` service that sets neither port gets 80 and 443; one that sets only one port
 //!   allows only that scheme (the other is stored as `null`).
 //! - `host` has either `hostname` with `resolver_network`, or `ipv4` and/or `ipv6` with
@@ -131,19 +135,28 @@ pub(crate) fn validate(
 
     let kind = match service_type {
         Some(ServiceType::Http) => {
-            if tcp_port.is_given() {
-                p.push(
-                    "tcp_port",
-                    "only tcp services have a tcp_port; remove it, or set type to \"tcp\"",
-                );
-            }
             if input.app_protocol.is_some() {
                 p.push(
                     "app_protocol",
                     "only tcp services have an app_protocol; remove it, or set type to \"tcp\"",
                 );
             }
-            http_kind(http_port, https_port)
+            match (http_kind(http_port, https_port), tcp_port) {
+                (_, Port::Invalid) => None,
+                (
+                    Some(ServiceKind::Http {
+                        http_port,
+                        https_port,
+                        ..
+                    }),
+                    tcp_port,
+                ) => Some(ServiceKind::Http {
+                    http_port,
+                    https_port,
+                    tcp_port: tcp_port.valid(),
+                }),
+                (kind, _) => kind,
+            }
         }
         Some(ServiceType::Tcp) => {
             for (field, port) in [("http_port", http_port), ("https_port", https_port)] {
@@ -275,10 +288,12 @@ fn http_kind(http_port: Port, https_port: Port) -> Option<ServiceKind> {
         (Port::Absent, Port::Absent) => Some(ServiceKind::Http {
             http_port: Some(DEFAULT_HTTP_PORT),
             https_port: Some(DEFAULT_HTTPS_PORT),
+            tcp_port: None,
         }),
         (http, https) => Some(ServiceKind::Http {
             http_port: http.valid(),
             https_port: https.valid(),
+            tcp_port: None,
         }),
     }
 }
@@ -295,6 +310,20 @@ fn host(
         .and_then(|name| hostname(p, name, service_type));
     let ipv4 = h.ipv4.as_deref().and_then(|ip| ipv4(p, ip));
     let ipv6 = h.ipv6.as_deref().and_then(|ip| ipv6(p, ip));
+    let network_vnet = h.network.as_ref().and_then(|n| {
+        vnet_id(
+            p,
+            "host.network.virtual_network_id",
+            n.virtual_network_id.as_deref(),
+        )
+    });
+    let resolver_vnet = h.resolver_network.as_ref().and_then(|rn| {
+        vnet_id(
+            p,
+            "host.resolver_network.virtual_network_id",
+            rn.virtual_network_id.as_deref(),
+        )
+    });
     let network_tunnel = h.network.as_ref().and_then(|n| {
         tunnel_id(
             p,
@@ -313,6 +342,7 @@ fn host(
         let ips_ok = resolver_ips(p, rn.resolver_ips.as_deref().unwrap_or_default());
         match (tunnel, ips_ok) {
             (Some(tunnel_id), true) => Some(ResolverNetwork {
+                virtual_network_id: resolver_vnet,
                 tunnel_id,
                 resolver_ips: rn.resolver_ips.clone(),
             }),
@@ -374,7 +404,10 @@ fn host(
                 (true, Some(tunnel_id), false) => Some(Host::Ip {
                     ipv4,
                     ipv6,
-                    network: Network { tunnel_id },
+                    network: Network {
+                        tunnel_id,
+                        virtual_network_id: network_vnet,
+                    },
                 }),
                 _ => None,
             }
@@ -550,6 +583,22 @@ fn tunnel_id(
     }
 }
 
+/// A `virtual_network_id` as given: absent, or a UUID (whether it is a virtual network of the
+/// account, and routes the host, is checked by the directory).
+fn vnet_id(p: &mut Problems, path: &str, raw: Option<&str>) -> Option<Uuid> {
+    let raw = raw?;
+    match Uuid::parse_str(raw) {
+        Ok(id) => Some(id),
+        Err(_) => p.none(
+            path,
+            format!(
+                "{raw:?} is not a virtual network id (a UUID, as `wvpc vnet list` prints); \
+                 omit it for the tunnel's own network"
+            ),
+        ),
+    }
+}
+
 /// Checks each entry; true when all are fine.
 fn resolver_ips(p: &mut Problems, entries: &[String]) -> bool {
     let before = p.0.len();
@@ -649,6 +698,7 @@ mod tests {
                 ipv4: ipv4.map(str::to_owned),
                 ipv6: ipv6.map(str::to_owned),
                 network: Some(NetworkInput {
+                    virtual_network_id: None,
                     tunnel_id: Some(tunnel().to_string()),
                 }),
                 ..HostInput::default()
@@ -681,7 +731,8 @@ mod tests {
             spec.kind,
             ServiceKind::Http {
                 http_port: Some(80),
-                https_port: Some(443)
+                https_port: Some(443),
+                tcp_port: None,
             }
         );
         assert_eq!(
@@ -689,6 +740,7 @@ mod tests {
             Host::Hostname {
                 hostname: "api.internal".into(),
                 resolver_network: ResolverNetwork {
+                    virtual_network_id: None,
                     tunnel_id: tunnel(),
                     resolver_ips: None
                 },
@@ -705,7 +757,8 @@ mod tests {
             only_http.validate().unwrap().kind,
             ServiceKind::Http {
                 http_port: Some(8080),
-                https_port: None
+                https_port: None,
+                tcp_port: None,
             }
         );
         let mut only_https = http_named("api.internal");
@@ -714,7 +767,8 @@ mod tests {
             only_https.validate().unwrap().kind,
             ServiceKind::Http {
                 http_port: None,
-                https_port: Some(8443)
+                https_port: Some(8443),
+                tcp_port: None,
             }
         );
         let mut both = http_named("api.internal");
@@ -724,7 +778,8 @@ mod tests {
             both.validate().unwrap().kind,
             ServiceKind::Http {
                 http_port: Some(1),
-                https_port: Some(65535)
+                https_port: Some(65535),
+                tcp_port: None,
             }
         );
     }
@@ -776,11 +831,14 @@ mod tests {
     }
 
     #[test]
-    fn tcp_port_and_app_protocol_only_for_tcp() {
+    fn app_protocol_only_for_tcp_and_an_http_tcp_port_in_range() {
         let mut input = http_named("api.internal");
         input.tcp_port = Some(5432);
         input.app_protocol = Some("postgresql".into());
-        assert_eq!(paths(&input), ["tcp_port", "app_protocol"]);
+        assert_eq!(paths(&input), ["app_protocol"]);
+        input.app_protocol = None;
+        input.tcp_port = Some(70000);
+        assert_eq!(paths(&input), ["tcp_port"]);
     }
 
     #[test]
@@ -822,6 +880,7 @@ mod tests {
         let mut input = http_named("api.internal");
         if let Some(h) = input.host.as_mut() {
             h.network = h.resolver_network.take().map(|rn| NetworkInput {
+                virtual_network_id: None,
                 tunnel_id: rn.tunnel_id,
             });
         }
@@ -830,6 +889,7 @@ mod tests {
         let mut input = http_ips(Some("10.0.0.1"), None);
         if let Some(h) = input.host.as_mut() {
             h.resolver_network = h.network.take().map(|n| ResolverNetworkInput {
+                virtual_network_id: None,
                 tunnel_id: n.tunnel_id,
                 resolver_ips: None,
             });
@@ -875,6 +935,7 @@ mod tests {
                 ipv4: Some(Ipv4Addr::new(10, 0, 0, 1)),
                 ipv6: Some("fd00::1".parse().unwrap()),
                 network: Network {
+                    virtual_network_id: None,
                     tunnel_id: tunnel()
                 },
             }
@@ -1045,7 +1106,7 @@ mod tests {
             name: None,
             service_type: Some("http".into()),
             http_port: Some(0),
-            tcp_port: Some(22),
+            tcp_port: Some(0),
             host: Some(HostInput {
                 hostname: Some("x".into()),
                 ipv4: Some("999.0.0.1".into()),

@@ -599,7 +599,7 @@ async fn every_validation_problem_is_reported_at_once_with_its_path() {
                 "type": "http",
                 "http_port": 0,
                 "https_port": 70000,
-                "tcp_port": 5432,
+                "tcp_port": 0,
                 "host": {
                     "hostname": "https://api.internal/x",
                     "resolver_network": {
@@ -1290,7 +1290,7 @@ async fn malformed_uploads_are_refused_with_every_problem() {
     assert_eq!(
         messages,
         [
-            "metadata.bindings[0].type: binding type \"kv_namespace\" is not supported; only \"vpc_service\"",
+            "metadata.bindings[0].type: binding type \"kv_namespace\" is not supported; use \"vpc_service\" or \"vpc_network\"",
             "metadata.bindings[1]: missing service_id (or service, the service's name)",
             "metadata.bindings[2].service_id: \"abc\" is not a UUID",
             "metadata.bindings[3].name: missing; the name the script uses, e.g. API",
@@ -1917,4 +1917,531 @@ async fn a_tunnels_live_connections_are_listed_from_the_cluster_registry_with_th
         Uuid::new_v4()
     );
     assert_eq!(api.admin(Method::GET, &unknown, None).await.status, 404);
+}
+
+// === virtual networks and routes (teamnet) ===
+
+impl Api {
+    fn vnets(&self) -> String {
+        format!("/accounts/{}/teamnet/virtual_networks", self.account)
+    }
+
+    fn routes(&self) -> String {
+        format!("/accounts/{}/teamnet/routes", self.account)
+    }
+}
+
+#[tokio::test]
+async fn virtual_networks_are_listed_created_updated_and_deleted_in_cloudflares_shape() {
+    let api = Api::start().await;
+    let listed = api.admin(Method::GET, &api.vnets(), None).await;
+    let default = listed.result()[0].clone();
+    assert_eq!(listed.result().as_array().unwrap().len(), 1);
+    assert_eq!(default["name"], "default");
+    assert_eq!(default["is_default_network"], true);
+    assert_eq!(default["is_default"], true);
+    assert!(default["deleted_at"].is_null());
+    assert_eq!(listed.body["result_info"]["total_count"], 1);
+
+    let lab = api
+        .admin(
+            Method::POST,
+            &api.vnets(),
+            Some(json!({ "name": "lab", "comment": "the lab", "is_default": true })),
+        )
+        .await;
+    assert_eq!(lab.status, 200, "{:#}", lab.body);
+    let lab = lab.result().clone();
+    assert_eq!(
+        (lab["is_default"].clone(), lab["comment"].clone()),
+        (json!(true), json!("the lab"))
+    );
+    let default_id = default["id"].as_str().unwrap();
+    let old = api
+        .admin(Method::GET, &format!("{}/{default_id}", api.vnets()), None)
+        .await;
+    assert_eq!(old.result()["is_default_network"], false, "un-defaulted");
+
+    let taken = api
+        .admin(Method::POST, &api.vnets(), Some(json!({ "name": "lab" })))
+        .await;
+    assert_eq!(taken.status, 409);
+    assert_eq!(taken.error().0, u64::from(code::VNET_NAME_TAKEN));
+    let bad = api
+        .admin(
+            Method::POST,
+            &api.vnets(),
+            Some(json!({ "comment": "x", "nmae": "typo" })),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.error().1.contains("unknown field `nmae`"),
+        "{:?}",
+        bad.error()
+    );
+
+    // PATCH: rename and make the first one default again; the lab can then go.
+    let lab_path = format!("{}/{}", api.vnets(), lab["id"].as_str().unwrap());
+    let refused = api.admin(Method::DELETE, &lab_path, None).await;
+    assert_eq!(refused.status, 409);
+    let (c, message) = refused.error();
+    assert_eq!(c, u64::from(code::VNET_IN_USE));
+    assert!(
+        message.contains("default virtual network") && message.contains("--default"),
+        "{message}"
+    );
+    let renamed = api
+        .admin(
+            Method::PATCH,
+            &format!("{}/{default_id}", api.vnets()),
+            Some(json!({ "name": "office", "is_default_network": true })),
+        )
+        .await;
+    assert_eq!(renamed.result()["name"], "office");
+    assert_eq!(renamed.result()["is_default"], true);
+    let deleted = api.admin(Method::DELETE, &lab_path, None).await;
+    assert_eq!(deleted.result()["name"], "lab");
+    let gone = api.admin(Method::GET, &lab_path, None).await;
+    assert_eq!(
+        (gone.status, gone.error().0),
+        (404, u64::from(code::VNET_NOT_FOUND))
+    );
+
+    // Reading needs the read role, writing the admin role.
+    let read = api.token(Role::Read, None);
+    assert_eq!(
+        api.call(&read, Method::GET, &api.vnets(), None)
+            .await
+            .status,
+        200
+    );
+    let denied = api
+        .call(
+            &read,
+            Method::POST,
+            &api.vnets(),
+            Some(json!({ "name": "x" })),
+        )
+        .await;
+    assert_eq!(
+        (denied.status, denied.error().0),
+        (403, u64::from(code::ROLE_MISSING))
+    );
+}
+
+#[tokio::test]
+async fn routes_are_refused_with_the_field_and_what_to_do() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    let made = api
+        .admin(
+            Method::POST,
+            &api.routes(),
+            Some(json!({ "network": "10.0.0.0/24", "tunnel_id": tunnel, "comment": "office lan" })),
+        )
+        .await;
+    assert_eq!(made.status, 200, "{:#}", made.body);
+    let route = made.result().clone();
+    assert_eq!(route["network"], "10.0.0.0/24");
+    assert_eq!(route["tunnel_name"], "office");
+    assert_eq!(route["comment"], "office lan");
+    assert!(route["deleted_at"].is_null());
+    let default = api.dir.default_virtual_network().unwrap();
+    assert_eq!(route["virtual_network_id"], default.id.to_string());
+
+    let host_bits = api
+        .admin(
+            Method::POST,
+            &api.routes(),
+            Some(json!({ "network": "10.0.0.5/24", "tunnel_id": tunnel })),
+        )
+        .await;
+    assert_eq!(host_bits.status, 400);
+    assert_eq!(
+        host_bits.error(),
+        (
+            u64::from(code::VALIDATION),
+            "network: \"10.0.0.5/24\" has host bits set; use the network address \"10.0.0.0/24\""
+                .to_owned()
+        )
+    );
+    let twice = api
+        .admin(
+            Method::POST,
+            &api.routes(),
+            Some(json!({ "network": "10.0.0.0/24", "tunnel_id": tunnel })),
+        )
+        .await;
+    assert_eq!(twice.status, 409);
+    let (c, message) = twice.error();
+    assert_eq!(c, u64::from(code::ROUTE_EXISTS));
+    assert!(
+        message.contains(route["id"].as_str().unwrap()) && message.contains("\"office\""),
+        "{message}"
+    );
+    let nested = api
+        .admin(
+            Method::POST,
+            &api.routes(),
+            Some(json!({ "network": "10.0.0.128/25", "tunnel_id": tunnel })),
+        )
+        .await;
+    assert_eq!(nested.status, 200, "nested prefixes are allowed");
+
+    let several = api
+        .admin(
+            Method::POST,
+            &api.routes(),
+            Some(json!({ "network": "10.0.0/24", "tunnel_id": "office", "virtual_network_id": Uuid::new_v4() })),
+        )
+        .await;
+    assert_eq!(several.status, 400);
+    let fields: Vec<String> = several
+        .errors()
+        .into_iter()
+        .map(|(_, m)| m.split(':').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(fields, ["network", "tunnel_id", "virtual_network_id"]);
+
+    // Another account's tunnel is a permission refusal.
+    let other = api.dir.create_account("other").unwrap();
+    let (theirs, _) = api
+        .dir
+        .for_account(&other.id)
+        .unwrap()
+        .unwrap()
+        .create_tunnel("t")
+        .unwrap();
+    let foreign = api
+        .admin(
+            Method::POST,
+            &api.routes(),
+            Some(json!({ "network": "192.168.0.0/16", "tunnel_id": theirs.id })),
+        )
+        .await;
+    assert_eq!(
+        (foreign.status, foreign.error().0),
+        (403, u64::from(code::FOREIGN_TUNNEL))
+    );
+
+    // Filters, PATCH, and a tunnel that routes use.
+    let listed = api
+        .admin(
+            Method::GET,
+            &format!("{}?tunnel_id={tunnel}", api.routes()),
+            None,
+        )
+        .await;
+    assert_eq!(listed.result().as_array().unwrap().len(), 2);
+    let none = api
+        .admin(
+            Method::GET,
+            &format!("{}?virtual_network_id={}", api.routes(), Uuid::new_v4()),
+            None,
+        )
+        .await;
+    assert_eq!(none.result().as_array().unwrap().len(), 0);
+    let bad_filter = api
+        .admin(
+            Method::GET,
+            &format!("{}?tunnel_id=office", api.routes()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (bad_filter.status, bad_filter.error().0),
+        (400, u64::from(code::INVALID_QUERY))
+    );
+    let route_path = format!("{}/{}", api.routes(), route["id"].as_str().unwrap());
+    let patched = api
+        .admin(
+            Method::PATCH,
+            &route_path,
+            Some(json!({ "comment": "renamed" })),
+        )
+        .await;
+    assert_eq!(patched.result()["comment"], "renamed");
+    let in_use = api
+        .admin(Method::DELETE, &format!("{}/{tunnel}", api.tunnels()), None)
+        .await;
+    assert_eq!(in_use.status, 409);
+    assert!(
+        in_use.error().1.contains("10.0.0.0/24"),
+        "{:?}",
+        in_use.error()
+    );
+    assert_eq!(
+        api.admin(Method::DELETE, &route_path, None).await.status,
+        200
+    );
+    let gone = api.admin(Method::DELETE, &route_path, None).await;
+    assert_eq!(
+        (gone.status, gone.error().0),
+        (404, u64::from(code::ROUTE_NOT_FOUND))
+    );
+}
+
+#[tokio::test]
+async fn network_bindings_are_checked_at_deploy_with_the_role_they_need() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    let lab = api
+        .admin(Method::POST, &api.vnets(), Some(json!({ "name": "lab" })))
+        .await
+        .result()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin = api.admin.clone();
+    let deployed = api
+        .deploy(
+            &admin,
+            "net",
+            json!([
+                { "type": "vpc_network", "name": "OFFICE", "tunnel_id": tunnel },
+                { "type": "vpc_network", "name": "ALL", "network_id": "cf1:network" },
+                { "type": "vpc_network", "name": "LAB", "network_id": format!("cf1:vnet:{lab}") },
+            ]),
+        )
+        .await;
+    assert_eq!(deployed.status, 200, "{:#}", deployed.body);
+    assert_eq!(
+        deployed.result()["bindings"],
+        json!([
+            { "type": "vpc_network", "name": "OFFICE", "tunnel_id": tunnel },
+            { "type": "vpc_network", "name": "ALL", "network_id": "cf1:network" },
+            { "type": "vpc_network", "name": "LAB", "network_id": format!("cf1:vnet:{lab}") },
+        ])
+    );
+    // The runtimes get them.
+    let snapshot = api.dir.deployment_snapshot().unwrap();
+    let targets: Vec<_> = snapshot.scripts[0]
+        .bindings
+        .iter()
+        .map(|b| b.network_target().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            format!("tunnel:{tunnel}"),
+            "cf1:network".into(),
+            format!("cf1:vnet:{lab}")
+        ]
+    );
+
+    // The lab is bound: it cannot go.
+    let in_use = api
+        .admin(Method::DELETE, &format!("{}/{lab}", api.vnets()), None)
+        .await;
+    assert!(
+        in_use.error().1.contains("script(s) \"net\""),
+        "{:?}",
+        in_use.error()
+    );
+
+    // A bind token may bind networks, not a tunnel; refusals name the binding.
+    let bind = api.token(Role::Bind, None);
+    let by_tunnel = api
+        .deploy(
+            &bind,
+            "t",
+            json!([{ "type": "vpc_network", "name": "OFFICE", "tunnel_id": tunnel }]),
+        )
+        .await;
+    assert_eq!(by_tunnel.status, 403);
+    let (c, message) = by_tunnel.error();
+    assert_eq!(c, u64::from(code::BINDING_NETWORK_NOT_PERMITTED));
+    assert!(
+        message.starts_with(
+            "binding \"OFFICE\": a vpc_network binding by tunnel_id needs the admin role"
+        ),
+        "{message}"
+    );
+    let by_network = api
+        .deploy(
+            &bind,
+            "n",
+            json!([{ "type": "vpc_network", "name": "ALL", "network_id": "cf1:network" }]),
+        )
+        .await;
+    assert_eq!(by_network.status, 200, "{:#}", by_network.body);
+
+    let missing = Uuid::new_v4();
+    let unknown = api
+        .deploy(
+            &admin,
+            "u",
+            json!([
+                { "type": "vpc_network", "name": "A", "tunnel_id": missing },
+                { "type": "vpc_network", "name": "B", "network_id": format!("cf1:vnet:{missing}") },
+            ]),
+        )
+        .await;
+    assert_eq!(unknown.status, 400);
+    let codes: Vec<u64> = unknown.errors().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        codes,
+        [
+            u64::from(code::BINDING_UNKNOWN_TUNNEL),
+            u64::from(code::BINDING_UNKNOWN_NETWORK)
+        ]
+    );
+
+    let malformed = api
+        .deploy(
+            &admin,
+            "m",
+            json!([
+                { "type": "vpc_network", "name": "A", "tunnel_id": tunnel, "network_id": "cf1:network" },
+                { "type": "vpc_network", "name": "B" },
+                { "type": "vpc_network", "name": "C", "network_id": "cf1:vnet:lab" },
+                { "type": "d1", "name": "D" },
+            ]),
+        )
+        .await;
+    assert_eq!(malformed.status, 400);
+    let messages: Vec<String> = malformed.errors().into_iter().map(|(_, m)| m).collect();
+    assert!(
+        messages[0].starts_with("metadata.bindings[0]: give either tunnel_id or network_id"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].starts_with("metadata.bindings[1]: missing tunnel_id or network_id"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[2].starts_with("metadata.bindings[2].network_id: \"cf1:vnet:lab\""),
+        "{messages:?}"
+    );
+    assert!(
+        messages[3].starts_with("metadata.bindings[3].type: binding type \"d1\" is not supported"),
+        "{messages:?}"
+    );
+
+    // Another account's tunnel and virtual network are permission refusals.
+    let other = api.dir.create_account("other").unwrap();
+    let theirs = api.dir.for_account(&other.id).unwrap().unwrap();
+    let (their_tunnel, _) = theirs.create_tunnel("t").unwrap();
+    let their_vnet = theirs.default_virtual_network().unwrap();
+    let foreign = api
+        .deploy(
+            &admin,
+            "f",
+            json!([
+                { "type": "vpc_network", "name": "A", "tunnel_id": their_tunnel.id },
+                { "type": "vpc_network", "name": "B", "network_id": format!("cf1:vnet:{}", their_vnet.id) },
+            ]),
+        )
+        .await;
+    assert_eq!(foreign.status, 403);
+    assert!(
+        foreign
+            .errors()
+            .iter()
+            .all(|(c, m)| *c == u64::from(code::BINDING_FOREIGN_NETWORK)
+                && m.contains("belongs to another account"))
+    );
+}
+
+#[tokio::test]
+async fn services_take_a_tcp_port_an_app_protocol_and_a_virtual_network() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    for protocol in ["postgresql", "mysql"] {
+        let db = api
+            .admin(
+                Method::POST,
+                &api.services(),
+                Some(json!({
+                    "name": protocol,
+                    "type": "tcp",
+                    "tcp_port": 5432,
+                    "app_protocol": protocol,
+                    "host": { "hostname": "db.internal", "resolver_network": { "tunnel_id": tunnel } },
+                })),
+            )
+            .await;
+        assert_eq!(db.status, 200, "{:#}", db.body);
+        assert_eq!(db.result()["app_protocol"], protocol);
+        assert_eq!(db.result()["tcp_port"], 5432);
+    }
+
+    // An http service may have a tcp_port (what connect() dials); it is shown only when set.
+    let web = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(json!({
+                "name": "web", "type": "http", "tcp_port": 2222,
+                "host": { "hostname": "web.internal", "resolver_network": { "tunnel_id": tunnel } },
+            })),
+        )
+        .await;
+    assert_eq!(
+        (
+            web.result()["tcp_port"].clone(),
+            web.result()["http_port"].clone()
+        ),
+        (json!(2222), json!(80))
+    );
+    let plain = api.service("plain", &tunnel).await;
+    let plain = api
+        .admin(Method::GET, &format!("{}/{plain}", api.services()), None)
+        .await;
+    assert!(plain.result().get("tcp_port").is_none(), "{:#}", plain.body);
+
+    // host.network.virtual_network_id: a virtual network of the account that routes the IP.
+    let lab = api
+        .admin(Method::POST, &api.vnets(), Some(json!({ "name": "lab" })))
+        .await
+        .result()["id"]
+        .clone();
+    let ip_service = json!({
+        "name": "db", "type": "tcp", "tcp_port": 3306, "app_protocol": "mysql",
+        "host": { "ipv4": "10.1.2.3", "network": { "tunnel_id": tunnel, "virtual_network_id": lab } },
+    });
+    let unrouted = api
+        .admin(Method::POST, &api.services(), Some(ip_service.clone()))
+        .await;
+    assert_eq!(unrouted.status, 400);
+    let (c, message) = unrouted.error();
+    assert_eq!(c, u64::from(code::VALIDATION));
+    assert!(
+        message.starts_with("host.network.virtual_network_id: tunnel")
+            && message.contains("covering 10.1.2.3"),
+        "{message}"
+    );
+    let route = api
+        .admin(
+            Method::POST,
+            &api.routes(),
+            Some(
+                json!({ "network": "10.1.0.0/16", "tunnel_id": tunnel, "virtual_network_id": lab }),
+            ),
+        )
+        .await;
+    assert_eq!(route.status, 200, "{:#}", route.body);
+    let routed = api
+        .admin(Method::POST, &api.services(), Some(ip_service))
+        .await;
+    assert_eq!(routed.status, 200, "{:#}", routed.body);
+    assert_eq!(
+        routed.result()["host"]["network"]["virtual_network_id"],
+        lab
+    );
+    let typed = api
+        .admin(
+            Method::POST,
+            &api.services(),
+            Some(json!({
+                "name": "x", "type": "http",
+                "host": { "hostname": "x.internal", "resolver_network": { "tunnel_id": tunnel, "virtual_network_id": 7 } },
+            })),
+        )
+        .await;
+    assert_eq!(
+        typed.error().1,
+        "host.resolver_network.virtual_network_id: expected a string, found a number"
+    );
 }

@@ -12,6 +12,11 @@
 //! in one process ([`LiveRoutes::on_change`], wired by the dev stack) a swap also closes the
 //! idle pooled connections of every changed service at once.
 //!
+//! The same snapshot answers `vpc_networks` bindings ([`ServiceStore::network`]): a tunnel or
+//! virtual network is found only in the account that owns it, `cf1:network` is the account's
+//! default virtual network, and every answer of one snapshot shares one longest-prefix route
+//! table ([`NetworkRouteTable`]), built when the snapshot is loaded, never per CONNECT.
+//!
 //! Deletions are announced too ([`LiveRoutes::on_removed`]): iris closes a deleted service's
 //! CONNECT pipes (so the pooled connections of every binding-worker end) and a deleted
 //! tunnel's connections.
@@ -21,11 +26,13 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use uuid::Uuid;
+use wvpc_directory::network_routes::NetworkRouteTable;
+use wvpc_directory::teamnet::NetworkSnapshot;
 use wvpc_directory::{Directory, DirectoryError, RouteSnapshot, Service, ServiceTarget};
 
 use crate::authority::DirectoryAuthority;
 use wvpc_errors::ProxyError;
-use wvpc_iris::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
+use wvpc_iris::{NetworkReach, NetworkTarget, RouteTarget, RouteTls, ServiceRoute, ServiceStore};
 
 /// How often the watcher looks at the change counter of a SQLite directory (a PostgreSQL
 /// directory notifies instead, see [`wvpc_directory::Changes`]).
@@ -41,6 +48,53 @@ pub const ROUTE_LEASE: Duration = Duration::from_millis(500);
 struct Table {
     revision: u64,
     routes: HashMap<Uuid, ServiceRoute>,
+    networks: Networks,
+}
+
+/// What `vpc_networks` bindings are routed by, built once per snapshot: the route table
+/// behind one `Arc` that every [`NetworkReach`] of the snapshot shares, and who owns what.
+#[derive(Debug, Default)]
+struct Networks {
+    routes: Arc<NetworkRouteTable>,
+    /// Each virtual network's account.
+    vnet_accounts: HashMap<Uuid, String>,
+    /// Each account's default virtual network (`cf1:network`).
+    default_vnets: HashMap<String, Uuid>,
+    /// Each tunnel's account.
+    tunnel_accounts: HashMap<Uuid, String>,
+}
+
+impl Networks {
+    fn new(snapshot: NetworkSnapshot) -> Self {
+        Self {
+            routes: Arc::new(NetworkRouteTable::new(snapshot.routes)),
+            vnet_accounts: snapshot.vnet_accounts,
+            default_vnets: snapshot.default_vnets,
+            tunnel_accounts: snapshot.tunnel_accounts,
+        }
+    }
+
+    /// How `account` reaches `target`; `None` when the tunnel or virtual network is not
+    /// that account's (or does not exist).
+    fn reach(&self, account: &str, target: &NetworkTarget) -> Option<NetworkReach> {
+        let vnet = match *target {
+            NetworkTarget::Tunnel(tunnel) => {
+                return (self.tunnel_accounts.get(&tunnel).map(String::as_str) == Some(account))
+                    .then_some(NetworkReach::Tunnel(tunnel));
+            }
+            NetworkTarget::AllNetworks => *self.default_vnets.get(account)?,
+            NetworkTarget::VirtualNetwork(vnet) => {
+                if self.vnet_accounts.get(&vnet).map(String::as_str) != Some(account) {
+                    return None;
+                }
+                vnet
+            }
+        };
+        Some(NetworkReach::VirtualNetwork {
+            vnet,
+            routes: self.routes.clone(),
+        })
+    }
 }
 
 /// What [`LiveRoutes::start`] starts: the routes, the authority it keeps current, and the
@@ -190,6 +244,14 @@ impl ServiceStore for LiveRoutes {
     fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError> {
         Ok(self.snapshot().routes.get(&service_id).cloned())
     }
+
+    fn network(
+        &self,
+        account: &str,
+        target: &NetworkTarget,
+    ) -> Result<Option<NetworkReach>, ProxyError> {
+        Ok(self.snapshot().networks.reach(account, target))
+    }
 }
 
 async fn watch(
@@ -230,6 +292,7 @@ async fn watch(
 fn table(snapshot: RouteSnapshot) -> Table {
     Table {
         revision: snapshot.revision,
+        networks: Networks::new(snapshot.networks),
         routes: snapshot
             .services
             .iter()
@@ -256,5 +319,147 @@ pub fn service_route(s: &Service) -> ServiceRoute {
             cert_verification_mode: s.cert_verification_mode(),
             ca_certificate: s.ca_certificate().map(str::to_owned),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wvpc_directory::network_routes::NetworkRoute;
+
+    const MINE: &str = "0123456789abcdef0123456789abcdef";
+    const THEIRS: &str = "fedcba9876543210fedcba9876543210";
+
+    fn networks() -> (Networks, Uuid, Uuid, Uuid, Uuid, Uuid) {
+        let (my_default, my_lab, their_default) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (my_tunnel, their_tunnel) = (Uuid::new_v4(), Uuid::new_v4());
+        let snapshot = NetworkSnapshot {
+            vnet_accounts: [
+                (my_default, MINE.to_owned()),
+                (my_lab, MINE.to_owned()),
+                (their_default, THEIRS.to_owned()),
+            ]
+            .into(),
+            default_vnets: [
+                (MINE.to_owned(), my_default),
+                (THEIRS.to_owned(), their_default),
+            ]
+            .into(),
+            tunnel_accounts: [
+                (my_tunnel, MINE.to_owned()),
+                (their_tunnel, THEIRS.to_owned()),
+            ]
+            .into(),
+            routes: vec![
+                NetworkRoute {
+                    vnet: my_default,
+                    network: "10.0.0.0/8".parse().unwrap(),
+                    tunnel: my_tunnel,
+                },
+                NetworkRoute {
+                    vnet: their_default,
+                    network: "10.0.0.0/8".parse().unwrap(),
+                    tunnel: their_tunnel,
+                },
+            ],
+        };
+        (
+            Networks::new(snapshot),
+            my_default,
+            my_lab,
+            their_default,
+            my_tunnel,
+            their_tunnel,
+        )
+    }
+
+    fn tunnel_for(reach: Option<NetworkReach>, ip: &str) -> Option<Uuid> {
+        reach.expect("reachable").tunnel_for(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn a_tunnel_binding_reaches_only_the_accounts_own_tunnel() {
+        let (networks, _, _, _, mine, theirs) = networks();
+        assert!(matches!(
+            networks.reach(MINE, &NetworkTarget::Tunnel(mine)),
+            Some(NetworkReach::Tunnel(t)) if t == mine
+        ));
+        assert!(
+            networks
+                .reach(MINE, &NetworkTarget::Tunnel(theirs))
+                .is_none()
+        );
+        assert!(
+            networks
+                .reach(MINE, &NetworkTarget::Tunnel(Uuid::new_v4()))
+                .is_none()
+        );
+        assert!(
+            networks
+                .reach(THEIRS, &NetworkTarget::Tunnel(mine))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn all_networks_is_the_accounts_default_virtual_network() {
+        let (networks, my_default, ..) = networks();
+        let mine = tunnel_for(
+            networks.reach(MINE, &NetworkTarget::AllNetworks),
+            "10.1.2.3",
+        );
+        let theirs = tunnel_for(
+            networks.reach(THEIRS, &NetworkTarget::AllNetworks),
+            "10.1.2.3",
+        );
+        assert_ne!(mine, theirs, "each account's own routes");
+        assert!(mine.is_some() && theirs.is_some());
+        assert!(matches!(
+            networks.reach(MINE, &NetworkTarget::AllNetworks),
+            Some(NetworkReach::VirtualNetwork { vnet, .. }) if vnet == my_default
+        ));
+        assert_eq!(
+            tunnel_for(
+                networks.reach(MINE, &NetworkTarget::AllNetworks),
+                "192.0.2.1"
+            ),
+            None,
+            "unrouted"
+        );
+        assert!(
+            networks
+                .reach("no such account", &NetworkTarget::AllNetworks)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_virtual_network_is_reached_only_from_its_account_and_shares_one_table() {
+        let (networks, _, my_lab, their_default, ..) = networks();
+        let Some(NetworkReach::VirtualNetwork { vnet, routes }) =
+            networks.reach(MINE, &NetworkTarget::VirtualNetwork(my_lab))
+        else {
+            panic!("my lab is reachable");
+        };
+        assert_eq!(vnet, my_lab);
+        assert!(
+            Arc::ptr_eq(&routes, &networks.routes),
+            "built once per snapshot"
+        );
+        assert_eq!(
+            routes.lookup(my_lab, "10.0.0.1".parse().unwrap()),
+            None,
+            "no routes in the lab"
+        );
+        assert!(
+            networks
+                .reach(MINE, &NetworkTarget::VirtualNetwork(their_default))
+                .is_none()
+        );
+        assert!(
+            networks
+                .reach(MINE, &NetworkTarget::VirtualNetwork(Uuid::new_v4()))
+                .is_none()
+        );
     }
 }

@@ -227,10 +227,14 @@ fn deployment(directory: &Arc<Directory>, script: DeployedScript) -> Deployment 
         module,
         bindings: script
             .bindings
-            .into_iter()
-            .map(|b| (b.name, b.service_id))
+            .iter()
+            .filter_map(|b| Some((b.name.clone(), b.service_id?)))
             .collect::<BTreeMap<_, _>>(),
-        networks: BTreeMap::new(),
+        networks: script
+            .bindings
+            .iter()
+            .filter_map(|b| Some((b.name.clone(), b.network_target()?)))
+            .collect::<BTreeMap<_, _>>(),
         limits: script.limits,
         routes: script.routes,
         workers_dev: script.workers_dev,

@@ -1,11 +1,13 @@
 //! The script config: a wrangler-style `wrangler.jsonc` / `wrangler.json` / `wrangler.toml`.
 //!
-//! Only what the runtime needs is read: `name`, `main`, `vpc_services` and `limits`. Parsing goes raw →
+//! Only what the runtime needs is read: `name`, `main`, `vpc_services`, `vpc_networks` and
+//! `limits`. Parsing goes raw →
 //! validated: the file is parsed into a generic value first (syntax errors carry line and
 //! column), then every field is checked and **all** problems are reported at once, each
 //! naming its field path, what is wrong and what to do. Unknown top-level keys (wrangler has
 //! many: `compatibility_date`, `routes`, …) are logged and ignored; unknown keys inside a
-//! `vpc_services` entry are errors, because a typo there silently drops a binding.
+//! `vpc_services` or `vpc_networks` entry are errors, because a typo there silently drops a
+//! binding. Binding names are unique across both lists.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -132,6 +134,10 @@ impl fmt::Display for ProblemList<'_> {
 
 const SERVICE_ID_HINT: &str = "use the service_id printed by `wvpc service create`";
 const KNOWN_ENTRY_KEYS: &str = "binding, service_id, service, remote";
+const KNOWN_NETWORK_KEYS: &str = "binding, tunnel_id, network_id, remote";
+const NETWORK_HINT: &str = "give tunnel_id (a tunnel's id, as `wvpc tunnel list` prints) or \
+     network_id (\"cf1:network\" for the account's default virtual network, or \
+     \"cf1:vnet:<id>\" as `wvpc vnet list` prints)";
 const MAX_NAME_LEN: usize = 63;
 
 #[derive(Clone, Copy)]
@@ -324,7 +330,14 @@ fn validate(
         // deployed script by them; `wvpc dev` serves its one script whatever the host).
         if !matches!(
             key.as_str(),
-            "name" | "main" | "vpc_services" | "limits" | "routes" | "route" | "workers_dev"
+            "name"
+                | "main"
+                | "vpc_services"
+                | "vpc_networks"
+                | "limits"
+                | "routes"
+                | "route"
+                | "workers_dev"
         ) {
             tracing::warn!(key = %key, "ignoring config key that workers-vpc does not use");
         }
@@ -332,12 +345,14 @@ fn validate(
 
     let name = validate_name(root, format, &mut problems);
     let main = validate_main(root, format, base, &mut problems);
-    let vpc_services = validate_vpc_services(root, format, resolve, &mut problems);
+    let mut declared = HashMap::new();
+    let vpc_services = validate_vpc_services(root, format, resolve, &mut declared, &mut problems);
+    let vpc_networks = validate_vpc_networks(root, format, &mut declared, &mut problems);
     let limits = validate_limits(root, format, &mut problems);
 
     match (name, main, problems.0.is_empty()) {
         (Some(name), Some(main), true) => Ok(ScriptConfig {
-            vpc_networks: Vec::new(),
+            vpc_networks,
             name,
             main,
             vpc_services,
@@ -448,10 +463,165 @@ fn validate_main(
     Some(resolved)
 }
 
+/// `binding` of an entry at `at`: a JavaScript identifier not declared before (`declared`
+/// maps each name to the entry that declared it, across `vpc_services` and `vpc_networks`).
+fn binding_name(
+    entry: &Map<String, Value>,
+    at: &str,
+    format: Format,
+    declared: &mut HashMap<String, String>,
+    problems: &mut Problems,
+) -> Option<String> {
+    let binding_field = format!("{at}.binding");
+    let name = problems.string(
+        entry,
+        "binding",
+        &binding_field,
+        format,
+        "the name the script uses, e.g. API",
+    )?;
+    if !is_binding_name(name) {
+        problems.push(
+            &binding_field,
+            format!(
+                "{name:?} is not a valid binding name (use a JavaScript identifier: letters, \
+                 digits, _ or $, not starting with a digit, e.g. API)"
+            ),
+        );
+        return None;
+    }
+    if let Some(first) = declared.get(name) {
+        problems.push(
+            &binding_field,
+            format!("{name:?} is already declared by {first}"),
+        );
+        return None;
+    }
+    declared.insert(name.to_owned(), at.to_owned());
+    Some(name.to_owned())
+}
+
+/// `remote` (wrangler's flag for remote bindings in `wrangler dev`): here every binding is
+/// real, so it has no effect, but it must be a boolean.
+fn check_remote(value: &Value, at: &str, format: Format, problems: &mut Problems) {
+    if !value.is_boolean() {
+        problems.push(
+            format!("{at}.remote"),
+            format!("expected a boolean, found {}", kind(value, format)),
+        );
+    }
+}
+
+/// `vpc_networks`: `{binding, tunnel_id}` or `{binding, network_id}`, exactly one of the two.
+fn validate_vpc_networks(
+    root: &Map<String, Value>,
+    format: Format,
+    declared: &mut HashMap<String, String>,
+    problems: &mut Problems,
+) -> Vec<VpcNetworkBinding> {
+    use wvpc_schemas::NetworkTarget;
+    let entries = match root.get("vpc_networks") {
+        None => return Vec::new(),
+        Some(Value::Array(entries)) => entries,
+        Some(other) => {
+            problems.push(
+                "vpc_networks",
+                format!(
+                    "expected an array of {{binding, tunnel_id | network_id}} {}s, found {}",
+                    format.map_word(),
+                    kind(other, format)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut bindings = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("vpc_networks[{i}]");
+        let Some(entry) = entry.as_object() else {
+            problems.push(
+                at,
+                format!(
+                    "expected {} with \"binding\" and \"tunnel_id\" or \"network_id\", found {}",
+                    article(format.map_word()),
+                    kind(entry, format)
+                ),
+            );
+            continue;
+        };
+        for (key, value) in entry {
+            match key.as_str() {
+                "binding" | "tunnel_id" | "network_id" => {}
+                "remote" => check_remote(value, &at, format, problems),
+                _ => problems.push(
+                    format!("{at}.{key}"),
+                    format!("unknown key (allowed keys: {KNOWN_NETWORK_KEYS})"),
+                ),
+            }
+        }
+        let binding = binding_name(entry, &at, format, declared, problems);
+        let network = match (
+            entry.contains_key("tunnel_id"),
+            entry.contains_key("network_id"),
+        ) {
+            (true, true) => {
+                problems.push(
+                    &at,
+                    "give either tunnel_id or network_id, not both (tunnel_id reaches one \
+                     tunnel; network_id a virtual network, whose routes pick the tunnel)",
+                );
+                None
+            }
+            (false, false) => {
+                problems.push(
+                    &at,
+                    format!("missing tunnel_id or network_id; {NETWORK_HINT}"),
+                );
+                None
+            }
+            (true, false) => {
+                let field = format!("{at}.tunnel_id");
+                problems
+                    .string(entry, "tunnel_id", &field, format, NETWORK_HINT)
+                    .and_then(|id| match Uuid::try_parse(id) {
+                        Ok(id) => Some(NetworkTarget::Tunnel(id)),
+                        Err(_) => {
+                            problems.push(
+                                &field,
+                                format!(
+                                    "{id:?} is not a tunnel id (a UUID, as `wvpc tunnel list` \
+                                     prints)"
+                                ),
+                            );
+                            None
+                        }
+                    })
+            }
+            (false, true) => {
+                let field = format!("{at}.network_id");
+                problems
+                    .string(entry, "network_id", &field, format, NETWORK_HINT)
+                    .and_then(|id| match NetworkTarget::parse_network_id(id) {
+                        Ok(target) => Some(target),
+                        Err(err) => {
+                            problems.push(&field, err.to_string());
+                            None
+                        }
+                    })
+            }
+        };
+        if let (Some(binding), Some(network)) = (binding, network) {
+            bindings.push(VpcNetworkBinding { binding, network });
+        }
+    }
+    bindings
+}
+
 fn validate_vpc_services(
     root: &Map<String, Value>,
     format: Format,
     resolve: ServiceResolver<'_>,
+    declared: &mut HashMap<String, String>,
     problems: &mut Problems,
 ) -> Vec<VpcServiceBinding> {
     let entries = match root.get("vpc_services") {
@@ -471,7 +641,6 @@ fn validate_vpc_services(
     };
 
     let mut bindings = Vec::with_capacity(entries.len());
-    let mut first_use: HashMap<String, usize> = HashMap::new();
     for (i, entry) in entries.iter().enumerate() {
         let at = format!("vpc_services[{i}]");
         let Some(entry) = entry.as_object() else {
@@ -488,16 +657,7 @@ fn validate_vpc_services(
         for (key, value) in entry {
             match key.as_str() {
                 "binding" | "service_id" | "service" => {}
-                // wrangler's flag for remote bindings in `wrangler dev`; here every binding is
-                // real, so it has no effect.
-                "remote" => {
-                    if !value.is_boolean() {
-                        problems.push(
-                            format!("{at}.remote"),
-                            format!("expected a boolean, found {}", kind(value, format)),
-                        );
-                    }
-                }
+                "remote" => check_remote(value, &at, format, problems),
                 _ => problems.push(
                     format!("{at}.{key}"),
                     format!("unknown key (allowed keys: {KNOWN_ENTRY_KEYS})"),
@@ -505,36 +665,7 @@ fn validate_vpc_services(
             }
         }
 
-        let binding_field = format!("{at}.binding");
-        let binding = problems
-            .string(
-                entry,
-                "binding",
-                &binding_field,
-                format,
-                "the name the script uses, e.g. API",
-            )
-            .and_then(|name| {
-                if !is_binding_name(name) {
-                    problems.push(
-                        &binding_field,
-                        format!(
-                            "{name:?} is not a valid binding name (use a JavaScript identifier: \
-                             letters, digits, _ or $, not starting with a digit, e.g. API)"
-                        ),
-                    );
-                    return None;
-                }
-                if let Some(first) = first_use.get(name) {
-                    problems.push(
-                        &binding_field,
-                        format!("{name:?} is already declared by vpc_services[{first}]"),
-                    );
-                    return None;
-                }
-                first_use.insert(name.to_owned(), i);
-                Some(name.to_owned())
-            });
+        let binding = binding_name(entry, &at, format, declared, problems);
 
         let id_field = format!("{at}.service_id");
         let service_id = if entry.contains_key("service") {
@@ -906,6 +1037,118 @@ mod tests {
                 "vpc_services[5]: expected an object with \"binding\" and \"service_id\", found \
                  a string"
                     .to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn network_bindings_name_a_tunnel_or_a_network() {
+        use wvpc_schemas::NetworkTarget;
+        const TUNNEL: &str = "6f1c1c4e-8a0b-4b7e-9d5a-2f6f0e0c1a11";
+        let fx = Fixture::new();
+        let config = fx
+            .load(
+                "wrangler.jsonc",
+                &format!(
+                    r#"{{ "name": "w", "main": "script.wasm",
+                      "vpc_services": [{{ "binding": "API", "service_id": "{SERVICE}" }}],
+                      "vpc_networks": [
+                        {{ "binding": "OFFICE", "tunnel_id": "{TUNNEL}", "remote": true }},
+                        {{ "binding": "ALL", "network_id": "cf1:network" }},
+                        {{ "binding": "LAB", "network_id": "cf1:vnet:{TUNNEL}" }}
+                      ] }}"#
+                ),
+            )
+            .unwrap();
+        let tunnel = Uuid::parse_str(TUNNEL).unwrap();
+        assert_eq!(
+            config.vpc_networks,
+            [
+                VpcNetworkBinding {
+                    binding: "OFFICE".into(),
+                    network: NetworkTarget::Tunnel(tunnel),
+                },
+                VpcNetworkBinding {
+                    binding: "ALL".into(),
+                    network: NetworkTarget::AllNetworks,
+                },
+                VpcNetworkBinding {
+                    binding: "LAB".into(),
+                    network: NetworkTarget::VirtualNetwork(tunnel),
+                },
+            ]
+        );
+        let toml = fx
+            .load(
+                "wrangler.toml",
+                "name = \"w\"\nmain = \"script.wasm\"\n\n[[vpc_networks]]\nbinding = \"NET\"\n\
+                 network_id = \"cf1:network\"\n",
+            )
+            .unwrap();
+        assert_eq!(toml.vpc_networks[0].network, NetworkTarget::AllNetworks);
+    }
+
+    #[test]
+    fn network_binding_mistakes_are_reported_with_their_paths() {
+        let fx = Fixture::new();
+        let problems = fx.problems(
+            "wrangler.jsonc",
+            &format!(
+                r#"{{
+                  "name": "w",
+                  "main": "script.wasm",
+                  "vpc_services": [{{ "binding": "API", "service_id": "{SERVICE}" }}],
+                  "vpc_networks": [
+                    {{ "binding": "API", "network_id": "cf1:network" }},
+                    {{ "binding": "NET", "network_id": "cf1:vnet:lab" }},
+                    {{ "binding": "BOTH", "tunnel_id": "{SERVICE}", "network_id": "cf1:network" }},
+                    {{ "binding": "NONE" }},
+                    {{ "binding": "T", "tunnel_id": "office", "remote": 1, "netwrk_id": "x" }},
+                    {{ "binding": "ODD", "network_id": "all" }},
+                    {{ "binding": "NET", "network_id": 5 }},
+                    "NET"
+                  ]
+                }}"#
+            ),
+        );
+        assert_eq!(
+            problems,
+            vec![
+                "vpc_networks[0].binding: \"API\" is already declared by vpc_services[0]"
+                    .to_owned(),
+                "vpc_networks[1].network_id: \"cf1:vnet:lab\" does not end in a virtual network \
+                 id (a UUID, as `wvpc vnet list` prints)"
+                    .to_owned(),
+                "vpc_networks[2]: give either tunnel_id or network_id, not both (tunnel_id \
+                 reaches one tunnel; network_id a virtual network, whose routes pick the tunnel)"
+                    .to_owned(),
+                format!("vpc_networks[3]: missing tunnel_id or network_id; {NETWORK_HINT}"),
+                "vpc_networks[4].netwrk_id: unknown key (allowed keys: binding, tunnel_id, \
+                 network_id, remote)"
+                    .to_owned(),
+                "vpc_networks[4].remote: expected a boolean, found a number".to_owned(),
+                "vpc_networks[4].tunnel_id: \"office\" is not a tunnel id (a UUID, as `wvpc \
+                 tunnel list` prints)"
+                    .to_owned(),
+                "vpc_networks[5].network_id: \"all\" is not a network id (use \"cf1:network\" \
+                 or \"cf1:vnet:<virtual network id>\")"
+                    .to_owned(),
+                "vpc_networks[6].binding: \"NET\" is already declared by vpc_networks[1]"
+                    .to_owned(),
+                "vpc_networks[6].network_id: expected a string, found a number".to_owned(),
+                "vpc_networks[7]: expected an object with \"binding\" and \"tunnel_id\" or \
+                 \"network_id\", found a string"
+                    .to_owned(),
+            ]
+        );
+        assert_eq!(
+            fx.problems(
+                "wrangler.toml",
+                "name = \"w\"\nmain = \"script.wasm\"\nvpc_networks = \"cf1:network\"\n"
+            ),
+            vec![
+                "vpc_networks: expected an array of {binding, tunnel_id | network_id} tables, \
+                 found a string"
             ]
         );
     }

@@ -163,6 +163,7 @@ impl RealWorld {
             HostInput {
                 hostname: Some(ORIGIN_NAME.into()),
                 resolver_network: Some(ResolverNetworkInput {
+                    virtual_network_id: None,
                     tunnel_id: Some(tunnel.id.to_string()),
                     resolver_ips: Some(vec![dns.addr.to_string()]),
                 }),
@@ -250,6 +251,7 @@ impl RealWorld {
             HostInput {
                 ipv4: Some(ip.to_string()),
                 network: Some(wvpc_directory::NetworkInput {
+                    virtual_network_id: None,
                     tunnel_id: Some(self.tunnel_id.to_string()),
                 }),
                 ..HostInput::default()

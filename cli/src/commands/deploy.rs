@@ -1,5 +1,5 @@
 //! `wvpc deploy`: uploads the built script (the `main` wasm of the wrangler config) with its
-//! `vpc_services` bindings, `routes` (or `route`), `workers_dev` and `limits` to the directory
+//! `vpc_services` and `vpc_networks` (as `vpc_network`) bindings, `routes` (or `route`), `workers_dev` and `limits` to the directory
 //! API, which checks the component, verifies every binding against the deploying token, checks
 //! the routes, stores a new version and makes it the one served. Refusals name the binding, the
 //! service and what is missing, or the route and the script holding it.
@@ -99,6 +99,16 @@ pub async fn run(
             Some(name) => json!({ "type": "vpc_service", "name": b.binding, "service": name }),
             None => json!({ "type": "vpc_service", "name": b.binding, "service_id": b.service_id }),
         })
+        .chain(script.vpc_networks.iter().map(|b| {
+            match (b.network.tunnel_id(), b.network.network_id()) {
+                (Some(tunnel), _) => {
+                    json!({ "type": "vpc_network", "name": b.binding, "tunnel_id": tunnel })
+                }
+                (None, network) => {
+                    json!({ "type": "vpc_network", "name": b.binding, "network_id": network })
+                }
+            }
+        }))
         .collect();
     let mut metadata = json!({ "main_module": main_module, "bindings": bindings });
     metadata
@@ -153,12 +163,18 @@ pub async fn run(
         result["etag"].as_str().unwrap_or(""),
     )?;
     for binding in result["bindings"].as_array().into_iter().flatten() {
-        writeln!(
-            out,
-            "   binding {} -> VPC service {}",
-            binding["name"].as_str().unwrap_or(""),
-            binding["service_id"].as_str().unwrap_or("")
-        )?;
+        let name = binding["name"].as_str().unwrap_or("");
+        if let Some(tunnel) = binding["tunnel_id"].as_str() {
+            writeln!(out, "   binding {name} -> network through tunnel {tunnel}")?;
+        } else if let Some(network) = binding["network_id"].as_str() {
+            writeln!(out, "   binding {name} -> network {network}")?;
+        } else {
+            writeln!(
+                out,
+                "   binding {name} -> VPC service {}",
+                binding["service_id"].as_str().unwrap_or("")
+            )?;
+        }
     }
     if result["workers_dev"] == false {
         writeln!(

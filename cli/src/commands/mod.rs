@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod server_args;
 pub mod service;
 pub mod tail;
+pub mod teamnet;
 pub mod test;
 pub mod token;
 pub mod tunnel;

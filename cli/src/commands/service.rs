@@ -5,8 +5,9 @@
 //! local `--state`; validation problems come back from it and are shown the same way.
 //!
 //! Flag conflicts are declared to clap as wrangler declares them (`--hostname` vs
-//! `--ipv4`/`--ipv6`; `--resolver-ips` needs `--hostname`; `--tcp-port`/`--app-protocol` vs
-//! `--http-port`/`--https-port`), except that `--ipv4` and `--ipv6` may be combined (dual
+//! `--ipv4`/`--ipv6`; `--resolver-ips` needs `--hostname`; `--app-protocol` vs
+//! `--http-port`/`--https-port`), except that `--tcp-port` may be given to an http service
+//! (the port `connect()` dials on it) and `--ipv4` and `--ipv6` may be combined (dual
 //! stack, as the API allows). Every other rule is the directory's validation, whose problems
 //! are printed all at once with the flag they are about.
 
@@ -121,15 +122,19 @@ pub struct ServiceFlags {
     pub ipv6: Option<String>,
     /// Port for http:// requests [default: 80 when neither port is given; giving only
     /// --https-port disables http]
-    #[arg(long, conflicts_with_all = ["tcp_port", "app_protocol"], allow_negative_numbers = true)]
+    #[arg(long, conflicts_with = "app_protocol", allow_negative_numbers = true)]
     pub http_port: Option<i64>,
     /// Port for https:// requests [default: 443 when neither port is given; giving only
     /// --http-port disables https]
-    #[arg(long, conflicts_with_all = ["tcp_port", "app_protocol"], allow_negative_numbers = true)]
+    #[arg(long, conflicts_with = "app_protocol", allow_negative_numbers = true)]
     pub https_port: Option<i64>,
-    /// Port of a tcp service
+    /// Port of a tcp service; on an http service, the port `connect()` dials (optional)
     #[arg(long, allow_negative_numbers = true)]
     pub tcp_port: Option<i64>,
+    /// Virtual network the host is in (`wvpc vnet list`); for --ipv4/--ipv6 the tunnel needs
+    /// a route there covering each address
+    #[arg(long, value_name = "UUID")]
+    pub virtual_network_id: Option<String>,
     /// Database protocol a tcp service speaks
     #[arg(long, value_enum)]
     pub app_protocol: Option<AppProtocolArg>,
@@ -402,6 +407,7 @@ impl ServiceFlags {
             Some(hostname) => HostInput {
                 hostname: Some(hostname),
                 resolver_network: Some(ResolverNetworkInput {
+                    virtual_network_id: self.virtual_network_id,
                     tunnel_id,
                     resolver_ips: self.resolver_ips,
                 }),
@@ -411,10 +417,12 @@ impl ServiceFlags {
                 ipv4: self.ipv4,
                 ipv6: self.ipv6,
                 network: Some(NetworkInput {
+                    virtual_network_id: self.virtual_network_id,
                     tunnel_id: tunnel_id.clone(),
                 }),
                 // Never dropped silently: validation explains they need a hostname.
                 resolver_network: self.resolver_ips.map(|ips| ResolverNetworkInput {
+                    virtual_network_id: None,
                     tunnel_id,
                     resolver_ips: Some(ips),
                 }),
@@ -515,6 +523,9 @@ fn flag_for(path: &str) -> Option<&'static str> {
         "host.ipv6" => "--ipv6",
         "host.network" | "host.resolver_network" => "--hostname/--ipv4/--ipv6",
         "host.network.tunnel_id" | "host.resolver_network.tunnel_id" => "--tunnel-id",
+        "host.network.virtual_network_id" | "host.resolver_network.virtual_network_id" => {
+            "--virtual-network-id"
+        }
         "tls_settings.cert_verification_mode" => "--cert-verification-mode",
         "tls_settings.ca_certificate" => "--ca-certificate",
         p if p.starts_with("host.resolver_network.resolver_ips") => "--resolver-ips",
@@ -543,9 +554,13 @@ async fn print_details(
         ServiceKind::Http {
             http_port,
             https_port,
+            tcp_port,
         } => {
             writeln!(out, "   HTTP port: {}", port_or_disabled(http_port))?;
             writeln!(out, "   HTTPS port: {}", port_or_disabled(https_port))?;
+            if let Some(port) = tcp_port {
+                writeln!(out, "   TCP port (connect()): {port}")?;
+            }
         }
         ServiceKind::Tcp {
             tcp_port,
@@ -580,6 +595,9 @@ async fn print_details(
         }
     }
     writeln!(out, "   Tunnel ID: {}{tunnel_name}", s.tunnel_id())?;
+    if let Some(vnet) = s.virtual_network_id() {
+        writeln!(out, "   Virtual network: {vnet}")?;
+    }
     let default = if s.tls_settings.is_none() {
         " (default)"
     } else {
@@ -617,6 +635,7 @@ fn print_table(services: &[Service], out: &mut dyn Write) -> anyhow::Result<()> 
                 ServiceKind::Http {
                     http_port,
                     https_port,
+                    tcp_port,
                 } => {
                     let mut ports = Vec::new();
                     if let Some(p) = http_port {
@@ -624,6 +643,9 @@ fn print_table(services: &[Service], out: &mut dyn Write) -> anyhow::Result<()> 
                     }
                     if let Some(p) = https_port {
                         ports.push(format!("HTTPS:{p}"));
+                    }
+                    if let Some(p) = tcp_port {
+                        ports.push(format!("TCP:{p}"));
                     }
                     ports.join(", ")
                 }
@@ -689,6 +711,8 @@ mod tests {
             "host.resolver_network",
             "host.network.tunnel_id",
             "host.resolver_network.tunnel_id",
+            "host.network.virtual_network_id",
+            "host.resolver_network.virtual_network_id",
             "host.resolver_network.resolver_ips[3]",
             "tls_settings.cert_verification_mode",
         ] {

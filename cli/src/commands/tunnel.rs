@@ -38,7 +38,7 @@ pub enum TunnelCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a tunnel (refused while VPC services use it)
+    /// Delete a tunnel (refused while VPC services or network routes use it)
     Delete {
         /// Tunnel id or name
         #[arg(value_name = "ID|NAME")]

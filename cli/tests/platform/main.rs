@@ -425,6 +425,7 @@ fn tunnel_and_service(
         HostInput {
             hostname: Some(name.into()),
             resolver_network: Some(ResolverNetworkInput {
+                virtual_network_id: None,
                 tunnel_id: Some(tunnel.id.to_string()),
                 resolver_ips: Some(vec![net.dns.addr.to_string()]),
             }),
@@ -514,6 +515,7 @@ async fn deployed_scripts_are_routed_by_host_isolated_redeployed_under_load_and_
             HostInput {
                 hostname: Some("c.internal".into()),
                 resolver_network: Some(ResolverNetworkInput {
+                    virtual_network_id: None,
                     tunnel_id: Some(office.tunnel_id.to_string()),
                     resolver_ips: Some(vec![net.dns.addr.to_string()]),
                 }),

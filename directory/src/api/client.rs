@@ -1,13 +1,18 @@
 //! A small client of the API (HTTP/1.1 over one reused connection), used by the CLI
-//! (`wvpc service … --api`, `wvpc deploy`) and by tests.
+//! (`wvpc service … --api`, `wvpc deploy`, `wvpc vnet|route … --api` through the typed
+//! teamnet methods) and by tests.
 
 use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::teamnet::{RouteFilter, RouteInput, TeamnetRoute, VirtualNetwork, VirtualNetworkInput};
 
 use super::PREFIX;
 use super::envelope::{ApiError, ErrorEntry, ResultInfo};
@@ -38,6 +43,14 @@ pub enum ClientError {
         status: StatusCode,
         /// The body, lossily decoded.
         body: String,
+    },
+    /// A successful answer whose `result` is not the object expected.
+    #[error("the directory API answered with an unreadable {what}: {detail}")]
+    Unreadable {
+        /// What was expected.
+        what: &'static str,
+        /// Why it could not be read.
+        detail: String,
     },
     /// The API refused the request.
     #[error(
@@ -193,6 +206,143 @@ impl ApiClient {
         });
         Ok(sender)
     }
+}
+
+/// Virtual networks and IP routes of an account (`teamnet/…`), typed.
+impl ApiClient {
+    /// Every virtual network of `account`.
+    pub async fn list_virtual_networks(
+        &self,
+        account: &str,
+    ) -> Result<Vec<VirtualNetwork>, ClientError> {
+        self.list_all(&format!("/accounts/{account}/teamnet/virtual_networks?"))
+            .await
+    }
+
+    /// Creates a virtual network.
+    pub async fn create_virtual_network(
+        &self,
+        account: &str,
+        input: &VirtualNetworkInput,
+    ) -> Result<VirtualNetwork, ClientError> {
+        let path = format!("/accounts/{account}/teamnet/virtual_networks");
+        self.typed(Method::POST, &path, Some(to_json(input)?)).await
+    }
+
+    /// Changes the fields `input` sets.
+    pub async fn update_virtual_network(
+        &self,
+        account: &str,
+        id: Uuid,
+        input: &VirtualNetworkInput,
+    ) -> Result<VirtualNetwork, ClientError> {
+        let path = format!("/accounts/{account}/teamnet/virtual_networks/{id}");
+        self.typed(Method::PATCH, &path, Some(to_json(input)?))
+            .await
+    }
+
+    /// Deletes a virtual network; the answer is the deleted one.
+    pub async fn delete_virtual_network(
+        &self,
+        account: &str,
+        id: Uuid,
+    ) -> Result<VirtualNetwork, ClientError> {
+        let path = format!("/accounts/{account}/teamnet/virtual_networks/{id}");
+        self.typed(Method::DELETE, &path, None).await
+    }
+
+    /// Every route of `account` that `filter` lets through.
+    pub async fn list_network_routes(
+        &self,
+        account: &str,
+        filter: RouteFilter,
+    ) -> Result<Vec<TeamnetRoute>, ClientError> {
+        let mut path = format!("/accounts/{account}/teamnet/routes?");
+        if let Some(vnet) = filter.virtual_network_id {
+            path.push_str(&format!("virtual_network_id={vnet}&"));
+        }
+        if let Some(tunnel) = filter.tunnel_id {
+            path.push_str(&format!("tunnel_id={tunnel}&"));
+        }
+        self.list_all(&path).await
+    }
+
+    /// Creates a route.
+    pub async fn create_network_route(
+        &self,
+        account: &str,
+        input: &RouteInput,
+    ) -> Result<TeamnetRoute, ClientError> {
+        let path = format!("/accounts/{account}/teamnet/routes");
+        self.typed(Method::POST, &path, Some(to_json(input)?)).await
+    }
+
+    /// Changes the fields `input` sets.
+    pub async fn update_network_route(
+        &self,
+        account: &str,
+        id: Uuid,
+        input: &RouteInput,
+    ) -> Result<TeamnetRoute, ClientError> {
+        let path = format!("/accounts/{account}/teamnet/routes/{id}");
+        self.typed(Method::PATCH, &path, Some(to_json(input)?))
+            .await
+    }
+
+    /// Deletes a route; the answer is the deleted one.
+    pub async fn delete_network_route(
+        &self,
+        account: &str,
+        id: Uuid,
+    ) -> Result<TeamnetRoute, ClientError> {
+        let path = format!("/accounts/{account}/teamnet/routes/{id}");
+        self.typed(Method::DELETE, &path, None).await
+    }
+
+    async fn typed<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, ClientError> {
+        let result = self.call(method, path, body.as_ref()).await?;
+        from_json(result)
+    }
+
+    /// Every page of a list; `path` ends in `?` or `&`.
+    async fn list_all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
+        let mut items = Vec::new();
+        for page in 1.. {
+            let (result, info) = self
+                .call_paged(
+                    Method::GET,
+                    &format!("{path}page={page}&per_page=1000"),
+                    None,
+                )
+                .await?;
+            let batch: Vec<T> = from_json(result)?;
+            items.extend(batch);
+            match info {
+                Some(info) if info.page < info.total_pages => {}
+                _ => break,
+            }
+        }
+        Ok(items)
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, ClientError> {
+    serde_json::to_value(value).map_err(|err| ClientError::Unreadable {
+        what: "request body",
+        detail: err.to_string(),
+    })
+}
+
+fn from_json<T: DeserializeOwned>(value: Value) -> Result<T, ClientError> {
+    serde_json::from_value(value).map_err(|err| ClientError::Unreadable {
+        what: std::any::type_name::<T>(),
+        detail: err.to_string(),
+    })
 }
 
 /// The `result` (and `result_info`) of a successful envelope, or its errors.

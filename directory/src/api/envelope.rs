@@ -27,7 +27,7 @@ pub mod code {
     pub const TUNNEL_NOT_FOUND: u32 = 1005;
     /// The tunnel name is taken.
     pub const TUNNEL_NAME_TAKEN: u32 = 1006;
-    /// The tunnel is used by services.
+    /// The tunnel is used by services or network routes.
     pub const TUNNEL_IN_USE: u32 = 1007;
     /// The tunnel name breaks the naming rules.
     pub const INVALID_TUNNEL_NAME: u32 = 1008;
@@ -69,6 +69,28 @@ pub mod code {
     /// connection, or its PostgreSQL server cannot be reached): nothing was changed; retry
     /// later. HTTP 503.
     pub const UNAVAILABLE: u32 = 1026;
+    /// No such virtual network in the account.
+    pub const VNET_NOT_FOUND: u32 = 1027;
+    /// The virtual network name is taken.
+    pub const VNET_NAME_TAKEN: u32 = 1028;
+    /// The virtual network is in use (routes, default, a script's binding, a service).
+    pub const VNET_IN_USE: u32 = 1029;
+    /// No such network route in the account.
+    pub const ROUTE_NOT_FOUND: u32 = 1030;
+    /// The network is already routed in that virtual network.
+    pub const ROUTE_EXISTS: u32 = 1031;
+    /// A route names another account's tunnel (HTTP 403).
+    pub const FOREIGN_TUNNEL: u32 = 1032;
+    /// A `vpc_network` binding names a tunnel that does not exist.
+    pub const BINDING_UNKNOWN_TUNNEL: u32 = 1033;
+    /// A `vpc_network` binding names another account's tunnel or virtual network.
+    pub const BINDING_FOREIGN_NETWORK: u32 = 1034;
+    /// A `vpc_network` binding names a virtual network that does not exist.
+    pub const BINDING_UNKNOWN_NETWORK: u32 = 1035;
+    /// The token's role may not make the `vpc_network` binding.
+    pub const BINDING_NETWORK_NOT_PERMITTED: u32 = 1036;
+    /// The route is the only one covering addresses of VPC services in its virtual network.
+    pub const ROUTE_IN_USE: u32 = 1037;
     /// The server refused the request by one of its own limits (open connections, header
     /// fields, header size) before reading it.
     pub const SERVER_LIMIT: u32 = 1100;
@@ -189,6 +211,25 @@ impl From<DirectoryError> for ApiError {
                 };
             }
             E::BindingsRefused(refusals) => return refused_bindings(refusals),
+            E::InvalidNetworkInput { problems, .. } => {
+                return ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    errors: problems
+                        .iter()
+                        .map(|p| ErrorEntry {
+                            code: code::VALIDATION,
+                            message: format!("{}: {}", p.path, p.message),
+                        })
+                        .collect(),
+                };
+            }
+            E::VirtualNetworkNotFound(_) => (StatusCode::NOT_FOUND, code::VNET_NOT_FOUND),
+            E::VirtualNetworkNameTaken(_) => (StatusCode::CONFLICT, code::VNET_NAME_TAKEN),
+            E::VirtualNetworkInUse { .. } => (StatusCode::CONFLICT, code::VNET_IN_USE),
+            E::RouteNotFound(_) => (StatusCode::NOT_FOUND, code::ROUTE_NOT_FOUND),
+            E::RouteExists { .. } => (StatusCode::CONFLICT, code::ROUTE_EXISTS),
+            E::RouteInUse { .. } => (StatusCode::CONFLICT, code::ROUTE_IN_USE),
+            E::ForeignTunnel { .. } => (StatusCode::FORBIDDEN, code::FOREIGN_TUNNEL),
             E::ServiceNotFound(_) => (StatusCode::NOT_FOUND, code::SERVICE_NOT_FOUND),
             E::ServiceLimit { .. } => (StatusCode::CONFLICT, code::SERVICE_LIMIT),
             E::TunnelNotFound(_) => (StatusCode::NOT_FOUND, code::TUNNEL_NOT_FOUND),
@@ -259,6 +300,12 @@ fn refused_bindings(refusals: &[BindingRefusal]) -> ApiError {
                     BindingRefusal::UnknownName { .. } => code::BINDING_UNKNOWN_NAME,
                     BindingRefusal::AmbiguousName { .. } => code::BINDING_AMBIGUOUS_NAME,
                     BindingRefusal::DuplicateBinding { .. } => code::BINDING_DUPLICATE,
+                    BindingRefusal::UnknownTunnel { .. } => code::BINDING_UNKNOWN_TUNNEL,
+                    BindingRefusal::ForeignNetwork { .. } => code::BINDING_FOREIGN_NETWORK,
+                    BindingRefusal::UnknownNetwork { .. } => code::BINDING_UNKNOWN_NETWORK,
+                    BindingRefusal::NetworkNotPermitted { .. } => {
+                        code::BINDING_NETWORK_NOT_PERMITTED
+                    }
                 },
                 message: r.to_string(),
             })

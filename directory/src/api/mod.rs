@@ -3,6 +3,8 @@
 //! - `accounts/{account}/connectivity/directory/services[/{id}]` ([`services`]),
 //! - `accounts/{account}/cfd_tunnel[/{id}[/token|/connections]]` ([`tunnels`]; the live
 //!   connections come from the cluster registry the server was given),
+//! - `accounts/{account}/teamnet/virtual_networks[/{id}]` and
+//!   `accounts/{account}/teamnet/routes[/{id}]` ([`teamnet`]),
 //! - `accounts/{account}/workers/scripts[/{name}[/content|/deployments]]` ([`scripts`]),
 //! - `accounts/{account}/workers/subdomain` ([`subdomain`]),
 //! - `user/tokens/verify`, `accounts`, `memberships`: what clients such as wrangler ask
@@ -18,6 +20,7 @@ pub mod envelope;
 mod scripts;
 mod services;
 mod subdomain;
+mod teamnet;
 mod tunnels;
 
 use std::sync::Arc;
@@ -369,6 +372,10 @@ fn dispatch(
                     services::route(&caller, &request, tail)
                 }
                 ["cfd_tunnel", tail @ ..] => tunnels::route(&caller, &request, tail),
+                ["teamnet", "virtual_networks", tail @ ..] => {
+                    teamnet::route_vnets(&caller, &request, tail)
+                }
+                ["teamnet", "routes", tail @ ..] => teamnet::route_routes(&caller, &request, tail),
                 ["workers", "scripts", tail @ ..] => scripts::route(&caller, &request, tail),
                 ["workers", "subdomain"] => subdomain::route(&caller, &request),
                 _ => Err(no_route_segments(&request.segments)),

@@ -14,8 +14,12 @@ use uuid::Uuid;
 use super::envelope::{ApiError, ErrorEntry, ResultInfo, code};
 use super::{ApiRequest, Caller, Reply, allow, no_route_segments, paginate};
 use crate::error::DirectoryError;
-use crate::scripts::{BindingRequest, ScriptUpload, ServiceRef, limits_problems};
+use crate::scripts::{
+    BindingRequest, BindingTarget, ScriptUpload, ServiceRef, VPC_NETWORK, VPC_SERVICE,
+    limits_problems,
+};
 use crate::tokens::Role;
+use wvpc_schemas::NetworkTarget;
 
 pub(super) fn route(
     caller: &Caller,
@@ -267,7 +271,8 @@ fn invalid(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code::INVALID_SCRIPT, message)
 }
 
-/// `metadata.bindings`: `{type:"vpc_service", name, service_id}` or `{…, service: "name"}`.
+/// `metadata.bindings`: `{type:"vpc_service", name, service_id}` or `{…, service: "name"}`,
+/// and `{type:"vpc_network", name, tunnel_id | network_id}`.
 fn parse_bindings(value: Option<&Value>, problems: &mut Vec<String>) -> Vec<BindingRequest> {
     let entries = match value {
         None => return Vec::new(),
@@ -284,65 +289,126 @@ fn parse_bindings(value: Option<&Value>, problems: &mut Vec<String>) -> Vec<Bind
             problems.push(format!("{at}: expected an object"));
             continue;
         };
-        match entry.get("type").and_then(Value::as_str) {
-            Some("vpc_service") => {}
-            Some(other) => {
-                problems.push(format!(
-                    "{at}.type: binding type {other:?} is not supported; only \"vpc_service\""
-                ));
-                continue;
-            }
-            None => {
-                problems.push(format!("{at}.type: missing (use \"vpc_service\")"));
-                continue;
-            }
-        }
         let name = entry.get("name").and_then(Value::as_str);
         if name.is_none_or(str::is_empty) {
             problems.push(format!(
                 "{at}.name: missing; the name the script uses, e.g. API"
             ));
         }
-        let service = match (entry.get("service_id"), entry.get("service")) {
-            (Some(_), Some(_)) => {
+        let target = match entry.get("type").and_then(Value::as_str) {
+            Some(VPC_SERVICE) => service_ref(entry, &at, problems).map(BindingTarget::Service),
+            Some(VPC_NETWORK) => network_target(entry, &at, problems).map(BindingTarget::Network),
+            Some(other) => {
                 problems.push(format!(
-                    "{at}: give either service_id or service (a name), not both"
+                    "{at}.type: binding type {other:?} is not supported; use \"vpc_service\" or \
+                     \"vpc_network\""
                 ));
-                None
+                continue;
             }
-            (Some(Value::String(id)), None) => match Uuid::try_parse(id) {
-                Ok(id) => Some(ServiceRef::Id(id)),
-                Err(_) => {
-                    problems.push(format!("{at}.service_id: {id:?} is not a UUID"));
-                    None
-                }
-            },
-            (None, Some(Value::String(name))) if !name.is_empty() => {
-                Some(ServiceRef::Name(name.clone()))
-            }
-            (Some(_), None) => {
-                problems.push(format!("{at}.service_id: expected a string"));
-                None
-            }
-            (None, Some(_)) => {
-                problems.push(format!("{at}.service: expected a service name"));
-                None
-            }
-            (None, None) => {
+            None => {
                 problems.push(format!(
-                    "{at}: missing service_id (or service, the service's name)"
+                    "{at}.type: missing (use \"vpc_service\" or \"vpc_network\")"
                 ));
-                None
+                continue;
             }
         };
-        if let (Some(name), Some(service)) = (name.filter(|n| !n.is_empty()), service) {
+        if let (Some(name), Some(target)) = (name.filter(|n| !n.is_empty()), target) {
             bindings.push(BindingRequest {
                 binding: name.to_owned(),
-                service,
+                target,
             });
         }
     }
     bindings
+}
+
+/// The service of a `vpc_service` binding: `service_id`, or `service` (its name).
+fn service_ref(
+    entry: &serde_json::Map<String, Value>,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<ServiceRef> {
+    match (entry.get("service_id"), entry.get("service")) {
+        (Some(_), Some(_)) => {
+            problems.push(format!(
+                "{at}: give either service_id or service (a name), not both"
+            ));
+            None
+        }
+        (Some(Value::String(id)), None) => match Uuid::try_parse(id) {
+            Ok(id) => Some(ServiceRef::Id(id)),
+            Err(_) => {
+                problems.push(format!("{at}.service_id: {id:?} is not a UUID"));
+                None
+            }
+        },
+        (None, Some(Value::String(name))) if !name.is_empty() => {
+            Some(ServiceRef::Name(name.clone()))
+        }
+        (Some(_), None) => {
+            problems.push(format!("{at}.service_id: expected a string"));
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(format!("{at}.service: expected a service name"));
+            None
+        }
+        (None, None) => {
+            problems.push(format!(
+                "{at}: missing service_id (or service, the service's name)"
+            ));
+            None
+        }
+    }
+}
+
+/// The network of a `vpc_network` binding: exactly one of `tunnel_id` and `network_id`.
+fn network_target(
+    entry: &serde_json::Map<String, Value>,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<NetworkTarget> {
+    match (entry.get("tunnel_id"), entry.get("network_id")) {
+        (Some(_), Some(_)) => {
+            problems.push(format!(
+                "{at}: give either tunnel_id or network_id, not both (tunnel_id reaches one \
+                 tunnel, network_id a virtual network)"
+            ));
+            None
+        }
+        (None, None) => {
+            problems.push(format!(
+                "{at}: missing tunnel_id or network_id (\"cf1:network\" or \
+                 \"cf1:vnet:<virtual network id>\")"
+            ));
+            None
+        }
+        (Some(Value::String(id)), None) => match Uuid::try_parse(id) {
+            Ok(id) => Some(NetworkTarget::Tunnel(id)),
+            Err(_) => {
+                problems.push(format!(
+                    "{at}.tunnel_id: {id:?} is not a tunnel id (a UUID, as `wvpc tunnel list` \
+                     prints)"
+                ));
+                None
+            }
+        },
+        (None, Some(Value::String(id))) => match NetworkTarget::parse_network_id(id) {
+            Ok(target) => Some(target),
+            Err(err) => {
+                problems.push(format!("{at}.network_id: {err}"));
+                None
+            }
+        },
+        (Some(_), None) => {
+            problems.push(format!("{at}.tunnel_id: expected a string"));
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(format!("{at}.network_id: expected a string"));
+            None
+        }
+    }
 }
 
 /// One part of a `multipart/form-data` body.

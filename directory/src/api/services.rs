@@ -114,11 +114,18 @@ const SERVICE_SHAPE: Shape = Shape::Object(&[
             ("hostname", Shape::Text),
             ("ipv4", Shape::Text),
             ("ipv6", Shape::Text),
-            ("network", Shape::Object(&[("tunnel_id", Shape::Text)])),
+            (
+                "network",
+                Shape::Object(&[
+                    ("tunnel_id", Shape::Text),
+                    ("virtual_network_id", Shape::Text),
+                ]),
+            ),
             (
                 "resolver_network",
                 Shape::Object(&[
                     ("tunnel_id", Shape::Text),
+                    ("virtual_network_id", Shape::Text),
                     ("resolver_ips", Shape::TextList),
                 ]),
             ),

@@ -168,7 +168,48 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 2: live tunnel connections moved to the cluster registry (`cluster_connections`).
     "DROP TABLE tunnel_connections;",
+    // 3 (SQLite 10): virtual networks (each account gets its default in `migrate_data`) and
+    // the IP routes inside them; a service may name a virtual network.
+    r#"
+    CREATE TABLE virtual_networks (
+        vnet_id    text PRIMARY KEY,
+        account_id text NOT NULL REFERENCES accounts (account_id),
+        name       text NOT NULL,
+        comment    text NOT NULL,
+        is_default bigint NOT NULL CHECK (is_default IN (0, 1)),
+        created_at text NOT NULL,
+        UNIQUE (account_id, name)
+    );
+    -- One default per account, in the schema too.
+    CREATE UNIQUE INDEX virtual_networks_default ON virtual_networks (account_id)
+        WHERE is_default = 1;
+
+    CREATE TABLE network_routes (
+        route_id   text PRIMARY KEY,
+        account_id text NOT NULL,
+        vnet_id    text NOT NULL REFERENCES virtual_networks (vnet_id),
+        network    text NOT NULL, -- CIDR without host bits, as ipnet prints it
+        tunnel_id  text NOT NULL REFERENCES tunnels (tunnel_id),
+        comment    text NOT NULL,
+        created_at text NOT NULL,
+        UNIQUE (vnet_id, network)
+    );
+    CREATE INDEX network_routes_by_account ON network_routes (account_id, created_at);
+    CREATE INDEX network_routes_by_tunnel ON network_routes (tunnel_id);
+
+    -- host.network / host.resolver_network.virtual_network_id of a service.
+    ALTER TABLE services ADD COLUMN virtual_network_id text;
+    "#,
 ];
+
+/// Data moves that SQL alone cannot express, run right after the schema migration that
+/// brought the database to `version`, in the same transaction.
+fn migrate_data(tx: &Tx<'_>, version: usize) -> Result<(), DirectoryError> {
+    if version == 3 {
+        crate::teamnet::backfill_default_networks(tx)?;
+    }
+    Ok(())
+}
 
 /// A connection pool to one PostgreSQL database and the runtime that drives it.
 pub struct PgStore {
@@ -411,6 +452,7 @@ impl PgStore {
                 .skip(usize::try_from(found).unwrap_or(0))
             {
                 tx.batch(migration)?;
+                migrate_data(tx, version + 1)?;
                 tracing::debug!(version = version + 1, "directory schema migrated");
             }
             if found < supported {
@@ -660,10 +702,11 @@ mod tests {
         drop(dir);
         assert_eq!(
             sql("SELECT to_regclass('tunnel_connections') IS NULL;
-                 SELECT version::text FROM schema_version"
+                 SELECT version::text FROM schema_version;
+                 SELECT name FROM virtual_networks WHERE is_default = 1"
                 .into()),
-            ["t", "2"],
-            "the table is gone and the schema is at version 2"
+            ["t", &MIGRATIONS.len().to_string(), "default"],
+            "the table is gone, the schema is current, and the account has its default network"
         );
         let _ = std::fs::remove_dir_all(&state);
     }

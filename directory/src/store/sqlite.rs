@@ -186,6 +186,38 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "#,
     // 9: live tunnel connections moved to the cluster registry (`cluster_connections`).
     "DROP TABLE tunnel_connections;",
+    // 10: virtual networks (each account gets its default in `migrate_data`) and the IP
+    // routes inside them; a service may name a virtual network.
+    r#"
+    CREATE TABLE virtual_networks (
+        vnet_id    TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts (account_id),
+        name       TEXT NOT NULL,
+        comment    TEXT NOT NULL,
+        is_default INTEGER NOT NULL CHECK (is_default IN (0, 1)),
+        created_at TEXT NOT NULL,
+        UNIQUE (account_id, name)
+    ) STRICT;
+    -- One default per account, in the schema too.
+    CREATE UNIQUE INDEX virtual_networks_default ON virtual_networks (account_id)
+        WHERE is_default = 1;
+
+    CREATE TABLE network_routes (
+        route_id   TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        vnet_id    TEXT NOT NULL REFERENCES virtual_networks (vnet_id),
+        network    TEXT NOT NULL, -- CIDR without host bits, as ipnet prints it
+        tunnel_id  TEXT NOT NULL REFERENCES tunnels (tunnel_id),
+        comment    TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (vnet_id, network)
+    ) STRICT;
+    CREATE INDEX network_routes_by_account ON network_routes (account_id, created_at);
+    CREATE INDEX network_routes_by_tunnel ON network_routes (tunnel_id);
+
+    -- host.network / host.resolver_network.virtual_network_id of a service.
+    ALTER TABLE services ADD COLUMN virtual_network_id TEXT;
+    "#,
 ];
 
 /// The two connections to one database file.
@@ -352,6 +384,9 @@ fn migrate_data(tx: &Tx<'_>, version: usize) -> Result<(), DirectoryError> {
     if version == 6 {
         crate::subdomain::backfill(tx)?;
         crate::scripts::migrate_to_versions(tx)?;
+    }
+    if version == 10 {
+        crate::teamnet::backfill_default_networks(tx)?;
     }
     Ok(())
 }

@@ -111,6 +111,7 @@ fn hostname_service(
         HostInput {
             hostname: Some(hostname.into()),
             resolver_network: Some(ResolverNetworkInput {
+                virtual_network_id: None,
                 tunnel_id: Some(tunnel.to_string()),
                 resolver_ips: resolver.map(|r| vec![r]),
             }),
@@ -201,6 +202,7 @@ impl World {
                     HostInput {
                         ipv4: Some(ip.into()),
                         network: Some(NetworkInput {
+                            virtual_network_id: None,
                             tunnel_id: Some(tunnel_id.to_string()),
                         }),
                         ..HostInput::default()

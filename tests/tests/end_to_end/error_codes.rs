@@ -437,6 +437,7 @@ fn name_host(world: &RealWorld, name: &str) -> HostInput {
     HostInput {
         hostname: Some(name.into()),
         resolver_network: Some(ResolverNetworkInput {
+            virtual_network_id: None,
             tunnel_id: Some(world.tunnel_id.to_string()),
             resolver_ips: Some(vec![world.dns.addr.to_string()]),
         }),

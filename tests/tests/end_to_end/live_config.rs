@@ -73,6 +73,7 @@ fn hostname_service(name: &str, tunnel: &str, resolver: &str, port: u16) -> Serv
         HostInput {
             hostname: Some(name.into()),
             resolver_network: Some(ResolverNetworkInput {
+                virtual_network_id: None,
                 tunnel_id: Some(tunnel.to_owned()),
                 resolver_ips: Some(vec![resolver.to_owned()]),
             }),

@@ -56,6 +56,7 @@ async fn a_request_is_served_and_a_change_reaches_iris_through_the_change_feed()
             wvpc_directory::HostInput {
                 hostname: Some(wvpc_tests::real::ORIGIN_NAME.into()),
                 resolver_network: Some(wvpc_directory::ResolverNetworkInput {
+                    virtual_network_id: None,
                     tunnel_id: Some(service.tunnel_id().to_string()),
                     resolver_ips: Some(vec![world.dns.addr.to_string()]),
                 }),
