@@ -1,0 +1,305 @@
+//! `connect()` and `vpc_networks` bindings as a script sees them: the `sockets` guest
+//! (`sdk/examples/sockets.rs`) against the fake binding-worker's `connect` (a small Redis, an
+//! echo that answers after the script's FIN, resets and refusals) and its fetch echo.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+use wvpc_runtime::{PrefixedOutput, Runtime, RuntimeOptions, ScriptConfig, VpcNetworkBinding};
+use wvpc_schemas::NetworkTarget;
+
+use crate::fake_binding_worker::FakeBindingWorker;
+use crate::{Client, GUARD, SERVICE, Served, guests};
+
+const TUNNEL: Uuid = Uuid::from_u128(0x0199_d9b2_0000_7000_8000_0000_0000_0001);
+const VNET: Uuid = Uuid::from_u128(0x0199_d9b2_0000_7000_8000_0000_0000_0002);
+
+/// The `sockets` guest with `API` → [`SERVICE`] (vpc_services), `NET` → a tunnel, `VNET` →
+/// a virtual network and `ALL` → `cf1:network` (vpc_networks), and these `limits`.
+async fn serve_sockets(fake: &FakeBindingWorker, limits: &str) -> Served {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("wrangler.jsonc");
+    let main = guests::guests().sockets.display().to_string();
+    let config = format!(
+        r#"{{ "name": "sockets-test", "main": {main:?}, "limits": {limits},
+              "vpc_services": [{{ "binding": "API", "service_id": "{SERVICE}" }}] }}"#
+    );
+    std::fs::write(&config_path, config).expect("write config");
+    let mut config = ScriptConfig::load(&config_path).expect("valid config");
+    for (binding, network) in [
+        ("NET", NetworkTarget::Tunnel(TUNNEL)),
+        ("VNET", NetworkTarget::VirtualNetwork(VNET)),
+        ("ALL", NetworkTarget::AllNetworks),
+    ] {
+        config.vpc_networks.push(VpcNetworkBinding {
+            binding: binding.into(),
+            network,
+        });
+    }
+    let options = RuntimeOptions {
+        binding_workers: vec![fake.addr],
+        binding_secret: None,
+        account: "acct-1".into(),
+        exchange_tap: None,
+    };
+    let runtime = Arc::new(
+        Runtime::with_output(&config, options, Arc::new(PrefixedOutput)).expect("runtime"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(runtime.clone().serve(listener));
+    Served {
+        addr,
+        runtime,
+        _config_dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_commands_and_replies_cross_a_network_socket() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    let answer = client
+        .get("/redis?binding=NET&addr=resp.test:6379&key=greeting&value=hello%20world")
+        .await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (200, "PING +PONG\nSET +OK\nGET $hello world\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_script_half_closes_and_still_reads_the_answer() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    // More than the flow-control windows of both directions (256 KiB each), so both wait
+    // for the other side on the way.
+    let body: String = (0..100_000)
+        .map(|i| format!("{:07}\n", i % 9_999_999))
+        .collect();
+    let answer = client
+        .send(
+            "POST",
+            "/echo?binding=NET&addr=db.internal:5432",
+            &[],
+            &body,
+        )
+        .await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{:?}",
+        answer.body.as_ref().map(|b| &b[..80.min(b.len())])
+    );
+    let text = answer.text();
+    let (echoed, trailer) = text.rsplit_once('\n').expect("the line after the FIN");
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed == body, "the bytes came back changed");
+    // The fake writes this line only after the script's FIN: the script half-closed and then
+    // read the rest.
+    assert_eq!(
+        trailer,
+        format!(
+            "connected address=db.internal:5432 service= tunnel={TUNNEL} network= binding=NET \
+             script=sockets-test account=acct-1"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_binding_kind_names_its_target_in_the_connect() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    let cases = [
+        ("API", "", format!("service={SERVICE} tunnel= network=")),
+        (
+            "VNET",
+            "[fd00::5]:6379",
+            format!("service= tunnel= network=cf1:vnet:{VNET}"),
+        ),
+        (
+            "ALL",
+            "10.0.0.5:22",
+            "service= tunnel= network=cf1:network".to_owned(),
+        ),
+    ];
+    for (binding, addr, target) in cases {
+        let answer = client
+            .send(
+                "POST",
+                &format!("/echo?binding={binding}&addr={addr}"),
+                &[],
+                "hi",
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.text().to_owned()),
+            (
+                200,
+                format!(
+                    "hi\nconnected address={addr} {target} binding={binding} \
+                     script=sockets-test account=acct-1"
+                )
+            )
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_reach_the_script_as_codes() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    let cases = [
+        // The far side's abort, after some bytes: its code, not a hang nor a clean end.
+        ("NET", "reset.test:7000", "connection_read_timeout"),
+        // `opened(error)`.
+        ("NET", "refused.test:7000", "connection_refused"),
+        ("VNET", "nxdomain.test:7000", "dns_error"),
+        // Refused at once, without a connection.
+        ("NOPE", "db.internal:5432", "proxy_configuration_error"),
+        ("NET", "db.internal", "destination_not_found"),
+        ("NET", "db.internal:0", "destination_not_found"),
+        ("NET", "fd00::1:80", "destination_not_found"),
+        ("NET", "", "destination_not_found"),
+        ("API", "db.internal:5432", "destination_not_found"),
+    ];
+    for (binding, addr, code) in cases {
+        let answer = client
+            .send(
+                "POST",
+                &format!("/echo?binding={binding}&addr={addr}"),
+                &[],
+                "ping",
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.text()),
+            (502, format!("ProxyError: {code}").as_str()),
+            "{binding} {addr}"
+        );
+    }
+    // The script carries on normally afterwards.
+    let answer = client
+        .send(
+            "POST",
+            "/echo?binding=NET&addr=db.internal:5432",
+            &[],
+            "fine",
+        )
+        .await;
+    assert!(
+        answer.text().starts_with("fine\nconnected"),
+        "{}",
+        answer.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sockets_count_against_subrequests_and_hold_connections() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, r#"{ "subrequests": 2 }"#).await;
+    let mut client = Client::connect(served.addr).await;
+    let answer = client
+        .get("/open?binding=NET&addr=db.internal:1&count=3")
+        .await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (502, "opened 2; ProxyError: subrequest_limit_reached")
+    );
+    // Per request.
+    let answer = client
+        .get("/open?binding=NET&addr=db.internal:1&count=2")
+        .await;
+    assert_eq!((answer.status, answer.text()), (200, "opened 2"));
+
+    // An open socket holds its connection slot until it is closed.
+    let served = serve_sockets(&fake, r#"{ "connections": 2, "queued_connections": 0 }"#).await;
+    let mut client = Client::connect(served.addr).await;
+    let answer = client
+        .get("/open?binding=NET&addr=db.internal:1&count=3")
+        .await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (502, "opened 2; ProxyError: connection_limit_reached")
+    );
+    // The slots were given back with the sockets at the end of that request.
+    let answer = client
+        .get("/open?binding=NET&addr=db.internal:1&count=2")
+        .await;
+    assert_eq!((answer.status, answer.text()), (200, "opened 2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_left_open_is_reset_when_its_request_ends() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    let answer = client.get("/stash?binding=NET&addr=db.internal:5432").await;
+    assert_eq!((answer.status, answer.text()), (200, "stashed"));
+    // The far side sees the reset although the instance (and the socket in its global) lives
+    // on for the next request.
+    tokio::time::timeout(GUARD, fake.socket_reset())
+        .await
+        .expect("the socket was reset at the end of its request");
+    let answer = client.get("/stashed").await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (502, "ProxyError: connection_terminated")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_fetch_sends_the_network_and_the_url_as_destination() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    let cases = [
+        ("NET", format!("tunnel={TUNNEL} network=")),
+        ("VNET", format!("tunnel= network=cf1:vnet:{VNET}")),
+        ("ALL", "tunnel= network=cf1:network".to_owned()),
+    ];
+    for (binding, network) in cases {
+        let answer = client
+            .get(&format!(
+                "/fetch?binding={binding}&url=http%3A%2F%2F10.0.0.5%3A8080%2Fx%3Fy%3D1"
+            ))
+            .await;
+        let text = answer.text();
+        assert_eq!(answer.status, 200, "{text}");
+        assert!(text.starts_with("200\n"), "{text}");
+        assert!(text.contains("url=http://10.0.0.5:8080/x?y=1\n"), "{text}");
+        assert!(
+            text.contains(&format!("service= binding={binding} script=sockets-test")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("\nnetwork {network}\n")), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_redirect_goes_to_the_location_through_the_same_binding() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    // 10.0.0.5:8080 answers 302 to 10.0.0.6:9090: the Location's host and port are the next
+    // destination, still inside the tunnel of `NET`.
+    let answer = client
+        .get(
+            "/fetch?binding=NET&url=http%3A%2F%2F10.0.0.5%3A8080%2Fredirect%2F302%3Fto%3D\
+             http%3A%2F%2F10.0.0.6%3A9090%2Fy",
+        )
+        .await;
+    let text = answer.text();
+    assert!(text.starts_with("200\n"), "{text}");
+    assert!(text.contains("url=http://10.0.0.6:9090/y\n"), "{text}");
+    assert!(
+        text.contains(&format!("\nnetwork tunnel={TUNNEL} network=\n")),
+        "{text}"
+    );
+}
