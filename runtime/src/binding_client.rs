@@ -1,4 +1,5 @@
-//! The capnp client of the binding-worker (`schemas/binding.capnp`, `VpcBinding.fetch`).
+//! The capnp client of the binding-worker (`schemas/binding.capnp`, `VpcBinding.fetch` and
+//! `VpcBinding.connect`).
 //!
 //! capnp-rpc objects are `!Send`, while wasmtime's host futures must be `Send`. So capnp
 //! connections live in a `LocalSet` on a current-thread tokio runtime, and [`BindingClient`]
@@ -19,6 +20,12 @@
 //! Both bodies are flow-controlled by [`wvpc_schemas::byte_stream_flow`]: the request body is
 //! written with a bounded window of unanswered bytes, and each response-body write is
 //! answered once the script's body has taken its chunk.
+//!
+//! Per connect ([`BindingClient::connect`], the host side is [`crate::socket`]): once the
+//! request's connection slot is free, the call is sent with a `SocketReceiver` implemented
+//! here; the script's bytes are pumped into the returned `toDestination` (then `end()` at
+//! the script's FIN, `abort()` when its request ends), and `opened` returns a `ByteStream`
+//! that feeds the script's input stream, flow-controlled like a response body.
 //!
 //! One or more binding-workers: each gets one connection per thread, shared by all fetches
 //! of that thread and re-established by the next fetch after it drops; with a [`PlatformSecret`],

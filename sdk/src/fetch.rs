@@ -49,10 +49,13 @@ impl Fetcher {
     /// the Workers default); see [`Fetcher::fetch_with`].
     ///
     /// The URL must be absolute (`http://` or `https://`): a relative URL is refused with
-    /// `http_request_error` before anything is sent. Its host is not used for routing: it
-    /// becomes the `Host` header (and TLS SNI for `https`); the scheme picks the service's
-    /// HTTP or HTTPS port; a port in the URL is ignored. Method, path, query, headers and
-    /// body are forwarded.
+    /// `http_request_error` before anything is sent. Through a `vpc_services` binding its
+    /// host is not used for routing: it becomes the `Host` header (and TLS SNI for `https`);
+    /// the scheme picks the service's HTTP or HTTPS port; a port in the URL is ignored.
+    /// Through a `vpc_networks` binding the URL's host and port *are* the destination inside
+    /// the binding's network (80 / 443 by default; a hostname is resolved through the
+    /// tunnel), and a followed redirect's `Location` picks the next one. Method, path, query,
+    /// headers and body are forwarded.
     ///
     /// The request body is sent completely before the response is awaited, so an origin that
     /// answers before reading a large body is served only after the body went out.

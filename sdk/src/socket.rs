@@ -84,7 +84,7 @@ impl PendingSocket {
 /// An open TCP connection through a binding. Also [`io::Read`] and [`io::Write`] (errors
 /// carry the [`ProxyError`]).
 ///
-/// Dropping it closes the connection (after the bytes written so far).
+/// Dropping it closes the connection: the bytes written so far still go out, then FIN.
 #[derive(Debug)]
 pub struct Socket {
     input: Option<InputStream>,
@@ -153,20 +153,24 @@ impl Socket {
         Ok(())
     }
 
-    /// Waits until the bytes written so far are on their way to the destination.
+    /// Reports a broken connection now, and waits while the connection's queue towards the
+    /// destination is full. The bytes written so far go out in order either way: this is not
+    /// needed before a read or a shutdown.
     pub fn flush(&mut self) -> Result<(), ProxyError> {
         self.writer()?.blocking_flush().map_err(write_error)
     }
 
-    /// Half-closes: flushes, then sends FIN. The destination sees the end of the script's
-    /// bytes; its answer still reads. Later writes fail.
+    /// Half-closes: sends FIN after the bytes written so far. The destination sees the end
+    /// of the script's bytes; its answer still reads. Later writes fail. Does not wait for
+    /// the destination to take the bytes; an error already known (the connection broke) is
+    /// returned.
     pub fn shutdown_write(&mut self) -> Result<(), ProxyError> {
         let Some(output) = self.output.take() else {
             return Ok(());
         };
-        let flushed = output.blocking_flush().map_err(write_error);
-        drop(output); // the FIN
-        flushed
+        let checked = output.flush().map_err(write_error);
+        drop(output); // the FIN, behind the bytes already written
+        checked
     }
 
     /// Closes both directions now (same as dropping the socket).
@@ -202,14 +206,5 @@ impl io::Write for Socket {
 
     fn flush(&mut self) -> io::Result<()> {
         Socket::flush(self).map_err(io::Error::other)
-    }
-}
-
-impl Drop for Socket {
-    fn drop(&mut self) {
-        // The output first: its bytes go out with the FIN before the reading side closes.
-        if let Some(output) = self.output.take() {
-            let _ = output.blocking_flush();
-        }
     }
 }
