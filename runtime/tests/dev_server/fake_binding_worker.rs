@@ -22,6 +22,7 @@
 //! | `nxdomain.test:<port>` | `opened(error dnsError, rcode NXDOMAIN)` |
 //! | `resp.test:<port>` | a small Redis: `PING`, `SET k v`, `GET k` in RESP, as they arrive |
 //! | `reset.test:<port>` | takes the script's bytes to its FIN, sends `partial`, then `abort(connectionReadTimeout)` |
+//! | `127.0.0.1:<port>` | dials it for real and relays both ways (FIN as FIN, a reset as a close); `opened(error connectionRefused)` when the dial fails |
 //! | anything else | echoes the bytes as they arrive; after the script's FIN, a line `connected <context>` and FIN |
 //!
 //! Whether the runtime reset a socket (`abort` on `toDestination`) is counted:
@@ -336,6 +337,9 @@ impl FakeBinding {
         hold: Arc<Hold>,
     ) -> Result<(), capnp::Error> {
         let host = address.rsplit_once(':').map_or("", |(host, _)| host);
+        if host == "127.0.0.1" {
+            return relay_loopback(&address, receiver, from_script).await;
+        }
         let refuse = match host {
             "refused.test" => Some(ProxyError::new(ErrorCode::ConnectionRefused)),
             "nxdomain.test" => Some(ProxyError::dns("NXDOMAIN")),
@@ -389,6 +393,64 @@ impl FakeBinding {
             .await?;
         to_script.end().await
     }
+}
+
+/// A socket to a real server on loopback: the script's bytes to it, its bytes back.
+async fn relay_loopback(
+    address: &str,
+    receiver: socket_receiver::Client,
+    mut from_script: SocketBytes,
+) -> Result<(), capnp::Error> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let dialled = tokio::net::TcpStream::connect(address).await;
+    let mut opened = receiver.opened_request();
+    match &dialled {
+        Ok(_) => opened.get().init_result().set_opened(()),
+        Err(_) => write_wire_error(
+            opened.get().init_result().init_error(),
+            &ProxyError::new(ErrorCode::ConnectionRefused),
+        ),
+    }
+    let reply = opened.send().promise.await?;
+    let Ok(stream) = dialled else {
+        return Ok(());
+    };
+    stream.set_nodelay(true).expect("nodelay");
+    let mut to_script = StreamWriter::new(reply.get()?.get_from_destination()?);
+    let (mut read, mut write) = stream.into_split();
+    let upstream = async move {
+        while let Some(event) = from_script.recv().await {
+            match event {
+                FromScript::Bytes(bytes) => {
+                    if write.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                FromScript::Fin => {
+                    let _ = write.shutdown().await;
+                    return;
+                }
+                FromScript::Reset => return,
+            }
+        }
+    };
+    let downstream = async move {
+        let mut buf = vec![0; 16 << 10];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) => return to_script.end().await,
+                Ok(n) => to_script.write(&buf[..n]).await?,
+                Err(_) => {
+                    return to_script
+                        .abort(&ProxyError::new(ErrorCode::ConnectionTerminated))
+                        .await;
+                }
+            }
+        }
+    };
+    let (_, down) = tokio::join!(upstream, downstream);
+    down
 }
 
 /// One RESP command (an array of bulk strings) at the start of `bytes`, and its length.

@@ -303,3 +303,127 @@ async fn a_network_redirect_goes_to_the_location_through_the_same_binding() {
         "{text}"
     );
 }
+
+/// A real `redis-server` on a loopback port, stopped on drop.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// `None` (after printing why) when redis-server is not installed.
+    async fn start() -> Option<Self> {
+        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A port that was free a moment ago; another start takes the next one if it is not.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let child = std::process::Command::new(&binary)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            let mut child = match child {
+                Ok(child) => child,
+                Err(err) => {
+                    println!("SKIPPED (redis-server): cannot run {binary}: {err}");
+                    return None;
+                }
+            };
+            // Ready once it answers PING; a bounded wait as a hang guard.
+            let deadline = std::time::Instant::now() + GUARD;
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: the port was taken
+                }
+                if ping(port).await {
+                    return Some(Self {
+                        child,
+                        port,
+                        _dir: dir,
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
+    }
+}
+
+async fn ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut reply = [0; 7];
+    stream.write_all(b"PING\r\n").await.is_ok()
+        && stream.read_exact(&mut reply).await.is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+/// `GET key` straight to Redis: the raw reply.
+async fn redis_get(port: u16, key: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to redis");
+    let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+    stream
+        .write_all(command.as_bytes())
+        .await
+        .expect("send GET");
+    let mut reply = Vec::new();
+    while !reply.ends_with(b"\r\n") || reply.iter().filter(|&&b| b == b'\n').count() < 2 {
+        let mut buf = [0; 256];
+        let n = stream.read(&mut buf).await.expect("read the reply");
+        assert!(n > 0, "redis closed the connection");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_redis_guest_speaks_to_a_real_redis_server() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    let port = redis.port;
+    let answer = client
+        .get(&format!(
+            "/redis?binding=NET&addr=127.0.0.1:{port}&key=user%3A1&value=ada%20lovelace"
+        ))
+        .await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (200, "PING +PONG\nSET +OK\nGET $ada lovelace\n")
+    );
+    // What the script wrote is really in Redis.
+    assert_eq!(redis_get(port, "user:1").await, "$12\r\nada lovelace\r\n");
+    drop(redis);
+    // Nothing listens any more: the dial is refused, and the script says so.
+    let answer = client
+        .get(&format!("/redis?binding=NET&addr=127.0.0.1:{port}"))
+        .await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (502, "ProxyError: connection_refused")
+    );
+}
