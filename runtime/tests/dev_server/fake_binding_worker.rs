@@ -22,6 +22,7 @@
 //! | `nxdomain.test:<port>` | `opened(error dnsError, rcode NXDOMAIN)` |
 //! | `resp.test:<port>` | a small Redis: `PING`, `SET k v`, `GET k` in RESP, as they arrive |
 //! | `reset.test:<port>` | takes the script's bytes to its FIN, sends `partial`, then `abort(connectionReadTimeout)` |
+//! | `drop.test:<port>` | opened, sends `partial`, then closes the whole connection |
 //! | `127.0.0.1:<port>` | dials it for real and relays both ways (FIN as FIN, a reset as a close); `opened(error connectionRefused)` when the dial fails |
 //! | anything else | echoes the bytes as they arrive; after the script's FIN, a line `connected <context>` and FIN |
 //!
@@ -242,10 +243,17 @@ impl vpc_binding::Server for FakeBinding {
             .get()
             .set_to_destination(capnp_rpc::new_client(SocketSink { bytes }));
         let hold = self.hold.clone();
+        let disconnect = self.disconnect.clone();
         tokio::task::spawn_local(async move {
-            if let Err(err) =
-                FakeBinding::serve_socket(address, context, receiver, from_script, hold).await
-            {
+            let served = FakeBinding::serve_socket(
+                address,
+                context,
+                receiver,
+                from_script,
+                hold,
+                disconnect,
+            );
+            if let Err(err) = served.await {
                 tracing::info!(error = %err, "fake binding-worker: socket ended");
             }
         });
@@ -335,6 +343,7 @@ impl FakeBinding {
         receiver: socket_receiver::Client,
         mut from_script: SocketBytes,
         hold: Arc<Hold>,
+        disconnect: Rc<RefCell<Option<Disconnector>>>,
     ) -> Result<(), capnp::Error> {
         let host = address.rsplit_once(':').map_or("", |(host, _)| host);
         if host == "127.0.0.1" {
@@ -355,6 +364,15 @@ impl FakeBinding {
             return Ok(());
         }
         let mut to_script = StreamWriter::new(reply.get()?.get_from_destination()?);
+        if host == "drop.test" {
+            to_script.write(b"partial").await?;
+            to_script.flush().await?;
+            let disconnector = disconnect.borrow_mut().take();
+            if let Some(disconnector) = disconnector {
+                disconnector.await?;
+            }
+            return Ok(());
+        }
         let mut store = std::collections::HashMap::new();
         let mut pending = Vec::new();
         let mut seen = Vec::new();

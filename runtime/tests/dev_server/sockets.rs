@@ -17,6 +17,11 @@ const VNET: Uuid = Uuid::from_u128(0x0199_d9b2_0000_7000_8000_0000_0000_0002);
 /// The `sockets` guest with `API` → [`SERVICE`] (vpc_services), `NET` → a tunnel, `VNET` →
 /// a virtual network and `ALL` → `cf1:network` (vpc_networks), and these `limits`.
 async fn serve_sockets(fake: &FakeBindingWorker, limits: &str) -> Served {
+    serve_sockets_through(fake.addr, limits).await
+}
+
+/// [`serve_sockets`] with the binding-worker at `binding_worker`.
+async fn serve_sockets_through(binding_worker: std::net::SocketAddr, limits: &str) -> Served {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("wrangler.jsonc");
     let main = guests::guests().sockets.display().to_string();
@@ -37,7 +42,7 @@ async fn serve_sockets(fake: &FakeBindingWorker, limits: &str) -> Served {
         });
     }
     let options = RuntimeOptions {
-        binding_workers: vec![fake.addr],
+        binding_workers: vec![binding_worker],
         binding_secret: None,
         account: "acct-1".into(),
         exchange_tap: None,
@@ -197,6 +202,44 @@ async fn failures_reach_the_script_as_codes() {
         answer.text().starts_with("fine\nconnected"),
         "{}",
         answer.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_binding_worker_lost_or_gone_is_a_code_not_a_hang() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    // The binding-worker connection breaks while the socket is open.
+    let answer = client
+        .send("POST", "/echo?binding=NET&addr=drop.test:1", &[], "ping")
+        .await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (502, "ProxyError: connection_terminated")
+    );
+    // The binding-worker restarts on its port: the next connect finds the old connection
+    // dead and opens on a new one.
+    let addr = fake.stop();
+    let fake = FakeBindingWorker::start_on(addr, None);
+    let answer = client
+        .send("POST", "/echo?binding=NET&addr=db.internal:1", &[], "again")
+        .await;
+    assert!(
+        answer.text().starts_with("again\nconnected"),
+        "{}",
+        answer.text()
+    );
+    // No binding-worker at all.
+    drop(fake);
+    let served = serve_sockets_through(addr, "{}").await;
+    let answer = Client::connect(served.addr)
+        .await
+        .send("POST", "/echo?binding=NET&addr=db.internal:1", &[], "x")
+        .await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (502, "ProxyError: destination_unavailable")
     );
 }
 
