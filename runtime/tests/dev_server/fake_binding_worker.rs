@@ -21,10 +21,11 @@
 //! | `refused.test:<port>` | `opened(error connectionRefused)` |
 //! | `nxdomain.test:<port>` | `opened(error dnsError, rcode NXDOMAIN)` |
 //! | `resp.test:<port>` | a small Redis: `PING`, `SET k v`, `GET k` in RESP, as they arrive |
+//! | `stall.test:<port>` | takes nothing until the runtime has a whole window of writes unanswered and [`FakeBindingWorker::release`] was called; then as `echo` |
 //! | `reset.test:<port>` | takes the script's bytes to its FIN, sends `partial`, then `abort(connectionReadTimeout)` |
 //! | `drop.test:<port>` | opened, sends `partial`, then closes the whole connection |
 //! | `127.0.0.1:<port>` | dials it for real and relays both ways (FIN as FIN, a reset as a close); `opened(error connectionRefused)` when the dial fails |
-//! | anything else | echoes the bytes as they arrive; after the script's FIN, a line `connected <context>` and FIN |
+//! | anything else | takes the script's bytes to its FIN, then sends them back, a line `connected <context>` and FIN |
 //!
 //! Whether the runtime reset a socket (`abort` on `toDestination`) is counted:
 //! [`FakeBindingWorker::socket_resets`].
@@ -41,6 +42,7 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_binding_worker};
 use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, socket_receiver, vpc_binding};
+use wvpc_schemas::byte_stream_flow::{InboxSender, Taken};
 use wvpc_schemas::{PlatformSecret, StreamWriter, write_wire_error};
 
 pub struct FakeBindingWorker {
@@ -238,10 +240,14 @@ impl vpc_binding::Server for FakeBinding {
         );
         let address = params.get_address()?.to_string()?;
         let receiver = params.get_receiver()?;
-        let (bytes, from_script) = tokio::sync::mpsc::unbounded_channel();
+        let (events, from_script) = wvpc_schemas::inbox();
+        let (pushed, pushed_bytes) = tokio::sync::watch::channel(0);
         results
             .get()
-            .set_to_destination(capnp_rpc::new_client(SocketSink { bytes }));
+            .set_to_destination(capnp_rpc::new_client(SocketSink {
+                events: RefCell::new(Some(events)),
+                pushed,
+            }));
         let hold = self.hold.clone();
         let disconnect = self.disconnect.clone();
         tokio::task::spawn_local(async move {
@@ -250,6 +256,7 @@ impl vpc_binding::Server for FakeBinding {
                 context,
                 receiver,
                 from_script,
+                pushed_bytes,
                 hold,
                 disconnect,
             );
@@ -333,7 +340,9 @@ enum FromScript {
     Reset,
 }
 
-type SocketBytes = tokio::sync::mpsc::UnboundedReceiver<FromScript>;
+/// The script's bytes as the fake takes them: each write is answered only then, as the real
+/// binding-worker does, so the runtime must keep to the flow-control window.
+type SocketBytes = wvpc_schemas::byte_stream_flow::InboxReceiver<FromScript>;
 
 impl FakeBinding {
     /// The `connect` of the table in the module docs.
@@ -342,6 +351,7 @@ impl FakeBinding {
         context: String,
         receiver: socket_receiver::Client,
         mut from_script: SocketBytes,
+        mut pushed_bytes: tokio::sync::watch::Receiver<usize>,
         hold: Arc<Hold>,
         disconnect: Rc<RefCell<Option<Disconnector>>>,
     ) -> Result<(), capnp::Error> {
@@ -373,6 +383,13 @@ impl FakeBinding {
             }
             return Ok(());
         }
+        if host == "stall.test" {
+            // Reads nothing until the runtime has a whole window of writes unanswered.
+            let window = wvpc_schemas::byte_stream_flow::WINDOW;
+            let _ = pushed_bytes.wait_for(|n| *n >= window).await;
+            hold.arrived.add_permits(1);
+            hold.release.acquire().await.expect("never closed").forget();
+        }
         let mut store = std::collections::HashMap::new();
         let mut pending = Vec::new();
         let mut seen = Vec::new();
@@ -387,8 +404,7 @@ impl FakeBinding {
                             to_script.write(&reply).await?;
                         }
                     }
-                    "reset.test" => seen.extend_from_slice(&bytes),
-                    _ => to_script.write(&bytes).await?,
+                    _ => seen.extend_from_slice(&bytes),
                 },
                 Some(FromScript::Reset) => {
                     hold.resets.add_permits(1);
@@ -406,9 +422,8 @@ impl FakeBinding {
                 .await?;
             return Ok(());
         }
-        to_script
-            .write(format!("\nconnected address={address} {context}").as_bytes())
-            .await?;
+        seen.extend_from_slice(format!("\nconnected address={address} {context}").as_bytes());
+        to_script.write(&seen).await?;
         to_script.end().await
     }
 }
@@ -517,39 +532,65 @@ fn resp_reply(
     }
 }
 
-/// `toDestination` of a fake socket: forwards the script's bytes as they arrive.
+/// `toDestination` of a fake socket: queues the script's bytes for the fake to take.
 struct SocketSink {
-    bytes: tokio::sync::mpsc::UnboundedSender<FromScript>,
+    /// `None` after `end` / `abort`.
+    events: RefCell<Option<InboxSender<FromScript>>>,
+    /// Bytes written so far.
+    pushed: tokio::sync::watch::Sender<usize>,
+}
+
+impl SocketSink {
+    fn push(&self, event: FromScript, bytes: usize, last: bool) -> Result<Taken, capnp::Error> {
+        let pushed = {
+            let events = self.events.borrow();
+            let Some(events) = events.as_ref() else {
+                return Err(capnp::Error::failed("the socket already ended".into()));
+            };
+            events
+                .push(event, bytes)
+                .map_err(|e| capnp::Error::failed(format!("fake socket: {e}")))
+        };
+        if last {
+            self.events.borrow_mut().take();
+        }
+        self.pushed.send_modify(|n| *n += bytes);
+        pushed
+    }
 }
 
 impl byte_stream::Server for SocketSink {
-    async fn write(
+    fn write(
         self: CapRc<Self>,
         params: byte_stream::WriteParams,
         _: byte_stream::WriteResults,
-    ) -> Result<(), capnp::Error> {
-        let _ = self
-            .bytes
-            .send(FromScript::Bytes(params.get()?.get_bytes()?.to_vec()));
-        Ok(())
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        // Queued now, in call order; answered once the fake took it.
+        let queued = params
+            .get()
+            .and_then(|p| p.get_bytes())
+            .and_then(|b| self.push(FromScript::Bytes(b.to_vec()), b.len(), false));
+        async move {
+            queued?
+                .await
+                .map_err(|e| capnp::Error::failed(format!("fake socket: {e}")))
+        }
     }
 
-    async fn end(
+    fn end(
         self: CapRc<Self>,
         _: byte_stream::EndParams,
         _: byte_stream::EndResults,
-    ) -> Result<(), capnp::Error> {
-        let _ = self.bytes.send(FromScript::Fin);
-        Ok(())
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        std::future::ready(self.push(FromScript::Fin, 0, true).map(drop))
     }
 
-    async fn abort(
+    fn abort(
         self: CapRc<Self>,
         _: byte_stream::AbortParams,
         _: byte_stream::AbortResults,
-    ) -> Result<(), capnp::Error> {
-        let _ = self.bytes.send(FromScript::Reset);
-        Ok(())
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        std::future::ready(self.push(FromScript::Reset, 0, true).map(drop))
     }
 }
 

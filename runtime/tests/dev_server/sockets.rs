@@ -116,6 +116,34 @@ async fn the_script_half_closes_and_still_reads_the_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_destination_that_stops_reading_holds_the_script_back_within_the_window() {
+    let fake = FakeBindingWorker::start();
+    let served = serve_sockets(&fake, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    // 2 MiB: the runtime may keep only a window of it unanswered while the far side reads
+    // nothing (more would overflow the far side's inbox, which refuses it: a 502).
+    let body: String = (0..262_144).map(|i| format!("{:07}\n", i)).collect();
+    let echo = client.send("POST", "/echo?binding=NET&addr=stall.test:1", &[], &body);
+    let release = async {
+        fake.held().await; // the far side holds a full window and reads nothing
+        fake.release();
+    };
+    let (answer, ()) = tokio::join!(echo, release);
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    let (echoed, trailer) = text.rsplit_once('\n').expect("the line after the FIN");
+    assert!(
+        echoed == body,
+        "the bytes came back changed ({} bytes)",
+        echoed.len()
+    );
+    assert!(
+        trailer.starts_with("connected address=stall.test:1 "),
+        "{trailer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn each_binding_kind_names_its_target_in_the_connect() {
     let fake = FakeBindingWorker::start();
     let served = serve_sockets(&fake, "{}").await;
