@@ -14,13 +14,12 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::outgoing_handler::Host as _;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
 use wasmtime_wasi_http::{RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 
 use crate::limits::{CpuMeter, LimitExceeded, MemoryLimiter};
 use crate::outbound::{OutboundHooks, Redirect, ScriptBindings};

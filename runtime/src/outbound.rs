@@ -108,7 +108,6 @@ impl OutboundHooks {
         &self.request_id
     }
 
-    /// The route for `binding`, if the script declares it.
     /// The route of `binding` when the script declares it (in `vpc_services` or
     /// `vpc_networks`): only the script's own bindings are there.
     pub fn route_for(&self, binding: &str, redirect: Redirect) -> Option<Route> {
@@ -319,12 +318,12 @@ fn log_budget(request_id: &str, exceeded: BudgetExceeded) {
         BudgetExceeded::Subrequests(limit) => tracing::warn!(
             request_id,
             limit,
-            "fetch refused: the request used all its subrequests (limits.subrequests)"
+            "fetch or connect refused: the request used all its subrequests (limits.subrequests)"
         ),
         BudgetExceeded::QueuedConnections(limit) => tracing::warn!(
             request_id,
             limit,
-            "fetch refused: too many fetches waiting for a connection \
+            "fetch or connect refused: too many waiting for a connection \
              (limits.connections / limits.queued_connections)"
         ),
     }
