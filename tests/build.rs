@@ -14,6 +14,7 @@ const GUESTS: &[(&str, &str, Option<&str>)] = &[
     ("PROXY", "wvpc-example-proxy", None),
     ("BINDING_CHECKS", "wvpc-sdk", Some("binding-checks")),
     ("WEBSOCKET", "wvpc-sdk", Some("websocket")),
+    ("SOCKETS", "wvpc-sdk", Some("sockets")),
 ];
 
 fn main() {

@@ -1,4 +1,5 @@
-//! The capnp client of the binding-worker (`schemas/binding.capnp`, `VpcBinding.fetch`).
+//! The capnp client of the binding-worker (`schemas/binding.capnp`, `VpcBinding.fetch` and
+//! `VpcBinding.connect`).
 //!
 //! capnp-rpc objects are `!Send`, while wasmtime's host futures must be `Send`. So capnp
 //! connections live in a `LocalSet` on a current-thread tokio runtime, and [`BindingClient`]
@@ -19,6 +20,12 @@
 //! Both bodies are flow-controlled by [`wvpc_schemas::byte_stream_flow`]: the request body is
 //! written with a bounded window of unanswered bytes, and each response-body write is
 //! answered once the script's body has taken its chunk.
+//!
+//! Per connect ([`BindingClient::connect`], the host side is [`crate::socket`]): once the
+//! request's connection slot is free, the call is sent with a `SocketReceiver` implemented
+//! here; the script's bytes are pumped into the returned `toDestination` (then `end()` at
+//! the script's FIN, `abort()` when its request ends), and `opened` returns a `ByteStream`
+//! that feeds the script's input stream, flow-controlled like a response body.
 //!
 //! One or more binding-workers: each gets one connection per thread, shared by all fetches
 //! of that thread and re-established by the next fetch after it drops; with a [`PlatformSecret`],
@@ -48,16 +55,20 @@ use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use futures::FutureExt as _;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tokio_util::sync::CancellationToken;
 use wasmtime_wasi_http::WasiBody;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_runtime};
-use wvpc_schemas::binding_capnp::{byte_stream, fetch_result, response_receiver, vpc_binding};
+use wvpc_schemas::binding_capnp::{
+    binding_context, byte_stream, connect_result, fetch_result, response_receiver, socket_receiver,
+    vpc_binding,
+};
 use wvpc_schemas::byte_stream_flow::{InboxError, InboxReceiver, InboxSender, Taken};
 use wvpc_schemas::{
-    INLINE_BODY_MAX, MAX_HEAD_HEADERS, PlatformSecret, RPC_BUFFER, StreamWriter, inbox,
-    read_wire_error,
+    INLINE_BODY_MAX, MAX_HEAD_HEADERS, NetworkTarget, PlatformSecret, RPC_BUFFER, StreamWriter,
+    inbox, read_wire_error,
 };
 
 use crate::error_map::wasi_http_error;
@@ -70,10 +81,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// What a binding reaches: the capnp `BindingContext`'s `serviceId`, or its `tunnelId` /
+/// `networkId` (then the URL or the `connect()` address is the destination).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BindingTarget {
+    /// A `vpc_services` binding: the VPC Service id (hyphenated UUID).
+    Service(String),
+    /// A `vpc_networks` binding.
+    Network(NetworkTarget),
+}
+
 /// Who is asking, carried in every fetch as the capnp `BindingContext`.
 #[derive(Debug, Clone)]
 pub(crate) struct FetchContext {
-    pub service_id: String,
+    pub target: BindingTarget,
     pub script: String,
     pub account: String,
     pub request_id: String,
@@ -88,12 +109,38 @@ struct FetchJob {
     reply: oneshot::Sender<FetchReply>,
 }
 
+/// One `vpc.connect`, as the host side ([`crate::socket`]) hands it to the thread that
+/// serves it: the ends of the two byte streams, and where the outcome goes.
+pub(crate) struct ConnectJob {
+    pub context: FetchContext,
+    /// The destination (network binding) or empty (service binding).
+    pub address: String,
+    /// The connection slot of the request's limits, waited for before anything is sent.
+    pub slot: crate::limits::Connection,
+    /// The script's bytes towards the destination; closed by the script's FIN.
+    pub to_destination: mpsc::Receiver<Bytes>,
+    /// Where the destination's bytes go (the script's input stream reads the other end).
+    pub from_destination: InboxSender<BodyEvent>,
+    /// Why writing towards the destination stopped, for the script's output stream.
+    pub write_failed: Arc<std::sync::OnceLock<ProxyError>>,
+    /// Cancelled when the request that opened the socket ends: the connection is reset.
+    pub request_ended: CancellationToken,
+    /// The outcome: the slot, held by the socket from now on, or why it did not open.
+    pub opened: oneshot::Sender<Result<OwnedSemaphorePermit, ProxyError>>,
+}
+
+/// What a serving thread is asked to do.
+enum Job {
+    Fetch(FetchJob),
+    Connect(ConnectJob),
+}
+
 /// `Send` handle to the binding-worker connection thread. Cloning is cheap; the thread ends
 /// when the last clone is dropped. Threads that serve requests serve their own fetches
 /// instead ([`BindingClient::serve_on_this_thread`]).
 #[derive(Clone)]
 pub(crate) struct BindingClient {
-    jobs: mpsc::UnboundedSender<FetchJob>,
+    jobs: mpsc::UnboundedSender<Job>,
     /// Which binding-workers, with which secret: what every thread's connections are made to.
     target: Arc<Target>,
     /// Given every exchange, when the runtime records them.
@@ -125,7 +172,7 @@ impl Target {
 thread_local! {
     /// The job queues of the clients whose fetches are served on this thread, by client
     /// ([`BindingClient::key`]).
-    static LOCAL_JOBS: RefCell<Vec<(usize, mpsc::UnboundedSender<FetchJob>)>> =
+    static LOCAL_JOBS: RefCell<Vec<(usize, mpsc::UnboundedSender<Job>)>> =
         const { RefCell::new(Vec::new()) };
 }
 
@@ -177,7 +224,7 @@ impl BindingClient {
 
     /// Queues `job` on this thread when this thread serves the client's fetches; gives it
     /// back otherwise.
-    fn send_here(&self, job: FetchJob) -> Option<FetchJob> {
+    fn send_here(&self, job: Job) -> Option<Job> {
         LOCAL_JOBS.with(|local| {
             let local = local.borrow();
             match local.iter().find(|(key, _)| *key == self.key()) {
@@ -201,17 +248,12 @@ impl BindingClient {
         first_byte_timeout: Option<Duration>,
     ) -> FetchReply {
         let (reply, response) = oneshot::channel();
-        let job = FetchJob {
+        let job = Job::Fetch(FetchJob {
             context,
             request,
             reply,
-        };
-        if let Some(job) = self.send_here(job) {
-            self.jobs.send(job).map_err(|_| {
-                ProxyError::new(ErrorCode::ProxyInternalError)
-                    .with_details("the binding-worker client thread has stopped")
-            })?;
-        }
+        });
+        self.dispatch(job)?;
         let response = async {
             response.await.unwrap_or_else(|_| {
                 Err(ProxyError::new(ErrorCode::ProxyInternalError)
@@ -226,6 +268,34 @@ impl BindingClient {
                     Err(ProxyError::new(ErrorCode::HttpResponseTimeout)
                         .with_details(format!("no response head within {limit:?}")))
                 }),
+        }
+    }
+
+    /// Opens a raw TCP connection through the binding (`VpcBinding.connect`), on this thread
+    /// when it serves the client's calls. The outcome arrives through `job.opened`.
+    pub fn connect(&self, job: ConnectJob) {
+        if let Err(err) = self.dispatch(Job::Connect(job)) {
+            tracing::error!(error = %err, "connect could not be queued");
+        }
+    }
+
+    /// Queues `job` on this thread, or on the connection thread. A job that cannot be queued
+    /// is answered with `proxy_internal_error` (a fetch's is also returned as `Err`).
+    fn dispatch(&self, job: Job) -> Result<(), ProxyError> {
+        let Some(job) = self.send_here(job) else {
+            return Ok(());
+        };
+        let stopped = || {
+            ProxyError::new(ErrorCode::ProxyInternalError)
+                .with_details("the binding-worker client thread has stopped")
+        };
+        match self.jobs.send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(Job::Connect(job))) => {
+                let _ = job.opened.send(Err(stopped()));
+                Err(stopped())
+            }
+            Err(_) => Err(stopped()),
         }
     }
 }
@@ -353,10 +423,13 @@ impl WorkerSlot {
     }
 }
 
-async fn serve_jobs(workers: Workers, mut jobs: mpsc::UnboundedReceiver<FetchJob>) {
+async fn serve_jobs(workers: Workers, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let workers = Rc::new(workers);
     while let Some(job) = jobs.recv().await {
-        tokio::task::spawn_local(fetch(workers.clone(), job));
+        match job {
+            Job::Fetch(job) => tokio::task::spawn_local(fetch(workers.clone(), job)),
+            Job::Connect(job) => tokio::task::spawn_local(connect_socket(workers.clone(), job)),
+        };
     }
 }
 
@@ -482,6 +555,234 @@ async fn fetch(workers: Rc<Workers>, job: FetchJob) {
     answer(&reply, Err(err));
 }
 
+/// Fills a capnp `BindingContext`.
+fn write_context(mut ctx: binding_context::Builder<'_>, context: &FetchContext) {
+    match &context.target {
+        BindingTarget::Service(id) => ctx.set_service_id(id.as_str()),
+        BindingTarget::Network(network) => {
+            if let Some(tunnel) = network.tunnel_id() {
+                ctx.set_tunnel_id(tunnel.hyphenated().to_string().as_str());
+            }
+            if let Some(network_id) = network.network_id() {
+                ctx.set_network_id(network_id.as_str());
+            }
+        }
+    }
+    ctx.set_script(context.script.as_str());
+    ctx.set_account(context.account.as_str());
+    ctx.set_request_id(context.request_id.as_str());
+    ctx.set_binding(context.binding.as_str());
+}
+
+/// One `vpc.connect`: waits for a connection slot of the request, calls `VpcBinding.connect`
+/// (again on the next binding-worker when a reused connection turns out dead before the call
+/// was taken, as a fetch does), answers the script once `opened` arrives, then pumps the
+/// script's bytes into `toDestination` until the script's FIN (`end`) or the end of its
+/// request (`abort`). The destination's bytes flow the other way through the `BodySink` that
+/// `opened` returns, straight into the script's input stream.
+async fn connect_socket(workers: Rc<Workers>, job: ConnectJob) {
+    let ConnectJob {
+        context,
+        address,
+        slot,
+        mut to_destination,
+        from_destination,
+        write_failed,
+        request_ended,
+        mut opened,
+    } = job;
+    // A script may drop its pending socket, or its request end, while the slot is awaited.
+    let permit = tokio::select! {
+        permit = slot.acquire() => permit,
+        () = opened.closed() => return,
+        () = request_ended.cancelled() => return,
+    };
+    let (outcome_tx, outcome) = oneshot::channel();
+    let called = Rc::new(Cell::new(false));
+    let receiver: socket_receiver::Client = capnp_rpc::new_client(SocketOpener {
+        outcome: RefCell::new(Some(outcome_tx)),
+        sink: RefCell::new(Some(from_destination)),
+        request_ended: request_ended.clone(),
+        called: called.clone(),
+    });
+    let fail = |opened: oneshot::Sender<_>, err: ProxyError| {
+        log_connect_error(&context, &err);
+        let _ = opened.send(Err(err));
+    };
+    let count = workers.slots.len();
+    let mut skip = vec![false; count];
+    let mut stale_retries = 0;
+    let mut failures = Vec::new();
+    let stream = loop {
+        let Some(i) = workers.pick(&skip) else {
+            for (i, slot) in workers.slots.iter().enumerate() {
+                if !skip[i]
+                    && let Some(why) = slot.down()
+                {
+                    failures.push(format!("{}: {why}", slot.addr));
+                }
+            }
+            let err = ProxyError::new(ErrorCode::DestinationUnavailable).with_details(format!(
+                "no binding-worker is reachable ({})",
+                failures.join("; ")
+            ));
+            return fail(opened, err);
+        };
+        let slot = &workers.slots[i];
+        let (connection, reused) = match slot.get(workers.secret.as_ref()).await {
+            Ok(c) => c,
+            Err(why) => {
+                skip[i] = true;
+                failures.push(format!("{}: {why}", slot.addr));
+                continue;
+            }
+        };
+        let mut call = connection.binding.connect_request();
+        {
+            let mut params = call.get();
+            write_context(params.reborrow().init_context(), &context);
+            params.set_address(address.as_str());
+            params.set_receiver(receiver.clone());
+        }
+        let err = match call.send().promise.await {
+            Ok(response) => match response.get().and_then(|r| r.get_to_destination()) {
+                Ok(stream) => break stream,
+                Err(err) => err,
+            },
+            Err(err) => err,
+        };
+        if err.kind == capnp::ErrorKind::Disconnected {
+            connection.alive.set(false);
+            // Nothing was written yet and the destination was not reached: trying again
+            // cannot open two connections.
+            if reused && !called.get() && stale_retries < 2 * count {
+                stale_retries += 1;
+                tracing::debug!(request_id = %context.request_id, binding_worker = %slot.addr, error = %err, "binding-worker connection was stale; sending the connect again");
+                continue;
+            }
+        }
+        let err = ProxyError::new(ErrorCode::ProxyInternalError)
+            .with_details(format!("binding-worker connect call failed: {err}"));
+        return fail(opened, err);
+    };
+    // Only the binding-worker holds the receiver now: if its connection breaks before
+    // `opened`, the outcome channel closes instead of waiting for ever.
+    drop(receiver);
+    let mut writer = StreamWriter::new(stream);
+    let outcome = tokio::select! {
+        outcome = outcome => outcome.unwrap_or_else(|_| {
+            Err(ProxyError::new(ErrorCode::ProxyInternalError)
+                .with_details("the binding-worker ended the connect without opening it"))
+        }),
+        () = opened.closed() => Err(ProxyError::new(ErrorCode::ConnectionTerminated)
+            .with_details("the script dropped the socket while it was being opened")),
+        () = request_ended.cancelled() => Err(ProxyError::new(ErrorCode::ConnectionTerminated)
+            .with_details("the request that opened the socket ended")),
+    };
+    if let Err(err) = outcome {
+        let _ = writer.abort(&err).await;
+        return fail(opened, err);
+    }
+    tracing::debug!(request_id = %context.request_id, binding = %context.binding, "socket opened");
+    if opened.send(Ok(permit)).is_err() {
+        let err = ProxyError::new(ErrorCode::ConnectionTerminated)
+            .with_details("the script dropped the socket while it was being opened");
+        let _ = writer.abort(&err).await;
+        return;
+    }
+    // The script's bytes, in order, then its FIN; a reset when its request ends first.
+    let pump = async {
+        while let Some(bytes) = to_destination.recv().await {
+            writer.write(&bytes).await?;
+        }
+        writer.end().await
+    };
+    let pumped = tokio::select! {
+        pumped = pump => Some(pumped),
+        () = request_ended.cancelled() => None,
+    };
+    match pumped {
+        Some(Ok(())) => {}
+        Some(Err(err)) => {
+            tracing::debug!(request_id = %context.request_id, error = %err, "the destination side stopped taking the script's bytes");
+            let _ = write_failed.set(
+                ProxyError::new(ErrorCode::ConnectionTerminated)
+                    .with_details("the connection no longer takes bytes towards the destination"),
+            );
+        }
+        None => {
+            let err = ProxyError::new(ErrorCode::ConnectionTerminated)
+                .with_details("the request that opened the socket ended");
+            let _ = writer.abort(&err).await;
+        }
+    }
+}
+
+/// The one log line per failed connect.
+fn log_connect_error(context: &FetchContext, err: &ProxyError) {
+    if err.code == ErrorCode::ProxyInternalError {
+        tracing::error!(request_id = %context.request_id, binding = %context.binding, code = %err.code, details = ?err.details, "binding connect failed");
+    } else {
+        tracing::info!(request_id = %context.request_id, binding = %context.binding, code = %err.code, rcode = ?err.rcode, details = ?err.details, "binding connect failed");
+    }
+}
+
+/// `SocketReceiver`: turns `opened` into the connect's outcome and, when it opened, gives the
+/// binding-worker the stream of the destination's bytes.
+struct SocketOpener {
+    outcome: RefCell<Option<oneshot::Sender<Result<(), ProxyError>>>>,
+    sink: RefCell<Option<InboxSender<BodyEvent>>>,
+    request_ended: CancellationToken,
+    /// `opened` was called (a connect is then never sent again).
+    called: Rc<Cell<bool>>,
+}
+
+impl socket_receiver::Server for SocketOpener {
+    async fn opened(
+        self: CapRc<Self>,
+        params: socket_receiver::OpenedParams,
+        mut results: socket_receiver::OpenedResults,
+    ) -> Result<(), capnp::Error> {
+        let Some(outcome) = self.outcome.borrow_mut().take() else {
+            return Err(capnp::Error::failed(
+                "opened was already called for this connect".into(),
+            ));
+        };
+        self.called.set(true);
+        let result = match params.get().and_then(|p| p.get_result()) {
+            Ok(result) => result,
+            Err(err) => {
+                let _ = outcome.send(Err(ProxyError::new(ErrorCode::ProxyInternalError)
+                    .with_details(format!("unreadable opened call: {err}"))));
+                return Err(err);
+            }
+        };
+        match result.which() {
+            Ok(connect_result::Opened(())) => {
+                if let Some(events) = self.sink.borrow_mut().take() {
+                    results
+                        .get()
+                        .set_from_destination(capnp_rpc::new_client(BodySink {
+                            events: RefCell::new(Some(events)),
+                            request_ended: Some(self.request_ended.clone()),
+                        }));
+                }
+                let _ = outcome.send(Ok(()));
+            }
+            Ok(connect_result::Error(err)) => {
+                let _ = outcome.send(Err(read_wire_error(err?)));
+            }
+            Ok(connect_result::Unspecified(())) | Err(_) => {
+                let _ = outcome.send(Err(ProxyError::new(ErrorCode::ProxyInternalError)
+                    .with_details(
+                        "binding-worker answered a connect with neither opened nor an error",
+                    )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the script's request body already held when its fetch started: the chunks taken
 /// without waiting (at most a little over [`INLINE_BODY_MAX`] bytes), and how the body went on.
 /// Kept for every attempt, so a fetch sent again after a stale connection loses none of it.
@@ -550,12 +851,7 @@ async fn attempt(
     let mut call = connection.binding.fetch_request();
     {
         let mut params = call.get();
-        let mut ctx = params.reborrow().init_context();
-        ctx.set_service_id(context.service_id.as_str());
-        ctx.set_script(context.script.as_str());
-        ctx.set_account(context.account.as_str());
-        ctx.set_request_id(context.request_id.as_str());
-        ctx.set_binding(context.binding.as_str());
+        write_context(params.reborrow().init_context(), context);
 
         let mut request_head = params.reborrow().init_head();
         request_head.set_method(head.method.as_str());
@@ -733,6 +1029,7 @@ impl response_receiver::Server for Receiver {
                 if let Some(tx) = sink {
                     results.get().set_body(capnp_rpc::new_client(BodySink {
                         events: RefCell::new(Some(tx)),
+                        request_ended: None,
                     }));
                 }
                 answer(&self.slot, Ok(response));
@@ -748,8 +1045,9 @@ impl response_receiver::Server for Receiver {
     }
 }
 
-/// What travels from the response `ByteStream` to the script's body.
-enum BodyEvent {
+/// What travels from a `ByteStream` (a response body, a socket's bytes from the destination)
+/// to the script.
+pub(crate) enum BodyEvent {
     Data(Bytes),
     End,
     Abort(ProxyError),
@@ -760,11 +1058,24 @@ enum BodyEvent {
 struct BodySink {
     /// `None` after `end` / `abort`.
     events: RefCell<Option<InboxSender<BodyEvent>>>,
+    /// A socket's: cancelled when the request that opened it ended, after which nothing is
+    /// taken (the script no longer reads).
+    request_ended: Option<CancellationToken>,
 }
 
 impl BodySink {
     /// Queues `event` now, in call order (the methods below call this before any await).
     fn push(&self, event: BodyEvent, bytes: usize) -> Result<Taken, capnp::Error> {
+        if self
+            .request_ended
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
+            self.events.borrow_mut().take();
+            return Err(capnp::Error::failed(
+                "the request that opened this socket has ended".into(),
+            ));
+        }
         let events = self.events.borrow();
         let Some(events) = events.as_ref() else {
             return Err(capnp::Error::failed(
@@ -784,10 +1095,8 @@ impl BodySink {
 
 fn refused(err: InboxError) -> capnp::Error {
     match err {
-        InboxError::Closed => {
-            capnp::Error::failed("the script no longer reads this response body".into())
-        }
-        InboxError::Overflow => capnp::Error::failed(format!("response body: {err}")),
+        InboxError::Closed => capnp::Error::failed("the script no longer reads this stream".into()),
+        InboxError::Overflow => capnp::Error::failed(format!("stream to the script: {err}")),
     }
 }
 

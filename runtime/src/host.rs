@@ -6,11 +6,15 @@
 //! `outgoing-handler.handle` — so validation, header handling and body streaming are exactly
 //! wasi-http's. `handle` calls `send_request` synchronously, which takes the pending route;
 //! every other outgoing request finds none and is denied.
+//!
+//! `vpc.connect(binding, address)` checks the binding the same way and hands the rest to
+//! [`OutboundHooks::connect`]; the `pending-socket` and its streams are [`crate::socket`]'s.
 
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::outgoing_handler::Host as _;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
@@ -20,6 +24,7 @@ use wasmtime_wasi_http::{RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpV
 use crate::limits::{CpuMeter, LimitExceeded, MemoryLimiter};
 use crate::outbound::{OutboundHooks, Redirect, ScriptBindings};
 use crate::script_output::{OutputSource, RequestOutput, ScriptStream};
+use crate::socket::PendingSocket;
 
 /// Host bindings generated from `schemas/wit` (world `wvpc:bindings/script`). The WASI and
 /// wasi:http parts are wasmtime's own, so their resources are shared with the standard
@@ -36,6 +41,7 @@ mod generated {
             "wasi:random": wasmtime_wasi::p2::bindings::random,
             "wasi:cli": wasmtime_wasi::p2::bindings::cli,
             "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wvpc:bindings/vpc.pending-socket": crate::socket::PendingSocket,
         },
         require_store_data_send: true,
     });
@@ -151,10 +157,12 @@ impl HostState {
         store.set_epoch_deadline(1);
     }
 
-    /// Emits the request's partial last output lines (the instance is kept for another).
+    /// Emits the request's partial last output lines and resets the sockets it left open
+    /// (the instance is kept for another).
     pub fn finish_request(&self) {
         self.stdout.finish_request();
         self.stderr.finish_request();
+        self.hooks.end_sockets();
     }
 
     /// The script's `limits.memory_mb`, in bytes.
@@ -244,45 +252,51 @@ impl generated::wvpc::bindings::vpc::Host for HostState {
         &mut self,
         binding: String,
         address: String,
-    ) -> wasmtime::Result<Result<Resource<generated::wvpc::bindings::vpc::PendingSocket>, ErrorCode>>
-    {
-        let _ = (binding, address);
-        Ok(Err(ErrorCode::ConfigurationError))
+    ) -> wasmtime::Result<Result<Resource<PendingSocket>, ErrorCode>> {
+        // The redirect mode means nothing to a socket.
+        let Some(route) = self.hooks.route_for(&binding, Redirect::Manual) else {
+            tracing::warn!(
+                request_id = %self.hooks.request_id(),
+                binding = %binding,
+                "script connected through a binding that its config does not declare"
+            );
+            return Ok(Err(ErrorCode::ConfigurationError));
+        };
+        match self.hooks.connect(route, address) {
+            Ok(pending) => Ok(Ok(self.table.push(pending)?)),
+            Err(code) => Ok(Err(code)),
+        }
     }
 }
 
 impl generated::wvpc::bindings::vpc::HostPendingSocket for HostState {
     fn subscribe(
         &mut self,
-        socket: Resource<generated::wvpc::bindings::vpc::PendingSocket>,
-    ) -> wasmtime::Result<Resource<wasmtime_wasi::p2::bindings::io::poll::Pollable>> {
-        let _ = socket;
-        Err(wasmtime::format_err!("connect() is not available yet"))
+        socket: Resource<PendingSocket>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        wasmtime_wasi::p2::subscribe(&mut self.table, socket)
     }
 
     fn get(
         &mut self,
-        socket: Resource<generated::wvpc::bindings::vpc::PendingSocket>,
+        socket: Resource<PendingSocket>,
     ) -> wasmtime::Result<
-        Option<
-            Result<
-                (
-                    Resource<wasmtime_wasi::p2::bindings::io::streams::InputStream>,
-                    Resource<wasmtime_wasi::p2::bindings::io::streams::OutputStream>,
-                ),
-                ErrorCode,
-            >,
-        >,
+        Option<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), ErrorCode>>,
     > {
-        let _ = socket;
-        Err(wasmtime::format_err!("connect() is not available yet"))
+        let taken = self.table.get_mut(&socket)?.take();
+        Ok(match taken {
+            None => None,
+            Some(Err(err)) => Some(Err(crate::error_map::wasi_error_code(&err))),
+            Some(Ok((input, output))) => {
+                let input: DynInputStream = Box::new(input);
+                let output: DynOutputStream = Box::new(output);
+                Some(Ok((self.table.push(input)?, self.table.push(output)?)))
+            }
+        })
     }
 
-    fn drop(
-        &mut self,
-        socket: Resource<generated::wvpc::bindings::vpc::PendingSocket>,
-    ) -> wasmtime::Result<()> {
-        let _ = socket;
+    fn drop(&mut self, socket: Resource<PendingSocket>) -> wasmtime::Result<()> {
+        self.table.delete(socket)?;
         Ok(())
     }
 }

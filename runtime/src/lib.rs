@@ -68,10 +68,12 @@ mod script_host;
 mod script_output;
 mod serving;
 mod serving_threads;
+mod socket;
 mod tail;
 
 pub use config::{
-    ConfigError, ConfigProblem, ConfigValue, LimitsError, ScriptConfig, VpcServiceBinding,
+    ConfigError, ConfigProblem, ConfigValue, LimitsError, ScriptConfig, VpcNetworkBinding,
+    VpcServiceBinding,
 };
 pub use dev_server::{Runtime, RuntimeOptions};
 pub use error_map::wasi_error_code;

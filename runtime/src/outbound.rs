@@ -4,7 +4,12 @@
 //!
 //! A binding fetch is checked against the request's [`Limits`] (URL and header sizes,
 //! subrequests, connection slots) and, in `follow` mode, redirects are followed here —
-//! through the same binding, so a `Location` never picks the destination.
+//! through the same binding: for a `vpc_services` binding a `Location` never picks the
+//! destination; for a `vpc_networks` binding the URL's host and port *are* the destination
+//! (inside the binding's network), so the `Location`'s are.
+//!
+//! `vpc.connect` goes through the same bindings and the same budget ([`OutboundHooks::connect`],
+//! [`crate::socket`]).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,12 +25,14 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_schemas::NetworkTarget;
 
-use crate::binding_client::{BindingClient, FetchContext};
+use crate::binding_client::{BindingClient, BindingTarget, FetchContext};
 use crate::error_map::wasi_http_error;
 use crate::exchange_tap::PendingExchange;
 use crate::limits::{BudgetExceeded, FetchBudget, Limits, header_section_bytes};
 use crate::script_output::ScriptOutput;
+use crate::socket::{PendingSocket, SocketScope};
 
 /// Redirects followed per fetch before it fails (as in the Fetch standard and Workers).
 pub(crate) const MAX_REDIRECTS: u32 = 20;
@@ -50,6 +57,8 @@ pub(crate) struct ScriptBindings {
     pub version: Arc<str>,
     /// Binding name → VPC Service id (hyphenated UUID), from `vpc_services`.
     pub services: HashMap<String, String>,
+    /// Binding name → the network it reaches, from `vpc_networks`.
+    pub networks: HashMap<String, NetworkTarget>,
     /// The binding-worker connection.
     pub client: BindingClient,
     /// Per-request limits (`limits`).
@@ -68,7 +77,7 @@ pub(crate) enum Redirect {
 /// Where the next `send_request` goes: one binding of the script.
 pub(crate) struct Route {
     binding: String,
-    service_id: String,
+    target: BindingTarget,
     redirect: Redirect,
 }
 
@@ -79,6 +88,8 @@ pub(crate) struct OutboundHooks {
     budget: Arc<FetchBudget>,
     /// Set by `vpc.fetch` right before it delegates to wasi-http's `handle`.
     pending: Option<Route>,
+    /// The request's sockets: reset when these hooks go (the request ended).
+    sockets: SocketScope,
 }
 
 impl OutboundHooks {
@@ -89,6 +100,7 @@ impl OutboundHooks {
             request_id,
             budget,
             pending: None,
+            sockets: SocketScope::default(),
         }
     }
 
@@ -96,14 +108,65 @@ impl OutboundHooks {
         &self.request_id
     }
 
-    /// The route for `binding`, if the script declares it.
+    /// The route of `binding` when the script declares it (in `vpc_services` or
+    /// `vpc_networks`): only the script's own bindings are there.
     pub fn route_for(&self, binding: &str, redirect: Redirect) -> Option<Route> {
-        let service_id = self.bindings.services.get(binding)?;
+        let target = match self.bindings.services.get(binding) {
+            Some(id) => BindingTarget::Service(id.clone()),
+            None => BindingTarget::Network(*self.bindings.networks.get(binding)?),
+        };
         Some(Route {
             binding: binding.to_owned(),
-            service_id: service_id.clone(),
+            target,
             redirect,
         })
+    }
+
+    /// `vpc.connect(binding, address)` for a declared binding's `route`: checks the
+    /// address, counts a subrequest, reserves a connection slot and starts opening. The
+    /// errors are the script's, at once (nothing was sent).
+    pub fn connect(
+        &self,
+        route: Route,
+        address: String,
+    ) -> Result<PendingSocket, wasmtime_wasi_http::p2::bindings::http::types::ErrorCode> {
+        use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode as Wasi;
+        let request_id = &*self.request_id;
+        let network = matches!(route.target, BindingTarget::Network(_));
+        if let Err(why) = crate::socket::check_address(&address, network) {
+            tracing::info!(request_id, binding = %route.binding, %why, "connect refused: bad address");
+            return Err(Wasi::DestinationNotFound);
+        }
+        if let Err(exceeded) = self.budget.take_subrequest() {
+            log_budget(request_id, exceeded);
+            return Err(Wasi::InternalError(Some(limit_names::SUBREQUESTS.into())));
+        }
+        let slot = match self.budget.reserve_connection() {
+            Ok(slot) => slot,
+            Err(exceeded) => {
+                log_budget(request_id, exceeded);
+                return Err(Wasi::ConnectionLimitReached);
+            }
+        };
+        let context = FetchContext {
+            target: route.target,
+            script: self.bindings.script.to_string(),
+            account: self.bindings.account.to_string(),
+            request_id: request_id.to_owned(),
+            binding: route.binding,
+        };
+        Ok(crate::socket::open(
+            &self.bindings.client,
+            context,
+            address,
+            slot,
+            &self.sockets,
+        ))
+    }
+
+    /// Resets the sockets the request opened (it has ended).
+    pub fn end_sockets(&self) {
+        self.sockets.end();
     }
 
     pub fn set_pending(&mut self, route: Route) {
@@ -168,7 +231,7 @@ impl WasiHttpHooks for OutboundHooks {
             }
         };
         let context = FetchContext {
-            service_id: route.service_id,
+            target: route.target,
             script: self.bindings.script.to_string(),
             account: self.bindings.account.to_string(),
             request_id: request_id.to_string(),
@@ -255,12 +318,12 @@ fn log_budget(request_id: &str, exceeded: BudgetExceeded) {
         BudgetExceeded::Subrequests(limit) => tracing::warn!(
             request_id,
             limit,
-            "fetch refused: the request used all its subrequests (limits.subrequests)"
+            "fetch or connect refused: the request used all its subrequests (limits.subrequests)"
         ),
         BudgetExceeded::QueuedConnections(limit) => tracing::warn!(
             request_id,
             limit,
-            "fetch refused: too many fetches waiting for a connection \
+            "fetch or connect refused: too many waiting for a connection \
              (limits.connections / limits.queued_connections)"
         ),
     }
@@ -350,7 +413,12 @@ impl Sender {
         &self,
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, wasmtime_wasi_http::Error> {
-        let pending = self.client.tap().map(|tap| PendingExchange {
+        // The recorder keeps service bindings' exchanges only (a mock answers by service).
+        let tap = match self.context.target {
+            BindingTarget::Service(_) => self.client.tap(),
+            BindingTarget::Network(_) => None,
+        };
+        let pending = tap.map(|tap| PendingExchange {
             tap: tap.clone(),
             script: self.context.script.clone(),
             binding: self.context.binding.clone(),

@@ -186,6 +186,7 @@ struct VersionIdentity {
     version: String,
     etag: String,
     bindings: BTreeMap<String, Uuid>,
+    networks: BTreeMap<String, wvpc_schemas::NetworkTarget>,
     limits: Map<String, Value>,
 }
 
@@ -195,6 +196,7 @@ impl VersionIdentity {
             version: deployment.version.clone(),
             etag: deployment.etag.clone(),
             bindings: deployment.bindings.clone(),
+            networks: deployment.networks.clone(),
             limits: deployment.limits.clone(),
         }
     }
@@ -302,6 +304,11 @@ impl ScriptHost {
                     .iter()
                     .map(|b| (b.binding.clone(), b.service_id))
                     .collect();
+                let networks = config
+                    .vpc_networks
+                    .iter()
+                    .map(|b| (b.binding.clone(), b.network))
+                    .collect();
                 let loaded = Arc::new(LoadedScript {
                     pre: pre.clone(),
                     etag: LOCAL_VERSION.into(),
@@ -310,6 +317,7 @@ impl ScriptHost {
                         &config.name,
                         LOCAL_VERSION,
                         &services,
+                        &networks,
                         config.limits,
                     )),
                     instances: InstancePool::default(),
@@ -330,6 +338,7 @@ impl ScriptHost {
             script = %config.name,
             main = %config.main.display(),
             bindings = ?config.vpc_services.iter().map(|b| &b.binding).collect::<Vec<_>>(),
+            networks = ?config.vpc_networks.iter().map(|b| &b.binding).collect::<Vec<_>>(),
             limits = ?config.limits,
             "script loaded"
         );
@@ -727,6 +736,7 @@ impl ScriptHost {
                 &deployment.script,
                 &deployment.version,
                 &deployment.bindings,
+                &deployment.networks,
                 limits,
             )),
             instances: InstancePool::default(),
@@ -775,6 +785,7 @@ impl Bindings<'_> {
         script: &str,
         version: &str,
         services: &BTreeMap<String, Uuid>,
+        networks: &BTreeMap<String, wvpc_schemas::NetworkTarget>,
         limits: Limits,
     ) -> ScriptBindings {
         ScriptBindings {
@@ -785,6 +796,10 @@ impl Bindings<'_> {
             services: services
                 .iter()
                 .map(|(binding, id)| (binding.clone(), id.hyphenated().to_string()))
+                .collect(),
+            networks: networks
+                .iter()
+                .map(|(binding, network)| (binding.clone(), *network))
                 .collect(),
             client: self.client.clone(),
             limits,

@@ -9,8 +9,10 @@ use crate::body::{IncomingBody, Sent};
 use crate::error::ProxyError;
 use crate::headers::Headers;
 use crate::message::{Request, Response, UrlParts, wasi_method};
+use crate::socket::{PendingSocket, Socket};
 
-/// The script's environment: its bindings, by the names declared in `vpc_services`.
+/// The script's environment: its bindings, by the names declared in `vpc_services` and
+/// `vpc_networks`.
 #[derive(Debug, Default)]
 pub struct Env {
     _private: (),
@@ -30,7 +32,7 @@ impl Env {
     }
 }
 
-/// A VPC Service binding (`env.NAME` in a Worker).
+/// A VPC Service or VPC Network binding (`env.NAME` in a Worker).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     name: String,
@@ -47,10 +49,13 @@ impl Fetcher {
     /// the Workers default); see [`Fetcher::fetch_with`].
     ///
     /// The URL must be absolute (`http://` or `https://`): a relative URL is refused with
-    /// `http_request_error` before anything is sent. Its host is not used for routing: it
-    /// becomes the `Host` header (and TLS SNI for `https`); the scheme picks the service's
-    /// HTTP or HTTPS port; a port in the URL is ignored. Method, path, query, headers and
-    /// body are forwarded.
+    /// `http_request_error` before anything is sent. Through a `vpc_services` binding its
+    /// host is not used for routing: it becomes the `Host` header (and TLS SNI for `https`);
+    /// the scheme picks the service's HTTP or HTTPS port; a port in the URL is ignored.
+    /// Through a `vpc_networks` binding the URL's host and port *are* the destination inside
+    /// the binding's network (80 / 443 by default; a hostname is resolved through the
+    /// tunnel), and a followed redirect's `Location` picks the next one. Method, path, query,
+    /// headers and body are forwarded.
     ///
     /// The request body is sent completely before the response is awaited, so an origin that
     /// answers before reading a large body is served only after the body went out.
@@ -60,6 +65,28 @@ impl Fetcher {
     /// …); an origin's 4xx/5xx is an `Ok` response.
     pub fn fetch(&self, request: Request) -> Result<Response, ProxyError> {
         self.fetch_with(request, FetchOptions::default())
+    }
+
+    /// Opens a raw TCP connection through the binding, like `env.NAME.connect(address)` in a
+    /// Worker, and waits until it is open (see [`crate::socket`]).
+    ///
+    /// - A `vpc_networks` binding: `address` is the destination, `host:port` (`[v6]:port`
+    ///   for an IPv6 literal).
+    /// - A `vpc_services` binding: `address` must be empty; the service's `tcp_port` is
+    ///   dialled (`http_request_denied` when it has none).
+    ///
+    /// At once, without a connection: a binding the config does not declare is
+    /// `proxy_configuration_error`, a malformed address `destination_not_found`, a spent
+    /// limit `subrequest_limit_reached` / `connection_limit_reached`. Then the same codes as a
+    /// fetch for failures on the way (`connection_refused`, `dns_error`, …).
+    pub fn connect(&self, address: &str) -> Result<Socket, ProxyError> {
+        self.start_connect(address)?.wait()
+    }
+
+    /// Starts opening a connection ([`Fetcher::connect`]) without waiting for it, e.g. to
+    /// give up after a time of the script's choosing ([`PendingSocket::wait_timeout`]).
+    pub fn start_connect(&self, address: &str) -> Result<PendingSocket, ProxyError> {
+        PendingSocket::start(&self.name, address)
     }
 
     /// [`Fetcher::fetch`] with options, like `fetch(request, init)` in a Worker.

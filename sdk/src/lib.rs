@@ -1,7 +1,8 @@
 //! wvpc-sdk: write workers-vpc scripts in Rust (`wasm32-wasip2` only).
 //!
-//! A script handles each incoming HTTP request and may call the VPC Services it declares in
-//! `vpc_services` of its wrangler config, like `env.API.fetch(request)` in a Worker:
+//! A script handles each incoming HTTP request and may call the VPC Services and networks it
+//! declares in `vpc_services` / `vpc_networks` of its wrangler config, like
+//! `env.API.fetch(request)` in a Worker:
 //!
 //! ```ignore
 //! use wvpc_sdk::{Env, Handler, Request, Response};
@@ -30,6 +31,16 @@
 //! binding are [`ProxyError`]s whose [`code`](ProxyError::code) is the RFC 9209 Proxy-Status
 //! type the product documents (`connection_refused`, `dns_error`, …).
 //!
+//! [`Fetcher::connect`] opens a raw TCP connection through a binding instead (a [`Socket`]:
+//! read, write, half-close; see [`socket`]), e.g. to a database on the private network:
+//!
+//! ```ignore
+//! let mut redis = env.binding("NET").connect("10.0.0.5:6379")?;
+//! redis.write_all(b"*1\r\n$4\r\nPING\r\n")?;
+//! let mut reply = [0; 16];
+//! let n = redis.read(&mut reply)?; // b"+PONG\r\n"
+//! ```
+//!
 //! Built on the `wasip2` crate (WASI 0.2.12, the version the workers-vpc runtime implements)
 //! and the `wvpc:bindings/script` world in `schemas/wit`.
 
@@ -44,6 +55,7 @@ mod fetch;
 mod handler;
 mod headers;
 mod message;
+pub mod socket;
 
 pub use body::{Body, IncomingBody};
 pub use error::ProxyError;
@@ -51,6 +63,7 @@ pub use fetch::{Env, FetchOptions, Fetcher, PendingResponse, Redirect};
 pub use handler::Handler;
 pub use headers::Headers;
 pub use message::{Request, Response};
+pub use socket::{PendingSocket, Socket};
 /// The raw WASI 0.2 bindings the SDK is built on, for what the SDK does not wrap.
 pub use wasip2;
 

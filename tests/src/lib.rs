@@ -37,6 +37,10 @@ pub mod guests {
     pub const BINDING_CHECKS: &str = env!("WVPC_GUEST_BINDING_CHECKS");
     /// `sdk/examples/websocket.rs`: `/echo/<text>` as a WebSocket exchange through `API`.
     pub const WEBSOCKET: &str = env!("WVPC_GUEST_WEBSOCKET");
+    /// `sdk/examples/sockets.rs`: `connect()` through a binding — `/redis` (PING, SET, GET in
+    /// RESP), `/echo` (write, half-close, read to the end), `/fetch?url=` through a network
+    /// binding, `/open`, `/stash`; failures answer `502 ProxyError: <code>`.
+    pub const SOCKETS: &str = env!("WVPC_GUEST_SOCKETS");
 }
 
 /// Installs a tracing subscriber once (`RUST_LOG` controls it; quiet by default).

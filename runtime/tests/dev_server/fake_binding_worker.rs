@@ -13,7 +13,22 @@
 //! | `/redirect-loop` | 302 to itself |
 //! | `/many-headers` | 200 with 30 000 headers (more than a `HeaderMap` holds) |
 //! | anything else | 200 echoing what arrived (method, url, context, headers, body) |
-
+//!
+//! `connect` answers from the address (empty for a service binding: then as `echo`):
+//!
+//! | address | answer |
+//! |---|---|
+//! | `refused.test:<port>` | `opened(error connectionRefused)` |
+//! | `nxdomain.test:<port>` | `opened(error dnsError, rcode NXDOMAIN)` |
+//! | `resp.test:<port>` | a small Redis: `PING`, `SET k v`, `GET k` in RESP, as they arrive |
+//! | `stall.test:<port>` | takes nothing until the runtime has a whole window of writes unanswered and [`FakeBindingWorker::release`] was called; then as `echo` |
+//! | `reset.test:<port>` | takes the script's bytes to its FIN, sends `partial`, then `abort(connectionReadTimeout)` |
+//! | `drop.test:<port>` | opened, sends `partial`, then closes the whole connection |
+//! | `127.0.0.1:<port>` | dials it for real and relays both ways (FIN as FIN, a reset as a close); `opened(error connectionRefused)` when the dial fails |
+//! | anything else | takes the script's bytes to its FIN, then sends them back, a line `connected <context>` and FIN |
+//!
+//! Whether the runtime reset a socket (`abort` on `toDestination`) is counted:
+//! [`FakeBindingWorker::socket_resets`].
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -26,7 +41,8 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_binding_worker};
-use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, vpc_binding};
+use wvpc_schemas::binding_capnp::{byte_stream, response_receiver, socket_receiver, vpc_binding};
+use wvpc_schemas::byte_stream_flow::{InboxSender, Taken};
 use wvpc_schemas::{PlatformSecret, StreamWriter, write_wire_error};
 
 pub struct FakeBindingWorker {
@@ -38,9 +54,11 @@ pub struct FakeBindingWorker {
 }
 
 /// `/hold` fetches: one permit of `arrived` per fetch held, one of `release` per fetch let go.
+/// `resets`: one permit per socket the runtime reset (`abort` on `toDestination`).
 struct Hold {
     arrived: Semaphore,
     release: Semaphore,
+    resets: Semaphore,
 }
 
 impl FakeBindingWorker {
@@ -59,6 +77,7 @@ impl FakeBindingWorker {
         let hold = Arc::new(Hold {
             arrived: Semaphore::new(0),
             release: Semaphore::new(0),
+            resets: Semaphore::new(0),
         });
         let held = hold.clone();
         let thread = std::thread::spawn(move || {
@@ -108,6 +127,16 @@ impl FakeBindingWorker {
     pub async fn held(&self) {
         self.hold
             .arrived
+            .acquire()
+            .await
+            .expect("never closed")
+            .forget();
+    }
+
+    /// Waits until the runtime has reset a socket (`abort` on its `toDestination`).
+    pub async fn socket_reset(&self) {
+        self.hold
+            .resets
             .acquire()
             .await
             .expect("never closed")
@@ -193,6 +222,51 @@ struct Seen {
 }
 
 impl vpc_binding::Server for FakeBinding {
+    async fn connect(
+        self: CapRc<Self>,
+        params: vpc_binding::ConnectParams,
+        mut results: vpc_binding::ConnectResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let ctx = params.get_context()?;
+        let context = format!(
+            "service={} tunnel={} network={} binding={} script={} account={}",
+            ctx.get_service_id()?.to_str()?,
+            ctx.get_tunnel_id()?.to_str()?,
+            ctx.get_network_id()?.to_str()?,
+            ctx.get_binding()?.to_str()?,
+            ctx.get_script()?.to_str()?,
+            ctx.get_account()?.to_str()?,
+        );
+        let address = params.get_address()?.to_string()?;
+        let receiver = params.get_receiver()?;
+        let (events, from_script) = wvpc_schemas::inbox();
+        let (pushed, pushed_bytes) = tokio::sync::watch::channel(0);
+        results
+            .get()
+            .set_to_destination(capnp_rpc::new_client(SocketSink {
+                events: RefCell::new(Some(events)),
+                pushed,
+            }));
+        let hold = self.hold.clone();
+        let disconnect = self.disconnect.clone();
+        tokio::task::spawn_local(async move {
+            let served = FakeBinding::serve_socket(
+                address,
+                context,
+                receiver,
+                from_script,
+                pushed_bytes,
+                hold,
+                disconnect,
+            );
+            if let Err(err) = served.await {
+                tracing::info!(error = %err, "fake binding-worker: socket ended");
+            }
+        });
+        Ok(())
+    }
+
     async fn fetch(
         self: CapRc<Self>,
         params: vpc_binding::FetchParams,
@@ -219,12 +293,15 @@ impl vpc_binding::Server for FakeBinding {
             url,
             path,
             context: format!(
-                "service={} binding={} script={} account={} request_id={}",
+                "service={} binding={} script={} account={} request_id={}\n\
+                 network tunnel={} network={}",
                 ctx.get_service_id()?.to_str()?,
                 ctx.get_binding()?.to_str()?,
                 ctx.get_script()?.to_str()?,
                 ctx.get_account()?.to_str()?,
                 ctx.get_request_id()?.to_str()?,
+                ctx.get_tunnel_id()?.to_str()?,
+                ctx.get_network_id()?.to_str()?,
             ),
             headers,
         };
@@ -253,6 +330,267 @@ impl vpc_binding::Server for FakeBinding {
             }
         });
         Ok(())
+    }
+}
+
+/// What the script sent on one socket.
+enum FromScript {
+    Bytes(Vec<u8>),
+    Fin,
+    Reset,
+}
+
+/// The script's bytes as the fake takes them: each write is answered only then, as the real
+/// binding-worker does, so the runtime must keep to the flow-control window.
+type SocketBytes = wvpc_schemas::byte_stream_flow::InboxReceiver<FromScript>;
+
+impl FakeBinding {
+    /// The `connect` of the table in the module docs.
+    async fn serve_socket(
+        address: String,
+        context: String,
+        receiver: socket_receiver::Client,
+        mut from_script: SocketBytes,
+        mut pushed_bytes: tokio::sync::watch::Receiver<usize>,
+        hold: Arc<Hold>,
+        disconnect: Rc<RefCell<Option<Disconnector>>>,
+    ) -> Result<(), capnp::Error> {
+        let host = address.rsplit_once(':').map_or("", |(host, _)| host);
+        if host == "127.0.0.1" {
+            return relay_loopback(&address, receiver, from_script).await;
+        }
+        let refuse = match host {
+            "refused.test" => Some(ProxyError::new(ErrorCode::ConnectionRefused)),
+            "nxdomain.test" => Some(ProxyError::dns("NXDOMAIN")),
+            _ => None,
+        };
+        let mut opened = receiver.opened_request();
+        match &refuse {
+            Some(err) => write_wire_error(opened.get().init_result().init_error(), err),
+            None => opened.get().init_result().set_opened(()),
+        }
+        let reply = opened.send().promise.await?;
+        if refuse.is_some() {
+            return Ok(());
+        }
+        let mut to_script = StreamWriter::new(reply.get()?.get_from_destination()?);
+        if host == "drop.test" {
+            to_script.write(b"partial").await?;
+            to_script.flush().await?;
+            let disconnector = disconnect.borrow_mut().take();
+            if let Some(disconnector) = disconnector {
+                disconnector.await?;
+            }
+            return Ok(());
+        }
+        if host == "stall.test" {
+            // Reads nothing until the runtime has a whole window of writes unanswered.
+            let window = wvpc_schemas::byte_stream_flow::WINDOW;
+            let _ = pushed_bytes.wait_for(|n| *n >= window).await;
+            hold.arrived.add_permits(1);
+            hold.release.acquire().await.expect("never closed").forget();
+        }
+        let mut store = std::collections::HashMap::new();
+        let mut pending = Vec::new();
+        let mut seen = Vec::new();
+        loop {
+            match from_script.recv().await {
+                Some(FromScript::Bytes(bytes)) => match host {
+                    "resp.test" => {
+                        pending.extend_from_slice(&bytes);
+                        while let Some((command, used)) = parse_resp_command(&pending) {
+                            pending.drain(..used);
+                            let reply = resp_reply(&command, &mut store);
+                            to_script.write(&reply).await?;
+                        }
+                    }
+                    _ => seen.extend_from_slice(&bytes),
+                },
+                Some(FromScript::Reset) => {
+                    hold.resets.add_permits(1);
+                    return Ok(());
+                }
+                // Released without an end: the connection to the runtime broke.
+                None => return Ok(()),
+                Some(FromScript::Fin) => break,
+            }
+        }
+        if host == "reset.test" {
+            to_script.write(b"partial").await?;
+            to_script
+                .abort(&ProxyError::new(ErrorCode::ConnectionReadTimeout))
+                .await?;
+            return Ok(());
+        }
+        seen.extend_from_slice(format!("\nconnected address={address} {context}").as_bytes());
+        to_script.write(&seen).await?;
+        to_script.end().await
+    }
+}
+
+/// A socket to a real server on loopback: the script's bytes to it, its bytes back.
+async fn relay_loopback(
+    address: &str,
+    receiver: socket_receiver::Client,
+    mut from_script: SocketBytes,
+) -> Result<(), capnp::Error> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let dialled = tokio::net::TcpStream::connect(address).await;
+    let mut opened = receiver.opened_request();
+    match &dialled {
+        Ok(_) => opened.get().init_result().set_opened(()),
+        Err(_) => write_wire_error(
+            opened.get().init_result().init_error(),
+            &ProxyError::new(ErrorCode::ConnectionRefused),
+        ),
+    }
+    let reply = opened.send().promise.await?;
+    let Ok(stream) = dialled else {
+        return Ok(());
+    };
+    stream.set_nodelay(true).expect("nodelay");
+    let mut to_script = StreamWriter::new(reply.get()?.get_from_destination()?);
+    let (mut read, mut write) = stream.into_split();
+    let upstream = async move {
+        while let Some(event) = from_script.recv().await {
+            match event {
+                FromScript::Bytes(bytes) => {
+                    if write.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                FromScript::Fin => {
+                    let _ = write.shutdown().await;
+                    return;
+                }
+                FromScript::Reset => return,
+            }
+        }
+    };
+    let downstream = async move {
+        let mut buf = vec![0; 16 << 10];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) => return to_script.end().await,
+                Ok(n) => to_script.write(&buf[..n]).await?,
+                Err(_) => {
+                    return to_script
+                        .abort(&ProxyError::new(ErrorCode::ConnectionTerminated))
+                        .await;
+                }
+            }
+        }
+    };
+    let (_, down) = tokio::join!(upstream, downstream);
+    down
+}
+
+/// One RESP command (an array of bulk strings) at the start of `bytes`, and its length.
+fn parse_resp_command(bytes: &[u8]) -> Option<(Vec<String>, usize)> {
+    let line = |at: usize| -> Option<(&[u8], usize)> {
+        let end = bytes.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        Some((&bytes[at..at + end], at + end + 2))
+    };
+    let (head, mut at) = line(0)?;
+    let count: usize = std::str::from_utf8(head.strip_prefix(b"*")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut args = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (len, next) = line(at)?;
+        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
+            .ok()?
+            .parse()
+            .ok()?;
+        let arg = bytes.get(next..next + len)?;
+        args.push(String::from_utf8_lossy(arg).into_owned());
+        at = next + len + 2;
+        if bytes.len() < at {
+            return None;
+        }
+    }
+    Some((args, at))
+}
+
+fn resp_reply(
+    command: &[String],
+    store: &mut std::collections::HashMap<String, String>,
+) -> Vec<u8> {
+    match command.first().map(|c| c.to_ascii_uppercase()).as_deref() {
+        Some("PING") => b"+PONG\r\n".to_vec(),
+        Some("SET") if command.len() == 3 => {
+            store.insert(command[1].clone(), command[2].clone());
+            b"+OK\r\n".to_vec()
+        }
+        Some("GET") if command.len() == 2 => match store.get(&command[1]) {
+            Some(value) => format!("${}\r\n{value}\r\n", value.len()).into_bytes(),
+            None => b"$-1\r\n".to_vec(),
+        },
+        _ => b"-ERR unknown command\r\n".to_vec(),
+    }
+}
+
+/// `toDestination` of a fake socket: queues the script's bytes for the fake to take.
+struct SocketSink {
+    /// `None` after `end` / `abort`.
+    events: RefCell<Option<InboxSender<FromScript>>>,
+    /// Bytes written so far.
+    pushed: tokio::sync::watch::Sender<usize>,
+}
+
+impl SocketSink {
+    fn push(&self, event: FromScript, bytes: usize, last: bool) -> Result<Taken, capnp::Error> {
+        let pushed = {
+            let events = self.events.borrow();
+            let Some(events) = events.as_ref() else {
+                return Err(capnp::Error::failed("the socket already ended".into()));
+            };
+            events
+                .push(event, bytes)
+                .map_err(|e| capnp::Error::failed(format!("fake socket: {e}")))
+        };
+        if last {
+            self.events.borrow_mut().take();
+        }
+        self.pushed.send_modify(|n| *n += bytes);
+        pushed
+    }
+}
+
+impl byte_stream::Server for SocketSink {
+    fn write(
+        self: CapRc<Self>,
+        params: byte_stream::WriteParams,
+        _: byte_stream::WriteResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        // Queued now, in call order; answered once the fake took it.
+        let queued = params
+            .get()
+            .and_then(|p| p.get_bytes())
+            .and_then(|b| self.push(FromScript::Bytes(b.to_vec()), b.len(), false));
+        async move {
+            queued?
+                .await
+                .map_err(|e| capnp::Error::failed(format!("fake socket: {e}")))
+        }
+    }
+
+    fn end(
+        self: CapRc<Self>,
+        _: byte_stream::EndParams,
+        _: byte_stream::EndResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        std::future::ready(self.push(FromScript::Fin, 0, true).map(drop))
+    }
+
+    fn abort(
+        self: CapRc<Self>,
+        _: byte_stream::AbortParams,
+        _: byte_stream::AbortResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        std::future::ready(self.push(FromScript::Reset, 0, true).map(drop))
     }
 }
 

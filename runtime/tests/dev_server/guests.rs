@@ -11,6 +11,9 @@ pub struct Guests {
     pub proxy: PathBuf,
     /// `sdk/examples/runtime_checks.rs`: traps, plain outbound HTTP, undeclared binding.
     pub checks: PathBuf,
+    /// `sdk/examples/sockets.rs`: Redis over `connect()`, echo with half-close, fetches
+    /// through a network binding.
+    pub sockets: PathBuf,
 }
 
 pub fn guests() -> &'static Guests {
@@ -29,10 +32,16 @@ fn build() -> Guests {
         &target_dir,
         &["-p", "wvpc-sdk", "--example", "runtime-checks"],
     );
+    cargo_build(
+        workspace,
+        &target_dir,
+        &["-p", "wvpc-sdk", "--example", "sockets"],
+    );
     let out = target_dir.join("wasm32-wasip2").join("debug");
     Guests {
         proxy: out.join("wvpc_example_proxy.wasm"),
         checks: out.join("examples").join("runtime_checks.wasm"),
+        sockets: out.join("examples").join("sockets.wasm"),
     }
 }
 

@@ -8,6 +8,7 @@ mod guests;
 mod limits;
 mod reuse;
 mod script_host;
+mod sockets;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -662,3 +662,68 @@ async fn tail_subscribers_get_their_scripts_output_only() {
         assert!(events_of.try_recv().is_err(), "nothing else");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deployed_network_bindings_are_their_own_scripts_only() {
+    let fake = FakeBindingWorker::start();
+    let host = start(fake.addr).await;
+    let g = guests::guests();
+    let tunnel = uuid::Uuid::from_u128(0x0199_d9b2_0000_7000_8000_0000_0000_00aa);
+    let mut db = deployment(ALPHA, "db", "v1", &g.sockets);
+    db.networks
+        .insert("NET".into(), wvpc_schemas::NetworkTarget::Tunnel(tunnel));
+    // Same account, no binding of its own.
+    let other = deployment(ALPHA, "other", "v1", &g.sockets);
+    let report = host.host.apply(vec![db, other]).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+
+    let mut client = Client::connect(host.addr).await;
+    let answer = client
+        .get_at(
+            "db.alpha.workers.localhost",
+            "/fetch?binding=NET&url=http%3A%2F%2F10.1.2.3%2Fstatus",
+        )
+        .await;
+    let text = answer.text();
+    assert!(text.starts_with("200\n"), "{text}");
+    assert!(text.contains("url=http://10.1.2.3/status\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "service= binding=NET script=db account={}",
+            ALPHA.0
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("\nnetwork tunnel={tunnel} network=\n")),
+        "{text}"
+    );
+    let answer = client
+        .send(
+            "POST",
+            "/echo?binding=NET&addr=10.1.2.3:6379",
+            &[("host", "db.alpha.workers.localhost")],
+            "x",
+        )
+        .await;
+    assert!(
+        answer.text().starts_with(&format!(
+            "x\nconnected address=10.1.2.3:6379 service= tunnel={tunnel}"
+        )),
+        "{}",
+        answer.text()
+    );
+
+    // Another script of the same account cannot use `db`'s binding, to fetch or to connect.
+    for path in [
+        "/fetch?binding=NET&url=http%3A%2F%2F10.1.2.3%2Fstatus",
+        "/echo?binding=NET&addr=10.1.2.3:6379",
+    ] {
+        let answer = client.get_at("other.alpha.workers.localhost", path).await;
+        assert_eq!(
+            (answer.status, answer.text()),
+            (502, "ProxyError: proxy_configuration_error"),
+            "{path}"
+        );
+    }
+}
