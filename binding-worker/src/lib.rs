@@ -75,8 +75,9 @@ use wvpc_listener::{Acceptor, Admitted, RefuseWith};
 use wvpc_schemas::binding_auth::handshake_as_binding_worker;
 use wvpc_schemas::binding_capnp::vpc_binding;
 
-pub use call_decode::{DecodedFetch, decode_fetch_call};
+pub use call_decode::{DecodedConnect, DecodedFetch, decode_connect_call, decode_fetch_call};
 pub use iris_address::{IrisAddress, IrisAddressError};
+pub use request::BindingTarget;
 pub use wvpc_schemas::PlatformSecret;
 pub use wvpc_schemas::binding_auth::HANDSHAKE_TIMEOUT;
 

@@ -157,7 +157,7 @@ async fn run_fetch(
         Ok(request) => {
             let ids = (
                 request.caller.request_id.clone(),
-                request.service_id.to_string(),
+                request.target.to_string(),
             );
             let exchange = runtime.spawn(async move { proxy.exchange(request, events).await });
             let exchanged = exchange.await.unwrap_or_else(|join_error| {
@@ -167,11 +167,11 @@ async fn run_fetch(
             (ids, exchanged)
         }
     };
-    let (request_id, service_id) = ids;
+    let (request_id, target) = ids;
     match exchanged {
         Err(err) => {
             tracing::warn!(
-                %request_id, %service_id, code = %err.code,
+                %request_id, %target, code = %err.code,
                 rcode = err.rcode.as_deref().unwrap_or(""),
                 details = err.details.as_deref().unwrap_or(""),
                 "fetch failed"

@@ -25,7 +25,9 @@
 //! the scheme. An `https` network CONNECT is answered `verify_full`.
 //!
 //! `wvpc-scheme: tcp` (a script's `connect()`) on a service dials its `tcp_port`; a service
-//! without one is `http_request_denied`, saying so.
+//! without one is `http_request_denied`, saying so. The bytes of a `tcp` CONNECT travel in
+//! [`wvpc_schemas::socket_frames`] on the CONNECT stream, so that a reset on either side
+//! reaches the other as a reset, not as a clean end.
 //!
 //! A failure answers the code's HTTP status with `Proxy-Status: <node>; error=<code>…`
 //! ([`ProxyError::to_proxy_status`]), which the binding-worker turns back into the code; it is
@@ -56,6 +58,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_listener::{ConnectionUse, Http2Settings, HttpServer, ServerLimits};
+use wvpc_schemas::socket_frames::SocketFrames;
 
 use crate::dns::{DnsConfig, DnsResolver};
 use crate::pipes::{PipeEnd, PipeKey, PipeTicket, ServicePipes};
@@ -377,6 +380,10 @@ impl Router {
             Err(err) => return self.refuse(&head, err.into()),
         };
         let mut response = Response::new(Empty::new());
+        // A socket's bytes travel in frames to the binding-worker, so that a broken tunnel
+        // stream reads as a reset there, not as the destination's FIN
+        // (`wvpc_schemas::socket_frames`); a relaying node passes the holder's frames through.
+        let framed = head.scheme == "tcp" && matches!(opened, Opened::Local { .. });
         let (tunnel_io, relayed_open) = match opened {
             Opened::Local { io, tls } => {
                 if head.scheme == "https" {
@@ -419,7 +426,13 @@ impl Router {
                 }
             };
             let client = TokioIo::new(upgraded);
-            match crate::pipes::pipe(ticket, client, tunnel_io, buffer, metrics).await {
+            let piped = if framed {
+                let client = SocketFrames::new(client);
+                crate::pipes::pipe(ticket, client, tunnel_io, buffer, metrics).await
+            } else {
+                crate::pipes::pipe(ticket, client, tunnel_io, buffer, metrics).await
+            };
+            match piped {
                 PipeEnd::Finished(up, down) => {
                     tracing::debug!(%request_id, %network, %destination, up, down, "CONNECT pipe closed");
                 }

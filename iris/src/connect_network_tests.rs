@@ -11,7 +11,7 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use http_body_util::BodyExt;
 use hyper::client::conn::http2;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wvpc_directory::network_routes::{NetworkRoute, NetworkRouteTable};
 
@@ -172,16 +172,27 @@ fn tcp_connect(service: Uuid) -> Request<Empty<Bytes>> {
         .unwrap()
 }
 
-/// Sends `req`, expects `200`, and checks that bytes go there and back.
+/// Sends `req`, expects `200`, and checks that bytes go there and back (in socket frames
+/// for a `tcp` CONNECT).
 async fn echoes(sender: &mut http2::SendRequest<Empty<Bytes>>, req: Request<Empty<Bytes>>) {
+    let framed = req.headers()[SCHEME_HEADER] == "tcp";
     let res = sender.send_request(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK, "{:?}", res.headers());
-    let mut io = TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    let io = TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    let echoed = if framed {
+        round_trip(SocketFrames::new(io)).await
+    } else {
+        round_trip(io).await
+    };
+    assert_eq!(echoed, b"through the network");
+}
+
+async fn round_trip<T: AsyncRead + AsyncWrite + Unpin>(mut io: T) -> Vec<u8> {
     io.write_all(b"through the network").await.unwrap();
     io.shutdown().await.unwrap();
     let mut echoed = Vec::new();
     io.read_to_end(&mut echoed).await.unwrap();
-    assert_eq!(echoed, b"through the network");
+    echoed
 }
 
 async fn refused(
@@ -414,6 +425,49 @@ async fn a_tcp_connect_to_a_service_dials_its_tcp_port_or_says_it_has_none() {
         details.contains("no tcp_port") && details.contains("give the service a tcp_port"),
         "{details}"
     );
+}
+
+/// An origin that accepts, reads what it was sent, and resets the connection.
+async fn resetting_origin() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 16];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"half an answ").await;
+            // SO_LINGER 0: close sends RST.
+            let _ = s.set_zero_linger();
+            drop(s);
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_origin_reset_reaches_the_client_as_a_reset_not_an_end() {
+    let port = resetting_origin().await;
+    let mut net = start(MockTunnel::default(), port).await;
+    let res = net
+        .sender
+        .send_request(network_connect(
+            &format!("tunnel:{T3}"),
+            &format!("127.0.0.1:{port}"),
+            Some(ACCOUNT),
+            "tcp",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut io = SocketFrames::new(TokioIo::new(hyper::upgrade::on(res).await.unwrap()));
+    io.write_all(b"query").await.unwrap();
+    io.flush().await.unwrap();
+    let mut got = Vec::new();
+    let err = io.read_to_end(&mut got).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
 }
 
 #[test]
