@@ -59,6 +59,7 @@ mod origin_tls;
 mod request;
 mod request_body;
 mod rpc;
+mod socket;
 
 use std::cell::Cell;
 use std::io;
