@@ -65,7 +65,14 @@ impl Drop for DropFlag {
 }
 
 async fn start_origin(tls: Option<TlsAcceptor>) -> (SocketAddr, Arc<OriginLog>) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    start_origin_on(Ipv4Addr::LOCALHOST.into(), tls).await
+}
+
+async fn start_origin_on(
+    ip: std::net::IpAddr,
+    tls: Option<TlsAcceptor>,
+) -> (SocketAddr, Arc<OriginLog>) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let log = Arc::new(OriginLog::default());
     let accept_log = Arc::clone(&log);

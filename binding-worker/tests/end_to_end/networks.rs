@@ -24,7 +24,7 @@ use wvpc_iris::{NetworkReach, NetworkTarget, RouteTarget, RouteTls, Router, Rout
 use wvpc_schemas::binding_capnp::{byte_stream, socket_receiver};
 use wvpc_schemas::{StreamWriter, read_wire_error};
 
-use super::{Binding, OriginLog, TestRuntime, start_origin};
+use super::{Binding, OriginLog, TestRuntime, start_origin, start_origin_on};
 
 const ACCOUNT: &str = "acct-1";
 const TUNNEL: Uuid = Uuid::from_u128(0x7a);
@@ -58,7 +58,11 @@ fn dns_answering(name: &'static str) -> MockTunnel {
 
 /// An echo server: every byte back, FIN after the client's FIN.
 async fn echo_server() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    echo_server_on(Ipv4Addr::LOCALHOST.into()).await
+}
+
+async fn echo_server_on(ip: std::net::IpAddr) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
@@ -496,11 +500,17 @@ async fn connect_pipes_bytes_both_ways_and_the_scripts_end_is_a_half_close() {
 async fn the_destinations_fin_leaves_the_scripts_direction_open() {
     let (port, mut read_by_server) = greeting_server().await;
     let stack = start_net_stack(port).await;
+    let worker = &stack.worker;
     with_rt(&stack, |rt| async move {
         let mut socket = rt.connect_socket(&Binding::Tunnel(TUNNEL), &format!("127.0.0.1:{port}"));
         socket.opened().await.unwrap();
         assert_eq!(socket.from.ended().await, Ok(()));
         assert_eq!(&socket.from.bytes.borrow()[..], b"greetings");
+        assert_eq!(
+            worker.fetches_in_flight(),
+            1,
+            "an open socket is in flight (a drain waits for it)"
+        );
         socket.to.write(b"after your FIN").await.unwrap();
         socket.to.end().await.unwrap();
         let got = tokio::time::timeout(PATIENCE, read_by_server.recv())
@@ -613,5 +623,39 @@ async fn an_abort_from_the_script_closes_the_destinations_connection() {
     })
     .await
     .expect("the socket is no longer in flight");
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_destinations_go_in_brackets_and_reach_the_origin() {
+    let v6 = std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    let echo = echo_server_on(v6).await;
+    let (origin_addr, origin) = start_origin_on(v6, None).await;
+    let stack = start_net_stack(closed_port()).await;
+    let port = origin_addr.port();
+    with_rt(&stack, |rt| async move {
+        let res = rt
+            .fetch_via(
+                &Binding::Tunnel(TUNNEL),
+                "GET",
+                &format!("http://[::1]:{port}/v6"),
+                &[],
+                b"",
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200);
+        let mut socket = rt.connect_socket(&Binding::Tunnel(TUNNEL), &format!("[::1]:{echo}"));
+        socket.opened().await.unwrap();
+        socket.to.write(b"six").await.unwrap();
+        socket.to.end().await.unwrap();
+        assert_eq!(socket.from.ended().await, Ok(()));
+        assert_eq!(&socket.from.bytes.borrow()[..], b"six");
+    })
+    .await;
+    assert_eq!(
+        requests(&origin),
+        vec![(format!("[::1]:{port}"), "/v6".to_owned())]
+    );
     stack.worker.shutdown();
 }
