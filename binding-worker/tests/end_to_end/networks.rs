@@ -130,6 +130,13 @@ struct NetStack {
 /// iris knows, in `acct-1`: tunnel TUNNEL (by id) and virtual network VNET
 /// (`127.0.0.0/8` → TUNNEL); a tcp service on `tcp_port` and an http service without one.
 async fn start_net_stack(tcp_port: u16) -> NetStack {
+    start_net_stack_with(tcp_port, |_| {}).await
+}
+
+async fn start_net_stack_with(
+    tcp_port: u16,
+    tune: impl FnOnce(&mut BindingWorkerConfig),
+) -> NetStack {
     let pool = dns_answering("db.internal");
     let store = MemoryStore::default();
     store.put_network(
@@ -176,7 +183,9 @@ async fn start_net_stack(tcp_port: u16) -> NetStack {
     let iris_addr = iris.local_addr().unwrap();
     tokio::spawn(async move { router.serve(iris).await });
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let worker = BindingWorker::start(listener, BindingWorkerConfig::new(iris_addr)).unwrap();
+    let mut config = BindingWorkerConfig::new(iris_addr);
+    tune(&mut config);
+    let worker = BindingWorker::start(listener, config).unwrap();
     NetStack { worker, pool }
 }
 
@@ -658,4 +667,69 @@ async fn ipv6_destinations_go_in_brackets_and_reach_the_origin() {
         vec![(format!("[::1]:{port}"), "/v6".to_owned())]
     );
     stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_on_which_nothing_moves_is_reset_with_connection_read_timeout() {
+    let echo = echo_server().await;
+    let stack = start_net_stack_with(echo, |config| {
+        config.read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let worker = &stack.worker;
+    with_rt(&stack, |rt| async move {
+        let mut socket = rt.connect_socket(&Binding::Service(TCP_SERVICE), "");
+        socket.opened().await.unwrap();
+        socket.to.write(b"one exchange").await.unwrap();
+        socket
+            .from
+            .until("the echo", |s| s.bytes.borrow().len() == 12)
+            .await;
+        // Then silence both ways.
+        let err = socket.from.ended().await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::ConnectionReadTimeout);
+        assert!(err.details.unwrap().contains("either way"));
+        tokio::time::timeout(PATIENCE, async {
+            while worker.fetches_in_flight() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the timed-out socket is no longer in flight");
+    })
+    .await;
+    stack.worker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_waits_for_an_open_socket_to_finish() {
+    let echo = echo_server().await;
+    let NetStack { worker, .. } = start_net_stack(echo).await;
+    let addr = worker.local_addr();
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let rt = TestRuntime::connect(addr).await;
+            let mut socket = rt.connect_socket(&Binding::Service(TCP_SERVICE), "");
+            socket.opened().await.unwrap();
+            let drained = tokio::spawn(worker.drain(PATIENCE));
+            // The socket keeps working while the worker drains.
+            socket.to.write(b"during the drain").await.unwrap();
+            socket
+                .from
+                .until("the echo", |s| s.bytes.borrow().len() == 16)
+                .await;
+            assert!(!drained.is_finished(), "the drain waits for the socket");
+            socket.to.end().await.unwrap();
+            assert_eq!(socket.from.ended().await, Ok(()));
+            let finished = tokio::time::timeout(PATIENCE, drained)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                finished,
+                "every fetch and socket finished within the grace period"
+            );
+        })
+        .await;
 }
