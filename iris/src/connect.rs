@@ -562,7 +562,7 @@ impl Router {
         let candidates = if let Ok(ip) = host.parse::<IpAddr>() {
             let tunnel = reach
                 .tunnel_for(ip)
-                .ok_or_else(|| unroutable(&network, &ip.to_string()))?;
+                .ok_or_else(|| unroutable(&network, &reach, &ip.to_string()))?;
             if let Some(relayed) = self.relay_if_absent(head, tunnel, uri, headers).await? {
                 return Ok(relayed);
             }
@@ -581,6 +581,7 @@ impl Router {
                 let ips: Vec<String> = resolved.iter().map(ToString::to_string).collect();
                 return Err(unroutable(
                     &network,
+                    &reach,
                     &format!("{host} (which resolves to {})", ips.join(", ")),
                 )
                 .into());
@@ -623,7 +624,7 @@ impl Router {
                     .ok_or_else(|| {
                         ProxyError::new(ErrorCode::DestinationIpUnroutable).with_details(format!(
                             "virtual network {vnet} ({network}) has no routes, so no tunnel \
-                             can resolve {host}: add a route (`wvpc route create`)"
+                             can resolve {host}: add a route to the virtual network"
                         ))
                     })
             }
@@ -1014,9 +1015,13 @@ fn network_not_found(network: &NetworkTarget, account: &str) -> ProxyError {
 }
 
 /// No route of the network covers the destination.
-fn unroutable(network: &NetworkTarget, destination: &str) -> ProxyError {
+fn unroutable(network: &NetworkTarget, reach: &NetworkReach, destination: &str) -> ProxyError {
+    let what = match reach {
+        NetworkReach::VirtualNetwork { vnet, .. } => format!("virtual network {vnet} ({network})"),
+        NetworkReach::Tunnel(tunnel) => format!("tunnel {tunnel}"),
+    };
     ProxyError::new(ErrorCode::DestinationIpUnroutable).with_details(format!(
-        "no route of {network} covers {destination}: add a route for it (`wvpc route create`)"
+        "no route of {what} covers {destination}: add a route that covers it to the virtual network"
     ))
 }
 
