@@ -3,7 +3,9 @@
 //!
 //! The CONNECT names the service (`<service-id>:<80|443>` plus `wvpc-service-id`) and the
 //! scheme; iris picks the real port, resolves, dials through the tunnel and answers `200`, or
-//! a failure status whose `Proxy-Status` header carries the code.
+//! a failure status whose `Proxy-Status` header carries the code. A network binding's
+//! CONNECT names the network instead (`wvpc-network`) and its authority is the destination
+//! `host:port` (`[v6]:port`). `wvpc-scheme: tcp` is a script's `connect()`.
 //!
 //! The nodes are the `--iris` addresses, a name counting as every address it resolves to;
 //! names are resolved again every [`IrisSettings::resolve_interval`] and, at most once a
@@ -43,11 +45,12 @@ use wvpc_failover::Unanswered;
 
 use crate::iris_address::IrisAddress;
 use crate::origin_tls::{TlsPolicy, Verification};
-use crate::request::FetchRequest;
+use crate::request::{BindingTarget, Caller, FetchRequest};
 
 /// Header names shared with iris (`wvpc_iris::connect`); repeated here because the two
 /// binaries do not depend on each other.
 const SERVICE_ID_HEADER: &str = "wvpc-service-id";
+const NETWORK_HEADER: &str = "wvpc-network";
 const SCHEME_HEADER: &str = "wvpc-scheme";
 const ORIGINAL_HOST_HEADER: &str = "wvpc-original-host";
 const REQUEST_ID_HEADER: &str = "wvpc-request-id";
@@ -75,6 +78,41 @@ const MIN_RESOLVE_GAP: Duration = Duration::from_secs(1);
 /// instead of waiting out the CONNECT timeout.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one CONNECT asks iris for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectSpec<'a> {
+    pub(crate) target: BindingTarget,
+    /// `http`, `https` or `tcp`.
+    pub(crate) scheme: &'static str,
+    /// A network binding's destination: host (IPv6 without brackets) and port.
+    pub(crate) destination: Option<(&'a str, u16)>,
+    /// The URL's host as the script wrote it, for iris's logs.
+    pub(crate) original_host: Option<&'a str>,
+    pub(crate) caller: &'a Caller,
+}
+
+impl<'a> ConnectSpec<'a> {
+    /// The CONNECT of a fetch.
+    pub(crate) fn fetch(request: &'a FetchRequest) -> Self {
+        Self {
+            target: request.target,
+            scheme: request.scheme.as_str(),
+            destination: Some((request.host.as_str(), request.port)),
+            original_host: Some(request.host.as_str()),
+            caller: &request.caller,
+        }
+    }
+}
+
+/// `host:port`, an IPv6 literal in brackets (a URL host already has them).
+pub(crate) fn authority_text(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
 
 /// Settings of the iris connections.
 #[derive(Debug, Clone)]
@@ -231,11 +269,11 @@ impl IrisClient {
         IrisNodesView(Arc::downgrade(&self.shared))
     }
 
-    /// Opens a byte stream to `request`'s service: a CONNECT answered with `200`, whose
+    /// Opens a byte stream to what `request` names: a CONNECT answered with `200`, whose
     /// headers carry the service's TLS settings for `https`.
     pub(crate) async fn connect(
         &self,
-        request: &FetchRequest,
+        request: &ConnectSpec<'_>,
     ) -> Result<(Upgraded, TlsPolicy), ProxyError> {
         let shared = &self.shared;
         let nodes = shared.nodes();
@@ -622,22 +660,35 @@ async fn dial_unbounded(addr: SocketAddr) -> Result<http2::SendRequest<Empty<Byt
     Ok(sender)
 }
 
-/// The CONNECT for `request`: the authority and headers name the service and the caller.
-fn connect_request(request: &FetchRequest) -> Result<Request<Empty<Bytes>>, ProxyError> {
-    let mut builder = Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!(
-            "{}:{}",
-            request.service_id,
-            request.scheme.default_port()
-        ))
-        .header(SERVICE_ID_HEADER, request.service_id.to_string())
-        .header(SCHEME_HEADER, request.scheme.as_str())
-        .header(ORIGINAL_HOST_HEADER, request.host.as_str());
+/// The CONNECT for `request`: the authority and headers name the service (or the network
+/// and destination) and the caller.
+fn connect_request(request: &ConnectSpec<'_>) -> Result<Request<Empty<Bytes>>, ProxyError> {
+    let mut builder = Request::builder().method(Method::CONNECT);
+    builder = match (request.target, request.destination) {
+        (BindingTarget::Service(id), _) => {
+            // iris reads the port from the scheme header; the authority's is conventional.
+            let port = if request.scheme == "https" { 443 } else { 80 };
+            builder
+                .uri(format!("{id}:{port}"))
+                .header(SERVICE_ID_HEADER, id.to_string())
+        }
+        (BindingTarget::Network(network), Some((host, port))) => builder
+            .uri(authority_text(host, port))
+            .header(NETWORK_HEADER, network.to_string()),
+        (BindingTarget::Network(network), None) => {
+            return Err(ProxyError::new(ErrorCode::ProxyInternalError)
+                .with_details(format!("a CONNECT into {network} without a destination")));
+        }
+    };
+    builder = builder.header(SCHEME_HEADER, request.scheme);
+    if let Some(host) = request.original_host {
+        builder = builder.header(ORIGINAL_HOST_HEADER, host);
+    }
+    let caller = request.caller;
     for (name, value) in [
-        (REQUEST_ID_HEADER, &request.caller.request_id),
-        (ACCOUNT_HEADER, &request.caller.account),
-        (SCRIPT_HEADER, &request.caller.script),
+        (REQUEST_ID_HEADER, &caller.request_id),
+        (ACCOUNT_HEADER, &caller.account),
+        (SCRIPT_HEADER, &caller.script),
     ] {
         if value.is_empty() {
             continue;
@@ -650,7 +701,8 @@ fn connect_request(request: &FetchRequest) -> Result<Request<Empty<Bytes>>, Prox
         builder = builder.header(name, value);
     }
     builder.body(Empty::new()).map_err(|e| {
-        ProxyError::new(ErrorCode::ProxyInternalError)
+        // A destination host the URL or address parser let through but HTTP refuses.
+        ProxyError::new(ErrorCode::HttpRequestError)
             .with_details(format!("cannot build the CONNECT: {e}"))
     })
 }

@@ -14,8 +14,13 @@
 //! Failures are codes (`WireError`), never text: iris's `Proxy-Status` answers are decoded
 //! back into the code, origin failures are classified here.
 //!
-//! Routing uses only the binding's service id; the URL's host becomes `Host` (without the
-//! URL's port, which is ignored), the scheme picks the service's port at iris.
+//! For a service binding, routing uses only the service id; the URL's host becomes `Host`
+//! (without the URL's port, which is ignored), the scheme picks the service's port at iris.
+//! For a network binding ([`BindingTarget::Network`]: `tunnelId` / `networkId` in the
+//! context) the URL's host and port are the destination, named in the CONNECT's authority.
+//!
+//! `VpcBinding.connect` opens a raw TCP socket the same way (`wvpc-scheme: tcp`) and pipes
+//! its bytes both ways, half-closes and resets included (see `socket`).
 //!
 //! Several iris nodes ([`IrisAddress`]: addresses, or names standing for every address they
 //! resolve to, looked up again while the worker runs): CONNECTs go round-robin over the ones
@@ -59,6 +64,7 @@ mod origin_tls;
 mod request;
 mod request_body;
 mod rpc;
+mod socket;
 
 use std::cell::Cell;
 use std::io;
@@ -75,8 +81,9 @@ use wvpc_listener::{Acceptor, Admitted, RefuseWith};
 use wvpc_schemas::binding_auth::handshake_as_binding_worker;
 use wvpc_schemas::binding_capnp::vpc_binding;
 
-pub use call_decode::{DecodedFetch, decode_fetch_call};
+pub use call_decode::{DecodedConnect, DecodedFetch, decode_connect_call, decode_fetch_call};
 pub use iris_address::{IrisAddress, IrisAddressError};
+pub use request::BindingTarget;
 pub use wvpc_schemas::PlatformSecret;
 pub use wvpc_schemas::binding_auth::HANDSHAKE_TIMEOUT;
 

@@ -1,8 +1,10 @@
 //! The HTTP client side: one fetch becomes one HTTP/1.1 exchange with the origin, over an
 //! idle pooled connection when there is one, else over a fresh CONNECT stream through iris.
 //!
-//! Connections are pooled per (service, scheme, host): the host is what `Host` (and, for
-//! https, SNI) carries, so two hosts never share a connection. A connection goes back to
+//! Connections are pooled per (binding target, scheme, host, port): the host is what `Host`
+//! (and, for https, SNI) carries, so two hosts never share a connection, and for a network
+//! binding host and port are the destination, so a connection is never reused for another
+//! one. A connection goes back to
 //! the pool only after its response body was read to the end and hyper reports it ready.
 //!
 //! A request whose connection broke before any byte of the answer (the origin closed a reused
@@ -33,9 +35,9 @@ use tokio_util::io::ReaderStream;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
-use crate::iris_client::IrisClient;
+use crate::iris_client::{ConnectSpec, IrisClient};
 use crate::origin_tls::{OriginTls, TlsPolicy};
-use crate::request::{FetchRequest, Scheme, strip_hop_by_hop};
+use crate::request::{BindingTarget, FetchRequest, Scheme, strip_hop_by_hop};
 use crate::request_body::{BodyEvent, BodyEvents, BodyFinished, RequestBody, RequestBodyError};
 
 /// Timeouts and pool limits of the origin side.
@@ -319,15 +321,8 @@ impl Proxy {
     /// verified as the service's TLS settings in iris's answer say), then an HTTP/1.1
     /// handshake on it. Counts against the service's connection cap while it is open.
     async fn open(&self, request: &FetchRequest) -> Result<OriginConnection, ProxyError> {
-        let permit = match self.open.acquire(request.service_id) {
-            Ok(permit) => permit,
-            // An idle connection (perhaps for another host) gives way to a new one.
-            Err(err) if self.pool.evict_one(request.service_id) => {
-                self.open.acquire(request.service_id).map_err(|_| err)?
-            }
-            Err(err) => return Err(err),
-        };
-        let (stream, tls): (_, TlsPolicy) = self.iris.connect(request).await?;
+        let permit = self.acquire(request.target)?;
+        let (stream, tls): (_, TlsPolicy) = self.iris.connect(&ConnectSpec::fetch(request)).await?;
         let request_id = request.caller.request_id.clone();
         match request.scheme {
             Scheme::Http => http1_handshake(stream, request_id, permit).await,
@@ -342,6 +337,21 @@ impl Proxy {
                 http1_handshake(TokioIo::new(tls), request_id, permit).await
             }
         }
+    }
+
+    /// A slot under the target's connection cap; an idle pooled connection of the target
+    /// (perhaps for another host) gives way to a new one.
+    pub(crate) fn acquire(&self, target: BindingTarget) -> Result<ConnectionPermit, ProxyError> {
+        match self.open.acquire(target) {
+            Ok(permit) => Ok(permit),
+            Err(err) if self.pool.evict_one(target) => self.open.acquire(target).map_err(|_| err),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The iris client, for sockets.
+    pub(crate) fn iris(&self) -> &IrisClient {
+        &self.iris
     }
 
     /// Sends one request; the response timeout starts once the body has been sent.
@@ -453,25 +463,26 @@ async fn pump_into_upgraded(mut events: BodyEvents, mut write: WriteHalf<TokioIo
     }
 }
 
-/// Open origin connections per service, against the per-service cap.
+/// Open origin connections (and sockets) per binding target, against the per-service cap
+/// (a network binding counts as one "service").
 #[derive(Debug)]
 struct OpenConnections {
     limit: usize,
-    by_service: Mutex<HashMap<Uuid, usize>>,
+    by_service: Mutex<HashMap<BindingTarget, usize>>,
 }
 
 impl OpenConnections {
-    /// A slot for one more connection to `service_id`, or `connection_limit_reached`.
-    fn acquire(self: &Arc<Self>, service_id: Uuid) -> Result<ConnectionPermit, ProxyError> {
+    /// A slot for one more connection to `target`, or `connection_limit_reached`.
+    fn acquire(self: &Arc<Self>, target: BindingTarget) -> Result<ConnectionPermit, ProxyError> {
         let mut open = self
             .by_service
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(service_id).or_default();
+        let count = open.entry(target).or_default();
         if *count >= self.limit {
             return Err(
                 ProxyError::new(ErrorCode::ConnectionLimitReached).with_details(format!(
-                    "service {service_id} already has {} open origin connections \
+                    "{target} already has {} open origin connections \
                      (max_connections_per_service)",
                     self.limit
                 )),
@@ -480,16 +491,16 @@ impl OpenConnections {
         *count += 1;
         Ok(ConnectionPermit {
             open: Arc::clone(self),
-            service_id,
+            target,
         })
     }
 }
 
 /// One counted origin connection; released when dropped.
 #[derive(Debug)]
-struct ConnectionPermit {
+pub(crate) struct ConnectionPermit {
     open: Arc<OpenConnections>,
-    service_id: Uuid,
+    target: BindingTarget,
 }
 
 impl Drop for ConnectionPermit {
@@ -499,10 +510,10 @@ impl Drop for ConnectionPermit {
             .by_service
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.service_id) {
+        if let Some(count) = open.get_mut(&self.target) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                open.remove(&self.service_id);
+                open.remove(&self.target);
             }
         }
     }
@@ -517,7 +528,7 @@ fn build_request(
     *outgoing.method_mut() = request.method.clone();
     *outgoing.uri_mut() = Uri::from(request.path_and_query.clone());
     *outgoing.headers_mut() = request.headers.clone();
-    let host = HeaderValue::from_str(&request.host).map_err(|_| {
+    let host = HeaderValue::from_str(&request.host_header()).map_err(|_| {
         ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
             "URL host {:?} cannot be a Host header",
             request.host
@@ -582,20 +593,28 @@ pub(crate) fn find_source<'a, T: StdError + 'static>(
     None
 }
 
-/// Which origin connections can serve a request: same service, scheme and host.
+/// Which origin connections can serve a request: same binding target, scheme, host and
+/// port (for a service the port is the scheme's, so it changes nothing; for a network it is
+/// the destination's).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
-    service_id: Uuid,
+    target: BindingTarget,
     scheme: Scheme,
     host: String,
+    port: u16,
 }
 
 impl PoolKey {
     fn of(request: &FetchRequest) -> Self {
+        let port = match request.target {
+            BindingTarget::Service(_) => request.scheme.default_port(),
+            BindingTarget::Network(_) => request.port,
+        };
         Self {
-            service_id: request.service_id,
+            target: request.target,
             scheme: request.scheme,
             host: request.host.clone(),
+            port,
         }
     }
 }
@@ -653,10 +672,10 @@ impl OriginPool {
         }
     }
 
-    /// Closes one idle connection of `service_id` (any scheme and host); whether there was one.
-    fn evict_one(&self, service_id: Uuid) -> bool {
+    /// Closes one idle connection of `target` (any scheme and host); whether there was one.
+    fn evict_one(&self, target: BindingTarget) -> bool {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(key) = idle.keys().find(|k| k.service_id == service_id).cloned() else {
+        let Some(key) = idle.keys().find(|k| k.target == target).cloned() else {
             return false;
         };
         let evicted = idle.get_mut(&key).and_then(|list| {
@@ -673,7 +692,7 @@ impl OriginPool {
     /// Closes every idle connection of `service_id` (its route changed).
     pub(crate) fn forget_service(&self, service_id: Uuid) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|key, _| key.service_id != service_id);
+        idle.retain(|key, _| key.target != BindingTarget::Service(service_id));
     }
 
     /// Closes connections idle for too long or closed by the origin.

@@ -1,6 +1,9 @@
 //! Reading a `VpcBinding.fetch` call into a request the proxy can send: the URL is checked
-//! (absolute `http`/`https`), split into what routes (scheme → port at iris) and what is only
-//! forwarded (host → `Host`, path and query), and hop-by-hop headers are removed.
+//! (absolute `http`/`https`), split into what routes and what is only forwarded, and
+//! hop-by-hop headers are removed. What routes depends on the binding ([`BindingTarget`]):
+//! for a service, only its id (the scheme picks its port at iris; the URL's host is `Host`
+//! and SNI, its port is ignored); for a network, the URL's host and port are the destination
+//! (defaults 80 / 443). [`read_connect`] reads a `VpcBinding.connect` call the same way.
 
 use std::fmt;
 
@@ -9,8 +12,8 @@ use http::uri::{PathAndQuery, Scheme as UriScheme};
 use http::{Method, Uri};
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
-use wvpc_schemas::MAX_HEAD_HEADERS;
 use wvpc_schemas::binding_capnp::{binding_context, request_head};
+use wvpc_schemas::{MAX_HEAD_HEADERS, NetworkTarget};
 
 /// The URL scheme, which picks the service's port and whether TLS runs to the origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,6 +45,25 @@ impl fmt::Display for Scheme {
     }
 }
 
+/// What a binding reaches: what routes its fetches and connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BindingTarget {
+    /// A `vpc_services` binding: the service's id is all that routes.
+    Service(Uuid),
+    /// A `vpc_networks` binding: the URL's (or address's) host and port are the destination
+    /// inside this network.
+    Network(NetworkTarget),
+}
+
+impl fmt::Display for BindingTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Service(id) => write!(f, "service {id}"),
+            Self::Network(network) => write!(f, "network {network}"),
+        }
+    }
+}
+
 /// Who is calling, for iris's logs and authorization.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Caller {
@@ -54,11 +76,15 @@ pub(crate) struct Caller {
 /// One validated fetch.
 #[derive(Debug, Clone)]
 pub(crate) struct FetchRequest {
-    /// The VPC service the binding points at: the only thing that routes.
-    pub(crate) service_id: Uuid,
+    /// What the binding points at.
+    pub(crate) target: BindingTarget,
     pub(crate) scheme: Scheme,
-    /// The URL's host without its port: the `Host` header (and SNI). Never routes.
+    /// The URL's host without its port: the `Host` header (and SNI). Routes only for a
+    /// network binding (then it is the destination).
     pub(crate) host: String,
+    /// The URL's port, else the scheme's: the destination port of a network binding
+    /// (ignored for a service, whose port iris picks by scheme).
+    pub(crate) port: u16,
     pub(crate) method: Method,
     pub(crate) path_and_query: PathAndQuery,
     /// End-to-end headers only; `Host` is set from [`Self::host`] when sending.
@@ -70,6 +96,17 @@ pub(crate) struct FetchRequest {
 }
 
 impl FetchRequest {
+    /// The `Host` header: the URL's host, with its port when a network binding goes to a
+    /// port other than the scheme's (for a service the URL's port means nothing).
+    pub(crate) fn host_header(&self) -> String {
+        match self.target {
+            BindingTarget::Network(_) if self.port != self.scheme.default_port() => {
+                format!("{}:{}", self.host, self.port)
+            }
+            _ => self.host.clone(),
+        }
+    }
+
     /// Whether the request may carry a body even though no header frames one. Methods
     /// without body semantics are sent with an empty body if the script sends none (rather
     /// than as chunked), which needs a look at the body stream first.
@@ -112,16 +149,15 @@ pub(crate) fn read_fetch(
         script: text("context.script", context.get_script())?.to_owned(),
         binding: text("context.binding", context.get_binding())?.to_owned(),
     };
-    let service_id_text = text("context.serviceId", context.get_service_id())?;
-    let service_id = Uuid::parse_str(service_id_text).map_err(|_| {
-        ProxyError::new(ErrorCode::ProxyConfigurationError).with_details(format!(
-            "binding {:?} points at service id {service_id_text:?}, which is not a UUID",
-            caller.binding
-        ))
-    })?;
+    let target = read_target(context, &caller.binding)?;
 
     let url = text("head.url", head.get_url())?;
-    let (scheme, host, path_and_query) = read_url(url)?;
+    let (scheme, host, port, path_and_query) = read_url(url)?;
+    if matches!(target, BindingTarget::Network(_)) && port == 0 {
+        return Err(request_error(format!(
+            "URL {url:?} has port 0, which no destination listens on"
+        )));
+    }
 
     let method_text = text("head.method", head.get_method())?;
     let method = Method::from_bytes(method_text.as_bytes())
@@ -166,15 +202,133 @@ pub(crate) fn read_fetch(
     }
 
     Ok(FetchRequest {
-        service_id,
+        target,
         scheme,
         host,
+        port,
         method,
         path_and_query,
         headers,
         upgrade,
         caller,
     })
+}
+
+/// What the binding in `context` points at: `serviceId`, else `tunnelId`, else
+/// `networkId`; exactly one may be set.
+pub(crate) fn read_target(
+    context: binding_context::Reader<'_>,
+    binding: &str,
+) -> Result<BindingTarget, ProxyError> {
+    let config_error =
+        |details: String| ProxyError::new(ErrorCode::ProxyConfigurationError).with_details(details);
+    let service_id = text("context.serviceId", context.get_service_id())?;
+    let tunnel_id = text("context.tunnelId", context.get_tunnel_id())?;
+    let network_id = text("context.networkId", context.get_network_id())?;
+    let set = [service_id, tunnel_id, network_id]
+        .iter()
+        .filter(|v| !v.is_empty())
+        .count();
+    if set > 1 {
+        return Err(config_error(format!(
+            "binding {binding:?} names more than one of a service id ({service_id:?}), a \
+             tunnel id ({tunnel_id:?}) and a network id ({network_id:?}); it must name one"
+        )));
+    }
+    if !service_id.is_empty() {
+        let id = Uuid::parse_str(service_id).map_err(|_| {
+            config_error(format!(
+                "binding {binding:?} points at service id {service_id:?}, which is not a UUID"
+            ))
+        })?;
+        return Ok(BindingTarget::Service(id));
+    }
+    if !tunnel_id.is_empty() {
+        let id = Uuid::parse_str(tunnel_id).map_err(|_| {
+            config_error(format!(
+                "binding {binding:?} points at tunnel id {tunnel_id:?}, which is not a UUID"
+            ))
+        })?;
+        return Ok(BindingTarget::Network(NetworkTarget::Tunnel(id)));
+    }
+    if !network_id.is_empty() {
+        return NetworkTarget::parse_network_id(network_id)
+            .map(BindingTarget::Network)
+            .map_err(|e| config_error(format!("binding {binding:?}: {e}")));
+    }
+    Err(config_error(format!(
+        "binding {binding:?} names neither a service id nor a tunnel or network id"
+    )))
+}
+
+/// One validated `connect`.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectRequest {
+    pub(crate) target: BindingTarget,
+    /// The destination of a network binding: host (an IPv6 literal without brackets) and
+    /// port; `None` for a service (iris dials its `tcp_port`).
+    pub(crate) destination: Option<(String, u16)>,
+    pub(crate) caller: Caller,
+}
+
+/// Reads and validates a `connect` call's context and address.
+pub(crate) fn read_connect(
+    context: binding_context::Reader<'_>,
+    address: capnp::Result<capnp::text::Reader<'_>>,
+) -> Result<ConnectRequest, ProxyError> {
+    let caller = Caller {
+        request_id: text("context.requestId", context.get_request_id())?.to_owned(),
+        account: text("context.account", context.get_account())?.to_owned(),
+        script: text("context.script", context.get_script())?.to_owned(),
+        binding: text("context.binding", context.get_binding())?.to_owned(),
+    };
+    let target = read_target(context, &caller.binding)?;
+    let address = text("address", address)?.trim();
+    let destination = match target {
+        BindingTarget::Service(id) => {
+            if !address.is_empty() {
+                return Err(request_error(format!(
+                    "binding {:?} is a VPC service binding: connect() reaches service {id}'s \
+                     tcp_port, so the address must be empty, not {address:?}",
+                    caller.binding
+                )));
+            }
+            None
+        }
+        BindingTarget::Network(_) => Some(read_address(address)?),
+    };
+    Ok(ConnectRequest {
+        target,
+        destination,
+        caller,
+    })
+}
+
+/// A `connect` address: `host:port`, `[v6]:port`; the port is required and not 0.
+/// Anything else is `destination_not_found` (as the runtime refuses it).
+pub(crate) fn read_address(address: &str) -> Result<(String, u16), ProxyError> {
+    let bad = |why: &str| {
+        ProxyError::new(ErrorCode::DestinationNotFound).with_details(format!(
+            "connect() address {address:?} {why}: use host:port, or [ipv6]:port"
+        ))
+    };
+    if address.contains(['@', '/', '?', '#']) {
+        return Err(bad("is not a host and port"));
+    }
+    let authority: http::uri::Authority = address.parse().map_err(|_| bad("is not valid"))?;
+    let port = authority.port_u16().ok_or_else(|| bad("has no port"))?;
+    if port == 0 {
+        return Err(bad("has port 0"));
+    }
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    Ok((host.to_ascii_lowercase(), port))
 }
 
 /// The `Upgrade` value when `Connection` names `upgrade` (RFC 9110 §7.8); else `None`.
@@ -191,9 +345,9 @@ pub(crate) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     headers.get(header::UPGRADE).cloned()
 }
 
-/// Splits an absolute URL into scheme, host (without port) and path+query. The fragment is
-/// never sent; the port is ignored (the service's port for the scheme is used).
-fn read_url(url: &str) -> Result<(Scheme, String, PathAndQuery), ProxyError> {
+/// Splits an absolute URL into scheme, host (without port), port (the scheme's when none is
+/// given) and path+query. The fragment is never sent.
+fn read_url(url: &str) -> Result<(Scheme, String, u16, PathAndQuery), ProxyError> {
     let without_fragment = url.split_once('#').map_or(url, |(before, _)| before);
     let uri: Uri = without_fragment.parse().map_err(|e| {
         request_error(format!(
@@ -226,7 +380,8 @@ fn read_url(url: &str) -> Result<(Scheme, String, PathAndQuery), ProxyError> {
             .map_err(|e| request_error(format!("URL {url:?} has an invalid path: {e}")))?,
         None => PathAndQuery::from_static("/"),
     };
-    Ok((scheme, host, path_and_query))
+    let port = uri.port_u16().unwrap_or(scheme.default_port());
+    Ok((scheme, host, port, path_and_query))
 }
 
 /// Removes the headers that describe one hop rather than the message (RFC 9110 §7.6.1):
@@ -271,8 +426,40 @@ mod tests {
 
     fn url(u: &str) -> Result<(Scheme, String, String), ErrorCode> {
         read_url(u)
-            .map(|(s, h, pq)| (s, h, pq.to_string()))
+            .map(|(s, h, _, pq)| (s, h, pq.to_string()))
             .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn the_url_port_defaults_to_the_schemes() {
+        let port = |u: &str| read_url(u).unwrap().2;
+        assert_eq!(port("http://10.0.0.5/"), 80);
+        assert_eq!(port("https://db.internal/"), 443);
+        assert_eq!(port("http://[fd00::5]:8080/"), 8080);
+    }
+
+    #[test]
+    fn connect_addresses_are_host_and_port() {
+        assert_eq!(
+            read_address("DB.internal:5432"),
+            Ok(("db.internal".to_owned(), 5432))
+        );
+        assert_eq!(read_address("[fd00::5]:22"), Ok(("fd00::5".to_owned(), 22)));
+        assert_eq!(read_address("10.0.0.1:1"), Ok(("10.0.0.1".to_owned(), 1)));
+        for bad in [
+            "",
+            "db.internal",
+            "db.internal:0",
+            "db.internal:99999",
+            "user@db.internal:5432",
+            "fd00::5:22",
+            "http://db.internal:80",
+            ":80",
+        ] {
+            let err = read_address(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::DestinationNotFound, "{bad}");
+            assert!(err.details.unwrap().contains("host:port"), "{bad}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::request::read_connect;
 use bytes::Bytes;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{RpcSystem, twoparty};
@@ -137,6 +138,48 @@ impl vpc_binding::Server for VpcBindingServer {
         })();
         std::future::ready(started)
     }
+
+    fn connect(
+        self: capnp::capability::Rc<Self>,
+        params: vpc_binding::ConnectParams,
+        results: vpc_binding::ConnectResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        std::future::ready(self.start_connect(params, results))
+    }
+}
+
+impl VpcBindingServer {
+    /// Starts one `connect`: `toDestination` is returned at once; opening and piping run as
+    /// a task tracked like a fetch (see [`crate::socket`]).
+    fn start_connect(
+        &self,
+        params: vpc_binding::ConnectParams,
+        mut results: vpc_binding::ConnectResults,
+    ) -> Result<(), capnp::Error> {
+        if self.draining.get() {
+            return Err(capnp::Error::disconnected(
+                "this binding-worker is draining and takes no new connections".into(),
+            ));
+        }
+        let params = params.get()?;
+        let receiver = params.get_receiver()?;
+        let request = read_connect(params.get_context()?, params.get_address());
+        let (events_tx, events) = inbox();
+        let sink = RequestBodySink {
+            events: RefCell::new(Some(events_tx)),
+        };
+        results
+            .get()
+            .set_to_destination(capnp_rpc::new_client(sink));
+        tokio::task::spawn_local(self.fetches.track_future(crate::socket::run_socket(
+            Arc::clone(&self.proxy),
+            self.runtime.clone(),
+            request,
+            events,
+            receiver,
+        )));
+        Ok(())
+    }
 }
 
 /// One fetch after the call returned: exchange with the origin, deliver, stream the body.
@@ -157,7 +200,7 @@ async fn run_fetch(
         Ok(request) => {
             let ids = (
                 request.caller.request_id.clone(),
-                request.service_id.to_string(),
+                request.target.to_string(),
             );
             let exchange = runtime.spawn(async move { proxy.exchange(request, events).await });
             let exchanged = exchange.await.unwrap_or_else(|join_error| {
@@ -167,11 +210,11 @@ async fn run_fetch(
             (ids, exchanged)
         }
     };
-    let (request_id, service_id) = ids;
+    let (request_id, target) = ids;
     match exchanged {
         Err(err) => {
             tracing::warn!(
-                %request_id, %service_id, code = %err.code,
+                %request_id, %target, code = %err.code,
                 rcode = err.rcode.as_deref().unwrap_or(""),
                 details = err.details.as_deref().unwrap_or(""),
                 "fetch failed"

@@ -14,6 +14,21 @@
 //!    `wvpc-tls-ca`), which the binding-worker applies to its end-to-end handshake — and copy
 //!    bytes both ways, half-closes included.
 //!
+//! A CONNECT of a `vpc_networks` binding names a network instead (`wvpc-network`:
+//! `tunnel:<uuid>`, `cf1:network` or `cf1:vnet:<uuid>`, with `wvpc-account` required) and
+//! its authority is the destination `host:port`. Phase 2 asks the store how the account
+//! reaches that network ([`ServiceStore::network`] → `destination_not_found`); an IP
+//! destination goes through the tunnel its longest route names
+//! ([`crate::routes::NetworkReach::tunnel_for`] → `destination_ip_unroutable`), a hostname is
+//! resolved through the binding's tunnel (in a virtual network: the first of its tunnels this
+//! node holds) and each answer routed the same way; the authority's port is dialled whatever
+//! the scheme. An `https` network CONNECT is answered `verify_full`.
+//!
+//! `wvpc-scheme: tcp` (a script's `connect()`) on a service dials its `tcp_port`; a service
+//! without one is `http_request_denied`, saying so. The bytes of a `tcp` CONNECT travel in
+//! [`wvpc_schemas::socket_frames`] on the CONNECT stream, so that a reset on either side
+//! reaches the other as a reset, not as a clean end.
+//!
 //! A failure answers the code's HTTP status with `Proxy-Status: <node>; error=<code>…`
 //! ([`ProxyError::to_proxy_status`]), which the binding-worker turns back into the code; it is
 //! logged once with the request id, service id and code. iris never looks inside the piped
@@ -26,8 +41,9 @@
 //! and are never relayed again.
 //!
 //! One listener serves HTTP/1.1 and HTTP/2 (the binding-worker multiplexes every CONNECT over
-//! one HTTP/2 connection). Each pipe is counted for its service, so that a deleted service's
-//! pipes close ([`Router::close_service`], [`crate::pipes`]).
+//! one HTTP/2 connection). Each pipe is counted for its service (a network CONNECT's for its
+//! network), so that a deleted service's pipes close ([`Router::close_service`],
+//! [`crate::pipes`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -42,18 +58,25 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_listener::{ConnectionUse, Http2Settings, HttpServer, ServerLimits};
+use wvpc_schemas::socket_frames::SocketFrames;
 
 use crate::dns::{DnsConfig, DnsResolver};
-use crate::pipes::{PipeEnd, PipeTicket, ServicePipes};
+use crate::pipes::{PipeEnd, PipeKey, PipeTicket, ServicePipes};
 use crate::relay::identity::certificate_names;
 use crate::relay::{RELAY_MISS_HEADER, RELAYED_BY_HEADER, Relay, RelayAnswer};
-use crate::routes::{RouteTarget, RouteTls, ServiceRoute, ServiceStore};
+use crate::routes::{
+    NetworkReach, NetworkTarget, RouteTarget, RouteTls, ServiceRoute, ServiceStore,
+};
 use crate::tunnel_pool::{BoxIo, FlowContext, TunnelPool};
 
 /// Header naming the VPC service (a UUID). Falls back to the CONNECT authority's host.
 pub const SERVICE_ID_HEADER: &str = "wvpc-service-id";
 /// Header naming the URL scheme (`http`, `https`, `tcp`) that picks the service's port.
 pub const SCHEME_HEADER: &str = "wvpc-scheme";
+/// Header naming the network of a `vpc_networks` binding ([`NetworkTarget`]'s spelling:
+/// `tunnel:<uuid>`, `cf1:network`, `cf1:vnet:<uuid>`), instead of a service id; the
+/// authority is then the destination `host:port`.
+pub const NETWORK_HEADER: &str = "wvpc-network";
 /// Header with the URL's host as the script wrote it (for logs; routing never uses it).
 pub const ORIGINAL_HOST_HEADER: &str = "wvpc-original-host";
 /// Header with the script request's id, carried into every hop's logs.
@@ -141,7 +164,8 @@ impl std::fmt::Debug for Router {
 /// What a CONNECT says about itself, read once for the phases and the log line.
 #[derive(Debug)]
 struct ConnectHead {
-    service_id: Result<Uuid, ProxyError>,
+    /// What the CONNECT reaches: a service, or a destination in a network.
+    target: Result<ConnectTarget, ProxyError>,
     scheme: String,
     ctx: FlowContext,
     original_host: String,
@@ -149,6 +173,51 @@ struct ConnectHead {
     script: String,
     /// The node that relayed this CONNECT (relay listener only).
     relayed_by: Option<String>,
+}
+
+/// What a CONNECT names.
+#[derive(Debug, Clone)]
+enum ConnectTarget {
+    /// A VPC service (`wvpc-service-id`, else the authority's host).
+    Service(Uuid),
+    /// A destination inside a `vpc_networks` binding's network (`wvpc-network`): the
+    /// authority's host (an IP literal, or a hostname resolved through the tunnel) and port.
+    Network {
+        network: NetworkTarget,
+        host: String,
+        port: u16,
+    },
+}
+
+impl ConnectTarget {
+    /// The service id, `-` for a network CONNECT (for logs).
+    fn service_label(&self) -> String {
+        match self {
+            Self::Service(id) => id.to_string(),
+            Self::Network { .. } => "-".to_owned(),
+        }
+    }
+
+    /// The network and destination, `-` for a service CONNECT (for logs).
+    fn network_label(&self) -> (String, String) {
+        match self {
+            Self::Service(_) => ("-".to_owned(), "-".to_owned()),
+            Self::Network {
+                network,
+                host,
+                port,
+            } => (network.to_string(), destination_text(host, *port)),
+        }
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 literal.
+fn destination_text(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The node names in a relay peer's verified certificate: what the relay listener's TLS
@@ -311,6 +380,10 @@ impl Router {
             Err(err) => return self.refuse(&head, err.into()),
         };
         let mut response = Response::new(Empty::new());
+        // A socket's bytes travel in frames to the binding-worker, so that a broken tunnel
+        // stream reads as a reset there, not as the destination's FIN
+        // (`wvpc_schemas::socket_frames`); a relaying node passes the holder's frames through.
+        let framed = head.scheme == "tcp" && matches!(opened, Opened::Local { .. });
         let (tunnel_io, relayed_open) = match opened {
             Opened::Local { io, tls } => {
                 if head.scheme == "https" {
@@ -332,6 +405,10 @@ impl Router {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let buffer = self.inner.config.pipe_buffer;
         let metrics = self.inner.config.metrics.clone();
+        let (network, destination) = head.target.as_ref().map_or_else(
+            |_| ("-".to_owned(), "-".to_owned()),
+            ConnectTarget::network_label,
+        );
         let request_id = head.ctx.request_id;
         // The client connection is not idle while the pipe runs.
         let in_use = req
@@ -349,12 +426,18 @@ impl Router {
                 }
             };
             let client = TokioIo::new(upgraded);
-            match crate::pipes::pipe(ticket, client, tunnel_io, buffer, metrics).await {
+            let piped = if framed {
+                let client = SocketFrames::new(client);
+                crate::pipes::pipe(ticket, client, tunnel_io, buffer, metrics).await
+            } else {
+                crate::pipes::pipe(ticket, client, tunnel_io, buffer, metrics).await
+            };
+            match piped {
                 PipeEnd::Finished(up, down) => {
-                    tracing::debug!(%request_id, up, down, "CONNECT pipe closed");
+                    tracing::debug!(%request_id, %network, %destination, up, down, "CONNECT pipe closed");
                 }
                 PipeEnd::Broke(err) => {
-                    tracing::debug!(%request_id, error = %err, "CONNECT pipe broke");
+                    tracing::debug!(%request_id, %network, %destination, error = %err, "CONNECT pipe broke");
                 }
                 PipeEnd::ServiceDeleted => {
                     tracing::debug!(%request_id, "CONNECT pipe closed: its service was deleted");
@@ -401,82 +484,231 @@ impl Router {
     }
 
     /// Phases 1–5: from the request to a connected stream through the tunnel, plus the
-    /// service's TLS settings for the answer — or through the node the CONNECT was relayed
-    /// to, when this node holds no usable connection of the service's tunnel.
+    /// TLS settings for the answer — or through the node the CONNECT was relayed to, when
+    /// this node holds no usable connection of the tunnel.
     async fn open_destination(
         &self,
         head: &ConnectHead,
         uri: &http::Uri,
         headers: &HeaderMap,
     ) -> Result<Opened, Refusal> {
-        let service_id = head.service_id.clone()?;
+        match head.target.clone()? {
+            ConnectTarget::Service(service_id) => {
+                self.open_service(head, service_id, uri, headers).await
+            }
+            ConnectTarget::Network {
+                network,
+                host,
+                port,
+            } => {
+                self.open_network(head, network, &host, port, uri, headers)
+                    .await
+            }
+        }
+    }
+
+    async fn open_service(
+        &self,
+        head: &ConnectHead,
+        service_id: Uuid,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Result<Opened, Refusal> {
         let route = self.inner.store.route(service_id)?.ok_or_else(|| {
             ProxyError::new(ErrorCode::DestinationNotFound)
                 .with_details(format!("no VPC service has id {service_id}"))
         })?;
-        if !self.inner.pool.has_usable_connection(route.tunnel_id) {
-            if head.relayed_by.is_some() {
-                return Err(Refusal::RelayMiss(
-                    ProxyError::new(ErrorCode::DestinationUnavailable).with_details(format!(
-                        "node {} holds no usable connection of tunnel {}",
-                        self.inner.config.node_name, route.tunnel_id
-                    )),
-                ));
-            }
-            if let Some(relay) = &self.inner.config.relay
-                && relay.has_holders(route.tunnel_id)
-            {
-                return match relay.forward(route.tunnel_id, uri, headers).await? {
-                    RelayAnswer::Opened {
-                        io,
-                        headers,
-                        peer,
-                        open,
-                    } => Ok(Opened::Relayed {
-                        io,
-                        headers,
-                        peer,
-                        open,
-                    }),
-                    RelayAnswer::Refused {
-                        status,
-                        proxy_status,
-                        error,
-                        peer,
-                    } => Err(Refusal::Relayed {
-                        status,
-                        proxy_status,
-                        error,
-                        peer,
-                    }),
-                };
-            }
+        if let Some(relayed) = self
+            .relay_if_absent(head, route.tunnel_id, uri, headers)
+            .await?
+        {
+            return Ok(relayed);
         }
-        let port = route.port_for_scheme(&head.scheme).ok_or_else(|| {
-            ProxyError::new(ErrorCode::HttpRequestDenied).with_details(format!(
-                "service {service_id} does not accept {scheme} (it has no {scheme}_port)",
-                scheme = head.scheme
-            ))
-        })?;
+        let port = route
+            .port_for_scheme(&head.scheme)
+            .ok_or_else(|| scheme_refused(service_id, &head.scheme))?;
         let addrs = self.addresses(&route, &head.ctx).await?;
-        let io = self.dial(&route, &addrs, port, &head.ctx).await?;
+        let candidates: Vec<(Uuid, IpAddr)> =
+            addrs.into_iter().map(|ip| (route.tunnel_id, ip)).collect();
+        let io = self.dial(&candidates, port, &head.ctx).await?;
         Ok(Opened::Local { io, tls: route.tls })
     }
 
-    /// Counts the pipe for its service. The route is looked up once more after that, so a
-    /// service deleted while this CONNECT was being opened (after [`Router::close_service`]
-    /// ran) is refused now instead of leaving a pipe nothing would close.
-    fn pipe_ticket(&self, head: &ConnectHead) -> Result<PipeTicket, ProxyError> {
-        let service_id = head.service_id.clone()?;
-        let ticket = self.inner.pipes.register(service_id);
-        if self.inner.store.route(service_id)?.is_none() {
-            return Err(
-                ProxyError::new(ErrorCode::DestinationNotFound).with_details(format!(
-                    "VPC service {service_id} was deleted while its CONNECT was being opened"
-                )),
-            );
+    /// A network CONNECT: the account's network says which tunnel carries the destination
+    /// (an IP by its routes; a hostname is resolved through a tunnel first, and each of its
+    /// addresses routed the same way).
+    async fn open_network(
+        &self,
+        head: &ConnectHead,
+        network: NetworkTarget,
+        host: &str,
+        port: u16,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Result<Opened, Refusal> {
+        if !matches!(head.scheme.as_str(), "http" | "https" | "tcp") {
+            return Err(ProxyError::new(ErrorCode::HttpRequestError)
+                .with_details(format!(
+                    "{SCHEME_HEADER} {:?} is not one of http, https, tcp",
+                    head.scheme
+                ))
+                .into());
         }
-        Ok(ticket)
+        let reach = self
+            .inner
+            .store
+            .network(&head.account, &network)?
+            .ok_or_else(|| network_not_found(&network, &head.account))?;
+        let candidates = if let Ok(ip) = host.parse::<IpAddr>() {
+            let tunnel = reach
+                .tunnel_for(ip)
+                .ok_or_else(|| unroutable(&network, &reach, &ip.to_string()))?;
+            if let Some(relayed) = self.relay_if_absent(head, tunnel, uri, headers).await? {
+                return Ok(relayed);
+            }
+            vec![(tunnel, ip)]
+        } else {
+            let resolver = self.resolver_tunnel(&reach, &network, host)?;
+            if let Some(relayed) = self.relay_if_absent(head, resolver, uri, headers).await? {
+                return Ok(relayed);
+            }
+            let resolved = self.resolve(resolver, &[], host, &head.ctx).await?;
+            let routed: Vec<(Uuid, IpAddr)> = resolved
+                .iter()
+                .filter_map(|ip| reach.tunnel_for(*ip).map(|tunnel| (tunnel, *ip)))
+                .collect();
+            if routed.is_empty() {
+                let ips: Vec<String> = resolved.iter().map(ToString::to_string).collect();
+                return Err(unroutable(
+                    &network,
+                    &reach,
+                    &format!("{host} (which resolves to {})", ips.join(", ")),
+                )
+                .into());
+            }
+            routed
+        };
+        let io = self.dial(&candidates, port, &head.ctx).await?;
+        // A network destination has no service TLS settings: the certificate must be valid
+        // for the URL's host.
+        Ok(Opened::Local {
+            io,
+            tls: RouteTls::default(),
+        })
+    }
+
+    /// The tunnel whose connectors resolve a hostname of the network: the binding's tunnel,
+    /// or in a virtual network the first of its tunnels this node holds a usable connection
+    /// of (else one another node holds, to relay to; else the first).
+    fn resolver_tunnel(
+        &self,
+        reach: &NetworkReach,
+        network: &NetworkTarget,
+        host: &str,
+    ) -> Result<Uuid, ProxyError> {
+        match reach {
+            NetworkReach::Tunnel(tunnel) => Ok(*tunnel),
+            NetworkReach::VirtualNetwork { vnet, routes } => {
+                let tunnels = routes.tunnels(*vnet);
+                let relay = self.inner.config.relay.as_ref();
+                tunnels
+                    .iter()
+                    .find(|t| self.inner.pool.has_usable_connection(**t))
+                    .or_else(|| {
+                        tunnels
+                            .iter()
+                            .find(|t| relay.is_some_and(|r| r.has_holders(**t)))
+                    })
+                    .or_else(|| tunnels.first())
+                    .copied()
+                    .ok_or_else(|| {
+                        ProxyError::new(ErrorCode::DestinationIpUnroutable).with_details(format!(
+                            "virtual network {vnet} ({network}) has no routes, so no tunnel \
+                             can resolve {host}: add a route to the virtual network"
+                        ))
+                    })
+            }
+        }
+    }
+
+    /// When this node holds no usable connection of `tunnel`: relays the CONNECT to a node
+    /// that does (`Some`), or refuses a relayed one (this node was the wrong holder). `None`:
+    /// dial here (with no holder anywhere, the pool's own failure is the answer).
+    async fn relay_if_absent(
+        &self,
+        head: &ConnectHead,
+        tunnel: Uuid,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Result<Option<Opened>, Refusal> {
+        if self.inner.pool.has_usable_connection(tunnel) {
+            return Ok(None);
+        }
+        if head.relayed_by.is_some() {
+            return Err(Refusal::RelayMiss(
+                ProxyError::new(ErrorCode::DestinationUnavailable).with_details(format!(
+                    "node {} holds no usable connection of tunnel {tunnel}",
+                    self.inner.config.node_name
+                )),
+            ));
+        }
+        let Some(relay) = &self.inner.config.relay else {
+            return Ok(None);
+        };
+        if !relay.has_holders(tunnel) {
+            return Ok(None);
+        }
+        match relay.forward(tunnel, uri, headers).await? {
+            RelayAnswer::Opened {
+                io,
+                headers,
+                peer,
+                open,
+            } => Ok(Some(Opened::Relayed {
+                io,
+                headers,
+                peer,
+                open,
+            })),
+            RelayAnswer::Refused {
+                status,
+                proxy_status,
+                error,
+                peer,
+            } => Err(Refusal::Relayed {
+                status,
+                proxy_status,
+                error,
+                peer,
+            }),
+        }
+    }
+
+    /// Counts the pipe for its service (or network). The route is looked up once more after
+    /// that, so a service deleted while this CONNECT was being opened (after
+    /// [`Router::close_service`] ran) is refused now instead of leaving a pipe nothing would
+    /// close.
+    fn pipe_ticket(&self, head: &ConnectHead) -> Result<PipeTicket, ProxyError> {
+        match head.target.clone()? {
+            ConnectTarget::Service(service_id) => {
+                let ticket = self.inner.pipes.register(PipeKey::Service(service_id));
+                if self.inner.store.route(service_id)?.is_none() {
+                    return Err(
+                        ProxyError::new(ErrorCode::DestinationNotFound).with_details(format!(
+                            "VPC service {service_id} was deleted while its CONNECT was being opened"
+                        )),
+                    );
+                }
+                Ok(ticket)
+            }
+            ConnectTarget::Network { network, .. } => {
+                let ticket = self.inner.pipes.register(PipeKey::Network(network));
+                if self.inner.store.network(&head.account, &network)?.is_none() {
+                    return Err(network_not_found(&network, &head.account));
+                }
+                Ok(ticket)
+            }
+        }
     }
 
     /// Phase 4: the service's addresses, IPv4 first.
@@ -502,51 +734,56 @@ impl Router {
                 }
                 Ok(addrs)
             }
-            RouteTarget::Hostname { name, resolvers } => {
-                let resolved = self
-                    .inner
-                    .dns
-                    .resolve(route.tunnel_id, resolvers, name, ctx)
-                    .await;
-                if let Some(metrics) = &self.inner.config.metrics {
-                    metrics.dns_lookups.inc(match &resolved {
-                        Ok(_) => "ok",
-                        Err(err) => err.code.wire_name(),
-                    });
-                }
-                Ok(resolved?.to_vec())
-            }
+            RouteTarget::Hostname { name, resolvers } => Ok(self
+                .resolve(route.tunnel_id, resolvers, name, ctx)
+                .await?
+                .to_vec()),
         }
     }
 
-    /// Phase 5: the first address that connects wins; only connection failures move on.
+    /// DNS through `tunnel` (cached per tunnel), counted.
+    async fn resolve(
+        &self,
+        tunnel: Uuid,
+        resolvers: &[SocketAddr],
+        name: &str,
+        ctx: &FlowContext,
+    ) -> Result<Arc<[IpAddr]>, ProxyError> {
+        let resolved = self.inner.dns.resolve(tunnel, resolvers, name, ctx).await;
+        if let Some(metrics) = &self.inner.config.metrics {
+            metrics.dns_lookups.inc(match &resolved {
+                Ok(_) => "ok",
+                Err(err) => err.code.wire_name(),
+            });
+        }
+        resolved
+    }
+
+    /// Phase 5: the first address that connects (through its tunnel) wins; only connection
+    /// failures move on.
     async fn dial(
         &self,
-        route: &ServiceRoute,
-        addrs: &[IpAddr],
+        candidates: &[(Uuid, IpAddr)],
         port: u16,
         ctx: &FlowContext,
     ) -> Result<BoxIo, ProxyError> {
         let mut last_error = None;
-        for &ip in addrs {
+        for &(tunnel, ip) in candidates {
             let dest = SocketAddr::new(ip, port);
             let timeout = self.inner.config.stream_open_timeout;
-            let opened = tokio::time::timeout(
-                timeout,
-                self.inner.pool.open_tcp(route.tunnel_id, dest, ctx),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(
-                    ProxyError::new(ErrorCode::ConnectionTimeout).with_details(format!(
-                        "the tunnel stream to {dest} did not open within {timeout:?}"
-                    )),
-                )
-            });
+            let opened = tokio::time::timeout(timeout, self.inner.pool.open_tcp(tunnel, dest, ctx))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(
+                        ProxyError::new(ErrorCode::ConnectionTimeout).with_details(format!(
+                            "the tunnel stream to {dest} did not open within {timeout:?}"
+                        )),
+                    )
+                });
             match opened {
                 Ok(io) => return Ok(io),
                 Err(err) if is_per_address_failure(err.code) => {
-                    tracing::debug!(request_id = %ctx.request_id, %dest, error = %err, "origin address failed; trying the next");
+                    tracing::debug!(request_id = %ctx.request_id, %tunnel, %dest, error = %err, "origin address failed; trying the next");
                     last_error = Some(err);
                 }
                 Err(err) => return Err(err),
@@ -582,13 +819,15 @@ impl Router {
                 (error, status, value, false, Some(peer))
             }
         };
-        let service_id = head
-            .service_id
-            .as_ref()
-            .map_or_else(|_| "-".to_owned(), Uuid::to_string);
+        let (service_id, (network, destination)) = match &head.target {
+            Ok(target) => (target.service_label(), target.network_label()),
+            Err(_) => ("-".to_owned(), ("-".to_owned(), "-".to_owned())),
+        };
         tracing::warn!(
             request_id = %head.ctx.request_id,
             service_id = %service_id,
+            network = %network,
+            destination = %destination,
             scheme = %head.scheme,
             original_host = %head.original_host,
             account = %head.account,
@@ -623,15 +862,19 @@ impl ConnectHead {
     fn read(req: &Request<Incoming>) -> Self {
         let headers = req.headers();
         let authority_port = req.uri().authority().and_then(|a| a.port_u16());
-        let service_id = match header_text(headers, SERVICE_ID_HEADER) {
-            Some(id) => parse_service_id(id, SERVICE_ID_HEADER),
-            None => match req.uri().authority() {
-                Some(authority) => parse_service_id(authority.host(), "the CONNECT authority"),
-                None => Err(
-                    ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
-                        "missing {SERVICE_ID_HEADER} header: name the VPC service to reach"
+        let target = match header_text(headers, NETWORK_HEADER) {
+            Some(network) => read_network_target(req, network),
+            None => match header_text(headers, SERVICE_ID_HEADER) {
+                Some(id) => parse_service_id(id, SERVICE_ID_HEADER).map(ConnectTarget::Service),
+                None => match req.uri().authority() {
+                    Some(authority) => parse_service_id(authority.host(), "the CONNECT authority")
+                        .map(ConnectTarget::Service),
+                    None => Err(ProxyError::new(ErrorCode::HttpRequestError).with_details(
+                        format!(
+                            "missing {SERVICE_ID_HEADER} header: name the VPC service to reach"
+                        ),
                     )),
-                ),
+                },
             },
         };
         let scheme = header_text(headers, SCHEME_HEADER).map_or_else(
@@ -648,7 +891,7 @@ impl ConnectHead {
         );
         let text = |name: &str| header_text(headers, name).unwrap_or("-").to_owned();
         Self {
-            service_id,
+            target,
             scheme,
             ctx: FlowContext {
                 request_id: text(REQUEST_ID_HEADER),
@@ -659,6 +902,59 @@ impl ConnectHead {
             relayed_by: header_text(headers, RELAYED_BY_HEADER).map(str::to_owned),
         }
     }
+}
+
+/// A network CONNECT: `wvpc-network` names the network, the authority the destination, and
+/// `wvpc-account` (required) whose network it is. A service id next to it is refused rather
+/// than silently ignored.
+fn read_network_target(
+    req: &Request<Incoming>,
+    network: &str,
+) -> Result<ConnectTarget, ProxyError> {
+    let bad = |details: String| ProxyError::new(ErrorCode::HttpRequestError).with_details(details);
+    let network: NetworkTarget = network
+        .parse()
+        .map_err(|e| bad(format!("{NETWORK_HEADER}: {e}")))?;
+    if req.headers().contains_key(SERVICE_ID_HEADER) {
+        return Err(bad(format!(
+            "a CONNECT names either a service ({SERVICE_ID_HEADER}) or a network \
+             ({NETWORK_HEADER}), not both"
+        )));
+    }
+    if header_text(req.headers(), ACCOUNT_HEADER).is_none() {
+        return Err(bad(format!(
+            "a network CONNECT must name the account that owns {network} in {ACCOUNT_HEADER}"
+        )));
+    }
+    let authority = req.uri().authority().ok_or_else(|| {
+        bad(format!(
+            "a network CONNECT's authority is the destination host:port; this one has none \
+             ({network})"
+        ))
+    })?;
+    let port = authority
+        .port_u16()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| {
+            bad(format!(
+                "destination {authority} has no port (or port 0): a network CONNECT names \
+             host:port"
+            ))
+        })?;
+    let host = authority.host();
+    // An IPv6 literal comes in brackets.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad(format!("destination {authority} has no host")));
+    }
+    Ok(ConnectTarget::Network {
+        network,
+        host: host.to_ascii_lowercase(),
+        port,
+    })
 }
 
 /// The TLS settings of an `https` service, for the binding-worker that runs the handshake.
@@ -691,6 +987,42 @@ fn parse_service_id(value: &str, source: &str) -> Result<Uuid, ProxyError> {
             "{source} {value:?} is not a VPC service id (a UUID)"
         ))
     })
+}
+
+/// A service that has no port for the CONNECT's scheme.
+fn scheme_refused(service_id: Uuid, scheme: &str) -> ProxyError {
+    let details = if scheme == "tcp" {
+        format!(
+            "service {service_id} has no tcp_port, so connect() cannot reach it: give the \
+             service a tcp_port (an http service may have one besides its http_port / \
+             https_port), or use fetch()"
+        )
+    } else {
+        format!("service {service_id} does not accept {scheme} (it has no {scheme}_port)")
+    };
+    ProxyError::new(ErrorCode::HttpRequestDenied).with_details(details)
+}
+
+/// The binding's tunnel or virtual network is not in the account.
+fn network_not_found(network: &NetworkTarget, account: &str) -> ProxyError {
+    let what = match network {
+        NetworkTarget::Tunnel(id) => format!("tunnel {id}"),
+        NetworkTarget::AllNetworks => "default virtual network (cf1:network)".to_owned(),
+        NetworkTarget::VirtualNetwork(id) => format!("virtual network {id}"),
+    };
+    ProxyError::new(ErrorCode::DestinationNotFound)
+        .with_details(format!("account {account} has no {what}"))
+}
+
+/// No route of the network covers the destination.
+fn unroutable(network: &NetworkTarget, reach: &NetworkReach, destination: &str) -> ProxyError {
+    let what = match reach {
+        NetworkReach::VirtualNetwork { vnet, .. } => format!("virtual network {vnet} ({network})"),
+        NetworkReach::Tunnel(tunnel) => format!("tunnel {tunnel}"),
+    };
+    ProxyError::new(ErrorCode::DestinationIpUnroutable).with_details(format!(
+        "no route of {what} covers {destination}: add a route that covers it to the virtual network"
+    ))
 }
 
 /// Failures that concern one address, so that the next address may still work.
@@ -1010,3 +1342,7 @@ mod tests {
             .unwrap();
     }
 }
+
+#[cfg(test)]
+#[path = "connect_network_tests.rs"]
+mod network_tests;

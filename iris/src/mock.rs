@@ -1,10 +1,11 @@
 //! Test doubles for iris's two seams (cargo feature `mock`; never in a production build).
 //!
-//! - [`MemoryStore`]: services kept in memory, changed while a test runs.
+//! - [`MemoryStore`]: services (and the accounts' networks of `vpc_networks` bindings) kept
+//!   in memory, changed while a test runs.
 //! - [`MockTunnel`]: a [`TunnelPool`] without QUIC: TCP flows dial the destination directly
 //!   (tests use loopback addresses only), UDP flows hand each datagram to a DNS answerer
 //!   function, and a switch injects the faults a real tunnel produces. It records every TCP
-//!   destination it was asked for.
+//!   destination it was asked for, and through which tunnel.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,18 +17,35 @@ use tokio::sync::{Mutex as AsyncMutex, mpsc};
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
-use crate::routes::{ServiceRoute, ServiceStore};
+use crate::routes::{NetworkReach, NetworkTarget, ServiceRoute, ServiceStore};
 use crate::tunnel_pool::{BoxFuture, BoxIo, FlowContext, TunnelPool, UdpFlow};
 
 // === MemoryStore ===
 
-/// Services in memory. Cheap to clone; clones share the table.
+/// Services and networks in memory. Cheap to clone; clones share the tables.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     routes: Arc<RwLock<HashMap<Uuid, ServiceRoute>>>,
+    networks: Arc<RwLock<HashMap<(String, NetworkTarget), NetworkReach>>>,
 }
 
 impl MemoryStore {
+    /// Adds or replaces what `account`'s `target` reaches.
+    pub fn put_network(&self, account: &str, target: NetworkTarget, reach: NetworkReach) {
+        self.networks
+            .write()
+            .unwrap()
+            .insert((account.to_owned(), target), reach);
+    }
+
+    /// Deletes `account`'s `target`.
+    pub fn delete_network(&self, account: &str, target: NetworkTarget) {
+        self.networks
+            .write()
+            .unwrap()
+            .remove(&(account.to_owned(), target));
+    }
+
     /// Adds or replaces a service.
     pub fn put(&self, route: ServiceRoute) {
         self.routes.write().unwrap().insert(route.service_id, route);
@@ -51,6 +69,19 @@ impl ServiceStore for MemoryStore {
     fn route(&self, service_id: Uuid) -> Result<Option<ServiceRoute>, ProxyError> {
         Ok(self.routes.read().unwrap().get(&service_id).cloned())
     }
+
+    fn network(
+        &self,
+        account: &str,
+        target: &NetworkTarget,
+    ) -> Result<Option<NetworkReach>, ProxyError> {
+        Ok(self
+            .networks
+            .read()
+            .unwrap()
+            .get(&(account.to_owned(), *target))
+            .cloned())
+    }
 }
 
 // === MockTunnel ===
@@ -72,8 +103,8 @@ pub type DnsAnswerer = Arc<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
 pub struct MockTunnel {
     dns: DnsAnswerer,
     fault: Arc<Mutex<Option<MockFault>>>,
-    dialed: Arc<Mutex<Vec<SocketAddr>>>,
-    udp_flows: Arc<Mutex<usize>>,
+    dialed: Arc<Mutex<Vec<(Uuid, SocketAddr)>>>,
+    udp_flows: Arc<Mutex<Vec<Uuid>>>,
 }
 
 impl Default for MockTunnel {
@@ -101,12 +132,27 @@ impl MockTunnel {
 
     /// Every TCP destination asked for so far (whether the dial worked or not).
     pub fn dialed(&self) -> Vec<SocketAddr> {
+        self.dialed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, d)| *d)
+            .collect()
+    }
+
+    /// Every TCP destination asked for so far, with the tunnel asked to carry it.
+    pub fn dialed_via(&self) -> Vec<(Uuid, SocketAddr)> {
         self.dialed.lock().unwrap().clone()
     }
 
     /// UDP flows opened so far.
     pub fn udp_flows(&self) -> usize {
-        *self.udp_flows.lock().unwrap()
+        self.udp_flows.lock().unwrap().len()
+    }
+
+    /// The tunnel of each UDP flow opened so far (DNS goes through these).
+    pub fn udp_flow_tunnels(&self) -> Vec<Uuid> {
+        self.udp_flows.lock().unwrap().clone()
     }
 
     fn check_fault(&self) -> Result<(), ProxyError> {
@@ -126,12 +172,12 @@ impl TunnelPool for MockTunnel {
 
     fn open_tcp<'a>(
         &'a self,
-        _tunnel: Uuid,
+        tunnel: Uuid,
         dest: SocketAddr,
         _ctx: &'a FlowContext,
     ) -> BoxFuture<'a, Result<BoxIo, ProxyError>> {
         Box::pin(async move {
-            self.dialed.lock().unwrap().push(dest);
+            self.dialed.lock().unwrap().push((tunnel, dest));
             self.check_fault()?;
             let stream = TcpStream::connect(dest).await.map_err(|e| {
                 let code = match e.kind() {
@@ -150,12 +196,12 @@ impl TunnelPool for MockTunnel {
 
     fn open_udp<'a>(
         &'a self,
-        _tunnel: Uuid,
+        tunnel: Uuid,
         _dest: SocketAddr,
         _ctx: &'a FlowContext,
     ) -> BoxFuture<'a, Result<Box<dyn UdpFlow>, ProxyError>> {
         Box::pin(async move {
-            *self.udp_flows.lock().unwrap() += 1;
+            self.udp_flows.lock().unwrap().push(tunnel);
             self.check_fault()?;
             let (tx, rx) = mpsc::unbounded_channel();
             Ok(Box::new(MockDnsFlow {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::IrisMetrics;
+use crate::routes::NetworkTarget;
 
 /// How long a pipe of a deleted service must have been idle before it is closed (a response
 /// whose body follows its head after a pause is not cut).
@@ -31,10 +32,18 @@ pub const QUIET: Duration = Duration::from_secs(1);
 /// How often a pipe of a deleted service checks whether it is quiet.
 const QUIET_CHECK: Duration = Duration::from_millis(100);
 
-/// The open pipes of every service, counted per service.
+/// What a pipe is counted under: its service, or for a `vpc_networks` binding's CONNECT
+/// (no service) the network it goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum PipeKey {
+    Service(Uuid),
+    Network(NetworkTarget),
+}
+
+/// The open pipes of every service (and network), counted per key.
 #[derive(Debug, Default)]
 pub(crate) struct ServicePipes {
-    services: Mutex<HashMap<Uuid, Pipes>>,
+    services: Mutex<HashMap<PipeKey, Pipes>>,
 }
 
 #[derive(Debug)]
@@ -45,24 +54,24 @@ struct Pipes {
 }
 
 impl ServicePipes {
-    /// Counts a new pipe of `service_id` until the ticket drops.
-    pub(crate) fn register(self: &Arc<Self>, service_id: Uuid) -> PipeTicket {
+    /// Counts a new pipe of `key` until the ticket drops.
+    pub(crate) fn register(self: &Arc<Self>, key: PipeKey) -> PipeTicket {
         let mut services = self.lock();
-        let pipes = services.entry(service_id).or_insert_with(|| Pipes {
+        let pipes = services.entry(key).or_insert_with(|| Pipes {
             closing: CancellationToken::new(),
             open: 0,
         });
         pipes.open += 1;
         PipeTicket {
             pipes: self.clone(),
-            service_id,
+            key,
             closing: pipes.closing.clone(),
         }
     }
 
     /// Tells every open pipe of `service_id` to close once quiet; returns how many there are.
     pub(crate) fn close_service(&self, service_id: Uuid) -> usize {
-        match self.lock().get(&service_id) {
+        match self.lock().get(&PipeKey::Service(service_id)) {
             Some(pipes) => {
                 pipes.closing.cancel();
                 pipes.open
@@ -71,26 +80,32 @@ impl ServicePipes {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Pipes>> {
+    /// Open pipes counted under `key`.
+    #[cfg(test)]
+    pub(crate) fn open(&self, key: PipeKey) -> usize {
+        self.lock().get(&key).map_or(0, |pipes| pipes.open)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PipeKey, Pipes>> {
         self.services.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// One open pipe of a service, counted while alive.
+/// One open pipe of a service (or network), counted while alive.
 #[derive(Debug)]
 pub(crate) struct PipeTicket {
     pipes: Arc<ServicePipes>,
-    service_id: Uuid,
+    key: PipeKey,
     closing: CancellationToken,
 }
 
 impl Drop for PipeTicket {
     fn drop(&mut self) {
         let mut services = self.pipes.lock();
-        if let Some(pipes) = services.get_mut(&self.service_id) {
+        if let Some(pipes) = services.get_mut(&self.key) {
             pipes.open = pipes.open.saturating_sub(1);
             if pipes.open == 0 {
-                services.remove(&self.service_id);
+                services.remove(&self.key);
             }
         }
     }
@@ -293,7 +308,7 @@ mod tests {
     ) {
         let (client, client_end) = duplex(1024);
         let (tunnel, tunnel_end) = duplex(1024);
-        let ticket = pipes.register(SERVICE);
+        let ticket = pipes.register(PipeKey::Service(SERVICE));
         let task = tokio::spawn(pipe(ticket, client_end, tunnel_end, 1024, None));
         (client, tunnel, task)
     }

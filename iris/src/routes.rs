@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 pub use wvpc_directory::CertVerificationMode;
-pub use wvpc_directory::network_routes::NetworkRouteTable;
+pub use wvpc_directory::network_routes::{NetworkRoute, NetworkRouteTable};
 use wvpc_errors::ProxyError;
 pub use wvpc_schemas::NetworkTarget;
 

@@ -12,6 +12,8 @@
 //!   binding-worker connection, and the [`PlatformSecret`] both sides prove they hold.
 //! - [`network`]: what a `vpc_networks` binding names ([`NetworkTarget`]), spelled the same
 //!   in config, capnp and iris's CONNECT headers.
+//! - [`socket_frames`]: the envelope of a `connect()` socket's bytes between the
+//!   binding-worker and iris, which tells a half-close from a reset.
 //!
 //! The guest world (WIT) lives in `wit/` beside this crate; it is read by the runtime's and
 //! the SDK's bindings generators, not compiled here.
@@ -25,6 +27,7 @@ pub use wire_error::{read_wire_error, write_wire_error};
 
 pub mod binding_auth;
 pub mod network;
+pub mod socket_frames;
 pub use binding_auth::PlatformSecret;
 pub use network::NetworkTarget;
 

@@ -1,10 +1,12 @@
 //! runtime (a capnp test client) → binding-worker → iris → mock tunnel pool (dials loopback)
 //! → a local hyper origin that records what it received.
 //!
-//! [`failover`]: several iris nodes; [`admission`]: the platform handshake and draining.
+//! [`failover`]: several iris nodes; [`admission`]: the platform handshake and draining;
+//! [`networks`]: `vpc_networks` bindings and `connect()` sockets.
 
 mod admission;
 mod failover;
+mod networks;
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -63,7 +65,14 @@ impl Drop for DropFlag {
 }
 
 async fn start_origin(tls: Option<TlsAcceptor>) -> (SocketAddr, Arc<OriginLog>) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    start_origin_on(Ipv4Addr::LOCALHOST.into(), tls).await
+}
+
+async fn start_origin_on(
+    ip: std::net::IpAddr,
+    tls: Option<TlsAcceptor>,
+) -> (SocketAddr, Arc<OriginLog>) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let log = Arc::new(OriginLog::default());
     let accept_log = Arc::clone(&log);
@@ -461,6 +470,23 @@ impl byte_stream::Server for BodyCollector {
     }
 }
 
+/// What a test binding points at.
+enum Binding {
+    Service(Uuid),
+    Tunnel(Uuid),
+    Network(String),
+}
+
+impl Binding {
+    fn set(&self, ctx: &mut wvpc_schemas::binding_capnp::binding_context::Builder<'_>) {
+        match self {
+            Self::Service(id) => ctx.set_service_id(id.to_string()),
+            Self::Tunnel(id) => ctx.set_tunnel_id(id.to_string()),
+            Self::Network(id) => ctx.set_network_id(id),
+        }
+    }
+}
+
 struct TestRuntime {
     binding: vpc_binding::Client,
     /// Says `takesInlineBody` in its fetches (a runtime from before it does not).
@@ -511,6 +537,19 @@ impl TestRuntime {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Fetched, ProxyError> {
+        self.fetch_via(&Binding::Service(service), method, url, headers, body)
+            .await
+    }
+
+    /// A fetch through any kind of binding.
+    async fn fetch_via(
+        &self,
+        binding: &Binding,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Fetched, ProxyError> {
         let (head_tx, head_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let collector = Rc::new(BodyCollector {
@@ -526,7 +565,7 @@ impl TestRuntime {
         {
             let mut p = call.get();
             let mut ctx = p.reborrow().init_context();
-            ctx.set_service_id(service.to_string());
+            binding.set(&mut ctx);
             ctx.set_script("test-script");
             ctx.set_account("acct-1");
             ctx.set_request_id("req-e2e");

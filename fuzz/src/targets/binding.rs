@@ -1,10 +1,12 @@
 //! What the binding-worker reads from a runtime: the platform handshake, then Cap'n Proto
-//! messages: `VpcBinding.fetch` parameters (context and request head) and the `WireError` of
-//! an aborted request body.
+//! messages: `VpcBinding.fetch` parameters (context and request head), `VpcBinding.connect`
+//! parameters (context and address) and the `WireError` of an aborted request body.
 
 use arbitrary::Unstructured;
 use http::{Method, header};
-use wvpc_binding_worker::{DecodedFetch, decode_fetch_call};
+use wvpc_binding_worker::{
+    BindingTarget, DecodedConnect, DecodedFetch, decode_connect_call, decode_fetch_call,
+};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_auth::{HandshakeError, handshake_as_binding_worker};
 use wvpc_schemas::binding_capnp::{vpc_binding, wire_error};
@@ -17,6 +19,7 @@ use wvpc_schemas::read_wire_error;
 /// `WireError` always reads as some code.
 pub fn binding_fetch(data: &[u8]) {
     check_fetch(decode_fetch_call(data));
+    check_connect(decode_connect_call(data));
 
     let mut bytes = data;
     if let Ok(message) =
@@ -31,6 +34,85 @@ pub fn binding_fetch(data: &[u8]) {
     if let Ok(message) = arbitrary_call(&mut u) {
         check_fetch(decode_fetch_call(&message));
     }
+    let mut u = Unstructured::new(data);
+    if let Ok(message) = arbitrary_connect(&mut u) {
+        check_connect(decode_connect_call(&message));
+    }
+}
+
+/// A connect call is refused with a caller's code, or names a service with no address, or a
+/// network with a lower-case host (no brackets) and a port that is not 0.
+fn check_connect(decoded: Result<DecodedConnect, ProxyError>) {
+    let connect = match decoded {
+        Ok(connect) => connect,
+        Err(err) => {
+            assert!(
+                matches!(
+                    err.code,
+                    ErrorCode::HttpRequestError
+                        | ErrorCode::ProxyConfigurationError
+                        | ErrorCode::DestinationNotFound
+                ),
+                "a bad connect is the caller's error, not {:?}",
+                err.code
+            );
+            assert!(err.details.is_some_and(|d| !d.is_empty()));
+            return;
+        }
+    };
+    match (connect.target, connect.destination) {
+        (BindingTarget::Service(_), None) => {}
+        (BindingTarget::Network(_), Some((host, port))) => {
+            assert!(!host.is_empty() && port != 0);
+            assert_eq!(host, host.to_ascii_lowercase());
+            assert!(!host.starts_with('['));
+        }
+        (target, destination) => panic!("{target:?} with destination {destination:?}"),
+    }
+}
+
+const ADDRESSES: &[&str] = &[
+    "",
+    "db.internal:5432",
+    "[fd00::1]:22",
+    "10.0.0.1:0",
+    "user@db:1",
+    "db",
+    "[fd00::1",
+];
+
+/// A connect parameters message from structured values: each way a binding names its target,
+/// and addresses that steer into every branch.
+fn arbitrary_connect(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
+    let mut message = capnp::message::Builder::new_default();
+    {
+        let mut params = message.init_root::<vpc_binding::connect_params::Builder<'_>>();
+        let mut context = params.reborrow().init_context();
+        let uuid = "0199d9b2-6a5c-7a3e-9d3c-3f1d2b4c5a6e";
+        let pick = |u: &mut Unstructured<'_>, known: &[&str]| -> arbitrary::Result<String> {
+            Ok(if u.arbitrary()? {
+                (*u.choose(known)?).to_owned()
+            } else {
+                u.arbitrary::<String>()?
+            })
+        };
+        context.set_service_id(pick(u, &["", uuid])?.as_str());
+        context.set_tunnel_id(pick(u, &["", uuid])?.as_str());
+        context.set_network_id(
+            pick(
+                u,
+                &[
+                    "",
+                    "cf1:network",
+                    "cf1:vnet:0199d9b2-6a5c-7a3e-9d3c-3f1d2b4c5a6e",
+                ],
+            )?
+            .as_str(),
+        );
+        context.set_binding(u.arbitrary::<&str>()?);
+        params.set_address(pick(u, ADDRESSES)?.as_str());
+    }
+    Ok(capnp::serialize::write_message_to_words(&message))
 }
 
 fn check_fetch(decoded: Result<DecodedFetch, ProxyError>) {
@@ -50,6 +132,9 @@ fn check_fetch(decoded: Result<DecodedFetch, ProxyError>) {
         }
     };
     assert!(matches!(fetch.scheme, "http" | "https"));
+    if let BindingTarget::Network(_) = fetch.target {
+        assert_ne!(fetch.port, 0, "a network destination on port 0");
+    }
     assert!(!fetch.host.is_empty());
     assert_eq!(fetch.host, fetch.host.to_ascii_lowercase());
     assert!(fetch.path_and_query.starts_with('/'));
@@ -115,7 +200,12 @@ fn arbitrary_call(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         } else {
             u.arbitrary::<String>()?
         };
-        context.set_service_id(service_id.as_str());
+        // A network binding instead, now and then: the URL is then the destination.
+        if u.ratio(1, 4)? {
+            context.set_network_id(*u.choose(&["cf1:network", "cf1:vnet:x", ""])?);
+        } else {
+            context.set_service_id(service_id.as_str());
+        }
         context.set_script(u.arbitrary::<&str>()?);
         context.set_account(u.arbitrary::<&str>()?);
         context.set_request_id(u.arbitrary::<&str>()?);

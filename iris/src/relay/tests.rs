@@ -670,3 +670,49 @@ async fn a_relayed_stream_that_breaks_after_its_answer_is_not_replayed() {
     assert_eq!(c.pool.dialed().len(), 0, "never replayed on C");
     assert_eq!(origin.connections.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_network_socket_for_a_tunnel_held_elsewhere_is_routed_by_the_holder() {
+    use crate::connect::{ACCOUNT_HEADER, NETWORK_HEADER};
+    use crate::routes::{NetworkReach, NetworkTarget};
+    use wvpc_schemas::socket_frames::SocketFrames;
+
+    let origin = origin().await;
+    let ca = RelayCa::generate().unwrap();
+    let network = NetworkTarget::Tunnel(TUNNEL);
+    let with_network = || {
+        let store = store(&origin, RouteTls::default());
+        store.put_network("acct-1", network, NetworkReach::Tunnel(TUNNEL));
+        store
+    };
+    let a = Node::start("iris-a", [127, 0, 0, 1], &ca, with_network(), false).await;
+    let b = Node::start("iris-b", [127, 0, 0, 2], &ca, with_network(), true).await;
+    a.knows(vec![b.as_holder(1)]);
+
+    let mut client = a.client().await;
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("127.0.0.1:{}", origin.port))
+        .header(NETWORK_HEADER, network.to_string())
+        .header(ACCOUNT_HEADER, "acct-1")
+        .header(SCHEME_HEADER, "tcp")
+        .header(REQUEST_ID_HEADER, "req-relay-socket");
+    let res = send(&mut client, req).await;
+    assert_eq!(res.status(), StatusCode::OK, "{}", proxy_status(&res));
+    // The holder frames the socket; the relaying node passes its frames through.
+    let mut io = SocketFrames::new(TokioIo::new(hyper::upgrade::on(res).await.unwrap()));
+    io.write_all(b"a socket through two nodes").await.unwrap();
+    io.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    tokio::time::timeout(PATIENCE, io.read_to_end(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, b"a socket through two nodes");
+    assert_eq!(a.pool.dialed().len(), 0, "A dials nothing itself");
+    assert_eq!(
+        b.pool.dialed_via(),
+        vec![(TUNNEL, SocketAddr::from((Ipv4Addr::LOCALHOST, origin.port)))]
+    );
+    assert_eq!(a.metrics.relays.get("ok"), 1);
+}

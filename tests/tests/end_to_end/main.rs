@@ -12,6 +12,8 @@
 //! - [`dev_record`]: `wvpc dev --record`: exchanges on the real path written as a mock file,
 //!   replayed offline with the same answers and codes.
 //! - [`error_codes`]: the table of error codes, each from its real cause on the real path.
+//! - [`network_connect`]: `vpc_networks` CONNECTs and `tcp` sockets through the real tunnel
+//!   and connector (its allow-list, an origin's reset).
 //! - [`relay`]: a request relayed from the iris node it entered to the node holding the tunnel.
 //! - [`websocket`]: a WebSocket upgrade through the real path.
 //! - [`postgres_directory`]: the real path on a PostgreSQL directory, and while it is down.
@@ -23,6 +25,7 @@ mod error_codes;
 mod ha;
 mod live_config;
 mod mock_tunnel;
+mod network_connect;
 mod postgres_directory;
 mod real_tunnel;
 mod relay;
