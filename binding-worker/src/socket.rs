@@ -192,13 +192,17 @@ pub(crate) async fn run_socket(
     ));
     let fin = from_destination(SocketFrames::new(read), sink, &state, limits, &request_id).await;
     let mut writer = std::pin::pin!(writer);
+    let mut written = None;
     if fin {
         // The destination is done; the script's side may still be writing, within the idle
         // limit.
         loop {
             let idle_at = state.idle_deadline(limits.idle);
             tokio::select! {
-                _ = &mut writer => break,
+                done = &mut writer => {
+                    written = Some(done);
+                    break;
+                }
                 () = tokio::time::sleep_until(idle_at) => {
                     if state.idle_deadline(limits.idle) <= Instant::now() {
                         state.fail(idle_error(limits.idle));
@@ -208,8 +212,13 @@ pub(crate) async fn run_socket(
             }
         }
     }
-    // The CONNECT stream goes once the writer is over too (a finished task answers at once).
-    if writer.await.is_err() {
+    // The CONNECT stream goes once the writer is over too. A finished task must not be
+    // polled again, so its result is kept from the loop above.
+    let written = match written {
+        Some(done) => done,
+        None => writer.await,
+    };
+    if written.is_err() {
         tracing::debug!(%request_id, "the socket's writer task failed");
     }
     drop(permit);

@@ -527,6 +527,14 @@ async fn the_destinations_fin_leaves_the_scripts_direction_open() {
             .unwrap()
             .unwrap();
         assert_eq!(got, b"after your FIN");
+        // Both directions ended: the socket is over and no longer in flight.
+        tokio::time::timeout(PATIENCE, async {
+            while worker.fetches_in_flight() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("a socket ended both ways is closed");
     })
     .await;
     stack.worker.shutdown();

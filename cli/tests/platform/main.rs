@@ -7,6 +7,7 @@
 //! [`cluster`] runs several iris nodes on one PostgreSQL directory.
 
 mod cluster;
+mod networks;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -190,6 +191,16 @@ impl Platform {
     /// With `nodes` iris processes (each with metrics on a free port), all given to the
     /// binding-worker in one comma-separated `--iris`.
     async fn start_with_iris_nodes(nodes: usize) -> Platform {
+        Self::start_with(nodes, "127.0.0.1:0").await
+    }
+
+    /// The four processes, with iris's tunnel edge on `edge_listen` (`0.0.0.0:0` for
+    /// connectors in a test's network namespaces, which reach it over their links).
+    async fn start_with_edge(edge_listen: &str) -> Platform {
+        Self::start_with(1, edge_listen).await
+    }
+
+    async fn start_with(nodes: usize, edge_listen: &str) -> Platform {
         wvpc_tests::trace_init();
         let state = TempDir::new("platform");
         let token = Directory::open(state.path())
@@ -219,7 +230,7 @@ impl Platform {
                     "--listen".into(),
                     any(),
                     "--edge-listen".into(),
-                    any(),
+                    edge_listen.to_owned(),
                     "--node-name".into(),
                     name,
                     "--metrics".into(),
@@ -386,6 +397,23 @@ impl Platform {
                 }
             },
         )
+        .await
+    }
+}
+
+impl Platform {
+    /// `GET host path` once the script is served (a `404` naming the host means its
+    /// deployment has not reached the runtime yet), whatever it answers then.
+    async fn until_served(&self, host: &str, path: &str) -> Reply {
+        within(&format!("{host}{path} served"), async {
+            loop {
+                let reply = self.get(host, path).await;
+                if !(reply.status == 404 && reply.text().contains(host)) {
+                    return reply;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
         .await
     }
 }
@@ -1220,7 +1248,22 @@ async fn connector_process_to(
     edges: &[SocketAddr],
     extra: &[&str],
 ) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wvpc"))
+    connector_process_in(None, platform, credentials, edges, extra).await
+}
+
+/// [`connector_process_to`], run inside `netns` when given (`ip netns exec`).
+async fn connector_process_in(
+    netns: Option<&wvpc_tests::netns::Netns>,
+    platform: &Platform,
+    credentials: &Credentials,
+    edges: &[SocketAddr],
+    extra: &[&str],
+) -> Child {
+    let command = match netns {
+        Some(netns) => netns.command(env!("CARGO_BIN_EXE_wvpc")),
+        None => std::process::Command::new(env!("CARGO_BIN_EXE_wvpc")),
+    };
+    let mut child = Command::from(command)
         .arg("--state")
         .arg(platform.state())
         .args(["tunnel", "run", "--token", &credentials.to_token()])
