@@ -21,7 +21,8 @@ use wvpc_cli::{Cli, Command};
 use wvpc_directory::{Directory, HostInput, NetworkInput, ResolverNetworkInput, ServiceInput};
 use wvpc_iris::{FlowContext, TunnelPool as _};
 use wvpc_platform::stack::{Stack, StackConfig};
-use wvpc_runtime::{ScriptConfig, VpcServiceBinding};
+use wvpc_runtime::{ScriptConfig, VpcNetworkBinding, VpcServiceBinding};
+use wvpc_schemas::NetworkTarget;
 use wvpc_tests::dns::{DnsServer, DnsTable};
 use wvpc_tests::origin::Origin;
 use wvpc_tests::stock_cloudflared::{
@@ -135,6 +136,9 @@ enum Target {
     Unroutable,
     /// The origin's IPv4 address, with cloudflared allowing a single flow.
     OneFlow,
+    /// The sockets script with a `vpc_networks` binding `NET` to the tunnel: the URL or the
+    /// `connect()` address picks the destination.
+    Network,
 }
 
 impl World {
@@ -179,7 +183,7 @@ impl World {
         .await;
 
         let input = match target {
-            Target::WithResolver => hostname_service(
+            Target::WithResolver | Target::Network => hostname_service(
                 NAME_WITH_RESOLVER,
                 tunnel_id,
                 Some(dns.addr.to_string()),
@@ -219,12 +223,23 @@ impl World {
             state: state.path().to_owned(),
             script: ScriptConfig {
                 name: "proxy".into(),
-                main: PathBuf::from(guests::PROXY),
+                main: PathBuf::from(if target == Target::Network {
+                    guests::SOCKETS
+                } else {
+                    guests::PROXY
+                }),
                 vpc_services: vec![VpcServiceBinding {
                     binding: "API".into(),
                     service_id: service.service_id,
                 }],
-                vpc_networks: Vec::new(),
+                vpc_networks: if target == Target::Network {
+                    vec![VpcNetworkBinding {
+                        binding: "NET".into(),
+                        network: NetworkTarget::Tunnel(tunnel_id),
+                    }]
+                } else {
+                    Vec::new()
+                },
                 limits: Default::default(),
             },
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -437,4 +452,58 @@ async fn stock_cloudflared_registers_one_connection_per_edge_address() {
         let reply = w.get(&format!("/ha/{i}")).await;
         assert_eq!(reply.status, 200, "{}\n{}", reply.text(), w.log());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_cloudflared_carries_a_network_bindings_fetches_and_sockets() {
+    let Some(cloudflared) =
+        cloudflared("stock_cloudflared_carries_a_network_bindings_fetches_and_sockets")
+    else {
+        return;
+    };
+    let w = World::start(&cloudflared, true, 1, Target::Network).await;
+    let port = w.origin.addr.port();
+    // The URL's IP and port are the destination.
+    let reply = w
+        .get(&format!(
+            "/fetch?binding=NET&url=http://{ORIGIN_IP}:{port}/by-ip"
+        ))
+        .await;
+    assert_eq!(
+        reply.text(),
+        "200\nhello from origin: /by-ip",
+        "{}",
+        w.log()
+    );
+    // A name, resolved by cloudflared's virtual resolver.
+    let reply = w
+        .get(&format!(
+            "/fetch?binding=NET&url=http://{NAME_VIRTUAL}:{port}/by-name"
+        ))
+        .await;
+    assert_eq!(
+        reply.text(),
+        "200\nhello from origin: /by-name",
+        "{}",
+        w.log()
+    );
+    // A socket through cloudflared: raw bytes both ways, the script's half-close included.
+    let reply = within(
+        "a socket through cloudflared",
+        client::send(
+            w.stack.script_addr,
+            "POST",
+            &format!("/echo?binding=NET&addr={ORIGIN_IP}:{port}"),
+            bytes::Bytes::from_static(
+                b"GET /raw HTTP/1.1\r\nHost: raw\r\nConnection: close\r\n\r\n",
+            ),
+        ),
+    )
+    .await;
+    assert!(
+        reply.text().starts_with("HTTP/1.1 200") && reply.text().contains("/raw"),
+        "{}\n{}",
+        reply.text(),
+        w.log()
+    );
 }
