@@ -1159,6 +1159,37 @@ mod tests {
     use super::*;
     use crate::component::fixtures;
 
+    #[test]
+    fn stored_bindings_show_only_their_target_and_old_rows_still_read() {
+        let id = Uuid::new_v4();
+        let old: Vec<ScriptBinding> = from_json(
+            "old row",
+            &format!(r#"[{{"type":"vpc_service","name":"API","service_id":"{id}"}}]"#),
+        )
+        .unwrap();
+        assert_eq!(old, [ScriptBinding::service("API", id)]);
+        assert_eq!(old[0].network_target(), None);
+        assert_eq!(
+            serde_json::to_value(&old[0]).unwrap(),
+            serde_json::json!({ "type": "vpc_service", "name": "API", "service_id": id })
+        );
+        let tunnel = ScriptBinding::network("NET", NetworkTarget::Tunnel(id));
+        assert_eq!(
+            serde_json::to_value(&tunnel).unwrap(),
+            serde_json::json!({ "type": "vpc_network", "name": "NET", "tunnel_id": id })
+        );
+        assert_eq!(tunnel.network_target(), Some(NetworkTarget::Tunnel(id)));
+        let vnet = ScriptBinding::network("LAB", NetworkTarget::VirtualNetwork(id));
+        assert_eq!(
+            serde_json::to_value(&vnet).unwrap(),
+            serde_json::json!({ "type": "vpc_network", "name": "LAB", "network_id": format!("cf1:vnet:{id}") })
+        );
+        assert_eq!(
+            vnet.network_target(),
+            Some(NetworkTarget::VirtualNetwork(id))
+        );
+    }
+
     fn upload(module: Vec<u8>) -> ScriptUpload {
         ScriptUpload::new("worker.wasm", module)
     }

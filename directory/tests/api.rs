@@ -1980,6 +1980,37 @@ async fn virtual_networks_are_listed_created_updated_and_deleted_in_cloudflares_
         "{:?}",
         bad.error()
     );
+    let mistyped = api
+        .admin(
+            Method::POST,
+            &api.vnets(),
+            Some(json!({ "name": 5, "is_default": "yes" })),
+        )
+        .await;
+    assert_eq!(
+        mistyped.errors(),
+        [
+            (
+                u64::from(code::VALIDATION),
+                "name: expected a string, found a number".to_owned()
+            ),
+            (
+                u64::from(code::VALIDATION),
+                "is_default: expected true or false, found a string".to_owned()
+            ),
+        ]
+    );
+    let mistyped = api
+        .admin(
+            Method::POST,
+            &api.routes(),
+            Some(json!({ "network": ["10.0.0.0/8"] })),
+        )
+        .await;
+    assert_eq!(
+        mistyped.error().1,
+        "network: expected a string, found an array"
+    );
 
     // PATCH: rename and make the first one default again; the lab can then go.
     let lab_path = format!("{}/{}", api.vnets(), lab["id"].as_str().unwrap());

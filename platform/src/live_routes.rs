@@ -462,4 +462,49 @@ mod tests {
                 .is_none()
         );
     }
+
+    /// The real thing: a directory's routes reach `network()` through `start`, and a change
+    /// is followed.
+    #[tokio::test]
+    async fn the_directorys_routes_are_answered_and_followed() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = Arc::new(Directory::open(state.path()).unwrap());
+        let account = dir.account_id().to_owned();
+        let (office, _) = dir.create_tunnel("office").unwrap();
+        let route = |network: &str| wvpc_directory::RouteInput {
+            network: Some(network.into()),
+            tunnel_id: Some(office.id.to_string()),
+            ..Default::default()
+        };
+        dir.create_network_route(&route("10.0.0.0/8")).unwrap();
+        let (live, _authority, watcher) = LiveRoutes::start(dir.clone()).unwrap();
+        let tunnel = |ip: &str| {
+            live.network(&account, &NetworkTarget::AllNetworks)
+                .unwrap()
+                .expect("the default network")
+                .tunnel_for(ip.parse().unwrap())
+        };
+        assert_eq!(tunnel("10.1.2.3"), Some(office.id));
+        assert_eq!(tunnel("192.168.1.1"), None);
+        assert!(matches!(
+            live.network(&account, &NetworkTarget::Tunnel(office.id)).unwrap(),
+            Some(NetworkReach::Tunnel(t)) if t == office.id
+        ));
+        assert!(
+            live.network("another account", &NetworkTarget::Tunnel(office.id))
+                .unwrap()
+                .is_none()
+        );
+
+        dir.create_network_route(&route("192.168.0.0/16")).unwrap();
+        // A hang guard only: the reload takes one poll.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            live.caught_up(dir.revision().unwrap()),
+        )
+        .await
+        .expect("the routes follow the directory");
+        assert_eq!(tunnel("192.168.1.1"), Some(office.id));
+        watcher.abort();
+    }
 }

@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::envelope::{ApiError, code};
+use super::envelope::{ApiError, ErrorEntry, code};
 use super::{ApiRequest, Caller, Reply, allow, no_route_segments, paginate, parse_id};
 use crate::error::DirectoryError;
 use crate::teamnet::{RouteFilter, RouteInput, VirtualNetworkInput};
@@ -26,7 +26,7 @@ pub(super) fn route_vnets(
                 paginate(request, caller.dir.list_virtual_networks()?)
             } else {
                 caller.require(Role::Admin, "creating a virtual network")?;
-                let input: VirtualNetworkInput = body(request, "virtual network")?;
+                let input: VirtualNetworkInput = body(request, "virtual network", VNET_FIELDS)?;
                 Ok(Reply::ok(
                     serde_json::to_value(caller.dir.create_virtual_network(&input)?)
                         .map_err(internal)?,
@@ -46,7 +46,7 @@ pub(super) fn route_vnets(
                 }
                 Method::PATCH => {
                     caller.require(Role::Admin, "updating a virtual network")?;
-                    let input: VirtualNetworkInput = body(request, "virtual network")?;
+                    let input: VirtualNetworkInput = body(request, "virtual network", VNET_FIELDS)?;
                     caller.dir.update_virtual_network(id, &input)?
                 }
                 _ => {
@@ -77,7 +77,7 @@ pub(super) fn route_routes(
                 paginate(request, caller.dir.list_network_routes(filter)?)
             } else {
                 caller.require(Role::Admin, "creating a route")?;
-                let input: RouteInput = body(request, "route")?;
+                let input: RouteInput = body(request, "route", ROUTE_FIELDS)?;
                 Ok(Reply::ok(
                     serde_json::to_value(caller.dir.create_network_route(&input)?)
                         .map_err(internal)?,
@@ -97,7 +97,7 @@ pub(super) fn route_routes(
                 }
                 Method::PATCH => {
                     caller.require(Role::Admin, "updating a route")?;
-                    let input: RouteInput = body(request, "route")?;
+                    let input: RouteInput = body(request, "route", ROUTE_FIELDS)?;
                     caller.dir.update_network_route(id, &input)?
                 }
                 _ => {
@@ -111,15 +111,62 @@ pub(super) fn route_routes(
     }
 }
 
-/// The JSON body as `T`: a wrong type or an unknown key is refused naming the field.
-fn body<T: DeserializeOwned>(request: &ApiRequest, what: &str) -> Result<T, ApiError> {
+/// Whether a field holds text or a boolean (`null` is "not set" for either).
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Bool,
+}
+
+const VNET_FIELDS: &[(&str, Kind)] = &[
+    ("name", Kind::Text),
+    ("comment", Kind::Text),
+    ("is_default", Kind::Bool),
+    ("is_default_network", Kind::Bool),
+];
+
+const ROUTE_FIELDS: &[(&str, Kind)] = &[
+    ("network", Kind::Text),
+    ("tunnel_id", Kind::Text),
+    ("virtual_network_id", Kind::Text),
+    ("comment", Kind::Text),
+];
+
+/// The JSON body as `T`: every field of the wrong type is refused naming it (all at once),
+/// and an unknown key is refused by name.
+fn body<T: DeserializeOwned>(
+    request: &ApiRequest,
+    what: &str,
+    fields: &[(&str, Kind)],
+) -> Result<T, ApiError> {
     let value: serde_json::Value = request.json()?;
-    if !value.is_object() {
+    let Some(object) = value.as_object() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             code::INVALID_JSON,
             format!("the body must be a JSON object (a {what})"),
         ));
+    };
+    let errors: Vec<ErrorEntry> = fields
+        .iter()
+        .filter_map(|(key, kind)| {
+            let found = object.get(*key)?;
+            let expected = match kind {
+                Kind::Text if !found.is_string() && !found.is_null() => "a string",
+                Kind::Bool if !found.is_boolean() && !found.is_null() => "true or false",
+                _ => return None,
+            };
+            Some(ErrorEntry {
+                code: code::VALIDATION,
+                message: format!("{key}: expected {expected}, found {}", json_kind(found)),
+            })
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            errors,
+        });
     }
     serde_json::from_value(value).map_err(|err| {
         ApiError::new(
@@ -128,6 +175,17 @@ fn body<T: DeserializeOwned>(request: &ApiRequest, what: &str) -> Result<T, ApiE
             format!("invalid {what} object: {err}"),
         )
     })
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// An optional UUID query parameter.
