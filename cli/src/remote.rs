@@ -96,3 +96,35 @@ impl Remote {
         Ok(items)
     }
 }
+
+/// The problems of an API refusal that is only validation errors (each message
+/// `<field path>: <what is wrong>`), for showing them as a local refusal would; `None` for any
+/// other failure.
+pub fn validation_problems(
+    err: &wvpc_directory::api::client::ClientError,
+) -> Option<Vec<wvpc_directory::validation::Problem>> {
+    use wvpc_directory::api::client::ClientError;
+    use wvpc_directory::api::envelope;
+    let ClientError::Api(err) = err else {
+        return None;
+    };
+    if !err
+        .errors
+        .iter()
+        .all(|e| e.code == envelope::code::VALIDATION)
+    {
+        return None;
+    }
+    let problems = err
+        .errors
+        .iter()
+        .map(|e| {
+            let (path, message) = e.message.split_once(": ").unwrap_or(("", &e.message));
+            wvpc_directory::validation::Problem {
+                path: path.to_owned(),
+                message: message.to_owned(),
+            }
+        })
+        .collect();
+    Some(problems)
+}

@@ -335,29 +335,14 @@ async fn remote_call(
     rest: &str,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
-    match remote.client.call(method, &remote.path(rest), body).await {
-        Ok(value) => Ok(value),
-        Err(ClientError::Api(err))
-            if err
-                .errors
-                .iter()
-                .all(|e| e.code == envelope::code::VALIDATION) =>
-        {
-            let problems = err
-                .errors
-                .iter()
-                .map(|e| {
-                    let (path, message) = e.message.split_once(": ").unwrap_or(("", &e.message));
-                    Problem {
-                        path: path.to_owned(),
-                        message: message.to_owned(),
-                    }
-                })
-                .collect();
-            Err(InvalidService(ValidationError { problems }).into())
-        }
-        Err(err) => Err(err.into()),
-    }
+    remote
+        .client
+        .call(method, &remote.path(rest), body)
+        .await
+        .map_err(|err| match crate::remote::validation_problems(&err) {
+            Some(problems) => InvalidService(ValidationError { problems }).into(),
+            None => err.into(),
+        })
 }
 
 fn is_not_found(err: &anyhow::Error) -> bool {

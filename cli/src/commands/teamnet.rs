@@ -11,7 +11,6 @@ use std::io::Write;
 use anyhow::Context as _;
 use uuid::Uuid;
 use wvpc_directory::api::client::ClientError;
-use wvpc_directory::api::envelope;
 use wvpc_directory::validation::Problem;
 use wvpc_directory::{
     Directory, DirectoryError, RouteFilter, RouteInput, TeamnetRoute, VirtualNetwork,
@@ -477,29 +476,10 @@ fn explain(err: DirectoryError) -> anyhow::Error {
 
 /// The API's validation errors shown like local ones.
 fn remote<T>(result: Result<T, ClientError>, what: &'static str) -> anyhow::Result<T> {
-    match result {
-        Ok(value) => Ok(value),
-        Err(ClientError::Api(err))
-            if err
-                .errors
-                .iter()
-                .all(|e| e.code == envelope::code::VALIDATION) =>
-        {
-            let problems = err
-                .errors
-                .iter()
-                .map(|e| {
-                    let (path, message) = e.message.split_once(": ").unwrap_or(("", &e.message));
-                    Problem {
-                        path: path.to_owned(),
-                        message: message.to_owned(),
-                    }
-                })
-                .collect();
-            Err(InvalidInput { what, problems }.into())
-        }
-        Err(err) => Err(err.into()),
-    }
+    result.map_err(|err| match crate::remote::validation_problems(&err) {
+        Some(problems) => InvalidInput { what, problems }.into(),
+        None => err.into(),
+    })
 }
 
 fn render_problems(problems: &[Problem]) -> String {
