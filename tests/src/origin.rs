@@ -123,7 +123,10 @@ impl Origin {
                 conns.spawn(async move {
                     let closed = OnClose(rec.clone());
                     let svc = service_fn(move |req| handle(rec.clone(), req));
+                    // Like nginx, answer a client that half-closes after its request
+                    // (a script's raw socket does) instead of dropping the connection.
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .half_close(true)
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
                         .await;
