@@ -1,13 +1,23 @@
 //! Builds JavaScript and TypeScript scripts into WebAssembly components that the runtime
 //! serves like a Rust script: `main: "src/index.js"` in wrangler.jsonc.
 //!
-//! The build bundles the entry with `esbuild`, wraps it in the project's shim (which serves
-//! `export default { fetch(request, env, ctx) }` on `wasi:http/incoming-handler` and gives
-//! `env` its bindings) and turns the bundle into a component with
-//! `@bytecodealliance/componentize-js`. Both come from npm at pinned versions, installed once
-//! into the cache directory; components are cached there by the hash of what went into them.
+//! The build bundles the entry with `esbuild` behind the project's shim (`js/shim.js`: it
+//! serves `export default { fetch(request, env, ctx) }` on `wasi:http/incoming-handler` and
+//! gives `env` its bindings), then turns the bundle into a component with
+//! `@bytecodealliance/componentize-js` against the script world's WIT pinned to the WASI
+//! version of its engine ([`wit`]). Both tools come from npm at pinned versions, installed
+//! once into the cache directory ([`toolchain`]); components are cached there by the hash of
+//! the bundle and the toolchain, so an unchanged script is never compiled twice.
+
+pub mod toolchain;
+pub mod wit;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ring::digest;
+
+use crate::toolchain::Toolchain;
 
 /// Whether `main` names a JavaScript or TypeScript entry (by its extension).
 pub fn is_javascript(main: &Path) -> bool {
@@ -33,11 +43,17 @@ pub struct BuiltScript {
 pub enum JsBuildError {
     /// No usable Node.js.
     #[error("main: {main:?} needs Node.js ≥ 20 to build JavaScript scripts ({found})")]
-    NodeMissing { main: String, found: String },
-    /// The script has errors; the bundler's messages with file, line and column.
+    NodeMissing {
+        /// The script's entry.
+        main: String,
+        /// What was found instead (`node` not on PATH, or its version).
+        found: String,
+    },
+    /// The script has problems: the bundler's messages with file, line and column, or the
+    /// exception its top level threw.
     #[error("{0}")]
     Script(String),
-    /// The build tools failed.
+    /// The build tools failed (installing them, or running them).
     #[error("building the JavaScript script failed: {0}")]
     Tooling(String),
 }
@@ -46,12 +62,24 @@ pub enum JsBuildError {
 #[derive(Debug, Clone)]
 pub struct JsBuilder {
     cache_dir: PathBuf,
+    bindings: Vec<String>,
 }
 
 impl JsBuilder {
     /// A builder whose toolchain and outputs live in `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Self {
-        Self { cache_dir }
+        Self {
+            cache_dir,
+            bindings: Vec::new(),
+        }
+    }
+
+    /// The names of the script's bindings (`vpc_services` and `vpc_networks`): the
+    /// properties of the `env` its handler is given. They are part of the build.
+    pub fn with_bindings(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.bindings = names.into_iter().collect();
+        self.bindings.sort();
+        self
     }
 
     /// A builder on `$WVPC_JS_CACHE_DIR`, else `$XDG_CACHE_HOME/wvpc/js`, else
@@ -71,20 +99,132 @@ impl JsBuilder {
         Self::new(dir)
     }
 
-    /// Builds the script whose entry module is `entry` (its imports are bundled).
+    /// The cache directory (toolchain and built components).
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    /// Builds the script whose entry module is `entry` (its imports are bundled). Blocking:
+    /// it runs node, and compiles for seconds unless the result is cached.
     pub fn build_entry(&self, entry: &Path) -> Result<BuiltScript, JsBuildError> {
-        let _ = entry;
-        Err(JsBuildError::Tooling("not implemented yet".into()))
+        let toolchain = Toolchain::ready(&self.cache_dir, entry)?;
+        let work = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&self.cache_dir)
+            .map_err(|e| tooling("a build directory", &self.cache_dir, e))?;
+        let mut bundle = toolchain.node();
+        bundle
+            .arg(toolchain.script())
+            .arg("bundle")
+            .arg(entry)
+            .arg(toolchain.shim())
+            .arg(serde_json::to_string(&self.bindings).unwrap_or_default())
+            .arg(work.path());
+        run(bundle, "bundling the script")?;
+        let bundled = work.path().join("bundle.js");
+        let code = std::fs::read(&bundled).map_err(|e| tooling("the bundle", &bundled, e))?;
+        let listed = work.path().join("inputs.json");
+        let inputs: Vec<PathBuf> = std::fs::read(&listed)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+
+        let key = {
+            let mut hash = digest::Context::new(&digest::SHA256);
+            hash.update(toolchain.key().as_bytes());
+            hash.update(&code);
+            hex::encode(hash.finish())
+        };
+        let builds = self.cache_dir.join("builds");
+        let wasm = builds.join(format!("{key}.wasm"));
+        if wasm.is_file() {
+            return Ok(BuiltScript {
+                wasm,
+                inputs,
+                cached: true,
+            });
+        }
+        std::fs::create_dir_all(&builds).map_err(|e| tooling("the build cache", &builds, e))?;
+        let out = work.path().join("script.wasm");
+        let mut componentize = toolchain.node();
+        componentize
+            .arg(toolchain.script())
+            .arg("componentize")
+            .arg(&bundled)
+            .arg(toolchain.wit())
+            .arg(&out);
+        run(componentize, "making the component")?;
+        // A rename, so that a concurrent build of the same script never sees half a file.
+        std::fs::rename(&out, &wasm).map_err(|e| tooling("the built component", &wasm, e))?;
+        tracing::info!(entry = %entry.display(), wasm = %wasm.display(), "built JavaScript script");
+        Ok(BuiltScript {
+            wasm,
+            inputs,
+            cached: false,
+        })
     }
 
     /// Builds an uploaded module worker: `modules` are (name, bytes), `main_module` names
-    /// the entry among them.
+    /// the entry among them. Module names are relative paths (`index.js`, `lib/util.js`).
     pub fn build_modules(
         &self,
         main_module: &str,
         modules: &[(String, Vec<u8>)],
     ) -> Result<BuiltScript, JsBuildError> {
-        let _ = (main_module, modules);
-        Err(JsBuildError::Tooling("not implemented yet".into()))
+        std::fs::create_dir_all(&self.cache_dir)
+            .map_err(|e| tooling("the cache directory", &self.cache_dir, e))?;
+        let sources = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempdir_in(&self.cache_dir)
+            .map_err(|e| tooling("an upload directory", &self.cache_dir, e))?;
+        for (name, bytes) in modules {
+            let relative = Path::new(name);
+            let safe = relative
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !safe {
+                return Err(JsBuildError::Script(format!(
+                    "module name {name:?} is not a relative path inside the upload"
+                )));
+            }
+            let path = sources.path().join(relative);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| tooling("a module", parent, e))?;
+            }
+            std::fs::write(&path, bytes).map_err(|e| tooling("a module", &path, e))?;
+        }
+        if !modules.iter().any(|(name, _)| name == main_module) {
+            return Err(JsBuildError::Script(format!(
+                "main_module {main_module:?} is not among the uploaded modules"
+            )));
+        }
+        let mut built = self.build_entry(&sources.path().join(main_module))?;
+        // The upload's files are temporary; there is nothing to watch.
+        built.inputs.clear();
+        Ok(built)
+    }
+}
+
+fn tooling(what: &str, path: &Path, err: std::io::Error) -> JsBuildError {
+    JsBuildError::Tooling(format!("{what} ({}): {err}", path.display()))
+}
+
+/// Runs one step of the build: exit status 2 is a problem of the script, others the tools'.
+fn run(mut command: Command, what: &str) -> Result<(), JsBuildError> {
+    let output = command
+        .output()
+        .map_err(|e| JsBuildError::Tooling(format!("{what}: running node: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .trim_end()
+        .to_owned();
+    match output.status.code() {
+        Some(2) => Err(JsBuildError::Script(stderr)),
+        _ => Err(JsBuildError::Tooling(format!(
+            "{what}: {}\n{stderr}",
+            output.status
+        ))),
     }
 }
