@@ -89,3 +89,21 @@ fn a_script_without_a_default_export_or_fetch_handler_is_refused_at_build_time()
     assert!(matches!(err, JsBuildError::Script(_)), "{err:?}");
     assert!(err.to_string().contains("has no fetch handler"), "{err}");
 }
+
+#[test]
+fn the_component_says_it_serves_one_request_per_instance() {
+    let Some(builder) = builder() else { return };
+    let entry = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy-js/src/index.js");
+    let built = builder.build_entry(&entry).unwrap();
+    let bytes = std::fs::read(&built.wasm).unwrap();
+    let name = wvpc_js_build::ISOLATION_SECTION.as_bytes();
+    let at = bytes
+        .windows(name.len())
+        .rposition(|w| w == name)
+        .expect("the marker section");
+    assert_eq!(
+        &bytes[at + name.len()..],
+        b"request",
+        "the last section is the marker"
+    );
+}
