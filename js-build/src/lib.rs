@@ -154,7 +154,8 @@ impl JsBuilder {
             .arg("componentize")
             .arg(&bundled)
             .arg(toolchain.wit())
-            .arg(&out);
+            .arg(&out)
+            .arg(entry);
         run(componentize, "making the component")?;
         mark_one_request_per_instance(&out)?;
         // A rename, so that a concurrent build of the same script never sees half a file.
