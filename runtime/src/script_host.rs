@@ -356,6 +356,73 @@ impl ScriptHost {
         Ok(host)
     }
 
+    /// `wvpc dev` after an edit: `config`'s script, now built as the component at `wasm`,
+    /// replaces the one served (requests in flight finish on the old one). Compiled off
+    /// the async threads. `Err` leaves the old script served.
+    pub(crate) async fn replace_single(
+        &self,
+        config: &ScriptConfig,
+        wasm: &std::path::Path,
+    ) -> Result<(), RuntimeError> {
+        let mut state = self.deploy.lock().await;
+        let engine = self.engine();
+        let path = wasm.to_owned();
+        let (bytes, pre) = tokio::task::spawn_blocking(move || crate::script::load(&engine, &path))
+            .await
+            .map_err(|e| RuntimeError::Engine(format!("compiling failed: {e}")))??;
+        let current = self.current();
+        let Some(old) = current.any_host.as_ref() else {
+            return Err(RuntimeError::Engine(
+                "only the host of `wvpc dev` replaces its script".into(),
+            ));
+        };
+        let one_request_per_instance = crate::script::serves_one_request_per_instance(&bytes);
+        let services = config
+            .vpc_services
+            .iter()
+            .map(|b| (b.binding.clone(), b.service_id))
+            .collect();
+        let networks = config
+            .vpc_networks
+            .iter()
+            .map(|b| (b.binding.clone(), b.network))
+            .collect();
+        let bindings = Bindings {
+            client: &self.client,
+            output: &self.output,
+        };
+        let loaded = Arc::new(LoadedScript {
+            pre: pre.clone(),
+            etag: LOCAL_VERSION.into(),
+            bindings: Arc::new(bindings.script(
+                &old.bindings.account,
+                &config.name,
+                LOCAL_VERSION,
+                &services,
+                &networks,
+                config.limits,
+            )),
+            instances: InstancePool::default(),
+            one_request_per_instance,
+        });
+        state.compiled.insert(
+            LOCAL_VERSION.to_owned(),
+            Compiled {
+                pre,
+                module: ModuleSource::Bytes(bytes.into()),
+                one_request_per_instance,
+            },
+        );
+        let table = Table {
+            any_host: Some(loaded),
+            routes: current.routes.clone(),
+            scripts: HashMap::new(),
+        };
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        tracing::info!(script = %config.name, main = %config.main.display(), "script replaced");
+        Ok(())
+    }
+
     fn with_table(
         options: &RuntimeOptions,
         workers_domain: String,
