@@ -22,9 +22,33 @@ async fn serve_sockets(fake: &FakeBindingWorker, limits: &str) -> Served {
 
 /// [`serve_sockets`] with the binding-worker at `binding_worker`.
 async fn serve_sockets_through(binding_worker: std::net::SocketAddr, limits: &str) -> Served {
+    let main = guests::guests().sockets.display().to_string();
+    serve_main(binding_worker, &main, limits).await
+}
+
+/// `examples/sockets-js`: the JavaScript version of the `sockets` guest's `/redis` and
+/// `/echo`, built by the runtime when it loads it.
+const SOCKETS_JS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/sockets-js/src/index.js"
+);
+
+/// Whether JavaScript scripts can be built here; says why not.
+fn javascript_builds() -> bool {
+    let ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("SKIPPED (node): JavaScript scripts need Node.js ≥ 20 and npm to build");
+    }
+    ok
+}
+
+/// The script at `main` with the bindings of [`serve_sockets`].
+async fn serve_main(binding_worker: std::net::SocketAddr, main: &str, limits: &str) -> Served {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("wrangler.jsonc");
-    let main = guests::guests().sockets.display().to_string();
     let config = format!(
         r#"{{ "name": "sockets-test", "main": {main:?}, "limits": {limits},
               "vpc_services": [{{ "binding": "API", "service_id": "{SERVICE}" }}] }}"#
@@ -497,4 +521,85 @@ async fn the_redis_guest_speaks_to_a_real_redis_server() {
         (answer.status, answer.text()),
         (502, "ProxyError: connection_refused")
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_javascript_script_speaks_redis_half_closes_and_sees_failures_as_codes() {
+    if !javascript_builds() {
+        return;
+    }
+    let fake = FakeBindingWorker::start();
+    let served = serve_main(fake.addr, SOCKETS_JS, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    let answer = client
+        .get("/redis?binding=NET&addr=resp.test:6379&key=greeting&value=hello%20world")
+        .await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (200, "PING +PONG\nSET +OK\nGET $hello world\n")
+    );
+    // Half-close: the fake answers its last line only after the script's FIN. More than the
+    // flow-control windows both ways.
+    let body: String = (0..100_000).map(|i| format!("{i:07}\n")).collect();
+    let answer = client
+        .send(
+            "POST",
+            "/echo?binding=NET&addr=db.internal:5432",
+            &[],
+            &body,
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    let (echoed, trailer) = text.rsplit_once('\n').expect("the line after the FIN");
+    assert!(echoed == body, "the bytes came back changed");
+    assert!(
+        trailer.starts_with("connected address=db.internal:5432"),
+        "{trailer}"
+    );
+    for (binding, addr, code) in [
+        ("NET", "reset.test:7000", "connection_read_timeout"),
+        ("NET", "refused.test:7000", "connection_refused"),
+        ("VNET", "nxdomain.test:7000", "dns_error"),
+        ("NET", "db.internal", "destination_not_found"),
+        ("API", "db.internal:5432", "destination_not_found"),
+    ] {
+        let answer = client
+            .send(
+                "POST",
+                &format!("/echo?binding={binding}&addr={addr}"),
+                &[],
+                "ping",
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.text()),
+            (502, format!("ProxyError: {code}").as_str()),
+            "{binding} {addr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_javascript_script_speaks_to_a_real_redis_server() {
+    if !javascript_builds() {
+        return;
+    }
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let fake = FakeBindingWorker::start();
+    let served = serve_main(fake.addr, SOCKETS_JS, "{}").await;
+    let mut client = Client::connect(served.addr).await;
+    let port = redis.port;
+    let answer = client
+        .get(&format!(
+            "/redis?binding=NET&addr=127.0.0.1:{port}&key=user%3A2&value=grace%20hopper"
+        ))
+        .await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (200, "PING +PONG\nSET +OK\nGET $grace hopper\n")
+    );
+    assert_eq!(redis_get(port, "user:2").await, "$12\r\ngrace hopper\r\n");
 }
