@@ -24,7 +24,10 @@ if (typeof worker.fetch !== 'function') {
 
 const BINDING = 'wvpc-binding';
 const REDIRECT = 'wvpc-redirect';
+const UPGRADE = 'wvpc-upgrade';
+const METHOD = 'wvpc-method';
 const BINDING_ERROR = 'wvpc-binding-error';
+const STATUS = 'wvpc-status';
 
 function proxyError(code) {
   const error = new Error(`ProxyError: ${code}`);
@@ -47,9 +50,27 @@ const engineFetch = globalThis.fetch;
 
 // The engine's fetch, tagged with `binding` ('' for none: the runtime refuses it).
 async function taggedFetch(binding, input, init) {
+  // An upgrade (WebSocket): the engine drops `Upgrade` and `Connection`, and refuses a GET
+  // with a body (the frames): it travels as POST tagged with the protocol, and the runtime
+  // puts the method and the headers back.
+  let upgrade;
+  let method;
+  const asked = init?.headers !== undefined ? new Headers(init.headers).get('upgrade')
+    : input instanceof Request ? input.headers.get('upgrade') : null;
+  if (asked) {
+    upgrade = asked;
+    if (String(init?.method ?? 'GET').toUpperCase() === 'GET' && init?.body != null) {
+      init = { ...init, method: 'POST' };
+      method = 'GET';
+    }
+  }
   const request = new Request(input, init);
   const headers = new Headers(request.headers);
   headers.set(BINDING, binding);
+  if (upgrade) headers.set(UPGRADE, upgrade);
+  else headers.delete(UPGRADE);
+  if (method) headers.set(METHOD, method);
+  else headers.delete(METHOD);
   // The engine's Request may not keep `redirect`: read it from what the script passed.
   const redirect = init?.redirect ?? (input instanceof Request ? input.redirect : undefined);
   if (redirect === 'manual') headers.set(REDIRECT, 'manual');
@@ -62,6 +83,11 @@ async function taggedFetch(binding, input, init) {
   });
   const code = response.headers.get(BINDING_ERROR);
   if (code !== null) throw proxyError(code);
+  // An upgrade: its body is the upgraded connection (the engine gives a 101 none).
+  if (response.headers.get(STATUS) === '101') {
+    Object.defineProperty(response, 'status', { value: 101 });
+    Object.defineProperty(response, 'ok', { value: false });
+  }
   return response;
 }
 

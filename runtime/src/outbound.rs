@@ -63,8 +63,18 @@ pub(crate) mod js_tags {
     pub const BINDING: &str = "wvpc-binding";
     /// On a request: `manual` when the script asked `redirect: "manual"`.
     pub const REDIRECT: &str = "wvpc-redirect";
+    /// On a request: the protocol of an upgrade (`websocket`). The engine drops `Upgrade`
+    /// and `Connection` and refuses a GET with a body (the frames), so the request arrives
+    /// as `POST` ([`METHOD`]); it leaves with `Upgrade` and `Connection: Upgrade`.
+    pub const UPGRADE: &str = "wvpc-upgrade";
+    /// On a request: `GET`, the method of an upgrade that arrives as `POST` because the
+    /// engine refuses a GET with a body.
+    pub const METHOD: &str = "wvpc-method";
     /// On a response: the request failed with this code (never passed on from an origin).
     pub const BINDING_ERROR: &str = "wvpc-binding-error";
+    /// On a response: `101` — an upgrade, passed to the engine as `200` because the fetch
+    /// standard gives a 101 no body, while here its body is the upgraded connection.
+    pub const STATUS: &str = "wvpc-status";
 }
 
 /// What every request of one script shares: who it is, what it may reach, its limits.
@@ -301,8 +311,15 @@ impl WasiHttpHooks for OutboundHooks {
                 Err(err) => return Err(err),
             };
             if tagged {
-                // Only the runtime marks a failure; an origin cannot forge one.
+                // Only the runtime marks a failure or an upgrade; an origin cannot forge one.
                 response.headers_mut().remove(js_tags::BINDING_ERROR);
+                response.headers_mut().remove(js_tags::STATUS);
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    *response.status_mut() = StatusCode::OK;
+                    response
+                        .headers_mut()
+                        .insert(js_tags::STATUS, http::HeaderValue::from_static("101"));
+                }
             }
             let response = response.map(|body| {
                 HeldBody {
@@ -341,6 +358,20 @@ fn take_js_tags(request: &mut http::Request<WasiBody>) -> Option<(String, Redire
         Some(mode) if mode.as_bytes().eq_ignore_ascii_case(b"manual") => Redirect::Manual,
         _ => Redirect::Follow,
     };
+    if let Some(protocol) = headers.remove(js_tags::UPGRADE) {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("Upgrade"),
+        );
+        // The body is the upgraded connection's bytes, not an HTTP body.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    if headers.remove(js_tags::METHOD).is_some_and(|m| m == "GET")
+        && headers.contains_key(header::UPGRADE)
+    {
+        *request.method_mut() = Method::GET;
+    }
     Some((
         String::from_utf8_lossy(binding.as_bytes()).into_owned(),
         redirect,

@@ -49,6 +49,9 @@ pub mod guests {
         "/../examples/proxy-js/src/index.js"
     );
 
+    /// `tests/js/websocket.js`: the `websocket` guest's exchange in JavaScript.
+    pub const WEBSOCKET_JS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/js/websocket.js");
+
     /// Whether JavaScript scripts can be built here (Node.js ≥ 20 and npm); prints why not
     /// (`SKIPPED (node): …`) for the test that then returns early.
     pub fn javascript_builds() -> bool {
@@ -101,6 +104,14 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// [`within`] for a start that builds and compiles a JavaScript script (seconds of node and
+/// of compiling a 13 MB component the first time, more while other tests compile).
+pub async fn within_build<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(300), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
 /// Bounds a test await: a hang fails the test with `what` instead of blocking CI.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use wvpc_runtime::Limits;
 use wvpc_tests::origin::{is_pattern, pattern};
 use wvpc_tests::real::{ORIGIN_NAME, RealWorld, WorldOptions};
-use wvpc_tests::{client, guests, trace_init, within};
+use wvpc_tests::{client, guests, trace_init, within, within_build};
 
 async fn world(script: &'static str) -> RealWorld {
     world_with(script, Limits::default()).await
@@ -18,7 +18,7 @@ async fn world(script: &'static str) -> RealWorld {
 
 async fn world_with(script: &'static str, limits: Limits) -> RealWorld {
     trace_init();
-    within(
+    within_build(
         "starting the real path (a JavaScript script builds and compiles first)",
         RealWorld::start_with(WorldOptions {
             script,

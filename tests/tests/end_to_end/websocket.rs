@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wvpc_directory::{HostInput, ServiceInput};
 use wvpc_tests::real::{RealWorld, WorldOptions};
-use wvpc_tests::{client, guests, trace_init, within};
+use wvpc_tests::{client, guests, trace_init, within, within_build};
 
 /// What the WebSocket origin saw.
 #[derive(Debug, Default)]
@@ -114,11 +114,24 @@ fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_passes_through_and_frames_flow_both_ways() {
+    websocket_exchange(guests::WEBSOCKET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_script_passes_a_websocket_upgrade_through_too() {
+    if !guests::javascript_builds() {
+        return;
+    }
+    websocket_exchange(guests::WEBSOCKET_JS).await;
+}
+
+/// `script` exchanges WebSocket frames with the origin through its binding.
+async fn websocket_exchange(script: &'static str) {
     trace_init();
-    let world = within(
+    let world = within_build(
         "starting the real path",
         RealWorld::start_with(WorldOptions {
-            script: guests::WEBSOCKET,
+            script,
             ..WorldOptions::default()
         }),
     )
@@ -147,7 +160,13 @@ async fn a_websocket_upgrade_passes_through_and_frames_flow_both_ways() {
         client::get(world.stack.script_addr, "/echo/hello-through-the-tunnel"),
     )
     .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.status,
+        200,
+        "{} (the origin saw {:?})",
+        reply.text(),
+        seen.lock().unwrap()
+    );
     assert_eq!(reply.text(), "echo: hello-through-the-tunnel");
 
     let seen = seen.lock().unwrap();
