@@ -120,3 +120,36 @@ fn wvpc_dev_builds_a_javascript_main_and_rebuilds_on_an_edit() {
     let (_, _, body) = curl(&addr, "/");
     assert!(body.starts_with("v2: "), "{body}");
 }
+
+#[test]
+fn without_node_wvpc_dev_says_what_a_javascript_main_needs() {
+    let state = Dir::new("dev-js-nonode-state");
+    let project = Dir::new("dev-js-nonode-project");
+    std::fs::create_dir_all(project.path().join("src")).unwrap();
+    std::fs::write(project.path().join("src/index.js"), script("v1")).unwrap();
+    std::fs::write(
+        project.path().join("wrangler.jsonc"),
+        r#"{ "name": "hello-js", "main": "src/index.js" }"#,
+    )
+    .unwrap();
+    let output = wvpc(state.path())
+        .current_dir(project.path())
+        .env("WVPC_NODE", project.path().join("no-such-node"))
+        .args([
+            "dev",
+            "--port",
+            "0",
+            "--edge-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run wvpc");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("main: \"src/index.js\" needs Node.js ≥ 20 to build JavaScript scripts"),
+        "{stderr}"
+    );
+}

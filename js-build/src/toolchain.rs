@@ -103,8 +103,13 @@ fn node_binary(entry: &Path) -> Result<PathBuf, JsBuildError> {
             _ => Err(format!("{} --version says {version:?}", node.display())),
         }
     });
+    let cwd = std::env::current_dir().unwrap_or_default();
     found.clone().map_err(|found| JsBuildError::NodeMissing {
-        main: entry.display().to_string(),
+        main: entry
+            .strip_prefix(&cwd)
+            .unwrap_or(entry)
+            .display()
+            .to_string(),
         found,
     })
 }

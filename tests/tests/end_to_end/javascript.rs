@@ -114,9 +114,8 @@ async fn without_a_connector_the_javascript_proxy_sees_destination_unavailable()
 
 /// A Workers-style script written by the test: `/env` lists the bindings, `/plain` uses the
 /// global `fetch` without a binding, `/throw` throws, `/spin` never returns, `/later` answers
-/// and finishes work in `ctx.waitUntil`, anything else goes through `env.API`.
+/// and then fetches in `ctx.waitUntil`, anything else goes through `env.API`.
 const WORKER: &str = r#"
-let waited = 0;
 export default {
   async fetch(request, env, ctx) {
     const url = new URL(request.url);
@@ -135,10 +134,10 @@ export default {
       case '/spin':
         for (;;) {}
       case '/later':
-        ctx.waitUntil(new Promise((resolve) => setTimeout(resolve, 1)).then(() => { waited += 1; }));
+        // Work after the response: a fetch through the binding once the answer is out.
+        ctx.waitUntil(new Promise((resolve) => setTimeout(resolve, 1))
+          .then(() => env.API.fetch('http://api.internal/after-the-response')));
         return new Response('later');
-      case '/waited':
-        return new Response(String(waited));
       default: {
         const response = await env.API.fetch(`http://api.internal${url.pathname}`);
         return new Response(`through API: ${await response.text()}`);
@@ -196,9 +195,14 @@ async fn a_workers_style_script_gets_its_bindings_and_its_failures_stay_its_own(
     let reply = within("GET /hi after the exception", client::get(addr, "/hi")).await;
     assert_eq!(reply.status, 200);
 
-    // waitUntil work finishes after the response.
+    // waitUntil work runs after the response.
     let reply = within("GET /later", client::get(addr, "/later")).await;
     assert_eq!(reply.text(), "later");
+    within(
+        "the fetch in waitUntil reaches the origin",
+        w.origin.wait_seen("/after-the-response"),
+    )
+    .await;
 
     // An endless loop: the CPU limit ends it, and the script serves the next request.
     let reply = within("GET /spin", client::get(addr, "/spin")).await;
