@@ -53,7 +53,7 @@ async function bundle(entry, shimPath, bindingsJson, outDir) {
     scriptProblem(lines.join('\n'));
   }
   const inputs = Object.keys(result.metafile.inputs)
-    .filter((p) => p !== '<stdin>')
+    .filter((p) => p !== '<stdin>' && p !== 'wvpc-shim.js')
     .map((p) => resolve(p));
   await writeFile(`${outDir}/bundle.js`, result.outputFiles[0].contents);
   await writeFile(`${outDir}/inputs.json`, JSON.stringify(inputs));

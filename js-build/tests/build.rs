@@ -130,3 +130,31 @@ fn an_exception_at_the_top_level_fails_the_build_with_its_message() {
     );
     assert!(text.contains("SyntaxError: JSON.parse"), "{text}");
 }
+
+#[test]
+fn a_typescript_entry_with_relative_imports_builds_and_lists_its_sources() {
+    let Some(builder) = builder() else { return };
+    let dir = project(&[
+        (
+            "src/index.ts",
+            "import { greet } from './greet';\n\
+             interface Env { API: { fetch(input: string): Promise<Response> } }\n\
+             export default {\n  async fetch(request: Request, env: Env): Promise<Response> {\n    \
+             return new Response(greet(new URL(request.url).pathname));\n  },\n};\n",
+        ),
+        (
+            "src/greet.ts",
+            "export function greet(who: string): string { return `hello ${who}`; }\n",
+        ),
+    ]);
+    let built = builder
+        .build_entry(&dir.path().join("src/index.ts"))
+        .expect("TypeScript builds");
+    let mut sources: Vec<_> = built
+        .inputs
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+        .collect();
+    sources.sort();
+    assert_eq!(sources, ["greet.ts", "index.ts"]);
+}
