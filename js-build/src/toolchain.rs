@@ -1,8 +1,10 @@
 //! The build tools of JavaScript scripts: Node.js from the machine, and the pinned npm
 //! packages of `toolchain/package-lock.json` (componentize-js, esbuild), installed with
-//! `npm ci` into `<cache>/toolchain-<hash>` the first time a script is built. The hash covers
-//! everything the project ships for the build (lock, build script, shim, WIT), so a new
-//! version of wvpc installs beside an old one instead of mixing with it.
+//! `npm ci` into `<cache>/toolchain-<hash of the lock>` the first time a script is built; a
+//! wvpc with other pins installs beside it instead of mixing with it. The project's own build
+//! files (build script, shim, WIT) go into `kit-<their hash>/` inside it, where the build
+//! script resolves the packages from the parent `node_modules`: a wvpc that changes only
+//! those reuses the installed packages.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +23,8 @@ const MIN_NODE_MAJOR: u32 = 20;
 
 /// An installed toolchain.
 pub struct Toolchain {
-    dir: PathBuf,
+    /// The kit directory (build script, shim, WIT) inside the installed packages' directory.
+    kit: PathBuf,
     key: String,
     node: PathBuf,
 }
@@ -31,35 +34,39 @@ impl Toolchain {
     /// version; concurrent builds wait for one install). `entry` names the script in errors.
     pub fn ready(cache_dir: &Path, entry: &Path) -> Result<Self, JsBuildError> {
         let node = node_binary(entry)?;
-        let key = key();
-        let dir = cache_dir.join(format!("toolchain-{}", &key[..16]));
-        let installed = dir.join(".installed");
-        if !installed.is_file() {
+        let dir = cache_dir.join(format!(
+            "toolchain-{}",
+            &hash(&[PACKAGE_JSON, PACKAGE_LOCK])[..16]
+        ));
+        if !dir.join(".installed").is_file() {
             install(cache_dir, &dir)?;
         }
-        Ok(Self { dir, key, node })
+        let key = key();
+        let kit = dir.join(format!("kit-{}", &key[..16]));
+        if !kit.join("build.mjs").is_file() {
+            write_kit(&dir, &kit)?;
+        }
+        Ok(Self { kit, key, node })
     }
 
     /// A `node` command run in the current directory (paths in messages are relative to it).
     pub fn node(&self) -> Command {
-        let mut command = Command::new(&self.node);
-        command.env("NODE_PATH", self.dir.join("node_modules"));
-        command
+        Command::new(&self.node)
     }
 
     /// The build script (`js/build.mjs`).
     pub fn script(&self) -> PathBuf {
-        self.dir.join("build.mjs")
+        self.kit.join("build.mjs")
     }
 
     /// The shim every script is bundled behind (`js/shim.js`).
     pub fn shim(&self) -> PathBuf {
-        self.dir.join("shim.js")
+        self.kit.join("shim.js")
     }
 
     /// The script world's WIT, pinned to the engine's WASI version.
     pub fn wit(&self) -> PathBuf {
-        self.dir.join("wit")
+        self.kit.join("wit")
     }
 
     /// The hash of what the project ships for the build: part of every component's key.
@@ -70,16 +77,56 @@ impl Toolchain {
 
 /// The hash of the lock, the build script, the shim and the WIT.
 fn key() -> String {
+    let wit = crate::wit::files();
+    let mut parts = vec![PACKAGE_JSON, PACKAGE_LOCK, BUILD_SCRIPT, SHIM];
+    for (name, text) in &wit {
+        parts.push(name);
+        parts.push(text);
+    }
+    hash(&parts)
+}
+
+/// SHA-256 of `parts`, each ended by a NUL, in hex.
+fn hash(parts: &[&str]) -> String {
     let mut hash = digest::Context::new(&digest::SHA256);
-    for part in [PACKAGE_JSON, PACKAGE_LOCK, BUILD_SCRIPT, SHIM] {
+    for part in parts {
         hash.update(part.as_bytes());
         hash.update(b"\0");
     }
-    for (name, text) in crate::wit::files() {
-        hash.update(name.as_bytes());
-        hash.update(text.as_bytes());
-    }
     hex::encode(hash.finish())
+}
+
+/// Writes the build script, the shim and the WIT into `kit` (inside the packages' `dir`),
+/// through a fresh directory and a rename so that a concurrent build never sees half a kit.
+fn write_kit(dir: &Path, kit: &Path) -> Result<(), JsBuildError> {
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        JsBuildError::Tooling(format!("{what} ({}): {e}", path.display()))
+    };
+    let staging = tempfile::Builder::new()
+        .prefix("kit-writing-")
+        .tempdir_in(dir)
+        .map_err(|e| io("the build kit", dir, e))?;
+    std::fs::create_dir_all(staging.path().join("wit/deps"))
+        .map_err(|e| io("the build kit", staging.path(), e))?;
+    let mut files = vec![
+        ("build.mjs".to_owned(), BUILD_SCRIPT.to_owned()),
+        ("shim.js".to_owned(), SHIM.to_owned()),
+    ];
+    files.extend(
+        crate::wit::files()
+            .into_iter()
+            .map(|(name, text)| (format!("wit/{name}"), text)),
+    );
+    for (name, text) in files {
+        let path = staging.path().join(name);
+        std::fs::write(&path, text).map_err(|e| io("the build kit", &path, e))?;
+    }
+    let staged = staging.keep();
+    if std::fs::rename(&staged, kit).is_err() {
+        // Another build wrote the same kit first.
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    Ok(())
 }
 
 /// `$WVPC_NODE`, else `node` on PATH, checked to be Node.js ≥ 20 (once per process).
@@ -136,20 +183,11 @@ fn install(cache_dir: &Path, dir: &Path) -> Result<(), JsBuildError> {
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| io("an old install", &staging, e))?;
     }
-    let wit = staging.join("wit");
-    std::fs::create_dir_all(wit.join("deps")).map_err(|e| io("the toolchain", &staging, e))?;
-    let mut files = vec![
-        ("package.json".to_owned(), PACKAGE_JSON.to_owned()),
-        ("package-lock.json".to_owned(), PACKAGE_LOCK.to_owned()),
-        ("build.mjs".to_owned(), BUILD_SCRIPT.to_owned()),
-        ("shim.js".to_owned(), SHIM.to_owned()),
-    ];
-    files.extend(
-        crate::wit::files()
-            .into_iter()
-            .map(|(name, text)| (format!("wit/{name}"), text)),
-    );
-    for (name, text) in files {
+    std::fs::create_dir_all(&staging).map_err(|e| io("the toolchain", &staging, e))?;
+    for (name, text) in [
+        ("package.json", PACKAGE_JSON),
+        ("package-lock.json", PACKAGE_LOCK),
+    ] {
         let path = staging.join(name);
         std::fs::write(&path, text).map_err(|e| io("the toolchain", &path, e))?;
     }
