@@ -5,7 +5,11 @@
 //!   connections come from the cluster registry the server was given),
 //! - `accounts/{account}/teamnet/virtual_networks[/{id}]` and
 //!   `accounts/{account}/teamnet/routes[/{id}]` ([`teamnet`]),
-//! - `accounts/{account}/workers/scripts[/{name}[/content|/deployments]]` ([`scripts`]),
+//! - `accounts/{account}/workers/scripts[/{name}[/content|/deployments|/versions]]`
+//!   ([`scripts`]), `…/scripts/{name}/subdomain|routes|script-settings`
+//!   ([`script_settings`]),
+//! - `accounts/{account}/workers/services/{name}` ([`worker_services`]: what wrangler asks
+//!   before a deploy),
 //! - `accounts/{account}/workers/subdomain` ([`subdomain`]),
 //! - `user/tokens/verify`, `accounts`, `memberships`: what clients such as wrangler ask
 //!   before the real call.
@@ -17,11 +21,13 @@
 mod body;
 pub mod client;
 pub mod envelope;
+mod script_settings;
 mod scripts;
 mod services;
 mod subdomain;
 mod teamnet;
 mod tunnels;
+mod worker_services;
 
 use std::sync::Arc;
 
@@ -39,6 +45,7 @@ use crate::tokens::{ApiToken, Role};
 use envelope::{ApiError, ResultInfo, code};
 
 pub use body::{read_script_upload, read_service_body};
+pub use scripts::{JsUpload, ScriptForm};
 
 /// Path prefix of every endpoint.
 pub const PREFIX: &str = "/client/v4";
@@ -378,6 +385,9 @@ fn dispatch(
                 ["teamnet", "routes", tail @ ..] => teamnet::route_routes(&caller, &request, tail),
                 ["workers", "scripts", tail @ ..] => scripts::route(&caller, &request, tail),
                 ["workers", "subdomain"] => subdomain::route(&caller, &request),
+                ["workers", "services", tail @ ..] => {
+                    worker_services::route(&caller, &request, tail)
+                }
                 _ => Err(no_route_segments(&request.segments)),
             }
         }
