@@ -52,7 +52,7 @@ pub(super) fn route(
                     caller.require(Role::Bind, "deploying a script")?;
                     // The handlers run on a blocking thread (see `handle`), so a JavaScript
                     // build's seconds hold no async worker.
-                    let upload = parse_upload(request)?.into_upload()?;
+                    let upload = parse_upload(request)?.into_upload(&caller.js)?;
                     let script = caller.dir.deploy_script(&caller.token, name, &upload)?;
                     let mut answer = json!(script);
                     // Cloudflare's name for the version an upload deployed (wrangler prints it).
@@ -108,7 +108,7 @@ pub(super) fn route(
                 return Ok(Reply::ok(json!({ "items": versions })));
             }
             caller.require(Role::Bind, "uploading a script version")?;
-            let upload = parse_upload(request)?.into_upload()?;
+            let upload = parse_upload(request)?.into_upload(&caller.js)?;
             let version = caller.dir.upload_version(&caller.token, name, &upload)?;
             let mut answer = version_json(&version);
             answer["resources"] = json!({
@@ -436,7 +436,10 @@ fn build_refusal(main_module: &str, err: JsBuildError) -> ApiError {
         JsBuildError::Script(message) => ApiError::new(
             StatusCode::BAD_REQUEST,
             code::SCRIPT_BUILD_FAILED,
-            format!("building {main_module:?} failed: {message}"),
+            format!(
+                "building {main_module:?} failed: {}",
+                without_upload_dir(&message)
+            ),
         ),
         other => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -444,6 +447,32 @@ fn build_refusal(main_module: &str, err: JsBuildError) -> ApiError {
             format!("this directory cannot build JavaScript scripts now: {other}"),
         ),
     }
+}
+
+/// `message` with the build's scratch directory taken off each path in it
+/// (`…/upload-XXXXXX/index.js:3:28` → `index.js:3:28`): the names the uploader gave.
+fn without_upload_dir(message: &str) -> String {
+    const MARK: &str = "/upload-";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        let start = rest[..at]
+            .rfind(|c: char| c.is_whitespace() || c == '(' || c == '"')
+            .map_or(0, |i| i + 1);
+        let after = &rest[at + MARK.len()..];
+        match after.find('/') {
+            Some(slash) if !after[..slash].contains(char::is_whitespace) => {
+                out.push_str(&rest[..start]);
+                rest = &after[slash + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..at + MARK.len()]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl ScriptForm {
@@ -455,12 +484,12 @@ impl ScriptForm {
         }
     }
 
-    /// The upload to store: a wasm component as it is, JavaScript built with
-    /// [`JsBuilder::from_env`] ([`JsUpload::build`]; blocking).
-    pub fn into_upload(self) -> Result<ScriptUpload, ApiError> {
+    /// The upload to store: a wasm component as it is, JavaScript built with `builder`
+    /// ([`JsUpload::build`]; blocking).
+    pub fn into_upload(self, builder: &JsBuilder) -> Result<ScriptUpload, ApiError> {
         match self {
             ScriptForm::Wasm(upload) => Ok(upload),
-            ScriptForm::JavaScript(js) => js.build(JsBuilder::from_env()),
+            ScriptForm::JavaScript(js) => js.build(builder.clone()),
         }
     }
 }
@@ -691,6 +720,17 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_messages_name_modules_as_uploaded() {
+        assert_eq!(
+            without_upload_dir(
+                "../cache/wvpc-js/upload-3ZpGwz/index.js:3:28: error: Expected \")\"\n  at \
+                 (/abs/upload-AbCdEf/lib/util.js:1:2) and upload-x"
+            ),
+            "index.js:3:28: error: Expected \")\"\n  at (lib/util.js:1:2) and upload-x"
+        );
+    }
 
     #[test]
     fn multipart_parts_are_split_by_name() {
