@@ -1,7 +1,7 @@
 // The two steps of a JavaScript script's build, run by wvpc (crate wvpc-js-build) with the
 // toolchain's node_modules next to this file:
 //   node build.mjs bundle <entry> <shim> <bindings.json> <out-dir>  → <out-dir>/bundle.js, inputs.json
-//   node build.mjs componentize <bundle.js> <wit-dir> <out.wasm>
+//   node build.mjs componentize <bundle.js> <wit-dir> <out.wasm> <entry, for messages>
 // A problem in the script exits with status 2 and its messages (file:line:column) on stderr;
 // a failure of the tools exits with 1.
 import { readFile, writeFile } from 'node:fs/promises';
@@ -59,7 +59,7 @@ async function bundle(entry, shimPath, bindingsJson, outDir) {
   await writeFile(`${outDir}/inputs.json`, JSON.stringify(inputs));
 }
 
-async function componentizeBundle(bundlePath, witDir, outPath) {
+async function componentizeBundle(bundlePath, witDir, outPath, entry) {
   const { componentize } = await import('@bytecodealliance/componentize-js');
   let component;
   try {
@@ -71,9 +71,12 @@ async function componentizeBundle(bundlePath, witDir, outPath) {
     }));
   } catch (failure) {
     // Initialization runs the script's top level: its exceptions are the script's problem.
-    const text = String(failure?.stack ?? failure);
-    if (/Exception while evaluating|Error while running JS|Uncaught|wvpc:/.test(text)) {
-      scriptProblem(text);
+    const text = String(failure?.message ?? failure);
+    const shim = text.match(/wvpc: (.*)/);
+    if (shim) scriptProblem(`${entry}: ${shim[1]}`);
+    const thrown = text.match(/Exception while evaluating top-level script\n([\s\S]*?)(\nAdditionally|\n\s+at componentize|$)/);
+    if (thrown) {
+      scriptProblem(`${entry}: the script threw while it was initialized (its top level runs at build time; positions are in the bundle):\n${thrown[1].trim()}`);
     }
     throw failure;
   }

@@ -43,27 +43,41 @@ function wireName(errorCode) {
   return VARIANT_NAMES[errorCode.tag] ?? errorCode.tag.toLowerCase().replaceAll('-', '_');
 }
 
+const engineFetch = globalThis.fetch;
+
+// The engine's fetch, tagged with `binding` ('' for none: the runtime refuses it).
+async function taggedFetch(binding, input, init) {
+  const request = new Request(input, init);
+  const headers = new Headers(request.headers);
+  headers.set(BINDING, binding);
+  // The engine's Request may not keep `redirect`: read it from what the script passed.
+  const redirect = init?.redirect ?? (input instanceof Request ? input.redirect : undefined);
+  if (redirect === 'manual') headers.set(REDIRECT, 'manual');
+  else headers.delete(REDIRECT);
+  const response = await engineFetch(request.url, {
+    method: request.method,
+    headers,
+    body: request.body,
+    signal: request.signal,
+  });
+  const code = response.headers.get(BINDING_ERROR);
+  if (code !== null) throw proxyError(code);
+  return response;
+}
+
+// A fetch that no binding owns is refused (http_request_denied), with the code.
+globalThis.fetch = function fetch(input, init) {
+  return taggedFetch('', input, init);
+};
+
 class Fetcher {
   #name;
   constructor(name) {
     this.#name = name;
   }
 
-  async fetch(input, init) {
-    const request = new Request(input, init);
-    const headers = new Headers(request.headers);
-    headers.set(BINDING, this.#name);
-    if (request.redirect === 'manual') headers.set(REDIRECT, 'manual');
-    else headers.delete(REDIRECT);
-    const response = await globalThis.fetch(request.url, {
-      method: request.method,
-      headers,
-      body: request.body,
-      signal: request.signal,
-    });
-    const code = response.headers.get(BINDING_ERROR);
-    if (code !== null) throw proxyError(code);
-    return response;
+  fetch(input, init) {
+    return taggedFetch(this.#name, input, init);
   }
 
   connect(address, options = {}) {

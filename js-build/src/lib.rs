@@ -132,6 +132,8 @@ impl JsBuilder {
         let key = {
             let mut hash = digest::Context::new(&digest::SHA256);
             hash.update(toolchain.key().as_bytes());
+            // What this crate does to the component after the tools (the marker section).
+            hash.update(ISOLATION_SECTION.as_bytes());
             hash.update(&code);
             hex::encode(hash.finish())
         };
@@ -152,8 +154,10 @@ impl JsBuilder {
             .arg("componentize")
             .arg(&bundled)
             .arg(toolchain.wit())
-            .arg(&out);
+            .arg(&out)
+            .arg(entry);
         run(componentize, "making the component")?;
+        mark_one_request_per_instance(&out)?;
         // A rename, so that a concurrent build of the same script never sees half a file.
         std::fs::rename(&out, &wasm).map_err(|e| tooling("the built component", &wasm, e))?;
         tracing::info!(entry = %entry.display(), wasm = %wasm.display(), "built JavaScript script");
@@ -203,6 +207,39 @@ impl JsBuilder {
         built.inputs.clear();
         Ok(built)
     }
+}
+
+/// The custom section by which the runtime gives each request a fresh instance: the
+/// engine creates its fetch event once per instance, so an instance serves one request.
+/// (`wvpc_runtime`'s `ISOLATION_SECTION`.)
+pub const ISOLATION_SECTION: &str = "wvpc:isolation";
+
+/// Appends [`ISOLATION_SECTION`] = `request` to the component at `path` (custom sections may
+/// stand anywhere at a component's top level).
+fn mark_one_request_per_instance(path: &Path) -> Result<(), JsBuildError> {
+    fn leb(mut value: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            match value {
+                0 => return out.push(byte),
+                _ => out.push(byte | 0x80),
+            }
+        }
+    }
+    let payload = b"request";
+    let mut body = Vec::new();
+    leb(ISOLATION_SECTION.len(), &mut body);
+    body.extend_from_slice(ISOLATION_SECTION.as_bytes());
+    body.extend_from_slice(payload);
+    let mut section = vec![0u8];
+    leb(body.len(), &mut section);
+    section.extend(body);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| tooling("the component", path, e))?;
+    std::io::Write::write_all(&mut file, &section).map_err(|e| tooling("the component", path, e))
 }
 
 fn tooling(what: &str, path: &Path, err: std::io::Error) -> JsBuildError {

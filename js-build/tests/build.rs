@@ -87,5 +87,46 @@ fn a_script_without_a_default_export_or_fetch_handler_is_refused_at_build_time()
     assert!(err.to_string().contains("has no default export"), "{err}");
     let err = builder.build_entry(&dir.path().join("b.js")).unwrap_err();
     assert!(matches!(err, JsBuildError::Script(_)), "{err:?}");
-    assert!(err.to_string().contains("has no fetch handler"), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("b.js: the script's default export has no fetch handler: export default { async fetch(request, env, ctx) { ... } }"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_component_says_it_serves_one_request_per_instance() {
+    let Some(builder) = builder() else { return };
+    let entry = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy-js/src/index.js");
+    let built = builder.build_entry(&entry).unwrap();
+    let bytes = std::fs::read(&built.wasm).unwrap();
+    let name = wvpc_js_build::ISOLATION_SECTION.as_bytes();
+    let at = bytes
+        .windows(name.len())
+        .rposition(|w| w == name)
+        .expect("the marker section");
+    assert_eq!(
+        &bytes[at + name.len()..],
+        b"request",
+        "the last section is the marker"
+    );
+}
+
+#[test]
+fn an_exception_at_the_top_level_fails_the_build_with_its_message() {
+    let Some(builder) = builder() else { return };
+    let dir = project(&[(
+        "index.js",
+        "const table = JSON.parse('{oops');\nexport default { fetch() { return new Response(table); } };\n",
+    )]);
+    let err = builder
+        .build_entry(&dir.path().join("index.js"))
+        .unwrap_err();
+    assert!(matches!(err, JsBuildError::Script(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("the script threw while it was initialized"),
+        "{text}"
+    );
+    assert!(text.contains("SyntaxError: JSON.parse"), "{text}");
 }

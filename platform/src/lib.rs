@@ -12,6 +12,8 @@
 //!   over a mock network instead of the directory and the tunnels; [`mock_file`] reads the
 //!   mock file it serves, [`mock_record`] writes one from the real path's exchanges
 //!   (`wvpc dev --record`).
+//! - [`script_sources`]: `wvpc dev`'s script builds (a JavaScript `main` built with
+//!   `wvpc_js_build`) and the watch of their sources.
 //! - [`state`]: where the parts keep their files in a state directory.
 //! - [`up`]: the platform on one machine as separate processes (`wvpc up`).
 
@@ -24,6 +26,7 @@ pub mod mock_file;
 pub mod mock_record;
 pub mod mock_stack;
 pub mod runtime_node;
+pub mod script_sources;
 pub mod stack;
 pub mod state;
 pub mod up;

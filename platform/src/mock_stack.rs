@@ -117,7 +117,7 @@ impl MockStack {
             account: MOCK_ACCOUNT.to_owned(),
             exchange_tap: None,
         };
-        let (script_addr, script_server) = serve_script(
+        let (script_addr, script_server, _runtime) = serve_script(
             script,
             options,
             output,

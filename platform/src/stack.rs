@@ -60,6 +60,7 @@ pub struct Stack {
     iris: IrisNode,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     binding_worker: Option<BindingWorkerHandle>,
+    runtime: Arc<Runtime>,
 }
 
 impl Stack {
@@ -132,7 +133,7 @@ impl Stack {
             account: directory.account_id().to_owned(),
             exchange_tap: config.exchange_tap.clone(),
         };
-        let (script_addr, script_server) = serve_script(
+        let (script_addr, script_server, runtime) = serve_script(
             script,
             options,
             Arc::new(wvpc_runtime::PrefixedOutput),
@@ -154,7 +155,24 @@ impl Stack {
             iris,
             tasks,
             binding_worker: Some(binding_worker),
+            runtime,
         })
+    }
+
+    /// Serves `script` from the component at `wasm` from now on (`wvpc dev` after an edit).
+    /// `Err` leaves the previous build served.
+    pub async fn reload_script(
+        &self,
+        script: &ScriptConfig,
+        wasm: &std::path::Path,
+    ) -> Result<(), PlatformError> {
+        self.runtime
+            .reload(script, wasm)
+            .await
+            .map_err(|source| PlatformError::Script {
+                script: script.name.clone(),
+                source,
+            })
     }
 
     /// Resolves once iris routes by everything committed to the directory so far (changes
@@ -266,7 +284,7 @@ pub(crate) async fn serve_script(
     output: Arc<dyn wvpc_runtime::ScriptOutput>,
     listen: SocketAddr,
     server: ServerLimits,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), PlatformError> {
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>, Arc<Runtime>), PlatformError> {
     let name = script.name.clone();
     let runtime =
         tokio::task::spawn_blocking(move || Runtime::with_output(&script, options, output))
@@ -288,10 +306,11 @@ pub(crate) async fn serve_script(
         })?;
     let script_addr = local_addr(&listener)?;
     let runtime = Arc::new(runtime);
+    let served = runtime.clone();
     let serving = tokio::spawn(async move {
-        if let Err(err) = runtime.serve_with(listener, server).await {
+        if let Err(err) = served.serve_with(listener, server).await {
             tracing::error!(error = %err, "script HTTP listener failed");
         }
     });
-    Ok((script_addr, serving))
+    Ok((script_addr, serving, runtime))
 }

@@ -23,7 +23,9 @@ use crate::limits::{Isolation, LIMIT_KEYS, Limits};
 pub struct ScriptConfig {
     /// Script name (`name`): letters, digits, `-` and `_`, at most 63 characters.
     pub name: String,
-    /// The script's wasm component (`main`), resolved against the config file's directory.
+    /// The script's wasm component, or the entry module of a JavaScript / TypeScript script
+    /// (`main`), resolved against the config file's directory. [`ScriptConfig::component`]
+    /// gives the component either way.
     pub main: PathBuf,
     /// Declared VPC Service bindings (`vpc_services`), in file order; names are unique.
     pub vpc_services: Vec<VpcServiceBinding>,
@@ -167,6 +169,41 @@ impl Format {
 /// Resolves a `service` name of a `vpc_services` entry to the service's id; `Err` says why it
 /// cannot (unknown, ambiguous, no directory).
 pub type ServiceResolver<'a> = &'a dyn Fn(&str) -> Result<Uuid, String>;
+
+impl ScriptConfig {
+    /// Whether `main` is a JavaScript or TypeScript entry, built into a component by
+    /// [`ScriptConfig::component`].
+    pub fn is_javascript(&self) -> bool {
+        wvpc_js_build::is_javascript(&self.main)
+    }
+
+    /// The names of every binding (`vpc_services`, then `vpc_networks`).
+    pub fn binding_names(&self) -> impl Iterator<Item = &str> {
+        self.vpc_services
+            .iter()
+            .map(|b| b.binding.as_str())
+            .chain(self.vpc_networks.iter().map(|b| b.binding.as_str()))
+    }
+
+    /// The script's component: `main` itself, or `main` built from JavaScript (blocking: it
+    /// runs node, and compiles for seconds unless the build is cached).
+    pub fn component(&self) -> Result<PathBuf, wvpc_js_build::JsBuildError> {
+        Ok(self
+            .build()?
+            .map_or_else(|| self.main.clone(), |built| built.wasm))
+    }
+
+    /// Builds a JavaScript `main` (`None` for a wasm one), with the sources it read.
+    pub fn build(&self) -> Result<Option<wvpc_js_build::BuiltScript>, wvpc_js_build::JsBuildError> {
+        if !self.is_javascript() {
+            return Ok(None);
+        }
+        wvpc_js_build::JsBuilder::from_env()
+            .with_bindings(self.binding_names().map(str::to_owned))
+            .build_entry(&self.main)
+            .map(Some)
+    }
+}
 
 impl ScriptConfig {
     /// Reads and validates the config at `path`. `main` is resolved against `path`'s directory
@@ -440,13 +477,16 @@ fn validate_main(
         "main",
         "main",
         format,
-        "the path of the script's .wasm component, relative to this file",
+        "the path of the script's .wasm component, or of its JavaScript / TypeScript entry \
+         (src/index.js), relative to this file",
     )?;
     let resolved = base.join(main);
     if main.is_empty() || resolved.is_dir() {
         problems.push(
             "main",
-            format!("{main:?} is not a file (point it at the .wasm component)"),
+            format!(
+                "{main:?} is not a file (point it at the .wasm component or the JavaScript entry)"
+            ),
         );
         return None;
     }
@@ -454,8 +494,12 @@ fn validate_main(
         problems.push(
             "main",
             format!(
-                "file {main:?} does not exist (resolved to {:?}; build the script first)",
-                resolved.display().to_string()
+                "file {main:?} does not exist (resolved to {:?}; {})",
+                resolved.display().to_string(),
+                match wvpc_js_build::is_javascript(&resolved) {
+                    true => "write the script's entry module there",
+                    false => "build the script first",
+                }
             ),
         );
         return None;

@@ -88,6 +88,17 @@ impl Runtime {
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))
     }
 
+    /// Serves `config`'s script from the component at `wasm` from now on (`wvpc dev` after
+    /// an edit: requests in flight finish on the previous one). `Err` (a component that does
+    /// not compile or link) leaves the previous one served.
+    pub async fn reload(
+        &self,
+        config: &ScriptConfig,
+        wasm: &std::path::Path,
+    ) -> Result<(), RuntimeError> {
+        self.host.replace_single(config, wasm).await
+    }
+
     fn script(&self) -> Arc<LoadedScript> {
         self.host
             .resolve("", "/")

@@ -225,12 +225,18 @@ where
     Ok(())
 }
 
+// The SDK's reverse table, shared as source so both sides read codes the same way.
+include!("../../sdk/src/wire_name.rs");
+
+/// The wire name a script reads for `code` (`connection_refused`): what the Rust SDK's
+/// `ProxyError` prints, and what a JavaScript script's binding fetch throws.
+pub(crate) fn wire_name(code: &ErrorCode) -> &'static str {
+    wasi_error_wire_name!(code, ErrorCode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // The SDK's reverse table, shared as source so both sides are checked against each other.
-    include!("../../sdk/src/wire_name.rs");
 
     #[test]
     fn every_code_maps_and_round_trips_through_the_sdk_reverse_table() {

@@ -8,6 +8,15 @@
 //! destination; for a `vpc_networks` binding the URL's host and port *are* the destination
 //! (inside the binding's network), so the `Location`'s are.
 //!
+//! A JavaScript script's `env.X.fetch` is the engine's global `fetch`, *tagged* with the
+//! request header [`js_tags::BINDING`] (the engine's fetch streams and stays asynchronous;
+//! a custom import would block): a tagged request is routed exactly as `vpc.fetch` through
+//! the script's binding of that name, the tags removed. Its failures come back as a `502`
+//! response marked [`js_tags::BINDING_ERROR`] with the code's wire name (the engine's fetch
+//! would turn an `error-code` into a code-less `TypeError`); the shim throws it as
+//! `ProxyError: <code>`. The shim's global `fetch` tags with an empty binding: denied, and
+//! told so the same way; an untagged request is denied like any other.
+//!
 //! `vpc.connect` goes through the same bindings and the same budget ([`OutboundHooks::connect`],
 //! [`crate::socket`]).
 
@@ -45,6 +54,17 @@ pub(crate) mod limit_names {
     pub const SUBREQUESTS: &str = "subrequest_limit_reached";
     pub const REDIRECTS: &str = "redirect_limit_reached";
     pub const BODY_NOT_REPLAYABLE: &str = "redirect_body_not_replayable";
+}
+
+/// The request and response headers of a JavaScript script's binding fetches
+/// (`js-build/js/shim.js`).
+pub(crate) mod js_tags {
+    /// On a request: the binding it goes through.
+    pub const BINDING: &str = "wvpc-binding";
+    /// On a request: `manual` when the script asked `redirect: "manual"`.
+    pub const REDIRECT: &str = "wvpc-redirect";
+    /// On a response: the request failed with this code (never passed on from an origin).
+    pub const BINDING_ERROR: &str = "wvpc-binding-error";
 }
 
 /// What every request of one script shares: who it is, what it may reach, its limits.
@@ -195,18 +215,47 @@ fn fail(err: wasmtime_wasi_http::Error) -> SendFuture {
 impl WasiHttpHooks for OutboundHooks {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _response_errors: ErrorFuture,
     ) -> SendFuture {
         let request_id = self.request_id.clone();
-        let Some(route) = self.pending.take() else {
-            tracing::info!(
-                request_id = %request_id,
-                uri = %request.uri(),
-                "denied a script's outgoing request that did not go through a binding"
-            );
-            return fail(wasmtime_wasi_http::Error::HttpRequestDenied);
+        let (route, tagged) = match self.pending.take() {
+            Some(route) => (route, false),
+            None => match take_js_tags(&mut request) {
+                // A JavaScript script's global `fetch`: refused, told with the code.
+                Some((binding, _)) if binding.is_empty() => {
+                    tracing::info!(
+                        request_id = %request_id,
+                        uri = %request.uri(),
+                        "denied a script's outgoing request that did not go through a binding"
+                    );
+                    return answer_failure(wasmtime_wasi_http::Error::HttpRequestDenied);
+                }
+                Some((binding, redirect)) => match self.route_for(&binding, redirect) {
+                    Some(route) => (route, true),
+                    None => {
+                        tracing::warn!(
+                            request_id = %request_id,
+                            binding = %binding,
+                            "script used a binding that its config does not declare"
+                        );
+                        return answer_failure(wasmtime_wasi_http::Error::ConfigurationError);
+                    }
+                },
+                None => {
+                    tracing::info!(
+                        request_id = %request_id,
+                        uri = %request.uri(),
+                        "denied a script's outgoing request that did not go through a binding"
+                    );
+                    return fail(wasmtime_wasi_http::Error::HttpRequestDenied);
+                }
+            },
+        };
+        let fail = move |err| match tagged {
+            true => answer_failure(err),
+            false => fail(err),
         };
         // The URL's host only becomes the Host header / SNI at the binding-worker, but it
         // must be there: fetch() takes absolute http(s) URLs only.
@@ -246,7 +295,15 @@ impl WasiHttpHooks for OutboundHooks {
         let redirect = route.redirect;
         Box::new(async move {
             let permit = connection.acquire().await;
-            let response = sender.send(request, redirect).await?;
+            let mut response = match sender.send(request, redirect).await {
+                Ok(response) => response,
+                Err(err) if tagged => return failure_response(&err),
+                Err(err) => return Err(err),
+            };
+            if tagged {
+                // Only the runtime marks a failure; an origin cannot forge one.
+                response.headers_mut().remove(js_tags::BINDING_ERROR);
+            }
             let response = response.map(|body| {
                 HeldBody {
                     inner: body,
@@ -273,6 +330,42 @@ impl WasiHttpHooks for OutboundHooks {
     fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
         is_forbidden(name)
     }
+}
+
+/// The binding and redirect mode a JavaScript script tagged `request` with, the tags
+/// removed; `None` for an untagged request.
+fn take_js_tags(request: &mut http::Request<WasiBody>) -> Option<(String, Redirect)> {
+    let headers = request.headers_mut();
+    let binding = headers.remove(js_tags::BINDING)?;
+    let redirect = match headers.remove(js_tags::REDIRECT) {
+        Some(mode) if mode.as_bytes().eq_ignore_ascii_case(b"manual") => Redirect::Manual,
+        _ => Redirect::Follow,
+    };
+    Some((
+        String::from_utf8_lossy(binding.as_bytes()).into_owned(),
+        redirect,
+    ))
+}
+
+/// A tagged request's failure as the response the shim reads it from.
+fn failure_response(
+    err: &wasmtime_wasi_http::Error,
+) -> Result<(http::Response<WasiBody>, ErrorFuture), wasmtime_wasi_http::Error> {
+    let code = crate::error_map::wire_name(&crate::error_map::error_code_of(err));
+    let response = http::Response::builder()
+        .status(StatusCode::BAD_GATEWAY)
+        .header(js_tags::BINDING_ERROR, code)
+        .body(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))?;
+    Ok((response, Box::new(async { Ok(()) }) as ErrorFuture))
+}
+
+fn answer_failure(err: wasmtime_wasi_http::Error) -> SendFuture {
+    Box::new(async move { failure_response(&err) })
 }
 
 /// wasi-http's default forbidden headers, less the two an upgrade needs.

@@ -26,6 +26,52 @@ pub(crate) struct LoadedScript {
     pub bindings: Arc<ScriptBindings>,
     /// Idle instances of this version, for the next requests (`limits.isolation`).
     pub instances: InstancePool,
+    /// The component serves one request per instance whatever `limits.isolation` says
+    /// ([`serves_one_request_per_instance`]).
+    pub one_request_per_instance: bool,
+}
+
+/// The custom section by which a component says that an instance of it serves one request
+/// only (JavaScript scripts: their engine's fetch event is created once per instance).
+/// Written by `wvpc_js_build`.
+pub const ISOLATION_SECTION: &str = wvpc_js_build::ISOLATION_SECTION;
+
+/// Whether the component in `bytes` carries [`ISOLATION_SECTION`] = `request` at its top
+/// level. Reads only the top-level section headers (nested modules are skipped whole).
+pub(crate) fn serves_one_request_per_instance(bytes: &[u8]) -> bool {
+    fn leb(bytes: &[u8], at: &mut usize) -> Option<usize> {
+        let mut value = 0usize;
+        for shift in (0..35).step_by(7) {
+            let byte = *bytes.get(*at)?;
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut at = 8;
+    while at < bytes.len() {
+        let id = bytes[at];
+        at += 1;
+        let Some(size) = leb(bytes, &mut at) else {
+            return false;
+        };
+        let Some(end) = at.checked_add(size).filter(|&end| end <= bytes.len()) else {
+            return false;
+        };
+        if id == 0 {
+            let mut name_at = at;
+            if let Some(len) = leb(bytes, &mut name_at)
+                && bytes.get(name_at..name_at + len) == Some(ISOLATION_SECTION.as_bytes())
+            {
+                return bytes.get(name_at + len..end) == Some(b"request".as_slice());
+            }
+        }
+        at = end;
+    }
+    false
 }
 
 /// Why a [`Runtime`](crate::Runtime) or [`ScriptHost`](crate::ScriptHost) could not be
@@ -74,6 +120,9 @@ pub enum RuntimeError {
         /// What wasmtime reported.
         reason: String,
     },
+    /// A JavaScript `main` could not be built into a component.
+    #[error(transparent)]
+    BuildScript(#[from] wvpc_js_build::JsBuildError),
     /// The wasmtime engine could not be created.
     #[error("cannot create the WebAssembly engine: {0}")]
     Engine(String),

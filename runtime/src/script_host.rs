@@ -233,6 +233,8 @@ struct Refusal {
 struct Compiled {
     pre: ScriptPre<HostState>,
     module: ModuleSource,
+    /// [`crate::script::serves_one_request_per_instance`] of the module.
+    one_request_per_instance: bool,
 }
 
 /// State only `apply` (and the move to a fresh engine) touches.
@@ -298,7 +300,9 @@ impl ScriptHost {
             DEFAULT_WORKERS_DOMAIN.to_owned(),
             output,
             |engine, bindings| {
-                let (bytes, pre) = crate::script::load(engine, &config.main)?;
+                let (bytes, pre) = crate::script::load(engine, &config.component()?)?;
+                let one_request_per_instance =
+                    crate::script::serves_one_request_per_instance(&bytes);
                 let services = config
                     .vpc_services
                     .iter()
@@ -321,6 +325,7 @@ impl ScriptHost {
                         config.limits,
                     )),
                     instances: InstancePool::default(),
+                    one_request_per_instance,
                 });
                 let table = Table {
                     any_host: Some(loaded),
@@ -329,8 +334,14 @@ impl ScriptHost {
                 };
                 // The bytes read now, not the file: a fresh engine must not pick up an edit.
                 let module = ModuleSource::Bytes(bytes.into());
-                let compiled =
-                    HashMap::from([(LOCAL_VERSION.to_owned(), Compiled { pre, module })]);
+                let compiled = HashMap::from([(
+                    LOCAL_VERSION.to_owned(),
+                    Compiled {
+                        pre,
+                        module,
+                        one_request_per_instance,
+                    },
+                )]);
                 Ok((table, compiled))
             },
         )?;
@@ -343,6 +354,73 @@ impl ScriptHost {
             "script loaded"
         );
         Ok(host)
+    }
+
+    /// `wvpc dev` after an edit: `config`'s script, now built as the component at `wasm`,
+    /// replaces the one served (requests in flight finish on the old one). Compiled off
+    /// the async threads. `Err` leaves the old script served.
+    pub(crate) async fn replace_single(
+        &self,
+        config: &ScriptConfig,
+        wasm: &std::path::Path,
+    ) -> Result<(), RuntimeError> {
+        let mut state = self.deploy.lock().await;
+        let engine = self.engine();
+        let path = wasm.to_owned();
+        let (bytes, pre) = tokio::task::spawn_blocking(move || crate::script::load(&engine, &path))
+            .await
+            .map_err(|e| RuntimeError::Engine(format!("compiling failed: {e}")))??;
+        let current = self.current();
+        let Some(old) = current.any_host.as_ref() else {
+            return Err(RuntimeError::Engine(
+                "only the host of `wvpc dev` replaces its script".into(),
+            ));
+        };
+        let one_request_per_instance = crate::script::serves_one_request_per_instance(&bytes);
+        let services = config
+            .vpc_services
+            .iter()
+            .map(|b| (b.binding.clone(), b.service_id))
+            .collect();
+        let networks = config
+            .vpc_networks
+            .iter()
+            .map(|b| (b.binding.clone(), b.network))
+            .collect();
+        let bindings = Bindings {
+            client: &self.client,
+            output: &self.output,
+        };
+        let loaded = Arc::new(LoadedScript {
+            pre: pre.clone(),
+            etag: LOCAL_VERSION.into(),
+            bindings: Arc::new(bindings.script(
+                &old.bindings.account,
+                &config.name,
+                LOCAL_VERSION,
+                &services,
+                &networks,
+                config.limits,
+            )),
+            instances: InstancePool::default(),
+            one_request_per_instance,
+        });
+        state.compiled.insert(
+            LOCAL_VERSION.to_owned(),
+            Compiled {
+                pre,
+                module: ModuleSource::Bytes(bytes.into()),
+                one_request_per_instance,
+            },
+        );
+        let table = Table {
+            any_host: Some(loaded),
+            routes: current.routes.clone(),
+            scripts: HashMap::new(),
+        };
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        tracing::info!(script = %config.name, main = %config.main.display(), "script replaced");
+        Ok(())
     }
 
     fn with_table(
@@ -471,7 +549,15 @@ impl ScriptHost {
                 .map_err(|e| format!("compiling {etag} failed: {e}"))?
                 .map_err(|e| format!("compiling {etag} failed: {e}"))?;
             let module = old.module.clone();
-            compiled.insert(etag.clone(), Compiled { pre, module });
+            let one_request_per_instance = old.one_request_per_instance;
+            compiled.insert(
+                etag.clone(),
+                Compiled {
+                    pre,
+                    module,
+                    one_request_per_instance,
+                },
+            );
         }
         let moved = |script: &Arc<LoadedScript>| -> Arc<LoadedScript> {
             match compiled.get(script.etag.as_ref()) {
@@ -481,6 +567,7 @@ impl ScriptHost {
                     bindings: script.bindings.clone(),
                     // The idle instances stay with the old engine's version and go with it.
                     instances: InstancePool::default(),
+                    one_request_per_instance: script.one_request_per_instance,
                 }),
                 // Not compiled by this host (cannot happen): it stays where it is.
                 None => script.clone(),
@@ -722,7 +809,7 @@ impl ScriptHost {
             return Ok(served(old.loaded.clone()));
         }
         let limits = Limits::from_section(&deployment.limits)?;
-        let pre = self.component(state, deployment).await?;
+        let (pre, one_request_per_instance) = self.component(state, deployment).await?;
         let etag = deployment.etag.as_str().into();
         let bindings = Bindings {
             client: &self.client,
@@ -740,6 +827,7 @@ impl ScriptHost {
                 limits,
             )),
             instances: InstancePool::default(),
+            one_request_per_instance,
         };
         Ok(served(Arc::new(loaded)))
     }
@@ -750,9 +838,9 @@ impl ScriptHost {
         &self,
         state: &mut DeployState,
         deployment: &Deployment,
-    ) -> Result<ScriptPre<HostState>, DeploymentError> {
+    ) -> Result<(ScriptPre<HostState>, bool), DeploymentError> {
         if let Some(compiled) = state.compiled.get(&deployment.etag) {
-            return Ok(compiled.pre.clone());
+            return Ok((compiled.pre.clone(), compiled.one_request_per_instance));
         }
         let bytes = deployment
             .module
@@ -760,15 +848,17 @@ impl ScriptHost {
             .await
             .map_err(|e| DeploymentError::Module(e.into()))?;
         let engine = self.engine();
+        let one_request_per_instance = crate::script::serves_one_request_per_instance(&bytes);
         let pre = tokio::task::spawn_blocking(move || crate::script::compile(&engine, &bytes))
             .await
             .map_err(|e| ComponentError::Engine(format!("compiling failed: {e}")))??;
         let compiled = Compiled {
             pre: pre.clone(),
             module: deployment.module.clone(),
+            one_request_per_instance,
         };
         state.compiled.insert(deployment.etag.clone(), compiled);
-        Ok(pre)
+        Ok((pre, one_request_per_instance))
     }
 }
 

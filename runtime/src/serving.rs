@@ -139,7 +139,7 @@ async fn run_script(
     let bindings = &script.bindings;
     let limits = bindings.limits;
     check_incoming(&request, &limits)?;
-    let reuse = limits.isolation == Isolation::Instance;
+    let reuse = limits.isolation == Isolation::Instance && !script.one_request_per_instance;
     let mut instance = match reuse.then(|| script.instances.take()).flatten() {
         Some(mut idle) => {
             HostState::start_request(&mut idle.store, request_id.clone());

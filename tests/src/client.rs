@@ -20,6 +20,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The value of header `name`, when it is there and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
     /// The body as text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -42,12 +47,34 @@ pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Reply {
     send_to_host(addr, host, "GET", path, Bytes::new()).await
 }
 
+/// [`send`] with extra request headers.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    exchange(addr, &addr.to_string(), method, path, headers, body).await
+}
+
 /// [`send`] with `host` as the `Host` header.
 pub async fn send_to_host(
     addr: SocketAddr,
     host: &str,
     method: &str,
     path: &str,
+    body: Bytes,
+) -> Reply {
+    exchange(addr, host, method, path, &[], body).await
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
     body: Bytes,
 ) -> Reply {
     let stream = TcpStream::connect(addr)
@@ -58,12 +85,14 @@ pub async fn send_to_host(
         .await
         .expect("HTTP/1.1 handshake");
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, host)
-        .body(Full::new(body))
-        .unwrap();
+        .header(hyper::header::HOST, host);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(body)).unwrap();
     let resp = sender.send_request(req).await.expect("sending the request");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();

@@ -41,6 +41,27 @@ pub mod guests {
     /// RESP), `/echo` (write, half-close, read to the end), `/fetch?url=` through a network
     /// binding, `/open`, `/stash`; failures answer `502 ProxyError: <code>`.
     pub const SOCKETS: &str = env!("WVPC_GUEST_SOCKETS");
+    /// `examples/proxy-js`: the proxy in JavaScript — its entry module, built into a
+    /// component by the runtime when loaded (`wvpc_js_build`; needs Node.js, see
+    /// [`javascript_builds`]).
+    pub const PROXY_JS: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/proxy-js/src/index.js"
+    );
+
+    /// Whether JavaScript scripts can be built here (Node.js ≥ 20 and npm); prints why not
+    /// (`SKIPPED (node): …`) for the test that then returns early.
+    pub fn javascript_builds() -> bool {
+        let node = std::process::Command::new("node").arg("--version").output();
+        let npm = std::process::Command::new("npm").arg("--version").output();
+        match (node, npm) {
+            (Ok(node), Ok(npm)) if node.status.success() && npm.status.success() => true,
+            _ => {
+                println!("SKIPPED (node): JavaScript scripts need Node.js ≥ 20 and npm to build");
+                false
+            }
+        }
+    }
 }
 
 /// Installs a tracing subscriber once (`RUST_LOG` controls it; quiet by default).

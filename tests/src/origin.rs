@@ -1,8 +1,8 @@
 //! A private origin for tests: a real HTTP/1.1 server that records what it received.
 //!
 //! Routes: `GET /big/<n>` streams `n` bytes of [`pattern`]; `POST /echo` streams the request
-//! body back; `GET /slow/<ms>` answers after `ms` milliseconds (a request in flight); anything
-//! else answers `hello from origin: <path and query>`. Every request is
+//! body back; `GET /slow/<ms>` answers after `ms` milliseconds (a request in flight);
+//! `/moved/<rest>` answers `307` to `/<rest>`; anything else answers `hello from origin: <path and query>`. Every request is
 //! recorded (method, path and query, `Host`, body length) and every accepted TCP connection
 //! counted (and the open ones), so tests can assert what reached the origin, whether
 //! connections were reused and whether they were closed.
@@ -263,6 +263,15 @@ async fn handle(
         let mut resp = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(chunks)));
         resp.headers_mut()
             .insert(hyper::header::CONTENT_LENGTH, n.into());
+        return Ok(resp);
+    }
+    if let Some(rest) = path.strip_prefix("/moved/") {
+        // A 307 (same method and body) to `/<rest>`.
+        let mut resp = Response::new(http_body_util::BodyExt::boxed(Full::new(Bytes::new())));
+        *resp.status_mut() = hyper::StatusCode::TEMPORARY_REDIRECT;
+        if let Ok(location) = format!("/{rest}").parse() {
+            resp.headers_mut().insert(hyper::header::LOCATION, location);
+        }
         return Ok(resp);
     }
     if let Some(ms) = req_path_number(&path, "/slow/") {

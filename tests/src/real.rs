@@ -67,6 +67,8 @@ pub struct WorldOptions {
     pub directory: Option<String>,
     /// Given every binding exchange of the script (what `wvpc dev --record` taps).
     pub exchange_tap: Option<Arc<dyn wvpc_runtime::ExchangeTap>>,
+    /// The script's `limits`.
+    pub limits: wvpc_runtime::Limits,
 }
 
 impl Default for WorldOptions {
@@ -81,6 +83,7 @@ impl Default for WorldOptions {
             max_connections_per_service: 256,
             directory: None,
             exchange_tap: None,
+            limits: Default::default(),
         }
     }
 }
@@ -187,7 +190,7 @@ impl RealWorld {
                         service_id: service.service_id,
                     }],
                     vpc_networks: Vec::new(),
-                    limits: Default::default(),
+                    limits: options.limits,
                 },
                 listen: "127.0.0.1:0".parse()?,
                 edge_listen: "127.0.0.1:0".parse()?,

@@ -1,4 +1,5 @@
-//! `wvpc deploy`: uploads the built script (the `main` wasm of the wrangler config) with its
+//! `wvpc deploy`: uploads the built script (the `main` wasm of the wrangler config, or its
+//! JavaScript `main` built into a component first) with its
 //! `vpc_services` and `vpc_networks` (as `vpc_network`) bindings, `routes` (or `route`), `workers_dev` and `limits` to the directory
 //! API, which checks the component, verifies every binding against the deploying token, checks
 //! the routes, stores a new version and makes it the one served. Refusals name the binding, the
@@ -84,14 +85,38 @@ pub async fn run(
         Ok(placeholder)
     })?;
     let by_name = by_name.into_inner();
-    let module = std::fs::read(&script.main)
-        .with_context(|| format!("reading the script module {}", script.main.display()))?;
-    let main_module = script
-        .main
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("worker.wasm")
-        .to_owned();
+    // A JavaScript main is built here, as wrangler builds before it uploads.
+    let component = match script.is_javascript() {
+        true => {
+            let building = script.clone();
+            let wasm = tokio::task::spawn_blocking(move || building.component())
+                .await
+                .context("building the script")??;
+            writeln!(
+                out,
+                "built {} into a component ({})",
+                script.main.display(),
+                wasm.display()
+            )?;
+            wasm
+        }
+        false => script.main.clone(),
+    };
+    let module = std::fs::read(&component)
+        .with_context(|| format!("reading the script module {}", component.display()))?;
+    let main_module = match script.is_javascript() {
+        true => script
+            .main
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .map_or_else(|| "worker.wasm".to_owned(), |stem| format!("{stem}.wasm")),
+        false => script
+            .main
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("worker.wasm")
+            .to_owned(),
+    };
     let bindings: Vec<serde_json::Value> = script
         .vpc_services
         .iter()

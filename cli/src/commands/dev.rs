@@ -20,6 +20,7 @@ use wvpc_iris::dev_mock::{Exchange, MockNetwork};
 use wvpc_platform::mock_file::{self, MockFileWatch};
 use wvpc_platform::mock_record::MockRecorder;
 use wvpc_platform::mock_stack::{MockStack, MockStackConfig};
+use wvpc_platform::script_sources::{self, SourceWatch};
 use wvpc_platform::stack::{IrisOptions, Stack, StackConfig, describe_bindings};
 
 /// Config file names looked for in the current directory, in order, when `--config` is absent.
@@ -115,6 +116,25 @@ pub async fn run(
     let script = ScriptConfig::load_resolving(&config_path, &|name| {
         resolve_service_name(&directory, state, name)
     })?;
+    // A JavaScript main is built before anything starts: its errors end `wvpc dev` here.
+    if script.is_javascript() {
+        writeln!(out, "building {}", shown(&script.main, &cwd).display())?;
+        out.flush()?;
+    }
+    let first_build = script_sources::build(&script).await?;
+    if let Some(cached) = first_build.cached {
+        writeln!(
+            out,
+            "built {}{}",
+            shown(&script.main, &cwd).display(),
+            if cached {
+                " (unchanged: from the build cache)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    let mut sources = SourceWatch::new(&first_build.sources);
     let (recorder, mut recorded) = match &args.record {
         Some(path) => {
             let (recorder, events) = MockRecorder::start(path, &config_path)?;
@@ -193,18 +213,31 @@ pub async fn run(
         )?;
     }
     out.flush()?;
-    match &mut recorded {
-        None => shutdown_signal().await,
-        Some(events) => {
-            let shutdown = shutdown_signal();
-            tokio::pin!(shutdown);
-            loop {
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    Some(event) = events.recv() => {
-                        writeln!(out, "{event}")?;
-                        out.flush()?;
-                    }
+    writeln!(
+        out,
+        "  watching {} source file(s): an edit rebuilds and serves the new build",
+        first_build.sources.len()
+    )?;
+    out.flush()?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut poll = tokio::time::interval(SOURCE_POLL);
+    loop {
+        let event = async {
+            match &mut recorded {
+                Some(events) => events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(event) = event => {
+                writeln!(out, "{event}")?;
+                out.flush()?;
+            }
+            _ = poll.tick() => {
+                if let Some(changed) = sources.changed() {
+                    rebuild(&script, &stack, &changed, &mut sources, out).await?;
                 }
             }
         }
@@ -212,6 +245,46 @@ pub async fn run(
     tracing::info!("shutting down");
     api.abort();
     stack.shutdown();
+    Ok(())
+}
+
+/// `path` relative to `cwd` when it is inside it (as the user wrote it), else as it is.
+fn shown<'a>(path: &'a Path, cwd: &Path) -> &'a Path {
+    path.strip_prefix(cwd).unwrap_or(path)
+}
+
+/// How often `wvpc dev` looks at its script's sources.
+const SOURCE_POLL: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// After an edit of `changed`: builds the script again and serves the new build; a build
+/// that fails is reported and the previous build serves on.
+async fn rebuild(
+    script: &ScriptConfig,
+    stack: &Stack,
+    changed: &Path,
+    sources: &mut SourceWatch,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    writeln!(out, "{} changed: rebuilding", shown(changed, &cwd).display())?;
+    out.flush()?;
+    match script_sources::build(script).await {
+        Err(err) => writeln!(
+            out,
+            "build failed; still serving the previous build:\n{err}"
+        )?,
+        Ok(build) => {
+            *sources = SourceWatch::new(&build.sources);
+            match stack.reload_script(script, &build.wasm).await {
+                Ok(()) => writeln!(out, "rebuilt: serving the new build")?,
+                Err(err) => writeln!(
+                    out,
+                    "the new build does not load; still serving the previous one: {err}"
+                )?,
+            }
+        }
+    }
+    out.flush()?;
     Ok(())
 }
 

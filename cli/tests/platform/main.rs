@@ -7,6 +7,7 @@
 //! [`cluster`] runs several iris nodes on one PostgreSQL directory.
 
 mod cluster;
+mod javascript;
 mod networks;
 mod wrangler;
 

@@ -16,6 +16,7 @@
 //!   and connector (its allow-list, an origin's reset).
 //! - [`relay`]: a request relayed from the iris node it entered to the node holding the tunnel.
 //! - [`websocket`]: a WebSocket upgrade through the real path.
+//! - [`javascript`]: JavaScript scripts (`examples/proxy-js` and inline ones) on the real path.
 //! - [`postgres_directory`]: the real path on a PostgreSQL directory, and while it is down.
 
 mod cluster;
@@ -23,6 +24,7 @@ mod dev_mock;
 mod dev_record;
 mod error_codes;
 mod ha;
+mod javascript;
 mod live_config;
 mod mock_tunnel;
 mod network_connect;
