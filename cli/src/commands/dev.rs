@@ -266,7 +266,11 @@ async fn rebuild(
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let cwd = std::env::current_dir().unwrap_or_default();
-    writeln!(out, "{} changed: rebuilding", shown(changed, &cwd).display())?;
+    writeln!(
+        out,
+        "{} changed: rebuilding",
+        shown(changed, &cwd).display()
+    )?;
     out.flush()?;
     match script_sources::build(script).await {
         Err(err) => writeln!(

@@ -69,12 +69,7 @@ async fn wrangler_deploys_a_javascript_script_that_the_runtime_serves_through_it
         println!("SKIPPED (WRANGLER): not set (WRANGLER=$(scripts/install-wrangler))");
         return;
     };
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("SKIPPED (node): Node.js is not installed; the JavaScript build needs it");
+    if !wvpc_tests::guests::javascript_builds() {
         return;
     }
     let wrangler = std::path::PathBuf::from(wrangler);
