@@ -2777,6 +2777,17 @@ async fn wranglers_calls_for_a_new_then_an_existing_script_are_answered_in_cloud
     let listed = api.admin(Method::GET, &routes, None).await;
     assert_eq!(listed.result().as_array().unwrap().len(), 2, "unchanged");
 
+    // wrangler's zone lookup is told what to do instead.
+    let zones = api
+        .admin(Method::GET, "/zones?name=hello.example.com", None)
+        .await;
+    let (code, message) = zones.error();
+    assert_eq!((zones.status, code), (404, u64::from(code::NO_ROUTE)));
+    assert!(
+        message.contains("set \"workers_dev\": true beside \"routes\""),
+        "{message}"
+    );
+
     // Every one of these names an unknown script with 10007.
     for (method, rest, body) in [
         (Method::GET, "/subdomain", None),

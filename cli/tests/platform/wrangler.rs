@@ -1,5 +1,6 @@
 //! The real wrangler (`$WRANGLER`, installed by `scripts/install-wrangler`) deploys a
-//! JavaScript script with a `vpc_services` binding to the platform's directory API, and the
+//! JavaScript script with `vpc_services` and `vpc_networks` bindings to the platform's
+//! directory API, and the
 //! runtime serves it: the origin behind the tunnel answers through the binding. A second
 //! deploy of the changed script takes wrangler's other path (a version upload, then a
 //! deployment) and the runtime serves the new version.
@@ -89,7 +90,8 @@ async fn wrangler_deploys_a_javascript_script_that_the_runtime_serves_through_it
   "name": "hello-js",
   "main": "src/index.js",
   "compatibility_date": "2025-01-01",
-  "vpc_services": [{{ "binding": "API", "service_id": "{service}" }}]
+  "vpc_services": [{{ "binding": "API", "service_id": "{service}" }}],
+  "vpc_networks": [{{ "binding": "NET", "network_id": "cf1:network" }}]
 }}"#
         ),
     )
@@ -120,4 +122,10 @@ async fn wrangler_deploys_a_javascript_script_that_the_runtime_serves_through_it
     let versions = platform.directory().script_versions("hello-js").unwrap();
     assert_eq!(versions.len(), 2, "{versions:?}");
     assert!(versions[0].active && versions[0].number == 2);
+    let bindings: Vec<(&str, &str)> = versions[0]
+        .bindings
+        .iter()
+        .map(|b| (b.name.as_str(), b.binding_type.as_str()))
+        .collect();
+    assert_eq!(bindings, [("API", "vpc_service"), ("NET", "vpc_network")]);
 }

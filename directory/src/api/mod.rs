@@ -393,6 +393,18 @@ fn dispatch(
                 },
             ))
         }
+        // wrangler looks zones up before it publishes routes (when workers.dev stays off);
+        // routes here need no zone, and wrangler skips the lookup with workers.dev on.
+        ["zones", ..] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            code::NO_ROUTE,
+            format!(
+                "No route for that URI: {PREFIX}/{}: this directory has no zones (a script's \
+                 routes need none); with wrangler, set \"workers_dev\": true beside \"routes\" \
+                 so that it does not look zones up, or deploy the routes with `wvpc deploy`",
+                request.segments.join("/")
+            ),
+        )),
         ["accounts", account, rest @ ..] => {
             let caller = Caller {
                 dir: account_view(directory, &token, account)?,
