@@ -2506,6 +2506,11 @@ async fn js_api() -> Option<Api> {
         println!("SKIPPED (node): Node.js is not installed; JavaScript uploads cannot be built");
         return None;
     }
+    Some(api_building_with(wvpc_js_build::JsBuilder::new(js_cache_dir())).await)
+}
+
+/// A server that builds JavaScript uploads with `builder`.
+async fn api_building_with(builder: wvpc_js_build::JsBuilder) -> Api {
     let mut api = Api::start().await;
     api.server.abort();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -2515,9 +2520,9 @@ async fn js_api() -> Option<Api> {
         None,
         listener,
         wvpc_listener::ServerLimits::default(),
-        wvpc_js_build::JsBuilder::new(js_cache_dir()),
+        builder,
     ));
-    Some(api)
+    api
 }
 
 /// One module part of a form: name, content type, bytes.
@@ -2925,4 +2930,42 @@ async fn a_javascript_upload_is_built_into_a_component_and_a_syntax_error_is_a_4
         wasmparser::Parser::is_component(&module),
         "a component, not a core module"
     );
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_build_javascript_answers_503_and_wasm_uploads_go_on() {
+    // A cache "directory" under a regular file: the build cannot even start.
+    let file = std::env::temp_dir().join(format!("wvpc-not-a-dir-{}", Uuid::new_v4()));
+    std::fs::write(&file, b"").unwrap();
+    let api = api_building_with(wvpc_js_build::JsBuilder::new(file.join("js"))).await;
+    let js = b"export default { fetch() { return new Response('hi'); } };";
+    let answer = api
+        .send_form(
+            Method::PUT,
+            &api.script_path("hello", ""),
+            json!({ "main_module": "index.js" }),
+            &[("index.js", JS, js)],
+        )
+        .await;
+    assert_eq!(answer.status, 503, "{:#}", answer.body);
+    let (code, message) = answer.error();
+    assert_eq!(code, u64::from(code::BUILD_UNAVAILABLE));
+    assert!(
+        message.starts_with("this directory cannot build JavaScript scripts now: "),
+        "{message}"
+    );
+    let wasm = api
+        .upload(
+            &api.admin.clone(),
+            "hello",
+            json!({ "main_module": "worker.wasm" }),
+            &handler(0),
+        )
+        .await;
+    assert_eq!(
+        wasm.status, 200,
+        "a wasm upload needs no build: {:#}",
+        wasm.body
+    );
+    let _ = std::fs::remove_file(&file);
 }

@@ -108,7 +108,12 @@ pub(super) fn route(
                 return Ok(Reply::ok(json!({ "items": versions })));
             }
             caller.require(Role::Bind, "uploading a script version")?;
-            let upload = parse_upload(request)?.into_upload(&caller.js)?;
+            let form = parse_upload(request)?;
+            // A version belongs to a script that exists: say so before seconds of building.
+            if caller.dir.script(name)?.is_none() {
+                return Err(DirectoryError::ScriptNotFound((*name).to_owned()).into());
+            }
+            let upload = form.into_upload(&caller.js)?;
             let version = caller.dir.upload_version(&caller.token, name, &upload)?;
             let mut answer = version_json(&version);
             answer["resources"] = json!({
@@ -444,7 +449,10 @@ fn build_refusal(main_module: &str, err: JsBuildError) -> ApiError {
         other => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             code::BUILD_UNAVAILABLE,
-            format!("this directory cannot build JavaScript scripts now: {other}"),
+            format!(
+                "this directory cannot build JavaScript scripts now: {}",
+                without_upload_dir(&other.to_string())
+            ),
         ),
     }
 }
