@@ -13,8 +13,8 @@ use tokio::process::Command;
 use super::*;
 
 /// `$WRANGLER deploy` in `project` against the platform's API; its stdout, or a panic with
-/// what it printed. Telemetry is off and its home is the project, so that it reads no user
-/// config and calls nothing but the loopback API.
+/// what it printed. Telemetry, error reports and the update check are off and its home is
+/// the project, so that it reads no user config and calls nothing but loopback.
 async fn wrangler_deploy(wrangler: &Path, project: &Path, platform: &Platform) -> String {
     let account = platform.directory().account_id().to_owned();
     let mut command = Command::new(wrangler);
@@ -28,6 +28,11 @@ async fn wrangler_deploy(wrangler: &Path, project: &Path, platform: &Platform) -
         .env("CLOUDFLARE_API_TOKEN", &platform.token)
         .env("CLOUDFLARE_ACCOUNT_ID", account)
         .env("WRANGLER_SEND_METRICS", "false")
+        .env("WRANGLER_SEND_ERROR_REPORTS", "false")
+        // The banner's update check asks npm's registry; warnings may ask it too: point it
+        // at a loopback port where nothing listens.
+        .env("WRANGLER_HIDE_BANNER", "true")
+        .env("npm_config_registry", "http://127.0.0.1:9/")
         .env("HOME", project.join(".home"))
         .env("XDG_CONFIG_HOME", project.join(".home"))
         .env("CI", "true")
