@@ -2779,6 +2779,32 @@ async fn wranglers_calls_for_a_new_then_an_existing_script_are_answered_in_cloud
         "{:?}",
         bad.error()
     );
+    api.upload(
+        &api.admin.clone(),
+        "other",
+        json!({ "main_module": "worker.wasm", "routes": ["taken.example.com/*"] }),
+        &handler(3),
+    )
+    .await
+    .result();
+    let taken = api
+        .admin(
+            Method::PUT,
+            &routes,
+            Some(json!(["hello.example.com/*", "taken.example.com/*"])),
+        )
+        .await;
+    assert_eq!(
+        (taken.status, taken.error().0),
+        (409, u64::from(code::ROUTE_TAKEN))
+    );
+    assert!(
+        taken.error().1.starts_with(
+            "routes[1].pattern: \"taken.example.com/*\" is already routed to script \"other\""
+        ),
+        "{:?}",
+        taken.error()
+    );
     let listed = api.admin(Method::GET, &routes, None).await;
     assert_eq!(listed.result().as_array().unwrap().len(), 2, "unchanged");
 

@@ -94,7 +94,17 @@ pub(super) fn routes(caller: &Caller, request: &ApiRequest, name: &str) -> Resul
                     .collect(),
             });
         }
-        caller.dir.set_routes(name, &routes)?
+        caller.dir.set_routes(name, &routes).map_err(|err| {
+            // The directory names an upload's fields (`metadata.routes[0]…`); here the routes
+            // are the body itself.
+            let mut err = ApiError::from(err);
+            for entry in &mut err.errors {
+                if let Some(rest) = entry.message.strip_prefix("metadata.") {
+                    entry.message = rest.to_owned();
+                }
+            }
+            err
+        })?
     } else {
         caller.require(Role::Read, "reading a script's routes")?;
         existing(caller, name)?
