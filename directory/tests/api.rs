@@ -2665,6 +2665,26 @@ async fn wranglers_calls_for_a_new_then_an_existing_script_are_answered_in_cloud
         (&items[0]["id"], &items[0]["active"]),
         (&second, &json!(true))
     );
+    let one = api
+        .admin(
+            Method::GET,
+            &api.script_path("hello", &format!("/versions/{}", second.as_str().unwrap())),
+            None,
+        )
+        .await;
+    assert_eq!(one.result()["number"], 2);
+    assert_eq!(one.result()["metadata"]["source"], "api");
+    let missing = api
+        .admin(
+            Method::GET,
+            &api.script_path("hello", &format!("/versions/{}", Uuid::new_v4())),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (missing.status, missing.error().0),
+        (404, u64::from(code::VERSION_NOT_FOUND))
+    );
 
     // The settings wrangler patches after a version deploy: only their "off" values.
     let patched = api

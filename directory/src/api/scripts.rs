@@ -122,6 +122,30 @@ pub(super) fn route(
             });
             Ok(Reply::ok(answer))
         }
+        [name, "versions", id] => {
+            allow(request, &[Method::GET])?;
+            caller.require(Role::Read, "reading a script version")?;
+            let version = Uuid::try_parse(id)
+                .ok()
+                .and_then(|id| {
+                    caller
+                        .dir
+                        .script_versions(name)
+                        .map(|versions| versions.into_iter().find(|v| v.id == id))
+                        .transpose()
+                })
+                .transpose()?;
+            let Some(version) = version else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    code::VERSION_NOT_FOUND,
+                    format!(
+                        "script {name:?} has no version {id:?} (GET …/versions lists its versions)"
+                    ),
+                ));
+            };
+            Ok(Reply::ok(version_json(&version)))
+        }
         [name, "subdomain"] => super::script_settings::subdomain(caller, request, name),
         [name, "routes"] => super::script_settings::routes(caller, request, name),
         [name, "script-settings"] => super::script_settings::script_settings(caller, request, name),
