@@ -880,13 +880,13 @@ async fn deploy_prints_where_the_script_is_served_and_versions_roll_back_and_del
     let gone = run(&["deployments", "list", "proxy"]);
     assert_eq!(gone.status.code(), Some(1));
     assert!(
-        stderr(&gone).contains("[1009] no script \"proxy\" in this account"),
+        stderr(&gone).contains("[10007] no script \"proxy\" in this account"),
         "{}",
         stderr(&gone)
     );
     let gone = run(&["delete", "proxy"]);
     assert!(
-        stderr(&gone).contains("[1009] no script \"proxy\" in this account"),
+        stderr(&gone).contains("[10007] no script \"proxy\" in this account"),
         "{}",
         stderr(&gone)
     );

@@ -189,21 +189,30 @@ fn hostname_problem(name: &str) -> Option<String> {
 
 /// `metadata.routes` of an upload: every problem is pushed as `path: message`.
 pub(crate) fn parse_routes(value: Option<&Value>, problems: &mut Vec<String>) -> Vec<ScriptRoute> {
+    parse_routes_at("metadata.routes", value, problems)
+}
+
+/// Routes given at `field` (`metadata.routes` of an upload, or the body of
+/// `PUT …/routes`): every problem is pushed as `path: message`.
+pub(crate) fn parse_routes_at(
+    field: &str,
+    value: Option<&Value>,
+    problems: &mut Vec<String>,
+) -> Vec<ScriptRoute> {
     let entries = match value {
         None | Some(Value::Null) => return Vec::new(),
         Some(Value::Array(entries)) => entries,
         Some(_) => {
-            problems.push(
-                "metadata.routes: expected an array of patterns (\"api.example.com/*\") or \
-                 {pattern, zone_name} objects"
-                    .into(),
-            );
+            problems.push(format!(
+                "{field}: expected an array of patterns (\"api.example.com/*\") or \
+                 {{pattern, zone_name}} objects"
+            ));
             return Vec::new();
         }
     };
     if entries.len() > MAX_ROUTES_PER_SCRIPT {
         problems.push(format!(
-            "metadata.routes: {} routes; a script may have at most {MAX_ROUTES_PER_SCRIPT}",
+            "{field}: {} routes; a script may have at most {MAX_ROUTES_PER_SCRIPT}",
             entries.len()
         ));
         return Vec::new();
@@ -211,7 +220,7 @@ pub(crate) fn parse_routes(value: Option<&Value>, problems: &mut Vec<String>) ->
     let mut routes: Vec<ScriptRoute> = Vec::new();
     let mut first: std::collections::HashMap<String, usize> = Default::default();
     for (i, entry) in entries.iter().enumerate() {
-        let at = format!("metadata.routes[{i}]");
+        let at = format!("{field}[{i}]");
         let route = match entry {
             Value::String(pattern) => normalize_pattern(pattern, false)
                 .map(|pattern| ScriptRoute {
@@ -232,7 +241,7 @@ pub(crate) fn parse_routes(value: Option<&Value>, problems: &mut Vec<String>) ->
         let Some(route) = route else { continue };
         if let Some(earlier) = first.get(&route.pattern) {
             problems.push(format!(
-                "{at}: {:?} is already given by metadata.routes[{earlier}]",
+                "{at}: {:?} is already given by {field}[{earlier}]",
                 route.pattern
             ));
             continue;

@@ -448,7 +448,6 @@ impl Directory {
         let script = self.write(|tx| {
             let bindings = verify_bindings(tx, account, token, &upload.bindings)?;
             check_routes_free(tx, account, name, &upload.routes)?;
-            let bindings = to_json("script bindings", &bindings)?;
             let now = now_rfc3339();
             let version_id = Uuid::new_v4().to_string();
             let exists = script_exists(tx, account, name)?;
@@ -466,46 +465,15 @@ impl Directory {
                     params![account, name, version_id, upload.workers_dev, now],
                 )?;
             }
-            tx.execute(
-                "INSERT INTO modules (etag, module) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![etag, upload.module],
-            )?;
-            tx.execute(
-                "INSERT INTO script_versions (version_id, account_id, script, number, etag,
-                   main_module, bindings, limits, author, created_on)
-                 SELECT ?1, ?2, ?3, COALESCE(MAX(number), 0) + 1, ?4, ?5, ?6, ?7, ?8, ?9
-                 FROM script_versions WHERE account_id = ?2 AND script = ?3",
-                params![
-                    version_id,
-                    account,
-                    name,
-                    etag,
-                    upload.main_module,
-                    bindings,
-                    limits,
-                    token.name,
-                    now
-                ],
-            )?;
-            tx.execute(
-                "DELETE FROM script_routes WHERE account_id = ?1 AND script = ?2",
-                [account, name],
-            )?;
-            for (position, route) in upload.routes.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO script_routes (pattern, account_id, script, position, zone_name,
-                                                custom_domain)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        route.pattern,
-                        account,
-                        name,
-                        i64::try_from(position).unwrap_or(i64::MAX),
-                        route.zone_name,
-                        route.custom_domain
-                    ],
-                )?;
-            }
+            let stored = StoredVersion {
+                id: &version_id,
+                etag: &etag,
+                bindings: &bindings,
+                limits: &limits,
+                now: &now,
+            };
+            insert_version(tx, account, name, token, upload, &stored)?;
+            replace_routes(tx, account, name, &upload.routes)?;
             prune_versions(tx, account, name)?;
             collect_modules(tx)?;
             read_script(tx, account, name)?.ok_or_else(|| DirectoryError::Corrupt {
@@ -521,6 +489,99 @@ impl Directory {
             "script deployed"
         );
         Ok(script)
+    }
+
+    /// Stores a new version of the existing script `name` without serving it (Cloudflare's
+    /// version upload; `POST …/deployments` makes it active): the module is checked and the
+    /// bindings verified for `token` as in [`Self::deploy_script`]. The script's routes and
+    /// `workers_dev` stay as they are, and so does the version being served.
+    pub fn upload_version(
+        &self,
+        token: &ApiToken,
+        name: &str,
+        upload: &ScriptUpload,
+    ) -> Result<ScriptVersion, DirectoryError> {
+        check_script_name(name)?;
+        let problems = upload_problems(upload);
+        if !problems.is_empty() {
+            return Err(DirectoryError::InvalidUpload(problems));
+        }
+        crate::component::check(&upload.module).map_err(DirectoryError::InvalidComponent)?;
+        let etag = sha256_hex(&upload.module);
+        let limits = to_json("script limits", &upload.limits)?;
+        let account = self.account_id();
+        let version = self.write(|tx| {
+            if !script_exists(tx, account, name)? {
+                return Err(DirectoryError::ScriptNotFound(name.to_owned()));
+            }
+            let bindings = verify_bindings(tx, account, token, &upload.bindings)?;
+            let now = now_rfc3339();
+            let version_id = Uuid::new_v4().to_string();
+            let stored = StoredVersion {
+                id: &version_id,
+                etag: &etag,
+                bindings: &bindings,
+                limits: &limits,
+                now: &now,
+            };
+            insert_version(tx, account, name, token, upload, &stored)?;
+            prune_versions(tx, account, name)?;
+            collect_modules(tx)?;
+            tx.query_one(
+                &format!("SELECT {VERSION_COLUMNS} WHERE v.version_id = ?1"),
+                [version_id],
+                version_from_row,
+            )
+        })?;
+        tracing::debug!(
+            script = name,
+            version = version.number,
+            "script version uploaded"
+        );
+        Ok(version)
+    }
+
+    /// Whether script `name` is served on its default host `<script>.<subdomain>.<domain>`
+    /// (Cloudflare's workers.dev switch); the script as it is then.
+    pub fn set_workers_dev(&self, name: &str, enabled: bool) -> Result<Script, DirectoryError> {
+        let account = self.account_id();
+        self.write(|tx| {
+            let updated = tx.execute(
+                "UPDATE scripts SET workers_dev = ?3, modified_on = ?4
+                 WHERE account_id = ?1 AND name = ?2",
+                params![account, name, enabled, now_rfc3339()],
+            )?;
+            if updated == 0 {
+                return Err(DirectoryError::ScriptNotFound(name.to_owned()));
+            }
+            read_script(tx, account, name)?
+                .ok_or_else(|| DirectoryError::ScriptNotFound(name.into()))
+        })
+    }
+
+    /// Replaces the routes of script `name` (normalized, as [`crate::routes`] parses them);
+    /// refused when another script holds one. The script as it is then.
+    pub fn set_routes(&self, name: &str, routes: &[ScriptRoute]) -> Result<Script, DirectoryError> {
+        let mut check = ScriptUpload::new("", Vec::new());
+        check.routes = routes.to_vec();
+        let problems = upload_problems(&check);
+        if !problems.is_empty() {
+            return Err(DirectoryError::InvalidUpload(problems));
+        }
+        let account = self.account_id();
+        self.write(|tx| {
+            if !script_exists(tx, account, name)? {
+                return Err(DirectoryError::ScriptNotFound(name.to_owned()));
+            }
+            check_routes_free(tx, account, name, routes)?;
+            replace_routes(tx, account, name, routes)?;
+            tx.execute(
+                "UPDATE scripts SET modified_on = ?3 WHERE account_id = ?1 AND name = ?2",
+                params![account, name, now_rfc3339()],
+            )?;
+            read_script(tx, account, name)?
+                .ok_or_else(|| DirectoryError::ScriptNotFound(name.into()))
+        })
     }
 
     /// The account's scripts, by name, each as its active version.
@@ -744,6 +805,81 @@ fn read_script(conn: &Tx<'_>, account: &str, name: &str) -> Result<Option<Script
         created_on,
         modified_on,
     }))
+}
+
+/// What one upload stores as a version, computed before the transaction.
+struct StoredVersion<'a> {
+    id: &'a str,
+    etag: &'a str,
+    /// The verified bindings.
+    bindings: &'a [ScriptBinding],
+    /// `limits`, as JSON text.
+    limits: &'a str,
+    now: &'a str,
+}
+
+/// Stores the upload's module (once per etag) and a new version of script `name` numbered
+/// after its newest one.
+fn insert_version(
+    tx: &Tx<'_>,
+    account: &str,
+    name: &str,
+    token: &ApiToken,
+    upload: &ScriptUpload,
+    version: &StoredVersion<'_>,
+) -> Result<(), DirectoryError> {
+    let bindings = to_json("script bindings", &version.bindings)?;
+    tx.execute(
+        "INSERT INTO modules (etag, module) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        params![version.etag, upload.module],
+    )?;
+    tx.execute(
+        "INSERT INTO script_versions (version_id, account_id, script, number, etag,
+           main_module, bindings, limits, author, created_on)
+         SELECT ?1, ?2, ?3, COALESCE(MAX(number), 0) + 1, ?4, ?5, ?6, ?7, ?8, ?9
+         FROM script_versions WHERE account_id = ?2 AND script = ?3",
+        params![
+            version.id,
+            account,
+            name,
+            version.etag,
+            upload.main_module,
+            bindings,
+            version.limits,
+            token.name,
+            version.now
+        ],
+    )?;
+    Ok(())
+}
+
+/// Makes `routes` the routes of script `name` (they were checked free).
+fn replace_routes(
+    tx: &Tx<'_>,
+    account: &str,
+    name: &str,
+    routes: &[ScriptRoute],
+) -> Result<(), DirectoryError> {
+    tx.execute(
+        "DELETE FROM script_routes WHERE account_id = ?1 AND script = ?2",
+        [account, name],
+    )?;
+    for (position, route) in routes.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO script_routes (pattern, account_id, script, position, zone_name,
+                                        custom_domain)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                route.pattern,
+                account,
+                name,
+                i64::try_from(position).unwrap_or(i64::MAX),
+                route.zone_name,
+                route.custom_domain
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// Refuses routes that another script (of any account) holds.

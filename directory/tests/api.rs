@@ -1032,7 +1032,11 @@ async fn scripts_are_uploaded_with_bindings_by_id_or_name_listed_and_deleted() {
         )
         .await;
     assert_eq!(deployed.status, 200, "{:#}", deployed.body);
-    let script = deployed.result().clone();
+    let mut script = deployed.result().clone();
+    // The upload's answer names the version it deployed as Cloudflare does; the script
+    // itself has no such field.
+    assert_eq!(script["deployment_id"], script["version_id"]);
+    script.as_object_mut().unwrap().remove("deployment_id");
     assert_eq!(script["id"], "proxy");
     assert_eq!(script["size"], handler(0).len());
     assert_eq!(script["version_number"], 1);
@@ -1295,7 +1299,7 @@ async fn malformed_uploads_are_refused_with_every_problem() {
             "metadata.bindings[2].service_id: \"abc\" is not a UUID",
             "metadata.bindings[3].name: missing; the name the script uses, e.g. API",
             "metadata.bindings[3]: give either service_id or service (a name), not both",
-            "part \"worker.wasm\": not a WebAssembly module (it must start with \\0asm; build the script to a wasm component first)",
+            "part \"worker.wasm\": neither a WebAssembly component (it must start with \\0asm) nor a JavaScript module (Content-Type application/javascript+module); build the script first, or upload its bundled JavaScript",
         ]
     );
 
@@ -1367,11 +1371,11 @@ async fn every_upload_is_a_version_and_a_rollback_serves_an_earlier_one() {
         .call(
             &read,
             Method::GET,
-            &api.script_path("proxy", "/deployments"),
+            &api.script_path("proxy", "/versions"),
             None,
         )
         .await;
-    let listed = listed.result().as_array().unwrap().clone();
+    let listed = listed.result()["items"].as_array().unwrap().clone();
     assert_eq!(
         listed
             .iter()
@@ -2475,4 +2479,539 @@ async fn services_take_a_tcp_port_an_app_protocol_and_a_virtual_network() {
         typed.error().1,
         "host.resolver_network.virtual_network_id: expected a string, found a number"
     );
+}
+
+// === what `wrangler deploy` calls ===
+
+/// The JavaScript build cache the js-build tests share: `$WVPC_JS_CACHE_DIR`, else
+/// `<target>/wvpc-js`.
+fn js_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WVPC_JS_CACHE_DIR") {
+        return dir.into();
+    }
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.parent().unwrap().join("target"))
+        .join("wvpc-js")
+}
+
+/// A server that builds JavaScript uploads, or `None` (printing why) without Node.js.
+async fn js_api() -> Option<Api> {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED (node): Node.js is not installed; JavaScript uploads cannot be built");
+        return None;
+    }
+    Some(api_building_with(wvpc_js_build::JsBuilder::new(js_cache_dir())).await)
+}
+
+/// A server that builds JavaScript uploads with `builder`.
+async fn api_building_with(builder: wvpc_js_build::JsBuilder) -> Api {
+    let mut api = Api::start().await;
+    api.server.abort();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    api.base = format!("http://{}", listener.local_addr().unwrap());
+    api.server = tokio::spawn(wvpc_directory::api::serve_cluster_js(
+        api.dir.clone(),
+        None,
+        listener,
+        wvpc_listener::ServerLimits::default(),
+        builder,
+    ));
+    api
+}
+
+/// One module part of a form: name, content type, bytes.
+type Part<'a> = (&'a str, &'a str, &'a [u8]);
+
+/// A form as wrangler sends it: `metadata`, then each part.
+fn form(metadata: &Value, parts: &[Part<'_>]) -> (String, Bytes) {
+    let mut body = format!(
+        "--B0undary\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\
+         Content-Type: application/json\r\n\r\n{metadata}\r\n"
+    )
+    .into_bytes();
+    for (name, content_type, bytes) in parts {
+        body.extend_from_slice(
+            format!(
+                "--B0undary\r\nContent-Disposition: form-data; name=\"{name}\"; \
+                 filename=\"{name}\"\r\nContent-Type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"--B0undary--\r\n");
+    (
+        "multipart/form-data; boundary=B0undary".to_owned(),
+        Bytes::from(body),
+    )
+}
+
+impl Api {
+    async fn send_form(
+        &self,
+        method: Method,
+        path: &str,
+        metadata: Value,
+        parts: &[Part<'_>],
+    ) -> Answer {
+        let (content_type, body) = form(&metadata, parts);
+        self.raw(
+            Some(&self.admin.clone()),
+            method,
+            path,
+            Some((&content_type, body)),
+        )
+        .await
+    }
+}
+
+const JS: &str = "application/javascript+module";
+
+#[tokio::test]
+async fn wranglers_calls_for_a_new_then_an_existing_script_are_answered_in_cloudflares_shape() {
+    let api = Api::start().await;
+    let tunnel = api.tunnel("office").await;
+    let service = api.service("api", &tunnel).await;
+    let services = format!("/accounts/{}/workers/services", api.account);
+    let bindings = json!([{ "type": "vpc_service", "name": "API", "service_id": service }]);
+
+    // A new script: wrangler reads 10007 as "not deployed yet" and uploads it.
+    for path in [
+        format!("{services}/hello"),
+        api.script_path("hello", "/deployments"),
+    ] {
+        let unknown = api.admin(Method::GET, &path, None).await;
+        assert_eq!(
+            (unknown.status, unknown.error().0),
+            (404, 10007),
+            "{path}: {:#}",
+            unknown.body
+        );
+    }
+    let first = api
+        .upload(
+            &api.admin.clone(),
+            "hello",
+            json!({ "main_module": "worker.wasm", "bindings": bindings,
+                    "compatibility_date": "2025-01-01", "compatibility_flags": [] }),
+            &handler(0),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{:#}", first.body);
+    let first_version = first.result()["version_id"].clone();
+    assert_eq!(first.result()["deployment_id"], first_version);
+
+    // Now it exists: the service, its deployment and its settings.
+    let found = api
+        .admin(Method::GET, &format!("{services}/hello"), None)
+        .await;
+    let script = &found.result()["default_environment"]["script"];
+    assert_eq!(script["id"], "hello");
+    assert_eq!(script["etag"], first.result()["etag"]);
+    assert_eq!(
+        found.result()["default_environment"]["environment"],
+        "production"
+    );
+    let deployments = api
+        .admin(Method::GET, &api.script_path("hello", "/deployments"), None)
+        .await;
+    assert_eq!(
+        deployments.result()["deployments"][0]["versions"],
+        json!([{ "version_id": first_version, "percentage": 100 }])
+    );
+    let settings = api
+        .admin(Method::GET, &api.script_path("hello", "/settings"), None)
+        .await;
+    assert_eq!(settings.result()["bindings"][0]["service_id"], service);
+
+    // A redeploy: a version uploaded without being served, then deployed.
+    let uploaded = api
+        .send_form(
+            Method::POST,
+            &api.script_path("hello", "/versions"),
+            json!({ "main_module": "worker.wasm", "bindings": bindings }),
+            &[("worker.wasm", "application/wasm", &handler(1))],
+        )
+        .await;
+    assert_eq!(uploaded.status, 200, "{:#}", uploaded.body);
+    let second = uploaded.result()["id"].clone();
+    assert_eq!(uploaded.result()["number"], 2);
+    assert_eq!(uploaded.result()["active"], false);
+    assert!(uploaded.result()["resources"]["script"]["etag"].is_string());
+    assert_eq!(api.content("hello").await, handler(0), "not served yet");
+    let deployed = api
+        .rollback(
+            &api.admin.clone(),
+            "hello",
+            json!({ "strategy": "percentage", "versions": [{ "version_id": second, "percentage": 100 }],
+                    "annotations": { "workers/message": "from wrangler" } }),
+        )
+        .await;
+    assert_eq!(deployed.status, 200, "{:#}", deployed.body);
+    assert_eq!(api.content("hello").await, handler(1));
+    let versions = api
+        .admin(Method::GET, &api.script_path("hello", "/versions"), None)
+        .await;
+    let items = versions.result()["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        (&items[0]["id"], &items[0]["active"]),
+        (&second, &json!(true))
+    );
+    let one = api
+        .admin(
+            Method::GET,
+            &api.script_path("hello", &format!("/versions/{}", second.as_str().unwrap())),
+            None,
+        )
+        .await;
+    assert_eq!(one.result()["number"], 2);
+    assert_eq!(one.result()["metadata"]["source"], "api");
+    let missing = api
+        .admin(
+            Method::GET,
+            &api.script_path("hello", &format!("/versions/{}", Uuid::new_v4())),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (missing.status, missing.error().0),
+        (404, u64::from(code::VERSION_NOT_FOUND))
+    );
+
+    // The settings wrangler patches after a version deploy: only their "off" values.
+    let patched = api
+        .admin(
+            Method::PATCH,
+            &api.script_path("hello", "/script-settings"),
+            Some(json!({ "observability": { "enabled": false }, "tags": [] })),
+        )
+        .await;
+    assert_eq!(
+        patched.result()["observability"],
+        json!({ "enabled": false })
+    );
+    let refused = api
+        .admin(
+            Method::PATCH,
+            &api.script_path("hello", "/script-settings"),
+            Some(json!({ "logpush": true, "tags": ["team=a"] })),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    let errors = refused.errors();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|(c, _)| *c == u64::from(code::UNSUPPORTED_SETTING))
+    );
+    assert!(
+        errors[0].1.starts_with("logpush: true is not supported"),
+        "{errors:?}"
+    );
+    assert!(errors[1].1.starts_with("tags: "), "{errors:?}");
+
+    // workers.dev: on by default, switched off and on; preview URLs do not exist here.
+    let subdomain = api.script_path("hello", "/subdomain");
+    let before = api.admin(Method::GET, &subdomain, None).await;
+    assert_eq!(
+        before.result(),
+        &json!({ "enabled": true, "previews_enabled": false })
+    );
+    let off = api
+        .admin(Method::POST, &subdomain, Some(json!({ "enabled": false })))
+        .await;
+    assert_eq!(off.result()["enabled"], false);
+    let script = api
+        .admin(Method::GET, &api.script_path("hello", ""), None)
+        .await;
+    assert_eq!(script.result()["workers_dev"], false);
+    let previews = api
+        .admin(
+            Method::POST,
+            &subdomain,
+            Some(json!({ "enabled": true, "previews_enabled": true })),
+        )
+        .await;
+    assert_eq!(previews.status, 400);
+    assert!(
+        previews
+            .error()
+            .1
+            .starts_with("previews_enabled: preview URLs are not supported")
+    );
+    let read = api.token(Role::Read, None);
+    let denied = api
+        .call(
+            &read,
+            Method::POST,
+            &subdomain,
+            Some(json!({ "enabled": true })),
+        )
+        .await;
+    assert_eq!(
+        (denied.status, denied.error().0),
+        (403, u64::from(code::ROLE_MISSING))
+    );
+    let script = api
+        .admin(Method::GET, &api.script_path("hello", ""), None)
+        .await;
+    assert_eq!(script.result()["workers_dev"], false, "nothing changed");
+
+    // Routes: replaced as a whole, each problem with its path.
+    let routes = api.script_path("hello", "/routes");
+    let set = api
+        .admin(
+            Method::PUT,
+            &routes,
+            Some(json!([{ "pattern": "hello.example.com/*" }, { "pattern": "api.example.com/v1/*", "zone_name": "example.com" }])),
+        )
+        .await;
+    assert_eq!(
+        set.result(),
+        &json!([
+            { "pattern": "hello.example.com/*", "script": "hello" },
+            { "pattern": "api.example.com/v1/*", "script": "hello", "zone_name": "example.com" }
+        ])
+    );
+    let script = api
+        .admin(Method::GET, &api.script_path("hello", ""), None)
+        .await;
+    assert_eq!(script.result()["routes"].as_array().unwrap().len(), 2);
+    let bad = api
+        .admin(
+            Method::PUT,
+            &routes,
+            Some(json!([{ "pattern": "https://x.example.com/*" }])),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.error().1.starts_with("routes[0].pattern: "),
+        "{:?}",
+        bad.error()
+    );
+    api.upload(
+        &api.admin.clone(),
+        "other",
+        json!({ "main_module": "worker.wasm", "routes": ["taken.example.com/*"] }),
+        &handler(3),
+    )
+    .await
+    .result();
+    let taken = api
+        .admin(
+            Method::PUT,
+            &routes,
+            Some(json!(["hello.example.com/*", "taken.example.com/*"])),
+        )
+        .await;
+    assert_eq!(
+        (taken.status, taken.error().0),
+        (409, u64::from(code::ROUTE_TAKEN))
+    );
+    assert!(
+        taken.error().1.starts_with(
+            "routes[1].pattern: \"taken.example.com/*\" is already routed to script \"other\""
+        ),
+        "{:?}",
+        taken.error()
+    );
+    let listed = api.admin(Method::GET, &routes, None).await;
+    assert_eq!(listed.result().as_array().unwrap().len(), 2, "unchanged");
+
+    // wrangler's zone lookup is told what to do instead.
+    let zones = api
+        .admin(Method::GET, "/zones?name=hello.example.com", None)
+        .await;
+    let (code, message) = zones.error();
+    assert_eq!((zones.status, code), (404, u64::from(code::NO_ROUTE)));
+    assert!(
+        message.contains("set \"workers_dev\": true beside \"routes\""),
+        "{message}"
+    );
+
+    // Every one of these names an unknown script with 10007.
+    for (method, rest, body) in [
+        (Method::GET, "/subdomain", None),
+        (Method::POST, "/subdomain", Some(json!({ "enabled": true }))),
+        (Method::GET, "/routes", None),
+        (Method::PUT, "/routes", Some(json!([]))),
+        (Method::GET, "/settings", None),
+        (Method::PATCH, "/script-settings", Some(json!({}))),
+        (Method::GET, "/versions", None),
+    ] {
+        let unknown = api
+            .admin(method.clone(), &api.script_path("nope", rest), body)
+            .await;
+        assert_eq!(
+            (unknown.status, unknown.error().0),
+            (404, u64::from(code::SCRIPT_NOT_FOUND)),
+            "{method} {rest}"
+        );
+    }
+    let unknown = api
+        .send_form(
+            Method::POST,
+            &api.script_path("nope", "/versions"),
+            json!({ "main_module": "worker.wasm" }),
+            &[("worker.wasm", "application/wasm", &handler(2))],
+        )
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.error().0),
+        (404, u64::from(code::SCRIPT_NOT_FOUND)),
+        "a version is uploaded to a script that exists"
+    );
+}
+
+#[tokio::test]
+async fn javascript_uploads_with_bad_metadata_are_refused_before_any_build() {
+    let api = Api::start().await;
+    let js = b"export default { fetch() { return new Response('hi'); } };";
+    let cases: [(Value, Vec<Part<'_>>, &str); 4] = [
+        (
+            json!({ "main_module": "index.js", "bindings": [{ "type": "kv_namespace", "name": "KV" }] }),
+            vec![("index.js", JS, js)],
+            "metadata.bindings[0].type: binding type \"kv_namespace\" is not supported",
+        ),
+        (
+            json!({ "main_module": "main.js" }),
+            vec![("index.js", JS, js)],
+            "metadata.main_module: the form has no part named \"main.js\"",
+        ),
+        (
+            json!({ "body_part": "index.js" }),
+            vec![("index.js", "application/javascript", js)],
+            "metadata.body_part: the service-worker format is not supported",
+        ),
+        (
+            json!({ "main_module": "index.txt" }),
+            vec![("index.txt", "text/plain", b"hello")],
+            "part \"index.txt\": neither a WebAssembly component",
+        ),
+    ];
+    for (metadata, parts, expected) in cases {
+        let answer = api
+            .send_form(Method::PUT, &api.script_path("hello", ""), metadata, &parts)
+            .await;
+        assert_eq!(answer.status, 400, "{:#}", answer.body);
+        let errors = answer.errors();
+        assert!(
+            errors
+                .iter()
+                .any(|(c, m)| *c == u64::from(code::INVALID_SCRIPT) && m.starts_with(expected)),
+            "{expected}: {errors:?}"
+        );
+    }
+    let none = api
+        .admin(Method::GET, &api.script_path("hello", ""), None)
+        .await;
+    assert_eq!(none.status, 404, "nothing was stored");
+}
+
+#[tokio::test]
+async fn a_javascript_upload_is_built_into_a_component_and_a_syntax_error_is_a_400_naming_the_line()
+{
+    let Some(api) = js_api().await else { return };
+    let tunnel = api.tunnel("office").await;
+    let service = api.service("api", &tunnel).await;
+    let bindings = json!([{ "type": "vpc_service", "name": "API", "service_id": service }]);
+
+    let broken = b"export default {\n  async fetch(request, env) {\n    return new Response(\"x\";\n  },\n};\n";
+    let refused = api
+        .send_form(
+            Method::PUT,
+            &api.script_path("hello", ""),
+            json!({ "main_module": "index.js", "bindings": bindings }),
+            &[("index.js", JS, broken)],
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{:#}", refused.body);
+    let (code, message) = refused.error();
+    assert_eq!(code, u64::from(code::SCRIPT_BUILD_FAILED));
+    assert!(
+        message.starts_with("building \"index.js\" failed: index.js:3:"),
+        "the file and line as uploaded: {message}"
+    );
+    assert!(message.contains("Expected \")\""), "{message}");
+    let none = api
+        .admin(Method::GET, &api.script_path("hello", ""), None)
+        .await;
+    assert_eq!(none.status, 404, "nothing was stored");
+
+    // A module worker as wrangler bundles it, with a second module and a source map.
+    let main = b"import { answer } from './lib/answer.js';\n\
+        export default { async fetch(request, env) { return env.API.fetch(`http://api.internal/${answer}`); } };\n";
+    let lib = b"export const answer = 'forty-two';\n";
+    let deployed = api
+        .send_form(
+            Method::PUT,
+            &api.script_path("hello", ""),
+            json!({ "main_module": "index.js", "bindings": bindings, "compatibility_date": "2025-01-01" }),
+            &[
+                ("index.js", JS, main),
+                ("lib/answer.js", JS, lib),
+                ("index.js.map", "application/source-map", b"{\"version\":3,\"mappings\":\"\"}"),
+            ],
+        )
+        .await;
+    assert_eq!(deployed.status, 200, "{:#}", deployed.body);
+    assert_eq!(deployed.result()["main_module"], "index.js");
+    assert_eq!(deployed.result()["bindings"][0]["service_id"], service);
+    let module = api.content("hello").await;
+    assert!(
+        module.starts_with(b"\0asm"),
+        "the stored module is the built component"
+    );
+    assert!(
+        wasmparser::Parser::is_component(&module),
+        "a component, not a core module"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_build_javascript_answers_503_and_wasm_uploads_go_on() {
+    // A cache "directory" under a regular file: the build cannot even start.
+    let file = std::env::temp_dir().join(format!("wvpc-not-a-dir-{}", Uuid::new_v4()));
+    std::fs::write(&file, b"").unwrap();
+    let api = api_building_with(wvpc_js_build::JsBuilder::new(file.join("js"))).await;
+    let js = b"export default { fetch() { return new Response('hi'); } };";
+    let answer = api
+        .send_form(
+            Method::PUT,
+            &api.script_path("hello", ""),
+            json!({ "main_module": "index.js" }),
+            &[("index.js", JS, js)],
+        )
+        .await;
+    assert_eq!(answer.status, 503, "{:#}", answer.body);
+    let (code, message) = answer.error();
+    assert_eq!(code, u64::from(code::BUILD_UNAVAILABLE));
+    assert!(
+        message.starts_with("this directory cannot build JavaScript scripts now: "),
+        "{message}"
+    );
+    let wasm = api
+        .upload(
+            &api.admin.clone(),
+            "hello",
+            json!({ "main_module": "worker.wasm" }),
+            &handler(0),
+        )
+        .await;
+    assert_eq!(
+        wasm.status, 200,
+        "a wasm upload needs no build: {:#}",
+        wasm.body
+    );
+    let _ = std::fs::remove_file(&file);
 }

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::Context as _;
+use http::Method;
 use serde_json::Value;
 
 use crate::remote::{ApiArgs, Remote};
@@ -33,13 +34,22 @@ pub(crate) async fn connect(api: &ApiArgs, command: &str) -> anyhow::Result<Remo
     Remote::connect(url, api.account.as_deref()).await
 }
 
-/// A script's versions, newest first.
+/// A script's versions, newest first (`GET …/versions`, Cloudflare's `{"items": […]}`).
 pub(crate) async fn versions(remote: &Remote, script: &str) -> anyhow::Result<Vec<Value>> {
-    let versions = remote
-        .list_all(&format!("workers/scripts/{script}/deployments"))
+    let result = remote
+        .call(
+            Method::GET,
+            &format!("workers/scripts/{script}/versions"),
+            None,
+        )
         .await
         .with_context(|| format!("listing the versions of script {script:?}"))?;
-    Ok(versions)
+    match result.get("items") {
+        Some(Value::Array(items)) => Ok(items.clone()),
+        _ => anyhow::bail!(
+            "listing the versions of script {script:?}: the API answered no \"items\" list"
+        ),
+    }
 }
 
 /// Runs a deployments subcommand.

@@ -9,6 +9,7 @@
 mod cluster;
 mod javascript;
 mod networks;
+mod wrangler;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -34,6 +35,19 @@ fn addrs_in(line: &str) -> Vec<SocketAddr> {
     line.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
         .filter_map(|word| word.trim_matches(|c| c == '.' || c == ':').parse().ok())
         .collect()
+}
+
+/// The JavaScript build cache (npm toolchain, built components) the tests share:
+/// `$WVPC_JS_CACHE_DIR`, else `<target>/wvpc-js`.
+fn js_cache_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("WVPC_JS_CACHE_DIR") {
+        return dir.into();
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| manifest.parent().unwrap().join("target"))
+        .join("wvpc-js")
 }
 
 /// One `wvpc` process of the platform.
@@ -77,6 +91,8 @@ impl Proc {
             .args(&args)
             // Failures the scenarios cause on purpose log warnings by the hundred.
             .env("RUST_LOG", "error")
+            // JavaScript uploads are built with the toolchain cached under the target dir.
+            .env("WVPC_JS_CACHE_DIR", js_cache_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

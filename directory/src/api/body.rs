@@ -7,7 +7,7 @@ use http::Method;
 
 use super::ApiRequest;
 use super::envelope::ApiError;
-use crate::scripts::ScriptUpload;
+use super::scripts::ScriptForm;
 use crate::service_input::ServiceInput;
 
 fn request(method: Method, content_type: Option<&str>, body: &[u8]) -> ApiRequest {
@@ -29,11 +29,9 @@ pub fn read_service_body(
     super::services::service_input(&request(Method::POST, content_type, body))
 }
 
-/// A script upload (`multipart/form-data` with a `metadata` part and the module part), with
-/// every problem of the form and its metadata reported at once.
-pub fn read_script_upload(
-    content_type: Option<&str>,
-    body: &[u8],
-) -> Result<ScriptUpload, ApiError> {
+/// A script upload (`multipart/form-data` with a `metadata` part and the module parts), with
+/// every problem of the form and its metadata reported at once. A JavaScript upload is not
+/// built here ([`ScriptForm::into_upload`] does).
+pub fn read_script_upload(content_type: Option<&str>, body: &[u8]) -> Result<ScriptForm, ApiError> {
     super::scripts::parse_upload(&request(Method::PUT, content_type, body))
 }

@@ -31,8 +31,9 @@ pub mod code {
     pub const TUNNEL_IN_USE: u32 = 1007;
     /// The tunnel name breaks the naming rules.
     pub const INVALID_TUNNEL_NAME: u32 = 1008;
-    /// No such script in the account.
-    pub const SCRIPT_NOT_FOUND: u32 = 1009;
+    /// No such script in the account: Cloudflare's code ("This Worker does not exist on your
+    /// account"), which wrangler reads as "not deployed yet".
+    pub const SCRIPT_NOT_FOUND: u32 = 10007;
     /// The script upload is malformed (name, multipart form, metadata, module).
     pub const INVALID_SCRIPT: u32 = 1010;
     /// A binding names a service that does not exist.
@@ -91,6 +92,14 @@ pub mod code {
     pub const BINDING_NETWORK_NOT_PERMITTED: u32 = 1036;
     /// The route is the only one covering addresses of VPC services in its virtual network.
     pub const ROUTE_IN_USE: u32 = 1037;
+    /// A JavaScript upload did not build: the build's message (file, line, message).
+    pub const SCRIPT_BUILD_FAILED: u32 = 1038;
+    /// The directory cannot build JavaScript now (no Node.js, or its build tools failed);
+    /// HTTP 503.
+    pub const BUILD_UNAVAILABLE: u32 = 1039;
+    /// A setting this directory does not support (preview URLs, logpush, tail consumers,
+    /// observability, tags): nothing was changed.
+    pub const UNSUPPORTED_SETTING: u32 = 1040;
     /// The server refused the request by one of its own limits (open connections, header
     /// fields, header size) before reading it.
     pub const SERVER_LIMIT: u32 = 1100;

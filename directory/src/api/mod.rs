@@ -5,7 +5,11 @@
 //!   connections come from the cluster registry the server was given),
 //! - `accounts/{account}/teamnet/virtual_networks[/{id}]` and
 //!   `accounts/{account}/teamnet/routes[/{id}]` ([`teamnet`]),
-//! - `accounts/{account}/workers/scripts[/{name}[/content|/deployments]]` ([`scripts`]),
+//! - `accounts/{account}/workers/scripts[/{name}[/content|/deployments|/versions]]`
+//!   ([`scripts`]), `…/scripts/{name}/subdomain|routes|script-settings`
+//!   ([`script_settings`]),
+//! - `accounts/{account}/workers/services/{name}` ([`worker_services`]: what wrangler asks
+//!   before a deploy),
 //! - `accounts/{account}/workers/subdomain` ([`subdomain`]),
 //! - `user/tokens/verify`, `accounts`, `memberships`: what clients such as wrangler ask
 //!   before the real call.
@@ -17,11 +21,13 @@
 mod body;
 pub mod client;
 pub mod envelope;
+mod script_settings;
 mod scripts;
 mod services;
 mod subdomain;
 mod teamnet;
 mod tunnels;
+mod worker_services;
 
 use std::sync::Arc;
 
@@ -37,8 +43,10 @@ use crate::cluster::ClusterRegistry;
 use crate::database::Directory;
 use crate::tokens::{ApiToken, Role};
 use envelope::{ApiError, ResultInfo, code};
+use wvpc_js_build::JsBuilder;
 
 pub use body::{read_script_upload, read_service_body};
+pub use scripts::{JsUpload, ScriptForm};
 
 /// Path prefix of every endpoint.
 pub const PREFIX: &str = "/client/v4";
@@ -66,19 +74,40 @@ pub async fn serve_with(
 }
 
 /// [`serve_with`], answering `cfd_tunnel/{id}/connections` from `cluster` (without one, that
-/// endpoint answers 503).
+/// endpoint answers 503). JavaScript uploads are built with [`JsBuilder::from_env`].
 pub async fn serve_cluster(
     directory: Arc<Directory>,
     cluster: Option<Arc<ClusterRegistry>>,
     listener: TcpListener,
     limits: ServerLimits,
 ) -> std::io::Result<()> {
+    serve_cluster_js(directory, cluster, listener, limits, JsBuilder::from_env()).await
+}
+
+/// [`serve_cluster`], building JavaScript uploads with `js` (its cache directory holds the
+/// npm toolchain and the built components).
+pub async fn serve_cluster_js(
+    directory: Arc<Directory>,
+    cluster: Option<Arc<ClusterRegistry>>,
+    listener: TcpListener,
+    limits: ServerLimits,
+    js: JsBuilder,
+) -> std::io::Result<()> {
     let server = HttpServer::new("directory API", limits).with_page(refusal_page);
+    let context = Arc::new(Context { cluster, js });
     wvpc_listener::serve(listener, server, move |request| {
-        handle(directory.clone(), cluster.clone(), request)
+        handle(directory.clone(), context.clone(), request)
     })
     .await;
     Ok(())
+}
+
+/// What every request's handler may need besides the directory.
+struct Context {
+    /// Where live tunnel connections are read, if this server follows a cluster registry.
+    cluster: Option<Arc<ClusterRegistry>>,
+    /// Builds JavaScript uploads into components.
+    js: JsBuilder,
 }
 
 /// A listener's own refusal as an envelope ([`code::SERVER_LIMIT`]), request id included.
@@ -158,6 +187,8 @@ pub(crate) struct Caller {
     pub(crate) token: ApiToken,
     /// Where live tunnel connections are read, if this server follows a cluster registry.
     pub(crate) cluster: Option<Arc<ClusterRegistry>>,
+    /// Builds JavaScript uploads into components.
+    pub(crate) js: JsBuilder,
 }
 
 impl Caller {
@@ -180,7 +211,7 @@ impl Caller {
 
 async fn handle(
     directory: Arc<Directory>,
-    cluster: Option<Arc<ClusterRegistry>>,
+    context: Arc<Context>,
     request: http::Request<Incoming>,
 ) -> http::Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
@@ -188,8 +219,9 @@ async fn handle(
     let method = parts.method.clone();
     let reply = match read(parts, body).await {
         Ok(request) => {
-            // SQLite with synchronous=FULL waits for the disk: keep it off the async workers.
-            match tokio::task::spawn_blocking(move || dispatch(&directory, cluster, request)).await
+            // SQLite with synchronous=FULL waits for the disk, and a JavaScript upload's build
+            // runs node for seconds: keep both off the async workers.
+            match tokio::task::spawn_blocking(move || dispatch(&directory, &context, request)).await
             {
                 Ok(reply) => reply,
                 Err(err) => {
@@ -316,7 +348,7 @@ async fn read(
 
 fn dispatch(
     directory: &Directory,
-    cluster: Option<Arc<ClusterRegistry>>,
+    context: &Context,
     (request, bearer): (ApiRequest, Option<String>),
 ) -> Result<Reply, ApiError> {
     let token = authenticate(directory, bearer.as_deref())?;
@@ -361,11 +393,24 @@ fn dispatch(
                 },
             ))
         }
+        // wrangler looks zones up before it publishes routes (when workers.dev stays off);
+        // routes here need no zone, and wrangler skips the lookup with workers.dev on.
+        ["zones", ..] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            code::NO_ROUTE,
+            format!(
+                "No route for that URI: {PREFIX}/{}: this directory has no zones (a script's \
+                 routes need none); with wrangler, set \"workers_dev\": true beside \"routes\" \
+                 so that it does not look zones up, or deploy the routes with `wvpc deploy`",
+                request.segments.join("/")
+            ),
+        )),
         ["accounts", account, rest @ ..] => {
             let caller = Caller {
                 dir: account_view(directory, &token, account)?,
                 token,
-                cluster,
+                cluster: context.cluster.clone(),
+                js: context.js.clone(),
             };
             match rest {
                 ["connectivity", "directory", "services", tail @ ..] => {
@@ -378,6 +423,9 @@ fn dispatch(
                 ["teamnet", "routes", tail @ ..] => teamnet::route_routes(&caller, &request, tail),
                 ["workers", "scripts", tail @ ..] => scripts::route(&caller, &request, tail),
                 ["workers", "subdomain"] => subdomain::route(&caller, &request),
+                ["workers", "services", tail @ ..] => {
+                    worker_services::route(&caller, &request, tail)
+                }
                 _ => Err(no_route_segments(&request.segments)),
             }
         }

@@ -1,7 +1,11 @@
-//! `accounts/{account}/workers/scripts[/{name}[/content|/deployments]]`: script upload in the
-//! shape of Cloudflare's Workers upload (a `multipart/form-data` body with a `metadata` JSON
-//! part and the module part it names), list, get (the active version), content (its module),
-//! deployments (the versions; POST makes one active) and delete.
+//! `accounts/{account}/workers/scripts[/{name}[/content|/deployments|/versions]]`: script
+//! upload in the shape of Cloudflare's Workers upload (a `multipart/form-data` body with a
+//! `metadata` JSON part and the module parts; the main module a wasm component, or JavaScript
+//! — a module worker as wrangler bundles it — built into one with [`wvpc_js_build`]), list,
+//! get (the active version), content (its module), versions (GET lists them; POST uploads
+//! one without serving it), deployments (GET: the one in effect; POST makes a version active)
+//! and delete. `…/subdomain`, `…/routes` and `…/script-settings` are in
+//! [`super::script_settings`].
 //!
 //! The upload's `vpc_service` bindings are verified by the directory against the deploying
 //! token ([`crate::scripts`]); every refusal names the binding, the service and what is missing.
@@ -11,14 +15,15 @@ use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::envelope::{ApiError, ErrorEntry, ResultInfo, code};
+use super::envelope::{ApiError, ErrorEntry, code};
 use super::{ApiRequest, Caller, Reply, allow, no_route_segments, paginate};
 use crate::error::DirectoryError;
 use crate::scripts::{
-    BindingRequest, BindingTarget, ScriptUpload, ServiceRef, VPC_NETWORK, VPC_SERVICE,
-    limits_problems,
+    BindingRequest, BindingTarget, ScriptUpload, ScriptVersion, ServiceRef, VPC_NETWORK,
+    VPC_SERVICE, limits_problems,
 };
 use crate::tokens::Role;
+use wvpc_js_build::{JsBuildError, JsBuilder};
 use wvpc_schemas::NetworkTarget;
 
 pub(super) fn route(
@@ -45,9 +50,14 @@ pub(super) fn route(
                 }
                 Method::PUT => {
                     caller.require(Role::Bind, "deploying a script")?;
-                    let upload = parse_upload(request)?;
+                    // The handlers run on a blocking thread (see `handle`), so a JavaScript
+                    // build's seconds hold no async worker.
+                    let upload = parse_upload(request)?.into_upload(&caller.js)?;
                     let script = caller.dir.deploy_script(&caller.token, name, &upload)?;
-                    Ok(Reply::ok(json!(script)))
+                    let mut answer = json!(script);
+                    // Cloudflare's name for the version an upload deployed (wrangler prints it).
+                    answer["deployment_id"] = json!(script.version_id);
+                    Ok(Reply::ok(answer))
                 }
                 _ => {
                     caller.require(Role::Bind, "deleting a script")?;
@@ -60,18 +70,21 @@ pub(super) fn route(
             allow(request, &[Method::GET, Method::POST])?;
             if request.method == Method::GET {
                 caller.require(Role::Read, "listing a script's deployments")?;
-                let versions = caller.dir.script_versions(name)?;
-                let n = versions.len();
-                return Ok(Reply::list(
-                    json!(versions),
-                    ResultInfo {
-                        page: 1,
-                        per_page: n.max(1),
-                        count: n,
-                        total_count: n,
-                        total_pages: 1,
-                    },
-                ));
+                let script = caller
+                    .dir
+                    .script(name)?
+                    .ok_or_else(|| DirectoryError::ScriptNotFound((*name).to_owned()))?;
+                // Deployments are not recorded apart from versions: the one in effect serves
+                // the active version to all traffic.
+                return Ok(Reply::ok(json!({
+                    "deployments": [{
+                        "id": script.version_id,
+                        "source": "api",
+                        "strategy": "percentage",
+                        "created_on": script.modified_on,
+                        "versions": [{ "version_id": script.version_id, "percentage": 100 }],
+                    }],
+                })));
             }
             caller.require(Role::Bind, "deploying a script version")?;
             let version = deployment_version(request)?;
@@ -82,6 +95,61 @@ pub(super) fn route(
                 "version": activated,
             })))
         }
+        [name, "versions"] => {
+            allow(request, &[Method::GET, Method::POST])?;
+            if request.method == Method::GET {
+                caller.require(Role::Read, "listing a script's versions")?;
+                let versions: Vec<Value> = caller
+                    .dir
+                    .script_versions(name)?
+                    .iter()
+                    .map(version_json)
+                    .collect();
+                return Ok(Reply::ok(json!({ "items": versions })));
+            }
+            caller.require(Role::Bind, "uploading a script version")?;
+            let form = parse_upload(request)?;
+            // A version belongs to a script that exists: say so before seconds of building.
+            if caller.dir.script(name)?.is_none() {
+                return Err(DirectoryError::ScriptNotFound((*name).to_owned()).into());
+            }
+            let upload = form.into_upload(&caller.js)?;
+            let version = caller.dir.upload_version(&caller.token, name, &upload)?;
+            let mut answer = version_json(&version);
+            answer["resources"] = json!({
+                "script": { "etag": version.etag, "handlers": ["fetch"] },
+                "bindings": version.bindings,
+            });
+            Ok(Reply::ok(answer))
+        }
+        [name, "versions", id] => {
+            allow(request, &[Method::GET])?;
+            caller.require(Role::Read, "reading a script version")?;
+            let version = Uuid::try_parse(id)
+                .ok()
+                .and_then(|id| {
+                    caller
+                        .dir
+                        .script_versions(name)
+                        .map(|versions| versions.into_iter().find(|v| v.id == id))
+                        .transpose()
+                })
+                .transpose()?;
+            let Some(version) = version else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    code::VERSION_NOT_FOUND,
+                    format!(
+                        "script {name:?} has no version {id:?} (GET …/versions lists its versions)"
+                    ),
+                ));
+            };
+            Ok(Reply::ok(version_json(&version)))
+        }
+        [name, "subdomain"] => super::script_settings::subdomain(caller, request, name),
+        [name, "routes"] => super::script_settings::routes(caller, request, name),
+        [name, "script-settings"] => super::script_settings::script_settings(caller, request, name),
+        [name, "settings"] => super::script_settings::settings(caller, request, name),
         [name, "content"] => {
             allow(request, &[Method::GET])?;
             caller.require(Role::Read, "downloading a script")?;
@@ -93,6 +161,18 @@ pub(super) fn route(
         }
         _ => Err(no_route_segments(&request.segments)),
     }
+}
+
+/// A version in Cloudflare's shape (`id`, `number`, `metadata`) with its fields as stored.
+fn version_json(version: &ScriptVersion) -> Value {
+    let mut value = json!(version);
+    value["metadata"] = json!({
+        "created_on": version.created_on,
+        "modified_on": version.created_on,
+        "source": "api",
+        "author_email": version.author,
+    });
+    value
 }
 
 /// The body of `POST …/deployments`, in Cloudflare's shape:
@@ -159,7 +239,7 @@ fn deployment_version(request: &ApiRequest) -> Result<Uuid, ApiError> {
 }
 
 /// Parses an upload; every problem of the form and the metadata at once.
-pub(super) fn parse_upload(request: &ApiRequest) -> Result<ScriptUpload, ApiError> {
+pub(super) fn parse_upload(request: &ApiRequest) -> Result<ScriptForm, ApiError> {
     let content_type = request.content_type.as_deref().unwrap_or("");
     let Some(boundary) = boundary(content_type) else {
         return Err(ApiError::new(
@@ -188,8 +268,8 @@ pub(super) fn parse_upload(request: &ApiRequest) -> Result<ScriptUpload, ApiErro
                 [only] => Some(only.name.clone()),
                 _ => {
                     problems.push(
-                        "metadata.main_module: missing; name the part that holds the wasm \
-                         module"
+                        "metadata.main_module: missing; name the part that holds the main \
+                         module (a wasm component or JavaScript)"
                             .to_owned(),
                     );
                     None
@@ -226,44 +306,223 @@ pub(super) fn parse_upload(request: &ApiRequest) -> Result<ScriptUpload, ApiErro
             Map::new()
         }
     };
-    let module =
-        main_module
-            .as_ref()
-            .and_then(|main| match parts.iter().find(|p| &p.name == main) {
-                None => {
-                    problems.push(format!(
-                        "metadata.main_module: the form has no part named {main:?}"
-                    ));
-                    None
-                }
-                Some(part) if !part.body.starts_with(b"\0asm") => {
-                    problems.push(format!(
-                        "part {main:?}: not a WebAssembly module (it must start with \\0asm; \
-                     build the script to a wasm component first)"
-                    ));
-                    None
-                }
-                Some(part) => Some(part.body.clone()),
-            });
-    match (main_module, module) {
-        (Some(main_module), Some(module)) if problems.is_empty() => Ok(ScriptUpload {
-            main_module,
-            module,
-            bindings,
-            routes,
-            workers_dev,
-            limits,
-        }),
-        _ => Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            errors: problems
+    if metadata.contains_key("body_part") {
+        problems.push(
+            "metadata.body_part: the service-worker format is not supported; upload a module \
+             worker (`export default { fetch }`) named by metadata.main_module"
+                .to_owned(),
+        );
+    }
+    let module = main_module.as_ref().and_then(|main| {
+        let Some(part) = parts.iter().find(|p| &p.name == main) else {
+            problems.push(format!(
+                "metadata.main_module: the form has no part named {main:?}"
+            ));
+            return None;
+        };
+        if part.body.starts_with(b"\0asm") {
+            return Some(MainModule::Wasm(part.body.clone()));
+        }
+        if is_javascript_part(part) {
+            return Some(MainModule::JavaScript);
+        }
+        problems.push(format!(
+            "part {main:?}: neither a WebAssembly component (it must start with \\0asm) nor a \
+             JavaScript module (Content-Type application/javascript+module); build the script \
+             first, or upload its bundled JavaScript"
+        ));
+        None
+    });
+    let (Some(main_module), Some(module)) = (main_module, module) else {
+        return Err(refusal(problems));
+    };
+    if !problems.is_empty() {
+        return Err(refusal(problems));
+    }
+    let mut upload = ScriptUpload {
+        main_module,
+        module: Vec::new(),
+        bindings,
+        routes,
+        workers_dev,
+        limits,
+    };
+    Ok(match module {
+        MainModule::Wasm(bytes) => {
+            upload.module = bytes;
+            ScriptForm::Wasm(upload)
+        }
+        MainModule::JavaScript => ScriptForm::JavaScript(JsUpload {
+            upload,
+            modules: parts
                 .into_iter()
-                .map(|message| ErrorEntry {
-                    code: code::INVALID_SCRIPT,
-                    message,
-                })
+                .filter(|p| p.name != "metadata")
+                .map(|p| (p.name, p.body))
                 .collect(),
         }),
+    })
+}
+
+/// The main module of an upload, by what its bytes are.
+enum MainModule {
+    Wasm(Vec<u8>),
+    JavaScript,
+}
+
+/// Whether a form part is a JavaScript module: by its Content-Type (wrangler's
+/// `application/javascript+module`, or a plain JavaScript type), else by its name.
+fn is_javascript_part(part: &Part) -> bool {
+    match part.content_type.as_deref() {
+        Some(ct) => {
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            matches!(
+                mime.as_str(),
+                "application/javascript+module" | "application/javascript" | "text/javascript"
+            )
+        }
+        None => wvpc_js_build::is_javascript(std::path::Path::new(&part.name)),
+    }
+}
+
+fn refusal(problems: Vec<String>) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        errors: problems
+            .into_iter()
+            .map(|message| ErrorEntry {
+                code: code::INVALID_SCRIPT,
+                message,
+            })
+            .collect(),
+    }
+}
+
+/// An upload's form, read: a wasm component ready to store, or a JavaScript module worker
+/// (already bundled, as wrangler uploads it) that is built into a component first.
+#[derive(Debug)]
+pub enum ScriptForm {
+    /// The main module is a wasm component.
+    Wasm(ScriptUpload),
+    /// The main module is JavaScript.
+    JavaScript(JsUpload),
+}
+
+/// A JavaScript module worker as uploaded: its metadata and every module part.
+#[derive(Debug)]
+pub struct JsUpload {
+    /// The metadata; `module` stays empty until [`JsUpload::build`].
+    upload: ScriptUpload,
+    /// Every part but `metadata`, by name: the modules (and any source maps).
+    modules: Vec<(String, Vec<u8>)>,
+}
+
+impl JsUpload {
+    /// The name of the entry module.
+    pub fn main_module(&self) -> &str {
+        &self.upload.main_module
+    }
+
+    /// The uploaded modules, `(name, bytes)`.
+    pub fn modules(&self) -> &[(String, Vec<u8>)] {
+        &self.modules
+    }
+
+    /// Builds the modules into a component with `builder` (given the names of the upload's
+    /// bindings): the upload to store. Blocking: it runs node, seconds unless cached. A
+    /// problem of the script is a 400 with the build's message (file, line, message); a
+    /// server that cannot build JavaScript answers 503.
+    pub fn build(self, builder: JsBuilder) -> Result<ScriptUpload, ApiError> {
+        let JsUpload {
+            mut upload,
+            modules,
+        } = self;
+        let builder = builder.with_bindings(upload.bindings.iter().map(|b| b.binding.clone()));
+        let built = builder
+            .build_modules(&upload.main_module, &modules)
+            .map_err(|err| build_refusal(&upload.main_module, err))?;
+        upload.module = std::fs::read(&built.wasm).map_err(|err| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::BUILD_UNAVAILABLE,
+                format!(
+                    "the built component {} could not be read: {err}",
+                    built.wasm.display()
+                ),
+            )
+        })?;
+        Ok(upload)
+    }
+}
+
+/// A failed JavaScript build as the API answers it.
+fn build_refusal(main_module: &str, err: JsBuildError) -> ApiError {
+    match err {
+        JsBuildError::Script(message) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code::SCRIPT_BUILD_FAILED,
+            format!(
+                "building {main_module:?} failed: {}",
+                without_upload_dir(&message)
+            ),
+        ),
+        other => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::BUILD_UNAVAILABLE,
+            format!(
+                "this directory cannot build JavaScript scripts now: {}",
+                without_upload_dir(&other.to_string())
+            ),
+        ),
+    }
+}
+
+/// `message` with the build's scratch directory taken off each path in it
+/// (`…/upload-XXXXXX/index.js:3:28` → `index.js:3:28`): the names the uploader gave.
+fn without_upload_dir(message: &str) -> String {
+    const MARK: &str = "/upload-";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        let start = rest[..at]
+            .rfind(|c: char| c.is_whitespace() || c == '(' || c == '"')
+            .map_or(0, |i| i + 1);
+        let after = &rest[at + MARK.len()..];
+        match after.find('/') {
+            Some(slash) if !after[..slash].contains(char::is_whitespace) => {
+                out.push_str(&rest[..start]);
+                rest = &after[slash + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..at + MARK.len()]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+impl ScriptForm {
+    /// The metadata of the upload (bindings, routes, limits), whatever its module.
+    pub fn metadata(&self) -> &ScriptUpload {
+        match self {
+            ScriptForm::Wasm(upload) => upload,
+            ScriptForm::JavaScript(js) => &js.upload,
+        }
+    }
+
+    /// The upload to store: a wasm component as it is, JavaScript built with `builder`
+    /// ([`JsUpload::build`]; blocking).
+    pub fn into_upload(self, builder: &JsBuilder) -> Result<ScriptUpload, ApiError> {
+        match self {
+            ScriptForm::Wasm(upload) => Ok(upload),
+            ScriptForm::JavaScript(js) => js.build(builder.clone()),
+        }
     }
 }
 
@@ -414,6 +673,8 @@ fn network_target(
 /// One part of a `multipart/form-data` body.
 struct Part {
     name: String,
+    /// Its `Content-Type`, if it has one.
+    content_type: Option<String>,
     body: Vec<u8>,
 }
 
@@ -462,6 +723,12 @@ fn multipart(body: &[u8], boundary: &str) -> Result<Vec<Part>, String> {
                 })
             })
             .ok_or("multipart body: a part has no Content-Disposition name")?;
+        let content_type = head.split("\r\n").find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        });
         let content = &rest[head_end + 4..];
         let mut closing = b"\r\n".to_vec();
         closing.extend_from_slice(delimiter);
@@ -469,6 +736,7 @@ fn multipart(body: &[u8], boundary: &str) -> Result<Vec<Part>, String> {
             .ok_or_else(|| format!("multipart body: part {name:?} is not terminated"))?;
         parts.push(Part {
             name,
+            content_type,
             body: content[..end].to_vec(),
         });
         rest = &content[end + closing.len()..];
@@ -484,6 +752,17 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_messages_name_modules_as_uploaded() {
+        assert_eq!(
+            without_upload_dir(
+                "../cache/wvpc-js/upload-3ZpGwz/index.js:3:28: error: Expected \")\"\n  at \
+                 (/abs/upload-AbCdEf/lib/util.js:1:2) and upload-x"
+            ),
+            "index.js:3:28: error: Expected \")\"\n  at (lib/util.js:1:2) and upload-x"
+        );
+    }
 
     #[test]
     fn multipart_parts_are_split_by_name() {

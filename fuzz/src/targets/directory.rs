@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use wvpc_directory::api::envelope::ApiError;
-use wvpc_directory::api::{read_script_upload, read_service_body};
+use wvpc_directory::api::{ScriptForm, read_script_upload, read_service_body};
 use wvpc_directory::routes::normalize_pattern;
 use wvpc_directory::{Directory, Role, Service, ServiceInput};
 
@@ -67,8 +67,17 @@ pub fn script_upload(data: &[u8]) {
         None => ("multipart/form-data; boundary=XyZ".to_owned(), data),
     };
     match read_script_upload(Some(&content_type), body) {
-        Ok(upload) => {
-            assert!(upload.module.starts_with(b"\0asm"));
+        Ok(form) => {
+            match &form {
+                ScriptForm::Wasm(upload) => assert!(upload.module.starts_with(b"\0asm")),
+                ScriptForm::JavaScript(js) => assert!(
+                    js.modules()
+                        .iter()
+                        .any(|(name, _)| name == js.main_module()),
+                    "the main module is among the uploaded modules"
+                ),
+            }
+            let upload = form.metadata();
             assert!(upload.bindings.iter().all(|b| !b.binding.is_empty()));
             for route in &upload.routes {
                 assert_eq!(
