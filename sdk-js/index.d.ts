@@ -132,8 +132,9 @@ export interface Fetcher {
    */
   fetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response>;
   /**
-   * Opens a plaintext TCP connection to `address` (`"db.internal:5432"`, `"[::1]:80"` or
-   * `{ hostname, port }`) through the binding.
+   * Opens a plaintext TCP connection through the binding: to `address` on the network
+   * (`"db.internal:5432"`, `"[fd00::7]:80"` or `{ hostname, port }`) for a `vpc_networks`
+   * binding; to the service's own `tcp_port` with `""` for a `vpc_services` binding.
    */
   connect(address: string | SocketAddress, options?: SocketOptions): Socket;
 }
