@@ -250,7 +250,9 @@ fn pinned_tsc() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-js-typescript");
     let tsc = dir.join("node_modules/typescript/bin/tsc");
     let lock = std::fs::read(sdk_js().join("package-lock.json")).unwrap();
-    if std::fs::read(dir.join("package-lock.json")).ok().as_ref() == Some(&lock) && tsc.is_file() {
+    // Written only once `npm ci` succeeded, so an interrupted install is redone.
+    let installed = dir.join("installed-package-lock.json");
+    if std::fs::read(&installed).ok().as_ref() == Some(&lock) && tsc.is_file() {
         return tsc;
     }
     std::fs::create_dir_all(&dir).unwrap();
@@ -267,6 +269,7 @@ fn pinned_tsc() -> PathBuf {
         dir.display(),
         text(&install.stderr)
     );
+    std::fs::write(&installed, &lock).unwrap();
     tsc
 }
 
