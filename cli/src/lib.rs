@@ -82,6 +82,9 @@ pub enum Command {
     /// Manage accounts of the directory
     #[command(subcommand)]
     Account(commands::token::AccountCommand),
+    /// Write worker-configuration.d.ts: the TypeScript Env of the script's bindings, from its
+    /// config (like `wrangler types`)
+    Types(commands::types::TypesArgs),
     /// Upload the built script and its bindings to the directory API
     Deploy(commands::deploy::DeployArgs),
     /// Follow a deployed script's output live, from every runtime
@@ -182,8 +185,9 @@ pub struct UsageError(pub String);
 
 /// Runs the command; its output goes to `out`.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    // `wvpc test` keeps no state: it leaves no directory behind in the project.
-    if !matches!(cli.command, Command::Test(_)) {
+    // `wvpc test` and `wvpc types` keep no state: they leave no directory behind in the
+    // project.
+    if !matches!(cli.command, Command::Test(_) | Command::Types(_)) {
         std::fs::create_dir_all(&cli.state)
             .with_context(|| format!("cannot create state directory {}", cli.state.display()))?;
     }
@@ -213,6 +217,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Account(command) => {
             commands::token::run_account(command, &state, &cli.api, out).await
         }
+        Command::Types(args) => commands::types::run(args, out),
         Command::Deploy(args) => commands::deploy::run(args, &cli.api, out).await,
         Command::Tail(args) => commands::tail::run(args, &state, &cli.api, out).await,
         Command::Delete(args) => commands::delete::run(args, &cli.api, out).await,

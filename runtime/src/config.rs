@@ -300,6 +300,78 @@ impl ConfigValue {
     }
 }
 
+/// The bindings of a script config alone (`vpc_services` and `vpc_networks`), for tools that
+/// need only them (`wvpc types`): `name`, `main` and `limits` are not read, so a config whose
+/// `main` does not exist yet (a script not written or not built) loads. The binding sections
+/// are validated exactly as [`ScriptConfig::load`] does; `service` names are not resolved
+/// (no directory is needed), and their bindings carry the nil UUID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptBindings {
+    /// Declared VPC Service bindings (`vpc_services`), in file order.
+    pub vpc_services: Vec<VpcServiceBinding>,
+    /// Declared VPC Network bindings (`vpc_networks`), in file order.
+    pub vpc_networks: Vec<VpcNetworkBinding>,
+}
+
+impl ScriptBindings {
+    /// Reads the config at `path` and validates its binding sections.
+    pub fn load(path: &Path) -> Result<ScriptBindings, ConfigError> {
+        let format =
+            Format::of(path).ok_or_else(|| ConfigError::UnsupportedFormat { path: path.into() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let raw = parse(path, format, &text)?;
+        let mut problems = Problems::default();
+        let bindings = match raw.as_object() {
+            None => {
+                problems.push(
+                    "(top level)",
+                    format!(
+                        "expected {}, found {}",
+                        article(format.map_word()),
+                        kind(&raw, format)
+                    ),
+                );
+                None
+            }
+            Some(root) => {
+                let mut declared = HashMap::new();
+                // Which service a name means does not matter to the bindings' types.
+                let vpc_services = validate_vpc_services(
+                    root,
+                    format,
+                    &|_| Ok(Uuid::nil()),
+                    &mut declared,
+                    &mut problems,
+                );
+                let vpc_networks =
+                    validate_vpc_networks(root, format, &mut declared, &mut problems);
+                Some(ScriptBindings {
+                    vpc_services,
+                    vpc_networks,
+                })
+            }
+        };
+        match bindings {
+            Some(bindings) if problems.0.is_empty() => Ok(bindings),
+            _ => Err(ConfigError::Invalid {
+                path: path.into(),
+                problems: problems.0,
+            }),
+        }
+    }
+
+    /// Every binding name, `vpc_services` first, each in file order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.vpc_services
+            .iter()
+            .map(|b| b.binding.as_str())
+            .chain(self.vpc_networks.iter().map(|b| b.binding.as_str()))
+    }
+}
+
 fn parse(path: &Path, format: Format, text: &str) -> Result<Value, ConfigError> {
     match format {
         // wrangler reads .json files as JSONC too (comments, trailing commas).
@@ -924,6 +996,38 @@ mod tests {
                 other => panic!("expected an invalid config, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn bindings_alone_load_whatever_main_is_and_report_their_problems() {
+        let fx = Fixture::new();
+        let path = fx.dir.path().join("wrangler.jsonc");
+        std::fs::write(
+            &path,
+            r#"{ "name": "w", "main": "src/index.ts",
+                 "vpc_services": [{ "binding": "API", "service": "api" }],
+                 "vpc_networks": [{ "binding": "NET", "network_id": "cf1:network" }] }"#,
+        )
+        .unwrap();
+        // `main` does not exist and `service` is not resolved: the bindings still load.
+        let bindings = ScriptBindings::load(&path).unwrap();
+        assert_eq!(bindings.names().collect::<Vec<_>>(), ["API", "NET"]);
+        assert!(ScriptConfig::load(&path).is_err());
+
+        let bad = fx.dir.path().join("bad.toml");
+        std::fs::write(
+            &bad,
+            "[[vpc_networks]]\nbinding = \"my-net\"\ntunnel_id = \"x\"\n",
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid { problems, .. }) = ScriptBindings::load(&bad) else {
+            panic!("expected an invalid config");
+        };
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["vpc_networks[0].binding", "vpc_networks[0].tunnel_id"]
+        );
     }
 
     #[test]

@@ -72,8 +72,8 @@ mod socket;
 mod tail;
 
 pub use config::{
-    ConfigError, ConfigProblem, ConfigValue, LimitsError, ScriptConfig, VpcNetworkBinding,
-    VpcServiceBinding,
+    ConfigError, ConfigProblem, ConfigValue, LimitsError, ScriptBindings, ScriptConfig,
+    VpcNetworkBinding, VpcServiceBinding,
 };
 pub use dev_server::{Runtime, RuntimeOptions};
 pub use error_map::wasi_error_code;

@@ -20,4 +20,5 @@ pub mod token;
 pub mod tunnel;
 pub mod tunnel_remote;
 pub mod tunnel_run;
+pub mod types;
 pub mod up;
