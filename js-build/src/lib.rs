@@ -107,12 +107,28 @@ impl JsBuilder {
     /// Builds the script whose entry module is `entry` (its imports are bundled). Blocking:
     /// it runs node, and compiles for seconds unless the result is cached.
     pub fn build_entry(&self, entry: &Path) -> Result<BuiltScript, JsBuildError> {
+        self.build_in(entry, None)
+    }
+
+    /// [`Self::build_entry`], with node run in `cwd` (messages name files relative to it)
+    /// instead of the current directory.
+    fn build_in(&self, entry: &Path, cwd: Option<&Path>) -> Result<BuiltScript, JsBuildError> {
         let toolchain = Toolchain::ready(&self.cache_dir, entry)?;
+        let node = || {
+            let mut command = toolchain.node();
+            if let Some(cwd) = cwd {
+                command.current_dir(cwd);
+            }
+            command
+        };
+        let shown = cwd
+            .and_then(|cwd| entry.strip_prefix(cwd).ok())
+            .unwrap_or(entry);
         let work = tempfile::Builder::new()
             .prefix("build-")
             .tempdir_in(&self.cache_dir)
             .map_err(|e| tooling("a build directory", &self.cache_dir, e))?;
-        let mut bundle = toolchain.node();
+        let mut bundle = node();
         bundle
             .arg(toolchain.script())
             .arg("bundle")
@@ -148,14 +164,14 @@ impl JsBuilder {
         }
         std::fs::create_dir_all(&builds).map_err(|e| tooling("the build cache", &builds, e))?;
         let out = work.path().join("script.wasm");
-        let mut componentize = toolchain.node();
+        let mut componentize = node();
         componentize
             .arg(toolchain.script())
             .arg("componentize")
             .arg(&bundled)
             .arg(toolchain.wit())
             .arg(&out)
-            .arg(entry);
+            .arg(shown);
         run(componentize, "making the component")?;
         mark_one_request_per_instance(&out)?;
         // A rename, so that a concurrent build of the same script never sees half a file.
@@ -169,7 +185,8 @@ impl JsBuilder {
     }
 
     /// Builds an uploaded module worker: `modules` are (name, bytes), `main_module` names
-    /// the entry among them. Module names are relative paths (`index.js`, `lib/util.js`).
+    /// the entry among them. Module names are relative paths (`index.js`, `lib/util.js`);
+    /// messages name files by them (`index.js:3:28: error: …`).
     pub fn build_modules(
         &self,
         main_module: &str,
@@ -202,7 +219,8 @@ impl JsBuilder {
                 "main_module {main_module:?} is not among the uploaded modules"
             )));
         }
-        let mut built = self.build_entry(&sources.path().join(main_module))?;
+        // Run in the upload's directory: messages name the modules as they were uploaded.
+        let mut built = self.build_in(&sources.path().join(main_module), Some(sources.path()))?;
         // The upload's files are temporary; there is nothing to watch.
         built.inputs.clear();
         Ok(built)

@@ -158,3 +158,30 @@ fn a_typescript_entry_with_relative_imports_builds_and_lists_its_sources() {
     sources.sort();
     assert_eq!(sources, ["greet.ts", "index.ts"]);
 }
+
+#[test]
+fn an_upload_builds_and_its_errors_name_the_modules_as_uploaded() {
+    let Some(builder) = builder() else { return };
+    let modules = vec![
+        (
+            "index.js".to_owned(),
+            b"import { answer } from './lib/answer.js';\nexport default { fetch() { return new Response(answer()); } };\n".to_vec(),
+        ),
+        (
+            "lib/answer.js".to_owned(),
+            b"export function answer() {\n  return 'x' +;\n}\n".to_vec(),
+        ),
+    ];
+    let err = builder.build_modules("index.js", &modules).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("lib/answer.js:2:"), "{text}");
+    let refused = builder
+        .build_modules("index.js", &[("../escape.js".to_owned(), b"x".to_vec())])
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("not a relative path inside the upload"),
+        "{refused}"
+    );
+}

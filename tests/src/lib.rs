@@ -51,7 +51,8 @@ pub mod guests {
 
     /// `tests/js/binding_checks.js`: the `binding_checks` guest in JavaScript (it answers
     /// `ProxyError: <code>` without the wasi:http variant).
-    pub const BINDING_CHECKS_JS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/js/binding_checks.js");
+    pub const BINDING_CHECKS_JS: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/js/binding_checks.js");
     /// `tests/js/websocket.js`: the `websocket` guest's exchange in JavaScript.
     pub const WEBSOCKET_JS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/js/websocket.js");
 

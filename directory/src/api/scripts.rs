@@ -465,46 +465,14 @@ fn build_refusal(main_module: &str, err: JsBuildError) -> ApiError {
         JsBuildError::Script(message) => ApiError::new(
             StatusCode::BAD_REQUEST,
             code::SCRIPT_BUILD_FAILED,
-            format!(
-                "building {main_module:?} failed: {}",
-                without_upload_dir(&message)
-            ),
+            format!("building {main_module:?} failed: {message}"),
         ),
         other => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             code::BUILD_UNAVAILABLE,
-            format!(
-                "this directory cannot build JavaScript scripts now: {}",
-                without_upload_dir(&other.to_string())
-            ),
+            format!("this directory cannot build JavaScript scripts now: {other}"),
         ),
     }
-}
-
-/// `message` with the build's scratch directory taken off each path in it
-/// (`…/upload-XXXXXX/index.js:3:28` → `index.js:3:28`): the names the uploader gave.
-fn without_upload_dir(message: &str) -> String {
-    const MARK: &str = "/upload-";
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find(MARK) {
-        let start = rest[..at]
-            .rfind(|c: char| c.is_whitespace() || c == '(' || c == '"')
-            .map_or(0, |i| i + 1);
-        let after = &rest[at + MARK.len()..];
-        match after.find('/') {
-            Some(slash) if !after[..slash].contains(char::is_whitespace) => {
-                out.push_str(&rest[..start]);
-                rest = &after[slash + 1..];
-            }
-            _ => {
-                out.push_str(&rest[..at + MARK.len()]);
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 impl ScriptForm {
@@ -752,17 +720,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn build_messages_name_modules_as_uploaded() {
-        assert_eq!(
-            without_upload_dir(
-                "../cache/wvpc-js/upload-3ZpGwz/index.js:3:28: error: Expected \")\"\n  at \
-                 (/abs/upload-AbCdEf/lib/util.js:1:2) and upload-x"
-            ),
-            "index.js:3:28: error: Expected \")\"\n  at (lib/util.js:1:2) and upload-x"
-        );
-    }
 
     #[test]
     fn multipart_parts_are_split_by_name() {

@@ -196,7 +196,10 @@ async fn a_javascript_script_sees_the_same_codes() {
         ..WorldOptions::default()
     };
     let mut world = start_building(options(0, Some(Duration::from_secs(1)))).await;
-    for row in SHARED_WORLD.iter().filter(|r| !matches!(r.cause, Cause::ShortBody)) {
+    for row in SHARED_WORLD
+        .iter()
+        .filter(|r| !matches!(r.cause, Cause::ShortBody))
+    {
         run_row(&mut world, row, false).await;
     }
     drop(world);
