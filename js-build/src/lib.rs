@@ -156,6 +156,9 @@ impl JsBuilder {
         let builds = self.cache_dir.join("builds");
         let wasm = builds.join(format!("{key}.wasm"));
         if wasm.is_file() {
+            // Recently used: kept when older builds are pruned.
+            let _ = std::fs::File::open(&wasm)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok(BuiltScript {
                 wasm,
                 inputs,
@@ -176,6 +179,7 @@ impl JsBuilder {
         mark_one_request_per_instance(&out)?;
         // A rename, so that a concurrent build of the same script never sees half a file.
         std::fs::rename(&out, &wasm).map_err(|e| tooling("the built component", &wasm, e))?;
+        prune(&builds, KEPT_BUILDS);
         tracing::info!(entry = %entry.display(), wasm = %wasm.display(), "built JavaScript script");
         Ok(BuiltScript {
             wasm,
@@ -224,6 +228,29 @@ impl JsBuilder {
         // The upload's files are temporary; there is nothing to watch.
         built.inputs.clear();
         Ok(built)
+    }
+}
+
+/// Built components kept in the cache (about 13 MB each); the least recently used go first.
+const KEPT_BUILDS: usize = 32;
+
+/// Removes all but the `keep` most recently used components in `builds`. Best effort: a
+/// file another build is using stays readable (it is only unlinked).
+fn prune(builds: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(builds) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if files.len() <= keep {
+        return;
+    }
+    files.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    for (_, path) in files.drain(keep..) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -281,5 +308,35 @@ fn run(mut command: Command, what: &str) -> Result<(), JsBuildError> {
             "{what}: {}\n{stderr}",
             output.status
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_most_recently_used_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        for (i, name) in ["old.wasm", "mid.wasm", "new.wasm"].iter().enumerate() {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"\0asm").unwrap();
+            let at = now - std::time::Duration::from_secs(100 * (3 - i as u64));
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"kept").unwrap();
+        prune(dir.path(), 2);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["mid.wasm", "new.wasm", "notes.txt"]);
     }
 }
