@@ -424,6 +424,21 @@ pub struct DeletedScript {
     pub routes: Vec<String>,
 }
 
+/// What every stored upload passes first: the script's name, the upload's fields and its
+/// module ([`crate::component::check`]); then the module's etag and the limits as stored.
+fn checked_upload(name: &str, upload: &ScriptUpload) -> Result<(String, String), DirectoryError> {
+    check_script_name(name)?;
+    let problems = upload_problems(upload);
+    if !problems.is_empty() {
+        return Err(DirectoryError::InvalidUpload(problems));
+    }
+    crate::component::check(&upload.module).map_err(DirectoryError::InvalidComponent)?;
+    Ok((
+        sha256_hex(&upload.module),
+        to_json("script limits", &upload.limits)?,
+    ))
+}
+
 impl Directory {
     /// Checks the module ([`crate::component::check`]), verifies every binding for `token`
     /// (all refusals at once) and that no other script holds one of the routes, then stores a
@@ -436,14 +451,7 @@ impl Directory {
         name: &str,
         upload: &ScriptUpload,
     ) -> Result<Script, DirectoryError> {
-        check_script_name(name)?;
-        let problems = upload_problems(upload);
-        if !problems.is_empty() {
-            return Err(DirectoryError::InvalidUpload(problems));
-        }
-        crate::component::check(&upload.module).map_err(DirectoryError::InvalidComponent)?;
-        let etag = sha256_hex(&upload.module);
-        let limits = to_json("script limits", &upload.limits)?;
+        let (etag, limits) = checked_upload(name, upload)?;
         let account = self.account_id();
         let script = self.write(|tx| {
             let bindings = verify_bindings(tx, account, token, &upload.bindings)?;
@@ -501,14 +509,7 @@ impl Directory {
         name: &str,
         upload: &ScriptUpload,
     ) -> Result<ScriptVersion, DirectoryError> {
-        check_script_name(name)?;
-        let problems = upload_problems(upload);
-        if !problems.is_empty() {
-            return Err(DirectoryError::InvalidUpload(problems));
-        }
-        crate::component::check(&upload.module).map_err(DirectoryError::InvalidComponent)?;
-        let etag = sha256_hex(&upload.module);
-        let limits = to_json("script limits", &upload.limits)?;
+        let (etag, limits) = checked_upload(name, upload)?;
         let account = self.account_id();
         let version = self.write(|tx| {
             if !script_exists(tx, account, name)? {

@@ -303,30 +303,8 @@ impl ScriptHost {
                 let (bytes, pre) = crate::script::load(engine, &config.component()?)?;
                 let one_request_per_instance =
                     crate::script::serves_one_request_per_instance(&bytes);
-                let services = config
-                    .vpc_services
-                    .iter()
-                    .map(|b| (b.binding.clone(), b.service_id))
-                    .collect();
-                let networks = config
-                    .vpc_networks
-                    .iter()
-                    .map(|b| (b.binding.clone(), b.network))
-                    .collect();
-                let loaded = Arc::new(LoadedScript {
-                    pre: pre.clone(),
-                    etag: LOCAL_VERSION.into(),
-                    bindings: Arc::new(bindings.script(
-                        &options.account,
-                        &config.name,
-                        LOCAL_VERSION,
-                        &services,
-                        &networks,
-                        config.limits,
-                    )),
-                    instances: InstancePool::default(),
-                    one_request_per_instance,
-                });
+                let loaded =
+                    bindings.local_script(&options.account, config, &pre, one_request_per_instance);
                 let table = Table {
                     any_host: Some(loaded),
                     routes: Arc::new(RouteTable::build(DEFAULT_WORKERS_DOMAIN, [])),
@@ -377,34 +355,16 @@ impl ScriptHost {
             ));
         };
         let one_request_per_instance = crate::script::serves_one_request_per_instance(&bytes);
-        let services = config
-            .vpc_services
-            .iter()
-            .map(|b| (b.binding.clone(), b.service_id))
-            .collect();
-        let networks = config
-            .vpc_networks
-            .iter()
-            .map(|b| (b.binding.clone(), b.network))
-            .collect();
         let bindings = Bindings {
             client: &self.client,
             output: &self.output,
         };
-        let loaded = Arc::new(LoadedScript {
-            pre: pre.clone(),
-            etag: LOCAL_VERSION.into(),
-            bindings: Arc::new(bindings.script(
-                &old.bindings.account,
-                &config.name,
-                LOCAL_VERSION,
-                &services,
-                &networks,
-                config.limits,
-            )),
-            instances: InstancePool::default(),
+        let loaded = bindings.local_script(
+            &old.bindings.account,
+            config,
+            &pre,
             one_request_per_instance,
-        });
+        );
         state.compiled.insert(
             LOCAL_VERSION.to_owned(),
             Compiled {
@@ -869,6 +829,40 @@ struct Bindings<'a> {
 }
 
 impl Bindings<'_> {
+    /// `wvpc dev`'s script: `config`'s, compiled as `pre`, for `account`.
+    fn local_script(
+        &self,
+        account: &str,
+        config: &ScriptConfig,
+        pre: &ScriptPre<HostState>,
+        one_request_per_instance: bool,
+    ) -> Arc<LoadedScript> {
+        let services = config
+            .vpc_services
+            .iter()
+            .map(|b| (b.binding.clone(), b.service_id))
+            .collect();
+        let networks = config
+            .vpc_networks
+            .iter()
+            .map(|b| (b.binding.clone(), b.network))
+            .collect();
+        Arc::new(LoadedScript {
+            pre: pre.clone(),
+            etag: LOCAL_VERSION.into(),
+            bindings: Arc::new(self.script(
+                account,
+                &config.name,
+                LOCAL_VERSION,
+                &services,
+                &networks,
+                config.limits,
+            )),
+            instances: InstancePool::default(),
+            one_request_per_instance,
+        })
+    }
+
     fn script(
         &self,
         account: &str,
