@@ -300,7 +300,8 @@ fn main() -> anyhow::Result<()> {
     // The JavaScript proxy on the same chain, and both scripts' instantiation (measured here,
     // with nothing else running).
     let mut js_report = None;
-    if wants("platform-js") {
+    // Skipped, saying why, where Node.js and npm are missing.
+    if wants("platform-js") && wvpc_tests::guests::javascript_builds() {
         let (_, module) = rt.block_on(javascript::build_proxy())?;
         let component_bytes = module.len();
         let js = rt.block_on(javascript::measure_instantiation(

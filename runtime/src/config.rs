@@ -1204,7 +1204,7 @@ mod tests {
             fx.problems("wrangler.json", r#"{"vpc_services": {}}"#),
             vec![
                 "name: missing (the script's name, e.g. my-worker)",
-                "main: missing (the path of the script's .wasm component, relative to this file)",
+                "main: missing (the path of the script's .wasm component, or of its JavaScript / TypeScript entry (src/index.js), relative to this file)",
                 "vpc_services: expected an array of {binding, service_id} objects, found an \
                  object",
             ]
@@ -1216,7 +1216,7 @@ mod tests {
             ),
             vec![
                 "name: expected a string, found a number",
-                "main: \".\" is not a file (point it at the .wasm component)",
+                "main: \".\" is not a file (point it at the .wasm component or the JavaScript entry)",
                 "vpc_services: expected an array of {binding, service_id} tables, found a number",
             ]
         );
