@@ -16,6 +16,9 @@
 //!   `wvpc binding-worker`, `wvpc runtime` and `wvpc tunnel run` as children on one state, the
 //!   script deployed in the directory and requested by `Host`
 //!   (`proxy.local.workers.localhost`); origin and DNS server in this process.
+//! - **platform-js**: the platform row with `examples/proxy-js` as the script, built from its
+//!   JavaScript entry as `wvpc deploy` builds it ([`javascript`]): what a JavaScript script
+//!   costs against the Rust one, instantiation included (it gets a fresh instance per request).
 //!
 //! For each: latency at concurrency 1 (exact p50/p99/p99.9 over every request), throughput at
 //! concurrency N, and over the throughput run the CPU time ([`usage`]), context switches and
@@ -46,9 +49,11 @@
 //! ```text
 //! cargo run --release -p wvpc-bench -- [--seconds 5] [--concurrency 32] [--only platform | --only binding,relayed | --only propagation]
 //! cargo run --release -p wvpc-bench -- --only direct,workerd,binding,platform --profile target/profile
+//! cargo run --release -p wvpc-bench -- --only direct,workerd,platform,platform-js --seconds 3
 //! cargo run --release -p wvpc-bench -- --soak 600
 //! ```
 
+mod javascript;
 mod load;
 mod perf;
 mod platform;
@@ -61,7 +66,7 @@ mod usage;
 mod workerd;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -85,7 +90,7 @@ struct Args {
     concurrency: usize,
     /// Measure these targets only, comma-separated (e.g. one under a profiler, or
     /// `binding,relayed`); the other figures are not printed
-    #[arg(long, value_delimiter = ',', value_parser = ["direct", "workerd", "binding", "relayed", "platform", "propagation"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["direct", "workerd", "binding", "relayed", "platform", "platform-js", "propagation"])]
     only: Vec<String>,
     /// Also profile each row's throughput run with `perf record` and write its flamegraph,
     /// `DIR/<row>.svg`
@@ -247,7 +252,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
         if full {
-            instantiation = Some(rt.block_on(measure_instantiation(duration))?);
+            let rust = javascript::config(wvpc_tests::guests::PROXY);
+            let measured = rt.block_on(javascript::measure_instantiation(rust, duration))?;
+            instantiation = Some((measured.p50, measured.p99, measured.count));
         }
         drop(cluster);
     }
@@ -287,6 +294,51 @@ fn main() -> anyhow::Result<()> {
                 redeploy::measure(&platform, args.redeploys, REDEPLOY_LOAD_CONNECTIONS).await
             })?);
         }
+        drop(platform);
+    }
+
+    // The JavaScript proxy on the same chain, and both scripts' instantiation (measured here,
+    // with nothing else running).
+    let mut js_report = None;
+    // Skipped, saying why, where Node.js and npm are missing.
+    if wants("platform-js") && wvpc_tests::guests::javascript_builds() {
+        let (_, module) = rt.block_on(javascript::build_proxy())?;
+        let component_bytes = module.len();
+        let js = rt.block_on(javascript::measure_instantiation(
+            javascript::config(wvpc_tests::guests::PROXY_JS),
+            duration,
+        ))?;
+        let rust = rt.block_on(javascript::measure_instantiation(
+            javascript::config(wvpc_tests::guests::PROXY),
+            duration,
+        ))?;
+        let wvpc = platform::wvpc_binary(args.wvpc.as_deref())?;
+        let platform = rt.block_on(Platform::start_with(wvpc, module))?;
+        let target = platform.target()?;
+        println!(
+            "platform-js = http://{}/hello with Host {}   (the platform row's processes, the \
+             script examples/proxy-js)",
+            target.addr, target.host
+        );
+        let mut pids = vec![Pid::Own];
+        pids.extend(platform.components.iter().map(|c| c.pid()));
+        let mut names = vec!["this"];
+        names.extend(platform.components.iter().map(|c| c.name));
+        let figures = rt.block_on(measure(
+            &target,
+            duration,
+            args.concurrency,
+            &pids,
+            profile("platform-js"),
+            ALLOCATOR,
+        ))?;
+        rows.push(Row {
+            name: "platform-js",
+            processes: "5: this + iris, binding-worker, runtime (JS script), connector",
+            names,
+            figures,
+        });
+        js_report = Some((component_bytes, js, rust));
         drop(platform);
     }
 
@@ -363,6 +415,14 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(redeploys) = &redeploys {
         print_redeploys(redeploys);
+    }
+    if let Some((component_bytes, js, rust)) = js_report {
+        javascript::print(&javascript::Report {
+            rows: &rows,
+            component_bytes,
+            js,
+            rust,
+        });
     }
     print_propagations(&propagations);
     Ok(())
@@ -546,7 +606,7 @@ fn print_processes(rows: &[Row]) {
 fn print_goals(rows: &[Row], instantiation: Option<Duration>) {
     let row = |name: &str| rows.iter().find(|r| r.name == name);
     let (direct, workerd) = (row("direct"), row("workerd"));
-    let ours: Vec<&Row> = ["binding", "platform"]
+    let ours: Vec<&Row> = ["binding", "platform", "platform-js"]
         .iter()
         .filter_map(|name| row(name))
         .collect();
@@ -675,41 +735,6 @@ fn print_redeploys(r: &redeploy::Redeploys) {
         "  requests during the redeploys: {} answered 200, {} failed",
         r.ok, r.failed
     );
-}
-
-/// p50, p99 and count of back-to-back instantiations of the proxy script (a fresh store and
-/// instance each, dropped at once: what every request pays before the handler runs).
-async fn measure_instantiation(duration: Duration) -> anyhow::Result<(Duration, Duration, usize)> {
-    let config = wvpc_runtime::ScriptConfig {
-        name: "bench".into(),
-        main: wvpc_tests::guests::PROXY.into(),
-        vpc_services: Vec::new(),
-        vpc_networks: Vec::new(),
-        limits: Default::default(),
-    };
-    let options = wvpc_runtime::RuntimeOptions {
-        // Never dialled: instantiation makes no fetch.
-        binding_workers: vec!["127.0.0.1:9".parse()?],
-        binding_secret: None,
-        account: "bench".into(),
-        exchange_tap: None,
-    };
-    let runtime =
-        tokio::task::spawn_blocking(move || wvpc_runtime::Runtime::new(&config, options)).await??;
-    let warm_until = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < warm_until {
-        runtime.instantiate_once().await?;
-    }
-    let mut samples = Vec::new();
-    let until = Instant::now() + duration.min(Duration::from_secs(2));
-    while Instant::now() < until {
-        let t = Instant::now();
-        runtime.instantiate_once().await?;
-        samples.push(t.elapsed());
-    }
-    samples.sort_unstable();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    Ok((pct(0.50), pct(0.99), samples.len()))
 }
 
 fn fmt(d: Duration) -> String {

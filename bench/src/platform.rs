@@ -33,8 +33,9 @@ use crate::usage::Pid;
 pub const SCRIPT: &str = "proxy";
 /// Its default host: `<script>.<subdomain of the state's own account>.<workers domain>`.
 pub const SCRIPT_HOST: &str = "proxy.local.workers.localhost";
-/// How long a child may take to say it is ready (a runtime compiles the script first).
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a child may take to say it is ready (a runtime compiles the script first: a
+/// JavaScript script is a component of over 10 MB).
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often a starting child's stdout file is read for its ready line.
 const READY_POLL: Duration = Duration::from_millis(10);
 
@@ -221,7 +222,7 @@ pub struct Platform {
     pub token: ApiToken,
     /// The script's binding `API`.
     pub service_id: Uuid,
-    /// The proxy component.
+    /// The deployed component.
     pub module: Vec<u8>,
     /// The tunnel every service goes through.
     tunnel_id: Uuid,
@@ -240,6 +241,14 @@ impl Platform {
     /// Sets up the state (tunnel, service, the deployed proxy) and starts iris, a
     /// binding-worker, a runtime and a connector, each awaited until ready.
     pub async fn start(wvpc: PathBuf) -> anyhow::Result<Platform> {
+        let module = std::fs::read(wvpc_tests::guests::PROXY)
+            .with_context(|| format!("reading {}", wvpc_tests::guests::PROXY))?;
+        Self::start_with(wvpc, module).await
+    }
+
+    /// [`Platform::start`] with `module` deployed as the script (e.g. the JavaScript proxy,
+    /// built into a component as `wvpc deploy` builds it).
+    pub async fn start_with(wvpc: PathBuf, module: Vec<u8>) -> anyhow::Result<Platform> {
         let state = TempDir::new("bench-platform");
         let origin = Origin::start(ORIGIN_IP).await?;
         let origin_ip: IpAddr = ORIGIN_IP.parse()?;
@@ -250,8 +259,6 @@ impl Platform {
         let service_id =
             create_service(&directory, "api", tunnel.id, dns.addr, origin.addr.port())?;
         let (token, _) = directory.create_token("bench", Role::Admin, None)?;
-        let module = std::fs::read(wvpc_tests::guests::PROXY)
-            .with_context(|| format!("reading {}", wvpc_tests::guests::PROXY))?;
 
         let mut platform = Platform {
             components: Vec::new(),

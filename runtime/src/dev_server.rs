@@ -99,6 +99,12 @@ impl Runtime {
         self.host.replace_single(config, wasm).await
     }
 
+    /// Whether every request gets a fresh instance whatever `limits.isolation` says, because
+    /// the component serves one request per instance (a JavaScript script).
+    pub fn one_request_per_instance(&self) -> bool {
+        self.script().one_request_per_instance
+    }
+
     fn script(&self) -> Arc<LoadedScript> {
         self.host
             .resolve("", "/")
