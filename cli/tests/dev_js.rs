@@ -153,3 +153,56 @@ fn without_node_wvpc_dev_says_what_a_javascript_main_needs() {
         "{stderr}"
     );
 }
+
+#[test]
+fn wvpc_dev_mock_serves_a_javascript_script_against_the_mock_and_rebuilds_on_an_edit() {
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        println!("SKIPPED (node): JavaScript scripts need Node.js ≥ 20 and npm to build");
+        return;
+    }
+    let state = Dir::new("dev-js-mock-state");
+    let project = Dir::new("dev-js-mock-project");
+    std::fs::create_dir_all(project.path().join("src")).unwrap();
+    let script = |version: &str| {
+        format!(
+            "export default {{\n  async fetch(request, env) {{\n    \
+             const answer = await env.API.fetch('http://api.internal/users/1');\n    \
+             return new Response(`{version}: ${{answer.status}} ${{await answer.text()}}`);\n  \
+             }},\n}};\n"
+        )
+    };
+    std::fs::write(project.path().join("src/index.js"), script("v1")).unwrap();
+    std::fs::write(
+        project.path().join("wrangler.jsonc"),
+        r#"{ "name": "mocked-js", "main": "src/index.js",
+             "vpc_services": [{ "binding": "API", "service": "api" }] }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        project.path().join("wvpc.mock.jsonc"),
+        r#"{ "bindings": { "API": { "responses": [
+             { "method": "GET", "path": "/users/1", "status": 200, "body": "{\"id\":1}" } ] } } }"#,
+    )
+    .unwrap();
+
+    let mut command = wvpc(state.path());
+    command
+        .current_dir(project.path())
+        .args(["dev", "--port", "0", "--mock"]);
+    let dev = Running::spawn(command);
+    dev.line("built src/index.js");
+    let ready = dev.line("ready: serving script");
+    let addr = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no address in {ready:?}"))
+        .to_owned();
+    assert_eq!(body_becomes(&addr, "v1"), r#"v1: 200 {"id":1}"#);
+
+    std::fs::write(project.path().join("src/index.js"), script("v2")).unwrap();
+    dev.line("src/index.js changed: rebuilding");
+    dev.line("rebuilt: serving the new build");
+    assert_eq!(body_becomes(&addr, "v2"), r#"v2: 200 {"id":1}"#);
+}

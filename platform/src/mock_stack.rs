@@ -50,6 +50,7 @@ pub struct MockStack {
     pub mock: MockNetwork,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     binding_worker: Option<BindingWorkerHandle>,
+    runtime: Arc<wvpc_runtime::Runtime>,
 }
 
 /// `script` with every binding pointing at the mock's service for it.
@@ -117,7 +118,7 @@ impl MockStack {
             account: MOCK_ACCOUNT.to_owned(),
             exchange_tap: None,
         };
-        let (script_addr, script_server, _runtime) = serve_script(
+        let (script_addr, script_server, runtime) = serve_script(
             script,
             options,
             output,
@@ -134,7 +135,24 @@ impl MockStack {
             mock,
             tasks,
             binding_worker: Some(binding_worker),
+            runtime,
         })
+    }
+
+    /// Serves `script` (its bindings pointed at the mock) from the component at `wasm` from
+    /// now on (`wvpc dev --mock` after an edit). `Err` leaves the previous build served.
+    pub async fn reload_script(
+        &self,
+        script: &ScriptConfig,
+        wasm: &std::path::Path,
+    ) -> Result<(), PlatformError> {
+        self.runtime
+            .reload(&mocked_script(script, &self.mock), wasm)
+            .await
+            .map_err(|source| PlatformError::Script {
+                script: script.name.clone(),
+                source,
+            })
     }
 
     /// Stops every component.

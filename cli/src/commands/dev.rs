@@ -117,24 +117,7 @@ pub async fn run(
         resolve_service_name(&directory, state, name)
     })?;
     // A JavaScript main is built before anything starts: its errors end `wvpc dev` here.
-    if script.is_javascript() {
-        writeln!(out, "building {}", shown(&script.main, &cwd).display())?;
-        out.flush()?;
-    }
-    let first_build = script_sources::build(&script).await?;
-    if let Some(cached) = first_build.cached {
-        writeln!(
-            out,
-            "built {}{}",
-            shown(&script.main, &cwd).display(),
-            if cached {
-                " (unchanged: from the build cache)"
-            } else {
-                ""
-            }
-        )?;
-    }
-    let mut sources = SourceWatch::new(&first_build.sources);
+    let (watched, mut sources) = first_build(&script, out).await?;
     let (recorder, mut recorded) = match &args.record {
         Some(path) => {
             let (recorder, events) = MockRecorder::start(path, &config_path)?;
@@ -215,8 +198,7 @@ pub async fn run(
     out.flush()?;
     writeln!(
         out,
-        "  watching {} source file(s): an edit rebuilds and serves the new build",
-        first_build.sources.len()
+        "  watching {watched} source file(s): an edit rebuilds and serves the new build"
     )?;
     out.flush()?;
     let shutdown = shutdown_signal();
@@ -236,8 +218,10 @@ pub async fn run(
                 out.flush()?;
             }
             _ = poll.tick() => {
-                if let Some(changed) = sources.changed() {
-                    rebuild(&script, &stack, &changed, &mut sources, out).await?;
+                if let Some(changed) = sources.changed()
+                    && let Some(wasm) = rebuild(&script, &changed, &mut sources, out).await?
+                {
+                    reloaded(stack.reload_script(&script, &wasm).await, out)?;
                 }
             }
         }
@@ -256,15 +240,14 @@ fn shown<'a>(path: &'a Path, cwd: &Path) -> &'a Path {
 /// How often `wvpc dev` looks at its script's sources.
 const SOURCE_POLL: std::time::Duration = std::time::Duration::from_millis(300);
 
-/// After an edit of `changed`: builds the script again and serves the new build; a build
-/// that fails is reported and the previous build serves on.
+/// After an edit of `changed`: builds the script again. The component to serve, or `None`
+/// (the failure printed) when the previous build must serve on.
 async fn rebuild(
     script: &ScriptConfig,
-    stack: &Stack,
     changed: &Path,
     sources: &mut SourceWatch,
     out: &mut (dyn Write + Send),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<PathBuf>> {
     let cwd = std::env::current_dir().unwrap_or_default();
     writeln!(
         out,
@@ -273,23 +256,62 @@ async fn rebuild(
     )?;
     out.flush()?;
     match script_sources::build(script).await {
-        Err(err) => writeln!(
-            out,
-            "build failed; still serving the previous build:\n{err}"
-        )?,
+        Err(err) => {
+            writeln!(
+                out,
+                "build failed; still serving the previous build:\n{err}"
+            )?;
+            out.flush()?;
+            Ok(None)
+        }
         Ok(build) => {
             *sources = SourceWatch::new(&build.sources);
-            match stack.reload_script(script, &build.wasm).await {
-                Ok(()) => writeln!(out, "rebuilt: serving the new build")?,
-                Err(err) => writeln!(
-                    out,
-                    "the new build does not load; still serving the previous one: {err}"
-                )?,
-            }
+            Ok(Some(build.wasm))
         }
+    }
+}
+
+/// Says whether the rebuilt script now serves.
+fn reloaded(
+    result: Result<(), wvpc_platform::PlatformError>,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    match result {
+        Ok(()) => writeln!(out, "rebuilt: serving the new build")?,
+        Err(err) => writeln!(
+            out,
+            "the new build does not load; still serving the previous one: {err}"
+        )?,
     }
     out.flush()?;
     Ok(())
+}
+
+/// Builds `script` before anything starts (a JavaScript main: its errors end `wvpc dev`
+/// here) and watches its sources from then on.
+async fn first_build(
+    script: &ScriptConfig,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<(usize, SourceWatch)> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    if script.is_javascript() {
+        writeln!(out, "building {}", shown(&script.main, &cwd).display())?;
+        out.flush()?;
+    }
+    let build = script_sources::build(script).await?;
+    if let Some(cached) = build.cached {
+        writeln!(
+            out,
+            "built {}{}",
+            shown(&script.main, &cwd).display(),
+            if cached {
+                " (unchanged: from the build cache)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    Ok((build.sources.len(), SourceWatch::new(&build.sources)))
 }
 
 /// `wvpc dev --mock`: the script against the mock in `mock_path`, one line per binding
@@ -316,6 +338,7 @@ async fn run_mock(
         }
         other => other.into(),
     })?;
+    let (watched, mut sources) = first_build(&script, out).await?;
     let bindings = script.vpc_services.iter().map(|b| b.binding.clone());
     let network = MockNetwork::new(bindings, spec)?;
     let (exchanges, mut printed) = tokio::sync::mpsc::unbounded_channel::<Exchange>();
@@ -339,6 +362,10 @@ async fn run_mock(
     for binding in network.bindings() {
         writeln!(out, "  binding {binding} -> mock")?;
     }
+    writeln!(
+        out,
+        "  watching {watched} source file(s): an edit rebuilds and serves the new build"
+    )?;
     out.flush()?;
     let mut poll = tokio::time::interval(mock_file::MOCK_FILE_POLL);
     let shutdown = shutdown_signal();
@@ -347,11 +374,18 @@ async fn run_mock(
         tokio::select! {
             () = &mut shutdown => break,
             Some(exchange) = printed.recv() => writeln!(out, "{exchange}")?,
-            _ = poll.tick() => match watch.poll(&script, &network) {
-                None => continue,
-                Some(Ok(())) => writeln!(out, "mock reloaded from {}", mock_path.display())?,
-                Some(Err(err)) => writeln!(out, "{err}\n  (keeping the last good mock)")?,
-            },
+            _ = poll.tick() => {
+                match watch.poll(&script, &network) {
+                    None => {}
+                    Some(Ok(())) => writeln!(out, "mock reloaded from {}", mock_path.display())?,
+                    Some(Err(err)) => writeln!(out, "{err}\n  (keeping the last good mock)")?,
+                }
+                if let Some(changed) = sources.changed()
+                    && let Some(wasm) = rebuild(&script, &changed, &mut sources, out).await?
+                {
+                    reloaded(stack.reload_script(&script, &wasm).await, out)?;
+                }
+            }
         }
         out.flush()?;
     }
