@@ -262,24 +262,13 @@ pub const ISOLATION_SECTION: &str = "wvpc:isolation";
 /// Appends [`ISOLATION_SECTION`] = `request` to the component at `path` (custom sections may
 /// stand anywhere at a component's top level).
 fn mark_one_request_per_instance(path: &Path) -> Result<(), JsBuildError> {
-    fn leb(mut value: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (value & 0x7f) as u8;
-            value >>= 7;
-            match value {
-                0 => return out.push(byte),
-                _ => out.push(byte | 0x80),
-            }
-        }
+    use wasm_encoder::ComponentSection as _;
+    let mut section = Vec::new();
+    wasm_encoder::CustomSection {
+        name: ISOLATION_SECTION.into(),
+        data: b"request".as_slice().into(),
     }
-    let payload = b"request";
-    let mut body = Vec::new();
-    leb(ISOLATION_SECTION.len(), &mut body);
-    body.extend_from_slice(ISOLATION_SECTION.as_bytes());
-    body.extend_from_slice(payload);
-    let mut section = vec![0u8];
-    leb(body.len(), &mut section);
-    section.extend(body);
+    .append_to_component(&mut section);
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(path)

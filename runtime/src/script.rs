@@ -37,39 +37,24 @@ pub(crate) struct LoadedScript {
 pub const ISOLATION_SECTION: &str = wvpc_js_build::ISOLATION_SECTION;
 
 /// Whether the component in `bytes` carries [`ISOLATION_SECTION`] = `request` at its top
-/// level. Reads only the top-level section headers (nested modules are skipped whole).
+/// level (a section of that name inside a nested module or component does not count).
 pub(crate) fn serves_one_request_per_instance(bytes: &[u8]) -> bool {
-    fn leb(bytes: &[u8], at: &mut usize) -> Option<usize> {
-        let mut value = 0usize;
-        for shift in (0..35).step_by(7) {
-            let byte = *bytes.get(*at)?;
-            *at += 1;
-            value |= usize::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-    let mut at = 8;
-    while at < bytes.len() {
-        let id = bytes[at];
-        at += 1;
-        let Some(size) = leb(bytes, &mut at) else {
-            return false;
-        };
-        let Some(end) = at.checked_add(size).filter(|&end| end <= bytes.len()) else {
-            return false;
-        };
-        if id == 0 {
-            let mut name_at = at;
-            if let Some(len) = leb(bytes, &mut name_at)
-                && bytes.get(name_at..name_at + len) == Some(ISOLATION_SECTION.as_bytes())
+    use wasmparser::Payload;
+    // Nesting depth: a nested module or component ends with an `End` of its own.
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(Payload::ModuleSection { .. } | Payload::ComponentSection { .. }) => depth += 1,
+            Ok(Payload::End(_)) if depth == 0 => return false,
+            Ok(Payload::End(_)) => depth -= 1,
+            Ok(Payload::CustomSection(section))
+                if depth == 0 && section.name() == ISOLATION_SECTION =>
             {
-                return bytes.get(name_at + len..end) == Some(b"request".as_slice());
+                return section.data() == b"request";
             }
+            Ok(_) => {}
+            Err(_) => return false,
         }
-        at = end;
     }
     false
 }
@@ -224,4 +209,40 @@ pub(crate) fn compile(
 pub fn check_component(bytes: &[u8]) -> Result<(), ComponentError> {
     let engine = crate::engine::shared_engine().map_err(ComponentError::Engine)?;
     compile(&engine, bytes).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use wasm_encoder::{Component, CustomSection, Module, ModuleSection};
+
+    use super::*;
+
+    fn marker(data: &'static [u8]) -> CustomSection<'static> {
+        CustomSection {
+            name: ISOLATION_SECTION.into(),
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn only_a_top_level_request_marker_means_one_request_per_instance() {
+        assert!(!serves_one_request_per_instance(&Component::new().finish()));
+
+        let mut marked = Component::new();
+        marked.section(&marker(b"request"));
+        assert!(serves_one_request_per_instance(&marked.finish()));
+
+        let mut other = Component::new();
+        other.section(&marker(b"instance"));
+        assert!(!serves_one_request_per_instance(&other.finish()));
+
+        // The marker inside a nested module is the module's, not the component's.
+        let mut module = Module::new();
+        module.section(&marker(b"request"));
+        let mut nested = Component::new();
+        nested.section(&ModuleSection(&module));
+        assert!(!serves_one_request_per_instance(&nested.finish()));
+
+        assert!(!serves_one_request_per_instance(b"not wasm"));
+    }
 }
