@@ -117,7 +117,7 @@ pub async fn run(
         resolve_service_name(&directory, state, name)
     })?;
     // A JavaScript main is built before anything starts: its errors end `wvpc dev` here.
-    let (watched, mut sources) = first_build(&script, out).await?;
+    let (served, watched, mut sources) = first_build(&script, out).await?;
     let (recorder, mut recorded) = match &args.record {
         Some(path) => {
             let (recorder, events) = MockRecorder::start(path, &config_path)?;
@@ -148,7 +148,7 @@ pub async fn run(
         StackConfig {
             state: state.path.clone(),
             directory: state.directory.clone(),
-            script: script.clone(),
+            script: served,
             listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
             edge_listen: args.edge_listen,
             server: limits.clone(),
@@ -288,11 +288,12 @@ fn reloaded(
 }
 
 /// Builds `script` before anything starts (a JavaScript main: its errors end `wvpc dev`
-/// here) and watches its sources from then on.
+/// here) and watches its sources from then on. The config to start the stack with: its
+/// `main` is the built component, so that loading it does not build again.
 async fn first_build(
     script: &ScriptConfig,
     out: &mut (dyn Write + Send),
-) -> anyhow::Result<(usize, SourceWatch)> {
+) -> anyhow::Result<(ScriptConfig, usize, SourceWatch)> {
     let cwd = std::env::current_dir().unwrap_or_default();
     if script.is_javascript() {
         writeln!(out, "building {}", shown(&script.main, &cwd).display())?;
@@ -311,7 +312,15 @@ async fn first_build(
             }
         )?;
     }
-    Ok((build.sources.len(), SourceWatch::new(&build.sources)))
+    let served = ScriptConfig {
+        main: build.wasm,
+        ..script.clone()
+    };
+    Ok((
+        served,
+        build.sources.len(),
+        SourceWatch::new(&build.sources),
+    ))
 }
 
 /// `wvpc dev --mock`: the script against the mock in `mock_path`, one line per binding
@@ -338,7 +347,7 @@ async fn run_mock(
         }
         other => other.into(),
     })?;
-    let (watched, mut sources) = first_build(&script, out).await?;
+    let (served, watched, mut sources) = first_build(&script, out).await?;
     let bindings = script.vpc_services.iter().map(|b| b.binding.clone());
     let network = MockNetwork::new(bindings, spec)?;
     let (exchanges, mut printed) = tokio::sync::mpsc::unbounded_channel::<Exchange>();
@@ -346,7 +355,7 @@ async fn run_mock(
         let _ = exchanges.send(exchange.clone());
     }));
     let stack = MockStack::start(MockStackConfig {
-        script: script.clone(),
+        script: served,
         mock: network.clone(),
         listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
         server: args.server.limits(),
