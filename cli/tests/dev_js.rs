@@ -4,7 +4,6 @@
 //! without them.)
 
 use std::path::Path;
-use std::process::Command;
 
 mod support;
 
@@ -32,10 +31,10 @@ fn script(version: &str) -> String {
 
 /// The address in `wvpc dev`'s ready line.
 fn served_at(line: &str) -> String {
-    line.rsplit("http://")
-        .next()
+    line.split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim()
         .to_owned()
 }
 
@@ -53,9 +52,7 @@ fn body_becomes(addr: &str, prefix: &str) -> String {
 
 #[test]
 fn wvpc_dev_builds_a_javascript_main_and_rebuilds_on_an_edit() {
-    let node = Command::new("node").arg("--version").output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        println!("SKIPPED (node): JavaScript scripts need Node.js ≥ 20 and npm to build");
+    if !wvpc_tests::guests::javascript_builds() {
         return;
     }
     let state = Dir::new("dev-js-state");
@@ -156,9 +153,7 @@ fn without_node_wvpc_dev_says_what_a_javascript_main_needs() {
 
 #[test]
 fn wvpc_dev_mock_serves_a_javascript_script_against_the_mock_and_rebuilds_on_an_edit() {
-    let node = Command::new("node").arg("--version").output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        println!("SKIPPED (node): JavaScript scripts need Node.js ≥ 20 and npm to build");
+    if !wvpc_tests::guests::javascript_builds() {
         return;
     }
     let state = Dir::new("dev-js-mock-state");
@@ -192,13 +187,7 @@ fn wvpc_dev_mock_serves_a_javascript_script_against_the_mock_and_rebuilds_on_an_
         .args(["dev", "--port", "0", "--mock"]);
     let dev = Running::spawn(command);
     dev.line("built src/index.js");
-    let ready = dev.line("ready: serving script");
-    let addr = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("no address in {ready:?}"))
-        .to_owned();
+    let addr = served_at(&dev.line("ready: serving script"));
     assert_eq!(body_becomes(&addr, "v1"), r#"v1: 200 {"id":1}"#);
 
     std::fs::write(project.path().join("src/index.js"), script("v2")).unwrap();
