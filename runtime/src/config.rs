@@ -224,12 +224,7 @@ impl ScriptConfig {
         path: &Path,
         resolve: ServiceResolver<'_>,
     ) -> Result<ScriptConfig, ConfigError> {
-        // The format is checked before the file is read.
-        Format::of(path).ok_or_else(|| ConfigError::UnsupportedFormat { path: path.into() })?;
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let (_, text) = read_text(path)?;
         Self::from_text(path, &text, resolve)
     }
 
@@ -316,26 +311,11 @@ pub struct ScriptBindings {
 impl ScriptBindings {
     /// Reads the config at `path` and validates its binding sections.
     pub fn load(path: &Path) -> Result<ScriptBindings, ConfigError> {
-        let format =
-            Format::of(path).ok_or_else(|| ConfigError::UnsupportedFormat { path: path.into() })?;
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let (format, text) = read_text(path)?;
         let raw = parse(path, format, &text)?;
         let mut problems = Problems::default();
-        let bindings = match raw.as_object() {
-            None => {
-                problems.push(
-                    "(top level)",
-                    format!(
-                        "expected {}, found {}",
-                        article(format.map_word()),
-                        kind(&raw, format)
-                    ),
-                );
-                None
-            }
+        let bindings = match root_object(&raw, format, &mut problems) {
+            None => None,
             Some(root) => {
                 let mut declared = HashMap::new();
                 // Which service a name means does not matter to the bindings' types.
@@ -370,6 +350,37 @@ impl ScriptBindings {
             .map(|b| b.binding.as_str())
             .chain(self.vpc_networks.iter().map(|b| b.binding.as_str()))
     }
+}
+
+/// The text of the config file at `path`, and its format (checked before the file is read).
+fn read_text(path: &Path) -> Result<(Format, String), ConfigError> {
+    let format =
+        Format::of(path).ok_or_else(|| ConfigError::UnsupportedFormat { path: path.into() })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    Ok((format, text))
+}
+
+/// The config's top-level object; anything else is a problem of `(top level)`.
+fn root_object<'a>(
+    raw: &'a Value,
+    format: Format,
+    problems: &mut Problems,
+) -> Option<&'a Map<String, Value>> {
+    let root = raw.as_object();
+    if root.is_none() {
+        problems.push(
+            "(top level)",
+            format!(
+                "expected {}, found {}",
+                article(format.map_word()),
+                kind(raw, format)
+            ),
+        );
+    }
+    root
 }
 
 fn parse(path: &Path, format: Format, text: &str) -> Result<Value, ConfigError> {
@@ -422,15 +433,7 @@ fn validate(
     resolve: ServiceResolver<'_>,
 ) -> Result<ScriptConfig, Vec<ConfigProblem>> {
     let mut problems = Problems::default();
-    let Some(root) = raw.as_object() else {
-        problems.push(
-            "(top level)",
-            format!(
-                "expected {}, found {}",
-                article(format.map_word()),
-                kind(raw, format)
-            ),
-        );
+    let Some(root) = root_object(raw, format, &mut problems) else {
         return Err(problems.0);
     };
 
