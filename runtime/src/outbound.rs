@@ -233,33 +233,32 @@ impl WasiHttpHooks for OutboundHooks {
         let (route, tagged) = match self.pending.take() {
             Some(route) => (route, false),
             None => match take_js_tags(&mut request) {
-                // A JavaScript script's global `fetch`: refused, told with the code.
-                Some((binding, _)) if binding.is_empty() => {
-                    tracing::info!(
-                        request_id = %request_id,
-                        uri = %request.uri(),
-                        "denied a script's outgoing request that did not go through a binding"
-                    );
-                    return answer_failure(wasmtime_wasi_http::Error::HttpRequestDenied);
-                }
-                Some((binding, redirect)) => match self.route_for(&binding, redirect) {
-                    Some(route) => (route, true),
-                    None => {
-                        tracing::warn!(
-                            request_id = %request_id,
-                            binding = %binding,
-                            "script used a binding that its config does not declare"
-                        );
-                        return answer_failure(wasmtime_wasi_http::Error::ConfigurationError);
+                Some((binding, redirect)) if !binding.is_empty() => {
+                    match self.route_for(&binding, redirect) {
+                        Some(route) => (route, true),
+                        None => {
+                            tracing::warn!(
+                                request_id = %request_id,
+                                binding = %binding,
+                                "script used a binding that its config does not declare"
+                            );
+                            return answer_failure(wasmtime_wasi_http::Error::ConfigurationError);
+                        }
                     }
-                },
-                None => {
+                }
+                // No binding: untagged, or a JavaScript script's global `fetch` (tagged with
+                // none), which is told the code.
+                tags => {
                     tracing::info!(
                         request_id = %request_id,
                         uri = %request.uri(),
                         "denied a script's outgoing request that did not go through a binding"
                     );
-                    return fail(wasmtime_wasi_http::Error::HttpRequestDenied);
+                    let denied = wasmtime_wasi_http::Error::HttpRequestDenied;
+                    return match tags {
+                        Some(_) => answer_failure(denied),
+                        None => fail(denied),
+                    };
                 }
             },
         };
