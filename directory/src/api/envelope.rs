@@ -147,6 +147,24 @@ impl ApiError {
         }
     }
 
+    /// One error per message, all with `code` (every problem of a request at once).
+    pub fn each(
+        status: StatusCode,
+        code: u32,
+        messages: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Self {
+            status,
+            errors: messages
+                .into_iter()
+                .map(|message| ErrorEntry {
+                    code,
+                    message: message.into(),
+                })
+                .collect(),
+        }
+    }
+
     /// The envelope body.
     pub fn body(&self) -> Value {
         json!({
@@ -207,30 +225,24 @@ impl From<DirectoryError> for ApiError {
         use DirectoryError as E;
         let status_code = match &err {
             E::Invalid(invalid) => {
-                return ApiError {
-                    status: StatusCode::BAD_REQUEST,
-                    errors: invalid
+                return ApiError::each(
+                    StatusCode::BAD_REQUEST,
+                    code::VALIDATION,
+                    invalid
                         .problems
                         .iter()
-                        .map(|p| ErrorEntry {
-                            code: code::VALIDATION,
-                            message: format!("{}: {}", p.path, p.message),
-                        })
-                        .collect(),
-                };
+                        .map(|p| format!("{}: {}", p.path, p.message)),
+                );
             }
             E::BindingsRefused(refusals) => return refused_bindings(refusals),
             E::InvalidNetworkInput { problems, .. } => {
-                return ApiError {
-                    status: StatusCode::BAD_REQUEST,
-                    errors: problems
+                return ApiError::each(
+                    StatusCode::BAD_REQUEST,
+                    code::VALIDATION,
+                    problems
                         .iter()
-                        .map(|p| ErrorEntry {
-                            code: code::VALIDATION,
-                            message: format!("{}: {}", p.path, p.message),
-                        })
-                        .collect(),
-                };
+                        .map(|p| format!("{}: {}", p.path, p.message)),
+                );
             }
             E::VirtualNetworkNotFound(_) => (StatusCode::NOT_FOUND, code::VNET_NOT_FOUND),
             E::VirtualNetworkNameTaken(_) => (StatusCode::CONFLICT, code::VNET_NAME_TAKEN),
@@ -248,16 +260,7 @@ impl From<DirectoryError> for ApiError {
             E::ScriptNotFound(_) => (StatusCode::NOT_FOUND, code::SCRIPT_NOT_FOUND),
             E::InvalidScriptName(_) => (StatusCode::BAD_REQUEST, code::INVALID_SCRIPT),
             E::InvalidUpload(problems) => {
-                return ApiError {
-                    status: StatusCode::BAD_REQUEST,
-                    errors: problems
-                        .iter()
-                        .map(|message| ErrorEntry {
-                            code: code::INVALID_SCRIPT,
-                            message: message.clone(),
-                        })
-                        .collect(),
-                };
+                return ApiError::each(StatusCode::BAD_REQUEST, code::INVALID_SCRIPT, problems);
             }
             E::InvalidComponent(_) => (StatusCode::BAD_REQUEST, code::INVALID_COMPONENT),
             E::RoutesTaken(conflicts) => {

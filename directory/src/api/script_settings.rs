@@ -15,7 +15,7 @@
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::envelope::{ApiError, ErrorEntry, code};
+use super::envelope::{ApiError, code};
 use super::{ApiRequest, Caller, Reply, allow};
 use crate::error::DirectoryError;
 use crate::scripts::Script;
@@ -83,16 +83,11 @@ pub(super) fn routes(caller: &Caller, request: &ApiRequest, name: &str) -> Resul
         let mut problems = Vec::new();
         let routes = crate::routes::parse_routes_at("routes", Some(&body), &mut problems);
         if !problems.is_empty() {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                errors: problems
-                    .into_iter()
-                    .map(|message| ErrorEntry {
-                        code: code::INVALID_SCRIPT,
-                        message,
-                    })
-                    .collect(),
-            });
+            return Err(ApiError::each(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_SCRIPT,
+                problems,
+            ));
         }
         caller.dir.set_routes(name, &routes).map_err(|err| {
             // The directory names an upload's fields (`metadata.routes[0]…`); here the routes
@@ -139,16 +134,11 @@ pub(super) fn script_settings(
         existing(caller, name)?;
         let problems = unsupported_settings(&body);
         if !problems.is_empty() {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                errors: problems
-                    .into_iter()
-                    .map(|message| ErrorEntry {
-                        code: code::UNSUPPORTED_SETTING,
-                        message,
-                    })
-                    .collect(),
-            });
+            return Err(ApiError::each(
+                StatusCode::BAD_REQUEST,
+                code::UNSUPPORTED_SETTING,
+                problems,
+            ));
         }
     } else {
         caller.require(Role::Read, "reading a script's settings")?;
@@ -218,14 +208,5 @@ fn existing(caller: &Caller, name: &str) -> Result<Script, ApiError> {
 }
 
 fn refusal(problems: &[String]) -> ApiError {
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        errors: problems
-            .iter()
-            .map(|message| ErrorEntry {
-                code: code::INVALID_JSON,
-                message: message.clone(),
-            })
-            .collect(),
-    }
+    ApiError::each(StatusCode::BAD_REQUEST, code::INVALID_JSON, problems)
 }

@@ -15,7 +15,7 @@ use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::envelope::{ApiError, ErrorEntry, code};
+use super::envelope::{ApiError, code};
 use super::{ApiRequest, Caller, Reply, allow, no_route_segments, paginate};
 use crate::error::DirectoryError;
 use crate::scripts::{
@@ -390,16 +390,7 @@ fn is_javascript_part(part: &Part) -> bool {
 }
 
 fn refusal(problems: Vec<String>) -> ApiError {
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        errors: problems
-            .into_iter()
-            .map(|message| ErrorEntry {
-                code: code::INVALID_SCRIPT,
-                message,
-            })
-            .collect(),
-    }
+    ApiError::each(StatusCode::BAD_REQUEST, code::INVALID_SCRIPT, problems)
 }
 
 /// An upload's form, read: a wasm component ready to store, or a JavaScript module worker

@@ -4,7 +4,7 @@
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::envelope::{ApiError, ErrorEntry, code};
+use super::envelope::{ApiError, code};
 use super::{ApiRequest, Caller, Reply, allow, no_route_segments, paginate, parse_id};
 use crate::service::ServiceType;
 use crate::service_input::ServiceInput;
@@ -73,16 +73,11 @@ pub(super) fn service_input(request: &ApiRequest) -> Result<ServiceInput, ApiErr
     let mut problems = Vec::new();
     check_shape(&body, "", &SERVICE_SHAPE, &mut problems);
     if !problems.is_empty() {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            errors: problems
-                .into_iter()
-                .map(|message| ErrorEntry {
-                    code: code::VALIDATION,
-                    message,
-                })
-                .collect(),
-        });
+        return Err(ApiError::each(
+            StatusCode::BAD_REQUEST,
+            code::VALIDATION,
+            problems,
+        ));
     }
     serde_json::from_value(body).map_err(|err| {
         ApiError::new(
