@@ -270,10 +270,7 @@ fn main() -> anyhow::Result<()> {
              binding-worker -> CONNECT -> iris -> QUIC -> connector -> origin)",
             target.addr, target.host
         );
-        let mut pids = vec![Pid::Own];
-        pids.extend(platform.components.iter().map(|c| c.pid()));
-        let mut names = vec!["this"];
-        names.extend(platform.components.iter().map(|c| c.name));
+        let (pids, names) = platform.accounted();
         let figures = rt.block_on(measure(
             &target,
             duration,
@@ -320,10 +317,7 @@ fn main() -> anyhow::Result<()> {
              script examples/proxy-js)",
             target.addr, target.host
         );
-        let mut pids = vec![Pid::Own];
-        pids.extend(platform.components.iter().map(|c| c.pid()));
-        let mut names = vec!["this"];
-        names.extend(platform.components.iter().map(|c| c.name));
+        let (pids, names) = platform.accounted();
         let figures = rt.block_on(measure(
             &target,
             duration,

@@ -238,6 +238,17 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// The processes a row accounts, with their names: this one, then each component.
+    pub fn accounted(&self) -> (Vec<Pid>, Vec<&'static str>) {
+        let pids = std::iter::once(Pid::Own)
+            .chain(self.components.iter().map(|c| c.pid()))
+            .collect();
+        let names = std::iter::once("this")
+            .chain(self.components.iter().map(|c| c.name))
+            .collect();
+        (pids, names)
+    }
+
     /// Sets up the state (tunnel, service, the deployed proxy) and starts iris, a
     /// binding-worker, a runtime and a connector, each awaited until ready.
     pub async fn start(wvpc: PathBuf) -> anyhow::Result<Platform> {
