@@ -53,16 +53,12 @@ async function taggedFetch(binding, input, init) {
   // An upgrade (WebSocket): the engine drops `Upgrade` and `Connection`, and refuses a GET
   // with a body (the frames): it travels as POST tagged with the protocol, and the runtime
   // puts the method and the headers back.
-  let upgrade;
-  let method;
-  const asked = init?.headers !== undefined ? new Headers(init.headers).get('upgrade')
+  const upgrade = init?.headers !== undefined ? new Headers(init.headers).get('upgrade')
     : input instanceof Request ? input.headers.get('upgrade') : null;
-  if (asked) {
-    upgrade = asked;
-    if (String(init?.method ?? 'GET').toUpperCase() === 'GET' && init?.body != null) {
-      init = { ...init, method: 'POST' };
-      method = 'GET';
-    }
+  let method;
+  if (upgrade && String(init?.method ?? 'GET').toUpperCase() === 'GET' && init?.body != null) {
+    init = { ...init, method: 'POST' };
+    method = 'GET';
   }
   const request = new Request(input, init);
   const headers = new Headers(request.headers);
