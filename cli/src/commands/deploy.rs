@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 use wvpc_runtime::ScriptConfig;
 
-use super::dev::DEFAULT_CONFIG_FILES;
+use super::dev::find_config;
 use crate::remote::{ApiArgs, Remote};
 
 /// The host suffix runtimes serve scripts under unless given `--workers-domain`.
@@ -60,23 +60,7 @@ pub async fn run(
              (and the token in WVPC_API_TOKEN)"
         );
     };
-    let config_path = match args.config {
-        Some(path) => path,
-        None => {
-            let cwd = std::env::current_dir()?;
-            DEFAULT_CONFIG_FILES
-                .iter()
-                .map(|name| cwd.join(name))
-                .find(|path| path.is_file())
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "no worker config in {}: create one of {} or pass --config <path>",
-                        cwd.display(),
-                        DEFAULT_CONFIG_FILES.join(", ")
-                    )
-                })?
-        }
-    };
+    let config_path = find_config(args.config.as_deref(), &std::env::current_dir()?)?;
     // Names stay names: a placeholder id per name, swapped back when the metadata is built.
     let by_name: RefCell<HashMap<Uuid, String>> = RefCell::default();
     let script = ScriptConfig::load_resolving(&config_path, &|name| {
