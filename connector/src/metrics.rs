@@ -1,38 +1,57 @@
-//! The connector's Prometheus metrics (`wvpc tunnel run --metrics`). Names start with
+//! The connector's metrics (`wvpc tunnel run --metrics`). Names start with
 //! `wvpc_connector_`; docs/operations.md lists them.
 
-use std::sync::Arc;
-
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use wvpc_errors::ErrorCode;
-use wvpc_tunnel::metrics::{ByteCounters, Counter, CounterFamily, Exposition, Gauge, Render};
+use wvpc_observe::buckets::latency_histogram;
+use wvpc_observe::ops::Observable;
+use wvpc_tunnel::metrics::{ByteCounters, Counter, CounterFamily, Gauge};
 
-/// Counters and gauges of one connector process.
-#[derive(Debug, Default)]
+/// Counters, gauges and histograms of one connector process.
+#[derive(Debug)]
 pub struct ConnectorMetrics {
-    /// Connections dialling or registering.
-    pub connecting: Arc<Gauge>,
-    /// Registered connections serving traffic.
-    pub registered: Arc<Gauge>,
-    /// Connections unregistered and finishing their flows.
-    pub draining: Arc<Gauge>,
+    /// Connections to the edge by state (`connecting`, `registered`, `draining`).
+    connections: Family<[(&'static str, &'static str); 1], Gauge>,
     /// Registration answers by result (`ok`, `duplicate`, `refused`, `failed`).
     pub registrations: CounterFamily,
     /// TCP streams being proxied.
-    pub streams_open: Arc<Gauge>,
+    pub streams_open: Gauge,
     /// TCP streams the edge opened (data streams with a `ConnectRequest`).
     pub streams: Counter,
     /// UDP sessions open.
-    pub udp_sessions_open: Arc<Gauge>,
+    pub udp_sessions_open: Gauge,
     /// UDP sessions registered.
     pub udp_sessions: Counter,
     /// Flows (TCP or UDP) to the virtual DNS resolver, by result (`forwarded`, `refused`).
     pub dns_queries: CounterFamily,
     /// Bytes from the edge to origins.
-    pub bytes_to_origin: Arc<Counter>,
+    pub bytes_to_origin: Counter,
     /// Bytes from origins to the edge.
-    pub bytes_from_origin: Arc<Counter>,
+    pub bytes_from_origin: Counter,
     /// Refused or failed flows, by `ErrorCode` wire name.
     pub errors: CounterFamily,
+    /// Time to dial an origin (TCP connect), successful dials only.
+    pub origin_dial_seconds: Histogram,
+}
+
+impl Default for ConnectorMetrics {
+    fn default() -> Self {
+        Self {
+            connections: Family::default(),
+            registrations: CounterFamily::new("result"),
+            streams_open: Gauge::default(),
+            streams: Counter::default(),
+            udp_sessions_open: Gauge::default(),
+            udp_sessions: Counter::default(),
+            dns_queries: CounterFamily::new("result"),
+            bytes_to_origin: Counter::default(),
+            bytes_from_origin: Counter::default(),
+            errors: CounterFamily::new("code"),
+            origin_dial_seconds: latency_histogram(),
+        }
+    }
 }
 
 impl ConnectorMetrics {
@@ -48,69 +67,83 @@ impl ConnectorMetrics {
             written: self.bytes_to_origin.clone(),
         }
     }
+
+    /// The gauge of connections in `state` (`connecting`, `registered` or `draining`).
+    pub fn connections(&self, state: &'static str) -> Gauge {
+        self.connections.get_or_create_owned(&[("state", state)])
+    }
+
+    /// The Prometheus text of these metrics alone (tests and diagnostics).
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        Observable::register(self, &mut registry);
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+        text
+    }
 }
 
-impl Render for ConnectorMetrics {
-    fn render(&self) -> String {
-        let mut out = Exposition::default();
-        out.gauges(
-            "wvpc_connector_connections",
-            "Connections to the edge by state.",
-            "state",
-            &[
-                ("connecting", self.connecting.get()),
-                ("registered", self.registered.get()),
-                ("draining", self.draining.get()),
-            ],
+impl Observable for ConnectorMetrics {
+    /// Registers every metric into `registry` (names start with `wvpc_connector_`).
+    fn register(&self, registry: &mut Registry) {
+        for state in ["connecting", "registered", "draining"] {
+            self.connections(state);
+        }
+        let r = registry.sub_registry_with_prefix("wvpc_connector");
+        r.register(
+            "connections",
+            "Connections to the edge by state",
+            self.connections.clone(),
         );
-        out.family(
-            "wvpc_connector_registrations_total",
-            "Registration attempts by result.",
-            "result",
-            &self.registrations,
+        r.register(
+            "registrations",
+            "Registration attempts by result",
+            self.registrations.metric(),
         );
-        out.gauge(
-            "wvpc_connector_streams_open",
-            "TCP streams being proxied.",
-            self.streams_open.get(),
+        r.register(
+            "streams_open",
+            "TCP streams being proxied",
+            self.streams_open.clone(),
         );
-        out.counter(
-            "wvpc_connector_streams_total",
-            "TCP streams opened by the edge.",
-            self.streams.get(),
+        r.register(
+            "streams",
+            "TCP streams opened by the edge",
+            self.streams.clone(),
         );
-        out.gauge(
-            "wvpc_connector_udp_sessions_open",
-            "UDP sessions open.",
-            self.udp_sessions_open.get(),
+        r.register(
+            "udp_sessions_open",
+            "UDP sessions open",
+            self.udp_sessions_open.clone(),
         );
-        out.counter(
-            "wvpc_connector_udp_sessions_total",
-            "UDP sessions registered by the edge.",
-            self.udp_sessions.get(),
+        r.register(
+            "udp_sessions",
+            "UDP sessions registered by the edge",
+            self.udp_sessions.clone(),
         );
-        out.family(
-            "wvpc_connector_dns_queries_total",
-            "Flows to the virtual DNS resolver by result.",
-            "result",
-            &self.dns_queries,
+        r.register(
+            "dns_queries",
+            "Flows to the virtual DNS resolver by result",
+            self.dns_queries.metric(),
         );
-        out.counter(
-            "wvpc_connector_bytes_to_origin_total",
-            "Bytes sent from the edge to origins.",
-            self.bytes_to_origin.get(),
+        r.register(
+            "bytes_to_origin",
+            "Bytes sent from the edge to origins",
+            self.bytes_to_origin.clone(),
         );
-        out.counter(
-            "wvpc_connector_bytes_from_origin_total",
-            "Bytes sent from origins to the edge.",
-            self.bytes_from_origin.get(),
+        r.register(
+            "bytes_from_origin",
+            "Bytes sent from origins to the edge",
+            self.bytes_from_origin.clone(),
         );
-        out.family(
-            "wvpc_connector_errors_total",
-            "Refused or failed flows by error code.",
-            "code",
-            &self.errors,
+        r.register(
+            "errors",
+            "Refused or failed flows by error code",
+            self.errors.metric(),
         );
-        out.finish()
+        r.register(
+            "origin_dial_seconds",
+            "Time to open a TCP connection to an origin (successful dials)",
+            self.origin_dial_seconds.clone(),
+        );
     }
 }

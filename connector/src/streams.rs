@@ -28,7 +28,7 @@ use crate::metrics::ConnectorMetrics;
 use crate::origin::{FlowLimiter, OriginRoutes, dial_tcp};
 use crate::udp::UdpSessions;
 use wvpc_tunnel::VIRTUAL_DNS_RESOLVER;
-use wvpc_tunnel::metrics::CountingIo;
+use wvpc_tunnel::metrics::{CountingIo, GaugeGuard};
 
 /// The edge must send its handshake promptly; a stream that stalls before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -174,8 +174,14 @@ async fn proxy_tcp(
     // From here the flow counts for a shutdown: the edge's request waits for the dial.
     let tracked = ctx.active.enter();
     tracked.activity().caller_spoke();
+    let dialing = std::time::Instant::now();
     let origin = match dial_tcp(target, ctx.dial_timeout).await {
-        Ok(origin) => origin,
+        Ok(origin) => {
+            ctx.metrics
+                .origin_dial_seconds
+                .observe(dialing.elapsed().as_secs_f64());
+            origin
+        }
         Err(err) => {
             tracing::debug!(%flow, %dest, %target, code = %err.code, "origin dial failed");
             return respond_failure(&mut stream, &err, &ctx.metrics).await;
@@ -186,7 +192,7 @@ async fn proxy_tcp(
     }
     tracked.activity().origin_spoke();
     let mut origin = CountingIo::new(origin, ctx.metrics.origin_bytes());
-    let _open = ctx.metrics.streams_open.track();
+    let _open = GaugeGuard::raise(&ctx.metrics.streams_open);
     tracing::debug!(%flow, %dest, %target, "tcp flow started");
     let mut edge = TrackedIo::new(&mut stream, tracked, Facing::Caller);
     let piped =

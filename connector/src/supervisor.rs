@@ -29,6 +29,7 @@ use crate::metrics::ConnectorMetrics;
 use crate::origin::{FlowLimiter, OriginRoutes};
 use crate::streams::{StreamContext, serve_streams};
 use crate::udp::{UdpMode, UdpSessions};
+use wvpc_tunnel::metrics::GaugeGuard;
 
 /// QUIC handshake with the edge.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,7 +124,7 @@ impl Connector {
         Readiness(self.registered.subscribe())
     }
 
-    /// This connector's metrics (serve them with [`wvpc_tunnel::metrics::serve`]).
+    /// This connector's metrics (register them for the operations listener, `wvpc_observe::ops`).
     pub fn metrics(&self) -> Arc<ConnectorMetrics> {
         self.metrics.clone()
     }
@@ -276,7 +277,7 @@ impl Connector {
         token: &CancellationToken,
         previous_attempts: u8,
     ) -> Attempt {
-        let connecting_gauge = self.metrics.connecting.track();
+        let connecting_gauge = GaugeGuard::raise(&self.metrics.connections("connecting"));
         let connecting = match endpoint.connect(edge, QUIC_SERVER_NAME) {
             Ok(c) => c,
             Err(e) => return Attempt::Retry(format!("cannot dial {edge}: {e}")),
@@ -380,7 +381,7 @@ impl Connector {
         );
         drop(connecting_gauge);
         let registered_at = std::time::Instant::now();
-        let registered_gauge = self.metrics.registered.track();
+        let registered_gauge = GaugeGuard::raise(&self.metrics.connections("registered"));
         self.registered.send_modify(|n| *n += 1);
         let streams = tokio::spawn(serve_streams(quic.clone(), shared.streams.clone()));
         let datagrams = tokio::spawn(shared.udp.clone().serve(quic.clone()));
@@ -388,7 +389,7 @@ impl Connector {
             reason = quic.closed() => Attempt::Lost(describe_close(&reason), registered_at.elapsed()),
             () = token.cancelled() => {
                 drop(registered_gauge);
-                let _draining = self.metrics.draining.track();
+                let _draining = GaugeGuard::raise(&self.metrics.connections("draining"));
                 self.registered.send_modify(|n| *n = n.saturating_sub(1));
                 let (done_tx, done_rx) = oneshot::channel();
                 if unregister_tx.send(done_tx).is_ok() {

@@ -179,7 +179,7 @@ impl UdpSessions {
             return;
         };
         session.touch();
-        self.metrics.bytes_to_origin.add(payload.len() as u64);
+        self.metrics.bytes_to_origin.inc_by(payload.len() as u64);
         if let Err(e) = session.socket.try_send(payload) {
             tracing::trace!(session = %request_id, error = %e, "UDP payload to origin dropped");
         }
@@ -298,7 +298,7 @@ impl UdpSessions {
             last_active: Mutex::new(Instant::now()),
             closed: CancellationToken::new(),
             _slot: slot,
-            _open: self.metrics.udp_sessions_open.track(),
+            _open: GaugeGuard::raise(&self.metrics.udp_sessions_open),
         });
         self.metrics.udp_sessions.inc();
         if is_dns {
@@ -333,7 +333,7 @@ impl UdpSessions {
                     }
                     Ok(n) => {
                         session.touch();
-                        self.metrics.bytes_from_origin.add(n as u64);
+                        self.metrics.bytes_from_origin.inc_by(n as u64);
                         if let Ok(datagram) = self.mode.encode(request_id, &buf[..n])
                             && let Err(e) = session.quic().send_datagram(datagram)
                         {

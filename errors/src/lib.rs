@@ -93,6 +93,38 @@ pub enum Category {
     Internal,
 }
 
+impl Category {
+    /// Every category, in the order the product's Metrics tab lists them.
+    pub const ALL: [Category; 3] = [Self::BadUpstream, Self::Client, Self::Internal];
+
+    /// The metric label and JSON name: `bad_upstream`, `client` or `internal`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::BadUpstream => "bad_upstream",
+            Self::Client => "client",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The name the product's Metrics tab shows: `Bad Upstream`, `Client`, `Internal`.
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::BadUpstream => "Bad Upstream",
+            Self::Client => "Client",
+            Self::Internal => "Internal",
+        }
+    }
+
+    /// Position in [`Category::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Self::BadUpstream => 0,
+            Self::Client => 1,
+            Self::Internal => 2,
+        }
+    }
+}
+
 impl ErrorCode {
     /// Every code, in wire (ordinal) order.
     pub const ALL: [ErrorCode; 29] = [

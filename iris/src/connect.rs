@@ -60,7 +60,8 @@ use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_listener::{ConnectionUse, Http2Settings, HttpServer, ServerLimits};
 use wvpc_schemas::socket_frames::SocketFrames;
 
-use crate::dns::{DnsConfig, DnsResolver};
+use crate::dns::{DnsConfig, DnsResolver, DnsSource};
+use crate::metrics::ServiceHandle;
 use crate::pipes::{PipeEnd, PipeKey, PipeTicket, ServicePipes};
 use crate::relay::identity::certificate_names;
 use crate::relay::{RELAY_MISS_HEADER, RELAYED_BY_HEADER, Relay, RelayAnswer};
@@ -361,6 +362,7 @@ impl Router {
 
     /// Answers one request: a CONNECT is routed; anything else is refused.
     async fn handle(&self, mut req: Request<Incoming>) -> Response<Empty<Bytes>> {
+        let arrived = std::time::Instant::now();
         let head = ConnectHead::read(&req);
         if req.method() != Method::CONNECT {
             let err = ProxyError::new(ErrorCode::HttpRequestError)
@@ -379,6 +381,9 @@ impl Router {
             Ok(ticket) => ticket,
             Err(err) => return self.refuse(&head, err.into()),
         };
+        if let Some((service, _)) = self.counted_service(&head) {
+            service.connected(arrived.elapsed());
+        }
         let mut response = Response::new(Empty::new());
         // A socket's bytes travel in frames to the binding-worker, so that a broken tunnel
         // stream reads as a reset there, not as the destination's FIN
@@ -527,7 +532,15 @@ impl Router {
         let port = route
             .port_for_scheme(&head.scheme)
             .ok_or_else(|| scheme_refused(service_id, &head.scheme))?;
-        let addrs = self.addresses(&route, &head.ctx).await?;
+        let service = self
+            .inner
+            .config
+            .metrics
+            .as_ref()
+            .map(|metrics| metrics.services.service(service_id));
+        let addrs = self
+            .addresses(&route, &head.ctx, service.as_deref())
+            .await?;
         let candidates: Vec<(Uuid, IpAddr)> =
             addrs.into_iter().map(|ip| (route.tunnel_id, ip)).collect();
         let io = self.dial(&candidates, port, &head.ctx).await?;
@@ -572,7 +585,7 @@ impl Router {
             if let Some(relayed) = self.relay_if_absent(head, resolver, uri, headers).await? {
                 return Ok(relayed);
             }
-            let resolved = self.resolve(resolver, &[], host, &head.ctx).await?;
+            let resolved = self.resolve(resolver, &[], host, &head.ctx, None).await?;
             let routed: Vec<(Uuid, IpAddr)> = resolved
                 .iter()
                 .filter_map(|ip| reach.tunnel_for(*ip).map(|tunnel| (tunnel, *ip)))
@@ -716,6 +729,7 @@ impl Router {
         &self,
         route: &ServiceRoute,
         ctx: &FlowContext,
+        service: Option<&ServiceHandle>,
     ) -> Result<Vec<IpAddr>, ProxyError> {
         match &route.target {
             RouteTarget::Ips { ipv4, ipv6 } => {
@@ -735,21 +749,31 @@ impl Router {
                 Ok(addrs)
             }
             RouteTarget::Hostname { name, resolvers } => Ok(self
-                .resolve(route.tunnel_id, resolvers, name, ctx)
+                .resolve(route.tunnel_id, resolvers, name, ctx, service)
                 .await?
                 .to_vec()),
         }
     }
 
-    /// DNS through `tunnel` (cached per tunnel), counted.
+    /// DNS through `tunnel` (cached per tunnel), counted (per node, and for `service`).
     async fn resolve(
         &self,
         tunnel: Uuid,
         resolvers: &[SocketAddr],
         name: &str,
         ctx: &FlowContext,
+        service: Option<&ServiceHandle>,
     ) -> Result<Arc<[IpAddr]>, ProxyError> {
-        let resolved = self.inner.dns.resolve(tunnel, resolvers, name, ctx).await;
+        let (resolved, source) = self
+            .inner
+            .dns
+            .resolve_sourced(tunnel, resolvers, name, ctx)
+            .await;
+        match (service, source) {
+            (Some(service), Some(DnsSource::Cache)) => service.dns_hit(),
+            (Some(service), Some(DnsSource::Lookup(took))) => service.dns_lookup(took),
+            _ => {}
+        }
         if let Some(metrics) = &self.inner.config.metrics {
             metrics.dns_lookups.inc(match &resolved {
                 Ok(_) => "ok",
@@ -790,6 +814,21 @@ impl Router {
             }
         }
         Err(last_error.unwrap_or_else(|| ProxyError::new(ErrorCode::DestinationNotFound)))
+    }
+
+    /// The service whose connection figures this CONNECT counts in: a service CONNECT that
+    /// entered the edge here (a relayed one was counted by the node that relayed it).
+    fn counted_service(
+        &self,
+        head: &ConnectHead,
+    ) -> Option<(Arc<ServiceHandle>, &Arc<crate::metrics::IrisMetrics>)> {
+        let metrics = self.inner.config.metrics.as_ref()?;
+        match (&head.target, &head.relayed_by) {
+            (Ok(ConnectTarget::Service(id)), None) => {
+                Some((metrics.services.service(*id), metrics))
+            }
+            _ => None,
+        }
     }
 
     /// The error answer for a failed CONNECT, logged once.
@@ -841,6 +880,9 @@ impl Router {
         );
         if let Some(metrics) = &self.inner.config.metrics {
             metrics.error(err.code);
+        }
+        if let Some((service, metrics)) = self.counted_service(head) {
+            service.failed(&metrics.services, &err);
         }
         let mut response = Response::new(Empty::new());
         *response.status_mut() = status;

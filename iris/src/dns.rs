@@ -91,6 +91,15 @@ pub type Addresses = Arc<[IpAddr]>;
 
 type LookupResult = Result<Addresses, ProxyError>;
 
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsSource {
+    /// The cache, still fresh.
+    Cache,
+    /// A lookup through the tunnel (or one already in flight), which took this long.
+    Lookup(Duration),
+}
+
 /// Resolves service hostnames through tunnels, with a TTL cache and single-flight lookups.
 ///
 /// Cheap to clone; clones share the cache.
@@ -152,14 +161,29 @@ impl DnsResolver {
         name: &str,
         ctx: &FlowContext,
     ) -> LookupResult {
+        self.resolve_sourced(tunnel, resolvers, name, ctx).await.0
+    }
+
+    /// [`DnsResolver::resolve`], and where the answer came from (`None`: `name` was an IP
+    /// literal).
+    pub async fn resolve_sourced(
+        &self,
+        tunnel: Uuid,
+        resolvers: &[SocketAddr],
+        name: &str,
+        ctx: &FlowContext,
+    ) -> (LookupResult, Option<DnsSource>) {
         if let Ok(ip) = name
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<IpAddr>()
         {
-            return Ok(Arc::from([ip]));
+            return (Ok(Arc::from([ip])), None);
         }
-        let fqdn = parse_name(name)?;
+        let fqdn = match parse_name(name) {
+            Ok(fqdn) => fqdn,
+            Err(err) => return (Err(err), None),
+        };
         let key = CacheKey {
             tunnel,
             resolvers: resolvers.to_vec(),
@@ -173,7 +197,7 @@ impl DnsResolver {
                 .unwrap_or_else(PoisonError::into_inner);
             match cache.get(&key) {
                 Some(CacheEntry::Ready { result, expires }) if *expires > Instant::now() => {
-                    return result.clone();
+                    return (result.clone(), Some(DnsSource::Cache));
                 }
                 Some(CacheEntry::InFlight(shared)) => shared.clone(),
                 _ => {
@@ -186,7 +210,9 @@ impl DnsResolver {
                 }
             }
         };
-        lookup.await
+        let started = Instant::now();
+        let result = lookup.await;
+        (result, Some(DnsSource::Lookup(started.elapsed())))
     }
 
     /// Runs the lookup as its own task, so that it completes (and fills the cache) even when

@@ -45,6 +45,19 @@ impl PeerMap {
         self.current().get(&tunnel_id).cloned().unwrap_or_default()
     }
 
+    /// Every node holding a connection of some tunnel, by name, with its relay address.
+    pub fn nodes(&self) -> Vec<(String, SocketAddr)> {
+        let mut nodes: Vec<(String, SocketAddr)> = self
+            .current()
+            .values()
+            .flatten()
+            .map(|peer| (peer.node.clone(), peer.addr))
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
     /// Replaces the whole map.
     pub fn replace(&self, mut holders: HashMap<Uuid, Vec<RelayPeer>>) {
         for peers in holders.values_mut() {

@@ -53,9 +53,11 @@ use wvpc_iris::metrics::IrisMetrics;
 use wvpc_iris::peers::{HolderMemory, PeerMap, RelayPeer};
 use wvpc_iris::relay::{Relay, RelayCa, RelayConfig};
 use wvpc_listener::ServerLimits;
+use wvpc_observe::ops::{Ops, Parts};
 use wvpc_tunnel::EdgeIdentity;
 
 use crate::PlatformError;
+use crate::iris_status::{IrisStatus, admin_token_check};
 use crate::live_routes::{LiveRoutes, Removed};
 
 /// Connection records queued for the cluster registry at most; more are dropped (and the
@@ -73,8 +75,13 @@ pub const PEERS_DEBOUNCE: Duration = Duration::from_millis(20);
 pub struct IrisOptions {
     /// Name reported to connectors as their location and recorded with their connections.
     pub node_name: String,
-    /// Where to serve Prometheus metrics (`None`: not served).
+    /// Where to serve the operations listener: Prometheus metrics, the status page
+    /// (`None`: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// The process's role on the status page (`iris`; `dev` for the one-process stack).
+    pub role: &'static str,
+    /// Other parts of the process shown on the operations listener beside iris.
+    pub observed: Parts,
     /// Timeouts and connection cap of the CONNECT, relay and metrics listeners (each has its
     /// own cap).
     pub server: ServerLimits,
@@ -108,6 +115,8 @@ impl Default for IrisOptions {
         Self {
             node_name: "wvpc-dev".into(),
             metrics_listen: None,
+            role: "iris",
+            observed: Parts::default(),
             server: ServerLimits::default(),
             relay: None,
             peers: None,
@@ -226,33 +235,42 @@ impl IrisNode {
         let serving = edge.clone();
         tasks.push(tokio::spawn(async move { serving.serve().await }));
 
-        let metrics_addr = match options.metrics_listen {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| PlatformError::Listen {
-                        what: "--metrics",
-                        addr,
-                        source,
-                    })?;
-                let local = local_addr(&listener)?;
-                tasks.push(tokio::spawn(wvpc_tunnel::metrics::serve_with(
-                    listener,
-                    metrics.clone(),
-                    options.server.clone(),
-                )));
-                tracing::info!(addr = %local, "iris metrics at http://{local}/metrics");
-                Some(local)
-            }
-            None => None,
-        };
-
         let store: Arc<dyn ServiceStore> = routes.clone();
         let mut router_config = RouterConfig::default();
         router_config.node_name = options.node_name.clone();
         router_config.metrics = Some(metrics.clone());
         router_config.server = options.server.clone();
         router_config.relay = relay.as_ref().map(|started| started.relay.clone());
+        let metrics_addr = match options.metrics_listen {
+            Some(addr) => {
+                let status = IrisStatus {
+                    node_name: options.node_name.clone(),
+                    registry: registry.clone(),
+                    metrics: metrics.clone(),
+                    routes: routes.clone(),
+                    directory: directory.clone(),
+                    peers: peers.clone(),
+                    relay: router_config.relay.clone(),
+                };
+                let ops = Ops::new(options.role, options.node_name.clone())
+                    .with(metrics.clone())
+                    .with(Arc::new(status))
+                    .with_all(options.observed.0.iter().cloned())
+                    .with_token_check(admin_token_check(directory.clone()));
+                let (local, task) =
+                    wvpc_observe::ops::start(addr, Arc::new(ops), options.server.clone())
+                        .await
+                        .map_err(|source| PlatformError::Listen {
+                            what: "--metrics",
+                            addr,
+                            source,
+                        })?;
+                tasks.push(task);
+                tracing::info!(addr = %local, "operations listener: http://{local}/metrics, http://{local}/status");
+                Some(local)
+            }
+            None => None,
+        };
         let router = Router::new(store, registry.clone(), router_config);
         let (relay_addr, relay_advertise) = match relay {
             Some(started) => {
@@ -461,7 +479,7 @@ impl Published {
         }
         self.metrics
             .connection_records_dropped
-            .add(u64::try_from(records).unwrap_or(u64::MAX));
+            .inc_by(u64::try_from(records).unwrap_or(u64::MAX));
         if !self.stale.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 records,
@@ -836,7 +854,6 @@ mod tests {
     use std::collections::BTreeSet;
 
     use wvpc_tunnel::DatagramVersion;
-    use wvpc_tunnel::metrics::Render as _;
 
     use super::*;
 

@@ -21,6 +21,7 @@
 
 pub mod authority;
 pub mod iris_node;
+mod iris_status;
 pub mod live_routes;
 pub mod mock_file;
 pub mod mock_record;

@@ -48,6 +48,8 @@ pub const ROUTE_LEASE: Duration = Duration::from_millis(500);
 struct Table {
     revision: u64,
     routes: HashMap<Uuid, ServiceRoute>,
+    /// Each service's name (the status page).
+    names: HashMap<Uuid, String>,
     networks: Networks,
 }
 
@@ -167,6 +169,27 @@ impl LiveRoutes {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// A service's name and account, as of the current snapshot.
+    pub fn service_owner(&self, service_id: Uuid) -> Option<(String, Option<String>)> {
+        let table = self.snapshot();
+        let name = table.names.get(&service_id)?.clone();
+        let account = table
+            .routes
+            .get(&service_id)
+            .and_then(|route| table.networks.tunnel_accounts.get(&route.tunnel_id))
+            .cloned();
+        Some((name, account))
+    }
+
+    /// A tunnel's account, as of the current snapshot.
+    pub fn tunnel_account(&self, tunnel_id: Uuid) -> Option<String> {
+        self.snapshot()
+            .networks
+            .tunnel_accounts
+            .get(&tunnel_id)
+            .cloned()
     }
 
     /// Waits until the routes reflect directory revision `revision` (or a later one).
@@ -297,6 +320,11 @@ fn table(snapshot: RouteSnapshot) -> Table {
             .services
             .iter()
             .map(|s| (s.service_id, service_route(s)))
+            .collect(),
+        names: snapshot
+            .services
+            .iter()
+            .map(|s| (s.service_id, s.name.clone()))
             .collect(),
     }
 }

@@ -57,6 +57,15 @@ impl DatagramVersion {
     }
 }
 
+impl std::fmt::Display for DatagramVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::V2 => "v2",
+            Self::V3 => "v3",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,68 +1,30 @@
-//! Prometheus text metrics for both tunnel ends: counters and gauges on atomics, labelled
-//! families, a byte-counting stream wrapper, and the `/metrics` HTTP listener (with the
-//! limits of every listener, [`wvpc_listener`]).
-//!
-//! The exposition is hand-written (text format 0.0.4): every metric is registered once at
-//! start-up in a fixed order, so scraping takes no lock but the label maps of families.
+//! The metric vocabulary both tunnel ends count with, on [`prometheus_client`]: counters and
+//! gauges (shared handles: a clone counts into the same value, so each is registered once
+//! and incremented anywhere), one-label counter families, a guard that holds a gauge up, and
+//! a byte-counting stream wrapper. Each end registers its struct of metrics into its
+//! process's registry; the operations listener (`wvpc_observe::ops`) serves it.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use wvpc_listener::{HttpServer, ServerLimits};
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::gauge::Gauge;
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    /// Subtracts one.
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-    /// The current value.
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-    /// One up now, one down when the guard drops.
-    pub fn track(self: &Arc<Self>) -> GaugeGuard {
-        self.inc();
-        GaugeGuard(self.clone())
-    }
-}
-
-/// Keeps a [`Gauge`] raised while alive.
+/// Keeps a [`Gauge`] raised by one while alive.
 #[derive(Debug)]
-pub struct GaugeGuard(Arc<Gauge>);
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    /// Raises `gauge` by one until the guard drops.
+    pub fn raise(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
@@ -70,92 +32,48 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// Counters keyed by one label value (e.g. `result`, `code`).
-#[derive(Debug, Default)]
-pub struct CounterFamily(Mutex<BTreeMap<String, u64>>);
+/// The label set of a [`CounterFamily`]: one name, one value, both fixed strings (results
+/// and error codes are), so counting allocates nothing.
+type OneLabel = [(&'static str, &'static str); 1];
+
+/// Counters keyed by the value of one label (`result`, `code`, …).
+#[derive(Debug, Clone)]
+pub struct CounterFamily {
+    label: &'static str,
+    family: Family<OneLabel, Counter>,
+}
 
 impl CounterFamily {
+    /// A family whose counters are labelled `label`.
+    pub fn new(label: &'static str) -> Self {
+        Self {
+            label,
+            family: Family::default(),
+        }
+    }
     /// Adds one to the counter labelled `value`.
-    pub fn inc(&self, value: &str) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(value.to_owned())
-            .or_default() += 1;
+    pub fn inc(&self, value: &'static str) {
+        self.family.get_or_create(&[(self.label, value)]).inc();
     }
     /// The counter labelled `value` (0 if never incremented).
-    pub fn get(&self, value: &str) -> u64 {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(value)
-            .copied()
-            .unwrap_or(0)
+    pub fn get(&self, value: &'static str) -> u64 {
+        self.family
+            .get(&[(self.label, value)])
+            .map_or(0, |counter| counter.get())
     }
-    fn snapshot(&self) -> Vec<(String, u64)> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+    /// The family, to register.
+    pub fn metric(&self) -> Family<OneLabel, Counter> {
+        self.family.clone()
     }
-}
-
-/// Writes the text exposition, one metric at a time.
-#[derive(Debug, Default)]
-pub struct Exposition(String);
-
-impl Exposition {
-    /// A counter.
-    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        let _ = writeln!(
-            self.0,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    }
-    /// A gauge.
-    pub fn gauge(&mut self, name: &str, help: &str, value: i64) {
-        let _ = writeln!(
-            self.0,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
-    }
-    /// A gauge with one label and a value per label value.
-    pub fn gauges(&mut self, name: &str, help: &str, label: &str, values: &[(&str, i64)]) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (value, n) in values {
-            let _ = writeln!(self.0, "{name}{{{label}=\"{}\"}} {n}", escape(value));
-        }
-    }
-    /// A counter family with one label.
-    pub fn family(&mut self, name: &str, help: &str, label: &str, family: &CounterFamily) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (value, n) in family.snapshot() {
-            let _ = writeln!(self.0, "{name}{{{label}=\"{}\"}} {n}", escape(&value));
-        }
-    }
-    /// The finished text.
-    pub fn finish(self) -> String {
-        self.0
-    }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Byte counters of a stream: `read` counts bytes read from it, `written` bytes written to it.
 #[derive(Debug, Clone)]
 pub struct ByteCounters {
     /// Bytes read from the wrapped stream.
-    pub read: Arc<Counter>,
+    pub read: Counter,
     /// Bytes written to the wrapped stream.
-    pub written: Arc<Counter>,
+    pub written: Counter,
 }
 
 /// A stream whose traffic is counted as it flows (so long-lived, pooled flows show up in
@@ -187,7 +105,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.counters.read.add(n as u64);
+            self.counters.read.inc_by(n as u64);
         }
         poll
     }
@@ -201,7 +119,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &poll {
-            self.counters.written.add(*n as u64);
+            self.counters.written.inc_by(*n as u64);
         }
         poll
     }
@@ -213,72 +131,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     }
 }
 
-/// Something that renders its metrics as Prometheus text.
-pub trait Render: Send + Sync + 'static {
-    /// The full exposition.
-    fn render(&self) -> String;
-}
-
-/// Serves `GET /metrics` (text format 0.0.4) on `listener` until the task is dropped; other
-/// paths get 404; each connection is closed after its answer. Default [`ServerLimits`].
-pub async fn serve(listener: TcpListener, metrics: Arc<dyn Render>) {
-    serve_with(listener, metrics, ServerLimits::default()).await;
-}
-
-/// [`serve`] with these timeouts and connection cap.
-pub async fn serve_with(listener: TcpListener, metrics: Arc<dyn Render>, limits: ServerLimits) {
-    let server = HttpServer::new("metrics", limits);
-    wvpc_listener::serve(listener, server, move |request: http::Request<_>| {
-        let metrics = metrics.clone();
-        async move {
-            let (status, body) = if request.uri().path() == "/metrics" {
-                (http::StatusCode::OK, metrics.render())
-            } else {
-                (
-                    http::StatusCode::NOT_FOUND,
-                    "not found: metrics are at /metrics\n".to_owned(),
-                )
-            };
-            let mut response =
-                http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            // One scrape per connection: nothing is left open between scrapes.
-            response.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-            response
-        }
-    })
-    .await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::registry::Registry;
 
     #[test]
-    fn exposition_is_prometheus_text() {
-        let family = CounterFamily::default();
+    fn families_and_guards_count_into_the_registered_metrics() {
+        let family = CounterFamily::new("result");
         family.inc("ok");
         family.inc("ok");
         family.inc("say \"hi\"");
-        let mut out = Exposition::default();
-        out.counter("x_total", "Xs.", 3);
-        out.family("r_total", "Results.", "result", &family);
-        let text = out.finish();
+        let gauge = Gauge::default();
+        let mut registry = Registry::default();
+        registry.register("wvpc_r", "Results", family.metric());
+        registry.register("wvpc_open", "Open things", gauge.clone());
+        let held = GaugeGuard::raise(&gauge);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("wvpc_r_total{result=\"ok\"} 2\n"), "{text}");
         assert!(
-            text.contains("# TYPE x_total counter\nx_total 3\n"),
+            text.contains("wvpc_r_total{result=\"say \\\"hi\\\"\"} 1\n"),
             "{text}"
         );
-        assert!(text.contains("r_total{result=\"ok\"} 2\n"), "{text}");
-        assert!(
-            text.contains("r_total{result=\"say \\\"hi\\\"\"} 1\n"),
-            "{text}"
-        );
+        assert!(text.contains("wvpc_open 1\n"), "{text}");
+        drop(held);
+        assert_eq!(gauge.get(), 0);
+        assert_eq!(family.get("ok"), 2);
+        assert_eq!(family.get("never"), 0);
     }
 }

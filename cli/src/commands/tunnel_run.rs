@@ -159,15 +159,14 @@ pub async fn run(
     let connector = Connector::new(config)?;
     let mut tasks = Vec::new();
     if let Some(addr) = args.metrics {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen: {e}"))?;
-        let local = listener.local_addr()?;
-        tracing::info!(addr = %local, "connector metrics at http://{local}/metrics");
-        tasks.push(tokio::spawn(wvpc_tunnel::metrics::serve(
-            listener,
-            connector.metrics(),
-        )));
+        let ops = wvpc_observe::ops::Ops::new("connector", wvpc_observe::ops::host_name())
+            .with(connector.metrics());
+        let (local, task) =
+            wvpc_observe::ops::start(addr, std::sync::Arc::new(ops), Default::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen: {e}"))?;
+        tracing::info!(addr = %local, "connector metrics at http://{local}/metrics, status at http://{local}/status");
+        tasks.push(task);
     }
     let mut readiness = connector.readiness();
     let announce = async {

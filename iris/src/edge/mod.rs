@@ -43,7 +43,7 @@ pub use admission::AdmissionLimits;
 pub use authority::{
     AuthCheck, AuthFailure, CredentialsAuthority, TunnelAuthority, check_credentials,
 };
-pub use registry::{ConnectionInfo, ConnectionObserver, TunnelRegistry};
+pub use registry::{ConnectionInfo, ConnectionObserver, LiveConnection, TunnelRegistry};
 pub use udp::DEFAULT_UDP_IDLE;
 
 use registration::{ControlContext, ControlEvent};

@@ -75,6 +75,17 @@ pub struct ConnectionInfo {
     pub draining: bool,
 }
 
+/// A live connection as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct LiveConnection {
+    /// What it registered with.
+    pub info: ConnectionInfo,
+    /// When it registered.
+    pub since: SystemTime,
+    /// TCP streams open on it now.
+    pub streams_open: usize,
+}
+
 /// A registered connection.
 pub(crate) struct EdgeConnection {
     pub(crate) info: ConnectionInfo,
@@ -333,6 +344,23 @@ impl TunnelRegistry {
             .get(&tunnel_id)
             .map(|conns| conns.iter().map(|c| c.snapshot()).collect())
             .unwrap_or_default()
+    }
+
+    /// Every live connection with when it registered and its open streams, by tunnel and
+    /// index (the status page).
+    pub fn live(&self) -> Vec<LiveConnection> {
+        let mut live: Vec<LiveConnection> = self
+            .lock()
+            .values()
+            .flatten()
+            .map(|c| LiveConnection {
+                info: c.snapshot(),
+                since: c.since,
+                streams_open: c.open_streams.load(Ordering::Relaxed),
+            })
+            .collect();
+        live.sort_by_key(|c| (c.info.tunnel_id, c.info.conn_index, c.since));
+        live
     }
 
     /// Tunnels with at least one live connection.
@@ -718,7 +746,7 @@ impl TunnelRegistry {
         self.metrics.udp_sessions.inc();
         Ok(Box::new(CountedUdpFlow {
             flow,
-            _open: self.metrics.udp_sessions_open.track(),
+            _open: wvpc_tunnel::metrics::GaugeGuard::raise(&self.metrics.udp_sessions_open),
         }))
     }
 }

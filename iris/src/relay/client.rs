@@ -24,6 +24,7 @@ use super::{RELAY_MISS_HEADER, RELAYED_BY_HEADER, RelayAnswer, RelayConfig};
 use crate::connect::PROXY_STATUS_HEADER;
 use crate::metrics::IrisMetrics;
 use crate::peers::RelayPeer;
+use wvpc_tunnel::metrics::GaugeGuard;
 
 /// The connections to peer nodes.
 pub struct RelayClient {
@@ -75,10 +76,23 @@ impl RelayClient {
         }
     }
 
-    fn count(&self, result: &str) {
+    fn count(&self, result: &'static str) {
         if let Some(metrics) = &self.metrics {
             metrics.relays.inc(result);
         }
+    }
+
+    /// Peer nodes skipped now because their last dial failed.
+    pub fn peers_down(&self) -> Vec<String> {
+        let links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut down: Vec<String> = links
+            .values()
+            .filter(|link| link.down().is_some())
+            .map(|link| link.node.clone())
+            .collect();
+        down.sort();
+        down.dedup();
+        down
     }
 
     fn link(&self, peer: &RelayPeer) -> Arc<PeerLink> {
@@ -227,7 +241,7 @@ impl RelayClient {
         let open = self
             .metrics
             .as_ref()
-            .map(|metrics| metrics.relay_streams_open.track());
+            .map(|metrics| GaugeGuard::raise(&metrics.relay_streams_open));
         Ok(RelayAnswer::Opened {
             io: Box::new(TokioIo::new(upgraded)),
             headers,

@@ -120,6 +120,11 @@ impl Relay {
         &self.node_name
     }
 
+    /// Peer nodes skipped now because their last relay dial failed.
+    pub fn peers_down(&self) -> Vec<String> {
+        self.client.peers_down()
+    }
+
     /// Whether any other node is known to hold `tunnel` (down or not).
     pub(crate) fn has_holders(&self, tunnel: Uuid) -> bool {
         self.peers

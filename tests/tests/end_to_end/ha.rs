@@ -468,9 +468,11 @@ async fn both_metrics_endpoints_count_the_traffic() {
     let connector = replica(w.connector_config(w.stack.edge_addr)).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let connector_metrics = listener.local_addr().unwrap();
-    tokio::spawn(wvpc_tunnel::metrics::serve(
+    let ops = wvpc_observe::ops::Ops::new("connector", "replica").with(connector.metrics.clone());
+    tokio::spawn(wvpc_observe::ops::serve(
         listener,
-        connector.metrics.clone(),
+        std::sync::Arc::new(ops),
+        Default::default(),
     ));
     let iris_metrics = w.stack.metrics_addr.expect("iris metrics listener");
 

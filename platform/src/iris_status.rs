@@ -1,0 +1,102 @@
+//! An iris node's sections of the status report: its live tunnel connections (from the tunnel
+//! registry), the last hour of each service it routed (from the router's metrics), and its
+//! cluster peers. Names and owning accounts come from the node's route snapshot, tunnel names
+//! from the directory (the report is made on a blocking thread).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+use wvpc_directory::Directory;
+use wvpc_iris::edge::TunnelRegistry;
+use wvpc_iris::metrics::IrisMetrics;
+use wvpc_iris::peers::PeerMap;
+use wvpc_iris::relay::Relay;
+use wvpc_observe::ops::{Observable, TokenCheck};
+use wvpc_observe::status::{ConnectionStatus, PeerStatus, StatusReport, TunnelStatus, rfc3339};
+
+use crate::live_routes::LiveRoutes;
+
+/// What an iris node shows on `/status`.
+pub(crate) struct IrisStatus {
+    pub(crate) node_name: String,
+    pub(crate) registry: Arc<TunnelRegistry>,
+    pub(crate) metrics: Arc<IrisMetrics>,
+    pub(crate) routes: Arc<LiveRoutes>,
+    pub(crate) directory: Arc<Directory>,
+    pub(crate) peers: Arc<PeerMap>,
+    pub(crate) relay: Option<Arc<Relay>>,
+}
+
+impl IrisStatus {
+    fn tunnel_name(&self, tunnel: Uuid, account: Option<&str>) -> Option<String> {
+        let directory = self.directory.for_account(account?).ok()??;
+        directory.tunnel(tunnel).ok()?.map(|t| t.name)
+    }
+}
+
+impl Observable for IrisStatus {
+    fn contribute(&self, report: &mut StatusReport) {
+        let mut tunnels: BTreeMap<Uuid, Vec<ConnectionStatus>> = BTreeMap::new();
+        for live in self.registry.live() {
+            let info = &live.info;
+            tunnels
+                .entry(info.tunnel_id)
+                .or_default()
+                .push(ConnectionStatus {
+                    connector_id: info.client_id.to_string(),
+                    version: info.version.clone(),
+                    edge_node: self.node_name.clone(),
+                    index: info.conn_index,
+                    since: rfc3339(live.since),
+                    datagram_version: info.datagram_version.to_string(),
+                    state: if info.draining { "draining" } else { "active" }.to_owned(),
+                    origin: info.remote_addr.to_string(),
+                    streams_open: live.streams_open as u64,
+                });
+        }
+        for (id, connections) in tunnels {
+            let account = self.routes.tunnel_account(id);
+            report.tunnels.push(TunnelStatus {
+                id: id.to_string(),
+                name: self.tunnel_name(id, account.as_deref()),
+                account,
+                connections,
+            });
+        }
+        for (id, recent) in self.metrics.services.recent() {
+            let (name, account) = id
+                .parse::<Uuid>()
+                .ok()
+                .and_then(|service| self.routes.service_owner(service))
+                .map_or((None, None), |(name, account)| (Some(name), account));
+            let mut status = recent.status(id, name, &report.windows);
+            status.account = account;
+            report.services.push(status);
+        }
+        let down = self
+            .relay
+            .as_ref()
+            .map(|r| r.peers_down())
+            .unwrap_or_default();
+        report.peers.extend(
+            self.peers
+                .nodes()
+                .into_iter()
+                .filter(|(node, _)| *node != self.node_name)
+                .map(|(name, addr)| PeerStatus {
+                    down: down.contains(&name),
+                    name,
+                    address: addr.to_string(),
+                }),
+        );
+    }
+}
+
+/// Accepts the admin tokens of the directory's accounts (for non-loopback status readers).
+pub(crate) fn admin_token_check(directory: Arc<Directory>) -> TokenCheck {
+    Arc::new(move |bearer: &str| {
+        let token = directory.authenticate(bearer).ok()??;
+        (token.role == wvpc_directory::Role::Admin).then_some(token.account_id)
+    })
+}
