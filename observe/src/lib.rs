@@ -12,10 +12,13 @@
 //!   process (the tunnel edge, the CONNECT router, the runtime) registers its metrics and
 //!   fills in its sections of the status.
 //!
+//! - [`client`]: reading another process's `/status.json` (`wvpc service metrics`).
+//!
 //! Metrics are [`prometheus_client`] metrics: each part of a process keeps its own struct of
 //! counters and histograms and registers it into the process's one registry at start-up.
 
 pub mod buckets;
+pub mod client;
 pub mod ops;
 pub mod recent;
 pub mod status;

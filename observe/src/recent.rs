@@ -14,7 +14,8 @@ use wvpc_errors::{Category, ErrorCode, ProxyError};
 
 use crate::buckets::LATENCY_SECONDS;
 use crate::status::{
-    CategoryCounts, ChartPoint, CodeCount, Quantiles, TrafficStatus, WindowSummary,
+    CategoryCounts, ChartPoint, CodeCount, Quantiles, TrafficStatus, WindowSummary, quantile_ms,
+    sort_codes,
 };
 
 /// The length of a slot.
@@ -88,34 +89,12 @@ impl Sketch {
         self.0.iter().sum()
     }
 
-    /// The `q` quantile in milliseconds, interpolated linearly inside its bucket (as
-    /// Prometheus's `histogram_quantile` does); the `+Inf` bucket answers the last bound.
     fn quantile_ms(&self, q: f64) -> Option<f64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let rank = q * total as f64;
-        let mut below = 0u64;
-        for (i, n) in self.0.iter().enumerate() {
-            if *n > 0 && (below + n) as f64 >= rank {
-                let Some(upper) = LATENCY_SECONDS.get(i) else {
-                    return Some(LATENCY_SECONDS[LATENCY_SECONDS.len() - 1] * 1000.0);
-                };
-                let lower = if i == 0 { 0.0 } else { LATENCY_SECONDS[i - 1] };
-                let within = ((rank - below as f64) / *n as f64).clamp(0.0, 1.0);
-                return Some((lower + (upper - lower) * within) * 1000.0);
-            }
-            below += n;
-        }
-        None
+        quantile_ms(&self.0, q)
     }
 
     fn quantiles(&self) -> Quantiles {
-        Quantiles {
-            p50: self.quantile_ms(0.5),
-            p99: self.quantile_ms(0.99),
-        }
+        Quantiles::from_counts(&self.0)
     }
 }
 
@@ -307,8 +286,16 @@ fn summary(slots: &[Slot], current: u64, uptime: Duration, minutes: u32) -> Wind
         client: all.failures[Category::Client.index()],
         internal: all.failures[Category::Internal.index()],
     };
-    let mut codes = all.codes.clone();
-    codes.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.wire_name().cmp(b.0.wire_name())));
+    let mut codes: Vec<CodeCount> = all
+        .codes
+        .iter()
+        .map(|(code, category, count)| CodeCount {
+            code: code.wire_name().to_owned(),
+            category: category.label().to_owned(),
+            count: *count,
+        })
+        .collect();
+    sort_codes(&mut codes);
     WindowSummary {
         minutes,
         requests: all.requests,
@@ -320,18 +307,12 @@ fn summary(slots: &[Slot], current: u64, uptime: Duration, minutes: u32) -> Wind
         },
         errors,
         latency_ms: all.latency.quantiles(),
+        latency_counts: all.latency.0.to_vec(),
         dns_ms: all.dns.quantiles(),
+        dns_counts: all.dns.0.to_vec(),
         dns_cache_hits: all.dns_hits,
         dns_cache_misses: all.dns.count(),
-        top_codes: codes
-            .into_iter()
-            .take(5)
-            .map(|(code, category, count)| CodeCount {
-                code: code.wire_name().to_owned(),
-                category: category.label().to_owned(),
-                count,
-            })
-            .collect(),
+        codes,
     }
 }
 
@@ -438,17 +419,17 @@ mod tests {
         assert_eq!(five.errors.client, 2);
         assert_eq!(five.errors.bad_upstream, 0);
         assert!((five.error_rate - 0.2).abs() < 1e-9);
-        assert_eq!(five.top_codes.len(), 1);
-        assert_eq!(five.top_codes[0].code, "dns_error");
-        assert_eq!(five.top_codes[0].category, "client");
+        assert_eq!(five.codes.len(), 1);
+        assert_eq!(five.codes[0].code, "dns_error");
+        assert_eq!(five.codes[0].category, "client");
         // 4 ms falls in the (2.5 ms, 5 ms] bucket.
         let p50 = five.latency_ms.p50.unwrap();
         assert!(p50 > 2.5 && p50 <= 5.0, "{p50}");
         let hour = status.window(60).unwrap();
         assert_eq!(hour.requests, 11, "the first request is 70 minutes old");
         assert_eq!(hour.errors.bad_upstream, 1);
-        assert_eq!(hour.top_codes[0].code, "dns_error");
-        assert_eq!(hour.top_codes[1].code, "connection_refused");
+        assert_eq!(hour.codes[0].code, "dns_error");
+        assert_eq!(hour.codes[1].code, "connection_refused");
         // The charts end with the current slot / minute.
         assert_eq!(status.chart_5m.len(), 30);
         assert_eq!(status.chart_5m.last().unwrap().requests, 10);

@@ -135,14 +135,69 @@ pub struct WindowSummary {
     pub error_rate: f64,
     /// Connection latency (a script: request duration), in milliseconds.
     pub latency_ms: Quantiles,
+    /// Observations per bucket of [`crate::buckets::LATENCY_SECONDS`] (the last: above it),
+    /// behind `latency_ms`, so summaries of several nodes can be merged.
+    #[serde(default)]
+    pub latency_counts: Vec<u64>,
     /// Time of the DNS lookups that were not cache hits, in milliseconds.
     pub dns_ms: Quantiles,
+    /// Per bucket, behind `dns_ms`.
+    #[serde(default)]
+    pub dns_counts: Vec<u64>,
     /// DNS answers taken from the cache.
     pub dns_cache_hits: u64,
     /// DNS lookups that went through the tunnel.
     pub dns_cache_misses: u64,
-    /// The most frequent error codes, most frequent first (at most 5).
-    pub top_codes: Vec<CodeCount>,
+    /// Every error code that occurred, most frequent first.
+    pub codes: Vec<CodeCount>,
+}
+
+impl WindowSummary {
+    /// Adds `other` (the same window on another node): counts add up, and the quantiles
+    /// are estimated again from the merged buckets.
+    pub fn merge(&mut self, other: &WindowSummary) {
+        self.requests += other.requests;
+        self.rate_per_second += other.rate_per_second;
+        self.errors.bad_upstream += other.errors.bad_upstream;
+        self.errors.client += other.errors.client;
+        self.errors.internal += other.errors.internal;
+        self.error_rate = if self.requests == 0 {
+            0.0
+        } else {
+            self.errors.total() as f64 / self.requests as f64
+        };
+        add_counts(&mut self.latency_counts, &other.latency_counts);
+        add_counts(&mut self.dns_counts, &other.dns_counts);
+        self.latency_ms = Quantiles::from_counts(&self.latency_counts);
+        self.dns_ms = Quantiles::from_counts(&self.dns_counts);
+        self.dns_cache_hits += other.dns_cache_hits;
+        self.dns_cache_misses += other.dns_cache_misses;
+        for code in &other.codes {
+            match self
+                .codes
+                .iter_mut()
+                .find(|c| c.code == code.code && c.category == code.category)
+            {
+                Some(mine) => mine.count += code.count,
+                None => self.codes.push(code.clone()),
+            }
+        }
+        sort_codes(&mut self.codes);
+    }
+}
+
+fn add_counts(mine: &mut Vec<u64>, theirs: &[u64]) {
+    if mine.len() < theirs.len() {
+        mine.resize(theirs.len(), 0);
+    }
+    for (a, b) in mine.iter_mut().zip(theirs) {
+        *a += b;
+    }
+}
+
+/// Most frequent first, then by name.
+pub(crate) fn sort_codes(codes: &mut [CodeCount]) {
+    codes.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.code.cmp(&b.code)));
 }
 
 /// Failures by the product's three categories.
@@ -170,6 +225,42 @@ pub struct Quantiles {
     pub p50: Option<f64>,
     /// 99th percentile.
     pub p99: Option<f64>,
+}
+
+impl Quantiles {
+    /// The median and 99th percentile of observations counted per bucket of
+    /// [`crate::buckets::LATENCY_SECONDS`] (the last count: above the last bound).
+    pub fn from_counts(counts: &[u64]) -> Self {
+        Self {
+            p50: quantile_ms(counts, 0.5),
+            p99: quantile_ms(counts, 0.99),
+        }
+    }
+}
+
+/// The `q` quantile in milliseconds, interpolated linearly inside its bucket (as
+/// Prometheus's `histogram_quantile` does); the bucket above the last bound answers the last
+/// bound.
+pub fn quantile_ms(counts: &[u64], q: f64) -> Option<f64> {
+    use crate::buckets::LATENCY_SECONDS;
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    for (i, n) in counts.iter().enumerate() {
+        if *n > 0 && (below + n) as f64 >= rank {
+            let Some(upper) = LATENCY_SECONDS.get(i) else {
+                return Some(LATENCY_SECONDS[LATENCY_SECONDS.len() - 1] * 1000.0);
+            };
+            let lower = if i == 0 { 0.0 } else { LATENCY_SECONDS[i - 1] };
+            let within = ((rank - below as f64) / *n as f64).clamp(0.0, 1.0);
+            return Some((lower + (upper - lower) * within) * 1000.0);
+        }
+        below += n;
+    }
+    None
 }
 
 /// How often one error code occurred.
@@ -205,4 +296,44 @@ pub fn rfc3339(at: std::time::SystemTime) -> String {
         .unwrap_or_else(|_| time::OffsetDateTime::UNIX_EPOCH);
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(requests: u64, latency: &[u64], code: &str, count: u64) -> WindowSummary {
+        WindowSummary {
+            minutes: 5,
+            requests,
+            errors: CategoryCounts {
+                bad_upstream: count,
+                ..CategoryCounts::default()
+            },
+            latency_counts: latency.to_vec(),
+            latency_ms: Quantiles::from_counts(latency),
+            codes: vec![CodeCount {
+                code: code.into(),
+                category: "bad_upstream".into(),
+                count,
+            }],
+            ..WindowSummary::default()
+        }
+    }
+
+    #[test]
+    fn summaries_of_two_nodes_merge_their_counts_and_buckets() {
+        // Node a: 10 fast connections; node b: 10 slow ones (the 5th bucket, ≤ 10 ms).
+        let mut a = summary(10, &[10], "connection_refused", 1);
+        let b = summary(10, &[0, 0, 0, 0, 10], "dns_error", 3);
+        a.merge(&b);
+        assert_eq!(a.requests, 20);
+        assert_eq!(a.errors.bad_upstream, 4);
+        assert!((a.error_rate - 0.2).abs() < 1e-9);
+        assert_eq!(a.latency_counts, vec![10, 0, 0, 0, 10]);
+        let p99 = a.latency_ms.p99.unwrap();
+        assert!(p99 > 5.0 && p99 <= 10.0, "{p99}");
+        let codes: Vec<_> = a.codes.iter().map(|c| (c.code.as_str(), c.count)).collect();
+        assert_eq!(codes, [("dns_error", 3), ("connection_refused", 1)]);
+    }
 }

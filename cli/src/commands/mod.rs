@@ -13,6 +13,7 @@ pub mod rollback;
 pub mod runtime;
 pub mod server_args;
 pub mod service;
+pub mod service_metrics;
 pub mod tail;
 pub mod teamnet;
 pub mod test;

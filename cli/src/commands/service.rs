@@ -56,6 +56,9 @@ pub enum ServiceCommand {
         /// Service id
         service_id: Uuid,
     },
+    /// Show a VPC service's traffic over the last minutes: connections, errors by category
+    /// and code, connection and DNS latency, as the iris nodes routing it count them
+    Metrics(super::service_metrics::MetricsArgs),
 }
 
 /// `wvpc service create`
@@ -189,6 +192,9 @@ pub async fn run(
     api: &ApiArgs,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
+    if let ServiceCommand::Metrics(args) = command {
+        return super::service_metrics::run(args, out).await;
+    }
     let backend = match &api.api {
         Some(url) => Backend::Remote(Remote::connect(url, api.account.as_deref()).await?),
         None => Backend::Local(state.open_directory()?),
@@ -236,6 +242,8 @@ pub async fn run(
             writeln!(out, "✅ Deleted VPC service: {service_id}")?;
             Ok(())
         }
+        // Answered above: the figures come from the nodes, not the directory.
+        ServiceCommand::Metrics(_) => Ok(()),
     }
 }
 
