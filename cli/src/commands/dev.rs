@@ -42,7 +42,8 @@ pub struct DevArgs {
     /// Address of the directory REST API (`wvpc service … --api`, `wvpc deploy`, wrangler)
     #[arg(long, default_value = "127.0.0.1:8788", value_name = "IP:PORT")]
     pub api_listen: SocketAddr,
-    /// Serve iris's Prometheus metrics on http://IP:PORT/metrics
+    /// Open the operations listener on IP:PORT: Prometheus metrics at /metrics, the status
+    /// page at /status (and /status.json) for loopback peers or an account's admin token
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
     /// Run the script against a mock of its bindings' services instead of the edge and the
@@ -185,6 +186,7 @@ pub async fn run(
     )?;
     if let Some(addr) = stack.metrics_addr {
         writeln!(out, "  metrics on http://{addr}/metrics")?;
+        writeln!(out, "  status page on http://{addr}/status")?;
     }
     writeln!(out, "  state {}", state.display())?;
     if let Some(recorder) = &recorder {

@@ -24,7 +24,8 @@ pub struct IrisArgs {
     /// Address where the tunnel edge accepts connectors over QUIC (UDP)
     #[arg(long, default_value = "127.0.0.1:7844", value_name = "IP:PORT")]
     pub edge_listen: SocketAddr,
-    /// Serve Prometheus metrics on http://IP:PORT/metrics
+    /// Open the operations listener on IP:PORT: Prometheus metrics at /metrics, the status
+    /// page at /status (and /status.json) for loopback peers or an account's admin token
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
     /// This node's name: reported to connectors and recorded with their connections
@@ -95,6 +96,7 @@ pub async fn run(
     }
     if let Some(addr) = node.metrics_addr {
         writeln!(out, "  metrics on http://{addr}/metrics")?;
+        writeln!(out, "  status page on http://{addr}/status")?;
     }
     writeln!(out, "  state {}", state.display())?;
     out.flush()?;

@@ -9,6 +9,7 @@
 mod cluster;
 mod javascript;
 mod networks;
+mod service_metrics;
 mod wrangler;
 
 use std::net::{IpAddr, SocketAddr};
