@@ -11,7 +11,6 @@
 //! it) or `chromium-browser`/`google-chrome` on `PATH`. Without one, [`Browser::launch`]
 //! says `SKIPPED (chromium): …` and answers `None`, for the test to return early.
 
-use std::collections::VecDeque;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
@@ -64,12 +63,10 @@ pub enum BrowserError {
         stderr: String,
     },
     /// A command had no answer in time.
-    #[error("the browser did not answer {method} within {timeout:?}")]
+    #[error("the browser did not answer {method} in time")]
     Timeout {
-        /// The command.
+        /// The command (or the event) waited for.
         method: String,
-        /// How long it was given.
-        timeout: Duration,
     },
     /// The browser sent something that is not a DevTools message.
     #[error("the browser sent an unreadable message ({problem}): {excerpt:?}")]
@@ -227,8 +224,6 @@ pub struct Browser {
     problems: Vec<String>,
     /// Whether the page fired `load` since the last navigation began.
     loaded: bool,
-    /// Events seen while waiting for replies (the newest 256), for [`Browser::events`].
-    events: VecDeque<(String, Value)>,
     /// The profile and the browser's stderr.
     home: tempfile::TempDir,
 }
@@ -341,7 +336,6 @@ impl Browser {
             next_id: 0,
             problems: Vec::new(),
             loaded: false,
-            events: VecDeque::new(),
             home,
         };
         // The first answer is the readiness: the browser reads its pipe once it is up.
@@ -463,11 +457,6 @@ impl Browser {
         &self.problems
     }
 
-    /// The page's recent events (method and parameters), oldest first.
-    pub fn events(&self) -> impl Iterator<Item = &(String, Value)> {
-        self.events.iter()
-    }
-
     /// The browser's profile directory (removed on drop).
     pub fn profile(&self) -> PathBuf {
         self.home.path().join("profile")
@@ -558,7 +547,6 @@ impl Browser {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 return Err(BrowserError::Timeout {
                     method: waiting_for.to_owned(),
-                    timeout: left,
                 });
             }
         };
@@ -570,10 +558,6 @@ impl Browser {
                 if let Some(problem) = page_problem(&method, &params) {
                     self.problems.push(problem);
                 }
-                if self.events.len() == 256 {
-                    self.events.pop_front();
-                }
-                self.events.push_back((method, params));
                 Ok(None)
             }
             reply => Ok(Some(reply)),
