@@ -175,6 +175,8 @@ fn the_status_page_shows_the_connector_the_requests_and_the_error_in_a_browser()
             "last 60 minutes: 2 requests, 1 failed"
         ])
     );
+    let header = text(&mut browser, "header");
+    assert!(header.contains("workers-vpc dev"), "{header}");
     // Nothing is cut off at a laptop's width: no table scrolls, nor the page.
     let cut = browser
         .eval(
@@ -184,11 +186,34 @@ fn the_status_page_shows_the_connector_the_requests_and_the_error_in_a_browser()
         .unwrap();
     assert_eq!(cut, serde_json::json!([]), "wider than the window");
 
-    let header = text(&mut browser, "header");
-    assert!(header.contains("workers-vpc dev"), "{header}");
     assert!(
         browser.problems().is_empty(),
         "the page reported errors: {:?}",
         browser.problems()
+    );
+
+    // The process stops: the next refresh says so, and the last figures stay.
+    drop(dev);
+    let problem = browser
+        .wait_for(
+            "(p => getComputedStyle(p).display !== 'none' && p.innerText)\
+               (document.getElementById('problem'))",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let problem = problem.as_str().unwrap_or_default();
+    assert!(
+        problem.starts_with(&format!(
+            "Cannot reach {ops}: the process may have stopped."
+        )),
+        "{problem}"
+    );
+    assert!(problem.contains("The figures below are from"), "{problem}");
+    assert!(text(&mut browser, "#services").contains("connection_refused"));
+    let stopped = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page-stopped.png");
+    browser.screenshot(&stopped).unwrap();
+    println!(
+        "status page after the process stopped: {}",
+        stopped.display()
     );
 }
