@@ -316,20 +316,26 @@ fn summary(slots: &[Slot], current: u64, uptime: Duration, minutes: u32) -> Wind
     }
 }
 
-/// `points` points of `per_point` slots each, the last one ending with `current`.
+/// `points` points of `per_point` slots each, the last one ending with `current`. Points
+/// from before the process started (it is younger than the chart) are empty.
 fn chart(slots: &[Slot], current: u64, per_point: u64, points: u64) -> Vec<ChartPoint> {
     let last_start = current - current % per_point;
+    let started = epoch()
+        .wall
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     (0..points)
         .rev()
         .map(|back| {
-            let start = last_start.saturating_sub(back * per_point);
-            let end = start + per_point - 1;
-            let point = merged(slots, end, per_point);
-            let at = epoch().wall + SLOT * u32::try_from(start).unwrap_or(u32::MAX);
+            // Slots before slot 0 are before the start, not slot 0 again.
+            let start = i128::from(last_start) - i128::from(back * per_point);
+            let point = match u64::try_from(start) {
+                Ok(start) => merged(slots, start + per_point - 1, per_point),
+                Err(_) => Slot::default(),
+            };
+            let at = i128::from(started) + start * i128::from(SLOT.as_secs());
             ChartPoint {
-                at: at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
+                at: u64::try_from(at).unwrap_or(0),
                 requests: point.requests,
                 errors: point.errors(),
                 latency_p50_ms: point.latency.quantile_ms(0.5),
@@ -438,6 +444,26 @@ mod tests {
         assert_eq!(status.chart_60m.last().unwrap().requests, 10);
         let total: u64 = status.chart_60m.iter().map(|p| p.requests).sum();
         assert_eq!(total, 11);
+    }
+
+    #[test]
+    fn a_young_process_charts_its_first_slot_once() {
+        let recent = Recent::default();
+        let now = epoch().instant;
+        recent.record_at(now, Outcome::Success, ms(3));
+        recent.record_at(
+            now,
+            Outcome::Failed(ErrorCode::ConnectionRefused, Category::BadUpstream),
+            None,
+        );
+        let status = recent.status_at(now, "svc".into(), None, &[5]);
+        for chart in [&status.chart_5m, &status.chart_60m] {
+            let requests: u64 = chart.iter().map(|p| p.requests).sum();
+            let errors: u64 = chart.iter().map(|p| p.errors).sum();
+            assert_eq!((requests, errors), (2, 1), "{chart:?}");
+            assert_eq!(chart.last().unwrap().requests, 2);
+            assert!(chart.windows(2).all(|w| w[0].at < w[1].at), "{chart:?}");
+        }
     }
 
     #[test]

@@ -293,7 +293,7 @@ pub struct ChartPoint {
 pub fn rfc3339(at: std::time::SystemTime) -> String {
     let at = time::OffsetDateTime::from(at)
         .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::UNIX_EPOCH);
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }

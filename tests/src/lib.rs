@@ -14,9 +14,12 @@
 //! - [`netns`]: a network namespace for one process, with a link the test can take down.
 //! - [`redis`]: a real `redis-server` on loopback, for scripts speaking RESP over `connect()`.
 //! - [`client`]: a one-request HTTP/1.1 client.
+//! - [`browser`]: a headless Chromium driven over the DevTools protocol, for pages checked as
+//!   a user sees them (skips without Chromium).
 //! - [`guests`]: paths of the example scripts, built for wasm32-wasip2 by this crate's build
 //!   script.
 
+pub mod browser;
 pub mod client;
 pub mod dns;
 pub mod fault;

@@ -161,6 +161,7 @@ pub async fn run(
             metrics_listen: args.metrics,
             server: limits,
             cluster: Some(cluster),
+            role: "dev",
             ..IrisOptions::default()
         },
     )
