@@ -157,6 +157,7 @@ impl Ops {
             let own = |owner: &Option<String>| owner.as_deref() == Some(account.as_str());
             report.tunnels.retain(|t| own(&t.account));
             report.services.retain(|s| own(&s.account));
+            report.service_requests.retain(|s| own(&s.account));
             report.scripts.retain(|s| own(&s.account));
             report.peers.clear();
         }

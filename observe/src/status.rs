@@ -17,9 +17,14 @@ pub struct StatusReport {
     /// Tunnels with at least one live connection to this node.
     #[serde(default)]
     pub tunnels: Vec<TunnelStatus>,
-    /// Services this node routed traffic to in the last hour.
+    /// Services this node opened connections to in the last hour (iris: CONNECTs, each
+    /// an origin connection a binding-worker may reuse for many requests).
     #[serde(default)]
     pub services: Vec<TrafficStatus>,
+    /// Services this node sent requests to in the last hour (binding-workers: every fetch
+    /// and socket, with the origin's time to first byte as latency).
+    #[serde(default)]
+    pub service_requests: Vec<TrafficStatus>,
     /// Scripts this node served in the last hour.
     #[serde(default)]
     pub scripts: Vec<TrafficStatus>,

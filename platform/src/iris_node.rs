@@ -254,8 +254,9 @@ impl IrisNode {
                 };
                 let ops = Ops::new(options.role, options.node_name.clone())
                     .with(metrics.clone())
-                    .with(Arc::new(status))
                     .with_all(options.observed.0.iter().cloned())
+                    // Last: it names what the other parts counted by service id.
+                    .with(Arc::new(status))
                     .with_token_check(admin_token_check(directory.clone()));
                 let (local, task) =
                     wvpc_observe::ops::start(addr, Arc::new(ops), options.server.clone())

@@ -13,7 +13,9 @@ use wvpc_iris::metrics::IrisMetrics;
 use wvpc_iris::peers::PeerMap;
 use wvpc_iris::relay::Relay;
 use wvpc_observe::ops::{Observable, TokenCheck};
-use wvpc_observe::status::{ConnectionStatus, PeerStatus, StatusReport, TunnelStatus, rfc3339};
+use wvpc_observe::status::{
+    ConnectionStatus, PeerStatus, StatusReport, TrafficStatus, TunnelStatus, rfc3339,
+};
 
 use crate::live_routes::LiveRoutes;
 
@@ -32,6 +34,21 @@ impl IrisStatus {
     fn tunnel_name(&self, tunnel: Uuid, account: Option<&str>) -> Option<String> {
         let directory = self.directory.for_account(account?).ok()??;
         directory.tunnel(tunnel).ok()?.map(|t| t.name)
+    }
+}
+
+impl IrisStatus {
+    /// Fills in the name and account of the service `status.id` names.
+    fn name(&self, status: &mut TrafficStatus) {
+        if let Some((name, account)) = status
+            .id
+            .parse::<Uuid>()
+            .ok()
+            .and_then(|service| self.routes.service_owner(service))
+        {
+            status.name = Some(name);
+            status.account = account;
+        }
     }
 }
 
@@ -65,14 +82,16 @@ impl Observable for IrisStatus {
             });
         }
         for (id, recent) in self.metrics.services.recent() {
-            let (name, account) = id
-                .parse::<Uuid>()
-                .ok()
-                .and_then(|service| self.routes.service_owner(service))
-                .map_or((None, None), |(name, account)| (Some(name), account));
-            let mut status = recent.status(id, name, &report.windows);
-            status.account = account;
+            let mut status = recent.status(id, None, &report.windows);
+            self.name(&mut status);
             report.services.push(status);
+        }
+        // What other parts of the process (the binding-worker of `wvpc dev`) counted by
+        // service id, named the same way.
+        for status in &mut report.service_requests {
+            if status.name.is_none() {
+                self.name(status);
+            }
         }
         let down = self
             .relay

@@ -56,8 +56,8 @@ pub enum ServiceCommand {
         /// Service id
         service_id: Uuid,
     },
-    /// Show a VPC service's traffic over the last minutes: connections, errors by category
-    /// and code, connection and DNS latency, as the iris nodes routing it count them
+    /// Show a VPC service's traffic over the last minutes: requests and connections, errors
+    /// by category and code, latency, as the nodes given count them
     Metrics(super::service_metrics::MetricsArgs),
 }
 

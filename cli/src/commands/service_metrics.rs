@@ -1,7 +1,8 @@
-//! `wvpc service metrics <id>`: a service's traffic over the last N minutes, as the iris
-//! nodes that routed it count it, read from each node's `/status.json` (its operations
-//! listener, `--metrics`) and added up: connections, rate, errors by category and code,
-//! connection latency and DNS time (quantiles from the merged histogram buckets).
+//! `wvpc service metrics <id>`: a service's traffic over the last N minutes, read from each
+//! node's `/status.json` (its operations listener, `--metrics`) and added up: the requests
+//! binding-workers sent it (with the origin's time to first byte) and the connections iris
+//! nodes opened to it (with connection latency and DNS time); for each, rate, errors by
+//! category and code, and quantiles from the merged histogram buckets.
 
 use std::io::Write;
 
@@ -20,9 +21,9 @@ pub struct MetricsArgs {
     /// The window to sum up, in minutes (nodes keep one hour)
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=60))]
     pub minutes: u32,
-    /// Operations listener of an iris node (its --metrics address, or `wvpc dev`'s), as
-    /// http://IP:PORT; repeat or separate with commas for every node. A node off loopback
-    /// needs an admin token in WVPC_API_TOKEN
+    /// Operations listener of a node (the --metrics address of `wvpc iris`,
+    /// `wvpc binding-worker` or `wvpc dev`), as http://IP:PORT; repeat or separate with
+    /// commas for every node. A node off loopback needs an admin token in WVPC_API_TOKEN
     #[arg(
         long = "node",
         env = "WVPC_NODES",
@@ -40,8 +41,24 @@ pub struct MetricsArgs {
 #[derive(Debug, serde::Serialize)]
 struct NodeFigures {
     node: String,
+    role: String,
     url: String,
     window: WindowSummary,
+}
+
+/// One kind of figures (connections at iris nodes, requests at binding-workers): each node's
+/// and their sum.
+#[derive(Debug, Default, serde::Serialize)]
+struct Figures {
+    total: WindowSummary,
+    nodes: Vec<NodeFigures>,
+}
+
+impl Figures {
+    fn add(&mut self, node: NodeFigures) {
+        self.total.merge(&node.window);
+        self.nodes.push(node);
+    }
 }
 
 /// Reads every node and prints the figures.
@@ -50,42 +67,47 @@ pub async fn run(args: MetricsArgs, out: &mut (dyn Write + Send)) -> anyhow::Res
         .ok()
         .filter(|t| !t.is_empty());
     let id = args.service_id.to_string();
-    let mut nodes = Vec::new();
-    let mut name = None;
-    for url in &args.nodes {
-        let report = fetch_report(url, Some(args.minutes), token.as_deref()).await?;
-        let window = report
-            .services
-            .iter()
-            .find(|s| s.id == id)
-            .and_then(|s| {
-                name = name.clone().or_else(|| s.name.clone());
-                s.window(args.minutes).cloned()
-            })
-            .unwrap_or_else(|| WindowSummary {
-                minutes: args.minutes,
-                ..WindowSummary::default()
-            });
-        nodes.push(NodeFigures {
-            node: report.node.name,
-            url: url.clone(),
-            window,
-        });
-    }
-    let mut all = WindowSummary {
+    let empty = || WindowSummary {
         minutes: args.minutes,
         ..WindowSummary::default()
     };
-    for node in &nodes {
-        all.merge(&node.window);
+    let (mut connections, mut requests) = (Figures::default(), Figures::default());
+    connections.total = empty();
+    requests.total = empty();
+    let mut name = None;
+    for url in &args.nodes {
+        let report = fetch_report(url, Some(args.minutes), token.as_deref()).await?;
+        // iris nodes (and `wvpc dev`) count connections, binding-workers requests.
+        let counts_connections = matches!(report.node.role.as_str(), "iris" | "dev");
+        let counts_requests = matches!(report.node.role.as_str(), "binding-worker" | "dev");
+        for (list, figures, counted) in [
+            (&report.services, &mut connections, counts_connections),
+            (&report.service_requests, &mut requests, counts_requests),
+        ] {
+            let found = list.iter().find(|s| s.id == id);
+            if !counted && found.is_none() {
+                continue;
+            }
+            if let Some(found) = found {
+                name = name.clone().or_else(|| found.name.clone());
+            }
+            figures.add(NodeFigures {
+                node: report.node.name.clone(),
+                role: report.node.role.clone(),
+                url: url.clone(),
+                window: found
+                    .and_then(|s| s.window(args.minutes).cloned())
+                    .unwrap_or_else(empty),
+            });
+        }
     }
     if args.json {
         let json = serde_json::json!({
             "service_id": id,
             "name": name,
             "minutes": args.minutes,
-            "total": all,
-            "nodes": nodes,
+            "requests": requests,
+            "connections": connections,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
         return Ok(());
@@ -96,53 +118,73 @@ pub async fn run(args: MetricsArgs, out: &mut (dyn Write + Send)) -> anyhow::Res
         "VPC service {title}: last {} minute{} on {} node{}",
         args.minutes,
         plural(args.minutes.into()),
-        nodes.len(),
-        plural(nodes.len() as u64)
+        args.nodes.len(),
+        plural(args.nodes.len() as u64)
     )?;
-    if all.requests == 0 {
+    if requests.total.requests == 0 && connections.total.requests == 0 {
         writeln!(
             out,
-            "No connections to this service in that time (a node counts the CONNECTs it \
-             routed; check that every iris node is listed with --node)."
+            "No traffic to this service in that time (iris nodes count the connections they \
+             routed, binding-workers the requests they sent; check that every node is listed \
+             with --node)."
         )?;
         return Ok(());
     }
+    if !requests.nodes.is_empty() {
+        writeln!(out, "\nRequests (binding-workers: every fetch and socket)")?;
+        print_figures(&requests, "REQUESTS", "FIRST BYTE P50 / P99", false, out)?;
+    }
+    if !connections.nodes.is_empty() {
+        writeln!(
+            out,
+            "\nConnections (iris: CONNECTs to the service's tunnel; an origin connection \
+             carries many requests)"
+        )?;
+        print_figures(&connections, "CONNECTIONS", "CONNECT P50 / P99", true, out)?;
+    }
+    Ok(())
+}
+
+/// One table of per-node figures, then errors by category and by code.
+fn print_figures(
+    figures: &Figures,
+    count: &str,
+    latency: &str,
+    dns: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let all = &figures.total;
     let row = |label: &str, w: &WindowSummary| {
-        vec![
+        let mut row = vec![
             label.to_owned(),
             w.requests.to_string(),
             format!("{:.2}", w.rate_per_second),
             w.errors.total().to_string(),
             format!("{:.1}%", w.error_rate * 100.0),
             quantiles(&w.latency_ms),
-            quantiles(&w.dns_ms),
-            format!("{}/{}", w.dns_cache_hits, w.dns_cache_misses),
-        ]
+        ];
+        if dns {
+            row.push(quantiles(&w.dns_ms));
+            row.push(format!("{}/{}", w.dns_cache_hits, w.dns_cache_misses));
+        }
+        row
     };
-    let mut rows: Vec<Vec<String>> = nodes.iter().map(|n| row(&n.node, &n.window)).collect();
-    if nodes.len() > 1 {
-        rows.push(row("all", &all));
+    let mut rows: Vec<Vec<String>> = figures
+        .nodes
+        .iter()
+        .map(|n| row(&n.node, &n.window))
+        .collect();
+    if figures.nodes.len() > 1 {
+        rows.push(row("all", all));
     }
-    write!(
-        out,
-        "{}",
-        table::render(
-            &[
-                "NODE",
-                "CONNECTIONS",
-                "PER SECOND",
-                "ERRORS",
-                "ERROR RATE",
-                "CONNECT P50 / P99",
-                "DNS P50 / P99",
-                "DNS HITS/LOOKUPS",
-            ],
-            &rows,
-        )
-    )?;
+    let mut headers = vec!["NODE", count, "PER SECOND", "ERRORS", "ERROR RATE", latency];
+    if dns {
+        headers.extend(["DNS P50 / P99", "DNS HITS/LOOKUPS"]);
+    }
+    write!(out, "{}", table::render(&headers, &rows))?;
     writeln!(
         out,
-        "\nErrors by category: {} {} · {} {} · {} {}",
+        "Errors by category: {} {} · {} {} · {} {}",
         Category::BadUpstream.title(),
         all.errors.bad_upstream,
         Category::Client.title(),
@@ -164,7 +206,7 @@ pub async fn run(args: MetricsArgs, out: &mut (dyn Write + Send)) -> anyhow::Res
             .collect();
         write!(
             out,
-            "\n{}",
+            "{}",
             table::render(&["ERROR CODE", "CATEGORY", "COUNT"], &rows)
         )?;
     }

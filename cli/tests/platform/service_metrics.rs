@@ -70,7 +70,7 @@ async fn service_metrics_and_the_status_show_a_services_connections_errors_and_t
     // The good service: its requests travelled on pooled origin connections, each opened
     // by one CONNECT, none failed; connection latency and the DNS lookup were measured.
     let figures = service_metrics(&platform, service).await;
-    let total = &figures["total"];
+    let total = &figures["connections"]["total"];
     assert!(total["requests"].as_u64().unwrap() >= 1, "{figures:#}");
     assert_eq!(total["errors"]["client"], 0, "{figures:#}");
     assert_eq!(total["errors"]["bad_upstream"], 0, "{figures:#}");
@@ -79,7 +79,7 @@ async fn service_metrics_and_the_status_show_a_services_connections_errors_and_t
         "{figures:#}"
     );
     assert_eq!(figures["name"], "a");
-    assert_eq!(figures["nodes"][0]["node"], "iris-test");
+    assert_eq!(figures["connections"]["nodes"][0]["node"], "iris-test");
     assert!(
         total["dns_cache_misses"].as_u64().unwrap() >= 1,
         "{figures:#}"
@@ -92,7 +92,7 @@ async fn service_metrics_and_the_status_show_a_services_connections_errors_and_t
     // The broken one: each request tried a CONNECT, which failed; NXDOMAIN is filed under
     // Client as dns_error.
     let figures = service_metrics(&platform, gone).await;
-    let total = &figures["total"];
+    let total = &figures["connections"]["total"];
     assert_eq!(total["requests"], 2, "{figures:#}");
     assert_eq!(total["errors"]["client"], 2, "{figures:#}");
     assert_eq!(total["codes"][0]["code"], "dns_error", "{figures:#}");
@@ -106,6 +106,7 @@ async fn service_metrics_and_the_status_show_a_services_connections_errors_and_t
         .await
         .unwrap();
     assert!(text.contains("last 15 minutes on 1 node"), "{text}");
+    assert!(text.contains("Connections (iris"), "{text}");
     assert!(
         text.contains("Errors by category: Bad Upstream 0 · Client 2 · Internal 0"),
         "{text}"
