@@ -42,7 +42,8 @@ pub struct DevArgs {
     /// Address of the directory REST API (`wvpc service … --api`, `wvpc deploy`, wrangler)
     #[arg(long, default_value = "127.0.0.1:8788", value_name = "IP:PORT")]
     pub api_listen: SocketAddr,
-    /// Serve iris's Prometheus metrics on http://IP:PORT/metrics
+    /// Serve Prometheus metrics (iris, the binding-worker and the runtime) on
+    /// http://IP:PORT/metrics, and the status page on /status
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
     /// Run the script against a mock of its bindings' services instead of the edge and the
