@@ -76,6 +76,7 @@ pub async fn measure_instantiation(
         binding_secret: None,
         account: "bench".into(),
         exchange_tap: None,
+        metrics: None,
     };
     let runtime =
         tokio::task::spawn_blocking(move || wvpc_runtime::Runtime::new(&config, options)).await??;

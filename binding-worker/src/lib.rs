@@ -59,6 +59,7 @@
 mod call_decode;
 mod iris_address;
 mod iris_client;
+mod metrics;
 mod origin;
 mod origin_tls;
 mod request;
@@ -83,6 +84,7 @@ use wvpc_schemas::binding_capnp::vpc_binding;
 
 pub use call_decode::{DecodedConnect, DecodedFetch, decode_connect_call, decode_fetch_call};
 pub use iris_address::{IrisAddress, IrisAddressError};
+pub use metrics::BindingWorkerMetrics;
 pub use request::BindingTarget;
 pub use wvpc_schemas::PlatformSecret;
 pub use wvpc_schemas::binding_auth::HANDSHAKE_TIMEOUT;
@@ -164,6 +166,9 @@ pub struct BindingWorkerConfig {
     /// Runtime connections open at once; one more is closed at once. Default: from the
     /// open-file limit ([`wvpc_listener::default_max_connections`]).
     pub max_runtime_connections: usize,
+    /// Where calls, CONNECT and origin times are counted (shown by `--metrics`). Default: a
+    /// fresh set nobody reads.
+    pub metrics: Arc<BindingWorkerMetrics>,
 }
 
 impl BindingWorkerConfig {
@@ -198,6 +203,7 @@ impl BindingWorkerConfig {
             max_connections_per_service: 256,
             tls_roots: None,
             max_runtime_connections: wvpc_listener::default_max_connections(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -266,6 +272,7 @@ impl BindingWorker {
                 route_lease: config.route_lease,
                 max_connections_per_service: config.max_connections_per_service,
             },
+            config.metrics.clone(),
         ));
         spawn_sweeper(&proxy_runtime, Arc::downgrade(proxy.pool()));
         let pool = Arc::downgrade(proxy.pool());

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +36,7 @@ use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
 use crate::iris_client::{ConnectSpec, IrisClient};
+use crate::metrics::{BindingWorkerMetrics, TargetMetrics};
 use crate::origin_tls::{OriginTls, TlsPolicy};
 use crate::request::{BindingTarget, FetchRequest, Scheme, strip_hop_by_hop};
 use crate::request_body::{BodyEvent, BodyEvents, BodyFinished, RequestBody, RequestBodyError};
@@ -67,6 +68,7 @@ pub(crate) struct Proxy {
     pool: Arc<OriginPool>,
     open: Arc<OpenConnections>,
     settings: OriginSettings,
+    metrics: Arc<BindingWorkerMetrics>,
 }
 
 /// A response head with its streaming body and the connection it came on.
@@ -155,7 +157,12 @@ impl Lease {
 }
 
 impl Proxy {
-    pub(crate) fn new(iris: IrisClient, tls: OriginTls, settings: OriginSettings) -> Self {
+    pub(crate) fn new(
+        iris: IrisClient,
+        tls: OriginTls,
+        settings: OriginSettings,
+        metrics: Arc<BindingWorkerMetrics>,
+    ) -> Self {
         let pool = Arc::new(OriginPool {
             idle: Mutex::new(HashMap::new()),
             idle_timeout: settings.idle_timeout,
@@ -172,7 +179,25 @@ impl Proxy {
             pool,
             open,
             settings,
+            metrics,
         }
+    }
+
+    /// Where calls and their times are counted.
+    pub(crate) fn metrics(&self) -> &BindingWorkerMetrics {
+        &self.metrics
+    }
+
+    /// Sends `spec`'s CONNECT to iris and counts its time when answered.
+    pub(crate) async fn connect_iris(
+        &self,
+        spec: &ConnectSpec<'_>,
+        probe: &TargetMetrics,
+    ) -> Result<(Upgraded, TlsPolicy), ProxyError> {
+        let sent = Instant::now();
+        let answer = self.iris.connect(spec).await?;
+        probe.iris_connected(sent.elapsed());
+        Ok(answer)
     }
 
     /// Timeouts and limits.
@@ -191,8 +216,9 @@ impl Proxy {
         request: FetchRequest,
         events: BodyEvents,
     ) -> Result<OriginResponse, ProxyError> {
+        let probe = self.metrics.target(Some(request.target));
         if request.upgrade.is_some() {
-            return self.exchange_upgrade(request, events).await;
+            return self.exchange_upgrade(request, events, &probe).await;
         }
         let peek = !request.body_is_framed() && request.method_expects_no_body();
         let (body, mut body_finished) = RequestBody::from_events(events, peek).await?;
@@ -204,8 +230,12 @@ impl Proxy {
         // connection broke before any answer.
         let mut replayed = false;
         while let Some(mut sender) = self.pool.check_out(&key) {
-            match self.send(&mut sender, outgoing, &mut body_finished).await {
+            match self
+                .send(&mut sender, outgoing, &mut body_finished, &probe)
+                .await
+            {
                 Attempt::Answered(response) => {
+                    probe.reused();
                     return Ok(self.respond(response, sender, key, &body_finished));
                 }
                 // Never written: the idle connection went away; try another.
@@ -227,8 +257,11 @@ impl Proxy {
         }
 
         loop {
-            let mut sender = self.open(&request).await?;
-            match self.send(&mut sender, outgoing, &mut body_finished).await {
+            let mut sender = self.open(&request, &probe).await?;
+            match self
+                .send(&mut sender, outgoing, &mut body_finished, &probe)
+                .await
+            {
                 Attempt::Answered(response) => {
                     return Ok(self.respond(response, sender, key, &body_finished));
                 }
@@ -269,12 +302,16 @@ impl Proxy {
         &self,
         request: FetchRequest,
         events: BodyEvents,
+        probe: &TargetMetrics,
     ) -> Result<OriginResponse, ProxyError> {
         let (body, mut finished) = RequestBody::empty();
         let outgoing = build_request(&request, body)?;
         let key = PoolKey::of(&request);
-        let mut connection = self.open(&request).await?;
-        let mut response = match self.send(&mut connection, outgoing, &mut finished).await {
+        let mut connection = self.open(&request, probe).await?;
+        let mut response = match self
+            .send(&mut connection, outgoing, &mut finished, probe)
+            .await
+        {
             Attempt::Answered(response) => response,
             Attempt::Unsent(_) => {
                 return Err(ProxyError::new(ErrorCode::ConnectionTerminated)
@@ -320,11 +357,17 @@ impl Proxy {
     /// A fresh origin connection: CONNECT through iris, TLS for https (SNI = URL host,
     /// verified as the service's TLS settings in iris's answer say), then an HTTP/1.1
     /// handshake on it. Counts against the service's connection cap while it is open.
-    async fn open(&self, request: &FetchRequest) -> Result<OriginConnection, ProxyError> {
+    async fn open(
+        &self,
+        request: &FetchRequest,
+        probe: &TargetMetrics,
+    ) -> Result<OriginConnection, ProxyError> {
         let permit = self.acquire(request.target)?;
-        let (stream, tls): (_, TlsPolicy) = self.iris.connect(&ConnectSpec::fetch(request)).await?;
+        let (stream, tls): (_, TlsPolicy) = self
+            .connect_iris(&ConnectSpec::fetch(request), probe)
+            .await?;
         let request_id = request.caller.request_id.clone();
-        match request.scheme {
+        let opened = match request.scheme {
             Scheme::Http => http1_handshake(stream, request_id, permit).await,
             Scheme::Https => {
                 let handshake = self.tls.handshake(&request.host, &tls, stream);
@@ -336,7 +379,9 @@ impl Proxy {
                     })??;
                 http1_handshake(TokioIo::new(tls), request_id, permit).await
             }
-        }
+        }?;
+        probe.opened();
+        Ok(opened)
     }
 
     /// A slot under the target's connection cap; an idle pooled connection of the target
@@ -349,26 +394,30 @@ impl Proxy {
         }
     }
 
-    /// The iris client, for sockets.
-    pub(crate) fn iris(&self) -> &IrisClient {
-        &self.iris
-    }
-
-    /// Sends one request; the response timeout starts once the body has been sent.
+    /// Sends one request; the response timeout starts once the body has been sent. The
+    /// origin's time to first byte is counted from then too (from the send when the head
+    /// came first).
     async fn send(
         &self,
         sender: &mut OriginConnection,
         outgoing: Request<RequestBody>,
         body_finished: &mut BodyFinished,
+        probe: &TargetMetrics,
     ) -> Attempt {
         let timeout = self.settings.response_timeout;
+        let sent = Instant::now();
+        let written = OnceLock::new();
         let deadline = async {
             body_finished.wait().await;
+            let _ = written.set(Instant::now());
             tokio::time::sleep(timeout).await;
         };
         tokio::select! {
             answer = sender.http.try_send_request(outgoing) => match answer {
-                Ok(response) => Attempt::Answered(response),
+                Ok(response) => {
+                    probe.first_byte(written.get().unwrap_or(&sent).elapsed());
+                    Attempt::Answered(response)
+                }
                 Err(mut err) => match err.take_message() {
                     Some(back) => Attempt::Unsent(back),
                     None => Attempt::Failed(origin_error(err.error())),

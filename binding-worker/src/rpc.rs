@@ -31,6 +31,7 @@ use wvpc_schemas::{
     INLINE_BODY_MAX, RPC_BUFFER, StreamWriter, inbox, read_wire_error, write_wire_error,
 };
 
+use crate::metrics::Call;
 use crate::origin::{OriginResponse, Proxy, describe};
 use crate::request::{FetchRequest, read_fetch};
 use crate::request_body::{BodyEvent, BodyEvents};
@@ -195,6 +196,9 @@ async fn run_fetch(
         read: proxy.settings().read_timeout,
         write: proxy.settings().write_timeout,
     };
+    let probe = proxy
+        .metrics()
+        .target(request.as_ref().ok().map(|r| r.target));
     let (ids, exchanged) = match request {
         Err(err) => (("-".to_owned(), "-".to_owned()), Err(err)),
         Ok(request) => {
@@ -211,6 +215,10 @@ async fn run_fetch(
         }
     };
     let (request_id, target) = ids;
+    match &exchanged {
+        Ok(_) => probe.succeeded(Call::Fetch),
+        Err(err) => probe.failed(Call::Fetch, err),
+    }
     match exchanged {
         Err(err) => {
             tracing::warn!(

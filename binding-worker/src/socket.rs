@@ -40,6 +40,7 @@ use wvpc_schemas::socket_frames::SocketFrames;
 use wvpc_schemas::{StreamWriter, write_wire_error};
 
 use crate::iris_client::ConnectSpec;
+use crate::metrics::{Call, TargetMetrics};
 use crate::origin::{ConnectionPermit, Proxy, describe};
 use crate::request::ConnectRequest;
 use crate::request_body::{BodyEvent, BodyEvents};
@@ -51,6 +52,7 @@ type Writer = SocketFrames<WriteHalf<TokioIo<Upgraded>>>;
 async fn open(
     proxy: &Proxy,
     request: &ConnectRequest,
+    probe: &TargetMetrics,
 ) -> Result<(Upgraded, ConnectionPermit), ProxyError> {
     let permit = proxy.acquire(request.target)?;
     let spec = ConnectSpec {
@@ -63,7 +65,7 @@ async fn open(
         original_host: request.destination.as_ref().map(|(host, _)| host.as_str()),
         caller: &request.caller,
     };
-    let (stream, _tls) = proxy.iris().connect(&spec).await?;
+    let (stream, _tls) = proxy.connect_iris(&spec, probe).await?;
     Ok((stream, permit))
 }
 
@@ -145,12 +147,16 @@ pub(crate) async fn run_socket(
         Ok(r) => (r.caller.request_id.clone(), r.target.to_string()),
         Err(_) => ("-".to_owned(), "-".to_owned()),
     };
+    let probe = proxy
+        .metrics()
+        .target(request.as_ref().ok().map(|r| r.target));
     let opened = match request {
         Err(err) => Err(err),
         Ok(request) => {
             let proxy = Arc::clone(&proxy);
+            let probe = probe.clone();
             runtime
-                .spawn(async move { open(&proxy, &request).await })
+                .spawn(async move { open(&proxy, &request, &probe).await })
                 .await
                 .unwrap_or_else(|join_error| {
                     Err(ProxyError::new(ErrorCode::ProxyInternalError)
@@ -158,6 +164,10 @@ pub(crate) async fn run_socket(
                 })
         }
     };
+    match &opened {
+        Ok(_) => probe.succeeded(Call::Connect),
+        Err(err) => probe.failed(Call::Connect, err),
+    }
     let (stream, permit) = match opened {
         Ok(opened) => opened,
         Err(err) => {

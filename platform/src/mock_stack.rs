@@ -117,6 +117,7 @@ impl MockStack {
             binding_secret: Some(secret),
             account: MOCK_ACCOUNT.to_owned(),
             exchange_tap: None,
+            metrics: None,
         };
         let (script_addr, script_server, runtime) = serve_script(
             script,

@@ -11,6 +11,9 @@
 //!   token derived from the platform secret ([`TAIL_TOKEN_PURPOSE`]).
 //! - The runtime announces its control address in the directory while it runs
 //!   ([`Directory::announce_runtime`]) and withdraws it when it stops.
+//! - With `--metrics`, an operations listener serves the scripts' metrics
+//!   ([`RuntimeMetrics`]) and their status; non-loopback readers of the status need an
+//!   account's admin token from the directory.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -29,12 +32,15 @@ use uuid::Uuid;
 use wvpc_directory::tail::TAIL_PATH;
 use wvpc_directory::{DeployedScript, Directory};
 use wvpc_listener::{HttpServer, ServerLimits};
+use wvpc_observe::ops::Ops;
 use wvpc_runtime::{
-    Deployment, ModuleSource, PlatformSecret, RuntimeOptions, ScriptHost, ScriptOutput, TailHub,
+    Deployment, ModuleSource, PlatformSecret, RuntimeMetrics, RuntimeOptions, ScriptHost,
+    ScriptOutput, TailHub,
 };
 
 use crate::PlatformError;
 use crate::iris_node::local_addr;
+use crate::iris_status::admin_token_check;
 
 /// How often the watcher looks at the directory's change counter.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -58,8 +64,12 @@ pub struct RuntimeNodeOptions {
     pub secret: PlatformSecret,
     /// Scripts are served at `<script>.<subdomain>.<workers_domain>`.
     pub workers_domain: String,
-    /// Timeouts and connection cap of the HTTP and control listeners (each has its own cap).
+    /// Timeouts and connection cap of the HTTP, control and metrics listeners (each has its
+    /// own cap).
     pub server: ServerLimits,
+    /// Where to serve the operations listener (`--metrics`): Prometheus metrics and the
+    /// status page of the scripts served; `None`: none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A running runtime. Dropping it stops serving and withdraws it from the directory.
@@ -68,6 +78,8 @@ pub struct RuntimeNode {
     pub addr: SocketAddr,
     /// The control listener.
     pub control_addr: SocketAddr,
+    /// The operations listener, if asked for.
+    pub metrics_addr: Option<SocketAddr>,
     /// The host (what it serves).
     pub host: Arc<ScriptHost>,
     revision: Arc<AtomicU64>,
@@ -84,11 +96,15 @@ impl RuntimeNode {
     ) -> Result<RuntimeNode, PlatformError> {
         let hub = Arc::new(TailHub::default());
         let output: Arc<dyn ScriptOutput> = hub.clone();
+        let metrics = options
+            .metrics_listen
+            .map(|_| Arc::new(RuntimeMetrics::default()));
         let runtime_options = RuntimeOptions {
             binding_workers: options.binding_workers.clone(),
             binding_secret: Some(options.secret.clone()),
             account: String::new(),
             exchange_tap: None,
+            metrics: metrics.clone(),
         };
         let host = Arc::new(
             ScriptHost::new(&runtime_options, &options.workers_domain, output).map_err(
@@ -126,6 +142,25 @@ impl RuntimeNode {
         let node_id = Uuid::new_v4();
 
         let mut tasks = Vec::new();
+        let metrics_addr = match (options.metrics_listen, metrics) {
+            (Some(addr), Some(metrics)) => {
+                let ops = Ops::new("runtime", wvpc_observe::ops::host_name())
+                    .with(metrics)
+                    .with_token_check(admin_token_check(directory.clone()));
+                let (local, task) =
+                    wvpc_observe::ops::start(addr, Arc::new(ops), options.server.clone())
+                        .await
+                        .map_err(|source| PlatformError::Listen {
+                            what: "--metrics",
+                            addr,
+                            source,
+                        })?;
+                tasks.push(task);
+                tracing::info!(addr = %local, "operations listener: http://{local}/metrics, http://{local}/status");
+                Some(local)
+            }
+            _ => None,
+        };
         let serving = host.clone();
         let server = options.server.clone();
         tasks.push(tokio::spawn(async move {
@@ -157,6 +192,7 @@ impl RuntimeNode {
         Ok(RuntimeNode {
             addr,
             control_addr,
+            metrics_addr,
             host,
             revision,
             node_id,

@@ -7,11 +7,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, BindingWorkerHandle};
+use wvpc_binding_worker::{
+    BindingWorker, BindingWorkerConfig, BindingWorkerHandle, BindingWorkerMetrics,
+};
 use wvpc_directory::{Directory, Service, ServiceTarget};
 use wvpc_iris::edge::TunnelRegistry;
 use wvpc_listener::ServerLimits;
-use wvpc_runtime::{ExchangeTap, PlatformSecret, Runtime, RuntimeOptions, ScriptConfig};
+use wvpc_runtime::{
+    ExchangeTap, PlatformSecret, Runtime, RuntimeMetrics, RuntimeOptions, ScriptConfig,
+};
 use wvpc_tunnel::EdgeIdentity;
 
 use crate::PlatformError;
@@ -64,7 +68,9 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Checks the script's bindings against the directory and starts every component.
+    /// Checks the script's bindings against the directory and starts every component. With
+    /// `options.metrics_listen`, iris's operations listener shows the runtime's and the
+    /// binding-worker's metrics and the script's status too (role `dev`).
     pub async fn start(config: StackConfig) -> Result<Stack, PlatformError> {
         Self::start_tuned(config, IrisOptions::default(), |_| {}).await
     }
@@ -89,6 +95,18 @@ impl Stack {
         )?);
         check_bindings(&config.script, &directory, &config.state)?;
 
+        // One process, one operations listener: iris's shows every part.
+        let mut options = options;
+        let (runtime_metrics, bw_metrics) = if options.metrics_listen.is_some() {
+            let runtime = Arc::new(RuntimeMetrics::default());
+            let binding_worker = Arc::new(BindingWorkerMetrics::default());
+            options.observed.0.push(runtime.clone());
+            options.observed.0.push(binding_worker.clone());
+            options.role = "dev";
+            (Some(runtime), Some(binding_worker))
+        } else {
+            (None, None)
+        };
         let iris = IrisNode::start(
             directory.clone(),
             &config.state,
@@ -113,6 +131,9 @@ impl Stack {
         // binding calls through the dev binding-worker's port.
         let secret = PlatformSecret::generate().map_err(io("creating the platform secret"))?;
         bw_config.secret = Some(secret.clone());
+        if let Some(metrics) = bw_metrics {
+            bw_config.metrics = metrics;
+        }
         tune(&mut bw_config);
         let binding_worker = BindingWorker::start(bw_listener, bw_config)
             .map_err(io("starting the binding-worker"))?;
@@ -132,6 +153,7 @@ impl Stack {
             binding_secret: Some(secret),
             account: directory.account_id().to_owned(),
             exchange_tap: config.exchange_tap.clone(),
+            metrics: runtime_metrics,
         };
         let (script_addr, script_server, runtime) = serve_script(
             script,

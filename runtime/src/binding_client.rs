@@ -99,6 +99,8 @@ pub(crate) struct FetchContext {
     pub account: String,
     pub request_id: String,
     pub binding: String,
+    /// Where the call's time and outcome are counted (`--metrics`).
+    pub probe: Option<Arc<crate::metrics::BindingMetrics>>,
 }
 
 type FetchReply = Result<http::Response<WasiBody>, ProxyError>;
@@ -597,6 +599,8 @@ async fn connect_socket(workers: Rc<Workers>, job: ConnectJob) {
         () = opened.closed() => return,
         () = request_ended.cancelled() => return,
     };
+    // The call's time, as for a fetch, starts once it holds its connection slot.
+    let started = Instant::now();
     let (outcome_tx, outcome) = oneshot::channel();
     let called = Rc::new(Cell::new(false));
     let receiver: socket_receiver::Client = capnp_rpc::new_client(SocketOpener {
@@ -607,6 +611,9 @@ async fn connect_socket(workers: Rc<Workers>, job: ConnectJob) {
     });
     let fail = |opened: oneshot::Sender<_>, err: ProxyError| {
         log_connect_error(&context, &err);
+        if let Some(probe) = &context.probe {
+            probe.failed(&err);
+        }
         let _ = opened.send(Err(err));
     };
     let count = workers.slots.len();
@@ -684,6 +691,9 @@ async fn connect_socket(workers: Rc<Workers>, job: ConnectJob) {
         return fail(opened, err);
     }
     tracing::debug!(request_id = %context.request_id, binding = %context.binding, "socket opened");
+    if let Some(probe) = &context.probe {
+        probe.connected(started.elapsed());
+    }
     if opened.send(Ok(permit)).is_err() {
         let err = ProxyError::new(ErrorCode::ConnectionTerminated)
             .with_details("the script dropped the socket while it was being opened");

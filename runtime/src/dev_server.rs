@@ -12,6 +12,7 @@ use crate::binding_client::BindingClient;
 use crate::config::ScriptConfig;
 use crate::exchange_tap::ExchangeTap;
 use crate::host::HostState;
+use crate::metrics::RuntimeMetrics;
 use crate::pool::{PoolRelease, PoolStats};
 use crate::script::{LoadedScript, RuntimeError};
 use crate::script_host::ScriptHost;
@@ -30,6 +31,9 @@ pub struct RuntimeOptions {
     pub account: String,
     /// Given a copy of every binding exchange (`wvpc dev --record`); `None` costs nothing.
     pub exchange_tap: Option<Arc<dyn ExchangeTap>>,
+    /// Where requests, instantiations and binding calls are counted (`--metrics`); `None`
+    /// counts nothing.
+    pub metrics: Option<Arc<RuntimeMetrics>>,
 }
 
 /// The one binding-worker client of a host: every script's fetches go through it.

@@ -29,7 +29,9 @@
 //!   `[script 5f3a1b2c] line`; [`TailHub`] also publishes it to `wvpc tail` subscribers);
 //! - reports failures to the script as wasi:http `error-code`s ([`wasi_error_code`]);
 //! - hands a copy of every binding exchange to an [`ExchangeTap`] when one is given
-//!   (`wvpc dev --record`).
+//!   (`wvpc dev --record`);
+//! - counts requests, instantiations and binding calls per script into [`RuntimeMetrics`]
+//!   when given one (`--metrics`).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,6 +44,7 @@
 //!     binding_secret: Some(PlatformSecret::load_or_create(".wvpc".as_ref())?),
 //!     account: "acct".into(),
 //!     exchange_tap: None,
+//!     metrics: None,
 //! };
 //! let runtime = Arc::new(Runtime::new(&config, options)?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
@@ -60,6 +63,7 @@ mod exchange_tap;
 mod host;
 mod instances;
 mod limits;
+mod metrics;
 mod outbound;
 mod pool;
 mod routing;
@@ -79,6 +83,7 @@ pub use dev_server::{Runtime, RuntimeOptions};
 pub use error_map::wasi_error_code;
 pub use exchange_tap::{ExchangeTap, MAX_TAPPED_BODY, TappedBody, TappedExchange, TappedOutcome};
 pub use limits::{Isolation, Limits};
+pub use metrics::{BindingMetrics, RuntimeMetrics, ScriptMetrics};
 pub use pool::{PoolRelease, PoolStats};
 pub use routing::{RouteConflict, RouteError, RoutePattern, RouteTable, ScriptKey, ScriptRoutes};
 pub use script::{ComponentError, RuntimeError, check_component};

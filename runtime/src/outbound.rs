@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
@@ -40,6 +40,7 @@ use crate::binding_client::{BindingClient, BindingTarget, FetchContext};
 use crate::error_map::wasi_http_error;
 use crate::exchange_tap::PendingExchange;
 use crate::limits::{BudgetExceeded, FetchBudget, Limits, header_section_bytes};
+use crate::metrics::ScriptProbe;
 use crate::script_output::ScriptOutput;
 use crate::socket::{PendingSocket, SocketScope};
 
@@ -95,6 +96,8 @@ pub(crate) struct ScriptBindings {
     pub limits: Limits,
     /// Where the script's stdout / stderr lines go.
     pub output: Arc<dyn ScriptOutput>,
+    /// The script's and its bindings' metrics (`--metrics`).
+    pub metrics: Option<ScriptProbe>,
 }
 
 /// How a fetch treats 3xx responses (`fetch-init.redirect`).
@@ -183,6 +186,7 @@ impl OutboundHooks {
             script: self.bindings.script.to_string(),
             account: self.bindings.account.to_string(),
             request_id: request_id.to_owned(),
+            probe: self.probe(&route.binding),
             binding: route.binding,
         };
         Ok(crate::socket::open(
@@ -192,6 +196,11 @@ impl OutboundHooks {
             slot,
             &self.sockets,
         ))
+    }
+
+    /// The metrics of the script's `binding`, when it has metrics.
+    fn probe(&self, binding: &str) -> Option<Arc<crate::metrics::BindingMetrics>> {
+        self.bindings.metrics.as_ref()?.binding(binding)
     }
 
     /// Resets the sockets the request opened (it has ended).
@@ -293,6 +302,7 @@ impl WasiHttpHooks for OutboundHooks {
             script: self.bindings.script.to_string(),
             account: self.bindings.account.to_string(),
             request_id: request_id.to_string(),
+            probe: self.probe(&route.binding),
             binding: route.binding,
         };
         let sender = Sender {
@@ -548,10 +558,17 @@ impl Sender {
             method: request.method().clone(),
             uri: request.uri().clone(),
         });
+        let called = Instant::now();
         let fetched = self
             .client
             .fetch(self.context.clone(), request, self.first_byte_timeout)
             .await;
+        if let Some(probe) = &self.context.probe {
+            match &fetched {
+                Ok(_) => probe.fetched(called.elapsed()),
+                Err(err) => probe.failed(err),
+            }
+        }
         match (fetched, pending) {
             (Ok(response), None) => Ok(response),
             (Ok(response), Some(pending)) => Ok(pending.response(response)),

@@ -35,6 +35,7 @@ use crate::dev_server::{RuntimeOptions, start_binding_client};
 use crate::host::{HostState, ScriptPre};
 use crate::instances::InstancePool;
 use crate::limits::Limits;
+use crate::metrics::{RuntimeMetrics, ScriptProbe};
 use crate::outbound::ScriptBindings;
 use crate::pool::{PoolRelease, PoolStats, PoolWatch};
 use crate::routing::{
@@ -253,6 +254,8 @@ pub struct ScriptHost {
     /// The one binding-worker client every script's fetches go through.
     client: BindingClient,
     output: Arc<dyn ScriptOutput>,
+    /// Where requests and binding calls are counted, if anywhere.
+    metrics: Option<Arc<RuntimeMetrics>>,
     workers_domain: String,
     table: RwLock<Arc<Table>>,
     deploy: tokio::sync::Mutex<DeployState>,
@@ -358,6 +361,7 @@ impl ScriptHost {
         let bindings = Bindings {
             client: &self.client,
             output: &self.output,
+            metrics: self.metrics.as_ref(),
         };
         let loaded = bindings.local_script(
             &old.bindings.account,
@@ -397,12 +401,14 @@ impl ScriptHost {
         let bindings = Bindings {
             client: &client,
             output: &output,
+            metrics: options.metrics.as_ref(),
         };
         let (table, compiled) = table(&engine, &bindings)?;
         Ok(ScriptHost {
             engine: Mutex::new(engine),
             client,
             output,
+            metrics: options.metrics.clone(),
             workers_domain,
             table: RwLock::new(Arc::new(table)),
             deploy: tokio::sync::Mutex::new(DeployState {
@@ -557,6 +563,11 @@ impl ScriptHost {
     /// The workers domain (`workers.localhost`).
     pub fn workers_domain(&self) -> &str {
         &self.workers_domain
+    }
+
+    /// Where requests and binding calls are counted, if anywhere.
+    pub(crate) fn metrics(&self) -> Option<&Arc<RuntimeMetrics>> {
+        self.metrics.as_ref()
     }
 
     /// The script version serving `host` + `path` (see [`RouteTable::lookup`]).
@@ -774,6 +785,7 @@ impl ScriptHost {
         let bindings = Bindings {
             client: &self.client,
             output: &self.output,
+            metrics: self.metrics.as_ref(),
         };
         let loaded = LoadedScript {
             pre,
@@ -826,6 +838,7 @@ impl ScriptHost {
 struct Bindings<'a> {
     client: &'a BindingClient,
     output: &'a Arc<dyn ScriptOutput>,
+    metrics: Option<&'a Arc<RuntimeMetrics>>,
 }
 
 impl Bindings<'_> {
@@ -888,6 +901,14 @@ impl Bindings<'_> {
             client: self.client.clone(),
             limits,
             output: self.output.clone(),
+            metrics: self.metrics.map(|metrics| {
+                ScriptProbe::new(
+                    metrics,
+                    account,
+                    script,
+                    services.keys().chain(networks.keys()),
+                )
+            }),
         }
     }
 }

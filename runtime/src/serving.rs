@@ -11,6 +11,7 @@
 //! ([`wvpc_listener::Refusal`]).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -60,6 +61,9 @@ async fn handle(
         Ok(name) => match host.resolve(&name, request.uri().path()) {
             None => {
                 tracing::debug!(request_id = %request_id, host = %name, "no script serves the host");
+                if let Some(metrics) = host.metrics() {
+                    metrics.unrouted();
+                }
                 Failure::NoScript(format!(
                     "no script is served at host {name:?} (a script answers at \
                      <script>.<account subdomain>.{} when its workers_dev is on, and at the \
@@ -71,6 +75,7 @@ async fn handle(
             Some(script) => {
                 let method = request.method().clone();
                 let uri = request.uri().clone();
+                let arrived = Instant::now();
                 let (response, outcome) = match run_script(&script, request, &request_id).await {
                     Ok(response) => (response, RequestOutcome::Ok),
                     Err(failure) => {
@@ -79,6 +84,9 @@ async fn handle(
                     }
                 };
                 let bindings = &script.bindings;
+                if let Some(probe) = &bindings.metrics {
+                    probe.script.request(outcome, arrived.elapsed());
+                }
                 bindings.output.request(&RequestSummary {
                     account_id: &bindings.account,
                     script: &bindings.script,
@@ -182,7 +190,14 @@ async fn run_script(
             let run = async {
                 let proxy = match instance.script.take() {
                     Some(proxy) => proxy,
-                    None => pre.instantiate_async(&mut instance.store).await?,
+                    None => {
+                        let started = Instant::now();
+                        let proxy = pre.instantiate_async(&mut instance.store).await?;
+                        if let Some(probe) = &script.bindings.metrics {
+                            probe.script.instantiated(started.elapsed());
+                        }
+                        proxy
+                    }
                 };
                 proxy
                     .wasi_http_incoming_handler()

@@ -60,6 +60,7 @@ async fn after_a_burst_the_instance_pool_is_given_back_once_traffic_is_quiet() {
         binding_secret: None,
         account: "acct-1".into(),
         exchange_tap: None,
+        metrics: None,
     };
     let runtime = Arc::new(Runtime::new(&config, options).expect("runtime"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -72,6 +72,7 @@ impl MockStack {
             binding_secret: None,
             account: "test-account".into(),
             exchange_tap: None,
+            metrics: None,
         };
         let runtime = tokio::task::spawn_blocking(move || Runtime::new(&config, options))
             .await

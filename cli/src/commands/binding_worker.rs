@@ -7,10 +7,12 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use wvpc_binding_worker::{BindingWorker, BindingWorkerConfig, IrisAddress, PlatformSecret};
+use wvpc_observe::ops::Ops;
 
 use super::dev::shutdown_signal;
 use super::iris::parse_duration;
@@ -53,6 +55,10 @@ pub struct BindingWorkerArgs {
     /// cores (or run more binding-workers: runtimes spread fetches over them)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub proxy_threads: usize,
+    /// Serve Prometheus metrics on http://IP:PORT/metrics (and the status page, to
+    /// loopback peers only; port 0: any free port)
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Runs a binding-worker until SIGTERM or Ctrl-C, then drains.
@@ -70,7 +76,21 @@ pub async fn run(
     config.connect_timeout = args.connect_timeout;
     config.response_timeout = args.response_timeout;
     config.route_lease = Some(args.route_lease);
+    let metrics = config.metrics.clone();
     let worker = BindingWorker::start(listener, config).context("starting the binding-worker")?;
+    // The binding-worker has no directory to check tokens with: its status answers loopback
+    // peers only.
+    let ops_listener = match args.metrics {
+        Some(addr) => {
+            let ops = Ops::new("binding-worker", wvpc_observe::ops::host_name()).with(metrics);
+            let (local, task) = wvpc_observe::ops::start(addr, Arc::new(ops), Default::default())
+                .await
+                .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+            tracing::info!(addr = %local, "operations listener: http://{local}/metrics, http://{local}/status");
+            Some((local, task))
+        }
+        None => None,
+    };
     let iris: Vec<String> = args.iris.iter().map(ToString::to_string).collect();
     let nodes: Vec<String> = worker
         .iris_nodes()
@@ -94,9 +114,15 @@ pub async fn run(
         secret_path.display(),
         secret.fingerprint()
     )?;
+    if let Some((addr, _)) = &ops_listener {
+        writeln!(out, "  metrics on http://{addr}/metrics")?;
+    }
     out.flush()?;
     shutdown_signal().await;
     let finished = worker.drain(args.grace_period).await;
+    if let Some((_, task)) = ops_listener {
+        task.abort();
+    }
     writeln!(
         out,
         "stopped: {}",

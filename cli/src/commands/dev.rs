@@ -42,8 +42,9 @@ pub struct DevArgs {
     /// Address of the directory REST API (`wvpc service … --api`, `wvpc deploy`, wrangler)
     #[arg(long, default_value = "127.0.0.1:8788", value_name = "IP:PORT")]
     pub api_listen: SocketAddr,
-    /// Open the operations listener on IP:PORT: Prometheus metrics at /metrics, the status
-    /// page at /status (and /status.json) for loopback peers or an account's admin token
+    /// Open the operations listener on IP:PORT: Prometheus metrics of iris, the
+    /// binding-worker and the runtime at /metrics, the status page at /status (and
+    /// /status.json) for loopback peers or an account's admin token
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
     /// Run the script against a mock of its bindings' services instead of the edge and the

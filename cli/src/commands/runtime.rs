@@ -36,6 +36,10 @@ pub struct RuntimeArgs {
     /// <state>/platform/secret, created if missing]
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics) and the status page (/status) here (port 0: any
+    /// free port)
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
     /// Timeouts and connection cap of the listeners.
     #[command(flatten)]
     pub server: super::server_args::ServerArgs,
@@ -58,6 +62,7 @@ pub async fn run(
             secret,
             workers_domain: args.workers_domain.clone(),
             server: args.server.limits(),
+            metrics_listen: args.metrics,
         },
     )
     .await?;
@@ -80,6 +85,9 @@ pub async fn run(
             .collect::<Vec<_>>()
             .join(", ")
     )?;
+    if let Some(addr) = node.metrics_addr {
+        writeln!(out, "  metrics on http://{addr}/metrics")?;
+    }
     writeln!(out, "  state {}", state.display())?;
     out.flush()?;
     shutdown_signal().await;

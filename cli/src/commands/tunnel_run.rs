@@ -166,6 +166,8 @@ pub async fn run(
                 .await
                 .map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen: {e}"))?;
         tracing::info!(addr = %local, "connector metrics at http://{local}/metrics, status at http://{local}/status");
+        writeln!(out, "  metrics on http://{local}/metrics")?;
+        out.flush()?;
         tasks.push(task);
     }
     let mut readiness = connector.readiness();

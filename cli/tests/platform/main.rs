@@ -8,6 +8,7 @@
 
 mod cluster;
 mod javascript;
+mod metrics;
 mod networks;
 mod service_metrics;
 mod wrangler;

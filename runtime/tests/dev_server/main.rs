@@ -52,6 +52,7 @@ async fn serve_with(
         binding_secret: None,
         account: "acct-1".into(),
         exchange_tap: None,
+        metrics: None,
     };
     serve_configured(main, limits, output, options).await
 }
@@ -67,6 +68,7 @@ async fn serve_through(
         binding_secret,
         account: "acct-1".into(),
         exchange_tap: None,
+        metrics: None,
     };
     serve_configured(main, "{}", Arc::new(PrefixedOutput), options).await
 }
@@ -472,6 +474,7 @@ fn main_must_be_a_component() {
         binding_secret: None,
         account: "a".into(),
         exchange_tap: None,
+        metrics: None,
     };
     let config = |main: &Path| ScriptConfig {
         name: "s".into(),

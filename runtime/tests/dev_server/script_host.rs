@@ -39,6 +39,7 @@ async fn start(binding_worker: SocketAddr) -> Host {
         binding_secret: None,
         account: String::new(),
         exchange_tap: None,
+        metrics: None,
     };
     let host = Arc::new(
         ScriptHost::new(&options, DEFAULT_WORKERS_DOMAIN, tail.clone()).expect("script host"),

@@ -70,6 +70,7 @@ async fn serve_main(binding_worker: std::net::SocketAddr, main: &str, limits: &s
         binding_secret: None,
         account: "acct-1".into(),
         exchange_tap: None,
+        metrics: None,
     };
     let runtime = Arc::new(
         Runtime::with_output(&config, options, Arc::new(PrefixedOutput)).expect("runtime"),

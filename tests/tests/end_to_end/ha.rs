@@ -526,6 +526,53 @@ async fn both_metrics_endpoints_count_the_traffic() {
         sample(&iris, "wvpc_iris_errors_total{code=\"connection_refused\"}"),
         1.0
     );
+    // `wvpc dev`'s one listener also shows the runtime and the binding-worker (role `dev`).
+    let account = w.stack.directory.account_id().to_owned();
+    let script = format!("account=\"{account}\",script=\"proxy\"");
+    assert_eq!(
+        sample(
+            &iris,
+            &format!("wvpc_runtime_requests_total{{{script},outcome=\"ok\"}}")
+        ),
+        3.0
+    );
+    assert!(
+        sample(
+            &iris,
+            &format!("wvpc_runtime_binding_fetch_seconds_count{{{script},binding=\"API\"}}")
+        ) >= 3.0
+    );
+    assert!(
+        sample(
+            &iris,
+            &format!("wvpc_runtime_instantiate_seconds_count{{{script}}}")
+        ) >= 1.0
+    );
+    let service = w.service_id;
+    assert_eq!(
+        sample(
+            &iris,
+            &format!(
+                "wvpc_binding_worker_calls_total{{service=\"{service}\",call=\"fetch\",outcome=\"success\"}}"
+            )
+        ),
+        3.0
+    );
+    assert!(
+        sample(
+            &iris,
+            &format!("wvpc_binding_worker_origin_ttfb_seconds_count{{service=\"{service}\"}}")
+        ) >= 3.0
+    );
+    let status = within(
+        "iris's status",
+        client::scrape(iris_metrics, "/status.json"),
+    )
+    .await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["node"]["role"], "dev");
+    assert_eq!(status["scripts"][0]["id"], "proxy", "{status}");
+    assert_eq!(status["scripts"][0]["total_requests"], 3, "{status}");
 
     let conn = within(
         "scraping the connector",

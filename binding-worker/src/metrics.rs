@@ -1,0 +1,332 @@
+//! The binding-worker's metrics (`wvpc binding-worker --metrics`, `wvpc dev --metrics`).
+//! Names start with `wvpc_binding_worker_`; docs/operations.md lists them. Per service (a
+//! network binding's calls are filed under its network target, e.g. `tunnel:<id>`): calls
+//! by outcome and failures by category and error code, the time of the CONNECT to iris, the
+//! origin's time to first byte, and origin connections opened or reused.
+//!
+//! Labels are service ids and network targets only, so their number is bounded by the
+//! directory. A target's handle ([`TargetMetrics`]) is looked up once per call (one read
+//! lock, no allocation once it exists).
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use wvpc_errors::ProxyError;
+use wvpc_observe::buckets::{LatencyFamily, latency_family};
+use wvpc_observe::ops::Observable;
+
+use crate::request::BindingTarget;
+
+/// The `service` label of calls whose binding could not be read (a malformed call).
+const UNKNOWN_TARGET: &str = "unknown";
+
+/// What a runtime asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Call {
+    /// `VpcBinding.fetch`.
+    Fetch,
+    /// `VpcBinding.connect`.
+    Connect,
+}
+
+impl Call {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Fetch => "fetch",
+            Self::Connect => "connect",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallOutcome {
+    service: String,
+    call: &'static str,
+    /// `success`, or the failure's category.
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallError {
+    service: String,
+    call: &'static str,
+    category: &'static str,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginConnection {
+    service: String,
+    /// `opened` (a fresh CONNECT) or `reused` (from the pool).
+    connection: &'static str,
+}
+
+/// The metric families, shared (cheaply cloned) by the registry and every handle.
+#[derive(Debug, Clone)]
+struct Families {
+    calls: Family<CallOutcome, Counter>,
+    errors: Family<CallError, Counter>,
+    iris_connect_seconds: LatencyFamily<ServiceLabel>,
+    origin_ttfb_seconds: LatencyFamily<ServiceLabel>,
+    origin_connections: Family<OriginConnection, Counter>,
+}
+
+/// Counters and histograms of one binding-worker, per service or network target.
+#[derive(Debug)]
+pub struct BindingWorkerMetrics {
+    families: Families,
+    targets: RwLock<HashMap<Option<BindingTarget>, Arc<TargetMetrics>>>,
+}
+
+impl Default for BindingWorkerMetrics {
+    fn default() -> Self {
+        Self {
+            families: Families {
+                calls: Family::default(),
+                errors: Family::default(),
+                iris_connect_seconds: latency_family(),
+                origin_ttfb_seconds: latency_family(),
+                origin_connections: Family::default(),
+            },
+            targets: RwLock::default(),
+        }
+    }
+}
+
+impl BindingWorkerMetrics {
+    /// The handle of `target` (`None`: a call whose binding could not be read); made on
+    /// first use.
+    pub(crate) fn target(&self, target: Option<BindingTarget>) -> Arc<TargetMetrics> {
+        if let Some(found) = self
+            .targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&target)
+        {
+            return found.clone();
+        }
+        let service = match target {
+            Some(BindingTarget::Service(id)) => id.to_string(),
+            Some(BindingTarget::Network(network)) => network.to_string(),
+            None => UNKNOWN_TARGET.to_owned(),
+        };
+        let f = &self.families;
+        let label = ServiceLabel {
+            service: service.clone(),
+        };
+        let success = |call: Call| {
+            f.calls.get_or_create_owned(&CallOutcome {
+                service: service.clone(),
+                call: call.label(),
+                outcome: "success",
+            })
+        };
+        let connection = |connection| {
+            f.origin_connections.get_or_create_owned(&OriginConnection {
+                service: service.clone(),
+                connection,
+            })
+        };
+        let handle = Arc::new(TargetMetrics {
+            fetch_successes: success(Call::Fetch),
+            connect_successes: success(Call::Connect),
+            iris_connect: f.iris_connect_seconds.get_or_create_owned(&label),
+            origin_ttfb: f.origin_ttfb_seconds.get_or_create_owned(&label),
+            opened: connection("opened"),
+            reused: connection("reused"),
+            families: f.clone(),
+            service,
+        });
+        self.targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(target)
+            .or_insert(handle)
+            .clone()
+    }
+
+    /// The Prometheus text of these metrics alone (tests and diagnostics).
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        Observable::register(self, &mut registry);
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+        text
+    }
+}
+
+impl Observable for BindingWorkerMetrics {
+    /// Registers every metric into `registry` (names start with `wvpc_binding_worker_`).
+    fn register(&self, registry: &mut Registry) {
+        let f = &self.families;
+        let r = registry.sub_registry_with_prefix("wvpc_binding_worker");
+        r.register(
+            "calls",
+            "Per service (or network target): fetch and connect calls by outcome (success, \
+             bad_upstream, client, internal)",
+            f.calls.clone(),
+        );
+        r.register(
+            "errors",
+            "Per service (or network target): failed calls by category and error code",
+            f.errors.clone(),
+        );
+        r.register(
+            "iris_connect_seconds",
+            "Per service (or network target): time from sending a CONNECT to iris to its \
+             answer (successful CONNECTs)",
+            f.iris_connect_seconds.clone(),
+        );
+        r.register(
+            "origin_ttfb_seconds",
+            "Per service (or network target): time from the request written to the origin to \
+             its response head",
+            f.origin_ttfb_seconds.clone(),
+        );
+        r.register(
+            "origin_connections",
+            "Per service (or network target): origin connections opened (a new CONNECT) or \
+             reused from the pool, by request",
+            f.origin_connections.clone(),
+        );
+    }
+}
+
+/// One service's (or network target's) metrics.
+#[derive(Debug)]
+pub(crate) struct TargetMetrics {
+    service: String,
+    fetch_successes: Counter,
+    connect_successes: Counter,
+    iris_connect: Histogram,
+    origin_ttfb: Histogram,
+    opened: Counter,
+    reused: Counter,
+    families: Families,
+}
+
+impl TargetMetrics {
+    /// A call reached the origin (a fetch: its response head came; a connect: it opened).
+    pub(crate) fn succeeded(&self, call: Call) {
+        match call {
+            Call::Fetch => self.fetch_successes.inc(),
+            Call::Connect => self.connect_successes.inc(),
+        };
+    }
+
+    /// A call failed with `err`.
+    pub(crate) fn failed(&self, call: Call, err: &ProxyError) {
+        let category = err.category().label();
+        self.families
+            .calls
+            .get_or_create(&CallOutcome {
+                service: self.service.clone(),
+                call: call.label(),
+                outcome: category,
+            })
+            .inc();
+        self.families
+            .errors
+            .get_or_create(&CallError {
+                service: self.service.clone(),
+                call: call.label(),
+                category,
+                code: err.code.wire_name(),
+            })
+            .inc();
+    }
+
+    /// iris answered a CONNECT `took` after it was sent.
+    pub(crate) fn iris_connected(&self, took: Duration) {
+        self.iris_connect.observe(took.as_secs_f64());
+    }
+
+    /// The origin's response head came `took` after the request was written.
+    pub(crate) fn first_byte(&self, took: Duration) {
+        self.origin_ttfb.observe(took.as_secs_f64());
+    }
+
+    /// A request went out on a fresh origin connection.
+    pub(crate) fn opened(&self) {
+        self.opened.inc();
+    }
+
+    /// A request went out on a pooled origin connection.
+    pub(crate) fn reused(&self) {
+        self.reused.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+    use wvpc_errors::ErrorCode;
+    use wvpc_schemas::NetworkTarget;
+
+    use super::*;
+
+    #[test]
+    fn calls_are_labelled_by_service_or_network_call_and_code() {
+        let metrics = BindingWorkerMetrics::default();
+        let id = Uuid::from_u128(9);
+        let service = metrics.target(Some(BindingTarget::Service(id)));
+        assert!(Arc::ptr_eq(
+            &service,
+            &metrics.target(Some(BindingTarget::Service(id)))
+        ));
+        service.succeeded(Call::Fetch);
+        service.iris_connected(Duration::from_millis(2));
+        service.first_byte(Duration::from_millis(4));
+        service.opened();
+        service.reused();
+        service.failed(Call::Fetch, &ProxyError::new(ErrorCode::ConnectionRefused));
+        let network = metrics.target(Some(BindingTarget::Network(NetworkTarget::Tunnel(
+            Uuid::from_u128(1),
+        ))));
+        network.failed(Call::Connect, &ProxyError::dns("NXDOMAIN"));
+        metrics
+            .target(None)
+            .failed(Call::Fetch, &ProxyError::new(ErrorCode::HttpRequestError));
+        let text = metrics.render();
+        let s = id.to_string();
+        let tunnel = NetworkTarget::Tunnel(Uuid::from_u128(1)).to_string();
+        for line in [
+            format!(
+                "wvpc_binding_worker_calls_total{{service=\"{s}\",call=\"fetch\",outcome=\"success\"}} 1"
+            ),
+            format!(
+                "wvpc_binding_worker_calls_total{{service=\"{s}\",call=\"fetch\",outcome=\"bad_upstream\"}} 1"
+            ),
+            format!(
+                "wvpc_binding_worker_errors_total{{service=\"{s}\",call=\"fetch\",category=\"bad_upstream\",code=\"connection_refused\"}} 1"
+            ),
+            format!(
+                "wvpc_binding_worker_errors_total{{service=\"{tunnel}\",call=\"connect\",category=\"client\",code=\"dns_error\"}} 1"
+            ),
+            "wvpc_binding_worker_errors_total{service=\"unknown\",call=\"fetch\",category=\"bad_upstream\",code=\"http_request_error\"} 1".to_owned(),
+            format!("wvpc_binding_worker_iris_connect_seconds_count{{service=\"{s}\"}} 1"),
+            format!(
+                "wvpc_binding_worker_origin_ttfb_seconds_bucket{{service=\"{s}\",le=\"0.005\"}} 1"
+            ),
+            format!(
+                "wvpc_binding_worker_origin_connections_total{{service=\"{s}\",connection=\"opened\"}} 1"
+            ),
+            format!(
+                "wvpc_binding_worker_origin_connections_total{{service=\"{s}\",connection=\"reused\"}} 1"
+            ),
+        ] {
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+    }
+}
