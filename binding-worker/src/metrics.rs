@@ -20,6 +20,8 @@ use prometheus_client::registry::Registry;
 use wvpc_errors::ProxyError;
 use wvpc_observe::buckets::{LatencyFamily, latency_family};
 use wvpc_observe::ops::Observable;
+use wvpc_observe::recent::{Outcome, Recent, RecentMap};
+use wvpc_observe::status::StatusReport;
 
 use crate::request::BindingTarget;
 
@@ -87,6 +89,8 @@ struct Families {
 pub struct BindingWorkerMetrics {
     families: Families,
     targets: RwLock<HashMap<Option<BindingTarget>, Arc<TargetMetrics>>>,
+    /// The last hour per service or network target, for the status page.
+    recent: RecentMap,
 }
 
 impl Default for BindingWorkerMetrics {
@@ -100,6 +104,7 @@ impl Default for BindingWorkerMetrics {
                 origin_connections: Family::default(),
             },
             targets: RwLock::default(),
+            recent: RecentMap::default(),
         }
     }
 }
@@ -146,6 +151,7 @@ impl BindingWorkerMetrics {
             opened: connection("opened"),
             reused: connection("reused"),
             families: f.clone(),
+            recent: self.recent.get(&service),
             service,
         });
         self.targets
@@ -201,6 +207,17 @@ impl Observable for BindingWorkerMetrics {
             f.origin_connections.clone(),
         );
     }
+
+    /// Each service's (or network target's) requests over the last hour, by id; a process
+    /// with a directory names them (`wvpc dev`: iris's part).
+    fn contribute(&self, report: &mut StatusReport) {
+        for (id, recent) in self.recent.active() {
+            if id != UNKNOWN_TARGET {
+                let status = recent.status(id, None, &report.windows);
+                report.service_requests.push(status);
+            }
+        }
+    }
 }
 
 /// One service's (or network target's) metrics.
@@ -214,15 +231,18 @@ pub(crate) struct TargetMetrics {
     opened: Counter,
     reused: Counter,
     families: Families,
+    recent: Arc<Recent>,
 }
 
 impl TargetMetrics {
-    /// A call reached the origin (a fetch: its response head came; a connect: it opened).
-    pub(crate) fn succeeded(&self, call: Call) {
+    /// A call reached the origin `took` after it arrived (a fetch: its response head came;
+    /// a connect: it opened).
+    pub(crate) fn succeeded(&self, call: Call, took: Duration) {
         match call {
             Call::Fetch => self.fetch_successes.inc(),
             Call::Connect => self.connect_successes.inc(),
         };
+        self.recent.record(Outcome::Success, Some(took));
     }
 
     /// A call failed with `err`.
@@ -245,6 +265,7 @@ impl TargetMetrics {
                 code: err.code.wire_name(),
             })
             .inc();
+        self.recent.record(Outcome::failed(err), None);
     }
 
     /// iris answered a CONNECT `took` after it was sent.
@@ -285,7 +306,7 @@ mod tests {
             &service,
             &metrics.target(Some(BindingTarget::Service(id)))
         ));
-        service.succeeded(Call::Fetch);
+        service.succeeded(Call::Fetch, Duration::from_millis(6));
         service.iris_connected(Duration::from_millis(2));
         service.first_byte(Duration::from_millis(4));
         service.opened();
@@ -328,5 +349,19 @@ mod tests {
         ] {
             assert!(text.contains(&line), "{line} missing from\n{text}");
         }
+        // The status lists the service's and the network's requests; not the unread call.
+        let mut report = StatusReport {
+            windows: vec![5],
+            ..StatusReport::default()
+        };
+        metrics.contribute(&mut report);
+        let listed: Vec<(&str, u64, u64)> = report
+            .service_requests
+            .iter()
+            .map(|r| (r.id.as_str(), r.total_requests, r.total_errors))
+            .collect();
+        let mut expected = vec![(s.as_str(), 2, 1), (tunnel.as_str(), 1, 1)];
+        expected.sort();
+        assert_eq!(listed, expected);
     }
 }

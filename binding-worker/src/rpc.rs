@@ -196,6 +196,7 @@ async fn run_fetch(
         read: proxy.settings().read_timeout,
         write: proxy.settings().write_timeout,
     };
+    let arrived = std::time::Instant::now();
     let probe = proxy
         .metrics()
         .target(request.as_ref().ok().map(|r| r.target));
@@ -216,7 +217,7 @@ async fn run_fetch(
     };
     let (request_id, target) = ids;
     match &exchanged {
-        Ok(_) => probe.succeeded(Call::Fetch),
+        Ok(_) => probe.succeeded(Call::Fetch, arrived.elapsed()),
         Err(err) => probe.failed(Call::Fetch, err),
     }
     match exchanged {

@@ -147,6 +147,7 @@ pub(crate) async fn run_socket(
         Ok(r) => (r.caller.request_id.clone(), r.target.to_string()),
         Err(_) => ("-".to_owned(), "-".to_owned()),
     };
+    let arrived = std::time::Instant::now();
     let probe = proxy
         .metrics()
         .target(request.as_ref().ok().map(|r| r.target));
@@ -165,7 +166,7 @@ pub(crate) async fn run_socket(
         }
     };
     match &opened {
-        Ok(_) => probe.succeeded(Call::Connect),
+        Ok(_) => probe.succeeded(Call::Connect, arrived.elapsed()),
         Err(err) => probe.failed(Call::Connect, err),
     }
     let (stream, permit) = match opened {

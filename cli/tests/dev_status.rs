@@ -149,20 +149,31 @@ fn the_status_page_shows_the_connector_the_requests_and_the_error_in_a_browser()
     assert!(tunnels.contains(&connector_id), "{tunnels}");
     assert!(tunnels.contains("active"), "{tunnels}");
 
-    // The service's row: its name, two connections in both windows, one refused.
-    let row = browser
-        .eval("[...document.querySelectorAll('#services tbody tr')].map(tr => tr.innerText)")
-        .unwrap();
-    let rows: Vec<&str> = row
-        .as_array()
-        .map(|rows| rows.iter().filter_map(|r| r.as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let api = rows[0];
-    assert!(api.contains("api"), "{api}");
-    assert!(api.contains("2 / 2"), "{api}");
-    assert!(api.contains("connection_refused ×1"), "{api}");
-    assert!(api.contains("50.0%"), "{api}");
+    // The service's rows: requests (the binding-worker's count) and connections (iris's;
+    // the origin closed after one request, so each request opened its own): its name, two
+    // in both windows, one refused.
+    for section in ["#requests", "#services"] {
+        let row = browser
+            .eval(&format!(
+                "[...document.querySelectorAll('{section} tbody tr')].map(tr => tr.innerText)"
+            ))
+            .unwrap();
+        let rows: Vec<&str> = row
+            .as_array()
+            .map(|rows| rows.iter().filter_map(|r| r.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(rows.len(), 1, "{section}: {rows:?}");
+        let api = rows[0];
+        assert!(api.contains("api"), "{section}: {api}");
+        assert!(api.contains("2 / 2"), "{section}: {api}");
+        assert!(api.contains("connection_refused ×1"), "{section}: {api}");
+        assert!(api.contains("50.0%"), "{section}: {api}");
+    }
+    // The script served both requests; the refused fetch was answered by the script (a 502
+    // it returned), not a failure of the script itself.
+    let scripts = text(&mut browser, "#scripts");
+    assert!(scripts.contains("proxy"), "{scripts}");
+    assert!(scripts.contains("2 / 2"), "{scripts}");
 
     // The charts draw the two requests once (not once per point before the start).
     let charts = browser
