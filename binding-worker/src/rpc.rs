@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_capnp::{byte_stream, response_head, response_receiver, vpc_binding};
 use wvpc_schemas::byte_stream_flow::{InboxError, InboxSender, Taken};
@@ -195,6 +196,7 @@ async fn run_fetch(
         read: proxy.settings().read_timeout,
         write: proxy.settings().write_timeout,
     };
+    let mut span = tracing::Span::none();
     let (ids, exchanged) = match request {
         Err(err) => (("-".to_owned(), "-".to_owned()), Err(err)),
         Ok(request) => {
@@ -202,7 +204,10 @@ async fn run_fetch(
                 request.caller.request_id.clone(),
                 request.target.to_string(),
             );
-            let exchange = runtime.spawn(async move { proxy.exchange(request, events).await });
+            span = request.caller.span("fetch", &request.target);
+            let exchange = runtime.spawn(
+                async move { proxy.exchange(request, events).await }.instrument(span.clone()),
+            );
             let exchanged = exchange.await.unwrap_or_else(|join_error| {
                 Err(ProxyError::new(ErrorCode::ProxyInternalError)
                     .with_details(format!("the exchange task failed: {join_error}")))
@@ -213,6 +218,7 @@ async fn run_fetch(
     let (request_id, target) = ids;
     match exchanged {
         Err(err) => {
+            span.record("code", tracing::field::display(err.code));
             tracing::warn!(
                 %request_id, %target, code = %err.code,
                 rcode = err.rcode.as_deref().unwrap_or(""),

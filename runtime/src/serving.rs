@@ -17,6 +17,7 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -55,8 +56,41 @@ async fn handle(
     request: http::Request<Incoming>,
 ) -> http::Response<HyperOutgoingBody> {
     let request_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
-    let mut response = match request_host(&request) {
-        Err(failure) => failure.into_response(&request_id),
+    // The request's span: its binding fetches' spans are its children. A `traceparent`
+    // from the client continues the client's trace.
+    let span = tracing::info_span!(
+        "script_request",
+        request_id = %request_id,
+        method = %request.method(),
+        script = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    if let Some(parent) = request
+        .headers()
+        .get(wvpc_observe::trace::TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+    {
+        wvpc_observe::trace::continue_traceparent(&span, parent);
+    }
+    let mut response = handle_in(host, request, &request_id, &span)
+        .instrument(span.clone())
+        .await;
+    span.record("status", response.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// [`handle`] inside the request's span.
+async fn handle_in(
+    host: &ScriptHost,
+    request: http::Request<Incoming>,
+    request_id: &Arc<str>,
+    span: &tracing::Span,
+) -> http::Response<HyperOutgoingBody> {
+    match request_host(&request) {
+        Err(failure) => failure.into_response(request_id),
         Ok(name) => match host.resolve(&name, request.uri().path()) {
             None => {
                 tracing::debug!(request_id = %request_id, host = %name, "no script serves the host");
@@ -66,16 +100,17 @@ async fn handle(
                      hosts and paths of its routes)",
                     host.workers_domain()
                 ))
-                .into_response(&request_id)
+                .into_response(request_id)
             }
             Some(script) => {
+                span.record("script", tracing::field::display(&script.bindings.script));
                 let method = request.method().clone();
                 let uri = request.uri().clone();
-                let (response, outcome) = match run_script(&script, request, &request_id).await {
+                let (response, outcome) = match run_script(&script, request, request_id).await {
                     Ok(response) => (response, RequestOutcome::Ok),
                     Err(failure) => {
                         let outcome = failure.outcome();
-                        (failure.into_response(&request_id), outcome)
+                        (failure.into_response(request_id), outcome)
                     }
                 };
                 let bindings = &script.bindings;
@@ -83,7 +118,7 @@ async fn handle(
                     account_id: &bindings.account,
                     script: &bindings.script,
                     version: &bindings.version,
-                    request_id: &request_id,
+                    request_id,
                     method: method.as_str(),
                     host: &name,
                     path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -93,11 +128,7 @@ async fn handle(
                 response
             }
         },
-    };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    response
 }
 
 /// The host a request is for: the authority of an absolute-form target, else the `Host`
@@ -170,84 +201,88 @@ async fn run_script(
     let (head_sender, head) = tokio::sync::oneshot::channel();
     // Own task: the script may keep streaming its response body after `handle` returned
     // the head. It logs its own failure, once, with the request id.
-    let task = tokio::spawn(async move {
-        let pre = &script.pre;
-        let mut relay = HeadRelay {
-            from_script: receiver,
-            to_handler: Some(head_sender),
-            answered: false,
-            cancelled: false,
-        };
-        let result = {
-            let run = async {
-                let proxy = match instance.script.take() {
-                    Some(proxy) => proxy,
-                    None => pre.instantiate_async(&mut instance.store).await?,
-                };
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut instance.store, incoming, outparam)
-                    .await?;
-                instance.script = Some(proxy);
-                wasmtime::Result::<()>::Ok(())
+    let task = tokio::spawn(
+        async move {
+            let pre = &script.pre;
+            let mut relay = HeadRelay {
+                from_script: receiver,
+                to_handler: Some(head_sender),
+                answered: false,
+                cancelled: false,
             };
-            // Dropping the run at the deadline stops the guest where it is; its instance is
-            // not reused.
-            let run = tokio::time::timeout(limits.wall_time, run);
-            tokio::pin!(run);
-            loop {
-                tokio::select! {
-                    biased;
-                    head = &mut relay.from_script, if relay.to_handler.is_some() => {
-                        relay.forward(head.ok());
+            let result = {
+                let run = async {
+                    let proxy = match instance.script.take() {
+                        Some(proxy) => proxy,
+                        None => pre.instantiate_async(&mut instance.store).await?,
+                    };
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut instance.store, incoming, outparam)
+                        .await?;
+                    instance.script = Some(proxy);
+                    wasmtime::Result::<()>::Ok(())
+                };
+                // Dropping the run at the deadline stops the guest where it is; its instance is
+                // not reused.
+                let run = tokio::time::timeout(limits.wall_time, run);
+                tokio::pin!(run);
+                loop {
+                    tokio::select! {
+                        biased;
+                        head = &mut relay.from_script, if relay.to_handler.is_some() => {
+                            relay.forward(head.ok());
+                        }
+                        result = &mut run => break result,
                     }
-                    result = &mut run => break result,
+                }
+            };
+            // The script may have set the head in the same step that `handle` returned.
+            if relay.to_handler.is_some() {
+                let head = relay.from_script.try_recv().ok();
+                relay.forward(head);
+            }
+            let outcome = match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err((instance.store.data().limit_exceeded(), Some(err))),
+                Err(_) => Err((Some(LimitExceeded::WallTime), None)),
+            };
+            let bindings = &script.bindings;
+            if let Err((exceeded, err)) = &outcome {
+                match exceeded {
+                    Some(limit) => tracing::warn!(
+                        request_id = %id,
+                        account = %bindings.account,
+                        script = %bindings.script,
+                        version = %bindings.version,
+                        limit = limit_key(*limit, &limits),
+                        "script stopped: it exceeded a limit"
+                    ),
+                    None => tracing::error!(
+                        request_id = %id,
+                        account = %bindings.account,
+                        script = %bindings.script,
+                        version = %bindings.version,
+                        error = ?err,
+                        "script failed"
+                    ),
                 }
             }
-        };
-        // The script may have set the head in the same step that `handle` returned.
-        if relay.to_handler.is_some() {
-            let head = relay.from_script.try_recv().ok();
-            relay.forward(head);
-        }
-        let outcome = match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err((instance.store.data().limit_exceeded(), Some(err))),
-            Err(_) => Err((Some(LimitExceeded::WallTime), None)),
-        };
-        let bindings = &script.bindings;
-        if let Err((exceeded, err)) = &outcome {
-            match exceeded {
-                Some(limit) => tracing::warn!(
-                    request_id = %id,
-                    account = %bindings.account,
-                    script = %bindings.script,
-                    version = %bindings.version,
-                    limit = limit_key(*limit, &limits),
-                    "script stopped: it exceeded a limit"
-                ),
-                None => tracing::error!(
-                    request_id = %id,
-                    account = %bindings.account,
-                    script = %bindings.script,
-                    version = %bindings.version,
-                    error = ?err,
-                    "script failed"
-                ),
+            // Only an instance whose request ended cleanly serves another: after a trap or a
+            // limit its state is wherever the guest stopped.
+            if reuse
+                && outcome.is_ok()
+                && relay.answered
+                && !relay.cancelled
+                && instance.store.data().limit_exceeded().is_none()
+            {
+                script.instances.give_back(instance);
             }
+            outcome.map_err(|(exceeded, _)| exceeded)
         }
-        // Only an instance whose request ended cleanly serves another: after a trap or a
-        // limit its state is wherever the guest stopped.
-        if reuse
-            && outcome.is_ok()
-            && relay.answered
-            && !relay.cancelled
-            && instance.store.data().limit_exceeded().is_none()
-        {
-            script.instances.give_back(instance);
-        }
-        outcome.map_err(|(exceeded, _)| exceeded)
-    });
+        // The script's binding fetches are children of the request's span.
+        .instrument(tracing::Span::current()),
+    );
 
     match head.await {
         Ok(Ok(response)) => Ok(response),
