@@ -84,7 +84,7 @@ impl Caller {
             "binding_call",
             call,
             request_id = %self.request_id,
-            target = %target,
+            destination = %target,
             binding = %self.binding,
             code = tracing::field::Empty,
         );

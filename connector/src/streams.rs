@@ -247,7 +247,8 @@ async fn open_tcp(
     let tracked = ctx.active.enter();
     tracked.activity().caller_spoke();
     let dialing = std::time::Instant::now();
-    let dial_span = tracing::info_span!("origin_dial", %target, code = tracing::field::Empty);
+    let dial_span =
+        tracing::info_span!("origin_dial", origin = %target, code = tracing::field::Empty);
     let dialed = dial_tcp(target, ctx.dial_timeout)
         .instrument(dial_span.clone())
         .await;

@@ -226,48 +226,46 @@ impl DnsResolver {
     ) -> Shared<BoxFuture<'static, LookupResult>> {
         let inner = Arc::clone(&self.inner);
         let task_key = key.clone();
-        let task = tokio::spawn(
-            async move {
-                let outcome = lookup(&inner, &task_key, &name, &ctx).await;
-                let (result, ttl) = match outcome {
-                    Ok(Answer::Addresses { addrs, ttl }) => {
-                        let ttl = clamp(ttl, inner.config.min_ttl, inner.config.max_ttl);
-                        (Ok(Addresses::from(addrs)), Some(ttl))
-                    }
-                    Ok(Answer::Negative {
-                        rcode,
-                        negative_ttl,
-                    }) => {
-                        let ttl = negative_ttl.unwrap_or(inner.config.negative_ttl);
-                        let ttl = clamp(ttl, inner.config.min_ttl, inner.config.max_negative_ttl);
-                        (
-                            Err(ProxyError::dns(rcode).with_details(format!("{name} has {rcode}"))),
-                            Some(ttl),
-                        )
-                    }
-                    Err(err) => (Err(err), None),
-                };
-                let mut cache = inner.cache.lock().unwrap_or_else(PoisonError::into_inner);
-                match ttl {
-                    Some(ttl) => {
-                        let expires = Instant::now() + ttl;
-                        cache.insert(
-                            task_key,
-                            CacheEntry::Ready {
-                                result: result.clone(),
-                                expires,
-                            },
-                        );
-                    }
-                    None => {
-                        cache.remove(&task_key);
-                    }
+        let looked_up = async move {
+            let outcome = lookup(&inner, &task_key, &name, &ctx).await;
+            let (result, ttl) = match outcome {
+                Ok(Answer::Addresses { addrs, ttl }) => {
+                    let ttl = clamp(ttl, inner.config.min_ttl, inner.config.max_ttl);
+                    (Ok(Addresses::from(addrs)), Some(ttl))
                 }
-                result
+                Ok(Answer::Negative {
+                    rcode,
+                    negative_ttl,
+                }) => {
+                    let ttl = negative_ttl.unwrap_or(inner.config.negative_ttl);
+                    let ttl = clamp(ttl, inner.config.min_ttl, inner.config.max_negative_ttl);
+                    (
+                        Err(ProxyError::dns(rcode).with_details(format!("{name} has {rcode}"))),
+                        Some(ttl),
+                    )
+                }
+                Err(err) => (Err(err), None),
+            };
+            let mut cache = inner.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            match ttl {
+                Some(ttl) => {
+                    let expires = Instant::now() + ttl;
+                    cache.insert(
+                        task_key,
+                        CacheEntry::Ready {
+                            result: result.clone(),
+                            expires,
+                        },
+                    );
+                }
+                None => {
+                    cache.remove(&task_key);
+                }
             }
-            // Its flows through the tunnel belong to the span of the request that started it.
-            .instrument(tracing::Span::current()),
-        );
+            result
+        };
+        // Its flows through the tunnel belong to the span of the request that started it.
+        let task = tokio::spawn(looked_up.instrument(tracing::Span::current()));
         let inner = Arc::clone(&self.inner);
         let waited: BoxFuture<'static, LookupResult> = Box::pin(async move {
             task.await.unwrap_or_else(|join_error| {

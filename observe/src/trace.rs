@@ -95,8 +95,12 @@ impl Exporter {
         S: tracing::Subscriber + for<'span> LookupSpan<'span>,
     {
         let tracer = self.provider.tracer("wvpc");
+        // No thread, source location or busy/idle times on each span: less work per span.
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
+            .with_threads(false)
+            .with_location(false)
+            .with_tracked_inactivity(false)
             .with_filter(FilterFn::new(exported))
     }
 

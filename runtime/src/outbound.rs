@@ -335,36 +335,34 @@ impl WasiHttpHooks for OutboundHooks {
             first_byte_timeout: options.and_then(|o| o.first_byte_timeout),
         };
         let redirect = route.redirect;
-        Box::new(
-            async move {
-                let permit = connection.acquire().await;
-                let mut response = match sender.send(request, redirect).await {
-                    Ok(response) => response,
-                    Err(err) if tagged => return failure_response(&err),
-                    Err(err) => return Err(err),
-                };
-                if tagged {
-                    // Only the runtime marks a failure or an upgrade; an origin cannot forge one.
-                    response.headers_mut().remove(js_tags::BINDING_ERROR);
-                    response.headers_mut().remove(js_tags::STATUS);
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        *response.status_mut() = StatusCode::OK;
-                        response
-                            .headers_mut()
-                            .insert(js_tags::STATUS, http::HeaderValue::from_static("101"));
-                    }
+        let sent = async move {
+            let permit = connection.acquire().await;
+            let mut response = match sender.send(request, redirect).await {
+                Ok(response) => response,
+                Err(err) if tagged => return failure_response(&err),
+                Err(err) => return Err(err),
+            };
+            if tagged {
+                // Only the runtime marks a failure or an upgrade; an origin cannot forge one.
+                response.headers_mut().remove(js_tags::BINDING_ERROR);
+                response.headers_mut().remove(js_tags::STATUS);
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    *response.status_mut() = StatusCode::OK;
+                    response
+                        .headers_mut()
+                        .insert(js_tags::STATUS, http::HeaderValue::from_static("101"));
                 }
-                let response = response.map(|body| {
-                    HeldBody {
-                        inner: body,
-                        _permit: permit,
-                    }
-                    .boxed_unsync()
-                });
-                Ok((response, Box::new(async { Ok(()) }) as ErrorFuture))
             }
-            .instrument(span),
-        )
+            let response = response.map(|body| {
+                HeldBody {
+                    inner: body,
+                    _permit: permit,
+                }
+                .boxed_unsync()
+            });
+            Ok((response, Box::new(async { Ok(()) }) as ErrorFuture))
+        };
+        Box::new(sent.instrument(span))
     }
 
     /// The URL carries the host to the binding-worker; no `Host` header is forwarded.

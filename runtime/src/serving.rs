@@ -201,88 +201,86 @@ async fn run_script(
     let (head_sender, head) = tokio::sync::oneshot::channel();
     // Own task: the script may keep streaming its response body after `handle` returned
     // the head. It logs its own failure, once, with the request id.
-    let task = tokio::spawn(
-        async move {
-            let pre = &script.pre;
-            let mut relay = HeadRelay {
-                from_script: receiver,
-                to_handler: Some(head_sender),
-                answered: false,
-                cancelled: false,
-            };
-            let result = {
-                let run = async {
-                    let proxy = match instance.script.take() {
-                        Some(proxy) => proxy,
-                        None => pre.instantiate_async(&mut instance.store).await?,
-                    };
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut instance.store, incoming, outparam)
-                        .await?;
-                    instance.script = Some(proxy);
-                    wasmtime::Result::<()>::Ok(())
+    let run_request = async move {
+        let pre = &script.pre;
+        let mut relay = HeadRelay {
+            from_script: receiver,
+            to_handler: Some(head_sender),
+            answered: false,
+            cancelled: false,
+        };
+        let result = {
+            let run = async {
+                let proxy = match instance.script.take() {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut instance.store).await?,
                 };
-                // Dropping the run at the deadline stops the guest where it is; its instance is
-                // not reused.
-                let run = tokio::time::timeout(limits.wall_time, run);
-                tokio::pin!(run);
-                loop {
-                    tokio::select! {
-                        biased;
-                        head = &mut relay.from_script, if relay.to_handler.is_some() => {
-                            relay.forward(head.ok());
-                        }
-                        result = &mut run => break result,
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut instance.store, incoming, outparam)
+                    .await?;
+                instance.script = Some(proxy);
+                wasmtime::Result::<()>::Ok(())
+            };
+            // Dropping the run at the deadline stops the guest where it is; its instance is
+            // not reused.
+            let run = tokio::time::timeout(limits.wall_time, run);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    biased;
+                    head = &mut relay.from_script, if relay.to_handler.is_some() => {
+                        relay.forward(head.ok());
                     }
-                }
-            };
-            // The script may have set the head in the same step that `handle` returned.
-            if relay.to_handler.is_some() {
-                let head = relay.from_script.try_recv().ok();
-                relay.forward(head);
-            }
-            let outcome = match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err((instance.store.data().limit_exceeded(), Some(err))),
-                Err(_) => Err((Some(LimitExceeded::WallTime), None)),
-            };
-            let bindings = &script.bindings;
-            if let Err((exceeded, err)) = &outcome {
-                match exceeded {
-                    Some(limit) => tracing::warn!(
-                        request_id = %id,
-                        account = %bindings.account,
-                        script = %bindings.script,
-                        version = %bindings.version,
-                        limit = limit_key(*limit, &limits),
-                        "script stopped: it exceeded a limit"
-                    ),
-                    None => tracing::error!(
-                        request_id = %id,
-                        account = %bindings.account,
-                        script = %bindings.script,
-                        version = %bindings.version,
-                        error = ?err,
-                        "script failed"
-                    ),
+                    result = &mut run => break result,
                 }
             }
-            // Only an instance whose request ended cleanly serves another: after a trap or a
-            // limit its state is wherever the guest stopped.
-            if reuse
-                && outcome.is_ok()
-                && relay.answered
-                && !relay.cancelled
-                && instance.store.data().limit_exceeded().is_none()
-            {
-                script.instances.give_back(instance);
-            }
-            outcome.map_err(|(exceeded, _)| exceeded)
+        };
+        // The script may have set the head in the same step that `handle` returned.
+        if relay.to_handler.is_some() {
+            let head = relay.from_script.try_recv().ok();
+            relay.forward(head);
         }
-        // The script's binding fetches are children of the request's span.
-        .instrument(tracing::Span::current()),
-    );
+        let outcome = match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err((instance.store.data().limit_exceeded(), Some(err))),
+            Err(_) => Err((Some(LimitExceeded::WallTime), None)),
+        };
+        let bindings = &script.bindings;
+        if let Err((exceeded, err)) = &outcome {
+            match exceeded {
+                Some(limit) => tracing::warn!(
+                    request_id = %id,
+                    account = %bindings.account,
+                    script = %bindings.script,
+                    version = %bindings.version,
+                    limit = limit_key(*limit, &limits),
+                    "script stopped: it exceeded a limit"
+                ),
+                None => tracing::error!(
+                    request_id = %id,
+                    account = %bindings.account,
+                    script = %bindings.script,
+                    version = %bindings.version,
+                    error = ?err,
+                    "script failed"
+                ),
+            }
+        }
+        // Only an instance whose request ended cleanly serves another: after a trap or a
+        // limit its state is wherever the guest stopped.
+        if reuse
+            && outcome.is_ok()
+            && relay.answered
+            && !relay.cancelled
+            && instance.store.data().limit_exceeded().is_none()
+        {
+            script.instances.give_back(instance);
+        }
+        outcome.map_err(|(exceeded, _)| exceeded)
+    };
+    // The script's binding fetches are children of the request's span.
+    let task = tokio::spawn(run_request.instrument(tracing::Span::current()));
 
     match head.await {
         Ok(Ok(response)) => Ok(response),

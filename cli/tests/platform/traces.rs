@@ -229,6 +229,17 @@ fn ancestry(trace: &[Received], span: &Received) -> Vec<String> {
     chain
 }
 
+/// A request's spans from the connector's stream to the origin up to the runtime's request.
+const CHAIN: [&str; 7] = [
+    "wvpc-connector/edge_stream",
+    "wvpc-iris/tunnel_open",
+    "wvpc-iris/connect",
+    "wvpc-binding-worker/iris_connect",
+    "wvpc-binding-worker/binding_call",
+    "wvpc-runtime/binding_fetch",
+    "wvpc-runtime/script_request",
+];
+
 fn named<'a>(trace: &'a [Received], service: &str, name: &str) -> Option<&'a Received> {
     trace
         .iter()
@@ -279,9 +290,14 @@ async fn a_request_is_one_trace_across_the_processes_and_a_failure_carries_its_c
         .to_owned();
     let origin = net.origin("a.internal").addr.to_string();
     let to_origin = |s: &Received| s.name == "edge_stream" && s.attr("dest") == Some(&origin);
+    // Each process sends its spans when they end, in its own batches.
     let trace = receiver
         .trace_until(&trace_id, |trace| {
-            trace.iter().any(to_origin) && named(trace, "wvpc-runtime", "script_request").is_some()
+            trace.iter().any(to_origin)
+                && CHAIN[1..].iter().all(|hop| {
+                    let (service, name) = hop.split_once('/').unwrap();
+                    named(trace, service, name).is_some()
+                })
         })
         .await;
     let services: std::collections::BTreeSet<&str> =
@@ -298,19 +314,7 @@ async fn a_request_is_one_trace_across_the_processes_and_a_failure_carries_its_c
     );
     // The parent chain from the connector's stream up to the client's own span.
     let stream = trace.iter().find(|s| to_origin(s)).unwrap();
-    assert_eq!(
-        ancestry(&trace, stream),
-        [
-            "wvpc-connector/edge_stream",
-            "wvpc-iris/tunnel_open",
-            "wvpc-iris/connect",
-            "wvpc-binding-worker/iris_connect",
-            "wvpc-binding-worker/binding_call",
-            "wvpc-runtime/binding_fetch",
-            "wvpc-runtime/script_request",
-        ],
-        "{trace:#?}"
-    );
+    assert_eq!(ancestry(&trace, stream), CHAIN, "{trace:#?}");
     let root = named(&trace, "wvpc-runtime", "script_request").unwrap();
     assert_eq!(
         root.parent_span_id, client_span,
