@@ -297,6 +297,42 @@ mod tests {
     }
 
     #[test]
+    fn a_context_written_by_one_span_is_continued_by_another() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        // The pipeline without an exporter: spans get real contexts, nothing is sent.
+        let exporter = Exporter {
+            provider: SdkTracerProvider::builder().build(),
+        };
+        let subscriber = tracing_subscriber::registry().with(exporter.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let caller = tracing::info_span!("wvpc_caller");
+            let header = traceparent(&caller).expect("an exported span has a context");
+            let trace_id = format!("{:032x}", caller.context().span().span_context().trace_id());
+            let span_id = format!("{:016x}", caller.context().span().span_context().span_id());
+            assert_eq!(header, format!("00-{trace_id}-{span_id}-01"));
+
+            let callee = tracing::info_span!("wvpc_callee");
+            continue_traceparent(&callee, &header);
+            let continued = callee.context().span().span_context().clone();
+            assert_eq!(format!("{:032x}", continued.trace_id()), trace_id);
+
+            let jaeger = cf_trace_id(&callee).expect("a context");
+            let connector = tracing::info_span!("wvpc_connector");
+            continue_cf_trace_id(&connector, &jaeger);
+            let context = connector.context().span().span_context().clone();
+            assert_eq!(format!("{:032x}", context.trace_id()), trace_id);
+            assert_ne!(context.span_id(), continued.span_id());
+
+            // A value that does not parse leaves the span a root of its own trace.
+            let other = tracing::info_span!("wvpc_other");
+            continue_traceparent(&other, "00-nonsense");
+            let own = other.context().span().span_context().clone();
+            assert_ne!(format!("{:032x}", own.trace_id()), trace_id);
+        });
+    }
+
+    #[test]
     fn without_an_exporter_spans_carry_no_context() {
         let span = tracing::info_span!("wvpc_test");
         assert_eq!(traceparent(&span), None);
