@@ -137,11 +137,11 @@ impl Cli {
 
 impl Command {
     /// The role a serving command's spans are exported as (`service.name` `wvpc-<role>`);
-    /// `None` for the commands that export none.
+    /// `None` for the commands that export none (`wvpc up` passes the endpoint on to its
+    /// four processes instead).
     pub fn trace_role(&self) -> Option<&'static str> {
         Some(match self {
             Command::Dev(_) => "dev",
-            Command::Up(_) => "up",
             Command::Runtime(_) => "runtime",
             Command::Iris(_) => "iris",
             Command::BindingWorker(_) => "binding-worker",
@@ -225,7 +225,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => commands::dev::run(args, &state, out).await,
         Command::Test(args) => commands::test::run(args, out).await,
-        Command::Up(args) => commands::up::run(args, &state, out).await,
+        Command::Up(args) => {
+            commands::up::run(args, &state, cli.otlp_endpoint.as_deref(), out).await
+        }
         Command::Runtime(args) => commands::runtime::run(args, &state, out).await,
         Command::Iris(args) => commands::iris::run(args, &state, out).await,
         Command::BindingWorker(args) => commands::binding_worker::run(args, &state, out).await,
