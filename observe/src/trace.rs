@@ -147,6 +147,9 @@ fn traces_url(endpoint: &str) -> Result<url::Url, TraceError> {
 
 /// The W3C `traceparent` of `span`, `None` when nothing exports it.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;
@@ -172,6 +175,9 @@ pub fn continue_traceparent(span: &tracing::Span, traceparent: &str) {
 /// The `cf-trace-id` value of `span` (Jaeger's `{trace-id}:{span-id}:0:{flags}`), `None`
 /// when nothing exports it.
 pub fn cf_trace_id(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
     let cx = span.context();
     let context = cx.span().span_context().clone();
     if !context.is_valid() {
