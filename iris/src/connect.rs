@@ -826,12 +826,14 @@ impl Router {
             .resolve_sourced(tunnel, resolvers, name, ctx)
             .instrument(span.clone())
             .await;
-        match (&source, &resolved) {
-            (_, Err(err)) => span.record("code", tracing::field::display(err.code)),
-            (Some(DnsSource::Cache), _) => span.record("cache", "hit"),
-            (Some(DnsSource::Lookup(_)), _) => span.record("cache", "miss"),
-            (None, _) => &span,
+        match &source {
+            Some(DnsSource::Cache) => span.record("cache", "hit"),
+            Some(DnsSource::Lookup(_)) => span.record("cache", "miss"),
+            None => &span,
         };
+        if let Err(err) = &resolved {
+            span.record("code", tracing::field::display(err.code));
+        }
         match (service, source) {
             (Some(service), Some(DnsSource::Cache)) => service.dns_hit(),
             (Some(service), Some(DnsSource::Lookup(took))) => service.dns_lookup(took),
