@@ -91,6 +91,8 @@ struct BindingContext {
   networkId @6 :Text;   # a vpc_networks binding by network_id: "cf1:network" or
                         # "cf1:vnet:<uuid>" (serviceId empty). With tunnelId or networkId set,
                         # the URL's host and port are the destination (defaults 80 / 443).
+  traceParent @7 :Text; # W3C traceparent of the caller's span, when its spans are exported;
+                        # empty otherwise (and from runtimes before it)
 }
 
 struct Header {

@@ -40,6 +40,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::Instrument as _;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_failover::Unanswered;
 
@@ -275,6 +276,30 @@ impl IrisClient {
         &self,
         request: &ConnectSpec<'_>,
     ) -> Result<(Upgraded, TlsPolicy), ProxyError> {
+        let span = tracing::info_span!(
+            "iris_connect",
+            scheme = request.scheme,
+            iris = tracing::field::Empty,
+            code = tracing::field::Empty,
+        );
+        let traceparent = wvpc_observe::trace::traceparent(&span)
+            .and_then(|value| HeaderValue::try_from(value).ok());
+        let connected = self
+            .connect_traced(request, traceparent.as_ref())
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &connected {
+            span.record("code", tracing::field::display(err.code));
+        }
+        connected
+    }
+
+    /// [`Self::connect`] inside its span; `traceparent` goes on every CONNECT it sends.
+    async fn connect_traced(
+        &self,
+        request: &ConnectSpec<'_>,
+        traceparent: Option<&HeaderValue>,
+    ) -> Result<(Upgraded, TlsPolicy), ProxyError> {
         let shared = &self.shared;
         let nodes = shared.nodes();
         let count = nodes.len();
@@ -300,7 +325,13 @@ impl IrisClient {
                     continue;
                 }
             };
-            let connect = connect_request(request)?;
+            let mut connect = connect_request(request)?;
+            if let Some(traceparent) = traceparent {
+                connect
+                    .headers_mut()
+                    .insert(wvpc_observe::trace::TRACEPARENT, traceparent.clone());
+            }
+            tracing::Span::current().record("iris", tracing::field::display(&node.addr));
             let answer =
                 tokio::time::timeout(shared.connect_timeout, sender.send_request(connect)).await;
             let response = match answer {

@@ -412,7 +412,14 @@ impl Proxy {
             let _ = written.set(Instant::now());
             tokio::time::sleep(timeout).await;
         };
-        tokio::select! {
+        // Its span ends at the response head (or the failure), not with the body.
+        let span = tracing::info_span!(
+            "origin_exchange",
+            method = %outgoing.method(),
+            status = tracing::field::Empty,
+            code = tracing::field::Empty,
+        );
+        let attempt = tokio::select! {
             answer = sender.http.try_send_request(outgoing) => match answer {
                 Ok(response) => {
                     probe.first_byte(written.get().unwrap_or(&sent).elapsed());
@@ -426,7 +433,13 @@ impl Proxy {
             () = deadline => Attempt::Failed(ProxyError::new(ErrorCode::HttpResponseTimeout).with_details(
                 format!("the origin sent no response head within {timeout:?} of the request"),
             )),
-        }
+        };
+        match &attempt {
+            Attempt::Answered(response) => span.record("status", response.status().as_u16()),
+            Attempt::Failed(err) => span.record("code", tracing::field::display(err.code)),
+            Attempt::Unsent(_) => &span,
+        };
+        attempt
     }
 
     fn respond(

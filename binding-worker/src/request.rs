@@ -71,6 +71,26 @@ pub(crate) struct Caller {
     pub(crate) account: String,
     pub(crate) script: String,
     pub(crate) binding: String,
+    /// The runtime's `traceParent` (empty when its spans are not exported, or from a
+    /// runtime before it).
+    pub(crate) trace_parent: String,
+}
+
+impl Caller {
+    /// The span of this binding call (`call`: `fetch` or `connect`), the child of the
+    /// runtime's span when a trace context came with it.
+    pub(crate) fn span(&self, call: &'static str, target: &BindingTarget) -> tracing::Span {
+        let span = tracing::info_span!(
+            "binding_call",
+            call,
+            request_id = %self.request_id,
+            destination = %target,
+            binding = %self.binding,
+            code = tracing::field::Empty,
+        );
+        wvpc_observe::trace::continue_traceparent(&span, &self.trace_parent);
+        span
+    }
 }
 
 /// One validated fetch.
@@ -148,6 +168,7 @@ pub(crate) fn read_fetch(
         account: text("context.account", context.get_account())?.to_owned(),
         script: text("context.script", context.get_script())?.to_owned(),
         binding: text("context.binding", context.get_binding())?.to_owned(),
+        trace_parent: text("context.traceParent", context.get_trace_parent())?.to_owned(),
     };
     let target = read_target(context, &caller.binding)?;
 
@@ -281,6 +302,7 @@ pub(crate) fn read_connect(
         account: text("context.account", context.get_account())?.to_owned(),
         script: text("context.script", context.get_script())?.to_owned(),
         binding: text("context.binding", context.get_binding())?.to_owned(),
+        trace_parent: text("context.traceParent", context.get_trace_parent())?.to_owned(),
     };
     let target = read_target(context, &caller.binding)?;
     let address = text("address", address)?.trim();

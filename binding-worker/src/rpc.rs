@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_capnp::{byte_stream, response_head, response_receiver, vpc_binding};
 use wvpc_schemas::byte_stream_flow::{InboxError, InboxSender, Taken};
@@ -200,6 +201,7 @@ async fn run_fetch(
     let probe = proxy
         .metrics()
         .target(request.as_ref().ok().map(|r| r.target));
+    let mut span = tracing::Span::none();
     let (ids, exchanged) = match request {
         Err(err) => (("-".to_owned(), "-".to_owned()), Err(err)),
         Ok(request) => {
@@ -207,7 +209,10 @@ async fn run_fetch(
                 request.caller.request_id.clone(),
                 request.target.to_string(),
             );
-            let exchange = runtime.spawn(async move { proxy.exchange(request, events).await });
+            span = request.caller.span("fetch", &request.target);
+            let exchange = runtime.spawn(
+                async move { proxy.exchange(request, events).await }.instrument(span.clone()),
+            );
             let exchanged = exchange.await.unwrap_or_else(|join_error| {
                 Err(ProxyError::new(ErrorCode::ProxyInternalError)
                     .with_details(format!("the exchange task failed: {join_error}")))
@@ -222,6 +227,7 @@ async fn run_fetch(
     }
     match exchanged {
         Err(err) => {
+            span.record("code", tracing::field::display(err.code));
             tracing::warn!(
                 %request_id, %target, code = %err.code,
                 rcode = err.rcode.as_deref().unwrap_or(""),

@@ -33,6 +33,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_capnp::socket_receiver;
 use wvpc_schemas::byte_stream_flow::MAX_WRITE;
@@ -151,13 +152,15 @@ pub(crate) async fn run_socket(
     let probe = proxy
         .metrics()
         .target(request.as_ref().ok().map(|r| r.target));
+    let mut span = tracing::Span::none();
     let opened = match request {
         Err(err) => Err(err),
         Ok(request) => {
             let proxy = Arc::clone(&proxy);
+            span = request.caller.span("connect", &request.target);
             let probe = probe.clone();
             runtime
-                .spawn(async move { open(&proxy, &request, &probe).await })
+                .spawn(async move { open(&proxy, &request, &probe).await }.instrument(span.clone()))
                 .await
                 .unwrap_or_else(|join_error| {
                     Err(ProxyError::new(ErrorCode::ProxyInternalError)
@@ -172,6 +175,7 @@ pub(crate) async fn run_socket(
     let (stream, permit) = match opened {
         Ok(opened) => opened,
         Err(err) => {
+            span.record("code", tracing::field::display(err.code));
             tracing::warn!(
                 %request_id, %target, code = %err.code,
                 rcode = err.rcode.as_deref().unwrap_or(""),

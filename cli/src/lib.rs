@@ -37,6 +37,15 @@ pub struct Cli {
     /// <state>/wvpc.db]
     #[arg(long, global = true, env = "WVPC_DIRECTORY", value_name = "URL")]
     pub directory: Option<String>,
+    /// Export the serving processes' request spans over OTLP/HTTP protobuf to
+    /// <URL>/v1/traces (e.g. http://127.0.0.1:4318); without it nothing is exported
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
     /// Where a directory API is, for the commands that can use one.
     #[command(flatten)]
     pub api: remote::ApiArgs,
@@ -127,6 +136,20 @@ impl Cli {
 }
 
 impl Command {
+    /// The role a serving command's spans are exported as (`service.name` `wvpc-<role>`);
+    /// `None` for the commands that export none (`wvpc up` passes the endpoint on to its
+    /// four processes instead).
+    pub fn trace_role(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Dev(_) => "dev",
+            Command::Runtime(_) => "runtime",
+            Command::Iris(_) => "iris",
+            Command::BindingWorker(_) => "binding-worker",
+            Command::Tunnel(commands::tunnel::TunnelCommand::Run(_)) => "connector",
+            _ => return None,
+        })
+    }
+
     /// Whether the command serves until stopped (and so holds many connections).
     fn serves(&self) -> bool {
         matches!(
@@ -202,7 +225,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => commands::dev::run(args, &state, out).await,
         Command::Test(args) => commands::test::run(args, out).await,
-        Command::Up(args) => commands::up::run(args, &state, out).await,
+        Command::Up(args) => {
+            commands::up::run(args, &state, cli.otlp_endpoint.as_deref(), out).await
+        }
         Command::Runtime(args) => commands::runtime::run(args, &state, out).await,
         Command::Iris(args) => commands::iris::run(args, &state, out).await,
         Command::BindingWorker(args) => commands::binding_worker::run(args, &state, out).await,

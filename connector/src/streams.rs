@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use capnp::capability::Rc as CapRc;
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side};
+use tracing::Instrument as _;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::tunnel_rpc_capnp::{cloudflared_server, configuration_manager, session_manager};
 use wvpc_tunnel::connect::metadata;
-use wvpc_tunnel::flows::{Facing, FlowSet, TrackedIo};
+use wvpc_tunnel::flows::{Facing, Flow, FlowSet, TrackedIo};
 use wvpc_tunnel::preamble::read_signature;
 use wvpc_tunnel::rpc_thread::stream_vat;
 use wvpc_tunnel::session_rpc::session_id;
@@ -25,7 +26,7 @@ use wvpc_tunnel::{BiStream, ConnectRequest, ConnectResponse, RpcThread, StreamKi
 
 use crate::egress::EgressPolicy;
 use crate::metrics::ConnectorMetrics;
-use crate::origin::{FlowLimiter, OriginRoutes, dial_tcp};
+use crate::origin::{FlowLimiter, FlowSlot, OriginRoutes, dial_tcp};
 use crate::udp::UdpSessions;
 use wvpc_tunnel::VIRTUAL_DNS_RESOLVER;
 use wvpc_tunnel::metrics::{CountingIo, GaugeGuard};
@@ -120,8 +121,18 @@ async fn handle_data_stream(mut stream: BiStream, ctx: &StreamContext) {
         }
     };
     let flow = request.metadata(metadata::FLOW_ID).unwrap_or("").to_owned();
+    // The stream's span: the child of the edge's (`cf-trace-id`, as cloudflared reads it).
+    let span = tracing::info_span!(
+        "edge_stream",
+        %flow,
+        dest = %request.dest,
+        code = tracing::field::Empty,
+    );
+    if let Some(trace) = request.metadata(metadata::CF_TRACE_ID) {
+        wvpc_observe::trace::continue_cf_trace_id(&span, trace);
+    }
     match request.stream_type {
-        StreamType::Tcp => proxy_tcp(stream, &request, &flow, ctx).await,
+        StreamType::Tcp => proxy_tcp(stream, &request, &flow, ctx, span).await,
         StreamType::Http | StreamType::Websocket => {
             let err = ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
                 "{:?} streams are not supported by this connector (Workers VPC uses tcp)",
@@ -134,6 +145,7 @@ async fn handle_data_stream(mut stream: BiStream, ctx: &StreamContext) {
 }
 
 async fn respond_failure(stream: &mut BiStream, err: &ProxyError, metrics: &ConnectorMetrics) {
+    tracing::Span::current().record("code", tracing::field::display(err.code));
     metrics.error(err.code);
     let _ = ConnectResponse::failure(err).write(&mut stream.send).await;
     let _ = stream.send.finish();
@@ -144,56 +156,24 @@ async fn proxy_tcp(
     request: &ConnectRequest,
     flow: &str,
     ctx: &StreamContext,
+    span: tracing::Span,
 ) {
-    let dest = match request.dest.parse::<std::net::SocketAddr>() {
-        Ok(dest) => dest,
-        Err(_) => {
-            let err = ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
-                "tcp dest {:?} is not a literal ip:port",
-                request.dest
-            ));
-            return respond_failure(&mut stream, &err, &ctx.metrics).await;
-        }
-    };
-    ctx.metrics.streams.inc();
-    if let Err(err) = ctx.egress.check(dest) {
-        tracing::warn!(%flow, %dest, "destination not in the egress allow-list; tcp flow refused");
-        return respond_failure(&mut stream, &err, &ctx.metrics).await;
-    }
-    let slot = match ctx.limiter.acquire() {
-        Ok(slot) => slot,
-        Err(err) => {
-            tracing::warn!(%flow, %dest, "too many active flows; tcp flow refused");
-            return respond_failure(&mut stream, &err, &ctx.metrics).await;
-        }
-    };
-    let target = ctx.routes.target(dest);
-    if dest == VIRTUAL_DNS_RESOLVER {
-        ctx.metrics.dns_queries.inc("forwarded");
-    }
-    // From here the flow counts for a shutdown: the edge's request waits for the dial.
-    let tracked = ctx.active.enter();
-    tracked.activity().caller_spoke();
-    let dialing = std::time::Instant::now();
-    let origin = match dial_tcp(target, ctx.dial_timeout).await {
-        Ok(origin) => {
-            ctx.metrics
-                .origin_dial_seconds
-                .observe(dialing.elapsed().as_secs_f64());
-            origin
-        }
-        Err(err) => {
-            tracing::debug!(%flow, %dest, %target, code = %err.code, "origin dial failed");
-            return respond_failure(&mut stream, &err, &ctx.metrics).await;
-        }
-    };
-    if ConnectResponse::ok().write(&mut stream.send).await.is_err() {
+    // The span covers the opening (up to the answer), not the piping: a pooled connection's
+    // stream lives on for later requests.
+    let opened = open_tcp(&mut stream, request, flow, ctx)
+        .instrument(span)
+        .await;
+    let Some(Opened {
+        dest,
+        origin,
+        tracked,
+        slot,
+    }) = opened
+    else {
         return;
-    }
-    tracked.activity().origin_spoke();
+    };
     let mut origin = CountingIo::new(origin, ctx.metrics.origin_bytes());
     let _open = GaugeGuard::raise(&ctx.metrics.streams_open);
-    tracing::debug!(%flow, %dest, %target, "tcp flow started");
     let mut edge = TrackedIo::new(&mut stream, tracked, Facing::Caller);
     let piped =
         tokio::io::copy_bidirectional_with_sizes(&mut edge, &mut origin, PIPE_BUFFER, PIPE_BUFFER)
@@ -216,6 +196,90 @@ async fn proxy_tcp(
         }
     }
     drop(slot);
+}
+
+/// A TCP flow whose origin answered: what piping it needs.
+struct Opened {
+    dest: SocketAddr,
+    origin: tokio::net::TcpStream,
+    tracked: Flow,
+    slot: FlowSlot,
+}
+
+/// Checks the flow, dials the origin and answers the edge; `None` when the flow ended
+/// there (its failure answered).
+async fn open_tcp(
+    stream: &mut BiStream,
+    request: &ConnectRequest,
+    flow: &str,
+    ctx: &StreamContext,
+) -> Option<Opened> {
+    let dest = match request.dest.parse::<std::net::SocketAddr>() {
+        Ok(dest) => dest,
+        Err(_) => {
+            let err = ProxyError::new(ErrorCode::HttpRequestError).with_details(format!(
+                "tcp dest {:?} is not a literal ip:port",
+                request.dest
+            ));
+            respond_failure(stream, &err, &ctx.metrics).await;
+            return None;
+        }
+    };
+    ctx.metrics.streams.inc();
+    if let Err(err) = ctx.egress.check(dest) {
+        tracing::warn!(%flow, %dest, "destination not in the egress allow-list; tcp flow refused");
+        respond_failure(stream, &err, &ctx.metrics).await;
+        return None;
+    }
+    let slot = match ctx.limiter.acquire() {
+        Ok(slot) => slot,
+        Err(err) => {
+            tracing::warn!(%flow, %dest, "too many active flows; tcp flow refused");
+            respond_failure(stream, &err, &ctx.metrics).await;
+            return None;
+        }
+    };
+    let target = ctx.routes.target(dest);
+    if dest == VIRTUAL_DNS_RESOLVER {
+        ctx.metrics.dns_queries.inc("forwarded");
+    }
+    // From here the flow counts for a shutdown: the edge's request waits for the dial.
+    let tracked = ctx.active.enter();
+    tracked.activity().caller_spoke();
+    let dialing = std::time::Instant::now();
+    let dial_span =
+        tracing::info_span!("origin_dial", origin = %target, code = tracing::field::Empty);
+    let dialed = dial_tcp(target, ctx.dial_timeout)
+        .instrument(dial_span.clone())
+        .await;
+    if let Err(err) = &dialed {
+        dial_span.record("code", tracing::field::display(err.code));
+    }
+    drop(dial_span);
+    let origin = match dialed {
+        Ok(origin) => {
+            ctx.metrics
+                .origin_dial_seconds
+                .observe(dialing.elapsed().as_secs_f64());
+            origin
+        }
+        Err(err) => {
+            tracing::debug!(%flow, %dest, %target, code = %err.code, "origin dial failed");
+            respond_failure(stream, &err, &ctx.metrics).await;
+            return None;
+        }
+    };
+    if ConnectResponse::ok().write(&mut stream.send).await.is_err() {
+        return None;
+    }
+    tracked.activity().origin_spoke();
+    tracing::debug!(%flow, %dest, %target, "tcp flow started");
+    Some(Opened {
+        dest,
+        origin,
+        tracked,
+        slot,
+    })
 }
 
 /// Serves one RPC stream for the edge. Must run on the RPC thread.

@@ -55,6 +55,7 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_listener::{ConnectionUse, Http2Settings, HttpServer, ServerLimits};
@@ -360,10 +361,39 @@ impl Router {
         })
     }
 
-    /// Answers one request: a CONNECT is routed; anything else is refused.
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<Empty<Bytes>> {
+    /// Answers one request inside its `connect` span (the child of the caller's
+    /// `traceparent`): a CONNECT is routed; anything else is refused.
+    async fn handle(&self, req: Request<Incoming>) -> Response<Empty<Bytes>> {
+        let span = tracing::info_span!(
+            "connect",
+            request_id = tracing::field::Empty,
+            service_id = tracing::field::Empty,
+            network = tracing::field::Empty,
+            destination = tracing::field::Empty,
+            scheme = tracing::field::Empty,
+            account = tracing::field::Empty,
+            script = tracing::field::Empty,
+            relayed_by = tracing::field::Empty,
+            code = tracing::field::Empty,
+        );
+        if let Some(parent) = header_text(req.headers(), wvpc_observe::trace::TRACEPARENT) {
+            wvpc_observe::trace::continue_traceparent(&span, parent);
+        }
+        self.handle_traced(req, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn handle_traced(
+        &self,
+        mut req: Request<Incoming>,
+        span: &tracing::Span,
+    ) -> Response<Empty<Bytes>> {
         let arrived = std::time::Instant::now();
         let head = ConnectHead::read(&req);
+        if !span.is_disabled() {
+            head.record(span);
+        }
         if req.method() != Method::CONNECT {
             let err = ProxyError::new(ErrorCode::HttpRequestError)
                 .with_details(format!("iris only accepts CONNECT, not {}", req.method()));
@@ -519,10 +549,12 @@ impl Router {
         uri: &http::Uri,
         headers: &HeaderMap,
     ) -> Result<Opened, Refusal> {
-        let route = self.inner.store.route(service_id)?.ok_or_else(|| {
-            ProxyError::new(ErrorCode::DestinationNotFound)
-                .with_details(format!("no VPC service has id {service_id}"))
-        })?;
+        let route = tracing::info_span!("route_lookup")
+            .in_scope(|| self.inner.store.route(service_id))?
+            .ok_or_else(|| {
+                ProxyError::new(ErrorCode::DestinationNotFound)
+                    .with_details(format!("no VPC service has id {service_id}"))
+            })?;
         if let Some(relayed) = self
             .relay_if_absent(head, route.tunnel_id, uri, headers)
             .await?
@@ -567,10 +599,8 @@ impl Router {
                 ))
                 .into());
         }
-        let reach = self
-            .inner
-            .store
-            .network(&head.account, &network)?
+        let reach = tracing::info_span!("route_lookup")
+            .in_scope(|| self.inner.store.network(&head.account, &network))?
             .ok_or_else(|| network_not_found(&network, &head.account))?;
         let candidates = if let Ok(ip) = host.parse::<IpAddr>() {
             let tunnel = reach
@@ -671,7 +701,26 @@ impl Router {
         if !relay.has_holders(tunnel) {
             return Ok(None);
         }
-        match relay.forward(tunnel, uri, headers).await? {
+        let span = tracing::info_span!(
+            "relay",
+            %tunnel,
+            peer = tracing::field::Empty,
+            code = tracing::field::Empty
+        );
+        let answer = relay
+            .forward(tunnel, uri, headers)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|err| {
+                span.record("code", tracing::field::display(err.code));
+            })?;
+        match &answer {
+            RelayAnswer::Opened { peer, .. } => span.record("peer", peer.as_str()),
+            RelayAnswer::Refused { peer, error, .. } => span
+                .record("peer", peer.as_str())
+                .record("code", tracing::field::display(error.code)),
+        };
+        match answer {
             RelayAnswer::Opened {
                 io,
                 headers,
@@ -764,11 +813,27 @@ impl Router {
         ctx: &FlowContext,
         service: Option<&ServiceHandle>,
     ) -> Result<Arc<[IpAddr]>, ProxyError> {
+        let span = tracing::info_span!(
+            "dns",
+            %name,
+            %tunnel,
+            cache = tracing::field::Empty,
+            code = tracing::field::Empty
+        );
         let (resolved, source) = self
             .inner
             .dns
             .resolve_sourced(tunnel, resolvers, name, ctx)
+            .instrument(span.clone())
             .await;
+        match &source {
+            Some(DnsSource::Cache) => span.record("cache", "hit"),
+            Some(DnsSource::Lookup(_)) => span.record("cache", "miss"),
+            None => &span,
+        };
+        if let Err(err) = &resolved {
+            span.record("code", tracing::field::display(err.code));
+        }
         match (service, source) {
             (Some(service), Some(DnsSource::Cache)) => service.dns_hit(),
             (Some(service), Some(DnsSource::Lookup(took))) => service.dns_lookup(took),
@@ -795,7 +860,15 @@ impl Router {
         for &(tunnel, ip) in candidates {
             let dest = SocketAddr::new(ip, port);
             let timeout = self.inner.config.stream_open_timeout;
+            // The tunnel stream's `cf-trace-id` is this span's context.
+            let span = tracing::info_span!(
+                "tunnel_open",
+                %tunnel,
+                %dest,
+                code = tracing::field::Empty
+            );
             let opened = tokio::time::timeout(timeout, self.inner.pool.open_tcp(tunnel, dest, ctx))
+                .instrument(span.clone())
                 .await
                 .unwrap_or_else(|_| {
                     Err(
@@ -804,6 +877,9 @@ impl Router {
                         )),
                     )
                 });
+            if let Err(err) = &opened {
+                span.record("code", tracing::field::display(err.code));
+            }
             match opened {
                 Ok(io) => return Ok(io),
                 Err(err) if is_per_address_failure(err.code) => {
@@ -858,6 +934,7 @@ impl Router {
                 (error, status, value, false, Some(peer))
             }
         };
+        tracing::Span::current().record("code", tracing::field::display(err.code));
         let (service_id, (network, destination)) = match &head.target {
             Ok(target) => (target.service_label(), target.network_label()),
             Err(_) => ("-".to_owned(), ("-".to_owned(), "-".to_owned())),
@@ -901,6 +978,32 @@ impl Router {
 }
 
 impl ConnectHead {
+    /// Puts what the CONNECT says on its span (only called for an enabled one).
+    fn record(&self, span: &tracing::Span) {
+        use tracing::field::display;
+        span.record("request_id", self.ctx.request_id.as_str())
+            .record("scheme", self.scheme.as_str())
+            .record("account", self.account.as_str())
+            .record("script", self.script.as_str());
+        if let Some(by) = &self.relayed_by {
+            span.record("relayed_by", by.as_str());
+        }
+        match &self.target {
+            Ok(ConnectTarget::Service(id)) => {
+                span.record("service_id", display(id));
+            }
+            Ok(ConnectTarget::Network {
+                network,
+                host,
+                port,
+            }) => {
+                span.record("network", display(network))
+                    .record("destination", display(format_args!("{host}:{port}")));
+            }
+            Err(_) => {}
+        }
+    }
+
     fn read(req: &Request<Incoming>) -> Self {
         let headers = req.headers();
         let authority_port = req.uri().authority().and_then(|a| a.port_u16());

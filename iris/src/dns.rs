@@ -34,6 +34,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
 
@@ -225,7 +226,7 @@ impl DnsResolver {
     ) -> Shared<BoxFuture<'static, LookupResult>> {
         let inner = Arc::clone(&self.inner);
         let task_key = key.clone();
-        let task = tokio::spawn(async move {
+        let looked_up = async move {
             let outcome = lookup(&inner, &task_key, &name, &ctx).await;
             let (result, ttl) = match outcome {
                 Ok(Answer::Addresses { addrs, ttl }) => {
@@ -262,7 +263,9 @@ impl DnsResolver {
                 }
             }
             result
-        });
+        };
+        // Its flows through the tunnel belong to the span of the request that started it.
+        let task = tokio::spawn(looked_up.instrument(tracing::Span::current()));
         let inner = Arc::clone(&self.inner);
         let waited: BoxFuture<'static, LookupResult> = Box::pin(async move {
             task.await.unwrap_or_else(|join_error| {

@@ -13,6 +13,8 @@
 //!   fills in its sections of the status.
 //!
 //! - [`client`]: reading another process's `/status.json` (`wvpc service metrics`).
+//! - [`trace`]: the OTLP exporter of `--otlp-endpoint` and the trace context that crosses
+//!   hops (`traceparent`, cloudflared's `cf-trace-id`).
 //!
 //! Metrics are [`prometheus_client`] metrics: each part of a process keeps its own struct of
 //! counters and histograms and registers it into the process's one registry at start-up.
@@ -22,5 +24,6 @@ pub mod client;
 pub mod ops;
 pub mod recent;
 pub mod status;
+pub mod trace;
 
 pub use prometheus_client;

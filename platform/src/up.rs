@@ -111,11 +111,13 @@ impl From<UpError> for PlatformError {
 
 impl Platform {
     /// Starts the four components from `exe` (the `wvpc` binary) on `state`, in dependency
-    /// order, each awaited until ready. `ready` is told each component's ready line.
+    /// order, each awaited until ready. `ready` is told each component's ready line. With
+    /// `otlp_endpoint` each exports its spans there.
     pub async fn start(
         exe: &Path,
         state: &Path,
         directory: Option<&str>,
+        otlp_endpoint: Option<&str>,
         addrs: &PlatformAddrs,
         mut ready: impl FnMut(&str, &str),
     ) -> Result<Platform, UpError> {
@@ -173,6 +175,7 @@ impl Platform {
                 .arg(state)
                 // In the environment, not on the command line, where `ps` would show a password.
                 .envs(directory.map(|d| ("WVPC_DIRECTORY", d)))
+                .envs(otlp_endpoint.map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT", e)))
                 .args(&args)
                 .env(EXIT_WITH_STDIN_ENV, "1")
                 .stdin(Stdio::piped())

@@ -58,6 +58,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use wasmtime_wasi_http::WasiBody;
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::binding_auth::{HANDSHAKE_TIMEOUT, handshake_as_runtime};
@@ -101,6 +102,9 @@ pub(crate) struct FetchContext {
     pub binding: String,
     /// Where the call's time and outcome are counted (`--metrics`).
     pub probe: Option<Arc<crate::metrics::BindingMetrics>>,
+    /// The fetch's (or connect's) span: its context goes out as `traceParent`, and a
+    /// failure's code is recorded on it.
+    pub span: tracing::Span,
 }
 
 type FetchReply = Result<http::Response<WasiBody>, ProxyError>;
@@ -429,8 +433,14 @@ async fn serve_jobs(workers: Workers, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let workers = Rc::new(workers);
     while let Some(job) = jobs.recv().await {
         match job {
-            Job::Fetch(job) => tokio::task::spawn_local(fetch(workers.clone(), job)),
-            Job::Connect(job) => tokio::task::spawn_local(connect_socket(workers.clone(), job)),
+            Job::Fetch(job) => {
+                let span = job.context.span.clone();
+                tokio::task::spawn_local(fetch(workers.clone(), job).instrument(span))
+            }
+            Job::Connect(job) => {
+                let span = job.context.span.clone();
+                tokio::task::spawn_local(connect_socket(workers.clone(), job).instrument(span))
+            }
         };
     }
 }
@@ -574,6 +584,9 @@ fn write_context(mut ctx: binding_context::Builder<'_>, context: &FetchContext) 
     ctx.set_account(context.account.as_str());
     ctx.set_request_id(context.request_id.as_str());
     ctx.set_binding(context.binding.as_str());
+    if let Some(parent) = wvpc_observe::trace::traceparent(&context.span) {
+        ctx.set_trace_parent(parent.as_str());
+    }
 }
 
 /// One `vpc.connect`: waits for a connection slot of the request, calls `VpcBinding.connect`
@@ -730,6 +743,9 @@ async fn connect_socket(workers: Rc<Workers>, job: ConnectJob) {
 
 /// The one log line per failed connect.
 fn log_connect_error(context: &FetchContext, err: &ProxyError) {
+    context
+        .span
+        .record("code", tracing::field::display(err.code));
     if err.code == ErrorCode::ProxyInternalError {
         tracing::error!(request_id = %context.request_id, binding = %context.binding, code = %err.code, details = ?err.details, "binding connect failed");
     } else {

@@ -32,6 +32,7 @@ use http::{Method, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, watch};
+use tracing::Instrument as _;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 use wvpc_errors::{ErrorCode, ProxyError};
 use wvpc_schemas::NetworkTarget;
@@ -141,6 +142,34 @@ impl OutboundHooks {
         &self.request_id
     }
 
+    /// The span of one binding fetch or connect, a child of the script request's span (the
+    /// current one: hooks run inside the request's task).
+    fn binding_span(&self, connect: bool, route: &Route) -> tracing::Span {
+        let (service_id, network) = match &route.target {
+            BindingTarget::Service(id) => (Some(id.as_str()), None),
+            BindingTarget::Network(network) => (None, Some(tracing::field::display(network))),
+        };
+        if connect {
+            tracing::info_span!(
+                "binding_connect",
+                request_id = %self.request_id,
+                binding = %route.binding,
+                service_id,
+                network,
+                code = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                "binding_fetch",
+                request_id = %self.request_id,
+                binding = %route.binding,
+                service_id,
+                network,
+                code = tracing::field::Empty,
+            )
+        }
+    }
+
     /// The route of `binding` when the script declares it (in `vpc_services` or
     /// `vpc_networks`): only the script's own bindings are there.
     pub fn route_for(&self, binding: &str, redirect: Redirect) -> Option<Route> {
@@ -181,6 +210,7 @@ impl OutboundHooks {
                 return Err(Wasi::ConnectionLimitReached);
             }
         };
+        let span = self.binding_span(true, &route);
         let context = FetchContext {
             target: route.target,
             script: self.bindings.script.to_string(),
@@ -188,6 +218,7 @@ impl OutboundHooks {
             request_id: request_id.to_owned(),
             probe: self.probe(&route.binding),
             binding: route.binding,
+            span,
         };
         Ok(crate::socket::open(
             &self.bindings.client,
@@ -297,6 +328,7 @@ impl WasiHttpHooks for OutboundHooks {
                 return fail(wasmtime_wasi_http::Error::ConnectionLimitReached);
             }
         };
+        let span = self.binding_span(false, &route);
         let context = FetchContext {
             target: route.target,
             script: self.bindings.script.to_string(),
@@ -304,6 +336,7 @@ impl WasiHttpHooks for OutboundHooks {
             request_id: request_id.to_string(),
             probe: self.probe(&route.binding),
             binding: route.binding,
+            span: span.clone(),
         };
         let sender = Sender {
             client: self.bindings.client.clone(),
@@ -312,7 +345,7 @@ impl WasiHttpHooks for OutboundHooks {
             first_byte_timeout: options.and_then(|o| o.first_byte_timeout),
         };
         let redirect = route.redirect;
-        Box::new(async move {
+        let sent = async move {
             let permit = connection.acquire().await;
             let mut response = match sender.send(request, redirect).await {
                 Ok(response) => response,
@@ -338,7 +371,8 @@ impl WasiHttpHooks for OutboundHooks {
                 .boxed_unsync()
             });
             Ok((response, Box::new(async { Ok(()) }) as ErrorFuture))
-        })
+        };
+        Box::new(sent.instrument(span))
     }
 
     /// The URL carries the host to the binding-worker; no `Host` header is forwarded.
@@ -574,6 +608,9 @@ impl Sender {
             (Ok(response), Some(pending)) => Ok(pending.response(response)),
             (Err(err), pending) => {
                 log_fetch_error(&self.context.request_id, &self.context.binding, &err);
+                self.context
+                    .span
+                    .record("code", tracing::field::display(err.code));
                 if let Some(pending) = pending {
                     pending.failed(err.code);
                 }

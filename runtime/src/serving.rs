@@ -18,6 +18,7 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -56,8 +57,41 @@ async fn handle(
     request: http::Request<Incoming>,
 ) -> http::Response<HyperOutgoingBody> {
     let request_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
-    let mut response = match request_host(&request) {
-        Err(failure) => failure.into_response(&request_id),
+    // The request's span: its binding fetches' spans are its children. A `traceparent`
+    // from the client continues the client's trace.
+    let span = tracing::info_span!(
+        "script_request",
+        request_id = %request_id,
+        method = %request.method(),
+        script = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    if let Some(parent) = request
+        .headers()
+        .get(wvpc_observe::trace::TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+    {
+        wvpc_observe::trace::continue_traceparent(&span, parent);
+    }
+    let mut response = handle_in(host, request, &request_id, &span)
+        .instrument(span.clone())
+        .await;
+    span.record("status", response.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// [`handle`] inside the request's span.
+async fn handle_in(
+    host: &ScriptHost,
+    request: http::Request<Incoming>,
+    request_id: &Arc<str>,
+    span: &tracing::Span,
+) -> http::Response<HyperOutgoingBody> {
+    match request_host(&request) {
+        Err(failure) => failure.into_response(request_id),
         Ok(name) => match host.resolve(&name, request.uri().path()) {
             None => {
                 tracing::debug!(request_id = %request_id, host = %name, "no script serves the host");
@@ -70,17 +104,18 @@ async fn handle(
                      hosts and paths of its routes)",
                     host.workers_domain()
                 ))
-                .into_response(&request_id)
+                .into_response(request_id)
             }
             Some(script) => {
+                span.record("script", tracing::field::display(&script.bindings.script));
                 let method = request.method().clone();
                 let uri = request.uri().clone();
                 let arrived = Instant::now();
-                let (response, outcome) = match run_script(&script, request, &request_id).await {
+                let (response, outcome) = match run_script(&script, request, request_id).await {
                     Ok(response) => (response, RequestOutcome::Ok),
                     Err(failure) => {
                         let outcome = failure.outcome();
-                        (failure.into_response(&request_id), outcome)
+                        (failure.into_response(request_id), outcome)
                     }
                 };
                 let bindings = &script.bindings;
@@ -91,7 +126,7 @@ async fn handle(
                     account_id: &bindings.account,
                     script: &bindings.script,
                     version: &bindings.version,
-                    request_id: &request_id,
+                    request_id,
                     method: method.as_str(),
                     host: &name,
                     path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -101,11 +136,7 @@ async fn handle(
                 response
             }
         },
-    };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    response
 }
 
 /// The host a request is for: the authority of an absolute-form target, else the `Host`
@@ -178,7 +209,7 @@ async fn run_script(
     let (head_sender, head) = tokio::sync::oneshot::channel();
     // Own task: the script may keep streaming its response body after `handle` returned
     // the head. It logs its own failure, once, with the request id.
-    let task = tokio::spawn(async move {
+    let run_request = async move {
         let pre = &script.pre;
         let mut relay = HeadRelay {
             from_script: receiver,
@@ -262,7 +293,9 @@ async fn run_script(
             script.instances.give_back(instance);
         }
         outcome.map_err(|(exceeded, _)| exceeded)
-    });
+    };
+    // The script's binding fetches are children of the request's span.
+    let task = tokio::spawn(run_request.instrument(tracing::Span::current()));
 
     match head.await {
         Ok(Ok(response)) => Ok(response),

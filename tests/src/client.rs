@@ -47,6 +47,16 @@ pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Reply {
     send_to_host(addr, host, "GET", path, Bytes::new()).await
 }
 
+/// [`get_host`] with extra request headers.
+pub async fn get_host_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    exchange(addr, host, "GET", path, headers, Bytes::new()).await
+}
+
 /// [`send`] with extra request headers.
 pub async fn request(
     addr: SocketAddr,

@@ -38,6 +38,7 @@ pub struct UpArgs {
 pub async fn run(
     args: UpArgs,
     state: &crate::StateDir,
+    otlp_endpoint: Option<&str>,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let addrs = PlatformAddrs {
@@ -53,6 +54,7 @@ pub async fn run(
         &current_exe()?,
         state,
         state.directory.as_deref(),
+        otlp_endpoint,
         &addrs,
         |name, line| {
             lines.push(format!("  {name}: {line}"));

@@ -11,6 +11,7 @@ mod javascript;
 mod metrics;
 mod networks;
 mod service_metrics;
+mod traces;
 mod wrangler;
 
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +52,10 @@ fn js_cache_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| manifest.parent().unwrap().join("target"))
         .join("wvpc-js")
 }
+
+/// Spans only leave a process with `--otlp-endpoint` (the environment's endpoint is not
+/// taken); then they go out within 50 ms, not the batch processor's default 5 s.
+const EXPORT_ENV: [(&str, &str); 1] = [("OTEL_BSP_SCHEDULE_DELAY", "50")];
 
 /// One `wvpc` process of the platform.
 struct Proc {
@@ -95,6 +100,8 @@ impl Proc {
             .env("RUST_LOG", "error")
             // JavaScript uploads are built with the toolchain cached under the target dir.
             .env("WVPC_JS_CACHE_DIR", js_cache_dir())
+            .envs(EXPORT_ENV)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -220,6 +227,15 @@ impl Platform {
     }
 
     async fn start_with(nodes: usize, edge_listen: &str) -> Platform {
+        Self::start_with_args(nodes, edge_listen, &[]).await
+    }
+
+    /// The four processes with `global` (global `wvpc` options) on each.
+    async fn start_with_args(nodes: usize, edge_listen: &str, global: &[&str]) -> Platform {
+        let with_global = |mut args: Vec<String>| {
+            args.extend(global.iter().map(|arg| (*arg).to_owned()));
+            args
+        };
         wvpc_tests::trace_init();
         let state = TempDir::new("platform");
         let token = Directory::open(state.path())
@@ -231,7 +247,7 @@ impl Platform {
         let directory = Proc::start(
             state.path(),
             "directory",
-            vec!["directory".into(), "--listen".into(), any()],
+            with_global(vec!["directory".into(), "--listen".into(), any()]),
         )
         .await;
         let mut iris_nodes = Vec::new();
@@ -244,7 +260,7 @@ impl Platform {
             let node = Proc::start(
                 state.path(),
                 "iris",
-                vec![
+                with_global(vec![
                     "iris".into(),
                     "--listen".into(),
                     any(),
@@ -256,7 +272,7 @@ impl Platform {
                     free_port(false).to_string(),
                     "--grace-period".into(),
                     "1s".into(),
-                ],
+                ]),
             )
             .await;
             iris_nodes.push(node);
@@ -268,25 +284,25 @@ impl Platform {
         let binding_worker = Proc::start(
             state.path(),
             "binding-worker",
-            vec![
+            with_global(vec![
                 "binding-worker".into(),
                 "--listen".into(),
                 any(),
                 "--iris".into(),
                 iris_connect.join(","),
-            ],
+            ]),
         )
         .await;
         let runtime = Proc::start(
             state.path(),
             "runtime",
-            vec![
+            with_global(vec![
                 "runtime".into(),
                 "--listen".into(),
                 any(),
                 "--binding-worker".into(),
                 binding_worker.addr(0).to_string(),
-            ],
+            ]),
         )
         .await;
         Platform {
@@ -1293,6 +1309,8 @@ async fn connector_process_in(
         )
         .args(extra)
         .env("RUST_LOG", "error")
+        .envs(EXPORT_ENV)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

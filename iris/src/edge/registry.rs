@@ -36,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use uuid::Uuid;
 use wvpc_errors::{ErrorCode, ProxyError};
+use wvpc_tunnel::connect::{Metadata, metadata};
 use wvpc_tunnel::flows::{Facing, FlowSet, TrackedIo};
 use wvpc_tunnel::metrics::CountingIo;
 use wvpc_tunnel::quic::CloseCode;
@@ -622,6 +623,9 @@ impl TunnelRegistry {
         } else {
             ctx.request_id.clone()
         };
+        // The trace context of the span the flow is opened in (the router's `tunnel_open`),
+        // for the connector's span of the stream.
+        let trace = wvpc_observe::trace::cf_trace_id(&tracing::Span::current());
         let mut died: Option<ProxyError> = None;
         loop {
             // A connection that died is out of the registry, so it is not picked again.
@@ -637,7 +641,10 @@ impl TunnelRegistry {
                     None => no_connection(tunnel_id),
                 });
             };
-            match self.connect_on(&conn, dest, &flow_id).await {
+            match self
+                .connect_on(&conn, dest, &flow_id, trace.as_deref())
+                .await
+            {
                 Ok(stream) => return Ok(stream),
                 Err(Failure::Final(err)) => return Err(err),
                 Err(Failure::ConnectionDied(err)) => {
@@ -657,6 +664,7 @@ impl TunnelRegistry {
         conn: &Arc<EdgeConnection>,
         dest: SocketAddr,
         flow_id: &str,
+        trace: Option<&str>,
     ) -> Result<BoxIo, Failure> {
         let terminated = |what: &str, e: &dyn std::fmt::Display| {
             ProxyError::new(ErrorCode::ConnectionTerminated)
@@ -676,7 +684,12 @@ impl TunnelRegistry {
         let mut stream = BiStream::new(send, recv);
         let guard = StreamGuard::enter(conn.clone(), self.metrics.clone(), &self.stream_closed);
         let opening = Opening::enter(conn);
-        let request = ConnectRequest::tcp(dest, flow_id.to_owned());
+        let mut request = ConnectRequest::tcp(dest, flow_id.to_owned());
+        if let Some(trace) = trace {
+            request
+                .metadata
+                .push(Metadata::new(metadata::CF_TRACE_ID, trace));
+        }
         if let Err(e) = request.write(&mut stream.send).await {
             return Err(classify(terminated("failed while sending the request", &e)));
         }

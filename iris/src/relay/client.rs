@@ -274,6 +274,12 @@ impl RelayClient {
             ))
         })?;
         forwarded.insert(RELAYED_BY_HEADER, me);
+        // The holder's `connect` span is the child of this node's `relay` span (current).
+        if let Some(parent) = wvpc_observe::trace::traceparent(&tracing::Span::current())
+            .and_then(|value| HeaderValue::try_from(value).ok())
+        {
+            forwarded.insert(wvpc_observe::trace::TRACEPARENT, parent);
+        }
         Ok(request)
     }
 

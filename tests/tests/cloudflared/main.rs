@@ -91,6 +91,7 @@ async fn wvpc(state: &TempDir, command: Command) -> String {
     let cli = Cli {
         state: state.path().to_owned(),
         directory: None,
+        otlp_endpoint: None,
         api: wvpc_cli::remote::ApiArgs {
             api: None,
             account: None,
