@@ -16,6 +16,10 @@
 //!   `wvpc binding-worker`, `wvpc runtime` and `wvpc tunnel run` as children on one state, the
 //!   script deployed in the directory and requested by `Host`
 //!   (`proxy.local.workers.localhost`); origin and DNS server in this process.
+//!   Each process runs with `--metrics` (counted, never scraped), as an operator runs it.
+//! - **platform-bare** and **platform-traced**: the platform row without `--metrics`, and
+//!   with every span exported over OTLP to a receiver in this process ([`otlp_sink`]): what
+//!   metrics and traces cost per request.
 //! - **platform-js**: the platform row with `examples/proxy-js` as the script, built from its
 //!   JavaScript entry as `wvpc deploy` builds it ([`javascript`]): what a JavaScript script
 //!   costs against the Rust one, instantiation included (it gets a fresh instance per request).
@@ -55,6 +59,7 @@
 
 mod javascript;
 mod load;
+mod otlp_sink;
 mod perf;
 mod platform;
 mod propagation;
@@ -90,7 +95,7 @@ struct Args {
     concurrency: usize,
     /// Measure these targets only, comma-separated (e.g. one under a profiler, or
     /// `binding,relayed`); the other figures are not printed
-    #[arg(long, value_delimiter = ',', value_parser = ["direct", "workerd", "binding", "relayed", "platform", "platform-js", "propagation"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["direct", "workerd", "binding", "relayed", "platform", "platform-bare", "platform-traced", "platform-js", "propagation"])]
     only: Vec<String>,
     /// Also profile each row's throughput run with `perf record` and write its flamegraph,
     /// `DIR/<row>.svg`
@@ -294,6 +299,56 @@ fn main() -> anyhow::Result<()> {
         drop(platform);
     }
 
+    // What metrics and traces cost: the platform row's processes without `--metrics`, and
+    // with every span exported to a local OTLP receiver.
+    let mut exported = None;
+    for (name, processes) in [
+        (
+            "platform-bare",
+            "5: this + the platform row's processes, without --metrics",
+        ),
+        (
+            "platform-traced",
+            "5: this (+ OTLP receiver) + the platform row's processes, spans exported",
+        ),
+    ] {
+        if !wants(name) {
+            continue;
+        }
+        let wvpc = platform::wvpc_binary(args.wvpc.as_deref())?;
+        let sink = rt.block_on(otlp_sink::OtlpSink::start())?;
+        let observe = if name == "platform-bare" {
+            platform::Observe::Nothing
+        } else {
+            platform::Observe::MetricsAndTraces(sink.addr)
+        };
+        let platform = rt.block_on(Platform::start_observed(wvpc, observe))?;
+        let target = platform.target()?;
+        println!(
+            "{name} = http://{}/hello with Host {}   ({processes})",
+            target.addr, target.host
+        );
+        let (pids, names) = platform.accounted();
+        let figures = rt.block_on(measure(
+            &target,
+            duration,
+            args.concurrency,
+            &pids,
+            profile(name),
+            ALLOCATOR,
+        ))?;
+        rows.push(Row {
+            name,
+            processes,
+            names,
+            figures,
+        });
+        drop(platform);
+        if name == "platform-traced" {
+            exported = Some(sink.received());
+        }
+    }
+
     // The JavaScript proxy on the same chain, and both scripts' instantiation (measured here,
     // with nothing else running).
     let mut js_report = None;
@@ -375,6 +430,7 @@ fn main() -> anyhow::Result<()> {
     }
     print_processes(&rows);
     print_goals(&rows, instantiation.map(|(p50, _, _)| p50));
+    print_observability(&rows, exported);
     let by_name = |name: &str| rows.iter().find(|r| r.name == name).map(|r| &r.figures);
     if let (Some(binding), Some(relayed)) = (by_name("binding"), by_name("relayed")) {
         println!(
@@ -420,6 +476,47 @@ fn main() -> anyhow::Result<()> {
     }
     print_propagations(&propagations);
     Ok(())
+}
+
+/// What `--metrics` and exported traces cost: the platform row (metrics on, no export)
+/// against the same processes without `--metrics`, and with every span exported.
+fn print_observability(rows: &[Row], exported: Option<(u64, u64)>) {
+    let row = |name: &str| rows.iter().find(|r| r.name == name);
+    let Some(bare) = row("platform-bare") else {
+        return;
+    };
+    let chain = |r: &Row| -> f64 { r.figures.cpu_us_per_req[1..].iter().sum() };
+    println!();
+    for (name, what, goal) in [
+        (
+            "platform",
+            "metrics (--metrics, never scraped)",
+            " (goal ≤ 3%)",
+        ),
+        (
+            "platform-traced",
+            "metrics and every span exported over OTLP",
+            "",
+        ),
+    ] {
+        let Some(with) = row(name) else { continue };
+        println!(
+            "observability: {what}: chain CPU {:.0} µs/req vs {:.0} without = {:+.1}%{goal}; \
+             p50 {} vs {} ({:.2}×)",
+            chain(with),
+            chain(bare),
+            100.0 * (chain(with) / chain(bare) - 1.0),
+            fmt(with.figures.p50),
+            fmt(bare.figures.p50),
+            with.figures.p50.as_secs_f64() / bare.figures.p50.as_secs_f64(),
+        );
+    }
+    if let Some((exports, bytes)) = exported {
+        println!(
+            "observability: the OTLP receiver took {exports} exports, {:.1} MiB of spans",
+            mib(bytes)
+        );
+    }
 }
 
 fn print_propagations(propagations: &[propagation::Propagation]) {

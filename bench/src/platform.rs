@@ -29,6 +29,34 @@ use wvpc_tests::real::{ORIGIN_IP, ORIGIN_NAME};
 use crate::load::Target;
 use crate::usage::Pid;
 
+/// What the platform's processes show of themselves: the bench measures what it costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observe {
+    /// No `--metrics`: nothing counted, no span made.
+    Nothing,
+    /// `--metrics 127.0.0.1:0` on every process (counted, never scraped), no traces: as an
+    /// operator runs it.
+    Metrics,
+    /// Also `--otlp-endpoint` to this OTLP/HTTP receiver: every span exported.
+    MetricsAndTraces(SocketAddr),
+}
+
+impl Observe {
+    /// The flags every component gets.
+    fn args(self) -> Vec<String> {
+        let metrics = || vec!["--metrics".to_owned(), "127.0.0.1:0".to_owned()];
+        match self {
+            Self::Nothing => Vec::new(),
+            Self::Metrics => metrics(),
+            Self::MetricsAndTraces(otlp) => {
+                let mut args = metrics();
+                args.extend(["--otlp-endpoint".to_owned(), format!("http://{otlp}")]);
+                args
+            }
+        }
+    }
+}
+
 /// The deployed script's name.
 pub const SCRIPT: &str = "proxy";
 /// Its default host: `<script>.<subdomain of the state's own account>.<workers domain>`.
@@ -230,6 +258,7 @@ pub struct Platform {
     connector_token: String,
     edge: Option<SocketAddr>,
     wvpc: PathBuf,
+    observe: Observe,
     // Kept alive: the origin behind the tunnel and the DNS server that names it.
     _origin: Origin,
     dns: DnsServer,
@@ -252,14 +281,27 @@ impl Platform {
     /// Sets up the state (tunnel, service, the deployed proxy) and starts iris, a
     /// binding-worker, a runtime and a connector, each awaited until ready.
     pub async fn start(wvpc: PathBuf) -> anyhow::Result<Platform> {
+        Self::start_observed(wvpc, Observe::Metrics).await
+    }
+
+    /// [`Platform::start`] with what the processes show of themselves.
+    pub async fn start_observed(wvpc: PathBuf, observe: Observe) -> anyhow::Result<Platform> {
         let module = std::fs::read(wvpc_tests::guests::PROXY)
             .with_context(|| format!("reading {}", wvpc_tests::guests::PROXY))?;
-        Self::start_with(wvpc, module).await
+        Self::start_with_observed(wvpc, module, observe).await
     }
 
     /// [`Platform::start`] with `module` deployed as the script (e.g. the JavaScript proxy,
     /// built into a component as `wvpc deploy` builds it).
     pub async fn start_with(wvpc: PathBuf, module: Vec<u8>) -> anyhow::Result<Platform> {
+        Self::start_with_observed(wvpc, module, Observe::Metrics).await
+    }
+
+    async fn start_with_observed(
+        wvpc: PathBuf,
+        module: Vec<u8>,
+        observe: Observe,
+    ) -> anyhow::Result<Platform> {
         let state = TempDir::new("bench-platform");
         let origin = Origin::start(ORIGIN_IP).await?;
         let origin_ip: IpAddr = ORIGIN_IP.parse()?;
@@ -282,6 +324,7 @@ impl Platform {
             connector_token: credentials.to_token(),
             edge: None,
             wvpc,
+            observe,
             _origin: origin,
             dns,
             state,
@@ -335,7 +378,9 @@ impl Platform {
         ready_prefix: &'static str,
         args: &[String],
     ) -> anyhow::Result<Component> {
-        Component::start(&self.wvpc, self.state.path(), name, ready_prefix, args).await
+        let mut args = args.to_vec();
+        args.extend(self.observe.args());
+        Component::start(&self.wvpc, self.state.path(), name, ready_prefix, &args).await
     }
 
     /// Starts a connector of the tunnel (`wvpc tunnel run`) with one connection, as the
@@ -351,6 +396,7 @@ impl Platform {
             state: self.state.path().to_owned(),
             token: self.connector_token.clone(),
             edge: self.edge.context("the edge has not started")?,
+            observe: self.observe,
         })
     }
 
@@ -439,6 +485,7 @@ pub struct ConnectorLauncher {
     state: PathBuf,
     token: String,
     edge: SocketAddr,
+    observe: Observe,
 }
 
 impl ConnectorLauncher {
@@ -458,7 +505,10 @@ impl ConnectorLauncher {
                 self.edge.to_string(),
                 "--ha-connections".into(),
                 "1".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(self.observe.args())
+            .collect::<Vec<_>>(),
         )
         .await
     }

@@ -166,8 +166,8 @@ pub struct BindingWorkerConfig {
     /// Runtime connections open at once; one more is closed at once. Default: from the
     /// open-file limit ([`wvpc_listener::default_max_connections`]).
     pub max_runtime_connections: usize,
-    /// Where calls, CONNECT and origin times are counted (shown by `--metrics`). Default: a
-    /// fresh set nobody reads.
+    /// Where calls, CONNECT and origin times are counted (shown by `--metrics`). Default:
+    /// off ([`BindingWorkerMetrics::off`]), nothing counted.
     pub metrics: Arc<BindingWorkerMetrics>,
 }
 
@@ -203,7 +203,7 @@ impl BindingWorkerConfig {
             max_connections_per_service: 256,
             tls_roots: None,
             max_runtime_connections: wvpc_listener::default_max_connections(),
-            metrics: Arc::default(),
+            metrics: Arc::new(BindingWorkerMetrics::off()),
         }
     }
 }

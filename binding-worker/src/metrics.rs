@@ -87,6 +87,10 @@ struct Families {
 /// Counters and histograms of one binding-worker, per service or network target.
 #[derive(Debug)]
 pub struct BindingWorkerMetrics {
+    /// Off: nothing is counted (no `--metrics`: nobody would read it).
+    enabled: bool,
+    /// The handle every target gets when off.
+    idle: Arc<TargetMetrics>,
     families: Families,
     targets: RwLock<HashMap<Option<BindingTarget>, Arc<TargetMetrics>>>,
     /// The last hour per service or network target, for the status page.
@@ -95,14 +99,17 @@ pub struct BindingWorkerMetrics {
 
 impl Default for BindingWorkerMetrics {
     fn default() -> Self {
+        let families = Families {
+            calls: Family::default(),
+            errors: Family::default(),
+            iris_connect_seconds: latency_family(),
+            origin_ttfb_seconds: latency_family(),
+            origin_connections: Family::default(),
+        };
         Self {
-            families: Families {
-                calls: Family::default(),
-                errors: Family::default(),
-                iris_connect_seconds: latency_family(),
-                origin_ttfb_seconds: latency_family(),
-                origin_connections: Family::default(),
-            },
+            enabled: true,
+            idle: Arc::new(TargetMetrics::idle(&families)),
+            families,
             targets: RwLock::default(),
             recent: RecentMap::default(),
         }
@@ -110,9 +117,20 @@ impl Default for BindingWorkerMetrics {
 }
 
 impl BindingWorkerMetrics {
+    /// Metrics that count nothing: every call's handle does nothing.
+    pub fn off() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
     /// The handle of `target` (`None`: a call whose binding could not be read); made on
     /// first use.
     pub(crate) fn target(&self, target: Option<BindingTarget>) -> Arc<TargetMetrics> {
+        if !self.enabled {
+            return self.idle.clone();
+        }
         if let Some(found) = self
             .targets
             .read()
@@ -151,7 +169,7 @@ impl BindingWorkerMetrics {
             opened: connection("opened"),
             reused: connection("reused"),
             families: f.clone(),
-            recent: self.recent.get(&service),
+            recent: Some(self.recent.get(&service)),
             service,
         });
         self.targets
@@ -231,22 +249,40 @@ pub(crate) struct TargetMetrics {
     opened: Counter,
     reused: Counter,
     families: Families,
-    recent: Arc<Recent>,
+    /// `None`: the handle of metrics that are off.
+    recent: Option<Arc<Recent>>,
 }
 
 impl TargetMetrics {
+    /// A handle that counts nothing.
+    fn idle(families: &Families) -> Self {
+        Self {
+            service: String::new(),
+            fetch_successes: Counter::default(),
+            connect_successes: Counter::default(),
+            iris_connect: Histogram::new([]),
+            origin_ttfb: Histogram::new([]),
+            opened: Counter::default(),
+            reused: Counter::default(),
+            families: families.clone(),
+            recent: None,
+        }
+    }
+
     /// A call reached the origin `took` after it arrived (a fetch: its response head came;
     /// a connect: it opened).
     pub(crate) fn succeeded(&self, call: Call, took: Duration) {
+        let Some(recent) = &self.recent else { return };
         match call {
             Call::Fetch => self.fetch_successes.inc(),
             Call::Connect => self.connect_successes.inc(),
         };
-        self.recent.record(Outcome::Success, Some(took));
+        recent.record(Outcome::Success, Some(took));
     }
 
     /// A call failed with `err`.
     pub(crate) fn failed(&self, call: Call, err: &ProxyError) {
+        let Some(recent) = &self.recent else { return };
         let category = err.category().label();
         self.families
             .calls
@@ -265,27 +301,37 @@ impl TargetMetrics {
                 code: err.code.wire_name(),
             })
             .inc();
-        self.recent.record(Outcome::failed(err), None);
+        recent.record(Outcome::failed(err), None);
     }
 
     /// iris answered a CONNECT `took` after it was sent.
     pub(crate) fn iris_connected(&self, took: Duration) {
+        if self.recent.is_none() {
+            return;
+        }
         self.iris_connect.observe(took.as_secs_f64());
     }
 
     /// The origin's response head came `took` after the request was written.
     pub(crate) fn first_byte(&self, took: Duration) {
+        if self.recent.is_none() {
+            return;
+        }
         self.origin_ttfb.observe(took.as_secs_f64());
     }
 
     /// A request went out on a fresh origin connection.
     pub(crate) fn opened(&self) {
-        self.opened.inc();
+        if self.recent.is_some() {
+            self.opened.inc();
+        }
     }
 
     /// A request went out on a pooled origin connection.
     pub(crate) fn reused(&self) {
-        self.reused.inc();
+        if self.recent.is_some() {
+            self.reused.inc();
+        }
     }
 }
 

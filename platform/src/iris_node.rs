@@ -238,7 +238,9 @@ impl IrisNode {
         let store: Arc<dyn ServiceStore> = routes.clone();
         let mut router_config = RouterConfig::default();
         router_config.node_name = options.node_name.clone();
-        router_config.metrics = Some(metrics.clone());
+        // Per-request counting only where someone can read it (`--metrics`); the edge's
+        // connection counters stay (they are not per request).
+        router_config.metrics = options.metrics_listen.map(|_| metrics.clone());
         router_config.server = options.server.clone();
         router_config.relay = relay.as_ref().map(|started| started.relay.clone());
         let metrics_addr = match options.metrics_listen {

@@ -76,6 +76,10 @@ pub async fn run(
     config.connect_timeout = args.connect_timeout;
     config.response_timeout = args.response_timeout;
     config.route_lease = Some(args.route_lease);
+    // Counted only when someone can read it.
+    if args.metrics.is_some() {
+        config.metrics = Arc::new(wvpc_binding_worker::BindingWorkerMetrics::default());
+    }
     let metrics = config.metrics.clone();
     let worker = BindingWorker::start(listener, config).context("starting the binding-worker")?;
     // The binding-worker has no directory to check tokens with: its status answers loopback

@@ -258,6 +258,27 @@ async fn every_process_serves_metrics_that_promtool_accepts_with_successes_and_f
         scraped.push(page);
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // What an operator reads about them: every family served is in docs/operations.md under
+    // the name it is served as (`# TYPE` names a counter without its `_total`).
+    let docs = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
+    )
+    .unwrap();
+    let undocumented: Vec<String> = scraped
+        .iter()
+        .flat_map(|page| page.lines())
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .map(|(name, kind)| match kind {
+            "counter" if !name.ends_with("_total") => format!("{name}_total"),
+            _ => name.to_owned(),
+        })
+        .filter(|name| !docs.contains(&format!("`{name}")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "docs/operations.md does not list {undocumented:?}"
+    );
     let [iris, connector, binding_worker, runtime] = scraped.try_into().unwrap();
 
     // iris: the service's CONNECTs, and the unresolvable one's NXDOMAIN as a client error.
