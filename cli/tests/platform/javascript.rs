@@ -27,7 +27,7 @@ async fn wvpc_deploy_builds_a_javascript_main_and_a_runtime_serves_it() {
         "{deployed}"
     );
     let reply = platform
-        .until("proxy-js.local.workers.localhost", "/from-js?q=1", 200, "")
+        .until_built("proxy-js.local.workers.localhost", "/from-js?q=1", 200, "")
         .await;
     assert_eq!(reply.text(), "hello from origin: /from-js?q=1");
 
@@ -46,7 +46,7 @@ async fn wvpc_deploy_builds_a_javascript_main_and_a_runtime_serves_it() {
         .expect_err("a script with a syntax error");
     assert!(refused.contains("broken.js:3:"), "{refused}");
     let reply = platform
-        .until("proxy-js.local.workers.localhost", "/still", 200, "")
+        .until_built("proxy-js.local.workers.localhost", "/still", 200, "")
         .await;
     assert_eq!(reply.text(), "hello from origin: /still");
 }

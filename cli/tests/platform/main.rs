@@ -422,17 +422,30 @@ impl Platform {
     async fn until(&self, host: &str, path: &str, status: u16, text: &str) -> Reply {
         within(
             &format!("{host}{path} answering {status} {text:?}"),
-            async {
-                loop {
-                    let reply = self.get(host, path).await;
-                    if reply.status == status && reply.text().contains(text) {
-                        return reply;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            self.answering(host, path, status, text),
         )
         .await
+    }
+
+    /// [`Platform::until`] for a JavaScript script the runtime compiles first (a 13 MB
+    /// component: tens of seconds on a cold cache while other tests compile too).
+    async fn until_built(&self, host: &str, path: &str, status: u16, text: &str) -> Reply {
+        wvpc_tests::within_build(
+            &format!("{host}{path} answering {status} {text:?}"),
+            self.answering(host, path, status, text),
+        )
+        .await
+    }
+
+    /// Polls until `GET host path` answers `status` with a body containing `text`.
+    async fn answering(&self, host: &str, path: &str, status: u16, text: &str) -> Reply {
+        loop {
+            let reply = self.get(host, path).await;
+            if reply.status == status && reply.text().contains(text) {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -440,7 +453,7 @@ impl Platform {
     /// `GET host path` once the script is served (a `404` naming the host means its
     /// deployment has not reached the runtime yet), whatever it answers then.
     async fn until_served(&self, host: &str, path: &str) -> Reply {
-        within(&format!("{host}{path} served"), async {
+        wvpc_tests::within_build(&format!("{host}{path} served"), async {
             loop {
                 let reply = self.get(host, path).await;
                 if !(reply.status == 404 && reply.text().contains(host)) {

@@ -121,7 +121,7 @@ async fn wrangler_deploys_a_javascript_script_that_the_runtime_serves_through_it
     let second = wrangler_deploy(&wrangler, project.path(), &platform).await;
     assert!(second.contains("Uploaded hello-js"), "{second}");
     let reply = platform
-        .until(host, "/hello", 200, "hello from origin: /v2/hello")
+        .until_built(host, "/hello", 200, "hello from origin: /v2/hello")
         .await;
     assert_eq!(reply.text(), "hello from origin: /v2/hello");
     let versions = platform.directory().script_versions("hello-js").unwrap();

@@ -62,10 +62,12 @@ impl Running {
         Running { child, lines }
     }
 
-    /// The next line containing `text` (earlier lines are skipped).
+    /// The next line containing `text` (earlier lines are skipped). Bounded generously: a
+    /// JavaScript main is built and its 13 MB component compiled before `ready` (tens of
+    /// seconds on a cold cache while other tests compile too).
     pub fn line(&self, text: &str) -> String {
         loop {
-            match self.lines.recv_timeout(Duration::from_secs(60)) {
+            match self.lines.recv_timeout(Duration::from_secs(300)) {
                 Ok(line) if line.contains(text) => return line,
                 Ok(_) => {}
                 Err(err) => panic!("no line containing {text:?} from wvpc: {err}"),
