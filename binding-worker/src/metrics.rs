@@ -182,11 +182,7 @@ impl BindingWorkerMetrics {
 
     /// The Prometheus text of these metrics alone (tests and diagnostics).
     pub fn render(&self) -> String {
-        let mut registry = Registry::default();
-        Observable::register(self, &mut registry);
-        let mut text = String::new();
-        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
-        text
+        wvpc_observe::ops::render_alone(self)
     }
 }
 

@@ -340,6 +340,17 @@ pub async fn serve(listener: TcpListener, ops: Arc<Ops>, limits: ServerLimits) {
     .await;
 }
 
+/// The Prometheus text of one part's metrics alone (tests and diagnostics).
+pub fn render_alone(part: &dyn Observable) -> String {
+    let mut registry = Registry::default();
+    part.register(&mut registry);
+    let mut text = String::new();
+    if let Err(err) = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry) {
+        tracing::warn!(error = %err, "cannot encode the metrics");
+    }
+    text
+}
+
 /// This machine's host name (the name of processes that have no other), `localhost` if it
 /// cannot be read.
 pub fn host_name() -> String {

@@ -57,7 +57,7 @@ use wvpc_observe::ops::{Ops, Parts};
 use wvpc_tunnel::EdgeIdentity;
 
 use crate::PlatformError;
-use crate::iris_status::{IrisStatus, admin_token_check};
+use crate::iris_status::{IrisStatus, admin_token_check, start_ops};
 use crate::live_routes::{LiveRoutes, Removed};
 
 /// Connection records queued for the cluster registry at most; more are dropped (and the
@@ -260,16 +260,8 @@ impl IrisNode {
                     // Last: it names what the other parts counted by service id.
                     .with(Arc::new(status))
                     .with_token_check(admin_token_check(directory.clone()));
-                let (local, task) =
-                    wvpc_observe::ops::start(addr, Arc::new(ops), options.server.clone())
-                        .await
-                        .map_err(|source| PlatformError::Listen {
-                            what: "--metrics",
-                            addr,
-                            source,
-                        })?;
+                let (local, task) = start_ops(addr, ops, options.server.clone()).await?;
                 tasks.push(task);
-                tracing::info!(addr = %local, "operations listener: http://{local}/metrics, http://{local}/status");
                 Some(local)
             }
             None => None,

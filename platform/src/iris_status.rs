@@ -1,7 +1,8 @@
 //! An iris node's sections of the status report: its live tunnel connections (from the tunnel
 //! registry), the last hour of each service it routed (from the router's metrics), and its
 //! cluster peers. Names and owning accounts come from the node's route snapshot, tunnel names
-//! from the directory (the report is made on a blocking thread).
+//! from the directory (the report is made on a blocking thread). Also what the iris and
+//! runtime nodes share to open their operations listener: the admin token check, the start.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -110,6 +111,23 @@ impl Observable for IrisStatus {
                 }),
         );
     }
+}
+
+/// Opens the operations listener `--metrics` asked for on `addr`.
+pub(crate) async fn start_ops(
+    addr: std::net::SocketAddr,
+    ops: wvpc_observe::ops::Ops,
+    limits: wvpc_listener::ServerLimits,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), crate::PlatformError> {
+    let (local, task) = wvpc_observe::ops::start(addr, Arc::new(ops), limits)
+        .await
+        .map_err(|source| crate::PlatformError::Listen {
+            what: "--metrics",
+            addr,
+            source,
+        })?;
+    tracing::info!(addr = %local, "operations listener: http://{local}/metrics, http://{local}/status");
+    Ok((local, task))
 }
 
 /// Accepts the admin tokens of the directory's accounts (for non-loopback status readers).

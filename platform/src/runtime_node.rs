@@ -40,7 +40,7 @@ use wvpc_runtime::{
 
 use crate::PlatformError;
 use crate::iris_node::local_addr;
-use crate::iris_status::admin_token_check;
+use crate::iris_status::{admin_token_check, start_ops};
 
 /// How often the watcher looks at the directory's change counter.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -147,16 +147,8 @@ impl RuntimeNode {
                 let ops = Ops::new("runtime", wvpc_observe::ops::host_name())
                     .with(metrics)
                     .with_token_check(admin_token_check(directory.clone()));
-                let (local, task) =
-                    wvpc_observe::ops::start(addr, Arc::new(ops), options.server.clone())
-                        .await
-                        .map_err(|source| PlatformError::Listen {
-                            what: "--metrics",
-                            addr,
-                            source,
-                        })?;
+                let (local, task) = start_ops(addr, ops, options.server.clone()).await?;
                 tasks.push(task);
-                tracing::info!(addr = %local, "operations listener: http://{local}/metrics, http://{local}/status");
                 Some(local)
             }
             _ => None,
