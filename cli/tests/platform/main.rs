@@ -513,6 +513,24 @@ fn tunnel_and_service(
     (credentials, service.service_id)
 }
 
+/// A hostname service on `tunnel` whose name `net`'s DNS server does not know (NXDOMAIN).
+fn unresolvable_service(directory: &Directory, tunnel: Uuid, net: &PrivateNetwork) -> Uuid {
+    let mut input = ServiceInput::http(
+        "nowhere",
+        HostInput {
+            hostname: Some("nowhere.internal".into()),
+            resolver_network: Some(ResolverNetworkInput {
+                virtual_network_id: None,
+                tunnel_id: Some(tunnel.to_string()),
+                resolver_ips: Some(vec![net.dns.addr.to_string()]),
+            }),
+            ..HostInput::default()
+        },
+    );
+    input.http_port = Some(80);
+    directory.create_service(&input).unwrap().service_id
+}
+
 /// Our connector for `credentials`, registered with the platform's edge.
 async fn connector(platform: &Platform, credentials: &Credentials) -> RunningConnector {
     let credentials = credentials.clone();

@@ -7,7 +7,6 @@ use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::Command;
-use wvpc_directory::{HostInput, ResolverNetworkInput, ServiceInput};
 
 use super::*;
 
@@ -148,24 +147,6 @@ async fn connector_with_metrics(
     .await;
     let metrics = metrics.expect("wvpc tunnel run printed no `metrics on` line");
     (child, metrics)
-}
-
-/// A hostname service on `tunnel` whose name `net`'s DNS server does not know (NXDOMAIN).
-fn unresolvable_service(directory: &Directory, tunnel: Uuid, net: &PrivateNetwork) -> Uuid {
-    let mut input = ServiceInput::http(
-        "nowhere",
-        HostInput {
-            hostname: Some("nowhere.internal".into()),
-            resolver_network: Some(ResolverNetworkInput {
-                virtual_network_id: None,
-                tunnel_id: Some(tunnel.to_string()),
-                resolver_ips: Some(vec![net.dns.addr.to_string()]),
-            }),
-            ..HostInput::default()
-        },
-    );
-    input.http_port = Some(80);
-    directory.create_service(&input).unwrap().service_id
 }
 
 /// Runs `promtool check metrics` on `page` (stdin); `Err` with its output when it finds

@@ -32,20 +32,7 @@ async fn service_metrics_and_the_status_show_a_services_connections_errors_and_t
     let directory = platform.directory();
     let (office, service) = tunnel_and_service(&directory, "office", "a", "a.internal", &net);
     // A second service behind the same tunnel, named what the private DNS does not know.
-    let mut input = ServiceInput::http(
-        "gone",
-        HostInput {
-            hostname: Some("gone.internal".into()),
-            resolver_network: Some(ResolverNetworkInput {
-                virtual_network_id: None,
-                tunnel_id: Some(office.tunnel_id.to_string()),
-                resolver_ips: Some(vec![net.dns.addr.to_string()]),
-            }),
-            ..HostInput::default()
-        },
-    );
-    input.http_port = Some(80);
-    let gone = directory.create_service(&input).unwrap().service_id;
+    let gone = unresolvable_service(&directory, office.tunnel_id, &net);
     let connector = connector(&platform, &office).await;
     for (script, bound) in [("proxy", service), ("broken", gone)] {
         platform

@@ -14,11 +14,13 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use wvpc_directory::{HostInput, ResolverNetworkInput, ServiceInput};
+
 use wvpc_tests::client::{Reply, get_host_with};
 use wvpc_tests::{guests, within};
 
-use super::{Platform, PrivateNetwork, connector_process, tunnel_and_service};
+use super::{
+    Platform, PrivateNetwork, connector_process, tunnel_and_service, unresolvable_service,
+};
 
 /// One exported span, as the receiver decoded it.
 #[derive(Debug, Clone)]
@@ -256,20 +258,7 @@ async fn a_request_is_one_trace_across_the_processes_and_a_failure_carries_its_c
     let local = platform.directory();
     let (office, service_a) = tunnel_and_service(&local, "office", "a", "a.internal", &net);
     // A service whose hostname the private DNS server does not know.
-    let mut input = ServiceInput::http(
-        "missing",
-        HostInput {
-            hostname: Some("missing.internal".into()),
-            resolver_network: Some(ResolverNetworkInput {
-                virtual_network_id: None,
-                tunnel_id: Some(office.tunnel_id.to_string()),
-                resolver_ips: Some(vec![net.dns.addr.to_string()]),
-            }),
-            ..HostInput::default()
-        },
-    );
-    input.http_port = Some(80);
-    let missing = local.create_service(&input).unwrap().service_id;
+    let missing = unresolvable_service(&local, office.tunnel_id, &net);
     let _connector = connector_process(&platform, &office, &["--otlp-endpoint", &endpoint]).await;
     platform
         .deploy(&platform.token, "proxy", guests::PROXY, service_a, "")
