@@ -183,7 +183,7 @@ impl Ops {
     }
 
     async fn answer(
-        &self,
+        self: &Arc<Self>,
         peer: Option<SocketAddr>,
         request: &Request<impl Sized>,
     ) -> Response<Full<Bytes>> {
@@ -218,8 +218,13 @@ impl Ops {
                         Ok(minutes) => minutes,
                         Err(message) => return text(StatusCode::BAD_REQUEST, message),
                     };
-                    let body = serde_json::to_string(&self.report_for(&viewer, minutes))
-                        .unwrap_or_default();
+                    // Parts may read the directory (tunnel names): off the async workers.
+                    let ops = Arc::clone(self);
+                    let report =
+                        tokio::task::spawn_blocking(move || ops.report_for(&viewer, minutes))
+                            .await
+                            .unwrap_or_default();
+                    let body = serde_json::to_string(&report).unwrap_or_default();
                     let mut response = text(StatusCode::OK, body);
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,
@@ -401,14 +406,14 @@ mod tests {
         }
     }
 
-    fn ops(check: Option<TokenCheck>) -> Ops {
+    fn ops(check: Option<TokenCheck>) -> Arc<Ops> {
         let counter = Counter::<u64>::default();
         counter.inc();
         let ops = Ops::new("dev", "node-a").with(Arc::new(Part(counter)));
-        match check {
+        Arc::new(match check {
             Some(check) => ops.with_token_check(check),
             None => ops,
-        }
+        })
     }
 
     fn get(uri: &str) -> Request<()> {
